@@ -1,0 +1,204 @@
+//! What the driver tells the core, and what the core asks the driver to do.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A process id, carried by the core but never used by it to reach the OS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid(pub i32);
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One spawn of a worker: unique for the life of a [`Cluster`](super::Cluster), never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerKey(pub u64);
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessEnd {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal (by number) killed it.
+    Signal(i32),
+}
+
+impl ProcessEnd {
+    /// The exit status a shell would report for this end: the code, or 128 + the signal.
+    #[must_use]
+    pub fn exit_status(self) -> i32 {
+        match self {
+            ProcessEnd::Code(code) => code,
+            ProcessEnd::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+impl fmt::Display for ProcessEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ProcessEnd::Code(code) => write!(f, "exited with status {code}"),
+            ProcessEnd::Signal(signal) => match signal_name(signal) {
+                Some(name) => write!(f, "killed by signal {name}"),
+                None => write!(f, "killed by signal {signal}"),
+            },
+        }
+    }
+}
+
+/// The conventional name of the common signals, for messages.
+#[must_use]
+pub fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        6 => "SIGABRT",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => return None,
+    })
+}
+
+/// Something that happened, fed to [`Cluster::handle`](super::Cluster::handle).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Start the first generation.
+    Start,
+    /// The driver spawned the worker asked for by [`Action::Spawn`].
+    Spawned {
+        /// The spawn.
+        key: WorkerKey,
+        /// Its process id.
+        pid: Pid,
+    },
+    /// The driver could not spawn the worker asked for by [`Action::Spawn`].
+    SpawnFailed {
+        /// The spawn.
+        key: WorkerKey,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// The worker said `READY=1`.
+    Ready {
+        /// The worker.
+        key: WorkerKey,
+    },
+    /// A child process was reaped.
+    Exited {
+        /// Its process id.
+        pid: Pid,
+        /// How it ended.
+        end: ProcessEnd,
+    },
+    /// Time passed: the driver sends this when [`Cluster::next_deadline`](super::Cluster::next_deadline) is reached.
+    Tick,
+    /// Replace every worker with one of a new generation (SIGHUP).
+    Roll,
+    /// Change the number of workers.
+    Resize(usize),
+    /// Stop every worker and exit.
+    Stop {
+        /// SIGKILL at once instead of the stop signal and a grace period.
+        hard: bool,
+    },
+}
+
+/// Which signal the driver sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopKind {
+    /// The configured stop signal, to the worker process only.
+    Graceful,
+    /// SIGKILL, to the worker's whole process group.
+    Kill,
+}
+
+/// What the master tells its own service manager (systemd's notify protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MasterState {
+    /// The cluster is serving (`READY=1`).
+    Ready,
+    /// A roll started (`RELOADING=1`).
+    Reloading,
+    /// The cluster is stopping (`STOPPING=1`).
+    Stopping,
+}
+
+/// Why the cluster is exiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// A graceful stop completed.
+    Stopped,
+    /// A hard stop completed.
+    Killed,
+    /// No worker of the first generation ever became ready.
+    NeverReady {
+        /// The slot of the last worker that failed.
+        slot: usize,
+        /// Its process id, if it was spawned.
+        pid: Option<Pid>,
+        /// What happened to it, for the message.
+        failure: String,
+        /// How it ended, if it exited.
+        end: Option<ProcessEnd>,
+    },
+}
+
+impl ExitReason {
+    /// The master's exit status for this reason.
+    #[must_use]
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            ExitReason::Stopped => 0,
+            ExitReason::Killed => 1,
+            ExitReason::NeverReady { end, .. } => match end {
+                Some(end) if end.exit_status() != 0 => end.exit_status(),
+                _ => 1,
+            },
+        }
+    }
+}
+
+/// What the core asks the driver to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start a worker process; answer with [`Event::Spawned`] or [`Event::SpawnFailed`].
+    Spawn {
+        /// The new spawn's key.
+        key: WorkerKey,
+        /// Its slot (`MCLUSTER_WORKER_ID`).
+        slot: usize,
+        /// Its generation (`MCLUSTER_GENERATION`).
+        generation: u64,
+        /// The cluster size (`MCLUSTER_WORKERS`).
+        size: usize,
+    },
+    /// Send a signal.
+    Signal {
+        /// The worker.
+        pid: Pid,
+        /// Which signal, and to what.
+        kind: StopKind,
+    },
+    /// Print one line of the master's log.
+    Log(String),
+    /// Tell the master's own service manager.
+    Notify(MasterState),
+    /// Every worker has exited: exit the master.
+    Exit(ExitReason),
+}
+
+/// Renders a duration for the log: `85ms`, `1.32s`.
+#[must_use]
+pub fn human_duration(duration: Duration) -> String {
+    if duration < Duration::from_secs(1) {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{:.2}s", duration.as_secs_f64())
+    }
+}

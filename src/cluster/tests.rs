@@ -1,0 +1,361 @@
+//! Timelines of events against the core: no processes, no clock.
+
+use std::time::{Duration, Instant};
+
+use super::{
+    Action, Cluster, ClusterConfig, Event, ExitReason, MasterState, Pid, ProcessEnd, StopKind,
+    WorkerKey,
+};
+
+/// Owns a cluster and a fake clock; answers every spawn with the next pid.
+struct Timeline {
+    cluster: Cluster,
+    now: Instant,
+    next_pid: i32,
+    /// Every (key, slot, generation, pid) ever spawned.
+    spawned: Vec<(WorkerKey, usize, u64, Pid)>,
+    /// Every action, for assertions on the log.
+    log: Vec<Action>,
+}
+
+fn config(size: usize) -> ClusterConfig {
+    ClusterConfig {
+        ready_delay: None,
+        ..ClusterConfig::new(size)
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+impl Timeline {
+    fn new(config: ClusterConfig) -> Self {
+        Self {
+            cluster: Cluster::new(config),
+            now: Instant::now(),
+            next_pid: 100,
+            spawned: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Feeds an event; spawns are answered at once. Returns the signals and exits asked for.
+    fn feed(&mut self, event: Event) -> Vec<Action> {
+        let mut pending = vec![event];
+        let mut out = Vec::new();
+        while let Some(event) = pending.pop() {
+            for action in self.cluster.handle(self.now, event) {
+                self.log.push(action.clone());
+                match action {
+                    Action::Spawn {
+                        key,
+                        slot,
+                        generation,
+                        ..
+                    } => {
+                        let pid = Pid(self.next_pid);
+                        self.next_pid += 1;
+                        self.spawned.push((key, slot, generation, pid));
+                        pending.push(Event::Spawned { key, pid });
+                    }
+                    Action::Signal { .. } | Action::Exit(_) => out.push(action),
+                    Action::Log(_) | Action::Notify(_) => {}
+                }
+            }
+        }
+        out
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<Action> {
+        self.now += by;
+        self.feed(Event::Tick)
+    }
+
+    fn key_of(&self, pid: Pid) -> WorkerKey {
+        self.spawned.iter().find(|s| s.3 == pid).unwrap().0
+    }
+
+    fn ready(&mut self, pid: Pid) -> Vec<Action> {
+        let key = self.key_of(pid);
+        self.feed(Event::Ready { key })
+    }
+
+    fn exit(&mut self, pid: Pid, code: i32) -> Vec<Action> {
+        self.feed(Event::Exited {
+            pid,
+            end: ProcessEnd::Code(code),
+        })
+    }
+
+    fn pids(&self) -> Vec<Pid> {
+        self.spawned.iter().map(|s| s.3).collect()
+    }
+
+    fn last_pid(&self) -> Pid {
+        self.spawned.last().unwrap().3
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.log
+            .iter()
+            .any(|a| matches!(a, Action::Log(line) if line.contains(needle)))
+    }
+}
+
+fn term(pid: Pid) -> Action {
+    Action::Signal {
+        pid,
+        kind: StopKind::Graceful,
+    }
+}
+
+fn kill(pid: Pid) -> Action {
+    Action::Signal {
+        pid,
+        kind: StopKind::Kill,
+    }
+}
+
+/// A timeline with `size` workers all ready.
+fn running(size: usize) -> Timeline {
+    let mut t = Timeline::new(config(size));
+    t.feed(Event::Start);
+    for pid in t.pids() {
+        t.ready(pid);
+    }
+    t
+}
+
+#[test]
+fn start_spawns_size_workers_of_generation_one_and_announces_ready() {
+    let mut t = Timeline::new(config(3));
+    t.feed(Event::Start);
+    let slots: Vec<(usize, u64)> = t.spawned.iter().map(|s| (s.1, s.2)).collect();
+    assert_eq!(slots, [(0, 1), (1, 1), (2, 1)]);
+    t.ready(Pid(100));
+    t.ready(Pid(101));
+    assert!(!t.log.contains(&Action::Notify(MasterState::Ready)));
+    t.ready(Pid(102));
+    assert!(t.logged("all 3 workers ready"));
+    assert!(t.log.contains(&Action::Notify(MasterState::Ready)));
+}
+
+#[test]
+fn auto_readiness_marks_a_live_worker_ready_after_the_delay() {
+    let mut t = Timeline::new(ClusterConfig {
+        ready_delay: Some(ms(1000)),
+        ..config(1)
+    });
+    t.feed(Event::Start);
+    assert_eq!(t.cluster.next_deadline(), Some(t.now + ms(1000)));
+    t.advance(ms(999));
+    assert!(!t.logged("ready (pid 100"));
+    t.advance(ms(1));
+    assert!(t.logged("w0 ready (pid 100, generation 1)"));
+}
+
+#[test]
+fn roll_starts_each_replacement_before_stopping_the_old_worker() {
+    let mut t = running(2);
+    assert_eq!(t.feed(Event::Roll), []);
+    assert_eq!(t.spawned.len(), 3, "exactly one replacement at a time");
+    assert_eq!(t.spawned[2].1, 0);
+    assert_eq!(t.spawned[2].2, 2);
+    // Replacement for slot 0 ready: old w0 stopped, replacement for slot 1 spawned.
+    assert_eq!(t.ready(Pid(102)), [term(Pid(100))]);
+    assert_eq!((t.spawned[3].1, t.spawned[3].2), (1, 2));
+    assert_eq!(t.ready(Pid(103)), [term(Pid(101))]);
+    assert!(t.logged("rolled 2 workers to generation 2"));
+    assert_eq!(t.cluster.serving_generation(), 2);
+    assert_eq!(t.exit(Pid(100), 0), []);
+    assert_eq!(t.exit(Pid(101), 0), []);
+    assert_eq!(t.spawned.len(), 4, "a stopped worker is not restarted");
+}
+
+#[test]
+fn a_replacement_that_exits_before_ready_aborts_the_roll_and_keeps_the_old_workers() {
+    let mut t = running(2);
+    t.feed(Event::Roll);
+    assert_eq!(t.exit(Pid(102), 1), []);
+    assert!(t.logged("roll to generation 2 aborted: w0 (pid 102) exited with status 1"));
+    assert!(t.logged("generation 1 keeps serving"));
+    assert_eq!(t.spawned.len(), 3, "no further replacement");
+    assert_eq!(t.cluster.serving_generation(), 1);
+    // The next roll gets a new generation number.
+    t.feed(Event::Roll);
+    assert_eq!(t.spawned.last().unwrap().2, 3);
+}
+
+#[test]
+fn a_replacement_missing_its_deadline_is_stopped_gracefully_then_killed() {
+    let mut t = running(1);
+    t.feed(Event::Roll);
+    let replacement = t.last_pid();
+    let deadline = t.cluster.config.ready_timeout;
+    assert_eq!(t.advance(deadline), [term(replacement)]);
+    assert!(t.logged("aborted"));
+    let kill_timeout = t.cluster.config.kill_timeout;
+    assert_eq!(t.advance(kill_timeout), [kill(replacement)]);
+    assert_eq!(t.exit(replacement, 137), []);
+    assert_eq!(t.cluster.serving_generation(), 1);
+}
+
+#[test]
+fn roll_bursts_coalesce_into_one_running_and_one_queued() {
+    let mut t = running(1);
+    for _ in 0..10 {
+        t.feed(Event::Roll);
+    }
+    assert_eq!(t.spawned.len(), 2);
+    let first = t.last_pid();
+    t.ready(first);
+    assert!(t.logged("rolled 1 workers to generation 2"));
+    assert_eq!(t.spawned.len(), 3, "the queued roll started");
+    assert_eq!(t.spawned[2].2, 3);
+    t.ready(t.last_pid());
+    assert_eq!(t.spawned.len(), 3, "nothing more queued");
+}
+
+#[test]
+fn ready_workers_never_drop_below_size_during_a_roll() {
+    let mut t = running(3);
+    t.feed(Event::Roll);
+    let mut stopped = Vec::new();
+    for _ in 0..3 {
+        let replacement = t.last_pid();
+        for action in t.ready(replacement) {
+            if let Action::Signal { pid, .. } = action {
+                stopped.push(pid);
+            }
+        }
+        // Every stop so far was preceded by a ready replacement of the same slot.
+        assert!(stopped.len() <= t.spawned.len() - 3);
+    }
+    assert_eq!(stopped, [Pid(100), Pid(101), Pid(102)]);
+}
+
+#[test]
+fn crashes_restart_with_backoff_that_resets_after_a_stable_run() {
+    let mut t = running(1);
+    t.exit(Pid(100), 1);
+    assert_eq!(t.spawned.len(), 2, "first restart is immediate");
+    t.ready(Pid(101));
+    t.exit(Pid(101), 1);
+    assert_eq!(t.spawned.len(), 2, "second waits");
+    t.advance(ms(99));
+    assert_eq!(t.spawned.len(), 2);
+    t.advance(ms(1));
+    assert_eq!(t.spawned.len(), 3);
+    t.ready(Pid(102));
+    t.exit(Pid(102), 1);
+    t.advance(ms(199));
+    assert_eq!(t.spawned.len(), 3, "third waits 200ms");
+    t.advance(ms(1));
+    assert_eq!(t.spawned.len(), 4);
+    t.ready(Pid(103));
+    t.advance(t.cluster.config.backoff.stable);
+    t.exit(Pid(103), 1);
+    assert_eq!(t.spawned.len(), 5, "a stable run resets the backoff");
+}
+
+#[test]
+fn a_first_generation_that_never_gets_ready_ends_the_master_with_the_worker_status() {
+    let mut t = Timeline::new(config(2));
+    t.feed(Event::Start);
+    t.exit(Pid(100), 3);
+    t.exit(Pid(101), 3);
+    t.exit(Pid(102), 3);
+    t.advance(ms(100));
+    let out = t.exit(Pid(104), 3);
+    // Third failure of slot 0: the rest are killed hard.
+    assert_eq!(out, [kill(Pid(103))]);
+    let out = t.exit(Pid(103), 137);
+    let [Action::Exit(reason)] = out.as_slice() else {
+        panic!("expected an exit, got {out:?}");
+    };
+    assert!(matches!(reason, ExitReason::NeverReady { slot: 0, .. }));
+    assert_eq!(reason.exit_status(), 3);
+    assert!(t.logged("no worker became ready after 3 attempts"));
+}
+
+#[test]
+fn once_a_worker_was_ready_start_failures_never_end_the_master() {
+    let mut t = running(1);
+    for _ in 0..10 {
+        t.exit(t.last_pid(), 1);
+        t.advance(ms(10_000));
+    }
+    assert!(!t.log.iter().any(|a| matches!(a, Action::Exit(_))));
+    assert_eq!(t.spawned.len(), 11);
+}
+
+#[test]
+fn graceful_stop_signals_everyone_kills_after_the_timeout_and_exits_zero() {
+    let mut t = running(2);
+    assert_eq!(
+        t.feed(Event::Stop { hard: false }),
+        [term(Pid(100)), term(Pid(101))]
+    );
+    assert_eq!(t.exit(Pid(100), 0), []);
+    let out = t.advance(t.cluster.config.kill_timeout);
+    assert_eq!(out, [kill(Pid(101))]);
+    let out = t.exit(Pid(101), 137);
+    assert_eq!(out, [Action::Exit(ExitReason::Stopped)]);
+    assert_eq!(ExitReason::Stopped.exit_status(), 0);
+}
+
+#[test]
+fn a_second_stop_may_escalate_to_hard_and_exits_one() {
+    let mut t = running(2);
+    t.feed(Event::Stop { hard: false });
+    assert_eq!(
+        t.feed(Event::Stop { hard: true }),
+        [kill(Pid(100)), kill(Pid(101))]
+    );
+    t.exit(Pid(100), 137);
+    assert_eq!(t.exit(Pid(101), 137), [Action::Exit(ExitReason::Killed)]);
+    assert_eq!(ExitReason::Killed.exit_status(), 1);
+}
+
+#[test]
+fn no_restart_and_no_roll_while_stopping() {
+    let mut t = running(1);
+    t.feed(Event::Stop { hard: false });
+    t.feed(Event::Roll);
+    t.feed(Event::Resize(3));
+    assert_eq!(t.spawned.len(), 1);
+    assert_eq!(t.exit(Pid(100), 1), [Action::Exit(ExitReason::Stopped)]);
+    assert_eq!(t.spawned.len(), 1);
+}
+
+#[test]
+fn resize_grows_with_new_slots_and_shrinks_from_the_top() {
+    let mut t = running(2);
+    t.feed(Event::Resize(3));
+    assert_eq!((t.spawned[2].1, t.spawned[2].2), (2, 1));
+    t.ready(Pid(102));
+    assert_eq!(t.feed(Event::Resize(1)), [term(Pid(101)), term(Pid(102))]);
+    assert_eq!(t.cluster.size(), 1);
+    t.exit(Pid(101), 0);
+    t.exit(Pid(102), 0);
+    assert_eq!(t.spawned.len(), 3);
+    assert_eq!(t.feed(Event::Resize(0)), [], "zero is refused");
+}
+
+#[test]
+fn crash_restarts_run_the_serving_generation() {
+    let mut t = running(1);
+    t.feed(Event::Roll);
+    t.ready(t.last_pid());
+    t.exit(Pid(100), 0);
+    t.exit(t.last_pid(), 1);
+    assert_eq!(t.spawned.last().unwrap().2, 2);
+}
+
+#[test]
+fn unknown_children_are_ignored() {
+    let mut t = running(1);
+    assert_eq!(t.exit(Pid(9999), 0), []);
+    assert_eq!(t.spawned.len(), 1);
+}

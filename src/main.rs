@@ -1,0 +1,7 @@
+//! The `mcluster` command: a thin layer over the library.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    mcluster::cli::main()
+}

@@ -1,0 +1,153 @@
+//! The master's side of systemd's notify protocol: one private datagram socket per worker.
+//!
+//! Each worker gets `NOTIFY_SOCKET=<dir>/w<slot>-<n>.sock`, a socket of its own in a 0700
+//! directory of the master's, so every message is attributed to exactly one worker without
+//! trusting credentials. A message is newline-separated `KEY=VALUE` lines: `READY=1` marks the
+//! worker ready, `STATUS=…` is its status line, and every message is passed to the embedder's
+//! message handler.
+
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::thread;
+
+use crate::cluster::WorkerKey;
+use crate::supervisor::Input;
+
+/// The master's private directory of notify sockets, removed when dropped.
+#[derive(Debug)]
+pub(crate) struct NotifyDir {
+    path: PathBuf,
+}
+
+impl NotifyDir {
+    /// Creates `mcluster-<pid>` (mode 0700) in `$XDG_RUNTIME_DIR` or the temp directory.
+    pub(crate) fn create() -> io::Result<Self> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|dir| dir.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let path = base.join(format!("mcluster-{}", std::process::id()));
+        // A directory of a dead master whose pid we reuse.
+        if path.exists() {
+            std::fs::remove_dir_all(&path)?;
+        }
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(Self { path })
+    }
+
+    /// Binds a worker's socket and starts the thread that forwards its messages.
+    pub(crate) fn open(
+        &self,
+        key: WorkerKey,
+        slot: usize,
+        events: Sender<Input>,
+    ) -> io::Result<NotifySocket> {
+        let path = self.path.join(format!("w{slot}-{}.sock", key.0));
+        let socket = UnixDatagram::bind(&path)?;
+        let reader = socket.try_clone()?;
+        thread::Builder::new()
+            .name(format!("notify-w{slot}"))
+            .spawn(move || forward_messages(&reader, key, &events))?;
+        Ok(NotifySocket { path, socket })
+    }
+}
+
+impl Drop for NotifyDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// One worker's notify socket; closing it ends its reader thread and removes the file.
+#[derive(Debug)]
+pub(crate) struct NotifySocket {
+    path: PathBuf,
+    socket: UnixDatagram,
+}
+
+impl NotifySocket {
+    /// The value of the worker's `NOTIFY_SOCKET`.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        // Shutting the socket down wakes the reader blocked in recv with a 0-byte read.
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn forward_messages(socket: &UnixDatagram, key: WorkerKey, events: &Sender<Input>) {
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        match socket.recv(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(len) => {
+                let text = String::from_utf8_lossy(&buffer[..len]).into_owned();
+                if events.send(Input::Notify { key, text }).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a notify message contains `READY=1`.
+pub(crate) fn says_ready(message: &str) -> bool {
+    message.lines().any(|line| line == "READY=1")
+}
+
+/// The `STATUS=` text of a notify message, if any.
+pub(crate) fn status(message: &str) -> Option<&str> {
+    message
+        .lines()
+        .find_map(|line| line.strip_prefix("STATUS="))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn messages_are_forwarded_and_closing_ends_the_reader() {
+        let dir = NotifyDir::create().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let socket = dir.open(WorkerKey(7), 0, tx).unwrap();
+        let client = UnixDatagram::unbound().unwrap();
+        client
+            .send_to(b"READY=1\nSTATUS=up", socket.path())
+            .unwrap();
+        let Input::Notify { key, text } = rx.recv_timeout(Duration::from_secs(10)).unwrap() else {
+            panic!("expected a notify message");
+        };
+        assert_eq!(key, WorkerKey(7));
+        assert!(says_ready(&text));
+        assert_eq!(status(&text), Some("up"));
+        let path = socket.path().to_owned();
+        drop(socket);
+        assert!(!path.exists());
+        // The reader thread dropped its sender: the channel disconnects.
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        ));
+        let dir_path = dir.path.clone();
+        drop(dir);
+        assert!(!dir_path.exists());
+    }
+
+    #[test]
+    fn ready_must_be_a_whole_line() {
+        assert!(says_ready("STATUS=x\nREADY=1\n"));
+        assert!(!says_ready("READY=10"));
+        assert_eq!(status("READY=1"), None);
+    }
+}

@@ -1,0 +1,410 @@
+//! The driver: owns every handle (children, pipes, sockets) and no policy.
+//!
+//! One loop: wait on one channel (fed by the signal thread, the notify readers and the embedder's
+//! [`Handle`](crate::master::Handle)) with the core's next deadline as timeout, turn what arrives
+//! into an [`Event`], hand it to [`Cluster::handle`], carry out the actions. A spawn is answered
+//! at once with `Spawned` or `SpawnFailed`.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid as NixPid;
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
+
+use crate::cluster::{
+    Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, StopKind, WorkerKey,
+};
+use crate::listener::Listener;
+use crate::notify::{self, NotifyDir, NotifySocket};
+use crate::output::{self, Stream, Tail};
+use crate::sys::{SpawnRequest, spawn_worker};
+
+/// Everything that can wake the driver.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A signal the master received.
+    Signal(i32),
+    /// A datagram on a worker's notify socket.
+    Notify { key: WorkerKey, text: String },
+    /// A request from the embedder's handle.
+    Control(Control),
+}
+
+/// Requests from [`Handle`](crate::master::Handle).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Control {
+    Resize(usize),
+    Roll,
+    Quit,
+    QuitHard,
+}
+
+/// A message handler: the worker's slot and the notify message.
+pub(crate) type MessageHandler = Box<dyn FnMut(usize, &str) + Send>;
+
+/// How every worker is started.
+pub(crate) struct WorkerSpec {
+    pub(crate) program: CString,
+    pub(crate) argv: Vec<CString>,
+    /// The master's environment with the `--env` pairs, without the per-worker variables.
+    pub(crate) env: Vec<CString>,
+    pub(crate) silent: bool,
+    pub(crate) stop_signal: Signal,
+}
+
+/// A spawned worker's handles.
+struct RunningWorker {
+    slot: usize,
+    pid: i32,
+    _notify: NotifySocket,
+    stderr_tail: Tail,
+    output: Vec<JoinHandle<()>>,
+}
+
+/// A worker that exited, kept for a failure report.
+struct ExitedWorker {
+    slot: usize,
+    pid: i32,
+    stderr_tail: Tail,
+    output: Vec<JoinHandle<()>>,
+}
+
+pub(crate) struct Supervisor<'a> {
+    pub(crate) cluster: Cluster,
+    pub(crate) spec: WorkerSpec,
+    pub(crate) listeners: &'a [Listener],
+    pub(crate) notify_dir: NotifyDir,
+    pub(crate) events: Sender<Input>,
+    pub(crate) inbox: Receiver<Input>,
+    pub(crate) on_message: Option<MessageHandler>,
+    /// Whether the master's own service manager (systemd) listens on `NOTIFY_SOCKET`.
+    pub(crate) notify_manager: bool,
+}
+
+impl Supervisor<'_> {
+    /// Runs the cluster until it exits.
+    pub(crate) fn run(mut self) -> io::Result<ExitReason> {
+        let devnull = File::open("/dev/null")?;
+        let mut state = DriverState {
+            workers: HashMap::new(),
+            exited: VecDeque::new(),
+            pids: HashMap::new(),
+            interrupts: 0,
+            exit: None,
+            devnull,
+        };
+        self.feed(&mut state, Event::Start);
+        while state.exit.is_none() {
+            let input = match self.cluster.next_deadline() {
+                Some(deadline) => {
+                    let timeout = deadline.saturating_duration_since(Instant::now());
+                    match self.inbox.recv_timeout(timeout) {
+                        Ok(input) => Some(input),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match self.inbox.recv() {
+                    Ok(input) => Some(input),
+                    Err(_) => break,
+                },
+            };
+            match input {
+                None => self.feed(&mut state, Event::Tick),
+                Some(Input::Signal(signal)) => self.on_signal(&mut state, signal),
+                Some(Input::Notify { key, text }) => self.on_notify(&mut state, key, &text),
+                Some(Input::Control(control)) => {
+                    let event = match control {
+                        Control::Resize(size) => Event::Resize(size),
+                        Control::Roll => Event::Roll,
+                        Control::Quit => Event::Stop { hard: false },
+                        Control::QuitHard => Event::Stop { hard: true },
+                    };
+                    self.feed(&mut state, event);
+                }
+            }
+        }
+        let reason = state.exit.take().unwrap_or(ExitReason::Killed);
+        if let ExitReason::NeverReady { pid: Some(pid), .. } = &reason {
+            report_stderr_tail(&mut state, pid.0);
+        }
+        // Let the last lines of every worker reach the terminal before the master exits.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for exited in state.exited.drain(..) {
+            wait_for_threads(exited.output, deadline);
+        }
+        Ok(reason)
+    }
+
+    fn on_signal(&mut self, state: &mut DriverState, signal: i32) {
+        let event = match signal {
+            SIGCHLD => {
+                self.reap(state);
+                return;
+            }
+            SIGHUP => Event::Roll,
+            SIGINT => {
+                state.interrupts += 1;
+                Event::Stop {
+                    hard: state.interrupts > 1,
+                }
+            }
+            SIGTERM => Event::Stop { hard: false },
+            SIGQUIT => Event::Stop { hard: true },
+            SIGTTIN => Event::Resize(self.cluster.size() + 1),
+            SIGTTOU => Event::Resize(self.cluster.size().saturating_sub(1)),
+            _ => return,
+        };
+        self.feed(state, event);
+    }
+
+    fn on_notify(&mut self, state: &mut DriverState, key: WorkerKey, text: &str) {
+        let Some(worker) = state.workers.get(&key) else {
+            return;
+        };
+        let slot = worker.slot;
+        if let Some(handler) = &mut self.on_message {
+            handler(slot, text);
+        }
+        if let Some(status) = notify::status(text) {
+            output::master_line(&format!("w{slot} status: {status}"));
+        }
+        if notify::says_ready(text) {
+            self.feed(state, Event::Ready { key });
+        }
+    }
+
+    /// Collects every exited child: CHLD signals merge, so one may stand for many.
+    fn reap(&mut self, state: &mut DriverState) {
+        loop {
+            let end = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ProcessEnd::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    (pid, ProcessEnd::Signal(signal as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            let (pid, end) = end;
+            if let Some(key) = state.pids.remove(&pid.as_raw())
+                && let Some(worker) = state.workers.remove(&key)
+            {
+                state.remember_exited(worker);
+            }
+            self.feed(
+                state,
+                Event::Exited {
+                    pid: Pid(pid.as_raw()),
+                    end,
+                },
+            );
+        }
+    }
+
+    /// Hands an event to the core and carries out the actions, including the events they
+    /// cause (a spawn's result).
+    fn feed(&mut self, state: &mut DriverState, event: Event) {
+        let mut pending = VecDeque::from([event]);
+        while let Some(event) = pending.pop_front() {
+            for action in self.cluster.handle(Instant::now(), event) {
+                match action {
+                    Action::Spawn {
+                        key,
+                        slot,
+                        generation,
+                        size,
+                    } => pending.push_back(match self.spawn(state, key, slot, generation, size) {
+                        Ok(pid) => Event::Spawned { key, pid: Pid(pid) },
+                        Err(error) => Event::SpawnFailed {
+                            key,
+                            reason: error.to_string(),
+                        },
+                    }),
+                    Action::Signal { pid, kind } => self.send_signal(pid, kind),
+                    Action::Log(line) => output::master_line(&line),
+                    Action::Notify(master_state) => self.notify_manager(master_state),
+                    Action::Exit(reason) => state.exit = Some(reason),
+                }
+            }
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        state: &mut DriverState,
+        key: WorkerKey,
+        slot: usize,
+        generation: u64,
+        size: usize,
+    ) -> io::Result<i32> {
+        let notify = self.notify_dir.open(key, slot, self.events.clone())?;
+        let names: Vec<&str> = self.listeners.iter().map(Listener::name).collect();
+        let mut env = self.spec.env.clone();
+        let per_worker = [
+            ("LISTEN_FDS", self.listeners.len().to_string()),
+            ("LISTEN_FDNAMES", names.join(":")),
+            ("NOTIFY_SOCKET", notify.path().display().to_string()),
+            ("MCLUSTER_WORKER_ID", slot.to_string()),
+            ("MCLUSTER_GENERATION", generation.to_string()),
+            ("MCLUSTER_WORKERS", size.to_string()),
+        ];
+        for (name, value) in per_worker {
+            env.push(CString::new(format!("{name}={value}")).map_err(io::Error::other)?);
+        }
+        let (stdout_read, stdout_write) = pipe()?;
+        let (stderr_read, stderr_write) = pipe()?;
+        let mut fds: Vec<BorrowedFd<'_>> = vec![
+            state.devnull.as_fd(),
+            stdout_write.as_fd(),
+            stderr_write.as_fd(),
+        ];
+        fds.extend(self.listeners.iter().map(AsFd::as_fd));
+        let pid = spawn_worker(&SpawnRequest {
+            program: &self.spec.program,
+            argv: &self.spec.argv,
+            env: &env,
+            fds: &fds,
+        })?;
+        drop(fds);
+        // The worker holds the write ends now; ours must close for the readers to see EOF.
+        drop((stdout_write, stderr_write));
+        let stderr_tail = Tail::default();
+        let silent = self.spec.silent;
+        let output = vec![
+            output::forward_lines(stdout_read, slot, Stream::Stdout, silent, None)?,
+            output::forward_lines(
+                stderr_read,
+                slot,
+                Stream::Stderr,
+                silent,
+                Some(stderr_tail.clone()),
+            )?,
+        ];
+        state.pids.insert(pid, key);
+        state.workers.insert(
+            key,
+            RunningWorker {
+                slot,
+                pid,
+                _notify: notify,
+                stderr_tail,
+                output,
+            },
+        );
+        Ok(pid)
+    }
+
+    fn send_signal(&self, pid: Pid, kind: StopKind) {
+        let pid = NixPid::from_raw(pid.0);
+        // ESRCH only means it is already gone; its exit is on the way as SIGCHLD.
+        let _ = match kind {
+            StopKind::Graceful => kill(pid, self.spec.stop_signal),
+            StopKind::Kill => killpg(pid, Signal::SIGKILL).or_else(|_| kill(pid, Signal::SIGKILL)),
+        };
+    }
+
+    fn notify_manager(&self, master_state: MasterState) {
+        if !self.notify_manager {
+            return;
+        }
+        let size = self.cluster.size();
+        let message = match master_state {
+            MasterState::Ready => format!("READY=1\nSTATUS={size} workers ready"),
+            MasterState::Reloading => format!("RELOADING=1\nSTATUS=rolling {size} workers"),
+            MasterState::Stopping => "STOPPING=1\nSTATUS=stopping".to_owned(),
+        };
+        let _ = crate::worker::notify(&message);
+    }
+}
+
+struct DriverState {
+    workers: HashMap<WorkerKey, RunningWorker>,
+    exited: VecDeque<ExitedWorker>,
+    pids: HashMap<i32, WorkerKey>,
+    interrupts: u32,
+    exit: Option<ExitReason>,
+    devnull: File,
+}
+
+/// How many exited workers' output threads and stderr tails are kept.
+const EXITED_KEPT: usize = 32;
+
+impl DriverState {
+    fn remember_exited(&mut self, worker: RunningWorker) {
+        if self.exited.len() == EXITED_KEPT {
+            self.exited.pop_front();
+        }
+        self.exited.push_back(ExitedWorker {
+            slot: worker.slot,
+            pid: worker.pid,
+            stderr_tail: worker.stderr_tail,
+            output: worker.output,
+        });
+    }
+}
+
+fn report_stderr_tail(state: &mut DriverState, pid: i32) {
+    let Some(index) = state.exited.iter().position(|exited| exited.pid == pid) else {
+        return;
+    };
+    let Some(exited) = state.exited.remove(index) else {
+        return;
+    };
+    // Its stderr reader may still be draining the pipe.
+    wait_for_threads(exited.output, Instant::now() + Duration::from_secs(2));
+    let Ok(tail) = exited.stderr_tail.lock() else {
+        return;
+    };
+    for line in tail.iter() {
+        output::master_line(&format!("w{} stderr: {line}", exited.slot));
+    }
+}
+
+/// Joins threads that finish by `deadline`; leaves the others (a grandchild of a worker may
+/// hold its pipe open forever).
+fn wait_for_threads(threads: Vec<JoinHandle<()>>, deadline: Instant) {
+    for thread in threads {
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// Starts the thread that turns the master's signals into [`Input::Signal`]. CHLD is always
+/// watched; the others only when `all` is set (an embedder may handle them itself).
+pub(crate) fn watch_signals(
+    events: Sender<Input>,
+    all: bool,
+) -> io::Result<signal_hook::iterator::Handle> {
+    let mut wanted = vec![SIGCHLD];
+    if all {
+        wanted.extend([SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGTTIN, SIGTTOU]);
+    }
+    let mut signals = signal_hook::iterator::Signals::new(&wanted)?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if events.send(Input::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(handle)
+}

@@ -1,0 +1,210 @@
+//! Starting a worker: fork, then only async-signal-safe calls, then exec.
+//!
+//! `std::process::Command` cannot set `LISTEN_PID` to the child's own pid: the environment is
+//! built before fork, and the pid exists only after it. So the environment block is built here
+//! before fork with room for the digits, and the child writes its pid into its own copy of that
+//! buffer before `execve`. Everything else the child does is a plain syscall: its own process
+//! group, the parent-death signal, a clean signal mask, the fds moved into place.
+
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use nix::libc;
+use nix::sys::signal::SigSet;
+use nix::sys::wait::waitpid;
+use nix::unistd::{Pid, pipe2};
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+/// Room for any pid's digits and the NUL.
+const PID_DIGITS: usize = 21;
+
+/// What to start.
+pub(crate) struct SpawnRequest<'a> {
+    /// The resolved path of the program.
+    pub(crate) program: &'a CStr,
+    /// Its arguments, `argv[0]` included.
+    pub(crate) argv: &'a [CString],
+    /// Its environment, without `LISTEN_PID`, which is added with the child's pid.
+    pub(crate) env: &'a [CString],
+    /// The fds the child gets at 0, 1, 2, 3, … (stdin, stdout, stderr, then the listeners).
+    pub(crate) fds: &'a [BorrowedFd<'a>],
+}
+
+/// Forks and execs a worker; returns its pid once `execve` succeeded, or the error of whatever
+/// step failed in the child (the child is reaped then).
+pub(crate) fn spawn_worker(request: &SpawnRequest<'_>) -> io::Result<i32> {
+    // Everything the child touches is allocated before fork: after fork only the thread that
+    // forked exists, and another thread may have held the allocator's lock.
+    let argv: Vec<*const c_char> = request
+        .argv
+        .iter()
+        .map(|arg| arg.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let mut listen_pid = LISTEN_PID_PREFIX.to_vec();
+    listen_pid.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS, 0);
+    let listen_pid_ptr = listen_pid.as_mut_ptr();
+    let envp: Vec<*const c_char> = request
+        .env
+        .iter()
+        .map(|entry| entry.as_ptr())
+        .chain([
+            listen_pid_ptr.cast_const().cast::<c_char>(),
+            std::ptr::null(),
+        ])
+        .collect();
+    let sources: Vec<RawFd> = request.fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut scratch: Vec<RawFd> = vec![-1; sources.len()];
+    let empty_mask = SigSet::empty();
+    let (error_read, error_write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let parent = std::process::id();
+    let child = ChildPlan {
+        program: request.program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        listen_pid_digits: listen_pid_ptr.wrapping_add(LISTEN_PID_PREFIX.len()),
+        sources: &sources,
+        scratch: scratch.as_mut_ptr(),
+        mask: empty_mask.as_ref(),
+        parent: c_int::try_from(parent).unwrap_or(c_int::MAX),
+        error_fd: error_write.as_raw_fd(),
+    };
+
+    // SAFETY: fork duplicates only the calling thread. The child runs `ChildPlan::exec`, which
+    // calls only async-signal-safe functions (setpgid, prctl, getppid, sigprocmask, signal,
+    // fcntl, dup2, syscall(close_range), getpid, execve, write, _exit) on memory allocated
+    // before the fork, and never returns: it execs or `_exit`s. The parent continues normally.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        child.exec();
+    }
+    drop(error_write);
+    let mut errno = [0u8; 4];
+    let mut read = 0;
+    while read < errno.len() {
+        match nix::unistd::read(&error_read, &mut errno[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if read == 0 {
+        // The pipe closed on a successful exec.
+        return Ok(pid);
+    }
+    // The child wrote why it failed and `_exit`ed: reap it so no zombie is left.
+    let _ = waitpid(Pid::from_raw(pid), None);
+    Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
+}
+
+/// Raw pointers into memory prepared before fork, for the child alone.
+struct ChildPlan<'a> {
+    program: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    listen_pid_digits: *mut u8,
+    sources: &'a [RawFd],
+    scratch: *mut RawFd,
+    mask: &'a libc::sigset_t,
+    parent: c_int,
+    error_fd: RawFd,
+}
+
+impl ChildPlan<'_> {
+    /// Runs in the forked child: sets the process up and execs, or reports errno and exits.
+    fn exec(&self) -> ! {
+        // SAFETY: we are the single thread of a freshly forked child. Every call below is
+        // async-signal-safe and takes pointers into buffers the parent built before fork, which
+        // the child owns as a private copy: the argv/envp arrays stay NUL-terminated, the
+        // LISTEN_PID buffer has room for 20 digits and a NUL, `scratch` has one slot per
+        // source fd. No allocation, no lock, no unwinding: every path ends in execve or _exit.
+        unsafe {
+            // Our own process group, so a terminal's Ctrl-C reaches only the master.
+            if libc::setpgid(0, 0) != 0 {
+                self.fail();
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                self.fail();
+            }
+            // The master may have died between fork and prctl: then nobody would kill us.
+            if libc::getppid() != self.parent {
+                libc::_exit(1);
+            }
+            // A clean start: no blocked signals, SIGPIPE back to its default (Rust ignores it,
+            // and an ignored disposition survives exec).
+            if libc::sigprocmask(libc::SIG_SETMASK, self.mask, std::ptr::null_mut()) != 0 {
+                self.fail();
+            }
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            // Move every source above the targets first, so that a source sitting on another
+            // target's number is not overwritten; then dup2 into place (dup2 clears CLOEXEC).
+            let count = self.sources.len();
+            let above = c_int::try_from(count).unwrap_or(c_int::MAX).max(3);
+            for (index, &source) in self.sources.iter().enumerate() {
+                let moved = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, above);
+                if moved < 0 {
+                    self.fail();
+                }
+                *self.scratch.add(index) = moved;
+            }
+            for index in 0..count {
+                let target = c_int::try_from(index).unwrap_or(c_int::MAX);
+                if libc::dup2(*self.scratch.add(index), target) < 0 {
+                    self.fail();
+                }
+            }
+            // Fds the master itself inherited without CLOEXEC must not reach the worker. Kernels
+            // without close_range (before 5.11) just skip this.
+            libc::syscall(
+                libc::SYS_close_range,
+                libc::c_uint::try_from(count).unwrap_or(libc::c_uint::MAX),
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            write_decimal(self.listen_pid_digits, libc::getpid());
+            libc::execve(self.program, self.argv, self.envp);
+            self.fail();
+        }
+    }
+
+    /// Reports errno to the parent and exits.
+    fn fail(&self) -> ! {
+        // SAFETY: async-signal-safe calls only; the errno bytes live on this stack frame and
+        // `error_fd` is the pipe's write end, open in the child until exec.
+        unsafe {
+            let errno = *libc::__errno_location();
+            let bytes = errno.to_ne_bytes();
+            libc::write(self.error_fd, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127);
+        }
+    }
+}
+
+/// Writes `value` in decimal followed by a NUL at `out`, without allocating.
+///
+/// # Safety
+/// `out` must be valid for writes of `PID_DIGITS` bytes.
+unsafe fn write_decimal(out: *mut u8, value: c_int) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut len = 0;
+    let mut rest = value.unsigned_abs();
+    loop {
+        digits[len] = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for index in 0..len {
+        // SAFETY: `len` is at most 10 for a c_int, well inside the caller's PID_DIGITS bytes.
+        unsafe { *out.add(index) = digits[len - 1 - index] };
+    }
+    // SAFETY: as above; `len` < PID_DIGITS.
+    unsafe { *out.add(len) = 0 };
+}

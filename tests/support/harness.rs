@@ -1,0 +1,507 @@
+//! A running `mcluster` master: its output as lines, the waits tests make on it, and cleanup.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use super::fixture::mcluster;
+use super::process::{self, DEADLINE, is_alive, stat, wait_until_or};
+
+/// Variables of the test's own environment that would change what the master does.
+const SCRUBBED_ENV: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "MCLUSTER_WORKER_ID",
+    "MCLUSTER_GENERATION",
+    "MCLUSTER_WORKERS",
+    "EXTRA",
+    "ECHO_NO_READY",
+];
+
+/// How to start a master; [`MasterBuilder::start`] runs it.
+#[must_use]
+pub(crate) struct MasterBuilder {
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+}
+
+impl MasterBuilder {
+    /// `mcluster` with exactly `args` (for bad-input tests).
+    pub(crate) fn raw(args: &[&str]) -> Self {
+        Self {
+            args: args.iter().map(OsString::from).collect(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Sets `key=value` in the master's environment.
+    pub(crate) fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        self.env.push((key.into(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Spawns the master with its stdout and stderr collected line by line.
+    #[track_caller]
+    pub(crate) fn start(self) -> Master {
+        let tmp = TempDir::new().unwrap();
+        let mut command = Command::new(mcluster());
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Whatever the master keeps on disk goes here, so tests can see what it leaves.
+            .env("TMPDIR", tmp.path())
+            .env("XDG_RUNTIME_DIR", tmp.path());
+        for key in SCRUBBED_ENV {
+            command.env_remove(key);
+        }
+        command.envs(self.env);
+        let mut child = command.spawn().expect("spawn mcluster");
+        let stdout = Output::collect(child.stdout.take().unwrap(), None);
+        let workers = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Output::collect(child.stderr.take().unwrap(), Some(Arc::clone(&workers)));
+        Master {
+            child,
+            stdout,
+            stderr,
+            workers,
+            status: None,
+            tmp,
+        }
+    }
+}
+
+/// A worker as the master announced it: `mcluster: w<slot> ready (pid <pid>, generation <g>)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Worker {
+    pub(crate) slot: usize,
+    pub(crate) pid: i32,
+    pub(crate) generation: u64,
+}
+
+impl Worker {
+    fn parse(line: &str) -> Option<Self> {
+        let rest = line.strip_prefix("mcluster: w")?;
+        let (slot, rest) = rest.split_once(" ready (pid ")?;
+        let (pid, rest) = rest.split_once(", generation ")?;
+        let generation = rest.strip_suffix(')')?;
+        Some(Self {
+            slot: slot.parse().ok()?,
+            pid: pid.parse().ok()?,
+            generation: generation.parse().ok()?,
+        })
+    }
+}
+
+/// The pids of `workers`, in order.
+pub(crate) fn pids(workers: &[Worker]) -> Vec<i32> {
+    workers.iter().map(|w| w.pid).collect()
+}
+
+/// A position in an output stream: waits after it look only at later lines.
+pub(crate) type Mark = usize;
+
+/// A running (or exited) `mcluster` master. Dropping it SIGKILLs the master and its workers.
+pub(crate) struct Master {
+    child: Child,
+    stdout: Arc<Output>,
+    stderr: Arc<Output>,
+    /// Every worker announced ready, identified by pid and start time (to kill it safely later).
+    workers: Arc<Mutex<Vec<(i32, u64)>>>,
+    status: Option<ExitStatus>,
+    tmp: TempDir,
+}
+
+impl Master {
+    /// Starts `mcluster start OPTIONS -- PROGRAM ARGS…`. `options` must choose the listeners
+    /// (`-l 127.0.0.1:0`): no test may use the default port.
+    #[track_caller]
+    pub(crate) fn start(options: &[&str], program: impl AsRef<OsStr>, args: &[&str]) -> Self {
+        Self::builder(options, program, args).start()
+    }
+
+    /// Like [`Master::start`], for tests that change the master's environment first.
+    #[track_caller]
+    pub(crate) fn builder(
+        options: &[&str],
+        program: impl AsRef<OsStr>,
+        args: &[&str],
+    ) -> MasterBuilder {
+        assert!(
+            options
+                .iter()
+                .any(|o| matches!(*o, "-l" | "--listen") || o.starts_with("--listen=")),
+            "tests must choose their listeners (`-l 127.0.0.1:0`), not the default port"
+        );
+        let mut all: Vec<OsString> = vec!["start".into()];
+        all.extend(options.iter().map(OsString::from));
+        all.push("--".into());
+        all.push(program.as_ref().to_owned());
+        all.extend(args.iter().map(OsString::from));
+        MasterBuilder {
+            args: all,
+            env: Vec::new(),
+        }
+    }
+
+    /// Starts the master and waits until its first generation of `size` workers is ready.
+    #[track_caller]
+    pub(crate) fn start_ready(
+        options: &[&str],
+        program: impl AsRef<OsStr>,
+        args: &[&str],
+        size: usize,
+    ) -> (Self, Vec<Worker>) {
+        let master = Self::start(options, program, args);
+        let workers = master.wait_ready(size);
+        (master, workers)
+    }
+
+    pub(crate) fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    /// The directory given to the master as `TMPDIR` and `XDG_RUNTIME_DIR`.
+    pub(crate) fn tmpdir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Sends `signal` to the master.
+    #[track_caller]
+    pub(crate) fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).expect("signal the master");
+    }
+
+    /// Waits for `count` `mcluster: listening on <addr>` lines and returns the addresses.
+    #[track_caller]
+    pub(crate) fn listening(&self, count: usize) -> Vec<String> {
+        let mut mark = 0;
+        (0..count)
+            .map(|_| {
+                let (next, line) = self.wait_for_stderr_after(mark, "mcluster: listening on ");
+                mark = next;
+                line["mcluster: listening on ".len()..].to_owned()
+            })
+            .collect()
+    }
+
+    /// The port of the first listener (which must be TCP).
+    #[track_caller]
+    pub(crate) fn port(&self) -> u16 {
+        let addr = &self.listening(1)[0];
+        addr.rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or_else(|| panic!("not a TCP address: {addr:?}"))
+    }
+
+    /// Waits for `mcluster: all <size> workers ready`, then returns the workers announced so far
+    /// (one per slot, all of generation 1).
+    #[track_caller]
+    pub(crate) fn wait_ready(&self, size: usize) -> Vec<Worker> {
+        self.wait_for_stderr(&format!("mcluster: all {size} workers ready in "));
+        let workers = self.generation(1);
+        assert_eq!(
+            workers.len(),
+            size,
+            "ready lines of generation 1: {workers:?}\n{}",
+            self.dump()
+        );
+        workers
+    }
+
+    /// Every `w<slot> ready` line so far, in order.
+    pub(crate) fn ready_workers(&self) -> Vec<Worker> {
+        self.stderr_lines()
+            .iter()
+            .filter_map(|line| Worker::parse(line))
+            .collect()
+    }
+
+    /// The workers announced ready with `generation`, sorted by slot; checks slots are distinct.
+    #[track_caller]
+    pub(crate) fn generation(&self, generation: u64) -> Vec<Worker> {
+        let mut workers: Vec<Worker> = self
+            .ready_workers()
+            .into_iter()
+            .filter(|w| w.generation == generation)
+            .collect();
+        workers.sort_by_key(|w| w.slot);
+        let mut slots: Vec<usize> = workers.iter().map(|w| w.slot).collect();
+        slots.dedup();
+        assert_eq!(
+            slots.len(),
+            workers.len(),
+            "two workers of generation {generation} in one slot: {workers:?}\n{}",
+            self.dump()
+        );
+        workers
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it.
+    #[track_caller]
+    pub(crate) fn wait_for_stderr(&self, needle: &str) -> String {
+        self.wait_for_stderr_after(0, needle).1
+    }
+
+    /// Waits for a stderr line after `mark` containing `needle`; returns the mark after it and it.
+    #[track_caller]
+    pub(crate) fn wait_for_stderr_after(&self, mark: Mark, needle: &str) -> (Mark, String) {
+        self.wait_in(&self.stderr, mark, needle)
+    }
+
+    /// Waits for a stdout line containing `needle` and returns it.
+    #[track_caller]
+    pub(crate) fn wait_for_stdout(&self, needle: &str) -> String {
+        self.wait_in(&self.stdout, 0, needle).1
+    }
+
+    /// The mark after the last stderr line so far.
+    pub(crate) fn stderr_mark(&self) -> Mark {
+        self.stderr.lines().len()
+    }
+
+    pub(crate) fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lines().into_iter().map(|l| l.text).collect()
+    }
+
+    pub(crate) fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lines().into_iter().map(|l| l.text).collect()
+    }
+
+    /// The stderr lines with the time each one was read.
+    pub(crate) fn stderr_timed(&self) -> Vec<(Instant, String)> {
+        self.stderr
+            .lines()
+            .into_iter()
+            .map(|l| (l.at, l.text))
+            .collect()
+    }
+
+    /// Polls `condition` until it holds, failing with the master's output after [`DEADLINE`].
+    #[track_caller]
+    pub(crate) fn wait_until(&self, what: &str, condition: impl FnMut() -> bool) {
+        wait_until_or(what, condition, || self.dump());
+    }
+
+    /// Waits until the process `pid` is gone.
+    #[track_caller]
+    pub(crate) fn wait_dead(&self, pid: i32) {
+        self.wait_until(&format!("pid {pid} to exit"), || !is_alive(pid));
+    }
+
+    /// Waits for the master to exit and for its output to end; returns its exit status.
+    #[track_caller]
+    pub(crate) fn wait_exit(&mut self) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the master did not exit within {DEADLINE:?}\n{}",
+                self.dump()
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        self.status = Some(status);
+        // The pipes close when the last process holding them exits: if a worker outlived the
+        // master, this fails, as it should.
+        for output in [&self.stdout, &self.stderr] {
+            assert!(
+                output.wait_closed(DEADLINE.saturating_sub(start.elapsed())),
+                "the master exited ({status}) but its {} is still open: something outlived it\n{}",
+                output.name(),
+                self.dump()
+            );
+        }
+        status
+    }
+
+    /// Waits for the master to exit with a code (not killed by a signal) and returns it.
+    #[track_caller]
+    pub(crate) fn wait_exit_code(&mut self) -> i32 {
+        let status = self.wait_exit();
+        status
+            .code()
+            .unwrap_or_else(|| panic!("the master was killed: {status}\n{}", self.dump()))
+    }
+
+    /// Both output streams so far, for failure messages.
+    pub(crate) fn dump(&self) -> String {
+        let mut text = String::from("--- master stderr ---\n");
+        for line in self.stderr_lines() {
+            let _ = writeln!(text, "{line}");
+        }
+        text.push_str("--- master stdout ---\n");
+        for line in self.stdout_lines() {
+            let _ = writeln!(text, "{line}");
+        }
+        text
+    }
+
+    #[track_caller]
+    fn wait_in(&self, output: &Output, mark: Mark, needle: &str) -> (Mark, String) {
+        match output.wait_for(mark, needle, DEADLINE) {
+            Ok(found) => found,
+            Err(WaitError::Closed) => panic!(
+                "the master's {} ended without a line containing {needle:?}\n{}",
+                output.name(),
+                self.dump()
+            ),
+            Err(WaitError::TimedOut) => panic!(
+                "timed out after {DEADLINE:?} waiting for a {} line containing {needle:?}\n{}",
+                output.name(),
+                self.dump()
+            ),
+        }
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if self.status.is_some() {
+            return;
+        }
+        // Workers die with the master (PDEATHSIG), but a test must not count on what it tests:
+        // note the master's children and every worker it announced, then kill them all.
+        let mut doomed: Vec<(i32, u64)> = process::children_of(self.pid())
+            .into_iter()
+            .filter_map(|pid| Some((pid, stat(pid)?.start_time)))
+            .collect();
+        doomed.extend(self.workers.lock().unwrap().iter().copied());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for (pid, start_time) in doomed {
+            // Only the very process we saw: pids are reused.
+            if stat(pid).is_some_and(|s| s.start_time == start_time && s.state != 'Z') {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// One line of output and when the test read it.
+#[derive(Clone)]
+struct Line {
+    text: String,
+    at: Instant,
+}
+
+/// One output stream of the master, read into lines by a thread.
+struct Output {
+    name: &'static str,
+    state: Mutex<OutputState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct OutputState {
+    lines: Vec<Line>,
+    closed: bool,
+}
+
+impl Output {
+    /// Reads `pipe` line by line on a thread. With `workers`, it is stderr: each worker announced
+    /// ready is recorded there at once, while its process can still be identified.
+    fn collect(pipe: impl Read + Send + 'static, workers: Option<Arc<Mutex<Vec<(i32, u64)>>>>) -> Arc<Self> {
+        let output = Arc::new(Self {
+            name: if workers.is_some() { "stderr" } else { "stdout" },
+            state: Mutex::new(OutputState::default()),
+            changed: Condvar::new(),
+        });
+        let writer = Arc::clone(&output);
+        thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned();
+                if let (Some(workers), Some(worker)) = (&workers, Worker::parse(&text))
+                    && let Some(s) = stat(worker.pid)
+                {
+                    workers.lock().unwrap().push((worker.pid, s.start_time));
+                }
+                let at = Instant::now();
+                writer.state.lock().unwrap().lines.push(Line { text, at });
+                writer.changed.notify_all();
+            }
+            writer.state.lock().unwrap().closed = true;
+            writer.changed.notify_all();
+        });
+        output
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn lines(&self) -> Vec<Line> {
+        self.state.lock().unwrap().lines.clone()
+    }
+
+    fn wait_for(&self, mark: Mark, needle: &str, timeout: Duration) -> Result<(Mark, String), WaitError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state.lock().unwrap();
+        loop {
+            if let Some((i, line)) = state
+                .lines
+                .iter()
+                .enumerate()
+                .skip(mark)
+                .find(|(_, line)| line.text.contains(needle))
+            {
+                return Ok((i + 1, line.text.clone()));
+            }
+            if state.closed {
+                return Err(WaitError::Closed);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(WaitError::TimedOut);
+            }
+            state = self.changed.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+
+    fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state.lock().unwrap();
+        while !state.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self.changed.wait_timeout(state, deadline - now).unwrap().0;
+        }
+        true
+    }
+}
+
+enum WaitError {
+    /// The stream ended (the master and everything holding its pipe exited).
+    Closed,
+    TimedOut,
+}

@@ -1,0 +1,179 @@
+//! Talking to the workers: one line out, one line back, on a fresh connection each time.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::process::{DEADLINE, wait_until};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Long enough for the slowest request the tests make (`sleep 1500`) on a busy machine.
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Opens a connection to `127.0.0.1:port` and sends `line`, without waiting for the reply.
+pub(crate) fn send(port: u16, line: &str) -> io::Result<TcpStream> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    Ok(stream)
+}
+
+/// Reads the one-line reply of a connection made by [`send`], without its newline.
+pub(crate) fn receive(stream: TcpStream) -> io::Result<String> {
+    read_reply(stream)
+}
+
+/// Sends `line` to `127.0.0.1:port` on a new connection and returns the one-line reply.
+pub(crate) fn try_request(port: u16, line: &str) -> io::Result<String> {
+    receive(send(port, line)?)
+}
+
+/// [`try_request`] that fails the test on any error.
+#[track_caller]
+pub(crate) fn request(port: u16, line: &str) -> String {
+    match try_request(port, line) {
+        Ok(reply) => reply,
+        Err(e) => panic!("request {line:?} to 127.0.0.1:{port} failed: {e}"),
+    }
+}
+
+/// Sends `line` to the unix socket at `path` and returns the one-line reply.
+#[track_caller]
+pub(crate) fn request_unix(path: &Path, line: &str) -> String {
+    let attempt = || -> io::Result<String> {
+        let mut stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.write_all(format!("{line}\n").as_bytes())?;
+        read_reply(stream)
+    };
+    attempt().unwrap_or_else(|e| panic!("request {line:?} to {} failed: {e}", path.display()))
+}
+
+fn read_reply(stream: impl io::Read) -> io::Result<String> {
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    if !reply.ends_with('\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("connection closed before a full reply (got {reply:?})"),
+        ));
+    }
+    reply.pop();
+    Ok(reply)
+}
+
+/// A reply of the echo fixture: `pid=<pid> gen=<generation> id=<slot> <request>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub(crate) pid: i32,
+    pub(crate) generation: u64,
+    pub(crate) slot: usize,
+    pub(crate) echo: String,
+}
+
+impl Reply {
+    pub(crate) fn parse(line: &str) -> Option<Self> {
+        let mut words = line.splitn(4, ' ');
+        let pid = words.next()?.strip_prefix("pid=")?.parse().ok()?;
+        let generation = words.next()?.strip_prefix("gen=")?.parse().ok()?;
+        let slot = words.next()?.strip_prefix("id=")?.parse().ok()?;
+        let echo = words.next()?.to_owned();
+        Some(Self {
+            pid,
+            generation,
+            slot,
+            echo,
+        })
+    }
+}
+
+/// Sends `line` to the echo fixture and checks that the reply echoes it.
+#[track_caller]
+pub(crate) fn echo(port: u16, line: &str) -> Reply {
+    let reply = request(port, line);
+    let parsed = Reply::parse(&reply).unwrap_or_else(|| panic!("not an echo reply: {reply:?}"));
+    assert_eq!(parsed.echo, line, "echo reply to {line:?}: {reply:?}");
+    parsed
+}
+
+/// Sends requests until every pid in `expected` has answered one, and checks that no other pid
+/// answers meanwhile. The kernel picks the worker for each connection, so this takes a few tries.
+#[track_caller]
+pub(crate) fn wait_served_by(port: u16, expected: &[i32], reply_pid: impl Fn(&str) -> i32) {
+    let expected: BTreeSet<i32> = expected.iter().copied().collect();
+    let mut seen = BTreeSet::new();
+    let start = Instant::now();
+    while seen != expected {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "only pids {seen:?} of {expected:?} answered on port {port} in {DEADLINE:?}"
+        );
+        let reply = request(port, "who");
+        let pid = reply_pid(&reply);
+        assert!(
+            expected.contains(&pid),
+            "pid {pid} answered, expected only {expected:?}: {reply:?}"
+        );
+        seen.insert(pid);
+    }
+}
+
+/// The pid in a reply of the echo fixture.
+#[track_caller]
+pub(crate) fn echo_pid(reply: &str) -> i32 {
+    Reply::parse(reply)
+        .unwrap_or_else(|| panic!("not an echo reply: {reply:?}"))
+        .pid
+}
+
+/// Waits until a worker has accepted the connection `stream`: the kernel gives the server side of
+/// a connection an inode only when accept(2) hands it to a process (`/proc/net/tcp`).
+#[track_caller]
+pub(crate) fn wait_accepted(stream: &TcpStream) {
+    let (SocketAddr::V4(client), SocketAddr::V4(server)) =
+        (stream.local_addr().unwrap(), stream.peer_addr().unwrap())
+    else {
+        panic!("wait_accepted handles IPv4 connections only");
+    };
+    wait_until("a worker to accept the connection", || {
+        server_side_inode(server, client).is_some_and(|inode| inode != 0)
+    });
+}
+
+/// The inode of the socket with local address `local` and remote `remote`, from `/proc/net/tcp`.
+fn server_side_inode(local: SocketAddrV4, remote: SocketAddrV4) -> Option<u64> {
+    let (local, remote) = (proc_net_addr(local), proc_net_addr(remote));
+    let table = fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|row| {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
+            .then(|| fields.get(9)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// An address as `/proc/net/tcp` prints it: the raw (network order) address as a native u32,
+/// then the port, both in hex.
+fn proc_net_addr(addr: SocketAddrV4) -> String {
+    format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(addr.ip().octets()),
+        addr.port()
+    )
+}
+
+/// Whether nothing listens on `127.0.0.1:port` any more.
+pub(crate) fn is_refused(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    matches!(
+        TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused
+    )
+}
