@@ -38,6 +38,8 @@ pub enum ReadyMode {
 }
 
 /// The options of `mcluster start`.
+// Doc comments here are `--help` text, where backticks would show.
+#[allow(clippy::doc_markdown)]
 #[derive(Debug, Args)]
 pub struct StartArgs {
     /// Address to listen on: HOST:PORT, [V6]:PORT, :PORT or unix:PATH, with an optional NAME=

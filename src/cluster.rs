@@ -58,7 +58,7 @@ impl ClusterConfig {
         Self {
             size,
             ready_delay: Some(Duration::from_secs(1)),
-            ready_timeout: Duration::from_secs(60),
+            ready_timeout: Duration::from_mins(1),
             kill_timeout: Duration::from_secs(30),
             backoff: Backoff::default(),
             start_attempts: 3,
@@ -202,7 +202,7 @@ impl Cluster {
                 if let Some(index) = self.index_of_key(key) {
                     let worker = self.workers.remove(index);
                     let failure = format!("could not be spawned: {reason}");
-                    self.failed_start(now, &worker, failure, None, &mut actions);
+                    self.failed_start(now, &worker, &failure, None, &mut actions);
                 }
             }
             Event::Ready { key } => {
@@ -291,7 +291,7 @@ impl Cluster {
             WorkerState::Stopping { .. } => {}
             WorkerState::Spawning | WorkerState::Starting { .. } => {
                 let failure = format!("{end} before it was ready");
-                self.failed_start(now, &worker, failure, Some(end), actions);
+                self.failed_start(now, &worker, &failure, Some(end), actions);
             }
             WorkerState::Ready => self.crashed(now, &worker, end, actions),
         }
@@ -359,7 +359,7 @@ impl Cluster {
         &mut self,
         now: Instant,
         worker: &Worker,
-        failure: String,
+        failure: &str,
         end: Option<ProcessEnd>,
         actions: &mut Vec<Action>,
     ) {
@@ -389,7 +389,7 @@ impl Cluster {
             let reason = ExitReason::NeverReady {
                 slot: worker.slot,
                 pid: worker.pid,
-                failure: failure.clone(),
+                failure: failure.to_owned(),
                 end,
             };
             actions.push(Action::Log(format!(
@@ -401,7 +401,7 @@ impl Cluster {
             return;
         }
         let generation = self.restart_generation(worker);
-        self.schedule_restart(now, worker, generation, &failure, actions);
+        self.schedule_restart(now, worker, generation, failure, actions);
     }
 
     fn mark_ready(&mut self, now: Instant, index: usize, actions: &mut Vec<Action>) {
@@ -475,7 +475,7 @@ impl Cluster {
                         );
                         let worker = worker.clone();
                         self.stop_worker(now, index, false, actions);
-                        self.failed_start(now, &worker, failure, None, actions);
+                        self.failed_start(now, &worker, &failure, None, actions);
                     }
                 }
                 WorkerState::Stopping { kill_at } if kill_at.is_some_and(|at| at <= now) => {

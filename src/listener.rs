@@ -128,7 +128,7 @@ impl Listener {
         &self.shown
     }
 
-    /// Binds `addr`: SO_REUSEADDR (never SO_REUSEPORT), a large backlog, close-on-exec.
+    /// Binds `addr`: `SO_REUSEADDR` (never `SO_REUSEPORT`), a large backlog, close-on-exec.
     pub fn bind(addr: &ListenAddr) -> Result<Self, Error> {
         let name = addr.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned());
         let context = || format!("cannot listen on {addr}");

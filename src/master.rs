@@ -14,7 +14,7 @@
 //!     .on_message(|worker, message| eprintln!("w{worker} says {message:?}"));
 //! let handle = master.handle();
 //! std::thread::spawn(move || {
-//!     std::thread::sleep(Duration::from_secs(60));
+//!     std::thread::sleep(Duration::from_mins(1));
 //!     handle.restart(); // a rolling restart, as SIGHUP does
 //! });
 //! let outcome = master.run().expect("the master could not start");
@@ -92,7 +92,7 @@ impl Master {
             silent: false,
             signals: true,
             readiness: Readiness::Auto(Duration::from_secs(1)),
-            ready_timeout: Duration::from_secs(60),
+            ready_timeout: Duration::from_mins(1),
             kill_timeout: Duration::from_secs(30),
             stop_signal: nix::libc::SIGTERM,
             on_message: None,
