@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 pub use backoff::Backoff;
 pub use event::{
-    Action, Event, ExitReason, MasterState, Pid, ProcessEnd, StopKind, WorkerKey, human_duration,
-    signal_name,
+    Action, Event, ExitReason, MasterState, Pid, ProcessEnd, RollEnd, StopKind, WorkerKey,
+    human_duration, signal_name,
 };
 
 /// The policy knobs of a cluster.
@@ -369,13 +369,15 @@ impl Cluster {
         if let Some(roll) = &self.roll
             && roll.replacement == Some(worker.key)
         {
-            let generation = roll.generation;
+            let end = RollEnd {
+                generation: roll.generation,
+                size: self.config.size,
+                elapsed: now.duration_since(roll.started),
+                aborted: Some(format!("{} {failure}", worker.label())),
+                serving: self.serving_generation,
+            };
             self.roll = None;
-            actions.push(Action::Log(format!(
-                "roll to generation {generation} aborted: {} {failure}; generation {} keeps serving",
-                worker.label(),
-                self.serving_generation
-            )));
+            actions.push(Action::RollEnded(end));
             actions.push(Action::Notify(MasterState::Ready));
             self.start_queued_roll(now, actions);
             return;
@@ -408,7 +410,7 @@ impl Cluster {
         let worker = &mut self.workers[index];
         worker.state = WorkerState::Ready;
         let (key, slot) = (worker.key, worker.slot);
-        actions.push(Action::Log(format!(
+        actions.push(Action::Detail(format!(
             "w{slot} ready (pid {}, generation {})",
             worker
                 .pid
@@ -527,7 +529,7 @@ impl Cluster {
     fn begin_roll(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let generation = self.next_generation;
         self.next_generation += 1;
-        actions.push(Action::Log(format!(
+        actions.push(Action::Detail(format!(
             "rolling {} workers to generation {generation}",
             self.config.size
         )));
@@ -559,11 +561,13 @@ impl Cluster {
         for slot in &mut self.slots {
             slot.restart_generation = generation;
         }
-        actions.push(Action::Log(format!(
-            "rolled {} workers to generation {generation} in {}",
-            self.config.size,
-            human_duration(elapsed)
-        )));
+        actions.push(Action::RollEnded(RollEnd {
+            generation,
+            size: self.config.size,
+            elapsed,
+            aborted: None,
+            serving: generation,
+        }));
         actions.push(Action::Notify(MasterState::Ready));
         self.start_queued_roll(now, actions);
     }

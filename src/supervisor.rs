@@ -103,7 +103,13 @@ impl Supervisor<'_> {
         };
         self.feed(&mut state, Event::Start);
         while state.exit.is_none() {
-            let input = match self.cluster.next_deadline() {
+            let deadline = self.cluster.next_deadline();
+            // Due deadlines go first, so that a stream of messages cannot starve them.
+            if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+                self.feed(&mut state, Event::Tick);
+                continue;
+            }
+            let input = match deadline {
                 Some(deadline) => {
                     let timeout = deadline.saturating_duration_since(Instant::now());
                     match self.inbox.recv_timeout(timeout) {
@@ -229,7 +235,8 @@ impl Supervisor<'_> {
                         },
                     }),
                     Action::Signal { pid, kind } => self.send_signal(pid, kind),
-                    Action::Log(line) => output::master_line(&line),
+                    Action::Log(line) | Action::Detail(line) => output::master_line(&line),
+                    Action::RollEnded(end) => output::master_line(&end.to_string()),
                     Action::Notify(master_state) => self.notify_manager(master_state),
                     Action::Exit(reason) => state.exit = Some(reason),
                 }

@@ -187,10 +187,48 @@ pub enum Action {
     },
     /// Print one line of the master's log.
     Log(String),
+    /// A line about one worker or one step, which a quieter front end (dev mode) may leave out.
+    Detail(String),
+    /// A roll completed or was aborted.
+    RollEnded(RollEnd),
     /// Tell the master's own service manager.
     Notify(MasterState),
     /// Every worker has exited: exit the master.
     Exit(ExitReason),
+}
+
+/// How a roll ended, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollEnd {
+    /// The generation rolled in, or not.
+    pub generation: u64,
+    /// How many workers the roll replaced.
+    pub size: usize,
+    /// From the roll's start to its end.
+    pub elapsed: Duration,
+    /// Why it was aborted: which replacement failed and how; `None` when it completed.
+    pub aborted: Option<String>,
+    /// The generation serving after the roll.
+    pub serving: u64,
+}
+
+impl fmt::Display for RollEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.aborted {
+            None => write!(
+                f,
+                "rolled {} workers to generation {} in {}",
+                self.size,
+                self.generation,
+                human_duration(self.elapsed)
+            ),
+            Some(why) => write!(
+                f,
+                "roll to generation {} aborted: {why}; generation {} keeps serving",
+                self.generation, self.serving
+            ),
+        }
+    }
 }
 
 /// Renders a duration for the log: `85ms`, `1.32s`.

@@ -60,7 +60,10 @@ impl Timeline {
                         pending.push(Event::Spawned { key, pid });
                     }
                     Action::Signal { .. } | Action::Exit(_) => out.push(action),
-                    Action::Log(_) | Action::Notify(_) => {}
+                    Action::Log(_)
+                    | Action::Detail(_)
+                    | Action::RollEnded(_)
+                    | Action::Notify(_) => {}
                 }
             }
         }
@@ -97,9 +100,11 @@ impl Timeline {
     }
 
     fn logged(&self, needle: &str) -> bool {
-        self.log
-            .iter()
-            .any(|a| matches!(a, Action::Log(line) if line.contains(needle)))
+        self.log.iter().any(|action| match action {
+            Action::Log(line) | Action::Detail(line) => line.contains(needle),
+            Action::RollEnded(end) => end.to_string().contains(needle),
+            _ => false,
+        })
     }
 }
 
