@@ -110,6 +110,10 @@ pub(crate) fn pids(workers: &[Worker]) -> Vec<i32> {
     workers.iter().map(|w| w.pid).collect()
 }
 
+/// Processes seen, as (pid, start time): enough to kill the very process later, never another
+/// one that got its pid.
+type Seen = Arc<Mutex<Vec<(i32, u64)>>>;
+
 /// A position in an output stream: waits after it look only at later lines.
 pub(crate) type Mark = usize;
 
@@ -119,7 +123,7 @@ pub(crate) struct Master {
     stdout: Arc<Output>,
     stderr: Arc<Output>,
     /// Every worker announced ready, identified by pid and start time (to kill it safely later).
-    workers: Arc<Mutex<Vec<(i32, u64)>>>,
+    workers: Seen,
     status: Option<ExitStatus>,
     tmp: TempDir,
 }
@@ -258,13 +262,28 @@ impl Master {
     /// Waits for a stderr line after `mark` containing `needle`; returns the mark after it and it.
     #[track_caller]
     pub(crate) fn wait_for_stderr_after(&self, mark: Mark, needle: &str) -> (Mark, String) {
-        self.wait_in(&self.stderr, mark, needle)
+        let what = format!("a line containing {needle:?}");
+        self.wait_in(&self.stderr, mark, &what, &|line| line.contains(needle))
+    }
+
+    /// Waits for a stderr line after `mark` that satisfies `condition` (described by `what`);
+    /// returns the mark after it and it.
+    #[track_caller]
+    pub(crate) fn wait_for_stderr_where(
+        &self,
+        mark: Mark,
+        what: &str,
+        condition: impl Fn(&str) -> bool,
+    ) -> (Mark, String) {
+        self.wait_in(&self.stderr, mark, what, &condition)
     }
 
     /// Waits for a stdout line containing `needle` and returns it.
     #[track_caller]
     pub(crate) fn wait_for_stdout(&self, needle: &str) -> String {
-        self.wait_in(&self.stdout, 0, needle).1
+        let what = format!("a line containing {needle:?}");
+        self.wait_in(&self.stdout, 0, &what, &|line| line.contains(needle))
+            .1
     }
 
     /// The mark after the last stderr line so far.
@@ -356,16 +375,22 @@ impl Master {
     }
 
     #[track_caller]
-    fn wait_in(&self, output: &Output, mark: Mark, needle: &str) -> (Mark, String) {
-        match output.wait_for(mark, needle, DEADLINE) {
+    fn wait_in(
+        &self,
+        output: &Output,
+        mark: Mark,
+        what: &str,
+        condition: &dyn Fn(&str) -> bool,
+    ) -> (Mark, String) {
+        match output.wait_for(mark, condition, DEADLINE) {
             Ok(found) => found,
             Err(WaitError::Closed) => panic!(
-                "the master's {} ended without a line containing {needle:?}\n{}",
+                "the master's {} ended without {what}\n{}",
                 output.name(),
                 self.dump()
             ),
             Err(WaitError::TimedOut) => panic!(
-                "timed out after {DEADLINE:?} waiting for a {} line containing {needle:?}\n{}",
+                "timed out after {DEADLINE:?} waiting for {what} on the master's {}\n{}",
                 output.name(),
                 self.dump()
             ),
@@ -420,9 +445,13 @@ struct OutputState {
 impl Output {
     /// Reads `pipe` line by line on a thread. With `workers`, it is stderr: each worker announced
     /// ready is recorded there at once, while its process can still be identified.
-    fn collect(pipe: impl Read + Send + 'static, workers: Option<Arc<Mutex<Vec<(i32, u64)>>>>) -> Arc<Self> {
+    fn collect(pipe: impl Read + Send + 'static, workers: Option<Seen>) -> Arc<Self> {
         let output = Arc::new(Self {
-            name: if workers.is_some() { "stderr" } else { "stdout" },
+            name: if workers.is_some() {
+                "stderr"
+            } else {
+                "stdout"
+            },
             state: Mutex::new(OutputState::default()),
             changed: Condvar::new(),
         });
@@ -462,7 +491,12 @@ impl Output {
         self.state.lock().unwrap().lines.clone()
     }
 
-    fn wait_for(&self, mark: Mark, needle: &str, timeout: Duration) -> Result<(Mark, String), WaitError> {
+    fn wait_for(
+        &self,
+        mark: Mark,
+        condition: &dyn Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<(Mark, String), WaitError> {
         let deadline = Instant::now() + timeout;
         let mut state = self.state.lock().unwrap();
         loop {
@@ -471,7 +505,7 @@ impl Output {
                 .iter()
                 .enumerate()
                 .skip(mark)
-                .find(|(_, line)| line.text.contains(needle))
+                .find(|(_, line)| condition(&line.text))
             {
                 return Ok((i + 1, line.text.clone()));
             }

@@ -1,0 +1,29 @@
+//! End-to-end tests of `mcluster start`: real processes, real sockets, real signals.
+//!
+//! Every test starts its own master on `127.0.0.1:0` (or a unix socket in a temp dir), waits on
+//! what the master prints with a generous deadline, and kills everything it started on the way
+//! out, passing or not.
+//!
+//! - `start`   workers share the master's sockets; the environment contract (`LISTEN_*`,
+//!   `NOTIFY_SOCKET`, `MCLUSTER_*`, signal mask, process group); unmodified apps (`listenfd`,
+//!   strict Python); unix and named listeners
+//! - `roll`    HUP rolls: every pid replaced, no request dropped, aborted rolls keep the old
+//!   generation, bursts coalesce
+//! - `resize`  TTIN / TTOU
+//! - `crash`   restart after a crash, backoff of a crash loop, a first generation that never
+//!   becomes ready
+//! - `stop`    graceful and hard stops, the kill timeout, the stop signal, SIGKILL of the master
+//! - `errors`  bad input: one line, non-zero exit, nothing spawned or left behind
+//! - `output`  worker output prefixed by slot; `--silent`
+//!
+//! The worker programs are in `fixtures/workers/` (see `support/fixture.rs`).
+
+mod support;
+
+mod crash;
+mod errors;
+mod output;
+mod resize;
+mod roll;
+mod start;
+mod stop;

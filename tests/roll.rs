@@ -1,0 +1,338 @@
+//! Rolling restarts (SIGHUP): replacements first, no dropped request, aborted rolls, coalescing.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::net::try_request;
+use crate::support::process::children_of;
+use crate::support::script::exec_line;
+use crate::support::{
+    Master, Reply, Script, Worker, echo, echo_pid, fixture, is_alive, pids, wait_served_by,
+};
+
+/// Sends HUP and waits for the roll to generation `generation` to finish; returns its workers.
+#[track_caller]
+fn roll(master: &Master, size: usize, generation: u64) -> Vec<Worker> {
+    let mark = master.stderr_mark();
+    master.signal(Signal::SIGHUP);
+    master.wait_for_stderr_after(
+        mark,
+        &format!("mcluster: rolling {size} workers to generation {generation}"),
+    );
+    master.wait_for_stderr_after(
+        mark,
+        &format!("mcluster: rolled {size} workers to generation {generation} in "),
+    );
+    let workers = master.generation(generation);
+    assert_eq!(workers.len(), size, "{workers:?}\n{}", master.dump());
+    workers
+}
+
+/// Checks that `new` replaced every one of `old`: other pids, and the old ones have exited.
+#[track_caller]
+fn assert_replaced(master: &Master, old: &[Worker], new: &[Worker]) {
+    let old_pids: BTreeSet<i32> = pids(old).into_iter().collect();
+    let new_pids: BTreeSet<i32> = pids(new).into_iter().collect();
+    assert_eq!(new_pids.len(), new.len(), "{new:?}");
+    assert!(old_pids.is_disjoint(&new_pids), "old {old:?}, new {new:?}");
+    for worker in old {
+        master.wait_dead(worker.pid);
+    }
+}
+
+#[test]
+fn hup_replaces_every_worker_with_a_new_generation() {
+    let (master, old) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "2"],
+        fixture("fixture-echo"),
+        &[],
+        2,
+    );
+    let port = master.port();
+    let mark = master.stderr_mark();
+
+    let new = roll(&master, 2, 2);
+    assert_replaced(&master, &old, &new);
+    wait_served_by(port, &pids(&new), echo_pid);
+    assert_eq!(echo(port, "after").generation, 2);
+
+    // Each old worker was stopped only after the replacement in its slot was ready.
+    for worker in &new {
+        let (drained, _) =
+            master.wait_for_stderr_after(mark, &format!("[w{}] echo: draining", worker.slot));
+        let lines = master.stderr_lines();
+        let ready = lines
+            .iter()
+            .position(|l| l.contains(&format!("ready (pid {}, generation 2)", worker.pid)))
+            .unwrap();
+        assert!(
+            ready < drained - 1,
+            "w{} was stopped before its replacement was ready\n{}",
+            worker.slot,
+            master.dump()
+        );
+    }
+}
+
+/// Requests on fresh connections from several threads until stopped, recording every outcome.
+struct Load {
+    stop: AtomicBool,
+    answered: AtomicU64,
+    failures: Mutex<Vec<String>>,
+    generations: Mutex<BTreeSet<u64>>,
+}
+
+impl Load {
+    fn start(port: u16, loops: usize) -> (Arc<Self>, Vec<JoinHandle<()>>) {
+        let load = Arc::new(Self {
+            stop: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
+            failures: Mutex::new(Vec::new()),
+            generations: Mutex::new(BTreeSet::new()),
+        });
+        let threads = (0..loops)
+            .map(|n| {
+                let load = Arc::clone(&load);
+                thread::spawn(move || load.run(port, n))
+            })
+            .collect();
+        (load, threads)
+    }
+
+    fn run(&self, port: u16, n: usize) {
+        for i in 0.. {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let line = format!("load {n}-{i}");
+            match try_request(port, &line).map(|reply| (Reply::parse(&reply), reply)) {
+                Ok((Some(reply), _)) if reply.echo == line => {
+                    self.generations.lock().unwrap().insert(reply.generation);
+                    self.answered.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok((_, reply)) => self.fail(format!("{line}: wrong reply {reply:?}")),
+                Err(e) => self.fail(format!("{line}: {e}")),
+            }
+        }
+    }
+
+    fn fail(&self, failure: String) {
+        self.failures.lock().unwrap().push(failure);
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.failures.lock().unwrap().clone()
+    }
+}
+
+/// Stops the load threads when the test ends, even by a panic.
+struct StopOnDrop(Arc<Load>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Guarantees 1 and 2: ten rolls under load, and every request is answered.
+#[test]
+fn rolls_under_load_drop_no_request() {
+    const SIZE: usize = 4;
+    const LOOPS: usize = 8;
+    const ROLLS: u64 = 10;
+    let (master, first) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "4", "--kill-timeout", "20s"],
+        fixture("fixture-echo"),
+        &[],
+        SIZE,
+    );
+    let port = master.port();
+    let (load, threads) = Load::start(port, LOOPS);
+    let _stop = StopOnDrop(Arc::clone(&load));
+
+    let mut old = first;
+    for generation in 2..=ROLLS + 1 {
+        let before = load.answered.load(Ordering::SeqCst);
+        let new = roll(&master, SIZE, generation);
+        assert_replaced(&master, &old, &new);
+        assert_eq!(
+            load.failures(),
+            Vec::<String>::new(),
+            "roll to {generation}"
+        );
+        // The load goes on, now served by the new generation, before the next roll starts.
+        master.wait_until(
+            &format!("requests answered by generation {generation}"),
+            || {
+                load.generations.lock().unwrap().contains(&generation)
+                    && load.answered.load(Ordering::SeqCst) >= before + LOOPS as u64
+            },
+        );
+        old = new;
+    }
+
+    load.stop.store(true, Ordering::SeqCst);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(load.failures(), Vec::<String>::new());
+    let generations = load.generations.lock().unwrap().clone();
+    assert_eq!(generations, (1..=ROLLS + 1).collect::<BTreeSet<u64>>());
+    eprintln!(
+        "{} requests answered across {ROLLS} rolls",
+        load.answered.load(Ordering::SeqCst)
+    );
+}
+
+/// Guarantee 3: a replacement that exits before it is ready aborts the roll.
+#[test]
+fn roll_aborts_when_a_replacement_exits_before_ready() {
+    let echo_program = fixture("fixture-echo");
+    let script = Script::exec(&echo_program);
+    let (master, old) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "2"],
+        "/bin/sh",
+        &[script.arg()],
+        2,
+    );
+    let port = master.port();
+
+    script.rewrite("echo 'replacement: cannot start' >&2\nexit 1");
+    let mark = master.stderr_mark();
+    master.signal(Signal::SIGHUP);
+    let (_, aborted) =
+        master.wait_for_stderr_after(mark, "mcluster: roll to generation 2 aborted: ");
+    assert!(
+        aborted.ends_with("; generation 1 keeps serving"),
+        "{aborted:?}"
+    );
+
+    // The old generation is whole and serving.
+    assert!(old.iter().all(|w| is_alive(w.pid)), "{}", master.dump());
+    assert_eq!(master.generation(2), []);
+    wait_served_by(port, &pids(&old), echo_pid);
+    assert_eq!(echo(port, "still").generation, 1);
+
+    // The failure did not wedge the master: once the program is fixed, a roll succeeds.
+    script.rewrite(&exec_line(&echo_program));
+    let mark = master.stderr_mark();
+    master.signal(Signal::SIGHUP);
+    let (_, rolled) =
+        master.wait_for_stderr_after(mark, "mcluster: rolled 2 workers to generation ");
+    let generation: u64 = rolled["mcluster: rolled 2 workers to generation ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| panic!("{rolled:?}"));
+    let new = master.generation(generation);
+    assert_eq!(new.len(), 2, "{}", master.dump());
+    assert_replaced(&master, &old, &new);
+    wait_served_by(port, &pids(&new), echo_pid);
+}
+
+/// Guarantee 3: a replacement that misses its ready deadline aborts the roll, and is stopped
+/// with the stop signal (well before the kill timeout).
+#[test]
+fn roll_aborts_when_a_replacement_misses_its_ready_deadline() {
+    let script = Script::exec(&fixture("fixture-echo"));
+    let options = [
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "2",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "2s",
+        "--kill-timeout",
+        "60s",
+    ];
+    let (master, old) = Master::start_ready(&options, "/bin/sh", &[script.arg()], 2);
+    let port = master.port();
+
+    // Never ready, and says so when the stop signal comes.
+    script.rewrite(
+        "trap 'echo \"stub: got the stop signal\"; exit 0' TERM\n\
+         echo 'stub: started'\n\
+         while :; do sleep 0.1; done",
+    );
+    let mark = master.stderr_mark();
+    master.signal(Signal::SIGHUP);
+    master.wait_for_stdout("stub: started");
+    let (_, aborted) =
+        master.wait_for_stderr_after(mark, "mcluster: roll to generation 2 aborted: ");
+    assert!(
+        aborted.ends_with("; generation 1 keeps serving"),
+        "{aborted:?}"
+    );
+    master.wait_for_stdout("stub: got the stop signal");
+    let old_pids: BTreeSet<i32> = pids(&old).into_iter().collect();
+    master.wait_until("the replacement to be gone", || {
+        children_of(master.pid())
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            == old_pids
+    });
+
+    assert!(old.iter().all(|w| is_alive(w.pid)), "{}", master.dump());
+    wait_served_by(port, &pids(&old), echo_pid);
+}
+
+/// Many HUPs while a roll runs make at most one more roll.
+#[test]
+fn hup_burst_coalesces_into_one_queued_roll() {
+    // Auto readiness after 1 s: each roll takes at least 2 s, long enough for the burst.
+    let options = [
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "2",
+        "-e",
+        "ECHO_NO_READY=1",
+        "--ready-delay",
+        "1s",
+    ];
+    let (master, _) = Master::start_ready(&options, fixture("fixture-echo"), &[], 2);
+    let mark = master.stderr_mark();
+    master.signal(Signal::SIGHUP);
+    master.wait_for_stderr_after(mark, "mcluster: rolling 2 workers to generation 2");
+    for _ in 0..9 {
+        // Spacing, not waiting: signals pending at once merge in the kernel, and the test wants
+        // the master to see each HUP.
+        thread::sleep(Duration::from_millis(20));
+        master.signal(Signal::SIGHUP);
+    }
+    assert!(
+        !master
+            .stderr_lines()
+            .iter()
+            .any(|l| l.starts_with("mcluster: rolled 2 workers to generation 2 ")),
+        "the first roll ended before the burst did; the test proves nothing\n{}",
+        master.dump()
+    );
+
+    master.wait_for_stderr_after(mark, "mcluster: rolled 2 workers to generation 3 in ");
+    // A further queued roll would start at once; a resize after it shows that none did.
+    let resize = master.stderr_mark();
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_stderr_after(resize, "mcluster: resizing to 3 workers");
+    let rolls: Vec<String> = master
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("mcluster: rolling "))
+        .collect();
+    assert_eq!(
+        rolls,
+        [
+            "mcluster: rolling 2 workers to generation 2",
+            "mcluster: rolling 2 workers to generation 3"
+        ],
+        "{}",
+        master.dump()
+    );
+}

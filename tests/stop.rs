@@ -1,0 +1,194 @@
+//! Stopping: graceful (INT, TERM), hard (second INT, QUIT), the kill timeout, the stop signal,
+//! and SIGKILL of the master itself.
+
+use std::os::unix::process::ExitStatusExt;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::support::net::{is_refused, receive, send, wait_accepted};
+use crate::support::{Master, Reply, Script, echo, fixture, pids};
+
+/// Far below the kill timeout the graceful tests set (60 s): a master that waited for it fails.
+const PROMPT: Duration = Duration::from_secs(20);
+
+/// Guarantee 5: the stop signal, in-flight work finishes, the master exits as soon as the
+/// workers have, with status 0.
+#[track_caller]
+fn stops_gracefully_on(signal: Signal) {
+    let (mut master, workers) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "2", "--kill-timeout", "60s"],
+        fixture("fixture-echo"),
+        &[],
+        2,
+    );
+    let port = master.port();
+    let in_flight = send(port, "sleep 1500").unwrap();
+    wait_accepted(&in_flight);
+    let reply = thread::spawn(move || receive(in_flight));
+
+    let start = Instant::now();
+    master.signal(signal);
+    master.wait_for_stderr("mcluster: stopping 2 workers");
+    assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
+    assert!(start.elapsed() < PROMPT, "{:?}", start.elapsed());
+
+    let reply = reply
+        .join()
+        .unwrap()
+        .expect("the in-flight request is answered");
+    let reply = Reply::parse(&reply).unwrap_or_else(|| panic!("{reply:?}"));
+    assert_eq!(reply.echo, "sleep 1500");
+    assert!(pids(&workers).contains(&reply.pid));
+
+    let lines = master.stderr_lines();
+    assert!(
+        lines.iter().any(|l| l == "mcluster: stopped"),
+        "{}",
+        master.dump()
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("workers hard")),
+        "{}",
+        master.dump()
+    );
+    assert!(is_refused(port), "port {port} still open after the stop");
+}
+
+#[test]
+fn sigint_stops_gracefully() {
+    stops_gracefully_on(Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_stops_gracefully() {
+    stops_gracefully_on(Signal::SIGTERM);
+}
+
+/// Guarantee 5: a worker that ignores the stop signal gets SIGKILL after the kill timeout, and
+/// the master exits right then.
+#[test]
+fn worker_ignoring_term_is_killed_after_the_kill_timeout() {
+    let (mut master, workers) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "2", "--kill-timeout", "500ms"],
+        fixture("fixture-ignore-term"),
+        &[],
+        2,
+    );
+    let start = Instant::now();
+    master.signal(Signal::SIGTERM);
+    assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(500),
+        "killed before the timeout: {elapsed:?}"
+    );
+    assert!(elapsed < PROMPT, "{elapsed:?}");
+    for worker in &workers {
+        master.wait_dead(worker.pid);
+    }
+}
+
+/// The master of workers that will not stop, stopped hard by `signals` (sent once each master
+/// has shown it got the previous one): SIGKILL at once, exit status 1.
+#[track_caller]
+fn stops_hard_on(signals: &[Signal]) {
+    let (mut master, workers) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "2", "--kill-timeout", "60s"],
+        fixture("fixture-ignore-term"),
+        &[],
+        2,
+    );
+    let start = Instant::now();
+    let (last, first) = signals.split_last().unwrap();
+    for &signal in first {
+        let mark = master.stderr_mark();
+        master.signal(signal);
+        master.wait_for_stderr_after(mark, "mcluster: stopping 2 workers");
+    }
+    master.signal(*last);
+    assert_eq!(master.wait_exit_code(), 1, "{}", master.dump());
+    assert!(start.elapsed() < PROMPT, "{:?}", start.elapsed());
+    assert!(
+        master
+            .stderr_lines()
+            .iter()
+            .any(|l| l == "mcluster: stopping 2 workers hard"),
+        "{}",
+        master.dump()
+    );
+    for worker in &workers {
+        master.wait_dead(worker.pid);
+    }
+}
+
+#[test]
+fn second_sigint_stops_hard() {
+    stops_hard_on(&[Signal::SIGINT, Signal::SIGINT]);
+}
+
+#[test]
+fn sigquit_stops_hard() {
+    stops_hard_on(&[Signal::SIGQUIT]);
+}
+
+#[test]
+fn stop_signal_option_chooses_the_signal() {
+    let script = Script::new(
+        "trap 'echo \"stub: got USR1\"; exit 0' USR1\n\
+         while :; do sleep 0.1; done",
+    );
+    let (mut master, _) = Master::start_ready(
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "-n",
+            "1",
+            "--ready-delay",
+            "200ms",
+            "--stop-signal",
+            "USR1",
+            "--kill-timeout",
+            "60s",
+        ],
+        "/bin/sh",
+        &[script.arg()],
+        1,
+    );
+    master.signal(Signal::SIGTERM);
+    assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
+    assert!(
+        master
+            .stdout_lines()
+            .iter()
+            .any(|l| l == "[w0] stub: got USR1"),
+        "{}",
+        master.dump()
+    );
+}
+
+/// Guarantee 6: SIGKILL of the master takes its workers with it and frees the port.
+#[test]
+fn sigkill_of_the_master_takes_the_workers_and_the_port() {
+    let (mut master, workers) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "2"],
+        fixture("fixture-echo"),
+        &[],
+        2,
+    );
+    let port = master.port();
+    echo(port, "alive");
+
+    master.signal(Signal::SIGKILL);
+    // Waiting for the exit also waits for the master's pipes to close, which the workers hold.
+    let status = master.wait_exit();
+    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{status}");
+    for worker in &workers {
+        master.wait_dead(worker.pid);
+    }
+    assert!(
+        is_refused(port),
+        "port {port} still open with the master dead"
+    );
+}

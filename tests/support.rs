@@ -1,0 +1,13 @@
+//! What the tests share: the master harness, fixture paths, requests, process facts, scripts.
+
+pub(crate) mod fixture;
+pub(crate) mod harness;
+pub(crate) mod net;
+pub(crate) mod process;
+pub(crate) mod script;
+
+pub(crate) use fixture::{fixture, python3, strict_listen_pid_py};
+pub(crate) use harness::{Master, MasterBuilder, Worker, pids};
+pub(crate) use net::{Reply, echo, echo_pid, request, wait_served_by};
+pub(crate) use process::is_alive;
+pub(crate) use script::Script;
