@@ -583,15 +583,22 @@ def run_samples(label: str, fn, budget: Budget, notes: list[str]) -> list[dict]:
     return out
 
 
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 def main() -> int:
     t_all = time.monotonic()
+    load_start = loadavg()
     notes: list[str] = []
     try:
         build()
     except (subprocess.SubprocessError, RuntimeError, OSError) as e:
-        text = f"# mcluster benchmark\n\nThe build failed, nothing was measured: {e}\n"
-        RESULTS.write_text(text)
-        print(text)
+        # The previous bench/results.md is left as it was.
+        print(f"bench: the build failed, nothing was measured: {e}", file=sys.stderr)
         return 1
     gunicorn_exe, gunicorn_version = install_gunicorn()
 
@@ -628,6 +635,10 @@ def main() -> int:
         kill_all()
         shutil.rmtree(workdir, ignore_errors=True)
 
+    notes.append(
+        f"load average (1/5/15 min) at the start: {load_start}; at the end: {loadavg()} "
+        "(other work on the machine inflates and scatters the timings, gunicorn's the most)"
+    )
     text = report(systems, results, gunicorn_version if gunicorn_exe else None,
                   gunicorn_version, notes, time.monotonic() - t_all)  # fmt: skip
     RESULTS.write_text(text)
@@ -712,7 +723,9 @@ def report(systems, results, gunicorn_ok, gunicorn_why, notes, elapsed) -> str:
         "old ones right away without waiting for the new ones to boot (capacity can briefly dip; "
         "connections wait in the shared listen queue); *all new ready* is the Nth new "
         "`post_worker_init` line. *Old exited* is seen by polling /proc every 2 ms (a zombie "
-        "counts as exited), for both."
+        "counts as exited), for both. The echo fixture is ready about 1 ms after exec, which flatters "
+        "a one-at-a-time roll: with an app that takes T to boot, mcluster's roll takes about N × T, "
+        "gunicorn's about T."
     )
     out.append(
         "- *Master RSS* is VmRSS of the master process only (mcluster; gunicorn's arbiter), "
@@ -732,7 +745,7 @@ def report(systems, results, gunicorn_ok, gunicorn_why, notes, elapsed) -> str:
         if d and d["errors"]:
             out.append(f"- {name} failures by kind: " + ", ".join(f"{k}: {n}" for k, n in d["errors"].items()))
     for note in notes:
-        out.append(f"- Problem: {note}")
+        out.append(f"- {'' if note.startswith('load average') else 'Problem: '}{note}")
     out.append("")
     out.append("Raw samples (ms):\n")
     for name in names:

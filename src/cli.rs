@@ -2,15 +2,18 @@
 //! status.
 
 use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::builder::BuildPlan;
 use crate::config::{self, Error};
 use crate::listener::ListenAddr;
-use crate::master::{Master, Readiness, default_size};
+use crate::master::{DevSettings, Master, Readiness, default_size};
 use crate::output;
+use crate::watch::WatchConfig;
 
 /// Runs a cluster of worker processes on shared listening sockets.
 #[derive(Debug, Parser)]
@@ -22,10 +25,14 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per run: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a cluster in production: N workers, crash restarts, rolling restarts on SIGHUP.
     Start(StartArgs),
+    /// Run a cluster in development: rebuild on every save and roll the new build in.
+    Dev(DevArgs),
 }
 
 /// Whether `--ready` waits for the worker's notification only.
@@ -38,10 +45,22 @@ pub enum ReadyMode {
 }
 
 /// The options of `mcluster start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The cluster's options.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// The worker program and its arguments.
+    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    pub program: Vec<OsString>,
+}
+
+/// The options `start` and `dev` share.
 // Doc comments here are `--help` text, where backticks would show.
 #[allow(clippy::doc_markdown)]
 #[derive(Debug, Args)]
-pub struct StartArgs {
+pub struct ClusterArgs {
     /// Address to listen on: HOST:PORT, [V6]:PORT, :PORT or unix:PATH, with an optional NAME=
     /// prefix for LISTEN_FDNAMES. Repeatable. [default: 127.0.0.1:3000]
     #[arg(short, long = "listen", value_name = "ADDR", value_parser = parse_listen)]
@@ -78,9 +97,76 @@ pub struct StartArgs {
     /// The signal that asks a worker to stop.
     #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = config::parse_signal)]
     pub stop_signal: i32,
+}
 
-    /// The worker program and its arguments.
-    #[arg(last = true, required = true, value_name = "PROGRAM")]
+/// The options of `mcluster dev`.
+// Doc comments here are `--help` text, where backticks would show.
+#[allow(clippy::doc_markdown)]
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// The cluster's options.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// Extensions of the files that count, comma-separated.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "rs,toml"
+    )]
+    pub ext: Vec<String>,
+
+    /// Quiet time after the last change before a rebuild (restarted by every change).
+    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = config::parse_duration)]
+    pub cooldown: Duration,
+
+    /// A directory to watch. Repeatable. [default: the package root]
+    #[arg(short, long = "watch", value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+
+    /// A glob of paths to ignore (besides target/, .git/ and .gitignore). Repeatable.
+    #[arg(short, long = "ignore", value_name = "GLOB")]
+    pub ignore: Vec<String>,
+
+    /// Poll for changes instead of inotify, every INTERVAL.
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "500ms", value_parser = config::parse_duration)]
+    pub poll: Option<Duration>,
+
+    /// The binary to build and run.
+    #[arg(long, value_name = "NAME")]
+    pub bin: Option<String>,
+
+    /// The package to build.
+    #[arg(short, long, value_name = "NAME")]
+    pub package: Option<String>,
+
+    /// Build with the release profile.
+    #[arg(long)]
+    pub release: bool,
+
+    /// Cargo features to enable.
+    #[arg(long, value_name = "LIST")]
+    pub features: Option<String>,
+
+    /// The Cargo.toml of the project.
+    #[arg(long, value_name = "PATH")]
+    pub manifest_path: Option<PathBuf>,
+
+    /// Build with this shell command instead of cargo (needs a PROGRAM).
+    #[arg(long, value_name = "CMD", conflicts_with = "no_build")]
+    pub build: Option<String>,
+
+    /// Do not build: every change only rolls the workers (needs a PROGRAM).
+    #[arg(long)]
+    pub no_build: bool,
+
+    /// Clear the screen before each build.
+    #[arg(long)]
+    pub clear: bool,
+
+    /// The worker program and its arguments. [default: the executable cargo builds]
+    #[arg(last = true, value_name = "PROGRAM")]
     pub program: Vec<OsString>,
 }
 
@@ -97,14 +183,19 @@ impl StartArgs {
                 "missing PROGRAM: usage is mcluster start [OPTIONS] -- PROGRAM [ARGS]...",
             ));
         };
+        self.cluster.configure(Master::new(name).args(program))
+    }
+}
+
+impl ClusterArgs {
+    fn configure(self, master: Master) -> Result<Master, Error> {
         let size = self.size.unwrap_or_else(default_size);
         if size == 0 {
             return Err(Error::usage(
                 "invalid --size 0: the cluster needs at least one worker",
             ));
         }
-        let mut master = Master::new(name)
-            .args(program)
+        let mut master = master
             .size(size)
             .silent(self.silent)
             .readiness(match self.ready {
@@ -124,6 +215,112 @@ impl StartArgs {
     }
 }
 
+/// Whether `APP_ENV` asks for dev mode: unset, empty, `dev` or `development`.
+#[must_use]
+pub fn is_dev_env(app_env: Option<&str>) -> bool {
+    matches!(app_env, None | Some("" | "dev" | "development"))
+}
+
+impl DevArgs {
+    /// The master these options describe; `APP_ENV` other than dev falls back to production.
+    pub fn into_master(self) -> Result<Master, Error> {
+        let app_env = std::env::var("APP_ENV").ok();
+        let dev = is_dev_env(app_env.as_deref());
+        let mut program = self.program.into_iter();
+        let name = program.next();
+        if name.is_none() && (self.no_build || self.build.is_some()) {
+            let flag = if self.no_build {
+                "--no-build"
+            } else {
+                "--build"
+            };
+            return Err(Error::usage(format!(
+                "{flag} needs a PROGRAM to run: mcluster dev {flag} ... -- PROGRAM [ARGS]..."
+            )));
+        }
+        let cwd = std::env::current_dir()
+            .map_err(|e| Error::io("cannot read the current directory", e))?;
+        let root = package_root(&cwd, self.manifest_path.as_deref())?;
+        if !dev {
+            output::master_line(&format!(
+                "APP_ENV={}: production mode, as mcluster start (no watcher, no rebuilds)",
+                app_env.unwrap_or_default()
+            ));
+            if let Some(name) = name {
+                return self.cluster.configure(Master::new(name).args(program));
+            }
+        }
+        let plan = if self.no_build {
+            None
+        } else if let Some(command) = self.build {
+            Some(BuildPlan::Shell(command))
+        } else {
+            let mut args: Vec<OsString> = Vec::new();
+            if let Some(bin) = &self.bin {
+                args.extend(["--bin".into(), bin.into()]);
+            }
+            if let Some(package) = self.package {
+                args.extend(["--package".into(), package.into()]);
+            }
+            if self.release {
+                args.push("--release".into());
+            }
+            if let Some(features) = self.features {
+                args.extend(["--features".into(), features.into()]);
+            }
+            if let Some(manifest) = &self.manifest_path {
+                args.extend(["--manifest-path".into(), manifest.into()]);
+            }
+            Some(BuildPlan::Cargo {
+                args,
+                bin: self.bin,
+            })
+        };
+        let watch = dev.then(|| WatchConfig {
+            roots: if self.watch.is_empty() {
+                vec![root.clone()]
+            } else {
+                self.watch.iter().map(|path| cwd.join(path)).collect()
+            },
+            extensions: self
+                .ext
+                .iter()
+                .map(|ext| ext.trim_start_matches('.').to_owned())
+                .collect(),
+            ignore: self.ignore,
+            cooldown: self.cooldown,
+            poll: self.poll,
+        });
+        let settings = DevSettings {
+            plan,
+            watch,
+            clear: self.clear,
+            root,
+        };
+        let master = Master::for_dev(name.map(PathBuf::from), settings).args(program);
+        self.cluster.configure(master)
+    }
+}
+
+/// The directory of `--manifest-path`, or of the nearest `Cargo.toml` above `cwd`, or `cwd`.
+fn package_root(cwd: &Path, manifest: Option<&Path>) -> Result<PathBuf, Error> {
+    if let Some(manifest) = manifest {
+        let manifest = cwd.join(manifest);
+        if !manifest.is_file() {
+            return Err(Error::usage(format!(
+                "invalid --manifest-path {}: no such file",
+                manifest.display()
+            )));
+        }
+        return Ok(manifest.parent().unwrap_or(cwd).to_path_buf());
+    }
+    Ok(cwd
+        .ancestors()
+        .find(|dir| dir.join("Cargo.toml").is_file())
+        .unwrap_or(cwd)
+        .to_path_buf())
+}
+
 /// The `mcluster` command: parses `std::env::args`, runs, and returns the exit status.
 #[must_use]
 pub fn main() -> ExitCode {
@@ -133,6 +330,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Start(args) => args.into_master().and_then(Master::run),
+        Command::Dev(args) => args.into_master().and_then(Master::run),
     };
     match result {
         Ok(outcome) => ExitCode::from(u8::try_from(outcome.exit_status()).unwrap_or(1)),
@@ -159,8 +357,18 @@ fn clap_error(error: &clap::Error) -> ExitCode {
         };
     }
     let rendered = error.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
-    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let mut lines = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut message = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    // "the following required arguments were not provided:" names them on the next line.
+    if message.ends_with(':')
+        && let Some(detail) = lines.next()
+    {
+        message = format!("{message} {detail}");
+    }
     output::master_line(&format!("error: {message} (see mcluster --help)"));
     ExitCode::from(2)
 }
@@ -181,10 +389,47 @@ mod tests {
             "mcluster", "start", "-n", "2", "-l", ":0", "--", "app", "--port",
         ])
         .unwrap();
-        let Command::Start(args) = cli.command;
-        assert_eq!(args.size, Some(2));
+        let Command::Start(args) = cli.command else {
+            panic!("expected start");
+        };
+        assert_eq!(args.cluster.size, Some(2));
         assert_eq!(args.program, ["app", "--port"]);
-        assert_eq!(args.kill_timeout, Duration::from_secs(30));
+        assert_eq!(args.cluster.kill_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn dev_takes_cargo_and_watch_options_and_an_optional_program() {
+        let cli = Cli::try_parse_from([
+            "mcluster",
+            "dev",
+            "--ext",
+            "rs,html",
+            "--cooldown",
+            "150",
+            "--poll",
+            "--bin",
+            "app",
+        ])
+        .unwrap();
+        let Command::Dev(args) = cli.command else {
+            panic!("expected dev");
+        };
+        assert_eq!(args.ext, ["rs", "html"]);
+        assert_eq!(args.cooldown, Duration::from_millis(150));
+        assert_eq!(args.poll, Some(Duration::from_millis(500)));
+        assert_eq!(args.bin.as_deref(), Some("app"));
+        assert!(args.program.is_empty());
+        assert!(Cli::try_parse_from(["mcluster", "dev", "--build", "make", "--no-build"]).is_err());
+    }
+
+    #[test]
+    fn app_env_selects_dev_mode() {
+        for dev in [None, Some(""), Some("dev"), Some("development")] {
+            assert!(is_dev_env(dev), "{dev:?}");
+        }
+        for production in [Some("production"), Some("staging"), Some("prod")] {
+            assert!(!is_dev_env(production), "{production:?}");
+        }
     }
 
     #[test]

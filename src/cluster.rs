@@ -515,6 +515,9 @@ impl Cluster {
         if self.roll.is_some() {
             // Many requests in a burst: one roll running, at most one queued.
             self.roll_queued = true;
+            actions.push(Action::Detail(
+                "a roll is in progress; one more roll will follow it".to_owned(),
+            ));
         } else {
             self.begin_roll(now, actions);
         }

@@ -21,18 +21,24 @@
 //! std::process::exit(outcome.exit_status());
 //! ```
 
+use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
+use crate::builder::BuildPlan;
 use crate::cluster::{Backoff, Cluster, ClusterConfig, ExitReason};
 use crate::config::{self, Error};
+use crate::dev::DevLoop;
 use crate::listener::{ListenAddr, Listener};
 use crate::notify::NotifyDir;
 use crate::output;
-use crate::supervisor::{Control, Input, MessageHandler, Supervisor, WorkerSpec, watch_signals};
+use crate::supervisor::{
+    Control, Input, MessageHandler, Program, Supervisor, WorkerSpec, watch_signals,
+};
+use crate::watch::{self, WatchConfig};
 
 /// The variables the master sets for each worker; the master's own values are not passed on.
 const WORKER_VARIABLES: [&str; 8] = [
@@ -55,12 +61,26 @@ pub enum Readiness {
     Notify,
 }
 
+/// What dev mode adds to a master.
+pub(crate) struct DevSettings {
+    /// How to build; `None` for `--no-build`.
+    pub(crate) plan: Option<BuildPlan>,
+    /// What to watch; `None` in production mode (`APP_ENV`), where only the initial build runs.
+    pub(crate) watch: Option<WatchConfig>,
+    /// Clear the screen before each build.
+    pub(crate) clear: bool,
+    /// The package root, for messages.
+    pub(crate) root: PathBuf,
+}
+
 /// How a master's run ended.
 pub type Outcome = ExitReason;
 
 /// A cluster master: configure with the builder methods, then [`run`](Master::run).
 pub struct Master {
-    program: PathBuf,
+    /// `None` in dev mode without a PROGRAM: the workers run what the build produces.
+    program: Option<PathBuf>,
+    dev: Option<DevSettings>,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     listen: Vec<ListenAddr>,
@@ -82,9 +102,21 @@ impl Master {
     /// [`listen`](Master::listen) is called, automatic readiness after 1 s, a 60 s ready timeout,
     /// a 30 s kill timeout, SIGTERM to stop, and the master handling its signals.
     pub fn new(program: impl Into<PathBuf>) -> Self {
+        Self::with_program(Some(program.into()))
+    }
+
+    /// A master for dev mode: `program` is `None` when the workers run what the build produces.
+    pub(crate) fn for_dev(program: Option<PathBuf>, dev: DevSettings) -> Self {
+        let mut master = Self::with_program(program);
+        master.dev = Some(dev);
+        master
+    }
+
+    fn with_program(program: Option<PathBuf>) -> Self {
         let (events, inbox) = mpsc::channel();
         Self {
-            program: program.into(),
+            program,
+            dev: None,
             args: Vec::new(),
             env: Vec::new(),
             listen: Vec::new(),
@@ -201,17 +233,42 @@ impl Master {
         }
         let stop_signal = nix::sys::signal::Signal::try_from(self.stop_signal)
             .map_err(|_| Error::usage(format!("invalid stop signal {}", self.stop_signal)))?;
-        let program = config::resolve_program(&self.program)?;
+        let latest = match &self.program {
+            Some(program) => {
+                let path = config::resolve_program(program)?;
+                Some(Program {
+                    path: c_string(path.as_os_str())?,
+                    argv0: c_string(program.as_os_str())?,
+                })
+            }
+            None if self.dev.as_ref().is_some_and(|dev| dev.plan.is_some()) => None,
+            None => return Err(Error::usage("missing PROGRAM: nothing builds one either")),
+        };
         let spec = WorkerSpec {
-            program: c_string(program.as_os_str())?,
-            argv: std::iter::once(self.program.as_os_str())
-                .chain(self.args.iter().map(OsString::as_os_str))
-                .map(c_string)
+            latest,
+            generations: BTreeMap::new(),
+            args: self
+                .args
+                .iter()
+                .map(|arg| c_string(arg))
                 .collect::<Result<_, _>>()?,
             env: worker_environment(&self.env)?,
             silent: self.silent,
             stop_signal,
         };
+        let mut dev = None;
+        let mut quiet = false;
+        if let Some(settings) = self.dev {
+            let mut dev_loop = DevLoop::new(settings.plan, settings.clear, settings.root);
+            if let Some(watch_config) = settings.watch {
+                let events = self.events.clone();
+                dev_loop.watcher = Some(watch::watch(watch_config, move |changed| {
+                    let _ = events.send(Input::Changed(changed));
+                })?);
+                quiet = true;
+            }
+            dev = Some(dev_loop);
+        }
         let mut listeners = Listener::inherited()?;
         let mut addresses = self.listen;
         if addresses.is_empty() && listeners.is_empty() {
@@ -251,6 +308,8 @@ impl Master {
             inbox: self.inbox,
             on_message: self.on_message,
             notify_manager: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            dev,
+            quiet,
         };
         let outcome = supervisor
             .run()

@@ -5,11 +5,12 @@
 //! into an [`Event`], hand it to [`Cluster::handle`], carry out the actions. A spawn is answered
 //! at once with `Spawned` or `SpawnFailed`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SI
 use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, StopKind, WorkerKey,
 };
+use crate::dev::DevLoop;
 use crate::listener::Listener;
 use crate::notify::{self, NotifyDir, NotifySocket};
 use crate::output::{self, Stream, Tail};
@@ -36,6 +38,8 @@ pub(crate) enum Input {
     Notify { key: WorkerKey, text: String },
     /// A request from the embedder's handle.
     Control(Control),
+    /// Dev mode: files really changed (a debounced batch).
+    Changed(Vec<PathBuf>),
 }
 
 /// Requests from [`Handle`](crate::master::Handle).
@@ -50,10 +54,21 @@ pub(crate) enum Control {
 /// A message handler: the worker's slot and the notify message.
 pub(crate) type MessageHandler = Box<dyn FnMut(usize, &str) + Send>;
 
+/// An executable and the `argv[0]` it is started with.
+#[derive(Debug, Clone)]
+pub(crate) struct Program {
+    pub(crate) path: CString,
+    pub(crate) argv0: CString,
+}
+
 /// How every worker is started.
 pub(crate) struct WorkerSpec {
-    pub(crate) program: CString,
-    pub(crate) argv: Vec<CString>,
+    /// What a new generation runs; `None` until the first build in dev mode.
+    pub(crate) latest: Option<Program>,
+    /// What each generation runs: crash restarts of an old generation run its own executable.
+    pub(crate) generations: BTreeMap<u64, Program>,
+    /// The arguments after `argv[0]`.
+    pub(crate) args: Vec<CString>,
     /// The master's environment with the `--env` pairs, without the per-worker variables.
     pub(crate) env: Vec<CString>,
     pub(crate) silent: bool,
@@ -87,6 +102,10 @@ pub(crate) struct Supervisor<'a> {
     pub(crate) on_message: Option<MessageHandler>,
     /// Whether the master's own service manager (systemd) listens on `NOTIFY_SOCKET`.
     pub(crate) notify_manager: bool,
+    /// Dev mode's watcher and build.
+    pub(crate) dev: Option<DevLoop>,
+    /// Leave out per-worker detail lines (dev mode prints one line per reload).
+    pub(crate) quiet: bool,
 }
 
 impl Supervisor<'_> {
@@ -101,7 +120,12 @@ impl Supervisor<'_> {
             exit: None,
             devnull,
         };
-        self.feed(&mut state, Event::Start);
+        if self.dev.as_ref().is_some_and(|dev| dev.plan.is_some()) {
+            // The first generation runs what the initial build produces.
+            self.start_build(Vec::new());
+        } else {
+            self.feed(&mut state, Event::Start);
+        }
         while state.exit.is_none() {
             let deadline = self.cluster.next_deadline();
             // Due deadlines go first, so that a stream of messages cannot starve them.
@@ -136,6 +160,7 @@ impl Supervisor<'_> {
                     };
                     self.feed(&mut state, event);
                 }
+                Some(Input::Changed(paths)) => self.on_change(&mut state, paths),
             }
         }
         let reason = state.exit.take().unwrap_or(ExitReason::Killed);
@@ -200,6 +225,10 @@ impl Supervisor<'_> {
                 Ok(_) => continue,
             };
             let (pid, end) = end;
+            if self.dev.as_ref().and_then(DevLoop::build_pid) == Some(pid.as_raw()) {
+                self.build_exited(state, end);
+                continue;
+            }
             if let Some(key) = state.pids.remove(&pid.as_raw())
                 && let Some(worker) = state.workers.remove(&key)
             {
@@ -217,7 +246,7 @@ impl Supervisor<'_> {
 
     /// Hands an event to the core and carries out the actions, including the events they
     /// cause (a spawn's result).
-    fn feed(&mut self, state: &mut DriverState, event: Event) {
+    pub(crate) fn feed(&mut self, state: &mut DriverState, event: Event) {
         let mut pending = VecDeque::from([event]);
         while let Some(event) = pending.pop_front() {
             for action in self.cluster.handle(Instant::now(), event) {
@@ -235,8 +264,16 @@ impl Supervisor<'_> {
                         },
                     }),
                     Action::Signal { pid, kind } => self.send_signal(pid, kind),
-                    Action::Log(line) | Action::Detail(line) => output::master_line(&line),
-                    Action::RollEnded(end) => output::master_line(&end.to_string()),
+                    Action::Log(line) => output::master_line(&line),
+                    Action::Detail(line) => {
+                        if !self.quiet {
+                            output::master_line(&line);
+                        }
+                    }
+                    Action::RollEnded(end) => {
+                        self.forget_old_generations();
+                        self.report_roll(&end);
+                    }
                     Action::Notify(master_state) => self.notify_manager(master_state),
                     Action::Exit(reason) => state.exit = Some(reason),
                 }
@@ -274,9 +311,13 @@ impl Supervisor<'_> {
             stderr_write.as_fd(),
         ];
         fds.extend(self.listeners.iter().map(AsFd::as_fd));
+        let program = self.program_for(generation)?;
+        let argv: Vec<CString> = std::iter::once(program.argv0.clone())
+            .chain(self.spec.args.iter().cloned())
+            .collect();
         let pid = spawn_worker(&SpawnRequest {
-            program: &self.spec.program,
-            argv: &self.spec.argv,
+            program: &program.path,
+            argv: &argv,
             env: &env,
             fds: &fds,
         })?;
@@ -309,6 +350,28 @@ impl Supervisor<'_> {
         Ok(pid)
     }
 
+    /// The executable of a generation; a new generation takes the latest.
+    fn program_for(&mut self, generation: u64) -> io::Result<Program> {
+        if let Some(program) = self.spec.generations.get(&generation) {
+            return Ok(program.clone());
+        }
+        let latest = self
+            .spec
+            .latest
+            .clone()
+            .ok_or_else(|| io::Error::other("nothing was built yet"))?;
+        self.spec.generations.insert(generation, latest.clone());
+        Ok(latest)
+    }
+
+    /// Generations older than the serving one no longer start workers.
+    fn forget_old_generations(&mut self) {
+        let serving = self.cluster.serving_generation();
+        self.spec
+            .generations
+            .retain(|&generation, _| generation >= serving);
+    }
+
     fn send_signal(&self, pid: Pid, kind: StopKind) {
         let pid = NixPid::from_raw(pid.0);
         // ESRCH only means it is already gone; its exit is on the way as SIGCHLD.
@@ -332,12 +395,13 @@ impl Supervisor<'_> {
     }
 }
 
-struct DriverState {
+/// The driver's handles, apart from the supervisor's settings.
+pub(crate) struct DriverState {
     workers: HashMap<WorkerKey, RunningWorker>,
     exited: VecDeque<ExitedWorker>,
     pids: HashMap<i32, WorkerKey>,
     interrupts: u32,
-    exit: Option<ExitReason>,
+    pub(crate) exit: Option<ExitReason>,
     devnull: File,
 }
 

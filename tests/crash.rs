@@ -135,11 +135,11 @@ fn crash_loop_is_restarted_with_backoff() {
     let delays: Vec<Duration> = crashes.iter().map(|(_, l)| restart_delay(l)).collect();
     assert!(delays.is_sorted(), "{delays:?}\n{}", master.dump());
     assert!(delays[4] >= Duration::from_millis(400), "{delays:?}");
-    // And they are kept: five crashes take at least 0 + 100 + 200 + 400 ms (less some slack for
-    // when the lines were read), where a tight loop takes a few milliseconds.
+    // And they are kept: five crashes take at least 0 + 100 + 200 + 400 ms (half of it is
+    // asked, as the lines may be read late), where a tight loop takes a few milliseconds.
     let span = crashes[4].0 - crashes[0].0;
     assert!(
-        span >= Duration::from_millis(500),
+        span >= Duration::from_millis(350),
         "{span:?}\n{}",
         master.dump()
     );

@@ -4,6 +4,7 @@
 use std::fs;
 use std::net::TcpListener;
 
+use crate::support::script::quote;
 use crate::support::{MasterBuilder, Script};
 
 /// A worker program that leaves a mark if it ever runs, and a place for unix sockets.
@@ -15,10 +16,7 @@ impl Scene {
     fn new() -> Self {
         let script = Script::new("");
         let spawned = script.dir().join("spawned");
-        script.rewrite(&format!(
-            "touch {}\nexec sleep 60",
-            crate::support::script::quote(&spawned)
-        ));
+        script.rewrite(&format!("touch {}\nexec sleep 60", quote(&spawned)));
         Self { script }
     }
 
@@ -33,9 +31,9 @@ impl Scene {
 
     /// Runs `mcluster ARGS`; checks it fails with `code` (or any non-zero code), one stderr line
     /// `mcluster: error: …` containing each of `culprits` (ignoring case), and that nothing ran or
-    /// was left behind. Returns the line.
+    /// was left behind.
     #[track_caller]
-    fn rejects(&self, args: &[&str], code: Option<i32>, culprits: &[&str]) -> String {
+    fn rejects(&self, args: &[&str], code: Option<i32>, culprits: &[&str]) {
         let mut master = MasterBuilder::raw(args).start();
         let status = master.wait_exit_code();
         match code {
@@ -68,7 +66,6 @@ impl Scene {
                 .map(|e| format!("$TMPDIR/{}", e.unwrap().file_name().to_string_lossy())),
         );
         assert_eq!(leftovers, Vec::<String>::new(), "{args:?}: left behind");
-        line.clone()
     }
 }
 

@@ -2,8 +2,7 @@
 
 use nix::sys::signal::Signal;
 
-use crate::support::harness::Worker;
-use crate::support::{Master, echo_pid, fixture, is_alive, pids, wait_served_by};
+use crate::support::{Master, Worker, echo_pid, fixture, is_alive, pids, wait_served_by};
 
 #[test]
 fn ttin_adds_a_worker_and_ttou_removes_one() {

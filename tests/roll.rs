@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -248,7 +247,7 @@ fn roll_aborts_when_a_replacement_misses_its_ready_deadline() {
         "--ready",
         "notify",
         "--ready-timeout",
-        "2s",
+        "3s",
         "--kill-timeout",
         "60s",
     ];
@@ -301,11 +300,19 @@ fn hup_burst_coalesces_into_one_queued_roll() {
     let mark = master.stderr_mark();
     master.signal(Signal::SIGHUP);
     master.wait_for_stderr_after(mark, "mcluster: rolling 2 workers to generation 2");
-    for _ in 0..9 {
-        // Spacing, not waiting: signals pending at once merge in the kernel, and the test wants
-        // the master to see each HUP.
-        thread::sleep(Duration::from_millis(20));
+    let queued = "mcluster: a roll is in progress; one more roll will follow it";
+    for sent in 1..=9 {
+        // Each HUP is acknowledged before the next is sent: signals pending at once merge in
+        // the kernel, and the test wants the master to see every one.
         master.signal(Signal::SIGHUP);
+        master.wait_until("the HUP to be acknowledged", || {
+            master
+                .stderr_lines()
+                .iter()
+                .filter(|l| *l == queued)
+                .count()
+                >= sent
+        });
     }
     assert!(
         !master

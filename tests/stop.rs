@@ -26,18 +26,17 @@ fn stops_gracefully_on(signal: Signal) {
     let port = master.port();
     let in_flight = send(port, "sleep 1500").unwrap();
     wait_accepted(&in_flight);
-    let reply = thread::spawn(move || receive(in_flight));
+    let reply = thread::spawn(move || (receive(in_flight), Instant::now()));
 
-    let start = Instant::now();
     master.signal(signal);
     master.wait_for_stderr("mcluster: stopping 2 workers");
     assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
-    assert!(start.elapsed() < PROMPT, "{:?}", start.elapsed());
+    let exited = Instant::now();
 
-    let reply = reply
-        .join()
-        .unwrap()
-        .expect("the in-flight request is answered");
+    let (reply, answered) = reply.join().unwrap();
+    let reply = reply.expect("the in-flight request is answered");
+    // The master returns once its workers are done, not at the kill timeout.
+    assert!(exited - answered < PROMPT, "{:?}", exited - answered);
     let reply = Reply::parse(&reply).unwrap_or_else(|| panic!("{reply:?}"));
     assert_eq!(reply.echo, "sleep 1500");
     assert!(pids(&workers).contains(&reply.pid));

@@ -136,6 +136,8 @@ pub enum ExitReason {
     Stopped,
     /// A hard stop completed.
     Killed,
+    /// The initial build failed and nothing will retry it (production mode).
+    BuildFailed,
     /// No worker of the first generation ever became ready.
     NeverReady {
         /// The slot of the last worker that failed.
@@ -155,7 +157,7 @@ impl ExitReason {
     pub fn exit_status(&self) -> i32 {
         match self {
             ExitReason::Stopped => 0,
-            ExitReason::Killed => 1,
+            ExitReason::Killed | ExitReason::BuildFailed => 1,
             ExitReason::NeverReady { end, .. } => match end {
                 Some(end) if end.exit_status() != 0 => end.exit_status(),
                 _ => 1,

@@ -208,3 +208,25 @@ unsafe fn write_decimal(out: *mut u8, value: c_int) {
     // SAFETY: as above; `len` < PID_DIGITS.
     unsafe { *out.add(len) = 0 };
 }
+
+/// Makes a child started by `command` die with the master (SIGKILL when the master's thread
+/// exits), so that a build never outlives it.
+pub(crate) fn die_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid().as_raw();
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed: it calls prctl and getppid, allocates nothing and takes no lock. The
+    // io::Error it may return is built from errno without allocating (`last_os_error`).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The master died before prctl took effect: do not start an orphan.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}

@@ -400,18 +400,19 @@ impl Master {
 
 impl Drop for Master {
     fn drop(&mut self) {
-        if self.status.is_some() {
-            return;
-        }
         // Workers die with the master (PDEATHSIG), but a test must not count on what it tests:
-        // note the master's children and every worker it announced, then kill them all.
-        let mut doomed: Vec<(i32, u64)> = process::children_of(self.pid())
-            .into_iter()
-            .filter_map(|pid| Some((pid, stat(pid)?.start_time)))
-            .collect();
-        doomed.extend(self.workers.lock().unwrap().iter().copied());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // note the master's children (while it still runs, so the pid is surely its own) and
+        // every worker it announced, then kill them all.
+        let mut doomed: Vec<(i32, u64)> = self.workers.lock().unwrap().clone();
+        if self.status.is_none() {
+            doomed.extend(
+                process::children_of(self.pid())
+                    .into_iter()
+                    .filter_map(|pid| Some((pid, stat(pid)?.start_time))),
+            );
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         for (pid, start_time) in doomed {
             // Only the very process we saw: pids are reused.
             if stat(pid).is_some_and(|s| s.start_time == start_time && s.state != 'Z') {

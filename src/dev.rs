@@ -1,0 +1,279 @@
+//! Dev mode: the master of `mcluster start` with two more event sources, the debounced watcher
+//! and the build. No new mechanism: a successful build is a roll of the same core.
+//!
+//! A change starts a build while the old generation keeps serving; a change during a build
+//! cancels it and starts another. Success rolls the new executable in; failure leaves the
+//! serving generation untouched. Each reload ends in one line: what changed, the build time, the
+//! roll time.
+
+use std::ffi::CString;
+use std::fmt::Write as _;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid as NixPid;
+
+use crate::builder::{BuildPlan, RunningBuild};
+use crate::cluster::{Event, ExitReason, ProcessEnd, RollEnd, human_duration};
+use crate::output;
+use crate::supervisor::{DriverState, Program, Supervisor};
+use crate::watch::Watcher;
+
+/// The dev loop's settings and state, owned by the driver.
+pub(crate) struct DevLoop {
+    /// `None`: `--no-build`.
+    pub(crate) plan: Option<BuildPlan>,
+    /// Clear the screen before each build.
+    pub(crate) clear: bool,
+    /// Paths in messages are shown relative to this.
+    pub(crate) root: PathBuf,
+    /// Kept alive for as long as the loop runs; `None` in production mode.
+    pub(crate) watcher: Option<Watcher>,
+    /// Where copies of built executables are kept, one per generation.
+    pub(crate) builds_dir: Option<PathBuf>,
+    build: Option<Build>,
+    reload: Option<Reload>,
+    copies: u64,
+}
+
+struct Build {
+    running: RunningBuild,
+    changed: Vec<PathBuf>,
+}
+
+/// A reload waiting for its roll to end, for the one-line summary.
+struct Reload {
+    changed: Vec<PathBuf>,
+    built_in: Option<Duration>,
+}
+
+impl DevLoop {
+    pub(crate) fn new(plan: Option<BuildPlan>, clear: bool, root: PathBuf) -> Self {
+        Self {
+            plan,
+            clear,
+            root,
+            watcher: None,
+            builds_dir: None,
+            build: None,
+            reload: None,
+            copies: 0,
+        }
+    }
+
+    /// The pid of the build in flight.
+    pub(crate) fn build_pid(&self) -> Option<i32> {
+        self.build.as_ref().map(|build| build.running.pid)
+    }
+
+    /// Describes changed files: the first few, relative to the root, and how many more.
+    fn describe(&self, changed: &[PathBuf]) -> String {
+        const SHOWN: usize = 3;
+        let names: Vec<String> = changed
+            .iter()
+            .take(SHOWN)
+            .map(|path| {
+                path.strip_prefix(&self.root)
+                    .unwrap_or(path)
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        match changed.len() {
+            0 => "start".to_owned(),
+            n if n <= SHOWN => format!("{} changed", names.join(", ")),
+            n => format!("{} and {} more changed", names.join(", "), n - SHOWN),
+        }
+    }
+
+    /// Keeps a private link (or copy) of a built executable, so that cargo's next build cannot
+    /// replace the file a generation's crash restarts exec.
+    fn keep_executable(&mut self, executable: &Path) -> std::io::Result<PathBuf> {
+        let dir = if let Some(dir) = &self.builds_dir {
+            dir.clone()
+        } else {
+            let parent = executable.parent().unwrap_or(Path::new("."));
+            let dir = parent.join(format!(".mcluster-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            self.builds_dir = Some(dir.clone());
+            dir
+        };
+        self.copies += 1;
+        let name = executable.file_name().unwrap_or(executable.as_os_str());
+        let mut file_name = std::ffi::OsString::from(format!("{}-", self.copies));
+        file_name.push(name);
+        let kept = dir.join(file_name);
+        if std::fs::hard_link(executable, &kept).is_err() {
+            std::fs::copy(executable, &kept)?;
+        }
+        Ok(kept)
+    }
+}
+
+impl Drop for DevLoop {
+    fn drop(&mut self) {
+        if let Some(build) = &self.build {
+            let _ = killpg(NixPid::from_raw(build.running.pid), Signal::SIGKILL);
+        }
+        if let Some(dir) = &self.builds_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Supervisor<'_> {
+    /// Files changed: rebuild (cancelling a build in flight), or roll at once with no build.
+    pub(crate) fn on_change(&mut self, state: &mut DriverState, changed: Vec<PathBuf>) {
+        let Some(dev) = &mut self.dev else {
+            return;
+        };
+        if self.cluster.is_stopping() {
+            return;
+        }
+        if dev.plan.is_none() {
+            dev.reload = Some(Reload {
+                changed,
+                built_in: None,
+            });
+            self.feed(state, Event::Roll);
+            return;
+        }
+        let mut changed = changed;
+        if let Some(build) = dev.build.take() {
+            // A save during a build: the build is stale, start over with both sets of changes.
+            // Its exit is reaped later as an unknown child, which the core ignores.
+            let _ = killpg(NixPid::from_raw(build.running.pid), Signal::SIGKILL);
+            changed.extend(build.changed);
+            changed.sort();
+            changed.dedup();
+        }
+        self.start_build(changed);
+    }
+
+    /// Starts a build for these changes (none: the initial build).
+    pub(crate) fn start_build(&mut self, changed: Vec<PathBuf>) {
+        let Some(dev) = &mut self.dev else {
+            return;
+        };
+        let Some(plan) = &dev.plan else {
+            return;
+        };
+        if dev.clear {
+            let _ = console::Term::stderr().clear_screen();
+        }
+        match plan.start(console::colors_enabled_stderr()) {
+            Ok(running) => dev.build = Some(Build { running, changed }),
+            Err(error) => output::master_line(&format!("error: cannot start the build: {error}")),
+        }
+    }
+
+    /// The build process exited.
+    pub(crate) fn build_exited(&mut self, state: &mut DriverState, end: ProcessEnd) {
+        let Some(dev) = &mut self.dev else {
+            return;
+        };
+        let Some(build) = dev.build.take() else {
+            return;
+        };
+        let built_in = build.running.started.elapsed();
+        let what = dev.describe(&build.changed);
+        let serving = self.cluster.serving_generation();
+        let keeps = if serving == 0 {
+            "no generation is serving yet; save a fix to retry".to_owned()
+        } else {
+            format!("generation {serving} keeps serving")
+        };
+        let (ProcessEnd::Code(0), Some(plan)) = (&end, dev.plan.clone()) else {
+            output::master_line(&format!(
+                "{what} → build failed ({end}) after {}; {keeps}",
+                human_duration(built_in)
+            ));
+            self.end_if_nothing_can_fix_it(state);
+            return;
+        };
+        let executable = plan.executable(build.running);
+        match executable {
+            Ok(Some(path)) => match dev.keep_executable(&path) {
+                Ok(kept) => {
+                    let argv0 = path
+                        .file_name()
+                        .map_or_else(|| kept.as_os_str().to_owned(), ToOwned::to_owned);
+                    self.spec.latest = Some(Program {
+                        path: c_path(&kept),
+                        argv0: c_path(Path::new(&argv0)),
+                    });
+                }
+                Err(error) => {
+                    output::master_line(&format!(
+                        "{what} → built, but {} cannot be kept: {error}; {keeps}",
+                        path.display()
+                    ));
+                    return;
+                }
+            },
+            Ok(None) => {}
+            Err(why) => {
+                output::master_line(&format!("{what} → {why}; {keeps}"));
+                self.end_if_nothing_can_fix_it(state);
+                return;
+            }
+        }
+        if let Some(dev) = &mut self.dev {
+            dev.reload = Some(Reload {
+                changed: build.changed,
+                built_in: Some(built_in),
+            });
+        }
+        if self.cluster.serving_generation() == 0 {
+            output::master_line(&format!("built in {}", human_duration(built_in)));
+            if let Some(dev) = &mut self.dev {
+                dev.reload = None;
+            }
+            self.feed(state, Event::Start);
+        } else {
+            self.feed(state, Event::Roll);
+        }
+    }
+
+    /// Without a watcher (production mode), a failed initial build can never be retried.
+    fn end_if_nothing_can_fix_it(&mut self, state: &mut DriverState) {
+        let watching = self.dev.as_ref().is_some_and(|dev| dev.watcher.is_some());
+        if !watching && self.cluster.serving_generation() == 0 {
+            state.exit = Some(ExitReason::BuildFailed);
+        }
+    }
+
+    /// Prints how a roll ended: in dev mode, as the one line of the reload that caused it.
+    pub(crate) fn report_roll(&mut self, end: &RollEnd) {
+        let reload = self.dev.as_mut().and_then(|dev| dev.reload.take());
+        let (Some(reload), Some(dev)) = (reload, &self.dev) else {
+            output::master_line(&end.to_string());
+            return;
+        };
+        let mut line = dev.describe(&reload.changed);
+        if let Some(built_in) = reload.built_in {
+            let _ = write!(line, " → built in {}", human_duration(built_in));
+        }
+        let _ = match &end.aborted {
+            None => write!(
+                line,
+                " → rolled {} workers in {}",
+                end.size,
+                human_duration(end.elapsed)
+            ),
+            Some(why) => write!(
+                line,
+                " → not rolled: {why}; generation {} keeps serving",
+                end.serving
+            ),
+        };
+        output::master_line(&line);
+    }
+}
+
+fn c_path(path: &Path) -> CString {
+    // Paths from the OS and cargo's JSON never contain NUL.
+    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+}
