@@ -276,12 +276,13 @@ impl DevArgs {
                 bin: self.bin,
             })
         };
+        let roots: Vec<PathBuf> = if self.watch.is_empty() {
+            vec![root]
+        } else {
+            self.watch.iter().map(|path| cwd.join(path)).collect()
+        };
         let watch = dev.then(|| WatchConfig {
-            roots: if self.watch.is_empty() {
-                vec![root.clone()]
-            } else {
-                self.watch.iter().map(|path| cwd.join(path)).collect()
-            },
+            roots: roots.clone(),
             extensions: self
                 .ext
                 .iter()
@@ -295,7 +296,7 @@ impl DevArgs {
             plan,
             watch,
             clear: self.clear,
-            root,
+            roots,
         };
         let master = Master::for_dev(name.map(PathBuf::from), settings).args(program);
         self.cluster.configure(master)

@@ -27,8 +27,8 @@ pub(crate) struct DevLoop {
     pub(crate) plan: Option<BuildPlan>,
     /// Clear the screen before each build.
     pub(crate) clear: bool,
-    /// Paths in messages are shown relative to this.
-    pub(crate) root: PathBuf,
+    /// Paths in messages are shown relative to the one of these they are in.
+    pub(crate) roots: Vec<PathBuf>,
     /// Kept alive for as long as the loop runs; `None` in production mode.
     pub(crate) watcher: Option<Watcher>,
     /// Where copies of built executables are kept, one per generation.
@@ -50,11 +50,11 @@ struct Reload {
 }
 
 impl DevLoop {
-    pub(crate) fn new(plan: Option<BuildPlan>, clear: bool, root: PathBuf) -> Self {
+    pub(crate) fn new(plan: Option<BuildPlan>, clear: bool, roots: Vec<PathBuf>) -> Self {
         Self {
             plan,
             clear,
-            root,
+            roots,
             watcher: None,
             builds_dir: None,
             build: None,
@@ -68,17 +68,18 @@ impl DevLoop {
         self.build.as_ref().map(|build| build.running.pid)
     }
 
-    /// Describes changed files: the first few, relative to the root, and how many more.
+    /// Describes changed files: the first few, relative to their root, and how many more.
     fn describe(&self, changed: &[PathBuf]) -> String {
         const SHOWN: usize = 3;
         let names: Vec<String> = changed
             .iter()
             .take(SHOWN)
             .map(|path| {
-                path.strip_prefix(&self.root)
-                    .unwrap_or(path)
-                    .display()
-                    .to_string()
+                let relative = self
+                    .roots
+                    .iter()
+                    .find_map(|root| path.strip_prefix(root).ok());
+                relative.unwrap_or(path).display().to_string()
             })
             .collect();
         match changed.len() {

@@ -69,8 +69,8 @@ pub(crate) struct DevSettings {
     pub(crate) watch: Option<WatchConfig>,
     /// Clear the screen before each build.
     pub(crate) clear: bool,
-    /// The package root, for messages.
-    pub(crate) root: PathBuf,
+    /// Where changed files are shown relative to: the watched directories.
+    pub(crate) roots: Vec<PathBuf>,
 }
 
 /// How a master's run ended.
@@ -259,7 +259,7 @@ impl Master {
         let mut dev = None;
         let mut quiet = false;
         if let Some(settings) = self.dev {
-            let mut dev_loop = DevLoop::new(settings.plan, settings.clear, settings.root);
+            let mut dev_loop = DevLoop::new(settings.plan, settings.clear, settings.roots);
             if let Some(watch_config) = settings.watch {
                 let events = self.events.clone();
                 dev_loop.watcher = Some(watch::watch(watch_config, move |changed| {

@@ -1,4 +1,4 @@
-//! End-to-end tests of `mcluster start`: real processes, real sockets, real signals.
+//! End-to-end tests of `mcluster start` and `mcluster dev`: real processes, real sockets, real signals.
 //!
 //! Every test starts its own master on `127.0.0.1:0` (or a unix socket in a temp dir), waits on
 //! what the master prints with a generous deadline, and kills everything it started on the way
@@ -15,12 +15,16 @@
 //! - `stop`    graceful and hard stops, the kill timeout, the stop signal, SIGKILL of the master
 //! - `errors`  bad input: one line, non-zero exit, nothing spawned or left behind
 //! - `output`  worker output prefixed by slot; `--silent`
+//! - `dev`     `mcluster dev` on a copy of the bundled example project: edits served, broken
+//!   builds keep the old generation, no failed request across reloads, `APP_ENV`, cancelled
+//!   builds, `--no-build`
 //!
 //! The worker programs are in `fixtures/workers/` (see `support/fixture.rs`).
 
 mod support;
 
 mod crash;
+mod dev;
 mod errors;
 mod output;
 mod resize;

@@ -1,0 +1,379 @@
+//! `mcluster dev`: a real cargo project (a copy of `examples/hello-app`) rebuilt on every edit
+//! while the old generation serves.
+//!
+//! The cargo builds are few and small: every copy builds into one shared target directory, which
+//! a setup step fills once, so each build in a test is an incremental build of one crate. The
+//! tests that build take a lock, so two of them never race for that directory.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::support::{Master, MasterBuilder, echo, fixture};
+
+/// Cargo builds in these tests share one target directory, one at a time.
+fn cargo_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn shared_target() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dev-tests")
+}
+
+/// A copy of the bundled example project, depending on this checkout by absolute path.
+struct Project {
+    dir: TempDir,
+}
+
+impl Project {
+    #[track_caller]
+    fn new() -> Self {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-app");
+        let dir = TempDir::new().unwrap();
+        fs::create_dir(dir.path().join("src")).unwrap();
+        let manifest = fs::read_to_string(source.join("Cargo.toml"))
+            .unwrap()
+            .replace(
+                r#"path = "../..""#,
+                &format!("path = {:?}", env!("CARGO_MANIFEST_DIR")),
+            );
+        fs::write(dir.path().join("Cargo.toml"), manifest).unwrap();
+        fs::copy(source.join("Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
+        fs::copy(source.join("src/main.rs"), dir.path().join("src/main.rs")).unwrap();
+        let project = Self { dir };
+        project.prebuild_dependencies();
+        project
+    }
+
+    /// Builds the dependencies into the shared target directory once, outside any deadline.
+    fn prebuild_dependencies(&self) {
+        static DONE: OnceLock<()> = OnceLock::new();
+        DONE.get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--manifest-path"])
+                .arg(self.manifest())
+                .env("CARGO_TARGET_DIR", shared_target())
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "the example project does not build");
+        });
+    }
+
+    fn manifest(&self) -> PathBuf {
+        self.dir.path().join("Cargo.toml")
+    }
+
+    fn main_rs(&self) -> PathBuf {
+        self.dir.path().join("src/main.rs")
+    }
+
+    /// Replaces `from` with `to` in `src/main.rs`, as an editor saving in place would.
+    #[track_caller]
+    fn edit(&self, from: &str, to: &str) {
+        let text = fs::read_to_string(self.main_rs()).unwrap();
+        assert!(text.contains(from), "{from:?} is not in main.rs");
+        fs::write(self.main_rs(), text.replacen(from, to, 1)).unwrap();
+    }
+
+    /// `mcluster dev` on this project, 2 workers, on a free port.
+    fn master(&self) -> MasterBuilder {
+        let manifest = self.manifest();
+        MasterBuilder::raw(&[
+            "dev",
+            "-l",
+            "127.0.0.1:0",
+            "-n",
+            "2",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+        ])
+        .env("CARGO_TARGET_DIR", shared_target())
+        .env("APP_ENV", "dev")
+    }
+}
+
+/// `GET /` on a fresh connection; the response body.
+fn get(port: u16) -> std::io::Result<String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(std::io::Error::other(format!("bad response {response:?}"))),
+    }
+}
+
+#[track_caller]
+fn get_ok(port: u16) -> String {
+    get(port).unwrap_or_else(|e| panic!("GET / on port {port} failed: {e}"))
+}
+
+/// How many stderr lines contain `needle`.
+fn count(master: &Master, needle: &str) -> usize {
+    master
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+#[test]
+fn an_edit_is_served_after_the_rebuild_and_a_broken_one_keeps_the_old_generation() {
+    let _cargo = cargo_lock();
+    let project = Project::new();
+    let master = project.master().start();
+    master.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let port = master.port();
+    assert!(
+        get_ok(port).starts_with("Hello from worker"),
+        "{}",
+        master.dump()
+    );
+
+    project.edit("Hello from", "Howdy from");
+    let line = master.wait_for_stderr(" → rolled 2 workers in ");
+    assert!(
+        line.starts_with("mcluster: src/main.rs changed → built in "),
+        "one line names the file and the build time: {line}"
+    );
+    let body = get_ok(port);
+    assert!(body.starts_with("Howdy from worker"), "{body}");
+    assert!(body.contains("generation 2"), "{body}");
+
+    // A broken edit: the diagnostics are shown, and generation 2 keeps serving.
+    let mark = master.stderr_mark();
+    project.edit("fn main()", "fn main( {");
+    let (_, failed) = master.wait_for_stderr_after(mark, "build failed");
+    assert!(failed.ends_with("generation 2 keeps serving"), "{failed}");
+    assert!(
+        master.stderr_lines()[mark..]
+            .iter()
+            .any(|l| l.contains("error") && !l.starts_with("mcluster:")),
+        "cargo's diagnostics are shown\n{}",
+        master.dump()
+    );
+    assert!(get_ok(port).starts_with("Howdy from worker"));
+
+    // The fix is served.
+    project.edit("fn main( {", "fn main()");
+    project.edit("Howdy from", "Hi from");
+    master.wait_until("the fix to be served", || {
+        get(port).is_ok_and(|body| body.starts_with("Hi from worker"))
+    });
+    assert_eq!(count(&master, "build failed"), 1, "{}", master.dump());
+}
+
+#[test]
+fn no_request_fails_under_load_across_five_reloads() {
+    let _cargo = cargo_lock();
+    let project = Project::new();
+    let master = project.master().start();
+    master.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let port = master.port();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let loops: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, answered, failures) = (stop.clone(), answered.clone(), failures.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match get(port) {
+                        Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            failures.lock().unwrap().push(e.to_string());
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+
+    let mut version = "Hello from".to_owned();
+    for reload in 1..=5 {
+        let next = format!("Reload {reload} from");
+        project.edit(&version, &next);
+        master.wait_until(&format!("reload {reload} to roll"), || {
+            count(&master, " → rolled 2 workers in ") >= reload
+        });
+        assert!(get_ok(port).starts_with(&next), "{}", master.dump());
+        version = next;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for handle in loops {
+        handle.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(answered.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn app_env_production_builds_once_and_never_watches() {
+    let _cargo = cargo_lock();
+    let project = Project::new();
+    let master = project.master().env("APP_ENV", "production").start();
+    master.wait_for_stderr("APP_ENV=production: production mode");
+    master.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let port = master.port();
+    let inotify = fs::read_dir(format!("/proc/{}/fd", master.pid()))
+        .unwrap()
+        .filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("inotify"))
+        .count();
+    assert_eq!(inotify, 0, "production mode watches nothing");
+
+    // An edit, then a roll: the new generation still runs the one build.
+    project.edit("Hello from", "Howdy from");
+    master.signal(Signal::SIGHUP);
+    master.wait_for_stderr("mcluster: rolled 2 workers to generation 2 in ");
+    let body = get_ok(port);
+    assert!(body.starts_with("Hello from worker"), "{body}");
+    assert!(body.contains("generation 2"), "{body}");
+    assert_eq!(
+        count(&master, "Compiling hello-app"),
+        1,
+        "{}",
+        master.dump()
+    );
+}
+
+/// A build command that waits for a gate file, so the test decides when a build ends.
+struct GatedBuild {
+    dir: TempDir,
+}
+
+impl GatedBuild {
+    fn new() -> Self {
+        let dir = TempDir::new().unwrap();
+        fs::write(dir.path().join("gate"), "").unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn command(&self) -> String {
+        format!(
+            "echo started >> {log}; while [ ! -f {gate} ]; do sleep 0.02; done",
+            log = self.path("builds.log").display(),
+            gate = self.path("gate").display()
+        )
+    }
+
+    fn builds_started(&self) -> usize {
+        fs::read_to_string(self.path("builds.log")).map_or(0, |log| log.lines().count())
+    }
+}
+
+#[test]
+fn a_save_during_a_build_restarts_it_and_one_roll_follows() {
+    let build = GatedBuild::new();
+    let command = build.command();
+    let worker = fixture("fixture-echo");
+    let dir = build.dir.path().to_str().unwrap();
+    let master = MasterBuilder::raw(&[
+        "dev",
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "1",
+        "--ready",
+        "notify",
+        "-w",
+        dir,
+        "--build",
+        &command,
+        "--",
+        worker.to_str().unwrap(),
+    ])
+    .start();
+    master.wait_for_stderr("mcluster: all 1 workers ready in ");
+    let port = master.port();
+
+    fs::remove_file(build.path("gate")).unwrap();
+    fs::write(build.path("a.rs"), "fn a() {}").unwrap();
+    master.wait_until("the first build to start", || build.builds_started() == 2);
+    fs::write(build.path("b.rs"), "fn b() {}").unwrap();
+    master.wait_until("the build to restart", || build.builds_started() == 3);
+    fs::write(build.path("gate"), "").unwrap();
+
+    let line = master.wait_for_stderr(" → rolled 1 workers in ");
+    assert!(
+        line.contains("a.rs") && line.contains("b.rs"),
+        "both saves are in the one reload: {line}"
+    );
+    assert_eq!(echo(port, "x").generation, 2, "{}", master.dump());
+    assert_eq!(
+        count(&master, "build failed"),
+        0,
+        "a cancelled build is no failure\n{}",
+        master.dump()
+    );
+    assert_eq!(build.builds_started(), 3, "{}", master.dump());
+}
+
+#[test]
+fn no_build_rolls_on_every_change() {
+    let dir = TempDir::new().unwrap();
+    let worker = fixture("fixture-echo");
+    let master = MasterBuilder::raw(&[
+        "dev",
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "2",
+        "--ready",
+        "notify",
+        "--ext",
+        "html",
+        "-w",
+        dir.path().to_str().unwrap(),
+        "--no-build",
+        "--",
+        worker.to_str().unwrap(),
+    ])
+    .start();
+    master.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let port = master.port();
+    fs::write(dir.path().join("index.html"), "<p>hi</p>").unwrap();
+    let line = master.wait_for_stderr(" → rolled 2 workers in ");
+    assert!(
+        line.starts_with("mcluster: index.html changed → rolled"),
+        "{line}"
+    );
+    assert_eq!(echo(port, "x").generation, 2);
+}
+
+#[test]
+fn dev_needs_a_program_with_no_build() {
+    let mut master = MasterBuilder::raw(&["dev", "-l", "127.0.0.1:0", "--no-build"]).start();
+    assert_eq!(master.wait_exit_code(), 2);
+    let lines = master.stderr_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("mcluster: error: --no-build needs a PROGRAM"),
+        "{lines:?}"
+    );
+}
