@@ -18,7 +18,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
-use crate::support::{Master, MasterBuilder, echo, fixture};
+use crate::support::{Master, MasterBuilder, Script, echo, fixture};
 
 /// Cargo builds in these tests share one target directory, one at a time.
 fn cargo_lock() -> MutexGuard<'static, ()> {
@@ -376,4 +376,43 @@ fn dev_needs_a_program_with_no_build() {
         lines[0].starts_with("mcluster: error: --no-build needs a PROGRAM"),
         "{lines:?}"
     );
+}
+
+#[test]
+fn a_reload_whose_workers_never_get_ready_is_not_rolled_in() {
+    let script = Script::exec(&fixture("fixture-echo"));
+    let watched = TempDir::new().unwrap();
+    let master = MasterBuilder::raw(&[
+        "dev",
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "2",
+        "--ready",
+        "notify",
+        "-w",
+        watched.path().to_str().unwrap(),
+        "--no-build",
+        "--",
+        "/bin/sh",
+        script.arg(),
+    ])
+    .start();
+    master.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let port = master.port();
+    let serving = echo(port, "x").pid;
+
+    script.rewrite("echo 'app: config error' >&2; exit 1");
+    fs::write(watched.path().join("main.rs"), "fn main() {}").unwrap();
+    let line = master.wait_for_stderr(" → not rolled: ");
+    assert!(
+        line.starts_with("mcluster: main.rs changed → not rolled: w0 (pid ")
+            && line.contains("exited with status 1 before it was ready")
+            && line.ends_with("; generation 1 keeps serving"),
+        "{line}"
+    );
+    // Both old workers still serve: the one that answered before, and its generation.
+    let reply = echo(port, "x");
+    assert_eq!(reply.generation, 1, "{}", master.dump());
+    assert!(crate::support::is_alive(serving), "{}", master.dump());
 }
