@@ -57,6 +57,9 @@ const FALLBACK_POLL_INTERVAL: Duration = Duration::from_millis(500);
 const LIMIT_MESSAGE: &str = "mcluster: the inotify watch limit is reached; falling back to polling \
      (raise it with: sudo sysctl fs.inotify.max_user_watches=524288)";
 
+/// The shortest poll interval: a zero interval would make the poller spin.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
 /// The most messages handled in a row before a due batch is flushed.
 const DRAIN_LIMIT: usize = 4096;
 
@@ -64,7 +67,7 @@ const DRAIN_LIMIT: usize = 4096;
 #[derive(Debug, Clone)]
 pub(crate) struct WatchConfig {
     /// Directories to watch (default: the package root); made absolute against the current
-    /// directory if they are not.
+    /// directory if they are not, with `..` resolved. Batches name files under them.
     pub(crate) roots: Vec<PathBuf>,
     /// Only files with one of these extensions count (`rs`, `toml`; a leading `.` is allowed).
     /// Empty: every file counts.
@@ -117,7 +120,7 @@ pub(crate) fn watch(
         .filter(|dir| !dir.is_empty())
         .map(PathBuf::from);
     let mode = match config.poll {
-        Some(interval) => Mode::Poll(interval),
+        Some(interval) => Mode::Poll(interval.max(MIN_POLL_INTERVAL)),
         None => Mode::Native,
     };
     start(config, target_dir, mode, Box::new(on_change))
@@ -428,8 +431,17 @@ fn start(
     } = config;
     let mut roots: Vec<PathBuf> = Vec::new();
     for root in &given_roots {
-        let root = std::path::absolute(root)
+        let mut root = std::path::absolute(root)
             .map_err(|err| Error::io(format!("cannot watch {}", root.display()), err))?;
+        // Matching is by path prefix: resolve `..` (only then, to keep the user's view of
+        // symlinked directories otherwise).
+        if root
+            .components()
+            .any(|part| part == std::path::Component::ParentDir)
+            && let Ok(resolved) = fs::canonicalize(&root)
+        {
+            root = resolved;
+        }
         match fs::metadata(&root) {
             Ok(metadata) if metadata.is_dir() => roots.push(root),
             Ok(_) => {
@@ -824,6 +836,7 @@ impl State {
             .follow_links(false)
             .filter_entry(move |entry| {
                 entry.file_type().is_some_and(|kind| kind.is_dir())
+                    && filter.dir_allowed(entry.path())
             });
         for entry in builder.build() {
             let Ok(entry) = entry else {
@@ -1014,6 +1027,15 @@ impl State {
     fn fall_back_to_polling(&mut self, now: Instant) {
         self.switch_to_polling();
         let found = self.full_scan();
+        for path in self.diff(&found) {
+            self.debouncer.push(now, path);
+        }
+    }
+
+    /// What a full scan found that differs from the snapshot: created or changed files, and files
+    /// that are gone. A file that still exists but is ignored now (a new `.gitignore` rule) is no
+    /// change.
+    fn diff(&self, found: &BTreeMap<PathBuf, Stamp>) -> BTreeSet<PathBuf> {
         let mut changed: BTreeSet<PathBuf> = found
             .iter()
             .filter(|(path, stamp)| self.snapshot.get(*path) != Some(*stamp))
@@ -1022,12 +1044,10 @@ impl State {
         changed.extend(
             self.snapshot
                 .keys()
-                .filter(|path| !found.contains_key(*path))
+                .filter(|path| !found.contains_key(*path) && stamp(path).is_none())
                 .cloned(),
         );
-        for path in changed {
-            self.debouncer.push(now, path);
-        }
+        changed
     }
 
     /// A batch is due: the files whose stamp differs from the snapshot (all files after a
@@ -1035,17 +1055,7 @@ impl State {
     fn flush(&mut self, paths: Vec<PathBuf>) -> Vec<PathBuf> {
         if mem::take(&mut self.rescan) {
             let found = self.full_scan();
-            let mut changed: BTreeSet<PathBuf> = found
-                .iter()
-                .filter(|(path, stamp)| self.snapshot.get(*path) != Some(*stamp))
-                .map(|(path, _)| path.clone())
-                .collect();
-            changed.extend(
-                self.snapshot
-                    .keys()
-                    .filter(|path| !found.contains_key(*path))
-                    .cloned(),
-            );
+            let changed = self.diff(&found);
             self.snapshot = found;
             return changed.into_iter().collect();
         }
@@ -1191,6 +1201,11 @@ mod tests {
 
         fn with(files: &[(&str, &str)], setup: Setup) -> Self {
             let dir = tempfile::tempdir().expect("tempdir");
+            assert_eq!(
+                fs::canonicalize(dir.path()).expect("canonicalize"),
+                dir.path(),
+                "the temporary directory should have no symlink in its path"
+            );
             for (path, content) in files {
                 write_file(&dir.path().join(path), content);
             }
@@ -1572,6 +1587,23 @@ mod tests {
         h.expect_quiet();
     }
 
+    #[test]
+    fn ignore_files_edited_while_running_take_effect() {
+        let mut h = Harness::new(&[("file.rs", OLD), ("old.rs", OLD), ("gen/x.rs", OLD)]);
+        h.write(".gitignore", "extra.rs\ngen/\n");
+        h.expect_quiet();
+        h.write("extra.rs", NEW);
+        h.write("gen/x.rs", NEW);
+        h.expect_quiet();
+        assert_eq!(h.watched(), vec![String::new()]);
+        // And back: files edited while ignored come into view (they count), and the directory
+        // is watched again.
+        fs::remove_file(h.path(".gitignore")).expect("rm");
+        h.expect_batch(&["extra.rs", "gen/x.rs"]);
+        h.write("gen/x.rs", OLD);
+        h.expect_batch(&["gen/x.rs"]);
+    }
+
     // ---- directories that come and go ----
 
     #[test]
@@ -1682,6 +1714,11 @@ mod tests {
         let status = h.status();
         assert!(status.polling);
         assert_eq!(h.watched(), vec![String::new(), "sub".to_owned()]);
+        assert_eq!(
+            LIMIT_MESSAGE,
+            "mcluster: the inotify watch limit is reached; falling back to polling (raise it with: \
+             sudo sysctl fs.inotify.max_user_watches=524288)"
+        );
 
         // The inotify watcher is gone: the poller sees these.
         h.write("file.rs", NEW);
@@ -1736,6 +1773,32 @@ mod tests {
         );
         let err = start(config, None, Mode::Null, Box::new(|_| {})).expect_err("bad glob");
         assert_eq!(err.exit_status(), 2);
+    }
+
+    #[test]
+    fn roots_with_dot_dot_are_resolved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("a")).expect("mkdir");
+        fs::write(dir.path().join("file.rs"), OLD).expect("write");
+        let (tx, rx) = mpsc::channel();
+        let _watcher = watch(
+            WatchConfig {
+                roots: vec![dir.path().join("a/..")],
+                extensions: vec!["rs".into()],
+                ignore: Vec::new(),
+                cooldown: COOLDOWN,
+                poll: None,
+            },
+            move |batch| {
+                let _ = tx.send(batch);
+            },
+        )
+        .expect("watch");
+        fs::write(dir.path().join("file.rs"), NEW).expect("write");
+        assert_eq!(
+            rx.recv_timeout(PATIENCE).expect("a batch"),
+            vec![dir.path().join("file.rs")]
+        );
     }
 
     #[test]
