@@ -61,13 +61,24 @@ pub struct StartArgs {
 #[allow(clippy::doc_markdown)]
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
-    /// Address to listen on: HOST:PORT, [V6]:PORT, :PORT or unix:PATH, with an optional NAME=
-    /// prefix for LISTEN_FDNAMES. Repeatable. [default: 127.0.0.1:3000]
-    #[arg(short, long = "listen", value_name = "ADDR", value_parser = parse_listen)]
+    /// Addresses to listen on.
+    #[arg(
+        short,
+        long = "listen",
+        value_name = "ADDR",
+        value_parser = parse_listen,
+        help = "Address to listen on: HOST:PORT, [V6]:PORT, :PORT or unix:PATH, with an optional \
+                NAME= prefix for LISTEN_FDNAMES. Repeatable. [default: 127.0.0.1:3000]"
+    )]
     pub listen: Vec<ListenAddr>,
 
-    /// Number of workers. [default: the CPU count available]
-    #[arg(short = 'n', long, value_name = "N")]
+    /// Number of workers.
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "N",
+        help = "Number of workers. [default: the CPU count available]"
+    )]
     pub size: Option<usize>,
 
     /// Environment variable for the workers. Repeatable.
@@ -121,8 +132,13 @@ pub struct DevArgs {
     #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = config::parse_duration)]
     pub cooldown: Duration,
 
-    /// A directory to watch. Repeatable. [default: the package root]
-    #[arg(short, long = "watch", value_name = "PATH")]
+    /// Directories to watch.
+    #[arg(
+        short,
+        long = "watch",
+        value_name = "PATH",
+        help = "A directory to watch. Repeatable. [default: the package root]"
+    )]
     pub watch: Vec<PathBuf>,
 
     /// A glob of paths to ignore (besides target/, .git/ and .gitignore). Repeatable.
@@ -165,8 +181,12 @@ pub struct DevArgs {
     #[arg(long)]
     pub clear: bool,
 
-    /// The worker program and its arguments. [default: the executable cargo builds]
-    #[arg(last = true, value_name = "PROGRAM")]
+    /// The worker program and its arguments.
+    #[arg(
+        last = true,
+        value_name = "PROGRAM",
+        help = "The worker program and its arguments. [default: the executable cargo builds]"
+    )]
     pub program: Vec<OsString>,
 }
 
