@@ -952,19 +952,7 @@ impl State {
     /// A watched directory is gone (deleted or moved away): drop its watches; the files it held
     /// count as changed.
     fn forget_dir(&mut self, dir: &Path, now: Instant) {
-        for sub in self.take_subtree(dir) {
-            // The inotify watch is usually gone already; the poller needs telling.
-            let _ = self.backend.unwatch(&sub);
-            self.ignores.remove(&sub);
-        }
-        let files: Vec<PathBuf> = self
-            .snapshot
-            .range(dir.to_path_buf()..)
-            .map(|(path, _)| path)
-            .take_while(|path| path.starts_with(dir))
-            .cloned()
-            .collect();
-        for path in files {
+        for path in self.unwatch_tree(dir) {
             self.debouncer.push(now, path);
         }
     }
@@ -972,20 +960,25 @@ impl State {
     /// A watched directory became ignored (a `CACHEDIR.TAG` appeared): drop its watches and its
     /// files, silently.
     fn prune(&mut self, dir: &Path) {
+        for path in self.unwatch_tree(dir) {
+            self.snapshot.remove(&path);
+        }
+    }
+
+    /// Drops the watches of `dir` and every directory below it; returns the snapshot's files
+    /// under it.
+    fn unwatch_tree(&mut self, dir: &Path) -> Vec<PathBuf> {
         for sub in self.take_subtree(dir) {
+            // The inotify watch is usually gone already; the poller needs telling.
             let _ = self.backend.unwatch(&sub);
             self.ignores.remove(&sub);
         }
-        let files: Vec<PathBuf> = self
-            .snapshot
+        self.snapshot
             .range(dir.to_path_buf()..)
             .map(|(path, _)| path)
             .take_while(|path| path.starts_with(dir))
             .cloned()
-            .collect();
-        for path in files {
-            self.snapshot.remove(&path);
-        }
+            .collect()
     }
 
     /// Removes a directory and everything under it from the watched set, returning them.

@@ -121,6 +121,13 @@ fn get_ok(port: u16) -> String {
     get(port).unwrap_or_else(|e| panic!("GET / on port {port} failed: {e}"))
 }
 
+/// `mcluster dev -l 127.0.0.1:0 --ready notify ARGS…`, for fixture workers.
+fn dev_with(args: &[&str]) -> MasterBuilder {
+    let mut all = vec!["dev", "-l", "127.0.0.1:0", "--ready", "notify"];
+    all.extend(args);
+    MasterBuilder::raw(&all)
+}
+
 /// How many stderr lines contain `needle`.
 fn count(master: &Master, needle: &str) -> usize {
     master
@@ -293,14 +300,9 @@ fn a_save_during_a_build_restarts_it_and_one_roll_follows() {
     let command = build.command();
     let worker = fixture("fixture-echo");
     let dir = build.dir.path().to_str().unwrap();
-    let master = MasterBuilder::raw(&[
-        "dev",
-        "-l",
-        "127.0.0.1:0",
+    let master = dev_with(&[
         "-n",
         "1",
-        "--ready",
-        "notify",
         "-w",
         dir,
         "--build",
@@ -338,14 +340,9 @@ fn a_save_during_a_build_restarts_it_and_one_roll_follows() {
 fn no_build_rolls_on_every_change() {
     let dir = TempDir::new().unwrap();
     let worker = fixture("fixture-echo");
-    let master = MasterBuilder::raw(&[
-        "dev",
-        "-l",
-        "127.0.0.1:0",
+    let master = dev_with(&[
         "-n",
         "2",
-        "--ready",
-        "notify",
         "--ext",
         "html",
         "-w",
@@ -382,14 +379,9 @@ fn dev_needs_a_program_with_no_build() {
 fn a_reload_whose_workers_never_get_ready_is_not_rolled_in() {
     let script = Script::exec(&fixture("fixture-echo"));
     let watched = TempDir::new().unwrap();
-    let master = MasterBuilder::raw(&[
-        "dev",
-        "-l",
-        "127.0.0.1:0",
+    let master = dev_with(&[
         "-n",
         "2",
-        "--ready",
-        "notify",
         "-w",
         watched.path().to_str().unwrap(),
         "--no-build",
