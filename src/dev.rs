@@ -201,10 +201,11 @@ impl Supervisor<'_> {
                     let argv0 = path
                         .file_name()
                         .map_or_else(|| kept.as_os_str().to_owned(), ToOwned::to_owned);
-                    self.spec.latest = Some(Program {
+                    let replaced = self.spec.latest.replace(Program {
                         path: c_path(&kept),
                         argv0: c_path(Path::new(&argv0)),
                     });
+                    self.discard_unused_builds(replaced);
                 }
                 Err(error) => {
                     output::master_line(&format!(
@@ -235,6 +236,31 @@ impl Supervisor<'_> {
             self.feed(state, Event::Start);
         } else {
             self.feed(state, Event::Roll);
+        }
+    }
+
+    /// Removes the kept copies among `programs` that no generation runs any more (a build kept
+    /// for every reload would otherwise pile up until the master exits).
+    pub(crate) fn discard_unused_builds(&self, programs: impl IntoIterator<Item = Program>) {
+        let Some(builds_dir) = self.dev.as_ref().and_then(|dev| dev.builds_dir.as_deref()) else {
+            return;
+        };
+        let in_use = |program: &Program| {
+            self.spec
+                .latest
+                .as_ref()
+                .is_some_and(|latest| latest.path == program.path)
+                || self
+                    .spec
+                    .generations
+                    .values()
+                    .any(|kept| kept.path == program.path)
+        };
+        for program in programs {
+            let path = Path::new(std::ffi::OsStr::from_bytes(program.path.as_bytes()));
+            if path.starts_with(builds_dir) && !in_use(&program) {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 

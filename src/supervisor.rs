@@ -367,9 +367,9 @@ impl Supervisor<'_> {
     /// Generations older than the serving one no longer start workers.
     fn forget_old_generations(&mut self) {
         let serving = self.cluster.serving_generation();
-        self.spec
-            .generations
-            .retain(|&generation, _| generation >= serving);
+        let newer = self.spec.generations.split_off(&serving);
+        let older = std::mem::replace(&mut self.spec.generations, newer);
+        self.discard_unused_builds(older.into_values());
     }
 
     fn send_signal(&self, pid: Pid, kind: StopKind) {

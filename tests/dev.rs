@@ -225,6 +225,19 @@ fn no_request_fails_under_load_across_five_reloads() {
     for handle in loops {
         handle.join().unwrap();
     }
+    // Each reload kept a private link to its build; only what can still run is kept.
+    let builds = shared_target().join(format!("debug/.mcluster-{}", master.pid()));
+    let kept = fs::read_dir(&builds).unwrap().count();
+    assert!(
+        (1..=2).contains(&kept),
+        "{kept} builds kept in {}",
+        builds.display()
+    );
+    let mut master = master;
+    master.signal(Signal::SIGTERM);
+    assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
+    assert!(!builds.exists(), "the kept builds are removed on exit");
+
     let failures = failures.lock().unwrap();
     assert!(
         failures.is_empty(),
