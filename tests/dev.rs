@@ -181,6 +181,14 @@ fn an_edit_is_served_after_the_rebuild_and_a_broken_one_keeps_the_old_generation
         get(port).is_ok_and(|body| body.starts_with("Hi from worker"))
     });
     assert_eq!(count(&master, "build failed"), 1, "{}", master.dump());
+    stop(&mut master);
+}
+
+/// Stops the master gracefully, so that it removes its kept builds from the shared target.
+#[track_caller]
+fn stop(master: &mut Master) {
+    master.signal(Signal::SIGTERM);
+    assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
 }
 
 #[test]
@@ -234,8 +242,7 @@ fn no_request_fails_under_load_across_five_reloads() {
         builds.display()
     );
     let mut master = master;
-    master.signal(Signal::SIGTERM);
-    assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
+    stop(&mut master);
     assert!(!builds.exists(), "the kept builds are removed on exit");
 
     let failures = failures.lock().unwrap();
@@ -252,7 +259,7 @@ fn no_request_fails_under_load_across_five_reloads() {
 fn app_env_production_builds_once_and_never_watches() {
     let _cargo = cargo_lock();
     let project = Project::new();
-    let master = project.master().env("APP_ENV", "production").start();
+    let mut master = project.master().env("APP_ENV", "production").start();
     master.wait_for_stderr("APP_ENV=production: production mode");
     master.wait_for_stderr("mcluster: all 2 workers ready in ");
     let port = master.port();
