@@ -141,7 +141,7 @@ fn count(master: &Master, needle: &str) -> usize {
 fn an_edit_is_served_after_the_rebuild_and_a_broken_one_keeps_the_old_generation() {
     let _cargo = cargo_lock();
     let project = Project::new();
-    let master = project.master().start();
+    let mut master = project.master().start();
     master.wait_for_stderr("mcluster: all 2 workers ready in ");
     let port = master.port();
     assert!(
@@ -181,12 +181,12 @@ fn an_edit_is_served_after_the_rebuild_and_a_broken_one_keeps_the_old_generation
         get(port).is_ok_and(|body| body.starts_with("Hi from worker"))
     });
     assert_eq!(count(&master, "build failed"), 1, "{}", master.dump());
-    stop(&mut master);
+    stop_gracefully(&mut master);
 }
 
 /// Stops the master gracefully, so that it removes its kept builds from the shared target.
 #[track_caller]
-fn stop(master: &mut Master) {
+fn stop_gracefully(master: &mut Master) {
     master.signal(Signal::SIGTERM);
     assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
 }
@@ -242,7 +242,7 @@ fn no_request_fails_under_load_across_five_reloads() {
         builds.display()
     );
     let mut master = master;
-    stop(&mut master);
+    stop_gracefully(&mut master);
     assert!(!builds.exists(), "the kept builds are removed on exit");
 
     let failures = failures.lock().unwrap();
