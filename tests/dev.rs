@@ -283,6 +283,7 @@ fn app_env_production_builds_once_and_never_watches() {
         "{}",
         master.dump()
     );
+    stop_gracefully(&mut master);
 }
 
 /// A build command that waits for a gate file, so the test decides when a build ends.

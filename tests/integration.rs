@@ -18,6 +18,8 @@
 //! - `dev`     `mcluster dev` on a copy of the bundled example project: edits served, broken
 //!   builds keep the old generation, no failed request across reloads, `APP_ENV`, cancelled
 //!   builds, `--no-build`
+//! - `systemd` the master as a systemd service: its own `READY=1` / `RELOADING=1` / `STOPPING=1`
+//!   (never the workers' `NOTIFY_SOCKET`), socket activation with and without `LISTEN_PID`
 //!
 //! The worker programs are in `fixtures/workers/` (see `support/fixture.rs`).
 
@@ -31,3 +33,4 @@ mod resize;
 mod roll;
 mod start;
 mod stop;
+mod systemd;

@@ -5,6 +5,7 @@ pub(crate) mod harness;
 pub(crate) mod net;
 pub(crate) mod process;
 pub(crate) mod script;
+pub(crate) mod systemd;
 
 pub(crate) use fixture::{fixture, python3, strict_listen_pid_py};
 pub(crate) use harness::{Master, MasterBuilder, Worker, pids};
