@@ -388,7 +388,13 @@ impl Supervisor<'_> {
         let size = self.cluster.size();
         let message = match master_state {
             MasterState::Ready => format!("READY=1\nSTATUS={size} workers ready"),
-            MasterState::Reloading => format!("RELOADING=1\nSTATUS=rolling {size} workers"),
+            // `Type=notify-reload` wants the monotonic time with RELOADING=1.
+            MasterState::Reloading => {
+                let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                    .map(|t| Duration::from(t).as_micros())
+                    .unwrap_or_default();
+                format!("RELOADING=1\nMONOTONIC_USEC={now}\nSTATUS=rolling {size} workers")
+            }
             MasterState::Stopping => "STOPPING=1\nSTATUS=stopping".to_owned(),
         };
         let _ = crate::worker::notify(&message);
