@@ -444,6 +444,35 @@ mod tests {
     }
 
     #[test]
+    fn the_systemd_unit_template_runs_a_valid_command() {
+        let unit = include_str!("../templates/mcluster.service");
+        let exec_start = unit
+            .lines()
+            .find_map(|line| line.strip_prefix("ExecStart="))
+            .expect("an ExecStart line");
+        let argv: Vec<&str> = exec_start.split_whitespace().collect();
+        assert!(argv[0].ends_with("/mcluster"), "{exec_start}");
+        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{exec_start}: {e}"));
+        let Command::Start(args) = cli.command else {
+            panic!("the unit runs mcluster start");
+        };
+        // systemd must wait longer than mcluster's own kill timeout.
+        let timeout_stop: u64 = unit
+            .lines()
+            .find_map(|line| line.strip_prefix("TimeoutStopSec="))
+            .and_then(|value| value.parse().ok())
+            .expect("a TimeoutStopSec in seconds");
+        assert!(Duration::from_secs(timeout_stop) > args.cluster.kill_timeout);
+        for line in [
+            "Type=notify",
+            "KillMode=mixed",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+        ] {
+            assert!(unit.lines().any(|l| l == line), "{line} is missing");
+        }
+    }
+
+    #[test]
     fn app_env_selects_dev_mode() {
         for dev in [None, Some(""), Some("dev"), Some("development")] {
             assert!(is_dev_env(dev), "{dev:?}");
