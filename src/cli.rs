@@ -450,9 +450,9 @@ mod tests {
             .lines()
             .find_map(|line| line.strip_prefix("ExecStart="))
             .expect("an ExecStart line");
-        let argv: Vec<&str> = exec_start.split_whitespace().collect();
-        assert!(argv[0].ends_with("/mcluster"), "{exec_start}");
-        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{exec_start}: {e}"));
+        let words: Vec<&str> = exec_start.split_whitespace().collect();
+        assert!(words[0].ends_with("/mcluster"), "{exec_start}");
+        let cli = Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("{exec_start}: {e}"));
         let Command::Start(args) = cli.command else {
             panic!("the unit runs mcluster start");
         };
