@@ -29,6 +29,14 @@ impl Scene {
         self.script.arg()
     }
 
+    /// `start OPTIONS -- /bin/sh <worker>`: a good command line, but for what `options` hold.
+    fn start<'a>(&'a self, options: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["start"];
+        args.extend_from_slice(options);
+        args.extend(["--", "/bin/sh", self.worker()]);
+        args
+    }
+
     /// Runs `mcluster ARGS`; checks it fails with `code` (or any non-zero code), one stderr line
     /// `mcluster: error: …` containing each of `culprits` (ignoring case), and that nothing ran or
     /// was left behind.
@@ -72,15 +80,7 @@ impl Scene {
 #[test]
 fn unknown_flag() {
     let scene = Scene::new();
-    let args = [
-        "start",
-        "--no-such-flag",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        "/bin/sh",
-        scene.worker(),
-    ];
+    let args = scene.start(&["--no-such-flag", "-l", "127.0.0.1:0"]);
     scene.rejects(&args, Some(2), &["--no-such-flag"]);
 }
 
@@ -98,27 +98,9 @@ fn missing_program() {
 fn zero_size() {
     let scene = Scene::new();
     let unix = scene.unix("s.sock");
-    let args = [
-        "start",
-        "-l",
-        &unix,
-        "--size",
-        "0",
-        "--",
-        "/bin/sh",
-        scene.worker(),
-    ];
+    let args = scene.start(&["-l", &unix, "--size", "0"]);
     scene.rejects(&args, None, &["--size"]);
-    let args = [
-        "start",
-        "-l",
-        &unix,
-        "-n",
-        "0",
-        "--",
-        "/bin/sh",
-        scene.worker(),
-    ];
+    let args = scene.start(&["-l", &unix, "-n", "0"]);
     scene.rejects(&args, None, &["--size"]);
 }
 
@@ -133,16 +115,7 @@ fn malformed_addresses() {
         "[::1:80",
         "unix:",
     ] {
-        let args = [
-            "start",
-            "-l",
-            &unix,
-            "-l",
-            bad,
-            "--",
-            "/bin/sh",
-            scene.worker(),
-        ];
+        let args = scene.start(&["-l", &unix, "-l", bad]);
         scene.rejects(&args, None, &[bad]);
     }
 }
@@ -154,16 +127,7 @@ fn port_already_in_use() {
     let addr = taken.local_addr().unwrap().to_string();
     // The unix socket is bound first, so the error must also clean it up.
     let unix = scene.unix("s.sock");
-    let args = [
-        "start",
-        "-l",
-        &unix,
-        "-l",
-        &addr,
-        "--",
-        "/bin/sh",
-        scene.worker(),
-    ];
+    let args = scene.start(&["-l", &unix, "-l", &addr]);
     scene.rejects(&args, Some(1), &["address already in use", &addr]);
 }
 
@@ -191,16 +155,7 @@ fn program_not_executable() {
 fn malformed_env() {
     let scene = Scene::new();
     let unix = scene.unix("s.sock");
-    let args = [
-        "start",
-        "-l",
-        &unix,
-        "-e",
-        "NOEQUALS",
-        "--",
-        "/bin/sh",
-        scene.worker(),
-    ];
+    let args = scene.start(&["-l", &unix, "-e", "NOEQUALS"]);
     scene.rejects(&args, None, &["--env", "NOEQUALS"]);
 }
 
@@ -208,15 +163,6 @@ fn malformed_env() {
 fn bad_duration() {
     let scene = Scene::new();
     let unix = scene.unix("s.sock");
-    let args = [
-        "start",
-        "-l",
-        &unix,
-        "--kill-timeout",
-        "5x",
-        "--",
-        "/bin/sh",
-        scene.worker(),
-    ];
+    let args = scene.start(&["-l", &unix, "--kill-timeout", "5x"]);
     scene.rejects(&args, None, &["--kill-timeout", "5x"]);
 }

@@ -11,8 +11,8 @@ use tempfile::TempDir;
 use crate::support::net::is_refused;
 use crate::support::process::DEADLINE;
 use crate::support::script::{exec_line, quote};
-use crate::support::systemd::{Activated, ListenPid, ManagerSocket, Message};
-use crate::support::{Master, Script, echo, echo_pid, fixture, wait_served_by};
+use crate::support::systemd::{ListenPid, ManagerSocket, Message, start_activated};
+use crate::support::{Master, Script, echo, echo_pid, fixture, pids, wait_served_by};
 
 /// The next message to the service manager, which must come from the master itself (systemd's
 /// default `NotifyAccess=main` ignores any other sender).
@@ -165,14 +165,13 @@ fn master_tells_its_service_manager_ready_reloading_and_stopping() {
 #[track_caller]
 fn serves_on_the_inherited_socket(listen_pid: ListenPid, names: Option<&str>, name: &str) {
     // What the workers see.
-    let mut master = Activated::start(
+    let (mut master, port) = start_activated(
         listen_pid,
         names,
         &["-n", "2"],
         fixture("fixture-print-env"),
         &[],
     );
-    let port = master.bound_port();
     master.wait_for_stderr("mcluster: all 2 workers ready in ");
     let listening: Vec<String> = master
         .stderr_lines()
@@ -187,9 +186,9 @@ fn serves_on_the_inherited_socket(listen_pid: ListenPid, names: Option<&str>, na
         "{}",
         master.dump()
     );
-    let pids = master.ready_pids();
-    assert_eq!(pids.len(), 2, "{}", master.dump());
-    for pid in pids {
+    let ready = pids(&master.ready_workers());
+    assert_eq!(ready.len(), 2, "{}", master.dump());
+    for pid in ready {
         let line = master.wait_for_stdout(&format!("] pid={pid} "));
         let env = env_map(line.split_once("] ").unwrap().1);
         let context = format!("{env:?}\n{}", master.dump());
@@ -202,19 +201,18 @@ fn serves_on_the_inherited_socket(listen_pid: ListenPid, names: Option<&str>, na
     assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
 
     // The workers answer on it.
-    let mut master = Activated::start(
+    let (mut master, port) = start_activated(
         listen_pid,
         names,
         &["-n", "2"],
         fixture("fixture-echo"),
         &[],
     );
-    let port = master.bound_port();
     master.wait_for_stderr("mcluster: all 2 workers ready in ");
     master.wait_for_stderr(&format!(
         "mcluster: listening on 127.0.0.1:{port} (inherited)"
     ));
-    wait_served_by(port, &master.ready_pids(), echo_pid);
+    wait_served_by(port, &pids(&master.ready_workers()), echo_pid);
     assert_eq!(echo(port, "activated").generation, 1);
     master.signal(Signal::SIGTERM);
     assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());

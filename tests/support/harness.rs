@@ -34,14 +34,33 @@ const SCRUBBED_ENV: &[&str] = &[
 pub(crate) struct MasterBuilder {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    /// A program that runs first and execs `mcluster`, with its own arguments.
+    wrapper: Option<(OsString, Vec<OsString>)>,
 }
 
 impl MasterBuilder {
     /// `mcluster` with exactly `args` (for bad-input tests).
     pub(crate) fn raw(args: &[&str]) -> Self {
+        Self::with_args(args.iter().map(OsString::from).collect())
+    }
+
+    /// `mcluster start OPTIONS -- PROGRAM ARGS…` without checking that `options` choose the
+    /// listeners: for a master that inherits its sockets (`LISTEN_FDS`, see
+    /// [`MasterBuilder::via`]). Any other test uses [`Master::builder`].
+    pub(crate) fn inheriting(options: &[&str], program: impl AsRef<OsStr>, args: &[&str]) -> Self {
+        let mut all: Vec<OsString> = vec!["start".into()];
+        all.extend(options.iter().map(OsString::from));
+        all.push("--".into());
+        all.push(program.as_ref().to_owned());
+        all.extend(args.iter().map(OsString::from));
+        Self::with_args(all)
+    }
+
+    fn with_args(args: Vec<OsString>) -> Self {
         Self {
-            args: args.iter().map(OsString::from).collect(),
+            args,
             env: Vec::new(),
+            wrapper: None,
         }
     }
 
@@ -51,11 +70,35 @@ impl MasterBuilder {
         self
     }
 
+    /// Runs `WRAPPER WRAPPER_ARGS… <mcluster> ARGS…` instead of `<mcluster> ARGS…`. The wrapper
+    /// must exec the rest of its command line (in the same process), so that the process spawned
+    /// is the master: its pid, signals, exit status and output are then the master's, and
+    /// everything [`Master`] does applies. What the wrapper prints before the exec comes first
+    /// in the master's output.
+    pub(crate) fn via(
+        mut self,
+        wrapper: impl AsRef<OsStr>,
+        wrapper_args: &[impl AsRef<OsStr>],
+    ) -> Self {
+        self.wrapper = Some((
+            wrapper.as_ref().to_owned(),
+            wrapper_args.iter().map(|a| a.as_ref().to_owned()).collect(),
+        ));
+        self
+    }
+
     /// Spawns the master with its stdout and stderr collected line by line.
     #[track_caller]
     pub(crate) fn start(self) -> Master {
         let tmp = TempDir::new().unwrap();
-        let mut command = Command::new(mcluster());
+        let (mut command, spawned) = match &self.wrapper {
+            None => (Command::new(mcluster()), "mcluster".to_owned()),
+            Some((wrapper, wrapper_args)) => {
+                let mut command = Command::new(wrapper);
+                command.args(wrapper_args).arg(mcluster());
+                (command, wrapper.to_string_lossy().into_owned())
+            }
+        };
         command
             .args(&self.args)
             .stdin(Stdio::null())
@@ -68,12 +111,15 @@ impl MasterBuilder {
             command.env_remove(key);
         }
         command.envs(self.env);
-        let mut child = command.spawn().expect("spawn mcluster");
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {spawned}: {e}"));
         let stdout = Output::collect(child.stdout.take().unwrap(), None);
         let workers = Arc::new(Mutex::new(Vec::new()));
         let stderr = Output::collect(child.stderr.take().unwrap(), Some(Arc::clone(&workers)));
         Master {
             child,
+            wrapper: self.wrapper.is_some().then_some(spawned),
             stdout,
             stderr,
             workers,
@@ -119,7 +165,10 @@ pub(crate) type Mark = usize;
 
 /// A running (or exited) `mcluster` master. Dropping it SIGKILLs the master and its workers.
 pub(crate) struct Master {
+    /// The master, or the wrapper that execs it: the same process.
     child: Child,
+    /// The wrapper's name, if the master was started through one.
+    wrapper: Option<String>,
     stdout: Arc<Output>,
     stderr: Arc<Output>,
     /// Every worker announced ready, identified by pid and start time (to kill it safely later).
@@ -149,15 +198,7 @@ impl Master {
                 .any(|o| matches!(*o, "-l" | "--listen") || o.starts_with("--listen=")),
             "tests must choose their listeners (`-l 127.0.0.1:0`), not the default port"
         );
-        let mut all: Vec<OsString> = vec!["start".into()];
-        all.extend(options.iter().map(OsString::from));
-        all.push("--".into());
-        all.push(program.as_ref().to_owned());
-        all.extend(args.iter().map(OsString::from));
-        MasterBuilder {
-            args: all,
-            env: Vec::new(),
-        }
+        MasterBuilder::inheriting(options, program, args)
     }
 
     /// Starts the master and waits until its first generation of `size` workers is ready.
@@ -173,6 +214,7 @@ impl Master {
         (master, workers)
     }
 
+    /// The master's pid (through a wrapper, the wrapper's: it execs the master).
     pub(crate) fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).unwrap()
     }
@@ -363,7 +405,10 @@ impl Master {
 
     /// Both output streams so far, for failure messages.
     pub(crate) fn dump(&self) -> String {
-        let mut text = String::from("--- master stderr ---\n");
+        let mut text = match &self.wrapper {
+            None => String::from("--- master stderr ---\n"),
+            Some(wrapper) => format!("--- wrapper ({wrapper}) and master stderr ---\n"),
+        };
         for line in self.stderr_lines() {
             let _ = writeln!(text, "{line}");
         }
