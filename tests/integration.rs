@@ -15,6 +15,7 @@
 //! - `stop`    graceful and hard stops, the kill timeout, the stop signal, SIGKILL of the master
 //! - `errors`  bad input: one line, non-zero exit, nothing spawned or left behind
 //! - `output`  worker output prefixed by slot; `--silent`
+//! - `library` the master embedded in a program: its `Handle`, `on_message`, signals off
 //! - `dev`     `mcluster dev` on a copy of the bundled example project: edits served, broken
 //!   builds keep the old generation, no failed request across reloads, `APP_ENV`, cancelled
 //!   builds, `--no-build`
@@ -28,6 +29,7 @@ mod support;
 mod crash;
 mod dev;
 mod errors;
+mod library;
 mod output;
 mod resize;
 mod roll;

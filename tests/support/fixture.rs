@@ -12,6 +12,7 @@ const FIXTURES: &[&str] = &[
     "fixture-ignore-term",
     "fixture-print-env",
     "fixture-listenfd",
+    "fixture-embedded-master",
 ];
 
 /// The `mcluster` binary under test.

@@ -2,9 +2,9 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write as _};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -36,6 +36,8 @@ pub(crate) struct MasterBuilder {
     env: Vec<(OsString, OsString)>,
     /// A program that runs first and execs `mcluster`, with its own arguments.
     wrapper: Option<(OsString, Vec<OsString>)>,
+    /// A program that embeds the library's master, run instead of `mcluster`.
+    embedder: Option<OsString>,
 }
 
 impl MasterBuilder {
@@ -56,11 +58,20 @@ impl MasterBuilder {
         Self::with_args(all)
     }
 
+    /// `EMBEDDER ARGS…`: a program that embeds the library's master and prints what `mcluster`
+    /// would, run instead of `mcluster`. Its stdin is the test's, through [`Master::send`].
+    pub(crate) fn embedded(embedder: impl AsRef<OsStr>, args: &[impl AsRef<OsStr>]) -> Self {
+        let mut builder = Self::with_args(args.iter().map(|a| a.as_ref().to_owned()).collect());
+        builder.embedder = Some(embedder.as_ref().to_owned());
+        builder
+    }
+
     fn with_args(args: Vec<OsString>) -> Self {
         Self {
             args,
             env: Vec::new(),
             wrapper: None,
+            embedder: None,
         }
     }
 
@@ -91,9 +102,13 @@ impl MasterBuilder {
     #[track_caller]
     pub(crate) fn start(self) -> Master {
         let tmp = TempDir::new().unwrap();
-        let (mut command, spawned) = match &self.wrapper {
-            None => (Command::new(mcluster()), "mcluster".to_owned()),
-            Some((wrapper, wrapper_args)) => {
+        let (mut command, spawned) = match (&self.wrapper, &self.embedder) {
+            (_, Some(embedder)) => (
+                Command::new(embedder),
+                embedder.to_string_lossy().into_owned(),
+            ),
+            (None, None) => (Command::new(mcluster()), "mcluster".to_owned()),
+            (Some((wrapper, wrapper_args)), None) => {
                 let mut command = Command::new(wrapper);
                 command.args(wrapper_args).arg(mcluster());
                 (command, wrapper.to_string_lossy().into_owned())
@@ -101,7 +116,7 @@ impl MasterBuilder {
         };
         command
             .args(&self.args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Whatever the master keeps on disk goes here, so tests can see what it leaves.
@@ -114,11 +129,13 @@ impl MasterBuilder {
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {spawned}: {e}"));
+        let stdin = child.stdin.take();
         let stdout = Output::collect(child.stdout.take().unwrap(), None);
         let workers = Arc::new(Mutex::new(Vec::new()));
         let stderr = Output::collect(child.stderr.take().unwrap(), Some(Arc::clone(&workers)));
         Master {
             child,
+            stdin,
             wrapper: self.wrapper.is_some().then_some(spawned),
             stdout,
             stderr,
@@ -167,6 +184,8 @@ pub(crate) type Mark = usize;
 pub(crate) struct Master {
     /// The master, or the wrapper that execs it: the same process.
     child: Child,
+    /// The master's stdin, for an embedder's commands ([`Master::send`]).
+    stdin: Option<ChildStdin>,
     /// The wrapper's name, if the master was started through one.
     wrapper: Option<String>,
     stdout: Arc<Output>,
@@ -222,6 +241,13 @@ impl Master {
     /// The directory given to the master as `TMPDIR` and `XDG_RUNTIME_DIR`.
     pub(crate) fn tmpdir(&self) -> &Path {
         self.tmp.path()
+    }
+
+    /// Writes `line` to the master's stdin (an embedder reads its commands there).
+    #[track_caller]
+    pub(crate) fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("the master's stdin");
+        writeln!(stdin, "{line}").expect("write to the master's stdin");
     }
 
     /// Sends `signal` to the master.

@@ -1,0 +1,84 @@
+//! The library's master, embedded in a program of its own (`fixtures/embedded_master.rs`) that
+//! drives it through a `Handle` from commands on stdin, with the master's own signal handling
+//! off.
+
+use nix::sys::signal::Signal;
+
+use crate::support::{Master, MasterBuilder, echo, fixture, is_alive, pids};
+
+fn embedded(worker: &str) -> Master {
+    let embedder = fixture("fixture-embedded-master");
+    MasterBuilder::embedded(embedder, &[fixture(worker)]).start()
+}
+
+#[test]
+fn the_handle_rolls_resizes_and_quits_and_messages_reach_the_callback() {
+    let mut master = embedded("fixture-echo");
+    let first = master.wait_ready(2);
+    let port = master.port();
+    master.wait_for_stdout("message from w0: READY=1");
+    master.wait_for_stdout("message from w1: READY=1");
+
+    master.send("restart");
+    master.wait_for_stderr("mcluster: rolled 2 workers to generation 2 in ");
+    assert_eq!(echo(port, "x").generation, 2, "{}", master.dump());
+    for pid in pids(&first) {
+        master.wait_dead(pid);
+    }
+
+    master.send("resize 3");
+    master.wait_for_stderr("mcluster: resizing to 3 workers");
+    master.wait_for_stderr("mcluster: w2 ready (pid ");
+
+    master.send("quit");
+    assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
+    assert!(
+        master
+            .stdout_lines()
+            .contains(&"outcome: Stopped".to_owned()),
+        "{}",
+        master.dump()
+    );
+}
+
+#[test]
+fn quit_hard_kills_every_worker_and_reports_it() {
+    let mut master = embedded("fixture-ignore-term");
+    let workers = master.wait_ready(2);
+    master.send("quit hard");
+    assert_eq!(master.wait_exit_code(), 1, "{}", master.dump());
+    assert!(
+        master
+            .stdout_lines()
+            .contains(&"outcome: Killed".to_owned()),
+        "{}",
+        master.dump()
+    );
+    for pid in pids(&workers) {
+        assert!(!is_alive(pid), "worker {pid} survived a hard quit");
+    }
+}
+
+#[test]
+fn with_signals_off_the_master_leaves_sighup_to_its_embedder() {
+    let mut master = embedded("fixture-echo");
+    let workers = master.wait_ready(2);
+    // No handler of the master's: SIGHUP's default action ends the embedder, and its workers
+    // die with it.
+    master.signal(Signal::SIGHUP);
+    let status = master.wait_exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(Signal::SIGHUP as i32),
+        "{}",
+        master.dump()
+    );
+    assert!(
+        !master.stderr_lines().iter().any(|l| l.contains("rolling")),
+        "{}",
+        master.dump()
+    );
+    for pid in pids(&workers) {
+        master.wait_dead(pid);
+    }
+}
