@@ -113,6 +113,13 @@ fn master_tells_its_service_manager_ready_reloading_and_stopping() {
         "{reloading:?}\n{}",
         master.dump()
     );
+    // Type=notify-reload wants the CLOCK_MONOTONIC time of the reload request with it.
+    let monotonic = reloading
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|usec| usec.parse::<u64>().ok());
+    assert!(monotonic.is_some_and(|usec| usec > 0), "{reloading:?}");
     master.wait_for_stdout("[w0] waiting at gate-2-0");
     assert_no_message(
         &manager,
