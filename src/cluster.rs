@@ -174,6 +174,12 @@ impl Cluster {
         self.serving_generation
     }
 
+    /// Whether a roll is in progress.
+    #[must_use]
+    pub fn is_rolling(&self) -> bool {
+        self.roll.is_some()
+    }
+
     /// Whether a stop has begun.
     #[must_use]
     pub fn is_stopping(&self) -> bool {
@@ -515,7 +521,7 @@ impl Cluster {
         if self.roll.is_some() {
             // Many requests in a burst: one roll running, at most one queued.
             self.roll_queued = true;
-            actions.push(Action::Detail(
+            actions.push(Action::Log(
                 "a roll is in progress; one more roll will follow it".to_owned(),
             ));
         } else {

@@ -6,6 +6,7 @@
 //! serving generation untouched. Each reload ends in one line: what changed, the build time, the
 //! roll time.
 
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
@@ -34,7 +35,9 @@ pub(crate) struct DevLoop {
     /// Where copies of built executables are kept, one per generation.
     pub(crate) builds_dir: Option<PathBuf>,
     build: Option<Build>,
-    reload: Option<Reload>,
+    /// The reloads whose rolls have not ended: the one rolling, then at most one queued (as
+    /// the core queues at most one roll).
+    reloads: VecDeque<Reload>,
     copies: u64,
 }
 
@@ -44,9 +47,20 @@ struct Build {
 }
 
 /// A reload waiting for its roll to end, for the one-line summary.
-struct Reload {
+pub(crate) struct Reload {
+    /// The files that changed; none for a roll asked for by SIGHUP or the handle.
     changed: Vec<PathBuf>,
     built_in: Option<Duration>,
+}
+
+impl Reload {
+    /// A roll asked for by SIGHUP or [`Handle::restart`](crate::master::Handle::restart).
+    pub(crate) fn requested() -> Self {
+        Self {
+            changed: Vec::new(),
+            built_in: None,
+        }
+    }
 }
 
 impl DevLoop {
@@ -58,7 +72,7 @@ impl DevLoop {
             watcher: None,
             builds_dir: None,
             build: None,
-            reload: None,
+            reloads: VecDeque::new(),
             copies: 0,
         }
     }
@@ -83,7 +97,7 @@ impl DevLoop {
             })
             .collect();
         match changed.len() {
-            0 => "start".to_owned(),
+            0 => "roll requested".to_owned(),
             n if n <= SHOWN => format!("{} changed", names.join(", ")),
             n => format!("{} and {} more changed", names.join(", "), n - SHOWN),
         }
@@ -134,11 +148,11 @@ impl Supervisor<'_> {
             return;
         }
         if dev.plan.is_none() {
-            dev.reload = Some(Reload {
+            let reload = Reload {
                 changed,
                 built_in: None,
-            });
-            self.feed(state, Event::Roll);
+            };
+            self.roll_for(state, reload);
             return;
         }
         let mut changed = changed;
@@ -212,6 +226,7 @@ impl Supervisor<'_> {
                         "{what} → built, but {} cannot be kept: {error}; {keeps}",
                         path.display()
                     ));
+                    self.end_if_nothing_can_fix_it(state);
                     return;
                 }
             },
@@ -222,21 +237,39 @@ impl Supervisor<'_> {
                 return;
             }
         }
-        if let Some(dev) = &mut self.dev {
-            dev.reload = Some(Reload {
-                changed: build.changed,
-                built_in: Some(built_in),
-            });
-        }
         if self.cluster.serving_generation() == 0 {
             output::master_line(&format!("built in {}", human_duration(built_in)));
-            if let Some(dev) = &mut self.dev {
-                dev.reload = None;
-            }
             self.feed(state, Event::Start);
         } else {
-            self.feed(state, Event::Roll);
+            let reload = Reload {
+                changed: build.changed,
+                built_in: Some(built_in),
+            };
+            self.roll_for(state, reload);
         }
+    }
+
+    /// Asks the core for a roll and remembers why, for the line that reports its end.
+    pub(crate) fn roll_for(&mut self, state: &mut DriverState, reload: Reload) {
+        // The core ignores a roll before its first generation and while it stops.
+        if self.cluster.is_stopping() || self.cluster.serving_generation() == 0 {
+            return;
+        }
+        let rolling = self.cluster.is_rolling();
+        if let Some(dev) = &mut self.dev {
+            let queued_already = rolling && dev.reloads.len() == 2;
+            match dev.reloads.back_mut() {
+                // The core merges this request into the roll it has queued: so do we.
+                Some(queued) if queued_already => {
+                    queued.changed.extend(reload.changed);
+                    queued.changed.sort();
+                    queued.changed.dedup();
+                    queued.built_in = reload.built_in.or(queued.built_in);
+                }
+                _ => dev.reloads.push_back(reload),
+            }
+        }
+        self.feed(state, Event::Roll);
     }
 
     /// Removes the kept copies among `programs` that no generation runs any more (a build kept
@@ -274,7 +307,7 @@ impl Supervisor<'_> {
 
     /// Prints how a roll ended: in dev mode, as the one line of the reload that caused it.
     pub(crate) fn report_roll(&mut self, end: &RollEnd) {
-        let reload = self.dev.as_mut().and_then(|dev| dev.reload.take());
+        let reload = self.dev.as_mut().and_then(|dev| dev.reloads.pop_front());
         let (Some(reload), Some(dev)) = (reload, &self.dev) else {
             output::master_line(&end.to_string());
             return;

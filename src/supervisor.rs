@@ -23,7 +23,7 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SI
 use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, StopKind, WorkerKey,
 };
-use crate::dev::DevLoop;
+use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
 use crate::notify::{self, NotifyDir, NotifySocket};
 use crate::output::{self, Stream, Tail};
@@ -151,15 +151,12 @@ impl Supervisor<'_> {
                 None => self.feed(&mut state, Event::Tick),
                 Some(Input::Signal(signal)) => self.on_signal(&mut state, signal),
                 Some(Input::Notify { key, text }) => self.on_notify(&mut state, key, &text),
-                Some(Input::Control(control)) => {
-                    let event = match control {
-                        Control::Resize(size) => Event::Resize(size),
-                        Control::Roll => Event::Roll,
-                        Control::Quit => Event::Stop { hard: false },
-                        Control::QuitHard => Event::Stop { hard: true },
-                    };
-                    self.feed(&mut state, event);
-                }
+                Some(Input::Control(control)) => match control {
+                    Control::Roll => self.roll_requested(&mut state),
+                    Control::Resize(size) => self.feed(&mut state, Event::Resize(size)),
+                    Control::Quit => self.feed(&mut state, Event::Stop { hard: false }),
+                    Control::QuitHard => self.feed(&mut state, Event::Stop { hard: true }),
+                },
                 Some(Input::Changed(paths)) => self.on_change(&mut state, paths),
             }
         }
@@ -181,7 +178,10 @@ impl Supervisor<'_> {
                 self.reap(state);
                 return;
             }
-            SIGHUP => Event::Roll,
+            SIGHUP => {
+                self.roll_requested(state);
+                return;
+            }
             SIGINT => {
                 state.interrupts += 1;
                 Event::Stop {
@@ -210,6 +210,16 @@ impl Supervisor<'_> {
         }
         if notify::says_ready(text) {
             self.feed(state, Event::Ready { key });
+        }
+    }
+
+    /// SIGHUP or the handle's `restart`: in dev mode (watching), the roll's end is reported as
+    /// a reload.
+    fn roll_requested(&mut self, state: &mut DriverState) {
+        if self.dev.as_ref().is_some_and(|dev| dev.watcher.is_some()) {
+            self.roll_for(state, Reload::requested());
+        } else {
+            self.feed(state, Event::Roll);
         }
     }
 

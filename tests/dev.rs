@@ -36,8 +36,16 @@ struct Project {
 }
 
 impl Project {
+    /// A fresh copy, whose dependencies are already in the shared target directory: its
+    /// builds in the test compile only the project itself.
     #[track_caller]
     fn new() -> Self {
+        prebuild_dependencies();
+        Self::copy()
+    }
+
+    /// A copy of the project, with nothing built for it yet.
+    fn copy() -> Self {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-app");
         let dir = TempDir::new().unwrap();
         fs::create_dir(dir.path().join("src")).unwrap();
@@ -50,23 +58,7 @@ impl Project {
         fs::write(dir.path().join("Cargo.toml"), manifest).unwrap();
         fs::copy(source.join("Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
         fs::copy(source.join("src/main.rs"), dir.path().join("src/main.rs")).unwrap();
-        let project = Self { dir };
-        project.prebuild_dependencies();
-        project
-    }
-
-    /// Builds the dependencies into the shared target directory once, outside any deadline.
-    fn prebuild_dependencies(&self) {
-        static DONE: OnceLock<()> = OnceLock::new();
-        DONE.get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "--manifest-path"])
-                .arg(self.manifest())
-                .env("CARGO_TARGET_DIR", shared_target())
-                .status()
-                .expect("run cargo");
-            assert!(status.success(), "the example project does not build");
-        });
+        Self { dir }
     }
 
     fn manifest(&self) -> PathBuf {
@@ -100,6 +92,21 @@ impl Project {
         .env("CARGO_TARGET_DIR", shared_target())
         .env("APP_ENV", "dev")
     }
+}
+
+/// Builds the dependencies into the shared target directory once, outside any deadline, from a
+/// copy of its own (so that every test's copy still compiles the project once).
+fn prebuild_dependencies() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--manifest-path"])
+            .arg(Project::copy().manifest())
+            .env("CARGO_TARGET_DIR", shared_target())
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "the example project does not build");
+    });
 }
 
 /// `GET /` on a fresh connection; the response body.
@@ -428,4 +435,49 @@ fn a_reload_whose_workers_never_get_ready_is_not_rolled_in() {
     let reply = echo(port, "x");
     assert_eq!(reply.generation, 1, "{}", master.dump());
     assert!(crate::support::is_alive(serving), "{}", master.dump());
+}
+
+#[test]
+fn a_change_during_a_roll_is_rolled_next_and_each_reload_reports_its_own_files() {
+    let watched = TempDir::new().unwrap();
+    let gates = watched.path().join("gates");
+    fs::create_dir(&gates).unwrap();
+    fs::write(gates.join("1"), "").unwrap();
+    // Each generation's worker waits for its gate, so the test decides when a roll can end.
+    let script = Script::new(&format!(
+        "echo \"waiting at gate $MCLUSTER_GENERATION\"\n\
+         while [ ! -f {gates}/$MCLUSTER_GENERATION ]; do sleep 0.02; done\n{exec}",
+        gates = crate::support::script::quote(&gates),
+        exec = crate::support::script::exec_line(&fixture("fixture-echo")),
+    ));
+    let master = dev_with(&[
+        "-n",
+        "1",
+        "-w",
+        watched.path().to_str().unwrap(),
+        "--no-build",
+        "--",
+        "/bin/sh",
+        script.arg(),
+    ])
+    .start();
+    master.wait_for_stderr("mcluster: all 1 workers ready in ");
+    let port = master.port();
+
+    fs::write(watched.path().join("a.rs"), "fn a() {}").unwrap();
+    master.wait_for_stdout("[w0] waiting at gate 2");
+    fs::write(watched.path().join("b.rs"), "fn b() {}").unwrap();
+    master.wait_for_stderr("mcluster: a roll is in progress; one more roll will follow it");
+    fs::write(gates.join("2"), "").unwrap();
+    master.wait_for_stderr("mcluster: a.rs changed → rolled 1 workers in ");
+    master.wait_for_stdout("[w0] waiting at gate 3");
+    fs::write(gates.join("3"), "").unwrap();
+    master.wait_for_stderr("mcluster: b.rs changed → rolled 1 workers in ");
+    assert_eq!(echo(port, "x").generation, 3, "{}", master.dump());
+
+    // A roll asked for by SIGHUP is reported as such.
+    fs::write(gates.join("4"), "").unwrap();
+    master.signal(Signal::SIGHUP);
+    master.wait_for_stderr("mcluster: roll requested → rolled 1 workers in ");
+    assert_eq!(echo(port, "x").generation, 4, "{}", master.dump());
 }
