@@ -11,19 +11,23 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 use crate::support::{Master, MasterBuilder, Script, echo, fixture};
 
-/// Cargo builds in these tests share one target directory, one at a time.
-fn cargo_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+/// Cargo builds in these tests share one target directory, one test at a time, across test
+/// processes too (nextest runs each test in a process of its own): a build of another copy
+/// would replace `target/debug/hello-app` under a master about to keep it.
+fn cargo_lock() -> Flock<fs::File> {
+    fs::create_dir_all(shared_target()).unwrap();
+    let file = fs::File::create(shared_target().join("tests.lock")).unwrap();
+    Flock::lock(file, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("lock: {e}"))
 }
 
 fn shared_target() -> PathBuf {
