@@ -10,7 +10,8 @@
 //!    `LISTEN_FDS` says how many, `LISTEN_PID` holds the pid they are meant for, and
 //!    `LISTEN_FDNAMES` gives colon-separated names (`NAME=` in `--listen NAME=ADDR`). A process must
 //!    only take them if `LISTEN_PID` is its own pid; a child that inherited the environment must
-//!    not. [`listeners()`] does all of this, the way `sd_listen_fds_with_names` does, and marks
+//!    not. [`listeners()`] does all of this, the way `sd_listen_fds_with_names` does (except that
+//!    it also takes them when `LISTEN_PID` is unset, as `systemfd --no-pid` leaves it), and marks
 //!    the fds close-on-exec so children of the worker do not hold them.
 //! 2. **Accept connections** on them. Every worker shares the same sockets; the kernel hands each
 //!    connection to one worker.
@@ -426,9 +427,10 @@ impl AsRawFd for Stream {
 
 /// Takes the listening sockets passed to this process (systemd's socket-passing protocol).
 ///
-/// Reads `LISTEN_FDS` and `LISTEN_PID` as strictly as `sd_listen_fds` does: if `LISTEN_FDS` is
-/// unset, or `LISTEN_PID` is unset or not this process's pid, there is nothing for this process
-/// and the result is an empty list. Otherwise fds 3 to `3 + LISTEN_FDS - 1` are checked (each must
+/// Reads `LISTEN_FDS` and `LISTEN_PID`: if `LISTEN_FDS` is unset, or `LISTEN_PID` is set to
+/// another process's pid, there is nothing for this process and the result is an empty list. An
+/// unset `LISTEN_PID` is accepted, as the `listenfd` crate accepts it, so that a worker also runs
+/// under `systemfd --no-pid` (mcluster and systemd always set it). Otherwise fds 3 to `3 + LISTEN_FDS - 1` are checked (each must
 /// be a listening stream socket: TCP or Unix), marked close-on-exec, and returned in order, named
 /// from `LISTEN_FDNAMES` (missing or empty names become `"unknown"`).
 ///
@@ -489,15 +491,17 @@ fn passed_fd_count(
     listen_pid: Option<&str>,
     my_pid: u32,
 ) -> io::Result<usize> {
-    let (Some(listen_fds), Some(listen_pid)) = (listen_fds, listen_pid) else {
+    let Some(listen_fds) = listen_fds else {
         return Ok(0);
     };
-    let pid: u32 = listen_pid
-        .trim()
-        .parse()
-        .map_err(|_| invalid_env(format!("LISTEN_PID={listen_pid:?} is not a process id")))?;
-    if pid != my_pid {
-        return Ok(0);
+    if let Some(listen_pid) = listen_pid {
+        let pid: u32 = listen_pid
+            .trim()
+            .parse()
+            .map_err(|_| invalid_env(format!("LISTEN_PID={listen_pid:?} is not a process id")))?;
+        if pid != my_pid {
+            return Ok(0);
+        }
     }
     let count: usize = listen_fds
         .trim()
@@ -749,10 +753,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_fds_unless_both_variables_are_set() {
+    fn no_fds_without_listen_fds() {
         assert_eq!(passed_fd_count(None, None, 42).unwrap(), 0);
-        assert_eq!(passed_fd_count(Some("2"), None, 42).unwrap(), 0);
         assert_eq!(passed_fd_count(None, Some("42"), 42).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_unset_listen_pid_is_accepted_as_systemfd_no_pid_leaves_it() {
+        assert_eq!(passed_fd_count(Some("2"), None, 42).unwrap(), 2);
     }
 
     #[test]
