@@ -1135,13 +1135,10 @@ def dev_report(dev: dict, notes: list[str]) -> list[str]:
         "answer. Connections still in the listen queue are not lost (systemfd holds the socket)."
     )
     lines.append(
-        "- Why the anchor's copy uses `listenfd`: systemfd execs its command, so without `--no-pid` "
-        "LISTEN_PID is cargo-watch's pid, and with it LISTEN_PID is unset; "
-        "`mcluster::worker::listeners()` is strict like `sd_listen_fds` (LISTEN_PID must be the "
-        "caller's pid) and takes no socket either way (the unmodified example exits with `no TCP "
-        "socket passed`). `listenfd::ListenFd::from_env().take_tcp_listener(0)` accepts an unset "
-        "LISTEN_PID, which is what axum/actix apps run under systemfd use. The rest of the app is "
-        "unchanged; `worker::ready()` is a no-op there (no NOTIFY_SOCKET)."
+        "- Why the anchor's copy uses `listenfd`: it is what axum/actix apps run under systemfd "
+        "use (`listenfd::ListenFd::from_env().take_tcp_listener(0)`, which accepts the unset "
+        "LISTEN_PID of `systemfd --no-pid`), so the anchor runs as its users run it. The rest of "
+        "the app is unchanged; `worker::ready()` is a no-op there (no NOTIFY_SOCKET)."
     )
     lines.append(
         f"- *Under load*: {CLIENTS} Python client threads, a fresh connection per `GET /` to "
