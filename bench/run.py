@@ -57,9 +57,9 @@ ANSI = re.compile(rb"\x1b\[[0-9;]*[A-Za-z]")
 LIVE: list["Server"] = []
 
 
-def session_members(sid: int) -> list[int]:
-    """Pids of every process whose session id is `sid` (a session we created)."""
-    pids = []
+def proc_stats():
+    """(pid, fields of /proc/PID/stat after the command name) of every process: fields[0] is
+    the state, [1] the ppid, [2] the pgrp, [3] the session."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -67,25 +67,19 @@ def session_members(sid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        # fields[0] is the state, [1] ppid, [2] pgrp, [3] session
-        if len(fields) > 3 and int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
+        yield int(entry), stat[stat.rfind(")") + 2 :].split()
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of every process whose session id is `sid` (a session we created)."""
+    return [pid for pid, fields in proc_stats() if len(fields) > 3 and int(fields[3]) == sid]
 
 
 def descendants(root: int) -> set[int]:
     """Pids of every living descendant of `root` (children, their children, ...)."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
+    for pid, fields in proc_stats():
+        children.setdefault(int(fields[1]), []).append(pid)
     out: set[int] = set()
     todo = [root]
     while todo:
@@ -478,20 +472,25 @@ def measure_roll(system) -> dict:
         server.stop()
 
 
+def exchange(port: int, request: bytes, timeout: float) -> bytes:
+    """Sends `request` on a fresh connection to 127.0.0.1:port and reads the reply to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        chunks = []
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def client(system, port: int, stop: threading.Event, stats: dict) -> None:
     request = system.request()
     pid_re = re.compile(rb"pid=(\d+)")
     while not stop.is_set():
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as s:
-                s.sendall(request)
-                chunks = []
-                while True:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-            reply = b"".join(chunks)
+            reply = exchange(port, request, CLIENT_TIMEOUT)
             if system.valid(reply):
                 stats["ok"] += 1
                 m = pid_re.search(reply)
@@ -647,15 +646,7 @@ def marker(n: int) -> bytes:
 
 
 def http_get(port: int, timeout: float) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(HTTP_GET)
-        chunks = []
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+    return exchange(port, HTTP_GET, timeout)
 
 
 def answered_text(port: int, timeout: float = 2.0) -> bytes | None:

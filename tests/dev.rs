@@ -139,6 +139,26 @@ fn dev_with(args: &[&str]) -> MasterBuilder {
     MasterBuilder::raw(&all)
 }
 
+/// `mcluster dev --no-build` of `size` script workers, rolling on every change in `watched`;
+/// returns once they are ready.
+#[track_caller]
+fn rolling_on_changes(size: usize, watched: &Path, script: &Script) -> Master {
+    let size_arg = size.to_string();
+    let master = dev_with(&[
+        "-n",
+        &size_arg,
+        "-w",
+        watched.to_str().unwrap(),
+        "--no-build",
+        "--",
+        "/bin/sh",
+        script.arg(),
+    ])
+    .start();
+    master.wait_for_stderr(&format!("mcluster: all {size} workers ready in "));
+    master
+}
+
 /// How many stderr lines contain `needle`.
 fn count(master: &Master, needle: &str) -> usize {
     master
@@ -411,18 +431,7 @@ fn dev_needs_a_program_with_no_build() {
 fn a_reload_whose_workers_never_get_ready_is_not_rolled_in() {
     let script = Script::exec(&fixture("fixture-echo"));
     let watched = TempDir::new().unwrap();
-    let master = dev_with(&[
-        "-n",
-        "2",
-        "-w",
-        watched.path().to_str().unwrap(),
-        "--no-build",
-        "--",
-        "/bin/sh",
-        script.arg(),
-    ])
-    .start();
-    master.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let master = rolling_on_changes(2, watched.path(), &script);
     let port = master.port();
     let serving = echo(port, "x").pid;
 
@@ -454,18 +463,7 @@ fn a_change_during_a_roll_is_rolled_next_and_each_reload_reports_its_own_files()
         gates = crate::support::script::quote(&gates),
         exec = crate::support::script::exec_line(&fixture("fixture-echo")),
     ));
-    let master = dev_with(&[
-        "-n",
-        "1",
-        "-w",
-        watched.path().to_str().unwrap(),
-        "--no-build",
-        "--",
-        "/bin/sh",
-        script.arg(),
-    ])
-    .start();
-    master.wait_for_stderr("mcluster: all 1 workers ready in ");
+    let master = rolling_on_changes(1, watched.path(), &script);
     let port = master.port();
 
     fs::write(watched.path().join("a.rs"), "fn a() {}").unwrap();
