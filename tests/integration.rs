@@ -6,7 +6,7 @@
 //!
 //! - `start`   workers share the master's sockets; the environment contract (`LISTEN_*`,
 //!   `NOTIFY_SOCKET`, `MCLUSTER_*`, signal mask, process group); unmodified apps (`listenfd`,
-//!   strict Python); unix and named listeners
+//!   strict Python); unix and named listeners; as PID 1 (in a PID namespace), orphans reaped
 //! - `roll`    HUP rolls: every pid replaced, no request dropped, aborted rolls keep the old
 //!   generation, bursts coalesce
 //! - `resize`  TTIN / TTOU

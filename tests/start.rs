@@ -1,13 +1,14 @@
 //! Starting a cluster: the workers share the master's sockets and get the promised environment.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use tempfile::TempDir;
 
 use crate::support::net::request_unix;
-use crate::support::process::stat;
+use crate::support::process::{children_of, stat};
 use crate::support::{
     Master, Reply, Script, echo, echo_pid, fixture, is_alive, pids, python3, request,
     strict_listen_pid_py, wait_served_by,
@@ -248,4 +249,43 @@ fn worker_serves_every_listener() {
         let reply = request(port, "which");
         assert_eq!(echo_pid(&reply), workers[0].pid, "port {port}: {reply:?}");
     }
+}
+
+#[test]
+fn as_pid_one_the_master_reaps_orphans() {
+    // In a PID namespace of its own the master is PID 1, as in a container: a process orphaned
+    // there becomes its child, and only the master can reap it.
+    let script = Script::new(&format!(
+        "(sleep 1 &)\n{}",
+        crate::support::script::exec_line(&fixture("fixture-echo"))
+    ));
+    let unshare = ["--pid", "--fork", "--mount-proc", "--kill-child"];
+    let master = Master::builder(
+        &["-l", "127.0.0.1:0", "-n", "1"],
+        "/bin/sh",
+        &[script.arg()],
+    )
+    .via("unshare", &unshare)
+    .start();
+    master.wait_ready(1);
+    let unshare_pid = master.pid();
+    let mut pid_one = 0;
+    master.wait_until("the master to run as a child of unshare", || {
+        pid_one = children_of(unshare_pid).first().copied().unwrap_or(0);
+        pid_one != 0
+    });
+    let mut orphan = 0;
+    master.wait_until("the orphaned sleep to become the master's child", || {
+        orphan = children_of(pid_one)
+            .into_iter()
+            .find(|&pid| {
+                fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "sleep\n")
+            })
+            .unwrap_or(0);
+        orphan != 0
+    });
+    // Once the sleep exits, a master that did not reap it would leave a zombie in /proc.
+    master.wait_until("the orphan to be reaped, not left a zombie", || {
+        stat(orphan).is_none()
+    });
 }
