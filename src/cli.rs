@@ -260,7 +260,16 @@ impl DevArgs {
         }
         let cwd = std::env::current_dir()
             .map_err(|e| Error::io("cannot read the current directory", e))?;
-        let root = package_root(&cwd, self.manifest_path.as_deref())?;
+        let package = package_root(&cwd, self.manifest_path.as_deref())?;
+        let uses_cargo = !self.no_build && self.build.is_none();
+        if uses_cargo && package.is_none() {
+            return Err(Error::usage(format!(
+                "no Cargo.toml in {} or above: run mcluster dev in a cargo project, pass \
+                 --manifest-path, or use --build CMD / --no-build with a PROGRAM",
+                cwd.display()
+            )));
+        }
+        let root = package.unwrap_or_else(|| cwd.clone());
         if !dev {
             output::master_line(&format!(
                 "APP_ENV={}: production mode, as mcluster start (no watcher, no rebuilds)",
@@ -323,8 +332,8 @@ impl DevArgs {
     }
 }
 
-/// The directory of `--manifest-path`, or of the nearest `Cargo.toml` above `cwd`, or `cwd`.
-fn package_root(cwd: &Path, manifest: Option<&Path>) -> Result<PathBuf, Error> {
+/// The directory of `--manifest-path`, or of the nearest `Cargo.toml` at or above `cwd`.
+fn package_root(cwd: &Path, manifest: Option<&Path>) -> Result<Option<PathBuf>, Error> {
     if let Some(manifest) = manifest {
         let manifest = cwd.join(manifest);
         if !manifest.is_file() {
@@ -333,13 +342,12 @@ fn package_root(cwd: &Path, manifest: Option<&Path>) -> Result<PathBuf, Error> {
                 manifest.display()
             )));
         }
-        return Ok(manifest.parent().unwrap_or(cwd).to_path_buf());
+        return Ok(Some(manifest.parent().unwrap_or(cwd).to_path_buf()));
     }
     Ok(cwd
         .ancestors()
         .find(|dir| dir.join("Cargo.toml").is_file())
-        .unwrap_or(cwd)
-        .to_path_buf())
+        .map(Path::to_path_buf))
 }
 
 /// The `mcluster` command: parses `std::env::args`, runs, and returns the exit status.

@@ -201,10 +201,12 @@ impl Supervisor<'_> {
             format!("generation {serving} keeps serving")
         };
         let (ProcessEnd::Code(0), Some(plan)) = (&end, dev.plan.clone()) else {
-            output::master_line(&format!(
-                "{what} → build failed ({end}) after {}; {keeps}",
-                human_duration(built_in)
-            ));
+            let failed = format!("build failed ({end}) after {}", human_duration(built_in));
+            if build.changed.is_empty() {
+                output::master_line(&format!("{failed}; {keeps}"));
+            } else {
+                output::master_line(&format!("{what} → {failed}; {keeps}"));
+            }
             self.end_if_nothing_can_fix_it(state);
             return;
         };

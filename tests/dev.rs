@@ -416,6 +416,21 @@ fn no_build_rolls_on_every_change() {
 }
 
 #[test]
+fn dev_outside_a_cargo_project_says_so() {
+    let elsewhere = TempDir::new().unwrap();
+    let mut master = MasterBuilder::raw(&["dev", "-l", "127.0.0.1:0"])
+        .current_dir(elsewhere.path())
+        .start();
+    assert_eq!(master.wait_exit_code(), 2);
+    let lines = master.stderr_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("mcluster: error: no Cargo.toml in "),
+        "{lines:?}"
+    );
+}
+
+#[test]
 fn dev_needs_a_program_with_no_build() {
     let mut master = MasterBuilder::raw(&["dev", "-l", "127.0.0.1:0", "--no-build"]).start();
     assert_eq!(master.wait_exit_code(), 2);

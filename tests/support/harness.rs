@@ -3,7 +3,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -38,6 +38,8 @@ pub(crate) struct MasterBuilder {
     wrapper: Option<(OsString, Vec<OsString>)>,
     /// A program that embeds the library's master, run instead of `mcluster`.
     embedder: Option<OsString>,
+    /// The master's working directory (default: the test's).
+    current_dir: Option<PathBuf>,
 }
 
 impl MasterBuilder {
@@ -72,7 +74,14 @@ impl MasterBuilder {
             env: Vec::new(),
             wrapper: None,
             embedder: None,
+            current_dir: None,
         }
+    }
+
+    /// Runs the master in `dir`.
+    pub(crate) fn current_dir(mut self, dir: &Path) -> Self {
+        self.current_dir = Some(dir.to_owned());
+        self
     }
 
     /// Sets `key=value` in the master's environment.
@@ -126,6 +135,9 @@ impl MasterBuilder {
             command.env_remove(key);
         }
         command.envs(self.env);
+        if let Some(dir) = &self.current_dir {
+            command.current_dir(dir);
+        }
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {spawned}: {e}"));
