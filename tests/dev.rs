@@ -431,6 +431,34 @@ fn dev_outside_a_cargo_project_says_so() {
 }
 
 #[test]
+fn bad_watch_options_get_one_line_naming_them() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-app/Cargo.toml");
+    for (option, value, culprit) in [
+        ("--ignore", "[abc", "'[abc'"),
+        ("--watch", "/no/such/dir", "/no/such/dir"),
+        ("--cooldown", "5x", "'5x'"),
+    ] {
+        let mut master = MasterBuilder::raw(&[
+            "dev",
+            "-l",
+            "127.0.0.1:0",
+            option,
+            value,
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+        ])
+        .start();
+        assert_eq!(master.wait_exit_code(), 2, "{option} {value}");
+        let lines = master.stderr_lines();
+        assert_eq!(lines.len(), 1, "{option} {value}: {lines:?}");
+        assert!(
+            lines[0].starts_with("mcluster: error: ") && lines[0].contains(culprit),
+            "{option} {value}: {lines:?}"
+        );
+    }
+}
+
+#[test]
 fn dev_needs_a_program_with_no_build() {
     let mut master = MasterBuilder::raw(&["dev", "-l", "127.0.0.1:0", "--no-build"]).start();
     assert_eq!(master.wait_exit_code(), 2);
