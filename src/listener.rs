@@ -23,7 +23,7 @@ use nix::sys::socket::{
 };
 
 use crate::config::Error;
-use crate::sys::{AdoptedListener, adopt_listener};
+use crate::sys::{AdoptedListener, adopt_listener, claim_inherited_fds};
 
 /// The name a listener gets without a `NAME=` prefix.
 pub const DEFAULT_NAME: &str = "unknown";
@@ -187,6 +187,15 @@ impl Listener {
         let count: i32 = count.parse().map_err(|_| {
             Error::usage(format!("invalid LISTEN_FDS '{count}' in the environment"))
         })?;
+        if count > 0 && !claim_inherited_fds() {
+            return Err(Error::io(
+                "cannot use the inherited sockets (LISTEN_FDS)",
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "already taken in this process",
+                ),
+            ));
+        }
         let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
         let mut names = names.split(':');
         (0..count)

@@ -56,19 +56,15 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::sys::{AdoptedListener, adopt_listener};
+use crate::sys::{AdoptedListener, adopt_listener, claim_inherited_fds};
 
 /// The first inherited fd, fixed by the protocol (after stdin, stdout and stderr).
 const LISTEN_FDS_START: RawFd = 3;
 
 /// The name a listener gets when `LISTEN_FDNAMES` gives none (as in `sd_listen_fds_with_names`).
 const UNKNOWN_NAME: &str = "unknown";
-
-/// Set once the inherited fds have been claimed, so they can never be owned twice.
-static TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// A listening socket inherited from the master, with its name.
 ///
@@ -466,7 +462,7 @@ pub fn listeners() -> io::Result<Vec<Listener>> {
     if count == 0 {
         return Ok(Vec::new());
     }
-    if TAKEN.swap(true, Ordering::SeqCst) {
+    if !claim_inherited_fds() {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "listeners already taken: mcluster::worker::listeners() succeeds only once per process",

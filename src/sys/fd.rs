@@ -8,6 +8,7 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
@@ -28,6 +29,16 @@ pub(crate) enum AdoptedListener {
 enum Kind {
     Tcp,
     Unix,
+}
+
+/// Set once the inherited fds have been claimed, so they can never be owned twice.
+static CLAIMED: AtomicBool = AtomicBool::new(false);
+
+/// Claims the fds this process inherited through `LISTEN_FDS`: `true` the first time in the
+/// process, `false` ever after. Callers adopt the fds only after a `true`, which keeps
+/// [`adopt_listener`]'s contract (whether the worker helpers or an embedded master asks).
+pub(crate) fn claim_inherited_fds() -> bool {
+    !CLAIMED.swap(true, Ordering::SeqCst)
 }
 
 /// Takes ownership of an inherited fd that must be a listening `SOCK_STREAM` socket
