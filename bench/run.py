@@ -1141,14 +1141,7 @@ def dev_report(dev: dict, notes: list[str]) -> list[str]:
         "cores with the clients, hence the slower builds under load."
     )
     labels = {"mcluster": "mcluster", "anchor": "anchor", "anchor_backlog": f"anchor --backlog {ANCHOR_BACKLOG}"}
-    for name, label in labels.items():
-        d = dev.get(name, {}).get("load")
-        if d and d["errors"]:
-            lines.append(f"- {label} failures by kind: " + ", ".join(f"{k}: {n}" for k, n in d["errors"].items()))
-    for note in notes:
-        lines.append(f"- {'' if note.startswith('load average') else 'Problem: '}{note}")
-    lines.append("")
-    lines.append("Raw samples (ms):\n")
+    lines += failures_and_notes([(label, dev.get(name, {})) for name, label in labels.items()], notes)
     for name, label in labels.items():
         r = dev.get(name)
         if not r:
@@ -1449,14 +1442,7 @@ def report(systems, results, gunicorn_ok, gunicorn_why, notes, elapsed) -> str:
         "HTTP/1.1, so the request rates are not comparable (the Python clients are the "
         "bottleneck on 2 cores anyway)."
     )
-    for name in names:
-        d = results.get(name, {}).get("load")
-        if d and d["errors"]:
-            out.append(f"- {name} failures by kind: " + ", ".join(f"{k}: {n}" for k, n in d["errors"].items()))
-    for note in notes:
-        out.append(f"- {'' if note.startswith('load average') else 'Problem: '}{note}")
-    out.append("")
-    out.append("Raw samples (ms):\n")
+    out += failures_and_notes([(name, results.get(name, {})) for name in names], notes)
     for name in names:
         r = results.get(name)
         if not r:
@@ -1470,6 +1456,21 @@ def report(systems, results, gunicorn_ok, gunicorn_why, notes, elapsed) -> str:
         out.append(f"- {name}: " + "; ".join(parts))
     out.append("")
     return "\n".join(out)
+
+
+def failures_and_notes(systems: list, notes: list[str]) -> list[str]:
+    """The report lines after a table: each system's load failures by kind, the notes, and the
+    heading of the raw samples."""
+    lines = []
+    for label, result in systems:
+        d = result.get("load")
+        if d and d["errors"]:
+            lines.append(f"- {label} failures by kind: " + ", ".join(f"{k}: {n}" for k, n in d["errors"].items()))
+    for note in notes:
+        lines.append(f"- {'' if note.startswith('load average') else 'Problem: '}{note}")
+    lines.append("")
+    lines.append("Raw samples (ms):\n")
+    return lines
 
 
 if __name__ == "__main__":
