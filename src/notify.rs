@@ -29,6 +29,11 @@ impl NotifyDir {
             .map(PathBuf::from)
             .filter(|dir| dir.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        Self::create_in(&base)
+    }
+
+    fn create_in(base: &Path) -> io::Result<Self> {
+        remove_dead_masters_dirs(base);
         let path = base.join(format!("mcluster-{}", std::process::id()));
         // A directory of a dead master whose pid we reuse.
         if path.exists() {
@@ -53,6 +58,43 @@ impl NotifyDir {
             .spawn(move || forward_messages(&reader, key, &events))?;
         Ok(NotifySocket { path, socket })
     }
+}
+
+/// A master killed by SIGKILL cannot remove its directory: the next master removes the
+/// directories of masters that no longer run (those it may remove: its user's).
+fn remove_dead_masters_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("mcluster-"))
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        // A master in another PID namespace sharing this directory looks dead from here: its
+        // sockets still have a reader, though.
+        if gone && !has_live_socket(&entry.path()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Whether a notify socket in `dir` still has a reader.
+fn has_live_socket(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .any(|entry| UnixDatagram::unbound().is_ok_and(|probe| probe.connect(entry.path()).is_ok()))
 }
 
 impl Drop for NotifyDir {
@@ -142,6 +184,32 @@ mod tests {
         let dir_path = dir.path.clone();
         drop(dir);
         assert!(!dir_path.exists());
+    }
+
+    #[test]
+    fn directories_of_dead_masters_are_removed() {
+        let base = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = base.path().join(format!("mcluster-{dead}"));
+        std::fs::create_dir(&stale).unwrap();
+        drop(UnixDatagram::bind(stale.join("w0-1.sock")).unwrap());
+        // A master in another PID namespace: its pid means nothing here, its socket is read.
+        let elsewhere = base.path().join(format!("mcluster-{}", i32::MAX));
+        std::fs::create_dir(&elsewhere).unwrap();
+        let _reader = UnixDatagram::bind(elsewhere.join("w0-1.sock")).unwrap();
+        // A live master's (this process's parent stands in for one) is left alone.
+        let live = base
+            .path()
+            .join(format!("mcluster-{}", std::os::unix::process::parent_id()));
+        std::fs::create_dir(&live).unwrap();
+        let unrelated = base.path().join("mcluster-notes");
+        std::fs::create_dir(&unrelated).unwrap();
+        let dir = NotifyDir::create_in(base.path()).unwrap();
+        assert!(!stale.exists(), "a dead master's directory is removed");
+        assert!(live.exists() && unrelated.exists() && elsewhere.exists());
+        assert!(dir.path.is_dir());
     }
 
     #[test]
