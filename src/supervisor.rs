@@ -117,6 +117,7 @@ impl Supervisor<'_> {
             exited: VecDeque::new(),
             pids: HashMap::new(),
             interrupts: 0,
+            had_terminal: has_terminal(),
             exit: None,
             devnull,
         };
@@ -177,6 +178,12 @@ impl Supervisor<'_> {
             SIGCHLD => {
                 self.reap(state);
                 return;
+            }
+            // The terminal the master ran in was closed: that hangup asks it to end, not to
+            // roll (a master left running without its terminal would hold the port forever).
+            SIGHUP if state.had_terminal && !has_terminal() => {
+                output::master_line("the terminal hung up");
+                Event::Stop { hard: false }
             }
             SIGHUP => {
                 self.roll_requested(state);
@@ -417,6 +424,8 @@ pub(crate) struct DriverState {
     exited: VecDeque<ExitedWorker>,
     pids: HashMap<i32, WorkerKey>,
     interrupts: u32,
+    /// Whether the master had a controlling terminal when it started.
+    had_terminal: bool,
     pub(crate) exit: Option<ExitReason>,
     devnull: File,
 }
@@ -466,6 +475,11 @@ fn wait_for_threads(threads: Vec<JoinHandle<()>>, deadline: Instant) {
             let _ = thread.join();
         }
     }
+}
+
+/// Whether this process has a controlling terminal (after a hangup it has none).
+fn has_terminal() -> bool {
+    File::open("/dev/tty").is_ok()
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {

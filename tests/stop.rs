@@ -191,3 +191,64 @@ fn sigkill_of_the_master_takes_the_workers_and_the_port() {
         "port {port} still open with the master dead"
     );
 }
+
+/// Runs `mcluster start` on a pseudo-terminal of its own (its controlling terminal, as in an
+/// interactive shell), waits until it is ready, then closes the terminal; prints the worker's pid
+/// and how the master ended (or kills it after 20 s and says so).
+const HANGUP_LAUNCHER: &str = r#"
+import os, pty, re, select, signal, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out = b""
+deadline = time.time() + 20
+while b"all 1 workers ready" not in out and time.time() < deadline:
+    if select.select([fd], [], [], 0.5)[0]:
+        out += os.read(fd, 4096)
+worker = re.search(rb"w0 ready \(pid (\d+)", out)
+print("worker", worker.group(1).decode() if worker else "none", flush=True)
+os.close(fd)
+deadline = time.time() + 20
+while time.time() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("status", os.waitstatus_to_exitcode(status))
+        sys.exit(0)
+    time.sleep(0.01)
+os.kill(pid, signal.SIGKILL)
+print("status still running after the hangup")
+"#;
+
+#[test]
+fn closing_its_terminal_stops_the_master_instead_of_rolling() {
+    let echo_program = fixture("fixture-echo");
+    let output = std::process::Command::new(crate::support::python3())
+        .args(["-c", HANGUP_LAUNCHER])
+        .arg(crate::support::fixture::mcluster())
+        .args([
+            "start",
+            "-l",
+            "127.0.0.1:0",
+            "-n",
+            "1",
+            "--ready",
+            "notify",
+            "--",
+        ])
+        .arg(&echo_program)
+        .output()
+        .expect("run python3");
+    let report = String::from_utf8_lossy(&output.stdout);
+    let worker: i32 = report
+        .lines()
+        .find_map(|line| line.strip_prefix("worker "))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no worker: {report}"));
+    assert!(
+        report.contains("status 0"),
+        "a hangup is a graceful stop: {report}"
+    );
+    crate::support::process::wait_until("the worker to be gone", || {
+        !crate::support::is_alive(worker)
+    });
+}
