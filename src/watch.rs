@@ -49,12 +49,13 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use ignore::{Match, WalkBuilder};
 
 use crate::config::Error;
+use crate::output;
 
 /// The poll interval after falling back from inotify.
 const FALLBACK_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The one line printed when the inotify watch limit is reached.
-const LIMIT_MESSAGE: &str = "mcluster: the inotify watch limit is reached; falling back to polling \
+const LIMIT_MESSAGE: &str = "the inotify watch limit is reached; falling back to polling \
      (raise it with: sudo sysctl fs.inotify.max_user_watches=524288)";
 
 /// The shortest poll interval: a zero interval would make the poller spin.
@@ -519,7 +520,9 @@ fn start(
         Ok(backend) => (mode, backend),
         Err(err) => {
             // Usually the limit of inotify instances (fs.inotify.max_user_instances).
-            eprintln!("mcluster: cannot use inotify ({err}); falling back to polling");
+            output::master_line(&format!(
+                "cannot use inotify ({err}); falling back to polling"
+            ));
             let mode = Mode::Poll(FALLBACK_POLL_INTERVAL);
             let backend = make_backend(mode, &tx)
                 .map_err(|err| Error::io("cannot watch files", notify_to_io(err)))?;
@@ -998,7 +1001,7 @@ impl State {
     /// Replaces the backend by a poller: prints the limit line once.
     fn switch_to_polling(&mut self) {
         if !self.warned {
-            eprintln!("{LIMIT_MESSAGE}");
+            output::master_line(LIMIT_MESSAGE);
             self.warned = true;
         }
         let mode = Mode::Poll(FALLBACK_POLL_INTERVAL);
@@ -1011,7 +1014,7 @@ impl State {
                 self.debouncer
                     .set_cooldown(effective_cooldown(self.cooldown, mode));
             }
-            Err(err) => eprintln!("mcluster: cannot poll for changes either: {err}"),
+            Err(err) => output::master_line(&format!("cannot poll for changes either: {err}")),
         }
     }
 
@@ -1709,7 +1712,7 @@ mod tests {
         assert_eq!(h.watched(), vec![String::new(), "sub".to_owned()]);
         assert_eq!(
             LIMIT_MESSAGE,
-            "mcluster: the inotify watch limit is reached; falling back to polling (raise it with: \
+            "the inotify watch limit is reached; falling back to polling (raise it with: \
              sudo sysctl fs.inotify.max_user_watches=524288)"
         );
 

@@ -1,8 +1,9 @@
 //! The example worker: a tiny HTTP/1.1 server that says which worker answered.
 //!
-//! Run it under mcluster with a TCP `--listen 127.0.0.1:8080` (see the README), then
-//! `curl http://127.0.0.1:8080/`. It takes its sockets with [`mcluster::worker::listeners`],
-//! says `READY=1`, and on SIGTERM stops accepting, finishes the requests in flight, and exits.
+//! Run it under mcluster — `mcluster dev --manifest-path examples/hello-app/Cargo.toml` from the
+//! repository (see the README) — then `curl http://127.0.0.1:3000/`. It takes its sockets with
+//! [`mcluster::worker::listeners`], says `READY=1`, and on SIGTERM stops accepting, finishes the
+//! requests in flight, and exits.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
