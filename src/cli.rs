@@ -108,6 +108,10 @@ pub struct ClusterArgs {
     /// The signal that asks a worker to stop.
     #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = config::parse_signal)]
     pub stop_signal: i32,
+
+    /// Give workers WATCHDOG_USEC: a ready worker that sends no WATCHDOG=1 for DUR is replaced.
+    #[arg(long, value_name = "DUR", value_parser = config::parse_duration)]
+    pub watchdog: Option<Duration>,
 }
 
 /// The options of `mcluster dev`.
@@ -225,6 +229,14 @@ impl ClusterArgs {
             .ready_timeout(self.ready_timeout)
             .kill_timeout(self.kill_timeout)
             .stop_signal(self.stop_signal);
+        if let Some(limit) = self.watchdog {
+            if limit.is_zero() {
+                return Err(Error::usage(
+                    "invalid --watchdog 0: give the time a worker has",
+                ));
+            }
+            master = master.watchdog(limit);
+        }
         for (key, value) in self.env {
             master = master.env(key, value);
         }

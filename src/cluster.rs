@@ -49,6 +49,8 @@ pub struct ClusterConfig {
     /// While no worker has ever been ready, a slot failing this many starts in a row ends the
     /// master.
     pub start_attempts: u32,
+    /// A ready worker that sends no `WATCHDOG=1` for this long is replaced; `None`: no watchdog.
+    pub watchdog: Option<Duration>,
 }
 
 impl ClusterConfig {
@@ -62,6 +64,7 @@ impl ClusterConfig {
             kill_timeout: Duration::from_secs(30),
             backoff: Backoff::default(),
             start_attempts: 3,
+            watchdog: None,
         }
     }
 }
@@ -88,6 +91,8 @@ struct Worker {
     pid: Option<Pid>,
     state: WorkerState,
     since: Instant,
+    /// When a ready worker's watchdog runs out, unless it sends `WATCHDOG=1` first.
+    watchdog_at: Option<Instant>,
 }
 
 impl Worker {
@@ -192,7 +197,8 @@ impl Cluster {
         let worker_deadlines = self.workers.iter().flat_map(|worker| match worker.state {
             WorkerState::Starting { ready_at, deadline } => [ready_at, Some(deadline)],
             WorkerState::Stopping { kill_at } => [kill_at, None],
-            WorkerState::Spawning | WorkerState::Ready => [None, None],
+            WorkerState::Ready => [worker.watchdog_at, None],
+            WorkerState::Spawning => [None, None],
         });
         let restarts = self.slots.iter().map(|slot| slot.restart_at);
         worker_deadlines.chain(restarts).flatten().min()
@@ -218,6 +224,15 @@ impl Cluster {
                     self.mark_ready(now, index, &mut actions);
                 }
             }
+            Event::Watchdog { key } => {
+                let watchdog = self.config.watchdog;
+                if let Some(index) = self.index_of_key(key)
+                    && self.workers[index].state == WorkerState::Ready
+                {
+                    self.workers[index].watchdog_at = watchdog.map(|limit| now + limit);
+                }
+            }
+            Event::Stopping { key } => self.stopping_by_itself(now, key, &mut actions),
             Event::Exited { pid, end } => self.exited(now, pid, end, &mut actions),
             Event::Tick => self.tick(now, &mut actions),
             Event::Roll => self.request_roll(now, &mut actions),
@@ -254,6 +269,7 @@ impl Cluster {
             state: WorkerState::Spawning,
             // Replaced by the spawn time in `spawned`; a worker is never read before that.
             since: self.started.unwrap_or_else(Instant::now),
+            watchdog_at: None,
         });
         actions.push(Action::Spawn {
             key,
@@ -310,22 +326,66 @@ impl Cluster {
         end: ProcessEnd,
         actions: &mut Vec<Action>,
     ) {
+        self.replace_failed(now, worker, &end.to_string(), actions);
+    }
+
+    /// A ready worker failed (it exited, or its watchdog ran out): its slot gets a new worker,
+    /// with backoff, unless another worker already covers the slot.
+    fn replace_failed(
+        &mut self,
+        now: Instant,
+        worker: &Worker,
+        failure: &str,
+        actions: &mut Vec<Action>,
+    ) {
         if self.phase != Phase::Running || worker.slot >= self.slots.len() {
             return;
         }
         let generation = self.restart_generation(worker);
         // A replacement already took over this slot (a roll in flight): nothing to restore.
         let slot_covered = self.workers.iter().any(|other| {
-            other.slot == worker.slot && !matches!(other.state, WorkerState::Stopping { .. })
+            other.key != worker.key
+                && other.slot == worker.slot
+                && !matches!(other.state, WorkerState::Stopping { .. })
         });
         if slot_covered {
-            actions.push(Action::Log(format!("{} {end}", worker.label())));
+            actions.push(Action::Log(format!("{} {failure}", worker.label())));
             return;
         }
         if now.duration_since(worker.since) >= self.config.backoff.stable {
             self.slots[worker.slot].failures = 0;
         }
-        self.schedule_restart(now, worker, generation, &end.to_string(), actions);
+        self.schedule_restart(now, worker, generation, failure, actions);
+    }
+
+    /// The worker said `STOPPING=1` without being asked: it is leaving, so its slot gets a new
+    /// worker at once, and its exit is no crash. It has the kill timeout to finish.
+    fn stopping_by_itself(&mut self, now: Instant, key: WorkerKey, actions: &mut Vec<Action>) {
+        let Some(index) = self.index_of_key(key) else {
+            return;
+        };
+        if self.phase != Phase::Running || self.workers[index].state != WorkerState::Ready {
+            return;
+        }
+        let worker = &mut self.workers[index];
+        worker.state = WorkerState::Stopping {
+            kill_at: Some(now + self.config.kill_timeout),
+        };
+        let worker = worker.clone();
+        actions.push(Action::Log(format!(
+            "{} is stopping by itself (STOPPING=1); starting its replacement",
+            worker.label()
+        )));
+        if worker.slot >= self.slots.len() {
+            return;
+        }
+        let slot_covered = self.workers.iter().any(|other| {
+            other.slot == worker.slot && !matches!(other.state, WorkerState::Stopping { .. })
+        });
+        if !slot_covered {
+            let generation = self.restart_generation(&worker);
+            self.spawn(worker.slot, generation, actions);
+        }
     }
 
     /// A worker of the roll in flight is restarted as that generation; any other as the
@@ -415,6 +475,7 @@ impl Cluster {
     fn mark_ready(&mut self, now: Instant, index: usize, actions: &mut Vec<Action>) {
         let worker = &mut self.workers[index];
         worker.state = WorkerState::Ready;
+        worker.watchdog_at = self.config.watchdog.map(|limit| now + limit);
         let (key, slot) = (worker.key, worker.slot);
         actions.push(Action::Detail(format!(
             "w{slot} ready (pid {}, generation {})",
@@ -485,6 +546,16 @@ impl Cluster {
                         self.stop_worker(now, index, false, actions);
                         self.failed_start(now, &worker, &failure, None, actions);
                     }
+                }
+                WorkerState::Ready if worker.watchdog_at.is_some_and(|at| at <= now) => {
+                    let failure = format!(
+                        "sent no WATCHDOG=1 for {}",
+                        human_duration(self.config.watchdog.unwrap_or_default())
+                    );
+                    let worker = worker.clone();
+                    self.workers[index].watchdog_at = None;
+                    self.stop_worker(now, index, false, actions);
+                    self.replace_failed(now, &worker, &failure, actions);
                 }
                 WorkerState::Stopping { kill_at } if kill_at.is_some_and(|at| at <= now) => {
                     if let Some(pid) = worker.pid {

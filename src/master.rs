@@ -91,6 +91,7 @@ pub struct Master {
     ready_timeout: Duration,
     kill_timeout: Duration,
     stop_signal: i32,
+    watchdog: Option<Duration>,
     on_message: Option<MessageHandler>,
     events: Sender<Input>,
     inbox: Receiver<Input>,
@@ -127,6 +128,7 @@ impl Master {
             ready_timeout: Duration::from_mins(1),
             kill_timeout: Duration::from_secs(30),
             stop_signal: nix::libc::SIGTERM,
+            watchdog: None,
             on_message: None,
             events,
             inbox,
@@ -208,6 +210,14 @@ impl Master {
         self
     }
 
+    /// Gives every worker `WATCHDOG_USEC`: a ready worker that then sends no `WATCHDOG=1` for
+    /// this long is replaced (stopped like any worker, its slot restarted with backoff).
+    #[must_use]
+    pub fn watchdog(mut self, limit: Duration) -> Self {
+        self.watchdog = Some(limit);
+        self
+    }
+
     /// Called with the worker's slot and the text of every notify message it sends.
     #[must_use]
     pub fn on_message(mut self, handler: impl FnMut(usize, &str) + Send + 'static) -> Self {
@@ -252,7 +262,7 @@ impl Master {
                 .iter()
                 .map(|arg| c_string(arg))
                 .collect::<Result<_, _>>()?,
-            env: worker_environment(&self.env)?,
+            env: worker_environment(&self.env, self.watchdog)?,
             silent: self.silent,
             stop_signal,
         };
@@ -298,6 +308,7 @@ impl Master {
             kill_timeout: self.kill_timeout,
             backoff: Backoff::default(),
             start_attempts: 3,
+            watchdog: self.watchdog,
         });
         let supervisor = Supervisor {
             cluster,
@@ -363,12 +374,18 @@ fn c_string(text: &OsStr) -> Result<CString, Error> {
     })
 }
 
-fn worker_environment(extra: &[(OsString, OsString)]) -> Result<Vec<CString>, Error> {
+fn worker_environment(
+    extra: &[(OsString, OsString)],
+    watchdog: Option<Duration>,
+) -> Result<Vec<CString>, Error> {
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(key, _)| !WORKER_VARIABLES.iter().any(|name| key == *name))
         .filter(|(key, _)| !extra.iter().any(|(extra_key, _)| extra_key == key))
         .collect();
     vars.extend(extra.iter().cloned());
+    if let Some(limit) = watchdog {
+        vars.push(("WATCHDOG_USEC".into(), limit.as_micros().to_string().into()));
+    }
     vars.iter()
         .map(|(key, value)| {
             let mut entry = key.clone();

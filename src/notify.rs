@@ -140,9 +140,9 @@ fn forward_messages(socket: &UnixDatagram, key: WorkerKey, events: &Sender<Input
     }
 }
 
-/// Whether a notify message contains `READY=1`.
-pub(crate) fn says_ready(message: &str) -> bool {
-    message.lines().any(|line| line == "READY=1")
+/// Whether a notify message holds the assignment `line` (`READY=1`, `WATCHDOG=1`, …).
+pub(crate) fn says(message: &str, line: &str) -> bool {
+    message.lines().any(|l| l == line)
 }
 
 /// The `STATUS=` text of a notify message, if any.
@@ -171,7 +171,7 @@ mod tests {
             panic!("expected a notify message");
         };
         assert_eq!(key, WorkerKey(7));
-        assert!(says_ready(&text));
+        assert!(says(&text, "READY=1"));
         assert_eq!(status(&text), Some("up"));
         let path = socket.path().to_owned();
         drop(socket);
@@ -214,8 +214,8 @@ mod tests {
 
     #[test]
     fn ready_must_be_a_whole_line() {
-        assert!(says_ready("STATUS=x\nREADY=1\n"));
-        assert!(!says_ready("READY=10"));
+        assert!(says("STATUS=x\nREADY=1\n", "READY=1"));
+        assert!(!says("READY=10", "READY=1"));
         assert_eq!(status("READY=1"), None);
     }
 }

@@ -215,8 +215,14 @@ impl Supervisor<'_> {
         if let Some(status) = notify::status(text) {
             output::master_line(&format!("w{slot} status: {status}"));
         }
-        if notify::says_ready(text) {
+        if notify::says(text, "READY=1") {
             self.feed(state, Event::Ready { key });
+        }
+        if notify::says(text, "WATCHDOG=1") {
+            self.feed(state, Event::Watchdog { key });
+        }
+        if notify::says(text, "STOPPING=1") {
+            self.feed(state, Event::Stopping { key });
         }
     }
 

@@ -179,3 +179,73 @@ fn first_generation_never_ready_exits_with_the_worker_status() {
         master.dump()
     );
 }
+
+#[test]
+fn a_worker_that_stops_pinging_its_watchdog_is_replaced() {
+    let (master, workers) = Master::start_ready(
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "-n",
+            "1",
+            "--watchdog",
+            "1s",
+            "-e",
+            "ECHO_WATCHDOG_PINGS=6",
+        ],
+        fixture("fixture-echo"),
+        &[],
+        1,
+    );
+    let hung = workers[0].pid;
+    // Six pings, 250 ms apart, span one and a half watchdogs: while it pings, it stays.
+    let (pinged, _) = master.wait_for_stderr_after(0, "[w0] echo: watchdog ping 6");
+    assert!(
+        !master.stderr_lines()[..pinged]
+            .iter()
+            .any(|l| l.contains("sent no WATCHDOG=1")),
+        "{}",
+        master.dump()
+    );
+    let (mark, _) = master.wait_for_stderr_after(
+        pinged,
+        &format!("mcluster: w0 (pid {hung}) sent no WATCHDOG=1 for 1.00s; restarting in "),
+    );
+    let replacement = wait_ready_in_slot(&master, mark, 0);
+    assert_ne!(replacement.pid, hung);
+    // Stopped like any worker: the stop signal, and it drains.
+    master.wait_dead(hung);
+    master.wait_for_stderr("[w0] echo: draining");
+}
+
+#[test]
+fn a_worker_leaving_by_itself_is_replaced_before_it_exits_and_is_no_crash() {
+    let (master, workers) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "1", "--ready", "notify"],
+        fixture("fixture-echo"),
+        &[],
+        1,
+    );
+    let port = master.port();
+    let leaving = workers[0].pid;
+    echo(port, "leave 1500");
+    let (mark, _) = master.wait_for_stderr_after(
+        0,
+        &format!("mcluster: w0 (pid {leaving}) is stopping by itself (STOPPING=1); starting its replacement"),
+    );
+    let replacement = wait_ready_in_slot(&master, mark, 0);
+    assert!(
+        crate::support::is_alive(leaving),
+        "replaced before it exited"
+    );
+    master.wait_dead(leaving);
+    wait_served_by(port, &[replacement.pid], echo_pid);
+    assert!(
+        !master
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("restarting in")),
+        "its exit is no crash\n{}",
+        master.dump()
+    );
+}

@@ -89,6 +89,16 @@ pub enum Event {
         /// The worker.
         key: WorkerKey,
     },
+    /// The worker said `WATCHDOG=1`: it is alive and well.
+    Watchdog {
+        /// The worker.
+        key: WorkerKey,
+    },
+    /// The worker said `STOPPING=1`.
+    Stopping {
+        /// The worker.
+        key: WorkerKey,
+    },
     /// A child process was reaped.
     Exited {
         /// Its process id.

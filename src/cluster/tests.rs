@@ -364,3 +364,61 @@ fn unknown_children_are_ignored() {
     assert_eq!(t.exit(Pid(9999), 0), []);
     assert_eq!(t.spawned.len(), 1);
 }
+
+#[test]
+fn a_worker_whose_watchdog_runs_out_is_stopped_and_replaced() {
+    let mut t = Timeline::new(ClusterConfig {
+        watchdog: Some(ms(1000)),
+        ..config(1)
+    });
+    t.feed(Event::Start);
+    t.ready(Pid(100));
+    assert_eq!(t.advance(ms(900)), []);
+    let key = t.key_of(Pid(100));
+    t.feed(Event::Watchdog { key });
+    assert_eq!(t.advance(ms(900)), [], "the ping moved the deadline");
+    assert_eq!(t.advance(ms(100)), [term(Pid(100))]);
+    assert!(t.logged("w0 (pid 100) sent no WATCHDOG=1 for 1.00s; restarting in 0ms"));
+    assert_eq!(t.spawned.len(), 2, "replaced at once");
+    assert_eq!(t.exit(Pid(100), 0), [], "its exit is expected");
+    assert_eq!(t.spawned.len(), 2);
+}
+
+#[test]
+fn without_a_watchdog_silence_is_fine() {
+    let mut t = running(1);
+    assert_eq!(t.cluster.next_deadline(), None);
+    assert_eq!(t.advance(ms(3_600_000)), []);
+}
+
+#[test]
+fn a_worker_stopping_by_itself_is_replaced_at_once_and_its_exit_is_no_crash() {
+    let mut t = running(2);
+    let key = t.key_of(Pid(100));
+    assert_eq!(
+        t.feed(Event::Stopping { key }),
+        [],
+        "no signal: it is leaving anyway"
+    );
+    assert_eq!(
+        (t.spawned[2].1, t.spawned[2].2),
+        (0, 1),
+        "slot 0 gets a new worker"
+    );
+    assert_eq!(t.exit(Pid(100), 0), []);
+    assert!(!t.logged("restarting"));
+    assert_eq!(t.spawned.len(), 3);
+    // One that lingers past the kill timeout is killed.
+    let key = t.key_of(Pid(101));
+    t.feed(Event::Stopping { key });
+    assert_eq!(t.advance(t.cluster.config.kill_timeout), [kill(Pid(101))]);
+}
+
+#[test]
+fn stopping_after_being_asked_to_changes_nothing() {
+    let mut t = running(1);
+    t.feed(Event::Stop { hard: false });
+    let key = t.key_of(Pid(100));
+    assert_eq!(t.feed(Event::Stopping { key }), []);
+    assert_eq!(t.spawned.len(), 1);
+}
