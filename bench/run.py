@@ -70,6 +70,22 @@ def proc_stats():
         yield int(entry), stat[stat.rfind(")") + 2 :].split()
 
 
+def start_on_free_port(spawn, wait_ready, attempts: int = 3) -> "Server":
+    """Starts a server that binds a port chosen beforehand (`spawn(port)`), and waits until it
+    serves (`wait_ready(server)` raises RuntimeError or TimeoutError if it does not): the port
+    can be taken between the choice and the bind, so a failure is retried on a fresh port."""
+    for attempt in range(attempts):
+        server = spawn(free_port())
+        try:
+            wait_ready(server)
+            return server
+        except (RuntimeError, TimeoutError):
+            server.kill()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def session_members(sid: int) -> list[int]:
     """Pids of every process whose session id is `sid` (a session we created)."""
     return [pid for pid, fields in proc_stats() if len(fields) > 3 and int(fields[3]) == sid]
@@ -343,8 +359,7 @@ class Gunicorn:
         (workdir / "benchconf.py").write_text(GUNICORN_CONF)
 
     def start(self, size: int) -> Server:
-        for attempt in range(3):
-            port = free_port()
+        def spawn(port: int) -> Server:
             argv = [
                 str(self.exe), "-c", str(self.workdir / "benchconf.py"),
                 "--chdir", str(self.workdir), "-k", "sync", "-w", str(size),
@@ -354,14 +369,9 @@ class Gunicorn:
             server = Server("gunicorn", argv)
             server.port = port
             server.size = size
-            try:
-                server.wait_line(r"Listening at: http://127\.0\.0\.1:\d+")
-                return server
-            except (RuntimeError, TimeoutError):
-                server.kill()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+            return server
+
+        return start_on_free_port(spawn, lambda server: server.wait_line(r"Listening at: http://127\.0\.0\.1:\d+"))
 
     def _ready_pids(self, server: Server, start: int = 0) -> list[tuple[float, int]]:
         with server.cond:
@@ -722,8 +732,7 @@ class DevAnchor:
         return f"CARGO_TARGET_DIR=… systemfd --no-pid {flags}-s http::127.0.0.1:PORT -- cargo watch -x run"
 
     def start(self) -> Server:
-        for attempt in range(3):
-            port = free_port()
+        def spawn(port: int) -> Server:
             argv = [
                 str(TOOLS / "bin" / "systemfd"), "--no-pid", *self.flags, "-s", f"http::127.0.0.1:{port}",
                 "--", "cargo", "watch", "-x", "run",
@@ -734,21 +743,19 @@ class DevAnchor:
                 scope=self.workdir, merge_stdout=True,
             )  # fmt: skip
             server.port = port
-            try:
-                server.wait_line(r"^~> socket http://127\.0\.0\.1:\d+/? -> fd #\d+", timeout=DEV_WAIT)
-                deadline = time.monotonic() + DEV_WAIT
-                while answered_text(port) is None:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"the app never answered:\n{server.tail()}")
-                    if server.proc.poll() is not None:
-                        raise RuntimeError(f"systemfd exited:\n{server.tail()}")
-                    time.sleep(0.05)
-                return server
-            except (RuntimeError, TimeoutError):
-                server.kill()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+            return server
+
+        def wait_serving(server: Server) -> None:
+            server.wait_line(r"^~> socket http://127\.0\.0\.1:\d+/? -> fd #\d+", timeout=DEV_WAIT)
+            deadline = time.monotonic() + DEV_WAIT
+            while answered_text(server.port) is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the app never answered:\n{server.tail()}")
+                if server.proc.poll() is not None:
+                    raise RuntimeError(f"systemfd exited:\n{server.tail()}")
+                time.sleep(0.05)
+
+        return start_on_free_port(spawn, wait_serving)
 
     def wait_reload(self, server: Server, mark: int, t0: float) -> dict:
         """cargo-watch's `[Running 'cargo run']` (the change noticed, the old app stopped) and
