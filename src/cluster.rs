@@ -343,12 +343,7 @@ impl Cluster {
         }
         let generation = self.restart_generation(worker);
         // A replacement already took over this slot (a roll in flight): nothing to restore.
-        let slot_covered = self.workers.iter().any(|other| {
-            other.key != worker.key
-                && other.slot == worker.slot
-                && !matches!(other.state, WorkerState::Stopping { .. })
-        });
-        if slot_covered {
+        if self.slot_covered(worker) {
             actions.push(Action::Log(format!("{} {failure}", worker.label())));
             return;
         }
@@ -379,13 +374,19 @@ impl Cluster {
         if worker.slot >= self.slots.len() {
             return;
         }
-        let slot_covered = self.workers.iter().any(|other| {
-            other.slot == worker.slot && !matches!(other.state, WorkerState::Stopping { .. })
-        });
-        if !slot_covered {
+        if !self.slot_covered(&worker) {
             let generation = self.restart_generation(&worker);
             self.spawn(worker.slot, generation, actions);
         }
+    }
+
+    /// Whether another worker, not stopping, serves (or is starting to serve) `worker`'s slot.
+    fn slot_covered(&self, worker: &Worker) -> bool {
+        self.workers.iter().any(|other| {
+            other.key != worker.key
+                && other.slot == worker.slot
+                && !matches!(other.state, WorkerState::Stopping { .. })
+        })
     }
 
     /// A worker of the roll in flight is restarted as that generation; any other as the
