@@ -18,10 +18,23 @@
 //!
 //! A roll replaces slot 0, then slot 1, and so on: it spawns the slot's replacement, waits until
 //! it is ready, and only then stops the slot's old worker, so ready workers never drop below the
-//! size. A replacement that fails aborts the roll; the old workers keep serving.
+//! size. A replacement that fails aborts the roll; the slots not yet rolled keep their
+//! generation, and the report says which slot runs which.
+//!
+//! Each slot runs one generation, and its crash restarts start that generation. While running,
+//! every slot has a live worker or a scheduled restart after every event: whatever removed a
+//! slot's worker (an aborted roll whose replacement had covered a crash, say), the end of
+//! [`Cluster::handle`] puts one back.
+//!
+//! A worker is its process group. When the worker process exits while other processes of its
+//! group live on ([`Event::LeaderExited`]), its slot is handled as for any exit, and the rest of
+//! the group is stopped like a worker: the stop signal, SIGKILL at the kill deadline, gone at
+//! [`Event::Exited`].
 
 mod backoff;
 mod event;
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;
 
@@ -51,6 +64,19 @@ pub struct ClusterConfig {
     pub start_attempts: u32,
     /// A ready worker that sends no `WATCHDOG=1` for this long is replaced; `None`: no watchdog.
     pub watchdog: Option<Duration>,
+    /// What happens when no worker of the first generation ever becomes ready.
+    pub never_ready: NeverReady,
+}
+
+/// What a cluster does when every slot of its first generation failed
+/// [`start_attempts`](ClusterConfig::start_attempts) times in a row and no worker was ever ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeverReady {
+    /// Stop hard and exit with the worker's status (`mcluster start`).
+    Exit,
+    /// Stop the workers and wait for [`Event::Start`] (a new build) or [`Event::Roll`]
+    /// (`mcluster dev`, where the next save may fix it).
+    Wait,
 }
 
 impl ClusterConfig {
@@ -65,6 +91,7 @@ impl ClusterConfig {
             backoff: Backoff::default(),
             start_attempts: 3,
             watchdog: None,
+            never_ready: NeverReady::Exit,
         }
     }
 }
@@ -93,6 +120,8 @@ struct Worker {
     since: Instant,
     /// When a ready worker's watchdog runs out, unless it sends `WATCHDOG=1` first.
     watchdog_at: Option<Instant>,
+    /// The worker process exited; what is tracked now is the rest of its process group.
+    leader_exited: bool,
 }
 
 impl Worker {
@@ -104,12 +133,23 @@ impl Worker {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Slot {
     /// Failures in a row; reset when a worker of the slot ran for the stable period.
     failures: u32,
     restart_at: Option<Instant>,
-    restart_generation: u64,
+    /// The generation the slot runs: the one its crash restarts start.
+    generation: u64,
+}
+
+impl Slot {
+    fn of(generation: u64) -> Self {
+        Self {
+            failures: 0,
+            restart_at: None,
+            generation,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -124,7 +164,11 @@ struct Roll {
 enum Phase {
     Idle,
     Running,
-    Stopping { hard: bool },
+    /// No worker of the first generation became ready; waiting for a new start ([`NeverReady::Wait`]).
+    Waiting,
+    Stopping {
+        hard: bool,
+    },
     Exited,
 }
 
@@ -173,10 +217,28 @@ impl Cluster {
         self.config.size
     }
 
-    /// The generation crash restarts and new slots run: the last one fully rolled in.
+    /// The generation new slots run: the last one fully rolled in (0 before the first start).
     #[must_use]
     pub fn serving_generation(&self) -> u64 {
         self.serving_generation
+    }
+
+    /// The oldest generation any slot runs or a roll in flight starts: executables of older
+    /// generations are no longer needed.
+    #[must_use]
+    pub fn oldest_generation_in_use(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|slot| slot.generation)
+            .chain(self.roll.as_ref().map(|roll| roll.generation))
+            .min()
+            .unwrap_or(self.serving_generation)
+    }
+
+    /// The generation each slot runs, slot 0 first.
+    #[must_use]
+    pub fn slot_generations(&self) -> Vec<u64> {
+        self.slots.iter().map(|slot| slot.generation).collect()
     }
 
     /// Whether a roll is in progress.
@@ -189,6 +251,13 @@ impl Cluster {
     #[must_use]
     pub fn is_stopping(&self) -> bool {
         matches!(self.phase, Phase::Stopping { .. } | Phase::Exited)
+    }
+
+    /// Whether the first generation failed and the cluster waits for a new start
+    /// ([`NeverReady::Wait`]).
+    #[must_use]
+    pub fn is_waiting(&self) -> bool {
+        self.phase == Phase::Waiting
     }
 
     /// The earliest instant at which [`Event::Tick`] has work to do.
@@ -233,25 +302,28 @@ impl Cluster {
                 }
             }
             Event::Stopping { key } => self.stopping_by_itself(now, key, &mut actions),
-            Event::Exited { pid, end } => self.exited(now, pid, end, &mut actions),
+            Event::Exited { pid, end } => self.exited(now, pid, end, false, &mut actions),
+            Event::LeaderExited { pid, end } => self.exited(now, pid, end, true, &mut actions),
             Event::Tick => self.tick(now, &mut actions),
             Event::Roll => self.request_roll(now, &mut actions),
             Event::Resize(size) => self.resize(now, size, &mut actions),
             Event::Stop { hard } => self.stop(now, hard, &mut actions),
         }
+        self.restore_coverage(now, &mut actions);
         self.check_exit(&mut actions);
         actions
     }
 
     fn start(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        if self.phase != Phase::Idle {
-            return;
+        match self.phase {
+            Phase::Idle => self.started = Some(now),
+            Phase::Waiting => {}
+            _ => return,
         }
         self.phase = Phase::Running;
-        self.started = Some(now);
         self.serving_generation = self.next_generation;
         self.next_generation += 1;
-        self.slots = vec![Slot::default(); self.config.size];
+        self.slots = vec![Slot::of(self.serving_generation); self.config.size];
         for slot in 0..self.config.size {
             self.spawn(slot, self.serving_generation, actions);
         }
@@ -270,6 +342,7 @@ impl Cluster {
             // Replaced by the spawn time in `spawned`; a worker is never read before that.
             since: self.started.unwrap_or_else(Instant::now),
             watchdog_at: None,
+            leader_exited: false,
         });
         actions.push(Action::Spawn {
             key,
@@ -296,41 +369,66 @@ impl Cluster {
             }
             // Stopped while being spawned (a stop raced the spawn): finish the job now.
             WorkerState::Stopping { .. } => {
-                let hard = self.phase == Phase::Stopping { hard: true };
+                let hard = matches!(self.phase, Phase::Stopping { hard: true } | Phase::Waiting);
                 self.stop_worker(now, index, hard, actions);
             }
             WorkerState::Starting { .. } | WorkerState::Ready => {}
         }
     }
 
-    fn exited(&mut self, now: Instant, pid: Pid, end: ProcessEnd, actions: &mut Vec<Action>) {
+    /// A worker process exited. With `tree_left`, other processes of its group live on: they
+    /// are tracked, and stopped, under the worker's pid until [`Event::Exited`] says they are
+    /// gone.
+    fn exited(
+        &mut self,
+        now: Instant,
+        pid: Pid,
+        end: ProcessEnd,
+        tree_left: bool,
+        actions: &mut Vec<Action>,
+    ) {
         let Some(index) = self.workers.iter().position(|w| w.pid == Some(pid)) else {
             // Not ours (a reaped orphan when the master is PID 1): nothing to decide.
             return;
         };
+        if self.workers[index].leader_exited {
+            if !tree_left {
+                self.workers.remove(index);
+            }
+            return;
+        }
         let worker = self.workers.remove(index);
+        if tree_left {
+            let mut rest = worker.clone();
+            rest.leader_exited = true;
+            rest.watchdog_at = None;
+            if !matches!(worker.state, WorkerState::Stopping { .. }) {
+                actions.push(Action::Log(format!(
+                    "{} left processes behind in its group; stopping them",
+                    worker.label()
+                )));
+                actions.push(Action::Signal {
+                    pid,
+                    kind: StopKind::Graceful,
+                });
+                rest.state = WorkerState::Stopping {
+                    kill_at: Some(now + self.config.kill_timeout),
+                };
+            }
+            self.workers.push(rest);
+        }
         match worker.state {
             WorkerState::Stopping { .. } => {}
             WorkerState::Spawning | WorkerState::Starting { .. } => {
                 let failure = format!("{end} before it was ready");
                 self.failed_start(now, &worker, &failure, Some(end), actions);
             }
-            WorkerState::Ready => self.crashed(now, &worker, end, actions),
+            WorkerState::Ready => self.replace_failed(now, &worker, &end.to_string(), actions),
         }
     }
 
-    fn crashed(
-        &mut self,
-        now: Instant,
-        worker: &Worker,
-        end: ProcessEnd,
-        actions: &mut Vec<Action>,
-    ) {
-        self.replace_failed(now, worker, &end.to_string(), actions);
-    }
-
-    /// A ready worker failed (it exited, or its watchdog ran out): its slot gets a new worker,
-    /// with backoff, unless another worker already covers the slot.
+    /// A ready worker failed (it exited, or its watchdog ran out): its slot gets a new worker of
+    /// the slot's generation, with backoff, unless another worker already covers the slot.
     fn replace_failed(
         &mut self,
         now: Instant,
@@ -341,16 +439,11 @@ impl Cluster {
         if self.phase != Phase::Running || worker.slot >= self.slots.len() {
             return;
         }
-        let generation = self.restart_generation(worker);
-        // A replacement already took over this slot (a roll in flight): nothing to restore.
-        if self.slot_covered(worker) {
-            actions.push(Action::Log(format!("{} {failure}", worker.label())));
-            return;
-        }
         if now.duration_since(worker.since) >= self.config.backoff.stable {
             self.slots[worker.slot].failures = 0;
         }
-        self.schedule_restart(now, worker, generation, failure, actions);
+        self.slots[worker.slot].failures += 1;
+        self.schedule_restart(now, worker, failure, actions);
     }
 
     /// The worker said `STOPPING=1` without being asked: it is leaving, so its slot gets a new
@@ -371,11 +464,8 @@ impl Cluster {
             "{} is stopping by itself (STOPPING=1); starting its replacement",
             worker.label()
         )));
-        if worker.slot >= self.slots.len() {
-            return;
-        }
-        if !self.slot_covered(&worker) {
-            let generation = self.restart_generation(&worker);
+        if worker.slot < self.slots.len() && !self.slot_covered(&worker) {
+            let generation = self.slots[worker.slot].generation;
             self.spawn(worker.slot, generation, actions);
         }
     }
@@ -389,29 +479,32 @@ impl Cluster {
         })
     }
 
-    /// A worker of the roll in flight is restarted as that generation; any other as the
-    /// serving one.
-    fn restart_generation(&self, worker: &Worker) -> u64 {
-        match &self.roll {
-            Some(roll) if roll.generation == worker.generation => worker.generation,
-            _ => self.serving_generation,
-        }
+    /// Whether `slot` has a worker that is not stopping.
+    fn has_live_worker(&self, slot: usize) -> bool {
+        self.workers.iter().any(|worker| {
+            worker.slot == slot && !matches!(worker.state, WorkerState::Stopping { .. })
+        })
     }
 
+    /// Restarts a failed worker's slot after the backoff its failures (already counted) call
+    /// for, unless another worker already covers the slot (a roll's replacement): should that
+    /// one fail, `restore_coverage` starts the slot again.
     fn schedule_restart(
         &mut self,
         now: Instant,
         worker: &Worker,
-        generation: u64,
         failure: &str,
         actions: &mut Vec<Action>,
     ) {
-        let slot = &mut self.slots[worker.slot];
-        slot.failures += 1;
+        if self.slot_covered(worker) {
+            actions.push(Action::Log(format!("{} {failure}", worker.label())));
+            return;
+        }
+        let slot = &self.slots[worker.slot];
         let delay = self.config.backoff.delay(slot.failures);
-        slot.restart_generation = generation;
+        let generation = slot.generation;
         actions.push(Action::Log(format!(
-            "{} {failure}; restarting in {}",
+            "{} {failure}; restarting in {} (generation {generation})",
             worker.label(),
             human_duration(delay)
         )));
@@ -419,6 +512,31 @@ impl Cluster {
             self.spawn(worker.slot, generation, actions);
         } else {
             self.slots[worker.slot].restart_at = Some(now + delay);
+        }
+    }
+
+    /// Keeps "every slot has a live worker or a scheduled restart" true while running, whatever
+    /// the event did: a slot left empty is started again, with the slot's backoff.
+    fn restore_coverage(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].restart_at.is_some() || self.has_live_worker(slot) {
+                continue;
+            }
+            let failures = self.slots[slot].failures;
+            let delay = self.config.backoff.delay(failures);
+            let generation = self.slots[slot].generation;
+            actions.push(Action::Log(format!(
+                "w{slot} has no worker; starting one in {} (generation {generation})",
+                human_duration(delay)
+            )));
+            if delay.is_zero() {
+                self.spawn(slot, generation, actions);
+            } else {
+                self.slots[slot].restart_at = Some(now + delay);
+            }
         }
     }
 
@@ -433,57 +551,108 @@ impl Cluster {
         if self.phase != Phase::Running {
             return;
         }
-        if let Some(roll) = &self.roll
-            && roll.replacement == Some(worker.key)
+        if self
+            .roll
+            .as_ref()
+            .is_some_and(|roll| roll.replacement == Some(worker.key))
         {
-            let end = RollEnd {
-                generation: roll.generation,
-                size: self.config.size,
-                elapsed: now.duration_since(roll.started),
-                aborted: Some(format!("{} {failure}", worker.label())),
-                serving: self.serving_generation,
-            };
-            self.roll = None;
-            actions.push(Action::RollEnded(end));
-            actions.push(Action::Notify(MasterState::Ready));
-            self.start_queued_roll(now, actions);
+            self.abort_roll(now, worker, failure, actions);
             return;
         }
         if worker.slot >= self.slots.len() {
             return;
         }
-        let failures = self.slots[worker.slot].failures + 1;
-        if !self.ever_ready && failures >= self.config.start_attempts {
-            self.slots[worker.slot].failures = failures;
-            let reason = ExitReason::NeverReady {
-                slot: worker.slot,
-                pid: worker.pid,
-                failure: failure.to_owned(),
-                end,
-            };
-            actions.push(Action::Log(format!(
-                "error: no worker became ready after {failures} attempts: {} {failure}",
-                worker.label()
-            )));
-            self.exit_reason = Some(reason);
-            self.stop(now, true, actions);
+        self.slots[worker.slot].failures += 1;
+        let attempts = self.config.start_attempts;
+        let exhausted = self.slots.iter().all(|slot| slot.failures >= attempts);
+        if !self.ever_ready && exhausted {
+            let failures = self.slots[worker.slot].failures;
+            self.give_up(now, worker, failure, failures, end, actions);
             return;
         }
-        let generation = self.restart_generation(worker);
-        self.schedule_restart(now, worker, generation, failure, actions);
+        self.schedule_restart(now, worker, failure, actions);
+    }
+
+    /// Every slot of the first generation failed its start attempts.
+    fn give_up(
+        &mut self,
+        now: Instant,
+        worker: &Worker,
+        failure: &str,
+        failures: u32,
+        end: Option<ProcessEnd>,
+        actions: &mut Vec<Action>,
+    ) {
+        let what = format!(
+            "error: no worker became ready after {failures} attempts: {} {failure}",
+            worker.label()
+        );
+        match self.config.never_ready {
+            NeverReady::Exit => {
+                actions.push(Action::Log(what));
+                self.exit_reason = Some(ExitReason::NeverReady {
+                    slot: worker.slot,
+                    pid: worker.pid,
+                    failure: failure.to_owned(),
+                    end,
+                });
+                self.stop(now, true, actions);
+            }
+            NeverReady::Wait => {
+                actions.push(Action::Log(format!(
+                    "{what}; waiting for a change to retry"
+                )));
+                self.phase = Phase::Waiting;
+                self.roll = None;
+                self.roll_queued = false;
+                for slot in &mut self.slots {
+                    slot.restart_at = None;
+                }
+                for index in 0..self.workers.len() {
+                    if self.workers[index].state != (WorkerState::Stopping { kill_at: None }) {
+                        self.stop_worker(now, index, true, actions);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The roll's replacement failed: the roll ends where it is. The slots it rolled keep the
+    /// new generation, the others their own.
+    fn abort_roll(
+        &mut self,
+        now: Instant,
+        worker: &Worker,
+        failure: &str,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(roll) = self.roll.take() else {
+            return;
+        };
+        let end = RollEnd {
+            generation: roll.generation,
+            size: self.config.size,
+            rolled: roll.slot.min(self.config.size),
+            elapsed: now.duration_since(roll.started),
+            aborted: Some(format!("{} {failure}", worker.label())),
+            serving: self.serving_generation,
+            slots: self.slot_generations(),
+        };
+        actions.push(Action::RollEnded(end));
+        actions.push(Action::Notify(MasterState::Ready));
+        self.start_queued_roll(now, actions);
     }
 
     fn mark_ready(&mut self, now: Instant, index: usize, actions: &mut Vec<Action>) {
         let worker = &mut self.workers[index];
         worker.state = WorkerState::Ready;
         worker.watchdog_at = self.config.watchdog.map(|limit| now + limit);
-        let (key, slot) = (worker.key, worker.slot);
+        let (key, slot, generation) = (worker.key, worker.slot, worker.generation);
         actions.push(Action::Detail(format!(
-            "w{slot} ready (pid {}, generation {})",
+            "w{slot} ready (pid {}, generation {generation})",
             worker
                 .pid
                 .map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
-            worker.generation
         )));
         self.ever_ready = true;
         if let Some(slot_state) = self.slots.get_mut(slot) {
@@ -494,6 +663,9 @@ impl Cluster {
         {
             roll.replacement = None;
             roll.slot += 1;
+            if let Some(slot_state) = self.slots.get_mut(slot) {
+                slot_state.generation = generation;
+            }
             let olds: Vec<usize> = (0..self.workers.len())
                 .filter(|&i| {
                     let old = &self.workers[i];
@@ -510,11 +682,10 @@ impl Cluster {
         if !self.announced_ready && self.ready_slots() == self.config.size {
             self.announced_ready = true;
             let elapsed = now.duration_since(self.started.unwrap_or(now));
-            actions.push(Action::Log(format!(
-                "all {} workers ready in {}",
-                self.config.size,
-                human_duration(elapsed)
-            )));
+            actions.push(Action::Log(match self.config.size {
+                1 => format!("the worker is ready in {}", human_duration(elapsed)),
+                size => format!("all {size} workers ready in {}", human_duration(elapsed)),
+            }));
             actions.push(Action::Notify(MasterState::Ready));
         }
     }
@@ -560,9 +731,13 @@ impl Cluster {
                 }
                 WorkerState::Stopping { kill_at } if kill_at.is_some_and(|at| at <= now) => {
                     if let Some(pid) = worker.pid {
+                        let what = if worker.leader_exited {
+                            format!("what is left of {}", worker.label())
+                        } else {
+                            worker.label()
+                        };
                         actions.push(Action::Log(format!(
-                            "{} did not stop within {}; sending SIGKILL",
-                            worker.label(),
+                            "{what} did not stop within {}; sending SIGKILL",
                             human_duration(self.config.kill_timeout)
                         )));
                         actions.push(Action::Signal {
@@ -579,7 +754,7 @@ impl Cluster {
         if self.phase == Phase::Running {
             for slot in 0..self.slots.len() {
                 if self.slots[slot].restart_at.is_some_and(|at| at <= now) {
-                    let generation = self.slots[slot].restart_generation;
+                    let generation = self.slots[slot].generation;
                     self.spawn(slot, generation, actions);
                 }
             }
@@ -587,8 +762,14 @@ impl Cluster {
     }
 
     fn request_roll(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        if self.phase != Phase::Running {
-            return;
+        match self.phase {
+            Phase::Running => {}
+            // Nothing of the first generation ever served: a roll request is a new start.
+            Phase::Waiting => {
+                self.start(now, actions);
+                return;
+            }
+            _ => return,
         }
         if self.roll.is_some() {
             // Many requests in a burst: one roll running, at most one queued.
@@ -611,8 +792,8 @@ impl Cluster {
         let generation = self.next_generation;
         self.next_generation += 1;
         actions.push(Action::Detail(format!(
-            "rolling {} workers to generation {generation}",
-            self.config.size
+            "rolling {} to generation {generation}",
+            workers(self.config.size)
         )));
         actions.push(Action::Notify(MasterState::Reloading));
         self.roll = Some(Roll {
@@ -640,32 +821,40 @@ impl Cluster {
         self.roll = None;
         self.serving_generation = generation;
         for slot in &mut self.slots {
-            slot.restart_generation = generation;
+            slot.generation = generation;
         }
         actions.push(Action::RollEnded(RollEnd {
             generation,
             size: self.config.size,
+            rolled: self.config.size,
             elapsed,
             aborted: None,
             serving: generation,
+            slots: self.slot_generations(),
         }));
         actions.push(Action::Notify(MasterState::Ready));
         self.start_queued_roll(now, actions);
     }
 
     fn resize(&mut self, now: Instant, size: usize, actions: &mut Vec<Action>) {
-        if self.phase != Phase::Running || size == 0 || size == self.config.size {
+        if size == 0 || size == self.config.size {
             return;
         }
-        actions.push(Action::Log(format!("resizing to {size} workers")));
+        match self.phase {
+            Phase::Running => {}
+            // Nothing runs: the next start uses the new size.
+            Phase::Waiting | Phase::Idle => {
+                self.config.size = size;
+                return;
+            }
+            Phase::Stopping { .. } | Phase::Exited => return,
+        }
+        actions.push(Action::Log(format!("resizing to {}", workers(size))));
         let old_size = self.config.size;
         self.config.size = size;
         if size > old_size {
             for slot in old_size..size {
-                self.slots.push(Slot {
-                    restart_generation: self.serving_generation,
-                    ..Slot::default()
-                });
+                self.slots.push(Slot::of(self.serving_generation));
                 self.spawn(slot, self.serving_generation, actions);
             }
         } else {
@@ -680,6 +869,9 @@ impl Cluster {
                 self.stop_worker(now, index, false, actions);
             }
             if self.roll.as_ref().is_some_and(|roll| roll.slot >= size) {
+                if let Some(roll) = &mut self.roll {
+                    roll.replacement = None;
+                }
                 self.advance_roll(now, actions);
             }
         }
@@ -692,7 +884,7 @@ impl Cluster {
                 self.phase = Phase::Stopping { hard };
                 return;
             }
-            Phase::Running => {
+            Phase::Running | Phase::Waiting => {
                 actions.push(Action::Notify(MasterState::Stopping));
             }
             Phase::Stopping { hard: false } if !hard => return,
@@ -705,10 +897,10 @@ impl Cluster {
             slot.restart_at = None;
         }
         let live = self.workers.len();
-        actions.push(Action::Log(if hard {
-            format!("stopping {live} workers hard")
-        } else {
-            format!("stopping {live} workers")
+        actions.push(Action::Log(match (live, hard) {
+            (0, _) => "stopping".to_owned(),
+            (_, true) => format!("stopping {} hard", workers(live)),
+            (_, false) => format!("stopping {}", workers(live)),
         }));
         for index in 0..self.workers.len() {
             let already_stopping =
@@ -761,5 +953,14 @@ impl Cluster {
 
     fn index_of_key(&self, key: WorkerKey) -> Option<usize> {
         self.workers.iter().position(|worker| worker.key == key)
+    }
+}
+
+/// `1 worker`, `4 workers`.
+fn workers(count: usize) -> String {
+    if count == 1 {
+        "1 worker".to_owned()
+    } else {
+        format!("{count} workers")
     }
 }

@@ -99,9 +99,19 @@ pub enum Event {
         /// The worker.
         key: WorkerKey,
     },
-    /// A child process was reaped.
+    /// A worker process was reaped and nothing of its process group is left; or, after
+    /// [`Event::LeaderExited`], the rest of its group is gone too.
     Exited {
-        /// Its process id.
+        /// Its process id (its process group's id).
+        pid: Pid,
+        /// How it ended.
+        end: ProcessEnd,
+    },
+    /// A worker process was reaped, but other processes of its group live on (children of a
+    /// shell wrapper, helpers it started): the worker's exit counts now, and the rest of the
+    /// group is stopped until [`Event::Exited`] reports it gone.
+    LeaderExited {
+        /// Its process id (its process group's id).
         pid: Pid,
         /// How it ended.
         end: ProcessEnd,
@@ -122,7 +132,7 @@ pub enum Event {
 /// Which signal the driver sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopKind {
-    /// The configured stop signal, to the worker process only.
+    /// The configured stop signal, to the worker's whole process group.
     Graceful,
     /// SIGKILL, to the worker's whole process group.
     Kill,
@@ -214,14 +224,66 @@ pub enum Action {
 pub struct RollEnd {
     /// The generation rolled in, or not.
     pub generation: u64,
-    /// How many workers the roll replaced.
+    /// The cluster's size.
     pub size: usize,
+    /// How many slots (from slot 0) the roll moved to its generation.
+    pub rolled: usize,
     /// From the roll's start to its end.
     pub elapsed: Duration,
     /// Why it was aborted: which replacement failed and how; `None` when it completed.
     pub aborted: Option<String>,
-    /// The generation serving after the roll.
+    /// The generation serving after the roll: new slots run it.
     pub serving: u64,
+    /// The generation each slot runs after the roll, slot 0 first.
+    pub slots: Vec<u64>,
+}
+
+impl RollEnd {
+    /// Which slots run which generation, when they do not all run one: `slots 0–1 run
+    /// generation 3, slots 2–3 generation 2`; `None` when every slot runs the same one.
+    #[must_use]
+    pub fn slot_summary(&self) -> Option<String> {
+        let mut runs: Vec<(usize, usize, u64)> = Vec::new();
+        for (slot, &generation) in self.slots.iter().enumerate() {
+            match runs.last_mut() {
+                Some((_, last, run_generation)) if *run_generation == generation => *last = slot,
+                _ => runs.push((slot, slot, generation)),
+            }
+        }
+        if runs.len() < 2 {
+            return None;
+        }
+        let parts: Vec<String> = runs
+            .iter()
+            .enumerate()
+            .map(|(index, &(first, last, generation))| {
+                let slots = if first == last {
+                    format!("slot {first}")
+                } else {
+                    format!("slots {first}–{last}")
+                };
+                let verb = match (index, first == last) {
+                    (0, true) => " runs",
+                    (0, false) => " run",
+                    _ => "",
+                };
+                format!("{slots}{verb} generation {generation}")
+            })
+            .collect();
+        Some(parts.join(", "))
+    }
+
+    /// What keeps serving after an aborted roll: one generation, or which slot runs which.
+    #[must_use]
+    pub fn keeps_serving(&self) -> String {
+        match self.slot_summary() {
+            None => format!("generation {} keeps serving", self.serving),
+            Some(summary) => format!(
+                "rolled {} of {} slots to generation {}; {summary}",
+                self.rolled, self.size, self.generation
+            ),
+        }
+    }
 }
 
 impl fmt::Display for RollEnd {
@@ -229,15 +291,20 @@ impl fmt::Display for RollEnd {
         match &self.aborted {
             None => write!(
                 f,
-                "rolled {} workers to generation {} in {}",
-                self.size,
+                "rolled {} to generation {} in {}",
+                if self.size == 1 {
+                    "1 worker".to_owned()
+                } else {
+                    format!("{} workers", self.size)
+                },
                 self.generation,
                 human_duration(self.elapsed)
             ),
             Some(why) => write!(
                 f,
-                "roll to generation {} aborted: {why}; generation {} keeps serving",
-                self.generation, self.serving
+                "roll to generation {} aborted: {why}; {}",
+                self.generation,
+                self.keeps_serving()
             ),
         }
     }

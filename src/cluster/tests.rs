@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    Action, Cluster, ClusterConfig, Event, ExitReason, MasterState, Pid, ProcessEnd, StopKind,
-    WorkerKey,
+    Action, Cluster, ClusterConfig, Event, ExitReason, MasterState, NeverReady, Pid, ProcessEnd,
+    StopKind, WorkerKey,
 };
 
 /// Owns a cluster and a fake clock; answers every spawn with the next pid.
@@ -16,6 +16,8 @@ struct Timeline {
     spawned: Vec<(WorkerKey, usize, u64, Pid)>,
     /// Every action, for assertions on the log.
     log: Vec<Action>,
+    /// Spawns for these slots fail (as under an fd limit).
+    failing_slots: Vec<usize>,
 }
 
 fn config(size: usize) -> ClusterConfig {
@@ -37,6 +39,7 @@ impl Timeline {
             next_pid: 100,
             spawned: Vec::new(),
             log: Vec::new(),
+            failing_slots: Vec::new(),
         }
     }
 
@@ -48,6 +51,12 @@ impl Timeline {
             for action in self.cluster.handle(self.now, event) {
                 self.log.push(action.clone());
                 match action {
+                    Action::Spawn { key, slot, .. } if self.failing_slots.contains(&slot) => {
+                        pending.push(Event::SpawnFailed {
+                            key,
+                            reason: "Too many open files".to_owned(),
+                        });
+                    }
                     Action::Spawn {
                         key,
                         slot,
@@ -86,6 +95,14 @@ impl Timeline {
 
     fn exit(&mut self, pid: Pid, code: i32) -> Vec<Action> {
         self.feed(Event::Exited {
+            pid,
+            end: ProcessEnd::Code(code),
+        })
+    }
+
+    /// The worker process exited, leaving processes of its group behind.
+    fn leader_exit(&mut self, pid: Pid, code: i32) -> Vec<Action> {
+        self.feed(Event::LeaderExited {
             pid,
             end: ProcessEnd::Code(code),
         })
@@ -215,7 +232,7 @@ fn roll_bursts_coalesce_into_one_running_and_one_queued() {
     assert_eq!(t.spawned.len(), 2);
     let first = t.last_pid();
     t.ready(first);
-    assert!(t.logged("rolled 1 workers to generation 2"));
+    assert!(t.logged("rolled 1 worker to generation 2"));
     assert_eq!(t.spawned.len(), 3, "the queued roll started");
     assert_eq!(t.spawned[2].2, 3);
     t.ready(t.last_pid());
@@ -271,17 +288,80 @@ fn a_first_generation_that_never_gets_ready_ends_the_master_with_the_worker_stat
     t.exit(Pid(100), 3);
     t.exit(Pid(101), 3);
     t.exit(Pid(102), 3);
+    t.exit(Pid(103), 3);
     t.advance(ms(100));
-    let out = t.exit(Pid(104), 3);
-    // Third failure of slot 0: the rest are killed hard.
-    assert_eq!(out, [kill(Pid(103))]);
-    let out = t.exit(Pid(103), 137);
+    // Slot 0 failed 3 times, but slot 1's worker may still get ready: no verdict yet.
+    assert_eq!(t.exit(Pid(104), 3), []);
+    assert!(!t.logged("no worker became ready"));
+    // Now every slot failed 3 times in a row: the master ends.
+    let out = t.exit(Pid(105), 3);
     let [Action::Exit(reason)] = out.as_slice() else {
         panic!("expected an exit, got {out:?}");
     };
-    assert!(matches!(reason, ExitReason::NeverReady { slot: 0, .. }));
+    assert!(matches!(reason, ExitReason::NeverReady { slot: 1, .. }));
     assert_eq!(reason.exit_status(), 3);
     assert!(t.logged("no worker became ready after 3 attempts"));
+}
+
+#[test]
+fn spawns_failing_in_one_slot_never_kill_a_healthy_worker_of_another() {
+    let mut t = Timeline::new(ClusterConfig {
+        ready_delay: Some(ms(1000)),
+        ..config(2)
+    });
+    t.failing_slots = vec![1];
+    t.feed(Event::Start);
+    for _ in 0..5 {
+        t.advance(ms(100));
+    }
+    assert!(t.logged("could not be spawned: Too many open files"));
+    assert!(!t.logged("no worker became ready"));
+    assert!(!t.log.iter().any(|a| matches!(a, Action::Signal { .. })));
+    t.advance(ms(500));
+    assert!(t.logged("w0 ready (pid 100, generation 1)"));
+    t.failing_slots.clear();
+    t.advance(ms(10_000));
+    assert_eq!(
+        (t.spawned[1].1, t.spawned[1].2),
+        (1, 1),
+        "slot 1 comes back"
+    );
+}
+
+#[test]
+fn in_dev_mode_a_first_generation_that_never_gets_ready_waits_for_the_next_start() {
+    let mut t = Timeline::new(ClusterConfig {
+        never_ready: NeverReady::Wait,
+        ..config(1)
+    });
+    t.feed(Event::Start);
+    t.exit(Pid(100), 1);
+    t.exit(Pid(101), 1);
+    t.advance(ms(100));
+    assert_eq!(t.exit(Pid(102), 1), [], "no exit");
+    assert!(t.logged("no worker became ready after 3 attempts"));
+    assert!(t.logged("waiting for a change to retry"));
+    assert!(t.cluster.is_waiting());
+    assert_eq!(t.advance(ms(60_000)), []);
+    assert_eq!(t.spawned.len(), 3, "no restart while waiting");
+    // A new build: a new first generation.
+    t.feed(Event::Start);
+    assert_eq!((t.spawned[3].1, t.spawned[3].2), (0, 2));
+    t.ready(Pid(103));
+    assert!(t.logged("the worker is ready in"));
+    // A roll request while waiting starts again too.
+    let mut t = Timeline::new(ClusterConfig {
+        never_ready: NeverReady::Wait,
+        ..config(1)
+    });
+    t.feed(Event::Start);
+    t.exit(Pid(100), 1);
+    t.exit(Pid(101), 1);
+    t.advance(ms(100));
+    t.exit(Pid(102), 1);
+    t.feed(Event::Roll);
+    assert_eq!(t.spawned.len(), 4);
+    assert!(!t.cluster.is_waiting());
 }
 
 #[test]
@@ -421,4 +501,157 @@ fn stopping_after_being_asked_to_changes_nothing() {
     let key = t.key_of(Pid(100));
     assert_eq!(t.feed(Event::Stopping { key }), []);
     assert_eq!(t.spawned.len(), 1);
+}
+
+/// Issue: an aborted roll left a slot with no worker when its old worker had died while the
+/// replacement was starting.
+#[test]
+fn an_aborted_roll_never_leaves_a_slot_empty_after_its_old_worker_crashed() {
+    let mut t = running(1);
+    t.feed(Event::Roll);
+    let replacement = t.last_pid();
+    // The old worker dies while the replacement starts: the replacement covers the slot.
+    t.exit(Pid(100), 1);
+    assert_eq!(t.spawned.len(), 2, "covered by the replacement");
+    // Then the replacement fails: the slot must get a worker of its own generation again.
+    t.exit(replacement, 1);
+    assert!(t.logged("roll to generation 2 aborted"));
+    assert_eq!(t.spawned.len(), 3);
+    assert_eq!((t.spawned[2].1, t.spawned[2].2), (0, 1));
+    assert!(t.logged("w0 has no worker; starting one in"));
+}
+
+#[test]
+fn an_aborted_roll_never_leaves_a_slot_empty_after_a_watchdog_stop_or_a_pending_restart() {
+    // The old worker's watchdog ran out while the replacement started.
+    let mut t = Timeline::new(ClusterConfig {
+        watchdog: Some(ms(1000)),
+        ..config(1)
+    });
+    t.feed(Event::Start);
+    t.ready(Pid(100));
+    t.feed(Event::Roll);
+    t.advance(ms(1000));
+    t.exit(Pid(100), 0);
+    t.exit(t.last_pid(), 1);
+    assert_eq!(
+        (t.spawned.last().unwrap().1, t.spawned.last().unwrap().2),
+        (0, 1)
+    );
+    // The old worker said STOPPING=1 during the roll.
+    let mut t = running(1);
+    t.feed(Event::Roll);
+    let key = t.key_of(Pid(100));
+    t.feed(Event::Stopping { key });
+    t.exit(Pid(100), 0);
+    t.exit(Pid(101), 1);
+    assert_eq!(t.spawned.len(), 3);
+    assert_eq!((t.spawned[2].1, t.spawned[2].2), (0, 1));
+    // A crash restart was pending (backoff) when the roll spawned its replacement.
+    let mut t = running(1);
+    t.exit(Pid(100), 1);
+    t.ready(Pid(101));
+    t.exit(Pid(101), 1);
+    t.feed(Event::Roll);
+    let replacement = t.last_pid();
+    t.exit(replacement, 1);
+    assert!(
+        t.cluster.slots[0].restart_at.is_some() || t.spawned.len() == 4,
+        "slot 0 has a worker or a scheduled restart"
+    );
+    t.advance(ms(10_000));
+    assert_eq!(t.spawned.last().unwrap().1, 0);
+    assert_eq!(t.spawned.len(), 4);
+}
+
+#[test]
+fn a_partly_aborted_roll_reports_which_slot_runs_which_generation_and_restarts_keep_it() {
+    let mut t = running(4);
+    t.feed(Event::Roll);
+    t.ready(t.last_pid());
+    t.ready(t.last_pid());
+    t.exit(t.last_pid(), 1);
+    assert!(
+        t.logged(
+            "rolled 2 of 4 slots to generation 2; slots 0–1 run generation 2, slots 2–3 generation 1"
+        ),
+        "{:?}",
+        t.log
+    );
+    assert_eq!(t.cluster.slot_generations(), [2, 2, 1, 1]);
+    assert_eq!(t.cluster.oldest_generation_in_use(), 1);
+    // Slot 0 runs generation 2 now (pid 104); slot 3 still generation 1 (pid 103).
+    t.exit(Pid(104), 1);
+    assert_eq!(t.spawned.last().unwrap().2, 2);
+    assert!(t.logged("restarting in 0ms (generation 2)"));
+    t.exit(Pid(103), 1);
+    assert_eq!(t.spawned.last().unwrap().2, 1);
+    // The next complete roll brings every slot to one generation.
+    t.feed(Event::Roll);
+    for _ in 0..4 {
+        t.ready(t.last_pid());
+    }
+    assert_eq!(t.cluster.slot_generations(), [3, 3, 3, 3]);
+    assert!(t.logged("rolled 4 workers to generation 3"));
+}
+
+#[test]
+fn processes_a_crashed_worker_leaves_in_its_group_are_stopped_then_killed() {
+    let mut t = running(1);
+    // The worker exits, its group lives on: its slot restarts at once, the group is stopped.
+    assert_eq!(t.leader_exit(Pid(100), 1), [term(Pid(100))]);
+    assert!(t.logged("w0 (pid 100) left processes behind in its group; stopping them"));
+    assert_eq!(
+        t.spawned.len(),
+        2,
+        "the crash restart does not wait for the leftovers"
+    );
+    t.ready(Pid(101));
+    assert_eq!(t.advance(t.cluster.config.kill_timeout), [kill(Pid(100))]);
+    assert!(t.logged("what is left of w0 (pid 100) did not stop within"));
+    assert_eq!(t.exit(Pid(100), 1), []);
+    assert_eq!(t.spawned.len(), 2, "the group's end is no second crash");
+}
+
+#[test]
+fn a_stopping_worker_s_group_keeps_its_deadline_and_the_master_waits_for_it() {
+    let mut t = running(1);
+    t.feed(Event::Stop { hard: false });
+    t.advance(ms(1000));
+    // The shell wrapper exits at once; the app behind it still drains.
+    assert_eq!(t.leader_exit(Pid(100), 143), [], "no second stop signal");
+    assert!(!t.log.iter().any(|a| matches!(a, Action::Exit(_))));
+    let rest = t.cluster.config.kill_timeout.checked_sub(ms(1000)).unwrap();
+    assert_eq!(t.advance(rest), [kill(Pid(100))]);
+    assert_eq!(
+        t.exit(Pid(100), 143),
+        [Action::Exit(ExitReason::Stopped)],
+        "the master ends once the group is gone"
+    );
+}
+
+#[test]
+fn a_hard_stop_kills_the_leftovers_of_groups_too() {
+    let mut t = running(2);
+    t.leader_exit(Pid(100), 1);
+    let out = t.feed(Event::Stop { hard: true });
+    assert!(out.contains(&kill(Pid(100))), "{out:?}");
+    assert!(out.contains(&kill(Pid(101))), "{out:?}");
+}
+
+#[test]
+fn counts_in_messages_are_plural_only_when_they_should_be() {
+    let mut t = Timeline::new(config(1));
+    t.feed(Event::Start);
+    t.ready(Pid(100));
+    assert!(t.logged("the worker is ready in"));
+    t.feed(Event::Stop { hard: false });
+    assert!(t.logged("stopping 1 worker"));
+    assert!(!t.logged("1 workers"));
+    // A stop with nothing running says no count at all.
+    let mut t = Timeline::new(config(1));
+    t.failing_slots = vec![0];
+    t.feed(Event::Start);
+    t.feed(Event::Stop { hard: true });
+    assert!(!t.logged("stopping 0 workers"), "{:?}", t.log);
 }
