@@ -1,9 +1,14 @@
-//! The only module allowed `unsafe`: fork/exec, fd placement, adopting inherited fds.
+//! The only module allowed `unsafe`: fork/exec, fd placement, adopting inherited fds, the guard
+//! that kills every worker's process group when the master dies.
 
 mod fd;
+#[cfg(feature = "master")]
+mod guard;
 #[cfg(feature = "master")]
 mod spawn;
 
 pub(crate) use fd::{AdoptedListener, adopt_listener, claim_inherited_fds};
+#[cfg(feature = "master")]
+pub(crate) use guard::Guard;
 #[cfg(feature = "master")]
 pub(crate) use spawn::{SpawnRequest, die_with_parent, spawn_worker};

@@ -29,6 +29,9 @@ pub(crate) struct SpawnRequest<'a> {
     pub(crate) env: &'a [CString],
     /// The fds the child gets at 0, 1, 2, 3, … (stdin, stdout, stderr, then the listeners).
     pub(crate) fds: &'a [BorrowedFd<'a>],
+    /// The master's guard pipe ([`Guard::fd`](super::Guard::fd)), or -1: the child announces
+    /// its process group there before exec.
+    pub(crate) guard_fd: RawFd,
 }
 
 /// Forks and execs a worker; returns its pid once `execve` succeeded, or the error of whatever
@@ -69,11 +72,12 @@ pub(crate) fn spawn_worker(request: &SpawnRequest<'_>) -> io::Result<i32> {
         mask: empty_mask.as_ref(),
         parent: c_int::try_from(parent).unwrap_or(c_int::MAX),
         error_fd: error_write.as_raw_fd(),
+        guard_fd: request.guard_fd,
     };
 
     // SAFETY: fork duplicates only the calling thread. The child runs `ChildPlan::exec`, which
-    // calls only async-signal-safe functions (setpgid, prctl, getppid, sigprocmask, signal,
-    // fcntl, dup2, syscall(close_range), getpid, execve, write, _exit) on memory allocated
+    // calls only async-signal-safe functions (fcntl, setpgid, getpid, write, prctl, getppid,
+    // sigprocmask, signal, dup2, syscall(close_range), execve, _exit) on memory allocated
     // before the fork, and never returns: it execs or `_exit`s. The parent continues normally.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -113,6 +117,7 @@ struct ChildPlan<'a> {
     mask: &'a libc::sigset_t,
     parent: c_int,
     error_fd: RawFd,
+    guard_fd: RawFd,
 }
 
 impl ChildPlan<'_> {
@@ -124,12 +129,30 @@ impl ChildPlan<'_> {
         // LISTEN_PID buffer has room for 20 digits and a NUL, `scratch` has one slot per
         // source fd. No allocation, no lock, no unwinding: every path ends in execve or _exit.
         unsafe {
-            // Our own process group, so a terminal's Ctrl-C reaches only the master.
-            if libc::setpgid(0, 0) != 0 {
-                self.fail();
+            let count = self.sources.len();
+            let above = c_int::try_from(count).unwrap_or(c_int::MAX).max(3);
+            // The error pipe and the guard pipe go above every target first: one sitting on a
+            // target's number (a process that had closed its low fds) would be overwritten by
+            // dup2 below, and an exec failure would then read as success.
+            let error_fd = libc::fcntl(self.error_fd, libc::F_DUPFD_CLOEXEC, above);
+            if error_fd < 0 {
+                fail(self.error_fd);
             }
+            let guard_fd = if self.guard_fd < 0 {
+                -1
+            } else {
+                libc::fcntl(self.guard_fd, libc::F_DUPFD_CLOEXEC, above)
+            };
+            // Our own process group, so a terminal's Ctrl-C reaches only the master, and the
+            // worker's whole tree can be signalled and killed as one.
+            if libc::setpgid(0, 0) != 0 {
+                fail(error_fd);
+            }
+            // Before anything else can go wrong, the guard learns of the group: however the
+            // master dies from now on, the group dies with it.
+            super::guard::announce(guard_fd);
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                self.fail();
+                fail(error_fd);
             }
             // The master may have died between fork and prctl: then nobody would kill us.
             if libc::getppid() != self.parent {
@@ -138,24 +161,22 @@ impl ChildPlan<'_> {
             // A clean start: no blocked signals, SIGPIPE back to its default (Rust ignores it,
             // and an ignored disposition survives exec).
             if libc::sigprocmask(libc::SIG_SETMASK, self.mask, std::ptr::null_mut()) != 0 {
-                self.fail();
+                fail(error_fd);
             }
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             // Move every source above the targets first, so that a source sitting on another
             // target's number is not overwritten; then dup2 into place (dup2 clears CLOEXEC).
-            let count = self.sources.len();
-            let above = c_int::try_from(count).unwrap_or(c_int::MAX).max(3);
             for (index, &source) in self.sources.iter().enumerate() {
                 let moved = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, above);
                 if moved < 0 {
-                    self.fail();
+                    fail(error_fd);
                 }
                 *self.scratch.add(index) = moved;
             }
             for index in 0..count {
                 let target = c_int::try_from(index).unwrap_or(c_int::MAX);
                 if libc::dup2(*self.scratch.add(index), target) < 0 {
-                    self.fail();
+                    fail(error_fd);
                 }
             }
             // Fds the master itself inherited without CLOEXEC must not reach the worker. Kernels
@@ -168,20 +189,21 @@ impl ChildPlan<'_> {
             );
             write_decimal(self.listen_pid_digits, libc::getpid());
             libc::execve(self.program, self.argv, self.envp);
-            self.fail();
+            fail(error_fd);
         }
     }
+}
 
-    /// Reports errno to the parent and exits.
-    fn fail(&self) -> ! {
-        // SAFETY: async-signal-safe calls only; the errno bytes live on this stack frame and
-        // `error_fd` is the pipe's write end, open in the child until exec.
-        unsafe {
-            let errno = *libc::__errno_location();
-            let bytes = errno.to_ne_bytes();
-            libc::write(self.error_fd, bytes.as_ptr().cast(), bytes.len());
-            libc::_exit(127);
-        }
+/// Reports errno to the parent through the error pipe's write end `error_fd` and exits; runs in
+/// the forked child.
+fn fail(error_fd: RawFd) -> ! {
+    // SAFETY: async-signal-safe calls only; the errno bytes live on this stack frame and
+    // `error_fd` is the pipe's write end, open in the child until exec.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let bytes = errno.to_ne_bytes();
+        libc::write(error_fd, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127);
     }
 }
 
