@@ -158,8 +158,9 @@ impl Supervisor<'_> {
         let mut changed = changed;
         if let Some(build) = dev.build.take() {
             // A save during a build: the build is stale, start over with both sets of changes.
-            // Its exit is reaped later as an unknown child, which the core ignores.
+            // Its exit is reaped later as a stray.
             let _ = killpg(NixPid::from_raw(build.running.pid), Signal::SIGKILL);
+            state.adopt_stray(build.running.pid);
             changed.extend(build.changed);
             changed.sort();
             changed.dedup();
@@ -179,7 +180,11 @@ impl Supervisor<'_> {
             let _ = console::Term::stderr().clear_screen();
         }
         match plan.start(console::colors_enabled_stderr()) {
-            Ok(running) => dev.build = Some(Build { running, changed }),
+            Ok(running) => {
+                // Its own group, killed with the workers' should the master die.
+                self.guard.watch(running.pid);
+                dev.build = Some(Build { running, changed });
+            }
             Err(error) => output::master_line(&format!("error: cannot start the build: {error}")),
         }
     }
@@ -239,7 +244,7 @@ impl Supervisor<'_> {
                 return;
             }
         }
-        if self.cluster.serving_generation() == 0 {
+        if self.cluster.serving_generation() == 0 || self.cluster.is_waiting() {
             output::master_line(&format!("built in {}", human_duration(built_in)));
             self.feed(state, Event::Start);
         } else {
@@ -255,6 +260,17 @@ impl Supervisor<'_> {
     pub(crate) fn roll_for(&mut self, state: &mut DriverState, reload: Reload) {
         // The core ignores a roll before its first generation and while it stops.
         if self.cluster.is_stopping() || self.cluster.serving_generation() == 0 {
+            return;
+        }
+        // The first generation never became ready: a new start, not a roll.
+        if self.cluster.is_waiting() {
+            if let Some(dev) = &self.dev {
+                output::master_line(&format!(
+                    "{} → starting again",
+                    dev.describe(&reload.changed)
+                ));
+            }
+            self.feed(state, Event::Start);
             return;
         }
         let rolling = self.cluster.is_rolling();
@@ -325,11 +341,7 @@ impl Supervisor<'_> {
                 end.size,
                 human_duration(end.elapsed)
             ),
-            Some(why) => write!(
-                line,
-                " → not rolled: {why}; generation {} keeps serving",
-                end.serving
-            ),
+            Some(why) => write!(line, " → not rolled: {why}; {}", end.keeps_serving()),
         };
         output::master_line(&line);
     }

@@ -29,7 +29,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
 use crate::builder::BuildPlan;
-use crate::cluster::{Backoff, Cluster, ClusterConfig, ExitReason};
+use crate::cluster::{Backoff, Cluster, ClusterConfig, ExitReason, NeverReady};
 use crate::config::{self, Error};
 use crate::dev::DevLoop;
 use crate::listener::{ListenAddr, Listener};
@@ -309,8 +309,18 @@ impl Master {
             backoff: Backoff::default(),
             start_attempts: 3,
             watchdog: self.watchdog,
+            // In dev mode the next save may fix a worker that never gets ready: wait for it.
+            never_ready: if quiet {
+                NeverReady::Wait
+            } else {
+                NeverReady::Exit
+            },
         });
+        // Forked before any worker, so that no worker is ever unknown to it.
+        let guard = crate::sys::Guard::start()
+            .map_err(|e| Error::io("cannot start the guard process", e))?;
         let supervisor = Supervisor {
+            guard,
             cluster,
             spec,
             listeners: &listeners,

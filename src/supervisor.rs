@@ -4,6 +4,11 @@
 //! [`Handle`](crate::master::Handle)) with the core's next deadline as timeout, turn what arrives
 //! into an [`Event`], hand it to [`Cluster::handle`], carry out the actions. A spawn is answered
 //! at once with `Spawned` or `SpawnFailed`.
+//!
+//! A worker is its process group: signals go to the group, and when the worker process exits
+//! while its group lives on, the core hears [`Event::LeaderExited`], and [`Event::Exited`] once
+//! the group is gone (polled with `kill(-pgid, 0)`). Only our own children are reaped, by pid
+//! (workers, builds); `waitpid(-1)` only when the master is PID 1, where every orphan is ours.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::CString;
@@ -27,7 +32,18 @@ use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
 use crate::notify::{self, NotifyDir, NotifySocket};
 use crate::output::{self, Stream, Tail};
-use crate::sys::{SpawnRequest, spawn_worker};
+use crate::sys::{Guard, SpawnRequest, spawn_worker};
+
+/// How often the groups of exited workers are checked for being gone.
+const GROUP_POLL: Duration = Duration::from_millis(50);
+
+/// After SIGKILL, how long a group may still seem to exist (zombies that nobody reaps: an
+/// init that does not reap) before it is taken for gone.
+const KILLED_GROUP_GRACE: Duration = Duration::from_secs(1);
+
+/// How many queued inputs are handled before a due deadline: a `READY=1` sent just before its
+/// deadline counts, while a stream of messages cannot starve the deadline.
+const QUEUED_BEFORE_DEADLINE: usize = 64;
 
 /// Everything that can wake the driver.
 #[derive(Debug)]
@@ -106,6 +122,8 @@ pub(crate) struct Supervisor<'a> {
     pub(crate) dev: Option<DevLoop>,
     /// Leave out per-worker detail lines (dev mode prints one line per reload).
     pub(crate) quiet: bool,
+    /// Kills every worker's group should the master die.
+    pub(crate) guard: Guard,
 }
 
 impl Supervisor<'_> {
@@ -116,6 +134,9 @@ impl Supervisor<'_> {
             workers: HashMap::new(),
             exited: VecDeque::new(),
             pids: HashMap::new(),
+            groups: HashMap::new(),
+            strays: Vec::new(),
+            reap_all: nix::unistd::getpid().as_raw() == 1,
             interrupts: 0,
             had_terminal: has_terminal(),
             exit: None,
@@ -129,14 +150,26 @@ impl Supervisor<'_> {
         }
         while state.exit.is_none() {
             let deadline = self.cluster.next_deadline();
-            // Due deadlines go first, so that a stream of messages cannot starve them.
             if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
-                self.feed(&mut state, Event::Tick);
+                for _ in 0..QUEUED_BEFORE_DEADLINE {
+                    let Ok(input) = self.inbox.try_recv() else {
+                        break;
+                    };
+                    self.dispatch(&mut state, input);
+                }
+                if state.exit.is_none() {
+                    self.feed(&mut state, Event::Tick);
+                }
                 continue;
             }
-            let input = match deadline {
-                Some(deadline) => {
-                    let timeout = deadline.saturating_duration_since(Instant::now());
+            let mut wake = deadline;
+            if !state.groups.is_empty() {
+                let poll = Instant::now() + GROUP_POLL;
+                wake = Some(wake.map_or(poll, |deadline| deadline.min(poll)));
+            }
+            let input = match wake {
+                Some(wake) => {
+                    let timeout = wake.saturating_duration_since(Instant::now());
                     match self.inbox.recv_timeout(timeout) {
                         Ok(input) => Some(input),
                         Err(RecvTimeoutError::Timeout) => None,
@@ -149,16 +182,9 @@ impl Supervisor<'_> {
                 },
             };
             match input {
-                None => self.feed(&mut state, Event::Tick),
-                Some(Input::Signal(signal)) => self.on_signal(&mut state, signal),
-                Some(Input::Notify { key, text }) => self.on_notify(&mut state, key, &text),
-                Some(Input::Control(control)) => match control {
-                    Control::Roll => self.roll_requested(&mut state),
-                    Control::Resize(size) => self.feed(&mut state, Event::Resize(size)),
-                    Control::Quit => self.feed(&mut state, Event::Stop { hard: false }),
-                    Control::QuitHard => self.feed(&mut state, Event::Stop { hard: true }),
-                },
-                Some(Input::Changed(paths)) => self.on_change(&mut state, paths),
+                // A deadline due now is handled at the top of the loop.
+                None => self.check_groups(&mut state),
+                Some(input) => self.dispatch(&mut state, input),
             }
         }
         let reason = state.exit.take().unwrap_or(ExitReason::Killed);
@@ -173,15 +199,32 @@ impl Supervisor<'_> {
         Ok(reason)
     }
 
+    fn dispatch(&mut self, state: &mut DriverState, input: Input) {
+        match input {
+            Input::Signal(signal) => self.on_signal(state, signal),
+            Input::Notify { key, text } => self.on_notify(state, key, &text),
+            Input::Control(control) => match control {
+                Control::Roll => self.roll_requested(state),
+                Control::Resize(size) => self.feed(state, Event::Resize(size)),
+                Control::Quit => self.feed(state, Event::Stop { hard: false }),
+                Control::QuitHard => self.feed(state, Event::Stop { hard: true }),
+            },
+            Input::Changed(paths) => self.on_change(state, paths),
+        }
+    }
+
     fn on_signal(&mut self, state: &mut DriverState, signal: i32) {
         let event = match signal {
             SIGCHLD => {
                 self.reap(state);
                 return;
             }
-            // The terminal the master ran in was closed: that hangup asks it to end, not to
-            // roll (a master left running without its terminal would hold the port forever).
-            SIGHUP if state.had_terminal && !has_terminal() => {
+            // `mcluster dev` is an interactive tool: when the terminal it ran in is closed, that
+            // hangup asks it to end (a dev master left running without its terminal would hold
+            // the port forever). A production master rolls on every HUP, as gunicorn and nginx
+            // do, whatever became of the terminal it was started from: a deploy's `kill -HUP`
+            // must never stop it.
+            SIGHUP if self.interactive() && state.had_terminal && !has_terminal() => {
                 output::master_line("the terminal hung up");
                 Event::Stop { hard: false }
             }
@@ -236,34 +279,89 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Collects every exited child: CHLD signals merge, so one may stand for many.
+    /// Whether this master is `mcluster dev` watching files (an interactive session).
+    fn interactive(&self) -> bool {
+        self.dev.as_ref().is_some_and(|dev| dev.watcher.is_some())
+    }
+
+    /// Collects every exited child of ours: CHLD signals merge, so one may stand for many. Only
+    /// our own children are waited for, by pid, so that a program embedding the master keeps
+    /// its own; as PID 1, every orphan is ours to reap.
     fn reap(&mut self, state: &mut DriverState) {
-        loop {
-            let end = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, ProcessEnd::Code(code)),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => {
-                    (pid, ProcessEnd::Signal(signal as i32))
+        if state.reap_all {
+            while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                match process_end(status) {
+                    Some((pid, end)) => self.child_exited(state, pid, end),
+                    None if status == WaitStatus::StillAlive => break,
+                    None => {}
                 }
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(_) => continue,
-            };
-            let (pid, end) = end;
-            if self.dev.as_ref().and_then(DevLoop::build_pid) == Some(pid.as_raw()) {
-                self.build_exited(state, end);
-                continue;
             }
-            if let Some(key) = state.pids.remove(&pid.as_raw())
-                && let Some(worker) = state.workers.remove(&key)
-            {
-                state.remember_exited(worker);
+        } else {
+            let mut ours: Vec<i32> = state.pids.keys().copied().collect();
+            ours.extend(self.dev.as_ref().and_then(DevLoop::build_pid));
+            ours.extend(state.strays.iter().copied());
+            for pid in ours {
+                if let Ok(status) = waitpid(NixPid::from_raw(pid), Some(WaitPidFlag::WNOHANG))
+                    && let Some((pid, end)) = process_end(status)
+                {
+                    self.child_exited(state, pid, end);
+                }
             }
-            self.feed(
-                state,
-                Event::Exited {
-                    pid: Pid(pid.as_raw()),
+        }
+        self.check_groups(state);
+    }
+
+    fn child_exited(&mut self, state: &mut DriverState, pid: i32, end: ProcessEnd) {
+        if self.dev.as_ref().and_then(DevLoop::build_pid) == Some(pid) {
+            self.guard.forget(pid);
+            self.build_exited(state, end);
+            return;
+        }
+        if let Some(index) = state.strays.iter().position(|&stray| stray == pid) {
+            state.strays.swap_remove(index);
+            self.guard.forget(pid);
+            return;
+        }
+        let Some(key) = state.pids.remove(&pid) else {
+            // An orphan reaped as PID 1: the core ignores pids it does not know.
+            self.feed(state, Event::Exited { pid: Pid(pid), end });
+            return;
+        };
+        if let Some(worker) = state.workers.remove(&key) {
+            state.remember_exited(worker);
+        }
+        if group_exists(pid) {
+            state.groups.insert(
+                pid,
+                Group {
                     end,
+                    killed_at: None,
                 },
             );
+            self.feed(state, Event::LeaderExited { pid: Pid(pid), end });
+        } else {
+            self.guard.forget(pid);
+            self.feed(state, Event::Exited { pid: Pid(pid), end });
+        }
+    }
+
+    /// The groups of exited workers that are gone now end for the core.
+    fn check_groups(&mut self, state: &mut DriverState) {
+        let gone: Vec<(i32, ProcessEnd)> = state
+            .groups
+            .iter()
+            .filter(|(pid, group)| {
+                !group_exists(**pid)
+                    || group
+                        .killed_at
+                        .is_some_and(|at| at.elapsed() >= KILLED_GROUP_GRACE)
+            })
+            .map(|(pid, group)| (*pid, group.end))
+            .collect();
+        for (pid, end) in gone {
+            state.groups.remove(&pid);
+            self.guard.forget(pid);
+            self.feed(state, Event::Exited { pid: Pid(pid), end });
         }
     }
 
@@ -286,7 +384,14 @@ impl Supervisor<'_> {
                             reason: error.to_string(),
                         },
                     }),
-                    Action::Signal { pid, kind } => self.send_signal(pid, kind),
+                    Action::Signal { pid, kind } => {
+                        if kind == StopKind::Kill
+                            && let Some(group) = state.groups.get_mut(&pid.0)
+                        {
+                            group.killed_at.get_or_insert_with(Instant::now);
+                        }
+                        self.send_signal(pid, kind);
+                    }
                     Action::Log(line) => output::master_line(&line),
                     Action::Detail(line) => {
                         if !self.quiet {
@@ -328,6 +433,21 @@ impl Supervisor<'_> {
         }
         let (stdout_read, stdout_write) = pipe()?;
         let (stderr_read, stderr_write) = pipe()?;
+        // The readers start before the fork: once a worker runs, nothing can fail that would
+        // leave it running untracked with the listeners. Should the spawn fail, dropping the
+        // write ends ends the readers.
+        let stderr_tail = Tail::default();
+        let silent = self.spec.silent;
+        let output = vec![
+            output::forward_lines(stdout_read, slot, Stream::Stdout, silent, None)?,
+            output::forward_lines(
+                stderr_read,
+                slot,
+                Stream::Stderr,
+                silent,
+                Some(stderr_tail.clone()),
+            )?,
+        ];
         let mut fds: Vec<BorrowedFd<'_>> = vec![
             state.devnull.as_fd(),
             stdout_write.as_fd(),
@@ -343,22 +463,11 @@ impl Supervisor<'_> {
             argv: &argv,
             env: &env,
             fds: &fds,
+            guard_fd: self.guard.fd(),
         })?;
         drop(fds);
         // The worker holds the write ends now; ours must close for the readers to see EOF.
         drop((stdout_write, stderr_write));
-        let stderr_tail = Tail::default();
-        let silent = self.spec.silent;
-        let output = vec![
-            output::forward_lines(stdout_read, slot, Stream::Stdout, silent, None)?,
-            output::forward_lines(
-                stderr_read,
-                slot,
-                Stream::Stderr,
-                silent,
-                Some(stderr_tail.clone()),
-            )?,
-        ];
         state.pids.insert(pid, key);
         state.workers.insert(
             key,
@@ -387,10 +496,10 @@ impl Supervisor<'_> {
         Ok(latest)
     }
 
-    /// Generations older than the serving one no longer start workers.
+    /// Generations older than every slot's no longer start workers.
     fn forget_old_generations(&mut self) {
-        let serving = self.cluster.serving_generation();
-        let newer = self.spec.generations.split_off(&serving);
+        let oldest = self.cluster.oldest_generation_in_use();
+        let newer = self.spec.generations.split_off(&oldest);
         let older = std::mem::replace(&mut self.spec.generations, newer);
         self.discard_unused_builds(older.into_values());
     }
@@ -398,10 +507,13 @@ impl Supervisor<'_> {
     fn send_signal(&self, pid: Pid, kind: StopKind) {
         let pid = NixPid::from_raw(pid.0);
         // ESRCH only means it is already gone; its exit is on the way as SIGCHLD.
-        let _ = match kind {
-            StopKind::Graceful => kill(pid, self.spec.stop_signal),
-            StopKind::Kill => killpg(pid, Signal::SIGKILL).or_else(|_| kill(pid, Signal::SIGKILL)),
+        // The whole group: a shell wrapper that does not `exec` passes nothing on, so the app
+        // behind it must hear the stop signal itself (as systemd's KillMode=control-group does).
+        let signal = match kind {
+            StopKind::Graceful => self.spec.stop_signal,
+            StopKind::Kill => Signal::SIGKILL,
         };
+        let _ = killpg(pid, signal).or_else(|_| kill(pid, signal));
     }
 
     fn notify_manager(&self, master_state: MasterState) {
@@ -428,7 +540,14 @@ impl Supervisor<'_> {
 pub(crate) struct DriverState {
     workers: HashMap<WorkerKey, RunningWorker>,
     exited: VecDeque<ExitedWorker>,
+    /// The running workers' pids.
     pids: HashMap<i32, WorkerKey>,
+    /// The process groups of exited workers that still have members, by the worker's pid.
+    groups: HashMap<i32, Group>,
+    /// Children that are no worker and no current build (a cancelled build), to reap.
+    strays: Vec<i32>,
+    /// The master is PID 1: every orphan in its namespace becomes its child, to reap.
+    reap_all: bool,
     interrupts: u32,
     /// Whether the master had a controlling terminal when it started.
     had_terminal: bool,
@@ -436,10 +555,23 @@ pub(crate) struct DriverState {
     devnull: File,
 }
 
+/// The rest of an exited worker's process group.
+struct Group {
+    /// How the worker itself ended.
+    end: ProcessEnd,
+    /// When SIGKILL was sent to the group.
+    killed_at: Option<Instant>,
+}
+
 /// How many exited workers' output threads and stderr tails are kept.
 const EXITED_KEPT: usize = 32;
 
 impl DriverState {
+    /// A child that is no worker (a cancelled build) is reaped when it exits.
+    pub(crate) fn adopt_stray(&mut self, pid: i32) {
+        self.strays.push(pid);
+    }
+
     fn remember_exited(&mut self, worker: RunningWorker) {
         if self.exited.len() == EXITED_KEPT {
             self.exited.pop_front();
@@ -481,6 +613,25 @@ fn wait_for_threads(threads: Vec<JoinHandle<()>>, deadline: Instant) {
             let _ = thread.join();
         }
     }
+}
+
+/// A reaped child's pid and how it ended; `None` for a stop or continue report.
+fn process_end(status: WaitStatus) -> Option<(i32, ProcessEnd)> {
+    match status {
+        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), ProcessEnd::Code(code))),
+        WaitStatus::Signaled(pid, signal, _) => {
+            Some((pid.as_raw(), ProcessEnd::Signal(signal as i32)))
+        }
+        _ => None,
+    }
+}
+
+/// Whether any process is left in the process group `pgid` (one of another user counts).
+fn group_exists(pgid: i32) -> bool {
+    !matches!(
+        killpg(NixPid::from_raw(pgid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 /// Whether this process has a controlling terminal (after a hangup it has none).

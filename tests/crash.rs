@@ -74,6 +74,7 @@ fn killed_worker_is_reported_and_restarted() {
 #[track_caller]
 fn restart_delay(line: &str) -> Duration {
     let text = line.rsplit_once("restarting in ").unwrap().1;
+    let text = text.split(' ').next().unwrap_or_default();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());

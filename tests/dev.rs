@@ -155,7 +155,7 @@ fn rolling_on_changes(size: usize, watched: &Path, script: &Script) -> Master {
         script.arg(),
     ])
     .start();
-    master.wait_for_stderr(&format!("mcluster: all {size} workers ready in "));
+    master.wait_for_stderr(&crate::support::all_ready(size));
     master
 }
 
@@ -363,7 +363,7 @@ fn a_save_during_a_build_restarts_it_and_one_roll_follows() {
         worker.to_str().unwrap(),
     ])
     .start();
-    master.wait_for_stderr("mcluster: all 1 workers ready in ");
+    master.wait_for_stderr(&crate::support::all_ready(1));
     let port = master.port();
 
     fs::remove_file(build.path("gate")).unwrap();

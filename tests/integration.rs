@@ -13,6 +13,9 @@
 //! - `crash`   restart after a crash, backoff of a crash loop, a first generation that never
 //!   becomes ready
 //! - `stop`    graceful and hard stops, the kill timeout, the stop signal, SIGKILL of the master
+//! - `tree`    a worker is its process tree: shell wrappers without `exec` and background
+//!   children through rolls, crashes, TTOU, stops and SIGKILL of the master; HUP after the
+//!   terminal closed; an aborted roll never empties a slot; an embedder's children stay its own
 //! - `errors`  bad input: one line, non-zero exit, nothing spawned or left behind
 //! - `output`  worker output prefixed by slot; `--silent`
 //! - `library` the master embedded in a program: its `Handle`, `on_message`, signals off
@@ -36,3 +39,4 @@ mod roll;
 mod start;
 mod stop;
 mod systemd;
+mod tree;

@@ -1,17 +1,16 @@
 //! Rolling restarts (SIGHUP): replacements first, no dropped request, aborted rolls, coalescing.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use nix::sys::signal::Signal;
 
-use crate::support::net::try_request;
+use crate::support::load::{Load, StopOnDrop};
 use crate::support::process::children_of;
 use crate::support::script::exec_line;
 use crate::support::{
-    Master, Reply, Script, Worker, echo, echo_pid, fixture, is_alive, pids, wait_served_by,
+    Master, Script, Worker, echo, echo_pid, fixture, is_alive, pids, wait_served_by,
 };
 
 /// Sends HUP and waits for the roll to generation `generation` to finish; returns its workers.
@@ -79,65 +78,6 @@ fn hup_replaces_every_worker_with_a_new_generation() {
 }
 
 /// Requests on fresh connections from several threads until stopped, recording every outcome.
-struct Load {
-    stop: AtomicBool,
-    answered: AtomicU64,
-    failures: Mutex<Vec<String>>,
-    generations: Mutex<BTreeSet<u64>>,
-}
-
-impl Load {
-    fn start(port: u16, loops: usize) -> (Arc<Self>, Vec<JoinHandle<()>>) {
-        let load = Arc::new(Self {
-            stop: AtomicBool::new(false),
-            answered: AtomicU64::new(0),
-            failures: Mutex::new(Vec::new()),
-            generations: Mutex::new(BTreeSet::new()),
-        });
-        let threads = (0..loops)
-            .map(|n| {
-                let load = Arc::clone(&load);
-                thread::spawn(move || load.run(port, n))
-            })
-            .collect();
-        (load, threads)
-    }
-
-    fn run(&self, port: u16, n: usize) {
-        for i in 0.. {
-            if self.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let line = format!("load {n}-{i}");
-            match try_request(port, &line).map(|reply| (Reply::parse(&reply), reply)) {
-                Ok((Some(reply), _)) if reply.echo == line => {
-                    self.generations.lock().unwrap().insert(reply.generation);
-                    self.answered.fetch_add(1, Ordering::SeqCst);
-                }
-                Ok((_, reply)) => self.fail(format!("{line}: wrong reply {reply:?}")),
-                Err(e) => self.fail(format!("{line}: {e}")),
-            }
-        }
-    }
-
-    fn fail(&self, failure: String) {
-        self.failures.lock().unwrap().push(failure);
-    }
-
-    fn failures(&self) -> Vec<String> {
-        self.failures.lock().unwrap().clone()
-    }
-}
-
-/// Stops the load threads when the test ends, even by a panic.
-struct StopOnDrop(Arc<Load>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.stop.store(true, Ordering::SeqCst);
-    }
-}
-
 /// Guarantees 1 and 2: ten rolls under load, and every request is answered.
 #[test]
 fn rolls_under_load_drop_no_request() {

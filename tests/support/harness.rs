@@ -290,11 +290,11 @@ impl Master {
             .unwrap_or_else(|| panic!("not a TCP address: {addr:?}"))
     }
 
-    /// Waits for `mcluster: all <size> workers ready`, then returns the workers announced so far
-    /// (one per slot, all of generation 1).
+    /// Waits for `mcluster: all <size> workers ready` (`the worker is ready` for one), then
+    /// returns the workers announced so far (one per slot, all of generation 1).
     #[track_caller]
     pub(crate) fn wait_ready(&self, size: usize) -> Vec<Worker> {
-        self.wait_for_stderr(&format!("mcluster: all {size} workers ready in "));
+        self.wait_for_stderr(&all_ready(size));
         let workers = self.generation(1);
         assert_eq!(
             workers.len(),
@@ -503,6 +503,15 @@ impl Drop for Master {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
+    }
+}
+
+/// The start of the line a master prints once its first generation is ready.
+pub(crate) fn all_ready(size: usize) -> String {
+    if size == 1 {
+        "mcluster: the worker is ready in ".to_owned()
+    } else {
+        format!("mcluster: all {size} workers ready in ")
     }
 }
 

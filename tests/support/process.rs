@@ -40,13 +40,37 @@ pub(crate) fn is_alive(pid: i32) -> bool {
     stat(pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X'))
 }
 
-/// The live children of `parent`.
+/// The live children of `parent`, but for a master's guard process (`mcluster-guard`).
 pub(crate) fn children_of(parent: i32) -> Vec<i32> {
+    every_child_of(parent)
+        .into_iter()
+        .filter(|&pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c != "mcluster-guard\n")
+        })
+        .collect()
+}
+
+/// The live processes whose process group is `pgid`.
+pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
+    live_pids()
+        .into_iter()
+        .filter(|&pid| stat(pid).is_some_and(|s| s.pgrp == pgid && s.state != 'Z'))
+        .collect()
+}
+
+fn live_pids() -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
+/// Every live child of `parent`, the guard included.
+pub(crate) fn every_child_of(parent: i32) -> Vec<i32> {
+    live_pids()
+        .into_iter()
         .filter(|&pid| stat(pid).is_some_and(|s| s.ppid == parent && s.state != 'Z'))
         .collect()
 }
