@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
@@ -26,7 +26,7 @@ use crate::cluster::{
 use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
 use crate::notify::{self, NotifyDir, NotifySocket};
-use crate::output::{self, Stream, Tail};
+use crate::output::{self, Tail, WorkerOutput};
 use crate::sys::{SpawnRequest, spawn_worker};
 
 /// Everything that can wake the driver.
@@ -326,13 +326,9 @@ impl Supervisor<'_> {
         for (name, value) in per_worker {
             env.push(CString::new(format!("{name}={value}")).map_err(io::Error::other)?);
         }
-        let (stdout_read, stdout_write) = pipe()?;
-        let (stderr_read, stderr_write) = pipe()?;
-        let mut fds: Vec<BorrowedFd<'_>> = vec![
-            state.devnull.as_fd(),
-            stdout_write.as_fd(),
-            stderr_write.as_fd(),
-        ];
+        let worker_output = WorkerOutput::new(self.spec.silent)?;
+        let mut fds: Vec<BorrowedFd<'_>> = vec![state.devnull.as_fd()];
+        fds.extend(worker_output.worker_fds());
         fds.extend(self.listeners.iter().map(AsFd::as_fd));
         let program = self.program_for(generation)?;
         let argv: Vec<CString> = std::iter::once(program.argv0.clone())
@@ -345,20 +341,7 @@ impl Supervisor<'_> {
             fds: &fds,
         })?;
         drop(fds);
-        // The worker holds the write ends now; ours must close for the readers to see EOF.
-        drop((stdout_write, stderr_write));
-        let stderr_tail = Tail::default();
-        let silent = self.spec.silent;
-        let output = vec![
-            output::forward_lines(stdout_read, slot, Stream::Stdout, silent, None)?,
-            output::forward_lines(
-                stderr_read,
-                slot,
-                Stream::Stderr,
-                silent,
-                Some(stderr_tail.clone()),
-            )?,
-        ];
+        let (stderr_tail, output) = worker_output.forward(slot)?;
         state.pids.insert(pid, key);
         state.workers.insert(
             key,
@@ -486,10 +469,6 @@ fn wait_for_threads(threads: Vec<JoinHandle<()>>, deadline: Instant) {
 /// Whether this process has a controlling terminal (after a hangup it has none).
 fn has_terminal() -> bool {
     File::open("/dev/tty").is_ok()
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
 /// Starts the thread that turns the master's signals into [`Input::Signal`]. CHLD is always

@@ -14,7 +14,8 @@
 //!   becomes ready
 //! - `stop`    graceful and hard stops, the kill timeout, the stop signal, SIGKILL of the master
 //! - `errors`  bad input: one line, non-zero exit, nothing spawned or left behind
-//! - `output`  worker output prefixed by slot; `--silent`
+//! - `output`  worker output prefixed by slot, long lines cut, the master's memory bounded;
+//!   `--silent` (workers write to /dev/null)
 //! - `library` the master embedded in a program: its `Handle`, `on_message`, signals off
 //! - `dev`     `mcluster dev` on a copy of the bundled example project: edits served, broken
 //!   builds keep the old generation, no failed request across reloads, `APP_ENV`, cancelled
