@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
@@ -31,7 +31,7 @@ use crate::cluster::{
 use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
 use crate::notify::{self, NotifyDir, NotifySocket};
-use crate::output::{self, Stream, Tail};
+use crate::output::{self, Tail, WorkerOutput};
 use crate::sys::{Guard, SpawnRequest, spawn_worker};
 
 /// How often the groups of exited workers are checked for being gone.
@@ -431,28 +431,11 @@ impl Supervisor<'_> {
         for (name, value) in per_worker {
             env.push(CString::new(format!("{name}={value}")).map_err(io::Error::other)?);
         }
-        let (stdout_read, stdout_write) = pipe()?;
-        let (stderr_read, stderr_write) = pipe()?;
         // The readers start before the fork: once a worker runs, nothing can fail that would
-        // leave it running untracked with the listeners. Should the spawn fail, dropping the
-        // write ends ends the readers.
-        let stderr_tail = Tail::default();
-        let silent = self.spec.silent;
-        let output = vec![
-            output::forward_lines(stdout_read, slot, Stream::Stdout, silent, None)?,
-            output::forward_lines(
-                stderr_read,
-                slot,
-                Stream::Stderr,
-                silent,
-                Some(stderr_tail.clone()),
-            )?,
-        ];
-        let mut fds: Vec<BorrowedFd<'_>> = vec![
-            state.devnull.as_fd(),
-            stdout_write.as_fd(),
-            stderr_write.as_fd(),
-        ];
+        // leave it running untracked with the listeners.
+        let (worker_output, stderr_tail, output) = WorkerOutput::start(self.spec.silent, slot)?;
+        let mut fds: Vec<BorrowedFd<'_>> = vec![state.devnull.as_fd()];
+        fds.extend(worker_output.worker_fds());
         fds.extend(self.listeners.iter().map(AsFd::as_fd));
         let program = self.program_for(generation)?;
         let argv: Vec<CString> = std::iter::once(program.argv0.clone())
@@ -467,7 +450,7 @@ impl Supervisor<'_> {
         })?;
         drop(fds);
         // The worker holds the write ends now; ours must close for the readers to see EOF.
-        drop((stdout_write, stderr_write));
+        drop(worker_output);
         state.pids.insert(pid, key);
         state.workers.insert(
             key,
@@ -637,10 +620,6 @@ fn group_exists(pgid: i32) -> bool {
 /// Whether this process has a controlling terminal (after a hangup it has none).
 fn has_terminal() -> bool {
     File::open("/dev/tty").is_ok()
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
 /// Starts the thread that turns the master's signals into [`Input::Signal`]. CHLD is always

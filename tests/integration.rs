@@ -17,7 +17,8 @@
 //!   children through rolls, crashes, TTOU, stops and SIGKILL of the master; HUP after the
 //!   terminal closed; an aborted roll never empties a slot; an embedder's children stay its own
 //! - `errors`  bad input: one line, non-zero exit, nothing spawned or left behind
-//! - `output`  worker output prefixed by slot; `--silent`
+//! - `output`  worker output prefixed by slot, long lines cut, the master's memory bounded;
+//!   `--silent` (workers write to /dev/null)
 //! - `library` the master embedded in a program: its `Handle`, `on_message`, signals off
 //! - `dev`     `mcluster dev` on a copy of the bundled example project: edits served, broken
 //!   builds keep the old generation, no failed request across reloads, `APP_ENV`, cancelled

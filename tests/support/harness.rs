@@ -2,7 +2,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write as _};
+use std::io::{self, BufRead, BufReader, Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -40,6 +40,8 @@ pub(crate) struct MasterBuilder {
     embedder: Option<OsString>,
     /// The master's working directory (default: the test's).
     current_dir: Option<PathBuf>,
+    /// Where the master's stdout goes instead of being collected.
+    stdout: Option<Stdio>,
 }
 
 impl MasterBuilder {
@@ -75,12 +77,20 @@ impl MasterBuilder {
             wrapper: None,
             embedder: None,
             current_dir: None,
+            stdout: None,
         }
     }
 
     /// Runs the master in `dir`.
     pub(crate) fn current_dir(mut self, dir: &Path) -> Self {
         self.current_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// Sends the master's stdout to `stdout` instead of collecting it, for output too big to
+    /// keep in the test's memory; [`Master::stdout_lines`] is then empty.
+    pub(crate) fn stdout(mut self, stdout: impl Into<Stdio>) -> Self {
+        self.stdout = Some(stdout.into());
         self
     }
 
@@ -126,7 +136,7 @@ impl MasterBuilder {
         command
             .args(&self.args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(self.stdout.unwrap_or_else(Stdio::piped))
             .stderr(Stdio::piped())
             // Whatever the master keeps on disk goes here, so tests can see what it leaves.
             .env("TMPDIR", tmp.path())
@@ -142,7 +152,11 @@ impl MasterBuilder {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {spawned}: {e}"));
         let stdin = child.stdin.take();
-        let stdout = Output::collect(child.stdout.take().unwrap(), None);
+        let stdout: Box<dyn Read + Send> = match child.stdout.take() {
+            Some(pipe) => Box::new(pipe),
+            None => Box::new(io::empty()),
+        };
+        let stdout = Output::collect(stdout, None);
         let workers = Arc::new(Mutex::new(Vec::new()));
         let stderr = Output::collect(child.stderr.take().unwrap(), Some(Arc::clone(&workers)));
         Master {
