@@ -321,8 +321,7 @@ impl SocketFile {
 /// The one-line reason a unix socket path is refused for its length.
 fn too_long(path: &Path) -> String {
     format!(
-        "the unix socket path {} is {} bytes, more than the {MAX_UNIX_PATH} a socket address holds",
-        path.display(),
+        "the path is {} bytes, more than the {MAX_UNIX_PATH} a unix socket address holds",
         path.as_os_str().len()
     )
 }
@@ -359,7 +358,7 @@ fn bind_unix(addr: &ListenAddr, path: &Path, mode: u32) -> Result<(OwnedFd, Sock
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(context(), e)),
         Ok(meta) if meta.file_type().is_socket() => match accepting(path) {
-            Ok(true) => return Err(Error::io(context(), io::ErrorKind::AddrInUse.into())),
+            Ok(true) => return Err(Error::io(context(), Errno::EADDRINUSE.into())),
             // A socket file nobody accepts on: left by a master that was killed.
             Ok(false) => fs::remove_file(path).map_err(|e| Error::io(context(), e))?,
             Err(e) => return Err(Error::io(context(), e)),
@@ -455,6 +454,7 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixListener;
 
     fn parse(text: &str) -> Result<ListenAddr, String> {
         text.parse()
@@ -556,5 +556,32 @@ mod tests {
         let second = Listener::bind(&addr).unwrap();
         drop(second);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_listener_removes_only_the_file_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let first = Listener::bind(&parse(&format!("unix:{}", path.display())).unwrap()).unwrap();
+        // Someone removed it by hand and made another socket there.
+        fs::remove_file(&path).unwrap();
+        let _other = UnixListener::bind(&path).unwrap();
+        drop(first);
+        assert!(path.exists(), "another's socket file was removed");
+    }
+
+    #[test]
+    fn a_path_too_long_is_named_when_the_address_is_built_directly() {
+        let path = PathBuf::from(format!("/tmp/{}", "s".repeat(103)));
+        let addr = ListenAddr {
+            name: None,
+            kind: ListenKind::Unix {
+                path: path.clone(),
+                mode: DEFAULT_UNIX_MODE,
+            },
+        };
+        let error = Listener::bind(&addr).unwrap_err().to_string();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert!(error.contains("108 bytes"), "{error}");
     }
 }
