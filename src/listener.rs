@@ -367,7 +367,7 @@ fn bind_unix(addr: &ListenAddr, path: &Path, mode: u32) -> Result<(OwnedFd, Sock
             return Err(Error::usage(format!(
                 "{}: the path exists and is {}, not a socket",
                 context(),
-                describe_file_type(&meta.file_type())
+                describe_file_type(meta.file_type())
             )));
         }
     }
@@ -382,11 +382,11 @@ fn bind_unix(addr: &ListenAddr, path: &Path, mode: u32) -> Result<(OwnedFd, Sock
     fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(|e| Error::io(context(), e.into()))?;
     let address = UnixAddr::new(path).map_err(|e| Error::io(context(), e.into()))?;
     bind(fd.as_raw_fd(), &address).map_err(|e| Error::io(context(), e.into()))?;
-    let made = fs::symlink_metadata(path).map_err(|e| Error::io(context(), e))?;
+    let bound = fs::symlink_metadata(path).map_err(|e| Error::io(context(), e))?;
     let file = SocketFile {
         path: path.to_owned(),
-        dev: made.dev(),
-        ino: made.ino(),
+        dev: bound.dev(),
+        ino: bound.ino(),
     };
     // From here on, an error removes the file (dropping `file` would need the lock we hold).
     let finish = || {
@@ -418,7 +418,7 @@ fn accepting(path: &Path) -> io::Result<bool> {
 }
 
 /// What a file that is not a socket is, in words.
-fn describe_file_type(kind: &fs::FileType) -> &'static str {
+fn describe_file_type(kind: fs::FileType) -> &'static str {
     if kind.is_file() {
         "a regular file"
     } else if kind.is_dir() {
