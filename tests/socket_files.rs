@@ -156,17 +156,50 @@ fn the_socket_mode_is_the_one_asked_for_whatever_the_umask() {
     }
 }
 
+/// `strace` arguments that make every `connect` of a master take 200 ms longer, if `strace` can
+/// trace here. `-D` keeps the master the process the harness spawned.
+fn slow_connect() -> Option<[&'static str; 8]> {
+    let args = [
+        "-D",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=connect",
+        "-e",
+        "inject=connect:delay_exit=200000",
+    ];
+    let works = std::process::Command::new("strace")
+        .args(args)
+        .arg("true")
+        .status()
+        .is_ok_and(|status| status.success());
+    works.then_some(args)
+}
+
 #[test]
 fn of_two_masters_racing_for_one_path_one_wins() {
-    for round in 0..8 {
+    // Each finds a stale socket, and with `slow_connect` takes its time to find it stale: time
+    // for the other to replace it first. (Without strace the race is real but rarely lost.)
+    let slow = slow_connect();
+    if slow.is_none() {
+        eprintln!("strace cannot trace here: racing without slowed connects");
+    }
+    for round in 0..5 {
         let dir = TempDir::new().unwrap();
         let path = dir.path().join("app.sock");
+        drop(UnixListener::bind(&path).unwrap());
         let listen = format!("unix:{}", path.display());
         let options = ["-l", &listen, "-n", "1"];
-        let masters = [
-            Master::start(&options, fixture("fixture-echo"), &[]),
-            Master::start(&options, fixture("fixture-echo"), &[]),
-        ];
+        let start = || {
+            let master = Master::builder(&options, fixture("fixture-echo"), &[]);
+            match &slow {
+                Some(args) => master.via("strace", args),
+                None => master,
+            }
+            .start()
+        };
+        let masters = [start(), start()];
         let failed = |master: &Master| {
             master
                 .stderr_lines()
@@ -191,7 +224,7 @@ fn of_two_masters_racing_for_one_path_one_wins() {
         let lines = loser.stderr_lines();
         assert_eq!(lines.len(), 1, "{}", loser.dump());
         assert!(
-            lines[0].contains(&listen) && lines[0].contains("address already in use"),
+            lines[0].contains(&listen) && lines[0].contains("in use"),
             "{lines:?}"
         );
         let reply = request_unix(&path, "who");
@@ -203,6 +236,47 @@ fn of_two_masters_racing_for_one_path_one_wins() {
             assert_eq!(names(master.tmpdir()), Vec::<String>::new());
         }
     }
+}
+
+#[test]
+fn a_socket_with_a_full_backlog_is_in_use_and_not_waited_on() {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, connect, listen, socket,
+    };
+    use std::os::fd::AsRawFd;
+    let worker = NoWorker::new();
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("busy.sock");
+    let listener = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    let address = UnixAddr::new(&path).unwrap();
+    bind(listener.as_raw_fd(), &address).unwrap();
+    listen(&listener, Backlog::new(1).unwrap()).unwrap();
+    // Connections nobody accepts, until one more would wait.
+    let mut pending = Vec::new();
+    loop {
+        let client = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .unwrap();
+        match connect(client.as_raw_fd(), &address) {
+            Ok(()) => pending.push(client),
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(e) => panic!("connect: {e}"),
+        }
+        assert!(pending.len() < 100, "the backlog never filled");
+    }
+    let listen = format!("unix:{}", path.display());
+    worker.rejects(worker.master(&["-l", &listen]), 1, &[&listen, "in use"]);
+    assert_eq!(names(dir.path()), ["busy.sock"]);
 }
 
 /// Runs `master` as `nobody` when the tests run as root, whom permissions do not stop.
