@@ -190,7 +190,8 @@ impl Listener {
         &self.shown
     }
 
-    /// Binds `addr`: `SO_REUSEADDR` (never `SO_REUSEPORT`), a large backlog, close-on-exec.
+    /// Binds `addr`: `SO_REUSEADDR` (never `SO_REUSEPORT`), a large backlog, close-on-exec; a
+    /// unix socket file as the module's doc says.
     pub fn bind(addr: &ListenAddr) -> Result<Self, Error> {
         let name = addr.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned());
         let context = || format!("cannot listen on {addr}");
@@ -382,22 +383,21 @@ fn bind_unix(addr: &ListenAddr, path: &Path, mode: u32) -> Result<(OwnedFd, Sock
     fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(|e| Error::io(context(), e.into()))?;
     let address = UnixAddr::new(path).map_err(|e| Error::io(context(), e.into()))?;
     bind(fd.as_raw_fd(), &address).map_err(|e| Error::io(context(), e.into()))?;
-    let bound = fs::symlink_metadata(path).map_err(|e| Error::io(context(), e))?;
-    let file = SocketFile {
-        path: path.to_owned(),
-        dev: bound.dev(),
-        ino: bound.ino(),
-    };
-    // From here on, an error removes the file (dropping `file` would need the lock we hold).
+    // From here on, an error removes the file (dropping a `SocketFile` would need our lock).
     let finish = || {
+        let bound = fs::symlink_metadata(path)?;
         fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
         listen(&fd, Backlog::MAXCONN)?;
-        io::Result::Ok(())
+        io::Result::Ok(SocketFile {
+            path: path.to_owned(),
+            dev: bound.dev(),
+            ino: bound.ino(),
+        })
     };
-    if let Err(e) = finish() {
+    let file = finish().map_err(|e| {
         let _ = fs::remove_file(path);
-        return Err(Error::io(context(), e));
-    }
+        Error::io(context(), e)
+    })?;
     Ok((fd, file))
 }
 
