@@ -67,8 +67,9 @@ pub struct ClusterArgs {
         long = "listen",
         value_name = "ADDR",
         value_parser = parse_listen,
-        help = "Address to listen on: HOST:PORT, [V6]:PORT, :PORT or unix:PATH, with an optional \
-                NAME= prefix for LISTEN_FDNAMES. Repeatable. [default: 127.0.0.1:3000]"
+        help = "Address to listen on: HOST:PORT, [V6]:PORT, :PORT or unix:PATH (socket mode 0600; \
+                unix,mode=0660:PATH sets another), with an optional NAME= prefix for \
+                LISTEN_FDNAMES. Repeatable. [default: 127.0.0.1:3000]"
     )]
     pub listen: Vec<ListenAddr>,
 

@@ -291,11 +291,11 @@ impl Master {
             // On an error, the listeners bound so far are dropped, which removes their files.
             listeners.push(Listener::bind(addr)?);
         }
+        // Before the listening lines: an unusable directory is then the one line of a failed start.
+        let notify_dir = NotifyDir::create()?;
         for listener in &listeners {
             output::master_line(&format!("listening on {}", listener.address()));
         }
-        let notify_dir = NotifyDir::create()
-            .map_err(|e| Error::io("cannot create the notify socket directory", e))?;
         let signals = watch_signals(self.events.clone(), self.signals)
             .map_err(|e| Error::io("cannot watch signals", e))?;
         let cluster = Cluster::new(ClusterConfig {

@@ -5,16 +5,48 @@
 //! trusting credentials. A message is newline-separated `KEY=VALUE` lines: `READY=1` marks the
 //! worker ready, `STATUS=…` is its status line, and every message is passed to the embedder's
 //! message handler.
+//!
+//! # The directory
+//!
+//! `mcluster-<pid>-<12 random hex digits>` in `$XDG_RUNTIME_DIR`, or without it in `$TMPDIR`
+//! (`/tmp`): made by `mkdir`, so a name someone else took first is never used (another one is
+//! drawn), and unpredictable, so nobody can take it first on purpose. It holds a marker file
+//! written at its creation, and is removed when the master exits. A master killed by SIGKILL
+//! cannot remove it, so each master first sweeps the directories of dead masters — only those it
+//! can prove are: the name's pattern, a directory (not a symlink) of our uid with mode 0700, the
+//! marker with its text, nothing else inside but notify sockets, none of them read, and the pid
+//! in the name not running. Anything else, such as a user's own `mcluster-1234`, stays.
 
-use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::fs;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::thread;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 
 use crate::cluster::WorkerKey;
+use crate::config::Error;
+use crate::listener::MAX_UNIX_PATH;
 use crate::supervisor::Input;
+
+/// The file that marks a directory as a master's notify directory.
+const MARKER: &str = "mcluster-notify";
+
+/// The marker's whole text.
+const MARKER_TEXT: &[u8] = b"notify sockets of an mcluster master, removed when it exits\n";
+
+/// The random part of a directory's name, in hex digits.
+const SUFFIX_DIGITS: usize = 12;
+
+/// The longest socket name the length check of a directory allows for (slot and key).
+const LONGEST_SOCKET_NAME: &str = "w9999-9999999999.sock";
 
 /// The master's private directory of notify sockets, removed when dropped.
 #[derive(Debug)]
@@ -23,24 +55,70 @@ pub(crate) struct NotifyDir {
 }
 
 impl NotifyDir {
-    /// Creates `mcluster-<pid>` (mode 0700) in `$XDG_RUNTIME_DIR` or the temp directory.
-    pub(crate) fn create() -> io::Result<Self> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|dir| dir.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        Self::create_in(&base)
+    /// Makes the directory (see the module's doc) in `$XDG_RUNTIME_DIR` or the temp directory.
+    pub(crate) fn create() -> Result<Self, Error> {
+        let (base, from) = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => (PathBuf::from(dir), "$XDG_RUNTIME_DIR"),
+            None if std::env::var_os("TMPDIR").is_some_and(|d| !d.is_empty()) => {
+                (std::env::temp_dir(), "$TMPDIR")
+            }
+            None => (PathBuf::from("/tmp"), "the default temp directory"),
+        };
+        Self::create_in(&base).map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot make the notify socket directory in {} ({from})",
+                    base.display()
+                ),
+                e,
+            )
+        })
     }
 
     fn create_in(base: &Path) -> io::Result<Self> {
-        remove_dead_masters_dirs(base);
-        let path = base.join(format!("mcluster-{}", std::process::id()));
-        // A directory of a dead master whose pid we reuse.
-        if path.exists() {
-            std::fs::remove_dir_all(&path)?;
+        // Workers may change directory: their NOTIFY_SOCKET must not be relative.
+        let base = std::path::absolute(base)?;
+        if !fs::metadata(&base)?.is_dir() {
+            return Err(io::ErrorKind::NotADirectory.into());
         }
-        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        Ok(Self { path })
+        let pid = std::process::id();
+        let name = |suffix: u64| format!("mcluster-{pid}-{suffix:0SUFFIX_DIGITS$x}");
+        let longest = base.join(name(0)).join(LONGEST_SOCKET_NAME);
+        if longest.as_os_str().len() > MAX_UNIX_PATH {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidFilename,
+                format!(
+                    "the path is too long: a notify socket's path in it would be {} bytes, more \
+                     than the {MAX_UNIX_PATH} a socket address holds",
+                    longest.as_os_str().len()
+                ),
+            ));
+        }
+        for attempt in 0..16 {
+            let path = base.join(name(random_suffix(attempt)));
+            match fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+            // From here on, an error removes the directory.
+            let dir = Self { path };
+            // The umask may have taken the owner's bits too.
+            fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o700))?;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.path.join(MARKER))?
+                .write_all(MARKER_TEXT)?;
+            // The new directory's owner is the uid whose directories are ours to sweep.
+            remove_dead_masters_dirs(&base, fs::metadata(&dir.path)?.uid());
+            return Ok(dir);
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "every name drawn for it was taken",
+        ))
     }
 
     /// Binds a worker's socket and starts the thread that forwards its messages.
@@ -60,41 +138,91 @@ impl NotifyDir {
     }
 }
 
-/// A master killed by SIGKILL cannot remove its directory: the next master removes the
-/// directories of masters that no longer run (those it may remove: its user's).
-fn remove_dead_masters_dirs(base: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else {
+/// Random bits for a directory's name: std's `RandomState` keys come from the OS's random source.
+fn random_suffix(attempt: u32) -> u64 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(attempt);
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos()),
+    );
+    hasher.finish() & ((1 << (4 * SUFFIX_DIGITS)) - 1)
+}
+
+/// Removes the directories of masters killed before they could (see the module's doc).
+fn remove_dead_masters_dirs(base: &Path, uid: u32) {
+    let Ok(entries) = fs::read_dir(base) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|name| name.strip_prefix("mcluster-"))
-            .and_then(|pid| pid.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let gone = matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        );
-        // A master in another PID namespace sharing this directory looks dead from here: its
-        // sockets still have a reader, though.
-        if gone && !has_live_socket(&entry.path()) {
-            let _ = std::fs::remove_dir_all(entry.path());
+        if let Some(sockets) = dead_masters_dir(&entry, uid) {
+            for socket in sockets {
+                let _ = fs::remove_file(socket);
+            }
+            let _ = fs::remove_file(entry.path().join(MARKER));
+            // Not `remove_dir_all`: whatever appeared in the meantime stays, and so does the
+            // directory.
+            let _ = fs::remove_dir(entry.path());
         }
     }
 }
 
-/// Whether a notify socket in `dir` still has a reader.
-fn has_live_socket(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries
-        .flatten()
-        .any(|entry| UnixDatagram::unbound().is_ok_and(|probe| probe.connect(entry.path()).is_ok()))
+/// The sockets in `entry` if it is provably the notify directory of a master that is gone.
+fn dead_masters_dir(entry: &fs::DirEntry, uid: u32) -> Option<Vec<PathBuf>> {
+    let name = entry.file_name();
+    let (pid, suffix) = name.to_str()?.strip_prefix("mcluster-")?.split_once('-')?;
+    if !is_decimal(pid)
+        || suffix.len() != SUFFIX_DIGITS
+        || !suffix
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return None;
+    }
+    // `DirEntry::metadata` does not follow a symlink.
+    let meta = entry.metadata().ok()?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o7777 != 0o700 {
+        return None;
+    }
+    let pid = Pid::from_raw(pid.parse().ok()?);
+    if kill(pid, None) != Err(Errno::ESRCH) {
+        return None;
+    }
+    let mut marked = false;
+    let mut sockets = Vec::new();
+    for inner in fs::read_dir(entry.path()).ok()? {
+        let inner = inner.ok()?;
+        let kind = inner.file_type().ok()?;
+        let name = inner.file_name();
+        match name.to_str()? {
+            MARKER if kind.is_file() => {
+                marked = fs::read(inner.path()).ok()? == MARKER_TEXT;
+            }
+            name if kind.is_socket() && is_socket_name(name) => sockets.push(inner.path()),
+            _ => return None,
+        }
+    }
+    // A master in another PID namespace sharing this directory looks dead from here: its
+    // sockets still have a reader, though.
+    (marked && !sockets.iter().any(|socket| has_reader(socket))).then_some(sockets)
+}
+
+fn is_decimal(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `name` is the name of a notify socket: `w<slot>-<n>.sock`.
+fn is_socket_name(name: &str) -> bool {
+    name.strip_prefix('w')
+        .and_then(|rest| rest.strip_suffix(".sock"))
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(slot, key)| is_decimal(slot) && is_decimal(key))
+}
+
+/// Whether the notify socket at `path` still has a reader.
+fn has_reader(path: &Path) -> bool {
+    UnixDatagram::unbound().is_ok_and(|probe| probe.connect(path).is_ok())
 }
 
 impl Drop for NotifyDir {
@@ -186,30 +314,116 @@ mod tests {
         assert!(!dir_path.exists());
     }
 
+    /// A directory as a master makes it in `base`, with a stale socket inside.
+    fn made_by_a_master(base: &Path, pid: u32, suffix: &str) -> PathBuf {
+        let dir = base.join(format!("mcluster-{pid}-{suffix}"));
+        fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(dir.join(MARKER), MARKER_TEXT).unwrap();
+        drop(UnixDatagram::bind(dir.join("w0-1.sock")).unwrap());
+        dir
+    }
+
     #[test]
-    fn directories_of_dead_masters_are_removed() {
+    fn only_provably_dead_masters_directories_are_removed() {
         let base = tempfile::tempdir().unwrap();
+        let base = base.path();
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
-        let stale = base.path().join(format!("mcluster-{dead}"));
-        std::fs::create_dir(&stale).unwrap();
-        drop(UnixDatagram::bind(stale.join("w0-1.sock")).unwrap());
+        let stale = made_by_a_master(base, dead, "0123456789ab");
+        let mut kept = Vec::new();
         // A master in another PID namespace: its pid means nothing here, its socket is read.
-        let elsewhere = base.path().join(format!("mcluster-{}", i32::MAX));
-        std::fs::create_dir(&elsewhere).unwrap();
-        let _reader = UnixDatagram::bind(elsewhere.join("w0-1.sock")).unwrap();
-        // A live master's (this process's parent stands in for one) is left alone.
-        let live = base
-            .path()
-            .join(format!("mcluster-{}", std::os::unix::process::parent_id()));
-        std::fs::create_dir(&live).unwrap();
-        let unrelated = base.path().join("mcluster-notes");
-        std::fs::create_dir(&unrelated).unwrap();
-        let dir = NotifyDir::create_in(base.path()).unwrap();
+        let elsewhere = made_by_a_master(base, i32::MAX.cast_unsigned(), "0123456789ab");
+        let _reader = UnixDatagram::bind(elsewhere.join("w1-2.sock")).unwrap();
+        kept.push(elsewhere);
+        // A live master's (this process's parent stands in for one).
+        kept.push(made_by_a_master(
+            base,
+            std::os::unix::process::parent_id(),
+            "0123456789ab",
+        ));
+        // A user's own directories, named like ours.
+        let users = base.join(format!("mcluster-{dead}"));
+        fs::create_dir(&users).unwrap();
+        fs::write(users.join("Cargo.toml"), "[package]").unwrap();
+        kept.push(users.clone());
+        let with_more = made_by_a_master(base, dead, "00000000000a");
+        fs::write(with_more.join("notes.txt"), "mine").unwrap();
+        kept.push(with_more);
+        let unmarked = made_by_a_master(base, dead, "00000000000b");
+        fs::remove_file(unmarked.join(MARKER)).unwrap();
+        kept.push(unmarked);
+        let other_text = made_by_a_master(base, dead, "00000000000c");
+        fs::write(other_text.join(MARKER), "something else").unwrap();
+        kept.push(other_text);
+        let open_mode = made_by_a_master(base, dead, "00000000000d");
+        fs::set_permissions(&open_mode, fs::Permissions::from_mode(0o755)).unwrap();
+        kept.push(open_mode);
+        let upper_case = made_by_a_master(base, dead, "00000000000E");
+        kept.push(upper_case);
+        // A symlink to a directory that would qualify, and that directory.
+        let elsewhere_base = tempfile::tempdir().unwrap();
+        let target = made_by_a_master(elsewhere_base.path(), dead, "00000000000f");
+        let link = base.join(format!("mcluster-{dead}-000000000010"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        kept.push(link);
+        // Another user's (root can hand it over; anyone else skips this case).
+        let others = made_by_a_master(base, dead, "000000000011");
+        if std::os::unix::fs::chown(&others, Some(65534), None).is_ok() {
+            kept.push(others);
+        } else {
+            fs::remove_dir_all(&others).unwrap();
+        }
+
+        let dir = NotifyDir::create_in(base).unwrap();
         assert!(!stale.exists(), "a dead master's directory is removed");
-        assert!(live.exists() && unrelated.exists() && elsewhere.exists());
+        for path in &kept {
+            assert!(
+                fs::symlink_metadata(path).is_ok(),
+                "{} removed",
+                path.display()
+            );
+        }
+        assert!(target.join(MARKER).exists() && target.join("w0-1.sock").exists());
+        assert_eq!(
+            fs::read_to_string(users.join("Cargo.toml")).unwrap(),
+            "[package]"
+        );
         assert!(dir.path.is_dir());
+        let name = dir.path.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(
+            name.starts_with(&format!("mcluster-{}-", std::process::id())),
+            "{name}"
+        );
+        let mode = fs::metadata(&dir.path).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o700, "{mode:o}");
+        assert_eq!(fs::read(dir.path.join(MARKER)).unwrap(), MARKER_TEXT);
+        // The name is drawn anew each time.
+        let again = NotifyDir::create_in(base).unwrap();
+        assert_ne!(again.path, dir.path);
+    }
+
+    #[test]
+    fn an_unusable_base_is_an_error() {
+        let base = tempfile::tempdir().unwrap();
+        let file = base.path().join("file");
+        fs::write(&file, "").unwrap();
+        let long = base.path().join("d".repeat(100));
+        fs::create_dir(&long).unwrap();
+        for (path, words) in [
+            (base.path().join("missing"), "no such file"),
+            (file, "not a directory"),
+            (long, "too long"),
+        ] {
+            let error = NotifyDir::create_in(&path).unwrap_err().to_string();
+            assert!(
+                error.to_lowercase().contains(words),
+                "{}: {error}",
+                path.display()
+            );
+        }
+        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 2);
     }
 
     #[test]

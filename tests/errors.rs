@@ -166,3 +166,103 @@ fn bad_duration() {
     let args = scene.start(&["-l", &unix, "--kill-timeout", "5x"]);
     scene.rejects(&args, None, &["--kill-timeout", "5x"]);
 }
+
+/// What a file is, to show it untouched: type and mode, inode, and its content, target or
+/// entries.
+fn describe_file(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(path).unwrap();
+    let what = if meta.is_symlink() {
+        fs::read_link(path).unwrap().display().to_string()
+    } else if meta.is_file() {
+        fs::read_to_string(path).unwrap()
+    } else if meta.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        format!("{names:?}")
+    } else {
+        String::new()
+    };
+    format!("{:o} {} {what}", meta.mode(), meta.ino())
+}
+
+#[test]
+fn unix_path_that_is_not_a_socket_is_left_alone() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let scene = Scene::new();
+    let files = tempfile::TempDir::new().unwrap();
+    let file = files.path().join("config.toml");
+    fs::write(&file, "port = 1\n").unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+    let fifo = files.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let dir = files.path().join("dir");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("inside"), "x").unwrap();
+    let link = files.path().join("link");
+    symlink(&file, &link).unwrap();
+    let dangling = files.path().join("dangling");
+    symlink(files.path().join("nowhere"), &dangling).unwrap();
+    let paths = [&file, &fifo, &dir, &link, &dangling];
+    let before: Vec<String> = paths.iter().map(|p| describe_file(p)).collect();
+    for (path, what) in paths.iter().zip([
+        "a regular file",
+        "a FIFO",
+        "a directory",
+        "a symbolic link",
+        "a symbolic link",
+    ]) {
+        let listen = format!("unix:{}", path.display());
+        let args = scene.start(&["-l", &listen]);
+        scene.rejects(&args, Some(2), &[&listen, what]);
+    }
+    let after: Vec<String> = paths.iter().map(|p| describe_file(p)).collect();
+    assert_eq!(after, before);
+}
+
+#[test]
+fn unix_socket_in_use_is_left_alone() {
+    use crate::support::net::request_unix;
+    use crate::support::{Master, fixture};
+    let scene = Scene::new();
+    let sockets = tempfile::TempDir::new().unwrap();
+    // A plain listener, not a master's.
+    let plain = sockets.path().join("plain.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&plain).unwrap();
+    let before = describe_file(&plain);
+    let listen = format!("unix:{}", plain.display());
+    scene.rejects(
+        &scene.start(&["-l", &listen]),
+        Some(1),
+        &[&listen, "in use"],
+    );
+    assert_eq!(describe_file(&plain), before);
+    // Another master's: it keeps serving on it.
+    let served = sockets.path().join("served.sock");
+    let listen = format!("unix:{}", served.display());
+    let (_master, workers) =
+        Master::start_ready(&["-l", &listen, "-n", "1"], fixture("fixture-echo"), &[], 1);
+    let before = describe_file(&served);
+    scene.rejects(
+        &scene.start(&["-l", &listen]),
+        Some(1),
+        &[&listen, "in use"],
+    );
+    assert_eq!(describe_file(&served), before);
+    let reply = request_unix(&served, "still here");
+    assert!(
+        reply.starts_with(&format!("pid={} ", workers[0].pid)),
+        "{reply:?}"
+    );
+}
+
+#[test]
+fn unix_path_too_long() {
+    let scene = Scene::new();
+    let path = scene.script.dir().join("s".repeat(108));
+    let listen = format!("unix:{}", path.display());
+    scene.rejects(&scene.start(&["-l", &listen]), Some(2), &[&listen, "107"]);
+}

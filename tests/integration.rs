@@ -19,6 +19,8 @@
 //! - `errors`  bad input: one line, non-zero exit, nothing spawned or left behind
 //! - `output`  worker output prefixed by slot, long lines cut, the master's memory bounded;
 //!   `--silent` (workers write to /dev/null)
+//! - `socket_files` unix socket files (only a stale one replaced, the mode, racing masters, OS
+//!   refusals) and the notify directory in `$TMPDIR` (swept after a killed master, with proof)
 //! - `library` the master embedded in a program: its `Handle`, `on_message`, signals off
 //! - `dev`     `mcluster dev` on a copy of the bundled example project: edits served, broken
 //!   builds keep the old generation, no failed request across reloads, `APP_ENV`, cancelled
@@ -37,6 +39,7 @@ mod library;
 mod output;
 mod resize;
 mod roll;
+mod socket_files;
 mod start;
 mod stop;
 mod systemd;
