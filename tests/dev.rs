@@ -526,3 +526,41 @@ fn a_change_during_a_roll_is_rolled_next_and_each_reload_reports_its_own_files()
     master.wait_for_stderr("mcluster: roll requested → rolled 1 workers in ");
     assert_eq!(echo(port, "x").generation, 4, "{}", master.dump());
 }
+
+/// `rm -rf` of a watched directory is said, and so is its return; an edit in it then reloads.
+fn a_removed_watched_directory_is_watched_again(poll: &[&str]) {
+    let project = TempDir::new().unwrap();
+    let extra = project.path().join("extra");
+    fs::create_dir(&extra).unwrap();
+    fs::write(extra.join("a.rs"), "fn a() {}").unwrap();
+    let worker = fixture("fixture-echo");
+    let mut args = vec!["-n", "1", "-w", "extra"];
+    args.extend(poll);
+    args.extend(["--no-build", "--", worker.to_str().unwrap()]);
+    let master = dev_with(&args).current_dir(project.path()).start();
+    master.wait_for_stderr("mcluster: all 1 workers ready in ");
+    let port = master.port();
+
+    fs::remove_dir_all(&extra).unwrap();
+    master.wait_for_stderr(
+        "mcluster: watched directory extra was removed; waiting for it to come back",
+    );
+    // Its files are gone: that is a change.
+    master.wait_for_stderr("mcluster: a.rs changed → rolled 1 workers in ");
+    fs::create_dir(&extra).unwrap();
+    master.wait_for_stderr("mcluster: watched directory extra is back; watching it again");
+    fs::write(extra.join("b.rs"), "fn b() {}").unwrap();
+    master.wait_for_stderr("mcluster: b.rs changed → rolled 1 workers in ");
+    assert_eq!(echo(port, "x").generation, 3, "{}", master.dump());
+    assert_eq!(count(&master, "was removed"), 1, "{}", master.dump());
+}
+
+#[test]
+fn a_watched_directory_removed_and_made_again_is_watched_again() {
+    a_removed_watched_directory_is_watched_again(&[]);
+}
+
+#[test]
+fn a_watched_directory_removed_and_made_again_is_watched_again_when_polling() {
+    a_removed_watched_directory_is_watched_again(&["--poll=100ms"]);
+}
