@@ -93,7 +93,7 @@ impl DevLoop {
                     .roots
                     .iter()
                     .find_map(|root| path.strip_prefix(root).ok());
-                relative.unwrap_or(path).display().to_string()
+                quoted_if_needed(&relative.unwrap_or(path).display().to_string())
             })
             .collect();
         match changed.len() {
@@ -335,7 +335,63 @@ impl Supervisor<'_> {
     }
 }
 
+/// A file name as it can go into one line: quoted and escaped as `{:?}` does when it holds a
+/// character that would break the line or hide (a newline, a control character, an invisible
+/// format character); as it is otherwise, quotes and backslashes included.
+fn quoted_if_needed(name: &str) -> String {
+    let needs_quotes = name
+        .chars()
+        .any(|c| !matches!(c, '"' | '\\' | '\'') && c.escape_debug().nth(1).is_some());
+    if needs_quotes {
+        format!("{name:?}")
+    } else {
+        name.to_owned()
+    }
+}
+
 fn c_path(path: &Path) -> CString {
     // Paths from the OS and cargo's JSON never contain NUL.
     CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev_loop() -> DevLoop {
+        DevLoop::new(None, false, vec![PathBuf::from("/p")])
+    }
+
+    #[test]
+    fn a_name_with_a_newline_or_control_character_is_quoted_in_the_one_line() {
+        let dev = dev_loop();
+        let line = dev.describe(&[
+            PathBuf::from("/p/src/a\nb.rs"),
+            PathBuf::from("/p/src/tab\there.rs"),
+            PathBuf::from("/p/src/esc\u{1b}[31m.rs"),
+        ]);
+        assert_eq!(
+            line,
+            r#""src/a\nb.rs", "src/tab\there.rs", "src/esc\u{1b}[31m.rs" changed"#
+        );
+        assert!(!line.contains('\n'));
+        assert_eq!(
+            dev.describe(&[PathBuf::from("/p/src/\u{202e}sr.rs")]),
+            r#""src/\u{202e}sr.rs" changed"#
+        );
+    }
+
+    #[test]
+    fn ordinary_names_are_shown_as_they_are() {
+        let dev = dev_loop();
+        assert_eq!(
+            dev.describe(&[
+                PathBuf::from("/p/src/main.rs"),
+                PathBuf::from("/p/it's \"ok\" é.rs"),
+                PathBuf::from("/elsewhere/x.rs"),
+                PathBuf::from("/p/d.rs"),
+            ]),
+            r#"src/main.rs, it's "ok" é.rs, /elsewhere/x.rs and 1 more changed"#
+        );
+    }
 }
