@@ -39,6 +39,9 @@ pub(crate) struct DevLoop {
     /// the core queues at most one roll).
     reloads: VecDeque<Reload>,
     copies: u64,
+    /// A build succeeded: its options are good for this project, so a later failure is the
+    /// project's, which a save can fix.
+    built_once: bool,
 }
 
 struct Build {
@@ -74,6 +77,7 @@ impl DevLoop {
             build: None,
             reloads: VecDeque::new(),
             copies: 0,
+            built_once: false,
         }
     }
 
@@ -164,11 +168,11 @@ impl Supervisor<'_> {
             changed.sort();
             changed.dedup();
         }
-        self.start_build(changed);
+        self.start_build(state, changed);
     }
 
     /// Starts a build for these changes (none: the initial build).
-    pub(crate) fn start_build(&mut self, changed: Vec<PathBuf>) {
+    pub(crate) fn start_build(&mut self, state: &mut DriverState, changed: Vec<PathBuf>) {
         let Some(dev) = &mut self.dev else {
             return;
         };
@@ -180,7 +184,24 @@ impl Supervisor<'_> {
         }
         match plan.start(console::colors_enabled_stderr()) {
             Ok(running) => dev.build = Some(Build { running, changed }),
-            Err(error) => output::master_line(&format!("error: cannot start the build: {error}")),
+            Err(error) => {
+                let program = plan.program();
+                let why = if error.kind() == std::io::ErrorKind::NotFound {
+                    format!("{program} is not installed or not in PATH")
+                } else {
+                    format!("{program}: {error}")
+                };
+                // Before any build succeeded, no save can make the build program appear.
+                if dev.watcher.is_none() || !dev.built_once {
+                    output::master_line(&format!("error: cannot run the build: {why}"));
+                    state.exit = Some(ExitReason::BuildFailed);
+                } else {
+                    let serving = self.cluster.serving_generation();
+                    output::master_line(&format!(
+                        "error: cannot run the build: {why}; generation {serving} keeps serving"
+                    ));
+                }
+            }
         }
     }
 
@@ -195,12 +216,23 @@ impl Supervisor<'_> {
         let built_in = build.running.started.elapsed();
         let what = dev.describe(&build.changed);
         let serving = self.cluster.serving_generation();
-        let keeps = if serving == 0 {
+        let keeps = if serving == 0 && dev.watcher.is_none() {
+            "nothing rebuilds in production mode".to_owned()
+        } else if serving == 0 {
             "no generation is serving yet; save a fix to retry".to_owned()
         } else {
             format!("generation {serving} keeps serving")
         };
+        let messages = build.running.messages();
         let (ProcessEnd::Code(0), Some(plan)) = (&end, dev.plan.clone()) else {
+            let refused = (dev.watcher.is_some() && !dev.built_once)
+                .then(|| dev.plan.as_ref()?.refused_option(&messages))
+                .flatten();
+            if let Some(culprit) = refused {
+                output::master_line(&format!("error: {culprit}"));
+                state.exit = Some(ExitReason::BuildFailed);
+                return;
+            }
             let failed = format!("build failed ({end}) after {}", human_duration(built_in));
             if build.changed.is_empty() {
                 output::master_line(&format!("{failed}; {keeps}"));
@@ -210,10 +242,11 @@ impl Supervisor<'_> {
             self.end_if_nothing_can_fix_it(state);
             return;
         };
-        let executable = plan.executable(build.running);
+        let executable = plan.executable(&messages);
         match executable {
             Ok(Some(path)) => match dev.keep_executable(&path) {
                 Ok(kept) => {
+                    dev.built_once = true;
                     let argv0 = path
                         .file_name()
                         .map_or_else(|| kept.as_os_str().to_owned(), ToOwned::to_owned);
@@ -232,7 +265,7 @@ impl Supervisor<'_> {
                     return;
                 }
             },
-            Ok(None) => {}
+            Ok(None) => dev.built_once = true,
             Err(why) => {
                 output::master_line(&format!("{what} → {why}; {keeps}"));
                 self.end_if_nothing_can_fix_it(state);

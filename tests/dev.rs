@@ -83,8 +83,13 @@ impl Project {
 
     /// `mcluster dev` on this project, 2 workers, on a free port.
     fn master(&self) -> MasterBuilder {
+        self.master_with(&[])
+    }
+
+    /// `mcluster dev` on this project, 2 workers, on a free port, with more options.
+    fn master_with(&self, options: &[&str]) -> MasterBuilder {
         let manifest = self.manifest();
-        MasterBuilder::raw(&[
+        let mut args = vec![
             "dev",
             "-l",
             "127.0.0.1:0",
@@ -92,9 +97,11 @@ impl Project {
             "2",
             "--manifest-path",
             manifest.to_str().unwrap(),
-        ])
-        .env("CARGO_TARGET_DIR", shared_target())
-        .env("APP_ENV", "dev")
+        ];
+        args.extend(options);
+        MasterBuilder::raw(&args)
+            .env("CARGO_TARGET_DIR", shared_target())
+            .env("APP_ENV", "dev")
     }
 }
 
@@ -563,4 +570,92 @@ fn a_watched_directory_removed_and_made_again_is_watched_again() {
 #[test]
 fn a_watched_directory_removed_and_made_again_is_watched_again_when_polling() {
     a_removed_watched_directory_is_watched_again(&["--poll=100ms"]);
+}
+
+#[test]
+fn without_cargo_the_master_exits_with_one_line() {
+    let project = Project::copy();
+    let empty = TempDir::new().unwrap();
+    for app_env in ["production", "dev"] {
+        let mut master = project
+            .master()
+            .env("APP_ENV", app_env)
+            .env("CARGO", "")
+            .env("PATH", empty.path())
+            .start();
+        assert_eq!(master.wait_exit_code(), 1, "{app_env}\n{}", master.dump());
+        let lines = master.stderr_lines();
+        let errors: Vec<&String> = lines.iter().filter(|l| l.contains("error")).collect();
+        assert_eq!(
+            errors,
+            ["mcluster: error: cannot run the build: cargo is not installed or not in PATH"],
+            "{app_env}\n{}",
+            master.dump()
+        );
+        assert_eq!(lines.last(), errors.last().copied(), "{}", master.dump());
+    }
+}
+
+#[test]
+fn options_cargo_refuses_end_dev_mode_with_one_line_naming_them() {
+    let _cargo = cargo_lock();
+    let project = Project::copy();
+    for (options, cargo_says, culprit) in [
+        (
+            &["--bin", "nosuch"][..],
+            "no bin target named `nosuch`",
+            "invalid --bin nosuch: the project has no binary target of that name",
+        ),
+        (
+            &["--features", "nosuch"],
+            "nosuch",
+            "invalid --features nosuch: the project has no feature nosuch",
+        ),
+        (
+            &["--package", "nosuch"],
+            "`nosuch` did not match any packages",
+            "invalid --package nosuch: the project has no package of that name",
+        ),
+    ] {
+        let mut master = project.master_with(options).start();
+        assert_eq!(master.wait_exit_code(), 1, "{options:?}\n{}", master.dump());
+        let lines = master.stderr_lines();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("error: ") && l.contains(cargo_says)),
+            "cargo's message is shown\n{}",
+            master.dump()
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some(format!("mcluster: error: {culprit}").as_str()),
+            "{}",
+            master.dump()
+        );
+        assert_eq!(count(&master, "mcluster: error:"), 1, "{}", master.dump());
+    }
+}
+
+#[test]
+fn a_broken_manifest_waits_for_the_save_that_fixes_it() {
+    let _cargo = cargo_lock();
+    let project = Project::new();
+    let manifest = fs::read_to_string(project.manifest()).unwrap();
+    fs::write(
+        project.manifest(),
+        manifest.replacen("[package]", "[package", 1),
+    )
+    .unwrap();
+    let mut master = project.master().start();
+    let failed = master.wait_for_stderr("build failed");
+    assert!(
+        failed.ends_with("no generation is serving yet; save a fix to retry"),
+        "{failed}"
+    );
+    fs::write(project.manifest(), manifest).unwrap();
+    master.wait_for_stderr("mcluster: all 2 workers ready in ");
+    assert!(get_ok(master.port()).starts_with("Hello from worker"));
+    assert_eq!(count(&master, "mcluster: error:"), 0, "{}", master.dump());
+    stop_gracefully(&mut master);
 }
