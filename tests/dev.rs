@@ -659,3 +659,43 @@ fn a_broken_manifest_waits_for_the_save_that_fixes_it() {
     assert_eq!(count(&master, "mcluster: error:"), 0, "{}", master.dump());
     stop_gracefully(&mut master);
 }
+
+/// A pid no process has: a child's, once reaped.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    child.id()
+}
+
+#[test]
+fn the_builds_a_killed_master_left_are_swept_by_the_next_one() {
+    let _cargo = cargo_lock();
+    let project = Project::new();
+    let builds = shared_target().join("debug");
+    let mut killed = project.master().start();
+    killed.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let left = builds.join(format!(".mcluster-{}", killed.pid()));
+    killed.signal(Signal::SIGKILL);
+    killed.wait_exit();
+    assert!(
+        fs::read_dir(&left).unwrap().count() >= 2,
+        "a kept build and the owner file are left in {}",
+        left.display()
+    );
+    // A directory of the same name that mcluster did not make (no owner file) stays.
+    let users = builds.join(format!(".mcluster-{}", dead_pid()));
+    fs::create_dir(&users).unwrap();
+    fs::write(users.join("1-hello-app"), "mine").unwrap();
+
+    let mut next = project.master().start();
+    next.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let users_left = fs::read_to_string(users.join("1-hello-app"));
+    fs::remove_dir_all(&users).unwrap();
+    assert!(!left.exists(), "{} is still there", left.display());
+    assert_eq!(users_left.unwrap(), "mine");
+    assert!(
+        builds.join(format!(".mcluster-{}", next.pid())).exists(),
+        "the new master keeps its own builds"
+    );
+    stop_gracefully(&mut next);
+}
