@@ -10,8 +10,9 @@
 //! with the master, and is reaped by the driver like every child.
 //!
 //! A failed cargo build that printed no JSON message at all stopped before compiling anything:
-//! a bad `--bin`, `--package` or `--features`, or a manifest that cannot be read. Only the
-//! manifest is something a save can fix, and `cargo metadata` tells the two apart.
+//! a `--bin`, `--package` or `--features` the project does not have, or a manifest or
+//! dependency cargo cannot read or resolve. Only the options are beyond a save, and
+//! `cargo metadata` of the workspace tells which it was (see [`BuildPlan::refused_option`]).
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader};

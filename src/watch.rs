@@ -1021,13 +1021,9 @@ impl State {
             }
             let mut kept = BTreeSet::new();
             let mut found = BTreeMap::new();
-            if let Err(LimitReached) = self.walk(&root, &mut kept, &mut found) {
-                self.missing.remove(&root);
-                self.fall_back_to_polling(now);
-                continue;
-            }
+            let walked = self.walk(&root, &mut kept, &mut found);
             // A watch that could not be added (permissions, or gone again): try again later.
-            if !self.watched.contains(&root) {
+            if walked.is_ok() && !self.watched.contains(&root) {
                 continue;
             }
             self.missing.remove(&root);
@@ -1035,8 +1031,14 @@ impl State {
                 "watched directory {} is back; watching it again",
                 shown(&root)
             ));
-            for path in found.into_keys() {
-                self.debouncer.push(now, path);
+            match walked {
+                Ok(()) => {
+                    for path in found.into_keys() {
+                        self.debouncer.push(now, path);
+                    }
+                }
+                // Polling walks every root again, this one included.
+                Err(LimitReached) => self.fall_back_to_polling(now),
             }
         }
     }
