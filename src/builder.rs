@@ -8,6 +8,11 @@
 //!
 //! The build runs in its own process group (a cancelled build is killed as a whole), dies
 //! with the master, and is reaped by the driver like every child.
+//!
+//! A failed cargo build that printed no JSON message at all stopped before compiling anything:
+//! a `--bin`, `--package` or `--features` the project does not have, or a manifest or
+//! dependency cargo cannot read or resolve. Only the options are beyond a save, and
+//! `cargo metadata` of the workspace tells which it was (see [`BuildPlan::refused_option`]).
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader};
@@ -39,7 +44,24 @@ pub(crate) enum BuildPlan {
 pub(crate) struct RunningBuild {
     pub(crate) pid: i32,
     pub(crate) started: Instant,
-    messages: Option<JoinHandle<Vec<Artifact>>>,
+    messages: Option<JoinHandle<Messages>>,
+}
+
+/// What cargo said on stdout.
+#[derive(Debug, Default)]
+pub(crate) struct Messages {
+    artifacts: Vec<Artifact>,
+    /// How many JSON messages came: none means cargo stopped before compiling anything.
+    count: usize,
+}
+
+impl RunningBuild {
+    /// Cargo's messages, once the build has exited (none for a shell build).
+    pub(crate) fn messages(self) -> Messages {
+        self.messages
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or_default()
+    }
 }
 
 /// A binary cargo built.
@@ -70,8 +92,7 @@ impl BuildPlan {
     pub(crate) fn start(&self, colour: bool) -> io::Result<RunningBuild> {
         let mut command = match self {
             BuildPlan::Cargo { args, .. } => {
-                let mut command =
-                    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+                let mut command = Command::new(cargo());
                 command
                     .arg("build")
                     .arg("--message-format=json-render-diagnostics")
@@ -115,27 +136,169 @@ impl BuildPlan {
         })
     }
 
+    /// The program that builds, for messages: `cargo` (or `$CARGO`), or `sh`.
+    pub(crate) fn program(&self) -> String {
+        match self {
+            BuildPlan::Cargo { .. } => cargo().to_string_lossy().into_owned(),
+            BuildPlan::Shell(_) => "sh".to_owned(),
+        }
+    }
+
     /// Picks the executable the workers run from what the build produced. `Ok(None)` for a
     /// shell build, whose workers run the given program.
-    pub(crate) fn executable(&self, build: RunningBuild) -> Result<Option<PathBuf>, String> {
+    pub(crate) fn executable(&self, messages: &Messages) -> Result<Option<PathBuf>, String> {
         let BuildPlan::Cargo { bin, .. } = self else {
             return Ok(None);
         };
-        let artifacts = build
-            .messages
-            .and_then(|thread| thread.join().ok())
-            .unwrap_or_default();
-        choose_executable(&artifacts, bin.as_deref()).map(Some)
+        choose_executable(&messages.artifacts, bin.as_deref()).map(Some)
+    }
+
+    /// For a failed build: the option cargo refused (a `--bin`, `--package` or `--features`
+    /// this project does not have), which no save can fix; `None` when in doubt.
+    ///
+    /// Cargo then said nothing on stdout, and `cargo metadata` (offline, workspace only) reads
+    /// the project and shows the option names nothing in it. A manifest cargo cannot read makes
+    /// `cargo metadata` fail too; an unresolvable dependency or a network failure leaves the
+    /// options valid: all of those wait for a save.
+    pub(crate) fn refused_option(&self, messages: &Messages) -> Option<String> {
+        let BuildPlan::Cargo { args, .. } = self else {
+            return None;
+        };
+        if messages.count > 0 {
+            return None;
+        }
+        let value_of = |flag: &str| {
+            args.iter()
+                .position(|arg| arg == flag)
+                .and_then(|at| args.get(at + 1))
+                .map(|value| value.to_string_lossy().into_owned())
+        };
+        let (bin, package, features) = (
+            value_of("--bin"),
+            value_of("--package"),
+            value_of("--features"),
+        );
+        if bin.is_none() && package.is_none() && features.is_none() {
+            return None;
+        }
+        let mut command = Command::new(cargo());
+        command.args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ]);
+        if let Some(manifest) = args
+            .iter()
+            .position(|arg| arg == "--manifest-path")
+            .and_then(|at| args.get(at + 1))
+        {
+            command.arg("--manifest-path").arg(manifest);
+        }
+        command.stdin(Stdio::null()).stderr(Stdio::null());
+        sys::die_with_parent(&mut command);
+        // Waited for by pid in the driver's own thread, so the driver never reaps it (and if
+        // something else did, this fails: "in doubt").
+        let output = command.output().ok().filter(|o| o.status.success())?;
+        let metadata: Metadata = serde_json::from_slice(&output.stdout).ok()?;
+        metadata.refused(bin.as_deref(), package.as_deref(), features.as_deref())
     }
 }
 
-fn read_artifacts(stdout: ChildStdout) -> Vec<Artifact> {
-    let mut artifacts = Vec::new();
+/// What `cargo metadata --no-deps` says of the workspace.
+#[derive(Debug, Deserialize)]
+struct Metadata {
+    packages: Vec<PackageMetadata>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PackageMetadata {
+    name: String,
+    #[serde(default)]
+    targets: Vec<Target>,
+    #[serde(default)]
+    features: std::collections::BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    dependencies: Vec<Dependency>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Dependency {
+    name: String,
+    #[serde(default)]
+    rename: Option<String>,
+    #[serde(default)]
+    optional: bool,
+}
+
+impl Metadata {
+    /// The first option that names nothing in the workspace, as one line's culprit.
+    fn refused(
+        &self,
+        bin: Option<&str>,
+        package: Option<&str>,
+        features: Option<&str>,
+    ) -> Option<String> {
+        if let Some(bin) = bin
+            && !self.packages.iter().any(|package| {
+                package
+                    .targets
+                    .iter()
+                    .any(|t| t.name == bin && t.kind.iter().any(|kind| kind == "bin"))
+            })
+        {
+            return Some(format!(
+                "invalid --bin {bin}: the project has no binary target of that name"
+            ));
+        }
+        // A plain name only: a spec with a version or a URL is beyond this check.
+        if let Some(spec) = package
+            && !spec.contains(['@', ':', '/', '#'])
+            && !self.packages.iter().any(|p| p.name == spec)
+        {
+            return Some(format!(
+                "invalid --package {spec}: the project has no package of that name"
+            ));
+        }
+        let features = features.unwrap_or_default();
+        for feature in features.split([',', ' ']).filter(|f| !f.is_empty()) {
+            // `package/feature` and `dep:` names are beyond this check.
+            if feature.contains(['/', ':']) {
+                continue;
+            }
+            let known = self.packages.iter().any(|package| {
+                package.features.contains_key(feature)
+                    || package.dependencies.iter().any(|dep| {
+                        dep.optional && dep.rename.as_deref().unwrap_or(&dep.name) == feature
+                    })
+            });
+            if !known {
+                return Some(format!(
+                    "invalid --features {features}: the project has no feature {feature}"
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// `$CARGO` (as set when run by cargo itself), else `cargo` from `PATH`.
+fn cargo() -> OsString {
+    std::env::var_os("CARGO")
+        .filter(|cargo| !cargo.is_empty())
+        .unwrap_or_else(|| "cargo".into())
+}
+
+fn read_artifacts(stdout: ChildStdout) -> Messages {
+    let mut messages = Messages::default();
+    let artifacts = &mut messages.artifacts;
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
         let Ok(message) = serde_json::from_str::<Message>(&line) else {
             continue;
         };
+        messages.count += 1;
         match message.reason.as_str() {
             "compiler-artifact" => {
                 if let (Some(target), Some(executable)) = (message.target, message.executable)
@@ -153,7 +316,7 @@ fn read_artifacts(stdout: ChildStdout) -> Vec<Artifact> {
             _ => {}
         }
     }
-    artifacts
+    messages
 }
 
 fn choose_executable(artifacts: &[Artifact], bin: Option<&str>) -> Result<PathBuf, String> {
@@ -208,6 +371,27 @@ mod tests {
     }
 
     #[test]
+    fn options_that_name_nothing_in_the_workspace_are_refused() {
+        let metadata: Metadata = serde_json::from_str(
+            r#"{"packages":[{"name":"app","targets":[
+                {"name":"app","kind":["bin"]},{"name":"applib","kind":["lib"]}],
+              "features":{"default":[],"fast":[]},
+              "dependencies":[{"name":"serde","optional":true,"rename":null},
+                {"name":"nix","optional":false,"rename":null}]}]}"#,
+        )
+        .unwrap();
+        let refused = |bin, package, features| metadata.refused(bin, package, features);
+        assert_eq!(refused(Some("app"), Some("app"), Some("fast,serde")), None);
+        assert_eq!(refused(None, Some("app@0.1.0"), Some("app/x dep:y")), None);
+        assert!(refused(Some("applib"), None, None).is_some_and(|e| e.contains("--bin applib")));
+        assert!(refused(None, Some("nosuch"), None).is_some_and(|e| e.contains("--package")));
+        assert!(
+            refused(None, None, Some("fast nix"))
+                .is_some_and(|e| e.ends_with("has no feature nix"))
+        );
+    }
+
+    #[test]
     fn artifacts_are_read_from_cargo_json_messages() {
         let script = concat!(
             r#"echo '{"reason":"compiler-artifact","target":{"name":"serde","kind":["lib"]},"executable":null}';"#,
@@ -222,8 +406,9 @@ mod tests {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let artifacts = read_artifacts(child.stdout.take().unwrap());
+        let messages = read_artifacts(child.stdout.take().unwrap());
         child.wait().unwrap();
-        assert_eq!(artifacts, [artifact("app")]);
+        assert_eq!(messages.artifacts, [artifact("app")]);
+        assert_eq!(messages.count, 3);
     }
 }

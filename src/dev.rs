@@ -39,6 +39,9 @@ pub(crate) struct DevLoop {
     /// the core queues at most one roll).
     reloads: VecDeque<Reload>,
     copies: u64,
+    /// A build succeeded: its options are good for this project, so a later failure is the
+    /// project's, which a save can fix.
+    built_once: bool,
 }
 
 struct Build {
@@ -74,6 +77,7 @@ impl DevLoop {
             build: None,
             reloads: VecDeque::new(),
             copies: 0,
+            built_once: false,
         }
     }
 
@@ -93,7 +97,7 @@ impl DevLoop {
                     .roots
                     .iter()
                     .find_map(|root| path.strip_prefix(root).ok());
-                relative.unwrap_or(path).display().to_string()
+                quoted_if_needed(&relative.unwrap_or(path).display().to_string())
             })
             .collect();
         match changed.len() {
@@ -110,8 +114,15 @@ impl DevLoop {
             dir.clone()
         } else {
             let parent = executable.parent().unwrap_or(Path::new("."));
-            let dir = parent.join(format!(".mcluster-{}", std::process::id()));
+            // Those of masters that died without cleaning up (SIGKILL), ours too if this pid
+            // was a dead master's before.
+            sweep_leftovers(parent);
+            let dir = parent.join(format!("{BUILDS_PREFIX}{}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
+            // Without it this directory is never swept: no reason to fail the reload.
+            if let Some(owner) = Owner::of_self() {
+                let _ = std::fs::write(dir.join(OWNER_FILE), owner.render());
+            }
             self.builds_dir = Some(dir.clone());
             dir
         };
@@ -165,11 +176,11 @@ impl Supervisor<'_> {
             changed.sort();
             changed.dedup();
         }
-        self.start_build(changed);
+        self.start_build(state, changed);
     }
 
     /// Starts a build for these changes (none: the initial build).
-    pub(crate) fn start_build(&mut self, changed: Vec<PathBuf>) {
+    pub(crate) fn start_build(&mut self, state: &mut DriverState, changed: Vec<PathBuf>) {
         let Some(dev) = &mut self.dev else {
             return;
         };
@@ -185,7 +196,24 @@ impl Supervisor<'_> {
                 self.guard.watch(running.pid);
                 dev.build = Some(Build { running, changed });
             }
-            Err(error) => output::master_line(&format!("error: cannot start the build: {error}")),
+            Err(error) => {
+                let program = plan.program();
+                let why = if error.kind() == std::io::ErrorKind::NotFound {
+                    format!("{program} is not installed or not in PATH")
+                } else {
+                    format!("{program}: {error}")
+                };
+                // Before any build succeeded, no save can make the build program appear.
+                if dev.watcher.is_none() || !dev.built_once {
+                    output::master_line(&format!("error: cannot run the build: {why}"));
+                    state.exit = Some(ExitReason::BuildFailed);
+                } else {
+                    let serving = self.cluster.serving_generation();
+                    output::master_line(&format!(
+                        "error: cannot run the build: {why}; generation {serving} keeps serving"
+                    ));
+                }
+            }
         }
     }
 
@@ -200,12 +228,23 @@ impl Supervisor<'_> {
         let built_in = build.running.started.elapsed();
         let what = dev.describe(&build.changed);
         let serving = self.cluster.serving_generation();
-        let keeps = if serving == 0 {
+        let keeps = if serving == 0 && dev.watcher.is_none() {
+            "nothing rebuilds in production mode".to_owned()
+        } else if serving == 0 {
             "no generation is serving yet; save a fix to retry".to_owned()
         } else {
             format!("generation {serving} keeps serving")
         };
+        let messages = build.running.messages();
         let (ProcessEnd::Code(0), Some(plan)) = (&end, dev.plan.clone()) else {
+            let refused = (dev.watcher.is_some() && !dev.built_once)
+                .then(|| dev.plan.as_ref()?.refused_option(&messages))
+                .flatten();
+            if let Some(culprit) = refused {
+                output::master_line(&format!("error: {culprit}"));
+                state.exit = Some(ExitReason::BuildFailed);
+                return;
+            }
             let failed = format!("build failed ({end}) after {}", human_duration(built_in));
             if build.changed.is_empty() {
                 output::master_line(&format!("{failed}; {keeps}"));
@@ -215,10 +254,11 @@ impl Supervisor<'_> {
             self.end_if_nothing_can_fix_it(state);
             return;
         };
-        let executable = plan.executable(build.running);
+        let executable = plan.executable(&messages);
         match executable {
             Ok(Some(path)) => match dev.keep_executable(&path) {
                 Ok(kept) => {
+                    dev.built_once = true;
                     let argv0 = path
                         .file_name()
                         .map_or_else(|| kept.as_os_str().to_owned(), ToOwned::to_owned);
@@ -237,7 +277,7 @@ impl Supervisor<'_> {
                     return;
                 }
             },
-            Ok(None) => {}
+            Ok(None) => dev.built_once = true,
             Err(why) => {
                 output::master_line(&format!("{what} → {why}; {keeps}"));
                 self.end_if_nothing_can_fix_it(state);
@@ -347,7 +387,357 @@ impl Supervisor<'_> {
     }
 }
 
+/// The name of a master's builds directory, before its pid: `target/<profile>/.mcluster-PID/`.
+const BUILDS_PREFIX: &str = ".mcluster-";
+
+/// The file in a builds directory that says which master made it. Its name cannot be a kept
+/// build's (`N-NAME`).
+const OWNER_FILE: &str = ".mcluster-owner";
+
+/// Who made a builds directory: a process is the pid together with its start time, and both
+/// only mean something in the boot and pid namespace they were read in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    pid: u32,
+    start_time: u64,
+    boot_id: String,
+    pid_namespace: String,
+}
+
+impl Owner {
+    /// This process, or `None` without `/proc`.
+    fn of_self() -> Option<Self> {
+        let pid = std::process::id();
+        Some(Self {
+            pid,
+            start_time: start_time(pid)?,
+            boot_id: boot_id()?,
+            pid_namespace: pid_namespace()?,
+        })
+    }
+
+    fn render(&self) -> String {
+        format!(
+            "mcluster builds directory\npid {}\nstart_time {}\nboot_id {}\npid_namespace {}\n",
+            self.pid, self.start_time, self.boot_id, self.pid_namespace
+        )
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        if lines.next()? != "mcluster builds directory" {
+            return None;
+        }
+        let mut field = |name: &str| {
+            let line = lines.next()?;
+            let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+            (!value.is_empty()).then(|| value.to_owned())
+        };
+        let owner = Self {
+            pid: field("pid")?.parse().ok()?,
+            start_time: field("start_time")?.parse().ok()?,
+            boot_id: field("boot_id")?,
+            pid_namespace: field("pid_namespace")?,
+        };
+        lines.next().is_none().then_some(owner)
+    }
+
+    /// Whether this owner has surely exited, seen from `here`: it ran in an earlier boot, or
+    /// in this boot and pid namespace its pid is free or now another process's. A master in
+    /// another pid namespace (a container sharing the target directory) cannot be checked: it
+    /// is taken as alive.
+    fn is_gone(&self, here: &Owner) -> bool {
+        if self.boot_id != here.boot_id {
+            return true;
+        }
+        self.pid_namespace == here.pid_namespace && start_time(self.pid) != Some(self.start_time)
+    }
+}
+
+/// A process's start time (clock ticks since boot), from `/proc/PID/stat`.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses (which may hold spaces and parentheses), the
+    // fields from the third on; the start time is the 22nd.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_owned())
+}
+
+fn pid_namespace() -> Option<String> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(link.to_string_lossy().into_owned())
+}
+
+/// Removes the builds directories in `parent` that masters now gone left behind, and only what
+/// is provably theirs: a real directory `.mcluster-PID` (no symlink) of our uid, holding an
+/// owner file of ours naming that pid, whose owner is gone, and nothing but kept builds
+/// (`N-NAME`, regular files of ours). Anything else is left as it is.
+fn sweep_leftovers(parent: &Path) {
+    let Some(here) = Owner::of_self() else {
+        return;
+    };
+    let Some(uid) = own_uid() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(BUILDS_PREFIX))
+            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        if let Some(files) = leftover_files(&dir, pid, uid, &here) {
+            for file in files {
+                let _ = std::fs::remove_file(file);
+            }
+            let _ = std::fs::remove_file(dir.join(OWNER_FILE));
+            // Not `remove_dir_all`: whatever appeared meanwhile stays, and so does the directory.
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+/// The kept builds in `dir` if it is a builds directory of `pid` whose owner is gone and that
+/// holds nothing else; `None` when anything about it is not provably ours.
+fn leftover_files(dir: &Path, pid: u32, uid: u32, here: &Owner) -> Option<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = |metadata: &std::fs::Metadata| metadata.uid() == uid;
+    let metadata = std::fs::symlink_metadata(dir).ok()?;
+    if !metadata.is_dir() || !ours(&metadata) {
+        return None;
+    }
+    let owner_file = dir.join(OWNER_FILE);
+    let metadata = std::fs::symlink_metadata(&owner_file).ok()?;
+    if !metadata.is_file() || !ours(&metadata) || metadata.len() > 4096 {
+        return None;
+    }
+    let owner = Owner::parse(&std::fs::read_to_string(&owner_file).ok()?)?;
+    if owner.pid != pid || !owner.is_gone(here) {
+        return None;
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).ok()? {
+        let entry = entry.ok()?;
+        let name = entry.file_name();
+        if name == OWNER_FILE {
+            continue;
+        }
+        let metadata = std::fs::symlink_metadata(entry.path()).ok()?;
+        if !metadata.is_file() || !ours(&metadata) || !is_kept_build_name(&name) {
+            return None;
+        }
+        files.push(entry.path());
+    }
+    Some(files)
+}
+
+/// `N-NAME`, as [`DevLoop::keep_executable`] names a kept build.
+fn is_kept_build_name(name: &std::ffi::OsStr) -> bool {
+    let name = name.as_bytes();
+    let digits = name.iter().take_while(|b| b.is_ascii_digit()).count();
+    digits > 0 && name.get(digits) == Some(&b'-') && name.len() > digits + 1
+}
+
+/// The uid this process creates files as: the effective uid, from `/proc/self/status`.
+fn own_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uids = status.lines().find_map(|line| line.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A file name as it can go into one line: quoted and escaped as `{:?}` does when it holds a
+/// character that would break the line or hide (a newline, a control character, an invisible
+/// format character); as it is otherwise, quotes and backslashes included.
+fn quoted_if_needed(name: &str) -> String {
+    let needs_quotes = name
+        .chars()
+        .any(|c| !matches!(c, '"' | '\\' | '\'') && c.escape_debug().nth(1).is_some());
+    if needs_quotes {
+        format!("{name:?}")
+    } else {
+        name.to_owned()
+    }
+}
+
 fn c_path(path: &Path) -> CString {
     // Paths from the OS and cargo's JSON never contain NUL.
     CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev_loop() -> DevLoop {
+        DevLoop::new(None, false, vec![PathBuf::from("/p")])
+    }
+
+    #[test]
+    fn a_name_with_a_newline_or_control_character_is_quoted_in_the_one_line() {
+        let dev = dev_loop();
+        let line = dev.describe(&[
+            PathBuf::from("/p/src/a\nb.rs"),
+            PathBuf::from("/p/src/tab\there.rs"),
+            PathBuf::from("/p/src/esc\u{1b}[31m.rs"),
+        ]);
+        assert_eq!(
+            line,
+            r#""src/a\nb.rs", "src/tab\there.rs", "src/esc\u{1b}[31m.rs" changed"#
+        );
+        assert!(!line.contains('\n'));
+        assert_eq!(
+            dev.describe(&[PathBuf::from("/p/src/\u{202e}sr.rs")]),
+            r#""src/\u{202e}sr.rs" changed"#
+        );
+    }
+
+    /// A pid no process has: a child's, once reaped.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        child.id()
+    }
+
+    /// `parent/.mcluster-PID` with an owner file (if given) and these files.
+    fn builds_dir(parent: &Path, pid: u32, owner: Option<&Owner>, files: &[&str]) -> PathBuf {
+        let dir = parent.join(format!("{BUILDS_PREFIX}{pid}"));
+        std::fs::create_dir(&dir).unwrap();
+        if let Some(owner) = owner {
+            std::fs::write(dir.join(OWNER_FILE), owner.render()).unwrap();
+        }
+        for file in files {
+            std::fs::write(dir.join(file), "ELF").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn the_owner_file_reads_back_and_rejects_anything_else() {
+        let here = Owner::of_self().unwrap();
+        assert_eq!(Owner::parse(&here.render()), Some(here.clone()));
+        assert!(!here.is_gone(&here));
+        for text in [
+            "",
+            "pid 1\n",
+            &here.render().replace("pid ", "pid x"),
+            &format!("{}x\n", here.render()),
+        ] {
+            assert_eq!(Owner::parse(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_builds_of_a_gone_master_are_swept_and_nothing_else() {
+        let parent = tempfile::tempdir().unwrap();
+        let here = Owner::of_self().unwrap();
+        let dead = dead_pid();
+        let owner = |pid, start_time, boot_id: &str, pid_namespace: &str| Owner {
+            pid,
+            start_time,
+            boot_id: boot_id.to_owned(),
+            pid_namespace: pid_namespace.to_owned(),
+        };
+        let gone = owner(dead, 1, &here.boot_id, &here.pid_namespace);
+        let swept = builds_dir(parent.path(), dead, Some(&gone), &["1-app", "2-app"]);
+
+        // Left alone: no owner file; anything else inside; a live owner; a pid namespace we
+        // cannot see into; an owner file naming another pid; a symlink.
+        let dead2 = dead_pid();
+        let user_own = builds_dir(parent.path(), dead2, None, &["1-app"]);
+        let dead3 = dead_pid();
+        let gone3 = owner(dead3, 1, &here.boot_id, &here.pid_namespace);
+        let with_notes = builds_dir(parent.path(), dead3, Some(&gone3), &["1-app", "notes.txt"]);
+        let live = builds_dir(parent.path(), here.pid, Some(&here), &["1-app"]);
+        let dead4 = dead_pid();
+        let elsewhere = owner(dead4, 1, &here.boot_id, "pid:[1]");
+        let other_namespace = builds_dir(parent.path(), dead4, Some(&elsewhere), &["1-app"]);
+        let dead5 = dead_pid();
+        let misnamed = builds_dir(parent.path(), dead5, Some(&gone), &["1-app"]);
+        let target = parent.path().join("real");
+        std::fs::create_dir(&target).unwrap();
+        let dead6 = dead_pid();
+        let gone6 = owner(dead6, 1, &here.boot_id, &here.pid_namespace);
+        std::fs::write(target.join(OWNER_FILE), gone6.render()).unwrap();
+        std::fs::write(target.join("1-app"), "ELF").unwrap();
+        let link = parent.path().join(format!("{BUILDS_PREFIX}{dead6}"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        sweep_leftovers(parent.path());
+        assert!(!swept.exists());
+        for kept in [
+            &user_own,
+            &with_notes,
+            &live,
+            &other_namespace,
+            &misnamed,
+            &link,
+        ] {
+            assert!(
+                kept.join("1-app").exists() || kept == &link,
+                "{}",
+                kept.display()
+            );
+        }
+        assert!(target.join(OWNER_FILE).exists());
+        assert!(with_notes.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn a_reused_pid_or_an_earlier_boot_is_a_gone_owner() {
+        let parent = tempfile::tempdir().unwrap();
+        let here = Owner::of_self().unwrap();
+        // Our own pid, but another process's start time: the master that had it is gone.
+        let reused = Owner {
+            start_time: here.start_time + 1,
+            ..here.clone()
+        };
+        let dir = builds_dir(parent.path(), here.pid, Some(&reused), &["1-app"]);
+        sweep_leftovers(parent.path());
+        assert!(!dir.exists());
+        // A live pid, and even another pid namespace, in an earlier boot.
+        let earlier = Owner {
+            boot_id: "00000000-0000-0000-0000-000000000000".to_owned(),
+            pid_namespace: "pid:[1]".to_owned(),
+            ..here.clone()
+        };
+        let dir = builds_dir(parent.path(), here.pid, Some(&earlier), &["3-app"]);
+        sweep_leftovers(parent.path());
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn kept_build_names_are_a_number_a_dash_and_a_name() {
+        for name in ["1-app", "12-hello-app"] {
+            assert!(is_kept_build_name(std::ffi::OsStr::new(name)), "{name}");
+        }
+        for name in ["app", "1-", "-app", "x1-app", OWNER_FILE] {
+            assert!(!is_kept_build_name(std::ffi::OsStr::new(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn ordinary_names_are_shown_as_they_are() {
+        let dev = dev_loop();
+        assert_eq!(
+            dev.describe(&[
+                PathBuf::from("/p/src/main.rs"),
+                PathBuf::from("/p/it's \"ok\" é.rs"),
+                PathBuf::from("/elsewhere/x.rs"),
+                PathBuf::from("/p/d.rs"),
+            ]),
+            r#"src/main.rs, it's "ok" é.rs, /elsewhere/x.rs and 1 more changed"#
+        );
+    }
 }

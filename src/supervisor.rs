@@ -144,7 +144,7 @@ impl Supervisor<'_> {
         };
         if self.dev.as_ref().is_some_and(|dev| dev.plan.is_some()) {
             // The first generation runs what the initial build produces.
-            self.start_build(Vec::new());
+            self.start_build(&mut state, Vec::new());
         } else {
             self.feed(&mut state, Event::Start);
         }

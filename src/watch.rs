@@ -22,7 +22,9 @@
 //! - **Never silent.** New directories are walked and watched, and the wanted files already in
 //!   them count as changed. On a queue overflow (`need_rescan`) every root is walked again and the
 //!   whole snapshot compared. When the inotify watch limit is reached, one line goes to stderr and
-//!   the watcher falls back to polling.
+//!   the watcher falls back to polling. A root that is removed (or moved away) is named in one
+//!   line and checked for every [`ROOT_CHECK_INTERVAL`]; when it is back, one more line says so,
+//!   it is walked and watched again, and the wanted files in it count as changed.
 //!
 //! One thread (`mcluster-watch`) owns the state: it receives notify's events over a channel, adds
 //! watches (which notify's own thread cannot do from inside its handler), and calls `on_change`.
@@ -60,6 +62,9 @@ const LIMIT_MESSAGE: &str = "the inotify watch limit is reached; falling back to
 
 /// The shortest poll interval: a zero interval would make the poller spin.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How often a removed root is looked for. A stat per missing root: cheap enough to be prompt.
+const ROOT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The most messages handled in a row before a due batch is flushed.
 const DRAIN_LIMIT: usize = 4096;
@@ -212,6 +217,8 @@ enum Msg {
 struct Status {
     polling: bool,
     watched: Vec<PathBuf>,
+    /// Roots removed and not back yet.
+    missing: Vec<PathBuf>,
     /// Every watch ever added, to show that ignored trees never got one.
     watch_calls: usize,
 }
@@ -412,6 +419,9 @@ struct State {
     rescan: bool,
     /// The limit line was printed.
     warned: bool,
+    /// Roots that were removed, looked for again when `root_check` is due.
+    missing: BTreeSet<PathBuf>,
+    root_check: Instant,
     #[cfg(test)]
     watch_calls: usize,
 }
@@ -541,6 +551,8 @@ fn start(
         debouncer: Debouncer::new(effective_cooldown(cooldown, mode)),
         rescan: false,
         warned: false,
+        missing: BTreeSet::new(),
+        root_check: Instant::now(),
         #[cfg(test)]
         watch_calls: 0,
     };
@@ -613,6 +625,15 @@ fn effective_cooldown(cooldown: Duration, mode: Mode) -> Duration {
     }
 }
 
+/// A root as the user would name it: relative to the current directory when it is below it.
+fn shown(root: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    match root.strip_prefix(&cwd) {
+        Ok(relative) if !relative.as_os_str().is_empty() => relative.display().to_string(),
+        _ => root.display().to_string(),
+    }
+}
+
 /// A notify error as an `io::Error`.
 fn notify_to_io(err: ::notify::Error) -> io::Error {
     match err.kind {
@@ -625,7 +646,14 @@ impl State {
     /// The thread: handle messages, flush due batches, until the [`Watcher`] is dropped.
     fn run(mut self, rx: &Receiver<Msg>, on_change: &mut dyn FnMut(Vec<PathBuf>)) {
         loop {
-            let first = match self.debouncer.deadline() {
+            let root_check = (!self.missing.is_empty()).then_some(self.root_check);
+            let first = match self
+                .debouncer
+                .deadline()
+                .into_iter()
+                .chain(root_check)
+                .min()
+            {
                 None => match rx.recv() {
                     Ok(msg) => Some(msg),
                     Err(_) => return,
@@ -655,6 +683,9 @@ impl State {
                     }
                 }
             }
+            if !self.missing.is_empty() && self.root_check <= Instant::now() {
+                self.look_for_missing_roots(Instant::now());
+            }
             if let Some(paths) = self.debouncer.take_due(Instant::now()) {
                 let changed = self.flush(paths);
                 if !changed.is_empty() {
@@ -675,6 +706,7 @@ impl State {
                 let _ = reply.send(Status {
                     polling: matches!(self.mode, Mode::Poll(_)),
                     watched: self.watched.iter().cloned().collect(),
+                    missing: self.missing.iter().cloned().collect(),
                     watch_calls: self.watch_calls,
                 });
             }
@@ -692,7 +724,7 @@ impl State {
         // The poller reports a watched directory that vanished on every poll until unwatched.
         for path in &err.paths {
             if self.watched.contains(path) && !path.is_dir() {
-                self.forget_dir(path, now);
+                self.dir_gone(path, now);
             }
         }
     }
@@ -719,7 +751,7 @@ impl State {
             EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From))
         );
         if gone && self.watched.contains(&path) {
-            self.forget_dir(&path, now);
+            self.dir_gone(&path, now);
             return;
         }
         let maybe_dir = match kind {
@@ -911,6 +943,13 @@ impl State {
             let mut found = BTreeMap::new();
             let mut result = Ok(());
             for root in self.filter.roots.clone() {
+                if self.missing.contains(&root) {
+                    continue;
+                }
+                if !root.is_dir() {
+                    self.note_missing_root(&root);
+                    continue;
+                }
                 result = self.walk(&root, &mut kept, &mut found);
                 if result.is_err() {
                     break;
@@ -949,6 +988,58 @@ impl State {
                 }
             }
             Err(LimitReached) => self.fall_back_to_polling(now),
+        }
+    }
+
+    /// A watched directory is gone: a root is then looked for until it is back.
+    fn dir_gone(&mut self, dir: &Path, now: Instant) {
+        self.forget_dir(dir, now);
+        if self.filter.roots.iter().any(|root| root == dir) {
+            self.note_missing_root(dir);
+        }
+    }
+
+    /// A root is gone: say so once, and look for it from now on (nothing else would tell: its
+    /// parent is not watched).
+    fn note_missing_root(&mut self, root: &Path) {
+        if self.missing.insert(root.to_path_buf()) {
+            output::master_line(&format!(
+                "watched directory {} was removed; waiting for it to come back",
+                shown(root)
+            ));
+            self.root_check = Instant::now() + ROOT_CHECK_INTERVAL;
+        }
+    }
+
+    /// Watches again the missing roots that are back; the wanted files in them count as changed,
+    /// as in any new directory.
+    fn look_for_missing_roots(&mut self, now: Instant) {
+        self.root_check = now + ROOT_CHECK_INTERVAL;
+        for root in self.missing.clone() {
+            if !root.is_dir() {
+                continue;
+            }
+            let mut kept = BTreeSet::new();
+            let mut found = BTreeMap::new();
+            let walked = self.walk(&root, &mut kept, &mut found);
+            // A watch that could not be added (permissions, or gone again): try again later.
+            if walked.is_ok() && !self.watched.contains(&root) {
+                continue;
+            }
+            self.missing.remove(&root);
+            output::master_line(&format!(
+                "watched directory {} is back; watching it again",
+                shown(&root)
+            ));
+            match walked {
+                Ok(()) => {
+                    for path in found.into_keys() {
+                        self.debouncer.push(now, path);
+                    }
+                }
+                // Polling walks every root again, this one included.
+                Err(LimitReached) => self.fall_back_to_polling(now),
+            }
         }
     }
 
@@ -1659,6 +1750,74 @@ mod tests {
         h.write("new/c.rs", NEW);
         h.expect_batch(&["new/c.rs"]);
         assert!(!h.watched().contains(&"old".to_owned()));
+        h.expect_quiet();
+    }
+
+    /// Waits until the thread's state satisfies `condition`.
+    fn wait_for_status(h: &Harness, what: &str, condition: impl Fn(&Status) -> bool) {
+        let started = Instant::now();
+        while !condition(&h.status()) {
+            assert!(started.elapsed() < PATIENCE, "timed out waiting for {what}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `rm -rf ROOT`, `mkdir ROOT`, then an edit in it is a batch again.
+    fn removed_root_comes_back(mode: Mode) {
+        let mut h = Harness::with(
+            &[("a.rs", OLD), ("sub/b.rs", OLD)],
+            Setup {
+                mode,
+                ..Setup::default()
+            },
+        );
+        fs::remove_dir_all(h.root()).expect("rm -rf");
+        h.expect_batch(&["a.rs", "sub/b.rs"]);
+        let root = h.root().to_path_buf();
+        wait_for_status(&h, "the root to be missing", |s| {
+            s.missing == [root.clone()]
+        });
+
+        fs::create_dir(h.root()).expect("mkdir");
+        wait_for_status(&h, "the root to be back", |s| {
+            s.missing.is_empty() && s.watched == [root.clone()]
+        });
+        h.write("a.rs", NEW);
+        h.expect_batch(&["a.rs"]);
+        h.write("sub/c.rs", NEW);
+        h.expect_batch(&["sub/c.rs"]);
+        h.write("sub/c.rs", OLD);
+        h.expect_batch(&["sub/c.rs"]);
+        h.expect_quiet();
+    }
+
+    #[test]
+    fn a_removed_root_is_watched_again_when_it_comes_back() {
+        removed_root_comes_back(Mode::Native);
+    }
+
+    #[test]
+    fn a_removed_root_is_watched_again_when_it_comes_back_when_polling() {
+        removed_root_comes_back(Mode::Poll(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_root_moved_away_and_back_is_watched_again_and_its_files_count() {
+        let mut h = Harness::new(&[("a.rs", OLD), ("b.rs", OLD)]);
+        let parked = tempfile::tempdir().expect("tempdir");
+        let away = parked.path().join("away");
+        // Its files left with it, and come back with one more.
+        fs::rename(h.root(), &away).expect("mv away");
+        h.expect_batch(&["a.rs", "b.rs"]);
+        let root = h.root().to_path_buf();
+        wait_for_status(&h, "the root to be missing", |s| {
+            s.missing == [root.clone()]
+        });
+        fs::write(away.join("new.rs"), NEW).expect("write");
+        fs::rename(&away, h.root()).expect("mv back");
+        h.expect_batch(&["a.rs", "b.rs", "new.rs"]);
+        h.write("b.rs", NEW);
+        h.expect_batch(&["b.rs"]);
         h.expect_quiet();
     }
 

@@ -83,8 +83,13 @@ impl Project {
 
     /// `mcluster dev` on this project, 2 workers, on a free port.
     fn master(&self) -> MasterBuilder {
+        self.master_with(&[])
+    }
+
+    /// `mcluster dev` on this project, 2 workers, on a free port, with more options.
+    fn master_with(&self, options: &[&str]) -> MasterBuilder {
         let manifest = self.manifest();
-        MasterBuilder::raw(&[
+        let mut args = vec![
             "dev",
             "-l",
             "127.0.0.1:0",
@@ -92,9 +97,11 @@ impl Project {
             "2",
             "--manifest-path",
             manifest.to_str().unwrap(),
-        ])
-        .env("CARGO_TARGET_DIR", shared_target())
-        .env("APP_ENV", "dev")
+        ];
+        args.extend(options);
+        MasterBuilder::raw(&args)
+            .env("CARGO_TARGET_DIR", shared_target())
+            .env("APP_ENV", "dev")
     }
 }
 
@@ -525,4 +532,170 @@ fn a_change_during_a_roll_is_rolled_next_and_each_reload_reports_its_own_files()
     master.signal(Signal::SIGHUP);
     master.wait_for_stderr("mcluster: roll requested → rolled 1 workers in ");
     assert_eq!(echo(port, "x").generation, 4, "{}", master.dump());
+}
+
+/// `rm -rf` of a watched directory is said, and so is its return; an edit in it then reloads.
+fn a_removed_watched_directory_is_watched_again(poll: &[&str]) {
+    let project = TempDir::new().unwrap();
+    let extra = project.path().join("extra");
+    fs::create_dir(&extra).unwrap();
+    fs::write(extra.join("a.rs"), "fn a() {}").unwrap();
+    let worker = fixture("fixture-echo");
+    let mut args = vec!["-n", "1", "-w", "extra"];
+    args.extend(poll);
+    args.extend(["--no-build", "--", worker.to_str().unwrap()]);
+    let master = dev_with(&args).current_dir(project.path()).start();
+    master.wait_for_stderr("mcluster: all 1 workers ready in ");
+    let port = master.port();
+
+    fs::remove_dir_all(&extra).unwrap();
+    master.wait_for_stderr(
+        "mcluster: watched directory extra was removed; waiting for it to come back",
+    );
+    // Its files are gone: that is a change.
+    master.wait_for_stderr("mcluster: a.rs changed → rolled 1 workers in ");
+    fs::create_dir(&extra).unwrap();
+    master.wait_for_stderr("mcluster: watched directory extra is back; watching it again");
+    fs::write(extra.join("b.rs"), "fn b() {}").unwrap();
+    master.wait_for_stderr("mcluster: b.rs changed → rolled 1 workers in ");
+    assert_eq!(echo(port, "x").generation, 3, "{}", master.dump());
+    assert_eq!(count(&master, "was removed"), 1, "{}", master.dump());
+}
+
+#[test]
+fn a_watched_directory_removed_and_made_again_is_watched_again() {
+    a_removed_watched_directory_is_watched_again(&[]);
+}
+
+#[test]
+fn a_watched_directory_removed_and_made_again_is_watched_again_when_polling() {
+    a_removed_watched_directory_is_watched_again(&["--poll=100ms"]);
+}
+
+#[test]
+fn without_cargo_the_master_exits_with_one_line() {
+    let project = Project::copy();
+    let empty = TempDir::new().unwrap();
+    for app_env in ["production", "dev"] {
+        let mut master = project
+            .master()
+            .env("APP_ENV", app_env)
+            .env("CARGO", "")
+            .env("PATH", empty.path())
+            .start();
+        assert_eq!(master.wait_exit_code(), 1, "{app_env}\n{}", master.dump());
+        let lines = master.stderr_lines();
+        let errors: Vec<&String> = lines.iter().filter(|l| l.contains("error")).collect();
+        assert_eq!(
+            errors,
+            ["mcluster: error: cannot run the build: cargo is not installed or not in PATH"],
+            "{app_env}\n{}",
+            master.dump()
+        );
+        assert_eq!(lines.last(), errors.last().copied(), "{}", master.dump());
+    }
+}
+
+#[test]
+fn options_cargo_refuses_end_dev_mode_with_one_line_naming_them() {
+    let _cargo = cargo_lock();
+    let project = Project::copy();
+    for (options, cargo_says, culprit) in [
+        (
+            &["--bin", "nosuch"][..],
+            "no bin target named `nosuch`",
+            "invalid --bin nosuch: the project has no binary target of that name",
+        ),
+        (
+            &["--features", "nosuch"],
+            "nosuch",
+            "invalid --features nosuch: the project has no feature nosuch",
+        ),
+        (
+            &["--package", "nosuch"],
+            "`nosuch` did not match any packages",
+            "invalid --package nosuch: the project has no package of that name",
+        ),
+    ] {
+        let mut master = project.master_with(options).start();
+        assert_eq!(master.wait_exit_code(), 1, "{options:?}\n{}", master.dump());
+        let lines = master.stderr_lines();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("error: ") && l.contains(cargo_says)),
+            "cargo's message is shown\n{}",
+            master.dump()
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some(format!("mcluster: error: {culprit}").as_str()),
+            "{}",
+            master.dump()
+        );
+        assert_eq!(count(&master, "mcluster: error:"), 1, "{}", master.dump());
+    }
+}
+
+#[test]
+fn a_broken_manifest_waits_for_the_save_that_fixes_it() {
+    let _cargo = cargo_lock();
+    let project = Project::new();
+    let manifest = fs::read_to_string(project.manifest()).unwrap();
+    fs::write(
+        project.manifest(),
+        manifest.replacen("[package]", "[package", 1),
+    )
+    .unwrap();
+    let mut master = project.master().start();
+    let failed = master.wait_for_stderr("build failed");
+    assert!(
+        failed.ends_with("no generation is serving yet; save a fix to retry"),
+        "{failed}"
+    );
+    fs::write(project.manifest(), manifest).unwrap();
+    master.wait_for_stderr("mcluster: all 2 workers ready in ");
+    assert!(get_ok(master.port()).starts_with("Hello from worker"));
+    assert_eq!(count(&master, "mcluster: error:"), 0, "{}", master.dump());
+    stop_gracefully(&mut master);
+}
+
+/// A pid no process has: a child's, once reaped.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    child.id()
+}
+
+#[test]
+fn the_builds_a_killed_master_left_are_swept_by_the_next_one() {
+    let _cargo = cargo_lock();
+    let project = Project::new();
+    let builds = shared_target().join("debug");
+    let mut killed = project.master().start();
+    killed.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let left = builds.join(format!(".mcluster-{}", killed.pid()));
+    killed.signal(Signal::SIGKILL);
+    killed.wait_exit();
+    assert!(
+        fs::read_dir(&left).unwrap().count() >= 2,
+        "a kept build and the owner file are left in {}",
+        left.display()
+    );
+    // A directory of the same name that mcluster did not make (no owner file) stays.
+    let users = builds.join(format!(".mcluster-{}", dead_pid()));
+    fs::create_dir(&users).unwrap();
+    fs::write(users.join("1-hello-app"), "mine").unwrap();
+
+    let mut next = project.master().start();
+    next.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let users_left = fs::read_to_string(users.join("1-hello-app"));
+    fs::remove_dir_all(&users).unwrap();
+    assert!(!left.exists(), "{} is still there", left.display());
+    assert_eq!(users_left.unwrap(), "mine");
+    assert!(
+        builds.join(format!(".mcluster-{}", next.pid())).exists(),
+        "the new master keeps its own builds"
+    );
+    stop_gracefully(&mut next);
 }

@@ -24,7 +24,8 @@
 //! - `library` the master embedded in a program: its `Handle`, `on_message`, signals off
 //! - `dev`     `mcluster dev` on a copy of the bundled example project: edits served, broken
 //!   builds keep the old generation, no failed request across reloads, `APP_ENV`, cancelled
-//!   builds, `--no-build`
+//!   builds, `--no-build`, a watched directory removed and made again, what a save cannot fix
+//!   (no cargo, options cargo refuses), the builds a killed master left
 //! - `systemd` the master as a systemd service: its own `READY=1` / `RELOADING=1` / `STOPPING=1`
 //!   (never the workers' `NOTIFY_SOCKET`), socket activation with and without `LISTEN_PID`
 //!
