@@ -545,7 +545,7 @@ fn a_removed_watched_directory_is_watched_again(poll: &[&str]) {
     args.extend(poll);
     args.extend(["--no-build", "--", worker.to_str().unwrap()]);
     let master = dev_with(&args).current_dir(project.path()).start();
-    master.wait_for_stderr("mcluster: all 1 workers ready in ");
+    master.wait_for_stderr(&crate::support::all_ready(1));
     let port = master.port();
 
     fs::remove_dir_all(&extra).unwrap();

@@ -212,7 +212,7 @@ fn of_two_masters_racing_for_one_path_one_wins() {
                     || master
                         .stderr_lines()
                         .iter()
-                        .any(|l| l.starts_with("mcluster: all 1 workers ready"))
+                        .any(|l| l.starts_with(&crate::support::all_ready(1)))
             });
         }
         let dumps = format!("round {round}\n{}{}", masters[0].dump(), masters[1].dump());
