@@ -544,9 +544,14 @@ mod tests {
 
     /// The one line `mcluster` prints for a command line clap rejects.
     fn error_line(args: &[&str]) -> String {
-        let mut argv = vec!["mcluster"];
-        argv.extend(args);
-        one_line(&Cli::try_parse_from(argv).unwrap_err().render().to_string())
+        let mut command_line = vec!["mcluster"];
+        command_line.extend(args);
+        one_line(
+            &Cli::try_parse_from(command_line)
+                .unwrap_err()
+                .render()
+                .to_string(),
+        )
     }
 
     #[test]
