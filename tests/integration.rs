@@ -13,6 +13,8 @@
 //! - `crash`   restart after a crash, backoff of a crash loop, a first generation that never
 //!   becomes ready
 //! - `stop`    graceful and hard stops, the kill timeout, the stop signal, SIGKILL of the master
+//! - `environment` `--env` pairs once each, none of the master's service-manager variables
+//!   (`WATCHDOG_PID`, …) in a worker; the master's pid in the listening lines
 //! - `errors`  bad input: one line, non-zero exit, nothing spawned or left behind
 //! - `output`  worker output prefixed by slot; `--silent`
 //! - `library` the master embedded in a program: its `Handle`, `on_message`, signals off
@@ -28,6 +30,7 @@ mod support;
 
 mod crash;
 mod dev;
+mod environment;
 mod errors;
 mod library;
 mod output;
