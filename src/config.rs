@@ -140,7 +140,8 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     }
 }
 
-/// Parses a `KEY=VALUE` pair for a worker's environment (see [`check_env`]).
+/// Parses a `KEY=VALUE` pair for a worker's environment: a non-empty `KEY` that is none of the
+/// variables mcluster sets for each worker or keeps from them (the error names it).
 pub fn parse_env_pair(text: &str) -> Result<(String, String), String> {
     let Some((key, value)) = text.split_once('=') else {
         return Err(format!(
