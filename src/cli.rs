@@ -83,8 +83,8 @@ pub struct ClusterArgs {
     )]
     pub size: Option<usize>,
 
-    /// Environment variable for the workers. Repeatable; a repeated KEY gets its last VALUE. The
-    /// variables mcluster sets or keeps from workers are refused: LISTEN_FDS, LISTEN_PID,
+    /// Environment variable for the workers. Repeatable; a repeated KEY gets its last VALUE. What
+    /// mcluster sets for workers or withholds from them is refused: LISTEN_FDS, LISTEN_PID,
     /// LISTEN_FDNAMES, NOTIFY_SOCKET, WATCHDOG_USEC (see --watchdog), WATCHDOG_PID,
     /// MCLUSTER_WORKER_ID, MCLUSTER_GENERATION, MCLUSTER_WORKERS, SYSTEMD_EXEC_PID, FDSTORE,
     /// JOURNAL_STREAM.
