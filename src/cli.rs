@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::builder::BuildPlan;
@@ -88,8 +89,14 @@ pub struct ClusterArgs {
     /// LISTEN_FDNAMES, NOTIFY_SOCKET, WATCHDOG_USEC (see --watchdog), WATCHDOG_PID,
     /// MCLUSTER_WORKER_ID, MCLUSTER_GENERATION, MCLUSTER_WORKERS, SYSTEMD_EXEC_PID, FDSTORE,
     /// JOURNAL_STREAM.
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = config::parse_env_pair)]
-    pub env: Vec<(String, String)>,
+    #[arg(
+        short,
+        long = "env",
+        value_name = "KEY=VALUE",
+        value_parser = clap::builder::OsStringValueParser::new()
+            .try_map(|text| config::parse_env_pair(&text))
+    )]
+    pub env: Vec<(OsString, OsString)>,
 
     /// Do not show the workers' stdout and stderr.
     #[arg(long)]

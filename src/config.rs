@@ -5,6 +5,7 @@ use std::env;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -140,15 +141,22 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     }
 }
 
-/// Parses a `KEY=VALUE` pair for a worker's environment: a non-empty `KEY` that is none of the
-/// variables mcluster sets for each worker or keeps from them (the error names it).
-pub fn parse_env_pair(text: &str) -> Result<(String, String), String> {
-    let Some((key, value)) = text.split_once('=') else {
+/// Parses a `KEY=VALUE` pair for a worker's environment (not necessarily UTF-8): a non-empty
+/// `KEY` that is none of the variables mcluster sets for each worker or keeps from them (the
+/// error names it).
+pub fn parse_env_pair(text: &OsStr) -> Result<(OsString, OsString), String> {
+    let bytes = text.as_bytes();
+    let Some(equals) = bytes.iter().position(|&b| b == b'=') else {
         return Err(format!(
-            "invalid environment pair '{text}': expected KEY=VALUE"
+            "invalid environment pair '{}': expected KEY=VALUE",
+            text.display()
         ));
     };
-    check_env(OsStr::new(key), OsStr::new(value))?;
+    let (key, value) = (
+        OsStr::from_bytes(&bytes[..equals]),
+        OsStr::from_bytes(&bytes[equals + 1..]),
+    );
+    check_env(key, value)?;
     Ok((key.to_owned(), value.to_owned()))
 }
 
@@ -238,10 +246,16 @@ mod tests {
 
     #[test]
     fn env_pairs_need_a_key_and_an_equals_sign() {
-        assert_eq!(parse_env_pair("A=b=c"), Ok(("A".into(), "b=c".into())));
-        assert_eq!(parse_env_pair("A="), Ok(("A".into(), String::new())));
-        assert!(parse_env_pair("A").unwrap_err().contains("'A'"));
-        assert!(parse_env_pair("=x").unwrap_err().contains("name is empty"));
+        let pair = |text: &str| parse_env_pair(OsStr::new(text));
+        assert_eq!(pair("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(pair("A="), Ok(("A".into(), OsString::new())));
+        assert!(pair("A").unwrap_err().contains("'A'"));
+        assert!(pair("=x").unwrap_err().contains("name is empty"));
+        let latin1 = OsStr::from_bytes(b"A=caf\xe9");
+        assert_eq!(
+            parse_env_pair(latin1),
+            Ok(("A".into(), OsStr::from_bytes(b"caf\xe9").to_owned()))
+        );
     }
 
     #[test]
@@ -258,14 +272,14 @@ mod tests {
             "WATCHDOG_PID",
             "SYSTEMD_EXEC_PID",
         ] {
-            let error = parse_env_pair(&format!("{key}=1")).unwrap_err();
+            let error = parse_env_pair(OsStr::new(&format!("{key}=1"))).unwrap_err();
             assert!(
                 error.starts_with(&format!("{key} is reserved: ")),
                 "{error}"
             );
         }
-        assert!(parse_env_pair("LISTEN_FDSX=1").is_ok());
-        assert!(parse_env_pair("listen_fds=1").is_ok());
+        assert!(parse_env_pair(OsStr::new("LISTEN_FDSX=1")).is_ok());
+        assert!(parse_env_pair(OsStr::new("listen_fds=1")).is_ok());
         assert!(
             check_env(OsStr::new("A=B"), OsStr::new("c"))
                 .unwrap_err()
