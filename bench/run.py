@@ -287,7 +287,7 @@ class Mcluster:
             "--", str(ECHO),
         ]  # fmt: skip
         server = Server("mcluster", argv)
-        _, _, m = server.wait_line(r"^mcluster: listening on 127\.0\.0\.1:(\d+)$")
+        _, _, m = server.wait_line(r"^mcluster: listening on 127\.0\.0\.1:(\d+) \(master pid \d+\)$")
         server.port = int(m.group(1))
         server.size = size
         return server
@@ -700,7 +700,7 @@ class DevMcluster:
 
     def start(self) -> Server:
         server = Server("mcluster dev", self.argv, cwd=self.project.dir, env=self.project.env(), scope=self.workdir)
-        _, _, m = server.wait_line(r"^mcluster: listening on 127\.0\.0\.1:(\d+)$", timeout=DEV_WAIT)
+        _, _, m = server.wait_line(r"^mcluster: listening on 127\.0\.0\.1:(\d+) \(master pid \d+\)$", timeout=DEV_WAIT)
         server.port = int(m.group(1))
         server.wait_line(rf"^mcluster: all {DEV_SIZE} workers ready in ", timeout=DEV_WAIT)
         return server

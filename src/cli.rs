@@ -1,11 +1,12 @@
 //! The command line: clap types, turned into a [`Master`]; errors become one line and an exit
 //! status.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::builder::BuildPlan;
@@ -78,40 +79,53 @@ pub struct ClusterArgs {
         short = 'n',
         long,
         value_name = "N",
+        value_parser = config::parse_size,
+        allow_negative_numbers = true,
         help = "Number of workers. [default: the CPU count available]"
     )]
     pub size: Option<usize>,
 
-    /// Environment variable for the workers. Repeatable.
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = config::parse_env_pair)]
-    pub env: Vec<(String, String)>,
+    /// Environment variable for the workers. Repeatable; a repeated KEY gets its last VALUE. What
+    /// mcluster sets for workers or withholds from them is refused: LISTEN_FDS, LISTEN_PID,
+    /// LISTEN_FDNAMES, NOTIFY_SOCKET, WATCHDOG_USEC (see --watchdog), WATCHDOG_PID,
+    /// MCLUSTER_WORKER_ID, MCLUSTER_GENERATION, MCLUSTER_WORKERS, SYSTEMD_EXEC_PID, FDSTORE,
+    /// JOURNAL_STREAM.
+    #[arg(
+        short,
+        long = "env",
+        value_name = "KEY=VALUE",
+        value_parser = clap::builder::OsStringValueParser::new()
+            .try_map(|text| config::parse_env_pair(&text))
+    )]
+    pub env: Vec<(OsString, OsString)>,
 
     /// Do not show the workers' stdout and stderr.
     #[arg(long)]
     pub silent: bool,
 
     /// When a starting worker counts as ready.
-    #[arg(long, value_enum, default_value_t = ReadyMode::Auto)]
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = ReadyMode::Auto)]
     pub ready: ReadyMode,
 
-    /// With --ready auto: a worker alive this long counts as ready.
-    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = config::parse_duration)]
+    /// With --ready auto: a worker alive this long counts as ready (0: at once).
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = config::parse_duration, allow_hyphen_values = true)]
     pub ready_delay: Duration,
 
-    /// A worker not ready by then has failed to start.
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = config::parse_duration)]
+    /// A worker not ready by then has failed to start (at least 1ms).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true)]
     pub ready_timeout: Duration,
 
-    /// How long a stopping worker has before SIGKILL.
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = config::parse_duration)]
+    /// How long a stopping worker has before SIGKILL (0: SIGKILL at once).
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = config::parse_duration, allow_hyphen_values = true)]
     pub kill_timeout: Duration,
 
     /// The signal that asks a worker to stop.
     #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = config::parse_signal)]
     pub stop_signal: i32,
 
-    /// Give workers WATCHDOG_USEC: a ready worker that sends no WATCHDOG=1 for DUR is replaced.
-    #[arg(long, value_name = "DUR", value_parser = config::parse_duration)]
+    /// Give workers WATCHDOG_USEC: a ready worker that sends no WATCHDOG=1 for DUR is replaced
+    /// (at least 1ms).
+    #[arg(long, value_name = "DUR", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true)]
     pub watchdog: Option<Duration>,
 }
 
@@ -133,8 +147,8 @@ pub struct DevArgs {
     )]
     pub ext: Vec<String>,
 
-    /// Quiet time after the last change before a rebuild (restarted by every change).
-    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = config::parse_duration)]
+    /// Quiet time after the last change before a rebuild (restarted by every change; 0: none).
+    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = config::parse_duration, allow_hyphen_values = true)]
     pub cooldown: Duration,
 
     /// Directories to watch.
@@ -150,8 +164,8 @@ pub struct DevArgs {
     #[arg(short, long = "ignore", value_name = "GLOB")]
     pub ignore: Vec<String>,
 
-    /// Poll for changes instead of inotify, every INTERVAL.
-    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "500ms", value_parser = config::parse_duration)]
+    /// Poll for changes instead of inotify, every INTERVAL (at least 1ms).
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "500ms", value_parser = config::parse_nonzero_duration, allow_negative_numbers = true)]
     pub poll: Option<Duration>,
 
     /// The binary to build and run.
@@ -231,11 +245,6 @@ impl ClusterArgs {
             .kill_timeout(self.kill_timeout)
             .stop_signal(self.stop_signal);
         if let Some(limit) = self.watchdog {
-            if limit.is_zero() {
-                return Err(Error::usage(
-                    "invalid --watchdog 0: give the time a worker has",
-                ));
-            }
             master = master.watchdog(limit);
         }
         for (key, value) in self.env {
@@ -274,7 +283,8 @@ impl DevArgs {
         let cwd = std::env::current_dir()
             .map_err(|e| Error::io("cannot read the current directory", e))?;
         let package = package_root(&cwd, self.manifest_path.as_deref())?;
-        let uses_cargo = !self.no_build && self.build.is_none();
+        // Production mode with a PROGRAM builds nothing: as mcluster start, no project needed.
+        let uses_cargo = !self.no_build && self.build.is_none() && (dev || name.is_none());
         if uses_cargo && package.is_none() {
             return Err(Error::usage(format!(
                 "no Cargo.toml in {} or above: run mcluster dev in a cargo project, pass \
@@ -284,6 +294,10 @@ impl DevArgs {
         }
         let root = package.unwrap_or_else(|| cwd.clone());
         if !dev {
+            if let Some(name) = &name {
+                // A bad PROGRAM is the one line, not one after this mode's.
+                config::resolve_program(Path::new(name))?;
+            }
             output::master_line(&format!(
                 "APP_ENV={}: production mode, as mcluster start (no watcher, no rebuilds)",
                 app_env.unwrap_or_default()
@@ -349,9 +363,18 @@ impl DevArgs {
 fn package_root(cwd: &Path, manifest: Option<&Path>) -> Result<Option<PathBuf>, Error> {
     if let Some(manifest) = manifest {
         let manifest = cwd.join(manifest);
-        if !manifest.is_file() {
+        let problem = if manifest.file_name() != Some(OsStr::new("Cargo.toml")) {
+            Some("cargo takes the path of a Cargo.toml")
+        } else if manifest.is_dir() {
+            Some("it is a directory")
+        } else if !manifest.is_file() {
+            Some("no such file")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
             return Err(Error::usage(format!(
-                "invalid --manifest-path {}: no such file",
+                "invalid --manifest-path {}: {problem}",
                 manifest.display()
             )));
         }
@@ -398,21 +421,45 @@ fn clap_error(error: &clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         };
     }
-    let rendered = error.render().to_string();
-    let mut lines = rendered
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty());
-    let first = lines.next().unwrap_or("invalid arguments");
-    let mut message = first.strip_prefix("error: ").unwrap_or(first).to_owned();
-    // "the following required arguments were not provided:" names them on the next line.
-    if message.ends_with(':')
-        && let Some(detail) = lines.next()
-    {
-        message = format!("{message} {detail}");
-    }
-    output::master_line(&format!("error: {message} (see mcluster --help)"));
+    output::master_line(&format!("error: {}", one_line(&error.render().to_string())));
     ExitCode::from(2)
+}
+
+/// Clap's rendered error as one line: the message, what it lists on the next lines (the
+/// arguments not provided, `[possible values: …]`), and its tips after a `;`, all before the
+/// usage. With no tip, a pointer to `--help` instead.
+fn one_line(rendered: &str) -> String {
+    let mut message = String::new();
+    let mut tips: Vec<&str> = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        if message.is_empty() {
+            message.push_str(line.strip_prefix("error: ").unwrap_or(line));
+        } else if line.starts_with("tip: to pass '") {
+            // "use '-- -1'": after `--` comes the PROGRAM, so this tip would run the value.
+        } else if line.starts_with("tip:") {
+            tips.push(line);
+        } else {
+            message.push(' ');
+            message.push_str(line);
+        }
+    }
+    if message.is_empty() {
+        message.push_str("invalid arguments");
+    }
+    if tips.is_empty() {
+        message.push_str(" (see mcluster --help)");
+    }
+    for tip in tips {
+        message.push_str("; ");
+        message.push_str(tip);
+    }
+    message
 }
 
 #[cfg(test)]
@@ -500,6 +547,115 @@ mod tests {
         }
         for production in [Some("production"), Some("staging"), Some("prod")] {
             assert!(!is_dev_env(production), "{production:?}");
+        }
+    }
+
+    /// The one line `mcluster` prints for a command line clap rejects.
+    fn error_line(args: &[&str]) -> String {
+        let mut command_line = vec!["mcluster"];
+        command_line.extend(args);
+        one_line(
+            &Cli::try_parse_from(command_line)
+                .unwrap_err()
+                .render()
+                .to_string(),
+        )
+    }
+
+    #[test]
+    fn clap_hints_stay_on_the_one_line() {
+        assert_eq!(
+            error_line(&["start", "--ready", "x", "--", "app"]),
+            "invalid value 'x' for '--ready <MODE>' [possible values: auto, notify] \
+             (see mcluster --help)"
+        );
+        assert_eq!(
+            error_line(&["strat"]),
+            "unrecognized subcommand 'strat'; tip: a similar subcommand exists: 'start'"
+        );
+        // The tip to pass a value after `--` is left out: there, it would be the PROGRAM.
+        assert_eq!(
+            error_line(&["start", "--sizee", "3", "--", "app"]),
+            "unexpected argument '--sizee' found; tip: a similar argument exists: '--size'"
+        );
+        let line = error_line(&["start", "-n", "-1", "--", "app"]);
+        assert!(
+            line.starts_with("invalid value '-1' for '--size <N>'"),
+            "{line}"
+        );
+        let line = error_line(&["start"]);
+        assert_eq!(
+            line,
+            "the following required arguments were not provided: <PROGRAM>... \
+             (see mcluster --help)"
+        );
+        for args in [
+            &["start", "--ready", "x", "--", "app"][..],
+            &["strat"],
+            &["start", "--kill-timeout", "-5s", "--", "app"],
+            &["start", "--bogus"],
+        ] {
+            let line = error_line(args);
+            assert!(!line.contains('\n') && !line.contains("Usage"), "{line}");
+        }
+    }
+
+    #[test]
+    fn every_duration_refuses_zero_unless_it_means_at_once() {
+        let parse = |option: &str, value: &str| {
+            Cli::try_parse_from(["mcluster", "dev", option, value, "--", "app"])
+                .map(|_| ())
+                .map_err(|e| one_line(&e.render().to_string()))
+        };
+        for option in ["--ready-delay", "--kill-timeout", "--cooldown"] {
+            assert_eq!(parse(option, "0"), Ok(()), "{option}");
+        }
+        for option in ["--ready-timeout", "--watchdog", "--poll"] {
+            let option_eq = format!("{option}=0");
+            let error = Cli::try_parse_from(["mcluster", "dev", &option_eq, "--", "app"])
+                .map(|_| ())
+                .map_err(|e| one_line(&e.render().to_string()))
+                .unwrap_err();
+            assert!(
+                error.contains(&format!("'{option} <")) || error.contains(&format!("'{option} [<")),
+                "{error}"
+            );
+            assert!(error.contains("at least 1ms"), "{error}");
+        }
+        for option in [
+            "--ready-delay",
+            "--ready-timeout",
+            "--kill-timeout",
+            "--watchdog",
+        ] {
+            let error = parse(option, "-1s").unwrap_err();
+            assert!(
+                error.contains(option) && error.contains("negative"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_manifest_path_is_a_cargo_toml_that_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, "").unwrap();
+        let manifest = dir.path().join("Cargo.toml");
+        std::fs::create_dir(&manifest).unwrap();
+        let missing = dir.path().join("missing/Cargo.toml");
+        for (path, problem) in [
+            (&other, "cargo takes the path of a Cargo.toml"),
+            (&manifest, "it is a directory"),
+            (&missing, "no such file"),
+        ] {
+            let error = package_root(dir.path(), Some(path))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                error,
+                format!("invalid --manifest-path {}: {problem}", path.display())
+            );
         }
     }
 

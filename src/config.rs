@@ -2,9 +2,10 @@
 //! clear error message naming the culprit for each kind of bad input.
 
 use std::env;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,18 +66,30 @@ impl std::error::Error for Error {
     }
 }
 
-/// The OS's words for an error, without Rust's `(os error N)` suffix.
-fn describe_io(error: &io::Error) -> String {
+/// The OS's words for an error, without Rust's `(os error N)` suffix, and starting in lower case
+/// as the rest of a line does (`too many open files`), unless it starts with an acronym.
+pub(crate) fn describe_io(error: &io::Error) -> String {
     let text = error.to_string();
-    match text.find(" (os error") {
-        Some(end) => text[..end].to_lowercase(),
-        None => text,
+    let text = match text.find(" (os error") {
+        Some(end) => &text[..end],
+        None => text.as_str(),
+    };
+    let mut chars = text.chars();
+    match (chars.next(), chars.next()) {
+        (Some(first), Some(second)) if first.is_uppercase() && !second.is_uppercase() => {
+            format!("{}{}", first.to_lowercase(), &text[first.len_utf8()..])
+        }
+        _ => text.to_owned(),
     }
 }
 
-/// Parses a duration: a number with `ms`, `s` or `m`; a bare number is milliseconds.
+/// Parses a duration: a number with `ms`, `s` or `m`; a bare number is milliseconds. 0 is
+/// accepted, for the options where it means "at once" (see [`parse_nonzero_duration`]).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    if text.starts_with('-') && text[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return Err(format!("invalid duration '{text}': it cannot be negative"));
+    }
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
@@ -100,16 +113,78 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("invalid duration '{text}': too large"))
 }
 
-/// Parses a `KEY=VALUE` pair for a worker's environment.
-pub fn parse_env_pair(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() && !key.contains('\0') && !value.contains('\0') => {
-            Ok((key.to_owned(), value.to_owned()))
+/// [`parse_duration`] for the options where no time at all makes no sense (`--ready-timeout`,
+/// `--watchdog`, `--poll`): anything under a millisecond, 0 included, is refused.
+pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < Duration::from_millis(1) {
+        return Err(format!(
+            "invalid duration '{}': it must be at least 1ms",
+            text.trim()
+        ));
+    }
+    Ok(duration)
+}
+
+/// Parses the number of workers: a whole number, at least 1.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let digits = text.trim();
+    match digits.parse::<usize>() {
+        Ok(0) => Err("the cluster needs at least one worker".to_owned()),
+        Ok(size) => Ok(size),
+        Err(_) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(format!("invalid size '{text}': too large"))
         }
-        _ => Err(format!(
-            "invalid environment pair '{text}': expected KEY=VALUE"
+        Err(_) => Err(format!(
+            "invalid size '{text}': expected a whole number of workers, at least 1"
         )),
     }
+}
+
+/// Parses a `KEY=VALUE` pair for a worker's environment (not necessarily UTF-8): a non-empty
+/// `KEY` that is none of the variables mcluster sets for each worker or keeps from them (the
+/// error names it).
+pub fn parse_env_pair(text: &OsStr) -> Result<(OsString, OsString), String> {
+    let bytes = text.as_bytes();
+    let Some(equals) = bytes.iter().position(|&b| b == b'=') else {
+        return Err(format!(
+            "invalid environment pair '{}': expected KEY=VALUE",
+            text.display()
+        ));
+    };
+    let (key, value) = (
+        OsStr::from_bytes(&bytes[..equals]),
+        OsStr::from_bytes(&bytes[equals + 1..]),
+    );
+    check_env(key, value)?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// Whether `key=value` may be given to the workers: a non-empty name without `=` or NUL, a
+/// value without NUL, and a name that is none of the variables mcluster sets for each worker or
+/// keeps from them (see [`crate::master`]). The error names the variable.
+pub(crate) fn check_env(key: &OsStr, value: &OsStr) -> Result<(), String> {
+    let shown = key.display();
+    if key.is_empty() {
+        return Err(format!(
+            "invalid environment pair '={}': the name is empty",
+            value.display()
+        ));
+    }
+    if key.as_encoded_bytes().contains(&b'=') {
+        return Err(format!(
+            "invalid environment variable name '{shown}': it contains '='"
+        ));
+    }
+    if key.as_encoded_bytes().contains(&0) || value.as_encoded_bytes().contains(&0) {
+        return Err(format!(
+            "invalid environment variable {shown}: it contains a NUL byte"
+        ));
+    }
+    if let Some(why) = crate::master::reserved_variable(key) {
+        return Err(format!("{shown} is reserved: {why}"));
+    }
+    Ok(())
 }
 
 /// Parses a signal name (`TERM`, `SIGTERM`, `term`) or number into its number.
@@ -171,10 +246,101 @@ mod tests {
 
     #[test]
     fn env_pairs_need_a_key_and_an_equals_sign() {
-        assert_eq!(parse_env_pair("A=b=c"), Ok(("A".into(), "b=c".into())));
-        assert_eq!(parse_env_pair("A="), Ok(("A".into(), String::new())));
-        assert!(parse_env_pair("A").unwrap_err().contains("'A'"));
-        assert!(parse_env_pair("=x").is_err());
+        let pair = |text: &str| parse_env_pair(OsStr::new(text));
+        assert_eq!(pair("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(pair("A="), Ok(("A".into(), OsString::new())));
+        assert!(pair("A").unwrap_err().contains("'A'"));
+        assert!(pair("=x").unwrap_err().contains("name is empty"));
+        let latin1 = OsStr::from_bytes(b"A=caf\xe9");
+        assert_eq!(
+            parse_env_pair(latin1),
+            Ok(("A".into(), OsStr::from_bytes(b"caf\xe9").to_owned()))
+        );
+    }
+
+    #[test]
+    fn env_pairs_cannot_set_what_mcluster_sets_or_keeps_from_workers() {
+        for key in [
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            "NOTIFY_SOCKET",
+            "MCLUSTER_WORKER_ID",
+            "MCLUSTER_GENERATION",
+            "MCLUSTER_WORKERS",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "SYSTEMD_EXEC_PID",
+        ] {
+            let error = parse_env_pair(OsStr::new(&format!("{key}=1"))).unwrap_err();
+            assert!(
+                error.starts_with(&format!("{key} is reserved: ")),
+                "{error}"
+            );
+        }
+        assert!(parse_env_pair(OsStr::new("LISTEN_FDSX=1")).is_ok());
+        assert!(parse_env_pair(OsStr::new("listen_fds=1")).is_ok());
+        assert!(
+            check_env(OsStr::new("A=B"), OsStr::new("c"))
+                .unwrap_err()
+                .contains("'='")
+        );
+        assert!(
+            check_env(OsStr::new("A\0"), OsStr::new("c"))
+                .unwrap_err()
+                .contains("NUL")
+        );
+        assert!(
+            check_env(OsStr::new("A"), OsStr::new("c\0"))
+                .unwrap_err()
+                .contains("NUL")
+        );
+    }
+
+    #[test]
+    fn zero_is_refused_where_no_time_at_all_makes_no_sense() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for zero in ["0", "0ms", "0s", "0.0001s", "0m"] {
+            let error = parse_nonzero_duration(zero).unwrap_err();
+            assert!(error.contains("at least 1ms"), "{zero}: {error}");
+        }
+        assert_eq!(parse_nonzero_duration("1"), Ok(Duration::from_millis(1)));
+        assert!(parse_duration("-5").unwrap_err().contains("negative"));
+        assert!(parse_duration("-5s").unwrap_err().contains("negative"));
+        assert!(
+            parse_duration("--silent")
+                .unwrap_err()
+                .contains("expected a number")
+        );
+    }
+
+    #[test]
+    fn sizes_are_whole_numbers_from_one() {
+        assert_eq!(parse_size("4"), Ok(4));
+        assert!(parse_size("0").unwrap_err().contains("at least one"));
+        assert!(parse_size("-1").unwrap_err().contains("'-1'"));
+        assert!(parse_size("1.5").unwrap_err().contains("whole number"));
+        assert!(
+            parse_size("99999999999999999999999")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn os_errors_read_as_words_without_the_error_number() {
+        let emfile = io::Error::from_raw_os_error(nix::libc::EMFILE);
+        assert_eq!(describe_io(&emfile), "too many open files");
+        let custom = io::Error::other("NUL in /Path");
+        assert_eq!(describe_io(&custom), "NUL in /Path");
+        let sentence = io::Error::other("Gone from /Path");
+        assert_eq!(describe_io(&sentence), "gone from /Path");
+        let error = Error::io("cannot watch signals", emfile);
+        assert_eq!(
+            error.to_string(),
+            "cannot watch signals: too many open files"
+        );
     }
 
     #[test]

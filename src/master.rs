@@ -40,7 +40,8 @@ use crate::supervisor::{
 };
 use crate::watch::{self, WatchConfig};
 
-/// The variables the master sets for each worker; the master's own values are not passed on.
+/// The variables the master sets for each worker (`WATCHDOG_USEC` only with a watchdog). The
+/// master's own values of them are not passed on, and `--env` cannot set them.
 const WORKER_VARIABLES: [&str; 8] = [
     "LISTEN_FDS",
     "LISTEN_PID",
@@ -51,6 +52,31 @@ const WORKER_VARIABLES: [&str; 8] = [
     "MCLUSTER_WORKERS",
     "WATCHDOG_USEC",
 ];
+
+/// What the master's own service manager (systemd) sets for it besides [`WORKER_VARIABLES`] and
+/// would be wrong for a worker: they name the master's pid (a worker that sees another pid in
+/// `WATCHDOG_PID` ignores its `WATCHDOG_USEC`), the fd store of the master's manager, or the
+/// master's stderr (a worker's is a pipe to the master). They are not passed on either, and
+/// `--env` cannot set them.
+const MANAGER_VARIABLES: [&str; 4] = [
+    "WATCHDOG_PID",
+    "SYSTEMD_EXEC_PID",
+    "FDSTORE",
+    "JOURNAL_STREAM",
+];
+
+/// Why `key` is not the workers' to set with `--env` or [`Master::env`], if it is not.
+pub(crate) fn reserved_variable(key: &OsStr) -> Option<&'static str> {
+    if key == "WATCHDOG_USEC" {
+        Some("mcluster sets it for each worker, from --watchdog")
+    } else if WORKER_VARIABLES.iter().any(|name| key == *name) {
+        Some("mcluster sets it for each worker")
+    } else if MANAGER_VARIABLES.iter().any(|name| key == *name) {
+        Some("it is the master's own, from its service manager, and never reaches a worker")
+    } else {
+        None
+    }
+}
 
 /// When a starting worker counts as ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +172,11 @@ impl Master {
         self
     }
 
-    /// Sets an environment variable for every worker (on top of the master's environment).
+    /// Sets an environment variable for every worker (on top of the master's environment). Set
+    /// again, a key keeps its last value. A variable mcluster sets for each worker or keeps from
+    /// them (`LISTEN_*`, `NOTIFY_SOCKET`, `WATCHDOG_*`, `MCLUSTER_*`, `SYSTEMD_EXEC_PID`,
+    /// `FDSTORE`, `JOURNAL_STREAM`), an empty key, or one with `=` or NUL makes
+    /// [`run`](Master::run) fail with a usage error naming it.
     #[must_use]
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
@@ -294,7 +324,11 @@ impl Master {
         // Before the listening lines: an unusable directory is then the one line of a failed start.
         let notify_dir = NotifyDir::create()?;
         for listener in &listeners {
-            output::master_line(&format!("listening on {}", listener.address()));
+            output::master_line(&format!(
+                "listening on {} (master pid {})",
+                listener.address(),
+                std::process::id()
+            ));
         }
         let signals = watch_signals(self.events.clone(), self.signals)
             .map_err(|e| Error::io("cannot watch signals", e))?;
@@ -384,15 +418,39 @@ fn c_string(text: &OsStr) -> Result<CString, Error> {
     })
 }
 
+/// The environment every worker starts with (the per-worker variables come on top): the
+/// master's, without [`WORKER_VARIABLES`] and [`MANAGER_VARIABLES`], with `extra` (a repeated key
+/// once, its last value) and `WATCHDOG_USEC`. A reserved or malformed `extra` key is an error.
 fn worker_environment(
     extra: &[(OsString, OsString)],
     watchdog: Option<Duration>,
 ) -> Result<Vec<CString>, Error> {
-    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(key, _)| !WORKER_VARIABLES.iter().any(|name| key == *name))
-        .filter(|(key, _)| !extra.iter().any(|(extra_key, _)| extra_key == key))
-        .collect();
-    vars.extend(extra.iter().cloned());
+    environment_from(std::env::vars_os(), extra, watchdog)
+}
+
+fn environment_from(
+    parent: impl IntoIterator<Item = (OsString, OsString)>,
+    extra: &[(OsString, OsString)],
+    watchdog: Option<Duration>,
+) -> Result<Vec<CString>, Error> {
+    let mut chosen: Vec<(OsString, OsString)> = Vec::new();
+    for (key, value) in extra {
+        config::check_env(key, value)
+            .map_err(|why| Error::usage(format!("invalid worker environment: {why}")))?;
+        match chosen.iter_mut().find(|(chosen_key, _)| chosen_key == key) {
+            Some(entry) => entry.1.clone_from(value),
+            None => chosen.push((key.clone(), value.clone())),
+        }
+    }
+    let mut vars: Vec<(OsString, OsString)> = Vec::new();
+    for (key, value) in parent {
+        // A key twice in the master's own environment: the master's getenv sees the first.
+        let taken = chosen.iter().chain(&vars).any(|(other, _)| *other == key);
+        if !taken && reserved_variable(&key).is_none() {
+            vars.push((key, value));
+        }
+    }
+    vars.extend(chosen);
     if let Some(limit) = watchdog {
         vars.push(("WATCHDOG_USEC".into(), limit.as_micros().to_string().into()));
     }
@@ -404,4 +462,90 @@ fn worker_environment(
             c_string(&entry)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        list.iter()
+            .map(|(key, value)| (OsString::from(key), OsString::from(value)))
+            .collect()
+    }
+
+    fn entries(env: &[CString]) -> Vec<&str> {
+        env.iter().map(|entry| entry.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn workers_get_none_of_the_masters_service_manager_variables() {
+        let parent = pairs(&[
+            ("PATH", "/bin"),
+            ("WATCHDOG_PID", "1"),
+            ("WATCHDOG_USEC", "30000000"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("LISTEN_FDS", "1"),
+            ("LISTEN_PID", "1"),
+            ("LISTEN_FDNAMES", "web"),
+            ("SYSTEMD_EXEC_PID", "1"),
+            ("FDSTORE", "16"),
+            ("JOURNAL_STREAM", "8:1234"),
+            ("MCLUSTER_WORKER_ID", "3"),
+            ("INVOCATION_ID", "abc"),
+        ]);
+        let env = environment_from(parent.clone(), &[], None).unwrap();
+        assert_eq!(entries(&env), ["PATH=/bin", "INVOCATION_ID=abc"]);
+        let env = environment_from(parent, &[], Some(Duration::from_secs(2))).unwrap();
+        assert_eq!(
+            entries(&env),
+            ["PATH=/bin", "INVOCATION_ID=abc", "WATCHDOG_USEC=2000000"]
+        );
+    }
+
+    #[test]
+    fn a_repeated_key_is_one_entry_with_its_last_value() {
+        let parent = pairs(&[("A", "parent"), ("B", "parent"), ("B", "second")]);
+        let extra = pairs(&[("A", "1"), ("C", "1"), ("A", "2")]);
+        let env = environment_from(parent, &extra, None).unwrap();
+        assert_eq!(entries(&env), ["B=parent", "A=2", "C=1"]);
+    }
+
+    #[test]
+    fn a_reserved_or_malformed_key_is_a_usage_error_naming_it() {
+        for (key, reason) in [
+            ("MCLUSTER_WORKER_ID", "MCLUSTER_WORKER_ID is reserved"),
+            ("LISTEN_FDS", "LISTEN_FDS is reserved"),
+            ("WATCHDOG_PID", "WATCHDOG_PID is reserved"),
+            ("", "the name is empty"),
+            ("A=B", "'A=B': it contains '='"),
+        ] {
+            let error = environment_from(Vec::new(), &pairs(&[(key, "1")]), None).unwrap_err();
+            assert_eq!(error.exit_status(), 2, "{error}");
+            assert!(error.to_string().contains(reason), "{error}");
+        }
+    }
+
+    #[test]
+    fn run_refuses_a_reserved_env_key_before_it_binds_or_spawns() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let listen: ListenAddr = format!("unix:{}", socket.display()).parse().unwrap();
+        // Were the key accepted, these workers would exit at once, and the master with them.
+        let error = Master::new("/bin/true")
+            .env("LISTEN_FDS", "2")
+            .size(1)
+            .signals(false)
+            .listen(listen)
+            .readiness(Readiness::Notify)
+            .run()
+            .map(|outcome| outcome.exit_status())
+            .unwrap_err();
+        assert_eq!(error.exit_status(), 2, "{error}");
+        assert!(
+            error.to_string().contains("LISTEN_FDS is reserved"),
+            "{error}"
+        );
+        assert!(!socket.exists());
+    }
 }

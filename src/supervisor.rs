@@ -381,7 +381,7 @@ impl Supervisor<'_> {
                         Ok(pid) => Event::Spawned { key, pid: Pid(pid) },
                         Err(error) => Event::SpawnFailed {
                             key,
-                            reason: error.to_string(),
+                            reason: crate::config::describe_io(&error),
                         },
                     }),
                     Action::Signal { pid, kind } => {

@@ -1,13 +1,83 @@
-//! Guarantee 8: bad input gets one clear line naming the culprit, a non-zero exit status, no
-//! worker, and nothing left on disk.
+//! Guarantee 8: bad input, and a hostile environment, get one clear line naming the culprit, a
+//! non-zero exit status (2 for bad input, 1 when the OS refuses), no worker, and nothing created,
+//! changed or removed on disk.
+//!
+//! One table ([`bad_invocations`]) holds the cases; each runs a real `mcluster` in a scene
+//! directory full of things to trip over (a regular file, a FIFO, a directory, a script without
+//! its exec bit), and the scene and the master's `$TMPDIR` are compared, entry by entry (kind,
+//! size, modification time), before and after.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::TcpListener;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
 
+use nix::sys::stat::Mode;
+use nix::unistd::mkfifo;
+
+use crate::support::process::DEADLINE;
 use crate::support::script::quote;
-use crate::support::{MasterBuilder, Script};
+use crate::support::{MasterBuilder, Script, is_alive};
 
-/// A worker program that leaves a mark if it ever runs, and a place for unix sockets.
+/// The state of a directory tree: every entry's path (relative), kind, size and mtime.
+type Snapshot = BTreeMap<String, (char, u64, i64, i64)>;
+
+fn snapshot(root: &Path) -> Snapshot {
+    let mut entries = Snapshot::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let kind = match meta.file_type() {
+            t if t.is_dir() => 'd',
+            t if t.is_file() => 'f',
+            t if t.is_fifo() => 'p',
+            t if t.is_socket() => 's',
+            t if t.is_symlink() => 'l',
+            _ => '?',
+        };
+        let name = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        entries.insert(
+            format!("/{name}"),
+            (kind, meta.size(), meta.mtime(), meta.mtime_nsec()),
+        );
+        if kind == 'd' {
+            pending.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    entries
+}
+
+/// What differs between two snapshots, one line per entry. The modification time of the
+/// directory `/sock` does not count: a listener bound there before the error (which only binding
+/// the next one can reveal, as a port in use) is removed, and that changes its directory.
+fn changes(before: &Snapshot, after: &Snapshot) -> Vec<String> {
+    let mut changes = Vec::new();
+    for (name, old) in before {
+        match after.get(name) {
+            None => changes.push(format!("removed {name}")),
+            Some(new) if name == "/sock" && new.0 == old.0 => {}
+            Some(new) if new != old => changes.push(format!("changed {name}: {old:?} → {new:?}")),
+            Some(_) => {}
+        }
+    }
+    for name in after.keys().filter(|name| !before.contains_key(*name)) {
+        changes.push(format!("created {name}"));
+    }
+    changes
+}
+
+/// A worker program that leaves a mark if it ever runs, next to things to trip over: `file` (a
+/// regular file), `fifo`, `dir/`, and the worker script itself, which has no exec bit; and
+/// `sock/`, for the listeners bound before an error.
 struct Scene {
     script: Script,
 }
@@ -17,12 +87,21 @@ impl Scene {
         let script = Script::new("");
         let spawned = script.dir().join("spawned");
         script.rewrite(&format!("touch {}\nexec sleep 60", quote(&spawned)));
+        fs::write(script.dir().join("file"), "not a socket, not a manifest\n").unwrap();
+        mkfifo(&script.dir().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        fs::create_dir(script.dir().join("dir")).unwrap();
+        fs::create_dir(script.dir().join("sock")).unwrap();
         Self { script }
+    }
+
+    /// A path in the scene, as text.
+    fn path(&self, name: &str) -> String {
+        self.script.dir().join(name).to_str().unwrap().to_owned()
     }
 
     /// `unix:<path>` of a socket in the scene (which must not be left behind).
     fn unix(&self, name: &str) -> String {
-        format!("unix:{}", self.script.dir().join(name).display())
+        format!("unix:{}", self.path(name))
     }
 
     fn worker(&self) -> &str {
@@ -42,129 +121,429 @@ impl Scene {
     /// was left behind.
     #[track_caller]
     fn rejects(&self, args: &[&str], code: Option<i32>, culprits: &[&str]) {
-        let mut master = MasterBuilder::raw(args).start();
-        let status = master.wait_exit_code();
-        match code {
-            Some(code) => assert_eq!(status, code, "{args:?}\n{}", master.dump()),
-            None => assert_ne!(status, 0, "{args:?}\n{}", master.dump()),
+        let case = Case {
+            args: args.iter().map(|&a| a.to_owned()).collect(),
+            env: Vec::new(),
+            fd3: None,
+            code,
+            culprits: culprits.iter().map(|&c| c.to_owned()).collect(),
+        };
+        if let Err(failure) = self.run(&case) {
+            panic!("{failure}");
         }
-        let lines = master.stderr_lines();
-        assert_eq!(lines.len(), 1, "{args:?}: not one line\n{}", master.dump());
-        let line = &lines[0];
-        assert!(line.starts_with("mcluster: error: "), "{line:?}");
-        for culprit in culprits {
-            assert!(
-                line.to_lowercase().contains(&culprit.to_lowercase()),
-                "{args:?}: {line:?} does not name {culprit:?}"
+    }
+
+    /// Runs one case in the scene (its working directory); what went wrong, if anything.
+    fn run(&self, case: &Case) -> Result<(), String> {
+        let before = snapshot(self.script.dir());
+        let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
+        let mut builder = MasterBuilder::raw(&args).current_dir(self.script.dir());
+        for (key, value) in &case.env {
+            builder = builder.env(key, value);
+        }
+        if let Some(file) = &case.fd3 {
+            // fd 3 open on `file`, and LISTEN_PID the master's own pid unless the case sets it
+            // (the shell execs the master: its pid is the master's).
+            builder = builder.via(
+                "/bin/sh",
+                &[
+                    "-c",
+                    "exec 3<\"$0\" && export LISTEN_PID=\"${LISTEN_PID:-$$}\" && exec \"$@\"",
+                    file,
+                ],
             );
         }
-        assert_eq!(master.stdout_lines(), Vec::<String>::new(), "{args:?}");
-        assert!(
-            !self.script.dir().join("spawned").exists(),
-            "{args:?}: a worker was spawned"
-        );
-        let mut leftovers: Vec<String> = fs::read_dir(self.script.dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name != "worker.sh")
-            .collect();
-        leftovers.extend(
-            fs::read_dir(master.tmpdir())
-                .unwrap()
-                .map(|e| format!("$TMPDIR/{}", e.unwrap().file_name().to_string_lossy())),
-        );
-        assert_eq!(leftovers, Vec::<String>::new(), "{args:?}: left behind");
+        let mut master = builder.start();
+        let what = format!("mcluster {args:?} (environment {:?})", case.env);
+        // A master that took the input runs on: fail this case at its first worker, not the
+        // whole table at the deadline.
+        let spawned = Path::new(&self.path("spawned")).to_owned();
+        let start = Instant::now();
+        while is_alive(master.pid()) && !spawned.exists() && start.elapsed() < DEADLINE {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if is_alive(master.pid()) {
+            let dump = master.dump();
+            drop(master);
+            let _ = fs::remove_file(&spawned);
+            return Err(format!(
+                "{what}:\n  the master runs (a worker was spawned)\n{dump}"
+            ));
+        }
+        let status = master.wait_exit_code();
+        let mut failures = Vec::new();
+        match case.code {
+            Some(code) if status != code => {
+                failures.push(format!("exit status {status}, not {code}"));
+            }
+            None if status == 0 => failures.push("exit status 0".to_owned()),
+            _ => {}
+        }
+        let lines = master.stderr_lines();
+        if let [line] = &lines[..] {
+            if !line.starts_with("mcluster: error: ") {
+                failures.push(format!("{line:?} is no error line"));
+            }
+            for culprit in &case.culprits {
+                if !line.to_lowercase().contains(&culprit.to_lowercase()) {
+                    failures.push(format!("{line:?} does not name {culprit:?}"));
+                }
+            }
+        } else {
+            failures.push(format!("{} lines on stderr, not one", lines.len()));
+        }
+        if !master.stdout_lines().is_empty() {
+            failures.push("output on stdout".to_owned());
+        }
+        if Path::new(&self.path("spawned")).exists() {
+            failures.push("a worker was spawned".to_owned());
+            let _ = fs::remove_file(self.path("spawned"));
+        }
+        for change in changes(&before, &snapshot(self.script.dir())) {
+            failures.push(format!("in the scene: {change}"));
+        }
+        for change in changes(&Snapshot::new(), &snapshot(master.tmpdir())) {
+            if change != "created /" {
+                failures.push(format!("in $TMPDIR: {change}"));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what}:\n  {}\n{}",
+                failures.join("\n  "),
+                master.dump()
+            ))
+        }
     }
 }
 
-#[test]
-fn unknown_flag() {
-    let scene = Scene::new();
-    let args = scene.start(&["--no-such-flag", "-l", "127.0.0.1:0"]);
-    scene.rejects(&args, Some(2), &["--no-such-flag"]);
+/// One bad invocation: the command line, the master's extra environment, and what must come out.
+struct Case {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// A file the master gets as fd 3, with `LISTEN_PID` its own pid unless `env` sets it.
+    fd3: Option<String>,
+    code: Option<i32>,
+    culprits: Vec<String>,
+}
+
+impl Case {
+    fn new(args: &[&str], code: i32, culprits: &[&str]) -> Self {
+        Self {
+            args: args.iter().map(|&a| a.to_owned()).collect(),
+            env: Vec::new(),
+            fd3: None,
+            code: Some(code),
+            culprits: culprits.iter().map(|&c| c.to_owned()).collect(),
+        }
+    }
+
+    fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    fn fd3(mut self, file: &str) -> Self {
+        self.fd3 = Some(file.to_owned());
+        self
+    }
+}
+
+/// The table: bad flags, values, durations, sizes, addresses, socket paths, programs, `--env`
+/// pairs, inherited sockets, temp directories, and dev-mode paths. `taken` is a TCP address in
+/// use.
+fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
+    let unix = scene.unix("sock/s.sock");
+    let worker = scene.worker();
+    // `start -l unix:… OPTIONS -- /bin/sh <worker>`: all good but `options`.
+    let start = |options: &[&str], code: i32, culprits: &[&str]| {
+        let mut args = vec!["start", "-l", &unix];
+        args.extend_from_slice(options);
+        args.extend(["--", "/bin/sh", worker]);
+        Case::new(&args, code, culprits)
+    };
+    // The same for `dev`, with `--no-build` unless `options` say how to build.
+    let dev = |options: &[&str], code: i32, culprits: &[&str]| {
+        let mut args = vec!["dev", "-l", &unix, "-n", "1"];
+        args.extend_from_slice(options);
+        args.extend(["--", "/bin/sh", worker]);
+        Case::new(&args, code, culprits)
+    };
+    // `start` running `program` instead of the worker.
+    let run = |program: &str, code: i32, culprits: &[&str]| {
+        Case::new(
+            &["start", "-l", &unix, "-n", "1", "--", program],
+            code,
+            culprits,
+        )
+    };
+    let listen = |addr: &str, code: i32, culprits: &[&str]| start(&["-l", addr], code, culprits);
+    let (file, dir, fifo) = (scene.path("file"), scene.path("dir"), scene.path("fifo"));
+    let missing = scene.path("missing");
+    let long = scene.unix(&"a".repeat(120));
+    let mut cases = vec![
+        // Flags and subcommands; clap's hints stay on the one line.
+        start(&["--no-such-flag"], 2, &["'--no-such-flag'"]),
+        start(
+            &["--sizee", "3"],
+            2,
+            &["'--sizee'", "similar argument exists: '--size'"],
+        ),
+        Case::new(
+            &["strat", "-n", "1"],
+            2,
+            &["'strat'", "similar subcommand exists: 'start'"],
+        ),
+        Case::new(&["start", "-l", &unix, "-n", "1"], 2, &["<PROGRAM>"]),
+        Case::new(&["start", "-l", &unix, "--"], 2, &["<PROGRAM>"]),
+        start(&["--silent=3"], 2, &["--silent", "'3'"]),
+        start(
+            &["--ready", "x"],
+            2,
+            &["'x'", "--ready", "[possible values: auto, notify]"],
+        ),
+        Case::new(
+            &["start", "-l", &unix, "--ready"],
+            2,
+            &["--ready", "auto, notify"],
+        ),
+        dev(
+            &["--build", "make", "--no-build"],
+            2,
+            &["--build", "--no-build"],
+        ),
+        Case::new(
+            &["dev", "-l", &unix, "--no-build"],
+            2,
+            &["--no-build", "PROGRAM"],
+        ),
+        Case::new(
+            &["dev", "-l", &unix, "--build", "true"],
+            2,
+            &["--build", "PROGRAM"],
+        ),
+        // Sizes.
+        start(&["-n", "0"], 2, &["--size", "at least one worker"]),
+        start(&["--size", "0"], 2, &["--size", "at least one worker"]),
+        start(&["-n", "-1"], 2, &["--size", "'-1'"]),
+        start(&["-n", "abc"], 2, &["--size", "'abc'"]),
+        start(&["-n", "1.5"], 2, &["--size", "'1.5'"]),
+        start(
+            &["-n", "99999999999999999999999"],
+            2,
+            &["--size", "too large"],
+        ),
+        start(&["-n", ""], 2, &["--size"]),
+        // Durations: a unit, not negative, and at least 1ms where 0 makes no sense.
+        start(&["--kill-timeout", "5x"], 2, &["--kill-timeout", "5x"]),
+        start(
+            &["--kill-timeout", "-5s"],
+            2,
+            &["--kill-timeout", "'-5s'", "negative"],
+        ),
+        start(
+            &["--ready-delay", "0.5.5s"],
+            2,
+            &["--ready-delay", "0.5.5s"],
+        ),
+        start(
+            &["--ready-delay", "1h"],
+            2,
+            &["--ready-delay", "unknown unit 'h'"],
+        ),
+        start(
+            &["--ready-timeout", "0"],
+            2,
+            &["--ready-timeout", "at least 1ms"],
+        ),
+        start(
+            &["--ready-timeout", "0s"],
+            2,
+            &["--ready-timeout", "at least 1ms"],
+        ),
+        start(
+            &["--ready-timeout", "99999999999999999999m"],
+            2,
+            &["--ready-timeout", "too large"],
+        ),
+        start(&["--watchdog", "0"], 2, &["--watchdog", "at least 1ms"]),
+        start(&["--watchdog", ""], 2, &["--watchdog", "''"]),
+        dev(
+            &["--no-build", "--cooldown", "5x"],
+            2,
+            &["--cooldown", "5x"],
+        ),
+        dev(&["--no-build", "--poll=0"], 2, &["--poll", "at least 1ms"]),
+        dev(&["--no-build", "--poll=-1"], 2, &["--poll", "negative"]),
+        // Signals.
+        start(&["--stop-signal", "BOGUS"], 2, &["--stop-signal", "BOGUS"]),
+        start(&["--stop-signal", "0"], 2, &["--stop-signal", "'0'"]),
+        start(&["--stop-signal", "99"], 2, &["--stop-signal", "'99'"]),
+        // Addresses (a good unix listener comes first: it must be gone after the error).
+        listen("127.0.0.1:notaport", 2, &["127.0.0.1:notaport"]),
+        listen("127.0.0.1:99999", 2, &["127.0.0.1:99999"]),
+        listen("127.0.0.1:-1", 2, &["127.0.0.1:-1"]),
+        listen("127.0.0.1", 2, &["'127.0.0.1'"]),
+        listen("[::1:80", 2, &["[::1:80"]),
+        listen("[::1]", 2, &["'[::1]'"]),
+        listen(":", 2, &["':'"]),
+        listen("unix:", 2, &["unix:"]),
+        listen("nope", 2, &["'nope'"]),
+        listen("999.1.1.1:80", 2, &["999.1.1.1"]),
+        listen("http://x:80", 2, &["http://x:80"]),
+        listen("name=", 2, &["'name='"]),
+        listen("=127.0.0.1:0", 2, &["'=127.0.0.1:0'"]),
+        listen(taken, 1, &["address already in use", taken]),
+        listen(
+            "192.0.2.1:80",
+            1,
+            &["192.0.2.1:80", "cannot assign requested address"],
+        ),
+        // Unix socket paths (files and FIFOs in the way: see the report of the listen fixes).
+        listen(&format!("unix:{dir}"), 1, &[&dir, "is a directory"]),
+        listen(
+            &scene.unix("missing/s.sock"),
+            1,
+            &["missing/s.sock", "no such file"],
+        ),
+        listen(&long, 1, &[&long]),
+        // Programs.
+        run(
+            "mcluster-test-no-such-program",
+            2,
+            &["mcluster-test-no-such-program", "PATH"],
+        ),
+        run(&missing, 2, &[&missing, "not found"]),
+        run(worker, 2, &[worker, "not executable"]),
+        run(&dir, 2, &[&dir, "not executable"]),
+        run("./dir", 2, &["./dir", "not executable"]),
+        run(&fifo, 2, &[&fifo]),
+        run("", 2, &["program", "empty"]),
+        // `--env` pairs.
+        start(&["-e", "NOEQUALS"], 2, &["--env", "NOEQUALS", "KEY=VALUE"]),
+        start(&["-e", "=x"], 2, &["--env", "'=x'", "name is empty"]),
+        start(&["--env", "A=1", "--env", "=x"], 2, &["--env", "'=x'"]),
+    ];
+    for reserved in [
+        "MCLUSTER_WORKER_ID",
+        "MCLUSTER_GENERATION",
+        "MCLUSTER_WORKERS",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "SYSTEMD_EXEC_PID",
+    ] {
+        let pair = format!("{reserved}=2");
+        cases.push(start(
+            &["-e", &pair],
+            2,
+            &["--env", &format!("{reserved} is reserved")],
+        ));
+    }
+    cases.extend([
+        start(
+            &["-e", "WATCHDOG_USEC=5"],
+            2,
+            &["WATCHDOG_USEC", "--watchdog"],
+        ),
+        // Sockets from the parent (`LISTEN_FDS`).
+        start(&[], 2, &["LISTEN_FDS", "'x'"]).env("LISTEN_FDS", "x"),
+        start(&[], 2, &["LISTEN_FDS", "''"]).env("LISTEN_FDS", ""),
+        start(&[], 2, &["LISTEN_FDS", "'1x'"]).env("LISTEN_FDS", "1x"),
+        start(&[], 1, &["fd 3", "not open"]).env("LISTEN_FDS", "1"),
+        start(&[], 1, &["fd 3"]).env("LISTEN_FDS", "1").fd3(&file),
+        start(&[], 1, &["fd 3"]).env("LISTEN_FDS", "2").fd3(&file),
+        // LISTEN_PID of another process: the sockets are not the master's; it binds its own.
+        listen(taken, 1, &[taken, "address already in use"])
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_PID", "1")
+            .fd3(&file),
+        // Temp and runtime directories that are missing or files, with bad input.
+        run(&missing, 2, &[&missing])
+            .env("TMPDIR", &missing)
+            .env("XDG_RUNTIME_DIR", &file),
+        listen(taken, 1, &[taken])
+            .env("TMPDIR", &file)
+            .env("XDG_RUNTIME_DIR", &missing),
+        // Dev mode: the manifest, the watched directories, the ignore globs, APP_ENV.
+        dev(
+            &["--manifest-path", &format!("{missing}/Cargo.toml")],
+            2,
+            &[
+                "--manifest-path",
+                &format!("{missing}/Cargo.toml"),
+                "no such file",
+            ],
+        ),
+        dev(
+            &["--manifest-path", &file],
+            2,
+            &["--manifest-path", &file, "Cargo.toml"],
+        ),
+        dev(&["--manifest-path", &dir], 2, &["--manifest-path", &dir]),
+        dev(
+            &[],
+            2,
+            &["no Cargo.toml", scene.script.dir().to_str().unwrap()],
+        ),
+        dev(&["--no-build", "-w", &missing], 2, &[&missing]),
+        dev(&["--no-build", "-w", "missing"], 2, &[&missing]),
+        dev(&["--no-build", "-w", &file], 2, &[&file, "not a directory"]),
+        dev(&["--no-build", "-i", "["], 2, &["--ignore", "'['"]),
+        Case::new(&["dev", "-l", &unix, "--", &missing], 2, &[&missing])
+            .env("APP_ENV", "production"),
+    ]);
+    cases
 }
 
 #[test]
-fn missing_program() {
+fn bad_invocations_get_one_line_and_leave_everything_as_it_was() {
     let scene = Scene::new();
-    scene.rejects(
-        &["start", "-l", "127.0.0.1:0", "-n", "1"],
-        Some(2),
-        &["program"],
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let cases = bad_invocations(&scene, &taken);
+    assert!(cases.len() >= 50, "{} cases", cases.len());
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|case| scene.run(case).err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
     );
 }
 
+/// `-e MCLUSTER_WORKER_ID=77` once made workers report id 77, and `-e LISTEN_FDS=2` crash-looped
+/// them all: what mcluster sets for each worker is not the user's to set.
 #[test]
-fn zero_size() {
+fn env_cannot_set_what_mcluster_sets_for_each_worker() {
     let scene = Scene::new();
     let unix = scene.unix("s.sock");
-    let args = scene.start(&["-l", &unix, "--size", "0"]);
-    scene.rejects(&args, None, &["--size"]);
-    let args = scene.start(&["-l", &unix, "-n", "0"]);
-    scene.rejects(&args, None, &["--size"]);
-}
-
-#[test]
-fn malformed_addresses() {
-    let scene = Scene::new();
-    let unix = scene.unix("s.sock");
-    for bad in [
-        "127.0.0.1:notaport",
-        "127.0.0.1:99999",
-        "127.0.0.1",
-        "[::1:80",
-        "unix:",
-    ] {
-        let args = scene.start(&["-l", &unix, "-l", bad]);
-        scene.rejects(&args, None, &[bad]);
+    for pair in ["MCLUSTER_WORKER_ID=77", "LISTEN_FDS=2"] {
+        let key = pair.split_once('=').unwrap().0;
+        let args = scene.start(&["-l", &unix, "-n", "1", "-e", "A=1", "-e", pair]);
+        scene.rejects(&args, Some(2), &["--env", &format!("{key} is reserved")]);
     }
 }
 
+/// Every duration follows one rule: 0 is refused where no time at all makes no sense, with the
+/// option named; where 0 means "at once" it is accepted.
 #[test]
-fn port_already_in_use() {
-    let scene = Scene::new();
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    // The unix socket is bound first, so the error must also clean it up.
-    let unix = scene.unix("s.sock");
-    let args = scene.start(&["-l", &unix, "-l", &addr]);
-    scene.rejects(&args, Some(1), &["address already in use", &addr]);
-}
-
-#[test]
-fn program_not_found() {
+fn a_zero_ready_timeout_is_refused_as_a_zero_watchdog_is() {
     let scene = Scene::new();
     let unix = scene.unix("s.sock");
-    let args = ["start", "-l", &unix, "--", "mcluster-test-no-such-program"];
-    scene.rejects(&args, None, &["mcluster-test-no-such-program"]);
-    let missing = scene.script.dir().join("missing");
-    let missing = missing.to_str().unwrap();
-    scene.rejects(&["start", "-l", &unix, "--", missing], None, &[missing]);
-}
-
-#[test]
-fn program_not_executable() {
-    let scene = Scene::new();
-    let unix = scene.unix("s.sock");
-    // The script itself has no exec bit (tests run it through /bin/sh).
-    let args = ["start", "-l", &unix, "--", scene.worker()];
-    scene.rejects(&args, None, &[scene.worker()]);
-}
-
-#[test]
-fn malformed_env() {
-    let scene = Scene::new();
-    let unix = scene.unix("s.sock");
-    let args = scene.start(&["-l", &unix, "-e", "NOEQUALS"]);
-    scene.rejects(&args, None, &["--env", "NOEQUALS"]);
-}
-
-#[test]
-fn bad_duration() {
-    let scene = Scene::new();
-    let unix = scene.unix("s.sock");
-    let args = scene.start(&["-l", &unix, "--kill-timeout", "5x"]);
-    scene.rejects(&args, None, &["--kill-timeout", "5x"]);
+    for option in ["--ready-timeout", "--watchdog"] {
+        let args = scene.start(&["-l", &unix, "-n", "1", option, "0"]);
+        scene.rejects(&args, Some(2), &[option, "at least 1ms"]);
+    }
 }
 
 /// What a file is, to show it untouched: type and mode, inode, and its content, target or

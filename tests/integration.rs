@@ -16,6 +16,8 @@
 //! - `tree`    a worker is its process tree: shell wrappers without `exec` and background
 //!   children through rolls, crashes, TTOU, stops and SIGKILL of the master; HUP after the
 //!   terminal closed; an aborted roll never empties a slot; an embedder's children stay its own
+//! - `environment` `--env` pairs once each, none of the master's service-manager variables
+//!   (`WATCHDOG_PID`, …) in a worker; the master's pid in the listening lines
 //! - `errors`  bad input: one line, non-zero exit, nothing spawned or left behind
 //! - `output`  worker output prefixed by slot, long lines cut, the master's memory bounded;
 //!   `--silent` (workers write to /dev/null)
@@ -35,6 +37,7 @@ mod support;
 
 mod crash;
 mod dev;
+mod environment;
 mod errors;
 mod library;
 mod output;

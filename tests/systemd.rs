@@ -188,7 +188,8 @@ fn serves_on_the_inherited_socket(listen_pid: ListenPid, names: Option<&str>, na
     assert_eq!(
         listening,
         [format!(
-            "mcluster: listening on 127.0.0.1:{port} (inherited)"
+            "mcluster: listening on 127.0.0.1:{port} (inherited) (master pid {})",
+            master.pid()
         )],
         "{}",
         master.dump()

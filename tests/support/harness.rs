@@ -282,7 +282,8 @@ impl Master {
         kill(Pid::from_raw(self.pid()), signal).expect("signal the master");
     }
 
-    /// Waits for `count` `mcluster: listening on <addr>` lines and returns the addresses.
+    /// Waits for `count` `mcluster: listening on <addr> (master pid <pid>)` lines and returns
+    /// the addresses.
     #[track_caller]
     pub(crate) fn listening(&self, count: usize) -> Vec<String> {
         let mut mark = 0;
@@ -290,7 +291,10 @@ impl Master {
             .map(|_| {
                 let (next, line) = self.wait_for_stderr_after(mark, "mcluster: listening on ");
                 mark = next;
-                line["mcluster: listening on ".len()..].to_owned()
+                let rest = &line["mcluster: listening on ".len()..];
+                rest.rsplit_once(" (master pid ")
+                    .map_or(rest, |(addr, _)| addr)
+                    .to_owned()
             })
             .collect()
     }
