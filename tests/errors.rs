@@ -401,14 +401,20 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
             1,
             &["192.0.2.1:80", "cannot assign requested address"],
         ),
-        // Unix socket paths (files and FIFOs in the way: see the report of the listen fixes).
-        listen(&format!("unix:{dir}"), 1, &[&dir, "is a directory"]),
+        // Unix socket paths: anything in the way that is no stale socket is a bad address.
+        listen(
+            &format!("unix:{file}"),
+            2,
+            &[&file, "is a regular file, not a socket"],
+        ),
+        listen(&format!("unix:{fifo}"), 2, &[&fifo, "not a socket"]),
+        listen(&format!("unix:{dir}"), 2, &[&dir, "is a directory"]),
         listen(
             &scene.unix("missing/s.sock"),
             1,
             &["missing/s.sock", "no such file"],
         ),
-        listen(&long, 1, &[&long]),
+        listen(&long, 2, &[&long, "more than the 107"]),
         // Programs.
         run(
             "mcluster-test-no-such-program",
