@@ -271,6 +271,17 @@ impl Master {
                 "invalid --size 0: the cluster needs at least one worker",
             ));
         }
+        // The same rule as the command line's: 0 only where it means "at once".
+        if self.ready_timeout.is_zero() {
+            return Err(Error::usage(
+                "invalid --ready-timeout 0: a worker needs some time to get ready",
+            ));
+        }
+        if self.watchdog.is_some_and(|limit| limit.is_zero()) {
+            return Err(Error::usage(
+                "invalid --watchdog 0: a worker needs some time between pings",
+            ));
+        }
         let stop_signal = nix::sys::signal::Signal::try_from(self.stop_signal)
             .map_err(|_| Error::usage(format!("invalid stop signal {}", self.stop_signal)))?;
         let latest = match &self.program {
@@ -547,5 +558,27 @@ mod tests {
             "{error}"
         );
         assert!(!socket.exists());
+    }
+
+    #[test]
+    fn run_refuses_zero_durations_that_cannot_mean_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let listen: ListenAddr = format!("unix:{}", socket.display()).parse().unwrap();
+        let master = || {
+            Master::new("/bin/true")
+                .size(1)
+                .signals(false)
+                .listen(listen.clone())
+        };
+        for (master, option) in [
+            (master().ready_timeout(Duration::ZERO), "--ready-timeout 0"),
+            (master().watchdog(Duration::ZERO), "--watchdog 0"),
+        ] {
+            let error = master.run().map(|o| o.exit_status()).unwrap_err();
+            assert_eq!(error.exit_status(), 2, "{error}");
+            assert!(error.to_string().contains(option), "{error}");
+            assert!(!socket.exists());
+        }
     }
 }

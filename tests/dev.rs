@@ -699,3 +699,33 @@ fn the_builds_a_killed_master_left_are_swept_by_the_next_one() {
     );
     stop_gracefully(&mut next);
 }
+
+/// A first generation whose worker crashes at start does not end a dev session: like a failed
+/// build, it waits for the save that fixes it, and says so.
+#[test]
+fn a_worker_crashing_at_start_waits_for_the_save_that_fixes_it() {
+    let watched = TempDir::new().unwrap();
+    let script = Script::new("echo 'app: broken config' >&2\nexit 3");
+    let master = dev_with(&[
+        "-n",
+        "2",
+        "-w",
+        watched.path().to_str().unwrap(),
+        "--no-build",
+        "--",
+        "/bin/sh",
+        script.arg(),
+    ])
+    .start();
+    let gave_up =
+        master.wait_for_stderr("mcluster: error: no worker became ready after 3 attempts: ");
+    assert!(
+        gave_up.ends_with("; waiting for a change to retry"),
+        "{gave_up}"
+    );
+    script.rewrite(&crate::support::script::exec_line(&fixture("fixture-echo")));
+    fs::write(watched.path().join("main.rs"), "fn main() {}").unwrap();
+    master.wait_for_stderr("mcluster: main.rs changed → starting again");
+    master.wait_for_stderr(&crate::support::all_ready(2));
+    assert_eq!(echo(master.port(), "fixed").generation, 2);
+}
