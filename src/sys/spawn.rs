@@ -252,3 +252,29 @@ pub(crate) fn die_with_parent(command: &mut std::process::Command) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// An exec failure must come back as the error, also when the error pipe's fd number is
+    /// one of the targets the child fills (a process with many listeners, or one that closed
+    /// its low fds): were the pipe overwritten by dup2, the failure would read as success.
+    #[test]
+    fn an_exec_failure_is_reported_whatever_the_error_pipe_s_number() {
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        // More targets than this test process has fds open: the error pipe's number is one.
+        let fds: Vec<BorrowedFd<'_>> = (0..256).map(|_| devnull.as_fd()).collect();
+        let program = CString::new("/nonexistent/mcluster-test-program").unwrap();
+        let result = spawn_worker(&SpawnRequest {
+            program: &program,
+            argv: std::slice::from_ref(&program),
+            env: &[],
+            fds: &fds,
+            guard_fd: -1,
+        });
+        let error = result.expect_err("exec of a missing program must fail");
+        assert_eq!(error.raw_os_error(), Some(libc::ENOENT), "{error}");
+    }
+}
