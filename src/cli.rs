@@ -10,6 +10,7 @@ use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::builder::BuildPlan;
+use crate::cluster::Surge;
 use crate::config::{self, Error};
 use crate::listener::ListenAddr;
 use crate::master::{DevSettings, Master, Readiness, default_size};
@@ -115,9 +116,16 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true)]
     pub ready_timeout: Duration,
 
-    /// How long a stopping worker has before SIGKILL (0: SIGKILL at once).
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = config::parse_duration, allow_hyphen_values = true)]
-    pub kill_timeout: Duration,
+    /// How long a stopping worker has before SIGKILL (0: SIGKILL at once). [default: 30s; 5s
+    /// for dev, where nothing is worth a long wait]
+    #[arg(long, value_name = "DUR", value_parser = config::parse_duration, allow_hyphen_values = true)]
+    pub kill_timeout: Option<Duration>,
+
+    /// How many replacements a roll starts at once: a count, a percentage of the size (25%), or
+    /// all. Ready workers never drop below the size; each old worker stops as soon as its
+    /// replacement is ready. [default: all]
+    #[arg(long, value_name = "N|P%|all", value_parser = config::parse_surge)]
+    pub surge: Option<Surge>,
 
     /// The signal that asks a worker to stop.
     #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = config::parse_signal)]
@@ -222,12 +230,19 @@ impl StartArgs {
                 "missing PROGRAM: usage is mcluster start [OPTIONS] -- PROGRAM [ARGS]...",
             ));
         };
-        self.cluster.configure(Master::new(name).args(program))
+        self.cluster
+            .configure(Master::new(name).args(program), KILL_TIMEOUT)
     }
 }
 
+/// `--kill-timeout` of `mcluster start` (and of `dev` in production mode).
+const KILL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--kill-timeout` of `mcluster dev`: a developer waits for nothing in a stopping worker.
+const DEV_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl ClusterArgs {
-    fn configure(self, master: Master) -> Result<Master, Error> {
+    fn configure(self, master: Master, kill_timeout: Duration) -> Result<Master, Error> {
         let size = self.size.unwrap_or_else(default_size);
         if size == 0 {
             return Err(Error::usage(
@@ -242,7 +257,8 @@ impl ClusterArgs {
                 ReadyMode::Notify => Readiness::Notify,
             })
             .ready_timeout(self.ready_timeout)
-            .kill_timeout(self.kill_timeout)
+            .kill_timeout(self.kill_timeout.unwrap_or(kill_timeout))
+            .surge(self.surge.unwrap_or(Surge::All))
             .stop_signal(self.stop_signal);
         if let Some(limit) = self.watchdog {
             master = master.watchdog(limit);
@@ -303,7 +319,9 @@ impl DevArgs {
                 app_env.unwrap_or_default()
             ));
             if let Some(name) = name {
-                return self.cluster.configure(Master::new(name).args(program));
+                return self
+                    .cluster
+                    .configure(Master::new(name).args(program), KILL_TIMEOUT);
             }
         }
         let plan = if self.no_build {
@@ -355,7 +373,8 @@ impl DevArgs {
             roots,
         };
         let master = Master::for_dev(name.map(PathBuf::from), settings).args(program);
-        self.cluster.configure(master)
+        let kill_timeout = if dev { DEV_KILL_TIMEOUT } else { KILL_TIMEOUT };
+        self.cluster.configure(master, kill_timeout)
     }
 }
 
@@ -483,7 +502,8 @@ mod tests {
         };
         assert_eq!(args.cluster.size, Some(2));
         assert_eq!(args.program, ["app", "--port"]);
-        assert_eq!(args.cluster.kill_timeout, Duration::from_secs(30));
+        assert_eq!(args.cluster.kill_timeout, None);
+        assert_eq!(args.cluster.surge, None);
     }
 
     #[test]
@@ -530,7 +550,9 @@ mod tests {
             .find_map(|line| line.strip_prefix("TimeoutStopSec="))
             .and_then(|value| value.parse().ok())
             .expect("a TimeoutStopSec in seconds");
-        assert!(Duration::from_secs(timeout_stop) > args.cluster.kill_timeout);
+        assert!(
+            Duration::from_secs(timeout_stop) > args.cluster.kill_timeout.unwrap_or(KILL_TIMEOUT)
+        );
         for line in [
             "Type=notify",
             "KillMode=mixed",

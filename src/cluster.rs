@@ -16,10 +16,11 @@
 //!  stop (roll, resize, shutdown, missed deadline): Stopping ──kill timeout──> SIGKILL ──> reaped
 //! ```
 //!
-//! A roll replaces slot 0, then slot 1, and so on: it spawns the slot's replacement, waits until
-//! it is ready, and only then stops the slot's old worker, so ready workers never drop below the
-//! size. A replacement that fails aborts the roll; the slots not yet rolled keep their
-//! generation, and the report says which slot runs which.
+//! A roll replaces every slot, up to [`Surge`] replacements at a time (slot 0 first): it spawns
+//! a slot's replacement, waits until it is ready, and only then stops the slot's old worker, so
+//! ready workers never drop below the size. A replacement that fails aborts the roll: the
+//! replacements not yet ready are stopped, the slots not yet rolled keep their generation, and
+//! the report says which slot runs which.
 //!
 //! Each slot runs one generation, and its crash restarts start that generation. While running,
 //! every slot has a live worker or a scheduled restart after every event: whatever removed a
@@ -66,6 +67,37 @@ pub struct ClusterConfig {
     pub watchdog: Option<Duration>,
     /// What happens when no worker of the first generation ever becomes ready.
     pub never_ready: NeverReady,
+    /// How many replacements a roll starts at once.
+    pub surge: Surge,
+    /// A stopping worker still alive this long after the stop signal is reported
+    /// ([`Action::Lingering`]); `None`: never.
+    pub linger_note: Option<Duration>,
+}
+
+/// How many replacements a roll runs at once beyond the cluster's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surge {
+    /// This many (at least 1).
+    Count(usize),
+    /// This percentage of the size, rounded up (at least 1).
+    Percent(u32),
+    /// One per slot: every replacement at once.
+    All,
+}
+
+impl Surge {
+    /// The number of replacements at once for a cluster of `size`.
+    #[must_use]
+    pub fn of(self, size: usize) -> usize {
+        let count = match self {
+            Surge::Count(count) => count,
+            Surge::Percent(percent) => {
+                (size * usize::try_from(percent).unwrap_or(usize::MAX)).div_ceil(100)
+            }
+            Surge::All => size,
+        };
+        count.clamp(1, size.max(1))
+    }
 }
 
 /// What a cluster does when every slot of its first generation failed
@@ -92,6 +124,8 @@ impl ClusterConfig {
             start_attempts: 3,
             watchdog: None,
             never_ready: NeverReady::Exit,
+            surge: Surge::All,
+            linger_note: Some(Duration::from_secs(2)),
         }
     }
 }
@@ -107,6 +141,8 @@ enum WorkerState {
     Ready,
     Stopping {
         kill_at: Option<Instant>,
+        /// When it is reported as lingering, if it is still alive then.
+        note_at: Option<Instant>,
     },
 }
 
@@ -125,10 +161,23 @@ struct Worker {
 }
 
 impl Worker {
+    /// Whether it was sent SIGKILL already.
+    fn is_killed(&self) -> bool {
+        matches!(self.state, WorkerState::Stopping { kill_at: None, .. })
+    }
+
     fn label(&self) -> String {
         match self.pid {
             Some(pid) => format!("w{} (pid {pid})", self.slot),
             None => format!("w{}", self.slot),
+        }
+    }
+
+    /// The label with the generation: a slot's old and new workers differ by it.
+    fn long_label(&self) -> String {
+        match self.pid {
+            Some(pid) => format!("w{} (pid {pid}, generation {})", self.slot, self.generation),
+            None => format!("w{} (generation {})", self.slot, self.generation),
         }
     }
 }
@@ -155,9 +204,17 @@ impl Slot {
 #[derive(Debug, Clone)]
 struct Roll {
     generation: u64,
-    slot: usize,
-    replacement: Option<WorkerKey>,
+    /// Slots whose replacement is not spawned yet, next first.
+    pending: std::collections::VecDeque<usize>,
+    /// The replacements starting now.
+    replacements: Vec<WorkerKey>,
+    /// Slots moved to the roll's generation.
+    rolled: usize,
     started: Instant,
+    /// When the first replacement got ready: the switch starts.
+    first_ready: Option<Instant>,
+    /// The requests this roll answers.
+    requests: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +240,8 @@ pub struct Cluster {
     next_generation: u64,
     phase: Phase,
     roll: Option<Roll>,
-    roll_queued: bool,
+    /// Requests for a roll after the running one (merged into one).
+    roll_queued: Vec<u64>,
     started: Option<Instant>,
     ever_ready: bool,
     announced_ready: bool,
@@ -203,7 +261,7 @@ impl Cluster {
             next_generation: 1,
             phase: Phase::Idle,
             roll: None,
-            roll_queued: false,
+            roll_queued: Vec::new(),
             started: None,
             ever_ready: false,
             announced_ready: false,
@@ -241,6 +299,12 @@ impl Cluster {
         self.slots.iter().map(|slot| slot.generation).collect()
     }
 
+    /// How long after the stop signal a stopping worker is reported as lingering.
+    #[must_use]
+    pub fn linger_note(&self) -> Option<Duration> {
+        self.config.linger_note
+    }
+
     /// Whether a roll is in progress.
     #[must_use]
     pub fn is_rolling(&self) -> bool {
@@ -265,7 +329,7 @@ impl Cluster {
     pub fn next_deadline(&self) -> Option<Instant> {
         let worker_deadlines = self.workers.iter().flat_map(|worker| match worker.state {
             WorkerState::Starting { ready_at, deadline } => [ready_at, Some(deadline)],
-            WorkerState::Stopping { kill_at } => [kill_at, None],
+            WorkerState::Stopping { kill_at, note_at } => [kill_at, note_at],
             WorkerState::Ready => [worker.watchdog_at, None],
             WorkerState::Spawning => [None, None],
         });
@@ -290,7 +354,7 @@ impl Cluster {
                 if let Some(index) = self.index_of_key(key)
                     && matches!(self.workers[index].state, WorkerState::Starting { .. })
                 {
-                    self.mark_ready(now, index, &mut actions);
+                    self.mark_ready(now, index, READY_NOTIFY, &mut actions);
                 }
             }
             Event::Watchdog { key } => {
@@ -305,7 +369,14 @@ impl Cluster {
             Event::Exited { pid, end } => self.exited(now, pid, end, false, &mut actions),
             Event::LeaderExited { pid, end } => self.exited(now, pid, end, true, &mut actions),
             Event::Tick => self.tick(now, &mut actions),
-            Event::Roll => self.request_roll(now, &mut actions),
+            Event::Roll(request) => self.request_roll(now, request, &mut actions),
+            Event::SeenAccepting { key, how } => {
+                if let Some(index) = self.index_of_key(key)
+                    && matches!(self.workers[index].state, WorkerState::Starting { .. })
+                {
+                    self.mark_ready(now, index, &how, &mut actions);
+                }
+            }
             Event::Resize(size) => self.resize(now, size, &mut actions),
             Event::Stop { hard } => self.stop(now, hard, &mut actions),
         }
@@ -411,9 +482,7 @@ impl Cluster {
                     pid,
                     kind: StopKind::Graceful,
                 });
-                rest.state = WorkerState::Stopping {
-                    kill_at: Some(now + self.config.kill_timeout),
-                };
+                rest.state = self.stopping(now);
             }
             self.workers.push(rest);
         }
@@ -455,11 +524,8 @@ impl Cluster {
         if self.phase != Phase::Running || self.workers[index].state != WorkerState::Ready {
             return;
         }
-        let worker = &mut self.workers[index];
-        worker.state = WorkerState::Stopping {
-            kill_at: Some(now + self.config.kill_timeout),
-        };
-        let worker = worker.clone();
+        self.workers[index].state = self.stopping(now);
+        let worker = self.workers[index].clone();
         actions.push(Action::Log(format!(
             "{} is stopping by itself (STOPPING=1); starting its replacement",
             worker.label()
@@ -554,7 +620,7 @@ impl Cluster {
         if self
             .roll
             .as_ref()
-            .is_some_and(|roll| roll.replacement == Some(worker.key))
+            .is_some_and(|roll| roll.replacements.contains(&worker.key))
         {
             self.abort_roll(now, worker, failure, actions);
             return;
@@ -604,12 +670,12 @@ impl Cluster {
                 )));
                 self.phase = Phase::Waiting;
                 self.roll = None;
-                self.roll_queued = false;
+                self.roll_queued.clear();
                 for slot in &mut self.slots {
                     slot.restart_at = None;
                 }
                 for index in 0..self.workers.len() {
-                    if self.workers[index].state != (WorkerState::Stopping { kill_at: None }) {
+                    if !self.workers[index].is_killed() {
                         self.stop_worker(now, index, true, actions);
                     }
                 }
@@ -617,8 +683,8 @@ impl Cluster {
         }
     }
 
-    /// The roll's replacement failed: the roll ends where it is. The slots it rolled keep the
-    /// new generation, the others their own.
+    /// A replacement failed: the roll ends where it is. The replacements not yet ready are
+    /// stopped; the slots it rolled keep the new generation, the others their own.
     fn abort_roll(
         &mut self,
         now: Instant,
@@ -629,27 +695,36 @@ impl Cluster {
         let Some(roll) = self.roll.take() else {
             return;
         };
+        for key in &roll.replacements {
+            if let Some(index) = self.index_of_key(*key)
+                && !matches!(self.workers[index].state, WorkerState::Stopping { .. })
+            {
+                self.stop_worker(now, index, false, actions);
+            }
+        }
         let end = RollEnd {
             generation: roll.generation,
             size: self.config.size,
-            rolled: roll.slot.min(self.config.size),
+            rolled: roll.rolled,
             elapsed: now.duration_since(roll.started),
+            switch: roll.first_ready.map(|first| now.duration_since(first)),
             aborted: Some(format!("{} {failure}", worker.label())),
             serving: self.serving_generation,
             slots: self.slot_generations(),
+            requests: roll.requests,
         };
         actions.push(Action::RollEnded(end));
         actions.push(Action::Notify(MasterState::Ready));
         self.start_queued_roll(now, actions);
     }
 
-    fn mark_ready(&mut self, now: Instant, index: usize, actions: &mut Vec<Action>) {
+    fn mark_ready(&mut self, now: Instant, index: usize, how: &str, actions: &mut Vec<Action>) {
         let worker = &mut self.workers[index];
         worker.state = WorkerState::Ready;
         worker.watchdog_at = self.config.watchdog.map(|limit| now + limit);
         let (key, slot, generation) = (worker.key, worker.slot, worker.generation);
         actions.push(Action::Detail(format!(
-            "w{slot} ready (pid {}, generation {generation})",
+            "w{slot} ready (pid {}, generation {generation}): {how}",
             worker
                 .pid
                 .map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
@@ -659,10 +734,11 @@ impl Cluster {
             slot_state.restart_at = None;
         }
         if let Some(roll) = &mut self.roll
-            && roll.replacement == Some(key)
+            && let Some(position) = roll.replacements.iter().position(|&k| k == key)
         {
-            roll.replacement = None;
-            roll.slot += 1;
+            roll.replacements.swap_remove(position);
+            roll.rolled += 1;
+            roll.first_ready.get_or_insert(now);
             if let Some(slot_state) = self.slots.get_mut(slot) {
                 slot_state.generation = generation;
             }
@@ -707,7 +783,11 @@ impl Cluster {
             match worker.state {
                 WorkerState::Starting { ready_at, deadline } => {
                     if ready_at.is_some_and(|at| at <= now) {
-                        self.mark_ready(now, index, actions);
+                        let how = format!(
+                            "alive {}",
+                            human_duration(self.config.ready_delay.unwrap_or_default())
+                        );
+                        self.mark_ready(now, index, &how, actions);
                     } else if deadline <= now {
                         // It may already have accepted connections: stop it like any worker.
                         let failure = format!(
@@ -729,12 +809,12 @@ impl Cluster {
                     self.stop_worker(now, index, false, actions);
                     self.replace_failed(now, &worker, &failure, actions);
                 }
-                WorkerState::Stopping { kill_at } if kill_at.is_some_and(|at| at <= now) => {
+                WorkerState::Stopping { kill_at, .. } if kill_at.is_some_and(|at| at <= now) => {
                     if let Some(pid) = worker.pid {
                         let what = if worker.leader_exited {
-                            format!("what is left of {}", worker.label())
+                            format!("what is left of {}", worker.long_label())
                         } else {
-                            worker.label()
+                            worker.long_label()
                         };
                         actions.push(Action::Log(format!(
                             "{what} did not stop within {}; sending SIGKILL",
@@ -745,7 +825,26 @@ impl Cluster {
                             kind: StopKind::Kill,
                         });
                     }
-                    self.workers[index].state = WorkerState::Stopping { kill_at: None };
+                    self.workers[index].state = WorkerState::Stopping {
+                        kill_at: None,
+                        note_at: None,
+                    };
+                }
+                WorkerState::Stopping { kill_at, note_at }
+                    if note_at.is_some_and(|at| at <= now) =>
+                {
+                    if let Some(pid) = worker.pid {
+                        actions.push(Action::Lingering {
+                            pid,
+                            slot: worker.slot,
+                            generation: worker.generation,
+                            kill_in: kill_at.map(|at| at.saturating_duration_since(now)),
+                        });
+                    }
+                    self.workers[index].state = WorkerState::Stopping {
+                        kill_at,
+                        note_at: None,
+                    };
                 }
                 _ => {}
             }
@@ -761,7 +860,7 @@ impl Cluster {
         }
     }
 
-    fn request_roll(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    fn request_roll(&mut self, now: Instant, request: u64, actions: &mut Vec<Action>) {
         match self.phase {
             Phase::Running => {}
             // Nothing of the first generation ever served: a roll request is a new start.
@@ -773,22 +872,23 @@ impl Cluster {
         }
         if self.roll.is_some() {
             // Many requests in a burst: one roll running, at most one queued.
-            self.roll_queued = true;
             actions.push(Action::Log(
                 "a roll is in progress; one more roll will follow it".to_owned(),
             ));
+            self.roll_queued.push(request);
         } else {
-            self.begin_roll(now, actions);
+            self.begin_roll(now, vec![request], actions);
         }
     }
 
     fn start_queued_roll(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        if std::mem::take(&mut self.roll_queued) {
-            self.begin_roll(now, actions);
+        let requests = std::mem::take(&mut self.roll_queued);
+        if !requests.is_empty() {
+            self.begin_roll(now, requests, actions);
         }
     }
 
-    fn begin_roll(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    fn begin_roll(&mut self, now: Instant, requests: Vec<u64>, actions: &mut Vec<Action>) {
         let generation = self.next_generation;
         self.next_generation += 1;
         actions.push(Action::Detail(format!(
@@ -798,39 +898,58 @@ impl Cluster {
         actions.push(Action::Notify(MasterState::Reloading));
         self.roll = Some(Roll {
             generation,
-            slot: 0,
-            replacement: None,
+            pending: (0..self.config.size).collect(),
+            replacements: Vec::new(),
+            rolled: 0,
             started: now,
+            first_ready: None,
+            requests,
         });
         self.advance_roll(now, actions);
     }
 
+    /// Starts replacements up to the surge; ends the roll when every slot is rolled.
     fn advance_roll(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let surge = self.config.surge.of(self.config.size);
+        loop {
+            let Some(roll) = &mut self.roll else {
+                return;
+            };
+            if roll.replacements.len() >= surge {
+                return;
+            }
+            let Some(slot) = roll.pending.pop_front() else {
+                break;
+            };
+            let generation = roll.generation;
+            let key = self.spawn(slot, generation, actions);
+            if let Some(roll) = &mut self.roll {
+                roll.replacements.push(key);
+            }
+        }
         let Some(roll) = &self.roll else {
             return;
         };
-        let (generation, slot) = (roll.generation, roll.slot);
-        if slot < self.config.size {
-            let key = self.spawn(slot, generation, actions);
-            if let Some(roll) = &mut self.roll {
-                roll.replacement = Some(key);
-            }
+        if !roll.replacements.is_empty() {
             return;
         }
-        let elapsed = now.duration_since(roll.started);
-        self.roll = None;
-        self.serving_generation = generation;
+        let Some(roll) = self.roll.take() else {
+            return;
+        };
+        self.serving_generation = roll.generation;
         for slot in &mut self.slots {
-            slot.generation = generation;
+            slot.generation = roll.generation;
         }
         actions.push(Action::RollEnded(RollEnd {
-            generation,
+            generation: roll.generation,
             size: self.config.size,
-            rolled: self.config.size,
-            elapsed,
+            rolled: roll.rolled,
+            elapsed: now.duration_since(roll.started),
+            switch: roll.first_ready.map(|first| now.duration_since(first)),
             aborted: None,
-            serving: generation,
+            serving: roll.generation,
             slots: self.slot_generations(),
+            requests: roll.requests,
         }));
         actions.push(Action::Notify(MasterState::Ready));
         self.start_queued_roll(now, actions);
@@ -856,9 +975,16 @@ impl Cluster {
             for slot in old_size..size {
                 self.slots.push(Slot::of(self.serving_generation));
                 self.spawn(slot, self.serving_generation, actions);
+                // A roll in flight moves the new slot to its generation too.
+                if let Some(roll) = &mut self.roll {
+                    roll.pending.push_back(slot);
+                }
             }
         } else {
             self.slots.truncate(size);
+            if let Some(roll) = &mut self.roll {
+                roll.pending.retain(|&slot| slot < size);
+            }
             let extra: Vec<usize> = (0..self.workers.len())
                 .filter(|&i| {
                     self.workers[i].slot >= size
@@ -866,14 +992,13 @@ impl Cluster {
                 })
                 .collect();
             for index in extra {
+                let key = self.workers[index].key;
+                if let Some(roll) = &mut self.roll {
+                    roll.replacements.retain(|&k| k != key);
+                }
                 self.stop_worker(now, index, false, actions);
             }
-            if self.roll.as_ref().is_some_and(|roll| roll.slot >= size) {
-                if let Some(roll) = &mut self.roll {
-                    roll.replacement = None;
-                }
-                self.advance_roll(now, actions);
-            }
+            self.advance_roll(now, actions);
         }
     }
 
@@ -892,7 +1017,7 @@ impl Cluster {
         }
         self.phase = Phase::Stopping { hard };
         self.roll = None;
-        self.roll_queued = false;
+        self.roll_queued.clear();
         for slot in &mut self.slots {
             slot.restart_at = None;
         }
@@ -913,10 +1038,15 @@ impl Cluster {
 
     /// Sends the stop signal (with a kill deadline) or SIGKILL.
     fn stop_worker(&mut self, now: Instant, index: usize, hard: bool, actions: &mut Vec<Action>) {
+        let stopping = self.stopping(now);
         let worker = &mut self.workers[index];
+        let killed = WorkerState::Stopping {
+            kill_at: None,
+            note_at: None,
+        };
         let Some(pid) = worker.pid else {
             // Not spawned yet: `spawned` stops it as soon as it has a pid.
-            worker.state = WorkerState::Stopping { kill_at: None };
+            worker.state = killed;
             return;
         };
         if hard {
@@ -924,15 +1054,26 @@ impl Cluster {
                 pid,
                 kind: StopKind::Kill,
             });
-            worker.state = WorkerState::Stopping { kill_at: None };
+            worker.state = killed;
         } else {
             actions.push(Action::Signal {
                 pid,
                 kind: StopKind::Graceful,
             });
-            worker.state = WorkerState::Stopping {
-                kill_at: Some(now + self.config.kill_timeout),
-            };
+            worker.state = stopping;
+        }
+    }
+
+    /// The state of a worker asked to stop now: SIGKILL at the kill deadline, a note if it
+    /// lingers.
+    fn stopping(&self, now: Instant) -> WorkerState {
+        WorkerState::Stopping {
+            kill_at: Some(now + self.config.kill_timeout),
+            note_at: self
+                .config
+                .linger_note
+                .filter(|note| *note < self.config.kill_timeout)
+                .map(|note| now + note),
         }
     }
 
@@ -955,6 +1096,9 @@ impl Cluster {
         self.workers.iter().position(|worker| worker.key == key)
     }
 }
+
+/// How a worker that said `READY=1` is reported ready.
+const READY_NOTIFY: &str = "READY=1";
 
 /// `1 worker`, `4 workers`.
 fn workers(count: usize) -> String {

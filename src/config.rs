@@ -10,6 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cluster::Surge;
+
 /// An error of the master: bad input, or the OS refusing something at start.
 #[derive(Debug)]
 pub enum Error {
@@ -124,6 +126,30 @@ pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(duration)
+}
+
+/// Parses `--surge`: a count of at least 1 (`2`), a percentage of the size (`25%`, more than 0),
+/// or `all`.
+pub fn parse_surge(text: &str) -> Result<Surge, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("all") {
+        return Ok(Surge::All);
+    }
+    let invalid = || format!("invalid surge '{text}': a count (2), a percentage (25%) or all");
+    if let Some(percent) = text.strip_suffix('%') {
+        return match percent.parse::<u32>() {
+            Ok(0) => Err(format!("invalid surge '{text}': it must be more than 0%")),
+            Ok(percent) => Ok(Surge::Percent(percent)),
+            Err(_) => Err(invalid()),
+        };
+    }
+    match text.parse::<usize>() {
+        Ok(0) => Err(format!(
+            "invalid surge '{text}': a roll needs at least 1 replacement at a time"
+        )),
+        Ok(count) => Ok(Surge::Count(count)),
+        Err(_) => Err(invalid()),
+    }
 }
 
 /// Parses the number of workers: a whole number, at least 1.

@@ -6,7 +6,7 @@
 //! serving generation untouched. Each reload ends in one line: what changed, the build time, the
 //! roll time.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
@@ -35,9 +35,9 @@ pub(crate) struct DevLoop {
     /// Where copies of built executables are kept, one per generation.
     pub(crate) builds_dir: Option<PathBuf>,
     build: Option<Build>,
-    /// The reloads whose rolls have not ended: the one rolling, then at most one queued (as
+    /// The reloads whose rolls have not ended, by roll request (the core says which requests
     /// the core queues at most one roll).
-    reloads: VecDeque<Reload>,
+    reloads: HashMap<u64, Reload>,
     copies: u64,
     /// A build succeeded: its options are good for this project, so a later failure is the
     /// project's, which a save can fix.
@@ -75,7 +75,7 @@ impl DevLoop {
             watcher: None,
             builds_dir: None,
             build: None,
-            reloads: VecDeque::new(),
+            reloads: HashMap::new(),
             copies: 0,
             built_once: false,
         }
@@ -313,21 +313,11 @@ impl Supervisor<'_> {
             self.feed(state, Event::Start);
             return;
         }
-        let rolling = self.cluster.is_rolling();
+        let request = state.roll_request();
         if let Some(dev) = &mut self.dev {
-            let queued_already = rolling && dev.reloads.len() == 2;
-            match dev.reloads.back_mut() {
-                // The core merges this request into the roll it has queued: so do we.
-                Some(queued) if queued_already => {
-                    queued.changed.extend(reload.changed);
-                    queued.changed.sort();
-                    queued.changed.dedup();
-                    queued.built_in = reload.built_in.or(queued.built_in);
-                }
-                _ => dev.reloads.push_back(reload),
-            }
+            dev.reloads.insert(request, reload);
         }
-        self.feed(state, Event::Roll);
+        self.feed(state, Event::Roll(request));
     }
 
     /// Removes the kept copies among `programs` that no generation runs any more (a build kept
@@ -365,7 +355,21 @@ impl Supervisor<'_> {
 
     /// Prints how a roll ended: in dev mode, as the one line of the reload that caused it.
     pub(crate) fn report_roll(&mut self, end: &RollEnd) {
-        let reload = self.dev.as_mut().and_then(|dev| dev.reloads.pop_front());
+        // The roll answers every request merged into it: one line for all their changes.
+        let reload = self.dev.as_mut().and_then(|dev| {
+            let mut answered = end
+                .requests
+                .iter()
+                .filter_map(|request| dev.reloads.remove(request));
+            let mut reload = answered.next()?;
+            for more in answered {
+                reload.changed.extend(more.changed);
+                reload.built_in = more.built_in.or(reload.built_in);
+            }
+            reload.changed.sort();
+            reload.changed.dedup();
+            Some(reload)
+        });
         let (Some(reload), Some(dev)) = (reload, &self.dev) else {
             output::master_line(&end.to_string());
             return;
@@ -377,9 +381,12 @@ impl Supervisor<'_> {
         let _ = match &end.aborted {
             None => write!(
                 line,
-                " → rolled {} workers in {}",
+                " → rolled {} workers in {}{}",
                 end.size,
-                human_duration(end.elapsed)
+                human_duration(end.elapsed),
+                end.switch
+                    .map(|switch| format!(" (switch {})", human_duration(switch)))
+                    .unwrap_or_default()
             ),
             Some(why) => write!(line, " → not rolled: {why}; {}", end.keeps_serving()),
         };

@@ -29,7 +29,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
 use crate::builder::BuildPlan;
-use crate::cluster::{Backoff, Cluster, ClusterConfig, ExitReason, NeverReady};
+use crate::cluster::{Backoff, Cluster, ClusterConfig, ExitReason, NeverReady, Surge};
 use crate::config::{self, Error};
 use crate::dev::DevLoop;
 use crate::listener::{ListenAddr, Listener};
@@ -118,6 +118,7 @@ pub struct Master {
     kill_timeout: Duration,
     stop_signal: i32,
     watchdog: Option<Duration>,
+    surge: Surge,
     on_message: Option<MessageHandler>,
     events: Sender<Input>,
     inbox: Receiver<Input>,
@@ -155,6 +156,7 @@ impl Master {
             kill_timeout: Duration::from_secs(30),
             stop_signal: nix::libc::SIGTERM,
             watchdog: None,
+            surge: Surge::All,
             on_message: None,
             events,
             inbox,
@@ -245,6 +247,14 @@ impl Master {
     #[must_use]
     pub fn watchdog(mut self, limit: Duration) -> Self {
         self.watchdog = Some(limit);
+        self
+    }
+
+    /// How many replacements a roll starts at once (default: all). Ready workers never drop
+    /// below the size either way; fewer at once costs less memory and CPU at the roll's peak.
+    #[must_use]
+    pub fn surge(mut self, surge: Surge) -> Self {
+        self.surge = surge;
         self
     }
 
@@ -355,6 +365,8 @@ impl Master {
             start_attempts: 3,
             watchdog: self.watchdog,
             // In dev mode the next save may fix a worker that never gets ready: wait for it.
+            surge: self.surge,
+            linger_note: Some(Duration::from_secs(2)),
             never_ready: if quiet {
                 NeverReady::Wait
             } else {

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::CString;
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -27,6 +28,7 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SI
 
 use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, StopKind, WorkerKey,
+    human_duration,
 };
 use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
@@ -137,6 +139,7 @@ impl Supervisor<'_> {
             groups: HashMap::new(),
             strays: Vec::new(),
             reap_all: nix::unistd::getpid().as_raw() == 1,
+            roll_requests: 0,
             interrupts: 0,
             had_terminal: has_terminal(),
             exit: None,
@@ -275,7 +278,8 @@ impl Supervisor<'_> {
         if self.dev.as_ref().is_some_and(|dev| dev.watcher.is_some()) {
             self.roll_for(state, Reload::requested());
         } else {
-            self.feed(state, Event::Roll);
+            let request = state.roll_request();
+            self.feed(state, Event::Roll(request));
         }
     }
 
@@ -403,6 +407,12 @@ impl Supervisor<'_> {
                         self.report_roll(&end);
                     }
                     Action::Notify(master_state) => self.notify_manager(master_state),
+                    Action::Lingering {
+                        pid,
+                        slot,
+                        generation,
+                        kill_in,
+                    } => self.report_lingering(state, pid.0, slot, generation, kill_in),
                     Action::Exit(reason) => state.exit = Some(reason),
                 }
             }
@@ -499,6 +509,36 @@ impl Supervisor<'_> {
         let _ = killpg(pid, signal).or_else(|_| kill(pid, signal));
     }
 
+    /// A stopping worker still alive: one line, so that a wait is never unexplained.
+    fn report_lingering(
+        &self,
+        state: &DriverState,
+        pid: i32,
+        slot: usize,
+        generation: u64,
+        kill_in: Option<Duration>,
+    ) {
+        let mut line = format!(
+            "w{slot} (pid {pid}, generation {generation}) is still stopping {} after the stop signal",
+            human_duration(self.cluster.linger_note().unwrap_or_default())
+        );
+        let connections = open_connections(pid, self.listeners);
+        if connections > 0 {
+            let _ = write!(
+                line,
+                " with {connections} open connection{}",
+                if connections == 1 { "" } else { "s" }
+            );
+        }
+        if let Some(kill_in) = kill_in {
+            let _ = write!(line, "; SIGKILL in {}", human_duration(kill_in));
+        }
+        if state.interrupts > 0 {
+            line.push_str(" (Ctrl-C again to kill it now)");
+        }
+        output::master_line(&line);
+    }
+
     fn notify_manager(&self, master_state: MasterState) {
         if !self.notify_manager {
             return;
@@ -531,6 +571,8 @@ pub(crate) struct DriverState {
     strays: Vec<i32>,
     /// The master is PID 1: every orphan in its namespace becomes its child, to reap.
     reap_all: bool,
+    /// The number of roll requests so far.
+    roll_requests: u64,
     interrupts: u32,
     /// Whether the master had a controlling terminal when it started.
     had_terminal: bool,
@@ -550,6 +592,12 @@ struct Group {
 const EXITED_KEPT: usize = 32;
 
 impl DriverState {
+    /// A new roll request's number.
+    pub(crate) fn roll_request(&mut self) -> u64 {
+        self.roll_requests += 1;
+        self.roll_requests
+    }
+
     /// A child that is no worker (a cancelled build) is reaped when it exits.
     pub(crate) fn adopt_stray(&mut self, pid: i32) {
         self.strays.push(pid);
@@ -615,6 +663,28 @@ fn group_exists(pgid: i32) -> bool {
         killpg(NixPid::from_raw(pgid), None),
         Err(nix::errno::Errno::ESRCH)
     )
+}
+
+/// How many sockets `pid` holds that are none of the listeners: its open connections (and any
+/// other socket it made). 0 when `/proc` cannot tell.
+fn open_connections(pid: i32, listeners: &[Listener]) -> usize {
+    let ours: Vec<String> = listeners
+        .iter()
+        .filter_map(|listener| {
+            let stat = nix::sys::stat::fstat(listener.as_fd()).ok()?;
+            Some(format!("socket:[{}]", stat.st_ino))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| {
+            let target = target.to_string_lossy();
+            target.starts_with("socket:[") && !ours.iter().any(|ours| *ours == target)
+        })
+        .count()
 }
 
 /// Whether this process has a controlling terminal (after a hangup it has none).

@@ -89,6 +89,13 @@ pub enum Event {
         /// The worker.
         key: WorkerKey,
     },
+    /// The driver saw the worker accepting on an inherited listener (automatic readiness).
+    SeenAccepting {
+        /// The worker.
+        key: WorkerKey,
+        /// How it was seen, for the log (`seen accepting (epoll)`).
+        how: String,
+    },
     /// The worker said `WATCHDOG=1`: it is alive and well.
     Watchdog {
         /// The worker.
@@ -118,8 +125,9 @@ pub enum Event {
     },
     /// Time passed: the driver sends this when [`Cluster::next_deadline`](super::Cluster::next_deadline) is reached.
     Tick,
-    /// Replace every worker with one of a new generation (SIGHUP).
-    Roll,
+    /// Replace every worker with one of a new generation (SIGHUP). The number identifies the
+    /// request in [`RollEnd::requests`].
+    Roll(u64),
     /// Change the number of workers.
     Resize(usize),
     /// Stop every worker and exit.
@@ -213,6 +221,17 @@ pub enum Action {
     Detail(String),
     /// A roll completed or was aborted.
     RollEnded(RollEnd),
+    /// A stopping worker is still alive a while after the stop signal.
+    Lingering {
+        /// The worker.
+        pid: Pid,
+        /// Its slot.
+        slot: usize,
+        /// Its generation.
+        generation: u64,
+        /// How long until SIGKILL; `None` if it was sent already.
+        kill_in: Option<Duration>,
+    },
     /// Tell the master's own service manager.
     Notify(MasterState),
     /// Every worker has exited: exit the master.
@@ -230,12 +249,18 @@ pub struct RollEnd {
     pub rolled: usize,
     /// From the roll's start to its end.
     pub elapsed: Duration,
+    /// From the first replacement ready to the roll's end: how long old and new generations
+    /// both served. `None` if no replacement got ready.
+    pub switch: Option<Duration>,
     /// Why it was aborted: which replacement failed and how; `None` when it completed.
     pub aborted: Option<String>,
     /// The generation serving after the roll: new slots run it.
     pub serving: u64,
     /// The generation each slot runs after the roll, slot 0 first.
     pub slots: Vec<u64>,
+    /// The [`Event::Roll`] requests this roll answers: the one that started it, or every one
+    /// merged into it while it was queued.
+    pub requests: Vec<u64>,
 }
 
 impl RollEnd {

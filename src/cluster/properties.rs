@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::{
-    Action, Cluster, ClusterConfig, Event, NeverReady, Phase, Pid, ProcessEnd, StopKind, WorkerKey,
-    WorkerState,
+    Action, Cluster, ClusterConfig, Event, NeverReady, Phase, Pid, ProcessEnd, StopKind, Surge,
+    WorkerKey, WorkerState,
 };
 
 /// One thing that can happen to a cluster. Indices pick among the workers that exist when the
@@ -61,6 +61,8 @@ struct World {
     /// Pids that got SIGKILL (they exit at the next chance).
     killed: HashSet<Pid>,
     exits: usize,
+    /// The surge bound in force (see `check_invariants`).
+    surge: usize,
 }
 
 impl World {
@@ -75,6 +77,7 @@ impl World {
             stop_asked: HashMap::new(),
             killed: HashSet::new(),
             exits: 0,
+            surge: 1,
         };
         world.feed(Event::Start);
         world
@@ -127,6 +130,10 @@ impl World {
                         }
                     }
                     Action::Exit(_) => self.exits += 1,
+                    Action::Lingering { pid, .. } => {
+                        let asked = self.stop_asked.get(&pid).copied();
+                        assert!(asked.is_some() || self.hard(), "{pid} lingers unasked");
+                    }
                     Action::Log(_)
                     | Action::Detail(_)
                     | Action::RollEnded(_)
@@ -137,7 +144,15 @@ impl World {
         self.check_invariants();
     }
 
-    fn check_invariants(&self) {
+    fn check_invariants(&mut self) {
+        // A roll keeps the replacements it started under a larger size (then a shrink): the
+        // bound is the largest surge of the roll's life.
+        let surge_now = self.cluster.config.surge.of(self.cluster.config.size);
+        self.surge = if self.cluster.roll.is_some() {
+            self.surge.max(surge_now)
+        } else {
+            surge_now
+        };
         let cluster = &self.cluster;
         // Every process spawned is tracked until it is reaped (and its group gone).
         for pid in self
@@ -162,13 +177,18 @@ impl World {
                 "slot {slot} has no worker and no restart"
             );
         }
-        // Never more than size + 1 workers that are not stopping.
+        // Never more than size + surge workers that are not stopping.
         let live = cluster
             .workers
             .iter()
             .filter(|w| !matches!(w.state, WorkerState::Stopping { .. }))
             .count();
-        assert!(live <= cluster.config.size + 1, "{live} live workers");
+        let surge = self.surge;
+        assert!(
+            live <= cluster.config.size + surge,
+            "{live} live workers, size {} + surge {surge}",
+            cluster.config.size
+        );
     }
 
     fn pick<T: Copy>(items: &[T], index: usize) -> Option<T> {
@@ -252,7 +272,7 @@ impl World {
                 self.now += Duration::from_millis(ms);
                 self.feed(Event::Tick);
             }
-            Step::Roll => self.feed(Event::Roll),
+            Step::Roll => self.feed(Event::Roll(0)),
             Step::Resize(size) => self.feed(Event::Resize(size)),
             Step::Stop(hard) => self.feed(Event::Stop { hard }),
             Step::SpawnsFail(fail) => self.spawns_fail = fail,
@@ -287,11 +307,12 @@ impl World {
     }
 }
 
-fn config(size: usize, never_ready: NeverReady) -> ClusterConfig {
+fn config(size: usize, never_ready: NeverReady, surge: Surge) -> ClusterConfig {
     ClusterConfig {
         ready_delay: None,
         watchdog: Some(Duration::from_secs(5)),
         never_ready,
+        surge,
         ..ClusterConfig::new(size)
     }
 }
@@ -303,10 +324,16 @@ proptest! {
     fn the_core_keeps_its_invariants_converges_and_always_stops(
         size in 1..5usize,
         wait in any::<bool>(),
+        surge in prop_oneof![
+            Just(Surge::Count(1)),
+            Just(Surge::Count(2)),
+            Just(Surge::Percent(50)),
+            Just(Surge::All),
+        ],
         steps in proptest::collection::vec(step(), 0..80),
     ) {
         let never_ready = if wait { NeverReady::Wait } else { NeverReady::Exit };
-        let mut world = World::new(config(size, never_ready));
+        let mut world = World::new(config(size, never_ready, surge));
         for step in steps {
             world.run(step);
         }

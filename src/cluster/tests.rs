@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     Action, Cluster, ClusterConfig, Event, ExitReason, MasterState, NeverReady, Pid, ProcessEnd,
-    StopKind, WorkerKey,
+    StopKind, Surge, WorkerKey,
 };
 
 /// Owns a cluster and a fake clock; answers every spawn with the next pid.
@@ -20,9 +20,11 @@ struct Timeline {
     failing_slots: Vec<usize>,
 }
 
+/// One replacement at a time, readiness by `READY=1` only.
 fn config(size: usize) -> ClusterConfig {
     ClusterConfig {
         ready_delay: None,
+        surge: Surge::Count(1),
         ..ClusterConfig::new(size)
     }
 }
@@ -72,6 +74,7 @@ impl Timeline {
                     Action::Log(_)
                     | Action::Detail(_)
                     | Action::RollEnded(_)
+                    | Action::Lingering { .. }
                     | Action::Notify(_) => {}
                 }
             }
@@ -180,7 +183,7 @@ fn auto_readiness_marks_a_live_worker_ready_after_the_delay() {
 #[test]
 fn roll_starts_each_replacement_before_stopping_the_old_worker() {
     let mut t = running(2);
-    assert_eq!(t.feed(Event::Roll), []);
+    assert_eq!(t.feed(Event::Roll(0)), []);
     assert_eq!(t.spawned.len(), 3, "exactly one replacement at a time");
     assert_eq!(t.spawned[2].1, 0);
     assert_eq!(t.spawned[2].2, 2);
@@ -198,21 +201,21 @@ fn roll_starts_each_replacement_before_stopping_the_old_worker() {
 #[test]
 fn a_replacement_that_exits_before_ready_aborts_the_roll_and_keeps_the_old_workers() {
     let mut t = running(2);
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     assert_eq!(t.exit(Pid(102), 1), []);
     assert!(t.logged("roll to generation 2 aborted: w0 (pid 102) exited with status 1"));
     assert!(t.logged("generation 1 keeps serving"));
     assert_eq!(t.spawned.len(), 3, "no further replacement");
     assert_eq!(t.cluster.serving_generation(), 1);
     // The next roll gets a new generation number.
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     assert_eq!(t.spawned.last().unwrap().2, 3);
 }
 
 #[test]
 fn a_replacement_missing_its_deadline_is_stopped_gracefully_then_killed() {
     let mut t = running(1);
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     let replacement = t.last_pid();
     let deadline = t.cluster.config.ready_timeout;
     assert_eq!(t.advance(deadline), [term(replacement)]);
@@ -227,7 +230,7 @@ fn a_replacement_missing_its_deadline_is_stopped_gracefully_then_killed() {
 fn roll_bursts_coalesce_into_one_running_and_one_queued() {
     let mut t = running(1);
     for _ in 0..10 {
-        t.feed(Event::Roll);
+        t.feed(Event::Roll(0));
     }
     assert_eq!(t.spawned.len(), 2);
     let first = t.last_pid();
@@ -242,7 +245,7 @@ fn roll_bursts_coalesce_into_one_running_and_one_queued() {
 #[test]
 fn ready_workers_never_drop_below_size_during_a_roll() {
     let mut t = running(3);
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     let mut stopped = Vec::new();
     for _ in 0..3 {
         let replacement = t.last_pid();
@@ -359,7 +362,7 @@ fn in_dev_mode_a_first_generation_that_never_gets_ready_waits_for_the_next_start
     t.exit(Pid(101), 1);
     t.advance(ms(100));
     t.exit(Pid(102), 1);
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     assert_eq!(t.spawned.len(), 4);
     assert!(!t.cluster.is_waiting());
 }
@@ -407,7 +410,7 @@ fn a_second_stop_may_escalate_to_hard_and_exits_one() {
 fn no_restart_and_no_roll_while_stopping() {
     let mut t = running(1);
     t.feed(Event::Stop { hard: false });
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     t.feed(Event::Resize(3));
     assert_eq!(t.spawned.len(), 1);
     assert_eq!(t.exit(Pid(100), 1), [Action::Exit(ExitReason::Stopped)]);
@@ -431,7 +434,7 @@ fn resize_grows_with_new_slots_and_shrinks_from_the_top() {
 #[test]
 fn crash_restarts_run_the_serving_generation() {
     let mut t = running(1);
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     t.ready(t.last_pid());
     t.exit(Pid(100), 0);
     t.exit(t.last_pid(), 1);
@@ -508,7 +511,7 @@ fn stopping_after_being_asked_to_changes_nothing() {
 #[test]
 fn an_aborted_roll_never_leaves_a_slot_empty_after_its_old_worker_crashed() {
     let mut t = running(1);
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     let replacement = t.last_pid();
     // The old worker dies while the replacement starts: the replacement covers the slot.
     t.exit(Pid(100), 1);
@@ -530,7 +533,7 @@ fn an_aborted_roll_never_leaves_a_slot_empty_after_a_watchdog_stop_or_a_pending_
     });
     t.feed(Event::Start);
     t.ready(Pid(100));
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     t.advance(ms(1000));
     t.exit(Pid(100), 0);
     t.exit(t.last_pid(), 1);
@@ -540,7 +543,7 @@ fn an_aborted_roll_never_leaves_a_slot_empty_after_a_watchdog_stop_or_a_pending_
     );
     // The old worker said STOPPING=1 during the roll.
     let mut t = running(1);
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     let key = t.key_of(Pid(100));
     t.feed(Event::Stopping { key });
     t.exit(Pid(100), 0);
@@ -552,7 +555,7 @@ fn an_aborted_roll_never_leaves_a_slot_empty_after_a_watchdog_stop_or_a_pending_
     t.exit(Pid(100), 1);
     t.ready(Pid(101));
     t.exit(Pid(101), 1);
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     let replacement = t.last_pid();
     t.exit(replacement, 1);
     assert!(
@@ -567,7 +570,7 @@ fn an_aborted_roll_never_leaves_a_slot_empty_after_a_watchdog_stop_or_a_pending_
 #[test]
 fn a_partly_aborted_roll_reports_which_slot_runs_which_generation_and_restarts_keep_it() {
     let mut t = running(4);
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     t.ready(t.last_pid());
     t.ready(t.last_pid());
     t.exit(t.last_pid(), 1);
@@ -587,7 +590,7 @@ fn a_partly_aborted_roll_reports_which_slot_runs_which_generation_and_restarts_k
     t.exit(Pid(103), 1);
     assert_eq!(t.spawned.last().unwrap().2, 1);
     // The next complete roll brings every slot to one generation.
-    t.feed(Event::Roll);
+    t.feed(Event::Roll(0));
     for _ in 0..4 {
         t.ready(t.last_pid());
     }
@@ -608,7 +611,7 @@ fn processes_a_crashed_worker_leaves_in_its_group_are_stopped_then_killed() {
     );
     t.ready(Pid(101));
     assert_eq!(t.advance(t.cluster.config.kill_timeout), [kill(Pid(100))]);
-    assert!(t.logged("what is left of w0 (pid 100) did not stop within"));
+    assert!(t.logged("what is left of w0 (pid 100, generation 1) did not stop within"));
     assert_eq!(t.exit(Pid(100), 1), []);
     assert_eq!(t.spawned.len(), 2, "the group's end is no second crash");
 }
@@ -654,4 +657,159 @@ fn counts_in_messages_are_plural_only_when_they_should_be() {
     t.feed(Event::Start);
     t.feed(Event::Stop { hard: true });
     assert!(!t.logged("stopping 0 workers"), "{:?}", t.log);
+}
+
+fn roll_ends(t: &Timeline) -> Vec<super::RollEnd> {
+    t.log
+        .iter()
+        .filter_map(|action| match action {
+            Action::RollEnded(end) => Some(end.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_surge_of_all_starts_every_replacement_at_once_and_stops_each_old_one_as_its_own_is_ready() {
+    let mut t = Timeline::new(ClusterConfig {
+        surge: Surge::All,
+        ..config(3)
+    });
+    t.feed(Event::Start);
+    for pid in t.pids() {
+        t.ready(pid);
+    }
+    assert_eq!(t.feed(Event::Roll(7)), []);
+    let replacements: Vec<(usize, u64)> = t.spawned[3..].iter().map(|s| (s.1, s.2)).collect();
+    assert_eq!(replacements, [(0, 2), (1, 2), (2, 2)], "all at once");
+    t.advance(ms(5));
+    assert_eq!(t.ready(Pid(104)), [term(Pid(101))], "slot 1's old one only");
+    t.advance(ms(10));
+    assert_eq!(t.ready(Pid(103)), [term(Pid(100))]);
+    assert!(roll_ends(&t).is_empty());
+    t.advance(ms(20));
+    assert_eq!(t.ready(Pid(105)), [term(Pid(102))]);
+    let ends = roll_ends(&t);
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].requests, [7]);
+    assert_eq!(ends[0].switch, Some(ms(30)), "first new ready to last");
+    assert_eq!(ends[0].elapsed, ms(35));
+    assert!(t.logged("rolled 3 workers to generation 2"));
+}
+
+#[test]
+fn a_percentage_surge_rounds_up_and_a_count_is_capped_by_the_size() {
+    assert_eq!(Surge::Percent(25).of(8), 2);
+    assert_eq!(Surge::Percent(25).of(3), 1);
+    assert_eq!(Surge::Percent(1).of(1), 1);
+    assert_eq!(Surge::Count(10).of(4), 4);
+    assert_eq!(Surge::All.of(6), 6);
+    let mut t = Timeline::new(ClusterConfig {
+        surge: Surge::Percent(50),
+        ..config(4)
+    });
+    t.feed(Event::Start);
+    for pid in t.pids() {
+        t.ready(pid);
+    }
+    t.feed(Event::Roll(1));
+    assert_eq!(t.spawned.len(), 6, "two at a time");
+    t.ready(Pid(104));
+    assert_eq!(t.spawned.len(), 7, "the next one as soon as one is ready");
+    assert_eq!(t.spawned[6].1, 2);
+}
+
+#[test]
+fn an_aborted_surge_stops_the_replacements_not_yet_ready() {
+    let mut t = Timeline::new(ClusterConfig {
+        surge: Surge::All,
+        ..config(3)
+    });
+    t.feed(Event::Start);
+    for pid in t.pids() {
+        t.ready(pid);
+    }
+    t.feed(Event::Roll(1));
+    t.ready(Pid(103));
+    let out = t.exit(Pid(104), 1);
+    assert_eq!(out, [term(Pid(105))], "the one still starting is stopped");
+    assert_eq!(t.cluster.slot_generations(), [2, 1, 1]);
+    assert!(t.logged("rolled 1 of 3 slots to generation 2"));
+    // Its exit is expected: slot 2 keeps its old worker, nothing restarts.
+    t.exit(Pid(105), 0);
+    assert_eq!(t.spawned.len(), 6);
+}
+
+#[test]
+fn queued_roll_requests_are_answered_by_the_roll_that_serves_them() {
+    let mut t = running(1);
+    t.feed(Event::Roll(1));
+    t.feed(Event::Roll(2));
+    t.feed(Event::Roll(3));
+    t.ready(t.last_pid());
+    t.ready(t.last_pid());
+    let ends = roll_ends(&t);
+    assert_eq!(ends.len(), 2);
+    assert_eq!(ends[0].requests, [1]);
+    assert_eq!(ends[1].requests, [2, 3]);
+}
+
+#[test]
+fn slots_added_during_a_roll_are_rolled_too() {
+    let mut t = running(1);
+    t.feed(Event::Roll(1));
+    t.feed(Event::Resize(2));
+    // Slot 1 starts with the serving generation, and the roll replaces it after slot 0.
+    assert_eq!((t.spawned[2].1, t.spawned[2].2), (1, 1));
+    t.ready(Pid(102));
+    t.ready(Pid(101));
+    assert_eq!((t.spawned[3].1, t.spawned[3].2), (1, 2));
+    t.ready(Pid(103));
+    assert_eq!(t.cluster.slot_generations(), [2, 2]);
+    assert!(t.logged("rolled 2 workers to generation 2"));
+}
+
+#[test]
+fn a_stopping_worker_that_lingers_is_reported_once_before_its_sigkill() {
+    let mut t = running(2);
+    t.feed(Event::Stop { hard: false });
+    t.exit(Pid(101), 0);
+    t.advance(ms(1999));
+    assert!(!t.log.iter().any(|a| matches!(a, Action::Lingering { .. })));
+    t.advance(ms(1));
+    let lingering: Vec<&Action> = t
+        .log
+        .iter()
+        .filter(|a| matches!(a, Action::Lingering { .. }))
+        .collect();
+    assert_eq!(
+        lingering,
+        [&Action::Lingering {
+            pid: Pid(100),
+            slot: 0,
+            generation: 1,
+            kill_in: Some(ms(28_000)),
+        }]
+    );
+    assert_eq!(t.advance(ms(28_000)), [kill(Pid(100))]);
+    assert!(t.logged("w0 (pid 100, generation 1) did not stop within 30.00s; sending SIGKILL"));
+}
+
+#[test]
+fn the_log_says_which_rule_made_a_worker_ready() {
+    let mut t = Timeline::new(ClusterConfig {
+        ready_delay: Some(ms(1000)),
+        ..config(3)
+    });
+    t.feed(Event::Start);
+    t.ready(Pid(100));
+    let key = t.key_of(Pid(101));
+    t.feed(Event::SeenAccepting {
+        key,
+        how: "seen accepting (epoll)".to_owned(),
+    });
+    t.advance(ms(1000));
+    assert!(t.logged("w0 ready (pid 100, generation 1): READY=1"));
+    assert!(t.logged("w1 ready (pid 101, generation 1): seen accepting (epoll)"));
+    assert!(t.logged("w2 ready (pid 102, generation 1): alive 1.00s"));
 }

@@ -185,7 +185,8 @@ impl Worker {
         let rest = line.strip_prefix("mcluster: w")?;
         let (slot, rest) = rest.split_once(" ready (pid ")?;
         let (pid, rest) = rest.split_once(", generation ")?;
-        let generation = rest.strip_suffix(')')?;
+        // `…, generation 2): READY=1` — the rule that made it ready follows.
+        let (generation, _) = rest.split_once(')')?;
         Some(Self {
             slot: slot.parse().ok()?,
             pid: pid.parse().ok()?,
