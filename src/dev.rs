@@ -381,8 +381,12 @@ impl Supervisor<'_> {
         let _ = match &end.aborted {
             None => write!(
                 line,
-                " → rolled {} workers in {}{}",
-                end.size,
+                " → rolled {} in {}{}",
+                if end.size == 1 {
+                    "1 worker".to_owned()
+                } else {
+                    format!("{} workers", end.size)
+                },
                 human_duration(end.elapsed),
                 end.switch
                     .map(|switch| format!(" (switch {})", human_duration(switch)))

@@ -67,6 +67,7 @@ impl WorkerOutput {
     pub(crate) fn start(
         silent: bool,
         slot: usize,
+        generation: u64,
     ) -> io::Result<(Self, Tail, Vec<JoinHandle<()>>)> {
         if silent {
             let devnull = OpenOptions::new().write(true).open("/dev/null")?;
@@ -77,8 +78,14 @@ impl WorkerOutput {
         let (stderr_read, stderr) = pipe()?;
         let tail = Tail::default();
         let threads = vec![
-            forward_lines(stdout_read, slot, Stream::Stdout, None)?,
-            forward_lines(stderr_read, slot, Stream::Stderr, Some(Arc::clone(&tail)))?,
+            forward_lines(stdout_read, slot, generation, Stream::Stdout, None)?,
+            forward_lines(
+                stderr_read,
+                slot,
+                generation,
+                Stream::Stderr,
+                Some(Arc::clone(&tail)),
+            )?,
         ];
         Ok((Self::Piped { stdout, stderr }, tail, threads))
     }
@@ -92,6 +99,12 @@ impl WorkerOutput {
     }
 }
 
+/// A worker's line prefix: its slot and generation, `[w0·g2]`, so that a slot's old and new
+/// workers are told apart during a roll.
+pub(crate) fn prefix(slot: usize, generation: u64) -> String {
+    format!("[w{slot}·g{generation}]")
+}
+
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
@@ -101,6 +114,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 fn forward_lines(
     pipe: OwnedFd,
     slot: usize,
+    generation: u64,
     stream: Stream,
     tail: Option<Tail>,
 ) -> io::Result<JoinHandle<()>> {
@@ -115,7 +129,7 @@ fn forward_lines(
         Stream::Stdout => colours[slot % colours.len()].clone().for_stdout(),
         Stream::Stderr => colours[slot % colours.len()].clone().for_stderr(),
     };
-    let prefix = style.apply_to(format!("[w{slot}]")).to_string();
+    let prefix = style.apply_to(prefix(slot, generation)).to_string();
     thread::Builder::new()
         .name(format!("output-w{slot}"))
         .spawn(move || {

@@ -443,7 +443,8 @@ impl Supervisor<'_> {
         }
         // The readers start before the fork: once a worker runs, nothing can fail that would
         // leave it running untracked with the listeners.
-        let (worker_output, stderr_tail, output) = WorkerOutput::start(self.spec.silent, slot)?;
+        let (worker_output, stderr_tail, output) =
+            WorkerOutput::start(self.spec.silent, slot, generation)?;
         let mut fds: Vec<BorrowedFd<'_>> = vec![state.devnull.as_fd()];
         fds.extend(worker_output.worker_fds());
         fds.extend(self.listeners.iter().map(AsFd::as_fd));

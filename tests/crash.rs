@@ -200,7 +200,7 @@ fn a_worker_that_stops_pinging_its_watchdog_is_replaced() {
     );
     let hung = workers[0].pid;
     // Six pings, 250 ms apart, span one and a half watchdogs: while it pings, it stays.
-    let (pinged, _) = master.wait_for_stderr_after(0, "[w0] echo: watchdog ping 6");
+    let (pinged, _) = master.wait_for_stderr_after(0, "[w0·g1] echo: watchdog ping 6");
     assert!(
         !master.stderr_lines()[..pinged]
             .iter()
@@ -216,7 +216,7 @@ fn a_worker_that_stops_pinging_its_watchdog_is_replaced() {
     assert_ne!(replacement.pid, hung);
     // Stopped like any worker: the stop signal, and it drains.
     master.wait_dead(hung);
-    master.wait_for_stderr("[w0] echo: draining");
+    master.wait_for_stderr("[w0·g1] echo: draining");
 }
 
 #[test]

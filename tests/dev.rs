@@ -380,7 +380,7 @@ fn a_save_during_a_build_restarts_it_and_one_roll_follows() {
     master.wait_until("the build to restart", || build.builds_started() == 3);
     fs::write(build.path("gate"), "").unwrap();
 
-    let line = master.wait_for_stderr(" → rolled 1 workers in ");
+    let line = master.wait_for_stderr(" → rolled 1 worker in ");
     assert!(
         line.contains("a.rs") && line.contains("b.rs"),
         "both saves are in the one reload: {line}"
@@ -517,20 +517,20 @@ fn a_change_during_a_roll_is_rolled_next_and_each_reload_reports_its_own_files()
     let port = master.port();
 
     fs::write(watched.path().join("a.rs"), "fn a() {}").unwrap();
-    master.wait_for_stdout("[w0] waiting at gate 2");
+    master.wait_for_stdout("[w0·g2] waiting at gate 2");
     fs::write(watched.path().join("b.rs"), "fn b() {}").unwrap();
     master.wait_for_stderr("mcluster: a roll is in progress; one more roll will follow it");
     fs::write(gates.join("2"), "").unwrap();
-    master.wait_for_stderr("mcluster: a.rs changed → rolled 1 workers in ");
-    master.wait_for_stdout("[w0] waiting at gate 3");
+    master.wait_for_stderr("mcluster: a.rs changed → rolled 1 worker in ");
+    master.wait_for_stdout("[w0·g3] waiting at gate 3");
     fs::write(gates.join("3"), "").unwrap();
-    master.wait_for_stderr("mcluster: b.rs changed → rolled 1 workers in ");
+    master.wait_for_stderr("mcluster: b.rs changed → rolled 1 worker in ");
     assert_eq!(echo(port, "x").generation, 3, "{}", master.dump());
 
     // A roll asked for by SIGHUP is reported as such.
     fs::write(gates.join("4"), "").unwrap();
     master.signal(Signal::SIGHUP);
-    master.wait_for_stderr("mcluster: roll requested → rolled 1 workers in ");
+    master.wait_for_stderr("mcluster: roll requested → rolled 1 worker in ");
     assert_eq!(echo(port, "x").generation, 4, "{}", master.dump());
 }
 
@@ -553,11 +553,11 @@ fn a_removed_watched_directory_is_watched_again(poll: &[&str]) {
         "mcluster: watched directory extra was removed; waiting for it to come back",
     );
     // Its files are gone: that is a change.
-    master.wait_for_stderr("mcluster: a.rs changed → rolled 1 workers in ");
+    master.wait_for_stderr("mcluster: a.rs changed → rolled 1 worker in ");
     fs::create_dir(&extra).unwrap();
     master.wait_for_stderr("mcluster: watched directory extra is back; watching it again");
     fs::write(extra.join("b.rs"), "fn b() {}").unwrap();
-    master.wait_for_stderr("mcluster: b.rs changed → rolled 1 workers in ");
+    master.wait_for_stderr("mcluster: b.rs changed → rolled 1 worker in ");
     assert_eq!(echo(port, "x").generation, 3, "{}", master.dump());
     assert_eq!(count(&master, "was removed"), 1, "{}", master.dump());
 }

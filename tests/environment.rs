@@ -72,7 +72,7 @@ fn a_repeated_env_key_is_one_entry_with_its_last_value() {
     assert_eq!(values(&env, "EXTRA"), ["last"], "{context}");
     assert_eq!(values(&env, "OTHER"), ["kept"], "{context}");
     // What the worker itself reads.
-    let line = master.wait_for_stdout("[w0] pid=");
+    let line = master.wait_for_stdout("[w0·g1] pid=");
     assert!(line.ends_with(" EXTRA=last"), "{line:?}\n{context}");
 }
 
@@ -122,7 +122,7 @@ fn the_masters_service_manager_variables_never_reach_a_worker() {
     // The worker pings (four times a second) and is never replaced: six pings span one and a
     // half watchdog periods.
     let port = master.port();
-    master.wait_for_stderr("[w0] echo: watchdog ping 6");
+    master.wait_for_stderr("[w0·g1] echo: watchdog ping 6");
     assert!(
         !master
             .stderr_lines()

@@ -21,8 +21,8 @@ fn worker_output_is_prefixed_with_its_slot() {
         &[],
         2,
     );
-    master.wait_for_stderr("[w0] echo: listening");
-    master.wait_for_stderr("[w1] echo: listening");
+    master.wait_for_stderr("[w0·g1] echo: listening");
+    master.wait_for_stderr("[w1·g1] echo: listening");
     assert!(
         !master
             .stdout_lines()
@@ -40,8 +40,8 @@ fn worker_output_is_prefixed_with_its_slot() {
         &[],
         1,
     );
-    let line = master.wait_for_stdout(&format!("[w0] pid={} ", workers[0].pid));
-    assert!(line.starts_with("[w0] pid="), "{line:?}");
+    let line = master.wait_for_stdout(&format!("[w0·g1] pid={} ", workers[0].pid));
+    assert!(line.starts_with("[w0·g1] pid="), "{line:?}");
     assert!(
         !master.stderr_lines().iter().any(|l| l.contains("pid=")),
         "{}",
@@ -161,6 +161,9 @@ fn summarize(pipe: PipeReader, piece: Vec<u8>) -> Arc<Mutex<Summary>> {
     summary
 }
 
+/// The prefix of the first worker's lines, with its space.
+const PREFIX: &str = "[w0·g1] ";
+
 /// A worker writes 300 MB without a newline on stdout, and a progress bar drawn with `\r` only
 /// on stderr: the master stays small, shows them cut into marked pieces, and the lines around
 /// them intact.
@@ -184,17 +187,17 @@ fn a_line_without_newline_is_cut_and_the_master_stays_small() {
     )
     .stdout(stdout_write)
     .start();
-    let piece = format!("[w0] {}{CUT}", "x".repeat(LINE_CAP)).into_bytes();
+    let piece = format!("[w0·g1] {}{CUT}", "x".repeat(LINE_CAP)).into_bytes();
     let stdout = summarize(stdout_read, piece);
-    master.wait_until("[w0] after on the master's stdout", || {
+    master.wait_until("[w0·g1] after on the master's stdout", || {
         stdout
             .lock()
             .unwrap()
             .short
             .iter()
-            .any(|l| l == "[w0] after")
+            .any(|l| l == "[w0·g1] after")
     });
-    master.wait_for_stderr("[w0] progress done");
+    master.wait_for_stderr("[w0·g1] progress done");
 
     let peak = peak_rss(master.pid());
     assert!(
@@ -203,30 +206,41 @@ fn a_line_without_newline_is_cut_and_the_master_stays_small() {
         peak / 1024 / 1024
     );
     let stdout = stdout.lock().unwrap();
-    assert_eq!(stdout.short, ["[w0] before", "[w0] after"], "{stdout:?}");
+    assert_eq!(
+        stdout.short,
+        ["[w0·g1] before", "[w0·g1] after"],
+        "{stdout:?}"
+    );
     assert_eq!(stdout.pieces, FLOOD / LINE_CAP, "{stdout:?}");
     // The end of the long line, shorter than a piece, comes whole.
-    assert_eq!(stdout.other, [5 + FLOOD % LINE_CAP], "{stdout:?}");
-    assert!(stdout.longest <= 5 + LINE_CAP + CUT.len(), "{stdout:?}");
+    assert_eq!(
+        stdout.other,
+        [PREFIX.len() + FLOOD % LINE_CAP],
+        "{stdout:?}"
+    );
+    assert!(
+        stdout.longest <= PREFIX.len() + LINE_CAP + CUT.len(),
+        "{stdout:?}"
+    );
 
     // The worker's lines on the master's stderr, between the master's own.
     let stderr = master.stderr_lines();
     let progress: Vec<&String> = stderr
         .iter()
-        .filter(|l| l.starts_with("[w0] "))
-        .skip_while(|l| *l != "[w0] progress start")
+        .filter(|l| l.starts_with("[w0·g1] "))
+        .skip_while(|l| *l != "[w0·g1] progress start")
         .skip(1)
-        .take_while(|l| *l != "[w0] progress done")
+        .take_while(|l| *l != "[w0·g1] progress done")
         .collect();
     let (cut, end) = progress.split_at(progress.len().saturating_sub(1));
     assert_eq!(cut.len(), 4_000_000 / LINE_CAP, "{} lines", progress.len());
     for line in cut {
-        let text = line.strip_prefix("[w0] ").unwrap();
+        let text = line.strip_prefix("[w0·g1] ").unwrap();
         let text = text.strip_suffix(CUT).unwrap();
         assert_eq!(text.len(), LINE_CAP);
         assert!(text.contains("\rprogress 42%\r"), "{:?}", &text[..40]);
     }
-    assert_eq!(end[0].len(), 5 + 4_000_000 % LINE_CAP);
+    assert_eq!(end[0].len(), PREFIX.len() + 4_000_000 % LINE_CAP);
 }
 
 /// With `--silent`, the worker writes to /dev/null: the master reads nothing, however much the

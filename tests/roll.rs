@@ -62,7 +62,7 @@ fn hup_replaces_every_worker_with_a_new_generation() {
     // Each old worker was stopped only after the replacement in its slot was ready.
     for worker in &new {
         let (drained, _) =
-            master.wait_for_stderr_after(mark, &format!("[w{}] echo: draining", worker.slot));
+            master.wait_for_stderr_after(mark, &format!("[w{}·g1] echo: draining", worker.slot));
         let lines = master.stderr_lines();
         let ready = lines
             .iter()

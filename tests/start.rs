@@ -53,8 +53,8 @@ fn workers_share_one_port_with_distinct_pids() {
 
 /// One line of the print-env fixture, `[w<slot>] pid=… KEY=VALUE …`, as a map.
 fn env_report(master: &Master, slot: usize) -> BTreeMap<String, String> {
-    let line = master.wait_for_stdout(&format!("[w{slot}] pid="));
-    line[format!("[w{slot}] ").len()..]
+    let line = master.wait_for_stdout(&format!("[w{slot}·g1] pid="));
+    line[format!("[w{slot}·g1] ").len()..]
         .split(' ')
         .map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
@@ -130,7 +130,7 @@ fn workers_start_with_default_signal_dispositions() {
         1,
     );
     let mask = |field: &str| {
-        let line = master.wait_for_stdout(&format!("[w0] {field}:"));
+        let line = master.wait_for_stdout(&format!("[w0·g1] {field}:"));
         let hex = line.rsplit_once(':').unwrap().1;
         u64::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("{line:?}"))
     };

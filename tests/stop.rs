@@ -161,7 +161,7 @@ fn stop_signal_option_chooses_the_signal() {
         master
             .stdout_lines()
             .iter()
-            .any(|l| l == "[w0] stub: got USR1"),
+            .any(|l| l == "[w0·g1] stub: got USR1"),
         "{}",
         master.dump()
     );

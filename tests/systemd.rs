@@ -92,8 +92,8 @@ fn master_tells_its_service_manager_ready_reloading_and_stopping() {
     .start();
 
     // Not ready while the first generation is not: none of it, then half of it.
-    master.wait_for_stdout("[w0] waiting at gate-1-0");
-    master.wait_for_stdout("[w1] waiting at gate-1-1");
+    master.wait_for_stdout("[w0·g1] waiting at gate-1-0");
+    master.wait_for_stdout("[w1·g1] waiting at gate-1-1");
     assert_no_message(&manager, &master, "before any worker was ready");
     open(1, 0);
     master.wait_for_stderr("mcluster: w0 ready (pid ");
@@ -120,7 +120,7 @@ fn master_tells_its_service_manager_ready_reloading_and_stopping() {
         .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
         .and_then(|usec| usec.parse::<u64>().ok());
     assert!(monotonic.is_some_and(|usec| usec > 0), "{reloading:?}");
-    master.wait_for_stdout("[w0] waiting at gate-2-0");
+    master.wait_for_stdout("[w0·g2] waiting at gate-2-0");
     assert_no_message(
         &manager,
         &master,
@@ -128,7 +128,7 @@ fn master_tells_its_service_manager_ready_reloading_and_stopping() {
     );
     open(2, 0);
     master.wait_for_stderr_after(mark, "mcluster: w0 ready (pid ");
-    master.wait_for_stdout("[w1] waiting at gate-2-1");
+    master.wait_for_stdout("[w1·g2] waiting at gate-2-1");
     assert_no_message(&manager, &master, "with 1 of 2 replacements ready");
     open(2, 1);
     let ready = next_message(&manager, &master);
