@@ -283,3 +283,62 @@ fn hup_burst_coalesces_into_one_queued_roll() {
         master.dump()
     );
 }
+
+/// A script worker that says `booting` and waits for `gates/gate-<its generation>` before it
+/// runs the echo fixture.
+fn gated_worker(gates: &std::path::Path) -> Script {
+    Script::new(&format!(
+        "echo booting\nwhile [ ! -f {}/gate-\"$MCLUSTER_GENERATION\" ]; do sleep 0.02; done\n{}",
+        crate::support::script::quote(gates),
+        exec_line(&fixture("fixture-echo"))
+    ))
+}
+
+/// The number of `booting` lines of `generation`'s workers so far.
+fn booting(master: &Master, generation: u64) -> usize {
+    master
+        .stdout_lines()
+        .iter()
+        .filter(|l| l.ends_with(&format!("·g{generation}] booting")))
+        .count()
+}
+
+/// `--surge all` (the default): every replacement boots side by side, so a roll takes about one
+/// boot, not one per worker; `--surge 1` boots them one at a time.
+#[test]
+fn a_roll_boots_up_to_the_surge_side_by_side() {
+    for (surge, at_once) in [("all", 4), ("1", 1), ("50%", 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = dir.path().join("gate-2");
+        let script = gated_worker(dir.path());
+        std::fs::write(dir.path().join("gate-1"), "").unwrap();
+        let (master, old) = Master::start_ready(
+            &[
+                "-l",
+                "127.0.0.1:0",
+                "-n",
+                "4",
+                "--ready",
+                "notify",
+                "--surge",
+                surge,
+            ],
+            "/bin/sh",
+            &[script.arg()],
+            4,
+        );
+        master.signal(Signal::SIGHUP);
+        master.wait_until(&format!("{at_once} replacements booting"), || {
+            booting(&master, 2) == at_once
+        });
+        // While they boot, every old worker serves.
+        assert!(old.iter().all(|w| is_alive(w.pid)), "--surge {surge}");
+        std::fs::write(&gate, "").unwrap();
+        master.wait_for_stderr("mcluster: rolled 4 workers to generation 2 in ");
+        assert_eq!(booting(&master, 2), 4, "--surge {surge}");
+        for worker in &old {
+            master.wait_dead(worker.pid);
+        }
+        drop(script);
+    }
+}

@@ -191,3 +191,34 @@ fn sigkill_of_the_master_takes_the_workers_and_the_port() {
         "port {port} still open with the master dead"
     );
 }
+
+/// A stopping worker that is still alive 2 s after the stop signal is said so, once: which
+/// worker, that it has an open connection, when SIGKILL comes, and that a second Ctrl-C forces
+/// it; the SIGKILL line names it with its generation.
+#[test]
+fn a_lingering_worker_is_reported_and_its_sigkill_names_it() {
+    let (master, workers) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "1", "--kill-timeout", "4s"],
+        fixture("fixture-echo"),
+        &[],
+        1,
+    );
+    let port = master.port();
+    // In-flight work longer than the kill timeout.
+    let held = send(port, "sleep 60000").unwrap();
+    wait_accepted(&held);
+    master.signal(Signal::SIGINT);
+    let pid = workers[0].pid;
+    let lingering = master.wait_for_stderr(&format!(
+        "mcluster: w0 (pid {pid}, generation 1) is still stopping 2.00s after the stop signal"
+    ));
+    assert!(
+        lingering.contains(" with 1 open connection; SIGKILL in ")
+            && lingering.ends_with(" (Ctrl-C again to kill it now)"),
+        "{lingering}"
+    );
+    master.wait_for_stderr(&format!(
+        "mcluster: w0 (pid {pid}, generation 1) did not stop within 4.00s; sending SIGKILL"
+    ));
+    drop(held);
+}
