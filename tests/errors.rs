@@ -476,6 +476,17 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
         listen(taken, 1, &[taken])
             .env("TMPDIR", &file)
             .env("XDG_RUNTIME_DIR", &missing),
+        // A good command line, and nowhere to put the notify sockets.
+        start(&[], 1, &[&file, "$XDG_RUNTIME_DIR", "not a directory"])
+            .env("XDG_RUNTIME_DIR", &file),
+        start(&[], 1, &[&missing, "$XDG_RUNTIME_DIR", "no such file"])
+            .env("XDG_RUNTIME_DIR", &missing),
+        start(&[], 1, &[&missing, "$TMPDIR", "no such file"])
+            .env("XDG_RUNTIME_DIR", "")
+            .env("TMPDIR", &missing),
+        start(&[], 1, &[&file, "$TMPDIR", "not a directory"])
+            .env("XDG_RUNTIME_DIR", "")
+            .env("TMPDIR", &file),
         // Dev mode: the manifest, the watched directories, the ignore globs, APP_ENV.
         dev(
             &["--manifest-path", &format!("{missing}/Cargo.toml")],
