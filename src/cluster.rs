@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 pub use backoff::Backoff;
 pub use event::{
     Action, Event, ExitReason, MasterState, Pid, ProcessEnd, RollEnd, StopKind, WorkerKey,
-    human_duration, signal_name,
+    WorkerReady, human_duration, signal_name,
 };
 
 /// The policy knobs of a cluster.
@@ -97,6 +97,49 @@ impl Surge {
             Surge::All => size,
         };
         count.clamp(1, size.max(1))
+    }
+}
+
+/// One worker (or a slot waiting to restart one), as [`Cluster::rows`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRow {
+    /// The slot.
+    pub slot: usize,
+    /// Its process id, once spawned.
+    pub pid: Option<Pid>,
+    /// Its generation (for a slot backing off: the one it restarts).
+    pub generation: u64,
+    /// What it is doing.
+    pub state: RowState,
+    /// Since when it runs.
+    pub since: Option<Instant>,
+    /// The slot's restarts after failures, in all.
+    pub restarts: u64,
+}
+
+/// The state of a [`WorkerRow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowState {
+    /// Spawned, not ready yet.
+    Starting,
+    /// Serving.
+    Ready,
+    /// Asked to stop (or leaving by itself), not gone yet.
+    Stopping,
+    /// No worker: the slot restarts one after a backoff delay.
+    BackingOff,
+}
+
+impl RowState {
+    /// The state's name in status output.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            RowState::Starting => "starting",
+            RowState::Ready => "ready",
+            RowState::Stopping => "stopping",
+            RowState::BackingOff => "backing off",
+        }
     }
 }
 
@@ -189,6 +232,8 @@ struct Slot {
     restart_at: Option<Instant>,
     /// The generation the slot runs: the one its crash restarts start.
     generation: u64,
+    /// Restarts after failures, in all.
+    restarts: u64,
 }
 
 impl Slot {
@@ -197,6 +242,7 @@ impl Slot {
             failures: 0,
             restart_at: None,
             generation,
+            restarts: 0,
         }
     }
 }
@@ -303,6 +349,45 @@ impl Cluster {
     #[must_use]
     pub fn linger_note(&self) -> Option<Duration> {
         self.config.linger_note
+    }
+
+    /// One row per worker the cluster tracks, and one per slot waiting for a restart.
+    #[must_use]
+    pub fn rows(&self) -> Vec<WorkerRow> {
+        let workers = self.workers.iter().map(|worker| WorkerRow {
+            slot: worker.slot,
+            pid: worker.pid,
+            generation: worker.generation,
+            state: match worker.state {
+                WorkerState::Spawning | WorkerState::Starting { .. } => RowState::Starting,
+                WorkerState::Ready => RowState::Ready,
+                WorkerState::Stopping { .. } => RowState::Stopping,
+            },
+            since: Some(worker.since).filter(|_| worker.pid.is_some()),
+            restarts: self.slots.get(worker.slot).map_or(0, |slot| slot.restarts),
+        });
+        let backing_off = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.restart_at.is_some())
+            .map(|(index, slot)| WorkerRow {
+                slot: index,
+                pid: None,
+                generation: slot.generation,
+                state: RowState::BackingOff,
+                since: None,
+                restarts: slot.restarts,
+            });
+        let mut rows: Vec<WorkerRow> = workers.chain(backing_off).collect();
+        rows.sort_by_key(|row| (row.slot, row.generation));
+        rows
+    }
+
+    /// Whether every slot has a ready worker.
+    #[must_use]
+    pub fn all_ready(&self) -> bool {
+        self.phase == Phase::Running && self.ready_slots() == self.config.size
     }
 
     /// Whether a roll is in progress.
@@ -566,6 +651,7 @@ impl Cluster {
             actions.push(Action::Log(format!("{} {failure}", worker.label())));
             return;
         }
+        self.slots[worker.slot].restarts += 1;
         let slot = &self.slots[worker.slot];
         let delay = self.config.backoff.delay(slot.failures);
         let generation = slot.generation;
@@ -591,6 +677,7 @@ impl Cluster {
             if self.slots[slot].restart_at.is_some() || self.has_live_worker(slot) {
                 continue;
             }
+            self.slots[slot].restarts += 1;
             let failures = self.slots[slot].failures;
             let delay = self.config.backoff.delay(failures);
             let generation = self.slots[slot].generation;
@@ -669,8 +756,7 @@ impl Cluster {
                     "{what}; waiting for a change to retry"
                 )));
                 self.phase = Phase::Waiting;
-                self.roll = None;
-                self.roll_queued.clear();
+                self.cancel_rolls("no generation ever got ready", actions);
                 for slot in &mut self.slots {
                     slot.restart_at = None;
                 }
@@ -709,6 +795,7 @@ impl Cluster {
             elapsed: now.duration_since(roll.started),
             switch: roll.first_ready.map(|first| now.duration_since(first)),
             aborted: Some(format!("{} {failure}", worker.label())),
+            failed: worker.pid,
             serving: self.serving_generation,
             slots: self.slot_generations(),
             requests: roll.requests,
@@ -723,12 +810,12 @@ impl Cluster {
         worker.state = WorkerState::Ready;
         worker.watchdog_at = self.config.watchdog.map(|limit| now + limit);
         let (key, slot, generation) = (worker.key, worker.slot, worker.generation);
-        actions.push(Action::Detail(format!(
-            "w{slot} ready (pid {}, generation {generation}): {how}",
-            worker
-                .pid
-                .map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
-        )));
+        actions.push(Action::Ready(WorkerReady {
+            slot,
+            pid: worker.pid,
+            generation,
+            how: how.to_owned(),
+        }));
         self.ever_ready = true;
         if let Some(slot_state) = self.slots.get_mut(slot) {
             slot_state.restart_at = None;
@@ -861,14 +948,19 @@ impl Cluster {
     }
 
     fn request_roll(&mut self, now: Instant, request: u64, actions: &mut Vec<Action>) {
-        match self.phase {
-            Phase::Running => {}
+        let why = match self.phase {
+            Phase::Running => None,
             // Nothing of the first generation ever served: a roll request is a new start.
             Phase::Waiting => {
                 self.start(now, actions);
-                return;
+                Some("no generation ever got ready: the first one starts again instead")
             }
-            _ => return,
+            Phase::Idle => Some("the cluster has not started yet"),
+            Phase::Stopping { .. } | Phase::Exited => Some("the cluster is stopping"),
+        };
+        if let Some(why) = why {
+            actions.push(Action::RollRefused { request, why });
+            return;
         }
         if self.roll.is_some() {
             // Many requests in a burst: one roll running, at most one queued.
@@ -878,6 +970,18 @@ impl Cluster {
             self.roll_queued.push(request);
         } else {
             self.begin_roll(now, vec![request], actions);
+        }
+    }
+
+    /// Drops the roll in flight and the queued one; their requests are refused.
+    fn cancel_rolls(&mut self, why: &'static str, actions: &mut Vec<Action>) {
+        let running = self
+            .roll
+            .take()
+            .map(|roll| roll.requests)
+            .unwrap_or_default();
+        for request in running.into_iter().chain(self.roll_queued.drain(..)) {
+            actions.push(Action::RollRefused { request, why });
         }
     }
 
@@ -891,10 +995,10 @@ impl Cluster {
     fn begin_roll(&mut self, now: Instant, requests: Vec<u64>, actions: &mut Vec<Action>) {
         let generation = self.next_generation;
         self.next_generation += 1;
-        actions.push(Action::Detail(format!(
-            "rolling {} to generation {generation}",
-            workers(self.config.size)
-        )));
+        actions.push(Action::RollStarted {
+            generation,
+            size: self.config.size,
+        });
         actions.push(Action::Notify(MasterState::Reloading));
         self.roll = Some(Roll {
             generation,
@@ -947,6 +1051,7 @@ impl Cluster {
             elapsed: now.duration_since(roll.started),
             switch: roll.first_ready.map(|first| now.duration_since(first)),
             aborted: None,
+            failed: None,
             serving: roll.generation,
             slots: self.slot_generations(),
             requests: roll.requests,
@@ -1016,8 +1121,7 @@ impl Cluster {
             Phase::Stopping { hard: false } => {}
         }
         self.phase = Phase::Stopping { hard };
-        self.roll = None;
-        self.roll_queued.clear();
+        self.cancel_rolls("the cluster is stopping", actions);
         for slot in &mut self.slots {
             slot.restart_at = None;
         }

@@ -81,6 +81,11 @@ impl DevLoop {
         }
     }
 
+    /// A roll request that no roll will answer.
+    pub(crate) fn forget_reload(&mut self, request: u64) {
+        self.reloads.remove(&request);
+    }
+
     /// The pid of the build in flight.
     pub(crate) fn build_pid(&self) -> Option<i32> {
         self.build.as_ref().map(|build| build.running.pid)

@@ -45,6 +45,8 @@ pub mod config;
 pub mod listener;
 #[cfg(feature = "master")]
 pub mod master;
+#[cfg(feature = "master")]
+pub mod status;
 pub mod worker;
 
 #[cfg(feature = "master")]

@@ -35,6 +35,7 @@ use crate::dev::DevLoop;
 use crate::listener::{ListenAddr, Listener};
 use crate::notify::NotifyDir;
 use crate::output;
+use crate::status::{Record, RestartOutcome, Status};
 use crate::supervisor::{
     Control, Input, MessageHandler, Program, Supervisor, WorkerSpec, watch_signals,
 };
@@ -409,9 +410,37 @@ impl Handle {
         let _ = self.events.send(Input::Control(Control::Resize(size)));
     }
 
-    /// Replaces every worker, one at a time, each only after its replacement is ready.
-    pub fn restart(&self) {
-        let _ = self.events.send(Input::Control(Control::Roll));
+    /// Replaces every worker with one of a new generation, each old one only after its
+    /// replacement is ready. The returned [`Restart`] tells when the roll has ended and how, as
+    /// `cluster-master`'s restart callback did; dropping it is fine.
+    #[allow(clippy::must_use_candidate)]
+    pub fn restart(&self) -> Restart {
+        let (outcome, waiter) = mpsc::channel();
+        let _ = self
+            .events
+            .send(Input::Control(Control::Roll(Some(outcome))));
+        Restart { waiter }
+    }
+
+    /// A snapshot of the master and its workers; `None` once the master has stopped.
+    #[must_use]
+    pub fn status(&self) -> Option<Status> {
+        let (reply, answer) = mpsc::channel();
+        self.events
+            .send(Input::Control(Control::Status(reply)))
+            .ok()?;
+        answer.recv().ok()
+    }
+
+    /// Every lifecycle event from now on (workers spawned, ready, exited, notify messages,
+    /// rolls), until the receiver is dropped or the master stops.
+    #[must_use]
+    pub fn events(&self) -> Receiver<Record> {
+        let (subscriber, records) = mpsc::channel();
+        let _ = self
+            .events
+            .send(Input::Control(Control::Subscribe(subscriber)));
+        records
     }
 
     /// Stops gracefully: the stop signal, then SIGKILL after the kill timeout. `run` returns
@@ -423,6 +452,37 @@ impl Handle {
     /// SIGKILLs every worker. `run` returns [`ExitReason::Killed`].
     pub fn quit_hard(&self) {
         let _ = self.events.send(Input::Control(Control::QuitHard));
+    }
+}
+
+/// A rolling restart under way, from [`Handle::restart`].
+#[derive(Debug)]
+pub struct Restart {
+    waiter: Receiver<RestartOutcome>,
+}
+
+impl Restart {
+    /// Waits until the roll has ended: every slot runs the new generation, or a replacement
+    /// failed and the roll stopped, or no roll could start (the master is stopping).
+    #[must_use]
+    pub fn wait(self) -> RestartOutcome {
+        self.waiter
+            .recv()
+            .unwrap_or_else(|_| RestartOutcome::Refused {
+                why: "the master stopped".to_owned(),
+            })
+    }
+
+    /// As [`wait`](Restart::wait), for at most `timeout`; `None` if the roll goes on.
+    #[must_use]
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<RestartOutcome> {
+        match self.waiter.recv_timeout(timeout) {
+            Ok(outcome) => Some(outcome),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(RestartOutcome::Refused {
+                why: "the master stopped".to_owned(),
+            }),
+        }
     }
 }
 

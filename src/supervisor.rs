@@ -27,13 +27,14 @@ use nix::unistd::Pid as NixPid;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
 
 use crate::cluster::{
-    Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, StopKind, WorkerKey,
+    Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, RollEnd, StopKind, WorkerKey,
     human_duration,
 };
 use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
 use crate::notify::{self, NotifyDir, NotifySocket};
 use crate::output::{self, Tail, WorkerOutput};
+use crate::status::{self, LastRoll, Record, RestartOutcome, RollCounts, Status, WorkerStatus};
 use crate::sys::{Guard, SpawnRequest, spawn_worker};
 
 /// How often the groups of exited workers are checked for being gone.
@@ -60,13 +61,18 @@ pub(crate) enum Input {
     Changed(Vec<PathBuf>),
 }
 
-/// Requests from [`Handle`](crate::master::Handle).
-#[derive(Debug, Clone, Copy)]
+/// Requests from [`Handle`](crate::master::Handle) (and the control socket, through one).
+#[derive(Debug)]
 pub(crate) enum Control {
     Resize(usize),
-    Roll,
+    /// A roll; its outcome goes to the sender, if any.
+    Roll(Option<Sender<RestartOutcome>>),
     Quit,
     QuitHard,
+    /// A snapshot of the master, to the sender.
+    Status(Sender<Status>),
+    /// Every lifecycle event from now on, to the sender, until it hangs up.
+    Subscribe(Sender<Record>),
 }
 
 /// A message handler: the worker's slot and the notify message.
@@ -97,6 +103,9 @@ pub(crate) struct WorkerSpec {
 struct RunningWorker {
     slot: usize,
     pid: i32,
+    generation: u64,
+    /// The last `STATUS=` text it sent.
+    status: Option<String>,
     _notify: NotifySocket,
     stderr_tail: Tail,
     output: Vec<JoinHandle<()>>,
@@ -140,6 +149,11 @@ impl Supervisor<'_> {
             strays: Vec::new(),
             reap_all: nix::unistd::getpid().as_raw() == 1,
             roll_requests: 0,
+            waiters: HashMap::new(),
+            subscribers: Vec::new(),
+            rolls: RollCounts::default(),
+            last_roll: None,
+            started: Instant::now(),
             interrupts: 0,
             had_terminal: has_terminal(),
             exit: None,
@@ -207,7 +221,11 @@ impl Supervisor<'_> {
             Input::Signal(signal) => self.on_signal(state, signal),
             Input::Notify { key, text } => self.on_notify(state, key, &text),
             Input::Control(control) => match control {
-                Control::Roll => self.roll_requested(state),
+                Control::Roll(outcome) => self.roll_requested(state, outcome),
+                Control::Status(reply) => {
+                    let _ = reply.send(self.status(state));
+                }
+                Control::Subscribe(subscriber) => state.subscribers.push(subscriber),
                 Control::Resize(size) => self.feed(state, Event::Resize(size)),
                 Control::Quit => self.feed(state, Event::Stop { hard: false }),
                 Control::QuitHard => self.feed(state, Event::Stop { hard: true }),
@@ -232,7 +250,7 @@ impl Supervisor<'_> {
                 Event::Stop { hard: false }
             }
             SIGHUP => {
-                self.roll_requested(state);
+                self.roll_requested(state, None);
                 return;
             }
             SIGINT => {
@@ -251,16 +269,22 @@ impl Supervisor<'_> {
     }
 
     fn on_notify(&mut self, state: &mut DriverState, key: WorkerKey, text: &str) {
-        let Some(worker) = state.workers.get(&key) else {
+        let Some(worker) = state.workers.get_mut(&key) else {
             return;
         };
-        let slot = worker.slot;
+        let (slot, pid) = (worker.slot, worker.pid);
+        if let Some(status) = notify::status(text) {
+            worker.status = Some(status.to_owned());
+            output::master_line(&format!("w{slot} status: {status}"));
+        }
         if let Some(handler) = &mut self.on_message {
             handler(slot, text);
         }
-        if let Some(status) = notify::status(text) {
-            output::master_line(&format!("w{slot} status: {status}"));
-        }
+        state.publish(&Record::Notify {
+            slot,
+            pid,
+            message: text.to_owned(),
+        });
         if notify::says(text, "READY=1") {
             self.feed(state, Event::Ready { key });
         }
@@ -274,12 +298,26 @@ impl Supervisor<'_> {
 
     /// SIGHUP or the handle's `restart`: in dev mode (watching), the roll's end is reported as
     /// a reload.
-    fn roll_requested(&mut self, state: &mut DriverState) {
+    fn roll_requested(&mut self, state: &mut DriverState, outcome: Option<Sender<RestartOutcome>>) {
+        // The waiter goes in before the request reaches the core, which may refuse it at once:
+        // it waits for the next request number.
+        let next = state.roll_requests + 1;
+        if let Some(outcome) = outcome {
+            state.waiters.insert(next, outcome);
+        }
         if self.dev.as_ref().is_some_and(|dev| dev.watcher.is_some()) {
             self.roll_for(state, Reload::requested());
         } else {
             let request = state.roll_request();
             self.feed(state, Event::Roll(request));
+        }
+        // Dev mode makes no request before its first generation serves.
+        if state.roll_requests < next
+            && let Some(waiter) = state.waiters.remove(&next)
+        {
+            let _ = waiter.send(RestartOutcome::Refused {
+                why: "no generation serves yet".to_owned(),
+            });
         }
     }
 
@@ -332,6 +370,12 @@ impl Supervisor<'_> {
             return;
         };
         if let Some(worker) = state.workers.remove(&key) {
+            state.publish(&Record::WorkerExited {
+                slot: worker.slot,
+                pid,
+                generation: worker.generation,
+                end: end.to_string(),
+            });
             state.remember_exited(worker);
         }
         if group_exists(pid) {
@@ -402,11 +446,52 @@ impl Supervisor<'_> {
                             output::master_line(&line);
                         }
                     }
+                    Action::Ready(ready) => {
+                        if !self.quiet {
+                            output::master_line(&ready.to_string());
+                        }
+                        state.publish(&Record::WorkerReady {
+                            slot: ready.slot,
+                            pid: ready.pid.map(|pid| pid.0),
+                            generation: ready.generation,
+                            how: ready.how,
+                        });
+                    }
+                    Action::RollStarted { generation, size } => {
+                        if !self.quiet {
+                            output::master_line(&format!(
+                                "rolling {} to generation {generation}",
+                                if size == 1 {
+                                    "1 worker".to_owned()
+                                } else {
+                                    format!("{size} workers")
+                                }
+                            ));
+                        }
+                        state.rolls.started += 1;
+                        state.publish(&Record::RollStarted { generation });
+                    }
                     Action::RollEnded(end) => {
                         self.forget_old_generations();
                         self.report_roll(&end);
+                        Self::roll_ended(state, &end);
                     }
-                    Action::Notify(master_state) => self.notify_manager(master_state),
+                    Action::RollRefused { request, why } => {
+                        if let Some(waiter) = state.waiters.remove(&request) {
+                            let _ = waiter.send(RestartOutcome::Refused {
+                                why: why.to_owned(),
+                            });
+                        }
+                        if let Some(dev) = &mut self.dev {
+                            dev.forget_reload(request);
+                        }
+                    }
+                    Action::Notify(master_state) => {
+                        if master_state == MasterState::Stopping {
+                            state.publish(&Record::Stopping);
+                        }
+                        self.notify_manager(master_state);
+                    }
                     Action::Lingering {
                         pid,
                         slot,
@@ -468,11 +553,18 @@ impl Supervisor<'_> {
             RunningWorker {
                 slot,
                 pid,
+                generation,
+                status: None,
                 _notify: notify,
                 stderr_tail,
                 output,
             },
         );
+        state.publish(&Record::WorkerSpawned {
+            slot,
+            pid,
+            generation,
+        });
         Ok(pid)
     }
 
@@ -508,6 +600,97 @@ impl Supervisor<'_> {
             StopKind::Kill => Signal::SIGKILL,
         };
         let _ = killpg(pid, signal).or_else(|_| kill(pid, signal));
+    }
+
+    /// A snapshot of the master for [`Control::Status`].
+    fn status(&self, state: &DriverState) -> Status {
+        let by_pid: HashMap<i32, &RunningWorker> = state
+            .workers
+            .values()
+            .map(|worker| (worker.pid, worker))
+            .collect();
+        let now = Instant::now();
+        let workers = self
+            .cluster
+            .rows()
+            .into_iter()
+            .map(|row| {
+                let pid = row.pid.map(|pid| pid.0);
+                WorkerStatus {
+                    slot: row.slot,
+                    pid,
+                    generation: row.generation,
+                    state: row.state.name(),
+                    uptime_ms: row.since.map(|since| status::millis(now - since)),
+                    restarts: row.restarts,
+                    rss_bytes: pid.and_then(status::rss_bytes),
+                    status: pid
+                        .and_then(|pid| by_pid.get(&pid))
+                        .and_then(|worker| worker.status.clone()),
+                }
+            })
+            .collect();
+        Status {
+            pid: std::process::id(),
+            mode: if self.interactive() { "dev" } else { "start" },
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| l.address().to_string())
+                .collect(),
+            size: self.cluster.size(),
+            serving_generation: self.cluster.serving_generation(),
+            rolling: self.cluster.is_rolling(),
+            ready: self.cluster.all_ready(),
+            uptime_ms: status::millis(state.started.elapsed()),
+            rss_bytes: i32::try_from(std::process::id())
+                .ok()
+                .and_then(status::rss_bytes),
+            rolls: state.rolls,
+            last_roll: state.last_roll.clone(),
+            workers,
+        }
+    }
+
+    /// Counts a roll's end, publishes it, and answers whoever waits for it.
+    fn roll_ended(state: &mut DriverState, end: &RollEnd) {
+        let duration_ms = status::millis(end.elapsed);
+        if end.aborted.is_some() {
+            state.rolls.aborted += 1;
+        } else {
+            state.rolls.completed += 1;
+        }
+        state.last_roll = Some(LastRoll {
+            generation: end.generation,
+            duration_ms,
+            aborted: end.aborted.clone(),
+        });
+        state.publish(&Record::RollEnded {
+            generation: end.generation,
+            completed: end.aborted.is_none(),
+            duration_ms,
+            aborted: end.aborted.clone(),
+        });
+        let outcome = match &end.aborted {
+            None => RestartOutcome::Rolled {
+                generation: end.generation,
+                duration_ms,
+            },
+            Some(why) => RestartOutcome::Aborted {
+                generation: end.generation,
+                why: format!("{why}; {}", end.keeps_serving()),
+                stderr: end
+                    .failed
+                    .map(|pid| state.stderr_tail(pid.0))
+                    .unwrap_or_default(),
+                slots: end.slots.clone(),
+            },
+        };
+        for request in &end.requests {
+            if let Some(waiter) = state.waiters.remove(request) {
+                let _ = waiter.send(outcome.clone());
+            }
+        }
     }
 
     /// A stopping worker still alive: one line, so that a wait is never unexplained.
@@ -574,6 +757,13 @@ pub(crate) struct DriverState {
     reap_all: bool,
     /// The number of roll requests so far.
     roll_requests: u64,
+    /// Who waits for the outcome of which roll request.
+    waiters: HashMap<u64, Sender<RestartOutcome>>,
+    /// Who follows the lifecycle events.
+    subscribers: Vec<Sender<Record>>,
+    rolls: RollCounts,
+    last_roll: Option<LastRoll>,
+    started: Instant,
     interrupts: u32,
     /// Whether the master had a controlling terminal when it started.
     had_terminal: bool,
@@ -593,6 +783,33 @@ struct Group {
 const EXITED_KEPT: usize = 32;
 
 impl DriverState {
+    /// The last stderr lines of a worker, running or exited.
+    fn stderr_tail(&self, pid: i32) -> Vec<String> {
+        let tail = self
+            .workers
+            .values()
+            .find(|worker| worker.pid == pid)
+            .map(|worker| &worker.stderr_tail)
+            .or_else(|| {
+                self.exited
+                    .iter()
+                    .find(|exited| exited.pid == pid)
+                    .map(|exited| &exited.stderr_tail)
+            });
+        tail.and_then(|tail| {
+            tail.lock()
+                .ok()
+                .map(|lines| lines.iter().cloned().collect())
+        })
+        .unwrap_or_default()
+    }
+
+    /// Sends a lifecycle event to every subscriber still listening.
+    fn publish(&mut self, record: &Record) {
+        self.subscribers
+            .retain(|subscriber| subscriber.send(record.clone()).is_ok());
+    }
+
     /// A new roll request's number.
     pub(crate) fn roll_request(&mut self) -> u64 {
         self.roll_requests += 1;

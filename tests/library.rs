@@ -82,3 +82,52 @@ fn with_signals_off_the_master_leaves_sighup_to_its_embedder() {
         master.wait_dead(pid);
     }
 }
+
+/// The seed's restart callback: an embedder waits for a roll's outcome, and learns whether every
+/// slot runs the new generation or which worker failed and how.
+#[test]
+fn an_embedder_waits_for_the_outcome_of_a_restart() {
+    let script = crate::support::Script::new(&format!(
+        "if [ \"$MCLUSTER_GENERATION\" = 3 ]; then echo 'app: bad config' >&2; exit 4; fi\n{}",
+        crate::support::script::exec_line(&fixture("fixture-echo"))
+    ));
+    let mut master = MasterBuilder::embedded(
+        fixture("fixture-embedded-master"),
+        &["/bin/sh", script.arg()],
+    )
+    .start();
+    master.wait_ready(2);
+    master.send("restart wait");
+    let rolled = master.wait_for_stdout("restart outcome: ");
+    assert!(
+        rolled.starts_with(r#"restart outcome: {"outcome":"rolled","generation":2,"#),
+        "{rolled}"
+    );
+    let mark = master.stdout_lines().len();
+    master.send("restart wait");
+    master.wait_until("the second outcome", || {
+        master.stdout_lines().len() > mark
+            && master.stdout_lines()[mark..]
+                .iter()
+                .any(|l| l.starts_with("restart outcome: "))
+    });
+    let aborted = master.stdout_lines()[mark..]
+        .iter()
+        .find(|l| l.starts_with("restart outcome: "))
+        .cloned()
+        .unwrap();
+    assert!(
+        aborted.contains(r#""outcome":"aborted","generation":3"#)
+            && aborted.contains("exited with status 4 before it was ready")
+            && aborted.contains(r#""stderr":["app: bad config"]"#),
+        "{aborted}"
+    );
+    master.send("status");
+    let status = master.wait_for_stdout("status: {");
+    assert!(
+        status.contains(r#""serving_generation":2"#) && status.contains(r#""state":"ready""#),
+        "{status}"
+    );
+    master.send("quit");
+    assert_eq!(master.wait_exit_code(), 0);
+}

@@ -219,8 +219,25 @@ pub enum Action {
     Log(String),
     /// A line about one worker or one step, which a quieter front end (dev mode) may leave out.
     Detail(String),
+    /// A worker became ready.
+    Ready(WorkerReady),
+    /// A roll started.
+    RollStarted {
+        /// The generation it rolls in.
+        generation: u64,
+        /// How many workers it replaces.
+        size: usize,
+    },
     /// A roll completed or was aborted.
     RollEnded(RollEnd),
+    /// A roll request that no roll will answer: the cluster is stopping, or nothing has started
+    /// yet, or the first generation starts again instead.
+    RollRefused {
+        /// The [`Event::Roll`] request.
+        request: u64,
+        /// Why, for the requester.
+        why: &'static str,
+    },
     /// A stopping worker is still alive a while after the stop signal.
     Lingering {
         /// The worker.
@@ -236,6 +253,32 @@ pub enum Action {
     Notify(MasterState),
     /// Every worker has exited: exit the master.
     Exit(ExitReason),
+}
+
+/// A worker that became ready, and the rule that made it so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerReady {
+    /// Its slot.
+    pub slot: usize,
+    /// Its process id.
+    pub pid: Option<Pid>,
+    /// Its generation.
+    pub generation: u64,
+    /// The rule: `READY=1`, `seen accepting (epoll)`, `alive 1.00s`.
+    pub how: String,
+}
+
+impl fmt::Display for WorkerReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pid = self
+            .pid
+            .map_or_else(|| "?".to_owned(), |pid| pid.to_string());
+        write!(
+            f,
+            "w{} ready (pid {pid}, generation {}): {}",
+            self.slot, self.generation, self.how
+        )
+    }
 }
 
 /// How a roll ended, for the log.
@@ -254,6 +297,8 @@ pub struct RollEnd {
     pub switch: Option<Duration>,
     /// Why it was aborted: which replacement failed and how; `None` when it completed.
     pub aborted: Option<String>,
+    /// The process id of the replacement that failed, if it was spawned.
+    pub failed: Option<Pid>,
     /// The generation serving after the roll: new slots run it.
     pub serving: u64,
     /// The generation each slot runs after the roll, slot 0 first.

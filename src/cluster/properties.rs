@@ -63,6 +63,9 @@ struct World {
     exits: usize,
     /// The surge bound in force (see `check_invariants`).
     surge: usize,
+    /// Roll requests made, and those answered (by a roll's end or a refusal).
+    requests: u64,
+    answered: HashSet<u64>,
 }
 
 impl World {
@@ -78,6 +81,8 @@ impl World {
             killed: HashSet::new(),
             exits: 0,
             surge: 1,
+            requests: 0,
+            answered: HashSet::new(),
         };
         world.feed(Event::Start);
         world
@@ -134,9 +139,18 @@ impl World {
                         let asked = self.stop_asked.get(&pid).copied();
                         assert!(asked.is_some() || self.hard(), "{pid} lingers unasked");
                     }
+                    Action::RollEnded(end) => {
+                        for request in end.requests {
+                            assert!(self.answered.insert(request), "{request} answered twice");
+                        }
+                    }
+                    Action::RollRefused { request, .. } => {
+                        assert!(self.answered.insert(request), "{request} answered twice");
+                    }
                     Action::Log(_)
                     | Action::Detail(_)
-                    | Action::RollEnded(_)
+                    | Action::Ready(_)
+                    | Action::RollStarted { .. }
                     | Action::Notify(_) => {}
                 }
             }
@@ -272,7 +286,10 @@ impl World {
                 self.now += Duration::from_millis(ms);
                 self.feed(Event::Tick);
             }
-            Step::Roll => self.feed(Event::Roll(0)),
+            Step::Roll => {
+                self.requests += 1;
+                self.feed(Event::Roll(self.requests));
+            }
             Step::Resize(size) => self.feed(Event::Resize(size)),
             Step::Stop(hard) => self.feed(Event::Stop { hard }),
             Step::SpawnsFail(fail) => self.spawns_fail = fail,
@@ -372,5 +389,7 @@ proptest! {
             prop_assert!(rounds < 50, "the stop did not end");
         }
         prop_assert!(world.running.is_empty() && world.groups.is_empty());
+        // Every roll request got its answer: a roll's end, or a refusal.
+        prop_assert_eq!(world.answered.len(), usize::try_from(world.requests).unwrap());
     }
 }

@@ -75,6 +75,9 @@ impl Timeline {
                     | Action::Detail(_)
                     | Action::RollEnded(_)
                     | Action::Lingering { .. }
+                    | Action::Ready(_)
+                    | Action::RollStarted { .. }
+                    | Action::RollRefused { .. }
                     | Action::Notify(_) => {}
                 }
             }
@@ -122,6 +125,7 @@ impl Timeline {
     fn logged(&self, needle: &str) -> bool {
         self.log.iter().any(|action| match action {
             Action::Log(line) | Action::Detail(line) => line.contains(needle),
+            Action::Ready(ready) => ready.to_string().contains(needle),
             Action::RollEnded(end) => end.to_string().contains(needle),
             _ => false,
         })
