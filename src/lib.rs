@@ -45,6 +45,9 @@ pub mod config;
 pub mod listener;
 #[cfg(feature = "master")]
 pub mod master;
+#[cfg(feature = "master")]
+#[doc(hidden)]
+pub mod readiness;
 pub mod worker;
 
 #[cfg(feature = "master")]

@@ -1,0 +1,372 @@
+//! Whether a starting worker is accepting on a listener it inherited from the master, seen from
+//! outside through Linux `/proc`, so that `--ready auto` needs no help from an unmodified app.
+//!
+//! A listener is "ours" when a worker's fd refers to the same socket inode as one of the
+//! master's listeners, whatever its fd number (a `dup` to another number still counts). Two
+//! signs make a worker accepting:
+//!
+//! - **epoll**: one of its epoll instances has our listener registered for input (`EPOLLIN`),
+//!   read from the `tfd:` lines of `/proc/PID/fdinfo/EPFD`. Event loops register the listener
+//!   when they start serving it: tokio and mio, Go's netpoller, Node (libuv), Python's asyncio
+//!   and `selectors.EpollSelector`. A registration for output only does not count.
+//! - **blocked in accept**: a thread of it sits in `accept`/`accept4` on our listener, read from
+//!   `/proc/PID/task/TID/syscall` (syscall number, then the fd as the first argument): std's
+//!   `TcpListener::accept` loops, tiny_http, blocking Python `socket.accept`.
+//!
+//! Not seen, by design: a thread waiting in `poll`/`ppoll`/`select` on the listener (the fd
+//! array is a pointer into the worker's memory, not in `/proc`), e.g. Python's `socketserver`
+//! (`PollSelector`) or the `fixture-echo` worker; `io_uring` accepts. Such workers become ready
+//! at `READY=1` or, failing that, after `--ready-delay`.
+//!
+//! A worker is its process group (the master makes each worker a group leader), so a shell
+//! wrapper without `exec` is ready when the app it started is: [`Starting`] probes the leader
+//! and the other members of its group.
+//!
+//! Reading `syscall` needs ptrace-read access to the worker (same user, or root; Yama's
+//! `ptrace_scope=1` allows it to the parent); without it only the epoll sign is seen. Every
+//! probe is a handful of small reads of `/proc`, meant to run every 10–20 ms only while a
+//! worker is starting.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::fd::BorrowedFd;
+
+/// What the master knows of its listeners: their socket inodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerInodes(Vec<u64>);
+
+impl ListenerInodes {
+    /// The inodes of the master's listening sockets `fds` (from `fstat`).
+    pub fn of(fds: &[BorrowedFd<'_>]) -> io::Result<Self> {
+        fds.iter()
+            .map(|fd| {
+                nix::sys::stat::fstat(fd)
+                    .map(|stat| stat.st_ino)
+                    .map_err(io::Error::from)
+            })
+            .collect::<io::Result<Vec<u64>>>()
+            .map(Self)
+    }
+
+    /// Listeners known by inode number (the `N` of `socket:[N]`).
+    pub fn from_inodes(inodes: impl IntoIterator<Item = u64>) -> Self {
+        Self(inodes.into_iter().collect())
+    }
+
+    fn contains(&self, inode: u64) -> bool {
+        self.0.contains(&inode)
+    }
+}
+
+/// How a worker was seen accepting on one of our listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepting {
+    /// Registered for input in one of its epoll instances.
+    Epoll,
+    /// A thread blocked in `accept`/`accept4` on it.
+    BlockedInAccept,
+}
+
+impl fmt::Display for Accepting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Epoll => "seen accepting (epoll)",
+            Self::BlockedInAccept => "seen blocked in accept",
+        })
+    }
+}
+
+/// Whether probing can work here: Linux with `/proc` mounted and our own `/proc/self/fdinfo`
+/// readable. When it cannot, `--ready auto` falls back to `--ready-delay`.
+#[must_use]
+pub fn available() -> bool {
+    cfg!(target_os = "linux")
+        && fs::read_dir("/proc/self/fd").is_ok()
+        && fs::read_dir("/proc/self/fdinfo").is_ok()
+}
+
+/// Probes one process and its threads (not its children: see [`Starting`]).
+///
+/// `None` when it is not seen accepting (yet), or when its `/proc` entries cannot be read (it
+/// exited, or belongs to another user).
+#[must_use]
+pub fn probe(pid: i32, listeners: &ListenerInodes) -> Option<Accepting> {
+    let fds = Fds::of(pid, listeners)?;
+    if fds.ours.is_empty() {
+        // It holds none of our listeners: nothing it does can be accepting on one.
+        return None;
+    }
+    if blocked_in_accept(pid, &fds.ours) {
+        return Some(Accepting::BlockedInAccept);
+    }
+    fds.epolls
+        .iter()
+        .any(|&epfd| epoll_watches(pid, epfd, &fds, listeners))
+        .then_some(Accepting::Epoll)
+}
+
+/// How often (in probes) [`Starting`] looks for new members of the worker's process group:
+/// a scan of `/proc` reads every process's `stat`, far dearer than a probe.
+const GROUP_SCAN_EVERY: u32 = 8;
+
+/// A starting worker being watched: its process group (the worker is its leader).
+///
+/// The leader is probed every time; the other members (a shell wrapper's app, a pre-fork
+/// server's children) are looked up in `/proc` on the first probe and then every
+/// [`GROUP_SCAN_EVERY`] probes, and the ones found are probed every time.
+#[derive(Debug, Clone)]
+pub struct Starting {
+    pgid: i32,
+    members: Vec<i32>,
+    probes: u32,
+}
+
+impl Starting {
+    /// Watches the worker `pid`, the leader of its own process group.
+    #[must_use]
+    pub fn new(pid: i32) -> Self {
+        Self {
+            pgid: pid,
+            members: Vec::new(),
+            probes: 0,
+        }
+    }
+
+    /// Whether the worker or another process of its group is seen accepting.
+    pub fn probe(&mut self, listeners: &ListenerInodes) -> Option<Accepting> {
+        let scan = self.probes.is_multiple_of(GROUP_SCAN_EVERY);
+        self.probes = self.probes.wrapping_add(1);
+        if let Some(accepting) = probe(self.pgid, listeners) {
+            return Some(accepting);
+        }
+        if scan {
+            self.members = group_members(self.pgid);
+        }
+        self.members.iter().find_map(|&pid| probe(pid, listeners))
+    }
+}
+
+/// The fds of a process that matter: those referring to our listeners, and its epoll instances.
+struct Fds {
+    /// Fd numbers (in the worker) of our listeners.
+    ours: Vec<i32>,
+    /// Fd numbers of its epoll instances.
+    epolls: Vec<i32>,
+}
+
+impl Fds {
+    fn of(pid: i32, listeners: &ListenerInodes) -> Option<Self> {
+        let mut fds = Self {
+            ours: Vec::new(),
+            epolls: Vec::new(),
+        };
+        for entry in fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+            let Ok(entry) = entry else { continue };
+            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            // The fd may be closed between the listing and the readlink: then it is no fd.
+            let Ok(target) = fs::read_link(entry.path()) else {
+                continue;
+            };
+            let Some(target) = target.to_str() else {
+                continue;
+            };
+            if target == "anon_inode:[eventpoll]" {
+                fds.epolls.push(fd);
+            } else if socket_inode(target).is_some_and(|inode| listeners.contains(inode)) {
+                fds.ours.push(fd);
+            }
+        }
+        Some(fds)
+    }
+}
+
+/// The inode of a `socket:[INODE]` link target.
+fn socket_inode(target: &str) -> Option<u64> {
+    target
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The syscalls that block waiting for a connection, on the architectures whose numbers we know.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+const ACCEPT_SYSCALLS: &[i64] = &[nix::libc::SYS_accept, nix::libc::SYS_accept4];
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+const ACCEPT_SYSCALLS: &[i64] = &[];
+
+/// Whether a thread of `pid` is blocked in `accept`/`accept4` on one of the fds `ours`.
+fn blocked_in_accept(pid: i32, ours: &[i32]) -> bool {
+    if ACCEPT_SYSCALLS.is_empty() {
+        return false;
+    }
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).any(|task| {
+        // "NR ARG0 ARG1 … SP PC" while in a syscall; "running" or "-1 SP PC" otherwise.
+        fs::read_to_string(task.path().join("syscall")).is_ok_and(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let nr = fields.next().and_then(|nr| nr.parse::<i64>().ok());
+            let fd = fields.next().and_then(parse_hex);
+            nr.is_some_and(|nr| ACCEPT_SYSCALLS.contains(&nr))
+                && fd.is_some_and(|fd| i32::try_from(fd).is_ok_and(|fd| ours.contains(&fd)))
+        })
+    })
+}
+
+/// Whether the epoll instance `epfd` of `pid` watches one of our listeners for input.
+///
+/// A `tfd:` line reads `tfd: FD events: HEX data: HEX pos:N ino:HEX sdev:HEX`. `ino` (kernels
+/// since 3.8) names the file itself, so it is used when present; the `tfd` number only names
+/// the fd it was added under, which may since have been closed and reused.
+fn epoll_watches(pid: i32, epfd: i32, fds: &Fds, listeners: &ListenerInodes) -> bool {
+    const EPOLLIN: u64 = 0x1;
+    let Ok(info) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")) else {
+        return false;
+    };
+    info.lines().any(|line| {
+        let Some(rest) = line.strip_prefix("tfd:") else {
+            return false;
+        };
+        let mut events = None;
+        let mut inode = None;
+        let mut words = rest.split_ascii_whitespace();
+        // The first word is the tfd; then `events:` and `data:` are followed by their value
+        // as a separate word, `pos:N`, `ino:X` and `sdev:X` are one word each.
+        let tfd = words.next().and_then(|word| word.parse::<i32>().ok());
+        while let Some(word) = words.next() {
+            if word == "events:" {
+                events = words.next().and_then(parse_hex);
+            } else if let Some(hex) = word.strip_prefix("ino:") {
+                inode = parse_hex(hex);
+            }
+        }
+        let ours = match inode {
+            Some(inode) => listeners.contains(inode),
+            None => tfd.is_some_and(|tfd| fds.ours.contains(&tfd)),
+        };
+        ours && events.is_some_and(|events| events & EPOLLIN != 0)
+    })
+}
+
+/// A hexadecimal number, with or without `0x`.
+fn parse_hex(text: &str) -> Option<u64> {
+    u64::from_str_radix(text.strip_prefix("0x").unwrap_or(text), 16).ok()
+}
+
+/// The live processes of the group `pgid` other than its leader.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != pgid && process_group(pid) == Some(pgid))
+        .collect()
+}
+
+/// The process group of `pid`, if it is alive (not a zombie).
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_ascii_whitespace();
+    let state = fields.next()?;
+    let pgrp = fields.nth(1)?.parse().ok()?;
+    (state != "Z" && state != "X").then_some(pgrp)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn socket_inodes_are_read_from_link_targets() {
+        assert_eq!(socket_inode("socket:[12345]"), Some(12345));
+        assert_eq!(socket_inode("anon_inode:[eventpoll]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+        assert_eq!(socket_inode("socket:[x]"), None);
+    }
+
+    #[test]
+    fn listener_inodes_are_those_of_the_links_in_proc() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let inodes = ListenerInodes::of(&[listener.as_fd()]).unwrap();
+        let link = fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
+        let inode = socket_inode(link.to_str().unwrap()).unwrap();
+        assert!(inodes.contains(inode), "{inodes:?} vs {link:?}");
+    }
+
+    /// This process blocked in `accept` on a listener of its own, in a thread: the probe sees
+    /// it, and reports what one probe costs (printed, not asserted: the machine may be busy).
+    #[test]
+    fn a_thread_blocked_in_accept_is_seen_and_a_probe_is_cheap() {
+        assert!(available());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
+        let pid = i32::try_from(std::process::id()).unwrap();
+        assert_eq!(probe(pid, &listeners), None, "nobody accepts yet");
+        let rounds = 2000;
+        let start = Instant::now();
+        for _ in 0..rounds {
+            assert!(probe(pid, &listeners).is_none());
+        }
+        let holding = start.elapsed() / rounds;
+
+        let acceptor = thread::spawn(move || listener.accept().map(|_| ()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while probe(pid, &listeners).is_none() {
+            assert!(Instant::now() < deadline, "never seen blocked in accept");
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(probe(pid, &listeners), Some(Accepting::BlockedInAccept));
+
+        let start = Instant::now();
+        for _ in 0..rounds {
+            assert!(probe(pid, &listeners).is_some());
+        }
+        let hit = start.elapsed() / rounds;
+        let nobody = ListenerInodes::from_inodes([u64::MAX]);
+        let start = Instant::now();
+        for _ in 0..rounds {
+            assert!(probe(pid, &nobody).is_none());
+        }
+        let miss = start.elapsed() / rounds;
+        let mut starting = Starting::new(pid);
+        let start = Instant::now();
+        for _ in 0..rounds {
+            assert!(starting.probe(&nobody).is_none());
+        }
+        let group = start.elapsed() / rounds;
+        let start = Instant::now();
+        for _ in 0..20 {
+            group_members(pid);
+        }
+        let scan = start.elapsed() / 20;
+        eprintln!(
+            "one probe: {holding:?} (holds our listener, not accepting), {hit:?} (seen), \
+             {miss:?} (holds no listener of ours); \
+             Starting::probe, group scan every {GROUP_SCAN_EVERY}: {group:?}; \
+             one /proc group scan: {scan:?}; at one probe per 10 ms: {:.2}% of a core",
+            group.as_secs_f64() / 0.010 * 100.0
+        );
+
+        std::net::TcpStream::connect(addr).unwrap();
+        acceptor.join().unwrap().unwrap();
+    }
+}
