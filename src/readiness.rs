@@ -2,7 +2,7 @@
 //! outside through Linux `/proc`, so that `--ready auto` needs no help from an unmodified app.
 //!
 //! A listener is "ours" when a worker's fd refers to the same socket inode as one of the
-//! master's listeners, whatever its fd number (a `dup` to another number still counts). Two
+//! master's listeners, whatever its fd number (a `dup` to another number still counts). Three
 //! signs make a worker accepting:
 //!
 //! - **epoll**: one of its epoll instances has our listener registered for input (`EPOLLIN`),
@@ -12,18 +12,23 @@
 //! - **blocked in accept**: a thread of it sits in `accept`/`accept4` on our listener, read from
 //!   `/proc/PID/task/TID/syscall` (syscall number, then the fd as the first argument): std's
 //!   `TcpListener::accept` loops, tiny_http, blocking Python `socket.accept`.
+//! - **poll**: a thread of it waits in `poll`/`ppoll` (or `select`/`pselect6`) for input on our
+//!   listener: the syscall's arguments point to the fd array (or set) in the worker's memory,
+//!   read from `/proc/PID/mem` with the same access `syscall` needs. Python's `socketserver`
+//!   (`PollSelector`), C servers with a `poll` loop, the `fixture-echo` worker.
 //!
-//! Not seen, by design: a thread waiting in `poll`/`ppoll`/`select` on the listener (the fd
-//! array is a pointer into the worker's memory, not in `/proc`), e.g. Python's `socketserver`
-//! (`PollSelector`) or the `fixture-echo` worker; `io_uring` accepts. Such workers become ready
-//! at `READY=1` or, failing that, after `--ready-delay`.
+//! Not seen: `io_uring` accepts, and a thread that is between two waits at the moment of the
+//! probe (the next probe sees it). Such workers become ready at `READY=1` or, failing that,
+//! after `--ready-delay`. A registration in epoll is a commitment rather than proof (tokio
+//! registers a listener when it adopts it, one `await` before the first `accept`); close
+//! enough, as the connection waits in the backlog for that `accept`.
 //!
 //! A worker is its process group (the master makes each worker a group leader), so a shell
 //! wrapper without `exec` is ready when the app it started is: [`Starting`] probes the leader
 //! and the other members of its group.
 //!
-//! Reading `syscall` needs ptrace-read access to the worker (same user, or root; Yama's
-//! `ptrace_scope=1` allows it to the parent); without it only the epoll sign is seen. Every
+//! Reading `syscall` and `mem` needs ptrace access to the worker (same user, or root; Yama's
+//! `ptrace_scope=1` allows it to an ancestor such as the master); without it only the epoll sign is seen. Every
 //! probe is a handful of small reads of `/proc`, meant to run every 10–20 ms only while a
 //! worker is starting.
 
@@ -66,6 +71,8 @@ pub enum Accepting {
     Epoll,
     /// A thread blocked in `accept`/`accept4` on it.
     BlockedInAccept,
+    /// A thread waiting in `poll`/`ppoll`/`select`/`pselect6` for input on it.
+    Polling,
 }
 
 impl fmt::Display for Accepting {
@@ -73,6 +80,7 @@ impl fmt::Display for Accepting {
         f.write_str(match self {
             Self::Epoll => "seen accepting (epoll)",
             Self::BlockedInAccept => "seen blocked in accept",
+            Self::Polling => "seen accepting (poll)",
         })
     }
 }
@@ -97,8 +105,8 @@ pub fn probe(pid: i32, listeners: &ListenerInodes) -> Option<Accepting> {
         // It holds none of our listeners: nothing it does can be accepting on one.
         return None;
     }
-    if blocked_in_accept(pid, &fds.ours) {
-        return Some(Accepting::BlockedInAccept);
+    if let Some(accepting) = seen_in_syscall(pid, &fds.ours) {
+        return Some(accepting);
     }
     fds.epolls
         .iter()
@@ -114,7 +122,7 @@ const GROUP_SCAN_EVERY: u32 = 8;
 ///
 /// The leader is probed every time; the other members (a shell wrapper's app, a pre-fork
 /// server's children) are looked up in `/proc` on the first probe and then every
-/// [`GROUP_SCAN_EVERY`] probes, and the ones found are probed every time.
+/// 8 probes, and the ones found are probed every time.
 #[derive(Debug, Clone)]
 pub struct Starting {
     pgid: i32,
@@ -192,7 +200,8 @@ fn socket_inode(target: &str) -> Option<u64> {
         .ok()
 }
 
-/// The syscalls that block waiting for a connection, on the architectures whose numbers we know.
+/// The syscalls that wait for a connection, on the architectures whose numbers we know: they
+/// take the listener's fd as their first argument.
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
@@ -204,36 +213,132 @@ const ACCEPT_SYSCALLS: &[i64] = &[nix::libc::SYS_accept, nix::libc::SYS_accept4]
 )))]
 const ACCEPT_SYSCALLS: &[i64] = &[];
 
-/// Whether a thread of `pid` is blocked in `accept`/`accept4` on one of the fds `ours`.
-fn blocked_in_accept(pid: i32, ours: &[i32]) -> bool {
+/// `poll`-like syscalls: an array of `struct pollfd` (pointer, count) in the first two arguments.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+const POLL_SYSCALLS: &[i64] = &[nix::libc::SYS_poll, nix::libc::SYS_ppoll];
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+const POLL_SYSCALLS: &[i64] = &[nix::libc::SYS_ppoll];
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+const POLL_SYSCALLS: &[i64] = &[];
+
+/// `select`-like syscalls: the number of fds, then a pointer to the set of fds to read.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+const SELECT_SYSCALLS: &[i64] = &[nix::libc::SYS_select, nix::libc::SYS_pselect6];
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+const SELECT_SYSCALLS: &[i64] = &[nix::libc::SYS_pselect6];
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+const SELECT_SYSCALLS: &[i64] = &[];
+
+/// At most this many fds of a `poll`/`select` are looked at (more would only cost time).
+const MAX_POLLED_FDS: u64 = 1024;
+
+/// How a thread of `pid` waits on one of the fds `ours`, if it does: blocked in
+/// `accept`/`accept4` on it, or in `poll`/`ppoll`/`select`/`pselect6` for input on it.
+fn seen_in_syscall(pid: i32, ours: &[i32]) -> Option<Accepting> {
     if ACCEPT_SYSCALLS.is_empty() {
-        return false;
+        return None;
     }
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.filter_map(Result::ok).find_map(|task| {
+        // "NR ARG0 ARG1 … SP PC" while in a syscall; "running" or "-1 SP PC" otherwise.
+        let line = fs::read_to_string(task.path().join("syscall")).ok()?;
+        let mut fields = line.split_ascii_whitespace();
+        let nr = fields.next()?.parse::<i64>().ok()?;
+        let arg0 = fields.next().and_then(parse_hex)?;
+        let arg1 = fields.next().and_then(parse_hex);
+        if ACCEPT_SYSCALLS.contains(&nr) {
+            let fd = i32::try_from(arg0).ok()?;
+            ours.contains(&fd).then_some(Accepting::BlockedInAccept)
+        } else if POLL_SYSCALLS.contains(&nr) {
+            polls_for_input(pid, arg0, arg1?, ours).then_some(Accepting::Polling)
+        } else if SELECT_SYSCALLS.contains(&nr) {
+            selects_for_input(pid, arg1?, arg0, ours).then_some(Accepting::Polling)
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether the `struct pollfd` array at `address` (`count` long) in `pid` asks for input on one
+/// of the fds `ours`. The array is read from `/proc/PID/mem` (the same ptrace-read access as
+/// `syscall`); the kernel copied it at the call, and the process leaves it alone while it waits.
+fn polls_for_input(pid: i32, address: u64, count: u64, ours: &[i32]) -> bool {
+    /// `struct pollfd { int fd; short events; short revents; }`
+    const POLLFD_SIZE: usize = 8;
+    const POLLIN: i16 = 0x1;
+    let Ok(count) = usize::try_from(count.min(MAX_POLLED_FDS)) else {
         return false;
     };
-    tasks.filter_map(Result::ok).any(|task| {
-        // "NR ARG0 ARG1 … SP PC" while in a syscall; "running" or "-1 SP PC" otherwise.
-        fs::read_to_string(task.path().join("syscall")).is_ok_and(|line| {
-            let mut fields = line.split_ascii_whitespace();
-            let nr = fields.next().and_then(|nr| nr.parse::<i64>().ok());
-            let fd = fields.next().and_then(parse_hex);
-            nr.is_some_and(|nr| ACCEPT_SYSCALLS.contains(&nr))
-                && fd.is_some_and(|fd| i32::try_from(fd).is_ok_and(|fd| ours.contains(&fd)))
+    let mut array = vec![0_u8; count * POLLFD_SIZE];
+    if read_memory(pid, address, &mut array).is_err() {
+        return false;
+    }
+    array.chunks_exact(POLLFD_SIZE).any(|pollfd| {
+        let fd = i32::from_ne_bytes([pollfd[0], pollfd[1], pollfd[2], pollfd[3]]);
+        let events = i16::from_ne_bytes([pollfd[4], pollfd[5]]);
+        ours.contains(&fd) && events & POLLIN != 0
+    })
+}
+
+/// Whether the read `fd_set` at `address` (for fds below `nfds`) in `pid` holds one of the fds
+/// `ours`.
+fn selects_for_input(pid: i32, address: u64, nfds: u64, ours: &[i32]) -> bool {
+    if address == 0 {
+        return false;
+    }
+    let Ok(nfds) = usize::try_from(nfds.min(MAX_POLLED_FDS)) else {
+        return false;
+    };
+    // An fd_set is an array of native-endian `unsigned long`s: bit `fd % bits` of word `fd / bits`.
+    let mut set = vec![0_u8; nfds.div_ceil(usize::BITS as usize) * size_of::<usize>()];
+    if read_memory(pid, address, &mut set).is_err() {
+        return false;
+    }
+    let word_bytes = size_of::<usize>();
+    let words: Vec<usize> = set
+        .chunks_exact(word_bytes)
+        .map(|word| {
+            let mut bytes = [0_u8; size_of::<usize>()];
+            bytes.copy_from_slice(word);
+            usize::from_ne_bytes(bytes)
+        })
+        .collect();
+    ours.iter().any(|&fd| {
+        usize::try_from(fd).is_ok_and(|fd| {
+            fd < nfds
+                && words
+                    .get(fd / usize::BITS as usize)
+                    .is_some_and(|word| word >> (fd % usize::BITS as usize) & 1 == 1)
         })
     })
 }
 
+/// Reads `buf.len()` bytes at `address` of `pid`'s memory.
+fn read_memory(pid: i32, address: u64, buf: &mut [u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    fs::File::open(format!("/proc/{pid}/mem"))?.read_exact_at(buf, address)
+}
+
 /// Whether the epoll instance `epfd` of `pid` watches one of our listeners for input.
+fn epoll_watches(pid: i32, epfd: i32, fds: &Fds, listeners: &ListenerInodes) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}"))
+        .is_ok_and(|info| epoll_info_watches(&info, &fds.ours, listeners))
+}
+
+/// Whether an epoll instance's fdinfo `info` has one of our listeners registered for input.
 ///
 /// A `tfd:` line reads `tfd: FD events: HEX data: HEX pos:N ino:HEX sdev:HEX`. `ino` (kernels
-/// since 3.8) names the file itself, so it is used when present; the `tfd` number only names
-/// the fd it was added under, which may since have been closed and reused.
-fn epoll_watches(pid: i32, epfd: i32, fds: &Fds, listeners: &ListenerInodes) -> bool {
+/// since 3.8) names the file itself, so it is used when present; the `tfd` number (checked
+/// against `ours`, the fds of our listeners) only names the fd it was added under, which may
+/// since have been closed and reused.
+fn epoll_info_watches(info: &str, ours: &[i32], listeners: &ListenerInodes) -> bool {
     const EPOLLIN: u64 = 0x1;
-    let Ok(info) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")) else {
-        return false;
-    };
     info.lines().any(|line| {
         let Some(rest) = line.strip_prefix("tfd:") else {
             return false;
@@ -251,11 +356,11 @@ fn epoll_watches(pid: i32, epfd: i32, fds: &Fds, listeners: &ListenerInodes) -> 
                 inode = parse_hex(hex);
             }
         }
-        let ours = match inode {
+        let watched = match inode {
             Some(inode) => listeners.contains(inode),
-            None => tfd.is_some_and(|tfd| fds.ours.contains(&tfd)),
+            None => tfd.is_some_and(|tfd| ours.contains(&tfd)),
         };
-        ours && events.is_some_and(|events| events & EPOLLIN != 0)
+        watched && events.is_some_and(|events| events & EPOLLIN != 0)
     })
 }
 
@@ -300,6 +405,32 @@ mod tests {
         assert_eq!(socket_inode("anon_inode:[eventpoll]"), None);
         assert_eq!(socket_inode("/dev/null"), None);
         assert_eq!(socket_inode("socket:[x]"), None);
+    }
+
+    #[test]
+    fn epoll_registrations_count_for_input_on_our_listeners_only() {
+        let ours = ListenerInodes::from_inodes([0x1f2e]);
+        let line = |tfd: i32, events: &str, ino: &str| {
+            format!(
+                "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\n\
+                 tfd: {tfd:>8} events: {events:>8} data: {tfd:>16x}  pos:0 ino:{ino} sdev:9\n"
+            )
+        };
+        // tokio: EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET.
+        assert!(epoll_info_watches(&line(7, "80002005", "1f2e"), &[], &ours));
+        assert!(
+            !epoll_info_watches(&line(7, "4", "1f2e"), &[7], &ours),
+            "output only"
+        );
+        assert!(
+            !epoll_info_watches(&line(7, "19", "abc"), &[7], &ours),
+            "another file at 7"
+        );
+        // Without `ino:` (old kernels) the tfd names it.
+        let old = "tfd:        3 events:       19 data:                3\n";
+        assert!(epoll_info_watches(old, &[3], &ours));
+        assert!(!epoll_info_watches(old, &[4], &ours));
+        assert!(!epoll_info_watches("", &[3], &ours));
     }
 
     #[test]

@@ -153,20 +153,44 @@ fn a_worker_holding_its_listener_without_accepting_is_never_seen() {
     app.assert_never_seen_for(Duration::from_secs(1));
 }
 
-#[test]
-fn a_python_asyncio_server_is_seen_in_epoll() {
+/// `fixtures/workers/python_listener.py MODE` with a listener at fd 3.
+fn python_app(mode: &str) -> App {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/workers/python_listener.py");
-    let app = App::start(python3(), &[script.to_str().unwrap(), "asyncio"]);
+    App::start(python3(), &[script.to_str().unwrap(), mode])
+}
+
+#[test]
+fn a_python_asyncio_server_is_seen_in_epoll() {
+    let app = python_app("asyncio");
     assert_eq!(app.line(), "accepting");
     assert_eq!(app.wait_seen(), Accepting::Epoll);
 }
 
 #[test]
+fn a_python_socketserver_is_seen_polling() {
+    let app = python_app("socketserver");
+    assert_eq!(app.line(), "accepting");
+    assert_eq!(app.wait_seen(), Accepting::Polling);
+}
+
+#[test]
+fn a_select_loop_is_seen_polling() {
+    let app = python_app("select");
+    assert_eq!(app.line(), "accepting");
+    assert_eq!(app.wait_seen(), Accepting::Polling);
+}
+
+#[test]
+fn a_poll_for_output_only_is_no_sign() {
+    let app = python_app("pollout");
+    assert_eq!(app.line(), "polling");
+    app.assert_never_seen_for(Duration::from_secs(1));
+}
+
+#[test]
 fn an_epoll_registration_for_output_only_is_no_sign() {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/workers/python_listener.py");
-    let app = App::start(python3(), &[script.to_str().unwrap(), "epollout"]);
+    let app = python_app("epollout");
     assert_eq!(app.line(), "registered");
     app.assert_never_seen_for(Duration::from_secs(1));
 }
