@@ -37,30 +37,51 @@ use std::fs;
 use std::io;
 use std::os::fd::BorrowedFd;
 
-/// What the master knows of its listeners: their socket inodes.
+/// What the master knows of its listeners: their socket inodes, and the device of the socket
+/// file system they live on (the same for every socket).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListenerInodes(Vec<u64>);
+pub struct ListenerInodes {
+    /// `st_dev` of the sockets (user-space encoding), when known.
+    device: Option<u64>,
+    inodes: Vec<u64>,
+}
 
 impl ListenerInodes {
     /// The inodes of the master's listening sockets `fds` (from `fstat`).
     pub fn of(fds: &[BorrowedFd<'_>]) -> io::Result<Self> {
-        fds.iter()
-            .map(|fd| {
-                nix::sys::stat::fstat(fd)
-                    .map(|stat| stat.st_ino)
-                    .map_err(io::Error::from)
-            })
-            .collect::<io::Result<Vec<u64>>>()
-            .map(Self)
+        let mut listeners = Self::default();
+        for fd in fds {
+            let stat = nix::sys::stat::fstat(fd)?;
+            listeners.device = Some(stat.st_dev);
+            listeners.inodes.push(stat.st_ino);
+        }
+        Ok(listeners)
     }
 
-    /// Listeners known by inode number (the `N` of `socket:[N]`).
-    pub fn from_inodes(inodes: impl IntoIterator<Item = u64>) -> Self {
-        Self(inodes.into_iter().collect())
+    /// Sockets known by device (their `st_dev`) and inode number (the `N` of `socket:[N]`).
+    pub fn new(device: u64, inodes: impl IntoIterator<Item = u64>) -> Self {
+        Self {
+            device: Some(device),
+            inodes: inodes.into_iter().collect(),
+        }
     }
 
     fn contains(&self, inode: u64) -> bool {
-        self.0.contains(&inode)
+        self.inodes.contains(&inode)
+    }
+
+    /// Whether a file on the device `sdev` (the kernel's encoding, as in fdinfo) with inode
+    /// `inode` is one of ours: inode numbers are unique per file system only, and a worker may
+    /// also watch a terminal or a file of another one.
+    fn contains_file(&self, sdev: Option<u64>, inode: u64) -> bool {
+        let same_device = match (self.device, sdev) {
+            // The kernel's dev_t is MAJOR << 20 | MINOR; stat's is glibc's makedev encoding.
+            (Some(device), Some(sdev)) => {
+                nix::sys::stat::makedev(sdev >> 20, sdev & 0xf_ffff) == device
+            }
+            _ => true,
+        };
+        same_device && self.contains(inode)
     }
 }
 
@@ -333,8 +354,8 @@ fn epoll_watches(pid: i32, epfd: i32, fds: &Fds, listeners: &ListenerInodes) -> 
 
 /// Whether an epoll instance's fdinfo `info` has one of our listeners registered for input.
 ///
-/// A `tfd:` line reads `tfd: FD events: HEX data: HEX pos:N ino:HEX sdev:HEX`. `ino` (kernels
-/// since 3.8) names the file itself, so it is used when present; the `tfd` number (checked
+/// A `tfd:` line reads `tfd: FD events: HEX data: HEX pos:N ino:HEX sdev:HEX`. `ino` and `sdev`
+/// (kernels since 3.8) name the file itself, so they are used when present; the `tfd` number (checked
 /// against `ours`, the fds of our listeners) only names the fd it was added under, which may
 /// since have been closed and reused.
 fn epoll_info_watches(info: &str, ours: &[i32], listeners: &ListenerInodes) -> bool {
@@ -345,6 +366,7 @@ fn epoll_info_watches(info: &str, ours: &[i32], listeners: &ListenerInodes) -> b
         };
         let mut events = None;
         let mut inode = None;
+        let mut device = None;
         let mut words = rest.split_ascii_whitespace();
         // The first word is the tfd; then `events:` and `data:` are followed by their value
         // as a separate word, `pos:N`, `ino:X` and `sdev:X` are one word each.
@@ -354,10 +376,12 @@ fn epoll_info_watches(info: &str, ours: &[i32], listeners: &ListenerInodes) -> b
                 events = words.next().and_then(parse_hex);
             } else if let Some(hex) = word.strip_prefix("ino:") {
                 inode = parse_hex(hex);
+            } else if let Some(hex) = word.strip_prefix("sdev:") {
+                device = parse_hex(hex);
             }
         }
         let watched = match inode {
-            Some(inode) => listeners.contains(inode),
+            Some(inode) => listeners.contains_file(device, inode),
             None => tfd.is_some_and(|tfd| ours.contains(&tfd)),
         };
         watched && events.is_some_and(|events| events & EPOLLIN != 0)
@@ -409,7 +433,7 @@ mod tests {
 
     #[test]
     fn epoll_registrations_count_for_input_on_our_listeners_only() {
-        let ours = ListenerInodes::from_inodes([0x1f2e]);
+        let ours = ListenerInodes::new(9, [0x1f2e]);
         let line = |tfd: i32, events: &str, ino: &str| {
             format!(
                 "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\n\
@@ -472,7 +496,7 @@ mod tests {
             assert!(probe(pid, &listeners).is_some());
         }
         let hit = start.elapsed() / rounds;
-        let nobody = ListenerInodes::from_inodes([u64::MAX]);
+        let nobody = ListenerInodes::new(0, [u64::MAX]);
         let start = Instant::now();
         for _ in 0..rounds {
             assert!(probe(pid, &nobody).is_none());

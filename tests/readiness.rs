@@ -1,6 +1,6 @@
 //! The readiness probe (`mcluster::readiness`) on real worker processes: each gets a fresh TCP
 //! listener at fd 3 from `fixtures/workers/with_listener.py`, which reports the listener's socket
-//! inode (what the master knows of its own listeners), then execs the app.
+//! device and inode (what the master knows of its own listeners), then execs the app.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -56,12 +56,14 @@ impl App {
             listeners: ListenerInodes::default(),
         };
         let first = app.line();
-        let inode = first
+        let numbers: Vec<u64> = first
             .split_whitespace()
-            .nth(1)
-            .and_then(|inode| inode.parse().ok())
-            .unwrap_or_else(|| panic!("launcher said {first:?}, not `PORT INODE`"));
-        app.listeners = ListenerInodes::from_inodes([inode]);
+            .map(|word| word.parse().unwrap())
+            .collect();
+        let [_port, device, inode] = numbers[..] else {
+            panic!("launcher said {first:?}, not `PORT DEVICE INODE`");
+        };
+        app.listeners = ListenerInodes::new(device, [inode]);
         app
     }
 
