@@ -36,6 +36,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::os::fd::BorrowedFd;
+use std::time::Instant;
 
 /// What the master knows of its listeners: their socket inodes, and the device of the socket
 /// file system they live on (the same for every socket).
@@ -135,20 +136,23 @@ pub fn probe(pid: i32, listeners: &ListenerInodes) -> Option<Accepting> {
         .then_some(Accepting::Epoll)
 }
 
-/// How often (in probes) [`Starting`] looks for new members of the worker's process group:
-/// a scan of `/proc` reads every process's `stat`, far dearer than a probe.
-const GROUP_SCAN_EVERY: u32 = 8;
+/// How many times longer than a scan of `/proc` for the members of a worker's process group the
+/// pause before the next scan is. A scan reads every process's `stat` (some 5 µs a process), so
+/// on a host with many processes it is far dearer than a probe. 200: the scans take at most 0.5% of a
+/// core however many processes there are (a member is then found within 200 × the scan's time:
+/// 0.1 s with 100 processes, 1 s with 1000).
+const SCAN_PAUSE_FACTOR: u32 = 200;
 
 /// A starting worker being watched: its process group (the worker is its leader).
 ///
 /// The leader is probed every time; the other members (a shell wrapper's app, a pre-fork
-/// server's children) are looked up in `/proc` on the first probe and then every
-/// 8 probes, and the ones found are probed every time.
+/// server's children) are looked up in `/proc` on the first probe and then again after a pause
+/// proportional to what the lookup cost, and the ones found are probed every time.
 #[derive(Debug, Clone)]
 pub struct Starting {
     pgid: i32,
     members: Vec<i32>,
-    probes: u32,
+    next_scan: Option<Instant>,
 }
 
 impl Starting {
@@ -158,22 +162,41 @@ impl Starting {
         Self {
             pgid: pid,
             members: Vec::new(),
-            probes: 0,
+            next_scan: None,
         }
     }
 
     /// Whether the worker or another process of its group is seen accepting.
     pub fn probe(&mut self, listeners: &ListenerInodes) -> Option<Accepting> {
-        let scan = self.probes.is_multiple_of(GROUP_SCAN_EVERY);
-        self.probes = self.probes.wrapping_add(1);
         if let Some(accepting) = probe(self.pgid, listeners) {
             return Some(accepting);
         }
-        if scan {
+        let start = Instant::now();
+        if self.next_scan.is_none_or(|next| start >= next) {
             self.members = group_members(self.pgid);
+            let end = Instant::now();
+            self.next_scan = Some(end + (end - start) * SCAN_PAUSE_FACTOR);
         }
         self.members.iter().find_map(|&pid| probe(pid, listeners))
     }
+
+    /// Whether the worker is hidden from us: its `/proc` entries exist but may not be read (it
+    /// runs as another user, e.g. a setuid program, or ptrace access is denied). Then nothing it
+    /// does can be seen, and it can only be ready at `READY=1` or after `--ready-delay`.
+    #[must_use]
+    pub fn hidden(&self) -> bool {
+        hidden(self.pgid)
+    }
+}
+
+/// Whether the process `pid` is hidden from us: its fds or its syscall may not be read.
+#[must_use]
+pub fn hidden(pid: i32) -> bool {
+    let denied =
+        |result: io::Result<()>| result.is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied);
+    denied(fs::read_dir(format!("/proc/{pid}/fd")).map(drop))
+        || (!ACCEPT_SYSCALLS.is_empty()
+            && denied(fs::read(format!("/proc/{pid}/syscall")).map(drop)))
 }
 
 /// The fds of a process that matter: those referring to our listeners, and its epoll instances.
@@ -419,7 +442,7 @@ mod tests {
     use std::net::TcpListener;
     use std::os::fd::{AsFd, AsRawFd};
     use std::thread;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::*;
 
@@ -471,6 +494,7 @@ mod tests {
     #[test]
     fn a_thread_blocked_in_accept_is_seen_and_a_probe_is_cheap() {
         assert!(available());
+        assert!(!hidden(i32::try_from(std::process::id()).unwrap()));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
@@ -502,23 +526,25 @@ mod tests {
             assert!(probe(pid, &nobody).is_none());
         }
         let miss = start.elapsed() / rounds;
-        let mut starting = Starting::new(pid);
-        let start = Instant::now();
-        for _ in 0..rounds {
-            assert!(starting.probe(&nobody).is_none());
-        }
-        let group = start.elapsed() / rounds;
         let start = Instant::now();
         for _ in 0..20 {
             group_members(pid);
         }
         let scan = start.elapsed() / 20;
+        // A starting worker probed every 10 ms: the probe of the leader each time, and a scan of
+        // the group at the first probe after the pause that follows the last one.
+        let every = Duration::from_millis(10);
+        let scans_apart = (scan * (SCAN_PAUSE_FACTOR + 1))
+            .div_duration_f64(every)
+            .ceil();
+        let share = |cost: Duration| cost.div_duration_f64(every) * 100.0;
         eprintln!(
             "one probe: {holding:?} (holds our listener, not accepting), {hit:?} (seen), \
-             {miss:?} (holds no listener of ours); \
-             Starting::probe, group scan every {GROUP_SCAN_EVERY}: {group:?}; \
-             one /proc group scan: {scan:?}; at one probe per 10 ms: {:.2}% of a core",
-            group.as_secs_f64() / 0.010 * 100.0
+             {miss:?} (holds no listener of ours); one scan of /proc for the group: {scan:?}; \
+             at one probe per 10 ms: {:.2}% of a core (probes {:.2}%, scans {:.2}%)",
+            share(holding) + share(scan) / scans_apart,
+            share(holding),
+            share(scan) / scans_apart,
         );
 
         std::net::TcpStream::connect(addr).unwrap();
