@@ -47,6 +47,9 @@ pub mod listener;
 pub mod master;
 #[cfg(feature = "master")]
 pub mod status;
+#[cfg(feature = "master")]
+#[doc(hidden)]
+pub mod readiness;
 pub mod worker;
 
 #[cfg(feature = "master")]

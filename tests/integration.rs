@@ -28,6 +28,9 @@
 //!   builds keep the old generation, no failed request across reloads, `APP_ENV`, cancelled
 //!   builds, `--no-build`, a watched directory removed and made again, what a save cannot fix
 //!   (no cargo, options cargo refuses), the builds a killed master left
+//! - `readiness` the probe behind `--ready auto` on real apps: blocked in `accept`, tokio and
+//!   asyncio epolls, `poll` (socketserver) and `select` loops, a listener moved to another fd,
+//!   a shell wrapper's child; holding the listener, or waiting on it for output only, is no sign
 //! - `systemd` the master as a systemd service: its own `READY=1` / `RELOADING=1` / `STOPPING=1`
 //!   (never the workers' `NOTIFY_SOCKET`), socket activation with and without `LISTEN_PID`
 //!
@@ -41,6 +44,7 @@ mod environment;
 mod errors;
 mod library;
 mod output;
+mod readiness;
 mod resize;
 mod roll;
 mod socket_files;

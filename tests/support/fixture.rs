@@ -12,6 +12,8 @@ const FIXTURES: &[&str] = &[
     "fixture-ignore-term",
     "fixture-print-env",
     "fixture-listenfd",
+    "fixture-accept",
+    "fixture-tokio-accept",
     "fixture-embedded-master",
 ];
 

@@ -1,0 +1,553 @@
+//! Whether a starting worker is accepting on a listener it inherited from the master, seen from
+//! outside through Linux `/proc`, so that `--ready auto` needs no help from an unmodified app.
+//!
+//! A listener is "ours" when a worker's fd refers to the same socket inode as one of the
+//! master's listeners, whatever its fd number (a `dup` to another number still counts). Three
+//! signs make a worker accepting:
+//!
+//! - **epoll**: one of its epoll instances has our listener registered for input (`EPOLLIN`),
+//!   read from the `tfd:` lines of `/proc/PID/fdinfo/EPFD`. Event loops register the listener
+//!   when they start serving it: tokio and mio, Go's netpoller, Node (libuv), Python's asyncio
+//!   and `selectors.EpollSelector`. A registration for output only does not count.
+//! - **blocked in accept**: a thread of it sits in `accept`/`accept4` on our listener, read from
+//!   `/proc/PID/task/TID/syscall` (syscall number, then the fd as the first argument): std's
+//!   `TcpListener::accept` loops, tiny_http, blocking Python `socket.accept`.
+//! - **poll**: a thread of it waits in `poll`/`ppoll` (or `select`/`pselect6`) for input on our
+//!   listener: the syscall's arguments point to the fd array (or set) in the worker's memory,
+//!   read from `/proc/PID/mem` with the same access `syscall` needs. Python's `socketserver`
+//!   (`PollSelector`), C servers with a `poll` loop, the `fixture-echo` worker.
+//!
+//! Not seen: `io_uring` accepts, and a thread that is between two waits at the moment of the
+//! probe (the next probe sees it). Such workers become ready at `READY=1` or, failing that,
+//! after `--ready-delay`. A registration in epoll is a commitment rather than proof (tokio
+//! registers a listener when it adopts it, one `await` before the first `accept`); close
+//! enough, as the connection waits in the backlog for that `accept`.
+//!
+//! A worker is its process group (the master makes each worker a group leader), so a shell
+//! wrapper without `exec` is ready when the app it started is: [`Starting`] probes the leader
+//! and the other members of its group.
+//!
+//! Reading `syscall` and `mem` needs ptrace access to the worker (same user, or root; Yama's
+//! `ptrace_scope=1` allows it to an ancestor such as the master); without it only the epoll sign is seen. Every
+//! probe is a handful of small reads of `/proc`, meant to run every 10–20 ms only while a
+//! worker is starting.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::Instant;
+
+/// What the master knows of its listeners: their socket inodes, and the device of the socket
+/// file system they live on (the same for every socket).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerInodes {
+    /// `st_dev` of the sockets (user-space encoding), when known.
+    device: Option<u64>,
+    inodes: Vec<u64>,
+}
+
+impl ListenerInodes {
+    /// The inodes of the master's listening sockets `fds` (from `fstat`).
+    pub fn of(fds: &[BorrowedFd<'_>]) -> io::Result<Self> {
+        let mut listeners = Self::default();
+        for fd in fds {
+            let stat = nix::sys::stat::fstat(fd)?;
+            listeners.device = Some(stat.st_dev);
+            listeners.inodes.push(stat.st_ino);
+        }
+        Ok(listeners)
+    }
+
+    /// Sockets known by device (their `st_dev`) and inode number (the `N` of `socket:[N]`).
+    pub fn new(device: u64, inodes: impl IntoIterator<Item = u64>) -> Self {
+        Self {
+            device: Some(device),
+            inodes: inodes.into_iter().collect(),
+        }
+    }
+
+    fn contains(&self, inode: u64) -> bool {
+        self.inodes.contains(&inode)
+    }
+
+    /// Whether a file on the device `sdev` (the kernel's encoding, as in fdinfo) with inode
+    /// `inode` is one of ours: inode numbers are unique per file system only, and a worker may
+    /// also watch a terminal or a file of another one.
+    fn contains_file(&self, sdev: Option<u64>, inode: u64) -> bool {
+        let same_device = match (self.device, sdev) {
+            // The kernel's dev_t is MAJOR << 20 | MINOR; stat's is glibc's makedev encoding.
+            (Some(device), Some(sdev)) => {
+                nix::sys::stat::makedev(sdev >> 20, sdev & 0xf_ffff) == device
+            }
+            _ => true,
+        };
+        same_device && self.contains(inode)
+    }
+}
+
+/// How a worker was seen accepting on one of our listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepting {
+    /// Registered for input in one of its epoll instances.
+    Epoll,
+    /// A thread blocked in `accept`/`accept4` on it.
+    BlockedInAccept,
+    /// A thread waiting in `poll`/`ppoll`/`select`/`pselect6` for input on it.
+    Polling,
+}
+
+impl fmt::Display for Accepting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Epoll => "seen accepting (epoll)",
+            Self::BlockedInAccept => "seen blocked in accept",
+            Self::Polling => "seen accepting (poll)",
+        })
+    }
+}
+
+/// Whether probing can work here: Linux with `/proc` mounted and our own `/proc/self/fdinfo`
+/// readable. When it cannot, `--ready auto` falls back to `--ready-delay`.
+#[must_use]
+pub fn available() -> bool {
+    cfg!(target_os = "linux")
+        && fs::read_dir("/proc/self/fd").is_ok()
+        && fs::read_dir("/proc/self/fdinfo").is_ok()
+}
+
+/// Probes one process and its threads (not its children: see [`Starting`]).
+///
+/// `None` when it is not seen accepting (yet), or when its `/proc` entries cannot be read (it
+/// exited, or belongs to another user).
+#[must_use]
+pub fn probe(pid: i32, listeners: &ListenerInodes) -> Option<Accepting> {
+    let fds = Fds::of(pid, listeners)?;
+    if fds.ours.is_empty() {
+        // It holds none of our listeners: nothing it does can be accepting on one.
+        return None;
+    }
+    if let Some(accepting) = seen_in_syscall(pid, &fds.ours) {
+        return Some(accepting);
+    }
+    fds.epolls
+        .iter()
+        .any(|&epfd| epoll_watches(pid, epfd, &fds, listeners))
+        .then_some(Accepting::Epoll)
+}
+
+/// How many times longer than a scan of `/proc` for the members of a worker's process group the
+/// pause before the next scan is. A scan reads every process's `stat` (some 5 µs a process), so
+/// on a host with many processes it is far dearer than a probe. 200: the scans take at most 0.5% of a
+/// core however many processes there are (a member is then found within 200 × the scan's time:
+/// 0.1 s with 100 processes, 1 s with 1000).
+const SCAN_PAUSE_FACTOR: u32 = 200;
+
+/// A starting worker being watched: its process group (the worker is its leader).
+///
+/// The leader is probed every time; the other members (a shell wrapper's app, a pre-fork
+/// server's children) are looked up in `/proc` on the first probe and then again after a pause
+/// proportional to what the lookup cost, and the ones found are probed every time.
+#[derive(Debug, Clone)]
+pub struct Starting {
+    pgid: i32,
+    members: Vec<i32>,
+    next_scan: Option<Instant>,
+}
+
+impl Starting {
+    /// Watches the worker `pid`, the leader of its own process group.
+    #[must_use]
+    pub fn new(pid: i32) -> Self {
+        Self {
+            pgid: pid,
+            members: Vec::new(),
+            next_scan: None,
+        }
+    }
+
+    /// Whether the worker or another process of its group is seen accepting.
+    pub fn probe(&mut self, listeners: &ListenerInodes) -> Option<Accepting> {
+        if let Some(accepting) = probe(self.pgid, listeners) {
+            return Some(accepting);
+        }
+        let start = Instant::now();
+        if self.next_scan.is_none_or(|next| start >= next) {
+            self.members = group_members(self.pgid);
+            let end = Instant::now();
+            self.next_scan = Some(end + (end - start) * SCAN_PAUSE_FACTOR);
+        }
+        self.members.iter().find_map(|&pid| probe(pid, listeners))
+    }
+
+    /// Whether the worker is hidden from us: its `/proc` entries exist but may not be read (it
+    /// runs as another user, e.g. a setuid program, or ptrace access is denied). Then nothing it
+    /// does can be seen, and it can only be ready at `READY=1` or after `--ready-delay`.
+    #[must_use]
+    pub fn hidden(&self) -> bool {
+        hidden(self.pgid)
+    }
+}
+
+/// Whether the process `pid` is hidden from us: its fds or its syscall may not be read.
+#[must_use]
+pub fn hidden(pid: i32) -> bool {
+    let denied =
+        |result: io::Result<()>| result.is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied);
+    denied(fs::read_dir(format!("/proc/{pid}/fd")).map(drop))
+        || (!ACCEPT_SYSCALLS.is_empty()
+            && denied(fs::read(format!("/proc/{pid}/syscall")).map(drop)))
+}
+
+/// The fds of a process that matter: those referring to our listeners, and its epoll instances.
+struct Fds {
+    /// Fd numbers (in the worker) of our listeners.
+    ours: Vec<i32>,
+    /// Fd numbers of its epoll instances.
+    epolls: Vec<i32>,
+}
+
+impl Fds {
+    fn of(pid: i32, listeners: &ListenerInodes) -> Option<Self> {
+        let mut fds = Self {
+            ours: Vec::new(),
+            epolls: Vec::new(),
+        };
+        for entry in fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+            let Ok(entry) = entry else { continue };
+            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            // The fd may be closed between the listing and the readlink: then it is no fd.
+            let Ok(target) = fs::read_link(entry.path()) else {
+                continue;
+            };
+            let Some(target) = target.to_str() else {
+                continue;
+            };
+            if target == "anon_inode:[eventpoll]" {
+                fds.epolls.push(fd);
+            } else if socket_inode(target).is_some_and(|inode| listeners.contains(inode)) {
+                fds.ours.push(fd);
+            }
+        }
+        Some(fds)
+    }
+}
+
+/// The inode of a `socket:[INODE]` link target.
+fn socket_inode(target: &str) -> Option<u64> {
+    target
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The syscalls that wait for a connection, on the architectures whose numbers we know: they
+/// take the listener's fd as their first argument.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+const ACCEPT_SYSCALLS: &[i64] = &[nix::libc::SYS_accept, nix::libc::SYS_accept4];
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+const ACCEPT_SYSCALLS: &[i64] = &[];
+
+/// `poll`-like syscalls: an array of `struct pollfd` (pointer, count) in the first two arguments.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+const POLL_SYSCALLS: &[i64] = &[nix::libc::SYS_poll, nix::libc::SYS_ppoll];
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+const POLL_SYSCALLS: &[i64] = &[nix::libc::SYS_ppoll];
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+const POLL_SYSCALLS: &[i64] = &[];
+
+/// `select`-like syscalls: the number of fds, then a pointer to the set of fds to read.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+const SELECT_SYSCALLS: &[i64] = &[nix::libc::SYS_select, nix::libc::SYS_pselect6];
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+const SELECT_SYSCALLS: &[i64] = &[nix::libc::SYS_pselect6];
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+const SELECT_SYSCALLS: &[i64] = &[];
+
+/// At most this many fds of a `poll`/`select` are looked at (more would only cost time).
+const MAX_POLLED_FDS: u64 = 1024;
+
+/// How a thread of `pid` waits on one of the fds `ours`, if it does: blocked in
+/// `accept`/`accept4` on it, or in `poll`/`ppoll`/`select`/`pselect6` for input on it.
+fn seen_in_syscall(pid: i32, ours: &[i32]) -> Option<Accepting> {
+    if ACCEPT_SYSCALLS.is_empty() {
+        return None;
+    }
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.filter_map(Result::ok).find_map(|task| {
+        // "NR ARG0 ARG1 … SP PC" while in a syscall; "running" or "-1 SP PC" otherwise.
+        let line = fs::read_to_string(task.path().join("syscall")).ok()?;
+        let mut fields = line.split_ascii_whitespace();
+        let nr = fields.next()?.parse::<i64>().ok()?;
+        let arg0 = fields.next().and_then(parse_hex)?;
+        let arg1 = fields.next().and_then(parse_hex);
+        if ACCEPT_SYSCALLS.contains(&nr) {
+            let fd = i32::try_from(arg0).ok()?;
+            ours.contains(&fd).then_some(Accepting::BlockedInAccept)
+        } else if POLL_SYSCALLS.contains(&nr) {
+            polls_for_input(pid, arg0, arg1?, ours).then_some(Accepting::Polling)
+        } else if SELECT_SYSCALLS.contains(&nr) {
+            selects_for_input(pid, arg1?, arg0, ours).then_some(Accepting::Polling)
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether the `struct pollfd` array at `address` (`count` long) in `pid` asks for input on one
+/// of the fds `ours`. The array is read from `/proc/PID/mem` (the same ptrace-read access as
+/// `syscall`); the kernel copied it at the call, and the process leaves it alone while it waits.
+fn polls_for_input(pid: i32, address: u64, count: u64, ours: &[i32]) -> bool {
+    /// `struct pollfd { int fd; short events; short revents; }`
+    const POLLFD_SIZE: usize = 8;
+    const POLLIN: i16 = 0x1;
+    let Ok(count) = usize::try_from(count.min(MAX_POLLED_FDS)) else {
+        return false;
+    };
+    let mut array = vec![0_u8; count * POLLFD_SIZE];
+    if read_memory(pid, address, &mut array).is_err() {
+        return false;
+    }
+    array.chunks_exact(POLLFD_SIZE).any(|pollfd| {
+        let fd = i32::from_ne_bytes([pollfd[0], pollfd[1], pollfd[2], pollfd[3]]);
+        let events = i16::from_ne_bytes([pollfd[4], pollfd[5]]);
+        ours.contains(&fd) && events & POLLIN != 0
+    })
+}
+
+/// Whether the read `fd_set` at `address` (for fds below `nfds`) in `pid` holds one of the fds
+/// `ours`.
+fn selects_for_input(pid: i32, address: u64, nfds: u64, ours: &[i32]) -> bool {
+    if address == 0 {
+        return false;
+    }
+    let Ok(nfds) = usize::try_from(nfds.min(MAX_POLLED_FDS)) else {
+        return false;
+    };
+    // An fd_set is an array of native-endian `unsigned long`s: bit `fd % bits` of word `fd / bits`.
+    let mut set = vec![0_u8; nfds.div_ceil(usize::BITS as usize) * size_of::<usize>()];
+    if read_memory(pid, address, &mut set).is_err() {
+        return false;
+    }
+    let word_bytes = size_of::<usize>();
+    let words: Vec<usize> = set
+        .chunks_exact(word_bytes)
+        .map(|word| {
+            let mut bytes = [0_u8; size_of::<usize>()];
+            bytes.copy_from_slice(word);
+            usize::from_ne_bytes(bytes)
+        })
+        .collect();
+    ours.iter().any(|&fd| {
+        usize::try_from(fd).is_ok_and(|fd| {
+            fd < nfds
+                && words
+                    .get(fd / usize::BITS as usize)
+                    .is_some_and(|word| word >> (fd % usize::BITS as usize) & 1 == 1)
+        })
+    })
+}
+
+/// Reads `buf.len()` bytes at `address` of `pid`'s memory.
+fn read_memory(pid: i32, address: u64, buf: &mut [u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    fs::File::open(format!("/proc/{pid}/mem"))?.read_exact_at(buf, address)
+}
+
+/// Whether the epoll instance `epfd` of `pid` watches one of our listeners for input.
+fn epoll_watches(pid: i32, epfd: i32, fds: &Fds, listeners: &ListenerInodes) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}"))
+        .is_ok_and(|info| epoll_info_watches(&info, &fds.ours, listeners))
+}
+
+/// Whether an epoll instance's fdinfo `info` has one of our listeners registered for input.
+///
+/// A `tfd:` line reads `tfd: FD events: HEX data: HEX pos:N ino:HEX sdev:HEX`. `ino` and `sdev`
+/// (kernels since 3.8) name the file itself, so they are used when present; the `tfd` number (checked
+/// against `ours`, the fds of our listeners) only names the fd it was added under, which may
+/// since have been closed and reused.
+fn epoll_info_watches(info: &str, ours: &[i32], listeners: &ListenerInodes) -> bool {
+    const EPOLLIN: u64 = 0x1;
+    info.lines().any(|line| {
+        let Some(rest) = line.strip_prefix("tfd:") else {
+            return false;
+        };
+        let mut events = None;
+        let mut inode = None;
+        let mut device = None;
+        let mut words = rest.split_ascii_whitespace();
+        // The first word is the tfd; then `events:` and `data:` are followed by their value
+        // as a separate word, `pos:N`, `ino:X` and `sdev:X` are one word each.
+        let tfd = words.next().and_then(|word| word.parse::<i32>().ok());
+        while let Some(word) = words.next() {
+            if word == "events:" {
+                events = words.next().and_then(parse_hex);
+            } else if let Some(hex) = word.strip_prefix("ino:") {
+                inode = parse_hex(hex);
+            } else if let Some(hex) = word.strip_prefix("sdev:") {
+                device = parse_hex(hex);
+            }
+        }
+        let watched = match inode {
+            Some(inode) => listeners.contains_file(device, inode),
+            None => tfd.is_some_and(|tfd| ours.contains(&tfd)),
+        };
+        watched && events.is_some_and(|events| events & EPOLLIN != 0)
+    })
+}
+
+/// A hexadecimal number, with or without `0x`.
+fn parse_hex(text: &str) -> Option<u64> {
+    u64::from_str_radix(text.strip_prefix("0x").unwrap_or(text), 16).ok()
+}
+
+/// The live processes of the group `pgid` other than its leader.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != pgid && process_group(pid) == Some(pgid))
+        .collect()
+}
+
+/// The process group of `pid`, if it is alive (not a zombie).
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_ascii_whitespace();
+    let state = fields.next()?;
+    let pgrp = fields.nth(1)?.parse().ok()?;
+    (state != "Z" && state != "X").then_some(pgrp)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::thread;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn socket_inodes_are_read_from_link_targets() {
+        assert_eq!(socket_inode("socket:[12345]"), Some(12345));
+        assert_eq!(socket_inode("anon_inode:[eventpoll]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+        assert_eq!(socket_inode("socket:[x]"), None);
+    }
+
+    #[test]
+    fn epoll_registrations_count_for_input_on_our_listeners_only() {
+        let ours = ListenerInodes::new(9, [0x1f2e]);
+        let line = |tfd: i32, events: &str, ino: &str| {
+            format!(
+                "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\n\
+                 tfd: {tfd:>8} events: {events:>8} data: {tfd:>16x}  pos:0 ino:{ino} sdev:9\n"
+            )
+        };
+        // tokio: EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET.
+        assert!(epoll_info_watches(&line(7, "80002005", "1f2e"), &[], &ours));
+        assert!(
+            !epoll_info_watches(&line(7, "4", "1f2e"), &[7], &ours),
+            "output only"
+        );
+        assert!(
+            !epoll_info_watches(&line(7, "19", "abc"), &[7], &ours),
+            "another file at 7"
+        );
+        // Without `ino:` (old kernels) the tfd names it.
+        let old = "tfd:        3 events:       19 data:                3\n";
+        assert!(epoll_info_watches(old, &[3], &ours));
+        assert!(!epoll_info_watches(old, &[4], &ours));
+        assert!(!epoll_info_watches("", &[3], &ours));
+    }
+
+    #[test]
+    fn listener_inodes_are_those_of_the_links_in_proc() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let inodes = ListenerInodes::of(&[listener.as_fd()]).unwrap();
+        let link = fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
+        let inode = socket_inode(link.to_str().unwrap()).unwrap();
+        assert!(inodes.contains(inode), "{inodes:?} vs {link:?}");
+    }
+
+    /// This process blocked in `accept` on a listener of its own, in a thread: the probe sees
+    /// it, and reports what one probe costs (printed, not asserted: the machine may be busy).
+    #[test]
+    fn a_thread_blocked_in_accept_is_seen_and_a_probe_is_cheap() {
+        assert!(available());
+        assert!(!hidden(i32::try_from(std::process::id()).unwrap()));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
+        let pid = i32::try_from(std::process::id()).unwrap();
+        assert_eq!(probe(pid, &listeners), None, "nobody accepts yet");
+        let rounds = 2000;
+        let start = Instant::now();
+        for _ in 0..rounds {
+            assert!(probe(pid, &listeners).is_none());
+        }
+        let holding = start.elapsed() / rounds;
+
+        let acceptor = thread::spawn(move || listener.accept().map(|_| ()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while probe(pid, &listeners).is_none() {
+            assert!(Instant::now() < deadline, "never seen blocked in accept");
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(probe(pid, &listeners), Some(Accepting::BlockedInAccept));
+
+        let start = Instant::now();
+        for _ in 0..rounds {
+            assert!(probe(pid, &listeners).is_some());
+        }
+        let hit = start.elapsed() / rounds;
+        let nobody = ListenerInodes::new(0, [u64::MAX]);
+        let start = Instant::now();
+        for _ in 0..rounds {
+            assert!(probe(pid, &nobody).is_none());
+        }
+        let miss = start.elapsed() / rounds;
+        let start = Instant::now();
+        for _ in 0..20 {
+            group_members(pid);
+        }
+        let scan = start.elapsed() / 20;
+        // A starting worker probed every 10 ms: the probe of the leader each time, and a scan of
+        // the group at the first probe after the pause that follows the last one.
+        let every = Duration::from_millis(10);
+        let scans_apart = (scan * (SCAN_PAUSE_FACTOR + 1))
+            .div_duration_f64(every)
+            .ceil();
+        let share = |cost: Duration| cost.div_duration_f64(every) * 100.0;
+        eprintln!(
+            "one probe: {holding:?} (holds our listener, not accepting), {hit:?} (seen), \
+             {miss:?} (holds no listener of ours); one scan of /proc for the group: {scan:?}; \
+             at one probe per 10 ms: {:.2}% of a core (probes {:.2}%, scans {:.2}%)",
+            share(holding) + share(scan) / scans_apart,
+            share(holding),
+            share(scan) / scans_apart,
+        );
+
+        std::net::TcpStream::connect(addr).unwrap();
+        acceptor.join().unwrap().unwrap();
+    }
+}
