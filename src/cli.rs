@@ -108,9 +108,11 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "MODE", value_enum, default_value_t = ReadyMode::Auto)]
     pub ready: ReadyMode,
 
-    /// With --ready auto: a worker alive this long counts as ready (0: at once).
-    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = config::parse_duration, allow_hyphen_values = true)]
-    pub ready_delay: Duration,
+    /// With --ready auto: a worker alive this long counts as ready (0: at once). Without it, a
+    /// worker is ready at READY=1 or when seen accepting on its listeners, and only where that
+    /// cannot be seen (no /proc) after 1s.
+    #[arg(long, value_name = "DUR", value_parser = config::parse_duration, allow_hyphen_values = true)]
+    pub ready_delay: Option<Duration>,
 
     /// A worker not ready by then has failed to start (at least 1ms).
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true)]
@@ -253,7 +255,10 @@ impl ClusterArgs {
             .size(size)
             .silent(self.silent)
             .readiness(match self.ready {
-                ReadyMode::Auto => Readiness::Auto(self.ready_delay),
+                ReadyMode::Auto => match self.ready_delay {
+                    Some(delay) => Readiness::AutoOrDelay(delay),
+                    None => Readiness::Auto(Duration::from_secs(1)),
+                },
                 ReadyMode::Notify => Readiness::Notify,
             })
             .ready_timeout(self.ready_timeout)

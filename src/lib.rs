@@ -46,10 +46,10 @@ pub mod listener;
 #[cfg(feature = "master")]
 pub mod master;
 #[cfg(feature = "master")]
-pub mod status;
-#[cfg(feature = "master")]
 #[doc(hidden)]
 pub mod readiness;
+#[cfg(feature = "master")]
+pub mod status;
 pub mod worker;
 
 #[cfg(feature = "master")]

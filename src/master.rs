@@ -35,6 +35,7 @@ use crate::dev::DevLoop;
 use crate::listener::{ListenAddr, Listener};
 use crate::notify::NotifyDir;
 use crate::output;
+use crate::readiness;
 use crate::status::{Record, RestartOutcome, Status};
 use crate::supervisor::{
     Control, Input, MessageHandler, Program, Supervisor, WorkerSpec, watch_signals,
@@ -82,8 +83,13 @@ pub(crate) fn reserved_variable(key: &OsStr) -> Option<&'static str> {
 /// When a starting worker counts as ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Readiness {
-    /// At `READY=1`, or once it has been alive this long.
+    /// At `READY=1`, or when the master sees it accepting on one of its inherited listeners
+    /// (Linux: blocked in `accept`, the listener in one of its epoll sets, or in its `poll`);
+    /// only where that cannot be seen (no `/proc`), once it has been alive this long.
     Auto(Duration),
+    /// As [`Auto`](Readiness::Auto), and also, wherever it runs, once it has been alive this
+    /// long (`--ready-delay` given explicitly): for apps that accept in a way no probe sees.
+    AutoOrDelay(Duration),
     /// Only at `READY=1`.
     Notify,
 }
@@ -354,10 +360,21 @@ impl Master {
         }
         let signals = watch_signals(self.events.clone(), self.signals)
             .map_err(|e| Error::io("cannot watch signals", e))?;
+        let probing = !matches!(self.readiness, Readiness::Notify) && readiness::available();
+        if let Readiness::Auto(delay) = self.readiness
+            && !probing
+        {
+            output::master_line(&format!(
+                "this system cannot show whether a worker accepts: one that does not send READY=1 \
+                 counts as ready once alive {}",
+                crate::cluster::human_duration(delay)
+            ));
+        }
         let cluster = Cluster::new(ClusterConfig {
             size: self.size,
             ready_delay: match self.readiness {
-                Readiness::Auto(delay) => Some(delay),
+                Readiness::Auto(_) if probing => None,
+                Readiness::Auto(delay) | Readiness::AutoOrDelay(delay) => Some(delay),
                 Readiness::Notify => None,
             },
             ready_timeout: self.ready_timeout,
@@ -377,7 +394,18 @@ impl Master {
         // Forked before any worker, so that no worker is ever unknown to it.
         let guard = crate::sys::Guard::start()
             .map_err(|e| Error::io("cannot start the guard process", e))?;
+        let listener_fds: Vec<_> = listeners.iter().map(std::os::fd::AsFd::as_fd).collect();
+        let probe = if probing {
+            Some(
+                readiness::ListenerInodes::of(&listener_fds)
+                    .map_err(|e| Error::io("cannot read the listeners' inodes", e))?,
+            )
+        } else {
+            None
+        };
+        drop(listener_fds);
         let supervisor = Supervisor {
+            probe,
             guard,
             cluster,
             spec,

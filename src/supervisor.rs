@@ -34,11 +34,18 @@ use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
 use crate::notify::{self, NotifyDir, NotifySocket};
 use crate::output::{self, Tail, WorkerOutput};
+use crate::readiness::{self, ListenerInodes};
 use crate::status::{self, LastRoll, Record, RestartOutcome, RollCounts, Status, WorkerStatus};
 use crate::sys::{Guard, SpawnRequest, spawn_worker};
 
 /// How often the groups of exited workers are checked for being gone.
 const GROUP_POLL: Duration = Duration::from_millis(50);
+
+/// How often a starting worker is probed for accepting (some 25 µs a probe).
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// After this long starting, a worker neither ready nor seen accepting gets one line of advice.
+const UNSEEN_HINT: Duration = Duration::from_secs(5);
 
 /// After SIGKILL, how long a group may still seem to exist (zombies that nobody reaps: an
 /// init that does not reap) before it is taken for gone.
@@ -106,6 +113,11 @@ struct RunningWorker {
     generation: u64,
     /// The last `STATUS=` text it sent.
     status: Option<String>,
+    /// Watches it for accepting while it starts; `None` once ready (or without probing).
+    probe: Option<readiness::Starting>,
+    spawned: Instant,
+    /// Whether it was told it is not seen accepting.
+    hinted: bool,
     _notify: NotifySocket,
     stderr_tail: Tail,
     output: Vec<JoinHandle<()>>,
@@ -135,6 +147,9 @@ pub(crate) struct Supervisor<'a> {
     pub(crate) quiet: bool,
     /// Kills every worker's group should the master die.
     pub(crate) guard: Guard,
+    /// The listeners as the readiness probe knows them; `None`: no probing (`--ready notify`, or
+    /// no `/proc`).
+    pub(crate) probe: Option<ListenerInodes>,
 }
 
 impl Supervisor<'_> {
@@ -149,6 +164,7 @@ impl Supervisor<'_> {
             strays: Vec::new(),
             reap_all: nix::unistd::getpid().as_raw() == 1,
             roll_requests: 0,
+            polled: Instant::now(),
             waiters: HashMap::new(),
             subscribers: Vec::new(),
             rolls: RollCounts::default(),
@@ -179,11 +195,25 @@ impl Supervisor<'_> {
                 }
                 continue;
             }
-            let mut wake = deadline;
-            if !state.groups.is_empty() {
-                let poll = Instant::now() + GROUP_POLL;
-                wake = Some(wake.map_or(poll, |deadline| deadline.min(poll)));
+            // Starting workers are probed, and leftover groups checked, on a clock of their own,
+            // whatever else arrives meanwhile.
+            let probing = state.workers.values().any(|worker| worker.probe.is_some());
+            let poll = match (state.groups.is_empty(), probing) {
+                (_, true) => Some(PROBE_INTERVAL),
+                (false, false) => Some(GROUP_POLL),
+                (true, false) => None,
+            };
+            let next_poll = poll.map(|poll| state.polled + poll);
+            if next_poll.is_some_and(|next| next <= Instant::now()) {
+                state.polled = Instant::now();
+                self.check_groups(&mut state);
+                self.probe_starting(&mut state);
+                continue;
             }
+            let wake = match (deadline, next_poll) {
+                (Some(deadline), Some(poll)) => Some(deadline.min(poll)),
+                (deadline, poll) => deadline.or(poll),
+            };
             let input = match wake {
                 Some(wake) => {
                     let timeout = wake.saturating_duration_since(Instant::now());
@@ -199,8 +229,8 @@ impl Supervisor<'_> {
                 },
             };
             match input {
-                // A deadline due now is handled at the top of the loop.
-                None => self.check_groups(&mut state),
+                // A deadline or a poll due now is handled at the top of the loop.
+                None => {}
                 Some(input) => self.dispatch(&mut state, input),
             }
         }
@@ -393,6 +423,42 @@ impl Supervisor<'_> {
         }
     }
 
+    /// Looks at every starting worker: one seen accepting on a listener is ready.
+    fn probe_starting(&mut self, state: &mut DriverState) {
+        let Some(listeners) = &self.probe else {
+            return;
+        };
+        let mut seen = Vec::new();
+        for (key, worker) in &mut state.workers {
+            let Some(probe) = &mut worker.probe else {
+                continue;
+            };
+            if let Some(accepting) = probe.probe(listeners) {
+                seen.push((*key, accepting));
+                worker.probe = None;
+            } else if !worker.hinted && worker.spawned.elapsed() >= UNSEEN_HINT {
+                worker.hinted = true;
+                output::master_line(&format!(
+                    "w{} (pid {}) is not seen accepting after {} and sent no READY=1; if it \
+                     serves, it accepts in a way mcluster cannot see (it sees accept, epoll and \
+                     poll on its listeners): have it send READY=1, or give --ready-delay",
+                    worker.slot,
+                    worker.pid,
+                    human_duration(UNSEEN_HINT)
+                ));
+            }
+        }
+        for (key, accepting) in seen {
+            self.feed(
+                state,
+                Event::SeenAccepting {
+                    key,
+                    how: accepting.to_string(),
+                },
+            );
+        }
+    }
+
     /// The groups of exited workers that are gone now end for the core.
     fn check_groups(&mut self, state: &mut DriverState) {
         let gone: Vec<(i32, ProcessEnd)> = state
@@ -447,6 +513,13 @@ impl Supervisor<'_> {
                         }
                     }
                     Action::Ready(ready) => {
+                        // Ready by another rule: nothing left to probe.
+                        if let Some(pid) = ready.pid
+                            && let Some(key) = state.pids.get(&pid.0)
+                            && let Some(worker) = state.workers.get_mut(key)
+                        {
+                            worker.probe = None;
+                        }
                         if !self.quiet {
                             output::master_line(&ready.to_string());
                         }
@@ -555,6 +628,9 @@ impl Supervisor<'_> {
                 pid,
                 generation,
                 status: None,
+                probe: self.probe.as_ref().map(|_| readiness::Starting::new(pid)),
+                spawned: Instant::now(),
+                hinted: false,
                 _notify: notify,
                 stderr_tail,
                 output,
@@ -757,6 +833,8 @@ pub(crate) struct DriverState {
     reap_all: bool,
     /// The number of roll requests so far.
     roll_requests: u64,
+    /// When starting workers were last probed and leftover groups checked.
+    polled: Instant,
     /// Who waits for the outcome of which roll request.
     waiters: HashMap<u64, Sender<RestartOutcome>>,
     /// Who follows the lifecycle events.

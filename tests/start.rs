@@ -289,3 +289,45 @@ fn as_pid_one_the_master_reaps_orphans() {
         stat(orphan).is_none()
     });
 }
+
+/// `--ready auto` without `--ready-delay`: a worker that never sends `READY=1` is ready when the
+/// master sees it accepting, and the log says how; one that holds its listener but never
+/// accepts is never called ready, and is told why after a while.
+#[test]
+fn auto_readiness_sees_unmodified_apps_accepting() {
+    for (program, args, how) in [
+        (
+            fixture("fixture-accept"),
+            vec!["block"],
+            "seen blocked in accept",
+        ),
+        (
+            fixture("fixture-tokio-accept"),
+            vec![],
+            "seen accepting (epoll)",
+        ),
+        (fixture("fixture-echo"), vec![], "seen accepting (poll)"),
+    ] {
+        let master = Master::builder(&["-l", "127.0.0.1:0", "-n", "1"], &program, &args)
+            .env("ECHO_NO_READY", "1")
+            .start();
+        let line = master.wait_for_stderr("mcluster: w0 ready (pid ");
+        assert!(line.ends_with(&format!("generation 1): {how}")), "{line}");
+    }
+    let master = Master::builder(
+        &["-l", "127.0.0.1:0", "-n", "1"],
+        fixture("fixture-accept"),
+        &["hold"],
+    )
+    .start();
+    let hint = master.wait_for_stderr(" is not seen accepting after 5.00s and sent no READY=1;");
+    assert!(hint.contains("--ready-delay"), "{hint}");
+    assert!(
+        !master
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains(" ready (pid ")),
+        "{}",
+        master.dump()
+    );
+}
