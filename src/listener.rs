@@ -37,8 +37,8 @@ use std::str::FromStr;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, UnixAddr, bind, connect,
-    listen, setsockopt, socket, sockopt,
+    AddressFamily, Backlog, SockaddrIn, SockaddrIn6, UnixAddr, bind, connect, listen, setsockopt,
+    sockopt,
 };
 use nix::sys::stat::{Mode, fchmod};
 
@@ -372,15 +372,12 @@ fn bind_unix(addr: &ListenAddr, path: &Path, mode: u32) -> Result<(OwnedFd, Sock
             )));
         }
     }
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| Error::io(context(), e.into()))?;
+    let fd = crate::sys::stream_socket(AddressFamily::Unix, false)
+        .map_err(|e| Error::io(context(), e))?;
     // `bind` makes the file with the socket's own mode less the umask: never more than `mode`.
-    fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(|e| Error::io(context(), e.into()))?;
+    let socket_mode =
+        Mode::from_bits_truncate(nix::sys::stat::mode_t::try_from(mode).unwrap_or(0o600));
+    fchmod(&fd, socket_mode).map_err(|e| Error::io(context(), e.into()))?;
     let address = UnixAddr::new(path).map_err(|e| Error::io(context(), e.into()))?;
     bind(fd.as_raw_fd(), &address).map_err(|e| Error::io(context(), e.into()))?;
     // From here on, an error removes the file (dropping a `SocketFile` would need our lock).
@@ -404,12 +401,7 @@ fn bind_unix(addr: &ListenAddr, path: &Path, mode: u32) -> Result<(OwnedFd, Sock
 /// Whether a process accepts on the socket file at `path` (`false`: a stale file). The probe does
 /// not block, even on a listener whose backlog is full.
 fn accepting(path: &Path) -> io::Result<bool> {
-    let probe = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let probe = crate::sys::stream_socket(AddressFamily::Unix, true)?;
     match connect(probe.as_raw_fd(), &UnixAddr::new(path)?) {
         Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS) => Ok(true),
         Err(Errno::ECONNREFUSED) => Ok(false),
@@ -441,7 +433,7 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<OwnedFd> {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
     };
-    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let fd = crate::sys::stream_socket(family, false)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     match addr {
         SocketAddr::V4(v4) => bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))?,

@@ -106,7 +106,7 @@ pub(crate) fn prefix(slot: usize, generation: u64) -> String {
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+    crate::sys::pipe()
 }
 
 /// Starts a thread that copies `pipe` line by line to `stream`, prefixed with `[w<slot>]`,

@@ -53,7 +53,10 @@ impl ListenerInodes {
         let mut listeners = Self::default();
         for fd in fds {
             let stat = nix::sys::stat::fstat(fd)?;
-            listeners.device = Some(stat.st_dev);
+            // `dev_t` is an i32 on macOS, a u64 on Linux and the BSDs.
+            #[allow(clippy::useless_conversion)]
+            let device = u64::try_from(stat.st_dev).unwrap_or(u64::MAX);
+            listeners.device = Some(device);
             listeners.inodes.push(stat.st_ino);
         }
         Ok(listeners)
@@ -77,13 +80,23 @@ impl ListenerInodes {
     fn contains_file(&self, sdev: Option<u64>, inode: u64) -> bool {
         let same_device = match (self.device, sdev) {
             // The kernel's dev_t is MAJOR << 20 | MINOR; stat's is glibc's makedev encoding.
-            (Some(device), Some(sdev)) => {
-                nix::sys::stat::makedev(sdev >> 20, sdev & 0xf_ffff) == device
-            }
+            (Some(device), Some(sdev)) => kernel_dev(sdev) == device,
             _ => true,
         };
         same_device && self.contains(inode)
     }
+}
+
+/// A device number as the kernel encodes it in fdinfo (`MAJOR << 20 | MINOR`), in `stat`'s
+/// encoding (glibc's `makedev`). Only Linux has fdinfo.
+#[cfg(target_os = "linux")]
+fn kernel_dev(sdev: u64) -> u64 {
+    nix::sys::stat::makedev(sdev >> 20, sdev & 0xf_ffff)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn kernel_dev(sdev: u64) -> u64 {
+    sdev
 }
 
 /// How a worker was seen accepting on one of our listeners.

@@ -5,10 +5,14 @@ mod fd;
 #[cfg(feature = "master")]
 mod guard;
 #[cfg(feature = "master")]
+mod platform;
+#[cfg(feature = "master")]
 mod spawn;
 
 pub(crate) use fd::{AdoptedListener, adopt_listener, claim_inherited_fds};
 #[cfg(feature = "master")]
 pub(crate) use guard::Guard;
+#[cfg(feature = "master")]
+pub(crate) use platform::{pipe, stream_socket};
 #[cfg(feature = "master")]
 pub(crate) use spawn::{SpawnRequest, die_with_parent, spawn_worker};

@@ -36,6 +36,10 @@
 //!
 //! The worker programs are in `fixtures/workers/` (see `support/fixture.rs`).
 
+// The behaviour lives in Linux's processes, signals and /proc: the tests run there (other
+// platforms are compile-checked for the crate itself, see the README's platform table).
+#![cfg(target_os = "linux")]
+
 mod support;
 
 mod crash;

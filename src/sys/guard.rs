@@ -21,7 +21,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::libc;
 use nix::sys::wait::waitpid;
-use nix::unistd::{Pid, pipe2};
+use nix::unistd::Pid;
+
+use super::platform;
 
 /// How many process groups the guard tracks at once; more live groups than this are not
 /// guarded (a cluster of this many workers is far beyond one machine's sense).
@@ -40,15 +42,16 @@ pub(crate) struct Guard {
 impl Guard {
     /// Forks the guard.
     pub(crate) fn start() -> io::Result<Self> {
-        let (read, write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (read, write) = platform::pipe()?;
         let devnull = std::fs::File::open("/dev/null")?;
         let plan = GuardPlan {
             read: read.as_raw_fd(),
             devnull: devnull.as_raw_fd(),
+            fd_limit: platform::fd_limit(),
         };
         // SAFETY: fork duplicates only the calling thread. The child runs `GuardPlan::run`,
         // which calls only async-signal-safe functions (setpgid, prctl, signal, dup2, fcntl,
-        // close_range, read, kill, _exit) on its own stack and the two fd numbers captured
+        // close_range or close, read, kill, _exit) on its own stack and the two fd numbers captured
         // above, allocates nothing, takes no lock and never returns. The parent continues
         // normally.
         let pid = unsafe { libc::fork() };
@@ -118,6 +121,7 @@ pub(crate) unsafe fn announce(fd: RawFd) {
 struct GuardPlan {
     read: RawFd,
     devnull: RawFd,
+    fd_limit: c_int,
 }
 
 impl GuardPlan {
@@ -131,7 +135,7 @@ impl GuardPlan {
             // Out of the master's group, and deaf to what a terminal or a group kill sends.
             libc::setpgid(0, 0);
             // Named, so that `ps` explains the master's one child that is no worker.
-            libc::prctl(libc::PR_SET_NAME, c"mcluster-guard".as_ptr());
+            platform::set_name(c"mcluster-guard");
             for signal in [
                 libc::SIGINT,
                 libc::SIGTERM,
@@ -155,12 +159,7 @@ impl GuardPlan {
             for target in 0..3 {
                 libc::dup2(self.devnull, target);
             }
-            libc::syscall(
-                libc::SYS_close_range,
-                4 as libc::c_uint,
-                libc::c_uint::MAX,
-                0 as libc::c_uint,
-            );
+            platform::close_from(4, self.fd_limit);
             loop {
                 let mut bytes = [0u8; 4];
                 let mut got = 0usize;
@@ -168,7 +167,7 @@ impl GuardPlan {
                     let n = libc::read(3, bytes.as_mut_ptr().add(got).cast(), bytes.len() - got);
                     if n > 0 {
                         got += n.unsigned_abs();
-                    } else if n == 0 || *libc::__errno_location() != libc::EINTR {
+                    } else if n == 0 || platform::errno() != libc::EINTR {
                         // End of file: the master is gone. Kill what is left of every group.
                         for &group in &groups[..count] {
                             libc::kill(-group, libc::SIGKILL);

@@ -13,7 +13,9 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use nix::libc;
 use nix::sys::signal::SigSet;
 use nix::sys::wait::waitpid;
-use nix::unistd::{Pid, pipe2};
+use nix::unistd::Pid;
+
+use super::platform;
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 /// Room for any pid's digits and the NUL.
@@ -60,7 +62,8 @@ pub(crate) fn spawn_worker(request: &SpawnRequest<'_>) -> io::Result<i32> {
     let sources: Vec<RawFd> = request.fds.iter().map(AsRawFd::as_raw_fd).collect();
     let mut scratch: Vec<RawFd> = vec![-1; sources.len()];
     let empty_mask = SigSet::empty();
-    let (error_read, error_write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (error_read, error_write) = platform::pipe()?;
+    let fd_limit = platform::fd_limit();
     let parent = std::process::id();
     let child = ChildPlan {
         program: request.program.as_ptr(),
@@ -73,11 +76,12 @@ pub(crate) fn spawn_worker(request: &SpawnRequest<'_>) -> io::Result<i32> {
         parent: c_int::try_from(parent).unwrap_or(c_int::MAX),
         error_fd: error_write.as_raw_fd(),
         guard_fd: request.guard_fd,
+        fd_limit,
     };
 
     // SAFETY: fork duplicates only the calling thread. The child runs `ChildPlan::exec`, which
-    // calls only async-signal-safe functions (fcntl, setpgid, getpid, write, prctl, getppid,
-    // sigprocmask, signal, dup2, syscall(close_range), execve, _exit) on memory allocated
+    // calls only async-signal-safe functions (fcntl, setpgid, getpid, write, prctl or procctl,
+    // getppid, sigprocmask, signal, dup2, close_range or fcntl, execve, _exit) on memory allocated
     // before the fork, and never returns: it execs or `_exit`s. The parent continues normally.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -118,6 +122,8 @@ struct ChildPlan<'a> {
     parent: c_int,
     error_fd: RawFd,
     guard_fd: RawFd,
+    /// From [`platform::fd_limit`], read before fork.
+    fd_limit: c_int,
 }
 
 impl ChildPlan<'_> {
@@ -151,7 +157,7 @@ impl ChildPlan<'_> {
             // Before anything else can go wrong, the guard learns of the group: however the
             // master dies from now on, the group dies with it.
             super::guard::announce(guard_fd);
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            if platform::die_with_parent().is_err() {
                 fail(error_fd);
             }
             // The master may have died between fork and prctl: then nobody would kill us.
@@ -179,14 +185,8 @@ impl ChildPlan<'_> {
                     fail(error_fd);
                 }
             }
-            // Fds the master itself inherited without CLOEXEC must not reach the worker. Kernels
-            // without close_range (before 5.11) just skip this.
-            libc::syscall(
-                libc::SYS_close_range,
-                libc::c_uint::try_from(count).unwrap_or(libc::c_uint::MAX),
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
+            // Fds the master itself inherited without CLOEXEC must not reach the worker.
+            platform::cloexec_from(c_int::try_from(count).unwrap_or(c_int::MAX), self.fd_limit);
             write_decimal(self.listen_pid_digits, libc::getpid());
             libc::execve(self.program, self.argv, self.envp);
             fail(error_fd);
@@ -200,8 +200,7 @@ fn fail(error_fd: RawFd) -> ! {
     // SAFETY: async-signal-safe calls only; the errno bytes live on this stack frame and
     // `error_fd` is the pipe's write end, open in the child until exec.
     unsafe {
-        let errno = *libc::__errno_location();
-        let bytes = errno.to_ne_bytes();
+        let bytes = platform::errno().to_ne_bytes();
         libc::write(error_fd, bytes.as_ptr().cast(), bytes.len());
         libc::_exit(127);
     }
@@ -237,15 +236,13 @@ pub(crate) fn die_with_parent(command: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     let parent = nix::unistd::getpid().as_raw();
     // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
-    // calls are allowed: it calls prctl and getppid, allocates nothing and takes no lock. The
-    // io::Error it may return is built from errno without allocating (`last_os_error`).
+    // calls are allowed: it calls prctl (or procctl) and getppid, allocates nothing and takes no
+    // lock. The io::Error it may return is built from errno without allocating.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The master died before prctl took effect: do not start an orphan.
-            if libc::getppid() != parent {
+            // Where the OS has no parent-death signal (macOS), the guard covers the build.
+            if platform::die_with_parent()? && libc::getppid() != parent {
+                // The master died before the request took effect: do not start an orphan.
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
