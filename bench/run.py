@@ -583,10 +583,10 @@ TP_VARIANTS = ("poll", "blocking", "epoll", "epoll-exclusive")  # bench-worker's
 TP_SETUPS = ("alone", "-n 1", "-n 2")
 # Client threads, each a loop of fresh connections, and the setups measured with them: 32 keep
 # the workers busy (several connections wait at each wake-up); 1 sends one connection at a time
-# to idle workers, where a shared socket's wake-ups show.
-TP_LOADS = ((32, TP_SETUPS), (1, ("alone", "-n 2")))
-TP_SECONDS = 0.5  # of load per measurement
-TP_REPS = 4  # rounds; each round runs every load × variant × setup once, back to back
+# to idle workers, where a shared socket's wake-ups show, and grow with the number of workers.
+TP_LOADS = ((32, TP_SETUPS), (1, ("alone", "-n 2", "-n 4")))
+TP_SECONDS = 0.25  # of load per measurement
+TP_REPS = 6  # rounds; each round runs every load × variant × setup once, back to back
 TP_BUDGET = 70.0  # seconds; a round that would not fit is skipped
 TP_BACKLOG = 4096  # the alone worker's listen backlog: mcluster's (SOMAXCONN)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -762,7 +762,7 @@ def ratio_median(rounds: list[dict], key: tuple[int, str, str], field: str) -> f
     return statistics.median(ratios) if ratios else None
 
 
-THROUGHPUT_HEADING = "## Throughput: the worker alone, `mcluster start -n 1`, `-n 2`"
+THROUGHPUT_HEADING = "## Throughput: the worker alone and under `mcluster start -n N`"
 
 
 def replace_section(text: str, heading: str, section: str) -> str:
@@ -783,6 +783,161 @@ TP_LABELS = {
     "epoll": "epoll (level-triggered) + non-blocking `accept`",
     "epoll-exclusive": "epoll with `EPOLLEXCLUSIVE` + non-blocking `accept`",
 }
+
+
+def throughput_findings(rounds: list[dict], samples: dict) -> list[str]:
+    """The section's findings, worded from this run's numbers."""
+
+    def med(key, fn) -> float | None:
+        values = [fn(s) for s in samples.get(key, []) if s["accepted"]]
+        return statistics.median(values) if values else None
+
+    def fmt(value: float | None, spec: str = ".2f", unit: str = "") -> str:
+        return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+    busy_loops = TP_LOADS[0][0]
+    idle_loops, idle_setups = TP_LOADS[-1]
+    widest = idle_setups[-1]
+    out = ["Findings (this run):\n"]
+    ratios = {v: ratio_median(rounds, (busy_loops, v, "-n 2"), "rps") for v in TP_VARIANTS}
+    ratios1 = {v: ratio_median(rounds, (busy_loops, v, "-n 1"), "rps") for v in TP_VARIANTS}
+    known = [r for r in ratios.values() if r is not None]
+    spread = [r for r in ratios1.values() if r is not None]
+    out.append(
+        f"- **-n 2 against the worker alone, {busy_loops} loops**: "
+        + ", ".join(f"{v} {fmt(ratios[v])}×" for v in TP_VARIANTS)
+        + ". As a yardstick for the noise, -n 1 against alone (the same single worker; "
+        "mcluster's master does no work per connection): "
+        + ", ".join(f"{v} {fmt(ratios1[v])}×" for v in TP_VARIANTS)
+        + ". "
+        + (
+            "-n 2 stays within that spread: no variant loses throughput to a second worker "
+            "that this run can tell from noise."
+            if known and spread and min(known) >= min(spread)
+            else "-n 2 falls below that spread for "
+            + ", ".join(v for v, r in ratios.items() if r is not None and spread and r < min(spread))
+            + " in this run: check the raw samples for a round hit by other work before "
+            "reading it as a cost."
+        )
+    )
+    sleeps = {
+        (v, s): med((busy_loops, v, s), lambda x: x["sleeps"] / x["accepted"]) for v in TP_VARIANTS for s in TP_SETUPS
+    }
+    cpu = {
+        (v, s): med((busy_loops, v, s), lambda x: x["workers_cpu_s"] / x["accepted"] * 1e6)
+        for v in TP_VARIANTS
+        for s in TP_SETUPS
+    }
+    out.append(
+        f"- **Busy workers are rarely woken for nothing**: at {busy_loops} loops a worker sleeps "
+        f"{fmt(min(filter(None, sleeps.values())))}–{fmt(max(filter(None, sleeps.values())))} times "
+        "per connection in every row: connections are waiting whenever it looks, so one wake-up "
+        "of a poll/epoll worker serves several, and a blocking `accept` rarely blocks. The "
+        f"workers' CPU per connection is {fmt(min(filter(None, cpu.values())), '.1f')}–"
+        f"{fmt(max(filter(None, cpu.values())), '.1f')} µs in every row, alone or not."
+    )
+    client = [med((busy_loops, v, s), lambda x: x["client_cpu"]) for v in TP_VARIANTS for s in TP_SETUPS]
+    workers = [med((busy_loops, v, s), lambda x: x["workers_cpu"]) for v in TP_VARIANTS for s in TP_SETUPS]
+    machine = [med((busy_loops, v, s), lambda x: x["machine_busy"]) for v in TP_VARIANTS for s in TP_SETUPS]
+    master = [med((busy_loops, v, s), lambda x: x["master_cpu"]) for v in TP_VARIANTS for s in ("-n 1", "-n 2")]
+    client2 = {v: (med((busy_loops, v, "alone"), lambda x: x["client_cpu"]), med((busy_loops, v, "-n 2"), lambda x: x["client_cpu"])) for v in TP_VARIANTS}
+
+    client_first = min(filter(None, client), default=0) > max(filter(None, workers), default=0)
+    kept = [b / a for a, b in client2.values() if a and b]
+    client_kept = statistics.median(kept) if kept else None
+
+    def span(values: list) -> str:
+        values = [x for x in values if x is not None]
+        if not values:
+            return "n/a"
+        low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+        return low if low == high else f"{low}–{high}"
+
+    out.append(
+        f"- **Where the CPU goes**, {busy_loops} loops: the whole machine is busy "
+        f"({span(machine)} of {os.cpu_count()} cores) in every row; the client takes "
+        f"{span(client)} cores, the workers {span(workers)}, mcluster's master {span(master)}. "
+        + (
+            "The client is the biggest consumer and competes with the workers for the same "
+            "cores, so the rate is bounded by how the cores are shared, not by the workers. "
+            if client_first
+            else ""
+        )
+        + "The client's share alone → -n 2: "
+        + ", ".join(f"{v} {fmt(a)} → {fmt(b)}" for v, (a, b) in client2.items())
+        + (
+            ": no systematic drop, the second worker does not take CPU from the client beyond "
+            "the noise."
+            if client_kept is not None and client_kept >= 0.9
+            else ": the client got less CPU with a second worker in this run."
+        )
+    )
+    extra = {}
+    for v in TP_VARIANTS:
+        alone = med((idle_loops, v, "alone"), lambda x: x["sleeps"] / x["accepted"])
+        wide = med((idle_loops, v, widest), lambda x: x["sleeps"] / x["accepted"])
+        extra[v] = (alone, wide)
+    empty = [med((idle_loops, v, s), lambda x: x["empty"] / x["accepted"]) for v in TP_VARIANTS for s in idle_setups]
+    out.append(
+        f"- **Idle workers and a shared socket**, {idle_loops} loop (one connection at a time): "
+        f"sleeps per connection alone → {widest}: "
+        + ", ".join(f"{v} {fmt(a)} → {fmt(b)}" for v, (a, b) in extra.items())
+        + ". A worker waiting in `poll` or in a plain epoll set is woken for every connection, "
+        "with every other idle worker (about one more sleep per connection per extra worker); "
+        "the kernel wakes only one worker blocked in `accept`, or one epoll set registered with "
+        "`EPOLLEXCLUSIVE`. The extra wake-ups end inside the kernel: `poll` and level-triggered "
+        "epoll check the socket again before returning, find the queue empty and sleep again, "
+        f"so the programs see almost none (*empty* at most {fmt(max(filter(lambda x: x is not None, empty), default=None), '.3f')} "
+        "per connection). An edge-triggered epoll (mio, tokio) returns them to the program, "
+        "whose `accept` then fails with `EAGAIN`. Their CPU cost does not stand out from the "
+        "noise of the workers' CPU per connection at 2 and 4 workers; their number grows with "
+        "the number of idle workers."
+    )
+    idle2 = {v: ratio_median(rounds, (idle_loops, v, idle_setups[1]), "rps") for v in TP_VARIANTS}
+    if all(r is not None and r < 1 for r in idle2.values()):
+        out.append(
+            f"- **One connection at a time is slower with more workers**, {idle_setups[1]} "
+            "against alone: "
+            + ", ".join(f"{v} {fmt(r)}×" for v, r in idle2.items())
+            + ". The wake-one variants lose too, so the extra wake-ups are not the reason; with "
+            "a single connection in flight every request waits for a wake-up, and spreading "
+            "them over processes (and cores) makes each slower (not isolated further here). "
+            f"With {busy_loops} loops the workers are awake and this does not show."
+        )
+    tails = {v: ratio_median(rounds, (idle_loops, v, widest), "p99") for v in TP_VARIANTS}
+    wake_one = [tails[v] for v in ("blocking", "epoll-exclusive") if tails.get(v) is not None]
+    wake_all = [tails[v] for v in ("poll", "epoll") if tails.get(v) is not None]
+    out.append(
+        f"- **Tails at {idle_loops} loop**, p99 at {widest} against alone: "
+        + ", ".join(f"{v} {fmt(tails[v])}×" for v in TP_VARIANTS)
+        + ". "
+        + (
+            "The workers that are woken one at a time (blocking `accept`, `EPOLLEXCLUSIVE`) had "
+            "the worse tails in this run. A likely reason, on a machine whose cores are taken by "
+            "other work: a wake-one wake-up goes to one worker, which may then wait for a CPU, "
+            "while with `poll` every idle worker is woken and the first that runs takes the "
+            "connection. The wasted wake-ups buy latency; the rates are too noisy here to say "
+            "more."
+            if wake_one and wake_all and min(wake_one) > max(wake_all)
+            else "No consistent difference between the wake-one and the wake-all variants "
+            "beyond the noise."
+        )
+    )
+    shares = []
+    for v in TP_VARIANTS:
+        values = [s["shares"][0] / s["accepted"] for s in samples.get((idle_loops, v, widest), []) if s["accepted"]]
+        shares.append(f"{v} {fmt(statistics.median(values) * 100 if values else None, '.0f', ' %')}")
+    out.append(
+        f"- **Who gets the connections** at {idle_loops} loop, {widest}, the busiest worker's share: "
+        + ", ".join(shares)
+        + f" (even would be {100 / int(widest.split()[-1]):.0f} %). The kernel hands a connection "
+        "to the worker blocked in `accept` longest, so blocking workers take turns; with "
+        "`EPOLLEXCLUSIVE` it wakes the first epoll set in the socket's wait queue (the earliest "
+        "registered) that has a waiter, so a lightly loaded cluster runs mostly on one worker "
+        "(the others take over while it is busy)."
+    )
+    out.append("")
+    return out
 
 
 def throughput_report(tp: dict, notes: list[str]) -> list[str]:
@@ -846,6 +1001,7 @@ def throughput_report(tp: dict, notes: list[str]) -> list[str]:
                     + f" | {cpu} |"
                 )
         out.append("")
+    out += throughput_findings(rounds, samples)
     out.append("Notes:\n")
     out.append(
         f"- *alone*: this script binds 127.0.0.1:0 (backlog {TP_BACKLOG}, as mcluster's), and "
