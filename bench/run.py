@@ -579,7 +579,8 @@ def measure_zero_drop(system) -> dict:
 # --------------------------------------------------------------------------------------------
 
 BENCH_WORKER = ROOT / "target" / "release" / "examples" / "bench-worker"
-TP_VARIANTS = ("poll", "blocking", "epoll", "epoll-exclusive")  # bench-worker's ACCEPT argument
+# bench-worker's ACCEPT argument (its `epoll`, level-triggered, behaves as `epoll-edge` here).
+TP_VARIANTS = ("poll", "blocking", "epoll-edge", "epoll-exclusive")
 TP_SETUPS = ("alone", "-n 1", "-n 2")
 # Client threads, each a loop of fresh connections, and the setups measured with them: 32 keep
 # the workers busy (several connections wait at each wake-up); 1 sends one connection at a time
@@ -781,6 +782,7 @@ TP_LABELS = {
     "poll": "`poll` + non-blocking `accept`",
     "blocking": "blocking `accept`",
     "epoll": "epoll (level-triggered) + non-blocking `accept`",
+    "epoll-edge": "epoll, edge-triggered (as mio/tokio) + non-blocking `accept`",
     "epoll-exclusive": "epoll with `EPOLLEXCLUSIVE` + non-blocking `accept`",
 }
 
@@ -882,14 +884,15 @@ def throughput_findings(rounds: list[dict], samples: dict) -> list[str]:
         f"- **Idle workers and a shared socket**, {idle_loops} loop (one connection at a time): "
         f"sleeps per connection alone → {widest}: "
         + ", ".join(f"{v} {fmt(a)} → {fmt(b)}" for v, (a, b) in extra.items())
-        + ". A worker waiting in `poll` or in a plain epoll set is woken for every connection, "
-        "with every other idle worker (about one more sleep per connection per extra worker); "
-        "the kernel wakes only one worker blocked in `accept`, or one epoll set registered with "
-        "`EPOLLEXCLUSIVE`. The extra wake-ups end inside the kernel: `poll` and level-triggered "
-        "epoll check the socket again before returning, find the queue empty and sleep again, "
-        f"so the programs see almost none (*empty* at most {fmt(max(filter(lambda x: x is not None, empty), default=None), '.3f')} "
-        "per connection). An edge-triggered epoll (mio, tokio) returns them to the program, "
-        "whose `accept` then fails with `EAGAIN`. Their CPU cost does not stand out from the "
+        + ". A worker waiting in `poll` or in a plain epoll set (edge-triggered or not) is "
+        "woken for every connection, with every other idle worker (about one more sleep per "
+        "connection per extra worker); the kernel wakes only one worker blocked in `accept`, or "
+        "one epoll set registered with `EPOLLEXCLUSIVE`. The extra wake-ups end inside the "
+        "kernel: `poll` and `epoll_wait` check the socket again before they return, find the "
+        "queue empty and sleep again, so the programs see almost none (*empty* at most "
+        f"{fmt(max(filter(lambda x: x is not None, empty), default=None), '.3f')} per "
+        "connection: an `accept` that fails with `EAGAIN` is rare). Their CPU cost does not "
+        "stand out from the "
         "noise of the workers' CPU per connection at 2 and 4 workers; their number grows with "
         "the number of idle workers."
     )
@@ -906,7 +909,7 @@ def throughput_findings(rounds: list[dict], samples: dict) -> list[str]:
         )
     tails = {v: ratio_median(rounds, (idle_loops, v, widest), "p99") for v in TP_VARIANTS}
     wake_one = [tails[v] for v in ("blocking", "epoll-exclusive") if tails.get(v) is not None]
-    wake_all = [tails[v] for v in ("poll", "epoll") if tails.get(v) is not None]
+    wake_all = [tails[v] for v in ("poll", "epoll", "epoll-edge") if tails.get(v) is not None]
     out.append(
         f"- **Tails at {idle_loops} loop**, p99 at {widest} against alone: "
         + ", ".join(f"{v} {fmt(tails[v])}×" for v in TP_VARIANTS)

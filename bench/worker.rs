@@ -8,7 +8,8 @@
 //! - `blocking`: the listener blocking, one `accept` after another;
 //! - `epoll`: the listener non-blocking, in a level-triggered epoll set, then `accept` until
 //!   `EAGAIN` (what mio/tokio do, bar the edge trigger);
-//! - `epoll-exclusive`: the same with `EPOLLEXCLUSIVE`.
+//! - `epoll-edge`: the same, edge-triggered (`EPOLLET`, as mio/tokio register sockets);
+//! - `epoll-exclusive`: level-triggered with `EPOLLEXCLUSIVE`.
 //!
 //! It counts wake-ups (returns of `poll`/`epoll_wait` with the listener ready, or of a blocking
 //! `accept`), empty ones (the first `accept` after it found nothing: another worker had taken
@@ -48,7 +49,7 @@ static EAGAIN: AtomicU64 = AtomicU64::new(0);
 enum Accept {
     Poll,
     Blocking,
-    Epoll { exclusive: bool },
+    Epoll { flags: EpollFlags },
 }
 
 fn main() {
@@ -57,10 +58,17 @@ fn main() {
         Some("client") => return client(&args[1..]),
         Some("poll") => Accept::Poll,
         Some("blocking") => Accept::Blocking,
-        Some("epoll") => Accept::Epoll { exclusive: false },
-        Some("epoll-exclusive") => Accept::Epoll { exclusive: true },
+        Some("epoll") => Accept::Epoll {
+            flags: EpollFlags::empty(),
+        },
+        Some("epoll-edge") => Accept::Epoll {
+            flags: EpollFlags::EPOLLET,
+        },
+        Some("epoll-exclusive") => Accept::Epoll {
+            flags: EpollFlags::EPOLLEXCLUSIVE,
+        },
         _ => fail(
-            "usage: bench-worker poll|blocking|epoll|epoll-exclusive | client PORT SECONDS LOOPS",
+            "usage: bench-worker poll|blocking|epoll|epoll-edge|epoll-exclusive | client PORT SECONDS LOOPS",
         ),
     };
     let mode = args[0].clone();
@@ -110,15 +118,11 @@ fn main() {
                 Err(e) => fail(&format!("accept: {e}")),
             }
         },
-        Accept::Epoll { exclusive } => {
+        Accept::Epoll { flags } => {
             let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
                 .unwrap_or_else(|e| fail(&format!("epoll_create1: {e}")));
-            let mut flags = EpollFlags::EPOLLIN;
-            if exclusive {
-                flags |= EpollFlags::EPOLLEXCLUSIVE;
-            }
             epoll
-                .add(socket, EpollEvent::new(flags, 0))
+                .add(socket, EpollEvent::new(EpollFlags::EPOLLIN | flags, 0))
                 .unwrap_or_else(|e| fail(&format!("epoll_ctl: {e}")));
             let mut events = [EpollEvent::empty()];
             loop {
