@@ -1004,7 +1004,10 @@ def throughput_report(tp: dict, notes: list[str]) -> list[str]:
                     + f" | {cpu} |"
                 )
         out.append("")
-    out += throughput_findings(rounds, samples)
+    try:
+        out += throughput_findings(rounds, samples)
+    except (ValueError, TypeError, ZeroDivisionError, statistics.StatisticsError) as e:
+        out.append(f"Findings: not enough measurements ({type(e).__name__}).\n")
     out.append("Notes:\n")
     out.append(
         f"- *alone*: this script binds 127.0.0.1:0 (backlog {TP_BACKLOG}, as mcluster's), and "
