@@ -1012,7 +1012,7 @@ def throughput_report(tp: dict, notes: list[str]) -> list[str]:
     out.append(
         f"- *alone*: this script binds 127.0.0.1:0 (backlog {TP_BACKLOG}, as mcluster's), and "
         "a small Python launcher puts the socket at fd 3 and execs the worker with `LISTEN_FDS=1` "
-        "and no `LISTEN_PID`. *-n 1*, *-n 2*: `mcluster start -n N --ready notify -l "
+        "and no `LISTEN_PID`. *-n N*: `mcluster start -n N --ready notify -l "
         "127.0.0.1:0 -- bench-worker ACCEPT`. The load starts once every worker is ready."
     )
     out.append(
