@@ -197,32 +197,23 @@ impl Supervisor<'_> {
             }
             // Starting workers are probed, and leftover groups checked, on a clock of their own,
             // whatever else arrives meanwhile.
-            let probing = state.workers.values().any(|worker| worker.probe.is_some());
-            let poll = match (state.groups.is_empty(), probing) {
-                (_, true) => Some(PROBE_INTERVAL),
-                (false, false) => Some(GROUP_POLL),
-                (true, false) => None,
-            };
-            let next_poll = poll.map(|poll| state.polled + poll);
+            let next_poll = state.next_poll();
             if next_poll.is_some_and(|next| next <= Instant::now()) {
                 state.polled = Instant::now();
                 self.check_groups(&mut state);
                 self.probe_starting(&mut state);
                 continue;
             }
-            let wake = match (deadline, next_poll) {
-                (Some(deadline), Some(poll)) => Some(deadline.min(poll)),
-                (deadline, poll) => deadline.or(poll),
-            };
+            let wake = [deadline, next_poll].into_iter().flatten().min();
             let input = match wake {
-                Some(wake) => {
-                    let timeout = wake.saturating_duration_since(Instant::now());
-                    match self.inbox.recv_timeout(timeout) {
-                        Ok(input) => Some(input),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
+                Some(wake) => match self
+                    .inbox
+                    .recv_timeout(wake.saturating_duration_since(Instant::now()))
+                {
+                    Ok(input) => Some(input),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
                 None => match self.inbox.recv() {
                     Ok(input) => Some(input),
                     Err(_) => break,
@@ -861,6 +852,20 @@ struct Group {
 const EXITED_KEPT: usize = 32;
 
 impl DriverState {
+    /// When starting workers are to be probed and leftover groups checked next; `None`: there
+    /// are none.
+    fn next_poll(&self) -> Option<Instant> {
+        let probing = self.workers.values().any(|worker| worker.probe.is_some());
+        let interval = if probing {
+            PROBE_INTERVAL
+        } else if !self.groups.is_empty() {
+            GROUP_POLL
+        } else {
+            return None;
+        };
+        Some(self.polled + interval)
+    }
+
     /// The last stderr lines of a worker, running or exited.
     fn stderr_tail(&self, pid: i32) -> Vec<String> {
         let tail = self
