@@ -140,8 +140,9 @@ pub struct ClusterArgs {
 }
 
 /// The options of `mcluster dev`.
-// Doc comments here are `--help` text, where backticks would show.
-#[allow(clippy::doc_markdown)]
+// Doc comments here are `--help` text, where backticks would show. Its flags are the command
+// line's, one bool each.
+#[allow(clippy::doc_markdown, clippy::struct_excessive_bools)]
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// The cluster's options.
@@ -209,6 +210,15 @@ pub struct DevArgs {
     /// Clear the screen before each build.
     #[arg(long)]
     pub clear: bool,
+
+    /// Where the live-reload channel listens (its script reloads pages after each switch).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:35729")]
+    pub livereload: std::net::SocketAddr,
+
+    /// No live-reload channel, and no building page on the listeners (for apps that do not
+    /// speak HTTP).
+    #[arg(long)]
+    pub no_livereload: bool,
 
     /// The worker program and its arguments.
     #[arg(
@@ -372,6 +382,7 @@ impl DevArgs {
             poll: self.poll,
         });
         let settings = DevSettings {
+            livereload: (!self.no_livereload).then_some(self.livereload),
             plan,
             watch,
             clear: self.clear,

@@ -251,6 +251,9 @@ impl Supervisor<'_> {
                 return;
             }
             let failed = format!("build failed ({end}) after {}", human_duration(built_in));
+            self.tell_pages(&crate::livereload::Message::Failed(format!(
+                "{failed}: see the terminal for cargo's errors"
+            )));
             if build.changed.is_empty() {
                 output::master_line(&format!("{failed}; {keeps}"));
             } else {

@@ -57,6 +57,8 @@ mod builder;
 #[cfg(feature = "master")]
 mod dev;
 #[cfg(feature = "master")]
+mod livereload;
+#[cfg(feature = "master")]
 mod notify;
 #[cfg(feature = "master")]
 mod output;

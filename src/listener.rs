@@ -190,6 +190,20 @@ impl Listener {
         &self.shown
     }
 
+    /// A duplicate of the socket as a std listener, if it is a TCP one (for the dev master's
+    /// building page, which answers on the app's own listeners before any worker runs).
+    pub(crate) fn tcp_duplicate(&self) -> Option<std::net::TcpListener> {
+        use nix::sys::socket::SockaddrLike as _;
+        let address: nix::sys::socket::SockaddrStorage =
+            nix::sys::socket::getsockname(std::os::fd::AsRawFd::as_raw_fd(&self.fd)).ok()?;
+        matches!(
+            address.family(),
+            Some(AddressFamily::Inet | AddressFamily::Inet6)
+        )
+        .then(|| self.fd.try_clone().ok().map(std::net::TcpListener::from))
+        .flatten()
+    }
+
     /// Binds `addr`: `SO_REUSEADDR` (never `SO_REUSEPORT`), a large backlog, close-on-exec; a
     /// unix socket file as the module's doc says.
     pub fn bind(addr: &ListenAddr) -> Result<Self, Error> {

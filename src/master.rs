@@ -33,6 +33,7 @@ use crate::cluster::{Backoff, Cluster, ClusterConfig, ExitReason, NeverReady, Su
 use crate::config::{self, Error};
 use crate::dev::DevLoop;
 use crate::listener::{ListenAddr, Listener};
+use crate::livereload::LiveReload;
 use crate::notify::NotifyDir;
 use crate::output;
 use crate::readiness;
@@ -44,7 +45,8 @@ use crate::watch::{self, WatchConfig};
 
 /// The variables the master sets for each worker (`WATCHDOG_USEC` only with a watchdog). The
 /// master's own values of them are not passed on, and `--env` cannot set them.
-const WORKER_VARIABLES: [&str; 8] = [
+const WORKER_VARIABLES: [&str; 9] = [
+    "MCLUSTER_LIVERELOAD",
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -104,6 +106,8 @@ pub(crate) struct DevSettings {
     pub(crate) clear: bool,
     /// Where changed files are shown relative to: the watched directories.
     pub(crate) roots: Vec<PathBuf>,
+    /// Where the live-reload channel listens; `None`: none (`--no-livereload`, production mode).
+    pub(crate) livereload: Option<std::net::SocketAddr>,
 }
 
 /// How a master's run ended.
@@ -312,7 +316,7 @@ impl Master {
             None if self.dev.as_ref().is_some_and(|dev| dev.plan.is_some()) => None,
             None => return Err(Error::usage("missing PROGRAM: nothing builds one either")),
         };
-        let spec = WorkerSpec {
+        let mut spec = WorkerSpec {
             latest,
             generations: BTreeMap::new(),
             args: self
@@ -326,6 +330,10 @@ impl Master {
         };
         let mut dev = None;
         let mut quiet = false;
+        let livereload_address = self.dev.as_ref().and_then(|dev| {
+            dev.watch.as_ref()?;
+            dev.livereload
+        });
         if let Some(settings) = self.dev {
             let mut dev_loop = DevLoop::new(settings.plan, settings.clear, settings.roots);
             if let Some(watch_config) = settings.watch {
@@ -357,6 +365,19 @@ impl Master {
                 listener.address(),
                 std::process::id()
             ));
+        }
+        let livereload = livereload_address.map(start_livereload).transpose()?;
+        if let Some(live) = &livereload {
+            output::master_line(&format!(
+                "live reload on {}: pages get it with {}",
+                live.address(),
+                live.script_tag()
+            ));
+            // Workers get the script's URL, so that a template can include it in dev only.
+            spec.env.push(c_string(OsStr::new(&format!(
+                "MCLUSTER_LIVERELOAD={}",
+                live.script_url()
+            )))?);
         }
         let signals = watch_signals(self.events.clone(), self.signals)
             .map_err(|e| Error::io("cannot watch signals", e))?;
@@ -405,6 +426,8 @@ impl Master {
         };
         drop(listener_fds);
         let supervisor = Supervisor {
+            livereload,
+            building: None,
             probe,
             guard,
             cluster,
@@ -511,6 +534,30 @@ impl Restart {
                 why: "the master stopped".to_owned(),
             }),
         }
+    }
+}
+
+/// Starts the live-reload channel at `address`; when it is the `LiveReload` protocol's port and that is
+/// taken (another dev master), on a free port, and says so.
+fn start_livereload(address: std::net::SocketAddr) -> Result<LiveReload, Error> {
+    match LiveReload::start(address) {
+        Ok(live) => Ok(live),
+        Err(error)
+            if error.kind() == std::io::ErrorKind::AddrInUse
+                && address.port() == crate::livereload::DEFAULT_PORT =>
+        {
+            let live = LiveReload::start(std::net::SocketAddr::new(address.ip(), 0))
+                .map_err(|e| Error::io(format!("cannot listen for live reload on {address}"), e))?;
+            output::master_line(&format!(
+                "{address} is taken (another dev master?): live reload on {} instead",
+                live.address()
+            ));
+            Ok(live)
+        }
+        Err(error) => Err(Error::io(
+            format!("cannot listen for live reload on {address}"),
+            error,
+        )),
     }
 }
 

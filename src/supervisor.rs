@@ -32,6 +32,7 @@ use crate::cluster::{
 };
 use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
+use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::notify::{self, NotifyDir, NotifySocket};
 use crate::output::{self, Tail, WorkerOutput};
 use crate::readiness::{self, ListenerInodes};
@@ -43,6 +44,9 @@ const GROUP_POLL: Duration = Duration::from_millis(50);
 
 /// How often a starting worker is probed for accepting (some 25 µs a probe).
 const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The longest pages wait after a switch for the old workers to stop accepting.
+const RELOAD_WAIT: Duration = Duration::from_secs(1);
 
 /// After this long starting, a worker neither ready nor seen accepting gets one line of advice.
 const UNSEEN_HINT: Duration = Duration::from_secs(5);
@@ -150,6 +154,10 @@ pub(crate) struct Supervisor<'a> {
     /// The listeners as the readiness probe knows them; `None`: no probing (`--ready notify`, or
     /// no `/proc`).
     pub(crate) probe: Option<ListenerInodes>,
+    /// Dev mode's live-reload channel.
+    pub(crate) livereload: Option<LiveReload>,
+    /// Answers on the listeners while no generation serves (dev mode with live reload).
+    pub(crate) building: Option<BuildingPage>,
 }
 
 impl Supervisor<'_> {
@@ -165,6 +173,8 @@ impl Supervisor<'_> {
             reap_all: nix::unistd::getpid().as_raw() == 1,
             roll_requests: 0,
             polled: Instant::now(),
+            reload_pending: None,
+            served: false,
             waiters: HashMap::new(),
             subscribers: Vec::new(),
             rolls: RollCounts::default(),
@@ -176,6 +186,8 @@ impl Supervisor<'_> {
             devnull,
         };
         if self.dev.as_ref().is_some_and(|dev| dev.plan.is_some()) {
+            // A tab opened during the first build gets a page that follows the build.
+            self.answer_while_building();
             // The first generation runs what the initial build produces.
             self.start_build(&mut state, Vec::new());
         } else {
@@ -202,6 +214,7 @@ impl Supervisor<'_> {
                 state.polled = Instant::now();
                 self.check_groups(&mut state);
                 self.probe_starting(&mut state);
+                self.reload_pages_once_switched(&mut state);
                 continue;
             }
             let wake = [deadline, next_poll].into_iter().flatten().min();
@@ -235,6 +248,58 @@ impl Supervisor<'_> {
             wait_for_threads(exited.output, deadline);
         }
         Ok(reason)
+    }
+
+    /// Answers HTTP on the listeners with the live-reload channel's building page, until the
+    /// first workers start (dev mode with live reload).
+    fn answer_while_building(&mut self) {
+        let Some(live) = &self.livereload else {
+            return;
+        };
+        let listeners: Vec<_> = self
+            .listeners
+            .iter()
+            .filter_map(Listener::tcp_duplicate)
+            .collect();
+        if listeners.is_empty() {
+            return;
+        }
+        let page = live.page_source();
+        match BuildingPage::start(listeners, page) {
+            Ok(building) => self.building = Some(building),
+            Err(error) => output::master_line(&format!(
+                "cannot answer with the building page: {}",
+                crate::config::describe_io(&error)
+            )),
+        }
+    }
+
+    /// After a roll, pages reload once no worker of an older generation is seen accepting (they
+    /// close their listeners at the stop signal), or after [`RELOAD_WAIT`] at the latest: never
+    /// before the switch is complete.
+    fn reload_pages_once_switched(&self, state: &mut DriverState) {
+        let Some((generation, latest)) = state.reload_pending else {
+            return;
+        };
+        let old_accepting = self.probe.as_ref().is_none_or(|listeners| {
+            state
+                .workers
+                .values()
+                .filter(|worker| worker.generation < generation)
+                .any(|worker| readiness::probe(worker.pid, listeners).is_some())
+        });
+        if old_accepting && Instant::now() < latest {
+            return;
+        }
+        state.reload_pending = None;
+        self.tell_pages(&Message::Reload);
+    }
+
+    /// Tells the pages of the live-reload channel (dev mode).
+    pub(crate) fn tell_pages(&self, message: &Message) {
+        if let Some(live) = &self.livereload {
+            live.send(message);
+        }
     }
 
     fn dispatch(&mut self, state: &mut DriverState, input: Input) {
@@ -473,6 +538,10 @@ impl Supervisor<'_> {
     /// Hands an event to the core and carries out the actions, including the events they
     /// cause (a spawn's result).
     pub(crate) fn feed(&mut self, state: &mut DriverState, event: Event) {
+        if event == Event::Start {
+            // The first workers start: nothing else may accept on the listeners now.
+            self.building = None;
+        }
         let mut pending = VecDeque::from([event]);
         while let Some(event) = pending.pop_front() {
             for action in self.cluster.handle(Instant::now(), event) {
@@ -539,6 +608,11 @@ impl Supervisor<'_> {
                         self.forget_old_generations();
                         self.report_roll(&end);
                         Self::roll_ended(state, &end);
+                        if end.aborted.is_none() && self.livereload.is_some() {
+                            // Pages reload once no old worker accepts any more.
+                            state.reload_pending =
+                                Some((end.generation, Instant::now() + RELOAD_WAIT));
+                        }
                     }
                     Action::RollRefused { request, why } => {
                         if let Some(waiter) = state.waiters.remove(&request) {
@@ -553,6 +627,15 @@ impl Supervisor<'_> {
                     Action::Notify(master_state) => {
                         if master_state == MasterState::Stopping {
                             state.publish(&Record::Stopping);
+                        }
+                        // The first generation is up: pages showing the building page (or
+                        // waiting for the app) turn into it.
+                        if master_state == MasterState::Ready
+                            && !state.served
+                            && !self.cluster.is_rolling()
+                        {
+                            state.served = true;
+                            self.tell_pages(&Message::Reload);
                         }
                         self.notify_manager(master_state);
                     }
@@ -826,6 +909,11 @@ pub(crate) struct DriverState {
     roll_requests: u64,
     /// When starting workers were last probed and leftover groups checked.
     polled: Instant,
+    /// Dev mode: a roll to this generation ended; pages reload once no older worker accepts, or
+    /// at this instant.
+    reload_pending: Option<(u64, Instant)>,
+    /// Whether a generation was ever ready (pages were told to turn into the app).
+    served: bool,
     /// Who waits for the outcome of which roll request.
     waiters: HashMap<u64, Sender<RestartOutcome>>,
     /// Who follows the lifecycle events.
@@ -855,7 +943,8 @@ impl DriverState {
     /// When starting workers are to be probed and leftover groups checked next; `None`: there
     /// are none.
     fn next_poll(&self) -> Option<Instant> {
-        let probing = self.workers.values().any(|worker| worker.probe.is_some());
+        let probing = self.reload_pending.is_some()
+            || self.workers.values().any(|worker| worker.probe.is_some());
         let interval = if probing {
             PROBE_INTERVAL
         } else if !self.groups.is_empty() {
