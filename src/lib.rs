@@ -32,7 +32,9 @@
 //! workers of the remaining slots keep serving.
 //!
 //! The worker side ([`worker`]) needs no feature beyond the default-less crate: depend on
-//! `mcluster` with `default-features = false` to get only the helpers.
+//! `mcluster` with `default-features = false` to get only the helpers. The optional features
+//! `hyper` and `axum` add `mcluster::serve`, a tokio server for workers that drains without
+//! losing a request.
 #![cfg(unix)]
 
 #[cfg(feature = "master")]
@@ -45,6 +47,8 @@ pub mod config;
 pub mod listener;
 #[cfg(feature = "master")]
 pub mod master;
+#[cfg(feature = "hyper")]
+pub mod serve;
 pub mod worker;
 
 #[cfg(feature = "master")]
