@@ -259,8 +259,7 @@ impl Server {
     /// let service = service_fn(|_: Request<Incoming>| async {
     ///     Ok::<_, Infallible>(Response::new(String::from("hello\n")))
     /// });
-    /// # let _ = service;
-    /// # Ok(())
+    /// mcluster::serve::Server::new().serve_hyper(service).await
     /// # }
     /// ```
     pub async fn serve_hyper<S, B>(self, service: S) -> io::Result<()>
