@@ -283,10 +283,27 @@ fn rolls_under_load(args: &[&str]) -> (u64, Vec<String>) {
     let (load, threads) = HttpLoad::start(port, 8, 2);
     let _stop = StopOnDrop(Arc::clone(&load));
     master.wait_until("the load to be answered", || load.answered() >= 50);
+    let mut slow_in_old = 0;
     for generation in 2..=ROLLS + 1 {
         let before = load.answered();
         let old = master.generation(generation - 1);
+        // A slow request sent before the HUP is in flight in an old worker when it gets the
+        // stop signal (the replacement has to start and say READY=1 first): it is answered.
+        // (Waiting for the accept in /proc/net/tcp would read a table of 100,000 TIME_WAIT
+        // connections on every poll.)
+        let mut slow = connect(port).unwrap();
+        slow.write_all(b"GET /slow?ms=300 HTTP/1.1\r\nHost: test\r\n\r\n")
+            .unwrap();
         roll(&master, 2, generation);
+        match read_reply(&mut BufReader::new(slow)) {
+            Ok(reply) if reply.status == 200 && reply.body.starts_with("Slept 300 ms") => {
+                if old.iter().any(|w| pid_in(&reply.body) == Some(w.pid)) {
+                    slow_in_old += 1;
+                }
+            }
+            Ok(reply) => load.fail(format!("slow: {} {:?}", reply.status, reply.body)),
+            Err(e) => load.fail(format!("slow: {e}")),
+        }
         for worker in old {
             master.wait_dead(worker.pid);
         }
@@ -295,6 +312,10 @@ fn rolls_under_load(args: &[&str]) -> (u64, Vec<String>) {
             load.answered() >= before + 50
         });
     }
+    assert!(
+        slow_in_old > 0,
+        "no slow request was in flight in an old worker at its stop signal"
+    );
     let failures = load.finish(threads);
     (load.answered(), failures)
 }
@@ -549,6 +570,12 @@ fn sse_and_websocket_clients_end_properly_and_promptly_at_a_roll_and_at_ctrl_c()
     assert!(sse_hello(&sse, &master).contains(&format!("(pid {}, ", old.pid)));
     let ws = ws_client(port);
     ws_echo(&ws, &master);
+    // A keep-alive connection, idle at the stop signal.
+    let mut idle = BufReader::new(connect(port).unwrap());
+    idle.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    assert!(!read_reply(&mut idle).unwrap().close);
 
     let exited = exit_watch(old.pid);
     let mark = master.stderr_mark();
@@ -564,6 +591,12 @@ fn sse_and_websocket_clients_end_properly_and_promptly_at_a_roll_and_at_ctrl_c()
         "the old worker exited {:?} after its replacement was ready\n{}",
         exited_at.duration_since(ready_at),
         master.dump()
+    );
+    let mut rest = Vec::new();
+    assert_eq!(
+        idle.read_to_end(&mut rest).map_err(|e| e.kind()),
+        Ok(0),
+        "the idle keep-alive connection is closed cleanly (end of file, no reset)"
     );
 
     // The clients reconnect, to the new generation.
