@@ -6,8 +6,8 @@
 //! request they have not read yet (the client sent it; the server resets it), and an HTTP/1
 //! connection that is idle between two keep-alive requests is closed just as its next request
 //! arrives. Long-lived responses go wrong the other way: an SSE stream keeps the old worker alive
-//! until SIGKILL. [`serve`] (for an axum `Router`) and [`Server::serve_hyper`] (for any hyper 1
-//! service) do what a worker under mcluster should:
+//! until SIGKILL. `serve` (for an axum `Router`, feature `axum`) and [`Server::serve_hyper`] (for
+//! any hyper 1 service) do what a worker under mcluster should:
 //!
 //! 1. Take the inherited listeners ([`crate::worker::listeners`]); run outside mcluster, bind the
 //!    fallback address instead (`127.0.0.1:3000`, [`Server::fallback`]), so `cargo run` works.
@@ -155,7 +155,7 @@ pub async fn serve(router: axum::Router) -> io::Result<()> {
     Server::new().serve(router).await
 }
 
-/// The server's settings; [`Server::serve`] or [`Server::serve_hyper`] runs it.
+/// The server's settings; `Server::serve` (feature `axum`) or [`Server::serve_hyper`] runs it.
 ///
 /// # Examples
 ///
@@ -246,7 +246,8 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// As [`serve`].
+    /// The inherited listeners cannot be taken ([`worker::listeners`]), the fallback address
+    /// cannot be bound, or `READY=1` cannot be sent.
     ///
     /// # Examples
     ///
