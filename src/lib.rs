@@ -32,7 +32,9 @@
 //! workers of the remaining slots keep serving.
 //!
 //! The worker side ([`worker`]) needs no feature beyond the default-less crate: depend on
-//! `mcluster` with `default-features = false` to get only the helpers.
+//! `mcluster` with `default-features = false` to get only the helpers. The optional features
+//! `hyper` and `axum` add `mcluster::serve`, a tokio server for workers that drains without
+//! losing a request.
 #![cfg(unix)]
 
 #[cfg(feature = "master")]
@@ -48,6 +50,8 @@ pub mod master;
 #[cfg(feature = "master")]
 #[doc(hidden)]
 pub mod readiness;
+#[cfg(feature = "hyper")]
+pub mod serve;
 #[cfg(feature = "master")]
 pub mod status;
 pub mod worker;
