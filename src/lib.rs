@@ -15,21 +15,23 @@
 //!                           no syscalls, no clock)             Notify, Exit)
 //! ```
 //!
-//! - [`cluster`] owns every decision: how many workers, what a roll does, when a crash becomes
+//! - `cluster` owns every decision: how many workers, what a roll does, when a crash becomes
 //!   backoff, when a stop becomes SIGKILL. It takes time as an argument and returns actions.
 //! - The driver owns every handle (children, pipes, sockets) and no policy. It waits on one
 //!   channel with the core's next deadline as timeout, turns what arrives into an event, and
-//!   carries out the actions.
+//!   carries out the actions. A worker is its process group.
 //! - `sys` is the only module with `unsafe`: fork/exec with the fds placed at 3.., the
-//!   parent-death signal, adopting inherited fds.
+//!   parent-death signal, the guard that kills every worker's group when the master dies,
+//!   adopting inherited fds, and what differs between Linux, macOS and the BSDs.
 //! - Dev mode adds two event sources, the debounced watcher and the build; a successful build is
 //!   a roll of the same core.
 //!
-//! A roll, in five steps: (1) a new generation number; (2) spawn the replacement of slot 0;
-//! (3) when it is ready, send the stop signal to slot 0's old worker; (4) the same for slot 1,
-//! 2, …; (5) when the last slot is replaced, the new generation is the serving one. A
-//! replacement that exits or misses its ready deadline aborts the roll at that step, and the old
-//! workers of the remaining slots keep serving.
+//! A roll, in five steps: (1) a new generation number; (2) spawn the replacements of the first
+//! slots, up to the surge (all, by default); (3) when one is ready, send the stop signal to its
+//! slot's old worker, and spawn the next replacement; (4) on until every slot is replaced; (5)
+//! the new generation is the serving one. A replacement that exits or misses its ready deadline
+//! aborts the roll: the replacements not yet ready are stopped, and the slots not yet replaced
+//! keep their old workers.
 //!
 //! The worker side ([`worker`]) needs no feature beyond the default-less crate: depend on
 //! `mcluster` with `default-features = false` to get only the helpers. The optional features
