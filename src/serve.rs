@@ -155,6 +155,61 @@ pub async fn serve(router: axum::Router) -> io::Result<()> {
     Server::new().serve(router).await
 }
 
+/// Middleware for `mcluster dev`'s live reload: adds its script to every `text/html` response
+/// (before the last `</body>`, or at the end), so that pages reload themselves when a save's
+/// new build serves and show a failed build's errors. Outside `mcluster dev` (no
+/// `MCLUSTER_LIVERELOAD`), responses pass untouched.
+///
+/// # Examples
+///
+/// ```no_run
+/// let app = axum::Router::new()
+///     .route("/", axum::routing::get(|| async { axum::response::Html("<p>hi</p>") }))
+///     .layer(axum::middleware::from_fn(mcluster::serve::livereload));
+/// ```
+#[cfg(feature = "axum")]
+pub async fn livereload(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    let Some(tag) = worker::livereload_tag() else {
+        return response;
+    };
+    let html = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/html"));
+    if !html {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // A page is small; a huge one passes through with the script appended to what was read.
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        let mut failed = Response::new(axum::body::Body::from("page too large to serve"));
+        *failed.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        return failed;
+    };
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(with_script(&bytes, &tag)))
+}
+
+/// `page` with `tag` before its last `</body>` (any case), or at its end.
+#[cfg(feature = "axum")]
+fn with_script(page: &[u8], tag: &str) -> Vec<u8> {
+    let lower = page.to_ascii_lowercase();
+    let at = lower
+        .windows(7)
+        .rposition(|window| window == b"</body>")
+        .unwrap_or(page.len());
+    let mut out = Vec::with_capacity(page.len() + tag.len());
+    out.extend_from_slice(&page[..at]);
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(&page[at..]);
+    out
+}
+
 /// The server's settings; `Server::serve` (feature `axum`) or [`Server::serve_hyper`] runs it.
 ///
 /// # Examples
@@ -748,5 +803,21 @@ fn panic_status(info: &panic::PanicHookInfo<'_>) -> String {
     match info.location() {
         Some(at) => format!("panicked at {at}: {message}"),
         None => format!("panicked: {message}"),
+    }
+}
+
+#[cfg(all(test, feature = "axum"))]
+mod tests {
+    #[test]
+    fn the_livereload_script_goes_before_the_last_body_end() {
+        let tag = "<script src=\"x\"></script>";
+        assert_eq!(
+            super::with_script(b"<p>a</p></BODY></html>", tag),
+            b"<p>a</p><script src=\"x\"></script></BODY></html>"
+        );
+        assert_eq!(
+            super::with_script(b"<p>a</p>", tag),
+            b"<p>a</p><script src=\"x\"></script>"
+        );
     }
 }

@@ -728,6 +728,34 @@ pub fn generation() -> Option<u64> {
     env_number("MCLUSTER_GENERATION")
 }
 
+/// The `<script>` tag of `mcluster dev`'s live reload, for a page template to include in dev
+/// only: the page then reloads itself when a save's new build serves, and shows a failed build's
+/// errors. `None` when not run by `mcluster dev` with live reload (`MCLUSTER_LIVERELOAD` unset, or
+/// not a plain `http://` URL).
+///
+/// # Examples
+///
+/// ```no_run
+/// let page = format!(
+///     "<html><body><h1>Hello</h1>{}</body></html>",
+///     mcluster::worker::livereload_tag().unwrap_or_default()
+/// );
+/// ```
+#[must_use]
+pub fn livereload_tag() -> Option<String> {
+    script_tag(&std::env::var("MCLUSTER_LIVERELOAD").ok()?)
+}
+
+/// The tag for the live-reload script at `url`. The URL goes into HTML: only the plain form the
+/// dev master itself writes is taken.
+fn script_tag(url: &str) -> Option<String> {
+    let plain = url.starts_with("http://")
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/:.-_[]".contains(&b));
+    plain.then(|| format!("<script src=\"{url}\"></script>"))
+}
+
 /// The number of workers in the cluster (`MCLUSTER_WORKERS`). `None` when not run by mcluster.
 ///
 /// # Examples
@@ -746,6 +774,16 @@ fn env_number<T: std::str::FromStr>(key: &str) -> Option<T> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_livereload_tag_takes_only_a_plain_http_url() {
+        assert_eq!(
+            script_tag("http://127.0.0.1:35729/livereload.js").as_deref(),
+            Some(r#"<script src="http://127.0.0.1:35729/livereload.js"></script>"#)
+        );
+        assert_eq!(script_tag("javascript:alert(1)"), None);
+        assert_eq!(script_tag("http://x/\"><img src=x onerror=alert(1)>"), None);
+    }
+
     use super::*;
 
     #[test]

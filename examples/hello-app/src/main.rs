@@ -56,24 +56,65 @@ fn main() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads the request head (the body, if any, is ignored) and answers `200 OK`.
+/// Reads the request head (the body, if any, is ignored) and answers: `/static/…` from the
+/// `static/` directory (read at each request, so a stylesheet edit needs no rebuild), `/` as a
+/// page for a browser (with `mcluster dev`'s live-reload script) or as one line of text for
+/// anything else (`curl`).
 fn answer(conn: TcpStream) {
     let _ = conn.set_nonblocking(false);
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
+    let mut path = String::new();
+    let mut browser = false;
     while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line.trim_end() != "" {
+        if path.is_empty() {
+            path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        } else if line.to_ascii_lowercase().starts_with("accept:") && line.contains("text/html") {
+            browser = true;
+        }
         line.clear();
     }
-    let body = format!(
-        "Hello from worker {} (pid {}, generation {})\n",
+    let message = format!(
+        "Hello from worker {} (pid {}, generation {})",
         worker::worker_id().map_or_else(|| "-".into(), |id| id.to_string()),
         std::process::id(),
         worker::generation().map_or_else(|| "-".into(), |g| g.to_string()),
     );
+    let (status, kind, body) = if let Some(name) = path.strip_prefix("/static/") {
+        static_file(name)
+    } else if browser {
+        let page = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>hello-app</title>\
+             <link rel=\"stylesheet\" href=\"/static/style.css\"></head><body>\
+             <p id=\"message\">{message}</p>{}</body></html>",
+            worker::livereload_tag().unwrap_or_default()
+        );
+        ("200 OK", "text/html; charset=utf-8", page.into_bytes())
+    } else {
+        ("200 OK", "text/plain", format!("{message}\n").into_bytes())
+    };
     let mut conn = reader.into_inner();
     let _ = write!(
         conn,
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
         body.len()
     );
+    let _ = conn.write_all(&body);
+}
+
+/// A file of the `static/` directory beside `Cargo.toml`.
+fn static_file(name: &str) -> (&'static str, &'static str, Vec<u8>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
+    let safe = !name.is_empty() && name.split('/').all(|part| !part.is_empty() && part != "..");
+    match std::fs::read(dir.join(name)) {
+        Ok(bytes) if safe => {
+            let kind = if name.ends_with(".css") {
+                "text/css"
+            } else {
+                "application/octet-stream"
+            };
+            ("200 OK", kind, bytes)
+        }
+        _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
+    }
 }
