@@ -31,6 +31,9 @@
 //! - `readiness` the probe behind `--ready auto` on real apps: blocked in `accept`, tokio and
 //!   asyncio epolls, `poll` (socketserver) and `select` loops, a listener moved to another fd,
 //!   a shell wrapper's child; holding the listener, or waiting on it for output only, is no sign
+//! - `browser` live reload in headless Chromium: a page follows every save by itself (the
+//!   failed first build's page turns into the app, edits show after their switch, a broken
+//!   build shows in an overlay)
 //! - `systemd` the master as a systemd service: its own `READY=1` / `RELOADING=1` / `STOPPING=1`
 //!   (never the workers' `NOTIFY_SOCKET`), socket activation with and without `LISTEN_PID`
 //!
@@ -47,6 +50,7 @@
 mod support;
 
 mod axum;
+mod browser;
 mod crash;
 mod dev;
 mod environment;

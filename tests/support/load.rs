@@ -1,4 +1,5 @@
-//! Client load for tests of rolls and stops: loops of echo requests, every failure kept.
+//! Client load for tests of rolls and stops: loops of echo requests (or HTTP `GET /`), every
+//! failure kept.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,17 +18,30 @@ pub(crate) struct Load {
     pub(crate) generations: Mutex<BTreeSet<u64>>,
     /// The pids that answered.
     pub(crate) pids: Mutex<BTreeSet<i32>>,
+    /// `GET /` over HTTP instead of the echo fixture's lines.
+    http: bool,
 }
 
 impl Load {
-    /// Starts `loops` client threads on `port`.
+    /// Starts `loops` client threads of echo requests on `port`.
     pub(crate) fn start(port: u16, loops: usize) -> (Arc<Self>, Vec<JoinHandle<()>>) {
+        Self::start_kind(port, loops, false)
+    }
+
+    /// Starts `loops` client threads of `GET /` on `port`; a failure is anything but a
+    /// `200 OK` answered in full.
+    pub(crate) fn start_http(port: u16, loops: usize) -> (Arc<Self>, Vec<JoinHandle<()>>) {
+        Self::start_kind(port, loops, true)
+    }
+
+    fn start_kind(port: u16, loops: usize, http: bool) -> (Arc<Self>, Vec<JoinHandle<()>>) {
         let load = Arc::new(Self {
             stop: AtomicBool::new(false),
             answered: AtomicU64::new(0),
             failures: Mutex::new(Vec::new()),
             generations: Mutex::new(BTreeSet::new()),
             pids: Mutex::new(BTreeSet::new()),
+            http,
         });
         let threads = (0..loops)
             .map(|n| {
@@ -42,6 +56,16 @@ impl Load {
         for i in 0.. {
             if self.stop.load(Ordering::SeqCst) {
                 break;
+            }
+            if self.http {
+                match http_get(port) {
+                    Ok(response) if response.starts_with("HTTP/1.1 200 OK") => {
+                        self.answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(response) => self.fail(format!("GET / {n}-{i}: {response:?}")),
+                    Err(e) => self.fail(format!("GET / {n}-{i}: {e}")),
+                }
+                continue;
             }
             let line = format!("load {n}-{i}");
             match try_request(port, &line).map(|reply| (Reply::parse(&reply), reply)) {
@@ -64,6 +88,19 @@ impl Load {
     pub(crate) fn failures(&self) -> Vec<String> {
         self.failures.lock().unwrap().clone()
     }
+}
+
+/// `GET /` on a fresh connection: the whole response.
+fn http_get(port: u16) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(10))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
 }
 
 /// Stops the load threads when the test ends, even by a panic.

@@ -1,0 +1,181 @@
+//! Live reload in a real browser: headless Chromium (driven by `tests/browser/driver.py` through
+//! Selenium; `.ci/run` installs both) on a copy of the bundled example under `mcluster dev`.
+//! The page follows every save by itself: the failed first build's page turns into the app, an
+//! edit shows after its switch with no request failed, a broken build shows its error in an
+//! overlay, the fix clears it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use nix::fcntl::{Flock, FlockArg};
+use tempfile::TempDir;
+
+use crate::support::load::{Load, StopOnDrop};
+use crate::support::{Master, MasterBuilder, python3};
+
+/// The dev tests' shared target directory and its lock (`tests/dev.rs`): one cargo build at a
+/// time across test processes.
+fn shared_target() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dev-tests")
+}
+
+fn cargo_lock() -> Flock<std::fs::File> {
+    std::fs::create_dir_all(shared_target()).unwrap();
+    let file = std::fs::File::create(shared_target().join("tests.lock")).unwrap();
+    Flock::lock(file, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("lock: {e}"))
+}
+
+/// A copy of the bundled example (sources and `static/`), depending on this checkout.
+fn example_copy() -> TempDir {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-app");
+    let dir = TempDir::new().unwrap();
+    let manifest = std::fs::read_to_string(source.join("Cargo.toml"))
+        .unwrap()
+        .replace(
+            r#"path = "../..""#,
+            &format!("path = {:?}", env!("CARGO_MANIFEST_DIR")),
+        );
+    std::fs::write(dir.path().join("Cargo.toml"), manifest).unwrap();
+    std::fs::copy(source.join("Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
+    for sub in ["src", "static"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        for entry in std::fs::read_dir(source.join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
+        }
+    }
+    dir
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from:?} is not in {}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+/// Headless Chromium on a page, steered by [`Browser::expect`].
+struct Browser {
+    child: Child,
+    commands: ChildStdin,
+    answers: BufReader<ChildStdout>,
+}
+
+impl Browser {
+    fn open(url: &str) -> Self {
+        let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/driver.py");
+        let mut child = Command::new(python3())
+            .arg(driver)
+            .arg(url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run python3 tests/browser/driver.py");
+        let commands = child.stdin.take().unwrap();
+        let answers = BufReader::new(child.stdout.take().unwrap());
+        let mut browser = Self {
+            child,
+            commands,
+            answers,
+        };
+        let opened = browser.answer();
+        assert_eq!(
+            opened, "ok opened",
+            "the browser did not start (are chromium, chromium-driver and selenium installed? \
+             .ci/run installs them)"
+        );
+        browser
+    }
+
+    fn answer(&mut self) -> String {
+        let mut line = String::new();
+        self.answers.read_line(&mut line).unwrap();
+        line.trim_end().to_owned()
+    }
+
+    /// Sends one command and checks that it succeeded.
+    #[track_caller]
+    fn expect(&mut self, command: &str, master: &Master) {
+        writeln!(self.commands, "{command}").unwrap();
+        self.commands.flush().unwrap();
+        let answer = self.answer();
+        assert!(
+            answer.starts_with("ok"),
+            "{command}: {answer}\n{}",
+            master.dump()
+        );
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = writeln!(self.commands, "quit");
+        let _ = self.commands.flush();
+        if self.child.try_wait().ok().flatten().is_none() {
+            // The driver quits Chromium on `quit`; give it a moment, then make sure.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline
+                && self.child.try_wait().ok().flatten().is_none()
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn the_page_follows_every_save_by_itself() {
+    let project = example_copy();
+    let main_rs = project.path().join("src/main.rs");
+    // The first build fails: the tab opened now must turn into the app once it is fixed.
+    edit(&main_rs, "fn main()", "fn broken() {\nfn main()");
+    let _lock = cargo_lock();
+    let manifest = project.path().join("Cargo.toml");
+    let master = MasterBuilder::raw(&[
+        "dev",
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "2",
+        "--livereload",
+        "127.0.0.1:0",
+        "--manifest-path",
+        manifest.to_str().unwrap(),
+    ])
+    .env("CARGO_TARGET_DIR", shared_target())
+    .env("APP_ENV", "dev")
+    .start();
+    let port = master.port();
+    master.wait_for_stderr("mcluster: build failed");
+    let mut browser = Browser::open(&format!("http://127.0.0.1:{port}/"));
+    browser.expect("body the build failed", &master);
+
+    edit(&main_rs, "fn broken() {\n", "");
+    browser.expect("text Hello from worker", &master);
+    browser.expect("no-overlay", &master);
+
+    // An edit: the page shows it after the switch, by itself, and no request fails meanwhile.
+    let (load, threads) = Load::start_http(port, 4);
+    let _stop = StopOnDrop(Arc::clone(&load));
+    edit(&main_rs, "Hello from worker", "Howdy from worker");
+    browser.expect("text Howdy from worker", &master);
+    master.wait_for_stderr("src/main.rs changed → built in ");
+    load.stop.store(true, Ordering::SeqCst);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(load.failures(), Vec::<String>::new());
+
+    // A broken build: its error in an overlay; the fix clears it.
+    edit(&main_rs, "fn main()", "fn broken() {\nfn main()");
+    browser.expect("overlay the build failed", &master);
+    browser.expect("text Howdy from worker", &master);
+    edit(&main_rs, "fn broken() {\n", "");
+    edit(&main_rs, "Howdy from worker", "Hello again from worker");
+    browser.expect("text Hello again from worker", &master);
+    browser.expect("no-overlay", &master);
+}
