@@ -29,7 +29,7 @@
 //! | `{"command":"restart"}` | when the roll has ended, `{"ok":true,"restart":{"outcome":"rolled"…}}`: [`RestartOutcome`](crate::status::RestartOutcome) (`rolled`, `aborted` or `refused`) |
 //! | `{"command":"resize","size":N}` | `{"ok":true,"size":N}` once the master has the request |
 //! | `{"command":"stop","hard":false}` | `{"ok":true,"stopping":true,"pid":P}`, then `{"ok":true,"stopped":true,"pid":P}` when the master has stopped every worker; the process exits right after |
-//! | `{"command":"events"}` | `{"ok":true,"following":true}`, then one [`Record`](crate::status::Record) per line (`{"event":"worker_ready",…}`) until the master stops |
+//! | `{"command":"events"}` | `{"ok":true,"following":true,"pid":P}` once subscribed, then one [`Record`](crate::status::Record) per line (`{"event":"worker_ready",…}`) until the master stops |
 //!
 //! The master answers each client on a thread of its own and talks to its supervision loop only
 //! through a [`Handle`], so no client can hold that loop up. A request must arrive within
@@ -64,6 +64,9 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How many clients are served at once.
 pub const MAX_CLIENTS: usize = 64;
+
+/// How long an exiting master waits for its clients' last replies.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a reply may wait for a client that does not read.
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
@@ -160,6 +163,7 @@ fn check_private_dir(dir: &Path) -> io::Result<()> {
 pub(crate) struct ControlServer {
     listener: Option<Listener>,
     accept: Option<JoinHandle<()>>,
+    clients: Clients,
     path: PathBuf,
 }
 
@@ -225,13 +229,16 @@ impl ControlServer {
             .try_clone_to_owned()
             .map(UnixListener::from)
             .map_err(|e| Error::io(context(), e))?;
+        let clients = Clients::default();
+        let served = clients.clone();
         let accept = thread::Builder::new()
             .name("control".to_owned())
-            .spawn(move || accept_clients(&socket, &handle))
+            .spawn(move || accept_clients(&socket, &handle, &served))
             .map_err(|e| Error::io(context(), e))?;
         Ok(Self {
             listener: Some(listener),
             accept: Some(accept),
+            clients,
             path: path.to_owned(),
         })
     }
@@ -248,6 +255,14 @@ impl Drop for ControlServer {
         }
         if let Some(accept) = self.accept.take() {
             let _ = accept.join();
+        }
+        // The last replies (`stopped`, a refused restart, the end of an event stream) are
+        // written once the supervision loop has ended: give them a moment before the process
+        // exits and takes their threads with it. Only a client still sending its request can
+        // make this wait the whole second.
+        let deadline = std::time::Instant::now() + EXIT_GRACE;
+        while self.clients.count() > 0 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
         }
         // Removes the socket file, if it still is ours.
         drop(self.listener.take());
@@ -298,6 +313,11 @@ pub(crate) struct Clients(Arc<AtomicUsize>);
 pub(crate) struct ClientSlot(Arc<AtomicUsize>);
 
 impl Clients {
+    /// How many clients are being served.
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
     /// A place for one more client, unless `max` are served already.
     pub(crate) fn admit(&self, max: usize) -> Option<ClientSlot> {
         self.0
@@ -315,8 +335,7 @@ impl Drop for ClientSlot {
     }
 }
 
-fn accept_clients(socket: &UnixListener, handle: &Handle) {
-    let clients = Clients::default();
+fn accept_clients(socket: &UnixListener, handle: &Handle, clients: &Clients) {
     loop {
         let stream = match socket.accept() {
             Ok((stream, _)) => stream,
@@ -491,7 +510,13 @@ fn serve(stream: &UnixStream, handle: &Handle) {
 /// Streams every record to the client until the master stops or the client leaves.
 fn follow(stream: &UnixStream, handle: &Handle) {
     let records = handle.events();
-    if write_line(stream, &json!({"ok": true, "following": true})).is_err() {
+    // Answered after the subscription in the one queue of the master: once the client has this
+    // reply, it misses no event.
+    if handle.status().is_none() {
+        return refuse(stream, "the master is stopping");
+    }
+    let pid = std::process::id();
+    if write_line(stream, &json!({"ok": true, "following": true, "pid": pid})).is_err() {
         return;
     }
     loop {
@@ -602,13 +627,18 @@ impl Connection {
         };
         let mut line = serde_json::to_string(request).unwrap_or_default();
         line.push('\n');
-        (&stream)
-            .write_all(line.as_bytes())
-            .map_err(|e| lost(&path, &e))?;
-        Ok(Self {
+        let written = (&stream).write_all(line.as_bytes());
+        let mut connection = Self {
             reader: BufReader::new(stream),
             path,
-        })
+        };
+        if let Err(e) = written {
+            // A master that turns a client away (busy, another uid) answers before it reads.
+            connection.set_timeout(Some(Duration::from_secs(1)));
+            connection.next_reply()?;
+            return Err(lost(&connection.path, &e));
+        }
+        Ok(connection)
     }
 
     /// Limits how long [`next_reply`](Connection::next_reply) waits for a reply.

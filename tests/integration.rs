@@ -31,6 +31,9 @@
 //! - `readiness` the probe behind `--ready auto` on real apps: blocked in `accept`, tokio and
 //!   asyncio epolls, `poll` (socketserver) and `select` loops, a listener moved to another fd,
 //!   a shell wrapper's child; holding the listener, or waiting on it for output only, is no sign
+//! - `control` the control socket and `mcluster status`, `restart`, `resize`, `stop`, `events`
+//!   against real masters (rolls that fail, two masters on one socket, stale sockets, other
+//!   users, bad and many clients), and the metrics endpoint scraped and parsed
 //! - `systemd` the master as a systemd service: its own `READY=1` / `RELOADING=1` / `STOPPING=1`
 //!   (never the workers' `NOTIFY_SOCKET`), socket activation with and without `LISTEN_PID`
 //!
@@ -38,6 +41,7 @@
 
 mod support;
 
+mod control;
 mod crash;
 mod dev;
 mod environment;

@@ -160,8 +160,13 @@ pub(super) fn events(args: &EventsArgs) -> ExitCode {
     run(|| {
         let mut connection = Connection::open(args.control.control.as_deref(), &Request::Events)?;
         connection.set_timeout(Some(ANSWER_DEADLINE));
-        connection.reply()?;
+        let ack = connection.reply()?;
         connection.set_timeout(None);
+        // On stderr, so that stdout is the JSON lines alone; from here on no event is missed.
+        output::master_line(&format!(
+            "following the events of master pid {}",
+            ack.value.get("pid").unwrap_or(&Value::Null)
+        ));
         let mut stdout = std::io::stdout().lock();
         while let Some(record) = connection.next_reply()? {
             if writeln!(stdout, "{}", record.raw(None))
