@@ -712,7 +712,8 @@ mod tests {
         );
         assert_eq!(
             error_line(&["strat"]),
-            "unrecognized subcommand 'strat'; tip: a similar subcommand exists: 'start'"
+            "unrecognized subcommand 'strat'; tip: some similar subcommands exist: 'status', \
+             'restart', 'start'"
         );
         // The tip to pass a value after `--` is left out: there, it would be the PROGRAM.
         assert_eq!(

@@ -452,7 +452,27 @@ fn read_request(stream: &UnixStream) -> Result<Request, String> {
             break;
         }
     }
-    serde_json::from_slice(&line).map_err(|e| format!("malformed request: {e}"))
+    Request::parse(&line)
+}
+
+impl Request {
+    /// Parses a request line; an unknown command or field is an error naming it.
+    pub fn parse(line: &[u8]) -> Result<Self, String> {
+        let request: Self =
+            serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+        // serde lets unknown fields of a variant without fields through: none may go unseen.
+        let fields: serde_json::Map<String, Value> =
+            serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+        let known: &[&str] = match request {
+            Request::Resize { .. } => &["command", "size"],
+            Request::Stop { .. } => &["command", "hard"],
+            Request::Status | Request::Restart | Request::Events => &["command"],
+        };
+        match fields.keys().find(|key| !known.contains(&key.as_str())) {
+            Some(key) => Err(format!("malformed request: unknown field `{key}`")),
+            None => Ok(request),
+        }
+    }
 }
 
 fn timeout_message() -> String {
@@ -747,7 +767,7 @@ mod tests {
 
     #[test]
     fn requests_are_one_json_object_with_a_command() {
-        let parse = |text: &str| serde_json::from_str::<Request>(text).map_err(|e| e.to_string());
+        let parse = |text: &str| Request::parse(text.as_bytes());
         assert_eq!(parse(r#"{"command":"status"}"#), Ok(Request::Status));
         assert_eq!(
             parse(r#"{"command":"resize","size":3}"#),
@@ -758,7 +778,14 @@ mod tests {
             Ok(Request::Stop { hard: false })
         );
         assert!(parse(r#"{"command":"launch"}"#).is_err());
-        assert!(parse(r#"{"command":"status","x":1}"#).is_err());
+        assert_eq!(
+            parse(r#"{"command":"stop","hrad":true}"#),
+            Err("malformed request: unknown field `hrad`, expected `hard`".to_owned())
+        );
+        assert_eq!(
+            parse(r#"{"command":"status","x":1}"#),
+            Err("malformed request: unknown field `x`".to_owned())
+        );
         assert!(parse(r#"{"command":"resize","size":-1}"#).is_err());
         assert!(parse("[]").is_err());
     }
