@@ -46,6 +46,26 @@ pub enum Command {
     Stop(StopArgs),
     /// Follow a running master's lifecycle events as JSON lines.
     Events(EventsArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the man page (or write one per command into a directory).
+    Man(ManArgs),
+}
+
+/// The options of `mcluster completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_name = "SHELL", value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// The options of `mcluster man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write mcluster.1 and a mcluster-COMMAND.1 per command into DIR instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// How a client command finds the master.
@@ -532,6 +552,13 @@ pub fn main() -> ExitCode {
         Command::Resize(args) => return client::resize(&args),
         Command::Stop(args) => return client::stop(&args),
         Command::Events(args) => return client::events(&args),
+        Command::Completions(args) => {
+            use clap::CommandFactory as _;
+            let mut stdout = std::io::stdout().lock();
+            clap_complete::generate(args.shell, &mut Cli::command(), "mcluster", &mut stdout);
+            return ExitCode::SUCCESS;
+        }
+        Command::Man(args) => return man(&args),
     };
     match result {
         Ok(outcome) => ExitCode::from(u8::try_from(outcome.exit_status()).unwrap_or(1)),
@@ -543,6 +570,30 @@ pub fn main() -> ExitCode {
 }
 
 mod client;
+
+/// `mcluster man`: the page of `mcluster` on stdout, or every command's page into `--dir`.
+fn man(args: &ManArgs) -> ExitCode {
+    use clap::CommandFactory as _;
+    let command = Cli::command();
+    let written = match &args.dir {
+        Some(dir) => clap_mangen::generate_to(command, dir).map_err(|e| {
+            Error::io(
+                format!("cannot write the man pages to {}", dir.display()),
+                e,
+            )
+        }),
+        None => clap_mangen::Man::new(command)
+            .render(&mut std::io::stdout().lock())
+            .map_err(|e| Error::io("cannot write the man page", e)),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            output::master_line(&format!("error: {error}"));
+            ExitCode::from(error.exit_status())
+        }
+    }
+}
 
 /// Help and version go out as clap renders them; an error becomes one line.
 fn clap_error(error: &clap::Error) -> ExitCode {

@@ -855,3 +855,38 @@ fn client_errors_are_one_line() {
     assert!(run.stderr.contains("unix:/x"), "{}", run.stderr);
     assert!(!control.path.exists());
 }
+
+/// `mcluster completions SHELL` and `mcluster man` come from the command definitions.
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let run = finish(client(&["completions", "bash"]));
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    assert!(run.stdout.contains("restart"), "{}", run.stdout);
+    let dir = TempDir::new().unwrap();
+    let script = dir.path().join("mcluster.bash");
+    std::fs::write(&script, &run.stdout).unwrap();
+    let checked = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let run = finish(client(&["completions", shell]));
+        assert_eq!(run.code(), 0, "{shell}: {}", run.stderr);
+        assert!(run.stdout.contains("control"), "{shell}");
+    }
+
+    let run = finish(client(&["man"]));
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    assert!(run.stdout.contains(".TH mcluster 1"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("mcluster\\-status(1)"),
+        "{}",
+        run.stdout
+    );
+    let run = finish(client(&["man", "--dir", dir.path().to_str().unwrap()]));
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    let page = std::fs::read_to_string(dir.path().join("mcluster-status.1")).unwrap();
+    assert!(page.contains("\\-\\-ready"), "{page}");
+}
