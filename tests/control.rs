@@ -890,3 +890,73 @@ fn completions_and_man_pages_are_generated() {
     let page = std::fs::read_to_string(dir.path().join("mcluster-status.1")).unwrap();
     assert!(page.contains("\\-\\-ready"), "{page}");
 }
+
+/// The `- item` lines right after the line `key:` in a YAML text.
+fn yaml_list(text: &str, key: &str) -> Vec<String> {
+    text.lines()
+        .skip_while(|line| line.trim() != key)
+        .skip(1)
+        .map_while(|line| line.trim().strip_prefix("- ").map(str::to_owned))
+        .collect()
+}
+
+/// The deploy examples run commands mcluster takes, and their timeouts nest: mcluster's kill
+/// timeout ends before the container runtime's SIGKILL.
+#[test]
+fn the_deploy_examples_agree_with_the_command_line() {
+    use clap::Parser as _;
+    use mcluster::cli::{Cli, Command as Sub};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let kill_timeout = |argv: &[String]| -> Duration {
+        match Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+            .command
+        {
+            Sub::Start(args) => args
+                .cluster
+                .kill_timeout
+                .expect("an explicit --kill-timeout"),
+            other => panic!("{argv:?} is {other:?}, not mcluster start"),
+        }
+    };
+
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let exec_form = |instruction: &str| -> Vec<String> {
+        let line = dockerfile
+            .lines()
+            .find_map(|line| line.strip_prefix(instruction))
+            .unwrap_or_else(|| panic!("no {instruction}"));
+        serde_json::from_str(line).unwrap()
+    };
+    let mut argv = exec_form("ENTRYPOINT ");
+    argv.extend(exec_form("CMD "));
+    // `docker stop` sends SIGKILL after 10 s.
+    assert!(kill_timeout(&argv) < Duration::from_secs(10), "{argv:?}");
+
+    let manifest = std::fs::read_to_string(root.join("kubernetes.yaml")).unwrap();
+    let mut argv = yaml_list(&manifest, "command:");
+    argv.extend(yaml_list(&manifest, "args:"));
+    let grace: u64 = manifest
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("terminationGracePeriodSeconds: "))
+        .and_then(|value| value.parse().ok())
+        .expect("terminationGracePeriodSeconds");
+    let pre_stop = Duration::from_secs(5);
+    assert!(manifest.contains(r#"command: ["sleep", "5"]"#));
+    assert!(
+        pre_stop + kill_timeout(&argv) < Duration::from_secs(grace),
+        "{argv:?} and {grace} s"
+    );
+    for probe in [
+        r#"command: ["mcluster", "status", "--ready"]"#,
+        r#"command: ["mcluster", "status", "--json"]"#,
+    ] {
+        assert!(manifest.contains(probe), "{probe}");
+        let argv: Vec<String> =
+            serde_json::from_str(probe.strip_prefix("command: ").unwrap()).unwrap();
+        assert!(matches!(
+            Cli::try_parse_from(&argv).map(|cli| cli.command),
+            Ok(Sub::Status(_))
+        ));
+    }
+}
