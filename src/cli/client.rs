@@ -277,19 +277,20 @@ fn describe_status(status: &Value) -> String {
         text(&rolls, "aborted"),
     );
     if let Some(last) = status.get("last_roll").filter(|last| !last.is_null()) {
-        let how = match last.get("aborted").and_then(Value::as_str) {
-            Some(why) => format!("aborted: {why}"),
-            None => "completed".to_owned(),
+        let took = human_duration(Duration::from_millis(
+            number(last, "duration_ms").unwrap_or(0),
+        ));
+        let generation = text(last, "generation");
+        let _ = match last.get("aborted").and_then(Value::as_str) {
+            Some(why) => writeln!(
+                out,
+                "last roll: generation {generation} aborted after {took}: {why}"
+            ),
+            None => writeln!(
+                out,
+                "last roll: generation {generation} completed in {took}"
+            ),
         };
-        let _ = writeln!(
-            out,
-            "last roll: generation {}, {} in {}",
-            text(last, "generation"),
-            how,
-            human_duration(Duration::from_millis(
-                number(last, "duration_ms").unwrap_or(0)
-            ))
-        );
     }
     let mut rows = vec![
         [
