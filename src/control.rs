@@ -180,51 +180,12 @@ impl ControlServer {
         }
         let context = || format!("cannot make the control socket {shown}");
         let default = path.parent() == Some(default_dir().as_path());
-        let mut attempts = 0;
-        let listener = loop {
-            attempts += 1;
-            if default {
-                make_private_dir(path.parent().unwrap_or(path))
-                    .map_err(|e| Error::io(context(), e))?;
+        let mut created = false;
+        let listener = bind(path, default, &mut created).inspect_err(|_| {
+            if created {
+                let _ = fs::remove_dir(path.parent().unwrap_or(path));
             }
-            match fs::symlink_metadata(path) {
-                Ok(meta) if meta.file_type().is_socket() => {
-                    if let Some(pid) = answering_master(path) {
-                        return Err(Error::io(
-                            context(),
-                            io::Error::new(
-                                io::ErrorKind::AddrInUse,
-                                format!(
-                                    "master pid {pid} answers on it (stop it first, or give \
-                                     this master another --control PATH)"
-                                ),
-                            ),
-                        ));
-                    }
-                }
-                Ok(_) => {
-                    return Err(Error::usage(format!(
-                        "invalid --control {shown}: the path exists and is not a socket"
-                    )));
-                }
-                Err(_) => {}
-            }
-            let addr = ListenAddr {
-                name: None,
-                kind: ListenKind::Unix {
-                    path: path.to_owned(),
-                    mode: 0o600,
-                },
-            };
-            match Listener::bind(&addr) {
-                Ok(listener) => break listener,
-                // Another master removed the emptied default directory just now: make it again.
-                Err(Error::Io { source, .. })
-                    if default && source.kind() == io::ErrorKind::NotFound && attempts < 3 => {}
-                Err(Error::Io { source, .. }) => return Err(Error::io(context(), source)),
-                Err(Error::Usage(message)) => return Err(Error::Usage(message)),
-            }
-        };
+        })?;
         let socket = std::os::fd::AsFd::as_fd(&listener)
             .try_clone_to_owned()
             .map(UnixListener::from)
@@ -275,14 +236,67 @@ impl Drop for ControlServer {
     }
 }
 
-/// Makes `dir` (0700) if it is missing, then checks it is ours alone.
-fn make_private_dir(dir: &Path) -> io::Result<()> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
+/// Binds the control socket at `path`, making its directory first if it is the default one
+/// (`created` tells whether this call made it).
+fn bind(path: &Path, default: bool, created: &mut bool) -> Result<Listener, Error> {
+    let shown = path.display();
+    let context = || format!("cannot make the control socket {shown}");
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        if default {
+            *created |= make_private_dir(path.parent().unwrap_or(path))
+                .map_err(|e| Error::io(context(), e))?;
+        }
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if let Some(pid) = answering_master(path) {
+                    return Err(Error::io(
+                        context(),
+                        io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!(
+                                "master pid {pid} answers on it (stop it first, or give this \
+                                 master another --control PATH)"
+                            ),
+                        ),
+                    ));
+                }
+            }
+            Ok(_) => {
+                return Err(Error::usage(format!(
+                    "invalid --control {shown}: the path exists and is not a socket"
+                )));
+            }
+            Err(_) => {}
+        }
+        let addr = ListenAddr {
+            name: None,
+            kind: ListenKind::Unix {
+                path: path.to_owned(),
+                mode: 0o600,
+            },
+        };
+        match Listener::bind(&addr) {
+            Ok(listener) => return Ok(listener),
+            // Another master removed the emptied default directory just now: make it again.
+            Err(Error::Io { source, .. })
+                if default && source.kind() == io::ErrorKind::NotFound && attempts < 3 => {}
+            Err(Error::Io { source, .. }) => return Err(Error::io(context(), source)),
+            Err(Error::Usage(message)) => return Err(Error::Usage(message)),
+        }
     }
-    check_private_dir(dir)
+}
+
+/// Makes `dir` (0700) if it is missing, then checks it is ours alone; whether it made it.
+fn make_private_dir(dir: &Path) -> io::Result<bool> {
+    let created = match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(e),
+    };
+    check_private_dir(dir)?;
+    Ok(created)
 }
 
 /// The pid of the master answering at `path`, if one does within a second.
