@@ -120,7 +120,7 @@ fn serve(stream: &TcpStream, handle: &Handle) {
     let request_line = head.lines().next().unwrap_or_default();
     let mut words = request_line.split(' ');
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    if method != "GET" && method != "HEAD" {
+    if method != "GET" {
         return respond(stream, "405 Method Not Allowed", "only GET\n");
     }
     if target.split('?').next() != Some("/metrics") {
