@@ -12,6 +12,7 @@
 //! | `mcluster_worker_resident_memory_bytes{slot,pid}` | gauge | each worker's RSS |
 //! | `mcluster_rolls_started_total`, `mcluster_rolls_completed_total`, `mcluster_rolls_aborted_total` | counter | rolls |
 //! | `mcluster_rolling` | gauge | 1 while a roll is under way |
+//! | `mcluster_roll_duration_seconds` | histogram | rolls by how long they took, completed or aborted |
 //! | `mcluster_last_roll_duration_seconds` | gauge | from the last roll's start to its end |
 //! | `mcluster_last_roll_generation` | gauge | the generation the last roll rolled in, or tried to |
 //! | `mcluster_serving_generation` | gauge | the generation new slots run |
@@ -24,13 +25,14 @@
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::config::Error;
 use crate::control::Clients;
 use crate::master::Handle;
-use crate::status::Status;
+use crate::status::{Record, Status};
 
 /// How many scrapes are served at once.
 pub const MAX_SCRAPERS: usize = 16;
@@ -52,9 +54,25 @@ impl MetricsServer {
         let socket = TcpListener::bind(addr).map_err(|e| Error::io(context(), e))?;
         let address = socket.local_addr().map_err(|e| Error::io(context(), e))?;
         let accepting = socket.try_clone().map_err(|e| Error::io(context(), e))?;
+        let rolls = Arc::new(Mutex::new(Histogram::default()));
+        let records = handle.events();
+        let counted = Arc::clone(&rolls);
+        // Ends when the master stops and the subscription with it.
+        thread::Builder::new()
+            .name("metrics-rolls".to_owned())
+            .spawn(move || {
+                for record in records {
+                    if let Record::RollEnded { duration_ms, .. } = record
+                        && let Ok(mut rolls) = counted.lock()
+                    {
+                        rolls.observe(Duration::from_millis(duration_ms));
+                    }
+                }
+            })
+            .map_err(|e| Error::io(context(), e))?;
         let accept = thread::Builder::new()
             .name("metrics".to_owned())
-            .spawn(move || accept_scrapes(&accepting, &handle))
+            .spawn(move || accept_scrapes(&accepting, &handle, &rolls))
             .map_err(|e| Error::io(context(), e))?;
         Ok(Self {
             socket,
@@ -81,7 +99,7 @@ impl Drop for MetricsServer {
     }
 }
 
-fn accept_scrapes(socket: &TcpListener, handle: &Handle) {
+fn accept_scrapes(socket: &TcpListener, handle: &Handle, rolls: &Arc<Mutex<Histogram>>) {
     let clients = Clients::default();
     loop {
         let stream = match socket.accept() {
@@ -104,16 +122,17 @@ fn accept_scrapes(socket: &TcpListener, handle: &Handle) {
             continue;
         };
         let handle = handle.clone();
+        let rolls = Arc::clone(rolls);
         let _ = thread::Builder::new()
             .name("metrics-client".to_owned())
             .spawn(move || {
                 let _slot = slot;
-                serve(&stream, &handle);
+                serve(&stream, &handle, &rolls);
             });
     }
 }
 
-fn serve(stream: &TcpStream, handle: &Handle) {
+fn serve(stream: &TcpStream, handle: &Handle, rolls: &Mutex<Histogram>) {
     let Some(head) = read_head(stream) else {
         return respond(stream, "400 Bad Request", "no complete request head\n");
     };
@@ -127,7 +146,10 @@ fn serve(stream: &TcpStream, handle: &Handle) {
         return respond(stream, "404 Not Found", "the metrics are at /metrics\n");
     }
     match handle.status() {
-        Some(status) => respond(stream, "200 OK", &render(&status)),
+        Some(status) => {
+            let rolls = rolls.lock().map(|rolls| rolls.clone()).unwrap_or_default();
+            respond(stream, "200 OK", &render(&status, &rolls));
+        }
         None => respond(
             stream,
             "503 Service Unavailable",
@@ -169,11 +191,39 @@ fn respond(mut stream: &TcpStream, status: &str, body: &str) {
     let _ = stream.write_all(response.as_bytes());
 }
 
-/// The metrics of `status` in the Prometheus text format.
+/// The upper bounds of the roll duration histogram's buckets, in seconds.
+const ROLL_BUCKETS: [f64; 11] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// The durations of the rolls that ended since the master started.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Per bound of [`ROLL_BUCKETS`], how many rolls took at most that long.
+    buckets: [u64; ROLL_BUCKETS.len()],
+    count: u64,
+    sum_seconds: f64,
+}
+
+impl Histogram {
+    /// Counts one roll.
+    pub fn observe(&mut self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        for (bound, count) in ROLL_BUCKETS.iter().zip(&mut self.buckets) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_seconds += seconds;
+    }
+}
+
+/// The metrics of `status` (and of the rolls' durations) in the Prometheus text format.
 // Prometheus samples are floats: counts beyond 2^53 are far beyond any master's life.
 #[allow(clippy::cast_precision_loss)]
 #[must_use]
-pub fn render(status: &Status) -> String {
+pub fn render(status: &Status, rolls: &Histogram) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -278,6 +328,22 @@ pub fn render(status: &Status) -> String {
             &one(last.generation as f64),
         );
     }
+    let mut samples: Vec<(String, f64)> = ROLL_BUCKETS
+        .iter()
+        .zip(&rolls.buckets)
+        .map(|(bound, count)| (format!("_bucket{{le=\"{bound}\"}}"), *count as f64))
+        .collect();
+    samples.extend([
+        ("_bucket{le=\"+Inf\"}".to_owned(), rolls.count as f64),
+        ("_sum".to_owned(), rolls.sum_seconds),
+        ("_count".to_owned(), rolls.count as f64),
+    ]);
+    metric(
+        "mcluster_roll_duration_seconds",
+        "histogram",
+        "How long rolls took, from their start to their end (completed or aborted).",
+        &samples,
+    );
     metric(
         "mcluster_serving_generation",
         "gauge",

@@ -708,7 +708,14 @@ fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "{line}"
         );
-        assert!(types.contains_key(name), "{name} has no # TYPE before it");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| types.get(*base).is_some_and(|kind| kind == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "{name} has no # TYPE before it");
         samples.push((name.to_owned(), labels, value));
     }
     (types, samples)
@@ -799,6 +806,21 @@ fn metrics_are_scraped_and_parsed() {
     assert_eq!(value(&samples, "mcluster_rolls_aborted_total", None), 0.0);
     assert_eq!(value(&samples, "mcluster_last_roll_generation", None), 2.0);
     assert!(value(&samples, "mcluster_last_roll_duration_seconds", None) >= 0.0);
+    wait_until("the roll to be in the duration histogram", || {
+        let (_, body) = scrape(&addr, "/metrics");
+        let (_, samples) = parse_prometheus(&body);
+        value(&samples, "mcluster_roll_duration_seconds_count", None) == 1.0
+            && value(
+                &samples,
+                "mcluster_roll_duration_seconds_bucket",
+                Some(("le", "+Inf")),
+            ) == 1.0
+            && value(
+                &samples,
+                "mcluster_roll_duration_seconds_bucket",
+                Some(("le", "300")),
+            ) == 1.0
+    });
     wait_until("a restart to be counted", || {
         let (_, body) = scrape(&addr, "/metrics");
         let (_, samples) = parse_prometheus(&body);
