@@ -380,8 +380,10 @@ fn accept_clients(socket: &UnixListener, handle: &Handle, clients: &Clients) {
         let _ = thread::Builder::new()
             .name("control-client".to_owned())
             .spawn(move || {
-                let _slot = slot;
                 serve(&stream, &handle);
+                // The place is free before the client sees the connection end.
+                drop(slot);
+                drop(stream);
             });
     }
 }

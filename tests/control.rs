@@ -8,6 +8,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -189,6 +191,8 @@ fn restart_answers_when_the_roll_has_ended_and_how() {
         "{}",
         run.stdout
     );
+    // The master's own lines reach the test's reader a moment after the reply.
+    master.wait_for_stderr("mcluster: rolled 2 workers to generation 2");
     let good = master.generation(2);
     assert_eq!(good.len(), 2);
 
@@ -289,6 +293,8 @@ fn status_during_a_roll_and_events_of_it() {
     std::fs::write(&gate, "").unwrap();
     let run = wait_client(restart);
     assert_eq!(run.code(), 0, "{}{}", run.stderr, master.dump());
+    assert_eq!(run.json()["outcome"], "rolled");
+    master.wait_for_stderr("mcluster: rolled 1 worker to generation 2");
     let new = master.generation(2);
 
     let mut kinds = Vec::new();
@@ -597,20 +603,25 @@ fn bad_and_many_clients_leave_the_master_unharmed() {
 
     // 100 clients that send nothing: 64 are held to the request deadline, the rest turned away.
     let start = Instant::now();
+    let answered = Arc::new(AtomicUsize::new(0));
     let idle: Vec<_> = (0..100)
         .map(|_| {
             let socket = socket.clone();
-            thread::spawn(move || raw_request(&socket, b"", false))
+            let answered = Arc::clone(&answered);
+            thread::spawn(move || {
+                let replies = raw_request(&socket, b"", false);
+                answered.fetch_add(1, Ordering::SeqCst);
+                replies
+            })
         })
         .collect();
-
-    // Once every place is taken, one more client is turned away at once.
-    wait_until("every place to be taken", || {
-        let replies = raw_request(&socket, b"{\"command\":\"status\"}\n", false);
-        replies[0]["error"]
-            .as_str()
-            .is_some_and(|e| e.starts_with("busy: "))
+    // The ones turned away are answered at once; then every place is taken, and one more
+    // client is turned away too.
+    wait_until("36 clients to be turned away", || {
+        answered.load(Ordering::SeqCst) >= 100 - MAX_CLIENTS
     });
+    let error = error_of(&raw_request(&socket, b"{\"command\":\"status\"}\n", false));
+    assert!(error.starts_with("busy: "), "{error}");
 
     // Meanwhile the supervision loop works: the workers serve, and a roll by signal completes.
     assert_eq!(echo(port, "busy?").generation, 1);
