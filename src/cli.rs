@@ -2,6 +2,7 @@
 //! status.
 
 use std::ffi::{OsStr, OsString};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::builder::BuildPlan;
 use crate::cluster::Surge;
 use crate::config::{self, Error};
-use crate::listener::ListenAddr;
+use crate::listener::{ListenAddr, ListenKind};
 use crate::master::{DevSettings, Master, Readiness, default_size};
 use crate::output;
 use crate::watch::WatchConfig;
@@ -35,6 +36,102 @@ pub enum Command {
     Start(StartArgs),
     /// Run a cluster in development: rebuild on every save and roll the new build in.
     Dev(DevArgs),
+    /// Show a running master and its workers.
+    Status(StatusArgs),
+    /// Roll every worker to a new generation; exit 0 only when every slot runs it.
+    Restart(RestartArgs),
+    /// Set the number of workers of a running master.
+    Resize(ResizeArgs),
+    /// Stop a running master; return when it is gone.
+    Stop(StopArgs),
+    /// Follow a running master's lifecycle events as JSON lines.
+    Events(EventsArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the man page (or write one per command into a directory).
+    Man(ManArgs),
+}
+
+/// The options of `mcluster completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_name = "SHELL", value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// The options of `mcluster man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write mcluster.1 and a mcluster-COMMAND.1 per command into DIR instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// How a client command finds the master.
+// Doc comments here are `--help` text, where backticks would show.
+#[allow(clippy::doc_markdown)]
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The master's control socket. [default: the one of the master started in this directory]
+    #[arg(long, value_name = "PATH", env = "MCLUSTER_CONTROL")]
+    pub control: Option<PathBuf>,
+
+    /// Print the master's JSON reply instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The options of `mcluster status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Where the master is, and how to print.
+    #[command(flatten)]
+    pub control: ControlArgs,
+
+    /// Exit 0 only when every slot has a ready worker (a readiness probe); print only why not.
+    #[arg(long)]
+    pub ready: bool,
+}
+
+/// The options of `mcluster restart`.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// Where the master is, and how to print.
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// The options of `mcluster resize`.
+#[derive(Debug, Args)]
+pub struct ResizeArgs {
+    /// Where the master is, and how to print.
+    #[command(flatten)]
+    pub control: ControlArgs,
+
+    /// The new number of workers.
+    #[arg(value_name = "N", value_parser = config::parse_size, allow_negative_numbers = true)]
+    pub size: usize,
+}
+
+/// The options of `mcluster stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Where the master is, and how to print.
+    #[command(flatten)]
+    pub control: ControlArgs,
+
+    /// SIGKILL every worker instead of the stop signal and the kill timeout.
+    #[arg(long)]
+    pub hard: bool,
+}
+
+/// The options of `mcluster events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Where the master is (events are JSON lines either way).
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 /// Whether `--ready` waits for the worker's notification only.
@@ -137,6 +234,16 @@ pub struct ClusterArgs {
     /// (at least 1ms).
     #[arg(long, value_name = "DUR", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true)]
     pub watchdog: Option<Duration>,
+
+    /// The control socket that mcluster status, restart, resize, stop and events talk to.
+    /// [default: $XDG_RUNTIME_DIR/mcluster/HASH.sock, or /tmp/mcluster-UID/HASH.sock, HASH
+    /// of the working directory]
+    #[arg(long, value_name = "PATH", env = "MCLUSTER_CONTROL")]
+    pub control: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT or :PORT).
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The options of `mcluster dev`.
@@ -233,6 +340,19 @@ fn parse_listen(text: &str) -> Result<ListenAddr, String> {
     text.parse()
 }
 
+fn parse_metrics(text: &str) -> Result<SocketAddr, String> {
+    match text.parse::<ListenAddr>() {
+        Ok(ListenAddr {
+            name: None,
+            kind: ListenKind::Tcp(addr),
+        }) => Ok(addr),
+        Ok(_) => Err(format!(
+            "invalid metrics address '{text}': expected HOST:PORT, [V6]:PORT or :PORT"
+        )),
+        Err(why) => Err(why.replacen("listen address", "metrics address", 1)),
+    }
+}
+
 impl StartArgs {
     /// The master these options describe.
     pub fn into_master(self) -> Result<Master, Error> {
@@ -277,6 +397,13 @@ impl ClusterArgs {
             .stop_signal(self.stop_signal);
         if let Some(limit) = self.watchdog {
             master = master.watchdog(limit);
+        }
+        master = master.control(match self.control {
+            Some(path) => path,
+            None => crate::control::default_path()?,
+        });
+        if let Some(addr) = self.metrics {
+            master = master.metrics(addr);
         }
         for (key, value) in self.env {
             master = master.env(key, value);
@@ -431,9 +558,47 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Start(args) => args.into_master().and_then(Master::run),
         Command::Dev(args) => args.into_master().and_then(Master::run),
+        Command::Status(args) => return client::status(&args),
+        Command::Restart(args) => return client::restart(&args),
+        Command::Resize(args) => return client::resize(&args),
+        Command::Stop(args) => return client::stop(&args),
+        Command::Events(args) => return client::events(&args),
+        Command::Completions(args) => {
+            use clap::CommandFactory as _;
+            let mut stdout = std::io::stdout().lock();
+            clap_complete::generate(args.shell, &mut Cli::command(), "mcluster", &mut stdout);
+            return ExitCode::SUCCESS;
+        }
+        Command::Man(args) => return man(&args),
     };
     match result {
         Ok(outcome) => ExitCode::from(u8::try_from(outcome.exit_status()).unwrap_or(1)),
+        Err(error) => {
+            output::master_line(&format!("error: {error}"));
+            ExitCode::from(error.exit_status())
+        }
+    }
+}
+
+mod client;
+
+/// `mcluster man`: the page of `mcluster` on stdout, or every command's page into `--dir`.
+fn man(args: &ManArgs) -> ExitCode {
+    use clap::CommandFactory as _;
+    let command = Cli::command();
+    let written = match &args.dir {
+        Some(dir) => clap_mangen::generate_to(command, dir).map_err(|e| {
+            Error::io(
+                format!("cannot write the man pages to {}", dir.display()),
+                e,
+            )
+        }),
+        None => clap_mangen::Man::new(command)
+            .render(&mut std::io::stdout().lock())
+            .map_err(|e| Error::io("cannot write the man page", e)),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             output::master_line(&format!("error: {error}"));
             ExitCode::from(error.exit_status())
@@ -609,7 +774,8 @@ mod tests {
         );
         assert_eq!(
             error_line(&["strat"]),
-            "unrecognized subcommand 'strat'; tip: a similar subcommand exists: 'start'"
+            "unrecognized subcommand 'strat'; tip: some similar subcommands exist: 'status', \
+             'restart', 'start'"
         );
         // The tip to pass a value after `--` is left out: there, it would be the PROGRAM.
         assert_eq!(

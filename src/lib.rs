@@ -46,9 +46,13 @@ pub mod cluster;
 #[cfg(feature = "master")]
 pub mod config;
 #[cfg(feature = "master")]
+pub mod control;
+#[cfg(feature = "master")]
 pub mod listener;
 #[cfg(feature = "master")]
 pub mod master;
+#[cfg(feature = "master")]
+pub mod metrics;
 #[cfg(feature = "master")]
 #[doc(hidden)]
 pub mod readiness;

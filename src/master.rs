@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
+use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -31,9 +32,11 @@ use std::time::Duration;
 use crate::builder::BuildPlan;
 use crate::cluster::{Backoff, Cluster, ClusterConfig, ExitReason, NeverReady, Surge};
 use crate::config::{self, Error};
+use crate::control::ControlServer;
 use crate::dev::DevLoop;
 use crate::listener::{ListenAddr, Listener};
 use crate::livereload::LiveReload;
+use crate::metrics::MetricsServer;
 use crate::notify::NotifyDir;
 use crate::output;
 use crate::readiness;
@@ -131,6 +134,8 @@ pub struct Master {
     watchdog: Option<Duration>,
     surge: Surge,
     on_message: Option<MessageHandler>,
+    control: Option<PathBuf>,
+    metrics: Option<SocketAddr>,
     events: Sender<Input>,
     inbox: Receiver<Input>,
 }
@@ -169,6 +174,8 @@ impl Master {
             watchdog: None,
             surge: Surge::All,
             on_message: None,
+            control: None,
+            metrics: None,
             events,
             inbox,
         }
@@ -276,6 +283,22 @@ impl Master {
         self
     }
 
+    /// Answers `mcluster status`, `restart`, `resize`, `stop` and `events` on a unix socket at
+    /// `path` (see [`control`](crate::control); [`control::default_path`](crate::control::default_path)
+    /// is the command line's default). Without, the master has no control socket.
+    #[must_use]
+    pub fn control(mut self, path: impl Into<PathBuf>) -> Self {
+        self.control = Some(path.into());
+        self
+    }
+
+    /// Serves Prometheus metrics over HTTP at `addr` (see [`metrics`](crate::metrics)).
+    #[must_use]
+    pub fn metrics(mut self, addr: SocketAddr) -> Self {
+        self.metrics = Some(addr);
+        self
+    }
+
     /// A handle to control the running master from another thread.
     #[must_use]
     pub fn handle(&self) -> Handle {
@@ -287,6 +310,7 @@ impl Master {
     /// Validates the settings, binds the listeners, runs the cluster until it is stopped, and
     /// removes what it created. Bad input is an error before any worker is spawned.
     pub fn run(self) -> Result<Outcome, Error> {
+        let handle = self.handle();
         if self.size == 0 {
             return Err(Error::usage(
                 "invalid --size 0: the cluster needs at least one worker",
@@ -359,6 +383,15 @@ impl Master {
         }
         // Before the listening lines: an unusable directory is then the one line of a failed start.
         let notify_dir = NotifyDir::create()?;
+        // Servers on threads of their own, talking to the supervision loop through a handle only.
+        let control = match &self.control {
+            Some(path) => Some(ControlServer::start(path, handle.clone())?),
+            None => None,
+        };
+        let metrics = match self.metrics {
+            Some(addr) => Some(MetricsServer::start(addr, handle)?),
+            None => None,
+        };
         for listener in &listeners {
             output::master_line(&format!(
                 "listening on {} (master pid {})",
@@ -378,6 +411,9 @@ impl Master {
                 "MCLUSTER_LIVERELOAD={}",
                 live.script_url()
             )))?);
+        }
+        if let Some(metrics) = &metrics {
+            output::master_line(&format!("metrics on http://{}/metrics", metrics.address()));
         }
         let signals = watch_signals(self.events.clone(), self.signals)
             .map_err(|e| Error::io("cannot watch signals", e))?;
@@ -445,6 +481,9 @@ impl Master {
             .run()
             .map_err(|e| Error::io("the master failed", e));
         signals.close();
+        // Removes the control socket: from here on, nobody can mistake this master for a live one.
+        drop(control);
+        drop(metrics);
         outcome
     }
 }

@@ -294,7 +294,7 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
         Case::new(
             &["strat", "-n", "1"],
             2,
-            &["'strat'", "similar subcommand exists: 'start'"],
+            &["'strat'", "similar subcommands exist: ", "'start'"],
         ),
         Case::new(&["start", "-l", &unix, "-n", "1"], 2, &["<PROGRAM>"]),
         Case::new(&["start", "-l", &unix, "--"], 2, &["<PROGRAM>"]),

@@ -34,6 +34,9 @@
 //! - `browser` live reload in headless Chromium: a page follows every save by itself (the
 //!   failed first build's page turns into the app, edits show after their switch, a broken
 //!   build shows in an overlay)
+//! - `control` the control socket and `mcluster status`, `restart`, `resize`, `stop`, `events`
+//!   against real masters (rolls that fail, two masters on one socket, stale sockets, other
+//!   users, bad and many clients), and the metrics endpoint scraped and parsed
 //! - `systemd` the master as a systemd service: its own `READY=1` / `RELOADING=1` / `STOPPING=1`
 //!   (never the workers' `NOTIFY_SOCKET`), socket activation with and without `LISTEN_PID`
 //!
@@ -51,6 +54,7 @@ mod support;
 
 mod axum;
 mod browser;
+mod control;
 mod crash;
 mod dev;
 mod environment;

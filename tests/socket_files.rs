@@ -344,7 +344,17 @@ fn a_users_look_alike_directories_in_tmpdir_survive_a_start() {
 #[test]
 fn a_killed_masters_notify_directory_is_swept_by_the_next_one() {
     let tmp = TempDir::new().unwrap();
-    let options = ["-l", "127.0.0.1:0", "-n", "1"];
+    // The control socket elsewhere: the killed master leaves it too (tests/control.rs).
+    let control = TempDir::new().unwrap();
+    let control = control.path().join("control.sock");
+    let options = [
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "1",
+        "--control",
+        control.to_str().unwrap(),
+    ];
     let mut killed = echo_master(&options, tmp.path());
     killed.wait_ready(1);
     let left = names(tmp.path());

@@ -286,11 +286,16 @@ struct OnPty {
     lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
     master: i32,
     port: u16,
+    /// The master's runtime directory: its control socket goes there, not to the one default
+    /// path of the test's working directory that a concurrent test would take too.
+    _runtime: tempfile::TempDir,
 }
 
 impl OnPty {
     fn start(args: &[&str]) -> Self {
+        let runtime = tempfile::TempDir::new().unwrap();
         let mut launcher = Command::new(python3())
+            .env("XDG_RUNTIME_DIR", runtime.path())
             .args(["-c", PTY_LAUNCHER])
             .arg(crate::support::fixture::mcluster())
             .args(args)
@@ -312,6 +317,7 @@ impl OnPty {
             lines,
             master,
             port,
+            _runtime: runtime,
         }
     }
 

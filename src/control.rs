@@ -1,0 +1,840 @@
+//! The control socket: how `mcluster status`, `restart`, `resize`, `stop` and `events` reach a
+//! running master.
+//!
+//! # Where it is
+//!
+//! `--control PATH` (or `MCLUSTER_CONTROL`) names it. Without, it is found from the working
+//! directory, so that the commands run where the master was started reach it:
+//! `$XDG_RUNTIME_DIR/mcluster/<hash>.sock`, or `/tmp/mcluster-<uid>/<hash>.sock` without
+//! `XDG_RUNTIME_DIR`, where `<hash>` is 16 hex digits of the FNV-1a hash of the canonical working
+//! directory. One directory maps to one path; the path is short enough for a socket address
+//! whatever the working directory is; and the directory holding it is the user's own: made with
+//! mode 0700, and refused, by master and client alike, unless it is a real directory (not a
+//! symlink) owned by our uid that no one else may enter. The socket file itself is mode 0600, and
+//! the master answers only clients of its own uid or root (`SO_PEERCRED`). The master removes
+//! the socket when it exits, and the directory too if that leaves it empty.
+//!
+//! A socket file at the path that nobody accepts on (a master killed by SIGKILL) is replaced. If
+//! a master answers on it, the second master refuses to start, naming the first one's pid.
+//!
+//! # Protocol
+//!
+//! A client connects, writes one request — a JSON object on one line, ending in `\n` — and reads
+//! replies, one JSON object per line, until the master closes the connection. Every reply has
+//! `"ok"`: `true`, or `false` with the reason in `"error"` (then the connection ends).
+//!
+//! | request | replies |
+//! | --- | --- |
+//! | `{"command":"status"}` | `{"ok":true,"status":{…}}`: [`Status`](crate::status::Status) |
+//! | `{"command":"restart"}` | when the roll has ended, `{"ok":true,"restart":{"outcome":"rolled"…}}`: [`RestartOutcome`](crate::status::RestartOutcome) (`rolled`, `aborted` or `refused`) |
+//! | `{"command":"resize","size":N}` | `{"ok":true,"size":N}` once the master has the request |
+//! | `{"command":"stop","hard":false}` | `{"ok":true,"stopping":true,"pid":P}`, then `{"ok":true,"stopped":true,"pid":P}` when the master has stopped every worker; the process exits right after |
+//! | `{"command":"events"}` | `{"ok":true,"following":true,"pid":P}` once subscribed, then one [`Record`](crate::status::Record) per line (`{"event":"worker_ready",…}`) until the master stops |
+//!
+//! The master answers each client on a thread of its own and talks to its supervision loop only
+//! through a [`Handle`], so no client can hold that loop up. A request must arrive within
+//! [`REQUEST_DEADLINE`] and be at most [`MAX_REQUEST`] bytes; at most [`MAX_CLIENTS`] clients are
+//! served at once, and one more gets an error and is closed.
+
+use std::fs;
+use std::hash::Hasher;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use nix::sys::socket::{Shutdown, getsockopt, shutdown, sockopt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::Error;
+use crate::listener::{ListenAddr, ListenKind, Listener, MAX_UNIX_PATH};
+use crate::master::Handle;
+
+/// The longest request line, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// How long a client has to send its whole request.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How many clients are served at once.
+pub const MAX_CLIENTS: usize = 64;
+
+/// How long an exiting master waits for its clients' last replies.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a reply may wait for a client that does not read.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A request, as the client sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// A snapshot of the master and its workers.
+    Status,
+    /// A rolling restart; answered when it has ended.
+    Restart,
+    /// Run this many workers.
+    Resize {
+        /// The new number of workers (at least 1).
+        size: usize,
+    },
+    /// Stop the master; answered again when it has stopped.
+    Stop {
+        /// SIGKILL every worker instead of the stop signal.
+        #[serde(default)]
+        hard: bool,
+    },
+    /// Follow the lifecycle events.
+    Events,
+}
+
+/// The default control socket of the working directory (see the module's doc).
+pub fn default_path() -> Result<PathBuf, Error> {
+    let cwd = std::env::current_dir()
+        .and_then(fs::canonicalize)
+        .map_err(|e| Error::io("cannot read the current directory", e))?;
+    let mut hash = Fnv1a::default();
+    hash.write(cwd.as_os_str().as_encoded_bytes());
+    Ok(default_dir().join(format!("{:016x}.sock", hash.finish())))
+}
+
+/// The directory of default control sockets.
+fn default_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("mcluster"),
+        None => PathBuf::from(format!("/tmp/mcluster-{}", nix::unistd::geteuid())),
+    }
+}
+
+/// A stable hash (the same in every build of mcluster), unlike std's.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Checks that `dir` is ours alone: a directory, not a symlink, of our uid, mode 0700 or less.
+fn check_private_dir(dir: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(dir)?;
+    let uid = nix::unistd::geteuid().as_raw();
+    let why = if meta.file_type().is_symlink() {
+        "it is a symbolic link".to_owned()
+    } else if !meta.is_dir() {
+        "it is not a directory".to_owned()
+    } else if meta.uid() != uid {
+        format!("it belongs to uid {}, not to uid {uid}", meta.uid())
+    } else if meta.mode() & 0o077 != 0 {
+        format!(
+            "its mode is {:04o}: others may enter it",
+            meta.mode() & 0o7777
+        )
+    } else {
+        return Ok(());
+    };
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("unsafe directory {}: {why}", dir.display()),
+    ))
+}
+
+/// The master's end: the socket and the thread accepting on it. Dropping it stops accepting and
+/// removes the socket file (and the default directory, if that empties it).
+pub(crate) struct ControlServer {
+    listener: Option<Listener>,
+    accept: Option<JoinHandle<()>>,
+    clients: Clients,
+    path: PathBuf,
+}
+
+impl ControlServer {
+    /// Makes the control socket at `path` and starts answering on it through `handle`.
+    pub(crate) fn start(path: &Path, handle: Handle) -> Result<Self, Error> {
+        let shown = path.display();
+        if path.as_os_str().len() > MAX_UNIX_PATH {
+            return Err(Error::usage(format!(
+                "invalid --control {shown}: the path is {} bytes, more than the {MAX_UNIX_PATH} \
+                 a unix socket address holds",
+                path.as_os_str().len()
+            )));
+        }
+        let context = || format!("cannot make the control socket {shown}");
+        let default = path.parent() == Some(default_dir().as_path());
+        let mut created = false;
+        let listener = bind(path, default, &mut created).inspect_err(|_| {
+            if created {
+                let _ = fs::remove_dir(path.parent().unwrap_or(path));
+            }
+        })?;
+        let socket = std::os::fd::AsFd::as_fd(&listener)
+            .try_clone_to_owned()
+            .map(UnixListener::from)
+            .map_err(|e| Error::io(context(), e))?;
+        let clients = Clients::default();
+        let served = clients.clone();
+        let accept = thread::Builder::new()
+            .name("control".to_owned())
+            .spawn(move || accept_clients(&socket, &handle, &served))
+            .map_err(|e| Error::io(context(), e))?;
+        Ok(Self {
+            listener: Some(listener),
+            accept: Some(accept),
+            clients,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            // A listening socket shut down for reading wakes its `accept` with an error.
+            let _ = shutdown(
+                std::os::fd::AsFd::as_fd(listener).as_raw_fd(),
+                Shutdown::Read,
+            );
+        }
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+        // The last replies (`stopped`, a refused restart, the end of an event stream) are
+        // written once the supervision loop has ended: give them a moment before the process
+        // exits and takes their threads with it. Only a client still sending its request can
+        // make this wait the whole second.
+        let deadline = std::time::Instant::now() + EXIT_GRACE;
+        while self.clients.count() > 0 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        // Removes the socket file, if it still is ours.
+        drop(self.listener.take());
+        if let Some(dir) = self.path.parent()
+            && dir == default_dir()
+        {
+            // Fails, as it should, while another master's socket is in it.
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Binds the control socket at `path`, making its directory first if it is the default one
+/// (`created` tells whether this call made it).
+fn bind(path: &Path, default: bool, created: &mut bool) -> Result<Listener, Error> {
+    let shown = path.display();
+    let context = || format!("cannot make the control socket {shown}");
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        if default {
+            *created |= make_private_dir(path.parent().unwrap_or(path))
+                .map_err(|e| Error::io(context(), e))?;
+        }
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if let Some(pid) = answering_master(path) {
+                    return Err(Error::io(
+                        context(),
+                        io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!(
+                                "master pid {pid} answers on it (stop it first, or give this \
+                                 master another --control PATH)"
+                            ),
+                        ),
+                    ));
+                }
+            }
+            Ok(_) => {
+                return Err(Error::usage(format!(
+                    "invalid --control {shown}: the path exists and is not a socket"
+                )));
+            }
+            Err(_) => {}
+        }
+        let addr = ListenAddr {
+            name: None,
+            kind: ListenKind::Unix {
+                path: path.to_owned(),
+                mode: 0o600,
+            },
+        };
+        match Listener::bind(&addr) {
+            Ok(listener) => return Ok(listener),
+            // Another master removed the emptied default directory just now: make it again.
+            Err(Error::Io { source, .. })
+                if default && source.kind() == io::ErrorKind::NotFound && attempts < 3 => {}
+            Err(Error::Io { source, .. }) => return Err(Error::io(context(), source)),
+            Err(Error::Usage(message)) => return Err(Error::Usage(message)),
+        }
+    }
+}
+
+/// Makes `dir` (0700) if it is missing, then checks it is ours alone; whether it made it.
+fn make_private_dir(dir: &Path) -> io::Result<bool> {
+    let created = match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(e),
+    };
+    check_private_dir(dir)?;
+    Ok(created)
+}
+
+/// The pid of the master answering at `path`, if one does within a second.
+fn answering_master(path: &Path) -> Option<u32> {
+    let stream = UnixStream::connect(path).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .ok()?;
+    (&stream).write_all(b"{\"command\":\"status\"}\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .take(16 * 1024 * 1024)
+        .read_line(&mut line)
+        .ok()?;
+    let reply: Value = serde_json::from_str(&line).ok()?;
+    reply
+        .pointer("/status/pid")
+        .and_then(Value::as_u64)
+        .and_then(|pid| u32::try_from(pid).ok())
+}
+
+/// Counts the clients being served; a [`ClientSlot`] gives its place back when dropped.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Clients(Arc<AtomicUsize>);
+
+/// One client's place among the [`MAX_CLIENTS`].
+pub(crate) struct ClientSlot(Arc<AtomicUsize>);
+
+impl Clients {
+    /// How many clients are being served.
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// A place for one more client, unless `max` are served already.
+    pub(crate) fn admit(&self, max: usize) -> Option<ClientSlot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ClientSlot(Arc::clone(&self.0)))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn accept_clients(socket: &UnixListener, handle: &Handle, clients: &Clients) {
+    loop {
+        let stream = match socket.accept() {
+            Ok((stream, _)) => stream,
+            // Out of fds, say: let a client leave before the next try.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EMFILE) => {
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+            // Shut down by the master's exit.
+            Err(_) => return,
+        };
+        let _ = stream.set_write_timeout(Some(WRITE_DEADLINE));
+        let Some(slot) = clients.admit(MAX_CLIENTS) else {
+            refuse(
+                &stream,
+                &format!("busy: {MAX_CLIENTS} clients are being served, try again"),
+            );
+            continue;
+        };
+        if let Err(why) = check_peer(&stream) {
+            refuse(&stream, &why);
+            continue;
+        }
+        let handle = handle.clone();
+        // Without a thread, the stream goes with the closure: the client sees it close.
+        let _ = thread::Builder::new()
+            .name("control-client".to_owned())
+            .spawn(move || {
+                serve(&stream, &handle);
+                // The place is free before the client sees the connection end.
+                drop(slot);
+                drop(stream);
+            });
+    }
+}
+
+/// Only our own uid, and root, may control the master.
+fn check_peer(stream: &UnixStream) -> Result<(), String> {
+    let ours = nix::unistd::geteuid().as_raw();
+    match getsockopt(stream, sockopt::PeerCredentials) {
+        Ok(peer) if peer.uid() == ours || peer.uid() == 0 => Ok(()),
+        Ok(peer) => Err(format!(
+            "permission denied: uid {} may not control a master of uid {ours}",
+            peer.uid()
+        )),
+        Err(e) => Err(format!("cannot tell who the client is: {e}")),
+    }
+}
+
+/// Writes an error reply and closes the connection.
+fn refuse(stream: &UnixStream, why: &str) {
+    let _ = write_line(stream, &json!({"ok": false, "error": why}));
+}
+
+fn write_line(mut stream: &UnixStream, value: &Value) -> io::Result<()> {
+    let mut line = value.to_string();
+    line.push('\n');
+    stream.write_all(line.as_bytes())
+}
+
+/// Writes `{"ok":true,"<key>":<value>}`, the value's fields in their declared order.
+fn write_reply(
+    mut stream: &UnixStream,
+    key: &str,
+    value: &impl serde::Serialize,
+) -> io::Result<()> {
+    let value = serde_json::to_string(value).map_err(io::Error::other)?;
+    stream.write_all(format!("{{\"ok\":true,\"{key}\":{value}}}\n").as_bytes())
+}
+
+/// Reads the one request line: within [`REQUEST_DEADLINE`], at most [`MAX_REQUEST`] bytes.
+fn read_request(stream: &UnixStream) -> Result<Request, String> {
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
+    let mut line = Vec::new();
+    let mut reader = stream;
+    let mut buffer = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(timeout_message());
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
+        let read = match reader.read(&mut buffer) {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(timeout_message());
+            }
+            Err(e) => return Err(format!("cannot read the request: {e}")),
+        };
+        if read == 0 {
+            return Err(if line.is_empty() {
+                "empty request: expected one JSON object and a newline".to_owned()
+            } else {
+                "truncated request: the connection ended before its newline".to_owned()
+            });
+        }
+        let piece = &buffer[..read];
+        let end = piece.iter().position(|&b| b == b'\n');
+        line.extend_from_slice(&piece[..end.unwrap_or(read)]);
+        if line.len() > MAX_REQUEST {
+            return Err(format!(
+                "request too long: more than {MAX_REQUEST} bytes before its newline"
+            ));
+        }
+        if end.is_some() {
+            break;
+        }
+    }
+    Request::parse(&line)
+}
+
+impl Request {
+    /// Parses a request line; an unknown command or field is an error naming it.
+    pub fn parse(line: &[u8]) -> Result<Self, String> {
+        let request: Self =
+            serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+        // serde lets unknown fields of a variant without fields through: none may go unseen.
+        let fields: serde_json::Map<String, Value> =
+            serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+        let known: &[&str] = match request {
+            Request::Resize { .. } => &["command", "size"],
+            Request::Stop { .. } => &["command", "hard"],
+            Request::Status | Request::Restart | Request::Events => &["command"],
+        };
+        match fields.keys().find(|key| !known.contains(&key.as_str())) {
+            Some(key) => Err(format!("malformed request: unknown field `{key}`")),
+            None => Ok(request),
+        }
+    }
+}
+
+fn timeout_message() -> String {
+    format!("no complete request within {}s", REQUEST_DEADLINE.as_secs())
+}
+
+/// Answers one client.
+fn serve(stream: &UnixStream, handle: &Handle) {
+    let request = match read_request(stream) {
+        Ok(request) => request,
+        Err(why) => return refuse(stream, &why),
+    };
+    let stopped = || refuse(stream, "the master is stopping");
+    match request {
+        Request::Status => match handle.status() {
+            Some(status) => {
+                let _ = write_reply(stream, "status", &status);
+            }
+            None => stopped(),
+        },
+        Request::Restart => {
+            let outcome = handle.restart().wait();
+            let _ = write_reply(stream, "restart", &outcome);
+        }
+        Request::Resize { size: 0 } => {
+            refuse(
+                stream,
+                "invalid size 0: the cluster needs at least one worker",
+            );
+        }
+        Request::Resize { size } => {
+            if handle.status().is_none() {
+                return stopped();
+            }
+            handle.resize(size);
+            let _ = write_line(stream, &json!({"ok": true, "size": size}));
+        }
+        Request::Stop { hard } => {
+            // Subscribed before the stop: the subscription ends when the master has stopped.
+            let records = handle.events();
+            if hard {
+                handle.quit_hard();
+            } else {
+                handle.quit();
+            }
+            let pid = std::process::id();
+            let _ = write_line(stream, &json!({"ok": true, "stopping": true, "pid": pid}));
+            while records.recv().is_ok() {}
+            let _ = write_line(stream, &json!({"ok": true, "stopped": true, "pid": pid}));
+        }
+        Request::Events => follow(stream, handle),
+    }
+}
+
+/// Streams every record to the client until the master stops or the client leaves.
+fn follow(stream: &UnixStream, handle: &Handle) {
+    let records = handle.events();
+    // Answered after the subscription in the one queue of the master: once the client has this
+    // reply, it misses no event.
+    if handle.status().is_none() {
+        return refuse(stream, "the master is stopping");
+    }
+    let pid = std::process::id();
+    if write_line(stream, &json!({"ok": true, "following": true, "pid": pid})).is_err() {
+        return;
+    }
+    loop {
+        match records.recv_timeout(Duration::from_secs(1)) {
+            Ok(record) => {
+                let Ok(mut line) = serde_json::to_string(&record) else {
+                    continue;
+                };
+                line.push('\n');
+                if (&*stream).write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if peer_gone(stream) {
+                    return;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Whether the client closed its end (checked without blocking).
+fn peer_gone(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    match recv(
+        stream.as_raw_fd(),
+        &mut [0u8; 1],
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(0) => true,
+        Ok(_) | Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
+        Err(_) => true,
+    }
+}
+
+/// Why a client could not reach a master, as one line, and the exit status for it.
+#[derive(Debug)]
+pub struct ClientError {
+    /// The line after `mcluster: error: `.
+    pub message: String,
+    /// The exit status.
+    pub status: u8,
+}
+
+impl ClientError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            status: 1,
+        }
+    }
+}
+
+/// A connection to a master, its request sent.
+pub struct Connection {
+    reader: BufReader<UnixStream>,
+    path: PathBuf,
+}
+
+impl Connection {
+    /// Connects to the master at `path` (the default one when `None`) and sends `request`.
+    pub fn open(path: Option<&Path>, request: &Request) -> Result<Self, ClientError> {
+        let (path, default) = match path {
+            Some(path) => (path.to_owned(), false),
+            None => (
+                default_path().map_err(|e| ClientError::new(e.to_string()))?,
+                true,
+            ),
+        };
+        let shown = path.display();
+        if default && let Some(dir) = path.parent() {
+            match check_private_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(no_master_here(&path));
+                }
+                Err(e) => {
+                    return Err(ClientError::new(format!(
+                        "cannot trust the control socket {shown}: {e}"
+                    )));
+                }
+            }
+        }
+        let stream = match UnixStream::connect(&path) {
+            Ok(stream) => stream,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && default => {
+                return Err(no_master_here(&path));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ClientError::new(format!(
+                    "no master at {shown}: no such socket"
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                return Err(ClientError::new(format!(
+                    "no master answers at {shown}: the socket is left from a master that was \
+                     killed"
+                )));
+            }
+            Err(e) => {
+                return Err(ClientError::new(format!(
+                    "cannot reach the master at {shown}: {}",
+                    crate::config::describe_io(&e)
+                )));
+            }
+        };
+        let mut line = serde_json::to_string(request).unwrap_or_default();
+        line.push('\n');
+        let written = (&stream).write_all(line.as_bytes());
+        let mut connection = Self {
+            reader: BufReader::new(stream),
+            path,
+        };
+        if let Err(e) = written {
+            // A master that turns a client away (busy, another uid) answers before it reads.
+            connection.set_timeout(Some(Duration::from_secs(1)));
+            connection.next_reply()?;
+            return Err(lost(&connection.path, &e));
+        }
+        Ok(connection)
+    }
+
+    /// Limits how long [`next_reply`](Connection::next_reply) waits for a reply.
+    pub fn set_timeout(&self, timeout: Option<Duration>) {
+        let _ = self.reader.get_ref().set_read_timeout(timeout);
+    }
+
+    /// The next reply; `None` when the master closed the connection. A reply with
+    /// `"ok": false` is an error with its reason.
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, ClientError> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(lost(&self.path, &e)),
+        }
+        let value: Value = serde_json::from_str(&line).map_err(|e| {
+            ClientError::new(format!(
+                "the master at {} sent a malformed reply: {e}",
+                self.path.display()
+            ))
+        })?;
+        if value.get("ok") == Some(&Value::Bool(false)) {
+            let why = value
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given");
+            return Err(ClientError::new(format!(
+                "the master at {} refused: {why}",
+                self.path.display()
+            )));
+        }
+        Ok(Some(Reply { value, line }))
+    }
+
+    /// The next reply, which must come.
+    pub fn reply(&mut self) -> Result<Reply, ClientError> {
+        self.next_reply()?.ok_or_else(|| {
+            ClientError::new(format!(
+                "the master at {} closed the connection without a reply",
+                self.path.display()
+            ))
+        })
+    }
+}
+
+/// One reply of the master.
+#[derive(Debug)]
+pub struct Reply {
+    /// The reply.
+    pub value: Value,
+    /// Its line as sent (without reordering the fields, as `value` does).
+    line: String,
+}
+
+impl Reply {
+    /// The JSON text of `key`'s value, its fields in the order the master sent them; the whole
+    /// reply for `None`.
+    #[must_use]
+    pub fn raw(&self, key: Option<&str>) -> String {
+        let raw = key.and_then(|key| {
+            serde_json::from_str::<
+                std::collections::HashMap<String, Box<serde_json::value::RawValue>>,
+            >(&self.line)
+            .ok()?
+            .remove(key)
+        });
+        raw.map_or_else(
+            || self.line.trim_end().to_owned(),
+            |raw| raw.get().to_owned(),
+        )
+    }
+}
+
+fn no_master_here(path: &Path) -> ClientError {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    ClientError::new(format!(
+        "no master runs in {} (no control socket at {}); start one here, or name its socket \
+         with --control PATH",
+        cwd.display(),
+        path.display()
+    ))
+}
+
+fn lost(path: &Path, error: &io::Error) -> ClientError {
+    if matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
+        ClientError::new(format!(
+            "the master at {} did not answer in time",
+            path.display()
+        ))
+    } else {
+        ClientError::new(format!(
+            "lost the master at {}: {}",
+            path.display(),
+            crate::config::describe_io(error)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_one_json_object_with_a_command() {
+        let parse = |text: &str| Request::parse(text.as_bytes());
+        assert_eq!(parse(r#"{"command":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse(r#"{"command":"resize","size":3}"#),
+            Ok(Request::Resize { size: 3 })
+        );
+        assert_eq!(
+            parse(r#"{"command":"stop"}"#),
+            Ok(Request::Stop { hard: false })
+        );
+        assert!(parse(r#"{"command":"launch"}"#).is_err());
+        assert_eq!(
+            parse(r#"{"command":"stop","hrad":true}"#),
+            Err("malformed request: unknown field `hrad`, expected `hard`".to_owned())
+        );
+        assert_eq!(
+            parse(r#"{"command":"status","x":1}"#),
+            Err("malformed request: unknown field `x`".to_owned())
+        );
+        assert!(parse(r#"{"command":"resize","size":-1}"#).is_err());
+        assert!(parse("[]").is_err());
+    }
+
+    #[test]
+    fn the_default_path_is_short_and_one_per_directory() {
+        let mut a = Fnv1a::default();
+        a.write(b"/srv/app");
+        let mut b = Fnv1a::default();
+        b.write(b"/srv/app2");
+        assert_ne!(a.finish(), b.finish());
+        // The FNV-1a test vector: the same in every build.
+        let mut empty = Fnv1a::default();
+        empty.write(b"a");
+        assert_eq!(empty.finish(), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn a_private_directory_is_ours_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("p");
+        make_private_dir(&private).unwrap();
+        make_private_dir(&private).unwrap();
+        std::fs::set_permissions(
+            &private,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let error = check_private_dir(&private).unwrap_err().to_string();
+        assert!(error.contains("mode is 0755"), "{error}");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        let error = check_private_dir(&link).unwrap_err().to_string();
+        assert!(error.contains("symbolic link"), "{error}");
+    }
+}

@@ -1,0 +1,995 @@
+//! The control socket and the commands that use it (`status`, `restart`, `resize`, `stop`,
+//! `events`), and the metrics endpoint, against real running masters.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::support::fixture::mcluster;
+
+/// How many clients a master serves at once (`mcluster::control::MAX_CLIENTS`).
+const MAX_CLIENTS: usize = mcluster::control::MAX_CLIENTS;
+use crate::support::process::{DEADLINE, stat, wait_until};
+use crate::support::script::exec_line;
+use crate::support::{Master, Script, echo, fixture, is_alive, pids};
+
+/// What a client command did.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} {:?}", self.stdout, self.stderr))
+    }
+}
+
+/// A client command: `mcluster ARGS…`, its environment cleared of `MCLUSTER_CONTROL`.
+fn client(args: &[&str]) -> Command {
+    let mut command = Command::new(mcluster());
+    command
+        .args(args)
+        .env_remove("MCLUSTER_CONTROL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs `command` to its end (killed after [`DEADLINE`]).
+#[track_caller]
+fn finish(mut command: Command) -> Run {
+    let child = command.spawn().expect("spawn the client");
+    wait_client(child)
+}
+
+#[track_caller]
+fn wait_client(mut child: Child) -> Run {
+    let start = Instant::now();
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .map(|pipe| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    })
+    .collect();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the client did not finish within {DEADLINE:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let mut texts = readers.into_iter().map(|r| r.join().unwrap());
+    Run {
+        status,
+        stdout: texts.next().unwrap(),
+        stderr: texts.next().unwrap(),
+    }
+}
+
+/// `mcluster ARGS… --control SOCKET`, run to its end.
+#[track_caller]
+fn ctl(socket: &Path, args: &[&str]) -> Run {
+    let mut command = client(args);
+    command.arg("--control").arg(socket);
+    finish(command)
+}
+
+/// A control socket path in a directory of the test's own.
+struct ControlPath {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+impl ControlPath {
+    fn new() -> Self {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("control.sock");
+        Self { _dir: dir, path }
+    }
+
+    fn arg(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+/// One request on a raw connection; returns every reply line until the master closes it.
+fn raw_request(socket: &Path, bytes: &[u8], close_write: bool) -> Vec<Value> {
+    let mut stream = UnixStream::connect(socket).expect("connect to the control socket");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = stream.write_all(bytes);
+    if close_write {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    BufReader::new(stream)
+        .lines()
+        .map_while(Result::ok)
+        .map(|line| serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect()
+}
+
+fn error_of(replies: &[Value]) -> String {
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0]["ok"], false, "{replies:?}");
+    replies[0]["error"].as_str().unwrap().to_owned()
+}
+
+/// The status, through `mcluster status --json`.
+#[track_caller]
+fn status(socket: &Path) -> Value {
+    let run = ctl(socket, &["status", "--json"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    run.json()
+}
+
+/// `restart` exits 0 for a good roll, and 1 naming the failure for a replacement that crashes
+/// or never gets ready; the old generation keeps serving.
+#[test]
+fn restart_answers_when_the_roll_has_ended_and_how() {
+    let control = ControlPath::new();
+    let echo_program = fixture("fixture-echo");
+    let script = Script::exec(&echo_program);
+    let options = [
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "2",
+        "--ready",
+        "notify",
+        "--ready-timeout",
+        "1s",
+        "--kill-timeout",
+        "5s",
+        "--control",
+        control.arg(),
+    ];
+    let (master, _) = Master::start_ready(&options, "/bin/sh", &[script.arg()], 2);
+    let port = master.port();
+
+    let run = ctl(&control.path, &["restart"]);
+    assert_eq!(run.code(), 0, "{}{}", run.stderr, master.dump());
+    assert!(
+        run.stdout.starts_with("rolled generation 2 in "),
+        "{}",
+        run.stdout
+    );
+    // The master's own lines reach the test's reader a moment after the reply.
+    master.wait_for_stderr("mcluster: rolled 2 workers to generation 2");
+    let good = master.generation(2);
+    assert_eq!(good.len(), 2);
+
+    script.rewrite("echo 'replacement: cannot start' >&2\nexit 3");
+    let run = ctl(&control.path, &["restart"]);
+    assert_eq!(run.code(), 1, "{}{}", run.stderr, master.dump());
+    assert!(
+        run.stderr
+            .starts_with("mcluster: error: the roll to generation 3 was aborted: "),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("status 3"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("| replacement: cannot start"),
+        "{}",
+        run.stderr
+    );
+
+    // Never ready: the 1 s deadline aborts the roll.
+    script.rewrite("echo 'stub: started'\nexec sleep 60");
+    let run = ctl(&control.path, &["restart", "--json"]);
+    assert_eq!(run.code(), 1, "{}{}", run.stderr, master.dump());
+    let outcome = run.json();
+    assert_eq!(outcome["outcome"], "aborted", "{outcome}");
+    assert_eq!(outcome["generation"], 4, "{outcome}");
+    assert_eq!(outcome["slots"], serde_json::json!([2, 2]), "{outcome}");
+    assert!(
+        outcome["why"].as_str().unwrap().contains("ready"),
+        "{outcome}"
+    );
+    // The good generation served through both aborted rolls.
+    assert!(good.iter().all(|w| is_alive(w.pid)), "{}", master.dump());
+    assert_eq!(echo(port, "still").generation, 2);
+
+    script.rewrite(&exec_line(&echo_program));
+    let run = ctl(&control.path, &["restart", "--json"]);
+    assert_eq!(run.code(), 0, "{}{}", run.stderr, master.dump());
+    assert_eq!(run.json()["outcome"], "rolled");
+    assert_eq!(run.json()["generation"], 5);
+}
+
+/// While a roll waits on a replacement, `status` shows it starting beside the old worker, and
+/// `events` shows the roll from its start to its end.
+#[test]
+fn status_during_a_roll_and_events_of_it() {
+    let control = ControlPath::new();
+    let echo_program = fixture("fixture-echo");
+    let script = Script::exec(&echo_program);
+    let gate = script.dir().join("gate");
+    let options = ["-l", "127.0.0.1:0", "-n", "1", "--control", control.arg()];
+    let (master, old) = Master::start_ready(&options, "/bin/sh", &[script.arg()], 1);
+
+    let mut events = client(&["events", "--control", control.arg()])
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(events.stdout.take().unwrap()).lines();
+    let mut notes = BufReader::new(events.stderr.take().unwrap()).lines();
+    // Printed once the master has the subscription: no event of the roll can be missed.
+    let note = notes.next().unwrap().unwrap();
+    assert_eq!(
+        note,
+        format!(
+            "mcluster: following the events of master pid {}",
+            master.pid()
+        )
+    );
+
+    // The replacement waits for the gate before it becomes the echo worker.
+    script.rewrite(&format!(
+        "while [ ! -e '{}' ]; do sleep 0.01; done\n{}",
+        gate.display(),
+        exec_line(&echo_program)
+    ));
+    let restart = client(&["restart", "--json", "--control", control.arg()])
+        .spawn()
+        .unwrap();
+    let mut seen = Value::Null;
+    wait_until("status to show the roll", || {
+        seen = status(&control.path);
+        seen["rolling"] == true
+            && seen["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["generation"] == 2 && w["state"] == "starting" && w["slot"] == 0)
+    });
+    let workers = seen["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{seen}");
+    let serving = workers.iter().find(|w| w["generation"] == 1).unwrap();
+    assert_eq!(serving["state"], "ready", "{seen}");
+    assert_eq!(serving["pid"], old[0].pid, "{seen}");
+    assert_eq!(seen["ready"], true, "{seen}");
+    assert_eq!(seen["serving_generation"], 1, "{seen}");
+    assert_eq!(seen["pid"], master.pid(), "{seen}");
+    assert_eq!(seen["mode"], "start", "{seen}");
+
+    std::fs::write(&gate, "").unwrap();
+    let run = wait_client(restart);
+    assert_eq!(run.code(), 0, "{}{}", run.stderr, master.dump());
+    assert_eq!(run.json()["outcome"], "rolled");
+    master.wait_for_stderr("mcluster: rolled 1 worker to generation 2");
+    let new = master.generation(2);
+
+    let mut kinds = Vec::new();
+    for line in lines.by_ref() {
+        let record: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        kinds.push((
+            record["event"].as_str().unwrap().to_owned(),
+            record["generation"].as_u64(),
+        ));
+        if record["event"] == "worker_exited" && record["pid"] == old[0].pid {
+            break;
+        }
+    }
+    let expected = [
+        ("roll_started", Some(2)),
+        ("worker_spawned", Some(2)),
+        ("worker_ready", Some(2)),
+        ("roll_ended", Some(2)),
+        ("worker_exited", Some(1)),
+    ];
+    let mut wanted = expected.iter().peekable();
+    for (kind, generation) in &kinds {
+        if wanted
+            .peek()
+            .is_some_and(|(k, g)| k == kind && g == generation)
+        {
+            wanted.next();
+        }
+    }
+    assert!(
+        wanted.peek().is_none(),
+        "{kinds:?}, expected in order {expected:?}"
+    );
+    assert!(is_alive(new[0].pid));
+    // The follower ends with the master.
+    assert_eq!(ctl(&control.path, &["stop"]).code(), 0);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.last().is_some_and(|l| l.contains("\"worker_exited\"")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter().any(|l| l == r#"{"event":"stopping"}"#),
+        "{rest:?}"
+    );
+    let status = events.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{:?}",
+        notes.map_while(Result::ok).collect::<Vec<_>>()
+    );
+}
+
+/// `stop` returns only once the master's process has exited, its workers and socket with it.
+#[test]
+fn stop_returns_when_the_master_is_gone() {
+    let control = ControlPath::new();
+    // A worker that ignores the stop signal holds the stop up for the kill timeout.
+    let options = [
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "2",
+        "--kill-timeout",
+        "1s",
+        "--control",
+        control.arg(),
+    ];
+    let (master, workers) = Master::start_ready(&options, fixture("fixture-ignore-term"), &[], 2);
+    let start = Instant::now();
+    let run = ctl(&control.path, &["stop"]);
+    assert_eq!(run.code(), 0, "{}{}", run.stderr, master.dump());
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(run.stdout, format!("master pid {} stopped\n", master.pid()));
+    // Exited (a zombie until the test reaps it), not merely stopping.
+    assert!(
+        stat(master.pid()).is_none_or(|s| s.state == 'Z'),
+        "{:?}",
+        stat(master.pid())
+    );
+    assert!(workers.iter().all(|w| !is_alive(w.pid)));
+    assert!(!control.path.exists(), "the control socket is left");
+    let run = ctl(&control.path, &["status"]);
+    assert_eq!(run.code(), 1);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "mcluster: error: no master at {}: no such socket\n",
+            control.path.display()
+        )
+    );
+
+    // --hard: no wait for the kill timeout.
+    let options = [
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "1",
+        "--kill-timeout",
+        "60s",
+        "--control",
+        control.arg(),
+    ];
+    let (mut master, _) = Master::start_ready(&options, fixture("fixture-ignore-term"), &[], 1);
+    let run = ctl(&control.path, &["stop", "--hard", "--json"]);
+    assert_eq!(run.code(), 0, "{}{}", run.stderr, master.dump());
+    assert_eq!(run.json()["pid"], master.pid());
+    assert_eq!(run.json()["exited"], true);
+    assert!(stat(master.pid()).is_none_or(|s| s.state == 'Z'));
+    master.wait_exit();
+}
+
+/// One master per control path: a second one is refused, naming the first; a socket left by a
+/// killed master is replaced.
+#[test]
+fn one_master_per_control_path_and_stale_sockets_replaced() {
+    let control = ControlPath::new();
+    let echo_program = fixture("fixture-echo");
+    let options = ["-l", "127.0.0.1:0", "-n", "1", "--control", control.arg()];
+    let (mut first, _) = Master::start_ready(&options, &echo_program, &[], 1);
+
+    let mut second = Master::start(&options, &echo_program, &[]);
+    assert_eq!(second.wait_exit_code(), 1, "{}", second.dump());
+    let lines = second.stderr_lines();
+    assert_eq!(
+        lines,
+        [format!(
+            "mcluster: error: cannot make the control socket {}: master pid {} answers on it \
+             (stop it first, or give this master another --control PATH)",
+            control.path.display(),
+            first.pid()
+        )],
+    );
+    assert_eq!(status(&control.path)["pid"], first.pid());
+
+    // Killed, the first master leaves its socket file: stale.
+    first.signal(Signal::SIGKILL);
+    first.wait_exit();
+    assert!(
+        std::fs::symlink_metadata(&control.path).is_ok_and(|m| m.file_type().is_socket()),
+        "a killed master cannot remove its socket"
+    );
+    let run = ctl(&control.path, &["status"]);
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stderr.contains("left from a master that was killed"),
+        "{}",
+        run.stderr
+    );
+
+    let (third, _) = Master::start_ready(&options, &echo_program, &[], 1);
+    assert_eq!(status(&control.path)["pid"], third.pid());
+    let mode = std::fs::metadata(&control.path).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A stale socket that no master made is replaced too; anything else at the path is not.
+    drop(third);
+    let other = ControlPath::new();
+    drop(UnixListener::bind(&other.path).unwrap());
+    let options = ["-l", "127.0.0.1:0", "-n", "1", "--control", other.arg()];
+    let (fourth, _) = Master::start_ready(&options, &echo_program, &[], 1);
+    assert_eq!(status(&other.path)["pid"], fourth.pid());
+    drop(fourth);
+    let file = ControlPath::new();
+    std::fs::write(&file.path, "mine").unwrap();
+    let options = ["-l", "127.0.0.1:0", "-n", "1", "--control", file.arg()];
+    let mut refused = Master::start(&options, &echo_program, &[]);
+    assert_eq!(refused.wait_exit_code(), 2, "{}", refused.dump());
+    assert_eq!(std::fs::read_to_string(&file.path).unwrap(), "mine");
+}
+
+/// Without `--control`, the commands find the master started in their working directory, in a
+/// 0700 directory of `$XDG_RUNTIME_DIR` that goes when the master does.
+#[test]
+fn the_default_control_socket_belongs_to_the_working_directory() {
+    let here = TempDir::new().unwrap();
+    let elsewhere = TempDir::new().unwrap();
+    let master = Master::builder(
+        &["-l", "127.0.0.1:0", "-n", "1"],
+        fixture("fixture-echo"),
+        &[],
+    )
+    .current_dir(here.path())
+    .start();
+    master.wait_ready(1);
+    let runtime = master.tmpdir().to_owned();
+    let in_dir = |dir: &Path, args: &[&str]| {
+        let mut command = client(args);
+        command.current_dir(dir).env("XDG_RUNTIME_DIR", &runtime);
+        finish(command)
+    };
+    let run = in_dir(here.path(), &["status", "--json"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    assert_eq!(run.json()["pid"], master.pid());
+
+    let dir = runtime.join("mcluster");
+    let meta = std::fs::symlink_metadata(&dir).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.mode() & 0o777, 0o700);
+    let sockets: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(sockets.len(), 1, "{sockets:?}");
+    let name = sockets[0].file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.len() == 21 && Path::new(name).extension().is_some_and(|e| e == "sock"),
+        "{name}: 16 hex digits and .sock"
+    );
+    assert_eq!(
+        std::fs::metadata(&sockets[0]).unwrap().mode() & 0o777,
+        0o600
+    );
+
+    let run = in_dir(elsewhere.path(), &["status"]);
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "mcluster: error: no master runs in {}",
+            elsewhere.path().canonicalize().unwrap().display()
+        )) || run.stderr.starts_with(&format!(
+            "mcluster: error: no master runs in {}",
+            elsewhere.path().display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+
+    let run = in_dir(here.path(), &["stop"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    assert!(!dir.exists(), "the emptied control directory is left");
+}
+
+/// A client of another uid is refused: by the socket's mode, and by the master itself where
+/// the mode would let it in.
+#[test]
+fn a_client_of_another_user_is_refused() {
+    let control = ControlPath::new();
+    let options = ["-l", "127.0.0.1:0", "-n", "1", "--control", control.arg()];
+    let (master, _) = Master::start_ready(&options, fixture("fixture-echo"), &[], 1);
+    let as_nobody = || {
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+            .arg(mcluster())
+            .args(["status", "--control", control.arg()])
+            .env_remove("MCLUSTER_CONTROL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        finish(command)
+    };
+    let run = as_nobody();
+    assert_eq!(run.code(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("permission denied"), "{}", run.stderr);
+
+    // Opened up by hand: the master still answers only its own uid (and root).
+    let dir = control.path.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&control.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let run = as_nobody();
+    assert_eq!(run.code(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("uid 65534 may not control a master of uid 0"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert_eq!(status(&control.path)["pid"], master.pid());
+}
+
+/// Malformed, truncated, oversized and slow requests get an error each; 100 clients at once
+/// get an answer or a busy error; the master keeps supervising and serving throughout.
+#[test]
+fn bad_and_many_clients_leave_the_master_unharmed() {
+    let control = ControlPath::new();
+    let options = ["-l", "127.0.0.1:0", "-n", "2", "--control", control.arg()];
+    let (master, old) = Master::start_ready(&options, fixture("fixture-echo"), &[], 2);
+    let port = master.port();
+    let socket = control.path.clone();
+
+    let error = error_of(&raw_request(&socket, b"not json\n", false));
+    assert!(error.starts_with("malformed request: "), "{error}");
+    let error = error_of(&raw_request(&socket, b"{\"command\":\"launch\"}\n", false));
+    assert!(error.contains("unknown variant `launch`"), "{error}");
+    let error = error_of(&raw_request(&socket, b"{\"command\":\"sta", true));
+    assert!(error.starts_with("truncated request"), "{error}");
+    let error = error_of(&raw_request(&socket, &vec![b'x'; 70_000], false));
+    assert!(
+        error.starts_with("request too long: more than 65536 bytes"),
+        "{error}"
+    );
+    let error = error_of(&raw_request(
+        &socket,
+        b"{\"command\":\"resize\",\"size\":0}\n",
+        false,
+    ));
+    assert!(error.contains("size 0"), "{error}");
+
+    // 100 clients that send nothing: 64 are held to the request deadline, the rest turned away.
+    let start = Instant::now();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let idle: Vec<_> = (0..100)
+        .map(|_| {
+            let socket = socket.clone();
+            let answered = Arc::clone(&answered);
+            thread::spawn(move || {
+                let replies = raw_request(&socket, b"", false);
+                answered.fetch_add(1, Ordering::SeqCst);
+                replies
+            })
+        })
+        .collect();
+    // The ones turned away are answered at once; then every place is taken, and one more
+    // client is turned away too.
+    wait_until("36 clients to be turned away", || {
+        answered.load(Ordering::SeqCst) >= 100 - MAX_CLIENTS
+    });
+    let error = error_of(&raw_request(&socket, b"{\"command\":\"status\"}\n", false));
+    assert!(error.starts_with("busy: "), "{error}");
+
+    // Meanwhile the supervision loop works: the workers serve, and a roll by signal completes.
+    assert_eq!(echo(port, "busy?").generation, 1);
+    let mark = master.stderr_mark();
+    master.signal(Signal::SIGHUP);
+    master.wait_for_stderr_after(mark, "mcluster: rolled 2 workers to generation 2");
+
+    let replies: Vec<String> = idle
+        .into_iter()
+        .map(|client| error_of(&client.join().unwrap()))
+        .collect();
+    let busy = replies.iter().filter(|e| e.starts_with("busy: ")).count();
+    let slow = replies
+        .iter()
+        .filter(|e| *e == "no complete request within 5s")
+        .count();
+    assert_eq!(busy + slow, 100, "{replies:?}");
+    // Status requests made while they arrived may have taken a place or two.
+    assert!(
+        slow <= MAX_CLIENTS && busy >= 100 - MAX_CLIENTS,
+        "{replies:?}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(5));
+
+    // 100 status requests at once: every one answered, or turned away as busy.
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let socket = socket.clone();
+            thread::spawn(move || raw_request(&socket, b"{\"command\":\"status\"}\n", false))
+        })
+        .collect();
+    for client in clients {
+        let replies = client.join().unwrap();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        let ok = replies[0]["ok"] == true && replies[0]["status"]["pid"] == master.pid();
+        let busy = replies[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("busy: "));
+        assert!(ok || busy, "{replies:?}");
+    }
+    let now = status(&socket);
+    assert_eq!(now["ready"], true, "{now}");
+    assert_eq!(now["serving_generation"], 2, "{now}");
+    assert!(old.iter().all(|w| !is_alive(w.pid)) || !pids(&old).is_empty());
+    assert_eq!(echo(port, "fine").generation, 2);
+}
+
+/// A sample of the Prometheus text format: the metric's name, its labels, its value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Parses the Prometheus text exposition format strictly enough to catch malformed output:
+/// every sample's metric has a `# TYPE` line before it, labels are `name="value"` pairs.
+fn parse_prometheus(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
+    let mut types = BTreeMap::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "{line}"
+            );
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "{line}");
+        let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels.strip_suffix('}').expect("labels end in }");
+                let labels = labels
+                    .split(',')
+                    .map(|pair| {
+                        let (key, value) = pair.split_once('=').expect("label=\"value\"");
+                        let value = value
+                            .strip_prefix('"')
+                            .and_then(|v| v.strip_suffix('"'))
+                            .expect("a quoted label value");
+                        (key.to_owned(), value.to_owned())
+                    })
+                    .collect();
+                (name, labels)
+            }
+            None => (series, BTreeMap::new()),
+        };
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| types.get(*base).is_some_and(|kind| kind == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "{name} has no # TYPE before it");
+        samples.push((name.to_owned(), labels, value));
+    }
+    (types, samples)
+}
+
+fn scrape(addr: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+/// `--metrics` serves the Prometheus text format; the numbers follow the master.
+// The values compared are small whole numbers, exact in an f64.
+#[allow(clippy::float_cmp)]
+#[test]
+fn metrics_are_scraped_and_parsed() {
+    let control = ControlPath::new();
+    let options = [
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "2",
+        "--metrics",
+        "127.0.0.1:0",
+        "--control",
+        control.arg(),
+    ];
+    let (master, _) = Master::start_ready(&options, fixture("fixture-echo"), &[], 2);
+    let line = master.wait_for_stderr("mcluster: metrics on http://");
+    let addr = line
+        .strip_prefix("mcluster: metrics on http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap()
+        .to_owned();
+    let value = |samples: &[Sample], name: &str, label: Option<(&str, &str)>| -> f64 {
+        samples
+            .iter()
+            .find(|(n, labels, _)| {
+                n == name && label.is_none_or(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+            })
+            .unwrap_or_else(|| panic!("no {name} {label:?} in {samples:?}"))
+            .2
+    };
+
+    let (head, body) = scrape(&addr, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let (types, samples) = parse_prometheus(&body);
+    for (name, kind) in &types {
+        assert!(name.starts_with("mcluster_"), "{name}");
+        assert_eq!(
+            kind == "counter",
+            name.ends_with("_total"),
+            "{name} is a {kind}"
+        );
+    }
+    assert_eq!(
+        value(&samples, "mcluster_workers", Some(("state", "ready"))),
+        2.0
+    );
+    assert_eq!(
+        value(&samples, "mcluster_workers", Some(("state", "starting"))),
+        0.0
+    );
+    assert_eq!(value(&samples, "mcluster_size", None), 2.0);
+    assert_eq!(value(&samples, "mcluster_rolls_started_total", None), 0.0);
+    assert_eq!(
+        value(
+            &samples,
+            "mcluster_worker_restarts_total",
+            Some(("slot", "1"))
+        ),
+        0.0
+    );
+    assert!(value(&samples, "mcluster_master_resident_memory_bytes", None) > 1e6);
+
+    assert_eq!(ctl(&control.path, &["restart"]).code(), 0);
+    // A crash: the slot's restart counter goes up once the replacement runs.
+    echo(master.port(), "exit 1");
+    let (_, body) = scrape(&addr, "/metrics");
+    let (_, samples) = parse_prometheus(&body);
+    assert_eq!(value(&samples, "mcluster_rolls_started_total", None), 1.0);
+    assert_eq!(value(&samples, "mcluster_rolls_completed_total", None), 1.0);
+    assert_eq!(value(&samples, "mcluster_rolls_aborted_total", None), 0.0);
+    assert_eq!(value(&samples, "mcluster_last_roll_generation", None), 2.0);
+    assert!(value(&samples, "mcluster_last_roll_duration_seconds", None) >= 0.0);
+    wait_until("the roll to be in the duration histogram", || {
+        let (_, body) = scrape(&addr, "/metrics");
+        let (_, samples) = parse_prometheus(&body);
+        value(&samples, "mcluster_roll_duration_seconds_count", None) == 1.0
+            && value(
+                &samples,
+                "mcluster_roll_duration_seconds_bucket",
+                Some(("le", "+Inf")),
+            ) == 1.0
+            && value(
+                &samples,
+                "mcluster_roll_duration_seconds_bucket",
+                Some(("le", "300")),
+            ) == 1.0
+    });
+    wait_until("a restart to be counted", || {
+        let (_, body) = scrape(&addr, "/metrics");
+        let (_, samples) = parse_prometheus(&body);
+        samples
+            .iter()
+            .any(|(n, _, v)| n == "mcluster_worker_restarts_total" && *v == 1.0)
+    });
+
+    let (head, _) = scrape(&addr, "/other");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    // A client that sends nothing and one that sends garbage do not stop the next scrape.
+    let _silent = TcpStream::connect(&addr).unwrap();
+    let mut garbage = TcpStream::connect(&addr).unwrap();
+    garbage.write_all(&[0xff; 100]).unwrap();
+    let (head, _) = scrape(&addr, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+}
+
+/// Client commands given bad input, or no master: one line, a non-zero status.
+#[test]
+fn client_errors_are_one_line() {
+    let control = ControlPath::new();
+    for (args, code, needle) in [
+        (&["resize", "0"][..], 2, "invalid value '0' for '<N>'"),
+        (&["resize", "x"], 2, "invalid value 'x' for '<N>'"),
+        (&["status"], 1, "no master at"),
+        (&["restart"], 1, "no master at"),
+        (&["stop"], 1, "no master at"),
+        (&["events"], 1, "no master at"),
+    ] {
+        let run = ctl(&control.path, args);
+        assert_eq!(run.code(), code, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.starts_with("mcluster: error: "),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert_eq!(run.stdout, "");
+    }
+    let run = finish(client(&[
+        "start",
+        "-l",
+        "127.0.0.1:0",
+        "--metrics",
+        "unix:/x",
+        "--control",
+        control.arg(),
+        "--",
+        "/bin/true",
+    ]));
+    assert_eq!(run.code(), 2, "{}", run.stderr);
+    assert!(run.stderr.contains("unix:/x"), "{}", run.stderr);
+    assert!(!control.path.exists());
+}
+
+/// `mcluster completions SHELL` and `mcluster man` come from the command definitions.
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let run = finish(client(&["completions", "bash"]));
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    assert!(run.stdout.contains("restart"), "{}", run.stdout);
+    let dir = TempDir::new().unwrap();
+    let script = dir.path().join("mcluster.bash");
+    std::fs::write(&script, &run.stdout).unwrap();
+    let checked = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let run = finish(client(&["completions", shell]));
+        assert_eq!(run.code(), 0, "{shell}: {}", run.stderr);
+        assert!(run.stdout.contains("control"), "{shell}");
+    }
+
+    let run = finish(client(&["man"]));
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    assert!(run.stdout.contains(".TH mcluster 1"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("mcluster\\-status(1)"),
+        "{}",
+        run.stdout
+    );
+    let run = finish(client(&["man", "--dir", dir.path().to_str().unwrap()]));
+    assert_eq!(run.code(), 0, "{}", run.stderr);
+    let page = std::fs::read_to_string(dir.path().join("mcluster-status.1")).unwrap();
+    assert!(page.contains("\\-\\-ready"), "{page}");
+}
+
+/// The `- item` lines right after the line `key:` in a YAML text.
+fn yaml_list(text: &str, key: &str) -> Vec<String> {
+    text.lines()
+        .skip_while(|line| line.trim() != key)
+        .skip(1)
+        .map_while(|line| line.trim().strip_prefix("- ").map(str::to_owned))
+        .collect()
+}
+
+/// The deploy examples run commands mcluster takes, and their timeouts nest: mcluster's kill
+/// timeout ends before the container runtime's SIGKILL.
+#[test]
+fn the_deploy_examples_agree_with_the_command_line() {
+    use clap::Parser as _;
+    use mcluster::cli::{Cli, Command as Sub};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let kill_timeout = |argv: &[String]| -> Duration {
+        match Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+            .command
+        {
+            Sub::Start(args) => args
+                .cluster
+                .kill_timeout
+                .expect("an explicit --kill-timeout"),
+            other => panic!("{argv:?} is {other:?}, not mcluster start"),
+        }
+    };
+
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let exec_form = |instruction: &str| -> Vec<String> {
+        let line = dockerfile
+            .lines()
+            .find_map(|line| line.strip_prefix(instruction))
+            .unwrap_or_else(|| panic!("no {instruction}"));
+        serde_json::from_str(line).unwrap()
+    };
+    let mut argv = exec_form("ENTRYPOINT ");
+    argv.extend(exec_form("CMD "));
+    // `docker stop` sends SIGKILL after 10 s.
+    assert!(kill_timeout(&argv) < Duration::from_secs(10), "{argv:?}");
+
+    let manifest = std::fs::read_to_string(root.join("kubernetes.yaml")).unwrap();
+    let mut argv = yaml_list(&manifest, "command:");
+    argv.extend(yaml_list(&manifest, "args:"));
+    let grace: u64 = manifest
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("terminationGracePeriodSeconds: "))
+        .and_then(|value| value.parse().ok())
+        .expect("terminationGracePeriodSeconds");
+    let pre_stop = Duration::from_secs(5);
+    assert!(manifest.contains(r#"command: ["sleep", "5"]"#));
+    assert!(
+        pre_stop + kill_timeout(&argv) < Duration::from_secs(grace),
+        "{argv:?} and {grace} s"
+    );
+    for probe in [
+        r#"command: ["mcluster", "status", "--ready"]"#,
+        r#"command: ["mcluster", "status", "--json"]"#,
+    ] {
+        assert!(manifest.contains(probe), "{probe}");
+        let argv: Vec<String> =
+            serde_json::from_str(probe.strip_prefix("command: ").unwrap()).unwrap();
+        assert!(matches!(
+            Cli::try_parse_from(&argv).map(|cli| cli.command),
+            Ok(Sub::Status(_))
+        ));
+    }
+}
