@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use nix::sys::socket::{Shutdown, getsockopt, shutdown, sockopt};
+use nix::sys::socket::{Shutdown, shutdown};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -391,11 +391,10 @@ fn accept_clients(socket: &UnixListener, handle: &Handle, clients: &Clients) {
 /// Only our own uid, and root, may control the master.
 fn check_peer(stream: &UnixStream) -> Result<(), String> {
     let ours = nix::unistd::geteuid().as_raw();
-    match getsockopt(stream, sockopt::PeerCredentials) {
-        Ok(peer) if peer.uid() == ours || peer.uid() == 0 => Ok(()),
+    match crate::sys::peer_uid(stream) {
+        Ok(peer) if peer == ours || peer == 0 => Ok(()),
         Ok(peer) => Err(format!(
-            "permission denied: uid {} may not control a master of uid {ours}",
-            peer.uid()
+            "permission denied: uid {peer} may not control a master of uid {ours}"
         )),
         Err(e) => Err(format!("cannot tell who the client is: {e}")),
     }

@@ -8,6 +8,7 @@
 //! | the child dies with its parent | `PR_SET_PDEATHSIG` | FreeBSD: `procctl(PROC_PDEATHSIG_CTL)`; macOS: none — the master's guard kills the worker's group when the master dies |
 //! | a process name for `ps` (the guard) | `PR_SET_NAME` | none: the guard shows as the master's name |
 //! | `errno` in a forked child | `nix::errno::Errno::last_raw` everywhere | |
+//! | who is at the other end of a unix socket | `SO_PEERCRED` | `getpeereid` |
 
 use std::ffi::c_int;
 use std::io;
@@ -187,6 +188,21 @@ pub(crate) unsafe fn set_name(name: &std::ffi::CStr) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = name;
+}
+
+/// The uid of the process at the other end of a connected unix socket.
+pub(crate) fn peer_uid(socket: &std::os::unix::net::UnixStream) -> io::Result<u32> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let credentials =
+            nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::PeerCredentials)?;
+        Ok(credentials.uid())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let (uid, _) = nix::unistd::getpeereid(socket)?;
+        Ok(uid.as_raw())
+    }
 }
 
 /// The calling thread's errno; async-signal-safe.
