@@ -509,7 +509,13 @@ fn serve(stream: &UnixStream, handle: &Handle) {
             None => stopped(),
         },
         Request::Restart => {
-            let outcome = handle.restart().wait();
+            let outcome =
+                handle
+                    .restart()
+                    .wait()
+                    .unwrap_or_else(|| crate::status::RestartOutcome::Refused {
+                        why: "the master stopped".to_owned(),
+                    });
             let _ = write_reply(stream, "restart", &outcome);
         }
         Request::Resize { size: 0 } => {
@@ -522,16 +528,16 @@ fn serve(stream: &UnixStream, handle: &Handle) {
             if handle.status().is_none() {
                 return stopped();
             }
-            handle.resize(size);
+            drop(handle.resize(size));
             let _ = write_line(stream, &json!({"ok": true, "size": size}));
         }
         Request::Stop { hard } => {
             // Subscribed before the stop: the subscription ends when the master has stopped.
             let records = handle.events();
             if hard {
-                handle.quit_hard();
+                drop(handle.quit_hard());
             } else {
-                handle.quit();
+                drop(handle.quit());
             }
             let pid = std::process::id();
             let _ = write_line(stream, &json!({"ok": true, "stopping": true, "pid": pid}));

@@ -495,21 +495,27 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Sets the number of workers (at least 1).
-    pub fn resize(&self, size: usize) {
-        let _ = self.events.send(Input::Control(Control::Resize(size)));
+    /// Sets the number of workers (at least 1). The returned [`Waiter`] answers with the
+    /// master's status once every slot of the new size has a ready worker; dropping it is fine.
+    #[allow(clippy::must_use_candidate)]
+    pub fn resize(&self, size: usize) -> Waiter<Status> {
+        let (reply, waiter) = mpsc::channel();
+        let _ = self
+            .events
+            .send(Input::Control(Control::Resize(size, Some(reply))));
+        Waiter { waiter }
     }
 
     /// Replaces every worker with one of a new generation, each old one only after its
-    /// replacement is ready. The returned [`Restart`] tells when the roll has ended and how, as
+    /// replacement is ready. The returned [`Waiter`] tells when the roll has ended and how, as
     /// `cluster-master`'s restart callback did; dropping it is fine.
     #[allow(clippy::must_use_candidate)]
-    pub fn restart(&self) -> Restart {
+    pub fn restart(&self) -> Waiter<RestartOutcome> {
         let (outcome, waiter) = mpsc::channel();
         let _ = self
             .events
             .send(Input::Control(Control::Roll(Some(outcome))));
-        Restart { waiter }
+        Waiter { waiter }
     }
 
     /// A snapshot of the master and its workers; `None` once the master has stopped.
@@ -533,45 +539,53 @@ impl Handle {
         records
     }
 
-    /// Stops gracefully: the stop signal, then SIGKILL after the kill timeout. `run` returns
-    /// [`ExitReason::Stopped`].
-    pub fn quit(&self) {
-        let _ = self.events.send(Input::Control(Control::Quit));
+    /// Stops gracefully: the stop signal, then SIGKILL after the kill timeout. The returned
+    /// [`Waiter`] answers with how the master ended once every worker is gone (`run` returns
+    /// the same, [`ExitReason::Stopped`]).
+    #[allow(clippy::must_use_candidate)]
+    pub fn quit(&self) -> Waiter<ExitReason> {
+        self.stop(false)
     }
 
-    /// SIGKILLs every worker. `run` returns [`ExitReason::Killed`].
-    pub fn quit_hard(&self) {
-        let _ = self.events.send(Input::Control(Control::QuitHard));
+    /// SIGKILLs every worker; the [`Waiter`] answers as [`quit`](Handle::quit)'s does
+    /// ([`ExitReason::Killed`]).
+    #[allow(clippy::must_use_candidate)]
+    pub fn quit_hard(&self) -> Waiter<ExitReason> {
+        self.stop(true)
+    }
+
+    fn stop(&self, hard: bool) -> Waiter<ExitReason> {
+        let (reply, waiter) = mpsc::channel();
+        let control = if hard {
+            Control::QuitHard(Some(reply))
+        } else {
+            Control::Quit(Some(reply))
+        };
+        let _ = self.events.send(Input::Control(control));
+        Waiter { waiter }
     }
 }
 
-/// A rolling restart under way, from [`Handle::restart`].
+/// The answer to a [`Handle`] request, once it is there.
 #[derive(Debug)]
-pub struct Restart {
-    waiter: Receiver<RestartOutcome>,
+pub struct Waiter<T> {
+    waiter: Receiver<T>,
 }
 
-impl Restart {
-    /// Waits until the roll has ended: every slot runs the new generation, or a replacement
-    /// failed and the roll stopped, or no roll could start (the master is stopping).
+impl<T> Waiter<T> {
+    /// Waits for the answer; `None` if the master stopped without giving one (a restart asked
+    /// for while it stopped gets [`RestartOutcome::Refused`] instead).
     #[must_use]
-    pub fn wait(self) -> RestartOutcome {
-        self.waiter
-            .recv()
-            .unwrap_or_else(|_| RestartOutcome::Refused {
-                why: "the master stopped".to_owned(),
-            })
+    pub fn wait(self) -> Option<T> {
+        self.waiter.recv().ok()
     }
 
-    /// As [`wait`](Restart::wait), for at most `timeout`; `None` if the roll goes on.
-    #[must_use]
-    pub fn wait_timeout(&self, timeout: Duration) -> Option<RestartOutcome> {
+    /// As [`wait`](Waiter::wait), for at most `timeout`: `Err(self)` if no answer came yet.
+    pub fn wait_timeout(self, timeout: Duration) -> Result<Option<T>, Self> {
         match self.waiter.recv_timeout(timeout) {
-            Ok(outcome) => Some(outcome),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => Some(RestartOutcome::Refused {
-                why: "the master stopped".to_owned(),
-            }),
+            Ok(answer) => Ok(Some(answer)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(self),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(None),
         }
     }
 }

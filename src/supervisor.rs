@@ -75,11 +75,14 @@ pub(crate) enum Input {
 /// Requests from [`Handle`](crate::master::Handle) (and the control socket, through one).
 #[derive(Debug)]
 pub(crate) enum Control {
-    Resize(usize),
+    /// A new size; the status goes to the sender once every slot of it has a ready worker.
+    Resize(usize, Option<Sender<Status>>),
     /// A roll; its outcome goes to the sender, if any.
     Roll(Option<Sender<RestartOutcome>>),
-    Quit,
-    QuitHard,
+    /// A graceful stop; how the master ended goes to the sender.
+    Quit(Option<Sender<ExitReason>>),
+    /// A hard stop; how the master ended goes to the sender.
+    QuitHard(Option<Sender<ExitReason>>),
     /// A snapshot of the master, to the sender.
     Status(Sender<Status>),
     /// Every lifecycle event from now on, to the sender, until it hangs up.
@@ -177,6 +180,8 @@ impl Supervisor<'_> {
             served: false,
             waiters: HashMap::new(),
             subscribers: Vec::new(),
+            resize_waiters: Vec::new(),
+            exit_waiters: Vec::new(),
             rolls: RollCounts::default(),
             last_roll: None,
             started: Instant::now(),
@@ -239,6 +244,9 @@ impl Supervisor<'_> {
             }
         }
         let reason = state.exit.take().unwrap_or(ExitReason::Killed);
+        for waiter in state.exit_waiters.drain(..) {
+            let _ = waiter.send(reason.clone());
+        }
         if let ExitReason::NeverReady { pid: Some(pid), .. } = &reason {
             report_stderr_tail(&mut state, pid.0);
         }
@@ -312,9 +320,21 @@ impl Supervisor<'_> {
                     let _ = reply.send(self.status(state));
                 }
                 Control::Subscribe(subscriber) => state.subscribers.push(subscriber),
-                Control::Resize(size) => self.feed(state, Event::Resize(size)),
-                Control::Quit => self.feed(state, Event::Stop { hard: false }),
-                Control::QuitHard => self.feed(state, Event::Stop { hard: true }),
+                Control::Resize(size, reply) => {
+                    if let Some(reply) = reply {
+                        state.resize_waiters.push((size, reply));
+                    }
+                    self.feed(state, Event::Resize(size));
+                    self.answer_resizes(state);
+                }
+                Control::Quit(reply) => {
+                    state.exit_waiters.extend(reply);
+                    self.feed(state, Event::Stop { hard: false });
+                }
+                Control::QuitHard(reply) => {
+                    state.exit_waiters.extend(reply);
+                    self.feed(state, Event::Stop { hard: true });
+                }
             },
             Input::Changed(paths) => self.on_change(state, paths),
         }
@@ -589,6 +609,7 @@ impl Supervisor<'_> {
                             generation: ready.generation,
                             how: ready.how,
                         });
+                        self.answer_resizes(state);
                     }
                     Action::RollStarted { generation, size } => {
                         if !self.quiet {
@@ -802,6 +823,25 @@ impl Supervisor<'_> {
         }
     }
 
+    /// Answers those waiting for a size once every slot of it has a ready worker.
+    fn answer_resizes(&self, state: &mut DriverState) {
+        if state.resize_waiters.is_empty() || !self.cluster.all_ready() {
+            return;
+        }
+        let size = self.cluster.size();
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut state.resize_waiters)
+            .into_iter()
+            .partition(|(wanted, _)| *wanted == size || *wanted == 0);
+        state.resize_waiters = waiting;
+        if done.is_empty() {
+            return;
+        }
+        let status = self.status(state);
+        for (_, waiter) in done {
+            let _ = waiter.send(status.clone());
+        }
+    }
+
     /// Counts a roll's end, publishes it, and answers whoever waits for it.
     fn roll_ended(state: &mut DriverState, end: &RollEnd) {
         let duration_ms = status::millis(end.elapsed);
@@ -918,6 +958,10 @@ pub(crate) struct DriverState {
     waiters: HashMap<u64, Sender<RestartOutcome>>,
     /// Who follows the lifecycle events.
     subscribers: Vec<Sender<Record>>,
+    /// Who waits for every slot of a size to be ready.
+    resize_waiters: Vec<(usize, Sender<Status>)>,
+    /// Who waits for the master to end.
+    exit_waiters: Vec<Sender<ExitReason>>,
     rolls: RollCounts,
     last_roll: Option<LastRoll>,
     started: Instant,

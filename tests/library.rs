@@ -122,6 +122,9 @@ fn an_embedder_waits_for_the_outcome_of_a_restart() {
             && aborted.contains(r#""stderr":["app: bad config"]"#),
         "{aborted}"
     );
+    master.send("resize wait 3");
+    let resized = master.wait_for_stdout("resized: ");
+    assert_eq!(resized, "resized: 3 workers, ready: true");
     master.send("status");
     let status = master.wait_for_stdout("status: {");
     assert!(
