@@ -416,7 +416,8 @@ fn html_escape(text: &str) -> String {
 /// `accept`.
 pub(crate) struct BuildingPage {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// Gives the listeners back when it ends.
+    thread: Option<JoinHandle<Vec<TcpListener>>>,
 }
 
 impl BuildingPage {
@@ -425,11 +426,20 @@ impl BuildingPage {
         listeners: Vec<TcpListener>,
         page: impl Fn() -> String + Send + 'static,
     ) -> io::Result<Self> {
+        // Non-blocking while it answers, so that a connection that vanished between poll and
+        // accept cannot hold it; blocking again before any worker shares the socket (the flag
+        // belongs to the socket, not to this duplicate of it).
+        for listener in &listeners {
+            listener.set_nonblocking(true)?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = thread::Builder::new()
             .name("building-page".to_owned())
-            .spawn(move || answer_while_building(&listeners, &stopping, &page))?;
+            .spawn(move || {
+                answer_while_building(&listeners, &stopping, &page);
+                listeners
+            })?;
         Ok(Self {
             stop,
             thread: Some(thread),
@@ -440,8 +450,12 @@ impl BuildingPage {
 impl Drop for BuildingPage {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(thread) = self.thread.take()
+            && let Ok(listeners) = thread.join()
+        {
+            for listener in listeners {
+                let _ = listener.set_nonblocking(false);
+            }
         }
     }
 }
@@ -459,7 +473,8 @@ fn answer_while_building(listeners: &[TcpListener], stop: &AtomicBool, page: &dy
         }
         let readable: Vec<bool> = fds.iter().map(|fd| fd.any().unwrap_or(false)).collect();
         for (listener, _) in listeners.iter().zip(readable).filter(|(_, r)| *r) {
-            if let Ok((mut socket, _)) = listener.accept() {
+            while let Ok((mut socket, _)) = listener.accept() {
+                let _ = socket.set_nonblocking(false);
                 let body = page();
                 // Reading the request is best effort: the answer is the same for every one.
                 let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));

@@ -179,3 +179,51 @@ fn the_page_follows_every_save_by_itself() {
     browser.expect("text Hello again from worker", &master);
     browser.expect("no-overlay", &master);
 }
+
+/// While the first build runs, the app's address answers with the building page (no hanging
+/// client); the first workers then get the socket back as it was (blocking: an app that blocks
+/// in `accept` must not find it non-blocking).
+#[test]
+fn the_building_page_answers_until_the_first_workers_start() {
+    let dir = TempDir::new().unwrap();
+    let gate = dir.path().join("gate");
+    let build = format!(
+        "while [ ! -f {} ]; do sleep 0.05; done",
+        crate::support::script::quote(&gate)
+    );
+    let accept = crate::support::fixture("fixture-accept");
+    let master = MasterBuilder::raw(&[
+        "dev",
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "1",
+        "--livereload",
+        "127.0.0.1:0",
+        "-w",
+        dir.path().to_str().unwrap(),
+        "--build",
+        &build,
+        "--",
+        accept.to_str().unwrap(),
+        "block",
+    ])
+    .start();
+    let port = master.port();
+    let page = crate::support::net::http_get(port).unwrap();
+    assert!(
+        page.starts_with("HTTP/1.1 503") && page.contains("building…"),
+        "{page}"
+    );
+    assert!(page.contains("/livereload.js\"></script>"), "{page}");
+    std::fs::write(&gate, "").unwrap();
+    master.wait_for_stderr("mcluster: the worker is ready in ");
+    // The app accepts (and drops) a connection, and lives on.
+    drop(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    master.wait_for_stdout("accepting");
+    assert!(
+        !master.stderr_lines().iter().any(|l| l.contains("exited")),
+        "{}",
+        master.dump()
+    );
+}

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use super::Reply;
-use super::net::try_request;
+use super::net::{http_get, try_request};
 
 /// Client loops that send echo requests until stopped, counting answers and failures.
 pub(crate) struct Load {
@@ -88,19 +88,6 @@ impl Load {
     pub(crate) fn failures(&self) -> Vec<String> {
         self.failures.lock().unwrap().clone()
     }
-}
-
-/// `GET /` on a fresh connection: the whole response.
-fn http_get(port: u16) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(10))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
 }
 
 /// Stops the load threads when the test ends, even by a panic.

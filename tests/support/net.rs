@@ -177,3 +177,16 @@ pub(crate) fn is_refused(port: u16) -> bool {
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused
     )
 }
+
+/// `GET /` on a fresh connection: the whole response.
+pub(crate) fn http_get(port: u16) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(10))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
