@@ -39,10 +39,16 @@
   function connect() {
     var events = new EventSource(origin + "/events");
     events.addEventListener("hello", function (event) {
+      var hello = JSON.parse(event.data);
       // A new master (restarted): the page it serves may be new too.
       var seen = sessionStorage.getItem(key);
-      sessionStorage.setItem(key, event.data);
-      if (seen && seen !== event.data) {
+      sessionStorage.setItem(key, hello.instance);
+      if (seen && seen !== hello.instance) {
+        location.reload();
+        return;
+      }
+      // A switch completed after this page began to load, while it was not listening yet.
+      if (hello.reloaded_at > performance.timeOrigin) {
         location.reload();
       }
     });

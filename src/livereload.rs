@@ -8,7 +8,8 @@
 //! - `GET /livereload.js`: the script. It opens an `EventSource` on `/events` of the origin it was
 //!   loaded from, and reconnects after a master restart (then it reloads the page, whose server
 //!   is new too: every master has an instance id of its own, sent first on every stream).
-//! - `GET /events`: a `text/event-stream` of `hello` (the instance id), `reload`, `css` (reload
+//! - `GET /events`: a `text/event-stream` of `hello` (the instance id, and when pages were last
+//!   told to reload: a page that loaded before that and connects only now reloads), `reload`, `css` (reload
 //!   the stylesheets: every `<link rel="stylesheet">` gets a new cache-busting query),
 //!   `error-overlay` (a failed build's diagnostics, JSON-encoded text, ANSI colours removed) and
 //!   `clear`.
@@ -22,7 +23,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -67,6 +68,9 @@ struct Shared {
     shown: Mutex<Shown>,
     connections: AtomicUsize,
     stopped: AtomicBool,
+    /// When pages were last told to reload (milliseconds since the epoch): a page that started
+    /// loading before and connects only now (it missed the event) reloads when it hears this.
+    reloaded_at: AtomicU64,
 }
 
 /// A page's connection.
@@ -102,6 +106,7 @@ impl LiveReload {
             shown: Mutex::new(Shown::default()),
             connections: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
+            reloaded_at: AtomicU64::new(0),
         });
         let accepting = Arc::clone(&shared);
         let accept = thread::Builder::new()
@@ -131,6 +136,11 @@ impl LiveReload {
 
     /// Tells every connected page.
     pub(crate) fn send(&self, message: &Message) {
+        if *message == Message::Reload {
+            self.shared
+                .reloaded_at
+                .store(epoch_millis(), Ordering::SeqCst);
+        }
         if let Ok(mut shown) = self.shared.shown.lock() {
             shown.error = match message {
                 Message::Failed(text) => Some(strip_ansi(text)),
@@ -282,7 +292,12 @@ fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
                   Access-Control-Allow-Origin: *\r\nConnection: keep-alive\r\n\r\n",
             )?;
-            write_event(&mut socket, "hello", &shared.instance)?;
+            let hello = format!(
+                "{{\"instance\":{},\"reloaded_at\":{}}}",
+                json_string(&shared.instance),
+                shared.reloaded_at.load(Ordering::SeqCst)
+            );
+            write_event(&mut socket, "hello", &hello)?;
             let error = shared
                 .shown
                 .lock()
@@ -397,6 +412,14 @@ pub(crate) fn strip_ansi(text: &str) -> String {
         out.push(c);
     }
     out
+}
+
+fn epoch_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// `text` as a JSON string.
