@@ -328,9 +328,10 @@ fn choose_executable(artifacts: &[Artifact], bin: Option<&str>) -> Result<PathBu
             .ok_or_else(|| format!("cargo built no binary named '{bin}'"));
     }
     match artifacts {
-        [] => {
-            Err("cargo built no binary: is this a binary package? (or pass -- PROGRAM)".to_owned())
-        }
+        [] => Err(
+            "cargo built no binary: is this a binary package? (or run --no-build -- PROGRAM)"
+                .to_owned(),
+        ),
         [only] => Ok(only.executable.clone()),
         several => {
             let names: Vec<&str> = several.iter().map(|a| a.name.as_str()).collect();

@@ -208,11 +208,14 @@ pub struct DevArgs {
     #[arg(long)]
     pub clear: bool,
 
-    /// The worker program and its arguments.
+    /// After `--`: the app's arguments with a cargo build; the program and its arguments with
+    /// `--build` or `--no-build`.
     #[arg(
         last = true,
-        value_name = "PROGRAM",
-        help = "The worker program and its arguments. [default: the executable cargo builds]"
+        value_name = "ARGS",
+        help = "With a cargo build (the default): the app's arguments, as with cargo run -- ARGS; \
+                the workers run the executable cargo builds. With --build or --no-build: \
+                PROGRAM [ARGS], the program the workers run."
     )]
     pub program: Vec<OsString>,
 }
@@ -284,9 +287,11 @@ impl DevArgs {
     pub fn into_master(self) -> Result<Master, Error> {
         let app_env = std::env::var("APP_ENV").ok();
         let dev = is_dev_env(app_env.as_deref());
+        // With cargo, what follows `--` is the app's arguments, as with `cargo run -- ARGS`.
+        let uses_cargo = !self.no_build && self.build.is_none();
         let mut program = self.program.into_iter();
-        let name = program.next();
-        if name.is_none() && (self.no_build || self.build.is_some()) {
+        let name = if uses_cargo { None } else { program.next() };
+        if name.is_none() && !uses_cargo {
             let flag = if self.no_build {
                 "--no-build"
             } else {
@@ -299,8 +304,6 @@ impl DevArgs {
         let cwd = std::env::current_dir()
             .map_err(|e| Error::io("cannot read the current directory", e))?;
         let package = package_root(&cwd, self.manifest_path.as_deref())?;
-        // Production mode with a PROGRAM builds nothing: as mcluster start, no project needed.
-        let uses_cargo = !self.no_build && self.build.is_none() && (dev || name.is_none());
         if uses_cargo && package.is_none() {
             return Err(Error::usage(format!(
                 "no Cargo.toml in {} or above: run mcluster dev in a cargo project, pass \
@@ -318,6 +321,7 @@ impl DevArgs {
                 "APP_ENV={}: production mode, as mcluster start (no watcher, no rebuilds)",
                 app_env.unwrap_or_default()
             ));
+            // `--build` or `--no-build` with a PROGRAM builds nothing here: as mcluster start.
             if let Some(name) = name {
                 return self
                     .cluster

@@ -24,13 +24,13 @@ use crate::support::{Master, MasterBuilder, Script, echo, fixture};
 /// Cargo builds in these tests share one target directory, one test at a time, across test
 /// processes too (nextest runs each test in a process of its own): a build of another copy
 /// would replace `target/debug/hello-app` under a master about to keep it.
-fn cargo_lock() -> Flock<fs::File> {
+pub(crate) fn cargo_lock() -> Flock<fs::File> {
     fs::create_dir_all(shared_target()).unwrap();
     let file = fs::File::create(shared_target().join("tests.lock")).unwrap();
     Flock::lock(file, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("lock: {e}"))
 }
 
-fn shared_target() -> PathBuf {
+pub(crate) fn shared_target() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dev-tests")
 }
 
@@ -121,7 +121,7 @@ fn prebuild_dependencies() {
 }
 
 /// `GET /` on a fresh connection; the response body.
-fn get(port: u16) -> std::io::Result<String> {
+pub(crate) fn get(port: u16) -> std::io::Result<String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
@@ -135,7 +135,7 @@ fn get(port: u16) -> std::io::Result<String> {
 }
 
 #[track_caller]
-fn get_ok(port: u16) -> String {
+pub(crate) fn get_ok(port: u16) -> String {
     get(port).unwrap_or_else(|e| panic!("GET / on port {port} failed: {e}"))
 }
 
@@ -167,7 +167,7 @@ fn rolling_on_changes(size: usize, watched: &Path, script: &Script) -> Master {
 }
 
 /// How many stderr lines contain `needle`.
-fn count(master: &Master, needle: &str) -> usize {
+pub(crate) fn count(master: &Master, needle: &str) -> usize {
     master
         .stderr_lines()
         .iter()
@@ -224,7 +224,7 @@ fn an_edit_is_served_after_the_rebuild_and_a_broken_one_keeps_the_old_generation
 
 /// Stops the master gracefully, so that it removes its kept builds from the shared target.
 #[track_caller]
-fn stop_gracefully(master: &mut Master) {
+pub(crate) fn stop_gracefully(master: &mut Master) {
     master.signal(Signal::SIGTERM);
     assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
 }

@@ -28,6 +28,10 @@
 //!   builds keep the old generation, no failed request across reloads, `APP_ENV`, cancelled
 //!   builds, `--no-build`, a watched directory removed and made again, what a save cannot fix
 //!   (no cargo, options cargo refuses), the builds a killed master left
+//! - `dev_workspace` `mcluster dev` on a copy of `fixtures/workspace` (an app, a path
+//!   dependency, a build script, an `include_str!` template, an unrelated member): what the
+//!   build reads is watched, from the member's directory and from the workspace root; `-- ARGS`
+//!   reach the app; no roll for an unchanged binary
 //! - `systemd` the master as a systemd service: its own `READY=1` / `RELOADING=1` / `STOPPING=1`
 //!   (never the workers' `NOTIFY_SOCKET`), socket activation with and without `LISTEN_PID`
 //!
@@ -37,6 +41,7 @@ mod support;
 
 mod crash;
 mod dev;
+mod dev_workspace;
 mod environment;
 mod errors;
 mod library;
