@@ -69,6 +69,8 @@ impl RunningBuild {
 pub(crate) struct Artifact {
     pub(crate) name: String,
     pub(crate) executable: PathBuf,
+    /// Cargo found it up to date and built nothing for it.
+    pub(crate) fresh: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +80,8 @@ struct Message {
     target: Option<Target>,
     #[serde(default)]
     executable: Option<PathBuf>,
+    #[serde(default)]
+    fresh: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,7 +150,7 @@ impl BuildPlan {
 
     /// Picks the executable the workers run from what the build produced. `Ok(None)` for a
     /// shell build, whose workers run the given program.
-    pub(crate) fn executable(&self, messages: &Messages) -> Result<Option<PathBuf>, String> {
+    pub(crate) fn executable(&self, messages: &Messages) -> Result<Option<Artifact>, String> {
         let BuildPlan::Cargo { bin, .. } = self else {
             return Ok(None);
         };
@@ -307,6 +311,7 @@ fn read_artifacts(stdout: ChildStdout) -> Messages {
                     artifacts.push(Artifact {
                         name: target.name,
                         executable,
+                        fresh: message.fresh,
                     });
                 }
             }
@@ -319,12 +324,12 @@ fn read_artifacts(stdout: ChildStdout) -> Messages {
     messages
 }
 
-fn choose_executable(artifacts: &[Artifact], bin: Option<&str>) -> Result<PathBuf, String> {
+fn choose_executable(artifacts: &[Artifact], bin: Option<&str>) -> Result<Artifact, String> {
     if let Some(bin) = bin {
         return artifacts
             .iter()
             .find(|artifact| artifact.name == bin)
-            .map(|artifact| artifact.executable.clone())
+            .cloned()
             .ok_or_else(|| format!("cargo built no binary named '{bin}'"));
     }
     match artifacts {
@@ -332,7 +337,7 @@ fn choose_executable(artifacts: &[Artifact], bin: Option<&str>) -> Result<PathBu
             "cargo built no binary: is this a binary package? (or run --no-build -- PROGRAM)"
                 .to_owned(),
         ),
-        [only] => Ok(only.executable.clone()),
+        [only] => Ok(only.clone()),
         several => {
             let names: Vec<&str> = several.iter().map(|a| a.name.as_str()).collect();
             Err(format!(
@@ -351,6 +356,7 @@ mod tests {
         Artifact {
             name: name.to_owned(),
             executable: PathBuf::from(format!("/t/{name}")),
+            fresh: false,
         }
     }
 
@@ -358,10 +364,10 @@ mod tests {
     fn the_only_binary_is_chosen_or_the_named_one() {
         assert_eq!(
             choose_executable(&[artifact("app")], None),
-            Ok("/t/app".into())
+            Ok(artifact("app"))
         );
         let two = [artifact("app"), artifact("tool")];
-        assert_eq!(choose_executable(&two, Some("tool")), Ok("/t/tool".into()));
+        assert_eq!(choose_executable(&two, Some("tool")), Ok(artifact("tool")));
         assert!(choose_executable(&two, None).unwrap_err().contains("--bin"));
         assert!(
             choose_executable(&two, Some("x"))
@@ -397,7 +403,7 @@ mod tests {
         let script = concat!(
             r#"echo '{"reason":"compiler-artifact","target":{"name":"serde","kind":["lib"]},"executable":null}';"#,
             r#"echo 'not json';"#,
-            r#"echo '{"reason":"compiler-artifact","target":{"name":"app","kind":["bin"]},"executable":"/t/app"}';"#,
+            r#"echo '{"reason":"compiler-artifact","target":{"name":"app","kind":["bin"]},"executable":"/t/app","fresh":true}';"#,
             r#"echo '{"reason":"build-finished","success":true}'"#
         );
         // The script's stdout is piped, as cargo's is.
@@ -409,7 +415,11 @@ mod tests {
             .unwrap();
         let messages = read_artifacts(child.stdout.take().unwrap());
         child.wait().unwrap();
-        assert_eq!(messages.artifacts, [artifact("app")]);
+        let fresh = Artifact {
+            fresh: true,
+            ..artifact("app")
+        };
+        assert_eq!(messages.artifacts, [fresh]);
         assert_eq!(messages.count, 3);
     }
 }

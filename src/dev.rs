@@ -16,7 +16,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid as NixPid;
 
-use crate::builder::{BuildPlan, RunningBuild};
+use crate::builder::{Artifact, BuildPlan, RunningBuild};
 use crate::cluster::{Event, ExitReason, ProcessEnd, RollEnd, human_duration};
 use crate::output;
 use crate::supervisor::{DriverState, Program, Supervisor};
@@ -255,8 +255,27 @@ impl Supervisor<'_> {
             return;
         };
         let executable = plan.executable(&messages);
+        let rolling = self.cluster.serving_generation() > 0 && !self.cluster.is_waiting();
+        if let (Ok(Some(artifact)), Some(latest), true) = (&executable, &self.spec.latest, rolling)
+            && same_file_content(
+                Path::new(std::ffi::OsStr::from_bytes(latest.path.as_bytes())),
+                &artifact.executable,
+            )
+        {
+            // Nothing a roll would change: the workers keep their connections.
+            dev.built_once = true;
+            let why = if artifact.fresh {
+                "nothing to rebuild".to_owned()
+            } else {
+                format!("built in {}, the same binary", human_duration(built_in))
+            };
+            output::master_line(&format!("{what} → {why}; {keeps}"));
+            return;
+        }
         match executable {
-            Ok(Some(path)) => match dev.keep_executable(&path) {
+            Ok(Some(Artifact {
+                executable: path, ..
+            })) => match dev.keep_executable(&path) {
                 Ok(kept) => {
                     dev.built_once = true;
                     let argv0 = path
@@ -395,6 +414,39 @@ impl Supervisor<'_> {
             Some(why) => write!(line, " → not rolled: {why}; {}", end.keeps_serving()),
         };
         output::master_line(&line);
+    }
+}
+
+/// Whether two files hold the same bytes: the same file (a kept link to a build cargo found
+/// fresh), or equal contents (a build that produced the same binary again). `false` when in
+/// doubt.
+fn same_file_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta_a), Ok(meta_b)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    if (meta_a.dev(), meta_a.ino()) == (meta_b.dev(), meta_b.ino()) {
+        return true;
+    }
+    if meta_a.len() != meta_b.len() {
+        return false;
+    }
+    let (Ok(mut file_a), Ok(mut file_b)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return false;
+    };
+    let mut buf_a = vec![0; 1 << 16];
+    let mut buf_b = vec![0; 1 << 16];
+    loop {
+        let Ok(n) = file_a.read(&mut buf_a) else {
+            return false;
+        };
+        if n == 0 {
+            return file_b.read(&mut buf_b[..1]).is_ok_and(|m| m == 0);
+        }
+        if file_b.read_exact(&mut buf_b[..n]).is_err() || buf_a[..n] != buf_b[..n] {
+            return false;
+        }
     }
 }
 
@@ -726,6 +778,25 @@ mod tests {
         let dir = builds_dir(parent.path(), here.pid, Some(&earlier), &["3-app"]);
         sweep_leftovers(parent.path());
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn the_same_file_or_the_same_bytes_is_the_same_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(path("a"), &big).unwrap();
+        std::fs::hard_link(path("a"), path("link")).unwrap();
+        std::fs::write(path("copy"), &big).unwrap();
+        let mut changed = big.clone();
+        changed[150_000] ^= 1;
+        std::fs::write(path("changed"), &changed).unwrap();
+        std::fs::write(path("shorter"), &big[..100]).unwrap();
+        assert!(same_file_content(&path("a"), &path("link")));
+        assert!(same_file_content(&path("a"), &path("copy")));
+        assert!(!same_file_content(&path("a"), &path("changed")));
+        assert!(!same_file_content(&path("a"), &path("shorter")));
+        assert!(!same_file_content(&path("a"), &path("missing")));
     }
 
     #[test]

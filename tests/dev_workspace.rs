@@ -109,5 +109,21 @@ fn from_the_workspace_root_args_reach_the_app_and_edits_roll() {
         "{}",
         master.dump()
     );
+
+    // cargo builds the unrelated member; the app's binary is fresh: no roll.
+    workspace.edit("other/src/lib.rs", "other-1", "other-2");
+    let line = master.wait_for_stderr("mcluster: other/src/lib.rs changed → ");
+    assert_eq!(
+        line,
+        "mcluster: other/src/lib.rs changed → nothing to rebuild; generation 2 keeps serving",
+        "{}",
+        master.dump()
+    );
+    assert_eq!(count(&master, " → rolled "), 1, "{}", master.dump());
+    assert!(
+        served(&master).ends_with("generation=2"),
+        "{}",
+        master.dump()
+    );
     stop_gracefully(&mut master);
 }
