@@ -17,7 +17,7 @@
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Command, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
@@ -210,6 +210,151 @@ impl BuildPlan {
     }
 }
 
+impl BuildPlan {
+    /// The directories cargo builds from: the workspace root first, then every local package
+    /// (the members and every path dependency, wherever it is), from `cargo metadata` (offline).
+    /// `None` for a shell build, or when cargo cannot read the project (the build then says
+    /// why).
+    pub(crate) fn watch_roots(&self) -> Option<Vec<PathBuf>> {
+        let BuildPlan::Cargo { args, .. } = self else {
+            return None;
+        };
+        let manifest = args
+            .iter()
+            .position(|arg| arg == "--manifest-path")
+            .and_then(|at| args.get(at + 1));
+        // The whole resolve needs the dependencies' manifests; without them (not downloaded
+        // yet), the workspace alone still names the path dependencies of its members.
+        let metadata = [&[][..], &["--no-deps"][..]].iter().find_map(|extra| {
+            let mut command = Command::new(cargo());
+            command
+                .args(["metadata", "--format-version", "1", "--offline"])
+                .args(*extra);
+            if let Some(manifest) = manifest {
+                command.arg("--manifest-path").arg(manifest);
+            }
+            command.stdin(Stdio::null()).stderr(Stdio::null());
+            sys::die_with_parent(&mut command);
+            let output = command.output().ok().filter(|o| o.status.success())?;
+            serde_json::from_slice::<LocalPackages>(&output.stdout).ok()
+        })?;
+        Some(metadata.roots())
+    }
+}
+
+/// What `cargo metadata` says of where the local packages are.
+#[derive(Debug, Deserialize)]
+struct LocalPackages {
+    workspace_root: PathBuf,
+    packages: Vec<LocalPackage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LocalPackage {
+    manifest_path: PathBuf,
+    /// `None` for a local package (a member or a path dependency).
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    dependencies: Vec<LocalDependency>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LocalDependency {
+    /// The directory of a path dependency.
+    #[serde(default)]
+    path: Option<PathBuf>,
+}
+
+impl LocalPackages {
+    /// The workspace root, then the other local package directories not inside it, sorted.
+    fn roots(&self) -> Vec<PathBuf> {
+        let mut others: Vec<PathBuf> = self
+            .packages
+            .iter()
+            .filter(|package| package.source.is_none())
+            .filter_map(|package| package.manifest_path.parent().map(Path::to_path_buf))
+            .chain(
+                self.packages
+                    .iter()
+                    .flat_map(|package| &package.dependencies)
+                    .filter_map(|dependency| dependency.path.clone()),
+            )
+            .filter(|dir| !dir.starts_with(&self.workspace_root))
+            .collect();
+        others.sort();
+        others.dedup();
+        let nested: Vec<PathBuf> = others
+            .iter()
+            .filter(|dir| others.iter().any(|o| o != *dir && dir.starts_with(o)))
+            .cloned()
+            .collect();
+        others.retain(|dir| !nested.contains(dir));
+        let mut roots = vec![self.workspace_root.clone()];
+        roots.extend(others);
+        roots
+    }
+}
+
+/// The files a cargo build of `executable` read, from the dep-info file cargo writes next to it
+/// (`target/debug/app.d`): every source file, every `include_str!`/`include_bytes!` file, every
+/// `rerun-if-changed` path, whatever its extension. Relative paths (`build.dep-info-basedir`)
+/// are taken from `base`. `None` without such a file.
+pub(crate) fn build_inputs(executable: &Path, base: &Path) -> Option<Vec<PathBuf>> {
+    let mut name = executable.file_name()?.to_owned();
+    name.push(".d");
+    let text = std::fs::read_to_string(executable.with_file_name(name)).ok()?;
+    Some(
+        parse_dep_info(&text)
+            .into_iter()
+            .map(|path| base.join(path))
+            .collect(),
+    )
+}
+
+/// The prerequisites of the first rule of a Makefile-style dep-info file: after the first
+/// `: `, split at unescaped whitespace; `\ ` is a space and `\\` a backslash in a name.
+fn parse_dep_info(text: &str) -> Vec<PathBuf> {
+    // A rule continued on the next line.
+    let text = text.replace("\\\n", " ");
+    let Some(line) = text.lines().find(|line| !line.trim().is_empty()) else {
+        return Vec::new();
+    };
+    let mut chars = line.chars().peekable();
+    // The target (the executable), up to the first unescaped colon followed by a space or
+    // the end of the line.
+    let mut escaped = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            ':' if !escaped && chars.peek().is_none_or(|next| next.is_whitespace()) => break,
+            _ => escaped = false,
+        }
+    }
+    let mut paths = Vec::new();
+    let mut current = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars
+                .peek()
+                .is_some_and(|next| *next == ' ' || *next == '\\') =>
+            {
+                current.extend(chars.next());
+            }
+            c if c.is_whitespace() => {
+                if !current.is_empty() {
+                    paths.push(PathBuf::from(std::mem::take(&mut current)));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        paths.push(PathBuf::from(current));
+    }
+    paths
+}
+
 /// What `cargo metadata --no-deps` says of the workspace.
 #[derive(Debug, Deserialize)]
 struct Metadata {
@@ -395,6 +540,41 @@ mod tests {
         assert!(
             refused(None, None, Some("fast nix"))
                 .is_some_and(|e| e.ends_with("has no feature nix"))
+        );
+    }
+
+    #[test]
+    fn dep_info_names_every_input_spaces_included() {
+        let text = "/t/debug/my\\ app: /w/app/src/main.rs /w/app/static/a\\ b.html \\
+                    /w/common/src/lib.rs rel/build.txt\n\n/w/other: /x\n";
+        assert_eq!(
+            parse_dep_info(text),
+            [
+                PathBuf::from("/w/app/src/main.rs"),
+                "/w/app/static/a b.html".into(),
+                "/w/common/src/lib.rs".into(),
+                "rel/build.txt".into(),
+            ]
+        );
+        assert!(parse_dep_info("").is_empty());
+    }
+
+    #[test]
+    fn the_workspace_root_comes_first_then_path_dependencies_outside_it() {
+        let metadata: LocalPackages = serde_json::from_str(
+            r#"{"workspace_root":"/w","packages":[
+              {"manifest_path":"/w/app/Cargo.toml","source":null,"dependencies":[
+                {"path":"/w/common"},{"path":"/shared/lib"},{}]},
+              {"manifest_path":"/w/common/Cargo.toml","source":null},
+              {"manifest_path":"/reg/serde/Cargo.toml","source":"registry+https://x"},
+              {"manifest_path":"/shared/lib/Cargo.toml","source":null},
+              {"manifest_path":"/shared/lib/sub/Cargo.toml","source":null},
+              {"manifest_path":"/a/Cargo.toml","source":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            metadata.roots(),
+            [PathBuf::from("/w"), "/a".into(), "/shared/lib".into()]
         );
     }
 

@@ -146,7 +146,8 @@ pub struct DevArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
 
-    /// Extensions of the files that count, comma-separated.
+    /// Extensions of the files that count, comma-separated (with a cargo build, every file
+    /// the last build read counts too).
     #[arg(
         long,
         value_name = "LIST",
@@ -164,7 +165,9 @@ pub struct DevArgs {
         short,
         long = "watch",
         value_name = "PATH",
-        help = "A directory to watch. Repeatable. [default: the package root]"
+        help = "A directory to watch. Repeatable. With a cargo build, in addition to the \
+                workspace and every path dependency (from cargo metadata); with --build or \
+                --no-build, instead of the package root."
     )]
     pub watch: Vec<PathBuf>,
 
@@ -354,10 +357,21 @@ impl DevArgs {
                 bin: self.bin,
             })
         };
-        let roots: Vec<PathBuf> = if self.watch.is_empty() {
-            vec![root]
+        // With cargo: where cargo builds from (the workspace and every path dependency), and
+        // the -w directories too. Otherwise the -w directories, or the package root.
+        let from_cargo = if dev {
+            plan.as_ref().and_then(BuildPlan::watch_roots)
         } else {
-            self.watch.iter().map(|path| cwd.join(path)).collect()
+            None
+        };
+        let given = self.watch.iter().map(|path| cwd.join(path));
+        let roots: Vec<PathBuf> = match from_cargo {
+            Some(mut roots) => {
+                roots.extend(given);
+                roots
+            }
+            None if self.watch.is_empty() => vec![root],
+            None => given.collect(),
         };
         let watch = dev.then(|| WatchConfig {
             roots: roots.clone(),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid as NixPid;
 
-use crate::builder::{Artifact, BuildPlan, RunningBuild};
+use crate::builder::{self, Artifact, BuildPlan, RunningBuild};
 use crate::cluster::{Event, ExitReason, ProcessEnd, RollEnd, human_duration};
 use crate::output;
 use crate::supervisor::{DriverState, Program, Supervisor};
@@ -255,6 +255,13 @@ impl Supervisor<'_> {
             return;
         };
         let executable = plan.executable(&messages);
+        // What this build read joins the watched files, whatever their extension.
+        if let (Ok(Some(artifact)), Some(watcher), Some(base)) =
+            (&executable, &dev.watcher, dev.roots.first())
+            && let Some(inputs) = builder::build_inputs(&artifact.executable, base)
+        {
+            watcher.set_build_inputs(inputs);
+        }
         let rolling = self.cluster.serving_generation() > 0 && !self.cluster.is_waiting();
         if let (Ok(Some(artifact)), Some(latest), true) = (&executable, &self.spec.latest, rolling)
             && same_file_content(

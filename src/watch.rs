@@ -107,6 +107,15 @@ impl Drop for Watcher {
     }
 }
 
+impl Watcher {
+    /// The files the last build read (cargo's dep-info): each counts whatever its extension,
+    /// when it is in a watched directory and not ignored. Replaces the previous set; files
+    /// that join it are taken as they are now, not as changed.
+    pub(crate) fn set_build_inputs(&self, files: impl IntoIterator<Item = PathBuf>) {
+        let _ = self.tx.send(Msg::Inputs(files.into_iter().collect()));
+    }
+}
+
 impl std::fmt::Debug for Watcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watcher").finish_non_exhaustive()
@@ -206,6 +215,8 @@ enum Msg {
     Event(::notify::Result<Event>),
     /// The [`Watcher`] was dropped.
     Stop,
+    /// The files the last build read (see [`Watcher::set_build_inputs`]).
+    Inputs(BTreeSet<PathBuf>),
     /// Tests: reply with the state once every earlier message is handled.
     #[cfg(test)]
     Sync(Sender<Status>),
@@ -325,6 +336,12 @@ impl Filter {
         !self.glob_ignored(dir) && !dir.join("CACHEDIR.TAG").exists()
     }
 
+    /// Whether a file the build reads passes the fixed rules: any extension, but not an
+    /// editor's temporary file nor an ignored path.
+    fn input_allowed(&self, path: &Path) -> bool {
+        path.file_name().is_some_and(|name| !is_editor_temp(name)) && !self.glob_ignored(path)
+    }
+
     /// Whether a file name passes the fixed rules: extension, editor temp names, globs.
     fn file_allowed(&self, path: &Path) -> bool {
         let Some(name) = path.file_name() else {
@@ -414,6 +431,8 @@ struct State {
     ignores: HashMap<PathBuf, IgnoreFiles>,
     /// Every wanted file, as last reported.
     snapshot: BTreeMap<PathBuf, Stamp>,
+    /// The files the last build read: wanted whatever their extension.
+    inputs: BTreeSet<PathBuf>,
     debouncer: Debouncer,
     /// Walk everything again when the batch is due.
     rescan: bool,
@@ -548,6 +567,7 @@ fn start(
         watched: BTreeSet::new(),
         ignores: HashMap::new(),
         snapshot: BTreeMap::new(),
+        inputs: BTreeSet::new(),
         debouncer: Debouncer::new(effective_cooldown(cooldown, mode)),
         rescan: false,
         warned: false,
@@ -699,6 +719,7 @@ impl State {
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Stop => return false,
+            Msg::Inputs(inputs) => self.set_inputs(inputs),
             Msg::Event(Ok(event)) => self.on_event(event, Instant::now()),
             Msg::Event(Err(err)) => self.on_error(&err, Instant::now()),
             #[cfg(test)]
@@ -803,11 +824,32 @@ impl State {
         self.backend.watch(dir, RecursiveMode::NonRecursive)
     }
 
-    /// Whether a file counts: in a watched directory, allowed by the fixed rules and not ignored.
+    /// Whether a file counts: in a watched directory, allowed by the fixed rules (or read by the
+    /// last build) and not ignored.
     fn is_wanted_file(&self, path: &Path) -> bool {
         path.parent().is_some_and(|p| self.watched.contains(p))
-            && self.filter.file_allowed(path)
+            && (self.filter.file_allowed(path)
+                || (self.inputs.contains(path) && self.filter.input_allowed(path)))
             && !self.gitignored(path, false)
+    }
+
+    /// A new set of build inputs: the files joining it are recorded as they are now, those
+    /// leaving it (and no longer wanted otherwise) are forgotten.
+    fn set_inputs(&mut self, inputs: BTreeSet<PathBuf>) {
+        let old = mem::replace(&mut self.inputs, inputs);
+        for path in old.difference(&self.inputs) {
+            if !self.is_wanted_file(path) {
+                self.snapshot.remove(path);
+            }
+        }
+        let joined: Vec<PathBuf> = self.inputs.difference(&old).cloned().collect();
+        for path in joined {
+            if self.is_wanted_file(&path)
+                && let Some(stamp) = stamp(&path)
+            {
+                self.snapshot.entry(path).or_insert(stamp);
+            }
+        }
     }
 
     /// Whether the ignore files say so: `.ignore` at any level first, then `.gitignore` and
@@ -1671,6 +1713,51 @@ mod tests {
         h.write("Cargo.toml", "[package]\nname = \"x\"\n");
         h.write("src/generated/deeper/c.rs", NEW);
         h.expect_batch(&["Cargo.toml", "keep.gen.rs", "src/generated/deeper/c.rs"]);
+        h.expect_quiet();
+    }
+
+    #[test]
+    fn files_the_build_read_count_whatever_their_extension() {
+        let mut h = Harness::with(
+            &[
+                (".gitignore", "/dist/\n"),
+                ("src/main.rs", OLD),
+                ("static/banner.html", "<p>1</p>"),
+                ("static/other.html", "<p>1</p>"),
+                ("queries/q.sql", "select 1"),
+                ("dist/bundle.js", "1"),
+                ("secret/x.sql", "select 1"),
+            ],
+            Setup {
+                ignore: vec!["secret".into()],
+                ..Setup::default()
+            },
+        );
+        h.write("static/banner.html", "<p>2</p>");
+        h.expect_quiet();
+        let inputs = [
+            "src/main.rs",
+            "static/banner.html",
+            "queries/q.sql",
+            "dist/bundle.js",
+            "secret/x.sql",
+            "outside/none.txt",
+        ];
+        h.watcher
+            .set_build_inputs(inputs.iter().map(|input| h.path(input)));
+        // Taken as they are now: the earlier write is no change.
+        h.expect_quiet();
+        h.write("static/banner.html", "<p>3</p>");
+        h.write("queries/q.sql", "select 2");
+        h.write("static/other.html", "<p>2</p>");
+        // Ignored trees stay ignored, inputs or not.
+        h.write("dist/bundle.js", "2");
+        h.write("secret/x.sql", "select 2");
+        h.expect_batch(&["queries/q.sql", "static/banner.html"]);
+
+        // A later build no longer reads the template: it no longer counts.
+        h.watcher.set_build_inputs([h.path("src/main.rs")]);
+        h.write("static/banner.html", "<p>4</p>");
         h.expect_quiet();
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
-use crate::dev::{cargo_lock, count, get_ok, shared_target, stop_gracefully};
+use crate::dev::{cargo_lock, count, get, shared_target, stop_gracefully};
 use crate::support::{Master, MasterBuilder};
 
 /// A copy of the fixture workspace, depending on this checkout by absolute path.
@@ -72,10 +72,53 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// What the app answers: `banner common build args=… generation=N`.
+/// What the app answers: `banner common build args=… generation=N`. The app dies at once on
+/// SIGTERM: a connection the old worker took just before is reset, and asked again.
 #[track_caller]
 fn served(master: &Master) -> String {
-    get_ok(master.port()).trim_end().to_owned()
+    let mut body = None;
+    master.wait_until("an answer", || {
+        body = get(master.port()).ok();
+        body.is_some()
+    });
+    body.unwrap_or_default().trim_end().to_owned()
+}
+
+/// Edits the path dependency, the `include_str!` template and the build script's input in
+/// turn: each is one rebuild and one roll, served next. `generation` is the one serving.
+#[track_caller]
+fn each_input_rolls_once(workspace: &Workspace, master: &Master, generation: u64) {
+    let mut generation = generation;
+    for (file, from, to) in [
+        ("common/src/lib.rs", "common-1", "common-2"),
+        ("app/static/banner.txt", "banner-1", "banner-2"),
+        ("app/build.txt", "build-1", "build-2"),
+    ] {
+        let mark = master.stderr_mark();
+        workspace.edit(file, from, to);
+        let (_, line) = master.wait_for_stderr_after(mark, &format!("mcluster: {file} changed → "));
+        assert!(
+            line.contains(" → built in ") && line.contains(" → rolled 1 worker in "),
+            "{line}\n{}",
+            master.dump()
+        );
+        generation += 1;
+        let body = served(master);
+        assert!(
+            body.to_lowercase().contains(to) && body.ends_with(&format!("generation={generation}")),
+            "{file}: {body}\n{}",
+            master.dump()
+        );
+        assert_eq!(
+            master.stderr_lines()[mark..]
+                .iter()
+                .filter(|l| l.starts_with("mcluster: ") && l.contains(" changed → "))
+                .count(),
+            1,
+            "one reload for {file}\n{}",
+            master.dump()
+        );
+    }
 }
 
 #[test]
@@ -122,6 +165,61 @@ fn from_the_workspace_root_args_reach_the_app_and_edits_roll() {
     assert_eq!(count(&master, " → rolled "), 1, "{}", master.dump());
     assert!(
         served(&master).ends_with("generation=2"),
+        "{}",
+        master.dump()
+    );
+
+    each_input_rolls_once(&workspace, &master, 2);
+    stop_gracefully(&mut master);
+}
+
+#[test]
+fn from_a_member_directory_what_the_build_reads_is_watched_new_files_too() {
+    let _cargo = cargo_lock();
+    let workspace = Workspace::new();
+    let mut master = workspace.master("app", &[]).start();
+    master.wait_for_stderr(&crate::support::all_ready(1));
+    assert_eq!(
+        served(&master),
+        "banner-1 common-1 build-1 args= generation=1",
+        "{}",
+        master.dump()
+    );
+    each_input_rolls_once(&workspace, &master, 1);
+
+    // A new module file, not used yet: nothing to rebuild.
+    fs::write(workspace.path("app/static/extra.txt"), "extra-1\n").unwrap();
+    fs::write(
+        workspace.path("app/src/extra.rs"),
+        "pub const EXTRA: &str = include_str!(\"../static/extra.txt\");\n",
+    )
+    .unwrap();
+    let line = master.wait_for_stderr("mcluster: app/src/extra.rs changed → ");
+    assert!(
+        line.ends_with(" → nothing to rebuild; generation 4 keeps serving"),
+        "{line}\n{}",
+        master.dump()
+    );
+    // Used, with the template it pulls in: that template is watched from the next build on.
+    workspace.edit(
+        "app/src/main.rs",
+        "const BANNER",
+        "mod extra;\n\nconst BANNER",
+    );
+    workspace.edit("app/src/main.rs", "BANNER.trim(),", "extra::EXTRA.trim(),");
+    master.wait_for_stderr("mcluster: app/src/main.rs changed → built in ");
+    assert!(served(&master).starts_with("extra-1 "), "{}", master.dump());
+    workspace.edit("app/static/extra.txt", "extra-1", "extra-2");
+    master.wait_for_stderr("mcluster: app/static/extra.txt changed → built in ");
+    let body = served(&master);
+    assert!(
+        body.starts_with("extra-2 ") && body.ends_with("generation=6"),
+        "{body}\n{}",
+        master.dump()
+    );
+    assert_eq!(
+        count(&master, " → rolled 1 worker in "),
+        5,
         "{}",
         master.dump()
     );
