@@ -6,12 +6,12 @@
 //! serving generation untouched. Each reload ends in one line: what changed, the build time, the
 //! roll time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
 use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid as NixPid;
@@ -42,11 +42,26 @@ pub(crate) struct DevLoop {
     /// A build succeeded: its options are good for this project, so a later failure is the
     /// project's, which a save can fix.
     built_once: bool,
+    /// The last build that ran to its end: what triggered it, and when it ran.
+    last_build: Option<(Vec<PathBuf>, SystemTime, SystemTime)>,
+    /// Files that changed during a build they triggered, and in how many builds in a row.
+    loop_rounds: HashMap<PathBuf, u32>,
+    /// Files the builds write (named once): their changes made while a build runs are ignored.
+    written_by_builds: BTreeSet<PathBuf>,
 }
+
+/// After how many builds in a row that a file's own change triggered and during which it
+/// changed again, the file is named as one the build writes.
+const LOOP_ROUNDS: u32 = 2;
+
+/// A file's modification time may lag the clock read when a build starts by a clock tick.
+const MTIME_SLACK: Duration = Duration::from_millis(20);
 
 struct Build {
     running: RunningBuild,
     changed: Vec<PathBuf>,
+    /// When it started, to compare with the modification times of the files it may write.
+    started_at: SystemTime,
 }
 
 /// A reload waiting for its roll to end, for the one-line summary.
@@ -78,6 +93,9 @@ impl DevLoop {
             reloads: HashMap::new(),
             copies: 0,
             built_once: false,
+            last_build: None,
+            loop_rounds: HashMap::new(),
+            written_by_builds: BTreeSet::new(),
         }
     }
 
@@ -86,19 +104,75 @@ impl DevLoop {
         self.build.as_ref().map(|build| build.running.pid)
     }
 
+    /// The changes that are not a build's own writes. A file that changes while a build runs,
+    /// during builds its own change triggered, [`LOOP_ROUNDS`] times in a row, is one the build
+    /// writes (a build script writing into the watched tree): one line names it, and its
+    /// changes made while a build runs are ignored from then on.
+    fn without_build_writes(&mut self, changed: Vec<PathBuf>) -> Vec<PathBuf> {
+        let now = SystemTime::now();
+        let mut builds: Vec<(&[PathBuf], SystemTime, SystemTime)> = Vec::new();
+        if let Some(build) = &self.build {
+            builds.push((&build.changed, build.started_at, now));
+        }
+        if let Some((triggers, started, ended)) = &self.last_build {
+            builds.push((triggers, *started, *ended));
+        }
+        let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let during = |mtime: Option<SystemTime>, started: SystemTime, ended: SystemTime| {
+            mtime
+                .is_some_and(|mtime| mtime + MTIME_SLACK >= started && mtime <= ended + MTIME_SLACK)
+        };
+        let mut kept = Vec::new();
+        for path in changed {
+            let mtime = modified(&path);
+            let in_a_build = builds
+                .iter()
+                .any(|(_, started, ended)| during(mtime, *started, *ended));
+            if in_a_build && self.written_by_builds.contains(&path) {
+                continue;
+            }
+            let own_round = builds.iter().any(|(triggers, started, ended)| {
+                triggers.contains(&path) && during(mtime, *started, *ended)
+            });
+            if !own_round {
+                self.loop_rounds.remove(&path);
+                kept.push(path);
+                continue;
+            }
+            let rounds = self.loop_rounds.entry(path.clone()).or_insert(0);
+            *rounds += 1;
+            if *rounds < LOOP_ROUNDS {
+                kept.push(path);
+                continue;
+            }
+            self.loop_rounds.remove(&path);
+            let name = self.describe_one(&path);
+            output::master_line(&format!(
+                "{name} changed during each of the last {LOOP_ROUNDS} builds it triggered: the \
+                 build writes it (a build script?); its changes while a build runs are ignored \
+                 from now on (to ignore it always: -i '{name}')"
+            ));
+            self.written_by_builds.insert(path);
+        }
+        kept
+    }
+
+    /// A file as reload lines name it: relative to its root.
+    fn describe_one(&self, path: &Path) -> String {
+        let relative = self
+            .roots
+            .iter()
+            .find_map(|root| path.strip_prefix(root).ok());
+        quoted_if_needed(&relative.unwrap_or(path).display().to_string())
+    }
+
     /// Describes changed files: the first few, relative to their root, and how many more.
     fn describe(&self, changed: &[PathBuf]) -> String {
         const SHOWN: usize = 3;
         let names: Vec<String> = changed
             .iter()
             .take(SHOWN)
-            .map(|path| {
-                let relative = self
-                    .roots
-                    .iter()
-                    .find_map(|root| path.strip_prefix(root).ok());
-                quoted_if_needed(&relative.unwrap_or(path).display().to_string())
-            })
+            .map(|path| self.describe_one(path))
             .collect();
         match changed.len() {
             0 => "roll requested".to_owned(),
@@ -166,7 +240,10 @@ impl Supervisor<'_> {
             self.roll_for(state, reload);
             return;
         }
-        let mut changed = changed;
+        let mut changed = dev.without_build_writes(changed);
+        if changed.is_empty() {
+            return;
+        }
         if let Some(build) = dev.build.take() {
             // A save during a build: the build is stale, start over with both sets of changes.
             // Its exit is reaped later as a stray.
@@ -194,7 +271,11 @@ impl Supervisor<'_> {
             Ok(running) => {
                 // Its own group, killed with the workers' should the master die.
                 self.guard.watch(running.pid);
-                dev.build = Some(Build { running, changed });
+                dev.build = Some(Build {
+                    running,
+                    changed,
+                    started_at: SystemTime::now(),
+                });
             }
             Err(error) => {
                 let program = plan.program();
@@ -225,6 +306,7 @@ impl Supervisor<'_> {
         let Some(build) = dev.build.take() else {
             return;
         };
+        dev.last_build = Some((build.changed.clone(), build.started_at, SystemTime::now()));
         let built_in = build.running.started.elapsed();
         let what = dev.describe(&build.changed);
         let serving = self.cluster.serving_generation();

@@ -225,3 +225,42 @@ fn from_a_member_directory_what_the_build_reads_is_watched_new_files_too() {
     );
     stop_gracefully(&mut master);
 }
+
+#[test]
+fn a_build_script_writing_into_the_watched_tree_is_named_and_the_app_serves() {
+    let _cargo = cargo_lock();
+    let workspace = Workspace::new();
+    let mut master = workspace
+        .master("", &[])
+        .env("FIXTURE_BUILD_LOOP", "1")
+        .start();
+    let named = master.wait_for_stderr(" builds it triggered: the build writes it");
+    assert_eq!(
+        named,
+        "mcluster: app/src/stamp.rs changed during each of the last 2 builds it triggered: the \
+         build writes it (a build script?); its changes while a build runs are ignored from now \
+         on (to ignore it always: -i 'app/src/stamp.rs')",
+        "{}",
+        master.dump()
+    );
+    master.wait_for_stderr(&crate::support::all_ready(1));
+    assert!(
+        served(&master).starts_with("banner-1 "),
+        "{}",
+        master.dump()
+    );
+    // The initial build and two rounds of its own change, then the loop is broken.
+    let builds = count(&master, "Compiling app ");
+    assert!(
+        (1..=3).contains(&builds),
+        "{builds} builds\n{}",
+        master.dump()
+    );
+
+    // An edit still reloads, and the build's own write during it is no second reload.
+    workspace.edit("common/src/lib.rs", "common-1", "common-2");
+    master.wait_for_stderr("mcluster: common/src/lib.rs changed → built in ");
+    assert!(served(&master).contains(" common-2 "), "{}", master.dump());
+    assert_eq!(count(&master, " changed → "), 1, "{}", master.dump());
+    stop_gracefully(&mut master);
+}
