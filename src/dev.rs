@@ -54,7 +54,8 @@ pub(crate) struct DevLoop {
 /// changed again, the file is named as one the build writes.
 const LOOP_ROUNDS: u32 = 2;
 
-/// A file's modification time may lag the clock read when a build starts by a clock tick.
+/// A file's modification time (the kernel's coarse clock) may lag the clock read when a build
+/// starts by a clock tick.
 const MTIME_SLACK: Duration = Duration::from_millis(20);
 
 struct Build {
@@ -118,9 +119,10 @@ impl DevLoop {
             builds.push((triggers, *started, *ended));
         }
         let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        // `ended` is read once the build has exited: its writes are all older. A save right
+        // after a build is not one of them.
         let during = |mtime: Option<SystemTime>, started: SystemTime, ended: SystemTime| {
-            mtime
-                .is_some_and(|mtime| mtime + MTIME_SLACK >= started && mtime <= ended + MTIME_SLACK)
+            mtime.is_some_and(|mtime| mtime + MTIME_SLACK >= started && mtime <= ended)
         };
         let mut kept = Vec::new();
         for path in changed {
