@@ -203,10 +203,12 @@ impl DevLoop {
             dir
         };
         self.copies += 1;
+        // A directory per copy, so that the copy has the binary's own name: `ps`, `top` and
+        // `ss -p` show the workers as `app`.
         let name = executable.file_name().unwrap_or(executable.as_os_str());
-        let mut file_name = std::ffi::OsString::from(format!("{}-", self.copies));
-        file_name.push(name);
-        let kept = dir.join(file_name);
+        let copy_dir = dir.join(self.copies.to_string());
+        std::fs::create_dir(&copy_dir)?;
+        let kept = copy_dir.join(name);
         if std::fs::hard_link(executable, &kept).is_err() {
             std::fs::copy(executable, &kept)?;
         }
@@ -451,6 +453,9 @@ impl Supervisor<'_> {
             let path = Path::new(std::ffi::OsStr::from_bytes(program.path.as_bytes()));
             if path.starts_with(builds_dir) && !in_use(&program) {
                 let _ = std::fs::remove_file(path);
+                if let Some(copy_dir) = path.parent().filter(|dir| *dir != builds_dir) {
+                    let _ = std::fs::remove_dir(copy_dir);
+                }
             }
         }
     }
@@ -545,7 +550,7 @@ fn same_file_content(a: &Path, b: &Path) -> bool {
 const BUILDS_PREFIX: &str = ".mcluster-";
 
 /// The file in a builds directory that says which master made it. Its name cannot be a kept
-/// build's (`N-NAME`).
+/// build's directory (`N`).
 const OWNER_FILE: &str = ".mcluster-owner";
 
 /// Who made a builds directory: a process is the pid together with its start time, and both
@@ -630,7 +635,8 @@ fn pid_namespace() -> Option<String> {
 /// Removes the builds directories in `parent` that masters now gone left behind, and only what
 /// is provably theirs: a real directory `.mcluster-PID` (no symlink) of our uid, holding an
 /// owner file of ours naming that pid, whose owner is gone, and nothing but kept builds
-/// (`N-NAME`, regular files of ours). Anything else is left as it is.
+/// (directories `N` of ours holding nothing but regular files of ours). Anything else is left as
+/// it is.
 fn sweep_leftovers(parent: &Path) {
     let Some(here) = Owner::of_self() else {
         return;
@@ -652,9 +658,12 @@ fn sweep_leftovers(parent: &Path) {
             continue;
         };
         let dir = entry.path();
-        if let Some(files) = leftover_files(&dir, pid, uid, &here) {
-            for file in files {
-                let _ = std::fs::remove_file(file);
+        if let Some(copies) = leftover_files(&dir, pid, uid, &here) {
+            for (copy_dir, files) in copies {
+                for file in files {
+                    let _ = std::fs::remove_file(file);
+                }
+                let _ = std::fs::remove_dir(copy_dir);
             }
             let _ = std::fs::remove_file(dir.join(OWNER_FILE));
             // Not `remove_dir_all`: whatever appeared meanwhile stays, and so does the directory.
@@ -663,9 +672,15 @@ fn sweep_leftovers(parent: &Path) {
     }
 }
 
-/// The kept builds in `dir` if it is a builds directory of `pid` whose owner is gone and that
-/// holds nothing else; `None` when anything about it is not provably ours.
-fn leftover_files(dir: &Path, pid: u32, uid: u32, here: &Owner) -> Option<Vec<PathBuf>> {
+/// The kept builds in `dir` (each copy's directory and its files) if it is a builds directory
+/// of `pid` whose owner is gone and that holds nothing else; `None` when anything about it is
+/// not provably ours.
+fn leftover_files(
+    dir: &Path,
+    pid: u32,
+    uid: u32,
+    here: &Owner,
+) -> Option<Vec<(PathBuf, Vec<PathBuf>)>> {
     use std::os::unix::fs::MetadataExt;
     let ours = |metadata: &std::fs::Metadata| metadata.uid() == uid;
     let metadata = std::fs::symlink_metadata(dir).ok()?;
@@ -681,7 +696,7 @@ fn leftover_files(dir: &Path, pid: u32, uid: u32, here: &Owner) -> Option<Vec<Pa
     if owner.pid != pid || !owner.is_gone(here) {
         return None;
     }
-    let mut files = Vec::new();
+    let mut copies = Vec::new();
     for entry in std::fs::read_dir(dir).ok()? {
         let entry = entry.ok()?;
         let name = entry.file_name();
@@ -689,19 +704,27 @@ fn leftover_files(dir: &Path, pid: u32, uid: u32, here: &Owner) -> Option<Vec<Pa
             continue;
         }
         let metadata = std::fs::symlink_metadata(entry.path()).ok()?;
-        if !metadata.is_file() || !ours(&metadata) || !is_kept_build_name(&name) {
+        if !metadata.is_dir() || !ours(&metadata) || !is_copy_dir_name(&name) {
             return None;
         }
-        files.push(entry.path());
+        let mut files = Vec::new();
+        for file in std::fs::read_dir(entry.path()).ok()? {
+            let file = file.ok()?;
+            let metadata = std::fs::symlink_metadata(file.path()).ok()?;
+            if !metadata.is_file() || !ours(&metadata) {
+                return None;
+            }
+            files.push(file.path());
+        }
+        copies.push((entry.path(), files));
     }
-    Some(files)
+    Some(copies)
 }
 
-/// `N-NAME`, as [`DevLoop::keep_executable`] names a kept build.
-fn is_kept_build_name(name: &std::ffi::OsStr) -> bool {
+/// `N`, as [`DevLoop::keep_executable`] names the directory of a kept build.
+fn is_copy_dir_name(name: &std::ffi::OsStr) -> bool {
     let name = name.as_bytes();
-    let digits = name.iter().take_while(|b| b.is_ascii_digit()).count();
-    digits > 0 && name.get(digits) == Some(&b'-') && name.len() > digits + 1
+    !name.is_empty() && name.iter().all(u8::is_ascii_digit)
 }
 
 /// The uid this process creates files as: the effective uid, from `/proc/self/status`.
@@ -772,7 +795,9 @@ mod tests {
             std::fs::write(dir.join(OWNER_FILE), owner.render()).unwrap();
         }
         for file in files {
-            std::fs::write(dir.join(file), "ELF").unwrap();
+            let path = dir.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "ELF").unwrap();
         }
         dir
     }
@@ -804,27 +829,28 @@ mod tests {
             pid_namespace: pid_namespace.to_owned(),
         };
         let gone = owner(dead, 1, &here.boot_id, &here.pid_namespace);
-        let swept = builds_dir(parent.path(), dead, Some(&gone), &["1-app", "2-app"]);
+        let swept = builds_dir(parent.path(), dead, Some(&gone), &["1/app", "2/app"]);
 
         // Left alone: no owner file; anything else inside; a live owner; a pid namespace we
         // cannot see into; an owner file naming another pid; a symlink.
         let dead2 = dead_pid();
-        let user_own = builds_dir(parent.path(), dead2, None, &["1-app"]);
+        let user_own = builds_dir(parent.path(), dead2, None, &["1/app"]);
         let dead3 = dead_pid();
         let gone3 = owner(dead3, 1, &here.boot_id, &here.pid_namespace);
-        let with_notes = builds_dir(parent.path(), dead3, Some(&gone3), &["1-app", "notes.txt"]);
-        let live = builds_dir(parent.path(), here.pid, Some(&here), &["1-app"]);
+        let with_notes = builds_dir(parent.path(), dead3, Some(&gone3), &["1/app", "notes.txt"]);
+        let live = builds_dir(parent.path(), here.pid, Some(&here), &["1/app"]);
         let dead4 = dead_pid();
         let elsewhere = owner(dead4, 1, &here.boot_id, "pid:[1]");
-        let other_namespace = builds_dir(parent.path(), dead4, Some(&elsewhere), &["1-app"]);
+        let other_namespace = builds_dir(parent.path(), dead4, Some(&elsewhere), &["1/app"]);
         let dead5 = dead_pid();
-        let misnamed = builds_dir(parent.path(), dead5, Some(&gone), &["1-app"]);
+        let misnamed = builds_dir(parent.path(), dead5, Some(&gone), &["1/app"]);
         let target = parent.path().join("real");
         std::fs::create_dir(&target).unwrap();
         let dead6 = dead_pid();
         let gone6 = owner(dead6, 1, &here.boot_id, &here.pid_namespace);
         std::fs::write(target.join(OWNER_FILE), gone6.render()).unwrap();
-        std::fs::write(target.join("1-app"), "ELF").unwrap();
+        std::fs::create_dir(target.join("1")).unwrap();
+        std::fs::write(target.join("1/app"), "ELF").unwrap();
         let link = parent.path().join(format!("{BUILDS_PREFIX}{dead6}"));
         std::os::unix::fs::symlink(&target, &link).unwrap();
 
@@ -839,7 +865,7 @@ mod tests {
             &link,
         ] {
             assert!(
-                kept.join("1-app").exists() || kept == &link,
+                kept.join("1/app").exists() || kept == &link,
                 "{}",
                 kept.display()
             );
@@ -857,7 +883,7 @@ mod tests {
             start_time: here.start_time + 1,
             ..here.clone()
         };
-        let dir = builds_dir(parent.path(), here.pid, Some(&reused), &["1-app"]);
+        let dir = builds_dir(parent.path(), here.pid, Some(&reused), &["1/app"]);
         sweep_leftovers(parent.path());
         assert!(!dir.exists());
         // A live pid, and even another pid namespace, in an earlier boot.
@@ -866,7 +892,7 @@ mod tests {
             pid_namespace: "pid:[1]".to_owned(),
             ..here.clone()
         };
-        let dir = builds_dir(parent.path(), here.pid, Some(&earlier), &["3-app"]);
+        let dir = builds_dir(parent.path(), here.pid, Some(&earlier), &["3/app"]);
         sweep_leftovers(parent.path());
         assert!(!dir.exists());
     }
@@ -891,13 +917,31 @@ mod tests {
     }
 
     #[test]
-    fn kept_build_names_are_a_number_a_dash_and_a_name() {
-        for name in ["1-app", "12-hello-app"] {
-            assert!(is_kept_build_name(std::ffi::OsStr::new(name)), "{name}");
+    fn kept_build_directories_are_numbers() {
+        for name in ["1", "12"] {
+            assert!(is_copy_dir_name(std::ffi::OsStr::new(name)), "{name}");
         }
-        for name in ["app", "1-", "-app", "x1-app", OWNER_FILE] {
-            assert!(!is_kept_build_name(std::ffi::OsStr::new(name)), "{name}");
+        for name in ["", "app", "1-app", "x1", OWNER_FILE] {
+            assert!(!is_copy_dir_name(std::ffi::OsStr::new(name)), "{name}");
         }
+    }
+
+    #[test]
+    fn a_kept_build_has_the_binary_s_own_name_in_a_directory_per_copy() {
+        let target = tempfile::tempdir().unwrap();
+        let built = target.path().join("app");
+        std::fs::write(&built, "ELF 1").unwrap();
+        let mut dev = dev_loop();
+        let first = dev.keep_executable(&built).unwrap();
+        std::fs::remove_file(&built).unwrap();
+        std::fs::write(&built, "ELF 2").unwrap();
+        let second = dev.keep_executable(&built).unwrap();
+        let builds = dev.builds_dir.clone().unwrap();
+        assert_eq!(first, builds.join("1/app"));
+        assert_eq!(second, builds.join("2/app"));
+        assert_eq!(std::fs::read_to_string(first).unwrap(), "ELF 1");
+        drop(dev);
+        assert!(!builds.exists());
     }
 
     #[test]

@@ -134,6 +134,24 @@ fn from_the_workspace_root_args_reach_the_app_and_edits_roll() {
         master.dump()
     );
 
+    // The worker runs its generation's copy of the build, under the binary's own name.
+    let children = fs::read_to_string(format!(
+        "/proc/{pid}/task/{pid}/children",
+        pid = master.pid()
+    ))
+    .unwrap();
+    let workers: Vec<(String, PathBuf)> = children
+        .split_whitespace()
+        .filter_map(|pid| {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            Some((comm.trim_end().to_owned(), exe))
+        })
+        .filter(|(_, exe)| exe.starts_with(shared_target()))
+        .collect();
+    let copy = shared_target().join(format!("debug/.mcluster-{}/1/app", master.pid()));
+    assert_eq!(workers, [("app".to_owned(), copy)], "{}", master.dump());
+
     workspace.edit(
         "app/src/main.rs",
         "BANNER.trim(),",
