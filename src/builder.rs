@@ -15,16 +15,17 @@
 //! `cargo metadata` of the workspace tells which it was (see [`BuildPlan::refused_option`]).
 
 use std::ffi::OsString;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read as _, Write as _};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdout, Command, Stdio};
+use std::process::{ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::sys;
+use crate::{output, sys};
 
 /// How the project is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub(crate) struct RunningBuild {
     pub(crate) pid: i32,
     pub(crate) started: Instant,
     messages: Option<JoinHandle<Messages>>,
+    /// Disconnected once cargo's stderr is all passed on.
+    stderr_done: Option<mpsc::Receiver<()>>,
 }
 
 /// What cargo said on stdout.
@@ -56,8 +59,13 @@ pub(crate) struct Messages {
 }
 
 impl RunningBuild {
-    /// Cargo's messages, once the build has exited (none for a shell build).
+    /// Cargo's messages, once the build has exited (none for a shell build). Its stderr is all
+    /// shown first (unless something it started keeps the pipe open for long), so that a line
+    /// about the build comes after cargo's.
     pub(crate) fn messages(self) -> Messages {
+        if let Some(done) = &self.stderr_done {
+            let _ = done.recv_timeout(Duration::from_secs(1));
+        }
         self.messages
             .and_then(|thread| thread.join().ok())
             .unwrap_or_default()
@@ -106,19 +114,30 @@ impl BuildPlan {
                         "--color=never"
                     })
                     .args(args)
-                    .stdout(Stdio::piped());
+                    .stdout(Stdio::piped())
+                    // Passed on as it comes, watched for cargo waiting on a lock.
+                    .stderr(Stdio::piped());
+                // Cargo shows its progress bar only on a terminal, which its stderr no longer is.
+                if std::env::var_os("CARGO_TERM_PROGRESS_WHEN").is_none()
+                    && let Some((_, width)) = console::Term::stderr().size_checked()
+                {
+                    command
+                        .env("CARGO_TERM_PROGRESS_WHEN", "always")
+                        .env("CARGO_TERM_PROGRESS_WIDTH", width.to_string());
+                }
                 command
             }
             BuildPlan::Shell(line) => {
                 let mut command = Command::new("sh");
-                command.arg("-c").arg(line).stdout(Stdio::inherit());
+                command
+                    .arg("-c")
+                    .arg(line)
+                    .stdout(Stdio::inherit())
+                    .stderr(Stdio::inherit());
                 command
             }
         };
-        command
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .process_group(0);
+        command.stdin(Stdio::null()).process_group(0);
         sys::die_with_parent(&mut command);
         let started = Instant::now();
         let mut child = command.spawn()?;
@@ -130,6 +149,20 @@ impl BuildPlan {
             ),
             None => None,
         };
+        let stderr_done = match child.stderr.take() {
+            Some(stderr) => {
+                let (done, stderr_done) = mpsc::channel::<()>();
+                // Not joined: it ends at EOF, when the build and whatever it started are gone.
+                thread::Builder::new()
+                    .name("build-stderr".to_owned())
+                    .spawn(move || {
+                        forward_stderr(stderr);
+                        drop(done);
+                    })?;
+                Some(stderr_done)
+            }
+            None => None,
+        };
         let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
         // The driver reaps every child itself; std's handle is not needed past this point.
         drop(child);
@@ -137,6 +170,7 @@ impl BuildPlan {
             pid,
             started,
             messages,
+            stderr_done,
         })
     }
 
@@ -439,6 +473,59 @@ fn cargo() -> OsString {
         .unwrap_or_else(|| "cargo".into())
 }
 
+/// Copies cargo's stderr to ours as it comes (colours and progress bar included), and says once
+/// in a line of its own why the build waits when cargo blocks on a lock.
+fn forward_stderr(mut stderr: ChildStderr) {
+    let mut buf = [0u8; 8192];
+    // The text since the last line cargo finished, while nothing has been said yet.
+    let mut pending: Option<Vec<u8>> = Some(Vec::new());
+    loop {
+        let n = match stderr.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        {
+            let mut out = io::stderr().lock();
+            let _ = out.write_all(&buf[..n]);
+            let _ = out.flush();
+        }
+        let Some(text) = &mut pending else {
+            continue;
+        };
+        text.extend_from_slice(&buf[..n]);
+        while let Some(end) = text.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = text.drain(..=end).collect();
+            if let Some(line) = lock_wait_line(&String::from_utf8_lossy(&line)) {
+                output::master_line(&line);
+                pending = None;
+                break;
+            }
+        }
+    }
+}
+
+/// The line that says why the build waits, for a line of cargo's output that says it blocks on
+/// a lock (`Blocking waiting for file lock on artifact directory`).
+fn lock_wait_line(cargo_line: &str) -> Option<String> {
+    const WAITING: &str = "waiting for file lock on ";
+    let at = cargo_line.find(WAITING)?;
+    let what = cargo_line[at + WAITING.len()..].trim();
+    if what.contains("directory") {
+        Some(format!(
+            "the build waits for cargo's lock on the {what}: another cargo uses this target \
+             directory (rust-analyzer checking the project?); give rust-analyzer one of its own \
+             (\"rust-analyzer.cargo.targetDir\": true)"
+        ))
+    } else {
+        Some(format!(
+            "the build waits for cargo's lock on the {what}: another cargo is downloading or \
+             updating dependencies"
+        ))
+    }
+}
+
 fn read_artifacts(stdout: ChildStdout) -> Messages {
     let mut messages = Messages::default();
     let artifacts = &mut messages.artifacts;
@@ -541,6 +628,22 @@ mod tests {
             refused(None, None, Some("fast nix"))
                 .is_some_and(|e| e.ends_with("has no feature nix"))
         );
+    }
+
+    #[test]
+    fn a_wait_for_cargo_s_lock_is_explained() {
+        let build_dir = lock_wait_line(
+            "\u{1b}[1m\u{1b}[36m    Blocking\u{1b}[0m waiting for file lock on artifact directory\n",
+        )
+        .unwrap();
+        assert!(
+            build_dir.starts_with("the build waits for cargo's lock on the artifact directory: ")
+                && build_dir.contains("rust-analyzer.cargo.targetDir"),
+            "{build_dir}"
+        );
+        let cache = lock_wait_line("    Blocking waiting for file lock on package cache").unwrap();
+        assert!(cache.contains("downloading"), "{cache}");
+        assert_eq!(lock_wait_line("   Compiling app v0.1.0"), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use tempfile::TempDir;
 
 use crate::dev::{cargo_lock, count, get, shared_target, stop_gracefully};
@@ -280,5 +281,35 @@ fn a_build_script_writing_into_the_watched_tree_is_named_and_the_app_serves() {
     master.wait_for_stderr("mcluster: common/src/lib.rs changed → built in ");
     assert!(served(&master).contains(" common-2 "), "{}", master.dump());
     assert_eq!(count(&master, " changed → "), 1, "{}", master.dump());
+    stop_gracefully(&mut master);
+}
+
+#[test]
+fn a_build_waiting_for_cargo_s_lock_says_why() {
+    let _cargo = cargo_lock();
+    let workspace = Workspace::new();
+    // What rust-analyzer's `cargo check` does to the same target directory.
+    let debug = shared_target().join("debug");
+    fs::create_dir_all(&debug).unwrap();
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(debug.join(".cargo-lock"))
+        .unwrap();
+    let held = Flock::lock(file, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("{e}"));
+    let mut master = workspace.master("", &[]).start();
+    let line = master.wait_for_stderr("mcluster: the build waits for cargo's lock on the ");
+    assert!(
+        line.ends_with(
+            "directory: another cargo uses this target directory (rust-analyzer checking the \
+             project?); give rust-analyzer one of its own (\"rust-analyzer.cargo.targetDir\": \
+             true)"
+        ),
+        "{line}"
+    );
+    drop(held);
+    master.wait_for_stderr(&crate::support::all_ready(1));
+    assert_eq!(count(&master, "cargo's lock"), 1, "{}", master.dump());
     stop_gracefully(&mut master);
 }
