@@ -276,6 +276,81 @@ impl BuildPlan {
     }
 }
 
+/// A `[….metadata.mcluster]` table of a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MetadataTable {
+    /// `workspace.metadata.mcluster` or `package.metadata.mcluster`.
+    pub(crate) section: &'static str,
+    /// The `Cargo.toml` it is in.
+    pub(crate) manifest: PathBuf,
+    pub(crate) table: serde_json::Value,
+}
+
+/// The `[workspace.metadata.mcluster]` and `[package.metadata.mcluster]` tables of the
+/// project, in that order (the package's win), from `cargo metadata --no-deps` (offline). The
+/// package is the one whose manifest is `package_manifest`. Empty when cargo cannot read the
+/// project: the build then says why.
+pub(crate) fn mcluster_tables(
+    manifest: Option<&Path>,
+    package_manifest: &Path,
+) -> Vec<MetadataTable> {
+    #[derive(Debug, Deserialize)]
+    struct Project {
+        workspace_root: PathBuf,
+        #[serde(default)]
+        metadata: Option<serde_json::Value>,
+        packages: Vec<Package>,
+    }
+    #[derive(Debug, Deserialize)]
+    struct Package {
+        manifest_path: PathBuf,
+        #[serde(default)]
+        metadata: Option<serde_json::Value>,
+    }
+    let mut command = Command::new(cargo());
+    command.args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+        "--offline",
+    ]);
+    if let Some(manifest) = manifest {
+        command.arg("--manifest-path").arg(manifest);
+    }
+    command.stdin(Stdio::null()).stderr(Stdio::null());
+    sys::die_with_parent(&mut command);
+    let Some(project) = command
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|output| serde_json::from_slice::<Project>(&output.stdout).ok())
+    else {
+        return Vec::new();
+    };
+    let mut tables = Vec::new();
+    if let Some(table) = project.metadata.and_then(|m| m.get("mcluster").cloned()) {
+        tables.push(MetadataTable {
+            section: "workspace.metadata.mcluster",
+            manifest: project.workspace_root.join("Cargo.toml"),
+            table,
+        });
+    }
+    if let Some(package) = project
+        .packages
+        .into_iter()
+        .find(|package| package.manifest_path == package_manifest)
+        && let Some(table) = package.metadata.and_then(|m| m.get("mcluster").cloned())
+    {
+        tables.push(MetadataTable {
+            section: "package.metadata.mcluster",
+            manifest: package.manifest_path,
+            table,
+        });
+    }
+    tables
+}
+
 /// What `cargo metadata` says of where the local packages are.
 #[derive(Debug, Deserialize)]
 struct LocalPackages {

@@ -729,3 +729,61 @@ fn a_worker_crashing_at_start_waits_for_the_save_that_fixes_it() {
     master.wait_for_stderr(&crate::support::all_ready(2));
     assert_eq!(echo(master.port(), "fixed").generation, 2);
 }
+
+/// A project whose `Cargo.toml` holds `[package.metadata.mcluster]` with these lines.
+fn configured_project(table: &str) -> TempDir {
+    let dir = TempDir::new().unwrap();
+    fs::create_dir(dir.path().join("src")).unwrap();
+    fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+    fs::write(
+        dir.path().join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"configured\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+             [package.metadata.mcluster]\n{table}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn cargo_toml_holds_dev_options_and_flags_win() {
+    let project = configured_project(
+        "listen = [\"127.0.0.1:0\"]\nsize = 3\nready = \"notify\"\nno-build = true\n\
+         env = { EXTRA = \"from-cargo-toml\" }\n",
+    );
+    let worker = fixture("fixture-print-env");
+    // No -l: the address is the file's; -n beats its size; with its no-build, `--` is PROGRAM.
+    let master = MasterBuilder::raw(&["dev", "-n", "1", "--", worker.to_str().unwrap()])
+        .current_dir(project.path())
+        .start();
+    master.wait_for_stderr(&crate::support::all_ready(1));
+    let line = master.wait_for_stdout("EXTRA=");
+    assert!(
+        line.contains("MCLUSTER_WORKERS=1 ") && line.ends_with("EXTRA=from-cargo-toml"),
+        "{line}"
+    );
+    assert_eq!(
+        count(&master, "mcluster: the worker is ready"),
+        1,
+        "{}",
+        master.dump()
+    );
+}
+
+#[test]
+fn an_unknown_key_in_cargo_toml_is_one_line_naming_it_and_the_file() {
+    let project = configured_project("colour = true\n");
+    let mut master = MasterBuilder::raw(&["dev", "-l", "127.0.0.1:0", "--no-build", "--", "x"])
+        .current_dir(project.path())
+        .start();
+    assert_eq!(master.wait_exit_code(), 2, "{}", master.dump());
+    let manifest = project.path().join("Cargo.toml");
+    assert_eq!(
+        master.stderr_lines(),
+        [format!(
+            "mcluster: error: unknown key 'colour' in [package.metadata.mcluster] of {}",
+            manifest.display()
+        )]
+    );
+}
