@@ -136,9 +136,42 @@ pub(crate) fn watch(
         .map(PathBuf::from);
     let mode = match config.poll {
         Some(interval) => Mode::Poll(interval.max(MIN_POLL_INTERVAL)),
-        None => Mode::Native,
+        None => match config.roots.iter().find_map(|root| {
+            let kind = nix::sys::statfs::statfs(root).ok()?.filesystem_type().0;
+            Some((root, blind_file_system(i64::from(kind))?))
+        }) {
+            Some((root, name)) => {
+                output::master_line(&format!(
+                    "{} is on {name}, where inotify sees no change made from the other side: \
+                     polling every {} (--poll=INTERVAL sets another)",
+                    shown(&std::path::absolute(root).unwrap_or_else(|_| root.clone())),
+                    crate::cluster::human_duration(FALLBACK_POLL_INTERVAL)
+                ));
+                Mode::Poll(FALLBACK_POLL_INTERVAL)
+            }
+            None => Mode::Native,
+        },
     };
     start(config, target_dir, mode, Box::new(on_change))
+}
+
+/// The file systems whose files change without inotify hearing of it (the change is made by
+/// another machine or the VM's host), by `statfs` magic: what to call them in the line that
+/// says mcluster polls there. FUSE counts too: Docker Desktop's bind mounts and virtiofs are
+/// FUSE, and so are sshfs and rclone.
+fn blind_file_system(magic: i64) -> Option<&'static str> {
+    Some(match magic {
+        0x0102_1997 => "9p (a WSL2 Windows drive or a VM's shared folder)",
+        0x6969 => "NFS",
+        0x517B => "SMB",
+        0xFF53_4D42 => "CIFS",
+        0xFE53_4D42 => "SMB2",
+        0x6573_5546 => "FUSE (a Docker Desktop bind mount, virtiofs, sshfs…)",
+        0x786F_4256 => "a VirtualBox shared folder",
+        0x5346_414F => "AFS",
+        0x00C3_6400 => "CephFS",
+        _ => return None,
+    })
 }
 
 /// A pure trailing debouncer with the time passed in: each push restarts the cooldown, and the
@@ -1271,6 +1304,34 @@ mod tests {
         let mut touched = Debouncer::new(Duration::from_millis(100));
         touched.touch(at(t0, 0));
         assert_eq!(touched.take_due(at(t0, 100)), Some(vec![]));
+    }
+
+    #[test]
+    fn file_systems_inotify_is_blind_on_are_known_by_their_magic() {
+        for (magic, name) in [
+            (0x0102_1997, "9p"),
+            (0x6969, "NFS"),
+            (0x517B, "SMB"),
+            (0xFF53_4D42, "CIFS"),
+            (0xFE53_4D42, "SMB2"),
+            (0x6573_5546, "FUSE"),
+            (0x786F_4256, "VirtualBox"),
+        ] {
+            assert!(
+                blind_file_system(magic).is_some_and(|found| found.contains(name)),
+                "{magic:#x}"
+            );
+        }
+        // ext4, btrfs, xfs, tmpfs, overlayfs: inotify sees every change.
+        for magic in [0xEF53, 0x9123_683E, 0x5846_5342, 0x0102_1994, 0x794C_7630] {
+            assert_eq!(blind_file_system(magic), None, "{magic:#x}");
+        }
+        let here = nix::sys::statfs::statfs(std::env::temp_dir().as_path()).unwrap();
+        assert_eq!(
+            blind_file_system(i64::from(here.filesystem_type().0)),
+            None,
+            "the test's temporary directory is local"
+        );
     }
 
     #[test]

@@ -284,8 +284,9 @@ fn a_build_script_writing_into_the_watched_tree_is_named_and_the_app_serves() {
     stop_gracefully(&mut master);
 }
 
+/// Also: polling (as on file systems inotify is blind on) watches what the build reads too.
 #[test]
-fn a_build_waiting_for_cargo_s_lock_says_why() {
+fn a_build_waiting_for_cargo_s_lock_says_why_and_polling_sees_templates() {
     let _cargo = cargo_lock();
     let workspace = Workspace::new();
     // What rust-analyzer's `cargo check` does to the same target directory.
@@ -298,7 +299,7 @@ fn a_build_waiting_for_cargo_s_lock_says_why() {
         .open(debug.join(".cargo-lock"))
         .unwrap();
     let held = Flock::lock(file, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("{e}"));
-    let mut master = workspace.master("", &[]).start();
+    let mut master = workspace.master("", &["--poll=100ms"]).start();
     let line = master.wait_for_stderr("mcluster: the build waits for cargo's lock on the ");
     assert!(
         line.ends_with(
@@ -311,5 +312,13 @@ fn a_build_waiting_for_cargo_s_lock_says_why() {
     drop(held);
     master.wait_for_stderr(&crate::support::all_ready(1));
     assert_eq!(count(&master, "cargo's lock"), 1, "{}", master.dump());
+
+    workspace.edit("app/static/banner.txt", "banner-1", "banner-2");
+    master.wait_for_stderr("mcluster: app/static/banner.txt changed → built in ");
+    assert!(
+        served(&master).starts_with("banner-2 "),
+        "{}",
+        master.dump()
+    );
     stop_gracefully(&mut master);
 }
