@@ -137,8 +137,8 @@ pub(crate) fn watch(
     let mode = match config.poll {
         Some(interval) => Mode::Poll(interval.max(MIN_POLL_INTERVAL)),
         None => match config.roots.iter().find_map(|root| {
-            let kind = nix::sys::statfs::statfs(root).ok()?.filesystem_type().0;
-            Some((root, blind_file_system(i64::from(kind))?))
+            let stat = nix::sys::statfs::statfs(root).ok()?;
+            Some((root, blind_file_system(magic(&stat))?))
         }) {
             Some((root, name)) => {
                 output::master_line(&format!(
@@ -153,6 +153,13 @@ pub(crate) fn watch(
         },
     };
     start(config, target_dir, mode, Box::new(on_change))
+}
+
+/// A file system's `statfs` magic number.
+// `fs_type_t` is an `i64` on x86_64 glibc, but not on every target.
+#[allow(clippy::useless_conversion)]
+fn magic(stat: &nix::sys::statfs::Statfs) -> i64 {
+    i64::from(stat.filesystem_type().0)
 }
 
 /// The file systems whose files change without inotify hearing of it (the change is made by
@@ -1328,7 +1335,7 @@ mod tests {
         }
         let here = nix::sys::statfs::statfs(std::env::temp_dir().as_path()).unwrap();
         assert_eq!(
-            blind_file_system(i64::from(here.filesystem_type().0)),
+            blind_file_system(magic(&here)),
             None,
             "the test's temporary directory is local"
         );
