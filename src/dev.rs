@@ -348,6 +348,23 @@ impl Supervisor<'_> {
         {
             watcher.set_build_inputs(inputs);
         }
+        // A manifest changed: perhaps a new path dependency, watched from now on too.
+        if build
+            .changed
+            .iter()
+            .any(|path| path.file_name() == Some(std::ffi::OsStr::new("Cargo.toml")))
+            && let Some(watcher) = &dev.watcher
+            && let Some(roots) = plan.watch_roots()
+        {
+            let new: Vec<PathBuf> = roots
+                .into_iter()
+                .filter(|root| !dev.roots.iter().any(|known| root.starts_with(known)))
+                .collect();
+            if !new.is_empty() {
+                dev.roots.extend(new.iter().cloned());
+                watcher.add_roots(new);
+            }
+        }
         let rolling = self.cluster.serving_generation() > 0 && !self.cluster.is_waiting();
         if let (Ok(Some(artifact)), Some(latest), true) = (&executable, &self.spec.latest, rolling)
             && same_file_content(

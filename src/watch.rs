@@ -114,6 +114,13 @@ impl Watcher {
     pub(crate) fn set_build_inputs(&self, files: impl IntoIterator<Item = PathBuf>) {
         let _ = self.tx.send(Msg::Inputs(files.into_iter().collect()));
     }
+
+    /// Watches more directories (absolute), as the roots given at the start are: a new path
+    /// dependency. Their files are taken as they are now, not as changed. Those that are not
+    /// directories, or already under a root, are left out.
+    pub(crate) fn add_roots(&self, roots: Vec<PathBuf>) {
+        let _ = self.tx.send(Msg::AddRoots(roots));
+    }
 }
 
 impl std::fmt::Debug for Watcher {
@@ -257,6 +264,8 @@ enum Msg {
     Stop,
     /// The files the last build read (see [`Watcher::set_build_inputs`]).
     Inputs(BTreeSet<PathBuf>),
+    /// More directories to watch (see [`Watcher::add_roots`]).
+    AddRoots(Vec<PathBuf>),
     /// Tests: reply with the state once every earlier message is handled.
     #[cfg(test)]
     Sync(Sender<Status>),
@@ -311,6 +320,7 @@ fn is_editor_temp(name: &OsStr) -> bool {
 }
 
 /// The fixed rules: roots, extensions, globs, cargo's target directory. Shared with the walker.
+#[derive(Clone)]
 struct Filter {
     roots: Vec<PathBuf>,
     extensions: Vec<OsString>,
@@ -760,6 +770,7 @@ impl State {
         match msg {
             Msg::Stop => return false,
             Msg::Inputs(inputs) => self.set_inputs(inputs),
+            Msg::AddRoots(roots) => self.add_roots(roots),
             Msg::Event(Ok(event)) => self.on_event(event, Instant::now()),
             Msg::Event(Err(err)) => self.on_error(&err, Instant::now()),
             #[cfg(test)]
@@ -871,6 +882,46 @@ impl State {
             && (self.filter.file_allowed(path)
                 || (self.inputs.contains(path) && self.filter.input_allowed(path)))
             && !self.gitignored(path, false)
+    }
+
+    /// Adds roots: each is walked and watched, its files taken as they are; a root that was
+    /// inside it is one no longer.
+    fn add_roots(&mut self, roots: Vec<PathBuf>) {
+        for root in roots {
+            if !root.is_absolute()
+                || !root.is_dir()
+                || self
+                    .filter
+                    .roots
+                    .iter()
+                    .any(|known| root.starts_with(known))
+            {
+                continue;
+            }
+            let mut filter = (*self.filter).clone();
+            filter.roots.retain(|known| !known.starts_with(&root));
+            filter.roots.push(root.clone());
+            filter.roots.sort();
+            filter
+                .global
+                .push((root.clone(), GitignoreBuilder::new(&root).build_global().0));
+            self.filter = Arc::new(filter);
+            for parent in root.ancestors().skip(1) {
+                if let Some(files) = IgnoreFiles::load(parent) {
+                    self.ignores.insert(parent.to_path_buf(), files);
+                }
+            }
+            let mut kept = BTreeSet::new();
+            let mut found = BTreeMap::new();
+            match self.walk(&root, &mut kept, &mut found) {
+                Ok(()) => {
+                    for (path, stamp) in found {
+                        self.snapshot.entry(path).or_insert(stamp);
+                    }
+                }
+                Err(LimitReached) => self.fall_back_to_polling(Instant::now()),
+            }
+        }
     }
 
     /// A new set of build inputs: the files joining it are recorded as they are now, those

@@ -242,6 +242,39 @@ fn from_a_member_directory_what_the_build_reads_is_watched_new_files_too() {
         "{}",
         master.dump()
     );
+
+    // A new path dependency outside the workspace is watched once the manifest names it.
+    let shared = TempDir::new().unwrap();
+    fs::create_dir(shared.path().join("src")).unwrap();
+    fs::write(
+        shared.path().join("Cargo.toml"),
+        "[package]\nname = \"shared\"\nversion = \"0.1.0\"\nedition = \"2024\"\n",
+    )
+    .unwrap();
+    fs::write(
+        shared.path().join("src/lib.rs"),
+        "pub const TEXT: &str = \"shared-1\";\n",
+    )
+    .unwrap();
+    workspace.edit(
+        "app/Cargo.toml",
+        "[dependencies]\n",
+        &format!(
+            "[dependencies]\nshared = {{ path = {:?} }}\n",
+            shared.path()
+        ),
+    );
+    workspace.edit("app/src/main.rs", "common::TEXT,", "shared::TEXT,");
+    master.wait_until("the new dependency to be served", || {
+        get(master.port()).is_ok_and(|body| body.contains(" shared-1 "))
+    });
+    fs::write(
+        shared.path().join("src/lib.rs"),
+        "pub const TEXT: &str = \"shared-2\";\n",
+    )
+    .unwrap();
+    master.wait_for_stderr("mcluster: src/lib.rs changed → built in ");
+    assert!(served(&master).contains(" shared-2 "), "{}", master.dump());
     stop_gracefully(&mut master);
 }
 
