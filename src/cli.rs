@@ -142,6 +142,9 @@ pub struct ClusterArgs {
 // Doc comments here are `--help` text, where backticks would show.
 #[allow(clippy::doc_markdown)]
 #[derive(Debug, Args)]
+#[command(after_help = "Options can also live in Cargo.toml, under their long names: \
+    [package.metadata.mcluster] (size = 2, listen = [\"127.0.0.1:8080\"], env = { RUST_LOG = \
+    \"debug\" }, ...) or [workspace.metadata.mcluster]. Flags win.")]
 pub struct DevArgs {
     /// The cluster's options.
     #[command(flatten)]
@@ -176,7 +179,8 @@ pub struct DevArgs {
     #[arg(short, long = "ignore", value_name = "GLOB")]
     pub ignore: Vec<String>,
 
-    /// Poll for changes instead of inotify, every INTERVAL (at least 1ms).
+    /// Poll for changes instead of inotify, every INTERVAL (at least 1ms). Automatic, every
+    /// 500ms, on file systems inotify is blind on (9p, NFS, SMB, FUSE).
     #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "500ms", value_parser = config::parse_nonzero_duration, allow_negative_numbers = true)]
     pub poll: Option<Duration>,
 
