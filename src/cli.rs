@@ -142,9 +142,11 @@ pub struct ClusterArgs {
 // Doc comments here are `--help` text, where backticks would show.
 #[allow(clippy::doc_markdown)]
 #[derive(Debug, Args)]
-#[command(after_help = "Options can also live in Cargo.toml, under their long names: \
+#[command(
+    after_help = "Options can also live in Cargo.toml, under their long names: \
     [package.metadata.mcluster] (size = 2, listen = [\"127.0.0.1:8080\"], env = { RUST_LOG = \
-    \"debug\" }, ...) or [workspace.metadata.mcluster]. Flags win.")]
+    \"debug\" }, ...) or [workspace.metadata.mcluster]. Flags win."
+)]
 pub struct DevArgs {
     /// The cluster's options.
     #[command(flatten)]

@@ -346,7 +346,7 @@ impl Supervisor<'_> {
             (&executable, &dev.watcher, dev.roots.first())
             && let Some(inputs) = builder::build_inputs(&artifact.executable, base)
         {
-            watcher.set_build_inputs(inputs);
+            watcher.set_build_inputs(inputs, build.started_at);
         }
         // A manifest changed: perhaps a new path dependency, watched from now on too.
         if build

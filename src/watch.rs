@@ -110,9 +110,16 @@ impl Drop for Watcher {
 impl Watcher {
     /// The files the last build read (cargo's dep-info): each counts whatever its extension,
     /// when it is in a watched directory and not ignored. Replaces the previous set; files
-    /// that join it are taken as they are now, not as changed.
-    pub(crate) fn set_build_inputs(&self, files: impl IntoIterator<Item = PathBuf>) {
-        let _ = self.tx.send(Msg::Inputs(files.into_iter().collect()));
+    /// that join it are taken as they are now, not as changed, unless modified since the build
+    /// started (`since`): the build may have read them before that change.
+    pub(crate) fn set_build_inputs(
+        &self,
+        files: impl IntoIterator<Item = PathBuf>,
+        since: SystemTime,
+    ) {
+        let _ = self
+            .tx
+            .send(Msg::Inputs(files.into_iter().collect(), since));
     }
 
     /// Watches more directories (absolute), as the roots given at the start are: a new path
@@ -262,8 +269,8 @@ enum Msg {
     Event(::notify::Result<Event>),
     /// The [`Watcher`] was dropped.
     Stop,
-    /// The files the last build read (see [`Watcher::set_build_inputs`]).
-    Inputs(BTreeSet<PathBuf>),
+    /// The files the last build read, and when it started (see [`Watcher::set_build_inputs`]).
+    Inputs(BTreeSet<PathBuf>, SystemTime),
     /// More directories to watch (see [`Watcher::add_roots`]).
     AddRoots(Vec<PathBuf>),
     /// Tests: reply with the state once every earlier message is handled.
@@ -769,7 +776,7 @@ impl State {
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Stop => return false,
-            Msg::Inputs(inputs) => self.set_inputs(inputs),
+            Msg::Inputs(inputs, since) => self.set_inputs(inputs, since),
             Msg::AddRoots(roots) => self.add_roots(roots),
             Msg::Event(Ok(event)) => self.on_event(event, Instant::now()),
             Msg::Event(Err(err)) => self.on_error(&err, Instant::now()),
@@ -924,9 +931,10 @@ impl State {
         }
     }
 
-    /// A new set of build inputs: the files joining it are recorded as they are now, those
-    /// leaving it (and no longer wanted otherwise) are forgotten.
-    fn set_inputs(&mut self, inputs: BTreeSet<PathBuf>) {
+    /// A new set of build inputs: the files joining it are recorded as they are now (as changed
+    /// if modified since the build started), those leaving it (and no longer wanted otherwise)
+    /// are forgotten.
+    fn set_inputs(&mut self, inputs: BTreeSet<PathBuf>, since: SystemTime) {
         let old = mem::replace(&mut self.inputs, inputs);
         for path in old.difference(&self.inputs) {
             if !self.is_wanted_file(path) {
@@ -937,8 +945,14 @@ impl State {
         for path in joined {
             if self.is_wanted_file(&path)
                 && let Some(stamp) = stamp(&path)
+                && !self.snapshot.contains_key(&path)
             {
-                self.snapshot.entry(path).or_insert(stamp);
+                if stamp.modified.is_some_and(|modified| modified >= since) {
+                    // Not in the snapshot: the batch reports it.
+                    self.debouncer.push(Instant::now(), path);
+                } else {
+                    self.snapshot.insert(path, stamp);
+                }
             }
         }
     }
@@ -1862,8 +1876,9 @@ mod tests {
             "secret/x.sql",
             "outside/none.txt",
         ];
+        // A build that started after every write so far.
         h.watcher
-            .set_build_inputs(inputs.iter().map(|input| h.path(input)));
+            .set_build_inputs(inputs.iter().map(|input| h.path(input)), SystemTime::now());
         // Taken as they are now: the earlier write is no change.
         h.expect_quiet();
         h.write("static/banner.html", "<p>3</p>");
@@ -1875,9 +1890,19 @@ mod tests {
         h.expect_batch(&["queries/q.sql", "static/banner.html"]);
 
         // A later build no longer reads the template: it no longer counts.
-        h.watcher.set_build_inputs([h.path("src/main.rs")]);
+        h.watcher
+            .set_build_inputs([h.path("src/main.rs")], SystemTime::now());
         h.write("static/banner.html", "<p>4</p>");
         h.expect_quiet();
+
+        // Changed after the build that read it started, before the watcher heard of it.
+        let started = SystemTime::now() - Duration::from_secs(1);
+        h.write("queries/other.sql", "select 3");
+        h.watcher.set_build_inputs(
+            [h.path("src/main.rs"), h.path("queries/other.sql")],
+            started,
+        );
+        h.expect_batch(&["queries/other.sql"]);
     }
 
     #[test]
