@@ -7,7 +7,13 @@
 //! `--build CMD` runs any command with `sh -c` instead; success is exit status 0.
 //!
 //! The build runs in its own process group (a cancelled build is killed as a whole), dies
-//! with the master, and is reaped by the driver like every child.
+//! with the master, and is reaped by the driver like every child. Cargo's stderr passes through
+//! mcluster as it comes (with its progress bar on a terminal), to say why a build waits when
+//! cargo blocks on a lock.
+//!
+//! Cargo also says what to watch: `cargo metadata` where its packages are
+//! ([`BuildPlan::watch_roots`]) and the `[….metadata.mcluster]` tables ([`mcluster_tables`]),
+//! and the dep-info file of the binary which files the build read ([`build_inputs`]).
 //!
 //! A failed cargo build that printed no JSON message at all stopped before compiling anything:
 //! a `--bin`, `--package` or `--features` the project does not have, or a manifest or

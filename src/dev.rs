@@ -3,8 +3,10 @@
 //!
 //! A change starts a build while the old generation keeps serving; a change during a build
 //! cancels it and starts another. Success rolls the new executable in; failure leaves the
-//! serving generation untouched. Each reload ends in one line: what changed, the build time, the
-//! roll time.
+//! serving generation untouched; a binary that did not change is not rolled. Each reload ends in
+//! one line: what changed, the build time, the roll time. A file that the builds themselves keep
+//! changing (a build script writing into the watched tree) is named, and its changes during
+//! builds are ignored from then on.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;

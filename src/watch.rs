@@ -9,8 +9,9 @@
 //!   holding a `CACHEDIR.TAG` (cargo's target directories), `$CARGO_TARGET_DIR`, `.git/` and the
 //!   `--ignore` globs. Every directory kept gets one non-recursive watch.
 //! - **Filtered.** An event counts only for a file in a watched directory, with a wanted
-//!   extension, not named like an editor's temporary file, not matched by an `--ignore` glob and
-//!   not ignored by the ignore files found in the walk. Reads (`EventKind::Access`) never count.
+//!   extension (or read by the last build, whatever its extension: [`Watcher::set_build_inputs`]),
+//!   not named like an editor's temporary file, not matched by an `--ignore` glob and not ignored
+//!   by the ignore files found in the walk. Reads (`EventKind::Access`) never count.
 //! - **Debounced.** A trailing [`Debouncer`]: every event that counts restarts the cooldown; the
 //!   batch is due once the files have been quiet for a whole cooldown. One save in any editor
 //!   (vim's `4913` probe and backup rename, `JetBrains`' safe write, VS Code's
@@ -24,7 +25,9 @@
 //!   whole snapshot compared. When the inotify watch limit is reached, one line goes to stderr and
 //!   the watcher falls back to polling. A root that is removed (or moved away) is named in one
 //!   line and checked for every [`ROOT_CHECK_INTERVAL`]; when it is back, one more line says so,
-//!   it is walked and watched again, and the wanted files in it count as changed.
+//!   it is walked and watched again, and the wanted files in it count as changed. A root on a
+//!   file system inotify is blind on (9p, NFS, SMB, FUSE: changes made from the other side raise
+//!   no event) is polled without being asked, and one line says so.
 //!
 //! One thread (`mcluster-watch`) owns the state: it receives notify's events over a channel, adds
 //! watches (which notify's own thread cannot do from inside its handler), and calls `on_change`.

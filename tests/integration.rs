@@ -27,11 +27,13 @@
 //! - `dev`     `mcluster dev` on a copy of the bundled example project: edits served, broken
 //!   builds keep the old generation, no failed request across reloads, `APP_ENV`, cancelled
 //!   builds, `--no-build`, a watched directory removed and made again, what a save cannot fix
-//!   (no cargo, options cargo refuses), the builds a killed master left
+//!   (no cargo, options cargo refuses), the builds a killed master left, options in
+//!   `Cargo.toml`
 //! - `dev_workspace` `mcluster dev` on a copy of `fixtures/workspace` (an app, a path
 //!   dependency, a build script, an `include_str!` template, an unrelated member): what the
 //!   build reads is watched, from the member's directory and from the workspace root; `-- ARGS`
-//!   reach the app; no roll for an unchanged binary
+//!   reach the app; no roll for an unchanged binary; a build loop named and broken; a build
+//!   waiting for cargo's lock
 //! - `systemd` the master as a systemd service: its own `READY=1` / `RELOADING=1` / `STOPPING=1`
 //!   (never the workers' `NOTIFY_SOCKET`), socket activation with and without `LISTEN_PID`
 //!
