@@ -153,23 +153,18 @@ pub(crate) fn watch(
         .map(PathBuf::from);
     let mode = match config.poll {
         Some(interval) => Mode::Poll(interval.max(MIN_POLL_INTERVAL)),
-        None => match config.roots.iter().find_map(|root| {
-            let stat = nix::sys::statfs::statfs(root).ok()?;
-            Some((root, blind_file_system(magic(&stat))?))
-        }) {
-            Some((root, name)) => {
-                output::master_line(&format!(
-                    "{} is on {name}, where inotify sees no change made from the other side: \
-                     polling every {} (--poll=INTERVAL sets another)",
-                    shown(&std::path::absolute(root).unwrap_or_else(|_| root.clone())),
-                    crate::cluster::human_duration(FALLBACK_POLL_INTERVAL)
-                ));
-                Mode::Poll(FALLBACK_POLL_INTERVAL)
-            }
-            None => Mode::Native,
-        },
+        None => Mode::Native,
     };
-    start(config, target_dir, mode, Box::new(on_change))
+    start(config, target_dir, mode, blind_at, Box::new(on_change))
+}
+
+/// What a directory's file system is called if inotify is blind on it.
+type BlindCheck = fn(&Path) -> Option<&'static str>;
+
+/// The file system of `dir`, if inotify is blind on it.
+fn blind_at(dir: &Path) -> Option<&'static str> {
+    let stat = nix::sys::statfs::statfs(dir).ok()?;
+    blind_file_system(magic(&stat))
 }
 
 /// A file system's `statfs` magic number.
@@ -291,6 +286,8 @@ struct Status {
     missing: Vec<PathBuf>,
     /// Every watch ever added, to show that ignored trees never got one.
     watch_calls: usize,
+    /// The roots polled because inotify is blind there.
+    blind: Vec<PathBuf>,
 }
 
 /// A wanted file's metadata, compared to tell a real change from a read.
@@ -501,6 +498,11 @@ struct State {
     /// Roots that were removed, looked for again when `root_check` is due.
     missing: BTreeSet<PathBuf>,
     root_check: Instant,
+    /// Polls the directories under `blind` while the backend is inotify.
+    poller: Option<Box<dyn ::notify::Watcher + Send>>,
+    /// The roots on a file system inotify is blind on (see [`blind_file_system`]).
+    blind: Vec<PathBuf>,
+    blind_check: BlindCheck,
     #[cfg(test)]
     watch_calls: usize,
 }
@@ -510,6 +512,7 @@ fn start(
     config: WatchConfig,
     target_dir: Option<PathBuf>,
     mode: Mode,
+    blind_check: BlindCheck,
     mut on_change: Box<dyn FnMut(Vec<PathBuf>) + Send>,
 ) -> Result<Watcher, Error> {
     let WatchConfig {
@@ -633,9 +636,17 @@ fn start(
         warned: false,
         missing: BTreeSet::new(),
         root_check: Instant::now(),
+        poller: None,
+        blind: Vec::new(),
+        blind_check,
         #[cfg(test)]
         watch_calls: 0,
     };
+    if !matches!(state.mode, Mode::Poll(_)) {
+        for root in state.filter.roots.clone() {
+            state.note_if_blind(&root);
+        }
+    }
     for root in state.filter.roots.clone() {
         for parent in root.ancestors().skip(1) {
             if let Some(files) = IgnoreFiles::load(parent) {
@@ -790,6 +801,7 @@ impl State {
                     watched: self.watched.iter().cloned().collect(),
                     missing: self.missing.iter().cloned().collect(),
                     watch_calls: self.watch_calls,
+                    blind: self.blind.clone(),
                 });
             }
         }
@@ -882,7 +894,54 @@ impl State {
         {
             self.watch_calls += 1;
         }
+        if let Some(poller) = &mut self.poller
+            && self.blind.iter().any(|root| dir.starts_with(root))
+        {
+            return poller.watch(dir, RecursiveMode::NonRecursive);
+        }
         self.backend.watch(dir, RecursiveMode::NonRecursive)
+    }
+
+    /// Removes the watch of one directory, from whichever backend has it.
+    fn unwatch(&mut self, dir: &Path) {
+        if let Some(poller) = &mut self.poller
+            && self.blind.iter().any(|root| dir.starts_with(root))
+        {
+            let _ = poller.unwatch(dir);
+            return;
+        }
+        let _ = self.backend.unwatch(dir);
+    }
+
+    /// Polls `root` from now on if inotify is blind on its file system, and says so once.
+    fn note_if_blind(&mut self, root: &Path) {
+        let Some(name) = (self.blind_check)(root) else {
+            return;
+        };
+        if self.poller.is_none() {
+            match make_backend(Mode::Poll(FALLBACK_POLL_INTERVAL), &self.tx) {
+                Ok(poller) => self.poller = Some(poller),
+                Err(err) => {
+                    output::master_line(&format!(
+                        "{} is on {name}, where inotify sees no change made from the other \
+                         side, and it cannot be polled: {err}",
+                        shown(root)
+                    ));
+                    return;
+                }
+            }
+            self.debouncer.set_cooldown(effective_cooldown(
+                self.cooldown,
+                Mode::Poll(FALLBACK_POLL_INTERVAL),
+            ));
+        }
+        self.blind.push(root.to_path_buf());
+        output::master_line(&format!(
+            "{} is on {name}, where inotify sees no change made from the other side: polling \
+             it every {} (--poll=INTERVAL polls everything)",
+            shown(root),
+            crate::cluster::human_duration(FALLBACK_POLL_INTERVAL)
+        ));
     }
 
     /// Whether a file counts: in a watched directory, allowed by the fixed rules (or read by the
@@ -916,6 +975,9 @@ impl State {
                 .global
                 .push((root.clone(), GitignoreBuilder::new(&root).build_global().0));
             self.filter = Arc::new(filter);
+            if !matches!(self.mode, Mode::Poll(_)) {
+                self.note_if_blind(&root);
+            }
             for parent in root.ancestors().skip(1) {
                 if let Some(files) = IgnoreFiles::load(parent) {
                     self.ignores.insert(parent.to_path_buf(), files);
@@ -1111,7 +1173,7 @@ impl State {
             }
             let stale: Vec<PathBuf> = self.watched.difference(&kept).cloned().collect();
             for dir in stale {
-                let _ = self.backend.unwatch(&dir);
+                self.unwatch(&dir);
                 self.watched.remove(&dir);
                 self.ignores.remove(&dir);
             }
@@ -1214,7 +1276,7 @@ impl State {
     fn unwatch_tree(&mut self, dir: &Path) -> Vec<PathBuf> {
         for sub in self.take_subtree(dir) {
             // The inotify watch is usually gone already; the poller needs telling.
-            let _ = self.backend.unwatch(&sub);
+            self.unwatch(&sub);
             self.ignores.remove(&sub);
         }
         self.snapshot
@@ -1409,6 +1471,54 @@ mod tests {
         );
     }
 
+    /// Pretends the directories named `remote` are on a file system inotify is blind on.
+    fn remote_is_blind(dir: &Path) -> Option<&'static str> {
+        (dir.file_name() == Some(OsStr::new("remote"))).then_some("a test file system")
+    }
+
+    #[test]
+    fn a_root_where_inotify_is_blind_is_polled_and_only_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (local, remote) = (dir.path().join("local"), dir.path().join("remote"));
+        write_file(&local.join("a.rs"), OLD);
+        write_file(&remote.join("src/b.rs"), OLD);
+        let (tx, rx) = mpsc::channel();
+        // The backend sees nothing: whatever is reported, the poller saw.
+        let watcher = start(
+            WatchConfig {
+                roots: vec![local.clone(), remote.clone()],
+                extensions: vec!["rs".into()],
+                ignore: Vec::new(),
+                cooldown: COOLDOWN,
+                poll: None,
+            },
+            None,
+            Mode::Null,
+            remote_is_blind,
+            Box::new(move |batch| {
+                let _ = tx.send(batch);
+            }),
+        )
+        .expect("watch");
+        write_file(&remote.join("src/b.rs"), NEW);
+        assert_eq!(
+            rx.recv_timeout(PATIENCE).expect("a batch"),
+            [remote.join("src/b.rs")]
+        );
+        write_file(&local.join("a.rs"), NEW);
+        write_file(&remote.join("src/c.rs"), NEW);
+        assert_eq!(
+            rx.recv_timeout(PATIENCE).expect("a batch"),
+            [remote.join("src/c.rs")],
+            "the local root is left to inotify"
+        );
+        let (reply, status) = mpsc::channel();
+        watcher.tx.send(Msg::Sync(reply)).expect("watcher thread");
+        let status = status.recv_timeout(PATIENCE).expect("watcher thread");
+        assert_eq!(status.blind, [remote]);
+        assert!(!status.polling);
+    }
+
     #[test]
     fn editor_temp_names_are_recognised() {
         for name in [
@@ -1486,6 +1596,7 @@ mod tests {
                 config,
                 setup.target_dir.map(|target| dir.path().join(target)),
                 setup.mode,
+                blind_at,
                 Box::new(move |batch| {
                     let _ = tx.send(batch);
                 }),
@@ -2140,7 +2251,7 @@ mod tests {
     // ---- errors ----
 
     fn start_error(config: WatchConfig) -> String {
-        start(config, None, Mode::Null, Box::new(|_| {}))
+        start(config, None, Mode::Null, blind_at, Box::new(|_| {}))
             .expect_err("should fail")
             .to_string()
     }
@@ -2160,7 +2271,8 @@ mod tests {
             message.contains("--ignore") && message.contains("'[abc'"),
             "{message}"
         );
-        let err = start(config, None, Mode::Null, Box::new(|_| {})).expect_err("bad glob");
+        let err =
+            start(config, None, Mode::Null, blind_at, Box::new(|_| {})).expect_err("bad glob");
         assert_eq!(err.exit_status(), 2);
     }
 
