@@ -7,6 +7,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 
 use nix::fcntl::{Flock, FlockArg};
 use tempfile::TempDir;
@@ -20,7 +22,24 @@ struct Workspace {
 }
 
 impl Workspace {
+    /// A fresh copy, whose dependencies (mcluster's worker helpers, nix) are already in the
+    /// shared target directory: its builds in the test compile only the workspace's crates.
     fn new() -> Self {
+        static PREBUILT: OnceLock<()> = OnceLock::new();
+        PREBUILT.get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--manifest-path"])
+                .arg(Self::copy().path("Cargo.toml"))
+                .env("CARGO_TARGET_DIR", shared_target())
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "the fixture workspace does not build");
+        });
+        Self::copy()
+    }
+
+    /// A copy of the fixture, with nothing built for it yet.
+    fn copy() -> Self {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/workspace");
         let dir = TempDir::new().unwrap();
         copy_tree(&source, dir.path());
