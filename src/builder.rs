@@ -263,21 +263,24 @@ impl BuildPlan {
             .iter()
             .position(|arg| arg == "--manifest-path")
             .and_then(|at| args.get(at + 1));
-        // The whole resolve needs the dependencies' manifests; without them (not downloaded
-        // yet), the workspace alone still names the path dependencies of its members.
-        let metadata = [&[][..], &["--no-deps"][..]].iter().find_map(|extra| {
-            let mut command = Command::new(cargo());
-            command
-                .args(["metadata", "--format-version", "1", "--offline"])
-                .args(*extra);
-            if let Some(manifest) = manifest {
-                command.arg("--manifest-path").arg(manifest);
-            }
-            command.stdin(Stdio::null()).stderr(Stdio::null());
-            sys::die_with_parent(&mut command);
-            let output = command.output().ok().filter(|o| o.status.success())?;
-            serde_json::from_slice::<LocalPackages>(&output.stdout).ok()
-        })?;
+        // The whole resolve needs the dependencies' manifests and an up-to-date Cargo.lock
+        // (`--locked`: mcluster writes nothing, even when a bad option ends it next); without
+        // them, the workspace alone still names the path dependencies of its members.
+        let metadata = [&["--locked"][..], &["--no-deps"][..]]
+            .iter()
+            .find_map(|extra| {
+                let mut command = Command::new(cargo());
+                command
+                    .args(["metadata", "--format-version", "1", "--offline"])
+                    .args(*extra);
+                if let Some(manifest) = manifest {
+                    command.arg("--manifest-path").arg(manifest);
+                }
+                command.stdin(Stdio::null()).stderr(Stdio::null());
+                sys::die_with_parent(&mut command);
+                let output = command.output().ok().filter(|o| o.status.success())?;
+                serde_json::from_slice::<LocalPackages>(&output.stdout).ok()
+            })?;
         Some(metadata.roots())
     }
 }

@@ -787,3 +787,20 @@ fn an_unknown_key_in_cargo_toml_is_one_line_naming_it_and_the_file() {
         )]
     );
 }
+
+#[test]
+fn a_dev_master_that_cannot_start_writes_nothing_into_the_project() {
+    let project = configured_project("");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let mut master = MasterBuilder::raw(&["dev", "-l", &address])
+        .current_dir(project.path())
+        .start();
+    assert_eq!(master.wait_exit_code(), 1, "{}", master.dump());
+    let mut left: Vec<String> = fs::read_dir(project.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["Cargo.toml", "src"], "{}", master.dump());
+}
