@@ -936,6 +936,54 @@ mod tests {
     }
 
     #[test]
+    fn a_file_changed_during_two_builds_it_triggered_is_named_and_then_ignored_during_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = dir.path().join("src/stamp.rs");
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        let mut dev = DevLoop::new(None, false, vec![dir.path().to_path_buf()]);
+        let write_during_a_build = |dev: &mut DevLoop| {
+            let started = SystemTime::now() - Duration::from_secs(1);
+            std::fs::write(&stamp, format!("{started:?}")).unwrap();
+            dev.last_build = Some((vec![stamp.clone()], started, SystemTime::now()));
+            dev.without_build_writes(vec![stamp.clone()])
+        };
+        // A save right after a build it triggered is no round.
+        let started = SystemTime::now() - Duration::from_secs(2);
+        dev.last_build = Some((
+            vec![stamp.clone()],
+            started,
+            started + Duration::from_secs(1),
+        ));
+        std::fs::write(&stamp, "saved").unwrap();
+        assert_eq!(
+            dev.without_build_writes(vec![stamp.clone()]),
+            [stamp.clone()]
+        );
+        assert!(dev.loop_rounds.is_empty());
+
+        assert_eq!(
+            write_during_a_build(&mut dev),
+            [stamp.clone()],
+            "round 1 still counts"
+        );
+        assert!(
+            write_during_a_build(&mut dev).is_empty(),
+            "round 2 names it"
+        );
+        assert!(dev.written_by_builds.contains(&stamp));
+        assert!(
+            write_during_a_build(&mut dev).is_empty(),
+            "ignored during builds"
+        );
+        // The user's own save, between builds, still counts.
+        std::fs::write(&stamp, "mine").unwrap();
+        assert_eq!(
+            dev.without_build_writes(vec![stamp.clone()]),
+            [stamp.clone()]
+        );
+    }
+
+    #[test]
     fn kept_build_directories_are_numbers() {
         for name in ["1", "12"] {
             assert!(is_copy_dir_name(std::ffi::OsStr::new(name)), "{name}");
