@@ -957,13 +957,13 @@ mod tests {
         std::fs::write(&stamp, "saved").unwrap();
         assert_eq!(
             dev.without_build_writes(vec![stamp.clone()]),
-            [stamp.clone()]
+            vec![stamp.clone()]
         );
         assert!(dev.loop_rounds.is_empty());
 
         assert_eq!(
             write_during_a_build(&mut dev),
-            [stamp.clone()],
+            vec![stamp.clone()],
             "round 1 still counts"
         );
         assert!(
@@ -979,7 +979,7 @@ mod tests {
         std::fs::write(&stamp, "mine").unwrap();
         assert_eq!(
             dev.without_build_writes(vec![stamp.clone()]),
-            [stamp.clone()]
+            vec![stamp.clone()]
         );
     }
 
