@@ -27,6 +27,24 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses a command line (the program's name first), keeping which `dev` options it gives:
+    /// they win over the project's `Cargo.toml` tables (a `Cli` from clap's own `parse` knows
+    /// none, so the tables' options would win over its flags).
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let (Command::Dev(args), Some(("dev", sub))) = (&mut cli.command, matches.subcommand()) {
+            args.given = given_ids(sub);
+        }
+        Ok(cli)
+    }
+}
+
 /// The subcommands.
 // Parsed once per run: the size of the larger variant does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -219,7 +237,8 @@ pub struct DevArgs {
     pub clear: bool,
 
     /// The options given on the command line (clap's ids), which win over `Cargo.toml`'s
-    /// `[package.metadata.mcluster]` and `[workspace.metadata.mcluster]`. Filled by [`main`].
+    /// `[package.metadata.mcluster]` and `[workspace.metadata.mcluster]`. Filled by
+    /// [`Cli::try_parse_args`].
     #[arg(skip)]
     pub given: Vec<String>,
 
@@ -600,17 +619,10 @@ fn package_root(cwd: &Path, manifest: Option<&Path>) -> Result<Option<PathBuf>, 
 /// The `mcluster` command: parses `std::env::args`, runs, and returns the exit status.
 #[must_use]
 pub fn main() -> ExitCode {
-    let matches = match Cli::command().try_get_matches() {
-        Ok(matches) => matches,
-        Err(error) => return clap_error(&error),
-    };
-    let mut cli = match Cli::from_arg_matches(&matches) {
+    let cli = match Cli::try_parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(error) => return clap_error(&error),
     };
-    if let (Command::Dev(args), Some(("dev", sub))) = (&mut cli.command, matches.subcommand()) {
-        args.given = given_ids(sub);
-    }
     let result = match cli.command {
         Command::Start(args) => args.into_master().and_then(Master::run),
         Command::Dev(args) => args.into_master().and_then(Master::run),
@@ -908,11 +920,9 @@ mod tests {
     fn dev_args(args: &[&str]) -> DevArgs {
         let mut command_line = vec!["mcluster", "dev"];
         command_line.extend(args);
-        let matches = Cli::command().try_get_matches_from(command_line).unwrap();
-        let Command::Dev(mut dev) = Cli::from_arg_matches(&matches).unwrap().command else {
+        let Command::Dev(dev) = Cli::try_parse_args(command_line).unwrap().command else {
             panic!("expected dev");
         };
-        dev.given = given_ids(matches.subcommand().unwrap().1);
         dev
     }
 
