@@ -1207,7 +1207,7 @@ class DevMcluster:
     def wait_reload(self, server: Server, mark: int, t0: float) -> dict:
         """The reload's one line: edit → `rolled` line, and mcluster's own build time."""
         _, t, m = server.wait_line(r"^mcluster: \S.* changed → (.*)$", mark, timeout=DEV_WAIT)
-        done = re.match(r"built in (\S+) → rolled (\d+) workers in (\S+)$", m.group(1))
+        done = re.match(r"built in (\S+) → rolled (\d+) workers in (\S+)( \(switch \S+\))?$", m.group(1))
         if not done:
             raise RuntimeError(f"reload failed: {m.group(0)}")
         return {

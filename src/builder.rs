@@ -7,7 +7,13 @@
 //! `--build CMD` runs any command with `sh -c` instead; success is exit status 0.
 //!
 //! The build runs in its own process group (a cancelled build is killed as a whole), dies
-//! with the master, and is reaped by the driver like every child.
+//! with the master, and is reaped by the driver like every child. Cargo's stderr passes through
+//! mcluster as it comes (with its progress bar on a terminal), to say why a build waits when
+//! cargo blocks on a lock.
+//!
+//! Cargo also says what to watch: `cargo metadata` where its packages are
+//! ([`BuildPlan::watch_roots`]) and the `[….metadata.mcluster]` tables ([`mcluster_tables`]),
+//! and the dep-info file of the binary which files the build read ([`build_inputs`]).
 //!
 //! A failed cargo build that printed no JSON message at all stopped before compiling anything:
 //! a `--bin`, `--package` or `--features` the project does not have, or a manifest or
@@ -15,16 +21,17 @@
 //! `cargo metadata` of the workspace tells which it was (see [`BuildPlan::refused_option`]).
 
 use std::ffi::OsString;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read as _, Write as _};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{ChildStdout, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::sys;
+use crate::{output, sys};
 
 /// How the project is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +52,8 @@ pub(crate) struct RunningBuild {
     pub(crate) pid: i32,
     pub(crate) started: Instant,
     messages: Option<JoinHandle<Messages>>,
+    /// Disconnected once cargo's stderr is all passed on.
+    stderr_done: Option<mpsc::Receiver<()>>,
 }
 
 /// What cargo said on stdout.
@@ -56,8 +65,13 @@ pub(crate) struct Messages {
 }
 
 impl RunningBuild {
-    /// Cargo's messages, once the build has exited (none for a shell build).
+    /// Cargo's messages, once the build has exited (none for a shell build). Its stderr is all
+    /// shown first (unless something it started keeps the pipe open for long), so that a line
+    /// about the build comes after cargo's.
     pub(crate) fn messages(self) -> Messages {
+        if let Some(done) = &self.stderr_done {
+            let _ = done.recv_timeout(Duration::from_secs(1));
+        }
         self.messages
             .and_then(|thread| thread.join().ok())
             .unwrap_or_default()
@@ -69,6 +83,8 @@ impl RunningBuild {
 pub(crate) struct Artifact {
     pub(crate) name: String,
     pub(crate) executable: PathBuf,
+    /// Cargo found it up to date and built nothing for it.
+    pub(crate) fresh: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +94,8 @@ struct Message {
     target: Option<Target>,
     #[serde(default)]
     executable: Option<PathBuf>,
+    #[serde(default)]
+    fresh: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,19 +120,30 @@ impl BuildPlan {
                         "--color=never"
                     })
                     .args(args)
-                    .stdout(Stdio::piped());
+                    .stdout(Stdio::piped())
+                    // Passed on as it comes, watched for cargo waiting on a lock.
+                    .stderr(Stdio::piped());
+                // Cargo shows its progress bar only on a terminal, which its stderr no longer is.
+                if std::env::var_os("CARGO_TERM_PROGRESS_WHEN").is_none()
+                    && let Some((_, width)) = console::Term::stderr().size_checked()
+                {
+                    command
+                        .env("CARGO_TERM_PROGRESS_WHEN", "always")
+                        .env("CARGO_TERM_PROGRESS_WIDTH", width.to_string());
+                }
                 command
             }
             BuildPlan::Shell(line) => {
                 let mut command = Command::new("sh");
-                command.arg("-c").arg(line).stdout(Stdio::inherit());
+                command
+                    .arg("-c")
+                    .arg(line)
+                    .stdout(Stdio::inherit())
+                    .stderr(Stdio::inherit());
                 command
             }
         };
-        command
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .process_group(0);
+        command.stdin(Stdio::null()).process_group(0);
         sys::die_with_parent(&mut command);
         let started = Instant::now();
         let mut child = command.spawn()?;
@@ -126,6 +155,20 @@ impl BuildPlan {
             ),
             None => None,
         };
+        let stderr_done = match child.stderr.take() {
+            Some(stderr) => {
+                let (done, stderr_done) = mpsc::channel::<()>();
+                // Not joined: it ends at EOF, when the build and whatever it started are gone.
+                thread::Builder::new()
+                    .name("build-stderr".to_owned())
+                    .spawn(move || {
+                        forward_stderr(stderr);
+                        drop(done);
+                    })?;
+                Some(stderr_done)
+            }
+            None => None,
+        };
         let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
         // The driver reaps every child itself; std's handle is not needed past this point.
         drop(child);
@@ -133,6 +176,7 @@ impl BuildPlan {
             pid,
             started,
             messages,
+            stderr_done,
         })
     }
 
@@ -146,7 +190,7 @@ impl BuildPlan {
 
     /// Picks the executable the workers run from what the build produced. `Ok(None)` for a
     /// shell build, whose workers run the given program.
-    pub(crate) fn executable(&self, messages: &Messages) -> Result<Option<PathBuf>, String> {
+    pub(crate) fn executable(&self, messages: &Messages) -> Result<Option<Artifact>, String> {
         let BuildPlan::Cargo { bin, .. } = self else {
             return Ok(None);
         };
@@ -204,6 +248,229 @@ impl BuildPlan {
         let metadata: Metadata = serde_json::from_slice(&output.stdout).ok()?;
         metadata.refused(bin.as_deref(), package.as_deref(), features.as_deref())
     }
+}
+
+impl BuildPlan {
+    /// The directories cargo builds from: the workspace root first, then every local package
+    /// (the members and every path dependency, wherever it is), from `cargo metadata` (offline).
+    /// `None` for a shell build, or when cargo cannot read the project (the build then says
+    /// why).
+    pub(crate) fn watch_roots(&self) -> Option<Vec<PathBuf>> {
+        let BuildPlan::Cargo { args, .. } = self else {
+            return None;
+        };
+        let manifest = args
+            .iter()
+            .position(|arg| arg == "--manifest-path")
+            .and_then(|at| args.get(at + 1));
+        // The whole resolve needs the dependencies' manifests and an up-to-date Cargo.lock
+        // (`--locked`: mcluster writes nothing, even when a bad option ends it next); without
+        // them, the workspace alone still names the path dependencies of its members.
+        let metadata = [&["--locked"][..], &["--no-deps"][..]]
+            .iter()
+            .find_map(|extra| {
+                let mut command = Command::new(cargo());
+                command
+                    .args(["metadata", "--format-version", "1", "--offline"])
+                    .args(*extra);
+                if let Some(manifest) = manifest {
+                    command.arg("--manifest-path").arg(manifest);
+                }
+                command.stdin(Stdio::null()).stderr(Stdio::null());
+                sys::die_with_parent(&mut command);
+                let output = command.output().ok().filter(|o| o.status.success())?;
+                serde_json::from_slice::<LocalPackages>(&output.stdout).ok()
+            })?;
+        Some(metadata.roots())
+    }
+}
+
+/// A `[….metadata.mcluster]` table of a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MetadataTable {
+    /// `workspace.metadata.mcluster` or `package.metadata.mcluster`.
+    pub(crate) section: &'static str,
+    /// The `Cargo.toml` it is in.
+    pub(crate) manifest: PathBuf,
+    pub(crate) table: serde_json::Value,
+}
+
+/// The `[workspace.metadata.mcluster]` and `[package.metadata.mcluster]` tables of the
+/// project, in that order (the package's win), from `cargo metadata --no-deps` (offline). The
+/// package is the one whose manifest is `package_manifest`. Empty when cargo cannot read the
+/// project: the build then says why.
+pub(crate) fn mcluster_tables(
+    manifest: Option<&Path>,
+    package_manifest: &Path,
+) -> Vec<MetadataTable> {
+    #[derive(Debug, Deserialize)]
+    struct Project {
+        workspace_root: PathBuf,
+        #[serde(default)]
+        metadata: Option<serde_json::Value>,
+        packages: Vec<Package>,
+    }
+    #[derive(Debug, Deserialize)]
+    struct Package {
+        manifest_path: PathBuf,
+        #[serde(default)]
+        metadata: Option<serde_json::Value>,
+    }
+    let mut command = Command::new(cargo());
+    command.args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+        "--offline",
+    ]);
+    if let Some(manifest) = manifest {
+        command.arg("--manifest-path").arg(manifest);
+    }
+    command.stdin(Stdio::null()).stderr(Stdio::null());
+    sys::die_with_parent(&mut command);
+    let Some(project) = command
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|output| serde_json::from_slice::<Project>(&output.stdout).ok())
+    else {
+        return Vec::new();
+    };
+    let mut tables = Vec::new();
+    if let Some(table) = project.metadata.and_then(|m| m.get("mcluster").cloned()) {
+        tables.push(MetadataTable {
+            section: "workspace.metadata.mcluster",
+            manifest: project.workspace_root.join("Cargo.toml"),
+            table,
+        });
+    }
+    if let Some(package) = project
+        .packages
+        .into_iter()
+        .find(|package| package.manifest_path == package_manifest)
+        && let Some(table) = package.metadata.and_then(|m| m.get("mcluster").cloned())
+    {
+        tables.push(MetadataTable {
+            section: "package.metadata.mcluster",
+            manifest: package.manifest_path,
+            table,
+        });
+    }
+    tables
+}
+
+/// What `cargo metadata` says of where the local packages are.
+#[derive(Debug, Deserialize)]
+struct LocalPackages {
+    workspace_root: PathBuf,
+    packages: Vec<LocalPackage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LocalPackage {
+    manifest_path: PathBuf,
+    /// `None` for a local package (a member or a path dependency).
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    dependencies: Vec<LocalDependency>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LocalDependency {
+    /// The directory of a path dependency.
+    #[serde(default)]
+    path: Option<PathBuf>,
+}
+
+impl LocalPackages {
+    /// The workspace root, then the other local package directories not inside it, sorted.
+    fn roots(&self) -> Vec<PathBuf> {
+        let mut others: Vec<PathBuf> = self
+            .packages
+            .iter()
+            .filter(|package| package.source.is_none())
+            .filter_map(|package| package.manifest_path.parent().map(Path::to_path_buf))
+            .chain(
+                self.packages
+                    .iter()
+                    .flat_map(|package| &package.dependencies)
+                    .filter_map(|dependency| dependency.path.clone()),
+            )
+            .filter(|dir| !dir.starts_with(&self.workspace_root))
+            .collect();
+        others.sort();
+        others.dedup();
+        let nested: Vec<PathBuf> = others
+            .iter()
+            .filter(|dir| others.iter().any(|o| o != *dir && dir.starts_with(o)))
+            .cloned()
+            .collect();
+        others.retain(|dir| !nested.contains(dir));
+        let mut roots = vec![self.workspace_root.clone()];
+        roots.extend(others);
+        roots
+    }
+}
+
+/// The files a cargo build of `executable` read, from the dep-info file cargo writes next to it
+/// (`target/debug/app.d`): every source file, every `include_str!`/`include_bytes!` file, every
+/// `rerun-if-changed` path, whatever its extension. Relative paths (`build.dep-info-basedir`)
+/// are taken from `base`. `None` without such a file.
+pub(crate) fn build_inputs(executable: &Path, base: &Path) -> Option<Vec<PathBuf>> {
+    let mut name = executable.file_name()?.to_owned();
+    name.push(".d");
+    let text = std::fs::read_to_string(executable.with_file_name(name)).ok()?;
+    Some(
+        parse_dep_info(&text)
+            .into_iter()
+            .map(|path| base.join(path))
+            .collect(),
+    )
+}
+
+/// The prerequisites of the first rule of a Makefile-style dep-info file: after the first
+/// `: `, split at unescaped whitespace; `\ ` is a space and `\\` a backslash in a name.
+fn parse_dep_info(text: &str) -> Vec<PathBuf> {
+    // A rule continued on the next line.
+    let text = text.replace("\\\n", " ");
+    let Some(line) = text.lines().find(|line| !line.trim().is_empty()) else {
+        return Vec::new();
+    };
+    let mut chars = line.chars().peekable();
+    // The target (the executable), up to the first unescaped colon followed by a space or
+    // the end of the line.
+    let mut escaped = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            ':' if !escaped && chars.peek().is_none_or(|next| next.is_whitespace()) => break,
+            _ => escaped = false,
+        }
+    }
+    let mut paths = Vec::new();
+    let mut current = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars
+                .peek()
+                .is_some_and(|next| *next == ' ' || *next == '\\') =>
+            {
+                current.extend(chars.next());
+            }
+            c if c.is_whitespace() => {
+                if !current.is_empty() {
+                    paths.push(PathBuf::from(std::mem::take(&mut current)));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        paths.push(PathBuf::from(current));
+    }
+    paths
 }
 
 /// What `cargo metadata --no-deps` says of the workspace.
@@ -290,6 +557,59 @@ fn cargo() -> OsString {
         .unwrap_or_else(|| "cargo".into())
 }
 
+/// Copies cargo's stderr to ours as it comes (colours and progress bar included), and says once
+/// in a line of its own why the build waits when cargo blocks on a lock.
+fn forward_stderr(mut stderr: ChildStderr) {
+    let mut buf = [0u8; 8192];
+    // The text since the last line cargo finished, while nothing has been said yet.
+    let mut pending: Option<Vec<u8>> = Some(Vec::new());
+    loop {
+        let n = match stderr.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        {
+            let mut out = io::stderr().lock();
+            let _ = out.write_all(&buf[..n]);
+            let _ = out.flush();
+        }
+        let Some(text) = &mut pending else {
+            continue;
+        };
+        text.extend_from_slice(&buf[..n]);
+        while let Some(end) = text.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = text.drain(..=end).collect();
+            if let Some(line) = lock_wait_line(&String::from_utf8_lossy(&line)) {
+                output::master_line(&line);
+                pending = None;
+                break;
+            }
+        }
+    }
+}
+
+/// The line that says why the build waits, for a line of cargo's output that says it blocks on
+/// a lock (`Blocking waiting for file lock on artifact directory`).
+fn lock_wait_line(cargo_line: &str) -> Option<String> {
+    const WAITING: &str = "waiting for file lock on ";
+    let at = cargo_line.find(WAITING)?;
+    let what = cargo_line[at + WAITING.len()..].trim();
+    if what.contains("directory") {
+        Some(format!(
+            "the build waits for cargo's lock on the {what}: another cargo uses this target \
+             directory (rust-analyzer checking the project?); give rust-analyzer one of its own \
+             (\"rust-analyzer.cargo.targetDir\": true)"
+        ))
+    } else {
+        Some(format!(
+            "the build waits for cargo's lock on the {what}: another cargo is downloading or \
+             updating dependencies"
+        ))
+    }
+}
+
 fn read_artifacts(stdout: ChildStdout) -> Messages {
     let mut messages = Messages::default();
     let artifacts = &mut messages.artifacts;
@@ -307,6 +627,7 @@ fn read_artifacts(stdout: ChildStdout) -> Messages {
                     artifacts.push(Artifact {
                         name: target.name,
                         executable,
+                        fresh: message.fresh,
                     });
                 }
             }
@@ -319,19 +640,20 @@ fn read_artifacts(stdout: ChildStdout) -> Messages {
     messages
 }
 
-fn choose_executable(artifacts: &[Artifact], bin: Option<&str>) -> Result<PathBuf, String> {
+fn choose_executable(artifacts: &[Artifact], bin: Option<&str>) -> Result<Artifact, String> {
     if let Some(bin) = bin {
         return artifacts
             .iter()
             .find(|artifact| artifact.name == bin)
-            .map(|artifact| artifact.executable.clone())
+            .cloned()
             .ok_or_else(|| format!("cargo built no binary named '{bin}'"));
     }
     match artifacts {
-        [] => {
-            Err("cargo built no binary: is this a binary package? (or pass -- PROGRAM)".to_owned())
-        }
-        [only] => Ok(only.executable.clone()),
+        [] => Err(
+            "cargo built no binary: is this a binary package? (or run --no-build -- PROGRAM)"
+                .to_owned(),
+        ),
+        [only] => Ok(only.clone()),
         several => {
             let names: Vec<&str> = several.iter().map(|a| a.name.as_str()).collect();
             Err(format!(
@@ -350,6 +672,7 @@ mod tests {
         Artifact {
             name: name.to_owned(),
             executable: PathBuf::from(format!("/t/{name}")),
+            fresh: false,
         }
     }
 
@@ -357,10 +680,10 @@ mod tests {
     fn the_only_binary_is_chosen_or_the_named_one() {
         assert_eq!(
             choose_executable(&[artifact("app")], None),
-            Ok("/t/app".into())
+            Ok(artifact("app"))
         );
         let two = [artifact("app"), artifact("tool")];
-        assert_eq!(choose_executable(&two, Some("tool")), Ok("/t/tool".into()));
+        assert_eq!(choose_executable(&two, Some("tool")), Ok(artifact("tool")));
         assert!(choose_executable(&two, None).unwrap_err().contains("--bin"));
         assert!(
             choose_executable(&two, Some("x"))
@@ -392,11 +715,62 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_for_cargo_s_lock_is_explained() {
+        let build_dir = lock_wait_line(
+            "\u{1b}[1m\u{1b}[36m    Blocking\u{1b}[0m waiting for file lock on artifact directory\n",
+        )
+        .unwrap();
+        assert!(
+            build_dir.starts_with("the build waits for cargo's lock on the artifact directory: ")
+                && build_dir.contains("rust-analyzer.cargo.targetDir"),
+            "{build_dir}"
+        );
+        let cache = lock_wait_line("    Blocking waiting for file lock on package cache").unwrap();
+        assert!(cache.contains("downloading"), "{cache}");
+        assert_eq!(lock_wait_line("   Compiling app v0.1.0"), None);
+    }
+
+    #[test]
+    fn dep_info_names_every_input_spaces_included() {
+        let text = "/t/debug/my\\ app: /w/app/src/main.rs /w/app/static/a\\ b.html \\
+                    /w/common/src/lib.rs rel/build.txt\n\n/w/other: /x\n";
+        assert_eq!(
+            parse_dep_info(text),
+            [
+                PathBuf::from("/w/app/src/main.rs"),
+                "/w/app/static/a b.html".into(),
+                "/w/common/src/lib.rs".into(),
+                "rel/build.txt".into(),
+            ]
+        );
+        assert!(parse_dep_info("").is_empty());
+    }
+
+    #[test]
+    fn the_workspace_root_comes_first_then_path_dependencies_outside_it() {
+        let metadata: LocalPackages = serde_json::from_str(
+            r#"{"workspace_root":"/w","packages":[
+              {"manifest_path":"/w/app/Cargo.toml","source":null,"dependencies":[
+                {"path":"/w/common"},{"path":"/shared/lib"},{}]},
+              {"manifest_path":"/w/common/Cargo.toml","source":null},
+              {"manifest_path":"/reg/serde/Cargo.toml","source":"registry+https://x"},
+              {"manifest_path":"/shared/lib/Cargo.toml","source":null},
+              {"manifest_path":"/shared/lib/sub/Cargo.toml","source":null},
+              {"manifest_path":"/a/Cargo.toml","source":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            metadata.roots(),
+            [PathBuf::from("/w"), "/a".into(), "/shared/lib".into()]
+        );
+    }
+
+    #[test]
     fn artifacts_are_read_from_cargo_json_messages() {
         let script = concat!(
             r#"echo '{"reason":"compiler-artifact","target":{"name":"serde","kind":["lib"]},"executable":null}';"#,
             r#"echo 'not json';"#,
-            r#"echo '{"reason":"compiler-artifact","target":{"name":"app","kind":["bin"]},"executable":"/t/app"}';"#,
+            r#"echo '{"reason":"compiler-artifact","target":{"name":"app","kind":["bin"]},"executable":"/t/app","fresh":true}';"#,
             r#"echo '{"reason":"build-finished","success":true}'"#
         );
         // The script's stdout is piped, as cargo's is.
@@ -408,7 +782,11 @@ mod tests {
             .unwrap();
         let messages = read_artifacts(child.stdout.take().unwrap());
         child.wait().unwrap();
-        assert_eq!(messages.artifacts, [artifact("app")]);
+        let fresh = Artifact {
+            fresh: true,
+            ..artifact("app")
+        };
+        assert_eq!(messages.artifacts, [fresh]);
         assert_eq!(messages.count, 3);
     }
 }

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::builder::BuildPlan;
+use crate::builder::{self, BuildPlan, MetadataTable};
 use crate::cluster::Surge;
 use crate::config::{self, Error};
 use crate::listener::{ListenAddr, ListenKind};
@@ -25,6 +26,24 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses a command line (the program's name first), keeping which `dev` options it gives:
+    /// they win over the project's `Cargo.toml` tables (a `Cli` from clap's own `parse` knows
+    /// none, so the tables' options would win over its flags).
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let (Command::Dev(args), Some(("dev", sub))) = (&mut cli.command, matches.subcommand()) {
+            args.given = given_ids(sub);
+        }
+        Ok(cli)
+    }
 }
 
 /// The subcommands.
@@ -251,12 +270,18 @@ pub struct ClusterArgs {
 // line's, one bool each.
 #[allow(clippy::doc_markdown, clippy::struct_excessive_bools)]
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Options can also live in Cargo.toml, under their long names: \
+    [package.metadata.mcluster] (size = 2, listen = [\"127.0.0.1:8080\"], env = { RUST_LOG = \
+    \"debug\" }, ...) or [workspace.metadata.mcluster]. Flags win."
+)]
 pub struct DevArgs {
     /// The cluster's options.
     #[command(flatten)]
     pub cluster: ClusterArgs,
 
-    /// Extensions of the files that count, comma-separated.
+    /// Extensions of the files that count, comma-separated (with a cargo build, every file
+    /// the last build read counts too).
     #[arg(
         long,
         value_name = "LIST",
@@ -274,7 +299,9 @@ pub struct DevArgs {
         short,
         long = "watch",
         value_name = "PATH",
-        help = "A directory to watch. Repeatable. [default: the package root]"
+        help = "A directory to watch. Repeatable. With a cargo build, in addition to the \
+                workspace and every path dependency (from cargo metadata); with --build or \
+                --no-build, instead of the package root."
     )]
     pub watch: Vec<PathBuf>,
 
@@ -282,7 +309,8 @@ pub struct DevArgs {
     #[arg(short, long = "ignore", value_name = "GLOB")]
     pub ignore: Vec<String>,
 
-    /// Poll for changes instead of inotify, every INTERVAL (at least 1ms).
+    /// Poll for changes instead of inotify, every INTERVAL (at least 1ms). Automatic, every
+    /// 500ms, on file systems inotify is blind on (9p, NFS, SMB, FUSE).
     #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "500ms", value_parser = config::parse_nonzero_duration, allow_negative_numbers = true)]
     pub poll: Option<Duration>,
 
@@ -327,11 +355,20 @@ pub struct DevArgs {
     #[arg(long)]
     pub no_livereload: bool,
 
-    /// The worker program and its arguments.
+    /// The options given on the command line (clap's ids), which win over `Cargo.toml`'s
+    /// `[package.metadata.mcluster]` and `[workspace.metadata.mcluster]`. Filled by
+    /// [`Cli::try_parse_args`].
+    #[arg(skip)]
+    pub given: Vec<String>,
+
+    /// After `--`: the app's arguments with a cargo build; the program and its arguments with
+    /// `--build` or `--no-build`.
     #[arg(
         last = true,
-        value_name = "PROGRAM",
-        help = "The worker program and its arguments. [default: the executable cargo builds]"
+        value_name = "ARGS",
+        help = "With a cargo build (the default): the app's arguments, as with cargo run -- ARGS; \
+                the workers run the executable cargo builds. With --build or --no-build: \
+                PROGRAM [ARGS], the program the workers run."
     )]
     pub program: Vec<OsString>,
 }
@@ -423,12 +460,22 @@ pub fn is_dev_env(app_env: Option<&str>) -> bool {
 
 impl DevArgs {
     /// The master these options describe; `APP_ENV` other than dev falls back to production.
-    pub fn into_master(self) -> Result<Master, Error> {
+    pub fn into_master(mut self) -> Result<Master, Error> {
         let app_env = std::env::var("APP_ENV").ok();
         let dev = is_dev_env(app_env.as_deref());
+        let cwd = std::env::current_dir()
+            .map_err(|e| Error::io("cannot read the current directory", e))?;
+        let package = package_root(&cwd, self.manifest_path.as_deref())?;
+        if let Some(root) = &package {
+            let tables =
+                builder::mcluster_tables(self.manifest_path.as_deref(), &root.join("Cargo.toml"));
+            self.take_file_options(&tables)?;
+        }
+        // With cargo, what follows `--` is the app's arguments, as with `cargo run -- ARGS`.
+        let uses_cargo = !self.no_build && self.build.is_none();
         let mut program = self.program.into_iter();
-        let name = program.next();
-        if name.is_none() && (self.no_build || self.build.is_some()) {
+        let name = if uses_cargo { None } else { program.next() };
+        if name.is_none() && !uses_cargo {
             let flag = if self.no_build {
                 "--no-build"
             } else {
@@ -438,11 +485,6 @@ impl DevArgs {
                 "{flag} needs a PROGRAM to run: mcluster dev {flag} ... -- PROGRAM [ARGS]..."
             )));
         }
-        let cwd = std::env::current_dir()
-            .map_err(|e| Error::io("cannot read the current directory", e))?;
-        let package = package_root(&cwd, self.manifest_path.as_deref())?;
-        // Production mode with a PROGRAM builds nothing: as mcluster start, no project needed.
-        let uses_cargo = !self.no_build && self.build.is_none() && (dev || name.is_none());
         if uses_cargo && package.is_none() {
             return Err(Error::usage(format!(
                 "no Cargo.toml in {} or above: run mcluster dev in a cargo project, pass \
@@ -460,6 +502,7 @@ impl DevArgs {
                 "APP_ENV={}: production mode, as mcluster start (no watcher, no rebuilds)",
                 app_env.unwrap_or_default()
             ));
+            // `--build` or `--no-build` with a PROGRAM builds nothing here: as mcluster start.
             if let Some(name) = name {
                 return self
                     .cluster
@@ -492,10 +535,21 @@ impl DevArgs {
                 bin: self.bin,
             })
         };
-        let roots: Vec<PathBuf> = if self.watch.is_empty() {
-            vec![root]
+        // With cargo: where cargo builds from (the workspace and every path dependency), and
+        // the -w directories too. Otherwise the -w directories, or the package root.
+        let from_cargo = if dev {
+            plan.as_ref().and_then(BuildPlan::watch_roots)
         } else {
-            self.watch.iter().map(|path| cwd.join(path)).collect()
+            None
+        };
+        let given = self.watch.iter().map(|path| cwd.join(path));
+        let roots: Vec<PathBuf> = match from_cargo {
+            Some(mut roots) => {
+                roots.extend(given);
+                roots
+            }
+            None if self.watch.is_empty() => vec![root],
+            None => given.collect(),
         };
         let watch = dev.then(|| WatchConfig {
             roots: roots.clone(),
@@ -519,6 +573,163 @@ impl DevArgs {
         let kill_timeout = if dev { DEV_KILL_TIMEOUT } else { KILL_TIMEOUT };
         self.cluster.configure(master, kill_timeout)
     }
+}
+
+/// The keys of `[package.metadata.mcluster]`: the long names of the `dev` options that make
+/// sense in a project's manifest.
+const FILE_KEYS: &[&str] = &[
+    "listen",
+    "size",
+    "env",
+    "silent",
+    "ready",
+    "ready-delay",
+    "ready-timeout",
+    "kill-timeout",
+    "surge",
+    "stop-signal",
+    "watchdog",
+    "ext",
+    "cooldown",
+    "watch",
+    "ignore",
+    "poll",
+    "bin",
+    "package",
+    "release",
+    "features",
+    "build",
+    "no-build",
+    "clear",
+];
+
+impl DevArgs {
+    /// Takes the options of the manifest tables (the later ones win) that the command line
+    /// does not give.
+    fn take_file_options(&mut self, tables: &[MetadataTable]) -> Result<(), Error> {
+        let mut taken = self.given.clone();
+        // Either one of these given means the other is not taken from a file.
+        for (one, other) in [("build", "no_build")] {
+            if taken.iter().any(|id| id == one || id == other) {
+                taken.extend([one.to_owned(), other.to_owned()]);
+            }
+        }
+        for table in tables.iter().rev() {
+            let (mut from_file, given) = parse_table(table)?;
+            for id in given {
+                if !taken.contains(&id) {
+                    self.take_option(&mut from_file, &id);
+                    taken.push(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the option `id` (clap's id: the field's name) of `other`.
+    fn take_option(&mut self, other: &mut DevArgs, id: &str) {
+        use std::mem::take;
+        let (mine, theirs) = (&mut self.cluster, &mut other.cluster);
+        match id {
+            "listen" => mine.listen = take(&mut theirs.listen),
+            "size" => mine.size = theirs.size,
+            "env" => mine.env = take(&mut theirs.env),
+            "silent" => mine.silent = theirs.silent,
+            "ready" => mine.ready = theirs.ready,
+            "ready_delay" => mine.ready_delay = theirs.ready_delay,
+            "ready_timeout" => mine.ready_timeout = theirs.ready_timeout,
+            "kill_timeout" => mine.kill_timeout = theirs.kill_timeout,
+            "surge" => mine.surge = theirs.surge,
+            "stop_signal" => mine.stop_signal = theirs.stop_signal,
+            "watchdog" => mine.watchdog = theirs.watchdog,
+            "ext" => self.ext = take(&mut other.ext),
+            "cooldown" => self.cooldown = other.cooldown,
+            "watch" => self.watch = take(&mut other.watch),
+            "ignore" => self.ignore = take(&mut other.ignore),
+            "poll" => self.poll = other.poll,
+            "bin" => self.bin = other.bin.take(),
+            "package" => self.package = other.package.take(),
+            "release" => self.release = other.release,
+            "features" => self.features = other.features.take(),
+            "build" => self.build = other.build.take(),
+            "no_build" => self.no_build = other.no_build,
+            "clear" => self.clear = other.clear,
+            _ => {}
+        }
+    }
+}
+
+/// The options of one manifest table, parsed as the command line would be, and which of them
+/// it gives.
+fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
+    let place = format!("[{}] of {}", table.section, table.manifest.display());
+    let invalid = |why: String| Error::usage(format!("invalid {place}: {why}"));
+    let serde_json::Value::Object(entries) = &table.table else {
+        return Err(invalid("not a table".to_owned()));
+    };
+    let base = table.manifest.parent().unwrap_or(Path::new("/"));
+    let mut argv: Vec<OsString> = vec!["mcluster".into(), "dev".into()];
+    for (key, value) in entries {
+        if !FILE_KEYS.contains(&key.as_str()) {
+            return Err(Error::usage(format!("unknown key '{key}' in {place}")));
+        }
+        let scalar = |value: &serde_json::Value| match value {
+            serde_json::Value::String(text) => Some(text.clone()),
+            serde_json::Value::Number(number) => Some(number.to_string()),
+            _ => None,
+        };
+        let mut values: Vec<String> = Vec::new();
+        match value {
+            serde_json::Value::Bool(true) => argv.push(format!("--{key}").into()),
+            serde_json::Value::Bool(false) => {}
+            serde_json::Value::Object(vars) if key == "env" => {
+                for (name, value) in vars {
+                    let value = scalar(value)
+                        .ok_or_else(|| invalid(format!("env.{name} is not a string")))?;
+                    values.push(format!("{name}={value}"));
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    values.push(
+                        scalar(item)
+                            .ok_or_else(|| invalid(format!("{key} holds a non-string value")))?,
+                    );
+                }
+            }
+            other => values
+                .push(scalar(other).ok_or_else(|| invalid(format!("{key} has an invalid value")))?),
+        }
+        for value in values {
+            // A directory to watch is relative to the manifest, not to where mcluster runs.
+            let value = if key == "watch" {
+                base.join(value).into_os_string()
+            } else {
+                value.into()
+            };
+            let mut arg = OsString::from(format!("--{key}="));
+            arg.push(value);
+            argv.push(arg);
+        }
+    }
+    let matches = Cli::command()
+        .try_get_matches_from(argv)
+        .map_err(|error| invalid(one_line(&error.render().to_string())))?;
+    let Some(("dev", sub)) = matches.subcommand() else {
+        return Err(invalid("not dev options".to_owned()));
+    };
+    let options = DevArgs::from_arg_matches(sub)
+        .map_err(|error| invalid(one_line(&error.render().to_string())))?;
+    Ok((options, given_ids(sub)))
+}
+
+/// The ids of the options given on a command line (not defaults).
+fn given_ids(matches: &ArgMatches) -> Vec<String> {
+    matches
+        .ids()
+        .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.as_str().to_owned())
+        .collect()
 }
 
 /// The directory of `--manifest-path`, or of the nearest `Cargo.toml` at or above `cwd`.
@@ -551,7 +762,7 @@ fn package_root(cwd: &Path, manifest: Option<&Path>) -> Result<Option<PathBuf>, 
 /// The `mcluster` command: parses `std::env::args`, runs, and returns the exit status.
 #[must_use]
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(error) => return clap_error(&error),
     };
@@ -876,6 +1087,93 @@ mod tests {
             full.extend(["--", "app"]);
             let error = Cli::try_parse_from(full).unwrap_err().to_string();
             assert!(error.contains(culprit), "{error}");
+        }
+    }
+
+    fn table(section: &'static str, json: &str) -> MetadataTable {
+        MetadataTable {
+            section,
+            manifest: PathBuf::from("/w/app/Cargo.toml"),
+            table: serde_json::from_str(json).unwrap(),
+        }
+    }
+
+    /// `mcluster dev ARGS` as `main` parses it.
+    fn dev_args(args: &[&str]) -> DevArgs {
+        let mut command_line = vec!["mcluster", "dev"];
+        command_line.extend(args);
+        let Command::Dev(dev) = Cli::try_parse_args(command_line).unwrap().command else {
+            panic!("expected dev");
+        };
+        dev
+    }
+
+    #[test]
+    fn cargo_toml_options_apply_unless_a_flag_gives_them() {
+        let workspace = table(
+            "workspace.metadata.mcluster",
+            r#"{"size": 4, "ext": ["rs", "html"], "cooldown": "300ms", "release": true}"#,
+        );
+        let package = table(
+            "package.metadata.mcluster",
+            r#"{"size": 3, "listen": ["127.0.0.1:4000", "unix:/tmp/s"],
+                "env": {"RUST_LOG": "debug", "N": 2}, "watch": ["../templates"],
+                "poll": "200ms", "build": "make"}"#,
+        );
+        let mut args = dev_args(&["-n", "2", "--cooldown", "50", "--no-build", "--", "app"]);
+        args.take_file_options(&[workspace, package]).unwrap();
+        // Flags win; the package's table wins over the workspace's.
+        assert_eq!(args.cluster.size, Some(2));
+        assert_eq!(args.cooldown, Duration::from_millis(50));
+        assert!(
+            args.no_build && args.build.is_none(),
+            "--no-build beats build"
+        );
+        assert_eq!(args.ext, ["rs", "html"]);
+        assert!(args.release);
+        assert_eq!(args.cluster.listen.len(), 2);
+        assert_eq!(
+            args.cluster.env,
+            [
+                (OsString::from("N"), OsString::from("2")),
+                ("RUST_LOG".into(), "debug".into())
+            ]
+        );
+        // Relative to the manifest.
+        assert_eq!(args.watch, [PathBuf::from("/w/app/../templates")]);
+        assert_eq!(args.poll, Some(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn bad_cargo_toml_options_name_the_key_and_the_file() {
+        let error = |json: &str| {
+            let mut args = dev_args(&[]);
+            args.take_file_options(&[table("package.metadata.mcluster", json)])
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error(r#"{"colour": true}"#),
+            "unknown key 'colour' in [package.metadata.mcluster] of /w/app/Cargo.toml"
+        );
+        assert_eq!(
+            error(r#"{"manifest-path": "x"}"#),
+            "unknown key 'manifest-path' in [package.metadata.mcluster] of /w/app/Cargo.toml"
+        );
+        for (json, culprit) in [
+            (r#"{"size": 0}"#, "'0'"),
+            (r#"{"size": "many"}"#, "'many'"),
+            (r#"{"cooldown": "5x"}"#, "'5x'"),
+            (r#"{"env": {"LISTEN_FDS": "3"}}"#, "LISTEN_FDS"),
+            (r#"{"listen": [["x"]]}"#, "listen"),
+            ("[1]", "not a table"),
+        ] {
+            let error = error(json);
+            assert!(
+                error.starts_with("invalid [package.metadata.mcluster] of /w/app/Cargo.toml: ")
+                    && error.contains(culprit),
+                "{json}: {error}"
+            );
         }
     }
 }

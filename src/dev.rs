@@ -3,20 +3,22 @@
 //!
 //! A change starts a build while the old generation keeps serving; a change during a build
 //! cancels it and starts another. Success rolls the new executable in; failure leaves the
-//! serving generation untouched. Each reload ends in one line: what changed, the build time, the
-//! roll time.
+//! serving generation untouched; a binary that did not change is not rolled. Each reload ends in
+//! one line: what changed, the build time, the roll time. A file that the builds themselves keep
+//! changing (a build script writing into the watched tree) is named, and its changes during
+//! builds are ignored from then on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
 use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid as NixPid;
 
-use crate::builder::{BuildPlan, RunningBuild};
+use crate::builder::{self, Artifact, BuildPlan, RunningBuild};
 use crate::cluster::{Event, ExitReason, ProcessEnd, RollEnd, human_duration};
 use crate::output;
 use crate::supervisor::{DriverState, Program, Supervisor};
@@ -42,11 +44,27 @@ pub(crate) struct DevLoop {
     /// A build succeeded: its options are good for this project, so a later failure is the
     /// project's, which a save can fix.
     built_once: bool,
+    /// The last build that ran to its end: what triggered it, and when it ran.
+    last_build: Option<(Vec<PathBuf>, SystemTime, SystemTime)>,
+    /// Files that changed during a build they triggered, and in how many builds in a row.
+    loop_rounds: HashMap<PathBuf, u32>,
+    /// Files the builds write (named once): their changes made while a build runs are ignored.
+    written_by_builds: BTreeSet<PathBuf>,
 }
+
+/// After how many builds in a row that a file's own change triggered and during which it
+/// changed again, the file is named as one the build writes.
+const LOOP_ROUNDS: u32 = 2;
+
+/// A file's modification time (the kernel's coarse clock) may lag the clock read when a build
+/// starts by a clock tick.
+const MTIME_SLACK: Duration = Duration::from_millis(20);
 
 struct Build {
     running: RunningBuild,
     changed: Vec<PathBuf>,
+    /// When it started, to compare with the modification times of the files it may write.
+    started_at: SystemTime,
 }
 
 /// A reload waiting for its roll to end, for the one-line summary.
@@ -78,6 +96,9 @@ impl DevLoop {
             reloads: HashMap::new(),
             copies: 0,
             built_once: false,
+            last_build: None,
+            loop_rounds: HashMap::new(),
+            written_by_builds: BTreeSet::new(),
         }
     }
 
@@ -91,19 +112,76 @@ impl DevLoop {
         self.build.as_ref().map(|build| build.running.pid)
     }
 
+    /// The changes that are not a build's own writes. A file that changes while a build runs,
+    /// during builds its own change triggered, [`LOOP_ROUNDS`] times in a row, is one the build
+    /// writes (a build script writing into the watched tree): one line names it, and its
+    /// changes made while a build runs are ignored from then on.
+    fn without_build_writes(&mut self, changed: Vec<PathBuf>) -> Vec<PathBuf> {
+        let now = SystemTime::now();
+        let mut builds: Vec<(&[PathBuf], SystemTime, SystemTime)> = Vec::new();
+        if let Some(build) = &self.build {
+            builds.push((&build.changed, build.started_at, now));
+        }
+        if let Some((triggers, started, ended)) = &self.last_build {
+            builds.push((triggers, *started, *ended));
+        }
+        let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        // `ended` is read once the build has exited: its writes are all older. A save right
+        // after a build is not one of them.
+        let during = |mtime: Option<SystemTime>, started: SystemTime, ended: SystemTime| {
+            mtime.is_some_and(|mtime| mtime + MTIME_SLACK >= started && mtime <= ended)
+        };
+        let mut kept = Vec::new();
+        for path in changed {
+            let mtime = modified(&path);
+            let in_a_build = builds
+                .iter()
+                .any(|(_, started, ended)| during(mtime, *started, *ended));
+            if in_a_build && self.written_by_builds.contains(&path) {
+                continue;
+            }
+            let own_round = builds.iter().any(|(triggers, started, ended)| {
+                triggers.contains(&path) && during(mtime, *started, *ended)
+            });
+            if !own_round {
+                self.loop_rounds.remove(&path);
+                kept.push(path);
+                continue;
+            }
+            let rounds = self.loop_rounds.entry(path.clone()).or_insert(0);
+            *rounds += 1;
+            if *rounds < LOOP_ROUNDS {
+                kept.push(path);
+                continue;
+            }
+            self.loop_rounds.remove(&path);
+            let name = self.describe_one(&path);
+            output::master_line(&format!(
+                "{name} changed during each of the last {LOOP_ROUNDS} builds it triggered: the \
+                 build writes it (a build script?); its changes while a build runs are ignored \
+                 from now on (to ignore it always: -i '{name}')"
+            ));
+            self.written_by_builds.insert(path);
+        }
+        kept
+    }
+
+    /// A file as reload lines name it: relative to its root.
+    fn describe_one(&self, path: &Path) -> String {
+        let relative = self
+            .roots
+            .iter()
+            .find_map(|root| path.strip_prefix(root).ok());
+        quoted_if_needed(&relative.unwrap_or(path).display().to_string())
+    }
+
     /// Describes changed files: the first few, relative to their root, and how many more.
     fn describe(&self, changed: &[PathBuf]) -> String {
         const SHOWN: usize = 3;
         let names: Vec<String> = changed
             .iter()
             .take(SHOWN)
-            .map(|path| {
-                let relative = self
-                    .roots
-                    .iter()
-                    .find_map(|root| path.strip_prefix(root).ok());
-                quoted_if_needed(&relative.unwrap_or(path).display().to_string())
-            })
+            .map(|path| self.describe_one(path))
             .collect();
         match changed.len() {
             0 => "roll requested".to_owned(),
@@ -132,10 +210,12 @@ impl DevLoop {
             dir
         };
         self.copies += 1;
+        // A directory per copy, so that the copy has the binary's own name: `ps`, `top` and
+        // `ss -p` show the workers as `app`.
         let name = executable.file_name().unwrap_or(executable.as_os_str());
-        let mut file_name = std::ffi::OsString::from(format!("{}-", self.copies));
-        file_name.push(name);
-        let kept = dir.join(file_name);
+        let copy_dir = dir.join(self.copies.to_string());
+        std::fs::create_dir(&copy_dir)?;
+        let kept = copy_dir.join(name);
         if std::fs::hard_link(executable, &kept).is_err() {
             std::fs::copy(executable, &kept)?;
         }
@@ -171,7 +251,10 @@ impl Supervisor<'_> {
             self.roll_for(state, reload);
             return;
         }
-        let mut changed = changed;
+        let mut changed = dev.without_build_writes(changed);
+        if changed.is_empty() {
+            return;
+        }
         if let Some(build) = dev.build.take() {
             // A save during a build: the build is stale, start over with both sets of changes.
             // Its exit is reaped later as a stray.
@@ -199,7 +282,11 @@ impl Supervisor<'_> {
             Ok(running) => {
                 // Its own group, killed with the workers' should the master die.
                 self.guard.watch(running.pid);
-                dev.build = Some(Build { running, changed });
+                dev.build = Some(Build {
+                    running,
+                    changed,
+                    started_at: SystemTime::now(),
+                });
             }
             Err(error) => {
                 let program = plan.program();
@@ -230,6 +317,7 @@ impl Supervisor<'_> {
         let Some(build) = dev.build.take() else {
             return;
         };
+        dev.last_build = Some((build.changed.clone(), build.started_at, SystemTime::now()));
         let built_in = build.running.started.elapsed();
         let what = dev.describe(&build.changed);
         let serving = self.cluster.serving_generation();
@@ -263,8 +351,51 @@ impl Supervisor<'_> {
             return;
         };
         let executable = plan.executable(&messages);
+        // What this build read joins the watched files, whatever their extension.
+        if let (Ok(Some(artifact)), Some(watcher), Some(base)) =
+            (&executable, &dev.watcher, dev.roots.first())
+            && let Some(inputs) = builder::build_inputs(&artifact.executable, base)
+        {
+            watcher.set_build_inputs(inputs, build.started_at);
+        }
+        // A manifest changed: perhaps a new path dependency, watched from now on too.
+        if build
+            .changed
+            .iter()
+            .any(|path| path.file_name() == Some(std::ffi::OsStr::new("Cargo.toml")))
+            && let Some(watcher) = &dev.watcher
+            && let Some(roots) = plan.watch_roots()
+        {
+            let new: Vec<PathBuf> = roots
+                .into_iter()
+                .filter(|root| !dev.roots.iter().any(|known| root.starts_with(known)))
+                .collect();
+            if !new.is_empty() {
+                dev.roots.extend(new.iter().cloned());
+                watcher.add_roots(new);
+            }
+        }
+        let rolling = self.cluster.serving_generation() > 0 && !self.cluster.is_waiting();
+        if let (Ok(Some(artifact)), Some(latest), true) = (&executable, &self.spec.latest, rolling)
+            && same_file_content(
+                Path::new(std::ffi::OsStr::from_bytes(latest.path.as_bytes())),
+                &artifact.executable,
+            )
+        {
+            // Nothing a roll would change: the workers keep their connections.
+            dev.built_once = true;
+            let why = if artifact.fresh {
+                "nothing to rebuild".to_owned()
+            } else {
+                format!("built in {}, the same binary", human_duration(built_in))
+            };
+            output::master_line(&format!("{what} → {why}; {keeps}"));
+            return;
+        }
         match executable {
-            Ok(Some(path)) => match dev.keep_executable(&path) {
+            Ok(Some(Artifact {
+                executable: path, ..
+            })) => match dev.keep_executable(&path) {
                 Ok(kept) => {
                     dev.built_once = true;
                     let argv0 = path
@@ -349,6 +480,9 @@ impl Supervisor<'_> {
             let path = Path::new(std::ffi::OsStr::from_bytes(program.path.as_bytes()));
             if path.starts_with(builds_dir) && !in_use(&program) {
                 let _ = std::fs::remove_file(path);
+                if let Some(copy_dir) = path.parent().filter(|dir| *dir != builds_dir) {
+                    let _ = std::fs::remove_dir(copy_dir);
+                }
             }
         }
     }
@@ -406,11 +540,44 @@ impl Supervisor<'_> {
     }
 }
 
+/// Whether two files hold the same bytes: the same file (a kept link to a build cargo found
+/// fresh), or equal contents (a build that produced the same binary again). `false` when in
+/// doubt.
+fn same_file_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta_a), Ok(meta_b)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    if (meta_a.dev(), meta_a.ino()) == (meta_b.dev(), meta_b.ino()) {
+        return true;
+    }
+    if meta_a.len() != meta_b.len() {
+        return false;
+    }
+    let (Ok(mut file_a), Ok(mut file_b)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return false;
+    };
+    let mut buf_a = vec![0; 1 << 16];
+    let mut buf_b = vec![0; 1 << 16];
+    loop {
+        let Ok(n) = file_a.read(&mut buf_a) else {
+            return false;
+        };
+        if n == 0 {
+            return file_b.read(&mut buf_b[..1]).is_ok_and(|m| m == 0);
+        }
+        if file_b.read_exact(&mut buf_b[..n]).is_err() || buf_a[..n] != buf_b[..n] {
+            return false;
+        }
+    }
+}
+
 /// The name of a master's builds directory, before its pid: `target/<profile>/.mcluster-PID/`.
 const BUILDS_PREFIX: &str = ".mcluster-";
 
 /// The file in a builds directory that says which master made it. Its name cannot be a kept
-/// build's (`N-NAME`).
+/// build's directory (`N`).
 const OWNER_FILE: &str = ".mcluster-owner";
 
 /// Who made a builds directory: a process is the pid together with its start time, and both
@@ -495,7 +662,8 @@ fn pid_namespace() -> Option<String> {
 /// Removes the builds directories in `parent` that masters now gone left behind, and only what
 /// is provably theirs: a real directory `.mcluster-PID` (no symlink) of our uid, holding an
 /// owner file of ours naming that pid, whose owner is gone, and nothing but kept builds
-/// (`N-NAME`, regular files of ours). Anything else is left as it is.
+/// (directories `N` of ours holding nothing but regular files of ours). Anything else is left as
+/// it is.
 fn sweep_leftovers(parent: &Path) {
     let Some(here) = Owner::of_self() else {
         return;
@@ -517,9 +685,12 @@ fn sweep_leftovers(parent: &Path) {
             continue;
         };
         let dir = entry.path();
-        if let Some(files) = leftover_files(&dir, pid, uid, &here) {
-            for file in files {
-                let _ = std::fs::remove_file(file);
+        if let Some(copies) = leftover_files(&dir, pid, uid, &here) {
+            for (copy_dir, files) in copies {
+                for file in files {
+                    let _ = std::fs::remove_file(file);
+                }
+                let _ = std::fs::remove_dir(copy_dir);
             }
             let _ = std::fs::remove_file(dir.join(OWNER_FILE));
             // Not `remove_dir_all`: whatever appeared meanwhile stays, and so does the directory.
@@ -528,9 +699,15 @@ fn sweep_leftovers(parent: &Path) {
     }
 }
 
-/// The kept builds in `dir` if it is a builds directory of `pid` whose owner is gone and that
-/// holds nothing else; `None` when anything about it is not provably ours.
-fn leftover_files(dir: &Path, pid: u32, uid: u32, here: &Owner) -> Option<Vec<PathBuf>> {
+/// The kept builds in `dir` (each copy's directory and its files) if it is a builds directory
+/// of `pid` whose owner is gone and that holds nothing else; `None` when anything about it is
+/// not provably ours.
+fn leftover_files(
+    dir: &Path,
+    pid: u32,
+    uid: u32,
+    here: &Owner,
+) -> Option<Vec<(PathBuf, Vec<PathBuf>)>> {
     use std::os::unix::fs::MetadataExt;
     let ours = |metadata: &std::fs::Metadata| metadata.uid() == uid;
     let metadata = std::fs::symlink_metadata(dir).ok()?;
@@ -546,7 +723,7 @@ fn leftover_files(dir: &Path, pid: u32, uid: u32, here: &Owner) -> Option<Vec<Pa
     if owner.pid != pid || !owner.is_gone(here) {
         return None;
     }
-    let mut files = Vec::new();
+    let mut copies = Vec::new();
     for entry in std::fs::read_dir(dir).ok()? {
         let entry = entry.ok()?;
         let name = entry.file_name();
@@ -554,19 +731,27 @@ fn leftover_files(dir: &Path, pid: u32, uid: u32, here: &Owner) -> Option<Vec<Pa
             continue;
         }
         let metadata = std::fs::symlink_metadata(entry.path()).ok()?;
-        if !metadata.is_file() || !ours(&metadata) || !is_kept_build_name(&name) {
+        if !metadata.is_dir() || !ours(&metadata) || !is_copy_dir_name(&name) {
             return None;
         }
-        files.push(entry.path());
+        let mut files = Vec::new();
+        for file in std::fs::read_dir(entry.path()).ok()? {
+            let file = file.ok()?;
+            let metadata = std::fs::symlink_metadata(file.path()).ok()?;
+            if !metadata.is_file() || !ours(&metadata) {
+                return None;
+            }
+            files.push(file.path());
+        }
+        copies.push((entry.path(), files));
     }
-    Some(files)
+    Some(copies)
 }
 
-/// `N-NAME`, as [`DevLoop::keep_executable`] names a kept build.
-fn is_kept_build_name(name: &std::ffi::OsStr) -> bool {
+/// `N`, as [`DevLoop::keep_executable`] names the directory of a kept build.
+fn is_copy_dir_name(name: &std::ffi::OsStr) -> bool {
     let name = name.as_bytes();
-    let digits = name.iter().take_while(|b| b.is_ascii_digit()).count();
-    digits > 0 && name.get(digits) == Some(&b'-') && name.len() > digits + 1
+    !name.is_empty() && name.iter().all(u8::is_ascii_digit)
 }
 
 /// The uid this process creates files as: the effective uid, from `/proc/self/status`.
@@ -637,7 +822,9 @@ mod tests {
             std::fs::write(dir.join(OWNER_FILE), owner.render()).unwrap();
         }
         for file in files {
-            std::fs::write(dir.join(file), "ELF").unwrap();
+            let path = dir.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "ELF").unwrap();
         }
         dir
     }
@@ -669,27 +856,28 @@ mod tests {
             pid_namespace: pid_namespace.to_owned(),
         };
         let gone = owner(dead, 1, &here.boot_id, &here.pid_namespace);
-        let swept = builds_dir(parent.path(), dead, Some(&gone), &["1-app", "2-app"]);
+        let swept = builds_dir(parent.path(), dead, Some(&gone), &["1/app", "2/app"]);
 
         // Left alone: no owner file; anything else inside; a live owner; a pid namespace we
         // cannot see into; an owner file naming another pid; a symlink.
         let dead2 = dead_pid();
-        let user_own = builds_dir(parent.path(), dead2, None, &["1-app"]);
+        let user_own = builds_dir(parent.path(), dead2, None, &["1/app"]);
         let dead3 = dead_pid();
         let gone3 = owner(dead3, 1, &here.boot_id, &here.pid_namespace);
-        let with_notes = builds_dir(parent.path(), dead3, Some(&gone3), &["1-app", "notes.txt"]);
-        let live = builds_dir(parent.path(), here.pid, Some(&here), &["1-app"]);
+        let with_notes = builds_dir(parent.path(), dead3, Some(&gone3), &["1/app", "notes.txt"]);
+        let live = builds_dir(parent.path(), here.pid, Some(&here), &["1/app"]);
         let dead4 = dead_pid();
         let elsewhere = owner(dead4, 1, &here.boot_id, "pid:[1]");
-        let other_namespace = builds_dir(parent.path(), dead4, Some(&elsewhere), &["1-app"]);
+        let other_namespace = builds_dir(parent.path(), dead4, Some(&elsewhere), &["1/app"]);
         let dead5 = dead_pid();
-        let misnamed = builds_dir(parent.path(), dead5, Some(&gone), &["1-app"]);
+        let misnamed = builds_dir(parent.path(), dead5, Some(&gone), &["1/app"]);
         let target = parent.path().join("real");
         std::fs::create_dir(&target).unwrap();
         let dead6 = dead_pid();
         let gone6 = owner(dead6, 1, &here.boot_id, &here.pid_namespace);
         std::fs::write(target.join(OWNER_FILE), gone6.render()).unwrap();
-        std::fs::write(target.join("1-app"), "ELF").unwrap();
+        std::fs::create_dir(target.join("1")).unwrap();
+        std::fs::write(target.join("1/app"), "ELF").unwrap();
         let link = parent.path().join(format!("{BUILDS_PREFIX}{dead6}"));
         std::os::unix::fs::symlink(&target, &link).unwrap();
 
@@ -704,7 +892,7 @@ mod tests {
             &link,
         ] {
             assert!(
-                kept.join("1-app").exists() || kept == &link,
+                kept.join("1/app").exists() || kept == &link,
                 "{}",
                 kept.display()
             );
@@ -722,7 +910,7 @@ mod tests {
             start_time: here.start_time + 1,
             ..here.clone()
         };
-        let dir = builds_dir(parent.path(), here.pid, Some(&reused), &["1-app"]);
+        let dir = builds_dir(parent.path(), here.pid, Some(&reused), &["1/app"]);
         sweep_leftovers(parent.path());
         assert!(!dir.exists());
         // A live pid, and even another pid namespace, in an earlier boot.
@@ -731,19 +919,104 @@ mod tests {
             pid_namespace: "pid:[1]".to_owned(),
             ..here.clone()
         };
-        let dir = builds_dir(parent.path(), here.pid, Some(&earlier), &["3-app"]);
+        let dir = builds_dir(parent.path(), here.pid, Some(&earlier), &["3/app"]);
         sweep_leftovers(parent.path());
         assert!(!dir.exists());
     }
 
     #[test]
-    fn kept_build_names_are_a_number_a_dash_and_a_name() {
-        for name in ["1-app", "12-hello-app"] {
-            assert!(is_kept_build_name(std::ffi::OsStr::new(name)), "{name}");
+    fn the_same_file_or_the_same_bytes_is_the_same_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(path("a"), &big).unwrap();
+        std::fs::hard_link(path("a"), path("link")).unwrap();
+        std::fs::write(path("copy"), &big).unwrap();
+        let mut changed = big.clone();
+        changed[150_000] ^= 1;
+        std::fs::write(path("changed"), &changed).unwrap();
+        std::fs::write(path("shorter"), &big[..100]).unwrap();
+        assert!(same_file_content(&path("a"), &path("link")));
+        assert!(same_file_content(&path("a"), &path("copy")));
+        assert!(!same_file_content(&path("a"), &path("changed")));
+        assert!(!same_file_content(&path("a"), &path("shorter")));
+        assert!(!same_file_content(&path("a"), &path("missing")));
+    }
+
+    #[test]
+    fn a_file_changed_during_two_builds_it_triggered_is_named_and_then_ignored_during_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = dir.path().join("src/stamp.rs");
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        let mut dev = DevLoop::new(None, false, vec![dir.path().to_path_buf()]);
+        let write_during_a_build = |dev: &mut DevLoop| {
+            let started = SystemTime::now() - Duration::from_secs(1);
+            std::fs::write(&stamp, format!("{started:?}")).unwrap();
+            dev.last_build = Some((vec![stamp.clone()], started, SystemTime::now()));
+            dev.without_build_writes(vec![stamp.clone()])
+        };
+        // A save right after a build it triggered is no round.
+        let started = SystemTime::now() - Duration::from_secs(2);
+        dev.last_build = Some((
+            vec![stamp.clone()],
+            started,
+            started + Duration::from_secs(1),
+        ));
+        std::fs::write(&stamp, "saved").unwrap();
+        assert_eq!(
+            dev.without_build_writes(vec![stamp.clone()]),
+            vec![stamp.clone()]
+        );
+        assert!(dev.loop_rounds.is_empty());
+
+        assert_eq!(
+            write_during_a_build(&mut dev),
+            vec![stamp.clone()],
+            "round 1 still counts"
+        );
+        assert!(
+            write_during_a_build(&mut dev).is_empty(),
+            "round 2 names it"
+        );
+        assert!(dev.written_by_builds.contains(&stamp));
+        assert!(
+            write_during_a_build(&mut dev).is_empty(),
+            "ignored during builds"
+        );
+        // The user's own save, between builds, still counts.
+        std::fs::write(&stamp, "mine").unwrap();
+        assert_eq!(
+            dev.without_build_writes(vec![stamp.clone()]),
+            vec![stamp.clone()]
+        );
+    }
+
+    #[test]
+    fn kept_build_directories_are_numbers() {
+        for name in ["1", "12"] {
+            assert!(is_copy_dir_name(std::ffi::OsStr::new(name)), "{name}");
         }
-        for name in ["app", "1-", "-app", "x1-app", OWNER_FILE] {
-            assert!(!is_kept_build_name(std::ffi::OsStr::new(name)), "{name}");
+        for name in ["", "app", "1-app", "x1", OWNER_FILE] {
+            assert!(!is_copy_dir_name(std::ffi::OsStr::new(name)), "{name}");
         }
+    }
+
+    #[test]
+    fn a_kept_build_has_the_binary_s_own_name_in_a_directory_per_copy() {
+        let target = tempfile::tempdir().unwrap();
+        let built = target.path().join("app");
+        std::fs::write(&built, "ELF 1").unwrap();
+        let mut dev = dev_loop();
+        let first = dev.keep_executable(&built).unwrap();
+        std::fs::remove_file(&built).unwrap();
+        std::fs::write(&built, "ELF 2").unwrap();
+        let second = dev.keep_executable(&built).unwrap();
+        let builds = dev.builds_dir.clone().unwrap();
+        assert_eq!(first, builds.join("1/app"));
+        assert_eq!(second, builds.join("2/app"));
+        assert_eq!(std::fs::read_to_string(first).unwrap(), "ELF 1");
+        drop(dev);
+        assert!(!builds.exists());
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //!   holding a `CACHEDIR.TAG` (cargo's target directories), `$CARGO_TARGET_DIR`, `.git/` and the
 //!   `--ignore` globs. Every directory kept gets one non-recursive watch.
 //! - **Filtered.** An event counts only for a file in a watched directory, with a wanted
-//!   extension, not named like an editor's temporary file, not matched by an `--ignore` glob and
-//!   not ignored by the ignore files found in the walk. Reads (`EventKind::Access`) never count.
+//!   extension (or read by the last build, whatever its extension: [`Watcher::set_build_inputs`]),
+//!   not named like an editor's temporary file, not matched by an `--ignore` glob and not ignored
+//!   by the ignore files found in the walk. Reads (`EventKind::Access`) never count.
 //! - **Debounced.** A trailing [`Debouncer`]: every event that counts restarts the cooldown; the
 //!   batch is due once the files have been quiet for a whole cooldown. One save in any editor
 //!   (vim's `4913` probe and backup rename, `JetBrains`' safe write, VS Code's
@@ -24,7 +25,9 @@
 //!   whole snapshot compared. When the inotify watch limit is reached, one line goes to stderr and
 //!   the watcher falls back to polling. A root that is removed (or moved away) is named in one
 //!   line and checked for every [`ROOT_CHECK_INTERVAL`]; when it is back, one more line says so,
-//!   it is walked and watched again, and the wanted files in it count as changed.
+//!   it is walked and watched again, and the wanted files in it count as changed. A root on a
+//!   file system inotify is blind on (9p, NFS, SMB, FUSE: changes made from the other side raise
+//!   no event) is polled without being asked, and one line says so.
 //!
 //! One thread (`mcluster-watch`) owns the state: it receives notify's events over a channel, adds
 //! watches (which notify's own thread cannot do from inside its handler), and calls `on_change`.
@@ -107,6 +110,29 @@ impl Drop for Watcher {
     }
 }
 
+impl Watcher {
+    /// The files the last build read (cargo's dep-info): each counts whatever its extension,
+    /// when it is in a watched directory and not ignored. Replaces the previous set; files
+    /// that join it are taken as they are now, not as changed, unless modified since the build
+    /// started (`since`): the build may have read them before that change.
+    pub(crate) fn set_build_inputs(
+        &self,
+        files: impl IntoIterator<Item = PathBuf>,
+        since: SystemTime,
+    ) {
+        let _ = self
+            .tx
+            .send(Msg::Inputs(files.into_iter().collect(), since));
+    }
+
+    /// Watches more directories (absolute), as the roots given at the start are: a new path
+    /// dependency. Their files are taken as they are now, not as changed. Those that are not
+    /// directories, or already under a root, are left out.
+    pub(crate) fn add_roots(&self, roots: Vec<PathBuf>) {
+        let _ = self.tx.send(Msg::AddRoots(roots));
+    }
+}
+
 impl std::fmt::Debug for Watcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watcher").finish_non_exhaustive()
@@ -129,7 +155,42 @@ pub(crate) fn watch(
         Some(interval) => Mode::Poll(interval.max(MIN_POLL_INTERVAL)),
         None => Mode::Native,
     };
-    start(config, target_dir, mode, Box::new(on_change))
+    start(config, target_dir, mode, blind_at, Box::new(on_change))
+}
+
+/// What a directory's file system is called if inotify is blind on it.
+type BlindCheck = fn(&Path) -> Option<&'static str>;
+
+/// The file system of `dir`, if inotify is blind on it.
+fn blind_at(dir: &Path) -> Option<&'static str> {
+    let stat = nix::sys::statfs::statfs(dir).ok()?;
+    blind_file_system(magic(&stat))
+}
+
+/// A file system's `statfs` magic number.
+// `fs_type_t` is an `i64` on x86_64 glibc, but not on every target.
+#[allow(clippy::useless_conversion)]
+fn magic(stat: &nix::sys::statfs::Statfs) -> i64 {
+    i64::from(stat.filesystem_type().0)
+}
+
+/// The file systems whose files change without inotify hearing of it (the change is made by
+/// another machine or the VM's host), by `statfs` magic: what to call them in the line that
+/// says mcluster polls there. FUSE counts too: Docker Desktop's bind mounts and virtiofs are
+/// FUSE, and so are sshfs and rclone.
+fn blind_file_system(magic: i64) -> Option<&'static str> {
+    Some(match magic {
+        0x0102_1997 => "9p (a WSL2 Windows drive or a VM's shared folder)",
+        0x6969 => "NFS",
+        0x517B => "SMB",
+        0xFF53_4D42 => "CIFS",
+        0xFE53_4D42 => "SMB2",
+        0x6573_5546 => "FUSE (a Docker Desktop bind mount, virtiofs, sshfs…)",
+        0x786F_4256 => "a VirtualBox shared folder",
+        0x5346_414F => "AFS",
+        0x00C3_6400 => "CephFS",
+        _ => return None,
+    })
 }
 
 /// A pure trailing debouncer with the time passed in: each push restarts the cooldown, and the
@@ -206,6 +267,10 @@ enum Msg {
     Event(::notify::Result<Event>),
     /// The [`Watcher`] was dropped.
     Stop,
+    /// The files the last build read, and when it started (see [`Watcher::set_build_inputs`]).
+    Inputs(BTreeSet<PathBuf>, SystemTime),
+    /// More directories to watch (see [`Watcher::add_roots`]).
+    AddRoots(Vec<PathBuf>),
     /// Tests: reply with the state once every earlier message is handled.
     #[cfg(test)]
     Sync(Sender<Status>),
@@ -221,6 +286,8 @@ struct Status {
     missing: Vec<PathBuf>,
     /// Every watch ever added, to show that ignored trees never got one.
     watch_calls: usize,
+    /// The roots polled because inotify is blind there.
+    blind: Vec<PathBuf>,
 }
 
 /// A wanted file's metadata, compared to tell a real change from a read.
@@ -260,6 +327,7 @@ fn is_editor_temp(name: &OsStr) -> bool {
 }
 
 /// The fixed rules: roots, extensions, globs, cargo's target directory. Shared with the walker.
+#[derive(Clone)]
 struct Filter {
     roots: Vec<PathBuf>,
     extensions: Vec<OsString>,
@@ -323,6 +391,12 @@ impl Filter {
             }
         }
         !self.glob_ignored(dir) && !dir.join("CACHEDIR.TAG").exists()
+    }
+
+    /// Whether a file the build reads passes the fixed rules: any extension, but not an
+    /// editor's temporary file nor an ignored path.
+    fn input_allowed(&self, path: &Path) -> bool {
+        path.file_name().is_some_and(|name| !is_editor_temp(name)) && !self.glob_ignored(path)
     }
 
     /// Whether a file name passes the fixed rules: extension, editor temp names, globs.
@@ -414,6 +488,8 @@ struct State {
     ignores: HashMap<PathBuf, IgnoreFiles>,
     /// Every wanted file, as last reported.
     snapshot: BTreeMap<PathBuf, Stamp>,
+    /// The files the last build read: wanted whatever their extension.
+    inputs: BTreeSet<PathBuf>,
     debouncer: Debouncer,
     /// Walk everything again when the batch is due.
     rescan: bool,
@@ -422,6 +498,11 @@ struct State {
     /// Roots that were removed, looked for again when `root_check` is due.
     missing: BTreeSet<PathBuf>,
     root_check: Instant,
+    /// Polls the directories under `blind` while the backend is inotify.
+    poller: Option<Box<dyn ::notify::Watcher + Send>>,
+    /// The roots on a file system inotify is blind on (see [`blind_file_system`]).
+    blind: Vec<PathBuf>,
+    blind_check: BlindCheck,
     #[cfg(test)]
     watch_calls: usize,
 }
@@ -431,6 +512,7 @@ fn start(
     config: WatchConfig,
     target_dir: Option<PathBuf>,
     mode: Mode,
+    blind_check: BlindCheck,
     mut on_change: Box<dyn FnMut(Vec<PathBuf>) + Send>,
 ) -> Result<Watcher, Error> {
     let WatchConfig {
@@ -548,14 +630,23 @@ fn start(
         watched: BTreeSet::new(),
         ignores: HashMap::new(),
         snapshot: BTreeMap::new(),
+        inputs: BTreeSet::new(),
         debouncer: Debouncer::new(effective_cooldown(cooldown, mode)),
         rescan: false,
         warned: false,
         missing: BTreeSet::new(),
         root_check: Instant::now(),
+        poller: None,
+        blind: Vec::new(),
+        blind_check,
         #[cfg(test)]
         watch_calls: 0,
     };
+    if !matches!(state.mode, Mode::Poll(_)) {
+        for root in state.filter.roots.clone() {
+            state.note_if_blind(&root);
+        }
+    }
     for root in state.filter.roots.clone() {
         for parent in root.ancestors().skip(1) {
             if let Some(files) = IgnoreFiles::load(parent) {
@@ -699,6 +790,8 @@ impl State {
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Stop => return false,
+            Msg::Inputs(inputs, since) => self.set_inputs(inputs, since),
+            Msg::AddRoots(roots) => self.add_roots(roots),
             Msg::Event(Ok(event)) => self.on_event(event, Instant::now()),
             Msg::Event(Err(err)) => self.on_error(&err, Instant::now()),
             #[cfg(test)]
@@ -708,6 +801,7 @@ impl State {
                     watched: self.watched.iter().cloned().collect(),
                     missing: self.missing.iter().cloned().collect(),
                     watch_calls: self.watch_calls,
+                    blind: self.blind.clone(),
                 });
             }
         }
@@ -800,14 +894,132 @@ impl State {
         {
             self.watch_calls += 1;
         }
+        if let Some(poller) = &mut self.poller
+            && self.blind.iter().any(|root| dir.starts_with(root))
+        {
+            return poller.watch(dir, RecursiveMode::NonRecursive);
+        }
         self.backend.watch(dir, RecursiveMode::NonRecursive)
     }
 
-    /// Whether a file counts: in a watched directory, allowed by the fixed rules and not ignored.
+    /// Removes the watch of one directory, from whichever backend has it.
+    fn unwatch(&mut self, dir: &Path) {
+        if let Some(poller) = &mut self.poller
+            && self.blind.iter().any(|root| dir.starts_with(root))
+        {
+            let _ = poller.unwatch(dir);
+            return;
+        }
+        let _ = self.backend.unwatch(dir);
+    }
+
+    /// Polls `root` from now on if inotify is blind on its file system, and says so once.
+    fn note_if_blind(&mut self, root: &Path) {
+        let Some(name) = (self.blind_check)(root) else {
+            return;
+        };
+        if self.poller.is_none() {
+            match make_backend(Mode::Poll(FALLBACK_POLL_INTERVAL), &self.tx) {
+                Ok(poller) => self.poller = Some(poller),
+                Err(err) => {
+                    output::master_line(&format!(
+                        "{} is on {name}, where inotify sees no change made from the other \
+                         side, and it cannot be polled: {err}",
+                        shown(root)
+                    ));
+                    return;
+                }
+            }
+            self.debouncer.set_cooldown(effective_cooldown(
+                self.cooldown,
+                Mode::Poll(FALLBACK_POLL_INTERVAL),
+            ));
+        }
+        self.blind.push(root.to_path_buf());
+        output::master_line(&format!(
+            "{} is on {name}, where inotify sees no change made from the other side: polling \
+             it every {} (--poll=INTERVAL polls everything)",
+            shown(root),
+            crate::cluster::human_duration(FALLBACK_POLL_INTERVAL)
+        ));
+    }
+
+    /// Whether a file counts: in a watched directory, allowed by the fixed rules (or read by the
+    /// last build) and not ignored.
     fn is_wanted_file(&self, path: &Path) -> bool {
         path.parent().is_some_and(|p| self.watched.contains(p))
-            && self.filter.file_allowed(path)
+            && (self.filter.file_allowed(path)
+                || (self.inputs.contains(path) && self.filter.input_allowed(path)))
             && !self.gitignored(path, false)
+    }
+
+    /// Adds roots: each is walked and watched, its files taken as they are; a root that was
+    /// inside it is one no longer.
+    fn add_roots(&mut self, roots: Vec<PathBuf>) {
+        for root in roots {
+            if !root.is_absolute()
+                || !root.is_dir()
+                || self
+                    .filter
+                    .roots
+                    .iter()
+                    .any(|known| root.starts_with(known))
+            {
+                continue;
+            }
+            let mut filter = (*self.filter).clone();
+            filter.roots.retain(|known| !known.starts_with(&root));
+            filter.roots.push(root.clone());
+            filter.roots.sort();
+            filter
+                .global
+                .push((root.clone(), GitignoreBuilder::new(&root).build_global().0));
+            self.filter = Arc::new(filter);
+            if !matches!(self.mode, Mode::Poll(_)) {
+                self.note_if_blind(&root);
+            }
+            for parent in root.ancestors().skip(1) {
+                if let Some(files) = IgnoreFiles::load(parent) {
+                    self.ignores.insert(parent.to_path_buf(), files);
+                }
+            }
+            let mut kept = BTreeSet::new();
+            let mut found = BTreeMap::new();
+            match self.walk(&root, &mut kept, &mut found) {
+                Ok(()) => {
+                    for (path, stamp) in found {
+                        self.snapshot.entry(path).or_insert(stamp);
+                    }
+                }
+                Err(LimitReached) => self.fall_back_to_polling(Instant::now()),
+            }
+        }
+    }
+
+    /// A new set of build inputs: the files joining it are recorded as they are now (as changed
+    /// if modified since the build started), those leaving it (and no longer wanted otherwise)
+    /// are forgotten.
+    fn set_inputs(&mut self, inputs: BTreeSet<PathBuf>, since: SystemTime) {
+        let old = mem::replace(&mut self.inputs, inputs);
+        for path in old.difference(&self.inputs) {
+            if !self.is_wanted_file(path) {
+                self.snapshot.remove(path);
+            }
+        }
+        let joined: Vec<PathBuf> = self.inputs.difference(&old).cloned().collect();
+        for path in joined {
+            if self.is_wanted_file(&path)
+                && let Some(stamp) = stamp(&path)
+                && !self.snapshot.contains_key(&path)
+            {
+                if stamp.modified.is_some_and(|modified| modified >= since) {
+                    // Not in the snapshot: the batch reports it.
+                    self.debouncer.push(Instant::now(), path);
+                } else {
+                    self.snapshot.insert(path, stamp);
+                }
+            }
+        }
     }
 
     /// Whether the ignore files say so: `.ignore` at any level first, then `.gitignore` and
@@ -961,7 +1173,7 @@ impl State {
             }
             let stale: Vec<PathBuf> = self.watched.difference(&kept).cloned().collect();
             for dir in stale {
-                let _ = self.backend.unwatch(&dir);
+                self.unwatch(&dir);
                 self.watched.remove(&dir);
                 self.ignores.remove(&dir);
             }
@@ -1064,7 +1276,7 @@ impl State {
     fn unwatch_tree(&mut self, dir: &Path) -> Vec<PathBuf> {
         for sub in self.take_subtree(dir) {
             // The inotify watch is usually gone already; the poller needs telling.
-            let _ = self.backend.unwatch(&sub);
+            self.unwatch(&sub);
             self.ignores.remove(&sub);
         }
         self.snapshot
@@ -1232,6 +1444,82 @@ mod tests {
     }
 
     #[test]
+    fn file_systems_inotify_is_blind_on_are_known_by_their_magic() {
+        for (magic, name) in [
+            (0x0102_1997, "9p"),
+            (0x6969, "NFS"),
+            (0x517B, "SMB"),
+            (0xFF53_4D42, "CIFS"),
+            (0xFE53_4D42, "SMB2"),
+            (0x6573_5546, "FUSE"),
+            (0x786F_4256, "VirtualBox"),
+        ] {
+            assert!(
+                blind_file_system(magic).is_some_and(|found| found.contains(name)),
+                "{magic:#x}"
+            );
+        }
+        // ext4, btrfs, xfs, tmpfs, overlayfs: inotify sees every change.
+        for magic in [0xEF53, 0x9123_683E, 0x5846_5342, 0x0102_1994, 0x794C_7630] {
+            assert_eq!(blind_file_system(magic), None, "{magic:#x}");
+        }
+        let here = nix::sys::statfs::statfs(std::env::temp_dir().as_path()).unwrap();
+        assert_eq!(
+            blind_file_system(magic(&here)),
+            None,
+            "the test's temporary directory is local"
+        );
+    }
+
+    /// Pretends the directories named `remote` are on a file system inotify is blind on.
+    fn remote_is_blind(dir: &Path) -> Option<&'static str> {
+        (dir.file_name() == Some(OsStr::new("remote"))).then_some("a test file system")
+    }
+
+    #[test]
+    fn a_root_where_inotify_is_blind_is_polled_and_only_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (local, remote) = (dir.path().join("local"), dir.path().join("remote"));
+        write_file(&local.join("a.rs"), OLD);
+        write_file(&remote.join("src/b.rs"), OLD);
+        let (tx, rx) = mpsc::channel();
+        // The backend sees nothing: whatever is reported, the poller saw.
+        let watcher = start(
+            WatchConfig {
+                roots: vec![local.clone(), remote.clone()],
+                extensions: vec!["rs".into()],
+                ignore: Vec::new(),
+                cooldown: COOLDOWN,
+                poll: None,
+            },
+            None,
+            Mode::Null,
+            remote_is_blind,
+            Box::new(move |batch| {
+                let _ = tx.send(batch);
+            }),
+        )
+        .expect("watch");
+        write_file(&remote.join("src/b.rs"), NEW);
+        assert_eq!(
+            rx.recv_timeout(PATIENCE).expect("a batch"),
+            [remote.join("src/b.rs")]
+        );
+        write_file(&local.join("a.rs"), NEW);
+        write_file(&remote.join("src/c.rs"), NEW);
+        assert_eq!(
+            rx.recv_timeout(PATIENCE).expect("a batch"),
+            [remote.join("src/c.rs")],
+            "the local root is left to inotify"
+        );
+        let (reply, status) = mpsc::channel();
+        watcher.tx.send(Msg::Sync(reply)).expect("watcher thread");
+        let status = status.recv_timeout(PATIENCE).expect("watcher thread");
+        assert_eq!(status.blind, [remote]);
+        assert!(!status.polling);
+    }
+
+    #[test]
     fn editor_temp_names_are_recognised() {
         for name in [
             ".#main.rs",
@@ -1308,6 +1596,7 @@ mod tests {
                 config,
                 setup.target_dir.map(|target| dir.path().join(target)),
                 setup.mode,
+                blind_at,
                 Box::new(move |batch| {
                     let _ = tx.send(batch);
                 }),
@@ -1675,6 +1964,62 @@ mod tests {
     }
 
     #[test]
+    fn files_the_build_read_count_whatever_their_extension() {
+        let mut h = Harness::with(
+            &[
+                (".gitignore", "/dist/\n"),
+                ("src/main.rs", OLD),
+                ("static/banner.html", "<p>1</p>"),
+                ("static/other.html", "<p>1</p>"),
+                ("queries/q.sql", "select 1"),
+                ("dist/bundle.js", "1"),
+                ("secret/x.sql", "select 1"),
+            ],
+            Setup {
+                ignore: vec!["secret".into()],
+                ..Setup::default()
+            },
+        );
+        h.write("static/banner.html", "<p>2</p>");
+        h.expect_quiet();
+        let inputs = [
+            "src/main.rs",
+            "static/banner.html",
+            "queries/q.sql",
+            "dist/bundle.js",
+            "secret/x.sql",
+            "outside/none.txt",
+        ];
+        // A build that started after every write so far.
+        h.watcher
+            .set_build_inputs(inputs.iter().map(|input| h.path(input)), SystemTime::now());
+        // Taken as they are now: the earlier write is no change.
+        h.expect_quiet();
+        h.write("static/banner.html", "<p>3</p>");
+        h.write("queries/q.sql", "select 2");
+        h.write("static/other.html", "<p>2</p>");
+        // Ignored trees stay ignored, inputs or not.
+        h.write("dist/bundle.js", "2");
+        h.write("secret/x.sql", "select 2");
+        h.expect_batch(&["queries/q.sql", "static/banner.html"]);
+
+        // A later build no longer reads the template: it no longer counts.
+        h.watcher
+            .set_build_inputs([h.path("src/main.rs")], SystemTime::now());
+        h.write("static/banner.html", "<p>4</p>");
+        h.expect_quiet();
+
+        // Changed after the build that read it started, before the watcher heard of it.
+        let started = SystemTime::now() - Duration::from_secs(1);
+        h.write("queries/other.sql", "select 3");
+        h.watcher.set_build_inputs(
+            [h.path("src/main.rs"), h.path("queries/other.sql")],
+            started,
+        );
+        h.expect_batch(&["queries/other.sql"]);
+    }
+
+    #[test]
     fn ignore_files_edited_while_running_take_effect() {
         let mut h = Harness::new(&[("file.rs", OLD), ("old.rs", OLD), ("gen/x.rs", OLD)]);
         h.write(".gitignore", "extra.rs\ngen/\n");
@@ -1906,7 +2251,7 @@ mod tests {
     // ---- errors ----
 
     fn start_error(config: WatchConfig) -> String {
-        start(config, None, Mode::Null, Box::new(|_| {}))
+        start(config, None, Mode::Null, blind_at, Box::new(|_| {}))
             .expect_err("should fail")
             .to_string()
     }
@@ -1926,7 +2271,8 @@ mod tests {
             message.contains("--ignore") && message.contains("'[abc'"),
             "{message}"
         );
-        let err = start(config, None, Mode::Null, Box::new(|_| {})).expect_err("bad glob");
+        let err =
+            start(config, None, Mode::Null, blind_at, Box::new(|_| {})).expect_err("bad glob");
         assert_eq!(err.exit_status(), 2);
     }
 

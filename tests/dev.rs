@@ -24,13 +24,13 @@ use crate::support::{Master, MasterBuilder, Script, echo, fixture};
 /// Cargo builds in these tests share one target directory, one test at a time, across test
 /// processes too (nextest runs each test in a process of its own): a build of another copy
 /// would replace `target/debug/hello-app` under a master about to keep it.
-fn cargo_lock() -> Flock<fs::File> {
+pub(crate) fn cargo_lock() -> Flock<fs::File> {
     fs::create_dir_all(shared_target()).unwrap();
     let file = fs::File::create(shared_target().join("tests.lock")).unwrap();
     Flock::lock(file, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("lock: {e}"))
 }
 
-fn shared_target() -> PathBuf {
+pub(crate) fn shared_target() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dev-tests")
 }
 
@@ -121,7 +121,7 @@ fn prebuild_dependencies() {
 }
 
 /// `GET /` on a fresh connection; the response body.
-fn get(port: u16) -> std::io::Result<String> {
+pub(crate) fn get(port: u16) -> std::io::Result<String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
@@ -135,7 +135,7 @@ fn get(port: u16) -> std::io::Result<String> {
 }
 
 #[track_caller]
-fn get_ok(port: u16) -> String {
+pub(crate) fn get_ok(port: u16) -> String {
     get(port).unwrap_or_else(|e| panic!("GET / on port {port} failed: {e}"))
 }
 
@@ -167,7 +167,7 @@ fn rolling_on_changes(size: usize, watched: &Path, script: &Script) -> Master {
 }
 
 /// How many stderr lines contain `needle`.
-fn count(master: &Master, needle: &str) -> usize {
+pub(crate) fn count(master: &Master, needle: &str) -> usize {
     master
         .stderr_lines()
         .iter()
@@ -224,7 +224,7 @@ fn an_edit_is_served_after_the_rebuild_and_a_broken_one_keeps_the_old_generation
 
 /// Stops the master gracefully, so that it removes its kept builds from the shared target.
 #[track_caller]
-fn stop_gracefully(master: &mut Master) {
+pub(crate) fn stop_gracefully(master: &mut Master) {
     master.signal(Signal::SIGTERM);
     assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
 }
@@ -728,4 +728,79 @@ fn a_worker_crashing_at_start_waits_for_the_save_that_fixes_it() {
     master.wait_for_stderr("mcluster: main.rs changed → starting again");
     master.wait_for_stderr(&crate::support::all_ready(2));
     assert_eq!(echo(master.port(), "fixed").generation, 2);
+}
+
+/// A project whose `Cargo.toml` holds `[package.metadata.mcluster]` with these lines.
+fn configured_project(table: &str) -> TempDir {
+    let dir = TempDir::new().unwrap();
+    fs::create_dir(dir.path().join("src")).unwrap();
+    fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+    fs::write(
+        dir.path().join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"configured\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+             [package.metadata.mcluster]\n{table}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn cargo_toml_holds_dev_options_and_flags_win() {
+    let project = configured_project(
+        "listen = [\"127.0.0.1:0\"]\nsize = 3\nready = \"notify\"\nno-build = true\n\
+         env = { EXTRA = \"from-cargo-toml\" }\n",
+    );
+    let worker = fixture("fixture-print-env");
+    // No -l: the address is the file's; -n beats its size; with its no-build, `--` is PROGRAM.
+    let master = MasterBuilder::raw(&["dev", "-n", "1", "--", worker.to_str().unwrap()])
+        .current_dir(project.path())
+        .start();
+    master.wait_for_stderr(&crate::support::all_ready(1));
+    let line = master.wait_for_stdout("EXTRA=");
+    assert!(
+        line.contains("MCLUSTER_WORKERS=1 ") && line.ends_with("EXTRA=from-cargo-toml"),
+        "{line}"
+    );
+    assert_eq!(
+        count(&master, "mcluster: the worker is ready"),
+        1,
+        "{}",
+        master.dump()
+    );
+}
+
+#[test]
+fn an_unknown_key_in_cargo_toml_is_one_line_naming_it_and_the_file() {
+    let project = configured_project("colour = true\n");
+    let mut master = MasterBuilder::raw(&["dev", "-l", "127.0.0.1:0", "--no-build", "--", "x"])
+        .current_dir(project.path())
+        .start();
+    assert_eq!(master.wait_exit_code(), 2, "{}", master.dump());
+    let manifest = project.path().join("Cargo.toml");
+    assert_eq!(
+        master.stderr_lines(),
+        [format!(
+            "mcluster: error: unknown key 'colour' in [package.metadata.mcluster] of {}",
+            manifest.display()
+        )]
+    );
+}
+
+#[test]
+fn a_dev_master_that_cannot_start_writes_nothing_into_the_project() {
+    let project = configured_project("");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let mut master = MasterBuilder::raw(&["dev", "-l", &address])
+        .current_dir(project.path())
+        .start();
+    assert_eq!(master.wait_exit_code(), 1, "{}", master.dump());
+    let mut left: Vec<String> = fs::read_dir(project.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["Cargo.toml", "src"], "{}", master.dump());
 }

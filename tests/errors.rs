@@ -512,8 +512,12 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
         dev(&["--no-build", "-w", "missing"], 2, &[&missing]),
         dev(&["--no-build", "-w", &file], 2, &[&file, "not a directory"]),
         dev(&["--no-build", "-i", "["], 2, &["--ignore", "'['"]),
-        Case::new(&["dev", "-l", &unix, "--", &missing], 2, &[&missing])
-            .env("APP_ENV", "production"),
+        Case::new(
+            &["dev", "-l", &unix, "--no-build", "--", &missing],
+            2,
+            &[&missing],
+        )
+        .env("APP_ENV", "production"),
     ]);
     cases
 }

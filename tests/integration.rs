@@ -27,7 +27,13 @@
 //! - `dev`     `mcluster dev` on a copy of the bundled example project: edits served, broken
 //!   builds keep the old generation, no failed request across reloads, `APP_ENV`, cancelled
 //!   builds, `--no-build`, a watched directory removed and made again, what a save cannot fix
-//!   (no cargo, options cargo refuses), the builds a killed master left
+//!   (no cargo, options cargo refuses), the builds a killed master left, options in
+//!   `Cargo.toml`
+//! - `dev_workspace` `mcluster dev` on a copy of `fixtures/workspace` (an app, a path
+//!   dependency, a build script, an `include_str!` template, an unrelated member): what the
+//!   build reads is watched, from the member's directory and from the workspace root; `-- ARGS`
+//!   reach the app; no roll for an unchanged binary; a build loop named and broken; a build
+//!   waiting for cargo's lock
 //! - `readiness` the probe behind `--ready auto` on real apps: blocked in `accept`, tokio and
 //!   asyncio epolls, `poll` (socketserver) and `select` loops, a listener moved to another fd,
 //!   a shell wrapper's child; holding the listener, or waiting on it for output only, is no sign
@@ -57,6 +63,7 @@ mod browser;
 mod control;
 mod crash;
 mod dev;
+mod dev_workspace;
 mod environment;
 mod errors;
 mod library;
