@@ -177,7 +177,7 @@ impl LiveReload {
 
     /// A function that renders the page the app's listeners answer with while no generation
     /// serves, for the thread that answers there.
-    pub(crate) fn page_source(&self) -> impl Fn() -> String + Send + 'static {
+    pub(crate) fn page_source(&self) -> impl Fn() -> String + Send + Sync + 'static {
         let shared = Arc::clone(&self.shared);
         let tag = self.script_tag();
         move || building_page(&shared, &tag)
@@ -447,7 +447,7 @@ impl BuildingPage {
     /// Starts answering on `listeners` (duplicates of the app's TCP listeners).
     pub(crate) fn start(
         listeners: Vec<TcpListener>,
-        page: impl Fn() -> String + Send + 'static,
+        page: impl Fn() -> String + Send + Sync + 'static,
     ) -> io::Result<Self> {
         // Non-blocking while it answers, so that a connection that vanished between poll and
         // accept cannot hold it; blocking again before any worker shares the socket (the flag
@@ -457,6 +457,7 @@ impl BuildingPage {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let page: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(page);
         let thread = thread::Builder::new()
             .name("building-page".to_owned())
             .spawn(move || {
@@ -483,9 +484,14 @@ impl Drop for BuildingPage {
     }
 }
 
-fn answer_while_building(listeners: &[TcpListener], stop: &AtomicBool, page: &dyn Fn() -> String) {
+fn answer_while_building(
+    listeners: &[TcpListener],
+    stop: &Arc<AtomicBool>,
+    page: &Arc<dyn Fn() -> String + Send + Sync>,
+) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
+    let busy = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         let mut fds: Vec<PollFd<'_>> = listeners
             .iter()
@@ -496,25 +502,53 @@ fn answer_while_building(listeners: &[TcpListener], stop: &AtomicBool, page: &dy
         }
         let readable: Vec<bool> = fds.iter().map(|fd| fd.any().unwrap_or(false)).collect();
         for (listener, _) in listeners.iter().zip(readable).filter(|(_, r)| *r) {
-            while let Ok((mut socket, _)) = listener.accept() {
-                let _ = socket.set_nonblocking(false);
-                let body = page();
-                // Reading the request is best effort: the answer is the same for every one.
-                let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
-                let mut head = [0u8; 2048];
-                let _ = socket.read(&mut head);
-                let _ = socket.write_all(
-                    format!(
-                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html; \
-                         charset=utf-8\r\nContent-Length: {}\r\nRetry-After: 1\r\nCache-Control: \
-                         no-store\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
+            while let Ok((socket, _)) = listener.accept() {
+                if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+                let (done, stop, page) = (Arc::clone(&busy), Arc::clone(stop), Arc::clone(page));
+                let spawned = thread::Builder::new()
+                    .name("building-page-client".to_owned())
+                    .spawn(move || {
+                        answer_one(socket, &stop, page.as_ref());
+                        done.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                }
             }
         }
     }
+}
+
+/// Answers one connection, once it has sent a request: a browser opens connections ahead of
+/// its requests, and an answer written before the request would be read as the answer to a
+/// later one. A request that comes after the first workers started is sent to them: a redirect
+/// to the same path, on a new connection.
+fn answer_one(socket: TcpStream, stop: &AtomicBool, page: &(dyn Fn() -> String + Send + Sync)) {
+    let _ = socket.set_nonblocking(false);
+    let Ok(head) = read_head(&socket) else {
+        // No request in time: closed unanswered, the browser makes another connection.
+        return;
+    };
+    let mut socket = socket;
+    let response = if stop.load(Ordering::SeqCst) {
+        format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {}\r\nContent-Length: 0\r\n\
+             Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+            head.path
+        )
+    } else {
+        let body = page();
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html; \
+             charset=utf-8\r\nContent-Length: {}\r\nRetry-After: 1\r\nCache-Control: \
+             no-store\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let _ = socket.write_all(response.as_bytes());
 }
 
 #[cfg(test)]
