@@ -25,7 +25,7 @@ use std::io::{self, BufRead, BufReader, Read as _, Write as _};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,8 @@ pub(crate) struct RunningBuild {
     messages: Option<JoinHandle<Messages>>,
     /// Disconnected once cargo's stderr is all passed on.
     stderr_done: Option<mpsc::Receiver<()>>,
+    /// The end of cargo's stderr so far.
+    diagnostics: Arc<Mutex<Vec<u8>>>,
 }
 
 /// What cargo said on stdout.
@@ -62,7 +64,13 @@ pub(crate) struct Messages {
     artifacts: Vec<Artifact>,
     /// How many JSON messages came: none means cargo stopped before compiling anything.
     count: usize,
+    /// The end of what the build wrote on stderr (its diagnostics), for the pages of dev
+    /// mode's live reload.
+    pub(crate) diagnostics: String,
 }
+
+/// How much of a build's stderr is kept for the pages (the end of it).
+const DIAGNOSTICS_KEPT: usize = 64 * 1024;
 
 impl RunningBuild {
     /// Cargo's messages, once the build has exited (none for a shell build). Its stderr is all
@@ -72,9 +80,14 @@ impl RunningBuild {
         if let Some(done) = &self.stderr_done {
             let _ = done.recv_timeout(Duration::from_secs(1));
         }
-        self.messages
+        let mut messages: Messages = self
+            .messages
             .and_then(|thread| thread.join().ok())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Ok(kept) = self.diagnostics.lock() {
+            messages.diagnostics = readable_diagnostics(&kept);
+        }
+        messages
     }
 }
 
@@ -155,14 +168,16 @@ impl BuildPlan {
             ),
             None => None,
         };
+        let diagnostics = Arc::new(Mutex::new(Vec::new()));
         let stderr_done = match child.stderr.take() {
             Some(stderr) => {
                 let (done, stderr_done) = mpsc::channel::<()>();
+                let kept = Arc::clone(&diagnostics);
                 // Not joined: it ends at EOF, when the build and whatever it started are gone.
                 thread::Builder::new()
                     .name("build-stderr".to_owned())
                     .spawn(move || {
-                        forward_stderr(stderr);
+                        forward_stderr(stderr, &kept);
                         drop(done);
                     })?;
                 Some(stderr_done)
@@ -177,6 +192,7 @@ impl BuildPlan {
             started,
             messages,
             stderr_done,
+            diagnostics,
         })
     }
 
@@ -559,7 +575,7 @@ fn cargo() -> OsString {
 
 /// Copies cargo's stderr to ours as it comes (colours and progress bar included), and says once
 /// in a line of its own why the build waits when cargo blocks on a lock.
-fn forward_stderr(mut stderr: ChildStderr) {
+fn forward_stderr(mut stderr: ChildStderr, kept: &Mutex<Vec<u8>>) {
     let mut buf = [0u8; 8192];
     // The text since the last line cargo finished, while nothing has been said yet.
     let mut pending: Option<Vec<u8>> = Some(Vec::new());
@@ -575,6 +591,13 @@ fn forward_stderr(mut stderr: ChildStderr) {
             let _ = out.write_all(&buf[..n]);
             let _ = out.flush();
         }
+        if let Ok(mut kept) = kept.lock() {
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > DIAGNOSTICS_KEPT {
+                let cut = kept.len() - DIAGNOSTICS_KEPT;
+                kept.drain(..cut);
+            }
+        }
         let Some(text) = &mut pending else {
             continue;
         };
@@ -588,6 +611,25 @@ fn forward_stderr(mut stderr: ChildStderr) {
             }
         }
     }
+}
+
+/// A build's stderr as a page shows it: colours removed, of a progress bar (a line redrawn
+/// with `\r`) only its last state, and cargo's `Compiling …` lines left out.
+fn readable_diagnostics(raw: &[u8]) -> String {
+    let text = crate::livereload::strip_ansi(&String::from_utf8_lossy(raw));
+    text.lines()
+        .map(|line| line.rsplit('\r').next().unwrap_or_default())
+        .filter(|line| {
+            let trimmed = line.trim_start();
+            !(trimmed.starts_with("Compiling ")
+                || trimmed.starts_with("Building ")
+                || trimmed.starts_with("Checking ")
+                || trimmed.starts_with("Blocking "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_owned()
 }
 
 /// The line that says why the build waits, for a line of cargo's output that says it blocks on
@@ -711,6 +753,15 @@ mod tests {
         assert!(
             refused(None, None, Some("fast nix"))
                 .is_some_and(|e| e.ends_with("has no feature nix"))
+        );
+    }
+
+    #[test]
+    fn diagnostics_lose_colours_progress_and_compiling_lines() {
+        let raw = "\u{1b}[1m\u{1b}[32m   Compiling\u{1b}[0m app v0.1.0\n    Building [=> ] 1/2\r    Building [==>] 2/2\r\u{1b}[1m\u{1b}[31merror\u{1b}[0m: expected `;`\n  --> src/main.rs:3:5\n";
+        assert_eq!(
+            readable_diagnostics(raw.as_bytes()),
+            "error: expected `;`\n  --> src/main.rs:3:5"
         );
     }
 

@@ -339,9 +339,12 @@ impl Supervisor<'_> {
                 return;
             }
             let failed = format!("build failed ({end}) after {}", human_duration(built_in));
-            self.tell_pages(&crate::livereload::Message::Failed(format!(
-                "{failed}: see the terminal for cargo's errors"
-            )));
+            let shown = if messages.diagnostics.is_empty() {
+                format!("{failed}: see the terminal")
+            } else {
+                format!("{failed}\n\n{}", messages.diagnostics)
+            };
+            self.tell_pages(&crate::livereload::Message::Failed(shown));
             if build.changed.is_empty() {
                 output::master_line(&format!("{failed}; {keeps}"));
             } else {

@@ -153,6 +153,8 @@ fn the_page_follows_every_save_by_itself() {
     master.wait_for_stderr("mcluster: build failed");
     let mut browser = Browser::open(&format!("http://127.0.0.1:{port}/"));
     browser.expect("body the build failed", &master);
+    // The build's own error, with its file and line.
+    browser.expect("body --> src/main.rs:", &master);
 
     edit(&main_rs, "fn broken() {\n", "");
     browser.expect("text Hello from worker", &master);
@@ -173,6 +175,7 @@ fn the_page_follows_every_save_by_itself() {
     // A broken build: its error in an overlay; the fix clears it.
     edit(&main_rs, "fn main()", "fn broken() {\nfn main()");
     browser.expect("overlay the build failed", &master);
+    browser.expect("overlay --> src/main.rs:", &master);
     browser.expect("text Howdy from worker", &master);
     edit(&main_rs, "fn broken() {\n", "");
     edit(&main_rs, "Howdy from worker", "Hello again from worker");
