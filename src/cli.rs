@@ -355,6 +355,12 @@ pub struct DevArgs {
     #[arg(long)]
     pub no_livereload: bool,
 
+    /// A directory of assets the app serves from disk: a change there reloads the pages (a
+    /// stylesheet in place) with no build and no roll, unless the build reads the file.
+    /// Repeatable. [default: static, assets and public in the package root]
+    #[arg(long = "assets", value_name = "DIR")]
+    pub assets: Vec<PathBuf>,
+
     /// The options given on the command line (clap's ids), which win over `Cargo.toml`'s
     /// `[package.metadata.mcluster]` and `[workspace.metadata.mcluster]`. Filled by
     /// [`Cli::try_parse_args`].
@@ -551,7 +557,24 @@ impl DevArgs {
             None if self.watch.is_empty() => vec![root],
             None => given.collect(),
         };
+        // Assets matter only to pages that live reload.
+        let assets: Vec<PathBuf> = if self.no_livereload {
+            Vec::new()
+        } else if self.assets.is_empty() {
+            let package = roots.first().cloned().unwrap_or_else(|| cwd.clone());
+            let package = package_root(&cwd, self.manifest_path.as_deref())
+                .ok()
+                .flatten()
+                .unwrap_or(package);
+            ["static", "assets", "public"]
+                .iter()
+                .map(|dir| package.join(dir))
+                .collect()
+        } else {
+            self.assets.iter().map(|dir| cwd.join(dir)).collect()
+        };
         let watch = dev.then(|| WatchConfig {
+            assets: assets.clone(),
             roots: roots.clone(),
             extensions: self
                 .ext
@@ -563,6 +586,7 @@ impl DevArgs {
             poll: self.poll,
         });
         let settings = DevSettings {
+            assets,
             livereload: (!self.no_livereload).then_some(self.livereload),
             plan,
             watch,

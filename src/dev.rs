@@ -50,6 +50,10 @@ pub(crate) struct DevLoop {
     loop_rounds: HashMap<PathBuf, u32>,
     /// Files the builds write (named once): their changes made while a build runs are ignored.
     written_by_builds: BTreeSet<PathBuf>,
+    /// Directories of assets the app serves from disk (live reload).
+    pub(crate) assets: Vec<PathBuf>,
+    /// The files the last build read (its dep-info): never mere assets.
+    build_inputs: BTreeSet<PathBuf>,
 }
 
 /// After how many builds in a row that a file's own change triggered and during which it
@@ -99,7 +103,24 @@ impl DevLoop {
             last_build: None,
             loop_rounds: HashMap::new(),
             written_by_builds: BTreeSet::new(),
+            assets: Vec::new(),
+            build_inputs: BTreeSet::new(),
         }
+    }
+
+    /// Whether every changed file is an asset: under an asset directory, no Rust or manifest
+    /// file, and not read by the last build (an `include_str!`ed file rebuilds). Before any
+    /// build succeeded nothing is known of what it reads: then nothing is a mere asset.
+    fn only_assets(&self, changed: &[PathBuf]) -> bool {
+        self.built_once
+            && !changed.is_empty()
+            && changed.iter().all(|path| {
+                self.assets.iter().any(|dir| path.starts_with(dir))
+                    && !path
+                        .extension()
+                        .is_some_and(|ext| ext == "rs" || ext == "toml")
+                    && !self.build_inputs.contains(path)
+            })
     }
 
     /// A roll request that no roll will answer.
@@ -255,6 +276,22 @@ impl Supervisor<'_> {
         if changed.is_empty() {
             return;
         }
+        // Only assets changed (files the app serves from disk, which no build reads): the pages
+        // reload, a stylesheet in place; no build, no roll.
+        if self.livereload.is_some() && dev.only_assets(&changed) {
+            let css = changed
+                .iter()
+                .all(|path| path.extension().is_some_and(|ext| ext == "css"));
+            let what = dev.describe(&changed);
+            if css {
+                output::master_line(&format!("{what} → stylesheets reloaded in the pages"));
+                self.tell_pages(&crate::livereload::Message::Css);
+            } else {
+                output::master_line(&format!("{what} → pages reloaded"));
+                self.tell_pages(&crate::livereload::Message::Reload);
+            }
+            return;
+        }
         if let Some(build) = dev.build.take() {
             // A save during a build: the build is stale, start over with both sets of changes.
             // Its exit is reaped later as a stray.
@@ -359,6 +396,7 @@ impl Supervisor<'_> {
             (&executable, &dev.watcher, dev.roots.first())
             && let Some(inputs) = builder::build_inputs(&artifact.executable, base)
         {
+            dev.build_inputs = inputs.iter().cloned().collect();
             watcher.set_build_inputs(inputs, build.started_at);
         }
         // A manifest changed: perhaps a new path dependency, watched from now on too.

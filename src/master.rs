@@ -111,6 +111,8 @@ pub(crate) struct DevSettings {
     pub(crate) roots: Vec<PathBuf>,
     /// Where the live-reload channel listens; `None`: none (`--no-livereload`, production mode).
     pub(crate) livereload: Option<std::net::SocketAddr>,
+    /// Directories of assets: their changes reload the pages with no build.
+    pub(crate) assets: Vec<PathBuf>,
 }
 
 /// How a master's run ended.
@@ -360,6 +362,7 @@ impl Master {
         });
         if let Some(settings) = self.dev {
             let mut dev_loop = DevLoop::new(settings.plan, settings.clear, settings.roots);
+            dev_loop.assets = settings.assets;
             if let Some(watch_config) = settings.watch {
                 let events = self.events.clone();
                 dev_loop.watcher = Some(watch::watch(watch_config, move |changed| {

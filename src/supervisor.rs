@@ -1000,7 +1000,15 @@ impl DriverState {
     }
 
     /// The last stderr lines of a worker, running or exited.
-    fn stderr_tail(&self, pid: i32) -> Vec<String> {
+    fn stderr_tail(&mut self, pid: i32) -> Vec<String> {
+        // An exited worker's reader may still be draining its pipe: its last lines are the
+        // ones that tell why it failed.
+        if let Some(exited) = self.exited.iter_mut().find(|exited| exited.pid == pid) {
+            wait_for_threads(
+                std::mem::take(&mut exited.output),
+                Instant::now() + Duration::from_secs(1),
+            );
+        }
         let tail = self
             .workers
             .values()

@@ -88,6 +88,9 @@ pub(crate) struct WatchConfig {
     pub(crate) cooldown: Duration,
     /// `Some(interval)`: poll instead of using inotify.
     pub(crate) poll: Option<Duration>,
+    /// Directories whose files count whatever their extension (dev mode's assets: pages reload
+    /// without a build when only they change).
+    pub(crate) assets: Vec<PathBuf>,
 }
 
 /// A running watcher; dropping it stops its thread and its watches.
@@ -331,6 +334,8 @@ fn is_editor_temp(name: &OsStr) -> bool {
 struct Filter {
     roots: Vec<PathBuf>,
     extensions: Vec<OsString>,
+    /// Directories whose files count whatever their extension.
+    assets: Vec<PathBuf>,
     globs: GlobSet,
     /// `$CARGO_TARGET_DIR`, absolute, and its device and inode if it existed at start.
     target_dir: Option<(PathBuf, Option<(u64, u64)>)>,
@@ -411,6 +416,7 @@ impl Filter {
             && !path
                 .extension()
                 .is_some_and(|ext| self.extensions.iter().any(|wanted| wanted == ext))
+            && !self.assets.iter().any(|dir| path.starts_with(dir))
         {
             return false;
         }
@@ -521,6 +527,7 @@ fn start(
         ignore,
         cooldown,
         poll: _,
+        assets,
     } = config;
     let mut roots: Vec<PathBuf> = Vec::new();
     for root in &given_roots {
@@ -601,6 +608,10 @@ fn start(
             .map(|ext| ext.trim_start_matches('.'))
             .filter(|ext| !ext.is_empty())
             .map(OsString::from)
+            .collect(),
+        assets: assets
+            .iter()
+            .map(|dir| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
             .collect(),
         globs,
         target_dir,
@@ -1486,6 +1497,7 @@ mod tests {
         // The backend sees nothing: whatever is reported, the poller saw.
         let watcher = start(
             WatchConfig {
+                assets: Vec::new(),
                 roots: vec![local.clone(), remote.clone()],
                 extensions: vec!["rs".into()],
                 ignore: Vec::new(),
@@ -1585,6 +1597,7 @@ mod tests {
                 write_file(&dir.path().join(path), content);
             }
             let config = WatchConfig {
+                assets: Vec::new(),
                 roots: vec![dir.path().to_path_buf()],
                 extensions: setup.extensions,
                 ignore: setup.ignore,
@@ -2260,6 +2273,7 @@ mod tests {
     fn a_bad_ignore_glob_is_a_usage_error_naming_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = WatchConfig {
+            assets: Vec::new(),
             roots: vec![dir.path().to_path_buf()],
             extensions: vec!["rs".into()],
             ignore: vec!["ok/*.rs".into(), "[abc".into()],
@@ -2284,6 +2298,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let _watcher = watch(
             WatchConfig {
+                assets: Vec::new(),
                 roots: vec![dir.path().join("a/..")],
                 extensions: vec!["rs".into()],
                 ignore: Vec::new(),
@@ -2309,6 +2324,7 @@ mod tests {
         let file = dir.path().join("file.rs");
         fs::write(&file, OLD).expect("write");
         let config = |root: &Path| WatchConfig {
+            assets: Vec::new(),
             roots: vec![dir.path().to_path_buf(), root.to_path_buf()],
             extensions: vec!["rs".into()],
             ignore: Vec::new(),

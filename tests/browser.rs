@@ -1,8 +1,9 @@
 //! Live reload in a real browser: headless Chromium (driven by `tests/browser/driver.py` through
 //! Selenium; `.ci/run` installs both) on a copy of the bundled example under `mcluster dev`.
 //! The page follows every save by itself: the failed first build's page turns into the app, an
-//! edit shows after its switch with no request failed, a broken build shows its error in an
-//! overlay, the fix clears it.
+//! edit shows after its switch with no request failed, a stylesheet edit applies in place with
+//! no build and no reload, a broken build shows its error (file and line) in an overlay, the
+//! fix clears it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -171,6 +172,15 @@ fn the_page_follows_every_save_by_itself() {
         thread.join().unwrap();
     }
     assert_eq!(load.failures(), Vec::<String>::new());
+
+    // A stylesheet edit: applied in place, no build, no reload (the page's state survives).
+    browser.expect("mark", &master);
+    let css = project.path().join("static/style.css");
+    edit(&css, "color: #222;", "color: rgb(200, 0, 0);");
+    browser.expect("style color rgb(200, 0, 0)", &master);
+    browser.expect("marked", &master);
+    master
+        .wait_for_stderr("mcluster: static/style.css changed → stylesheets reloaded in the pages");
 
     // A broken build: its error in an overlay; the fix clears it.
     edit(&main_rs, "fn main()", "fn broken() {\nfn main()");

@@ -68,7 +68,9 @@ fn answer(conn: TcpStream) {
     let mut browser = false;
     while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line.trim_end() != "" {
         if path.is_empty() {
-            path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            // Without its query (a stylesheet reloaded in place comes with a cache-buster).
+            let target = line.split_whitespace().nth(1).unwrap_or("/");
+            path = target.split('?').next().unwrap_or("/").to_owned();
         } else if line.to_ascii_lowercase().starts_with("accept:") && line.contains("text/html") {
             browser = true;
         }
