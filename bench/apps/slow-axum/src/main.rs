@@ -20,7 +20,10 @@ async fn main() -> std::io::Result<()> {
     let listener = match listenfd::ListenFd::from_env().take_tcp_listener(0)? {
         Some(listener) => listener,
         None => {
-            let port = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000);
+            let port = std::env::var("PORT")
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(3000);
             std::net::TcpListener::bind(("127.0.0.1", port))?
         }
     };
