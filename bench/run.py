@@ -2084,7 +2084,7 @@ def ds_report(ds: dict, notes: list[str]) -> list[str]:
         ("↳ the tool's own build time (mcluster: `built in`; cargo: `Finished … in`)", col("build")),
         ("**Save → last old answer**", col("last_old")),
         ("**Mixed window** (last old − first new, when positive)", lambda r: col("mixed")(r) if r[0].get("roll") is not None else "0 (one process): " + col("mixed")(r)),
-        ("↳ old answers after the first new one", old_share),
+        ("↳ old answers after the first new one (of all answers from it to the next edit)", old_share),
         ("**No answer between last old and first new** (downtime)", col("gap")),
         ("↳ slowest request of the reload (a request waiting in the listen queue)", col("slowest")),
         ("↳ failed requests", lambda r: str(sum(s["failed"] for s in r))),
@@ -2143,6 +2143,17 @@ def ds_report(ds: dict, notes: list[str]) -> list[str]:
         f"then edited and built again ({ms(ds['incremental_build']) if 'incremental_build' in ds else '?'}), so that every measured build is "
         "incremental. The three systems run one after the other on one copy."
     )
+    if any(s["failed"] for k in keys for s in ds.get(k) or []):
+        lines.append(
+            "- Failed requests (their kinds and times are in the raw samples): the app is stopped with SIGTERM by every "
+            "system (mcluster: each old worker once its replacement is ready; the anchors: the one app, at the change), "
+            "and axum's graceful shutdown then closes, unanswered, the connections it has accepted but whose request "
+            "it has not read yet: hyper's HTTP/1 graceful shutdown closes an inactive connection at once "
+            "(hyperium/hyper#3808, #3792). A `bad reply (0 bytes)` or a reset a few milliseconds into a request that "
+            "started at the stop is that (cargo-watch, besides, SIGKILLs the app's process group about a millisecond after "
+            "the SIGTERM: see the dev-mode section). The roll section's worker, which answers every connection it "
+            "accepted, has none."
+        )
     for note in notes:
         lines.append(f"- {'' if note.startswith('load average') else 'Problem: '}{note}")
     lines.append("")
@@ -2782,7 +2793,7 @@ def main() -> int:
     rb, rb_notes = measure_roll_boot()
     text = report(systems, results, gunicorn_version if gunicorn_exe else None,
                   gunicorn_version, notes, time.monotonic() - t_all)  # fmt: skip
-    text += "\n".join(throughput_report(tp, tp_notes)) + "\n"
+    text += "\n" + "\n".join(throughput_report(tp, tp_notes)) + "\n"
     text += "\n".join(dev_report(dev, dev_notes)) + "\n"
     text += "\n".join(ds_report(ds, ds_notes)) + "\n"
     text += "\n".join(rb_report(rb, rb_notes))
