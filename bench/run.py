@@ -2543,6 +2543,18 @@ def rb_report(rb: dict, notes: list[str]) -> list[str]:
         "`/proc` of the starting workers (the issue's target: under 2 % of a core). Clock ticks would be too coarse "
         "(10 ms), hence `schedstat`."
     )
+    mc = rb.get("mcluster")
+    if mc and one_cpu:
+        eight = cpu_share([s["boot_cpu"] for s in mc["idle"] + mc["load"] if s.get("boot_cpu")])
+        one_share = cpu_share(one_cpu)
+        if eight is not None and one_share is not None:
+            lines.append(
+                f"- The master's probing grows with the number of workers starting at once: {pct(eight)} of a core while "
+                f"{RB_SIZE} boot, i.e. {pct(eight / RB_SIZE)} per starting worker, against {pct(one_share)} while one boots "
+                f"alone. mcluster probes each starting worker every 10 ms (`PROBE_INTERVAL` in src/supervisor.rs), so this "
+                f"is about {eight / RB_SIZE * 10_000:.0f} µs of master CPU per probe of one worker with {RB_SIZE} starting "
+                f"({one_share * 10_000:.0f} µs per 10 ms tick with one), wake-up of the master's loop included."
+            )
     for name in names:
         r = rb.get(name)
         if r and r.get("errors"):
