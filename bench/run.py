@@ -1207,7 +1207,7 @@ class DevMcluster:
     def wait_reload(self, server: Server, mark: int, t0: float) -> dict:
         """The reload's one line: edit → `rolled` line, and mcluster's own build time."""
         _, t, m = server.wait_line(r"^mcluster: \S.* changed → (.*)$", mark, timeout=DEV_WAIT)
-        done = re.match(r"built in (\S+) → rolled (\d+) workers in (\S+)( \(switch \S+\))?$", m.group(1))
+        done = re.match(r"built in (\S+) → rolled (\d+) workers in (\S+)(?: \(switch \S+\))?$", m.group(1))
         if not done:
             raise RuntimeError(f"reload failed: {m.group(0)}")
         return {
@@ -1396,12 +1396,16 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
 
 
-def install_dev_tools() -> tuple[dict[str, str] | None, str]:
-    """({tool: version}, "") once systemfd and cargo-watch are in target/bench-tools/bin, or
-    (None, why not)."""
-    tools = ("systemfd", "cargo-watch")
+# The tools this script installs with `cargo install --locked --root target/bench-tools`: their
+# executable and the crate that has it.
+TOOL_CRATES = {"systemfd": "systemfd", "cargo-watch": "cargo-watch", "watchexec": "watchexec-cli"}
+
+
+def install_dev_tools(tools: tuple[str, ...] = ("systemfd", "cargo-watch")) -> tuple[dict[str, str] | None, str]:
+    """({tool: version}, "") once every tool of `tools` (executables of TOOL_CRATES) is in
+    target/bench-tools/bin, or (None, why not)."""
     try:
-        missing = [t for t in tools if not (TOOLS / "bin" / t).exists()]
+        missing = [TOOL_CRATES[t] for t in tools if not (TOOLS / "bin" / t).exists()]
         if missing:
             cmd = ["cargo", "install", "--locked", "--root", str(TOOLS), *missing]
             print(
@@ -1412,7 +1416,7 @@ def install_dev_tools() -> tuple[dict[str, str] | None, str]:
         versions = {}
         for t in tools:
             out = subprocess.run([str(TOOLS / "bin" / t), "--version"], capture_output=True, text=True, timeout=30, check=True)
-            versions[t] = out.stdout.strip().split()[-1]
+            versions[t] = out.stdout.strip().splitlines()[0].split()[1]  # `watchexec 2.8.0 (…)`, more lines
         return versions, ""
     except subprocess.CalledProcessError as e:
         return None, f"could not be installed (`{' '.join(map(str, e.cmd[:2]))} …` exited with {e.returncode})"
@@ -1612,9 +1616,9 @@ def dev_report(dev: dict, notes: list[str]) -> list[str]:
         "mcluster dev's `--cooldown` 100 ms, cargo-watch's `--delay` 0.5 s."
     )
     lines.append(
-        "- mcluster dev builds while the old workers serve, then rolls: one new worker, ready "
-        "(`READY=1`), then one old one stopped, and so on; the first new worker answers before the "
-        "`rolled` line. cargo-watch stops the app first (SIGTERM to its process group, and waits), "
+        "- mcluster dev builds while the old workers serve, then rolls: every replacement starts at "
+        "once (`--surge all`), and each old worker is stopped when its own replacement is ready "
+        "(`READY=1`); the first new worker answers before the `rolled` line. cargo-watch stops the app first (SIGTERM to its process group, and waits), "
         "then runs `cargo run`, which builds and execs the app; systemfd keeps the socket open, so "
         "connections wait in its listen queue while nothing accepts. systemfd's default `--backlog` "
         "is 1, kept as users run it: with 8 clients that queue overflows (during a restart, and "
@@ -1669,6 +1673,933 @@ def dev_report(dev: dict, notes: list[str]) -> list[str]:
             lines.append(f"- {label}: " + "; ".join(parts))
     lines.append("")
     return lines
+
+
+# --------------------------------------------------------------------------------------------
+# CPU time of one process, in nanoseconds, sampled on a thread: what a master spends while its
+# workers start.
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_ns(pid: int) -> int | None:
+    """CPU time of every thread of `pid` so far, in ns (`/proc/PID/task/*/schedstat`, whose first
+    field is nanoseconds on a CPU); None once it is gone."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+class CpuSampler:
+    """Samples cpu_ns(pid) every `every` seconds, with the time of each sample."""
+
+    def __init__(self, pid: int, every: float = 0.010) -> None:
+        self.pid = pid
+        self.every = every
+        self.samples: list[tuple[float, int]] = []
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            ns = cpu_ns(self.pid)
+            if ns is None:
+                return
+            self.samples.append((time.monotonic(), ns))
+            time.sleep(self.every)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(2)
+
+    def between(self, t0: float, t1: float) -> tuple[float, float] | None:
+        """(CPU seconds, wall seconds) from the last sample at or before t0 to the first at or
+        after t1 (a window a sample period wider, at most, than asked)."""
+        samples = list(self.samples)
+        before = [s for s in samples if s[0] <= t0]
+        after = [s for s in samples if s[0] >= t1]
+        if not before or not after:
+            return None
+        (a_t, a_ns), (b_t, b_ns) = before[-1], after[0]
+        if b_t <= a_t:
+            return None
+        return (b_ns - a_ns) / 1e9, b_t - a_t
+
+
+def cpu_share(parts: list[tuple[float, float]]) -> float | None:
+    """Total CPU over total wall time of several windows: a share of one core."""
+    wall = sum(w for _, w in parts)
+    return sum(c for c, _ in parts) / wall if wall > 0 else None
+
+
+def pct(x: float) -> str:
+    return f"{x * 100:.1f} %"
+
+
+# --------------------------------------------------------------------------------------------
+# Dev switch (issue 8 row a): `mcluster dev -n 8` against systemfd + cargo-watch and systemfd +
+# watchexec, on bench/apps/slow-axum (axum, 0.3 s of start-up, no READY=1). A client loop
+# records every answer's text and time; an edit's "first new" and "last old" answers come
+# from it.
+# --------------------------------------------------------------------------------------------
+
+SLOW_AXUM = BENCH / "apps" / "slow-axum"
+DS_TARGET = ROOT / "target" / "bench-slow-axum"  # kept between runs: the full build is once
+DS_HEADING = "## Dev switch: `mcluster dev -n 8` on an axum app with 0.3 s of start-up"
+DS_SIZE = 8
+DS_EDITS = 5  # per system
+DS_CLIENTS = 4  # client threads, each a loop of fresh connections
+DS_PAUSE = 0.002  # between two requests of one client thread
+DS_SETTLE = 1.0  # quiet time (load only) before each edit
+DS_TAIL = 1.0  # watched after the reload's end for old answers still coming
+DS_BUDGET = 200.0  # seconds for the section once the app is built and the tools installed
+DS_STARTUP = 0.3  # the app's start-up work (its START_UP)
+DS_BACKLOG = 4096  # the anchors' listen queue (systemfd's default is 1): mcluster's SOMAXCONN
+DS_ANSWER = re.compile(r'^const ANSWER: &str = "slow-axum v\d+";$', re.M)
+DS_MARK = re.compile(rb"slow-axum v(\d+) pid=(\d+)")
+
+
+class SlowAxum:
+    """A copy of bench/apps/slow-axum in a temp dir (what the tools watch), built into
+    target/bench-slow-axum; every system runs this one copy, one after the other."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "slow-axum"
+        shutil.copytree(SLOW_AXUM, self.dir, ignore=shutil.ignore_patterns("target"))
+        self.main = self.dir / "src" / "main.rs"
+        self.source = self.main.read_text()
+        if not DS_ANSWER.search(self.source):
+            raise RuntimeError(f"{SLOW_AXUM}/src/main.rs: no `const ANSWER` line to edit")
+        self.version = 0
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CARGO_TARGET_DIR"] = str(DS_TARGET)
+        env["PATH"] = f"{TOOLS / 'bin'}:{env.get('PATH', '')}"
+        for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "PORT"):
+            env.pop(key, None)
+        return env
+
+    def edit(self) -> int:
+        """Rewrites main.rs in place with `ANSWER` = `slow-axum vN`, N new; returns N."""
+        self.version += 1
+        text = DS_ANSWER.sub(f'const ANSWER: &str = "slow-axum v{self.version}";', self.source)
+        self.main.write_text(text)
+        return self.version
+
+    def build(self) -> float:
+        t0 = time.monotonic()
+        out = subprocess.run(["cargo", "build"], cwd=self.dir, env=self.env(), capture_output=True, text=True, timeout=900)
+        if out.returncode != 0:
+            raise RuntimeError(f"cargo build of slow-axum failed:\n{out.stderr[-2000:]}")
+        return time.monotonic() - t0
+
+
+class DsMcluster:
+    key = "mcluster"
+    label = "mcluster dev -n 8"
+
+    def __init__(self, app: SlowAxum, workdir: Path) -> None:
+        self.app = app
+        self.workdir = workdir
+
+    def command(self) -> str:
+        return f"CARGO_TARGET_DIR=… mcluster dev -n {DS_SIZE} -l 127.0.0.1:0 --manifest-path <copy>/Cargo.toml"
+
+    def start(self) -> Server:
+        argv = [str(MCLUSTER), "dev", "-n", str(DS_SIZE), "-l", "127.0.0.1:0", "--manifest-path", str(self.app.dir / "Cargo.toml")]
+        server = Server("mcluster dev", argv, cwd=self.app.dir, env=self.app.env(), scope=self.workdir)
+        _, _, m = server.wait_line(r"^mcluster: listening on 127\.0\.0\.1:(\d+) \(master pid \d+\)$", timeout=DEV_WAIT)
+        server.port = int(m.group(1))
+        server.wait_line(rf"^mcluster: all {DS_SIZE} workers ready in ", timeout=DEV_WAIT)
+        return server
+
+    def wait_reload(self, server: Server, mark: int, t0: float) -> dict:
+        """The reload's line: `… changed → built in B → rolled 8 workers in R (switch S)`."""
+        _, t, m = server.wait_line(r"^mcluster: \S.* changed → (.*)$", mark, timeout=DEV_WAIT)
+        done = re.match(r"built in (\S+) → rolled (\d+) workers in (\S+)(?: \(switch (\S+)\))?$", m.group(1))
+        if not done:
+            raise RuntimeError(f"reload failed: {m.group(0)}")
+        with server.cond:
+            rules = [
+                rm.group(1)
+                for _, text in server.lines[mark:]
+                if (rm := re.match(r"^mcluster: w\d+ ready \(pid \d+, generation \d+\): (.*)$", text))
+            ]
+        return {
+            "t_end": t,
+            "build": parse_human(done.group(1)),
+            "roll": parse_human(done.group(3)),
+            "switch": parse_human(done.group(4)) if done.group(4) else None,
+            "rules": rules,
+        }
+
+
+class DsAnchor:
+    """systemfd holding the socket, a watcher restarting `cargo run` in it."""
+
+    def __init__(self, key: str, app: SlowAxum, workdir: Path) -> None:
+        self.key = key
+        self.app = app
+        self.workdir = workdir
+        if key == "cargo-watch":
+            self.watch = ["cargo", "watch", "-x", "run"]
+            self.label = "systemfd + cargo watch"
+        else:
+            self.watch = ["watchexec", "-r", "-e", "rs", "--", "cargo", "run"]
+            self.label = "systemfd + watchexec"
+
+    def command(self) -> str:
+        return f"CARGO_TARGET_DIR=… systemfd --no-pid --backlog {DS_BACKLOG} -s http::127.0.0.1:PORT -- {' '.join(self.watch)}"
+
+    def start(self) -> Server:
+        def spawn(port: int) -> Server:
+            argv = [
+                str(TOOLS / "bin" / "systemfd"), "--no-pid", "--backlog", str(DS_BACKLOG),
+                "-s", f"http::127.0.0.1:{port}", "--", *self.watch,
+            ]  # fmt: skip
+            server = Server(self.label, argv, cwd=self.app.dir, env=self.app.env(), scope=self.workdir, merge_stdout=True)
+            server.port = port
+            return server
+
+        def wait_serving(server: Server) -> None:
+            server.wait_line(r"^~> socket http://127\.0\.0\.1:\d+/? -> fd #\d+", timeout=DEV_WAIT)
+            deadline = time.monotonic() + DEV_WAIT
+            while answered_text(server.port) is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the app never answered:\n{server.tail()}")
+                if server.proc.poll() is not None:
+                    raise RuntimeError(f"systemfd exited:\n{server.tail()}")
+                time.sleep(0.05)
+
+        return start_on_free_port(spawn, wait_serving)
+
+    def wait_reload(self, server: Server, mark: int, t0: float) -> dict:
+        """cargo's `Finished … in B` line of the rebuild."""
+        _, t, m = server.wait_line(r"^\s*Finished `dev` profile .* in (\S+)$", mark, timeout=DEV_WAIT)
+        return {"t_end": t, "build": parse_human(m.group(1))}
+
+
+def ds_client(port: int, stop: threading.Event, out: list) -> None:
+    """GET / on a fresh connection, again and again: (start, end, version) per request, version
+    -1 for a failure (connect/read error, not a 200 with the text)."""
+    while not stop.is_set():
+        t = time.monotonic()
+        err = None
+        try:
+            reply = http_get(port, DEV_CLIENT_TIMEOUT)
+            m = DS_MARK.search(reply)
+            version = int(m.group(1)) if m and reply.startswith(b"HTTP/1.1 200") else -1
+            if version < 0:
+                err = f"bad reply ({len(reply)} bytes, ends {reply[-24:]!r})"
+        except OSError as e:
+            version = -1
+            err = type(e).__name__ + (f" errno {e.errno}" if e.errno else "")
+        out.append((t, time.monotonic(), version, err))
+        time.sleep(DS_PAUSE)
+
+
+def ds_measure(system, server: Server, budget: Budget, sampler: CpuSampler | None) -> list[dict]:
+    """DS_EDITS edits under the client loop; per edit, from the write: first new answer, last
+    old answer, the mixed window (old answers after the first new one) or the gap (no answer
+    between the last old and the first new), the tool's own build time."""
+    records: list[list] = [[] for _ in range(DS_CLIENTS)]
+    stop = threading.Event()
+    threads = [threading.Thread(target=ds_client, args=(server.port, stop, rec), daemon=True) for rec in records]
+    for th in threads:
+        th.start()
+    edits = []
+    try:
+        for _ in range(DS_EDITS):
+            if budget.left() < 15:
+                break
+            time.sleep(DS_SETTLE)
+            mark = len(server.lines)
+            t0 = time.monotonic()
+            n = system.app.edit()
+            deadline = t0 + DEV_WAIT
+            while not any(x[2] == n for rec in records for x in rec[-50:]):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no answer with slow-axum v{n}:\n{server.tail()}")
+                time.sleep(0.005)
+            reload = system.wait_reload(server, mark, t0)
+            time.sleep(DS_TAIL)
+            edits.append({"t0": t0, "n": n, "reload": reload})
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(DEV_CLIENT_TIMEOUT + 2)
+    answers = sorted(x for rec in records for x in rec)
+    samples = []
+    for i, e in enumerate(edits):
+        t0, n = e["t0"], e["n"]
+        t_next = edits[i + 1]["t0"] if i + 1 < len(edits) else math.inf
+        window = [a[:3] for a in answers if t0 <= a[1] < t_next]
+        new = [end for _, end, v in window if v == n]
+        old = [end for _, end, v in window if 0 <= v < n]
+        first_new = min(new) - t0
+        last_old = (max(old) - t0) if old else 0.0
+        after_first = [v for _, end, v in window if end > t0 + first_new and v >= 0]
+        failures = [
+            f"{err}: started at +{(start - t0) * 1000:.0f} ms, failed after {(end - start) * 1000:.0f} ms"
+            for start, end, _, err in answers
+            if err and t0 <= end < t_next
+        ]
+        reload = e["reload"]
+        sample = {
+            "first_new": first_new,
+            "last_old": last_old,
+            "mixed": max(0.0, last_old - first_new),
+            "gap": max(0.0, first_new - last_old),
+            "old_after_new": sum(1 for v in after_first if v < n),
+            "answers_after_new": len(after_first),
+            "failed": sum(1 for _, end, v in window if v < 0),
+            "failures": failures,
+            "slowest": max((end - start for start, end, v in window if v >= 0), default=0.0),
+            "build": reload["build"],
+            "t_end": reload["t_end"] - t0,
+        }
+        for key in ("roll", "switch", "rules"):
+            if key in reload:
+                sample[key] = reload[key]
+        if sampler is not None and "roll" in reload:
+            # The roll: from the build's end (the line's time less the roll's own duration) to
+            # the line; the master's CPU over it.
+            t_roll = reload["t_end"] - reload["roll"]
+            sample["master_cpu"] = sampler.between(t_roll, reload["t_end"])
+            # The replacements' start-up (0.3 s): all spawned, none ready; the master probes.
+            sample["boot_cpu"] = sampler.between(t_roll + 0.03, t_roll + DS_STARTUP - 0.03)
+        samples.append(sample)
+    return samples
+
+
+def run_dev_switch(workdir: Path, notes: list[str], out: dict) -> None:
+    versions, why = install_dev_tools(("systemfd", "cargo-watch"))
+    wversions, wwhy = install_dev_tools(("systemfd", "watchexec"))
+    out["tools"] = {**(versions or {}), **(wversions or {})}
+    out["tools_why"] = {"cargo-watch": why, "watchexec": wwhy}
+    out["cargo"] = subprocess.run(["cargo", "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    app = SlowAxum(workdir)
+    print(f"bench: dev switch: building slow-axum into {DS_TARGET} (the first time: axum, tokio, hyper)", file=sys.stderr, flush=True)
+    out["warm_build"] = app.build()
+    app.edit()
+    out["incremental_build"] = app.build()
+    systems = [DsMcluster(app, workdir)]
+    if versions is not None:
+        systems.append(DsAnchor("cargo-watch", app, workdir))
+    if wversions is not None:
+        systems.append(DsAnchor("watchexec", app, workdir))
+    out["systems"] = {s.key: (s.label, s.command()) for s in systems}
+    budget = Budget(DS_BUDGET)
+    for system in systems:
+        if budget.left() < 30:
+            notes.append(f"{system.label}: skipped (time budget)")
+            continue
+        server = sampler = None
+        try:
+            print(f"bench: dev switch: {system.command()}", file=sys.stderr, flush=True)
+            server = system.start()
+            sampler = CpuSampler(server.pid) if system.key == "mcluster" else None
+            out[system.key] = ds_measure(system, server, budget, sampler)
+        except Exception as e:
+            notes.append(f"{system.label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            print(f"bench: dev switch: {system.label} failed: {e}", file=sys.stderr, flush=True)
+        finally:
+            if sampler is not None:
+                sampler.stop()
+            if server is not None:
+                server.stop()
+
+
+def measure_dev_switch() -> tuple[dict, list[str]]:
+    out: dict = {}
+    notes: list[str] = []
+    load_start = loadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="mcluster-bench-switch-"))
+    t_start = time.monotonic()
+    try:
+        run_dev_switch(workdir, notes, out)
+    except Exception as e:
+        notes.append(f"dev switch section: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        print(f"bench: dev switch section failed: {e}", file=sys.stderr, flush=True)
+    finally:
+        kill_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    out["elapsed"] = time.monotonic() - t_start
+    notes.append(f"load average (1/5/15 min) at the start of this section: {load_start}; at the end: {loadavg()}")
+    return out, notes
+
+
+def ds_report(ds: dict, notes: list[str]) -> list[str]:
+    keys = ["mcluster", "cargo-watch", "watchexec"]
+    labels = {"mcluster": "mcluster dev -n 8", "cargo-watch": "systemfd + cargo watch", "watchexec": "systemfd + watchexec"}
+
+    def cell(key: str, fn) -> str:
+        if key != "mcluster" and not ds.get(key):
+            why = ds.get("tools_why", {}).get(key)
+            return f"not measured ({key} {why})" if why else "not measured (see notes)"
+        try:
+            return fn(ds[key])
+        except (KeyError, ValueError, IndexError, TypeError, statistics.StatisticsError):
+            return "n/a"
+
+    def col(field, fmt=ms):
+        return lambda r: summary([s[field] for s in r], fmt, want=DS_EDITS)
+
+    def overhead(r):
+        return summary([s["first_new"] - s["build"] - DS_STARTUP for s in r], want=DS_EDITS)
+
+    def old_share(r):
+        old = sum(s["old_after_new"] for s in r)
+        total = sum(s["answers_after_new"] for s in r)
+        return f"{old} of {total}"
+
+    def rules(r):
+        counts: dict[str, int] = {}
+        for s in r:
+            for rule in s.get("rules", []):
+                counts[rule] = counts.get(rule, 0) + 1
+        return ", ".join(f"{rule}: {n}" for rule, n in sorted(counts.items())) or "n/a"
+
+    def cpu(r, field="master_cpu"):
+        parts = [s[field] for s in r if s.get(field)]
+        share = cpu_share(parts)
+        each = [c / w for c, w in parts]
+        return f"**{pct(share)}** of a core (per roll {pct(min(each))} – {pct(max(each))})" if share is not None else "n/a"
+
+    def na(_):
+        return "— (one process)"
+
+    rows = [
+        ("**Save → first new answer**", col("first_new")),
+        ("↳ minus the tool's own build time and the app's 0.3 s start-up", overhead),
+        ("↳ the tool's own build time (mcluster: `built in`; cargo: `Finished … in`)", col("build")),
+        ("**Save → last old answer**", col("last_old")),
+        ("**Mixed window** (last old − first new, when positive)", lambda r: col("mixed")(r) if r[0].get("roll") is not None else "0 (one process): " + col("mixed")(r)),
+        ("↳ old answers after the first new one (of all answers from it to the next edit)", old_share),
+        ("**No answer between last old and first new** (downtime)", col("gap")),
+        ("↳ slowest request of the reload (a request waiting in the listen queue)", col("slowest")),
+        ("↳ failed requests", lambda r: str(sum(s["failed"] for s in r))),
+        ("Roll: build done → 8 workers on the new build (mcluster's `rolled … in`)", lambda r: col("roll")(r) if r[0].get("roll") is not None else na(r)),
+        ("↳ `switch` in mcluster's line (first replacement ready → roll end)", lambda r: col("switch")(r) if r[0].get("switch") is not None else na(r)),
+        ("Master CPU during the roll (build done → reload line)", lambda r: cpu(r) if r[0].get("master_cpu") else "—"),
+        ("**Master CPU while the 8 replacements start** (30 ms – 270 ms into the roll)", lambda r: cpu(r, "boot_cpu") if r[0].get("boot_cpu") else "—"),
+    ]
+    lines = [DS_HEADING, ""]
+    tools = ds.get("tools", {})
+    lines.append(
+        f"The app is [bench/apps/slow-axum](apps/slow-axum/src/main.rs): axum 0.8 on tokio, its socket from "
+        f"`listenfd` (`ListenFd::from_env().take_tcp_listener(0)`), 0.3 s of start-up (a sleep) before it serves, "
+        f"no `READY=1`, axum's graceful shutdown on SIGTERM; debug builds ({ds.get('cargo', 'cargo ?')}). "
+        f"**mcluster** {git_describe()}: `{ds.get('systems', {}).get('mcluster', ('', '?'))[1]}` (defaults: `--ready auto`, `--surge all`). "
+        + "".join(
+            f"**{labels[k]}** ({', '.join(f'{t} {tools[t]}' for t in ('systemfd', k) if t in tools)}): `{ds['systems'][k][1]}`. "
+            for k in keys[1:] if k in ds.get("systems", {})
+        )
+        + f"Timings: median (min – max) of {DS_EDITS} edits per system, each under a client loop ({DS_CLIENTS} threads, "
+        f"fresh connection per `GET /`, {DS_PAUSE * 1000:.0f} ms pause)."
+    )
+    lines.append("")
+    lines.append("| Measurement | " + " | ".join(labels[k] for k in keys) + " |")
+    lines.append("|---|---|---|---|")
+    for label, fn in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(k, fn) for k in keys) + " |")
+    lines.append("")
+    lines.append("Notes:\n")
+    lines.append(
+        "- Every time is from just before the script writes `src/main.rs` (a new `const ANSWER`) to the end of an answer "
+        f"read by the client loop: {DS_CLIENTS} Python threads, each a loop of `GET /` on a fresh connection to 127.0.0.1 "
+        f"({DS_PAUSE * 1000:.0f} ms apart, {DEV_CLIENT_TIMEOUT:.0f} s timeout), recording every answer's text. *First new*: the "
+        "earliest answer with the edit's text; *last old*: the latest answer with an older text, up to the next edit (each edit "
+        f"waits for the reload's end and {DS_TAIL:.0f} s more). Each tool's debounce is in these times (mcluster's `--cooldown` 100 ms, "
+        "cargo-watch's `--delay` 0.5 s, watchexec's 50 ms)."
+    )
+    lines.append(
+        "- The anchors run one app process: cargo-watch/watchexec stop it (SIGTERM) and then build and start the new one, "
+        "so old and new never answer side by side (their mixed window is zero by construction) and, between the two, "
+        "nothing answers: requests wait in systemfd's listen queue for the build and the start-up. mcluster dev builds while "
+        "the old workers serve, then starts all 8 replacements at once and stops each old worker when its replacement is "
+        "seen accepting. systemfd runs with `--backlog 4096` (mcluster's listen queue); its default, 1, would add "
+        "SYN-retransmit seconds under this load (the dev-mode section shows that cost)."
+    )
+    lines.append(
+        "- *Master CPU during the roll*: the mcluster master's CPU time (`/proc/PID/task/*/schedstat`, ns, sampled every 10 ms) "
+        "from the end of the build (the reload line's time less its `rolled … in`) to the reload line, over that wall time: "
+        "spawning 8 replacements, probing `/proc` of each while it starts, stopping and reaping the old ones. *While the 8 "
+        "replacements start*: the same from 30 ms to 270 ms into the roll, when every replacement has been spawned and none "
+        "has finished its 0.3 s start-up, so the master does little but probe them. (`mcluster dev` does not log each worker's "
+        "`ready` line, so how each was seen is not shown here; the roll section shows it for `start`.)"
+    )
+    lines.append(
+        f"- The app was built once into `target/bench-slow-axum` (kept between runs; this run: {ms(ds['warm_build']) if 'warm_build' in ds else '?'}), "
+        f"then edited and built again ({ms(ds['incremental_build']) if 'incremental_build' in ds else '?'}), so that every measured build is "
+        "incremental. The three systems run one after the other on one copy."
+    )
+    if any(s["failed"] for k in keys for s in ds.get(k) or []):
+        lines.append(
+            "- Failed requests (their kinds and times are in the raw samples): the app is stopped with SIGTERM by every "
+            "system (mcluster: each old worker once its replacement is ready; the anchors: the one app, at the change), "
+            "and axum's graceful shutdown then closes, unanswered, the connections it has accepted but whose request "
+            "it has not read yet: hyper's HTTP/1 graceful shutdown closes an inactive connection at once "
+            "(hyperium/hyper#3808, #3792). A `bad reply (0 bytes)` or a reset a few milliseconds into a request that "
+            "started at the stop is that (cargo-watch, besides, SIGKILLs the app's process group about a millisecond after "
+            "the SIGTERM: see the dev-mode section). The roll section's worker, which answers every connection it "
+            "accepted, has none."
+        )
+    for note in notes:
+        lines.append(f"- {'' if note.startswith('load average') else 'Problem: '}{note}")
+    lines.append("")
+    lines.append("Raw samples (ms), per edit:\n")
+    for k in keys:
+        r = ds.get(k)
+        if not r:
+            continue
+        fields = ["first_new", "last_old", "mixed", "gap", "build", "slowest"] + [f for f in ("roll", "switch") if r[0].get(f) is not None]
+        parts = [f"{f}: " + ", ".join(f"{s[f] * 1000:.0f}" for s in r) for f in fields]
+        for field, what in (("master_cpu", "master CPU"), ("boot_cpu", "master CPU while starting")):
+            if r[0].get(field):
+                parts.append(f"{what}: " + ", ".join(f"{c * 1000:.1f} ms in {w * 1000:.0f} ms" for c, w in (s[field] for s in r if s.get(field))))
+        failures = [f for s in r for f in s.get("failures", [])]
+        if failures:
+            parts.append("failed requests: " + "; ".join(failures[:10]))
+        lines.append(f"- {labels[k]}: " + "; ".join(parts))
+    lines.append("")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Roll (issue 8 row b): `mcluster start -n 8` against gunicorn -w 8, workers that boot for 1 s
+# and send no READY=1; SIGHUP → all new ready, all old exited; requests under load.
+# --------------------------------------------------------------------------------------------
+
+BOOT_WORKER = BENCH / "apps" / "boot_worker.py"
+RB_HEADING = "## Roll: `mcluster start -n 8`, workers with 1 s of boot, no `READY=1`"
+RB_SIZE = 8
+RB_BOOT = 1.0
+RB_ROLLS = 5  # idle, then as many under load
+RB_CLIENTS = 4
+RB_GAP = 1.0  # between two rolls (of load, under load)
+RB_BUDGET = 150.0
+
+GUNICORN_BOOT_APP = '''\
+import os
+import time
+
+time.sleep(%r)  # the app's boot, in each worker (no --preload)
+
+def app(environ, start_response):
+    body = b"pid=%%d\\n" %% os.getpid()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+''' % RB_BOOT
+
+
+class RbMcluster(Mcluster):
+    def command(self) -> str:
+        return f"mcluster start -n {RB_SIZE} -l 127.0.0.1:0 -- python3 bench/apps/boot_worker.py {RB_BOOT:g}"
+
+    def start(self, size: int) -> Server:
+        argv = [str(MCLUSTER), "start", "-n", str(size), "-l", "127.0.0.1:0", "--", sys.executable, str(BOOT_WORKER), f"{RB_BOOT:g}"]
+        server = Server("mcluster", argv)
+        _, _, m = server.wait_line(r"^mcluster: listening on 127\.0\.0\.1:(\d+) \(master pid \d+\)$")
+        server.port = int(m.group(1))
+        server.size = size
+        return server
+
+    def wait_new(self, server: Server, mark: int, old: set[int]) -> float:
+        _, t, _ = server.wait_line(r"^mcluster: rolled \d+ workers? to generation \d+ in ", mark)
+        return t
+
+    def rules(self, server: Server, mark: int) -> list[str]:
+        with server.cond:
+            return [
+                m.group(1)
+                for _, text in server.lines[mark:]
+                if (m := re.match(r"^mcluster: w\d+ ready \(pid \d+, generation \d+\): (.*)$", text))
+            ]
+
+    def first_ready(self, server: Server, mark: int) -> float | None:
+        with server.cond:
+            return next((t for t, text in server.lines[mark:] if re.match(r"^mcluster: w\d+ ready ", text)), None)
+
+    def own_boots(self, server: Server, mark: int) -> list[float]:
+        """Each new worker's own exec → poll time, as it printed it."""
+        with server.cond:
+            return [
+                float(m.group(1))
+                for _, text in server.lines[mark:]
+                if (m := re.search(r"boot_worker: serving pid=\d+ after ([\d.]+)s", text))
+            ]
+
+    def seen_after(self, server: Server, mark: int) -> list[float]:
+        """Per new worker: from the moment it started polling (CLOCK_MONOTONIC, as it printed
+        it) to the arrival of the master's `ready` line for its pid."""
+        serving: dict[int, float] = {}
+        ready: dict[int, float] = {}
+        with server.cond:
+            for t, text in server.lines[mark:]:
+                if m := re.search(r"boot_worker: serving pid=(\d+) after \S+ at ([\d.]+)$", text):
+                    serving[int(m.group(1))] = float(m.group(2))
+                elif m := re.match(r"^mcluster: w\d+ ready \(pid (\d+),", text):
+                    ready[int(m.group(1))] = t
+        return [ready[pid] - serving[pid] for pid in ready if pid in serving]
+
+
+class RbGunicorn(Gunicorn):
+    def __init__(self, exe: Path, version: str, workdir: Path) -> None:
+        super().__init__(exe, version, workdir)
+        (workdir / "benchapp.py").write_text(GUNICORN_BOOT_APP)
+
+    def command(self) -> str:
+        return f"gunicorn -k sync -w {RB_SIZE} -b 127.0.0.1:PORT benchapp:app (the app sleeps {RB_BOOT:g} s at import)"
+
+    def wait_new(self, server: Server, mark: int, old: set[int]) -> float:
+        deadline = time.monotonic() + WAIT
+        index = mark
+        while True:
+            index, _, _ = server.wait_line(r"^BENCH ready pid=", index, deadline - time.monotonic())
+            new = [(t, pid) for t, pid in self._ready_pids(server, mark) if pid not in old]
+            if len(new) >= server.size:
+                return new[server.size - 1][0]
+            index += 1
+
+    def rules(self, server: Server, mark: int) -> list[str]:
+        return []
+
+    def first_ready(self, server: Server, mark: int) -> float | None:
+        ready = self._ready_pids(server, mark)
+        return ready[0][0] if ready else None
+
+    def own_boots(self, server: Server, mark: int) -> list[float]:
+        return []
+
+    def seen_after(self, server: Server, mark: int) -> list[float]:
+        return []
+
+
+def rb_client(system, port: int, stop: threading.Event, out: list) -> None:
+    """(start, latency, error or None) per request; fresh connection each."""
+    request = system.request()
+    while not stop.is_set():
+        t = time.monotonic()
+        try:
+            reply = exchange(port, request, CLIENT_TIMEOUT)
+            err = None if system.valid(reply) else f"bad reply {reply[:40]!r}"
+        except OSError as e:
+            err = type(e).__name__ + (f" errno {e.errno}" if e.errno else "")
+        out.append((t, time.monotonic() - t, err))
+
+
+def rb_roll(system, server: Server, sampler: CpuSampler) -> dict:
+    old = system.workers(server)
+    mark = len(server.lines)
+    gone: dict[str, float] = {}
+    t0 = time.monotonic()
+    # The old workers are watched from the SIGHUP on, on a thread: gunicorn's exit before its
+    # new workers are ready.
+    watcher = threading.Thread(target=lambda: gone.update(t=wait_exited(old, t0)), daemon=True)
+    watcher.start()
+    os.kill(server.pid, signal.SIGHUP)
+    t_new = system.wait_new(server, mark, old)
+    watcher.join(WAIT + 1)
+    if "t" not in gone:
+        raise TimeoutError(f"old workers {sorted(old)} still running")
+    t_gone = gone["t"]
+    time.sleep(0.05)  # a CPU sample after t_new
+    out = {
+        "t0": t0,
+        "new": t_new - t0,
+        "gone": t_gone - t0,
+        "done": max(t_new, t_gone) - t0,
+        "master_cpu": sampler.between(t0, t_new),
+        "rules": system.rules(server, mark),
+    }
+    # The boot phase: from 0.3 s after the SIGHUP (every replacement spawned) to the first one
+    # ready; the master only probes the starting workers then.
+    first = system.first_ready(server, mark)
+    if first is not None and first - t0 > 0.5:
+        out["boot_cpu"] = sampler.between(t0 + 0.3, first - 0.02)
+    own = system.own_boots(server, mark)
+    if own:
+        out["own_boot"] = max(own)
+    out["seen_after"] = system.seen_after(server, mark)
+    return out
+
+
+def rb_measure(system, budget: Budget) -> dict:
+    server = system.start(RB_SIZE)
+    sampler = None
+    stop = threading.Event()
+    records: list[list] = [[] for _ in range(RB_CLIENTS)]
+    threads = [threading.Thread(target=rb_client, args=(system, server.port, stop, rec), daemon=True) for rec in records]
+    out: dict = {"idle": [], "load": []}
+    try:
+        system.wait_ready(server)
+        sampler = CpuSampler(server.pid)
+        time.sleep(0.5)
+        for _ in range(RB_ROLLS):
+            if budget.left() < 20:
+                break
+            out["idle"].append(rb_roll(system, server, sampler))
+            time.sleep(0.5)
+        for th in threads:
+            th.start()
+        time.sleep(RB_GAP)
+        t_load = time.monotonic()
+        for _ in range(RB_ROLLS):
+            if budget.left() < 10:
+                break
+            out["load"].append(rb_roll(system, server, sampler))
+            time.sleep(RB_GAP)
+    finally:
+        stop.set()
+        for th in threads:
+            if th.is_alive() or th.ident is not None:
+                th.join(CLIENT_TIMEOUT + 2)
+        if sampler is not None:
+            sampler.stop()
+        server.stop()
+    reqs = sorted(x for rec in records for x in rec)
+    steady = sorted(lat for t, lat, err in reqs if err is None and t + lat < t_load)
+    windows = [(r["t0"], r["t0"] + r["done"]) for r in out["load"]]
+    during = [x for x in reqs if any(w0 <= x[0] <= w1 for w0, w1 in windows)]
+    errors: dict[str, int] = {}
+    for _, _, err in reqs:
+        if err:
+            errors[err] = errors.get(err, 0) + 1
+    lat = sorted(lat for _, lat, err in reqs if err is None)
+    out.update({
+        "ok": len(lat),
+        "fail": sum(errors.values()),
+        "errors": errors,
+        "lat": lat,
+        "steady": steady,
+        "during_max": max((lat for _, lat, err in during if err is None), default=0.0),
+        "during_n": len(during),
+        "seconds": (reqs[-1][0] - reqs[0][0]) if reqs else 0.0,
+    })  # fmt: skip
+    return out
+
+
+def rb_one(system, budget: Budget) -> list[dict]:
+    """RB_ROLLS rolls of a one-worker cluster, no load."""
+    server = system.start(1)
+    sampler = None
+    rolls = []
+    try:
+        system.wait_ready(server)
+        sampler = CpuSampler(server.pid)
+        time.sleep(0.5)
+        for _ in range(RB_ROLLS):
+            if budget.left() < 5:
+                break
+            rolls.append(rb_roll(system, server, sampler))
+            time.sleep(0.5)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        server.stop()
+    return rolls
+
+
+def measure_roll_boot() -> tuple[dict, list[str]]:
+    out: dict = {}
+    notes: list[str] = []
+    load_start = loadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="mcluster-bench-roll-"))
+    t_start = time.monotonic()
+    try:
+        gunicorn_exe, gunicorn_version = install_gunicorn()
+        systems = [RbMcluster()]
+        if gunicorn_exe is not None:
+            systems.append(RbGunicorn(gunicorn_exe, gunicorn_version, workdir))
+        else:
+            out["gunicorn_why"] = gunicorn_version
+        out["gunicorn_version"] = gunicorn_version if gunicorn_exe else None
+        out["systems"] = {s.name: s.command() for s in systems}
+        budget = Budget(RB_BUDGET)
+        for system in systems:
+            print(f"bench: roll: {system.command()}", file=sys.stderr, flush=True)
+            try:
+                out[system.name] = rb_measure(system, budget)
+            except Exception as e:
+                notes.append(f"{system.name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                print(f"bench: roll: {system.name} failed: {e}", file=sys.stderr, flush=True)
+        # The master's CPU while one worker starts: `-n 1`, rolls without load.
+        print("bench: roll: mcluster start -n 1, master CPU while one worker boots", file=sys.stderr, flush=True)
+        try:
+            out["one"] = rb_one(systems[0], budget)
+        except Exception as e:
+            notes.append(f"mcluster -n 1: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    finally:
+        kill_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    out["elapsed"] = time.monotonic() - t_start
+    notes.append(f"load average (1/5/15 min) at the start of this section: {load_start}; at the end: {loadavg()}")
+    return out, notes
+
+
+def rb_report(rb: dict, notes: list[str]) -> list[str]:
+    names = ["mcluster", "gunicorn"]
+
+    def cell(name: str, fn) -> str:
+        if name not in rb:
+            return "not measured" + (f": gunicorn {rb['gunicorn_why']}" if name == "gunicorn" and rb.get("gunicorn_why") else " (see notes)")
+        try:
+            return fn(rb[name])
+        except (KeyError, ValueError, IndexError, TypeError, statistics.StatisticsError):
+            return "n/a"
+
+    def col(which, field):
+        return lambda r: summary([s[field] for s in r[which]], want=RB_ROLLS)
+
+    def cpu(r, field="master_cpu"):
+        parts = [s[field] for s in r["idle"] + r["load"] if s.get(field)]
+        each = [c / w for c, w in parts]
+        return f"**{pct(cpu_share(parts))}** of a core (per roll {pct(min(each))} – {pct(max(each))})"
+
+    def seen(r):
+        values = sorted(x for s in r["idle"] + r["load"] for x in s.get("seen_after", []))
+        if not values:
+            return "—"
+        return f"**{ms(statistics.median(values))}**, {ms(percentile(values, 0.9))}, {ms(values[-1])}"
+
+    def rules(r):
+        counts: dict[str, int] = {}
+        for s in r["idle"] + r["load"]:
+            for rule in s["rules"]:
+                counts[rule] = counts.get(rule, 0) + 1
+        return ", ".join(f"{rule}: {n}" for rule, n in sorted(counts.items())) or "— (`post_worker_init`)"
+
+    rows = [
+        ("**SIGHUP → all old exited**", col("idle", "gone")),
+        ("SIGHUP → all 8 new ready (mcluster: `rolled` line; gunicorn: 8th new `post_worker_init`)", col("idle", "new")),
+        ("SIGHUP → new ready and old exited", col("idle", "done")),
+        ("↳ how the new workers were seen ready", rules),
+        (f"**Requests during {RB_ROLLS} rolls under load** ({RB_CLIENTS} clients)", lambda r: f"**{r['fail']} failed** of {r['ok'] + r['fail']} ({len(r['load'])}/{RB_ROLLS} rolls)"),
+        ("↳ slowest request that started during a roll", lambda r: ms(r["during_max"])),
+        ("↳ latency p99 / max, whole run", lambda r: f"{ms(percentile(r['lat'], 0.99))} / {ms(r['lat'][-1])}"),
+        ("↳ latency p99 / max before the first roll under load", lambda r: f"{ms(percentile(r['steady'], 0.99))} / {ms(r['steady'][-1])}"),
+        ("↳ SIGHUP → new ready and old exited, under load", col("load", "done")),
+        ("↳ SIGHUP → all old exited, under load", col("load", "gone")),
+        ("↳ the slowest new worker's own boot, fork → `poll` (as it printed it; Python's start-up included)",
+         lambda r: summary([s["own_boot"] for s in r["idle"]], want=RB_ROLLS) if r["idle"][0].get("own_boot") else "— (forked, not exec'd)"),
+        ("↳ a new worker in `poll` → the master's `ready` line for it (each of 80: median, p90, max)", seen),
+        ("↳ SIGHUP → all new ready, less that slowest own boot", lambda r: summary([s["new"] - s["own_boot"] for s in r["idle"]], want=RB_ROLLS) if r["idle"][0].get("own_boot") else "—"),
+        ("Master CPU, SIGHUP → all new ready", cpu),
+        ("**Master CPU while the workers boot** (0.3 s after the SIGHUP → first new ready: probing only)", lambda r: cpu(r, "boot_cpu")),
+    ]
+    one = rb.get("one") or []
+    one_cpu = [s["boot_cpu"] for s in one if s.get("boot_cpu")]
+    if one_cpu:
+        each = [c / w for c, w in one_cpu]
+        rows.append((
+            "**Master CPU while one worker boots** (`-n 1`, same window)",
+            lambda r: f"**{pct(cpu_share(one_cpu))}** of a core (per roll {pct(min(each))} – {pct(max(each))}); "
+            f"roll {summary([s['new'] for s in one], want=RB_ROLLS)}" if r is rb.get("mcluster") else "—",
+        ))  # fmt: skip
+    lines = [RB_HEADING, ""]
+    lines.append(
+        f"Workers that boot for {RB_BOOT:g} s and send no `READY=1`. **mcluster** {git_describe()}: `{rb.get('systems', {}).get('mcluster', '?')}` "
+        f"(defaults: `--ready auto`, `--surge all`); the worker, [bench/apps/boot_worker.py](apps/boot_worker.py), sleeps {RB_BOOT:g} s, "
+        "then serves fd 3 with a `poll` loop, one line in and one out; on SIGTERM it stops accepting and exits after the "
+        "connection it is serving. "
+        + (f"**gunicorn** {rb['gunicorn_version']}: `{rb['systems'].get('gunicorn')}`, sync workers, the app module sleeping "
+           f"{RB_BOOT:g} s when each worker imports it. " if rb.get("gunicorn_version") else "")
+        + f"Timings: median (min – max) of {RB_ROLLS} rolls."
+    )  # fmt: skip
+    lines.append("")
+    lines.append("| Measurement | mcluster | gunicorn |")
+    lines.append("|---|---|---|")
+    for label, fn in rows:
+        lines.append(f"| {label} | {cell(names[0], fn)} | {cell(names[1], fn)} |")
+    lines.append("")
+    lines.append("Notes:\n")
+    lines.append(
+        f"- Each system: started with {RB_SIZE} workers, then {RB_ROLLS} SIGHUPs without load (the first three rows), then "
+        f"{RB_CLIENTS} Python client threads (fresh connection per request, {CLIENT_TIMEOUT:.0f} s timeout) and {RB_ROLLS} more "
+        f"SIGHUPs, {RB_GAP:g} s apart. Old workers are seen exited by polling `/proc/PID/stat` every 2 ms (a zombie counts). "
+        "A failure is a connect/read error or an invalid answer."
+    )
+    lines.append(
+        "- The HUPs differ. mcluster boots all 8 replacements at once (`--surge all`) while the old workers serve, and stops each "
+        "old worker once its replacement is seen accepting (`/proc`: here a thread in `poll` on the inherited socket). "
+        "gunicorn forks 8 new workers and SIGTERMs the 8 old ones at once, without waiting for the new ones to load the app: "
+        "for the boot, nothing accepts, and requests wait in the listen queue (the slowest-request row)."
+    )
+    lines.append(
+        "- *Master CPU*: the master's (gunicorn: the arbiter's) CPU time from `/proc/PID/task/*/schedstat` (ns), sampled every "
+        "10 ms, over all 10 rolls: total CPU over total wall time. *SIGHUP → all new ready* includes forking and exec'ing the "
+        "replacements, relaying their output, stopping and reaping the old ones; *while the workers boot* is the stretch "
+        "from 0.3 s after the SIGHUP (all 8 spawned) to the first new worker ready, where mcluster's master only probes "
+        "`/proc` of the starting workers (the issue's target: under 2 % of a core). Clock ticks would be too coarse "
+        "(10 ms), hence `schedstat`."
+    )
+    mc = rb.get("mcluster")
+    if mc and one_cpu:
+        eight = cpu_share([s["boot_cpu"] for s in mc["idle"] + mc["load"] if s.get("boot_cpu")])
+        one_share = cpu_share(one_cpu)
+        if eight is not None and one_share is not None:
+            lines.append(
+                f"- The master's probing grows with the number of workers starting at once: {pct(eight)} of a core while "
+                f"{RB_SIZE} boot, i.e. {pct(eight / RB_SIZE)} per starting worker, against {pct(one_share)} while one boots "
+                f"alone. mcluster probes each starting worker every 10 ms (`PROBE_INTERVAL` in src/supervisor.rs), so this "
+                f"is about {eight / RB_SIZE * 10_000:.0f} µs of master CPU per probe of one worker with {RB_SIZE} starting "
+                f"({one_share * 10_000:.0f} µs per 10 ms tick with one), wake-up of the master's loop included."
+            )
+    for name in names:
+        r = rb.get(name)
+        if r and r.get("errors"):
+            lines.append(f"- {name} failures by kind: " + ", ".join(f"{k}: {n}" for k, n in r["errors"].items()))
+    for note in notes:
+        lines.append(f"- {'' if note.startswith('load average') else 'Problem: '}{note}")
+    lines.append("")
+    lines.append("Raw samples (ms), per roll:\n")
+    for name in names:
+        r = rb.get(name)
+        if not r:
+            continue
+        parts = []
+        for which in ("idle", "load"):
+            for field in ("gone", "new", "done"):
+                parts.append(f"{which} {field}: " + ", ".join(f"{s[field] * 1000:.0f}" for s in r[which]))
+        if r["idle"] and r["idle"][0].get("own_boot"):
+            parts.append("slowest own boot: " + ", ".join(f"{s['own_boot'] * 1000:.0f}" for s in r["idle"] + r["load"] if s.get("own_boot")))
+        for field, what in (("master_cpu", "master CPU"), ("boot_cpu", "master CPU while booting")):
+            parts.append(f"{what}: " + ", ".join(f"{c * 1000:.1f} ms in {w * 1000:.0f} ms" for c, w in (s[field] for s in r["idle"] + r["load"] if s.get(field))))
+        lines.append(f"- {name}: " + "; ".join(parts))
+    if rb.get("one"):
+        one = rb["one"]
+        lines.append(
+            "- mcluster `-n 1`: new: " + ", ".join(f"{s['new'] * 1000:.0f}" for s in one)
+            + "; master CPU while booting: "
+            + ", ".join(f"{c * 1000:.1f} ms in {w * 1000:.0f} ms" for c, w in (s["boot_cpu"] for s in one if s.get("boot_cpu")))
+        )
+    lines.append("")
+    return lines
+
+
+def put_section(heading: str, section: list[str]) -> None:
+    """Replaces the section of bench/results.md that starts at `heading` (to the next `## `),
+    or appends it."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# mcluster benchmark results\n\n"
+    lines = text.split("\n")
+    body = "\n".join(section).rstrip("\n").split("\n")
+    if heading in lines:
+        start = lines.index(heading)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines = lines[:start] + body + [""] + lines[end:]
+    else:
+        lines = [*lines[: len(lines) - (1 if lines and lines[-1] == "" else 0)], "", *body, ""]
+    RESULTS.write_text("\n".join(lines))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1805,6 +2736,20 @@ def main() -> int:
         dev, dev_notes = measure_dev()
         print("\n".join(dev_report(dev, dev_notes)))
         return 0
+    if "--dev-switch-only" in sys.argv[1:]:
+        # The dev-switch section alone, printed, and put in place of that section of
+        # bench/results.md (appended if missing); the other sections are left as they are.
+        ds, ds_notes = measure_dev_switch()
+        section = ds_report(ds, ds_notes)
+        print("\n".join(section))
+        put_section(DS_HEADING, section)
+        return 0
+    if "--roll-only" in sys.argv[1:]:
+        rb, rb_notes = measure_roll_boot()
+        section = rb_report(rb, rb_notes)
+        print("\n".join(section))
+        put_section(RB_HEADING, section)
+        return 0
     if "--throughput-only" in sys.argv[1:]:
         # For working on the benchmark: the throughput section alone, printed, and put in
         # place of that section of bench/results.md (the other sections are left as they are).
@@ -1860,10 +2805,14 @@ def main() -> int:
 
     tp, tp_notes = measure_throughput()
     dev, dev_notes = measure_dev()
+    ds, ds_notes = measure_dev_switch()
+    rb, rb_notes = measure_roll_boot()
     text = report(systems, results, gunicorn_version if gunicorn_exe else None,
                   gunicorn_version, notes, time.monotonic() - t_all)  # fmt: skip
-    text += "\n".join(throughput_report(tp, tp_notes)) + "\n"
-    text += "\n".join(dev_report(dev, dev_notes))
+    text += "\n" + "\n".join(throughput_report(tp, tp_notes)) + "\n"
+    text += "\n".join(dev_report(dev, dev_notes)) + "\n"
+    text += "\n".join(ds_report(ds, ds_notes)) + "\n"
+    text += "\n".join(rb_report(rb, rb_notes)) + "\n"
     text += "\n".join(axum_section())  # the axum section: its own table
     RESULTS.write_text(text)
     print(text)
@@ -1941,15 +2890,15 @@ def report(systems, results, gunicorn_ok, gunicorn_why, notes, elapsed) -> str:
         "of deliberate sleeping. On SIGHUP it does not sleep."
     )
     out.append(
-        "- *Roll*: the two HUPs differ. mcluster replaces workers one at a time and stops an old "
-        "worker only once its replacement sent READY=1; *all new ready* is its `rolled` line. "
+        "- *Roll*: the two HUPs differ. mcluster starts every replacement at once (`--surge all`, "
+        "its default) and stops each old worker only once its own replacement sent READY=1; *all "
+        "new ready* is its `rolled` line. "
         "gunicorn reloads its config and app, forks all N new workers at once and SIGTERMs the N "
         "old ones right away without waiting for the new ones to boot (capacity can briefly dip; "
         "connections wait in the shared listen queue); *all new ready* is the Nth new "
         "`post_worker_init` line. *Old exited* is seen by polling /proc every 2 ms (a zombie "
-        "counts as exited), for both. The echo fixture is ready about 1 ms after exec, which flatters "
-        "a one-at-a-time roll: with an app that takes T to boot, mcluster's roll takes about N × T, "
-        "gunicorn's about T."
+        "counts as exited), for both. The echo fixture is ready about 1 ms after exec; the roll of "
+        "workers that take 1 s to boot is its own section below."
     )
     out.append(
         "- *Master RSS* is VmRSS of the master process only (mcluster; gunicorn's arbiter), "
