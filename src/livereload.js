@@ -8,6 +8,10 @@
   var overlay = null;
 
   function show(text) {
+    // The dev master's own building page shows the errors already.
+    if (document.body && document.body.hasAttribute("data-mcluster-building")) {
+      return;
+    }
     if (!overlay) {
       overlay = document.createElement("div");
       overlay.id = "mcluster-overlay";

@@ -203,7 +203,7 @@ fn building_page(shared: &Shared, script_tag: &str) -> String {
         format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>mcluster dev</title>\
              <style>body{{font:15px/1.5 system-ui,sans-serif;margin:3em}}pre{{background:#111;\
-             color:#eee;padding:1em;overflow:auto}}</style></head><body>{body}{script_tag}</body></html>"
+             color:#eee;padding:1em;overflow:auto}}</style></head><body data-mcluster-building>{body}{script_tag}</body></html>"
         )
     }
 }
