@@ -13,6 +13,6 @@ pub(crate) use fd::{AdoptedListener, adopt_listener, claim_inherited_fds};
 #[cfg(feature = "master")]
 pub(crate) use guard::Guard;
 #[cfg(feature = "master")]
-pub(crate) use platform::{peer_uid, pipe, stream_socket};
+pub(crate) use platform::{blind_file_system, peer_uid, pipe, stream_socket};
 #[cfg(feature = "master")]
 pub(crate) use spawn::{SpawnRequest, die_with_parent, spawn_worker};

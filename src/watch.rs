@@ -164,36 +164,10 @@ pub(crate) fn watch(
 /// What a directory's file system is called if inotify is blind on it.
 type BlindCheck = fn(&Path) -> Option<&'static str>;
 
-/// The file system of `dir`, if inotify is blind on it.
+/// The file system of `dir`, if the native watcher is blind on it (the platform layer knows
+/// which those are).
 fn blind_at(dir: &Path) -> Option<&'static str> {
-    let stat = nix::sys::statfs::statfs(dir).ok()?;
-    blind_file_system(magic(&stat))
-}
-
-/// A file system's `statfs` magic number.
-// `fs_type_t` is an `i64` on x86_64 glibc, but not on every target.
-#[allow(clippy::useless_conversion)]
-fn magic(stat: &nix::sys::statfs::Statfs) -> i64 {
-    i64::from(stat.filesystem_type().0)
-}
-
-/// The file systems whose files change without inotify hearing of it (the change is made by
-/// another machine or the VM's host), by `statfs` magic: what to call them in the line that
-/// says mcluster polls there. FUSE counts too: Docker Desktop's bind mounts and virtiofs are
-/// FUSE, and so are sshfs and rclone.
-fn blind_file_system(magic: i64) -> Option<&'static str> {
-    Some(match magic {
-        0x0102_1997 => "9p (a WSL2 Windows drive or a VM's shared folder)",
-        0x6969 => "NFS",
-        0x517B => "SMB",
-        0xFF53_4D42 => "CIFS",
-        0xFE53_4D42 => "SMB2",
-        0x6573_5546 => "FUSE (a Docker Desktop bind mount, virtiofs, sshfs…)",
-        0x786F_4256 => "a VirtualBox shared folder",
-        0x5346_414F => "AFS",
-        0x00C3_6400 => "CephFS",
-        _ => return None,
-    })
+    crate::sys::blind_file_system(dir)
 }
 
 /// A pure trailing debouncer with the time passed in: each push restarts the cooldown, and the
@@ -506,7 +480,7 @@ struct State {
     root_check: Instant,
     /// Polls the directories under `blind` while the backend is inotify.
     poller: Option<Box<dyn ::notify::Watcher + Send>>,
-    /// The roots on a file system inotify is blind on (see [`blind_file_system`]).
+    /// The roots on a file system the native watcher is blind on (see `sys::blind_file_system`).
     blind: Vec<PathBuf>,
     blind_check: BlindCheck,
     #[cfg(test)]
@@ -1452,34 +1426,6 @@ mod tests {
         let mut touched = Debouncer::new(Duration::from_millis(100));
         touched.touch(at(t0, 0));
         assert_eq!(touched.take_due(at(t0, 100)), Some(vec![]));
-    }
-
-    #[test]
-    fn file_systems_inotify_is_blind_on_are_known_by_their_magic() {
-        for (magic, name) in [
-            (0x0102_1997, "9p"),
-            (0x6969, "NFS"),
-            (0x517B, "SMB"),
-            (0xFF53_4D42, "CIFS"),
-            (0xFE53_4D42, "SMB2"),
-            (0x6573_5546, "FUSE"),
-            (0x786F_4256, "VirtualBox"),
-        ] {
-            assert!(
-                blind_file_system(magic).is_some_and(|found| found.contains(name)),
-                "{magic:#x}"
-            );
-        }
-        // ext4, btrfs, xfs, tmpfs, overlayfs: inotify sees every change.
-        for magic in [0xEF53, 0x9123_683E, 0x5846_5342, 0x0102_1994, 0x794C_7630] {
-            assert_eq!(blind_file_system(magic), None, "{magic:#x}");
-        }
-        let here = nix::sys::statfs::statfs(std::env::temp_dir().as_path()).unwrap();
-        assert_eq!(
-            blind_file_system(magic(&here)),
-            None,
-            "the test's temporary directory is local"
-        );
     }
 
     /// Pretends the directories named `remote` are on a file system inotify is blind on.

@@ -9,6 +9,7 @@
 //! | a process name for `ps` (the guard) | `PR_SET_NAME` | none: the guard shows as the master's name |
 //! | `errno` in a forked child | `nix::errno::Errno::last_raw` everywhere | |
 //! | who is at the other end of a unix socket | `SO_PEERCRED` | `getpeereid` |
+//! | file systems whose changes the native watcher does not hear (made by another machine) | `statfs` magic: 9p, NFS, SMB, CIFS, FUSE, VirtualBox, AFS, CephFS | `statfs` type name: nfs, smbfs, afpfs, webdav, fuse |
 
 use std::ffi::c_int;
 use std::io;
@@ -205,7 +206,90 @@ pub(crate) fn peer_uid(socket: &std::os::unix::net::UnixStream) -> io::Result<u3
     }
 }
 
+/// The file system of `dir`, if the native watcher (inotify, `FSEvents`, kqueue) does not hear
+/// the changes made to it (they are made by another machine, or the VM's host): what to call it
+/// in the line that says mcluster polls there.
+pub(crate) fn blind_file_system(dir: &std::path::Path) -> Option<&'static str> {
+    let stat = nix::sys::statfs::statfs(dir).ok()?;
+    #[cfg(target_os = "linux")]
+    {
+        // `fs_type_t` is an `i64` on x86_64 glibc, but not on every target.
+        #[allow(clippy::useless_conversion)]
+        blind_by_magic(i64::from(stat.filesystem_type().0))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        blind_by_name(stat.filesystem_type_name())
+    }
+}
+
+/// Linux's file systems that inotify is blind on, by `statfs` magic. FUSE counts too: Docker
+/// Desktop's bind mounts and virtiofs are FUSE, and so are sshfs and rclone.
+#[cfg(any(target_os = "linux", test))]
+fn blind_by_magic(magic: i64) -> Option<&'static str> {
+    Some(match magic {
+        0x0102_1997 => "9p (a WSL2 Windows drive or a VM's shared folder)",
+        0x6969 => "NFS",
+        0x517B => "SMB",
+        0xFF53_4D42 => "CIFS",
+        0xFE53_4D42 => "SMB2",
+        0x6573_5546 => "FUSE (a Docker Desktop bind mount, virtiofs, sshfs…)",
+        0x786F_4256 => "a VirtualBox shared folder",
+        0x5346_414F => "AFS",
+        0x00C3_6400 => "CephFS",
+        _ => return None,
+    })
+}
+
+/// macOS's and the BSDs' network and FUSE file systems, by `statfs` type name.
+#[cfg(any(not(target_os = "linux"), test))]
+fn blind_by_name(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "nfs" => "NFS",
+        "smbfs" => "SMB",
+        "afpfs" => "AFP",
+        "webdav" => "WebDAV",
+        name if name.contains("fuse") => "FUSE (sshfs, a container's shared folder…)",
+        _ => return None,
+    })
+}
+
 /// The calling thread's errno; async-signal-safe.
 pub(crate) fn errno() -> c_int {
     nix::errno::Errno::last_raw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_systems_the_native_watcher_is_blind_on_are_known() {
+        for (magic, name) in [
+            (0x0102_1997, "9p"),
+            (0x6969, "NFS"),
+            (0x517B, "SMB"),
+            (0xFF53_4D42, "CIFS"),
+            (0xFE53_4D42, "SMB2"),
+            (0x6573_5546, "FUSE"),
+            (0x786F_4256, "VirtualBox"),
+        ] {
+            assert!(
+                blind_by_magic(magic).is_some_and(|found| found.contains(name)),
+                "{magic:#x}"
+            );
+        }
+        // ext4, btrfs, xfs, tmpfs, overlayfs: inotify sees every change.
+        for magic in [0xEF53, 0x9123_683E, 0x5846_5342, 0x0102_1994, 0x794C_7630] {
+            assert_eq!(blind_by_magic(magic), None, "{magic:#x}");
+        }
+        assert_eq!(blind_by_name("nfs"), Some("NFS"));
+        assert!(blind_by_name("macfuse").is_some());
+        assert_eq!(blind_by_name("apfs"), None);
+        assert_eq!(
+            blind_file_system(std::env::temp_dir().as_path()),
+            None,
+            "the test's temporary directory is local"
+        );
+    }
 }
