@@ -347,7 +347,12 @@ pub struct DevArgs {
     pub clear: bool,
 
     /// Where the live-reload channel listens (its script reloads pages after each switch).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:35729")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:35729",
+        env = "MCLUSTER_LIVERELOAD_ADDR"
+    )]
     pub livereload: std::net::SocketAddr,
 
     /// No live-reload channel, and no building page on the listeners (for apps that do not

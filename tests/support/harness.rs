@@ -140,7 +140,9 @@ impl MasterBuilder {
             .stderr(Stdio::piped())
             // Whatever the master keeps on disk goes here, so tests can see what it leaves.
             .env("TMPDIR", tmp.path())
-            .env("XDG_RUNTIME_DIR", tmp.path());
+            .env("XDG_RUNTIME_DIR", tmp.path())
+            // Dev masters run side by side: each its own live-reload port.
+            .env("MCLUSTER_LIVERELOAD_ADDR", "127.0.0.1:0");
         for key in SCRUBBED_ENV {
             command.env_remove(key);
         }
