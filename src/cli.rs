@@ -39,8 +39,10 @@ impl Cli {
     {
         let matches = Self::command().try_get_matches_from(args)?;
         let mut cli = Self::from_arg_matches(&matches)?;
-        if let (Command::Dev(args), Some(("dev", sub))) = (&mut cli.command, matches.subcommand()) {
-            args.given = given_ids(sub);
+        match (&mut cli.command, matches.subcommand()) {
+            (Command::Dev(args), Some(("dev", sub))) => args.given = given_ids(sub),
+            (Command::Start(args), Some(("start", sub))) => args.given = given_ids(sub),
+            _ => {}
         }
         Ok(cli)
     }
@@ -55,6 +57,8 @@ pub enum Command {
     Start(StartArgs),
     /// Run a cluster in development: rebuild on every save and roll the new build in.
     Dev(DevArgs),
+    /// Write a commented mcluster.toml (and, with --systemd, a service and a socket unit) here.
+    Init(InitArgs),
     /// Show a running master and its workers.
     Status(StatusArgs),
     /// Roll every worker to a new generation; exit 0 only when every slot runs it.
@@ -99,6 +103,18 @@ pub struct ControlArgs {
     /// Print the master's JSON reply instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The options of `mcluster init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Also write mcluster.service and mcluster.socket (systemd units to start from).
+    #[arg(long)]
+    pub systemd: bool,
+
+    /// Where to write. [default: the working directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// The options of `mcluster status`.
@@ -169,6 +185,11 @@ pub struct StartArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
 
+    /// The options given on the command line or in `MCLUSTER_*` variables (clap's ids), which
+    /// win over the config file. Filled by [`Cli::try_parse_args`].
+    #[arg(skip)]
+    pub given: Vec<String>,
+
     /// The worker program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM")]
     pub program: Vec<OsString>,
@@ -198,6 +219,7 @@ pub struct ClusterArgs {
         value_name = "N",
         value_parser = config::parse_size,
         allow_negative_numbers = true,
+        env = "MCLUSTER_SIZE",
         help = "Number of workers. [default: the CPU count available]"
     )]
     pub size: Option<usize>,
@@ -217,41 +239,41 @@ pub struct ClusterArgs {
     pub env: Vec<(OsString, OsString)>,
 
     /// Do not show the workers' stdout and stderr.
-    #[arg(long)]
+    #[arg(long, env = "MCLUSTER_SILENT")]
     pub silent: bool,
 
     /// When a starting worker counts as ready.
-    #[arg(long, value_name = "MODE", value_enum, default_value_t = ReadyMode::Auto)]
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = ReadyMode::Auto, env = "MCLUSTER_READY")]
     pub ready: ReadyMode,
 
     /// With --ready auto: a worker alive this long counts as ready (0: at once). Without it, a
     /// worker is ready at READY=1 or when seen accepting on its listeners, and only where that
     /// cannot be seen (no /proc) after 1s.
-    #[arg(long, value_name = "DUR", value_parser = config::parse_duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DUR", value_parser = config::parse_duration, allow_hyphen_values = true, env = "MCLUSTER_READY_DELAY")]
     pub ready_delay: Option<Duration>,
 
     /// A worker not ready by then has failed to start (at least 1ms).
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true, env = "MCLUSTER_READY_TIMEOUT")]
     pub ready_timeout: Duration,
 
     /// How long a stopping worker has before SIGKILL (0: SIGKILL at once). [default: 30s; 5s
     /// for dev, where nothing is worth a long wait]
-    #[arg(long, value_name = "DUR", value_parser = config::parse_duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DUR", value_parser = config::parse_duration, allow_hyphen_values = true, env = "MCLUSTER_KILL_TIMEOUT")]
     pub kill_timeout: Option<Duration>,
 
     /// How many replacements a roll starts at once: a count, a percentage of the size (25%), or
     /// all. Ready workers never drop below the size; each old worker stops as soon as its
     /// replacement is ready. [default: all]
-    #[arg(long, value_name = "N|P%|all", value_parser = config::parse_surge)]
+    #[arg(long, value_name = "N|P%|all", value_parser = config::parse_surge, env = "MCLUSTER_SURGE")]
     pub surge: Option<Surge>,
 
     /// The signal that asks a worker to stop.
-    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = config::parse_signal)]
+    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = config::parse_signal, env = "MCLUSTER_STOP_SIGNAL")]
     pub stop_signal: i32,
 
     /// Give workers WATCHDOG_USEC: a ready worker that sends no WATCHDOG=1 for DUR is replaced
     /// (at least 1ms).
-    #[arg(long, value_name = "DUR", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DUR", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true, env = "MCLUSTER_WATCHDOG")]
     pub watchdog: Option<Duration>,
 
     /// The control socket that mcluster status, restart, resize, stop and events talk to.
@@ -261,8 +283,14 @@ pub struct ClusterArgs {
     pub control: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT or :PORT).
-    #[arg(long, value_name = "ADDR", value_parser = parse_metrics)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics, env = "MCLUSTER_METRICS")]
     pub metrics: Option<SocketAddr>,
+
+    /// A config file of options (TOML, the long option names as keys). [default: mcluster.toml
+    /// in the working directory, if there is one] Options given as flags or in `MCLUSTER_*`
+    /// variables win over it.
+    #[arg(long, value_name = "PATH", env = "MCLUSTER_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// The options of `mcluster dev`.
@@ -403,7 +431,17 @@ fn parse_metrics(text: &str) -> Result<SocketAddr, String> {
 
 impl StartArgs {
     /// The master these options describe.
-    pub fn into_master(self) -> Result<Master, Error> {
+    pub fn into_master(mut self) -> Result<Master, Error> {
+        let cwd = std::env::current_dir()
+            .map_err(|e| Error::io("cannot read the current directory", e))?;
+        if let Some(file) = config_file(&cwd, self.cluster.config.as_deref())? {
+            let (mut from_file, in_file) = parse_table(&file)?;
+            for id in in_file {
+                if !self.given.contains(&id) {
+                    self.cluster.take_option(&mut from_file.cluster, &id);
+                }
+            }
+        }
         let mut program = self.program.into_iter();
         let Some(name) = program.next() else {
             return Err(Error::usage(
@@ -422,6 +460,28 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 const DEV_KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ClusterArgs {
+    /// Takes the option `id` (clap's id) of `other`; `false` if it is no cluster option.
+    fn take_option(&mut self, other: &mut ClusterArgs, id: &str) -> bool {
+        use std::mem::take;
+        match id {
+            "listen" => self.listen = take(&mut other.listen),
+            "size" => self.size = other.size,
+            "env" => self.env = take(&mut other.env),
+            "silent" => self.silent = other.silent,
+            "ready" => self.ready = other.ready,
+            "ready_delay" => self.ready_delay = other.ready_delay,
+            "ready_timeout" => self.ready_timeout = other.ready_timeout,
+            "kill_timeout" => self.kill_timeout = other.kill_timeout,
+            "surge" => self.surge = other.surge,
+            "stop_signal" => self.stop_signal = other.stop_signal,
+            "watchdog" => self.watchdog = other.watchdog,
+            "control" => self.control = other.control.take(),
+            "metrics" => self.metrics = other.metrics,
+            _ => return false,
+        }
+        true
+    }
+
     fn configure(self, master: Master, kill_timeout: Duration) -> Result<Master, Error> {
         let size = self.size.unwrap_or_else(default_size);
         if size == 0 {
@@ -477,11 +537,15 @@ impl DevArgs {
         let cwd = std::env::current_dir()
             .map_err(|e| Error::io("cannot read the current directory", e))?;
         let package = package_root(&cwd, self.manifest_path.as_deref())?;
-        if let Some(root) = &package {
-            let tables =
-                builder::mcluster_tables(self.manifest_path.as_deref(), &root.join("Cargo.toml"));
-            self.take_file_options(&tables)?;
-        }
+        let mut tables = match &package {
+            Some(root) => {
+                builder::mcluster_tables(self.manifest_path.as_deref(), &root.join("Cargo.toml"))
+            }
+            None => Vec::new(),
+        };
+        // The config file wins over the manifest's tables (the later ones win).
+        tables.extend(config_file(&cwd, self.cluster.config.as_deref())?);
+        self.take_file_options(&tables)?;
         // With cargo, what follows `--` is the app's arguments, as with `cargo run -- ARGS`.
         let uses_cargo = !self.no_build && self.build.is_none();
         let mut program = self.program.into_iter();
@@ -607,6 +671,8 @@ impl DevArgs {
 /// The keys of `[package.metadata.mcluster]`: the long names of the `dev` options that make
 /// sense in a project's manifest.
 const FILE_KEYS: &[&str] = &[
+    "control",
+    "metrics",
     "listen",
     "size",
     "env",
@@ -658,19 +724,10 @@ impl DevArgs {
     /// Takes the option `id` (clap's id: the field's name) of `other`.
     fn take_option(&mut self, other: &mut DevArgs, id: &str) {
         use std::mem::take;
-        let (mine, theirs) = (&mut self.cluster, &mut other.cluster);
+        if self.cluster.take_option(&mut other.cluster, id) {
+            return;
+        }
         match id {
-            "listen" => mine.listen = take(&mut theirs.listen),
-            "size" => mine.size = theirs.size,
-            "env" => mine.env = take(&mut theirs.env),
-            "silent" => mine.silent = theirs.silent,
-            "ready" => mine.ready = theirs.ready,
-            "ready_delay" => mine.ready_delay = theirs.ready_delay,
-            "ready_timeout" => mine.ready_timeout = theirs.ready_timeout,
-            "kill_timeout" => mine.kill_timeout = theirs.kill_timeout,
-            "surge" => mine.surge = theirs.surge,
-            "stop_signal" => mine.stop_signal = theirs.stop_signal,
-            "watchdog" => mine.watchdog = theirs.watchdog,
             "ext" => self.ext = take(&mut other.ext),
             "cooldown" => self.cooldown = other.cooldown,
             "watch" => self.watch = take(&mut other.watch),
@@ -691,7 +748,11 @@ impl DevArgs {
 /// The options of one manifest table, parsed as the command line would be, and which of them
 /// it gives.
 fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
-    let place = format!("[{}] of {}", table.section, table.manifest.display());
+    let place = if table.section.is_empty() {
+        table.manifest.display().to_string()
+    } else {
+        format!("[{}] of {}", table.section, table.manifest.display())
+    };
     let invalid = |why: String| Error::usage(format!("invalid {place}: {why}"));
     let serde_json::Value::Object(entries) = &table.table else {
         return Err(invalid("not a table".to_owned()));
@@ -752,11 +813,95 @@ fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
     Ok((options, given_ids(sub)))
 }
 
+/// The config file: `explicit` (`--config`, `MCLUSTER_CONFIG`), else `mcluster.toml` in `cwd`
+/// if there is one. Its keys are the long option names, as in `[package.metadata.mcluster]`.
+fn config_file(cwd: &Path, explicit: Option<&Path>) -> Result<Option<MetadataTable>, Error> {
+    let path = if let Some(path) = explicit {
+        cwd.join(path)
+    } else {
+        let default = cwd.join(CONFIG_FILE);
+        if !default.is_file() {
+            return Ok(None);
+        }
+        default
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::usage(format!(
+            "cannot read the config file {}: {}",
+            path.display(),
+            config::describe_io(&e)
+        ))
+    })?;
+    let table: serde_json::Value = toml::from_str(&text).map_err(|e| {
+        Error::usage(format!(
+            "invalid config file {}: {}",
+            path.display(),
+            one_line(&e.to_string())
+        ))
+    })?;
+    Ok(Some(MetadataTable {
+        section: "",
+        manifest: path,
+        table,
+    }))
+}
+
+/// The config file read from the working directory by default.
+const CONFIG_FILE: &str = "mcluster.toml";
+
+/// `mcluster init`: a commented `mcluster.toml` (and, with `--systemd`, a unit and a socket
+/// unit), never over a file that exists.
+fn init(args: &InitArgs) -> ExitCode {
+    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let mut files = vec![(CONFIG_FILE, CONFIG_TEMPLATE)];
+    if args.systemd {
+        files.push((
+            "mcluster.service",
+            include_str!("../templates/mcluster.service"),
+        ));
+        files.push((
+            "mcluster.socket",
+            include_str!("../templates/mcluster.socket"),
+        ));
+    }
+    for (name, _) in &files {
+        let path = dir.join(name);
+        if path.exists() {
+            output::master_line(&format!(
+                "error: {} exists: mcluster init never overwrites a file",
+                path.display()
+            ));
+            return ExitCode::from(1);
+        }
+    }
+    for (name, text) in files {
+        let path = dir.join(name);
+        if let Err(error) = std::fs::write(&path, text) {
+            output::master_line(&format!(
+                "error: cannot write {}: {}",
+                path.display(),
+                config::describe_io(&error)
+            ));
+            return ExitCode::from(1);
+        }
+        output::master_line(&format!("wrote {}", path.display()));
+    }
+    ExitCode::SUCCESS
+}
+
+/// What `mcluster init` writes: every key, commented out, at its default.
+const CONFIG_TEMPLATE: &str = include_str!("../templates/mcluster.toml");
+
 /// The ids of the options given on a command line (not defaults).
 fn given_ids(matches: &ArgMatches) -> Vec<String> {
     matches
         .ids()
-        .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .filter(|id| {
+            matches!(
+                matches.value_source(id.as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        })
         .map(|id| id.as_str().to_owned())
         .collect()
 }
@@ -798,6 +943,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Start(args) => args.into_master().and_then(Master::run),
         Command::Dev(args) => args.into_master().and_then(Master::run),
+        Command::Init(args) => return init(&args),
         Command::Status(args) => return client::status(&args),
         Command::Restart(args) => return client::restart(&args),
         Command::Resize(args) => return client::resize(&args),
@@ -950,6 +1096,32 @@ mod tests {
         assert_eq!(args.bin.as_deref(), Some("app"));
         assert!(args.program.is_empty());
         assert!(Cli::try_parse_from(["mcluster", "dev", "--build", "make", "--no-build"]).is_err());
+    }
+
+    #[test]
+    fn every_key_of_the_init_template_is_a_valid_option() {
+        // Uncomment every `# key = value` line: each must be a known key with a valid value
+        // (but `build`, which excludes `no-build`).
+        let text: String = CONFIG_TEMPLATE
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| {
+                line.split_once(" = ")
+                    .is_some_and(|(key, _)| FILE_KEYS.contains(&key) && key != "build")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let keys = text.lines().count();
+        assert_eq!(keys, FILE_KEYS.len() - 1, "{text}");
+        let table = MetadataTable {
+            section: "",
+            manifest: PathBuf::from("/x/mcluster.toml"),
+            table: toml::from_str(&text).unwrap(),
+        };
+        let (_, given) = parse_table(&table).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        for id in ["size", "surge", "control", "metrics", "cooldown", "watch"] {
+            assert!(given.iter().any(|given| given == id), "{id}: {given:?}");
+        }
     }
 
     #[test]

@@ -37,6 +37,8 @@
 //! - `readiness` the probe behind `--ready auto` on real apps: blocked in `accept`, tokio and
 //!   asyncio epolls, `poll` (socketserver) and `select` loops, a listener moved to another fd,
 //!   a shell wrapper's child; holding the listener, or waiting on it for output only, is no sign
+//! - `config`  `mcluster.toml` (flags over `MCLUSTER_*` over the file), unknown keys refused,
+//!   `mcluster init`
 //! - `browser` live reload in headless Chromium: a page follows every save by itself (the
 //!   failed first build's page turns into the app, edits show after their switch, a broken
 //!   build shows in an overlay)
@@ -60,6 +62,7 @@ mod support;
 
 mod axum;
 mod browser;
+mod config;
 mod control;
 mod crash;
 mod dev;

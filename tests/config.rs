@@ -1,0 +1,104 @@
+//! The config file: `mcluster.toml` in the working directory (or `--config`), with flags over
+//! `MCLUSTER_*` variables over the file over the defaults; unknown keys refused naming the key
+//! and the file; `mcluster init` writes a file that reads back, and never overwrites one.
+
+use std::fs;
+
+use tempfile::TempDir;
+
+use crate::support::{MasterBuilder, all_ready, fixture};
+
+/// `mcluster start` in `dir` with `options`, running the echo fixture.
+fn start_in(dir: &TempDir, options: &[&str]) -> MasterBuilder {
+    let echo = fixture("fixture-echo");
+    let mut args = vec!["start"];
+    args.extend_from_slice(options);
+    args.extend(["--", echo.to_str().unwrap()]);
+    MasterBuilder::raw(&args).current_dir(dir.path())
+}
+
+#[test]
+fn flags_win_over_variables_which_win_over_the_file() {
+    let dir = TempDir::new().unwrap();
+    fs::write(
+        dir.path().join("mcluster.toml"),
+        "size = 3\nready = \"notify\"\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    // The file alone.
+    let master = start_in(&dir, &[]).start();
+    master.wait_for_stderr(&all_ready(3));
+    drop(master);
+    // A variable over the file.
+    let master = start_in(&dir, &[]).env("MCLUSTER_SIZE", "2").start();
+    master.wait_for_stderr(&all_ready(2));
+    drop(master);
+    // A flag over both.
+    let master = start_in(&dir, &["-n", "1"])
+        .env("MCLUSTER_SIZE", "2")
+        .start();
+    master.wait_for_stderr(&all_ready(1));
+    drop(master);
+    // Another file named on the command line.
+    let other = dir.path().join("other.toml");
+    fs::write(&other, "size = 4\nlisten = [\"127.0.0.1:0\"]\n").unwrap();
+    let master = start_in(&dir, &["--config", other.to_str().unwrap()]).start();
+    master.wait_for_stderr(&all_ready(4));
+}
+
+#[test]
+fn an_unknown_key_or_a_bad_value_is_one_line_naming_it_and_the_file() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("mcluster.toml");
+    for (text, culprit) in [
+        ("sise = 3\n", "unknown key 'sise'"),
+        ("size = 0\n", "--size"),
+        ("size = [\n", "invalid config file"),
+    ] {
+        fs::write(&file, text).unwrap();
+        let mut master = start_in(&dir, &[]).start();
+        assert_eq!(master.wait_exit_code(), 2, "{text}\n{}", master.dump());
+        let lines = master.stderr_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("mcluster: error: ")
+                && lines[0].contains(culprit)
+                && lines[0].contains(file.to_str().unwrap()),
+            "{lines:?}"
+        );
+    }
+}
+
+#[test]
+fn init_writes_a_file_that_reads_back_and_never_overwrites_one() {
+    let dir = TempDir::new().unwrap();
+    let mut init = MasterBuilder::raw(&["init", "--systemd"])
+        .current_dir(dir.path())
+        .start();
+    assert_eq!(init.wait_exit_code(), 0, "{}", init.dump());
+    for name in ["mcluster.toml", "mcluster.service", "mcluster.socket"] {
+        assert!(dir.path().join(name).is_file(), "{name}");
+    }
+    // The file as written (every key commented out, at its default) runs.
+    let mut written = fs::read_to_string(dir.path().join("mcluster.toml")).unwrap();
+    written.push_str("listen = [\"127.0.0.1:0\"]\nsize = 2\n");
+    fs::write(dir.path().join("mcluster.toml"), &written).unwrap();
+    let master = start_in(&dir, &[]).start();
+    master.wait_for_stderr(&all_ready(2));
+    drop(master);
+    // A second init changes nothing.
+    let before = fs::read_to_string(dir.path().join("mcluster.toml")).unwrap();
+    let mut again = MasterBuilder::raw(&["init"])
+        .current_dir(dir.path())
+        .start();
+    assert_eq!(again.wait_exit_code(), 1);
+    assert!(
+        again.stderr_lines()[0].contains("never overwrites"),
+        "{}",
+        again.dump()
+    );
+    assert_eq!(
+        fs::read_to_string(dir.path().join("mcluster.toml")).unwrap(),
+        before
+    );
+}
