@@ -42,8 +42,12 @@ use crate::sys::{Guard, SpawnRequest, spawn_worker};
 /// How often the groups of exited workers are checked for being gone.
 const GROUP_POLL: Duration = Duration::from_millis(50);
 
-/// How often a starting worker is probed for accepting (some 25 µs a probe).
+/// How often a starting worker is probed for accepting (some 25–120 µs a probe, more for a
+/// process with many threads).
 const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The longest pause between two rounds of probes, however many workers start at once.
+const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(50);
 
 /// The longest pages wait after a switch for the old workers to stop accepting.
 const RELOAD_WAIT: Duration = Duration::from_secs(1);
@@ -987,9 +991,18 @@ impl DriverState {
     /// When starting workers are to be probed and leftover groups checked next; `None`: there
     /// are none.
     fn next_poll(&self) -> Option<Instant> {
-        let probing = self.reload_pending.is_some()
-            || self.workers.values().any(|worker| worker.probe.is_some());
-        let interval = if probing {
+        let starting = self
+            .workers
+            .values()
+            .filter(|worker| worker.probe.is_some())
+            .count();
+        let interval = if starting > 0 {
+            // Many workers starting at once (a roll with a surge) share one budget: the probes
+            // of a round grow with their number, the rounds thin out (10 ms for 1 or 2, 40 ms
+            // for 8, at most 50 ms).
+            let rounds = u32::try_from(starting.div_ceil(2)).unwrap_or(u32::MAX);
+            (PROBE_INTERVAL * rounds).min(PROBE_INTERVAL_MAX)
+        } else if self.reload_pending.is_some() {
             PROBE_INTERVAL
         } else if !self.groups.is_empty() {
             GROUP_POLL
