@@ -654,10 +654,17 @@ impl Connection {
                 )));
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                return Err(ClientError::new(format!(
-                    "no master answers at {shown}: the socket is left from a master that was \
-                     killed"
-                )));
+                use std::os::unix::fs::FileTypeExt as _;
+                let is_socket = std::fs::symlink_metadata(&path)
+                    .is_ok_and(|meta| meta.file_type().is_socket());
+                return Err(ClientError::new(if is_socket {
+                    format!(
+                        "no master answers at {shown}: the socket is left from a master that \
+                         was killed"
+                    )
+                } else {
+                    format!("no master at {shown}: it is not a socket")
+                }));
             }
             Err(e) => {
                 return Err(ClientError::new(format!(
