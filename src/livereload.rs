@@ -37,6 +37,9 @@ const MAX_CONNECTIONS: usize = 64;
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a write to a page may block before the page is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// The longest request head read.
 const MAX_HEAD: usize = 8 * 1024;
 
@@ -285,6 +288,9 @@ fn read_head(socket: &TcpStream) -> io::Result<Head> {
 fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
     let head = read_head(&socket)?;
     socket.set_read_timeout(None)?;
+    // The master's loop writes to every page: one that stops reading is dropped, never waited
+    // for.
+    socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
     match (head.path.as_str(), head.websocket_key) {
         ("/livereload.js", _) => respond(&mut socket, "200 OK", "text/javascript", SCRIPT),
         ("/events", _) => {
