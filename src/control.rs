@@ -349,19 +349,30 @@ impl Drop for ClientSlot {
     }
 }
 
-fn accept_clients(socket: &UnixListener, handle: &Handle, clients: &Clients) {
+/// The next client of a server's listener: errors that one client caused, or that pass (out of
+/// fds: let a client leave first), are retried; `None` once the listener is shut down.
+pub(crate) fn next_client<S>(accept: impl Fn() -> io::Result<S>) -> Option<S> {
     loop {
-        let stream = match socket.accept() {
-            Ok((stream, _)) => stream,
-            // Out of fds, say: let a client leave before the next try.
+        match accept() {
+            Ok(stream) => return Some(stream),
             Err(e) if e.raw_os_error() == Some(nix::libc::EMFILE) => {
                 thread::sleep(Duration::from_millis(50));
-                continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) => {}
             // Shut down by the master's exit.
-            Err(_) => return,
+            Err(_) => return None,
+        }
+    }
+}
+
+fn accept_clients(socket: &UnixListener, handle: &Handle, clients: &Clients) {
+    loop {
+        let Some(stream) = next_client(|| socket.accept().map(|(stream, _)| stream)) else {
+            return;
         };
         let _ = stream.set_write_timeout(Some(WRITE_DEADLINE));
         let Some(slot) = clients.admit(MAX_CLIENTS) else {
@@ -655,8 +666,8 @@ impl Connection {
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 use std::os::unix::fs::FileTypeExt as _;
-                let is_socket = std::fs::symlink_metadata(&path)
-                    .is_ok_and(|meta| meta.file_type().is_socket());
+                let is_socket =
+                    std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_socket());
                 return Err(ClientError::new(if is_socket {
                     format!(
                         "no master answers at {shown}: the socket is left from a master that \

@@ -23,7 +23,7 @@
 //! send its request head within 5 s.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -102,15 +102,10 @@ impl Drop for MetricsServer {
 fn accept_scrapes(socket: &TcpListener, handle: &Handle, rolls: &Arc<Mutex<Histogram>>) {
     let clients = Clients::default();
     loop {
-        let stream = match socket.accept() {
-            Ok((stream, _)) => stream,
-            Err(e) if e.raw_os_error() == Some(nix::libc::EMFILE) => {
-                thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-            Err(_) => return,
+        let Some(stream) =
+            crate::control::next_client(|| socket.accept().map(|(stream, _)| stream))
+        else {
+            return;
         };
         let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
         let Some(slot) = clients.admit(MAX_SCRAPERS) else {
