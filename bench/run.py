@@ -8,7 +8,8 @@ installed into target/bench-venv, systemfd and cargo-watch into target/bench-too
 install, once) by this script when missing. See bench/README.md.
 (`python3 bench/run.py --dev-only` runs and prints the dev section alone, leaving results.md;
 `--throughput-only` runs and prints the throughput section alone, and replaces that section of
-results.md, leaving the others.)
+results.md, leaving the others; so do `--dev-switch-only`, `--roll-only` and `--livereload-only`,
+the last one the save → page repainted row, in headless Chromium through Selenium.)
 
 Everything binds 127.0.0.1 only. Every server is started in its own session and killed on exit
 (SIGTERM, then SIGKILL to every process of that session), whatever happens.
@@ -2628,11 +2629,12 @@ LR_READ = "var e = document.getElementById('text'); return e ? e.textContent : n
 
 
 class LrApp:
-    """A copy of bench/apps/livereload-axum in target/bench-livereload/app (what the tools
-    watch), its mcluster dependency pointed at a snapshot of mcluster's sources (edits to
-    src/ during the run must not rebuild it, and cargo-watch watches path dependencies)."""
+    """A copy of bench/apps/livereload-axum in a temp dir (what the tools watch: not under
+    target/, which .gitignore hides from both watchers), its mcluster dependency pointed at a
+    snapshot of mcluster's sources in target/bench-livereload (edits to src/ during the run
+    must not rebuild it), built into target/bench-livereload/target (kept between runs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, workdir: Path) -> None:
         LR_WORK.mkdir(parents=True, exist_ok=True)
         src = LR_WORK / "mcluster-src"
         shutil.rmtree(src, ignore_errors=True)
@@ -2641,8 +2643,7 @@ class LrApp:
             shutil.copy2(ROOT / name, src / name)
         for name in ("src", "fixtures", "tests"):
             shutil.copytree(ROOT / name, src / name)  # copy2: the times kept, no needless rebuild
-        self.dir = LR_WORK / "app"
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = workdir / "livereload-axum"
         shutil.copytree(LR_APP, self.dir, ignore=shutil.ignore_patterns("target"))
         manifest = self.dir / "Cargo.toml"
         text = manifest.read_text()
@@ -2653,6 +2654,9 @@ class LrApp:
         self.source = self.main.read_text()
         if not LR_TEXT.search(self.source):
             raise RuntimeError(f"{LR_APP}/src/main.rs: no `const TEXT` line to edit")
+        # Written anew, not with the time copytree kept: an older time than the last build's
+        # would leave that build's binary (and its text) in place.
+        self.main.write_text(self.source)
         self.version = 0
 
     def env(self) -> dict[str, str]:
@@ -2698,10 +2702,10 @@ class LrMcluster:
             str(MCLUSTER), "dev", "-n", "1", "-l", "127.0.0.1:0", "--livereload", f"127.0.0.1:{free_port()}",
             "--features", "mcluster", "--manifest-path", str(self.app.dir / "Cargo.toml"),
         ]  # fmt: skip
-        server = Server("mcluster dev", argv, cwd=self.app.dir, env=self.app.env(), scope=LR_WORK)
+        server = Server("mcluster dev", argv, cwd=self.app.dir, env=self.app.env(), scope=self.app.dir)
         _, _, m = server.wait_line(r"^mcluster: listening on 127\.0\.0\.1:(\d+) \(master pid \d+\)$", timeout=LR_WAIT)
         server.port = int(m.group(1))
-        server.wait_line(r"^mcluster: all 1 workers? ready in ", timeout=LR_WAIT)
+        server.wait_line(r"^mcluster: (?:all 1 workers?|the worker is) ready in ", timeout=LR_WAIT)
         return server
 
     def build_time(self, server: Server, mark: int) -> float:
@@ -2730,7 +2734,7 @@ class LrAnchor:
                 str(TOOLS / "bin" / "systemfd"), "--no-pid", "-s", f"http::127.0.0.1:{port}",
                 "--", "cargo", "watch", "-x", "run --features tower",
             ]  # fmt: skip
-            server = Server(self.label, argv, cwd=self.app.dir, env=self.app.env(), scope=LR_WORK, merge_stdout=True)
+            server = Server(self.label, argv, cwd=self.app.dir, env=self.app.env(), scope=self.app.dir, merge_stdout=True)
             server.port = port
             return server
 
@@ -2803,7 +2807,7 @@ def lr_measure(system, server: Server, driver, budget: Budget) -> list[dict]:
     return samples
 
 
-def run_livereload(notes: list[str], out: dict) -> None:
+def run_livereload(workdir: Path, notes: list[str], out: dict) -> None:
     try:
         import selenium  # noqa: F401
     except ImportError:
@@ -2815,14 +2819,11 @@ def run_livereload(notes: list[str], out: dict) -> None:
     out["tools"], out["tools_why"] = versions or {}, why
     out["cargo"] = subprocess.run(["cargo", "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
     out["chromium"] = subprocess.run([str(LR_CHROMIUM), "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    app = LrApp()
+    app = LrApp(workdir)
     systems = [LrMcluster(app)]
     if versions is not None:
         systems.append(LrAnchor(app))
     out["systems"] = {s.key: (s.label, s.command()) for s in systems}
-    for s in systems:
-        print(f"bench: live reload: building livereload-axum --features {s.feature} into {LR_WORK / 'target'}", file=sys.stderr, flush=True)
-        out[f"warm_build_{s.key}"] = app.build(s.feature)
     budget = Budget(LR_BUDGET)
     for system in systems:
         if budget.left() < 30:
@@ -2830,6 +2831,10 @@ def run_livereload(notes: list[str], out: dict) -> None:
             continue
         server = driver = None
         try:
+            # Its own feature built just before: the binary of the other feature is in the same
+            # place, and the first measured build must not be the one that replaces it.
+            print(f"bench: live reload: building livereload-axum --features {system.feature} into {LR_WORK / 'target'}", file=sys.stderr, flush=True)
+            out[f"warm_build_{system.key}"] = system.app.build(system.feature)
             print(f"bench: live reload: {system.command()}", file=sys.stderr, flush=True)
             server = system.start()
             driver = lr_browser()
@@ -2849,13 +2854,15 @@ def measure_livereload() -> tuple[dict, list[str]]:
     notes: list[str] = []
     load_start = loadavg()
     t_start = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="mcluster-bench-livereload-"))
     try:
-        run_livereload(notes, out)
+        run_livereload(workdir, notes, out)
     except Exception as e:
         notes.append(f"live-reload section: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         print(f"bench: live-reload section failed: {e}", file=sys.stderr, flush=True)
     finally:
         kill_all()
+        shutil.rmtree(workdir, ignore_errors=True)
     out["elapsed"] = time.monotonic() - t_start
     notes.append(f"load average (1/5/15 min) at the start of this section: {load_start}; at the end: {loadavg()}")
     return out, notes
@@ -2883,7 +2890,7 @@ def lr_report(lr: dict, notes: list[str]) -> list[str]:
     rows = [
         ("save → page shows the new text", col("shown")),
         ("the tool's own build time (its log)", col("build")),
-        ("the rest: restart/roll, reload, fetch, parse", after_build),
+        ("the rest: debounce, restart or roll, reload signal, page load", after_build),
     ]
     lines = [
         LR_HEADING,
@@ -2910,7 +2917,11 @@ def lr_report(lr: dict, notes: list[str]) -> list[str]:
             lines.append(f"- {lr['systems'][key][0]}: `{lr['systems'][key][1]}`")
     builds = [f"`--features {f}` {lr[f'warm_build_{k}']:.1f} s" for k, f in (("mcluster", "mcluster"), ("anchor", "tower")) if f"warm_build_{k}" in lr]
     if builds:
-        lines.append(f"- the builds before the runs (incremental after the first run): {', '.join(builds)}")
+        lines.append(f"- each feature built just before its system ran (the other feature's binary replaced): {', '.join(builds)}")
+    for key in keys:
+        if lr.get(key):
+            raw = ", ".join(f"{s['shown'] * 1000:.0f}/{s['build'] * 1000:.0f}" for s in lr[key])
+            lines.append(f"- raw samples, {labels[key]} (save → shown / build, ms): {raw}")
     lines.append(f"- section time: {lr.get('elapsed', 0):.0f} s")
     for note in notes:
         lines.append(f"- {note}")
@@ -3131,12 +3142,14 @@ def main() -> int:
     dev, dev_notes = measure_dev()
     ds, ds_notes = measure_dev_switch()
     rb, rb_notes = measure_roll_boot()
+    lr, lr_notes = measure_livereload()
     text = report(systems, results, gunicorn_version if gunicorn_exe else None,
                   gunicorn_version, notes, time.monotonic() - t_all)  # fmt: skip
     text += "\n" + "\n".join(throughput_report(tp, tp_notes)) + "\n"
     text += "\n".join(dev_report(dev, dev_notes)) + "\n"
     text += "\n".join(ds_report(ds, ds_notes)) + "\n"
     text += "\n".join(rb_report(rb, rb_notes)) + "\n"
+    text += "\n".join(lr_report(lr, lr_notes)) + "\n"
     text += "\n".join(axum_section())  # the axum section: its own table
     RESULTS.write_text(text)
     print(text)
