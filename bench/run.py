@@ -767,18 +767,6 @@ def ratio_median(rounds: list[dict], key: tuple[int, str, str], field: str) -> f
 THROUGHPUT_HEADING = "## Throughput: the worker alone and under `mcluster start -n N`"
 
 
-def replace_section(text: str, heading: str, section: str) -> str:
-    """`text` with the section that starts at `heading` (up to the next `## ` heading) replaced
-    by `section`; if there is none, `section` goes before the dev-mode section, or at the end."""
-    lines = text.split("\n")
-    if heading in lines:
-        start = lines.index(heading)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    else:
-        start = end = next((i for i, line in enumerate(lines) if line.startswith("## Dev mode")), len(lines))
-    return "\n".join(lines[:start] + section.rstrip("\n").split("\n") + [""] + lines[end:])
-
-
 TP_LABELS = {
     "poll": "`poll` + non-blocking `accept`",
     "blocking": "blocking `accept`",
@@ -2588,9 +2576,9 @@ def rb_report(rb: dict, notes: list[str]) -> list[str]:
     return lines
 
 
-def put_section(heading: str, section: list[str]) -> None:
-    """Replaces the section of bench/results.md that starts at `heading` (to the next `## `),
-    or appends it."""
+def put_section(heading: str, section: list[str], before: str | None = None) -> None:
+    """Replaces the section of bench/results.md that starts at `heading` (to the next `## `);
+    if there is none, puts it before the first heading starting with `before`, or at the end."""
     text = RESULTS.read_text() if RESULTS.exists() else "# mcluster benchmark results\n\n"
     lines = text.split("\n")
     body = "\n".join(section).rstrip("\n").split("\n")
@@ -2598,6 +2586,9 @@ def put_section(heading: str, section: list[str]) -> None:
         start = lines.index(heading)
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         lines = lines[:start] + body + [""] + lines[end:]
+    elif before is not None and any(line.startswith(before) for line in lines):
+        at = next(i for i, line in enumerate(lines) if line.startswith(before))
+        lines = lines[:at] + body + [""] + lines[at:]
     else:
         lines = [*lines[: len(lines) - (1 if lines and lines[-1] == "" else 0)], "", *body, ""]
     RESULTS.write_text("\n".join(lines))
@@ -3048,6 +3039,16 @@ def measure_dev() -> tuple[dict, list[str]]:
     return dev, notes
 
 
+# `--X-only` flags: what measures the section, what reports it, its heading, and where it goes
+# when results.md has none yet (before the heading starting so, else at the end).
+ONE_SECTION = {
+    "--dev-switch-only": (measure_dev_switch, ds_report, DS_HEADING, None),
+    "--livereload-only": (measure_livereload, lr_report, LR_HEADING, None),
+    "--roll-only": (measure_roll_boot, rb_report, RB_HEADING, None),
+    "--throughput-only": (measure_throughput, throughput_report, THROUGHPUT_HEADING, "## Dev mode"),
+}
+
+
 def main() -> int:
     t_all = time.monotonic()
     load_start = loadavg()
@@ -3063,37 +3064,15 @@ def main() -> int:
         dev, dev_notes = measure_dev()
         print("\n".join(dev_report(dev, dev_notes)))
         return 0
-    if "--dev-switch-only" in sys.argv[1:]:
-        # The dev-switch section alone, printed, and put in place of that section of
-        # bench/results.md (appended if missing); the other sections are left as they are.
-        ds, ds_notes = measure_dev_switch()
-        section = ds_report(ds, ds_notes)
-        print("\n".join(section))
-        put_section(DS_HEADING, section)
-        return 0
-    if "--livereload-only" in sys.argv[1:]:
-        # The live-reload section alone, printed, and put in place of that section of
-        # bench/results.md (appended if missing); the other sections are left as they are.
-        lr, lr_notes = measure_livereload()
-        section = lr_report(lr, lr_notes)
-        print("\n".join(section))
-        put_section(LR_HEADING, section)
-        return 0
-    if "--roll-only" in sys.argv[1:]:
-        rb, rb_notes = measure_roll_boot()
-        section = rb_report(rb, rb_notes)
-        print("\n".join(section))
-        put_section(RB_HEADING, section)
-        return 0
-    if "--throughput-only" in sys.argv[1:]:
-        # For working on the benchmark: the throughput section alone, printed, and put in
-        # place of that section of bench/results.md (the other sections are left as they are).
-        tp, tp_notes = measure_throughput()
-        section = "\n".join(throughput_report(tp, tp_notes))
-        print(section)
-        old = RESULTS.read_text() if RESULTS.exists() else "# mcluster benchmark results\n\n"
-        RESULTS.write_text(replace_section(old, THROUGHPUT_HEADING, section))
-        return 0
+    # One section alone (for working on the benchmark): measured, printed, and put in place of
+    # that section of bench/results.md (or added); the other sections are left as they are.
+    for flag, (measure, report, heading, before) in ONE_SECTION.items():
+        if flag in sys.argv[1:]:
+            values, notes = measure()
+            section = report(values, notes)
+            print("\n".join(section))
+            put_section(heading, section, before)
+            return 0
     if "--axum-only" in sys.argv[1:]:
         # For working on the benchmark: the axum section alone, printed, results.md untouched.
         print("\n".join(axum_section()))
