@@ -148,7 +148,12 @@ fn kill(pid: Pid) -> Action {
 
 /// A timeline with `size` workers all ready.
 fn running(size: usize) -> Timeline {
-    let mut t = Timeline::new(config(size));
+    running_with(config(size))
+}
+
+/// A timeline of `config` with every worker of its first generation ready.
+fn running_with(config: ClusterConfig) -> Timeline {
+    let mut t = Timeline::new(config);
     t.feed(Event::Start);
     for pid in t.pids() {
         t.ready(pid);
@@ -675,14 +680,10 @@ fn roll_ends(t: &Timeline) -> Vec<super::RollEnd> {
 
 #[test]
 fn a_surge_of_all_starts_every_replacement_at_once_and_stops_each_old_one_as_its_own_is_ready() {
-    let mut t = Timeline::new(ClusterConfig {
+    let mut t = running_with(ClusterConfig {
         surge: Surge::All,
         ..config(3)
     });
-    t.feed(Event::Start);
-    for pid in t.pids() {
-        t.ready(pid);
-    }
     assert_eq!(t.feed(Event::Roll(7)), []);
     let replacements: Vec<(usize, u64)> = t.spawned[3..].iter().map(|s| (s.1, s.2)).collect();
     assert_eq!(replacements, [(0, 2), (1, 2), (2, 2)], "all at once");
@@ -708,14 +709,10 @@ fn a_percentage_surge_rounds_up_and_a_count_is_capped_by_the_size() {
     assert_eq!(Surge::Percent(1).of(1), 1);
     assert_eq!(Surge::Count(10).of(4), 4);
     assert_eq!(Surge::All.of(6), 6);
-    let mut t = Timeline::new(ClusterConfig {
+    let mut t = running_with(ClusterConfig {
         surge: Surge::Percent(50),
         ..config(4)
     });
-    t.feed(Event::Start);
-    for pid in t.pids() {
-        t.ready(pid);
-    }
     t.feed(Event::Roll(1));
     assert_eq!(t.spawned.len(), 6, "two at a time");
     t.ready(Pid(104));
@@ -725,14 +722,10 @@ fn a_percentage_surge_rounds_up_and_a_count_is_capped_by_the_size() {
 
 #[test]
 fn an_aborted_surge_stops_the_replacements_not_yet_ready() {
-    let mut t = Timeline::new(ClusterConfig {
+    let mut t = running_with(ClusterConfig {
         surge: Surge::All,
         ..config(3)
     });
-    t.feed(Event::Start);
-    for pid in t.pids() {
-        t.ready(pid);
-    }
     t.feed(Event::Roll(1));
     t.ready(Pid(103));
     let out = t.exit(Pid(104), 1);
