@@ -159,7 +159,7 @@ impl GuardPlan {
             for target in 0..3 {
                 libc::dup2(self.devnull, target);
             }
-            platform::close_from(4, self.fd_limit);
+            platform::sweep_fds_from(4, self.fd_limit, platform::Sweep::Close);
             loop {
                 let mut bytes = [0u8; 4];
                 let mut got = 0usize;

@@ -80,14 +80,29 @@ pub(crate) fn fd_limit() -> c_int {
     c_int::try_from(limit.min(65_536)).unwrap_or(65_536)
 }
 
-/// In a forked child: marks every fd from `first` up close-on-exec (`limit` from [`fd_limit`]).
+/// What [`sweep_fds_from`] does to each fd.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sweep {
+    /// Marks it close-on-exec.
+    Cloexec,
+    /// Closes it.
+    Close,
+}
+
+/// In a forked child: marks close-on-exec, or closes, every fd from `first` up (`limit` from
+/// [`fd_limit`]).
 ///
 /// # Safety
-/// Async-signal-safe: only `close_range` or `fcntl`; call it between fork and exec only.
-pub(crate) unsafe fn cloexec_from(first: c_int, limit: c_int) {
+/// Async-signal-safe: only `close_range`, `fcntl` or `close`; call it between fork and exec
+/// (or `_exit`) only, where no other code owns those fds.
+pub(crate) unsafe fn sweep_fds_from(first: c_int, limit: c_int, how: Sweep) {
     #[cfg(target_os = "linux")]
     {
         let _ = limit;
+        let flags = match how {
+            Sweep::Cloexec => libc::CLOSE_RANGE_CLOEXEC,
+            Sweep::Close => 0,
+        };
         // SAFETY: a plain syscall on fd numbers; kernels without close_range (before 5.11)
         // answer ENOSYS and nothing happens.
         unsafe {
@@ -95,43 +110,18 @@ pub(crate) unsafe fn cloexec_from(first: c_int, limit: c_int) {
                 libc::SYS_close_range,
                 libc::c_uint::try_from(first).unwrap_or(libc::c_uint::MAX),
                 libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
+                flags,
             );
         }
     }
     #[cfg(not(target_os = "linux"))]
     for fd in first..limit {
-        // SAFETY: fcntl on a number that may not be open fails with EBADF, harmlessly.
+        // SAFETY: fcntl or close on a number that may not be open fails with EBADF, harmlessly.
         unsafe {
-            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        }
-    }
-}
-
-/// In a forked child: closes every fd from `first` up (`limit` from [`fd_limit`]).
-///
-/// # Safety
-/// Async-signal-safe; call it between fork and exec (or `_exit`) only, where no other code
-/// owns those fds.
-pub(crate) unsafe fn close_from(first: c_int, limit: c_int) {
-    #[cfg(target_os = "linux")]
-    {
-        let _ = limit;
-        // SAFETY: a plain syscall on fd numbers; see `cloexec_from`.
-        unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                libc::c_uint::try_from(first).unwrap_or(libc::c_uint::MAX),
-                libc::c_uint::MAX,
-                0 as libc::c_uint,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    for fd in first..limit {
-        // SAFETY: close on a number that may not be open fails with EBADF, harmlessly.
-        unsafe {
-            libc::close(fd);
+            match how {
+                Sweep::Cloexec => libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC),
+                Sweep::Close => libc::close(fd),
+            };
         }
     }
 }

@@ -186,7 +186,11 @@ impl ChildPlan<'_> {
                 }
             }
             // Fds the master itself inherited without CLOEXEC must not reach the worker.
-            platform::cloexec_from(c_int::try_from(count).unwrap_or(c_int::MAX), self.fd_limit);
+            platform::sweep_fds_from(
+                c_int::try_from(count).unwrap_or(c_int::MAX),
+                self.fd_limit,
+                platform::Sweep::Cloexec,
+            );
             write_decimal(self.listen_pid_digits, libc::getpid());
             libc::execve(self.program, self.argv, self.envp);
             fail(error_fd);
