@@ -1147,6 +1147,18 @@ def http_get(port: int, timeout: float) -> bytes:
     return exchange(port, HTTP_GET, timeout)
 
 
+def wait_systemfd_serving(server: "Server", timeout: float) -> None:
+    """Waits until systemfd has its socket and the app behind it answers `GET /`."""
+    server.wait_line(r"^~> socket http://127\.0\.0\.1:\d+/? -> fd #\d+", timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while answered_text(server.port) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the app never answered:\n{server.tail()}")
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"systemfd exited:\n{server.tail()}")
+        time.sleep(0.05)
+
+
 def answered_text(port: int, timeout: float = 2.0) -> bytes | None:
     try:
         reply = http_get(port, timeout)
@@ -1233,17 +1245,7 @@ class DevAnchor:
             server.port = port
             return server
 
-        def wait_serving(server: Server) -> None:
-            server.wait_line(r"^~> socket http://127\.0\.0\.1:\d+/? -> fd #\d+", timeout=DEV_WAIT)
-            deadline = time.monotonic() + DEV_WAIT
-            while answered_text(server.port) is None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the app never answered:\n{server.tail()}")
-                if server.proc.poll() is not None:
-                    raise RuntimeError(f"systemfd exited:\n{server.tail()}")
-                time.sleep(0.05)
-
-        return start_on_free_port(spawn, wait_serving)
+        return start_on_free_port(spawn, lambda server: wait_systemfd_serving(server, DEV_WAIT))
 
     def wait_reload(self, server: Server, mark: int, t0: float) -> dict:
         """cargo-watch's `[Running 'cargo run']` (the change noticed, the old app stopped) and
@@ -1859,17 +1861,7 @@ class DsAnchor:
             server.port = port
             return server
 
-        def wait_serving(server: Server) -> None:
-            server.wait_line(r"^~> socket http://127\.0\.0\.1:\d+/? -> fd #\d+", timeout=DEV_WAIT)
-            deadline = time.monotonic() + DEV_WAIT
-            while answered_text(server.port) is None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the app never answered:\n{server.tail()}")
-                if server.proc.poll() is not None:
-                    raise RuntimeError(f"systemfd exited:\n{server.tail()}")
-                time.sleep(0.05)
-
-        return start_on_free_port(spawn, wait_serving)
+        return start_on_free_port(spawn, lambda server: wait_systemfd_serving(server, DEV_WAIT))
 
     def wait_reload(self, server: Server, mark: int, t0: float) -> dict:
         """cargo's `Finished … in B` line of the rebuild."""
@@ -2729,17 +2721,7 @@ class LrAnchor:
             server.port = port
             return server
 
-        def wait_serving(server: Server) -> None:
-            server.wait_line(r"^~> socket http://127\.0\.0\.1:\d+/? -> fd #\d+", timeout=LR_WAIT)
-            deadline = time.monotonic() + LR_WAIT
-            while answered_text(server.port) is None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the app never answered:\n{server.tail()}")
-                if server.proc.poll() is not None:
-                    raise RuntimeError(f"systemfd exited:\n{server.tail()}")
-                time.sleep(0.05)
-
-        return start_on_free_port(spawn, wait_serving)
+        return start_on_free_port(spawn, lambda server: wait_systemfd_serving(server, LR_WAIT))
 
     def build_time(self, server: Server, mark: int) -> float:
         """cargo's `Finished … in B` line of the rebuild."""
