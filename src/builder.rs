@@ -241,27 +241,11 @@ impl BuildPlan {
         if bin.is_none() && package.is_none() && features.is_none() {
             return None;
         }
-        let mut command = Command::new(cargo());
-        command.args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--offline",
-        ]);
-        if let Some(manifest) = args
+        let manifest = args
             .iter()
             .position(|arg| arg == "--manifest-path")
-            .and_then(|at| args.get(at + 1))
-        {
-            command.arg("--manifest-path").arg(manifest);
-        }
-        command.stdin(Stdio::null()).stderr(Stdio::null());
-        sys::die_with_parent(&mut command);
-        // Waited for by pid in the driver's own thread, so the driver never reaps it (and if
-        // something else did, this fails: "in doubt").
-        let output = command.output().ok().filter(|o| o.status.success())?;
-        let metadata: Metadata = serde_json::from_slice(&output.stdout).ok()?;
+            .and_then(|at| args.get(at + 1));
+        let metadata: Metadata = cargo_metadata(manifest.map(Path::new), &["--no-deps"])?;
         metadata.refused(bin.as_deref(), package.as_deref(), features.as_deref())
     }
 }
@@ -284,21 +268,30 @@ impl BuildPlan {
         // them, the workspace alone still names the path dependencies of its members.
         let metadata = [&["--locked"][..], &["--no-deps"][..]]
             .iter()
-            .find_map(|extra| {
-                let mut command = Command::new(cargo());
-                command
-                    .args(["metadata", "--format-version", "1", "--offline"])
-                    .args(*extra);
-                if let Some(manifest) = manifest {
-                    command.arg("--manifest-path").arg(manifest);
-                }
-                command.stdin(Stdio::null()).stderr(Stdio::null());
-                sys::die_with_parent(&mut command);
-                let output = command.output().ok().filter(|o| o.status.success())?;
-                serde_json::from_slice::<LocalPackages>(&output.stdout).ok()
-            })?;
+            .find_map(|extra| cargo_metadata::<LocalPackages>(manifest.map(Path::new), extra))?;
         Some(metadata.roots())
     }
+}
+
+/// `cargo metadata --offline` of the project (of `manifest`, else of the working directory),
+/// with `extra` arguments, parsed; `None` when cargo cannot read it. Waited for by pid in the
+/// driver's own thread, so the driver never reaps it (and if something else did, this fails:
+/// "in doubt").
+fn cargo_metadata<T: serde::de::DeserializeOwned>(
+    manifest: Option<&Path>,
+    extra: &[&str],
+) -> Option<T> {
+    let mut command = Command::new(cargo());
+    command
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(extra);
+    if let Some(manifest) = manifest {
+        command.arg("--manifest-path").arg(manifest);
+    }
+    command.stdin(Stdio::null()).stderr(Stdio::null());
+    sys::die_with_parent(&mut command);
+    let output = command.output().ok().filter(|o| o.status.success())?;
+    serde_json::from_slice(&output.stdout).ok()
 }
 
 /// A `[….metadata.mcluster]` table of a manifest.
@@ -332,25 +325,7 @@ pub(crate) fn mcluster_tables(
         #[serde(default)]
         metadata: Option<serde_json::Value>,
     }
-    let mut command = Command::new(cargo());
-    command.args([
-        "metadata",
-        "--format-version",
-        "1",
-        "--no-deps",
-        "--offline",
-    ]);
-    if let Some(manifest) = manifest {
-        command.arg("--manifest-path").arg(manifest);
-    }
-    command.stdin(Stdio::null()).stderr(Stdio::null());
-    sys::die_with_parent(&mut command);
-    let Some(project) = command
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|output| serde_json::from_slice::<Project>(&output.stdout).ok())
-    else {
+    let Some(project) = cargo_metadata::<Project>(manifest, &["--no-deps"]) else {
         return Vec::new();
     };
     let mut tables = Vec::new();
