@@ -248,6 +248,51 @@ impl Fds {
     }
 }
 
+/// How many connections `pid` holds open: its established TCP sockets, and its unix stream
+/// sockets connected through a named socket (an accepted connection of a `unix:` listener). 0
+/// when `/proc` cannot tell.
+pub(crate) fn open_connections(pid: i32) -> usize {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    let inodes: Vec<u64> = fds
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|target| socket_inode(target.to_str()?))
+        .collect();
+    // /proc/PID/net/* describe the sockets of the worker's network namespace: columns are
+    // `sl local remote st … inode` for TCP, `Num RefCount Protocol Flags Type St Inode Path`
+    // for unix sockets.
+    let table = |name: &str| fs::read_to_string(format!("/proc/{pid}/net/{name}"));
+    let tcp = ["tcp", "tcp6"]
+        .into_iter()
+        .filter_map(|name| table(name).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    // 01: ESTABLISHED.
+                    (fields.get(3) == Some(&"01")).then(|| fields.get(9)?.parse::<u64>().ok())?
+                })
+                .collect::<Vec<_>>()
+        });
+    let unix = table("unix").into_iter().flat_map(|text| {
+        text.lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // Type 0001 (stream), state 03 (connected), with a path.
+                (fields.get(4) == Some(&"0001") && fields.get(5) == Some(&"03") && fields.len() > 7)
+                    .then(|| fields.get(6)?.parse::<u64>().ok())?
+            })
+            .collect::<Vec<_>>()
+    });
+    tcp.chain(unix)
+        .filter(|inode| inodes.contains(inode))
+        .count()
+}
+
 /// The inode of a `socket:[INODE]` link target.
 fn socket_inode(target: &str) -> Option<u64> {
     target

@@ -900,7 +900,7 @@ impl Supervisor<'_> {
             "w{slot} (pid {pid}, generation {generation}) is still stopping {} after the stop signal",
             human_duration(self.cluster.linger_note().unwrap_or_default())
         );
-        let connections = open_connections(pid);
+        let connections = readiness::open_connections(pid);
         if connections > 0 {
             let _ = write!(
                 line,
@@ -1118,60 +1118,6 @@ fn group_exists(pgid: i32) -> bool {
         killpg(NixPid::from_raw(pgid), None),
         Err(nix::errno::Errno::ESRCH)
     )
-}
-
-/// How many connections `pid` holds open: its established TCP sockets, and its unix stream
-/// sockets connected through a named socket (an accepted connection of a `unix:` listener). 0
-/// when `/proc` cannot tell.
-fn open_connections(pid: i32) -> usize {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    let inodes: Vec<String> = fds
-        .flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|target| {
-            let target = target.to_str()?;
-            Some(
-                target
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_owned(),
-            )
-        })
-        .collect();
-    // /proc/PID/net/* describe the sockets of the worker's network namespace: columns are
-    // `sl local remote st … inode` for TCP, `Num RefCount Protocol Flags Type St Inode Path`
-    // for unix sockets.
-    let table = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{name}"));
-    let tcp = ["tcp", "tcp6"]
-        .into_iter()
-        .filter_map(|name| table(name).ok())
-        .flat_map(|text| {
-            text.lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let fields: Vec<&str> = line.split_whitespace().collect();
-                    // 01: ESTABLISHED.
-                    (fields.get(3) == Some(&"01"))
-                        .then(|| fields.get(9).map(|s| (*s).to_owned()))?
-                })
-                .collect::<Vec<_>>()
-        });
-    let unix = table("unix").into_iter().flat_map(|text| {
-        text.lines()
-            .skip(1)
-            .filter_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                // Type 0001 (stream), state 03 (connected), with a path.
-                (fields.get(4) == Some(&"0001") && fields.get(5) == Some(&"03") && fields.len() > 7)
-                    .then(|| fields.get(6).map(|s| (*s).to_owned()))?
-            })
-            .collect::<Vec<_>>()
-    });
-    tcp.chain(unix)
-        .filter(|inode| inodes.contains(inode))
-        .count()
 }
 
 /// Whether this process has a controlling terminal (after a hangup it has none).
