@@ -989,21 +989,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stamp = dir.path().join("src/stamp.rs");
         std::fs::create_dir(dir.path().join("src")).unwrap();
+        // Every time here is set, never read from the wall clock: a file's mtime comes from the
+        // kernel's coarse clock, which may lag `SystemTime::now()` by a tick.
+        let at =
+            |seconds: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds);
+        let write_at = |contents: &str, mtime: SystemTime| {
+            std::fs::write(&stamp, contents).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&stamp)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+        };
         let mut dev = DevLoop::new(None, false, vec![dir.path().to_path_buf()]);
-        let write_during_a_build = |dev: &mut DevLoop| {
-            let started = SystemTime::now() - Duration::from_secs(1);
-            std::fs::write(&stamp, format!("{started:?}")).unwrap();
-            dev.last_build = Some((vec![stamp.clone()], started, SystemTime::now()));
+        let mut clock = 0;
+        let mut write_during_a_build = |dev: &mut DevLoop| {
+            clock += 10;
+            write_at(&format!("build {clock}"), at(clock + 1));
+            dev.last_build = Some((vec![stamp.clone()], at(clock), at(clock + 2)));
             dev.without_build_writes(vec![stamp.clone()])
         };
         // A save right after a build it triggered is no round.
-        let started = SystemTime::now() - Duration::from_secs(2);
-        dev.last_build = Some((
-            vec![stamp.clone()],
-            started,
-            started + Duration::from_secs(1),
-        ));
-        std::fs::write(&stamp, "saved").unwrap();
+        dev.last_build = Some((vec![stamp.clone()], at(0), at(1)));
+        write_at("saved", at(2));
         assert_eq!(
             dev.without_build_writes(vec![stamp.clone()]),
             vec![stamp.clone()]
@@ -1025,7 +1034,7 @@ mod tests {
             "ignored during builds"
         );
         // The user's own save, between builds, still counts.
-        std::fs::write(&stamp, "mine").unwrap();
+        write_at("mine", at(100));
         assert_eq!(
             dev.without_build_writes(vec![stamp.clone()]),
             vec![stamp.clone()]

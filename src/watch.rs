@@ -1949,9 +1949,17 @@ mod tests {
             "secret/x.sql",
             "outside/none.txt",
         ];
-        // A build that started after every write so far.
+        // A build that started after every write so far (after the newest mtime: a file's
+        // time is never compared with the wall clock, which the kernel's coarse clock may lag).
+        let mtime = |path: PathBuf| fs::metadata(path).unwrap().modified().unwrap();
+        let after_every_write = inputs
+            .iter()
+            .filter_map(|input| fs::metadata(h.path(input)).ok()?.modified().ok())
+            .max()
+            .unwrap()
+            + Duration::from_secs(1);
         h.watcher
-            .set_build_inputs(inputs.iter().map(|input| h.path(input)), SystemTime::now());
+            .set_build_inputs(inputs.iter().map(|input| h.path(input)), after_every_write);
         // Taken as they are now: the earlier write is no change.
         h.expect_quiet();
         h.write("static/banner.html", "<p>3</p>");
@@ -1963,17 +1971,18 @@ mod tests {
         h.expect_batch(&["queries/q.sql", "static/banner.html"]);
 
         // A later build no longer reads the template: it no longer counts.
-        h.watcher
-            .set_build_inputs([h.path("src/main.rs")], SystemTime::now());
+        h.watcher.set_build_inputs(
+            [h.path("src/main.rs")],
+            mtime(h.path("static/banner.html")) + Duration::from_secs(1),
+        );
         h.write("static/banner.html", "<p>4</p>");
         h.expect_quiet();
 
         // Changed after the build that read it started, before the watcher heard of it.
-        let started = SystemTime::now() - Duration::from_secs(1);
         h.write("queries/other.sql", "select 3");
         h.watcher.set_build_inputs(
             [h.path("src/main.rs"), h.path("queries/other.sql")],
-            started,
+            mtime(h.path("queries/other.sql")),
         );
         h.expect_batch(&["queries/other.sql"]);
     }
