@@ -32,6 +32,7 @@
 //! probe is a handful of small reads of `/proc`, meant to run every 10–20 ms only while a
 //! worker is starting.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -251,46 +252,47 @@ impl Fds {
 /// How many connections `pid` holds open: its established TCP sockets, and its unix stream
 /// sockets connected through a named socket (an accepted connection of a `unix:` listener). 0
 /// when `/proc` cannot tell.
+///
+/// Linear in the worker's fds plus the namespace's sockets: a lingering worker may hold
+/// thousands of connections, and this runs on the driver's thread.
 pub(crate) fn open_connections(pid: i32) -> usize {
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return 0;
     };
-    let inodes: Vec<u64> = fds
+    let inodes: HashSet<u64> = fds
         .flatten()
         .filter_map(|fd| fs::read_link(fd.path()).ok())
         .filter_map(|target| socket_inode(target.to_str()?))
         .collect();
-    // /proc/PID/net/* describe the sockets of the worker's network namespace: columns are
-    // `sl local remote st … inode` for TCP, `Num RefCount Protocol Flags Type St Inode Path`
-    // for unix sockets.
-    let table = |name: &str| fs::read_to_string(format!("/proc/{pid}/net/{name}"));
-    let tcp = ["tcp", "tcp6"]
-        .into_iter()
-        .filter_map(|name| table(name).ok())
-        .flat_map(|text| {
-            text.lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let fields: Vec<&str> = line.split_whitespace().collect();
-                    // 01: ESTABLISHED.
-                    (fields.get(3) == Some(&"01")).then(|| fields.get(9)?.parse::<u64>().ok())?
-                })
-                .collect::<Vec<_>>()
-        });
-    let unix = table("unix").into_iter().flat_map(|text| {
-        text.lines()
-            .skip(1)
-            .filter_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                // Type 0001 (stream), state 03 (connected), with a path.
-                (fields.get(4) == Some(&"0001") && fields.get(5) == Some(&"03") && fields.len() > 7)
-                    .then(|| fields.get(6)?.parse::<u64>().ok())?
-            })
-            .collect::<Vec<_>>()
-    });
-    tcp.chain(unix)
+    let table =
+        |name: &str| fs::read_to_string(format!("/proc/{pid}/net/{name}")).unwrap_or_default();
+    connected_sockets(&table("tcp"), &table("tcp6"), &table("unix"))
         .filter(|inode| inodes.contains(inode))
         .count()
+}
+
+/// The inodes of the connected sockets in the tables of `/proc/PID/net/`: columns are `sl local
+/// remote st … inode` for TCP, `Num RefCount Protocol Flags Type St Inode Path` for unix
+/// sockets.
+fn connected_sockets<'a>(
+    tcp: &'a str,
+    tcp6: &'a str,
+    unix: &'a str,
+) -> impl Iterator<Item = u64> + 'a {
+    let column = |line: &'a str, index: usize| line.split_whitespace().nth(index);
+    let tcp = [tcp, tcp6].into_iter().flat_map(move |text| {
+        text.lines().skip(1).filter_map(move |line| {
+            // 01: ESTABLISHED.
+            (column(line, 3)? == "01").then(|| column(line, 9)?.parse().ok())?
+        })
+    });
+    let unix = unix.lines().skip(1).filter_map(move |line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // Type 0001 (stream), state 03 (connected), with a path.
+        (fields.get(4) == Some(&"0001") && fields.get(5) == Some(&"03") && fields.len() > 7)
+            .then(|| fields.get(6)?.parse().ok())?
+    });
+    tcp.chain(unix)
 }
 
 /// The inode of a `socket:[INODE]` link target.
@@ -503,6 +505,44 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn connected_sockets_are_read_from_the_namespace_s_tables() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0 100 0 0 10 0
+   1: 0100007F:0BB8 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 101 1 0 20 4 30 10 -1
+   2: 0100007F:0BB8 0100007F:D2F2 06 00000000:00000000 03:00000D1A 00000000     0        0 0 3 0
+";
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:0BB8 00000000000000000000000001000000:D300 01 00000000:00000000 00:00000000 00000000     0        0 102 1 0 20 4 30 10 -1
+";
+        let unix = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 200 /run/app.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 201 /run/app.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 202
+0000000000000000: 00000002 00000000 00000000 0002 01 203 /run/log.sock
+";
+        assert_eq!(
+            connected_sockets(tcp, tcp6, unix).collect::<Vec<_>>(),
+            vec![101, 102, 201],
+            "established TCP, and accepted connections of a named unix socket"
+        );
+        assert_eq!(connected_sockets("", "", "").count(), 0);
+    }
+
+    #[test]
+    fn open_connections_counts_this_process_s_own() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let before = open_connections(std::process::id().cast_signed());
+        let clients: Vec<_> = (0..50)
+            .map(|_| std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap())
+            .collect();
+        let servers: Vec<_> = (0..50).map(|_| listener.accept().unwrap().0).collect();
+        let during = open_connections(std::process::id().cast_signed());
+        // Other tests of this binary may open or close connections meanwhile: a margin.
+        assert!(during >= before + 90, "{before} → {during}");
+        drop((clients, servers));
+    }
 
     #[test]
     fn socket_inodes_are_read_from_link_targets() {
