@@ -288,8 +288,8 @@ fn read_head(socket: &TcpStream) -> io::Result<Head> {
 fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
     let head = read_head(&socket)?;
     socket.set_read_timeout(None)?;
-    // The master's loop writes to every page: one that stops reading is dropped, never waited
-    // for.
+    // The master's loop writes to every page, one after the other, on its own thread: a page
+    // that stops reading holds it up to `WRITE_TIMEOUT` per broadcast, and is then dropped.
     socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
     match (head.path.as_str(), head.websocket_key) {
         ("/livereload.js", _) => respond(&mut socket, "200 OK", "text/javascript", SCRIPT),
