@@ -30,7 +30,11 @@
 //! A worker is its process group. When the worker process exits while other processes of its
 //! group live on ([`Event::LeaderExited`]), its slot is handled as for any exit, and the rest of
 //! the group is stopped like a worker: the stop signal, SIGKILL at the kill deadline, gone at
-//! [`Event::Exited`].
+//! [`Event::Exited`] — or [`KILLED_GROUP_GRACE`] after its SIGKILL, however the stop began:
+//! what is left then are zombies that nobody reaps ([`Action::Abandon`]).
+//!
+//! Every deadline is `now` plus a configured duration, saturated ([`after`]): a duration too
+//! large for an [`Instant`] (`Duration::MAX`) means "never", not a panic.
 
 mod backoff;
 mod event;
@@ -46,6 +50,25 @@ pub use event::{
     Action, Event, ExitReason, MasterState, Pid, ProcessEnd, RollEnd, StopKind, WorkerKey,
     WorkerReady, human_duration, signal_name,
 };
+
+/// After SIGKILL, how long what is left of an exited worker's group may still seem to exist
+/// before it counts as gone. SIGKILL cannot be caught or ignored, so what remains after this
+/// are zombies whose parent does not reap them (an init that does not reap orphans, a
+/// container's shell as PID 1): waiting for them would never end.
+pub const KILLED_GROUP_GRACE: Duration = Duration::from_secs(1);
+
+/// How far ahead a deadline is put when `now + duration` cannot be represented: about a
+/// century, for all purposes never.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// `now + duration`, saturated: a duration too large for an [`Instant`] gives an instant a
+/// century ahead instead of a panic, so any duration the library is given works as "never".
+#[must_use]
+pub(crate) fn after(now: Instant, duration: Duration) -> Instant {
+    now.checked_add(duration)
+        .or_else(|| now.checked_add(FAR_FUTURE.min(duration)))
+        .unwrap_or(now)
+}
 
 /// The policy knobs of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +224,11 @@ struct Worker {
     watchdog_at: Option<Instant>,
     /// The worker process exited; what is tracked now is the rest of its process group.
     leader_exited: bool,
+    /// Since when it is ready, if it got ready.
+    ready_since: Option<Instant>,
+    /// When, after its SIGKILL, what is left of its group counts as gone (once the worker
+    /// process itself was reaped).
+    gone_at: Option<Instant>,
 }
 
 impl Worker {
@@ -418,8 +446,13 @@ impl Cluster {
             WorkerState::Ready => [worker.watchdog_at, None],
             WorkerState::Spawning => [None, None],
         });
+        let gone = self
+            .workers
+            .iter()
+            .filter(|worker| worker.leader_exited)
+            .map(|worker| worker.gone_at);
         let restarts = self.slots.iter().map(|slot| slot.restart_at);
-        worker_deadlines.chain(restarts).flatten().min()
+        worker_deadlines.chain(gone).chain(restarts).flatten().min()
     }
 
     /// Advances the cluster by one event; returns what the driver must do, in order.
@@ -447,7 +480,7 @@ impl Cluster {
                 if let Some(index) = self.index_of_key(key)
                     && self.workers[index].state == WorkerState::Ready
                 {
-                    self.workers[index].watchdog_at = watchdog.map(|limit| now + limit);
+                    self.workers[index].watchdog_at = watchdog.map(|limit| after(now, limit));
                 }
             }
             Event::Stopping { key } => self.stopping_by_itself(now, key, &mut actions),
@@ -499,6 +532,8 @@ impl Cluster {
             since: self.started.unwrap_or_else(Instant::now),
             watchdog_at: None,
             leader_exited: false,
+            ready_since: None,
+            gone_at: None,
         });
         actions.push(Action::Spawn {
             key,
@@ -519,8 +554,8 @@ impl Cluster {
         match worker.state {
             WorkerState::Spawning => {
                 worker.state = WorkerState::Starting {
-                    ready_at: self.config.ready_delay.map(|delay| now + delay),
-                    deadline: now + self.config.ready_timeout,
+                    ready_at: self.config.ready_delay.map(|delay| after(now, delay)),
+                    deadline: after(now, self.config.ready_timeout),
                 };
             }
             // Stopped while being spawned (a stop raced the spawn): finish the job now.
@@ -663,7 +698,7 @@ impl Cluster {
         if delay.is_zero() {
             self.spawn(worker.slot, generation, actions);
         } else {
-            self.slots[worker.slot].restart_at = Some(now + delay);
+            self.slots[worker.slot].restart_at = Some(after(now, delay));
         }
     }
 
@@ -688,7 +723,7 @@ impl Cluster {
             if delay.is_zero() {
                 self.spawn(slot, generation, actions);
             } else {
-                self.slots[slot].restart_at = Some(now + delay);
+                self.slots[slot].restart_at = Some(after(now, delay));
             }
         }
     }
@@ -808,7 +843,8 @@ impl Cluster {
     fn mark_ready(&mut self, now: Instant, index: usize, how: &str, actions: &mut Vec<Action>) {
         let worker = &mut self.workers[index];
         worker.state = WorkerState::Ready;
-        worker.watchdog_at = self.config.watchdog.map(|limit| now + limit);
+        worker.watchdog_at = self.config.watchdog.map(|limit| after(now, limit));
+        worker.ready_since = Some(now);
         let (key, slot, generation) = (worker.key, worker.slot, worker.generation);
         actions.push(Action::Ready(WorkerReady {
             slot,
@@ -867,6 +903,20 @@ impl Cluster {
         let mut index = 0;
         while index < self.workers.len() {
             let worker = &self.workers[index];
+            if worker.leader_exited && worker.gone_at.is_some_and(|at| at <= now) {
+                // SIGKILL cannot be caught: what is left are zombies nobody reaps.
+                let worker = self.workers.remove(index);
+                if let Some(pid) = worker.pid {
+                    actions.push(Action::Log(format!(
+                        "what is left of {} still exists {} after SIGKILL (zombies that its \
+                         parent does not reap); taken for gone",
+                        worker.long_label(),
+                        human_duration(KILLED_GROUP_GRACE)
+                    )));
+                    actions.push(Action::Abandon { pid });
+                }
+                continue;
+            }
             match worker.state {
                 WorkerState::Starting { ready_at, deadline } => {
                     if ready_at.is_some_and(|at| at <= now) {
@@ -916,6 +966,7 @@ impl Cluster {
                         kill_at: None,
                         note_at: None,
                     };
+                    self.workers[index].gone_at = Some(after(now, KILLED_GROUP_GRACE));
                 }
                 WorkerState::Stopping { kill_at, note_at }
                     if note_at.is_some_and(|at| at <= now) =>
@@ -1159,6 +1210,7 @@ impl Cluster {
                 kind: StopKind::Kill,
             });
             worker.state = killed;
+            worker.gone_at = Some(after(now, KILLED_GROUP_GRACE));
         } else {
             actions.push(Action::Signal {
                 pid,
@@ -1172,12 +1224,12 @@ impl Cluster {
     /// lingers.
     fn stopping(&self, now: Instant) -> WorkerState {
         WorkerState::Stopping {
-            kill_at: Some(now + self.config.kill_timeout),
+            kill_at: Some(after(now, self.config.kill_timeout)),
             note_at: self
                 .config
                 .linger_note
                 .filter(|note| *note < self.config.kill_timeout)
-                .map(|note| now + note),
+                .map(|note| after(now, note)),
         }
     }
 

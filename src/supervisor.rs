@@ -28,7 +28,7 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SI
 
 use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, RollEnd, StopKind, WorkerKey,
-    human_duration,
+    after, human_duration,
 };
 use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
@@ -54,10 +54,6 @@ const RELOAD_WAIT: Duration = Duration::from_secs(1);
 
 /// After this long starting, a worker neither ready nor seen accepting gets one line of advice.
 const UNSEEN_HINT: Duration = Duration::from_secs(5);
-
-/// After SIGKILL, how long a group may still seem to exist (zombies that nobody reaps: an
-/// init that does not reap) before it is taken for gone.
-const KILLED_GROUP_GRACE: Duration = Duration::from_secs(1);
 
 /// How many queued inputs are handled before a due deadline: a `READY=1` sent just before its
 /// deadline counts, while a stream of messages cannot starve the deadline.
@@ -255,7 +251,7 @@ impl Supervisor<'_> {
             report_stderr_tail(&mut state, pid.0);
         }
         // Let the last lines of every worker reach the terminal before the master exits.
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = after(Instant::now(), Duration::from_secs(2));
         for exited in state.exited.drain(..) {
             wait_for_threads(exited.output, deadline);
         }
@@ -489,13 +485,7 @@ impl Supervisor<'_> {
             state.remember_exited(worker);
         }
         if group_exists(pid) {
-            state.groups.insert(
-                pid,
-                Group {
-                    end,
-                    killed_at: None,
-                },
-            );
+            state.groups.insert(pid, Group { end });
             self.feed(state, Event::LeaderExited { pid: Pid(pid), end });
         } else {
             self.guard.forget(pid);
@@ -544,12 +534,7 @@ impl Supervisor<'_> {
         let gone: Vec<(i32, ProcessEnd)> = state
             .groups
             .iter()
-            .filter(|(pid, group)| {
-                !group_exists(**pid)
-                    || group
-                        .killed_at
-                        .is_some_and(|at| at.elapsed() >= KILLED_GROUP_GRACE)
-            })
+            .filter(|(pid, _)| !group_exists(**pid))
             .map(|(pid, group)| (*pid, group.end))
             .collect();
         for (pid, end) in gone {
@@ -582,13 +567,10 @@ impl Supervisor<'_> {
                             reason: crate::config::describe_io(&error),
                         },
                     }),
-                    Action::Signal { pid, kind } => {
-                        if kind == StopKind::Kill
-                            && let Some(group) = state.groups.get_mut(&pid.0)
-                        {
-                            group.killed_at.get_or_insert_with(Instant::now);
-                        }
-                        self.send_signal(pid, kind);
+                    Action::Signal { pid, kind } => self.send_signal(pid, kind),
+                    Action::Abandon { pid } => {
+                        state.groups.remove(&pid.0);
+                        self.guard.forget(pid.0);
                     }
                     Action::Log(line) => output::master_line(&line),
                     Action::Detail(line) => {
@@ -636,7 +618,7 @@ impl Supervisor<'_> {
                         if end.aborted.is_none() && self.livereload.is_some() {
                             // Pages reload once no old worker accepts any more.
                             state.reload_pending =
-                                Some((end.generation, Instant::now() + RELOAD_WAIT));
+                                Some((end.generation, after(Instant::now(), RELOAD_WAIT)));
                         }
                     }
                     Action::RollRefused { request, why } => {
@@ -980,8 +962,6 @@ pub(crate) struct DriverState {
 struct Group {
     /// How the worker itself ended.
     end: ProcessEnd,
-    /// When SIGKILL was sent to the group.
-    killed_at: Option<Instant>,
 }
 
 /// How many exited workers' output threads and stderr tails are kept.
@@ -1009,7 +989,7 @@ impl DriverState {
         } else {
             return None;
         };
-        Some(self.polled + interval)
+        Some(after(self.polled, interval))
     }
 
     /// The last stderr lines of a worker, running or exited.
@@ -1019,7 +999,7 @@ impl DriverState {
         if let Some(exited) = self.exited.iter_mut().find(|exited| exited.pid == pid) {
             wait_for_threads(
                 std::mem::take(&mut exited.output),
-                Instant::now() + Duration::from_secs(1),
+                after(Instant::now(), Duration::from_secs(1)),
             );
         }
         let tail = self
@@ -1079,7 +1059,7 @@ fn report_stderr_tail(state: &mut DriverState, pid: i32) {
         return;
     };
     // Its stderr reader may still be draining the pipe.
-    wait_for_threads(exited.output, Instant::now() + Duration::from_secs(2));
+    wait_for_threads(exited.output, after(Instant::now(), Duration::from_secs(2)));
     let Ok(tail) = exited.stderr_tail.lock() else {
         return;
     };

@@ -135,6 +135,13 @@ impl World {
                         }
                     }
                     Action::Exit(_) => self.exits += 1,
+                    Action::Abandon { pid } => {
+                        assert!(
+                            self.groups.contains(&pid) && self.killed.contains(&pid),
+                            "{pid} abandoned, but it is no killed group"
+                        );
+                        self.groups.retain(|&g| g != pid);
+                    }
                     Action::Lingering { pid, .. } => {
                         let asked = self.stop_asked.get(&pid).copied();
                         assert!(asked.is_some() || self.hard(), "{pid} lingers unasked");
