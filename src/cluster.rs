@@ -255,9 +255,11 @@ impl Worker {
 
 #[derive(Debug, Clone)]
 struct Slot {
-    /// Failures in a row; reset when a worker of the slot ran for the stable period.
+    /// Failures in a row; reset when a worker of the slot was ready for the stable period.
     failures: u32,
     restart_at: Option<Instant>,
+    /// The restart waits because a worker that had been ready exited (not a failed start).
+    waits_after_ready: bool,
     /// The generation the slot runs: the one its crash restarts start.
     generation: u64,
     /// Restarts after failures, in all.
@@ -269,6 +271,7 @@ impl Slot {
         Self {
             failures: 0,
             restart_at: None,
+            waits_after_ready: false,
             generation,
             restarts: 0,
         }
@@ -628,11 +631,24 @@ impl Cluster {
         if self.phase != Phase::Running || worker.slot >= self.slots.len() {
             return;
         }
-        if now.duration_since(worker.since) >= self.config.backoff.stable {
+        // A worker that served for the stable period is no crash loop (an OOM killer, a chaos
+        // test, an operator's kill): its restart is immediate.
+        let served = worker
+            .ready_since
+            .is_some_and(|at| now.saturating_duration_since(at) >= self.config.backoff.stable);
+        if served {
             self.slots[worker.slot].failures = 0;
         }
         self.slots[worker.slot].failures += 1;
-        self.schedule_restart(now, worker, failure, actions);
+        self.schedule_restart(now, worker, failure, true, actions);
+    }
+
+    /// How many slots may wait at once for the restart of a worker that had been ready: half
+    /// of them (at least one, so a single worker that crashes as soon as it is ready is no
+    /// tight loop). Beyond it a slot restarts at once: the program can start, and capacity
+    /// matters more than backoff. Failed starts back off whatever the count.
+    fn after_ready_limit(&self) -> usize {
+        (self.config.size / 2).max(1)
     }
 
     /// The worker said `STOPPING=1` without being asked: it is leaving, so its slot gets a new
@@ -680,6 +696,7 @@ impl Cluster {
         now: Instant,
         worker: &Worker,
         failure: &str,
+        after_ready: bool,
         actions: &mut Vec<Action>,
     ) {
         if self.slot_covered(worker) {
@@ -687,8 +704,16 @@ impl Cluster {
             return;
         }
         self.slots[worker.slot].restarts += 1;
+        let waiting = self
+            .slots
+            .iter()
+            .filter(|slot| slot.restart_at.is_some())
+            .count();
         let slot = &self.slots[worker.slot];
-        let delay = self.config.backoff.delay(slot.failures);
+        let mut delay = self.config.backoff.delay(slot.failures);
+        if after_ready && waiting >= self.after_ready_limit() {
+            delay = Duration::ZERO;
+        }
         let generation = slot.generation;
         actions.push(Action::Log(format!(
             "{} {failure}; restarting in {} (generation {generation})",
@@ -699,6 +724,7 @@ impl Cluster {
             self.spawn(worker.slot, generation, actions);
         } else {
             self.slots[worker.slot].restart_at = Some(after(now, delay));
+            self.slots[worker.slot].waits_after_ready = after_ready;
         }
     }
 
@@ -724,6 +750,7 @@ impl Cluster {
                 self.spawn(slot, generation, actions);
             } else {
                 self.slots[slot].restart_at = Some(after(now, delay));
+                self.slots[slot].waits_after_ready = false;
             }
         }
     }
@@ -758,7 +785,7 @@ impl Cluster {
             self.give_up(now, worker, failure, failures, end, actions);
             return;
         }
-        self.schedule_restart(now, worker, failure, actions);
+        self.schedule_restart(now, worker, failure, false, actions);
     }
 
     /// Every slot of the first generation failed its start attempts.

@@ -917,3 +917,71 @@ fn durations_too_large_for_an_instant_mean_never_and_do_not_panic() {
     assert_eq!(t.exit(Pid(100), 0), []);
     assert_eq!(t.exit(Pid(101), 0), [Action::Exit(ExitReason::Stopped)]);
 }
+
+#[test]
+fn ready_workers_killed_from_outside_never_leave_more_than_half_the_slots_waiting() {
+    let mut t = running(4);
+    // Every worker is killed as soon as it is ready, again and again (a chaos test).
+    for _ in 0..6 {
+        let live: Vec<Pid> = t
+            .cluster
+            .workers
+            .iter()
+            .filter(|w| w.state == super::WorkerState::Ready)
+            .filter_map(|w| w.pid)
+            .collect();
+        for pid in live {
+            t.feed(Event::Exited {
+                pid,
+                end: ProcessEnd::Signal(9),
+            });
+            let waiting = t
+                .cluster
+                .slots
+                .iter()
+                .filter(|s| s.restart_at.is_some())
+                .count();
+            assert!(waiting <= 2, "{waiting} of 4 slots wait");
+        }
+        for (_, _, _, pid) in t.spawned.clone() {
+            if t.cluster.workers.iter().any(|w| w.pid == Some(pid)) {
+                t.ready(pid);
+            }
+        }
+        t.advance(ms(50));
+    }
+    assert!(t.logged("restarting in 0ms"));
+    assert!(t.logged("restarting in 100ms"), "quick crashes still back off");
+}
+
+#[test]
+fn a_worker_killed_after_it_served_a_second_restarts_at_once_every_time() {
+    let mut t = running(1);
+    for round in 0..5 {
+        let pid = t.last_pid();
+        t.advance(Duration::from_secs(1));
+        t.feed(Event::Exited {
+            pid,
+            end: ProcessEnd::Signal(9),
+        });
+        assert_eq!(t.spawned.len(), round + 2, "restarted at once");
+        t.ready(t.last_pid());
+    }
+    assert!(!t.logged("restarting in 100ms"));
+}
+
+#[test]
+fn failed_starts_back_off_in_every_slot_at_once() {
+    let mut t = running(2);
+    t.failing_slots = vec![0, 1];
+    t.exit(Pid(100), 1);
+    t.exit(Pid(101), 1);
+    // Both restarts were tried at once and failed to spawn: both slots back off.
+    let waiting = t
+        .cluster
+        .slots
+        .iter()
+        .filter(|s| s.restart_at.is_some())
+        .count();
+    assert_eq!(waiting, 2);
+}
