@@ -33,10 +33,13 @@ use crate::cluster::{
 use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
+use crate::master::SizeBound;
 use crate::notify::{self, NotifyDir, NotifySocket};
 use crate::output::{self, Tail, WorkerOutput};
 use crate::readiness::{self, ListenerInodes};
-use crate::status::{self, LastRoll, Record, RestartOutcome, RollCounts, Status, WorkerStatus};
+use crate::status::{
+    self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
+};
 use crate::sys::{Guard, SpawnRequest, spawn_worker};
 
 /// How often the groups of exited workers are checked for being gone.
@@ -75,8 +78,9 @@ pub(crate) enum Input {
 /// Requests from [`Handle`](crate::master::Handle) (and the control socket, through one).
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// A new size; the status goes to the sender once every slot of it has a ready worker.
-    Resize(usize, Option<Sender<Status>>),
+    /// A new size; its outcome goes to the sender: the status once every slot of it has a
+    /// ready worker, or superseded, or refused.
+    Resize(usize, Option<Sender<ResizeOutcome>>),
     /// A roll; its outcome goes to the sender, if any.
     Roll(Option<Sender<RestartOutcome>>),
     /// A graceful stop; how the master ended goes to the sender.
@@ -161,6 +165,8 @@ pub(crate) struct Supervisor<'a> {
     pub(crate) livereload: Option<LiveReload>,
     /// Answers on the listeners while no generation serves (dev mode with live reload).
     pub(crate) building: Option<BuildingPage>,
+    /// The most workers this master can run.
+    pub(crate) size_bound: SizeBound,
 }
 
 impl Supervisor<'_> {
@@ -321,11 +327,17 @@ impl Supervisor<'_> {
                 }
                 Control::Subscribe(subscriber) => state.subscribers.push(subscriber),
                 Control::Resize(size, reply) => {
+                    if let Err(why) = self.check_size(size) {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(ResizeOutcome::Refused { why });
+                        }
+                        return;
+                    }
                     if let Some(reply) = reply {
                         state.resize_waiters.push((size, reply));
                     }
+                    // Waiters for another size are answered at the end of `feed`.
                     self.feed(state, Event::Resize(size));
-                    self.answer_resizes(state);
                 }
                 Control::Quit(reply) => {
                     state.exit_waiters.extend(reply);
@@ -367,7 +379,14 @@ impl Supervisor<'_> {
             }
             SIGTERM => Event::Stop { hard: false },
             SIGQUIT => Event::Stop { hard: true },
-            SIGTTIN => Event::Resize(self.cluster.size() + 1),
+            SIGTTIN => {
+                let size = self.cluster.size().saturating_add(1);
+                if let Err(why) = self.check_size(size) {
+                    output::master_line(&format!("SIGTTIN ignored: {why}"));
+                    return;
+                }
+                Event::Resize(size)
+            }
             SIGTTOU => Event::Resize(self.cluster.size().saturating_sub(1)),
             _ => return,
         };
@@ -595,7 +614,6 @@ impl Supervisor<'_> {
                             generation: ready.generation,
                             how: ready.how,
                         });
-                        self.answer_resizes(state);
                     }
                     Action::RollStarted { generation, size } => {
                         if !self.quiet {
@@ -656,6 +674,7 @@ impl Supervisor<'_> {
                 }
             }
         }
+        self.answer_resizes(state);
     }
 
     fn spawn(
@@ -809,22 +828,49 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Answers those waiting for a size once every slot of it has a ready worker.
+    /// A size a resize may ask for: at least 1, within the bound.
+    fn check_size(&self, size: usize) -> Result<(), String> {
+        if size == 0 {
+            return Err("invalid size 0: the cluster needs at least one worker".to_owned());
+        }
+        if size > self.size_bound.max {
+            return Err(format!(
+                "invalid size {size}: {}",
+                self.size_bound.describe()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gives every resize waiter its answer once there is one: refused when the master stops,
+    /// superseded when the cluster's size is another one now (a later request won), the
+    /// status once every slot of its size has a ready worker.
     fn answer_resizes(&self, state: &mut DriverState) {
-        if state.resize_waiters.is_empty() || !self.cluster.all_ready() {
+        if state.resize_waiters.is_empty() {
+            return;
+        }
+        if self.cluster.is_stopping() {
+            for (_, waiter) in state.resize_waiters.drain(..) {
+                let _ = waiter.send(ResizeOutcome::Refused {
+                    why: "the master is stopping".to_owned(),
+                });
+            }
             return;
         }
         let size = self.cluster.size();
-        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut state.resize_waiters)
+        let (current, superseded): (Vec<_>, Vec<_>) = std::mem::take(&mut state.resize_waiters)
             .into_iter()
-            .partition(|(wanted, _)| *wanted == size || *wanted == 0);
-        state.resize_waiters = waiting;
-        if done.is_empty() {
+            .partition(|(wanted, _)| *wanted == size);
+        for (_, waiter) in superseded {
+            let _ = waiter.send(ResizeOutcome::Superseded { size });
+        }
+        state.resize_waiters = current;
+        if state.resize_waiters.is_empty() || !self.cluster.all_ready() {
             return;
         }
         let status = self.status(state);
-        for (_, waiter) in done {
-            let _ = waiter.send(status.clone());
+        for (_, waiter) in state.resize_waiters.drain(..) {
+            let _ = waiter.send(ResizeOutcome::Resized(Box::new(status.clone())));
         }
     }
 
@@ -945,7 +991,7 @@ pub(crate) struct DriverState {
     /// Who follows the lifecycle events.
     subscribers: Vec<Sender<Record>>,
     /// Who waits for every slot of a size to be ready.
-    resize_waiters: Vec<(usize, Sender<Status>)>,
+    resize_waiters: Vec<(usize, Sender<ResizeOutcome>)>,
     /// Who waits for the master to end.
     exit_waiters: Vec<Sender<ExitReason>>,
     rolls: RollCounts,

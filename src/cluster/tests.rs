@@ -951,7 +951,10 @@ fn ready_workers_killed_from_outside_never_leave_more_than_half_the_slots_waitin
         t.advance(ms(50));
     }
     assert!(t.logged("restarting in 0ms"));
-    assert!(t.logged("restarting in 100ms"), "quick crashes still back off");
+    assert!(
+        t.logged("restarting in 100ms"),
+        "quick crashes still back off"
+    );
 }
 
 #[test]
