@@ -682,6 +682,7 @@ impl Cluster {
     }
 
     /// Whether `slot` has a worker that is not stopping.
+    #[cfg(test)]
     fn has_live_worker(&self, slot: usize) -> bool {
         self.workers.iter().any(|worker| {
             worker.slot == slot && !matches!(worker.state, WorkerState::Stopping { .. })
@@ -734,8 +735,10 @@ impl Cluster {
         if self.phase != Phase::Running {
             return;
         }
+        // This runs after every event: one pass over the workers, not one per slot.
+        let live = self.slots_where(|worker| !matches!(worker.state, WorkerState::Stopping { .. }));
         for slot in 0..self.slots.len() {
-            if self.slots[slot].restart_at.is_some() || self.has_live_worker(slot) {
+            if self.slots[slot].restart_at.is_some() || live.get(slot).copied().unwrap_or(false) {
                 continue;
             }
             self.slots[slot].restarts += 1;
@@ -916,14 +919,26 @@ impl Cluster {
         }
     }
 
+    /// How many slots have a ready worker: one pass over the workers (this runs at every
+    /// worker that gets ready, so it must not grow with size × workers).
     fn ready_slots(&self) -> usize {
-        (0..self.config.size)
-            .filter(|&slot| {
-                self.workers
-                    .iter()
-                    .any(|w| w.slot == slot && w.state == WorkerState::Ready)
-            })
+        self.slots_where(|worker| worker.state == WorkerState::Ready)
+            .into_iter()
+            .filter(|&ready| ready)
             .count()
+    }
+
+    /// For each slot of the size, whether one of its workers is `wanted`.
+    fn slots_where(&self, wanted: impl Fn(&Worker) -> bool) -> Vec<bool> {
+        let mut found = vec![false; self.config.size];
+        for worker in &self.workers {
+            if let Some(slot) = found.get_mut(worker.slot)
+                && wanted(worker)
+            {
+                *slot = true;
+            }
+        }
+        found
     }
 
     fn tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
