@@ -59,7 +59,7 @@ pub const KILLED_GROUP_GRACE: Duration = Duration::from_secs(1);
 
 /// How far ahead a deadline is put when `now + duration` cannot be represented: about a
 /// century, for all purposes never.
-const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+const FAR_FUTURE: Duration = Duration::from_hours(100 * 365 * 24);
 
 /// `now + duration`, saturated: a duration too large for an [`Instant`] gives an instant a
 /// century ahead instead of a panic, so any duration the library is given works as "never".

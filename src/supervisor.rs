@@ -1,4 +1,10 @@
-//! The driver: owns every handle (children, pipes, sockets) and no policy.
+//! The driver: owns every handle (children, pipes, sockets). Every decision about workers
+//! (how many, when to restart, stop, kill, or take a killed group for gone) is the core's. What
+//! the driver still decides is how it talks to the OS and its clients: how often it probes
+//! starting workers and polls leftover groups, which requests it refuses before they reach the
+//! core (a size beyond [`SizeBound`]), and when a waiter has its answer (a resize waiter:
+//! refused once the cluster stops, superseded once the core's size is another, answered once
+//! every slot of its size is ready).
 //!
 //! One loop: wait on one channel (fed by the signal thread, the notify readers and the embedder's
 //! [`Handle`](crate::master::Handle)) with the core's next deadline as timeout, turn what arrives
@@ -7,7 +13,8 @@
 //!
 //! A worker is its process group: signals go to the group, and when the worker process exits
 //! while its group lives on, the core hears [`Event::LeaderExited`], and [`Event::Exited`] once
-//! the group is gone (polled with `kill(-pgid, 0)`). Only our own children are reaped, by pid
+//! the group is gone (polled with `kill(-pgid, 0)`) or the core gives it up a grace after its
+//! SIGKILL ([`Action::Abandon`]: zombies nobody reaps). Only our own children are reaped, by pid
 //! (workers, builds); `waitpid(-1)` only when the master is PID 1, where every orphan is ours.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

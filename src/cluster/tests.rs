@@ -833,7 +833,10 @@ fn a_hard_stop_ends_a_grace_after_sigkill_though_zombies_of_a_group_remain() {
     // The workers are reaped; zombies of their groups stay, reaped by nobody.
     t.leader_exit(Pid(100), 137);
     t.leader_exit(Pid(101), 137);
-    assert_eq!(t.advance(super::KILLED_GROUP_GRACE - ms(1)), []);
+    assert_eq!(
+        t.advance(super::KILLED_GROUP_GRACE.checked_sub(ms(1)).unwrap()),
+        []
+    );
     assert!(abandoned(&t).is_empty());
     assert_eq!(
         t.advance(ms(1)),
@@ -869,7 +872,7 @@ fn a_killed_worker_not_yet_reaped_is_waited_for_and_its_group_then_abandoned_at_
     t.leader_exit(Pid(100), 137);
     assert_eq!(
         t.cluster.next_deadline(),
-        Some(t.now - super::KILLED_GROUP_GRACE * 4)
+        t.now.checked_sub(super::KILLED_GROUP_GRACE * 4)
     );
     assert_eq!(t.feed(Event::Tick), [Action::Exit(ExitReason::Killed)]);
 }
@@ -899,11 +902,7 @@ fn durations_too_large_for_an_instant_mean_never_and_do_not_panic() {
     });
     t.feed(Event::Start);
     t.ready(Pid(100));
-    assert_eq!(
-        t.advance(Duration::from_secs(3600)),
-        [],
-        "no deadline passed"
-    );
+    assert_eq!(t.advance(Duration::from_hours(1)), [], "no deadline passed");
     t.feed(Event::Watchdog {
         key: t.key_of(Pid(100)),
     });
@@ -912,7 +911,7 @@ fn durations_too_large_for_an_instant_mean_never_and_do_not_panic() {
         t.feed(Event::Stop { hard: false }),
         [term(Pid(100)), term(Pid(101))]
     );
-    assert_eq!(t.advance(Duration::from_secs(3600)), [], "no SIGKILL yet");
+    assert_eq!(t.advance(Duration::from_hours(1)), [], "no SIGKILL yet");
     assert!(t.cluster.next_deadline().is_some_and(|at| at > t.now));
     assert_eq!(t.exit(Pid(100), 0), []);
     assert_eq!(t.exit(Pid(101), 0), [Action::Exit(ExitReason::Stopped)]);
