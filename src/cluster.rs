@@ -30,7 +30,11 @@
 //! A worker is its process group. When the worker process exits while other processes of its
 //! group live on ([`Event::LeaderExited`]), its slot is handled as for any exit, and the rest of
 //! the group is stopped like a worker: the stop signal, SIGKILL at the kill deadline, gone at
-//! [`Event::Exited`].
+//! [`Event::Exited`] — or [`KILLED_GROUP_GRACE`] after its SIGKILL, however the stop began:
+//! what is left then are zombies that nobody reaps ([`Action::Abandon`]).
+//!
+//! Every deadline is `now` plus a configured duration, saturated ([`after`]): a duration too
+//! large for an [`Instant`] (`Duration::MAX`) means "never", not a panic.
 
 mod backoff;
 mod event;
@@ -46,6 +50,25 @@ pub use event::{
     Action, Event, ExitReason, MasterState, Pid, ProcessEnd, RollEnd, StopKind, WorkerKey,
     WorkerReady, human_duration, signal_name,
 };
+
+/// After SIGKILL, how long what is left of an exited worker's group may still seem to exist
+/// before it counts as gone. SIGKILL cannot be caught or ignored, so what remains after this
+/// are zombies whose parent does not reap them (an init that does not reap orphans, a
+/// container's shell as PID 1): waiting for them would never end.
+pub const KILLED_GROUP_GRACE: Duration = Duration::from_secs(1);
+
+/// How far ahead a deadline is put when `now + duration` cannot be represented: about a
+/// century, for all purposes never.
+const FAR_FUTURE: Duration = Duration::from_hours(100 * 365 * 24);
+
+/// `now + duration`, saturated: a duration too large for an [`Instant`] gives an instant a
+/// century ahead instead of a panic, so any duration the library is given works as "never".
+#[must_use]
+pub(crate) fn after(now: Instant, duration: Duration) -> Instant {
+    now.checked_add(duration)
+        .or_else(|| now.checked_add(FAR_FUTURE.min(duration)))
+        .unwrap_or(now)
+}
 
 /// The policy knobs of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +224,11 @@ struct Worker {
     watchdog_at: Option<Instant>,
     /// The worker process exited; what is tracked now is the rest of its process group.
     leader_exited: bool,
+    /// Since when it is ready, if it got ready.
+    ready_since: Option<Instant>,
+    /// When, after its SIGKILL, what is left of its group counts as gone (once the worker
+    /// process itself was reaped).
+    gone_at: Option<Instant>,
 }
 
 impl Worker {
@@ -227,9 +255,11 @@ impl Worker {
 
 #[derive(Debug, Clone)]
 struct Slot {
-    /// Failures in a row; reset when a worker of the slot ran for the stable period.
+    /// Failures in a row; reset when a worker of the slot was ready for the stable period.
     failures: u32,
     restart_at: Option<Instant>,
+    /// The restart waits because a worker that had been ready exited (not a failed start).
+    waits_after_ready: bool,
     /// The generation the slot runs: the one its crash restarts start.
     generation: u64,
     /// Restarts after failures, in all.
@@ -241,6 +271,7 @@ impl Slot {
         Self {
             failures: 0,
             restart_at: None,
+            waits_after_ready: false,
             generation,
             restarts: 0,
         }
@@ -418,8 +449,13 @@ impl Cluster {
             WorkerState::Ready => [worker.watchdog_at, None],
             WorkerState::Spawning => [None, None],
         });
+        let gone = self
+            .workers
+            .iter()
+            .filter(|worker| worker.leader_exited)
+            .map(|worker| worker.gone_at);
         let restarts = self.slots.iter().map(|slot| slot.restart_at);
-        worker_deadlines.chain(restarts).flatten().min()
+        worker_deadlines.chain(gone).chain(restarts).flatten().min()
     }
 
     /// Advances the cluster by one event; returns what the driver must do, in order.
@@ -447,7 +483,7 @@ impl Cluster {
                 if let Some(index) = self.index_of_key(key)
                     && self.workers[index].state == WorkerState::Ready
                 {
-                    self.workers[index].watchdog_at = watchdog.map(|limit| now + limit);
+                    self.workers[index].watchdog_at = watchdog.map(|limit| after(now, limit));
                 }
             }
             Event::Stopping { key } => self.stopping_by_itself(now, key, &mut actions),
@@ -499,6 +535,8 @@ impl Cluster {
             since: self.started.unwrap_or_else(Instant::now),
             watchdog_at: None,
             leader_exited: false,
+            ready_since: None,
+            gone_at: None,
         });
         actions.push(Action::Spawn {
             key,
@@ -519,8 +557,8 @@ impl Cluster {
         match worker.state {
             WorkerState::Spawning => {
                 worker.state = WorkerState::Starting {
-                    ready_at: self.config.ready_delay.map(|delay| now + delay),
-                    deadline: now + self.config.ready_timeout,
+                    ready_at: self.config.ready_delay.map(|delay| after(now, delay)),
+                    deadline: after(now, self.config.ready_timeout),
                 };
             }
             // Stopped while being spawned (a stop raced the spawn): finish the job now.
@@ -593,11 +631,24 @@ impl Cluster {
         if self.phase != Phase::Running || worker.slot >= self.slots.len() {
             return;
         }
-        if now.duration_since(worker.since) >= self.config.backoff.stable {
+        // A worker that served for the stable period is no crash loop (an OOM killer, a chaos
+        // test, an operator's kill): its restart is immediate.
+        let served = worker
+            .ready_since
+            .is_some_and(|at| now.saturating_duration_since(at) >= self.config.backoff.stable);
+        if served {
             self.slots[worker.slot].failures = 0;
         }
         self.slots[worker.slot].failures += 1;
-        self.schedule_restart(now, worker, failure, actions);
+        self.schedule_restart(now, worker, failure, true, actions);
+    }
+
+    /// How many slots may wait at once for the restart of a worker that had been ready: half
+    /// of them (at least one, so a single worker that crashes as soon as it is ready is no
+    /// tight loop). Beyond it a slot restarts at once: the program can start, and capacity
+    /// matters more than backoff. Failed starts back off whatever the count.
+    fn after_ready_limit(&self) -> usize {
+        (self.config.size / 2).max(1)
     }
 
     /// The worker said `STOPPING=1` without being asked: it is leaving, so its slot gets a new
@@ -631,6 +682,7 @@ impl Cluster {
     }
 
     /// Whether `slot` has a worker that is not stopping.
+    #[cfg(test)]
     fn has_live_worker(&self, slot: usize) -> bool {
         self.workers.iter().any(|worker| {
             worker.slot == slot && !matches!(worker.state, WorkerState::Stopping { .. })
@@ -645,6 +697,7 @@ impl Cluster {
         now: Instant,
         worker: &Worker,
         failure: &str,
+        after_ready: bool,
         actions: &mut Vec<Action>,
     ) {
         if self.slot_covered(worker) {
@@ -652,8 +705,16 @@ impl Cluster {
             return;
         }
         self.slots[worker.slot].restarts += 1;
+        let waiting = self
+            .slots
+            .iter()
+            .filter(|slot| slot.restart_at.is_some())
+            .count();
         let slot = &self.slots[worker.slot];
-        let delay = self.config.backoff.delay(slot.failures);
+        let mut delay = self.config.backoff.delay(slot.failures);
+        if after_ready && waiting >= self.after_ready_limit() {
+            delay = Duration::ZERO;
+        }
         let generation = slot.generation;
         actions.push(Action::Log(format!(
             "{} {failure}; restarting in {} (generation {generation})",
@@ -663,7 +724,8 @@ impl Cluster {
         if delay.is_zero() {
             self.spawn(worker.slot, generation, actions);
         } else {
-            self.slots[worker.slot].restart_at = Some(now + delay);
+            self.slots[worker.slot].restart_at = Some(after(now, delay));
+            self.slots[worker.slot].waits_after_ready = after_ready;
         }
     }
 
@@ -673,8 +735,10 @@ impl Cluster {
         if self.phase != Phase::Running {
             return;
         }
+        // This runs after every event: one pass over the workers, not one per slot.
+        let live = self.slots_where(|worker| !matches!(worker.state, WorkerState::Stopping { .. }));
         for slot in 0..self.slots.len() {
-            if self.slots[slot].restart_at.is_some() || self.has_live_worker(slot) {
+            if self.slots[slot].restart_at.is_some() || live.get(slot).copied().unwrap_or(false) {
                 continue;
             }
             self.slots[slot].restarts += 1;
@@ -688,7 +752,8 @@ impl Cluster {
             if delay.is_zero() {
                 self.spawn(slot, generation, actions);
             } else {
-                self.slots[slot].restart_at = Some(now + delay);
+                self.slots[slot].restart_at = Some(after(now, delay));
+                self.slots[slot].waits_after_ready = false;
             }
         }
     }
@@ -723,7 +788,7 @@ impl Cluster {
             self.give_up(now, worker, failure, failures, end, actions);
             return;
         }
-        self.schedule_restart(now, worker, failure, actions);
+        self.schedule_restart(now, worker, failure, false, actions);
     }
 
     /// Every slot of the first generation failed its start attempts.
@@ -808,7 +873,8 @@ impl Cluster {
     fn mark_ready(&mut self, now: Instant, index: usize, how: &str, actions: &mut Vec<Action>) {
         let worker = &mut self.workers[index];
         worker.state = WorkerState::Ready;
-        worker.watchdog_at = self.config.watchdog.map(|limit| now + limit);
+        worker.watchdog_at = self.config.watchdog.map(|limit| after(now, limit));
+        worker.ready_since = Some(now);
         let (key, slot, generation) = (worker.key, worker.slot, worker.generation);
         actions.push(Action::Ready(WorkerReady {
             slot,
@@ -853,20 +919,46 @@ impl Cluster {
         }
     }
 
+    /// How many slots have a ready worker: one pass over the workers (this runs at every
+    /// worker that gets ready, so it must not grow with size × workers).
     fn ready_slots(&self) -> usize {
-        (0..self.config.size)
-            .filter(|&slot| {
-                self.workers
-                    .iter()
-                    .any(|w| w.slot == slot && w.state == WorkerState::Ready)
-            })
+        self.slots_where(|worker| worker.state == WorkerState::Ready)
+            .into_iter()
+            .filter(|&ready| ready)
             .count()
+    }
+
+    /// For each slot of the size, whether one of its workers is `wanted`.
+    fn slots_where(&self, wanted: impl Fn(&Worker) -> bool) -> Vec<bool> {
+        let mut found = vec![false; self.config.size];
+        for worker in &self.workers {
+            if let Some(slot) = found.get_mut(worker.slot)
+                && wanted(worker)
+            {
+                *slot = true;
+            }
+        }
+        found
     }
 
     fn tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let mut index = 0;
         while index < self.workers.len() {
             let worker = &self.workers[index];
+            if worker.leader_exited && worker.gone_at.is_some_and(|at| at <= now) {
+                // SIGKILL cannot be caught: what is left are zombies nobody reaps.
+                let worker = self.workers.remove(index);
+                if let Some(pid) = worker.pid {
+                    actions.push(Action::Log(format!(
+                        "what is left of {} still exists {} after SIGKILL (zombies that its \
+                         parent does not reap); taken for gone",
+                        worker.long_label(),
+                        human_duration(KILLED_GROUP_GRACE)
+                    )));
+                    actions.push(Action::Abandon { pid });
+                }
+                continue;
+            }
             match worker.state {
                 WorkerState::Starting { ready_at, deadline } => {
                     if ready_at.is_some_and(|at| at <= now) {
@@ -916,6 +1008,7 @@ impl Cluster {
                         kill_at: None,
                         note_at: None,
                     };
+                    self.workers[index].gone_at = Some(after(now, KILLED_GROUP_GRACE));
                 }
                 WorkerState::Stopping { kill_at, note_at }
                     if note_at.is_some_and(|at| at <= now) =>
@@ -1159,6 +1252,7 @@ impl Cluster {
                 kind: StopKind::Kill,
             });
             worker.state = killed;
+            worker.gone_at = Some(after(now, KILLED_GROUP_GRACE));
         } else {
             actions.push(Action::Signal {
                 pid,
@@ -1172,12 +1266,12 @@ impl Cluster {
     /// lingers.
     fn stopping(&self, now: Instant) -> WorkerState {
         WorkerState::Stopping {
-            kill_at: Some(now + self.config.kill_timeout),
+            kill_at: Some(after(now, self.config.kill_timeout)),
             note_at: self
                 .config
                 .linger_note
                 .filter(|note| *note < self.config.kill_timeout)
-                .map(|note| now + note),
+                .map(|note| after(now, note)),
         }
     }
 

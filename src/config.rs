@@ -152,11 +152,16 @@ pub fn parse_surge(text: &str) -> Result<Surge, String> {
     }
 }
 
-/// Parses the number of workers: a whole number, at least 1.
+/// Parses the number of workers: a whole number, at least 1, at most
+/// [`MAX_SIZE`](crate::master::MAX_SIZE) (a master refuses more than its limits allow too).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let digits = text.trim();
     match digits.parse::<usize>() {
         Ok(0) => Err("the cluster needs at least one worker".to_owned()),
+        Ok(size) if size > crate::master::MAX_SIZE => Err(format!(
+            "invalid size '{text}': at most {} workers (the most one master runs)",
+            crate::master::MAX_SIZE
+        )),
         Ok(size) => Ok(size),
         Err(_) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
             Err(format!("invalid size '{text}': too large"))

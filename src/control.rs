@@ -27,7 +27,7 @@
 //! | --- | --- |
 //! | `{"command":"status"}` | `{"ok":true,"status":{…}}`: [`Status`](crate::status::Status) |
 //! | `{"command":"restart"}` | when the roll has ended, `{"ok":true,"restart":{"outcome":"rolled"…}}`: [`RestartOutcome`](crate::status::RestartOutcome) (`rolled`, `aborted` or `refused`) |
-//! | `{"command":"resize","size":N}` | `{"ok":true,"size":N}` once the master has the request |
+//! | `{"command":"resize","size":N}` | once every slot of size N has a ready worker, `{"ok":true,"resize":{"outcome":"resized","size":N}}`; `{"ok":true,"resize":{"outcome":"superseded","size":M}}` when another size M was asked for first; an error when N is 0 or beyond the master's bound, or the master is stopping |
 //! | `{"command":"stop","hard":false}` | `{"ok":true,"stopping":true,"pid":P}`, then `{"ok":true,"stopped":true,"pid":P}` when the master has stopped every worker; the process exits right after |
 //! | `{"command":"events"}` | `{"ok":true,"following":true,"pid":P}` once subscribed, then one [`Record`](crate::status::Record) per line (`{"event":"worker_ready",…}`) until the master stops |
 //!
@@ -55,6 +55,7 @@ use serde_json::{Value, json};
 use crate::config::Error;
 use crate::listener::{ListenAddr, ListenKind, Listener, MAX_UNIX_PATH};
 use crate::master::Handle;
+use crate::status::ResizeOutcome;
 
 /// The longest request line, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -535,13 +536,18 @@ fn serve(stream: &UnixStream, handle: &Handle) {
                 "invalid size 0: the cluster needs at least one worker",
             );
         }
-        Request::Resize { size } => {
-            if handle.status().is_none() {
-                return stopped();
+        Request::Resize { size } => match handle.resize(size).wait() {
+            Some(ResizeOutcome::Resized(_)) => {
+                let reply = json!({"outcome": "resized", "size": size});
+                let _ = write_line(stream, &json!({"ok": true, "resize": reply}));
             }
-            drop(handle.resize(size));
-            let _ = write_line(stream, &json!({"ok": true, "size": size}));
-        }
+            Some(ResizeOutcome::Superseded { size }) => {
+                let reply = json!({"outcome": "superseded", "size": size});
+                let _ = write_line(stream, &json!({"ok": true, "resize": reply}));
+            }
+            Some(ResizeOutcome::Refused { why }) => refuse(stream, &why),
+            None => stopped(),
+        },
         Request::Stop { hard } => {
             // Subscribed before the stop: the subscription ends when the master has stopped.
             let records = handle.events();

@@ -150,7 +150,13 @@ impl DevLoop {
         // `ended` is read once the build has exited: its writes are all older. A save right
         // after a build is not one of them.
         let during = |mtime: Option<SystemTime>, started: SystemTime, ended: SystemTime| {
-            mtime.is_some_and(|mtime| mtime + MTIME_SLACK >= started && mtime <= ended)
+            mtime.is_some_and(|mtime| {
+                // An mtime near the end of time (`touch -d`) must not overflow.
+                mtime
+                    .checked_add(MTIME_SLACK)
+                    .is_none_or(|slackened| slackened >= started)
+                    && mtime <= ended
+            })
         };
         let mut kept = Vec::new();
         for path in changed {

@@ -17,9 +17,9 @@
 //!
 //! - `cluster` owns every decision: how many workers, what a roll does, when a crash becomes
 //!   backoff, when a stop becomes SIGKILL. It takes time as an argument and returns actions.
-//! - The driver owns every handle (children, pipes, sockets) and no policy. It waits on one
-//!   channel with the core's next deadline as timeout, turns what arrives into an event, and
-//!   carries out the actions. A worker is its process group.
+//! - The driver owns every handle (children, pipes, sockets) and no decision about workers. It
+//!   waits on one channel with the core's next deadline as timeout, turns what arrives into an
+//!   event, and carries out the actions. A worker is its process group.
 //! - `sys` is the only module with `unsafe`: fork/exec with the fds placed at 3.., the
 //!   parent-death signal, the guard that kills every worker's group when the master dies,
 //!   adopting inherited fds, and what differs between Linux, macOS and the BSDs.

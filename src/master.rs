@@ -40,7 +40,7 @@ use crate::metrics::MetricsServer;
 use crate::notify::NotifyDir;
 use crate::output;
 use crate::readiness;
-use crate::status::{Record, RestartOutcome, Status};
+use crate::status::{Record, ResizeOutcome, RestartOutcome, Status};
 use crate::supervisor::{
     Control, Input, MessageHandler, Program, Supervisor, WorkerSpec, watch_signals,
 };
@@ -318,6 +318,14 @@ impl Master {
                 "invalid --size 0: the cluster needs at least one worker",
             ));
         }
+        let bound = SizeBound::here();
+        if self.size > bound.max {
+            return Err(Error::usage(format!(
+                "invalid --size {}: {}",
+                self.size,
+                bound.describe()
+            )));
+        }
         // The same rule as the command line's: 0 only where it means "at once".
         if self.ready_timeout.is_zero() {
             return Err(Error::usage(
@@ -479,6 +487,7 @@ impl Master {
             notify_manager: std::env::var_os("NOTIFY_SOCKET").is_some(),
             dev,
             quiet,
+            size_bound: bound,
         };
         let outcome = supervisor
             .run()
@@ -498,10 +507,13 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Sets the number of workers (at least 1). The returned [`Waiter`] answers with the
-    /// master's status once every slot of the new size has a ready worker; dropping it is fine.
+    /// Sets the number of workers (at least 1, at most the bound the master computed at its
+    /// start from its limits, or [`MAX_SIZE`]). The returned [`Waiter`] answers with
+    /// [`ResizeOutcome::Resized`] and the master's status once every slot of the new size has a
+    /// ready worker, [`ResizeOutcome::Superseded`] with the size that won when another size is
+    /// asked for first, or [`ResizeOutcome::Refused`]; dropping it is fine.
     #[allow(clippy::must_use_candidate)]
-    pub fn resize(&self, size: usize) -> Waiter<Status> {
+    pub fn resize(&self, size: usize) -> Waiter<ResizeOutcome> {
         let (reply, waiter) = mpsc::channel();
         let _ = self
             .events
@@ -623,6 +635,90 @@ pub fn default_size() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
+/// The most workers any master runs: its guard tracks 4096 process groups, and a roll runs a
+/// replacement beside each worker (twice the size). Far beyond what one machine serves well.
+pub const MAX_SIZE: usize = 2048;
+
+/// What each worker costs the master: its notify socket and two output pipes.
+const FDS_PER_WORKER: u64 = 3;
+
+/// What each worker costs against `RLIMIT_NPROC` (which counts threads): the worker process
+/// and the master's three threads for it (its notify reader and two output readers).
+const TASKS_PER_WORKER: u64 = 4;
+
+/// The fds the master keeps for itself (listeners, control and metrics sockets, the guard's
+/// pipe, a build's pipes, the standard streams).
+const FDS_RESERVED: u64 = 64;
+
+/// How many workers this master can run, and which limit says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SizeBound {
+    pub(crate) max: usize,
+    /// The limit that sets `max`.
+    limit: SizeLimit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizeLimit {
+    Ceiling,
+    /// The soft `RLIMIT_NOFILE`.
+    Files(u64),
+    /// The soft `RLIMIT_NPROC`.
+    Processes(u64),
+}
+
+impl SizeBound {
+    /// The bound under this process's limits, read now. Every worker counts twice: a roll
+    /// runs a replacement beside each. A size that fits starts; one that does not would fail
+    /// spawns (or leave the master deaf to everything while it retries them), so it is
+    /// refused with the limit named.
+    pub(crate) fn here() -> Self {
+        use nix::sys::resource::{Resource, getrlimit};
+        let soft = |resource| getrlimit(resource).ok().map(|(soft, _)| soft);
+        Self::of(soft(Resource::RLIMIT_NOFILE), soft(Resource::RLIMIT_NPROC))
+    }
+
+    fn of(files: Option<u64>, processes: Option<u64>) -> Self {
+        let mut bound = Self {
+            max: MAX_SIZE,
+            limit: SizeLimit::Ceiling,
+        };
+        let by_files = files.map(|files| {
+            let max = files.saturating_sub(FDS_RESERVED) / (2 * FDS_PER_WORKER);
+            (max, SizeLimit::Files(files))
+        });
+        let by_processes = processes.map(|processes| {
+            (
+                processes / (2 * TASKS_PER_WORKER),
+                SizeLimit::Processes(processes),
+            )
+        });
+        for (max, limit) in [by_files, by_processes].into_iter().flatten() {
+            let max = usize::try_from(max).unwrap_or(usize::MAX).max(1);
+            if max < bound.max {
+                bound = Self { max, limit };
+            }
+        }
+        bound
+    }
+
+    /// `at most N workers (…why)`, for an error line.
+    pub(crate) fn describe(self) -> String {
+        let why = match self.limit {
+            SizeLimit::Ceiling => "the most one master runs".to_owned(),
+            SizeLimit::Files(files) => format!(
+                "under the open-file limit of {files} (ulimit -n), {FDS_PER_WORKER} per worker \
+                 and twice as many during a roll"
+            ),
+            SizeLimit::Processes(processes) => format!(
+                "under the process limit of {processes} (ulimit -u), {TASKS_PER_WORKER} per \
+                 worker and twice as many during a roll"
+            ),
+        };
+        format!("at most {} workers ({why})", self.max)
+    }
+}
+
 fn c_string(text: &OsStr) -> Result<CString, Error> {
     CString::new(text.as_bytes()).map_err(|_| {
         Error::usage(format!(
@@ -681,6 +777,23 @@ fn environment_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_size_bound_is_the_lowest_of_the_ceiling_the_fd_limit_and_the_process_limit() {
+        let bound = |files, processes| SizeBound::of(files, processes).max;
+        assert_eq!(bound(None, None), MAX_SIZE);
+        assert_eq!(bound(Some(u64::MAX), Some(u64::MAX)), MAX_SIZE);
+        // 1024 fds: (1024 - 64) / 6.
+        assert_eq!(bound(Some(1024), Some(u64::MAX)), 160);
+        // 4000 tasks: 4000 / 8.
+        assert_eq!(bound(Some(1 << 20), Some(4000)), 500);
+        assert_eq!(bound(Some(10), Some(3)), 1, "one worker is always allowed");
+        let described = SizeBound::of(Some(1024), None).describe();
+        assert!(
+            described.starts_with("at most 160 workers (under the open-file limit of 1024"),
+            "{described}"
+        );
+    }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
         list.iter()

@@ -78,6 +78,24 @@ pub struct WorkerStatus {
     pub status: Option<String>,
 }
 
+/// The outcome of a resize asked for through a [`Handle`](crate::master::Handle) or the control
+/// socket: every request gets one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResizeOutcome {
+    /// Every slot of the new size has a ready worker: the master's status then.
+    Resized(Box<Status>),
+    /// Another size was asked for (a later resize, TTIN or TTOU) before this one was reached.
+    Superseded {
+        /// The size that won.
+        size: usize,
+    },
+    /// Nothing was done: the size is 0 or beyond the bound, or the master is stopping.
+    Refused {
+        /// Why.
+        why: String,
+    },
+}
+
 /// The outcome of a rolling restart asked for through a [`Handle`](crate::master::Handle) or the
 /// control socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,4 +1,10 @@
-//! The driver: owns every handle (children, pipes, sockets) and no policy.
+//! The driver: owns every handle (children, pipes, sockets). Every decision about workers
+//! (how many, when to restart, stop, kill, or take a killed group for gone) is the core's. What
+//! the driver still decides is how it talks to the OS and its clients: how often it probes
+//! starting workers and polls leftover groups, which requests it refuses before they reach the
+//! core (a size beyond [`SizeBound`]), and when a waiter has its answer (a resize waiter:
+//! refused once the cluster stops, superseded once the core's size is another, answered once
+//! every slot of its size is ready).
 //!
 //! One loop: wait on one channel (fed by the signal thread, the notify readers and the embedder's
 //! [`Handle`](crate::master::Handle)) with the core's next deadline as timeout, turn what arrives
@@ -7,7 +13,8 @@
 //!
 //! A worker is its process group: signals go to the group, and when the worker process exits
 //! while its group lives on, the core hears [`Event::LeaderExited`], and [`Event::Exited`] once
-//! the group is gone (polled with `kill(-pgid, 0)`). Only our own children are reaped, by pid
+//! the group is gone (polled with `kill(-pgid, 0)`) or the core gives it up a grace after its
+//! SIGKILL ([`Action::Abandon`]: zombies nobody reaps). Only our own children are reaped, by pid
 //! (workers, builds); `waitpid(-1)` only when the master is PID 1, where every orphan is ours.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -28,15 +35,18 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SI
 
 use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, RollEnd, StopKind, WorkerKey,
-    human_duration,
+    after, human_duration,
 };
 use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
+use crate::master::SizeBound;
 use crate::notify::{self, NotifyDir, NotifySocket};
 use crate::output::{self, Tail, WorkerOutput};
 use crate::readiness::{self, ListenerInodes};
-use crate::status::{self, LastRoll, Record, RestartOutcome, RollCounts, Status, WorkerStatus};
+use crate::status::{
+    self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
+};
 use crate::sys::{Guard, SpawnRequest, spawn_worker};
 
 /// How often the groups of exited workers are checked for being gone.
@@ -54,10 +64,6 @@ const RELOAD_WAIT: Duration = Duration::from_secs(1);
 
 /// After this long starting, a worker neither ready nor seen accepting gets one line of advice.
 const UNSEEN_HINT: Duration = Duration::from_secs(5);
-
-/// After SIGKILL, how long a group may still seem to exist (zombies that nobody reaps: an
-/// init that does not reap) before it is taken for gone.
-const KILLED_GROUP_GRACE: Duration = Duration::from_secs(1);
 
 /// How many queued inputs are handled before a due deadline: a `READY=1` sent just before its
 /// deadline counts, while a stream of messages cannot starve the deadline.
@@ -79,8 +85,9 @@ pub(crate) enum Input {
 /// Requests from [`Handle`](crate::master::Handle) (and the control socket, through one).
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// A new size; the status goes to the sender once every slot of it has a ready worker.
-    Resize(usize, Option<Sender<Status>>),
+    /// A new size; its outcome goes to the sender: the status once every slot of it has a
+    /// ready worker, or superseded, or refused.
+    Resize(usize, Option<Sender<ResizeOutcome>>),
     /// A roll; its outcome goes to the sender, if any.
     Roll(Option<Sender<RestartOutcome>>),
     /// A graceful stop; how the master ended goes to the sender.
@@ -165,6 +172,8 @@ pub(crate) struct Supervisor<'a> {
     pub(crate) livereload: Option<LiveReload>,
     /// Answers on the listeners while no generation serves (dev mode with live reload).
     pub(crate) building: Option<BuildingPage>,
+    /// The most workers this master can run.
+    pub(crate) size_bound: SizeBound,
 }
 
 impl Supervisor<'_> {
@@ -255,7 +264,7 @@ impl Supervisor<'_> {
             report_stderr_tail(&mut state, pid.0);
         }
         // Let the last lines of every worker reach the terminal before the master exits.
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = after(Instant::now(), Duration::from_secs(2));
         for exited in state.exited.drain(..) {
             wait_for_threads(exited.output, deadline);
         }
@@ -325,11 +334,17 @@ impl Supervisor<'_> {
                 }
                 Control::Subscribe(subscriber) => state.subscribers.push(subscriber),
                 Control::Resize(size, reply) => {
+                    if let Err(why) = self.check_size(size) {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(ResizeOutcome::Refused { why });
+                        }
+                        return;
+                    }
                     if let Some(reply) = reply {
                         state.resize_waiters.push((size, reply));
                     }
+                    // Waiters for another size are answered at the end of `feed`.
                     self.feed(state, Event::Resize(size));
-                    self.answer_resizes(state);
                 }
                 Control::Quit(reply) => {
                     state.exit_waiters.extend(reply);
@@ -371,7 +386,14 @@ impl Supervisor<'_> {
             }
             SIGTERM => Event::Stop { hard: false },
             SIGQUIT => Event::Stop { hard: true },
-            SIGTTIN => Event::Resize(self.cluster.size() + 1),
+            SIGTTIN => {
+                let size = self.cluster.size().saturating_add(1);
+                if let Err(why) = self.check_size(size) {
+                    output::master_line(&format!("SIGTTIN ignored: {why}"));
+                    return;
+                }
+                Event::Resize(size)
+            }
             SIGTTOU => Event::Resize(self.cluster.size().saturating_sub(1)),
             _ => return,
         };
@@ -489,13 +511,7 @@ impl Supervisor<'_> {
             state.remember_exited(worker);
         }
         if group_exists(pid) {
-            state.groups.insert(
-                pid,
-                Group {
-                    end,
-                    killed_at: None,
-                },
-            );
+            state.groups.insert(pid, Group { end });
             self.feed(state, Event::LeaderExited { pid: Pid(pid), end });
         } else {
             self.guard.forget(pid);
@@ -544,12 +560,7 @@ impl Supervisor<'_> {
         let gone: Vec<(i32, ProcessEnd)> = state
             .groups
             .iter()
-            .filter(|(pid, group)| {
-                !group_exists(**pid)
-                    || group
-                        .killed_at
-                        .is_some_and(|at| at.elapsed() >= KILLED_GROUP_GRACE)
-            })
+            .filter(|(pid, _)| !group_exists(**pid))
             .map(|(pid, group)| (*pid, group.end))
             .collect();
         for (pid, end) in gone {
@@ -582,13 +593,10 @@ impl Supervisor<'_> {
                             reason: crate::config::describe_io(&error),
                         },
                     }),
-                    Action::Signal { pid, kind } => {
-                        if kind == StopKind::Kill
-                            && let Some(group) = state.groups.get_mut(&pid.0)
-                        {
-                            group.killed_at.get_or_insert_with(Instant::now);
-                        }
-                        self.send_signal(pid, kind);
+                    Action::Signal { pid, kind } => self.send_signal(pid, kind),
+                    Action::Abandon { pid } => {
+                        state.groups.remove(&pid.0);
+                        self.guard.forget(pid.0);
                     }
                     Action::Log(line) => output::master_line(&line),
                     Action::Detail(line) => {
@@ -613,7 +621,6 @@ impl Supervisor<'_> {
                             generation: ready.generation,
                             how: ready.how,
                         });
-                        self.answer_resizes(state);
                     }
                     Action::RollStarted { generation, size } => {
                         if !self.quiet {
@@ -636,7 +643,7 @@ impl Supervisor<'_> {
                         if end.aborted.is_none() && self.livereload.is_some() {
                             // Pages reload once no old worker accepts any more.
                             state.reload_pending =
-                                Some((end.generation, Instant::now() + RELOAD_WAIT));
+                                Some((end.generation, after(Instant::now(), RELOAD_WAIT)));
                         }
                     }
                     Action::RollRefused { request, why } => {
@@ -674,6 +681,7 @@ impl Supervisor<'_> {
                 }
             }
         }
+        self.answer_resizes(state);
     }
 
     fn spawn(
@@ -827,22 +835,49 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Answers those waiting for a size once every slot of it has a ready worker.
+    /// A size a resize may ask for: at least 1, within the bound.
+    fn check_size(&self, size: usize) -> Result<(), String> {
+        if size == 0 {
+            return Err("invalid size 0: the cluster needs at least one worker".to_owned());
+        }
+        if size > self.size_bound.max {
+            return Err(format!(
+                "invalid size {size}: {}",
+                self.size_bound.describe()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gives every resize waiter its answer once there is one: refused when the master stops,
+    /// superseded when the cluster's size is another one now (a later request won), the
+    /// status once every slot of its size has a ready worker.
     fn answer_resizes(&self, state: &mut DriverState) {
-        if state.resize_waiters.is_empty() || !self.cluster.all_ready() {
+        if state.resize_waiters.is_empty() {
+            return;
+        }
+        if self.cluster.is_stopping() {
+            for (_, waiter) in state.resize_waiters.drain(..) {
+                let _ = waiter.send(ResizeOutcome::Refused {
+                    why: "the master is stopping".to_owned(),
+                });
+            }
             return;
         }
         let size = self.cluster.size();
-        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut state.resize_waiters)
+        let (current, superseded): (Vec<_>, Vec<_>) = std::mem::take(&mut state.resize_waiters)
             .into_iter()
-            .partition(|(wanted, _)| *wanted == size || *wanted == 0);
-        state.resize_waiters = waiting;
-        if done.is_empty() {
+            .partition(|(wanted, _)| *wanted == size);
+        for (_, waiter) in superseded {
+            let _ = waiter.send(ResizeOutcome::Superseded { size });
+        }
+        state.resize_waiters = current;
+        if state.resize_waiters.is_empty() || !self.cluster.all_ready() {
             return;
         }
         let status = self.status(state);
-        for (_, waiter) in done {
-            let _ = waiter.send(status.clone());
+        for (_, waiter) in state.resize_waiters.drain(..) {
+            let _ = waiter.send(ResizeOutcome::Resized(Box::new(status.clone())));
         }
     }
 
@@ -963,7 +998,7 @@ pub(crate) struct DriverState {
     /// Who follows the lifecycle events.
     subscribers: Vec<Sender<Record>>,
     /// Who waits for every slot of a size to be ready.
-    resize_waiters: Vec<(usize, Sender<Status>)>,
+    resize_waiters: Vec<(usize, Sender<ResizeOutcome>)>,
     /// Who waits for the master to end.
     exit_waiters: Vec<Sender<ExitReason>>,
     rolls: RollCounts,
@@ -980,8 +1015,6 @@ pub(crate) struct DriverState {
 struct Group {
     /// How the worker itself ended.
     end: ProcessEnd,
-    /// When SIGKILL was sent to the group.
-    killed_at: Option<Instant>,
 }
 
 /// How many exited workers' output threads and stderr tails are kept.
@@ -1009,7 +1042,7 @@ impl DriverState {
         } else {
             return None;
         };
-        Some(self.polled + interval)
+        Some(after(self.polled, interval))
     }
 
     /// The last stderr lines of a worker, running or exited.
@@ -1019,7 +1052,7 @@ impl DriverState {
         if let Some(exited) = self.exited.iter_mut().find(|exited| exited.pid == pid) {
             wait_for_threads(
                 std::mem::take(&mut exited.output),
-                Instant::now() + Duration::from_secs(1),
+                after(Instant::now(), Duration::from_secs(1)),
             );
         }
         let tail = self
@@ -1079,7 +1112,7 @@ fn report_stderr_tail(state: &mut DriverState, pid: i32) {
         return;
     };
     // Its stderr reader may still be draining the pipe.
-    wait_for_threads(exited.output, Instant::now() + Duration::from_secs(2));
+    wait_for_threads(exited.output, after(Instant::now(), Duration::from_secs(2)));
     let Ok(tail) = exited.stderr_tail.lock() else {
         return;
     };

@@ -993,3 +993,94 @@ fn the_deploy_examples_agree_with_the_command_line() {
         ));
     }
 }
+
+/// Issue 16, item 6: `mcluster resize 3` waiting for a slot that never gets ready is answered
+/// when `resize 2` supersedes it, naming the size that won; the later one waits for its own.
+#[test]
+fn a_superseded_resize_says_so_and_names_the_size_that_won() {
+    let control = ControlPath::new();
+    let script = Script::new(&format!(
+        "if [ \"$MCLUSTER_WORKER_ID\" = 2 ]; then {}; fi\n{}",
+        exec_line(&fixture("fixture-never-ready")),
+        exec_line(&fixture("fixture-echo"))
+    ));
+    let options = [
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "2",
+        "--ready",
+        "notify",
+        "--control",
+        control.arg(),
+    ];
+    let (master, _) = Master::start_ready(&options, "/bin/sh", &[script.arg()], 2);
+    let mut first = client(&["resize", "3", "--control", control.arg()]);
+    let first = first.spawn().expect("spawn the client");
+    master.wait_for_stderr("mcluster: resizing to 3 workers");
+    let second = ctl(&control.path, &["resize", "2"]);
+    assert_eq!(second.code(), 0, "{}{}", second.stderr, master.dump());
+    assert_eq!(second.stdout, "resized to 2 workers\n");
+    let first = wait_client(first);
+    assert_eq!(first.code(), 1, "{}{}", first.stderr, master.dump());
+    assert_eq!(
+        first.stderr,
+        "mcluster: error: the resize to 3 workers was superseded: a later resize to 2 workers won\n"
+    );
+}
+
+/// Issue 16, item 10: sizes beyond the bound are refused with one line, by the command line,
+/// `mcluster resize` and the control socket, and the master goes on unharmed.
+#[test]
+fn sizes_beyond_the_bound_are_refused_with_one_line() {
+    for args in [
+        &[
+            "start",
+            "-n",
+            "9223372036854775807",
+            "-l",
+            "127.0.0.1:0",
+            "--",
+            "true",
+        ][..],
+        &["start", "-n", "2049", "-l", "127.0.0.1:0", "--", "true"],
+        &["resize", "18446744073709551615"],
+    ] {
+        let run = finish(client(args));
+        assert_eq!(run.code(), 2, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.starts_with("mcluster: error: ")
+                && run.stderr.contains("at most 2048 workers")
+                && run.stderr.lines().count() == 1,
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    let mut env = client(&["start", "-l", "127.0.0.1:0", "--", "true"]);
+    env.env("MCLUSTER_SIZE", "100000");
+    let run = finish(env);
+    assert_eq!(run.code(), 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("at most 2048 workers"),
+        "{}",
+        run.stderr
+    );
+
+    let control = ControlPath::new();
+    let (master, _) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "1", "--control", control.arg()],
+        fixture("fixture-echo"),
+        &[],
+        1,
+    );
+    let error = error_of(&raw_request(
+        &control.path,
+        b"{\"command\":\"resize\",\"size\":18446744073709551615}\n",
+        false,
+    ));
+    assert!(
+        error.starts_with("invalid size 18446744073709551615: at most "),
+        "{error}"
+    );
+    assert_eq!(status(&control.path)["size"], 1, "{}", master.dump());
+}

@@ -250,3 +250,42 @@ fn a_worker_leaving_by_itself_is_replaced_before_it_exits_and_is_no_crash() {
         master.dump()
     );
 }
+
+/// Issue 16, item 14: a worker that was ready and served, killed from outside again and again
+/// (an OOM killer, a chaos test), is restarted at once every time: it is no crash loop.
+#[test]
+fn a_served_worker_killed_again_and_again_is_restarted_at_once_every_time() {
+    let (master, workers) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "2"],
+        fixture("fixture-echo"),
+        &[],
+        2,
+    );
+    let mut victim = workers[0];
+    let mut mark = master.stderr_mark();
+    for _ in 0..4 {
+        // It serves a while: the backoff's stable period (1 s), with a margin.
+        let ready = master
+            .stderr_timed()
+            .into_iter()
+            .rev()
+            .find(|(_, line)| line.contains(&format!("(pid {}, ", victim.pid)))
+            .map(|(at, _)| at)
+            .unwrap();
+        master.wait_until("the worker served 1.5 s", || {
+            ready.elapsed() >= Duration::from_millis(1500)
+        });
+        kill(Pid::from_raw(victim.pid), Signal::SIGKILL).unwrap();
+        let (next, line) = master.wait_for_stderr_after(
+            mark,
+            &format!("mcluster: w0 (pid {}) killed by signal SIGKILL", victim.pid),
+        );
+        assert!(
+            line.contains("restarting in 0ms"),
+            "{line}\n{}",
+            master.dump()
+        );
+        victim = wait_ready_in_slot(&master, next, 0);
+        mark = master.stderr_mark();
+    }
+}

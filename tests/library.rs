@@ -4,7 +4,8 @@
 
 use nix::sys::signal::Signal;
 
-use crate::support::{Master, MasterBuilder, echo, fixture, is_alive, pids};
+use crate::support::script::exec_line;
+use crate::support::{Master, MasterBuilder, Script, echo, fixture, is_alive, pids};
 
 fn embedded(worker: &str) -> Master {
     let embedder = fixture("fixture-embedded-master");
@@ -133,4 +134,27 @@ fn an_embedder_waits_for_the_outcome_of_a_restart() {
     );
     master.send("quit");
     assert_eq!(master.wait_exit_code(), 0);
+}
+
+/// Issue 16, item 6: every resize waiter gets an answer: one superseded by a later resize is
+/// told so, with the size that won.
+#[test]
+fn a_superseded_resize_waiter_is_answered_with_the_size_that_won() {
+    let script = Script::new(&format!(
+        "if [ \"$MCLUSTER_WORKER_ID\" = 2 ]; then {}; fi\n{}",
+        exec_line(&fixture("fixture-never-ready")),
+        exec_line(&fixture("fixture-echo"))
+    ));
+    let embedder = fixture("fixture-embedded-master");
+    let mut master = MasterBuilder::embedded(embedder, &["/bin/sh", script.arg()]).start();
+    master.wait_ready(2);
+    master.send("resize wait 3");
+    master.wait_for_stderr("mcluster: resizing to 3 workers");
+    master.send("resize wait 2");
+    master.wait_for_stdout("resize to 3: superseded by 2");
+    master.wait_for_stdout("resized: ");
+    master.send("resize wait 0");
+    master.wait_for_stdout("resize to 0: refused: invalid size 0");
+    master.send("quit");
+    assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
 }

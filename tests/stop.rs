@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::support::net::{is_refused, receive, send, wait_accepted};
-use crate::support::{Master, Reply, Script, echo, fixture, pids};
+use crate::support::process::{children_of, stat, wait_until};
+use crate::support::script::quote;
+use crate::support::{Master, Reply, Script, echo, fixture, pids, python3};
 
 /// Far below the kill timeout the graceful tests set (60 s): a master that waited for it fails.
 const PROMPT: Duration = Duration::from_secs(20);
@@ -221,4 +223,46 @@ fn a_lingering_worker_is_reported_and_its_sigkill_names_it() {
         "mcluster: w0 (pid {pid}, generation 1) did not stop within 4.00s; sending SIGKILL"
     ));
     drop(held);
+}
+
+/// Makes itself a child subreaper (`PR_SET_CHILD_SUBREAPER`, kept across exec) and execs the
+/// rest of its command line: the master then adopts its workers' orphans and, not being PID 1,
+/// never reaps them — as under a parent that does not reap (an init, a container's shell).
+const NON_REAPING_SUBREAPER: &str = "import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:
+    sys.exit('prctl(PR_SET_CHILD_SUBREAPER): ' + os.strerror(ctypes.get_errno()))
+os.execv(sys.argv[1], sys.argv[1:])";
+
+/// Issue 16, item 3: a hard stop ends though a killed worker's group leaves a zombie nobody
+/// reaps (the app behind a shell wrapper, orphaned to the master that does not reap it).
+#[test]
+fn a_hard_stop_ends_though_a_killed_group_leaves_a_zombie_nobody_reaps() {
+    let script = Script::new(&format!("{} &\nwait", quote(&fixture("fixture-echo"))));
+    let mut master = Master::builder(
+        &["-l", "127.0.0.1:0", "-n", "1", "--kill-timeout", "60s"],
+        "/bin/sh",
+        &[script.arg()],
+    )
+    .via(python3(), &["-c", NON_REAPING_SUBREAPER])
+    .start();
+    let workers = master.wait_ready(1);
+    let app = children_of(workers[0].pid);
+    assert_eq!(app.len(), 1, "{}", master.dump());
+    let start = Instant::now();
+    master.signal(Signal::SIGQUIT);
+    // The app's zombie is the master's child now, and no one reaps it.
+    wait_until("the app is a zombie of the master", || {
+        stat(app[0]).is_some_and(|s| s.state == 'Z' && s.ppid == master.pid())
+    });
+    assert_eq!(master.wait_exit_code(), 1, "{}", master.dump());
+    assert!(start.elapsed() < PROMPT, "{:?}", start.elapsed());
+    assert!(
+        master
+            .stderr_lines()
+            .iter()
+            .any(|l| l
+                .contains("after SIGKILL (zombies that its parent does not reap); taken for gone")),
+        "{}",
+        master.dump()
+    );
 }

@@ -85,17 +85,44 @@ pub(super) fn restart(args: &RestartArgs) -> ExitCode {
     })
 }
 
-/// `mcluster resize N [--json]`.
+/// `mcluster resize N [--json]`: blocks until every slot of the new size has a ready worker,
+/// or another size was asked for first (status 1).
 pub(super) fn resize(args: &ResizeArgs) -> ExitCode {
     run(|| {
-        let reply = ask(&args.control, &Request::Resize { size: args.size })?;
+        let mut connection = Connection::open(
+            args.control.control.as_deref(),
+            &Request::Resize { size: args.size },
+        )?;
+        let reply = connection.reply()?;
+        let outcome = reply.value.get("resize").cloned().unwrap_or(Value::Null);
+        let size = outcome.get("size").and_then(Value::as_u64).unwrap_or(0);
+        let resized = outcome.get("outcome").and_then(Value::as_str) == Some("resized");
         if args.control.json {
-            println!("{}", reply.raw(None));
+            println!("{}", reply.raw(Some("resize")));
+        } else if resized {
+            println!("resized to {}", workers(size));
         } else {
-            println!("resizing to {} workers", args.size);
+            output::master_line(&format!(
+                "error: the resize to {} was superseded: a later resize to {} won",
+                workers(u64::try_from(args.size).unwrap_or(u64::MAX)),
+                workers(size)
+            ));
         }
-        Ok(ExitCode::SUCCESS)
+        Ok(if resized {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     })
+}
+
+/// `1 worker`, `4 workers`.
+fn workers(count: u64) -> String {
+    if count == 1 {
+        "1 worker".to_owned()
+    } else {
+        format!("{count} workers")
+    }
 }
 
 /// `mcluster stop [--hard] [--json]`: returns when the master is gone.

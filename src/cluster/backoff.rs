@@ -3,14 +3,15 @@
 use std::time::Duration;
 
 /// Restart delays: the first restart is immediate, then `step`, doubling up to `cap`. A worker
-/// that ran for `stable` before it exited resets its slot's count.
+/// that was ready for `stable` before it exited resets its slot's count: it served, and its
+/// restart is immediate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     /// The delay before the second restart in a row.
     pub step: Duration,
     /// The longest delay.
     pub cap: Duration,
-    /// How long a worker must run for its exit not to count against the slot.
+    /// How long a worker must have been ready for its exit not to count against the slot.
     pub stable: Duration,
 }
 
@@ -19,7 +20,9 @@ impl Default for Backoff {
         Self {
             step: Duration::from_millis(100),
             cap: Duration::from_secs(10),
-            stable: Duration::from_secs(10),
+            // Long enough that a worker crashing on its first requests backs off; short enough
+            // that one killed from outside (an OOM killer) every second or so never waits.
+            stable: Duration::from_secs(1),
         }
     }
 }

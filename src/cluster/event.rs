@@ -249,6 +249,14 @@ pub enum Action {
         /// How long until SIGKILL; `None` if it was sent already.
         kill_in: Option<Duration>,
     },
+    /// What is left of an exited worker's group outlived its SIGKILL by
+    /// [`KILLED_GROUP_GRACE`](super::KILLED_GROUP_GRACE): zombies nobody reaps. It counts as
+    /// gone: stop watching the group, and forget it (its pid may be reused once the zombies are
+    /// reaped, and is then no longer ours).
+    Abandon {
+        /// The worker's pid (its process group's id).
+        pid: Pid,
+    },
     /// Tell the master's own service manager.
     Notify(MasterState),
     /// Every worker has exited: exit the master.

@@ -63,6 +63,8 @@ struct World {
     exits: usize,
     /// The surge bound in force (see `check_invariants`).
     surge: usize,
+    /// The bound on slots waiting after a ready worker's exit in force (likewise).
+    after_ready_limit: usize,
     /// Roll requests made, and those answered (by a roll's end or a refusal).
     requests: u64,
     answered: HashSet<u64>,
@@ -81,6 +83,7 @@ impl World {
             killed: HashSet::new(),
             exits: 0,
             surge: 1,
+            after_ready_limit: 1,
             requests: 0,
             answered: HashSet::new(),
         };
@@ -135,6 +138,13 @@ impl World {
                         }
                     }
                     Action::Exit(_) => self.exits += 1,
+                    Action::Abandon { pid } => {
+                        assert!(
+                            self.groups.contains(&pid) && self.killed.contains(&pid),
+                            "{pid} abandoned, but it is no killed group"
+                        );
+                        self.groups.retain(|&g| g != pid);
+                    }
                     Action::Lingering { pid, .. } => {
                         let asked = self.stop_asked.get(&pid).copied();
                         assert!(asked.is_some() || self.hard(), "{pid} lingers unasked");
@@ -167,6 +177,21 @@ impl World {
         } else {
             surge_now
         };
+        // A shrink keeps the restarts already waiting: the bound is the largest of their life.
+        // Half the slots, at least one (the policy, stated again here rather than asked of the
+        // core).
+        let limit_now = (self.cluster.config.size / 2).max(1);
+        let waiting_after_ready = self
+            .cluster
+            .slots
+            .iter()
+            .filter(|slot| slot.restart_at.is_some() && slot.waits_after_ready)
+            .count();
+        self.after_ready_limit = if waiting_after_ready > 0 {
+            self.after_ready_limit.max(limit_now)
+        } else {
+            limit_now
+        };
         let cluster = &self.cluster;
         // Every process spawned is tracked until it is reaped (and its group gone).
         for pid in self
@@ -191,6 +216,27 @@ impl World {
                 "slot {slot} has no worker and no restart"
             );
         }
+        // Capacity under crashes of ready workers (killed from outside): never more than the
+        // limit of slots wait for a restart at once, unless starts fail (a failed start backs
+        // off whatever the count).
+        let waiting = cluster
+            .slots
+            .iter()
+            .filter(|slot| slot.restart_at.is_some())
+            .count();
+        let limit = self.after_ready_limit;
+        assert!(
+            waiting_after_ready <= limit,
+            "{waiting_after_ready} slots wait after a ready worker's exit, limit {limit}"
+        );
+        assert!(
+            waiting <= limit
+                || cluster
+                    .slots
+                    .iter()
+                    .any(|slot| slot.restart_at.is_some() && !slot.waits_after_ready),
+            "{waiting} slots wait for a restart, limit {limit}, and no start failed"
+        );
         // Never more than size + surge workers that are not stopping.
         let live = cluster
             .workers

@@ -78,6 +78,7 @@ impl Timeline {
                     | Action::Ready(_)
                     | Action::RollStarted { .. }
                     | Action::RollRefused { .. }
+                    | Action::Abandon { .. }
                     | Action::Notify(_) => {}
                 }
             }
@@ -809,4 +810,180 @@ fn the_log_says_which_rule_made_a_worker_ready() {
     assert!(t.logged("w0 ready (pid 100, generation 1): READY=1"));
     assert!(t.logged("w1 ready (pid 101, generation 1): seen accepting (epoll)"));
     assert!(t.logged("w2 ready (pid 102, generation 1): alive 1.00s"));
+}
+
+/// The pids the core gave up on after their SIGKILL.
+fn abandoned(t: &Timeline) -> Vec<Pid> {
+    t.log
+        .iter()
+        .filter_map(|action| match action {
+            Action::Abandon { pid } => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_hard_stop_ends_a_grace_after_sigkill_though_zombies_of_a_group_remain() {
+    let mut t = running(2);
+    assert_eq!(
+        t.feed(Event::Stop { hard: true }),
+        [kill(Pid(100)), kill(Pid(101))]
+    );
+    // The workers are reaped; zombies of their groups stay, reaped by nobody.
+    t.leader_exit(Pid(100), 137);
+    t.leader_exit(Pid(101), 137);
+    assert_eq!(
+        t.advance(super::KILLED_GROUP_GRACE.checked_sub(ms(1)).unwrap()),
+        []
+    );
+    assert!(abandoned(&t).is_empty());
+    assert_eq!(
+        t.advance(ms(1)),
+        [Action::Exit(ExitReason::Killed)],
+        "a killed group is gone a grace after its SIGKILL"
+    );
+    assert_eq!(abandoned(&t), [Pid(100), Pid(101)]);
+    assert!(
+        t.logged("what is left of w0 (pid 100, generation 1) still exists 1.00s after SIGKILL")
+    );
+}
+
+#[test]
+fn a_group_killed_at_its_kill_deadline_is_gone_a_grace_later() {
+    let mut t = running(1);
+    t.feed(Event::Stop { hard: false });
+    t.leader_exit(Pid(100), 143);
+    assert_eq!(t.advance(t.cluster.config.kill_timeout), [kill(Pid(100))]);
+    assert_eq!(
+        t.advance(super::KILLED_GROUP_GRACE),
+        [Action::Exit(ExitReason::Stopped)]
+    );
+    assert_eq!(abandoned(&t), [Pid(100)]);
+}
+
+#[test]
+fn a_killed_worker_not_yet_reaped_is_waited_for_and_its_group_then_abandoned_at_once() {
+    let mut t = running(1);
+    t.feed(Event::Stop { hard: true });
+    // The worker process itself is our child: its exit is certain to come, and is waited for.
+    assert_eq!(t.advance(super::KILLED_GROUP_GRACE * 5), []);
+    assert!(abandoned(&t).is_empty());
+    t.leader_exit(Pid(100), 137);
+    assert_eq!(
+        t.cluster.next_deadline(),
+        t.now.checked_sub(super::KILLED_GROUP_GRACE * 4)
+    );
+    assert_eq!(t.feed(Event::Tick), [Action::Exit(ExitReason::Killed)]);
+}
+
+#[test]
+fn a_crashed_worker_s_killed_leftovers_are_abandoned_while_running_too() {
+    let mut t = running(1);
+    t.leader_exit(Pid(100), 1);
+    t.ready(Pid(101));
+    assert_eq!(t.advance(t.cluster.config.kill_timeout), [kill(Pid(100))]);
+    t.advance(super::KILLED_GROUP_GRACE);
+    assert_eq!(abandoned(&t), [Pid(100)]);
+    // A late end of the abandoned group is an unknown pid: nothing happens.
+    assert_eq!(t.exit(Pid(100), 137), []);
+    assert_eq!(t.spawned.len(), 2);
+}
+
+#[test]
+fn durations_too_large_for_an_instant_mean_never_and_do_not_panic() {
+    let mut t = Timeline::new(ClusterConfig {
+        ready_delay: Some(Duration::MAX),
+        ready_timeout: Duration::MAX,
+        kill_timeout: Duration::MAX,
+        watchdog: Some(Duration::MAX),
+        linger_note: Some(Duration::MAX),
+        ..config(2)
+    });
+    t.feed(Event::Start);
+    t.ready(Pid(100));
+    assert_eq!(t.advance(Duration::from_hours(1)), [], "no deadline passed");
+    t.feed(Event::Watchdog {
+        key: t.key_of(Pid(100)),
+    });
+    t.ready(Pid(101));
+    assert_eq!(
+        t.feed(Event::Stop { hard: false }),
+        [term(Pid(100)), term(Pid(101))]
+    );
+    assert_eq!(t.advance(Duration::from_hours(1)), [], "no SIGKILL yet");
+    assert!(t.cluster.next_deadline().is_some_and(|at| at > t.now));
+    assert_eq!(t.exit(Pid(100), 0), []);
+    assert_eq!(t.exit(Pid(101), 0), [Action::Exit(ExitReason::Stopped)]);
+}
+
+#[test]
+fn ready_workers_killed_from_outside_never_leave_more_than_half_the_slots_waiting() {
+    let mut t = running(4);
+    // Every worker is killed as soon as it is ready, again and again (a chaos test).
+    for _ in 0..6 {
+        let live: Vec<Pid> = t
+            .cluster
+            .workers
+            .iter()
+            .filter(|w| w.state == super::WorkerState::Ready)
+            .filter_map(|w| w.pid)
+            .collect();
+        for pid in live {
+            t.feed(Event::Exited {
+                pid,
+                end: ProcessEnd::Signal(9),
+            });
+            let waiting = t
+                .cluster
+                .slots
+                .iter()
+                .filter(|s| s.restart_at.is_some())
+                .count();
+            assert!(waiting <= 2, "{waiting} of 4 slots wait");
+        }
+        for (_, _, _, pid) in t.spawned.clone() {
+            if t.cluster.workers.iter().any(|w| w.pid == Some(pid)) {
+                t.ready(pid);
+            }
+        }
+        t.advance(ms(50));
+    }
+    assert!(t.logged("restarting in 0ms"));
+    assert!(
+        t.logged("restarting in 100ms"),
+        "quick crashes still back off"
+    );
+}
+
+#[test]
+fn a_worker_killed_after_it_served_a_second_restarts_at_once_every_time() {
+    let mut t = running(1);
+    for round in 0..5 {
+        let pid = t.last_pid();
+        t.advance(Duration::from_secs(1));
+        t.feed(Event::Exited {
+            pid,
+            end: ProcessEnd::Signal(9),
+        });
+        assert_eq!(t.spawned.len(), round + 2, "restarted at once");
+        t.ready(t.last_pid());
+    }
+    assert!(!t.logged("restarting in 100ms"));
+}
+
+#[test]
+fn failed_starts_back_off_in_every_slot_at_once() {
+    let mut t = running(2);
+    t.failing_slots = vec![0, 1];
+    t.exit(Pid(100), 1);
+    t.exit(Pid(101), 1);
+    // Both restarts were tried at once and failed to spawn: both slots back off.
+    let waiting = t
+        .cluster
+        .slots
+        .iter()
+        .filter(|s| s.restart_at.is_some())
+        .count();
+    assert_eq!(waiting, 2);
 }
