@@ -1251,3 +1251,65 @@ pub(crate) fn watch_signals(
         })?;
     Ok(handle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    /// A process that blocks SIGUSR1, so that one sent to it stays pending where
+    /// `/proc/PID/status` shows it, the moment `kill` returns. It stays in the test's process
+    /// group: its pid is no group's id, as a reaped leader's number is once someone else's
+    /// process took it.
+    fn stranger() -> std::process::Child {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import signal, sys, time\n\
+                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n\
+                 print('blocked', flush=True)\n\
+                 time.sleep(1000)",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "blocked\n");
+        child
+    }
+
+    /// Whether SIGUSR1 is pending for the process `pid`.
+    fn usr1_pending(pid: i32) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let pending = status
+            .lines()
+            .find_map(|line| line.strip_prefix("ShdPnd:"))
+            .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+            .unwrap();
+        pending & (1 << (Signal::SIGUSR1 as i32 - 1)) != 0
+    }
+
+    /// Item 7 of issue 16: a signal for a worker whose leader was reaped goes to its group only,
+    /// never to the pid alone, which may be another process's by now. A worker not yet reaped
+    /// that left its group gets the signal itself: its pid is still ours.
+    #[test]
+    fn a_reaped_leader_s_pid_is_never_signalled_alone() {
+        let mut other = stranger();
+        let pid = i32::try_from(other.id()).unwrap();
+        signal_worker(pid, Leader::Reaped, Signal::SIGUSR1);
+        let reaped_leader_signalled = usr1_pending(pid);
+        signal_worker(pid, Leader::Unreaped, Signal::SIGUSR1);
+        let own_child_signalled = usr1_pending(pid);
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(
+            !reaped_leader_signalled,
+            "a reaped leader's pid got the signal"
+        );
+        assert!(own_child_signalled, "an unreaped worker out of its group");
+    }
+}
