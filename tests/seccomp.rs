@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use crate::support::net::is_refused;
 use crate::support::process::{every_child_of, group_members, stat, wait_until};
 use crate::support::script::quote;
-use crate::support::{Master, Script, fixture, python3};
+use crate::support::{Master, MasterBuilder, Script, fixture, python3};
 
 /// The helper that runs a program under a filter making `close_range` fail.
 fn seccomp_helper() -> PathBuf {
@@ -220,4 +220,46 @@ fn with_close_range_cloexec_refused_einval_a_stop_ends_and_workers_inherit_only_
 #[test]
 fn with_close_range_cloexec_refused_einval_every_tree_dies_with_a_sigkilled_master() {
     every_tree_dies_with_a_sigkilled_master(EINVAL_FOR_CLOEXEC);
+}
+
+/// A build (here `--build CMD`, a `sh -c` of the master's) inherits none of the master's fds
+/// but its stdio either: not the fd the master's parent leaked, whether `close_range` works or
+/// not.
+#[test]
+fn a_build_inherits_none_of_the_master_s_stray_fds() {
+    let dir = tempfile::tempdir().unwrap();
+    let listing = dir.path().join("build-fds");
+    let build = format!(
+        "ls -l /proc/$$/fd > {}.next && mv {0}.next {0}",
+        quote(&listing)
+    );
+    let helper = seccomp_helper();
+    let mut master = MasterBuilder::raw(&[
+        "dev",
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "1",
+        "-w",
+        dir.path().to_str().unwrap(),
+        "--build",
+        &build,
+        "--",
+        fixture("fixture-echo").to_str().unwrap(),
+    ])
+    .via(
+        python3(),
+        &[helper.to_str().unwrap(), ENOSYS.errno, ENOSYS.when],
+    )
+    .start();
+    master.wait_until("the build to list its fds", || listing.exists());
+    let fds = fs::read_to_string(&listing).unwrap();
+    // The shell's own fds (a saved stdout for the redirection) are of no concern.
+    assert!(
+        fds.lines()
+            .all(|line| !line.contains("seccomp_close_range.py")),
+        "the build's shell inherited the master's stray fd:\n{fds}"
+    );
+    master.signal(Signal::SIGTERM);
+    assert_eq!(master.wait_exit_code(), 0);
 }
