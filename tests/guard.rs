@@ -46,6 +46,18 @@ impl Drop for Planted {
     }
 }
 
+/// A process SIGKILLed when the test ends, passing or not, if it is still the one seen (pid and
+/// start time).
+struct KillOnDrop(i32, u64);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if stat(self.0).is_some_and(|s| s.start_time == self.1) {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+        }
+    }
+}
+
 /// Starts a process that leads a process group and session of its own (`setsid sleep`, as a
 /// shell job or a daemon would) with exactly the pid `pid`, by setting the kernel's last pid
 /// just before; `None` if another process took the number first every time.
@@ -176,4 +188,23 @@ fn a_guard_killed_from_outside_is_replaced_by_one_that_guards_every_live_group()
     );
     master.wait_exit();
     wait_until("the new guard to exit", || !is_alive(new));
+}
+
+/// A guard stopped from outside (SIGSTOP, which it cannot ignore) never reads its pipe: the
+/// master's stop still ends (it waits for the guard a bounded time, then kills it).
+#[test]
+fn a_stopped_guard_does_not_hang_the_master_s_stop() {
+    let echo = fixture("fixture-echo");
+    let (mut master, workers) =
+        Master::start_ready(&["-l", "127.0.0.1:0", "-n", "1"], &echo, &[], 1);
+    let guard = guard_of(&master).expect("the master's guard");
+    let _kill_guard = KillOnDrop(guard, stat(guard).unwrap().start_time);
+    kill(Pid::from_raw(guard), Signal::SIGSTOP).unwrap();
+    master.wait_until("the guard to stop", || {
+        stat(guard).is_some_and(|s| s.state == 'T')
+    });
+    master.signal(Signal::SIGTERM);
+    assert_eq!(master.wait_exit_code(), 0);
+    assert!(!is_alive(workers[0].pid));
+    assert!(!is_alive(guard), "the stopped guard outlived the master");
 }
