@@ -46,7 +46,7 @@ impl Drop for Planted {
     }
 }
 
-/// A process SIGKILLed when the test ends, passing or not, if it is still the one seen (pid and
+/// A process killed when the test ends, passing or not, if it is still the one seen (pid and
 /// start time).
 struct KillOnDrop(i32, u64);
 
@@ -144,7 +144,7 @@ fn a_failed_spawn_s_pid_is_taken_back_from_the_guard() {
 }
 
 /// A guard killed from outside is noticed (one line), replaced, and the new guard kills every
-/// tree when the master is SIGKILLed: also the app behind a wrapper that does not `exec`, in a
+/// tree when the master is killed (SIGKILL): also the app behind a wrapper that does not `exec`, in a
 /// group started before the old guard died and in one started after.
 #[test]
 fn a_guard_killed_from_outside_is_replaced_by_one_that_guards_every_live_group() {

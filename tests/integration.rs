@@ -19,7 +19,7 @@
 //! - `environment` `--env` pairs once each, none of the master's service-manager variables
 //!   (`WATCHDOG_PID`, …) in a worker; the master's pid in the listening lines
 //! - `seccomp` where `close_range` fails (old kernels, seccomp profiles: ENOSYS, EPERM, EINVAL
-//!   for `CLOSE_RANGE_CLOEXEC`): stops end, a SIGKILLed master's trees die and the port is
+//!   for `CLOSE_RANGE_CLOEXEC`): stops end, a killed master's trees die and the port is
 //!   freed, workers and the guard hold only their own fds
 //! - `guard`   the guard kills only what is the master's (a failed spawn's pid, reused by
 //!   someone else's group, survives the master's stop) and is replaced when killed from outside

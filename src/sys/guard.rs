@@ -39,7 +39,7 @@ use super::platform;
 pub(crate) const CAPACITY: usize = 4096;
 
 /// How long the master waits for its guard to exit at the end; a guard that is stuck (stopped
-/// by SIGSTOP) is SIGKILLed then, so that the master's exit never hangs on it.
+/// by `SIGSTOP`) is killed then, so that the master's exit never hangs on it.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The master's side of its guard. Dropping it (or the master's death) makes the guard kill
@@ -145,13 +145,12 @@ impl Guard {
     pub(crate) fn exited(&mut self) -> Option<WaitStatus> {
         let pid = self.pid?;
         match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => None,
             Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
                 self.pid = None;
                 Some(status)
             }
-            // Stopped or continued: still there.
-            Ok(_) => None,
+            // Still running, stopped or continued: still there.
+            Ok(_) | Err(Errno::EINTR) => None,
             // ECHILD: someone else reaped it (`waitpid(-1)` as PID 1 goes through
             // `reaped_elsewhere`): gone all the same.
             Err(_) => {

@@ -150,7 +150,8 @@ unsafe fn sweep_one(fd: c_int, how: Sweep) {
 /// As [`sweep_fds_from`].
 #[cfg(target_os = "linux")]
 unsafe fn sweep_listed_fds(first: c_int, how: Sweep) -> bool {
-    /// `struct linux_dirent64`: d_ino (8 bytes), d_off (8), d_reclen (2), d_type (1), d_name.
+    /// `struct linux_dirent64`: `d_ino` (8 bytes), `d_off` (8), `d_reclen` (2), `d_type` (1),
+    /// `d_name`.
     const NAME: usize = 19;
     const RECLEN: usize = 16;
     // SAFETY: open of a NUL-terminated literal.
@@ -214,11 +215,11 @@ unsafe fn sweep_listed_fds(first: c_int, how: Sweep) -> bool {
             }
         }
         // Marking close-on-exec changes no listing: one pass is enough.
+        if how == Sweep::Cloexec || !swept_any {
+            break;
+        }
         // SAFETY: lseek on the directory opened above.
-        if how == Sweep::Cloexec
-            || !swept_any
-            || unsafe { libc::lseek(dir, 0, libc::SEEK_SET) } != 0
-        {
+        if unsafe { libc::lseek(dir, 0, libc::SEEK_SET) } != 0 {
             break;
         }
     }

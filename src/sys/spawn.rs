@@ -41,7 +41,7 @@ pub(crate) struct SpawnRequest<'a> {
 /// from the guard, then reaped (in that order: until it is reaped, its pid is nobody else's).
 pub(crate) fn spawn_worker(
     request: &SpawnRequest<'_>,
-    mut guard: Option<&mut Guard>,
+    guard: Option<&mut Guard>,
 ) -> io::Result<i32> {
     // Everything the child touches is allocated before fork: after fork only the thread that
     // forked exists, and another thread may have held the allocator's lock.
@@ -119,15 +119,10 @@ pub(crate) fn spawn_worker(
     }
     // The child wrote why it failed and `_exit`ed (or was killed above). The guard may know
     // its pid: take it back before the pid is freed, then reap the child.
-    if let Some(guard) = guard.as_deref_mut() {
+    if let Some(guard) = guard {
         guard.forget(pid);
     }
-    loop {
-        match waitpid(Pid::from_raw(pid), None) {
-            Err(Errno::EINTR) => {}
-            _ => break,
-        }
-    }
+    while let Err(Errno::EINTR) = waitpid(Pid::from_raw(pid), None) {}
     Err(failure.unwrap_or_else(|| io::Error::from_raw_os_error(i32::from_ne_bytes(errno))))
 }
 
