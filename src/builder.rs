@@ -157,7 +157,7 @@ impl BuildPlan {
             }
         };
         command.stdin(Stdio::null()).process_group(0);
-        sys::die_with_parent(&mut command);
+        sys::prepare_child(&mut command);
         let started = Instant::now();
         let mut child = command.spawn()?;
         let messages = match child.stdout.take() {
@@ -289,7 +289,7 @@ fn cargo_metadata<T: serde::de::DeserializeOwned>(
         command.arg("--manifest-path").arg(manifest);
     }
     command.stdin(Stdio::null()).stderr(Stdio::null());
-    sys::die_with_parent(&mut command);
+    sys::prepare_child(&mut command);
     let output = command.output().ok().filter(|o| o.status.success())?;
     serde_json::from_slice(&output.stdout).ok()
 }

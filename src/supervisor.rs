@@ -47,7 +47,7 @@ use crate::readiness::{self, ListenerInodes};
 use crate::status::{
     self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
 };
-use crate::sys::{Guard, SpawnRequest, spawn_worker};
+use crate::sys::{GUARD_CAPACITY, Guard, SpawnRequest, spawn_worker};
 
 /// How often the groups of exited workers are checked for being gone.
 const GROUP_POLL: Duration = Duration::from_millis(50);
@@ -481,11 +481,81 @@ impl Supervisor<'_> {
                     self.child_exited(state, pid, end);
                 }
             }
+            if let Some(status) = self.guard.exited() {
+                self.guard_exited(state, process_end(status).map(|(_, end)| end));
+            }
         }
         self.check_groups(state);
     }
 
+    /// The guard died: it never exits by itself while the master runs, so it was killed from
+    /// outside. Says so in one line and starts a new guard, which learns every live group
+    /// (workers, groups whose leader exited, builds). Should that fail, no worker starts until
+    /// a new guard does (see [`Supervisor::ensure_guard`]): a roll's replacements fail to
+    /// start, and the roll is aborted as any roll whose workers cannot start.
+    fn guard_exited(&mut self, state: &DriverState, end: Option<ProcessEnd>) {
+        let how = end.map_or_else(|| "is gone".to_owned(), |end| end.to_string());
+        let live = self.live_groups(state);
+        let count = live.len();
+        match self.guard.restart(live) {
+            Ok(()) => output::master_line(&format!(
+                "the guard process {how}; a new one (pid {}) guards the {count} live process \
+                 group{}",
+                self.guard.pid().unwrap_or(0),
+                if count == 1 { "" } else { "s" }
+            )),
+            Err(error) => output::master_line(&format!(
+                "error: the guard process {how}, and a new one cannot start ({error}); no \
+                 worker starts until one does"
+            )),
+        }
+    }
+
+    /// Every process group of ours that may still have a process in it: what a guard must
+    /// kill should the master die.
+    fn live_groups(&self, state: &DriverState) -> Vec<i32> {
+        let mut live: Vec<i32> = state.pids.keys().copied().collect();
+        live.extend(state.groups.keys().copied());
+        live.extend(self.dev.as_ref().and_then(DevLoop::build_pid));
+        live.extend(state.strays.iter().copied());
+        live
+    }
+
+    /// Before a worker starts: a guard must be there to take it (one killed from outside is
+    /// replaced first), with room for one more group.
+    fn ensure_guard(&mut self, state: &DriverState) -> io::Result<()> {
+        if let Some(status) = self.guard.exited() {
+            self.guard_exited(state, process_end(status).map(|(_, end)| end));
+        }
+        if self.guard.pid().is_none() {
+            self.guard
+                .restart(self.live_groups(state))
+                .map_err(|error| {
+                    io::Error::new(
+                        error.kind(),
+                        format!("no guard process to kill the worker with the master: {error}"),
+                    )
+                })?;
+            output::master_line(&format!(
+                "a new guard process (pid {}) runs",
+                self.guard.pid().unwrap_or(0)
+            ));
+        }
+        if Guard::full(self.live_groups(state).len()) {
+            return Err(io::Error::other(format!(
+                "the guard process tracks at most {GUARD_CAPACITY} process groups"
+            )));
+        }
+        Ok(())
+    }
+
     fn child_exited(&mut self, state: &mut DriverState, pid: i32, end: ProcessEnd) {
+        if self.guard.pid() == Some(pid) {
+            // Reaped by `waitpid(-1)` (the master as PID 1).
+            self.guard.reaped_elsewhere();
+            self.guard_exited(state, Some(end));
+            return;
+        }
         if self.dev.as_ref().and_then(DevLoop::build_pid) == Some(pid) {
             self.guard.forget(pid);
             self.build_exited(state, end);
@@ -593,7 +663,7 @@ impl Supervisor<'_> {
                             reason: crate::config::describe_io(&error),
                         },
                     }),
-                    Action::Signal { pid, kind } => self.send_signal(pid, kind),
+                    Action::Signal { pid, kind } => self.send_signal(state, pid, kind),
                     Action::Abandon { pid } => {
                         state.groups.remove(&pid.0);
                         self.guard.forget(pid.0);
@@ -692,6 +762,7 @@ impl Supervisor<'_> {
         generation: u64,
         size: usize,
     ) -> io::Result<i32> {
+        self.ensure_guard(state)?;
         let notify = self.notify_dir.open(key, slot, self.events.clone())?;
         let names: Vec<&str> = self.listeners.iter().map(Listener::name).collect();
         let mut env = self.spec.env.clone();
@@ -717,13 +788,15 @@ impl Supervisor<'_> {
         let argv: Vec<CString> = std::iter::once(program.argv0.clone())
             .chain(self.spec.args.iter().cloned())
             .collect();
-        let pid = spawn_worker(&SpawnRequest {
-            program: &program.path,
-            argv: &argv,
-            env: &env,
-            fds: &fds,
-            guard_fd: self.guard.fd(),
-        })?;
+        let pid = spawn_worker(
+            &SpawnRequest {
+                program: &program.path,
+                argv: &argv,
+                env: &env,
+                fds: &fds,
+            },
+            Some(&mut self.guard),
+        )?;
         drop(fds);
         // The worker holds the write ends now; ours must close for the readers to see EOF.
         drop(worker_output);
@@ -773,16 +846,24 @@ impl Supervisor<'_> {
         self.discard_unused_builds(older.into_values());
     }
 
-    fn send_signal(&self, pid: Pid, kind: StopKind) {
-        let pid = NixPid::from_raw(pid.0);
-        // ESRCH only means it is already gone; its exit is on the way as SIGCHLD.
-        // The whole group: a shell wrapper that does not `exec` passes nothing on, so the app
-        // behind it must hear the stop signal itself (as systemd's KillMode=control-group does).
+    /// Signals a worker's whole group: a shell wrapper that does not `exec` passes nothing on,
+    /// so the app behind it must hear the stop signal itself (as systemd's
+    /// `KillMode=control-group` does). Only what is still known to be ours: a worker not yet
+    /// reaped, or the group of one whose leader was reaped while others of its group lived on
+    /// (until that group is seen gone). Anything else gets no signal.
+    fn send_signal(&self, state: &DriverState, pid: Pid, kind: StopKind) {
         let signal = match kind {
             StopKind::Graceful => self.spec.stop_signal,
             StopKind::Kill => Signal::SIGKILL,
         };
-        let _ = killpg(pid, signal).or_else(|_| kill(pid, signal));
+        let leader = if state.pids.contains_key(&pid.0) {
+            Leader::Unreaped
+        } else if state.groups.contains_key(&pid.0) {
+            Leader::Reaped
+        } else {
+            return;
+        };
+        signal_worker(pid.0, leader, signal);
     }
 
     /// A snapshot of the master for [`Control::Status`].
@@ -1145,6 +1226,28 @@ fn process_end(status: WaitStatus) -> Option<(i32, ProcessEnd)> {
     }
 }
 
+/// Whether a worker's process, the leader of its group, is still the master's child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leader {
+    /// Not reaped yet: its pid is nobody else's (the kernel reuses a pid only once it is
+    /// reaped), nor is the group it leads.
+    Unreaped,
+    /// Reaped while others of its group lived on: the group's id stays in use, and so nobody
+    /// else's, while any process is in it; the pid alone may be someone else's already.
+    Reaped,
+}
+
+/// Sends `signal` to the group `pgid`. The worker process itself too if it is still our child
+/// but left its group (`setsid`): the group is gone then (ESRCH). ESRCH otherwise only means
+/// the group is gone; its leader's exit is on the way as SIGCHLD, or the group is seen gone at
+/// the next poll. Never the pid alone of a reaped leader: it may be another process's now.
+fn signal_worker(pgid: i32, leader: Leader, signal: Signal) {
+    let pgid = NixPid::from_raw(pgid);
+    if killpg(pgid, signal) == Err(nix::errno::Errno::ESRCH) && leader == Leader::Unreaped {
+        let _ = kill(pgid, signal);
+    }
+}
+
 /// Whether any process is left in the process group `pgid` (one of another user counts).
 fn group_exists(pgid: i32) -> bool {
     !matches!(
@@ -1180,4 +1283,66 @@ pub(crate) fn watch_signals(
             }
         })?;
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    /// A process that blocks SIGUSR1, so that one sent to it stays pending where
+    /// `/proc/PID/status` shows it, the moment `kill` returns. It stays in the test's process
+    /// group: its pid is no group's id, as a reaped leader's number is once someone else's
+    /// process took it.
+    fn stranger() -> std::process::Child {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import signal, sys, time\n\
+                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n\
+                 print('blocked', flush=True)\n\
+                 time.sleep(1000)",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "blocked\n");
+        child
+    }
+
+    /// Whether SIGUSR1 is pending for the process `pid`.
+    fn usr1_pending(pid: i32) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let pending = status
+            .lines()
+            .find_map(|line| line.strip_prefix("ShdPnd:"))
+            .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+            .unwrap();
+        pending & (1 << (Signal::SIGUSR1 as i32 - 1)) != 0
+    }
+
+    /// Item 7 of issue 16: a signal for a worker whose leader was reaped goes to its group only,
+    /// never to the pid alone, which may be another process's by now. A worker not yet reaped
+    /// that left its group gets the signal itself: its pid is still ours.
+    #[test]
+    fn a_reaped_leader_s_pid_is_never_signalled_alone() {
+        let mut other = stranger();
+        let pid = i32::try_from(other.id()).unwrap();
+        signal_worker(pid, Leader::Reaped, Signal::SIGUSR1);
+        let reaped_leader_signalled = usr1_pending(pid);
+        signal_worker(pid, Leader::Unreaped, Signal::SIGUSR1);
+        let own_child_signalled = usr1_pending(pid);
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(
+            !reaped_leader_signalled,
+            "a reaped leader's pid got the signal"
+        );
+        assert!(own_child_signalled, "an unreaped worker out of its group");
+    }
 }

@@ -11,8 +11,8 @@ mod spawn;
 
 pub(crate) use fd::{AdoptedListener, adopt_listener, claim_inherited_fds};
 #[cfg(feature = "master")]
-pub(crate) use guard::Guard;
+pub(crate) use guard::{CAPACITY as GUARD_CAPACITY, Guard};
 #[cfg(feature = "master")]
 pub(crate) use platform::{blind_file_system, peer_uid, pipe, stream_socket};
 #[cfg(feature = "master")]
-pub(crate) use spawn::{SpawnRequest, die_with_parent, spawn_worker};
+pub(crate) use spawn::{SpawnRequest, prepare_child, spawn_worker};

@@ -18,6 +18,11 @@
 //!   terminal closed; an aborted roll never empties a slot; an embedder's children stay its own
 //! - `environment` `--env` pairs once each, none of the master's service-manager variables
 //!   (`WATCHDOG_PID`, …) in a worker; the master's pid in the listening lines
+//! - `seccomp` where `close_range` fails (old kernels, seccomp profiles: ENOSYS, EPERM, EINVAL
+//!   for `CLOSE_RANGE_CLOEXEC`): stops end, a killed master's trees die and the port is
+//!   freed, workers and the guard hold only their own fds
+//! - `guard`   the guard kills only what is the master's (a failed spawn's pid, reused by
+//!   someone else's group, survives the master's stop) and is replaced when killed from outside
 //! - `errors`  bad input: one line, non-zero exit, nothing spawned or left behind
 //! - `output`  worker output prefixed by slot, long lines cut, the master's memory bounded;
 //!   `--silent` (workers write to /dev/null)
@@ -69,11 +74,13 @@ mod dev;
 mod dev_workspace;
 mod environment;
 mod errors;
+mod guard;
 mod library;
 mod output;
 mod readiness;
 mod resize;
 mod roll;
+mod seccomp;
 mod socket_files;
 mod start;
 mod stop;

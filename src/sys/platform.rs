@@ -4,7 +4,7 @@
 //! | need | Linux | macOS, BSDs |
 //! |---|---|---|
 //! | a pipe, a socket, close-on-exec from birth | `pipe2`, `SOCK_CLOEXEC` | `pipe`/`socket`, then `fcntl(FD_CLOEXEC)`: another thread that forks in between could leak the fd into its child; mcluster forks on its driver thread only |
-//! | mark or close every fd from N up, in a forked child | `close_range` (kernels before 5.11: skipped) | a loop of `fcntl`/`close` up to the fd limit read before fork |
+//! | mark or close every fd from N up, in a forked child | `close_range`; where it fails (before 5.9, `CLOSE_RANGE_CLOEXEC` before 5.11, seccomp), each fd `/proc/self/fd` lists, or without `/proc` a loop up to the fd limit | a loop of `fcntl`/`close` up to the fd limit read before fork |
 //! | the child dies with its parent | `PR_SET_PDEATHSIG` | FreeBSD: `procctl(PROC_PDEATHSIG_CTL)`; macOS: none — the master's guard kills the worker's group when the master dies |
 //! | a process name for `ps` (the guard) | `PR_SET_NAME` | none: the guard shows as the master's name |
 //! | `errno` in a forked child | `nix::errno::Errno::last_raw` everywhere | |
@@ -72,8 +72,8 @@ fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
 }
 
 /// How many fd numbers a forked child must look at to find every fd it inherited: the soft
-/// limit, read before fork (capped, so that a huge limit costs no long loop; Linux does not
-/// loop at all).
+/// limit, read before fork (capped, so that a huge limit costs no long loop; Linux loops only
+/// where neither `close_range` nor `/proc` works).
 pub(crate) fn fd_limit() -> c_int {
     let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(1024, |(soft, _)| soft);
@@ -92,37 +92,163 @@ pub(crate) enum Sweep {
 /// In a forked child: marks close-on-exec, or closes, every fd from `first` up (`limit` from
 /// [`fd_limit`]).
 ///
+/// On Linux `close_range` does it in one call, but it may fail: kernels before 5.9 do not have
+/// it (ENOSYS), 5.9 and 5.10 refuse `CLOSE_RANGE_CLOEXEC` (EINVAL), and a seccomp profile that
+/// does not know it answers ENOSYS or EPERM. Whatever the error, the fds are then walked one
+/// by one: those listed in `/proc/self/fd` (read with `getdents64` into a buffer on this
+/// stack), or without `/proc` every number up to `limit`.
+///
 /// # Safety
-/// Async-signal-safe: only `close_range`, `fcntl` or `close`; call it between fork and exec
-/// (or `_exit`) only, where no other code owns those fds.
+/// Async-signal-safe: only `close_range`, `open`, `getdents64`, `lseek`, `fcntl` or `close` on
+/// memory of this stack frame; call it between fork and exec (or `_exit`) only, where no other
+/// code owns those fds.
 pub(crate) unsafe fn sweep_fds_from(first: c_int, limit: c_int, how: Sweep) {
     #[cfg(target_os = "linux")]
     {
-        let _ = limit;
         let flags = match how {
             Sweep::Cloexec => libc::CLOSE_RANGE_CLOEXEC,
             Sweep::Close => 0,
         };
-        // SAFETY: a plain syscall on fd numbers; kernels without close_range (before 5.11)
-        // answer ENOSYS and nothing happens.
-        unsafe {
+        // SAFETY: a plain syscall on fd numbers, no memory involved.
+        let done = unsafe {
             libc::syscall(
                 libc::SYS_close_range,
                 libc::c_uint::try_from(first).unwrap_or(libc::c_uint::MAX),
                 libc::c_uint::MAX,
                 flags,
-            );
+            )
+        };
+        // SAFETY: as this function's contract.
+        if done == 0 || unsafe { sweep_listed_fds(first, how) } {
+            return;
         }
     }
-    #[cfg(not(target_os = "linux"))]
     for fd in first..limit {
         // SAFETY: fcntl or close on a number that may not be open fails with EBADF, harmlessly.
-        unsafe {
-            match how {
-                Sweep::Cloexec => libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC),
-                Sweep::Close => libc::close(fd),
+        unsafe { sweep_one(fd, how) };
+    }
+}
+
+/// Marks or closes one fd.
+///
+/// # Safety
+/// As [`sweep_fds_from`].
+unsafe fn sweep_one(fd: c_int, how: Sweep) {
+    // SAFETY: fcntl or close on a number that may not be open fails with EBADF, harmlessly.
+    unsafe {
+        match how {
+            Sweep::Cloexec => libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC),
+            Sweep::Close => libc::close(fd),
+        };
+    }
+}
+
+/// The fallback of [`sweep_fds_from`] on Linux: every fd from `first` up that `/proc/self/fd`
+/// lists. `false` if `/proc` could not be read (then nothing was swept).
+///
+/// # Safety
+/// As [`sweep_fds_from`].
+#[cfg(target_os = "linux")]
+unsafe fn sweep_listed_fds(first: c_int, how: Sweep) -> bool {
+    /// `struct linux_dirent64`: `d_ino` (8 bytes), `d_off` (8), `d_reclen` (2), `d_type` (1),
+    /// `d_name`.
+    const NAME: usize = 19;
+    const RECLEN: usize = 16;
+    // SAFETY: open of a NUL-terminated literal.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return false;
+    }
+    // 8-byte aligned, as the kernel's records are.
+    let mut buffer = [0u64; 512];
+    loop {
+        // Closing fds while the directory is read may make the kernel skip entries: after a
+        // pass that closed any, read it again from the start, until a pass finds nothing left.
+        let mut swept_any = false;
+        loop {
+            // SAFETY: getdents64 writes at most the buffer's length into the buffer.
+            let got = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    dir,
+                    buffer.as_mut_ptr(),
+                    std::mem::size_of_val(&buffer),
+                )
             };
+            let Ok(got) = usize::try_from(got) else {
+                // SAFETY: closes the directory opened above.
+                unsafe { libc::close(dir) };
+                return false;
+            };
+            if got == 0 {
+                break;
+            }
+            let bytes = buffer.as_ptr().cast::<u8>();
+            let mut at = 0;
+            while at + NAME < got {
+                // SAFETY: the kernel wrote `got` bytes of whole records; a record's length
+                // field is at RECLEN and its NUL-terminated name at NAME, inside the record.
+                let (length, fd) = unsafe {
+                    let length = usize::from(u16::from_ne_bytes([
+                        *bytes.add(at + RECLEN),
+                        *bytes.add(at + RECLEN + 1),
+                    ]));
+                    (length, parse_fd(bytes.add(at + NAME)))
+                };
+                if length == 0 {
+                    break;
+                }
+                if let Some(fd) = fd
+                    && fd >= first
+                    && fd != dir
+                {
+                    // SAFETY: as this function's contract.
+                    unsafe { sweep_one(fd, how) };
+                    swept_any = true;
+                }
+                at += length;
+            }
         }
+        // Marking close-on-exec changes no listing: one pass is enough.
+        if how == Sweep::Cloexec || !swept_any {
+            break;
+        }
+        // SAFETY: lseek on the directory opened above.
+        if unsafe { libc::lseek(dir, 0, libc::SEEK_SET) } != 0 {
+            break;
+        }
+    }
+    // SAFETY: closes the directory opened above.
+    unsafe { libc::close(dir) };
+    true
+}
+
+/// The fd number of a `/proc/self/fd` entry's name (`None` for `.` and `..`).
+///
+/// # Safety
+/// `name` must point to a NUL-terminated string.
+#[cfg(target_os = "linux")]
+unsafe fn parse_fd(name: *const u8) -> Option<c_int> {
+    let mut value: c_int = 0;
+    let mut at = 0;
+    loop {
+        // SAFETY: the string is NUL-terminated: reading stops at the NUL.
+        let byte = unsafe { *name.add(at) };
+        if byte == 0 {
+            return (at > 0).then_some(value);
+        }
+        if !byte.is_ascii_digit() {
+            return None;
+        }
+        value = value
+            .checked_mul(10)?
+            .checked_add(c_int::from(byte - b'0'))?;
+        at += 1;
     }
 }
 

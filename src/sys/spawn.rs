@@ -10,11 +10,13 @@ use std::ffi::{CStr, CString, c_char, c_int};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
+use nix::errno::Errno;
 use nix::libc;
-use nix::sys::signal::SigSet;
+use nix::sys::signal::{SigSet, Signal, kill, killpg};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
+use super::Guard;
 use super::platform;
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
@@ -31,14 +33,16 @@ pub(crate) struct SpawnRequest<'a> {
     pub(crate) env: &'a [CString],
     /// The fds the child gets at 0, 1, 2, 3, … (stdin, stdout, stderr, then the listeners).
     pub(crate) fds: &'a [BorrowedFd<'a>],
-    /// The master's guard pipe ([`Guard::fd`](super::Guard::fd)), or -1: the child announces
-    /// its process group there before exec.
-    pub(crate) guard_fd: RawFd,
 }
 
 /// Forks and execs a worker; returns its pid once `execve` succeeded, or the error of whatever
-/// step failed in the child (the child is reaped then).
-pub(crate) fn spawn_worker(request: &SpawnRequest<'_>) -> io::Result<i32> {
+/// step failed in the child. The child announces its process group to `guard` before exec, so
+/// that it dies with the master however the master dies; a child that failed is taken back
+/// from the guard, then reaped (in that order: until it is reaped, its pid is nobody else's).
+pub(crate) fn spawn_worker(
+    request: &SpawnRequest<'_>,
+    guard: Option<&mut Guard>,
+) -> io::Result<i32> {
     // Everything the child touches is allocated before fork: after fork only the thread that
     // forked exists, and another thread may have held the allocator's lock.
     let argv: Vec<*const c_char> = request
@@ -75,7 +79,7 @@ pub(crate) fn spawn_worker(request: &SpawnRequest<'_>) -> io::Result<i32> {
         mask: empty_mask.as_ref(),
         parent: c_int::try_from(parent).unwrap_or(c_int::MAX),
         error_fd: error_write.as_raw_fd(),
-        guard_fd: request.guard_fd,
+        guard_fd: guard.as_ref().map_or(-1, |guard| guard.fd()),
         fd_limit,
     };
 
@@ -93,21 +97,33 @@ pub(crate) fn spawn_worker(request: &SpawnRequest<'_>) -> io::Result<i32> {
     drop(error_write);
     let mut errno = [0u8; 4];
     let mut read = 0;
+    let mut failure = None;
     while read < errno.len() {
         match nix::unistd::read(&error_read, &mut errno[read..]) {
             Ok(0) => break,
             Ok(n) => read += n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                // Whether it exec'd cannot be known: it must not run untracked. It is our
+                // unreaped child, so its pid and its group are still ours to kill.
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                failure = Some(io::Error::from(e));
+                break;
+            }
         }
     }
-    if read == 0 {
+    if read == 0 && failure.is_none() {
         // The pipe closed on a successful exec.
         return Ok(pid);
     }
-    // The child wrote why it failed and `_exit`ed: reap it so no zombie is left.
-    let _ = waitpid(Pid::from_raw(pid), None);
-    Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
+    // The child wrote why it failed and `_exit`ed (or was killed above). The guard may know
+    // its pid: take it back before the pid is freed, then reap the child.
+    if let Some(guard) = guard {
+        guard.forget(pid);
+    }
+    while let Err(Errno::EINTR) = waitpid(Pid::from_raw(pid), None) {}
+    Err(failure.unwrap_or_else(|| io::Error::from_raw_os_error(i32::from_ne_bytes(errno))))
 }
 
 /// Raw pointers into memory prepared before fork, for the child alone.
@@ -149,14 +165,20 @@ impl ChildPlan<'_> {
             } else {
                 libc::fcntl(self.guard_fd, libc::F_DUPFD_CLOEXEC, above)
             };
+            if self.guard_fd >= 0 && guard_fd < 0 {
+                fail(error_fd);
+            }
             // Our own process group, so a terminal's Ctrl-C reaches only the master, and the
             // worker's whole tree can be signalled and killed as one.
             if libc::setpgid(0, 0) != 0 {
                 fail(error_fd);
             }
             // Before anything else can go wrong, the guard learns of the group: however the
-            // master dies from now on, the group dies with it.
-            super::guard::announce(guard_fd);
+            // master dies from now on, the group dies with it. A guard that did not get it
+            // (gone, or its pipe full) cannot guard it: no start then.
+            if !super::guard::announce(guard_fd) {
+                fail(error_fd);
+            }
             if platform::die_with_parent().is_err() {
                 fail(error_fd);
             }
@@ -234,16 +256,22 @@ unsafe fn write_decimal(out: *mut u8, value: c_int) {
     unsafe { *out.add(len) = 0 };
 }
 
-/// Makes a child started by `command` die with the master (SIGKILL when the master's thread
-/// exits), so that a build never outlives it.
-pub(crate) fn die_with_parent(command: &mut std::process::Command) {
+/// Makes a child started by `command` (a build, `cargo metadata`) die with the master (SIGKILL
+/// when the master's thread exits), so that it never outlives it, and inherit none of the
+/// master's fds but its stdio: not one the master's own parent leaked to it without
+/// close-on-exec (a listener's port, a pipe someone waits on for EOF).
+pub(crate) fn prepare_child(command: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     let parent = nix::unistd::getpid().as_raw();
+    let fd_limit = platform::fd_limit();
     // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
-    // calls are allowed: it calls prctl (or procctl) and getppid, allocates nothing and takes no
-    // lock. The io::Error it may return is built from errno without allocating.
+    // calls are allowed: it calls prctl (or procctl), getppid and the fd sweep (close_range, or
+    // open, getdents64 and fcntl), allocates nothing and takes no lock. The io::Error it may
+    // return is built from errno without allocating. std has placed the child's stdio at 0–2
+    // by then; its own error pipe is close-on-exec already.
     unsafe {
         command.pre_exec(move || {
+            platform::sweep_fds_from(3, fd_limit, platform::Sweep::Cloexec);
             // Where the OS has no parent-death signal (macOS), the guard covers the build.
             if platform::die_with_parent()? && libc::getppid() != parent {
                 // The master died before the request took effect: do not start an orphan.
@@ -268,13 +296,15 @@ mod tests {
         // More targets than this test process has fds open: the error pipe's number is one.
         let fds: Vec<BorrowedFd<'_>> = (0..256).map(|_| devnull.as_fd()).collect();
         let program = CString::new("/nonexistent/mcluster-test-program").unwrap();
-        let result = spawn_worker(&SpawnRequest {
-            program: &program,
-            argv: std::slice::from_ref(&program),
-            env: &[],
-            fds: &fds,
-            guard_fd: -1,
-        });
+        let result = spawn_worker(
+            &SpawnRequest {
+                program: &program,
+                argv: std::slice::from_ref(&program),
+                env: &[],
+                fds: &fds,
+            },
+            None,
+        );
         let error = result.expect_err("exec of a missing program must fail");
         assert_eq!(error.raw_os_error(), Some(libc::ENOENT), "{error}");
     }
