@@ -711,11 +711,17 @@ impl DevArgs {
         }
         for table in tables.iter().rev() {
             let (mut from_file, given) = parse_table(table)?;
+            // A table that builds one way (`build = "…"`, `no-build = true`) overrides the
+            // other way below it; `no-build = false` says only "do build", whichever way.
+            let picks_build = from_file.build.is_some() || from_file.no_build;
             for id in given {
                 if !taken.contains(&id) {
                     self.take_option(&mut from_file, &id);
                     taken.push(id);
                 }
+            }
+            if picks_build {
+                taken.extend(["build".to_owned(), "no_build".to_owned()]);
             }
         }
         Ok(())
@@ -759,6 +765,8 @@ fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
     };
     let base = table.manifest.parent().unwrap_or(Path::new("/"));
     let mut argv: Vec<OsString> = vec!["mcluster".into(), "dev".into()];
+    // The flags set to `false` (clap's ids): given, at their default.
+    let mut falses: Vec<String> = Vec::new();
     for (key, value) in entries {
         if !FILE_KEYS.contains(&key.as_str()) {
             return Err(Error::usage(format!("unknown key '{key}' in {place}")));
@@ -771,7 +779,11 @@ fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
         let mut values: Vec<String> = Vec::new();
         match value {
             serde_json::Value::Bool(true) => argv.push(format!("--{key}").into()),
-            serde_json::Value::Bool(false) => {}
+            // The command line has no way to say "not this flag", but a file must have one:
+            // `false` over a `true` in a table below it (or in the workspace's) wins.
+            serde_json::Value::Bool(false) if may_be_false(key) => {
+                falses.push(key.replace('-', "_"));
+            }
             serde_json::Value::Object(vars) if key == "env" => {
                 for (name, value) in vars {
                     let value = scalar(value)
@@ -810,7 +822,23 @@ fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
     };
     let options = DevArgs::from_arg_matches(sub)
         .map_err(|error| invalid(one_line(&error.render().to_string())))?;
-    Ok((options, given_ids(sub)))
+    let mut given = given_ids(sub);
+    given.extend(falses);
+    Ok((options, given))
+}
+
+/// Whether `key = false` has a meaning: the key is a flag (`silent`, `release`, `clear`,
+/// `no-build`), off by default, or an option whose value is optional and off by default
+/// (`poll`: no polling).
+fn may_be_false(key: &str) -> bool {
+    let command = Cli::command();
+    command
+        .find_subcommand("dev")
+        .and_then(|dev| dev.get_arguments().find(|arg| arg.get_long() == Some(key)))
+        .is_some_and(|arg| {
+            !arg.get_action().takes_values()
+                || arg.get_num_args().is_some_and(|n| n.min_values() == 0)
+        })
 }
 
 /// The config file: `explicit` (`--config`, `MCLUSTER_CONFIG`), else `mcluster.toml` in `cwd`
@@ -1343,6 +1371,94 @@ mod tests {
         // Relative to the manifest.
         assert_eq!(args.watch, [PathBuf::from("/w/app/../templates")]);
         assert_eq!(args.poll, Some(Duration::from_millis(200)));
+    }
+
+    /// `false` in a table wins over `true` in the tables below it, for every key that may be
+    /// `false`; it was dropped, so a `true` below could never be overridden.
+    #[test]
+    fn false_in_a_higher_table_wins_over_true_below() {
+        let flags = |args: &DevArgs| {
+            [
+                args.cluster.silent,
+                args.release,
+                args.clear,
+                args.no_build,
+                args.poll.is_some(),
+            ]
+        };
+        let keys = ["silent", "release", "clear", "no-build", "poll"];
+        let all = |value: bool| {
+            let entries: Vec<String> = keys
+                .iter()
+                .map(|key| format!("\"{key}\": {value}"))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        };
+        // The package's table over the workspace's, and the config file over the package's.
+        for (below, above) in [
+            ("workspace.metadata.mcluster", "package.metadata.mcluster"),
+            ("package.metadata.mcluster", ""),
+        ] {
+            let mut args = dev_args(&[]);
+            args.take_file_options(&[table(below, &all(true)), table(above, &all(false))])
+                .unwrap();
+            assert_eq!(flags(&args), [false; 5], "{above} over {below}");
+            // And `true` over `false`, as before.
+            let mut args = dev_args(&[]);
+            args.take_file_options(&[table(below, &all(false)), table(above, &all(true))])
+                .unwrap();
+            assert_eq!(flags(&args), [true; 5], "{above} over {below}");
+        }
+        // Each key on its own: only that one is turned off.
+        for (index, key) in keys.iter().enumerate() {
+            let mut args = dev_args(&[]);
+            args.take_file_options(&[
+                table("workspace.metadata.mcluster", &all(true)),
+                table(
+                    "package.metadata.mcluster",
+                    &format!("{{\"{key}\": false}}"),
+                ),
+            ])
+            .unwrap();
+            let mut expected = [true; 5];
+            expected[index] = false;
+            assert_eq!(flags(&args), expected, "{key} = false");
+        }
+        // A flag still wins over a file's `false`.
+        let mut args = dev_args(&["--silent", "--release"]);
+        args.take_file_options(&[table("package.metadata.mcluster", &all(false))])
+            .unwrap();
+        assert!(args.cluster.silent && args.release);
+        // A table that builds one way overrides the other way below it.
+        let mut args = dev_args(&[]);
+        args.take_file_options(&[
+            table("workspace.metadata.mcluster", r#"{"no-build": true}"#),
+            table("package.metadata.mcluster", r#"{"build": "make"}"#),
+        ])
+        .unwrap();
+        assert!(!args.no_build && args.build.as_deref() == Some("make"));
+        let mut args = dev_args(&[]);
+        args.take_file_options(&[
+            table("workspace.metadata.mcluster", r#"{"build": "make"}"#),
+            table("package.metadata.mcluster", r#"{"no-build": false}"#),
+        ])
+        .unwrap();
+        assert!(!args.no_build && args.build.as_deref() == Some("make"));
+    }
+
+    #[test]
+    fn false_is_refused_where_it_means_nothing() {
+        for key in ["size", "listen", "env", "build", "watchdog", "cooldown"] {
+            let mut args = dev_args(&[]);
+            let error = args
+                .take_file_options(&[table(
+                    "package.metadata.mcluster",
+                    &format!("{{\"{key}\": false}}"),
+                )])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
     }
 
     #[test]
