@@ -848,16 +848,16 @@ fn config_file(cwd: &Path, explicit: Option<&Path>) -> Result<Option<MetadataTab
         cwd.join(path)
     } else {
         let default = cwd.join(CONFIG_FILE);
-        if !default.is_file() {
+        // Anything by that name is the config file: only nothing at all is no config file.
+        if std::fs::symlink_metadata(&default).is_err() {
             return Ok(None);
         }
         default
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let text = read_config_file(&path).map_err(|why| {
         Error::usage(format!(
-            "cannot read the config file {}: {}",
-            path.display(),
-            config::describe_io(&e)
+            "cannot read the config file {}: {why}",
+            path.display()
         ))
     })?;
     let table: serde_json::Value = toml::from_str(&text).map_err(|e| {
@@ -876,6 +876,69 @@ fn config_file(cwd: &Path, explicit: Option<&Path>) -> Result<Option<MetadataTab
 
 /// The config file read from the working directory by default.
 const CONFIG_FILE: &str = "mcluster.toml";
+
+/// The largest config file read: far beyond any set of options, and a bound on what a wrong
+/// path (`/dev/zero`, a log file) can cost.
+const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// The text of a config file, which must be a regular file (or a symbolic link to one) of at
+/// most [`MAX_CONFIG_FILE`] bytes; otherwise what it is instead. A FIFO is opened without
+/// waiting for a writer, and nothing is read from anything but a regular file.
+fn read_config_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let describe = |e: &std::io::Error| config::describe_io(e);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(
+            |e| match (std::fs::read_link(path), std::fs::metadata(path)) {
+                (Ok(target), _) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                    "it is a symbolic link to {}, which does not exist",
+                    target.display()
+                ),
+                // A socket cannot be opened (ENXIO): say what it is.
+                (_, Ok(meta)) if meta.file_type().is_socket() => {
+                    "it is a socket, not a regular file".to_owned()
+                }
+                _ => describe(&e),
+            },
+        )?;
+    let meta = file.metadata().map_err(|e| describe(&e))?;
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("no regular file")
+    };
+    if let Some(what) = what {
+        return Err(format!("it is {what}, not a regular file"));
+    }
+    let too_large = || format!("it is larger than {} KiB", MAX_CONFIG_FILE / 1024);
+    if meta.len() > MAX_CONFIG_FILE {
+        return Err(too_large());
+    }
+    // It may grow while read: never more than the limit.
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| describe(&e))?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_owned())
+}
 
 /// `mcluster init`: a commented `mcluster.toml` (and, with `--systemd`, a unit and a socket
 /// unit), never over a file that exists.

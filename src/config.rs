@@ -86,7 +86,8 @@ pub(crate) fn describe_io(error: &io::Error) -> String {
 }
 
 /// Parses a duration: a number with `ms`, `s` or `m`; a bare number is milliseconds. 0 is
-/// accepted, for the options where it means "at once" (see [`parse_nonzero_duration`]).
+/// accepted, for the options where it means "at once" (see [`parse_nonzero_duration`]); a
+/// year (`525600m`) at most.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.starts_with('-') && text[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.') {
@@ -112,8 +113,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Duration::try_from_secs_f64(millis / 1000.0)
-        .map_err(|_| format!("invalid duration '{text}': too large"))
+        .ok()
+        .filter(|duration| *duration <= MAX_DURATION)
+        .ok_or_else(|| {
+            format!(
+                "invalid duration '{text}': too large, the largest accepted is {}m (a year)",
+                MAX_DURATION.as_secs() / 60
+            )
+        })
 }
+
+/// The longest duration any option takes: a year. Nothing mcluster waits for (a worker's
+/// start, its stop, a watchdog ping, a quiet time) is worth longer, and a deadline this far
+/// from now is representable on every clock, with room to add to it: `Instant` (whose range
+/// beyond now is not promised, and panics when left), `WATCHDOG_USEC` in microseconds, and
+/// timeouts in milliseconds. A value beyond it is a typo or a test of the limits.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// [`parse_duration`] for the options where no time at all makes no sense (`--ready-timeout`,
 /// `--watchdog`, `--poll`): anything under a millisecond, 0 included, is refused.
@@ -213,22 +228,40 @@ pub(crate) fn check_env(key: &OsStr, value: &OsStr) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a signal name (`TERM`, `SIGTERM`, `term`) or number into its number.
+/// Parses a signal name (`TERM`, `SIGTERM`, `term`) or number into its number: a signal that
+/// can ask a process to stop. One that suspends a process (`STOP`, `TSTP`, `TTIN`, `TTOU`),
+/// resumes it (`CONT`) or is ignored unless handled and means something else (`CHLD`, `URG`)
+/// is refused: the old workers would sit frozen or untouched until the kill timeout's SIGKILL.
+/// (`WINCH`, ignored by default too, is accepted: Apache's graceful stop is `WINCH`.)
 pub fn parse_signal(text: &str) -> Result<i32, String> {
-    if let Ok(number) = text.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(number)
-            .map(|signal| signal as i32)
-            .map_err(|_| format!("invalid signal '{text}'"));
-    }
-    let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
+    use nix::sys::signal::Signal;
+    let signal = if let Ok(number) = text.parse::<i32>() {
+        Signal::try_from(number).map_err(|_| format!("invalid signal '{text}'"))?
     } else {
-        format!("SIG{upper}")
+        let upper = text.to_ascii_uppercase();
+        let name = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        name.parse::<Signal>()
+            .map_err(|_| format!("invalid signal '{text}': expected a name like TERM or INT"))?
     };
-    name.parse::<nix::sys::signal::Signal>()
-        .map(|signal| signal as i32)
-        .map_err(|_| format!("invalid signal '{text}': expected a name like TERM or INT"))
+    let why = match signal {
+        Signal::SIGSTOP => "it suspends a worker, which cannot catch it, instead of stopping it",
+        Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => {
+            "it suspends a worker that does not handle it, instead of stopping it"
+        }
+        Signal::SIGCONT => "it resumes a suspended process; a running worker carries on",
+        Signal::SIGCHLD | Signal::SIGURG => {
+            "a worker ignores it unless it handles it, and then not as a request to stop"
+        }
+        _ => return Ok(signal as i32),
+    };
+    Err(format!(
+        "invalid signal '{text}': {}: {why}",
+        signal.as_str()
+    ))
 }
 
 /// Finds the program a worker runs: a path with a `/` as it is, anything else on `PATH`.
@@ -268,6 +301,30 @@ mod tests {
         assert!(parse_duration("5x").unwrap_err().contains("'5x'"));
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    /// `10000000000000000000s` was accepted and then panicked on its first deadline.
+    #[test]
+    fn durations_beyond_a_year_are_refused_naming_the_largest() {
+        assert_eq!(parse_duration("525600m"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("31536000s"), Ok(MAX_DURATION));
+        for text in [
+            "525600.001m",
+            "31536001s",
+            "31536000001",
+            "10000000000000000000s",
+            "99999999999999999999m",
+        ] {
+            let error = parse_duration(text).unwrap_err();
+            assert_eq!(
+                error,
+                format!(
+                    "invalid duration '{text}': too large, the largest accepted is 525600m \
+                     (a year)"
+                )
+            );
+            assert!(parse_nonzero_duration(text).is_err());
+        }
     }
 
     #[test]
@@ -375,6 +432,30 @@ mod tests {
         assert_eq!(parse_signal("sigint"), Ok(2));
         assert_eq!(parse_signal("10"), Ok(10));
         assert!(parse_signal("NOPE").is_err());
+        assert_eq!(parse_signal("WINCH"), Ok(28));
+        assert_eq!(parse_signal("USR1"), Ok(10));
+    }
+
+    /// `--stop-signal STOP` froze the old workers of every roll until SIGKILL.
+    #[test]
+    fn signals_that_cannot_stop_a_worker_are_refused() {
+        for (text, name) in [
+            ("STOP", "SIGSTOP"),
+            ("19", "SIGSTOP"),
+            ("tstp", "SIGTSTP"),
+            ("SIGTTIN", "SIGTTIN"),
+            ("TTOU", "SIGTTOU"),
+            ("CONT", "SIGCONT"),
+            ("CHLD", "SIGCHLD"),
+            ("17", "SIGCHLD"),
+            ("URG", "SIGURG"),
+        ] {
+            let error = parse_signal(text).unwrap_err();
+            assert!(
+                error.starts_with(&format!("invalid signal '{text}': {name}: ")),
+                "{error}"
+            );
+        }
     }
 
     #[test]

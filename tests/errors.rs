@@ -369,6 +369,36 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
             &["--ready-timeout", "too large"],
         ),
         start(&["--watchdog", "0"], 2, &["--watchdog", "at least 1ms"]),
+        // Beyond a year: once accepted, then a panic at the first deadline (exit 101).
+        start(
+            &["--ready-delay", "10000000000000000000s"],
+            2,
+            &["--ready-delay", "too large", "525600m"],
+        ),
+        start(
+            &["--kill-timeout", "10000000000000000000s"],
+            2,
+            &["--kill-timeout", "too large", "525600m"],
+        ),
+        start(
+            &["--watchdog", "525601m"],
+            2,
+            &["--watchdog", "too large", "525600m"],
+        ),
+        start(&[], 2, &["--ready-timeout", "too large", "525600m"])
+            .env("MCLUSTER_READY_TIMEOUT", "10000000000000000000s"),
+        start(&[], 2, &["--kill-timeout", "too large", "525600m"])
+            .env("MCLUSTER_KILL_TIMEOUT", "31536001s"),
+        dev(
+            &["--no-build", "--cooldown", "10000000000000000000s"],
+            2,
+            &["--cooldown", "too large", "525600m"],
+        ),
+        dev(
+            &["--no-build", "--poll=10000000000000000000s"],
+            2,
+            &["--poll", "too large", "525600m"],
+        ),
         start(&["--watchdog", ""], 2, &["--watchdog", "''"]),
         dev(
             &["--no-build", "--cooldown", "5x"],
@@ -381,6 +411,14 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
         start(&["--stop-signal", "BOGUS"], 2, &["--stop-signal", "BOGUS"]),
         start(&["--stop-signal", "0"], 2, &["--stop-signal", "'0'"]),
         start(&["--stop-signal", "99"], 2, &["--stop-signal", "'99'"]),
+        start(
+            &["--stop-signal", "STOP"],
+            2,
+            &["--stop-signal", "SIGSTOP", "suspends"],
+        ),
+        start(&["--stop-signal", "CONT"], 2, &["--stop-signal", "SIGCONT"]),
+        start(&[], 2, &["--stop-signal", "SIGCHLD"]).env("MCLUSTER_STOP_SIGNAL", "CHLD"),
+        start(&["--stop-signal", "TTOU"], 2, &["--stop-signal", "SIGTTOU"]),
         // Addresses (a good unix listener comes first: it must be gone after the error).
         listen("127.0.0.1:notaport", 2, &["127.0.0.1:notaport"]),
         listen("127.0.0.1:99999", 2, &["127.0.0.1:99999"]),
@@ -461,6 +499,7 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
         start(&[], 2, &["LISTEN_FDS", "'x'"]).env("LISTEN_FDS", "x"),
         start(&[], 2, &["LISTEN_FDS", "''"]).env("LISTEN_FDS", ""),
         start(&[], 2, &["LISTEN_FDS", "'1x'"]).env("LISTEN_FDS", "1x"),
+        start(&[], 2, &["LISTEN_FDS", "'-1'", "0 or more"]).env("LISTEN_FDS", "-1"),
         start(&[], 1, &["fd 3", "not open"]).env("LISTEN_FDS", "1"),
         start(&[], 1, &["fd 3"]).env("LISTEN_FDS", "1").fd3(&file),
         start(&[], 1, &["fd 3"]).env("LISTEN_FDS", "2").fd3(&file),
@@ -665,4 +704,35 @@ fn unix_path_too_long() {
     let path = scene.script.dir().join("s".repeat(108));
     let listen = format!("unix:{}", path.display());
     scene.rejects(&scene.start(&["-l", &listen]), Some(2), &[&listen, "107"]);
+}
+
+/// `LISTEN_FDS=2147483000` made the worker helpers size a list of names by it (51 GB) and
+/// abort; they refuse a count beyond the fds that are open, in one line naming it. (Under a
+/// 2 GB address-space limit, so that the old behaviour aborts at once on any machine.)
+#[test]
+fn the_worker_helpers_refuse_more_fds_than_are_open() {
+    use crate::support::fixture;
+    let echo = fixture("fixture-echo");
+    for count in ["2147483000", "100000"] {
+        let mut worker = MasterBuilder::embedded(
+            "/bin/sh",
+            &[
+                "-c".as_ref(),
+                "ulimit -v 2000000 && exec \"$0\"".as_ref(),
+                echo.as_os_str(),
+            ],
+        )
+        .env("LISTEN_FDS", count)
+        .start();
+        assert_eq!(worker.wait_exit_code(), 1, "{}", worker.dump());
+        let lines = worker.stderr_lines();
+        assert_eq!(lines.len(), 1, "{}", worker.dump());
+        assert!(
+            lines[0].starts_with(&format!(
+                "echo: listeners: LISTEN_FDS={count} names fds 3 to "
+            )) && lines[0].ends_with("is not open: fewer fds were passed"),
+            "{}",
+            worker.dump()
+        );
+    }
 }
