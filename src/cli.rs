@@ -788,8 +788,18 @@ fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
                 for (name, value) in vars {
                     let value = scalar(value)
                         .ok_or_else(|| invalid(format!("env.{name} is not a string")))?;
+                    // `"A=B" = "c"` would become `A=B=c`: the variable A.
+                    config::check_env(OsStr::new(name), OsStr::new(&value))
+                        .map_err(|why| invalid(format!("env: {why}")))?;
                     values.push(format!("{name}={value}"));
                 }
+            }
+            // No value at all is the default, without a word: no list can say "none" here.
+            serde_json::Value::Array(items) if items.is_empty() => {
+                return Err(invalid(format!(
+                    "{key} = [] is empty: give at least one value, or leave {key} out for the \
+                     default"
+                )));
             }
             serde_json::Value::Array(items) => {
                 for item in items {
@@ -1546,6 +1556,10 @@ mod tests {
             (r#"{"cooldown": "5x"}"#, "'5x'"),
             (r#"{"env": {"LISTEN_FDS": "3"}}"#, "LISTEN_FDS"),
             (r#"{"listen": [["x"]]}"#, "listen"),
+            (r#"{"listen": []}"#, "listen = [] is empty"),
+            (r#"{"watch": []}"#, "watch = [] is empty"),
+            (r#"{"env": {"A=B": "c"}}"#, "'A=B': it contains '='"),
+            (r#"{"env": {"": "c"}}"#, "the name is empty"),
             ("[1]", "not a table"),
         ] {
             let error = error(json);

@@ -62,6 +62,8 @@ fn an_unknown_key_or_a_bad_value_is_one_line_naming_it_and_the_file() {
             "watchdog = \"525601m\"\n",
             "the largest accepted is 525600m",
         ),
+        ("listen = []\n", "listen = [] is empty"),
+        ("env = { \"A=B\" = \"c\" }\n", "'A=B': it contains '='"),
     ] {
         fs::write(&file, text).unwrap();
         let mut master = start_in(&dir, &[]).start();
