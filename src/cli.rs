@@ -145,7 +145,7 @@ pub struct ResizeArgs {
     pub control: ControlArgs,
 
     /// The new number of workers.
-    #[arg(value_name = "N", value_parser = config::parse_size, allow_negative_numbers = true)]
+    #[arg(value_name = "N", value_parser = utf8(config::parse_size), allow_negative_numbers = true)]
     pub size: usize,
 }
 
@@ -205,7 +205,7 @@ pub struct ClusterArgs {
         short,
         long = "listen",
         value_name = "ADDR",
-        value_parser = parse_listen,
+        value_parser = utf8(parse_listen),
         help = "Address to listen on: HOST:PORT, [V6]:PORT, :PORT or unix:PATH (socket mode 0600; \
                 unix,mode=0660:PATH sets another), with an optional NAME= prefix for \
                 LISTEN_FDNAMES. Repeatable. [default: 127.0.0.1:3000]"
@@ -217,7 +217,7 @@ pub struct ClusterArgs {
         short = 'n',
         long,
         value_name = "N",
-        value_parser = config::parse_size,
+        value_parser = utf8(config::parse_size),
         allow_negative_numbers = true,
         env = "MCLUSTER_SIZE",
         help = "Number of workers. [default: the CPU count available]"
@@ -249,31 +249,31 @@ pub struct ClusterArgs {
     /// With --ready auto: a worker alive this long counts as ready (0: at once). Without it, a
     /// worker is ready at READY=1 or when seen accepting on its listeners, and only where that
     /// cannot be seen (no /proc) after 1s.
-    #[arg(long, value_name = "DUR", value_parser = config::parse_duration, allow_hyphen_values = true, env = "MCLUSTER_READY_DELAY")]
+    #[arg(long, value_name = "DUR", value_parser = utf8(config::parse_duration), allow_hyphen_values = true, env = "MCLUSTER_READY_DELAY")]
     pub ready_delay: Option<Duration>,
 
     /// A worker not ready by then has failed to start (at least 1ms).
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true, env = "MCLUSTER_READY_TIMEOUT")]
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = utf8(config::parse_nonzero_duration), allow_hyphen_values = true, env = "MCLUSTER_READY_TIMEOUT")]
     pub ready_timeout: Duration,
 
     /// How long a stopping worker has before SIGKILL (0: SIGKILL at once). [default: 30s; 5s
     /// for dev, where nothing is worth a long wait]
-    #[arg(long, value_name = "DUR", value_parser = config::parse_duration, allow_hyphen_values = true, env = "MCLUSTER_KILL_TIMEOUT")]
+    #[arg(long, value_name = "DUR", value_parser = utf8(config::parse_duration), allow_hyphen_values = true, env = "MCLUSTER_KILL_TIMEOUT")]
     pub kill_timeout: Option<Duration>,
 
     /// How many replacements a roll starts at once: a count, a percentage of the size (25%), or
     /// all. Ready workers never drop below the size; each old worker stops as soon as its
     /// replacement is ready. [default: all]
-    #[arg(long, value_name = "N|P%|all", value_parser = config::parse_surge, env = "MCLUSTER_SURGE")]
+    #[arg(long, value_name = "N|P%|all", value_parser = utf8(config::parse_surge), env = "MCLUSTER_SURGE")]
     pub surge: Option<Surge>,
 
     /// The signal that asks a worker to stop.
-    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = config::parse_signal, env = "MCLUSTER_STOP_SIGNAL")]
+    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = utf8(config::parse_signal), env = "MCLUSTER_STOP_SIGNAL")]
     pub stop_signal: i32,
 
     /// Give workers WATCHDOG_USEC: a ready worker that sends no WATCHDOG=1 for DUR is replaced
     /// (at least 1ms).
-    #[arg(long, value_name = "DUR", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true, env = "MCLUSTER_WATCHDOG")]
+    #[arg(long, value_name = "DUR", value_parser = utf8(config::parse_nonzero_duration), allow_hyphen_values = true, env = "MCLUSTER_WATCHDOG")]
     pub watchdog: Option<Duration>,
 
     /// The control socket that mcluster status, restart, resize, stop and events talk to.
@@ -283,7 +283,7 @@ pub struct ClusterArgs {
     pub control: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT or :PORT).
-    #[arg(long, value_name = "ADDR", value_parser = parse_metrics, env = "MCLUSTER_METRICS")]
+    #[arg(long, value_name = "ADDR", value_parser = utf8(parse_metrics), env = "MCLUSTER_METRICS")]
     pub metrics: Option<SocketAddr>,
 
     /// A config file of options (TOML, the long option names as keys). [default: mcluster.toml
@@ -311,6 +311,7 @@ pub struct DevArgs {
     /// Extensions of the files that count, comma-separated (with a cargo build, every file
     /// the last build read counts too).
     #[arg(
+        value_parser = utf8(text),
         long,
         value_name = "LIST",
         value_delimiter = ',',
@@ -319,7 +320,7 @@ pub struct DevArgs {
     pub ext: Vec<String>,
 
     /// Quiet time after the last change before a rebuild (restarted by every change; 0: none).
-    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = config::parse_duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = utf8(config::parse_duration), allow_hyphen_values = true)]
     pub cooldown: Duration,
 
     /// Directories to watch.
@@ -334,20 +335,20 @@ pub struct DevArgs {
     pub watch: Vec<PathBuf>,
 
     /// A glob of paths to ignore (besides target/, .git/ and .gitignore). Repeatable.
-    #[arg(short, long = "ignore", value_name = "GLOB")]
+    #[arg(short, long = "ignore", value_name = "GLOB", value_parser = utf8(text))]
     pub ignore: Vec<String>,
 
     /// Poll for changes instead of inotify, every INTERVAL (at least 1ms). Automatic, every
     /// 500ms, on file systems inotify is blind on (9p, NFS, SMB, FUSE).
-    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "500ms", value_parser = config::parse_nonzero_duration, allow_negative_numbers = true)]
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "500ms", value_parser = utf8(config::parse_nonzero_duration), allow_negative_numbers = true)]
     pub poll: Option<Duration>,
 
     /// The binary to build and run.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = utf8(text))]
     pub bin: Option<String>,
 
     /// The package to build.
-    #[arg(short, long, value_name = "NAME")]
+    #[arg(short, long, value_name = "NAME", value_parser = utf8(text))]
     pub package: Option<String>,
 
     /// Build with the release profile.
@@ -355,7 +356,7 @@ pub struct DevArgs {
     pub release: bool,
 
     /// Cargo features to enable.
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", value_parser = utf8(text))]
     pub features: Option<String>,
 
     /// The Cargo.toml of the project.
@@ -363,7 +364,7 @@ pub struct DevArgs {
     pub manifest_path: Option<PathBuf>,
 
     /// Build with this shell command instead of cargo (needs a PROGRAM).
-    #[arg(long, value_name = "CMD", conflicts_with = "no_build")]
+    #[arg(long, value_name = "CMD", conflicts_with = "no_build", value_parser = utf8(text))]
     pub build: Option<String>,
 
     /// Do not build: every change only rolls the workers (needs a PROGRAM).
@@ -410,6 +411,24 @@ pub struct DevArgs {
                 PROGRAM [ARGS], the program the workers run."
     )]
     pub program: Vec<OsString>,
+}
+
+/// A value parser for a text option: `parse` on the text, and one that is not UTF-8 refused
+/// naming the option (clap's own words name none).
+fn utf8<T: Clone + Send + Sync + 'static>(
+    parse: fn(&str) -> Result<T, String>,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    clap::builder::OsStringValueParser::new().try_map(move |value| match value.to_str() {
+        Some(text) => parse(text),
+        None => Err("it is not UTF-8 text".to_owned()),
+    })
+}
+
+/// A text option as it is.
+// The signature of a value parser.
+#[allow(clippy::unnecessary_wraps)]
+fn text(text: &str) -> Result<String, String> {
+    Ok(text.to_owned())
 }
 
 fn parse_listen(text: &str) -> Result<ListenAddr, String> {
@@ -1351,6 +1370,49 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    /// Clap's own words for a value that is not UTF-8 named no option.
+    #[test]
+    fn a_value_that_is_not_utf8_is_refused_naming_the_option() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let latin1 = OsString::from_vec(b"caf\xe9".to_vec());
+        for (command, option) in [
+            ("start", "--listen <ADDR>"),
+            ("start", "--size <N>"),
+            ("start", "--stop-signal <SIG>"),
+            ("start", "--kill-timeout <DUR>"),
+            ("start", "--surge <N|P%|all>"),
+            ("start", "--metrics <ADDR>"),
+            ("dev", "--cooldown <DUR>"),
+            ("dev", "--ext <LIST>"),
+            ("dev", "--ignore <GLOB>"),
+            ("dev", "--bin <NAME>"),
+            ("dev", "--package <NAME>"),
+            ("dev", "--features <LIST>"),
+            ("dev", "--build <CMD>"),
+        ] {
+            let flag = option.split(' ').next().unwrap();
+            let args: Vec<OsString> = vec![
+                "mcluster".into(),
+                command.into(),
+                flag.into(),
+                latin1.clone(),
+                "--".into(),
+                "app".into(),
+            ];
+            let error = one_line(&Cli::try_parse_args(args).unwrap_err().render().to_string());
+            assert_eq!(
+                error,
+                format!(
+                    "invalid value 'caf\u{fffd}' for '{option}': it is not UTF-8 text \
+                     (see mcluster --help)"
+                )
+            );
+        }
+        let args: Vec<OsString> = vec!["mcluster".into(), "resize".into(), latin1];
+        let error = one_line(&Cli::try_parse_args(args).unwrap_err().render().to_string());
+        assert!(error.contains("'<N>': it is not UTF-8 text"), "{error}");
     }
 
     #[test]
