@@ -77,7 +77,7 @@ fn changes(before: &Snapshot, after: &Snapshot) -> Vec<String> {
 
 /// A worker program that leaves a mark if it ever runs, next to things to trip over: `file` (a
 /// regular file), `fifo`, `dir/`, and the worker script itself, which has no exec bit; and
-/// `sock/`, for the listeners bound before an error.
+/// `sock/`, for the listeners bound before an error; `loop`, a symbolic link to itself.
 struct Scene {
     script: Script,
 }
@@ -91,6 +91,7 @@ impl Scene {
         mkfifo(&script.dir().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
         fs::create_dir(script.dir().join("dir")).unwrap();
         fs::create_dir(script.dir().join("sock")).unwrap();
+        std::os::unix::fs::symlink("loop", script.dir().join("loop")).unwrap();
         Self { script }
     }
 
@@ -282,6 +283,7 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
     let listen = |addr: &str, code: i32, culprits: &[&str]| start(&["-l", addr], code, culprits);
     let (file, dir, fifo) = (scene.path("file"), scene.path("dir"), scene.path("fifo"));
     let missing = scene.path("missing");
+    let symlink_loop = scene.path("loop");
     let long = scene.unix(&"a".repeat(120));
     let mut cases = vec![
         // Flags and subcommands; clap's hints stay on the one line.
@@ -550,6 +552,11 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
         dev(&["--no-build", "-w", &missing], 2, &[&missing]),
         dev(&["--no-build", "-w", "missing"], 2, &[&missing]),
         dev(&["--no-build", "-w", &file], 2, &[&file, "not a directory"]),
+        dev(
+            &["--no-build", "-w", &symlink_loop],
+            2,
+            &[&symlink_loop, "symbolic links form a loop"],
+        ),
         dev(&["--no-build", "-i", "["], 2, &["--ignore", "'['"]),
         Case::new(
             &["dev", "-l", &unix, "--no-build", "--", &missing],
