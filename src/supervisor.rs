@@ -595,7 +595,7 @@ impl Supervisor<'_> {
                         Ok(pid) => Event::Spawned { key, pid: Pid(pid) },
                         Err(error) => Event::SpawnFailed {
                             key,
-                            reason: crate::config::describe_io(&error),
+                            reason: crate::config::describe_spawn_error(&error),
                         },
                     }),
                     Action::Signal { pid, kind } => {

@@ -113,6 +113,10 @@ fn init_writes_a_file_that_reads_back_and_never_overwrites_one() {
     );
 }
 
+/// A config-file case: what it is, the master it starts in a fresh directory, and what the one
+/// line says.
+type FileCase<'a> = (&'a str, Box<dyn Fn(&TempDir) -> MasterBuilder + 'a>, String);
+
 /// Only a regular file of at most 1 MiB is a config file. A dangling symbolic link, a
 /// directory or a FIFO named `mcluster.toml` was ignored without a word, `--config FIFO` waited
 /// for a writer for ever, and `MCLUSTER_CONFIG=/dev/zero` read until memory ran out: each is one
@@ -127,7 +131,7 @@ fn a_config_file_must_be_a_regular_file_of_a_sane_size() {
     let big = scene.path().join("big.toml");
     fs::write(&big, "# a comment line of a config file\n".repeat(40_000)).unwrap();
     let nowhere = scene.path().join("nowhere.toml");
-    let cases: Vec<(&str, Box<dyn Fn(&TempDir) -> MasterBuilder>, String)> = vec![
+    let cases: Vec<FileCase<'_>> = vec![
         (
             "a dangling symbolic link",
             Box::new(|dir| {

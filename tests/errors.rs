@@ -77,7 +77,9 @@ fn changes(before: &Snapshot, after: &Snapshot) -> Vec<String> {
 
 /// A worker program that leaves a mark if it ever runs, next to things to trip over: `file` (a
 /// regular file), `fifo`, `dir/`, and the worker script itself, which has no exec bit; and
-/// `sock/`, for the listeners bound before an error; `loop`, a symbolic link to itself.
+/// `sock/`, for the listeners bound before an error; `loop`, a symbolic link to itself; and
+/// executable files that cannot run: `no-shebang`, `empty`, `missing-interpreter` (its `#!`
+/// names one that does not exist), `garbage-elf`.
 struct Scene {
     script: Script,
 }
@@ -92,6 +94,21 @@ impl Scene {
         fs::create_dir(script.dir().join("dir")).unwrap();
         fs::create_dir(script.dir().join("sock")).unwrap();
         std::os::unix::fs::symlink("loop", script.dir().join("loop")).unwrap();
+        // Executable files the kernel cannot run.
+        for (name, content) in [
+            ("no-shebang", &b"echo not a script\n"[..]),
+            ("empty", b""),
+            (
+                "missing-interpreter",
+                b"#!/nonexistent/interpreter -x\necho hi\n",
+            ),
+            ("garbage-elf", b"\x7fELF garbage, not a binary"),
+        ] {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = script.dir().join(name);
+            fs::write(&path, content).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        }
         Self { script }
     }
 
@@ -284,6 +301,11 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
     let (file, dir, fifo) = (scene.path("file"), scene.path("dir"), scene.path("fifo"));
     let missing = scene.path("missing");
     let symlink_loop = scene.path("loop");
+    let (empty, missing_interpreter, garbage_elf) = (
+        scene.path("empty"),
+        scene.path("missing-interpreter"),
+        scene.path("garbage-elf"),
+    );
     let long = scene.unix(&"a".repeat(120));
     let mut cases = vec![
         // Flags and subcommands; clap's hints stay on the one line.
@@ -467,11 +489,45 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
         run("./dir", 2, &["./dir", "not executable"]),
         run(&fifo, 2, &[&fifo]),
         run("", 2, &["program", "empty"]),
+        // Executable files that cannot run: exec said "exec format error" three times (or "no
+        // such file or directory", naming neither the file nor the interpreter), then "no
+        // worker became ready", exit 1.
+        run(&empty, 2, &[&empty, "cannot run", "is empty"]),
+        run(
+            &missing_interpreter,
+            2,
+            &[
+                &missing_interpreter,
+                "the interpreter /nonexistent/interpreter",
+                "does not exist",
+            ],
+        ),
+        run(&garbage_elf, 2, &[&garbage_elf, "damaged ELF file"]),
         // `--env` pairs.
         start(&["-e", "NOEQUALS"], 2, &["--env", "NOEQUALS", "KEY=VALUE"]),
         start(&["-e", "=x"], 2, &["--env", "'=x'", "name is empty"]),
         start(&["--env", "A=1", "--env", "=x"], 2, &["--env", "'=x'"]),
     ];
+    // Without binfmt_misc handlers, which may take any file, one without `#!` that is no
+    // binary cannot run.
+    let binfmt_misc = fs::read_dir("/proc/sys/fs/binfmt_misc").is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|entry| !matches!(entry.file_name().to_str(), Some("register" | "status")))
+    });
+    if binfmt_misc {
+        eprintln!("binfmt_misc has handlers: a file without #! is left to exec");
+    } else {
+        let no_shebang = scene.path("no-shebang");
+        cases.push(run(
+            &no_shebang,
+            2,
+            &[
+                &no_shebang,
+                "neither a script starting with #! nor a binary",
+            ],
+        ));
+    }
     for reserved in [
         "MCLUSTER_WORKER_ID",
         "MCLUSTER_GENERATION",
@@ -742,4 +798,42 @@ fn the_worker_helpers_refuse_more_fds_than_are_open() {
             worker.dump()
         );
     }
+}
+
+/// An environment exec cannot take was reported as "argument list too long" (E2BIG).
+#[test]
+fn an_environment_too_large_for_exec_is_named_so() {
+    let scene = Scene::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    // One variable beyond what exec takes for a string (128 KiB with 4 KiB pages).
+    fs::write(
+        dir.path().join("mcluster.toml"),
+        format!("env = {{ BIG = \"{}\" }}\n", "x".repeat(300_000)),
+    )
+    .unwrap();
+    let mut master = MasterBuilder::raw(&[
+        "start",
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "1",
+        "--",
+        "/bin/sh",
+        scene.worker(),
+    ])
+    .current_dir(dir.path())
+    .start();
+    assert_eq!(master.wait_exit_code(), 1, "{}", master.dump());
+    let lines = master.stderr_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("could not be spawned: environment too large"))
+            && !lines
+                .iter()
+                .any(|line| line.contains("argument list too long")),
+        "{}",
+        master.dump()
+    );
+    assert!(!Path::new(&scene.path("spawned")).exists());
 }
