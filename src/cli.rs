@@ -145,7 +145,7 @@ pub struct ResizeArgs {
     pub control: ControlArgs,
 
     /// The new number of workers.
-    #[arg(value_name = "N", value_parser = config::parse_size, allow_negative_numbers = true)]
+    #[arg(value_name = "N", value_parser = utf8(config::parse_size), allow_negative_numbers = true)]
     pub size: usize,
 }
 
@@ -205,7 +205,7 @@ pub struct ClusterArgs {
         short,
         long = "listen",
         value_name = "ADDR",
-        value_parser = parse_listen,
+        value_parser = utf8(parse_listen),
         help = "Address to listen on: HOST:PORT, [V6]:PORT, :PORT or unix:PATH (socket mode 0600; \
                 unix,mode=0660:PATH sets another), with an optional NAME= prefix for \
                 LISTEN_FDNAMES. Repeatable. [default: 127.0.0.1:3000]"
@@ -217,7 +217,7 @@ pub struct ClusterArgs {
         short = 'n',
         long,
         value_name = "N",
-        value_parser = config::parse_size,
+        value_parser = utf8(config::parse_size),
         allow_negative_numbers = true,
         env = "MCLUSTER_SIZE",
         help = "Number of workers. [default: the CPU count available]"
@@ -249,31 +249,31 @@ pub struct ClusterArgs {
     /// With --ready auto: a worker alive this long counts as ready (0: at once). Without it, a
     /// worker is ready at READY=1 or when seen accepting on its listeners, and only where that
     /// cannot be seen (no /proc) after 1s.
-    #[arg(long, value_name = "DUR", value_parser = config::parse_duration, allow_hyphen_values = true, env = "MCLUSTER_READY_DELAY")]
+    #[arg(long, value_name = "DUR", value_parser = utf8(config::parse_duration), allow_hyphen_values = true, env = "MCLUSTER_READY_DELAY")]
     pub ready_delay: Option<Duration>,
 
     /// A worker not ready by then has failed to start (at least 1ms).
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true, env = "MCLUSTER_READY_TIMEOUT")]
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = utf8(config::parse_nonzero_duration), allow_hyphen_values = true, env = "MCLUSTER_READY_TIMEOUT")]
     pub ready_timeout: Duration,
 
     /// How long a stopping worker has before SIGKILL (0: SIGKILL at once). [default: 30s; 5s
     /// for dev, where nothing is worth a long wait]
-    #[arg(long, value_name = "DUR", value_parser = config::parse_duration, allow_hyphen_values = true, env = "MCLUSTER_KILL_TIMEOUT")]
+    #[arg(long, value_name = "DUR", value_parser = utf8(config::parse_duration), allow_hyphen_values = true, env = "MCLUSTER_KILL_TIMEOUT")]
     pub kill_timeout: Option<Duration>,
 
     /// How many replacements a roll starts at once: a count, a percentage of the size (25%), or
     /// all. Ready workers never drop below the size; each old worker stops as soon as its
     /// replacement is ready. [default: all]
-    #[arg(long, value_name = "N|P%|all", value_parser = config::parse_surge, env = "MCLUSTER_SURGE")]
+    #[arg(long, value_name = "N|P%|all", value_parser = utf8(config::parse_surge), env = "MCLUSTER_SURGE")]
     pub surge: Option<Surge>,
 
     /// The signal that asks a worker to stop.
-    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = config::parse_signal, env = "MCLUSTER_STOP_SIGNAL")]
+    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = utf8(config::parse_signal), env = "MCLUSTER_STOP_SIGNAL")]
     pub stop_signal: i32,
 
     /// Give workers WATCHDOG_USEC: a ready worker that sends no WATCHDOG=1 for DUR is replaced
     /// (at least 1ms).
-    #[arg(long, value_name = "DUR", value_parser = config::parse_nonzero_duration, allow_hyphen_values = true, env = "MCLUSTER_WATCHDOG")]
+    #[arg(long, value_name = "DUR", value_parser = utf8(config::parse_nonzero_duration), allow_hyphen_values = true, env = "MCLUSTER_WATCHDOG")]
     pub watchdog: Option<Duration>,
 
     /// The control socket that mcluster status, restart, resize, stop and events talk to.
@@ -283,7 +283,7 @@ pub struct ClusterArgs {
     pub control: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT or :PORT).
-    #[arg(long, value_name = "ADDR", value_parser = parse_metrics, env = "MCLUSTER_METRICS")]
+    #[arg(long, value_name = "ADDR", value_parser = utf8(parse_metrics), env = "MCLUSTER_METRICS")]
     pub metrics: Option<SocketAddr>,
 
     /// A config file of options (TOML, the long option names as keys). [default: mcluster.toml
@@ -311,6 +311,7 @@ pub struct DevArgs {
     /// Extensions of the files that count, comma-separated (with a cargo build, every file
     /// the last build read counts too).
     #[arg(
+        value_parser = utf8(text),
         long,
         value_name = "LIST",
         value_delimiter = ',',
@@ -319,7 +320,7 @@ pub struct DevArgs {
     pub ext: Vec<String>,
 
     /// Quiet time after the last change before a rebuild (restarted by every change; 0: none).
-    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = config::parse_duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = utf8(config::parse_duration), allow_hyphen_values = true)]
     pub cooldown: Duration,
 
     /// Directories to watch.
@@ -334,20 +335,20 @@ pub struct DevArgs {
     pub watch: Vec<PathBuf>,
 
     /// A glob of paths to ignore (besides target/, .git/ and .gitignore). Repeatable.
-    #[arg(short, long = "ignore", value_name = "GLOB")]
+    #[arg(short, long = "ignore", value_name = "GLOB", value_parser = utf8(text))]
     pub ignore: Vec<String>,
 
     /// Poll for changes instead of inotify, every INTERVAL (at least 1ms). Automatic, every
     /// 500ms, on file systems inotify is blind on (9p, NFS, SMB, FUSE).
-    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "500ms", value_parser = config::parse_nonzero_duration, allow_negative_numbers = true)]
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "500ms", value_parser = utf8(config::parse_nonzero_duration), allow_negative_numbers = true)]
     pub poll: Option<Duration>,
 
     /// The binary to build and run.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = utf8(text))]
     pub bin: Option<String>,
 
     /// The package to build.
-    #[arg(short, long, value_name = "NAME")]
+    #[arg(short, long, value_name = "NAME", value_parser = utf8(text))]
     pub package: Option<String>,
 
     /// Build with the release profile.
@@ -355,7 +356,7 @@ pub struct DevArgs {
     pub release: bool,
 
     /// Cargo features to enable.
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", value_parser = utf8(text))]
     pub features: Option<String>,
 
     /// The Cargo.toml of the project.
@@ -363,7 +364,7 @@ pub struct DevArgs {
     pub manifest_path: Option<PathBuf>,
 
     /// Build with this shell command instead of cargo (needs a PROGRAM).
-    #[arg(long, value_name = "CMD", conflicts_with = "no_build")]
+    #[arg(long, value_name = "CMD", conflicts_with = "no_build", value_parser = utf8(text))]
     pub build: Option<String>,
 
     /// Do not build: every change only rolls the workers (needs a PROGRAM).
@@ -410,6 +411,24 @@ pub struct DevArgs {
                 PROGRAM [ARGS], the program the workers run."
     )]
     pub program: Vec<OsString>,
+}
+
+/// A value parser for a text option: `parse` on the text, and one that is not UTF-8 refused
+/// naming the option (clap's own words name none).
+fn utf8<T: Clone + Send + Sync + 'static>(
+    parse: fn(&str) -> Result<T, String>,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    clap::builder::OsStringValueParser::new().try_map(move |value| match value.to_str() {
+        Some(text) => parse(text),
+        None => Err("it is not UTF-8 text".to_owned()),
+    })
+}
+
+/// A text option as it is.
+// The signature of a value parser.
+#[allow(clippy::unnecessary_wraps)]
+fn text(text: &str) -> Result<String, String> {
+    Ok(text.to_owned())
 }
 
 fn parse_listen(text: &str) -> Result<ListenAddr, String> {
@@ -711,11 +730,17 @@ impl DevArgs {
         }
         for table in tables.iter().rev() {
             let (mut from_file, given) = parse_table(table)?;
+            // A table that builds one way (`build = "…"`, `no-build = true`) overrides the
+            // other way below it; `no-build = false` says only "do build", whichever way.
+            let picks_build = from_file.build.is_some() || from_file.no_build;
             for id in given {
                 if !taken.contains(&id) {
                     self.take_option(&mut from_file, &id);
                     taken.push(id);
                 }
+            }
+            if picks_build {
+                taken.extend(["build".to_owned(), "no_build".to_owned()]);
             }
         }
         Ok(())
@@ -759,6 +784,8 @@ fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
     };
     let base = table.manifest.parent().unwrap_or(Path::new("/"));
     let mut argv: Vec<OsString> = vec!["mcluster".into(), "dev".into()];
+    // The flags set to `false` (clap's ids): given, at their default.
+    let mut falses: Vec<String> = Vec::new();
     for (key, value) in entries {
         if !FILE_KEYS.contains(&key.as_str()) {
             return Err(Error::usage(format!("unknown key '{key}' in {place}")));
@@ -771,13 +798,27 @@ fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
         let mut values: Vec<String> = Vec::new();
         match value {
             serde_json::Value::Bool(true) => argv.push(format!("--{key}").into()),
-            serde_json::Value::Bool(false) => {}
+            // The command line has no way to say "not this flag", but a file must have one:
+            // `false` over a `true` in a table below it (or in the workspace's) wins.
+            serde_json::Value::Bool(false) if may_be_false(key) => {
+                falses.push(key.replace('-', "_"));
+            }
             serde_json::Value::Object(vars) if key == "env" => {
                 for (name, value) in vars {
                     let value = scalar(value)
                         .ok_or_else(|| invalid(format!("env.{name} is not a string")))?;
+                    // `"A=B" = "c"` would become `A=B=c`: the variable A.
+                    config::check_env(OsStr::new(name), OsStr::new(&value))
+                        .map_err(|why| invalid(format!("env: {why}")))?;
                     values.push(format!("{name}={value}"));
                 }
+            }
+            // No value at all is the default, without a word: no list can say "none" here.
+            serde_json::Value::Array(items) if items.is_empty() => {
+                return Err(invalid(format!(
+                    "{key} = [] is empty: give at least one value, or leave {key} out for the \
+                     default"
+                )));
             }
             serde_json::Value::Array(items) => {
                 for item in items {
@@ -810,7 +851,23 @@ fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
     };
     let options = DevArgs::from_arg_matches(sub)
         .map_err(|error| invalid(one_line(&error.render().to_string())))?;
-    Ok((options, given_ids(sub)))
+    let mut given = given_ids(sub);
+    given.extend(falses);
+    Ok((options, given))
+}
+
+/// Whether `key = false` has a meaning: the key is a flag (`silent`, `release`, `clear`,
+/// `no-build`), off by default, or an option whose value is optional and off by default
+/// (`poll`: no polling).
+fn may_be_false(key: &str) -> bool {
+    let command = Cli::command();
+    command
+        .find_subcommand("dev")
+        .and_then(|dev| dev.get_arguments().find(|arg| arg.get_long() == Some(key)))
+        .is_some_and(|arg| {
+            !arg.get_action().takes_values()
+                || arg.get_num_args().is_some_and(|n| n.min_values() == 0)
+        })
 }
 
 /// The config file: `explicit` (`--config`, `MCLUSTER_CONFIG`), else `mcluster.toml` in `cwd`
@@ -820,16 +877,16 @@ fn config_file(cwd: &Path, explicit: Option<&Path>) -> Result<Option<MetadataTab
         cwd.join(path)
     } else {
         let default = cwd.join(CONFIG_FILE);
-        if !default.is_file() {
+        // Anything by that name is the config file: only nothing at all is no config file.
+        if std::fs::symlink_metadata(&default).is_err() {
             return Ok(None);
         }
         default
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let text = read_config_file(&path).map_err(|why| {
         Error::usage(format!(
-            "cannot read the config file {}: {}",
-            path.display(),
-            config::describe_io(&e)
+            "cannot read the config file {}: {why}",
+            path.display()
         ))
     })?;
     let table: serde_json::Value = toml::from_str(&text).map_err(|e| {
@@ -848,6 +905,69 @@ fn config_file(cwd: &Path, explicit: Option<&Path>) -> Result<Option<MetadataTab
 
 /// The config file read from the working directory by default.
 const CONFIG_FILE: &str = "mcluster.toml";
+
+/// The largest config file read: far beyond any set of options, and a bound on what a wrong
+/// path (`/dev/zero`, a log file) can cost.
+const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// The text of a config file, which must be a regular file (or a symbolic link to one) of at
+/// most [`MAX_CONFIG_FILE`] bytes; otherwise what it is instead. A FIFO is opened without
+/// waiting for a writer, and nothing is read from anything but a regular file.
+fn read_config_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let describe = |e: &std::io::Error| config::describe_io(e);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(
+            |e| match (std::fs::read_link(path), std::fs::metadata(path)) {
+                (Ok(target), _) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                    "it is a symbolic link to {}, which does not exist",
+                    target.display()
+                ),
+                // A socket cannot be opened (ENXIO): say what it is.
+                (_, Ok(meta)) if meta.file_type().is_socket() => {
+                    "it is a socket, not a regular file".to_owned()
+                }
+                _ => describe(&e),
+            },
+        )?;
+    let meta = file.metadata().map_err(|e| describe(&e))?;
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("no regular file")
+    };
+    if let Some(what) = what {
+        return Err(format!("it is {what}, not a regular file"));
+    }
+    let too_large = || format!("it is larger than {} KiB", MAX_CONFIG_FILE / 1024);
+    if meta.len() > MAX_CONFIG_FILE {
+        return Err(too_large());
+    }
+    // It may grow while read: never more than the limit.
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| describe(&e))?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_owned())
+}
 
 /// `mcluster init`: a commented `mcluster.toml` (and, with `--systemd`, a unit and a socket
 /// unit), never over a file that exists.
@@ -1252,6 +1372,49 @@ mod tests {
         }
     }
 
+    /// Clap's own words for a value that is not UTF-8 named no option.
+    #[test]
+    fn a_value_that_is_not_utf8_is_refused_naming_the_option() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let latin1 = OsString::from_vec(b"caf\xe9".to_vec());
+        for (command, option) in [
+            ("start", "--listen <ADDR>"),
+            ("start", "--size <N>"),
+            ("start", "--stop-signal <SIG>"),
+            ("start", "--kill-timeout <DUR>"),
+            ("start", "--surge <N|P%|all>"),
+            ("start", "--metrics <ADDR>"),
+            ("dev", "--cooldown <DUR>"),
+            ("dev", "--ext <LIST>"),
+            ("dev", "--ignore <GLOB>"),
+            ("dev", "--bin <NAME>"),
+            ("dev", "--package <NAME>"),
+            ("dev", "--features <LIST>"),
+            ("dev", "--build <CMD>"),
+        ] {
+            let flag = option.split(' ').next().unwrap();
+            let args: Vec<OsString> = vec![
+                "mcluster".into(),
+                command.into(),
+                flag.into(),
+                latin1.clone(),
+                "--".into(),
+                "app".into(),
+            ];
+            let error = one_line(&Cli::try_parse_args(args).unwrap_err().render().to_string());
+            assert_eq!(
+                error,
+                format!(
+                    "invalid value 'caf\u{fffd}' for '{option}': it is not UTF-8 text \
+                     (see mcluster --help)"
+                )
+            );
+        }
+        let args: Vec<OsString> = vec!["mcluster".into(), "resize".into(), latin1];
+        let error = one_line(&Cli::try_parse_args(args).unwrap_err().render().to_string());
+        assert!(error.contains("'<N>': it is not UTF-8 text"), "{error}");
+    }
+
     #[test]
     fn the_manifest_path_is_a_cargo_toml_that_exists() {
         let dir = tempfile::tempdir().unwrap();
@@ -1345,6 +1508,94 @@ mod tests {
         assert_eq!(args.poll, Some(Duration::from_millis(200)));
     }
 
+    /// `false` in a table wins over `true` in the tables below it, for every key that may be
+    /// `false`; it was dropped, so a `true` below could never be overridden.
+    #[test]
+    fn false_in_a_higher_table_wins_over_true_below() {
+        let flags = |args: &DevArgs| {
+            [
+                args.cluster.silent,
+                args.release,
+                args.clear,
+                args.no_build,
+                args.poll.is_some(),
+            ]
+        };
+        let keys = ["silent", "release", "clear", "no-build", "poll"];
+        let all = |value: bool| {
+            let entries: Vec<String> = keys
+                .iter()
+                .map(|key| format!("\"{key}\": {value}"))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        };
+        // The package's table over the workspace's, and the config file over the package's.
+        for (below, above) in [
+            ("workspace.metadata.mcluster", "package.metadata.mcluster"),
+            ("package.metadata.mcluster", ""),
+        ] {
+            let mut args = dev_args(&[]);
+            args.take_file_options(&[table(below, &all(true)), table(above, &all(false))])
+                .unwrap();
+            assert_eq!(flags(&args), [false; 5], "{above} over {below}");
+            // And `true` over `false`, as before.
+            let mut args = dev_args(&[]);
+            args.take_file_options(&[table(below, &all(false)), table(above, &all(true))])
+                .unwrap();
+            assert_eq!(flags(&args), [true; 5], "{above} over {below}");
+        }
+        // Each key on its own: only that one is turned off.
+        for (index, key) in keys.iter().enumerate() {
+            let mut args = dev_args(&[]);
+            args.take_file_options(&[
+                table("workspace.metadata.mcluster", &all(true)),
+                table(
+                    "package.metadata.mcluster",
+                    &format!("{{\"{key}\": false}}"),
+                ),
+            ])
+            .unwrap();
+            let mut expected = [true; 5];
+            expected[index] = false;
+            assert_eq!(flags(&args), expected, "{key} = false");
+        }
+        // A flag still wins over a file's `false`.
+        let mut args = dev_args(&["--silent", "--release"]);
+        args.take_file_options(&[table("package.metadata.mcluster", &all(false))])
+            .unwrap();
+        assert!(args.cluster.silent && args.release);
+        // A table that builds one way overrides the other way below it.
+        let mut args = dev_args(&[]);
+        args.take_file_options(&[
+            table("workspace.metadata.mcluster", r#"{"no-build": true}"#),
+            table("package.metadata.mcluster", r#"{"build": "make"}"#),
+        ])
+        .unwrap();
+        assert!(!args.no_build && args.build.as_deref() == Some("make"));
+        let mut args = dev_args(&[]);
+        args.take_file_options(&[
+            table("workspace.metadata.mcluster", r#"{"build": "make"}"#),
+            table("package.metadata.mcluster", r#"{"no-build": false}"#),
+        ])
+        .unwrap();
+        assert!(!args.no_build && args.build.as_deref() == Some("make"));
+    }
+
+    #[test]
+    fn false_is_refused_where_it_means_nothing() {
+        for key in ["size", "listen", "env", "build", "watchdog", "cooldown"] {
+            let mut args = dev_args(&[]);
+            let error = args
+                .take_file_options(&[table(
+                    "package.metadata.mcluster",
+                    &format!("{{\"{key}\": false}}"),
+                )])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
+    }
+
     #[test]
     fn bad_cargo_toml_options_name_the_key_and_the_file() {
         let error = |json: &str| {
@@ -1367,6 +1618,10 @@ mod tests {
             (r#"{"cooldown": "5x"}"#, "'5x'"),
             (r#"{"env": {"LISTEN_FDS": "3"}}"#, "LISTEN_FDS"),
             (r#"{"listen": [["x"]]}"#, "listen"),
+            (r#"{"listen": []}"#, "listen = [] is empty"),
+            (r#"{"watch": []}"#, "watch = [] is empty"),
+            (r#"{"env": {"A=B": "c"}}"#, "'A=B': it contains '='"),
+            (r#"{"env": {"": "c"}}"#, "the name is empty"),
             ("[1]", "not a table"),
         ] {
             let error = error(json);

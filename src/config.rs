@@ -86,7 +86,8 @@ pub(crate) fn describe_io(error: &io::Error) -> String {
 }
 
 /// Parses a duration: a number with `ms`, `s` or `m`; a bare number is milliseconds. 0 is
-/// accepted, for the options where it means "at once" (see [`parse_nonzero_duration`]).
+/// accepted, for the options where it means "at once" (see [`parse_nonzero_duration`]); a
+/// year (`525600m`) at most.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.starts_with('-') && text[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.') {
@@ -112,8 +113,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Duration::try_from_secs_f64(millis / 1000.0)
-        .map_err(|_| format!("invalid duration '{text}': too large"))
+        .ok()
+        .filter(|duration| *duration <= MAX_DURATION)
+        .ok_or_else(|| {
+            format!(
+                "invalid duration '{text}': too large, the largest accepted is {}m (a year)",
+                MAX_DURATION.as_secs() / 60
+            )
+        })
 }
+
+/// The longest duration any option takes: a year. Nothing mcluster waits for (a worker's
+/// start, its stop, a watchdog ping, a quiet time) is worth longer, and a deadline this far
+/// from now is representable on every clock, with room to add to it: `Instant` (whose range
+/// beyond now is not promised, and panics when left), `WATCHDOG_USEC` in microseconds, and
+/// timeouts in milliseconds. A value beyond it is a typo or a test of the limits.
+pub(crate) const MAX_DURATION: Duration = Duration::from_hours(365 * 24);
 
 /// [`parse_duration`] for the options where no time at all makes no sense (`--ready-timeout`,
 /// `--watchdog`, `--poll`): anything under a millisecond, 0 included, is refused.
@@ -218,22 +233,40 @@ pub(crate) fn check_env(key: &OsStr, value: &OsStr) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a signal name (`TERM`, `SIGTERM`, `term`) or number into its number.
+/// Parses a signal name (`TERM`, `SIGTERM`, `term`) or number into its number: a signal that
+/// can ask a process to stop. One that suspends a process (`STOP`, `TSTP`, `TTIN`, `TTOU`),
+/// resumes it (`CONT`) or is ignored unless handled and means something else (`CHLD`, `URG`)
+/// is refused: the old workers would sit frozen or untouched until the kill timeout's SIGKILL.
+/// (`WINCH`, ignored by default too, is accepted: Apache's graceful stop is `WINCH`.)
 pub fn parse_signal(text: &str) -> Result<i32, String> {
-    if let Ok(number) = text.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(number)
-            .map(|signal| signal as i32)
-            .map_err(|_| format!("invalid signal '{text}'"));
-    }
-    let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
+    use nix::sys::signal::Signal;
+    let signal = if let Ok(number) = text.parse::<i32>() {
+        Signal::try_from(number).map_err(|_| format!("invalid signal '{text}'"))?
     } else {
-        format!("SIG{upper}")
+        let upper = text.to_ascii_uppercase();
+        let name = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        name.parse::<Signal>()
+            .map_err(|_| format!("invalid signal '{text}': expected a name like TERM or INT"))?
     };
-    name.parse::<nix::sys::signal::Signal>()
-        .map(|signal| signal as i32)
-        .map_err(|_| format!("invalid signal '{text}': expected a name like TERM or INT"))
+    let why = match signal {
+        Signal::SIGSTOP => "it suspends a worker, which cannot catch it, instead of stopping it",
+        Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU => {
+            "it suspends a worker that does not handle it, instead of stopping it"
+        }
+        Signal::SIGCONT => "it resumes a suspended process; a running worker carries on",
+        Signal::SIGCHLD | Signal::SIGURG => {
+            "a worker ignores it unless it handles it, and then not as a request to stop"
+        }
+        _ => return Ok(signal as i32),
+    };
+    Err(format!(
+        "invalid signal '{text}': {}: {why}",
+        signal.as_str()
+    ))
 }
 
 /// Finds the program a worker runs: a path with a `/` as it is, anything else on `PATH`.
@@ -257,7 +290,181 @@ pub fn resolve_program(program: &Path) -> Result<PathBuf, Error> {
     if !metadata.is_file() || metadata.permissions().mode() & 0o111 == 0 {
         return Err(Error::usage(format!("program is not executable: {shown}")));
     }
+    check_runnable(&candidate, 0)
+        .map_err(|why| Error::usage(format!("program cannot run: {shown} {why}")))?;
     Ok(candidate)
+}
+
+/// How many interpreters deep a `#!` chain may go: Linux's limit (`BINPRM_MAX_RECURSION`).
+const MAX_INTERPRETER_DEPTH: usize = 4;
+
+/// Whether the kernel can run the executable file `path`, as far as its first bytes tell:
+/// not empty; a `#!` line naming an interpreter that exists and can run itself; or an ELF
+/// binary, whole enough to have its header, whose loader (`PT_INTERP`) exists. Anything else
+/// cannot run (`exec` says "exec format error", or "no such file or directory" naming neither
+/// the file nor what is missing) — unless `binfmt_misc` has handlers, which may take it. A file
+/// that cannot be read (mode 0111) is left to `exec`. The error completes "program cannot run:
+/// PATH …".
+fn check_runnable(path: &Path, depth: usize) -> Result<(), String> {
+    use std::io::Read as _;
+    let Ok(file) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    let mut head = Vec::new();
+    if file.take(64 * 1024).read_to_end(&mut head).is_err() {
+        return Ok(());
+    }
+    if head.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if let Some(line) = head.strip_prefix(b"#!") {
+        let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+        let line = String::from_utf8_lossy(line);
+        let Some(interpreter) = line.split([' ', '\t']).find(|word| !word.is_empty()) else {
+            return Err("has a #! line naming no interpreter".to_owned());
+        };
+        let interpreter = Path::new(interpreter);
+        let runnable = std::fs::metadata(interpreter)
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0);
+        if !runnable {
+            let problem = if interpreter.exists() {
+                "is not an executable file"
+            } else {
+                "does not exist"
+            };
+            return Err(format!(
+                "names the interpreter {} on its #! line, which {problem}",
+                interpreter.display()
+            ));
+        }
+        if depth + 1 >= MAX_INTERPRETER_DEPTH {
+            return Err("is a script whose interpreters are scripts too deep down".to_owned());
+        }
+        return check_runnable(interpreter, depth + 1).map_err(|why| {
+            format!(
+                "names the interpreter {}, which {why}",
+                interpreter.display()
+            )
+        });
+    }
+    if head.starts_with(b"\x7fELF") {
+        return match elf_interpreter(&head) {
+            Err(why) => Err(format!("is a damaged ELF file ({why})")),
+            Ok(Some(loader)) if !Path::new(&loader).exists() => Err(format!(
+                "needs the loader {loader}, which does not exist (built for another system?)"
+            )),
+            Ok(_) => Ok(()),
+        };
+    }
+    if binfmt_misc_handlers() {
+        return Ok(());
+    }
+    Err("is neither a script starting with #! nor a binary (exec format error)".to_owned())
+}
+
+/// The loader (`PT_INTERP`) an ELF file names, if any and if it lies within `head`; an error
+/// for a header too short or malformed to be run.
+fn elf_interpreter(head: &[u8]) -> Result<Option<String>, String> {
+    const PT_INTERP: u64 = 3;
+    let class64 = match head.get(4) {
+        Some(1) => false,
+        Some(2) => true,
+        _ => return Err("an unknown class".to_owned()),
+    };
+    let little = match head.get(5) {
+        Some(1) => true,
+        Some(2) => false,
+        _ => return Err("an unknown byte order".to_owned()),
+    };
+    let header_size = if class64 { 64 } else { 52 };
+    if head.len() < header_size {
+        return Err(format!("{} bytes, shorter than its header", head.len()));
+    }
+    let number = |at: usize, size: usize| -> Option<u64> {
+        let bytes = head.get(at..at + size)?;
+        let mut value = 0u64;
+        for index in 0..size {
+            let byte = if little {
+                bytes[size - 1 - index]
+            } else {
+                bytes[index]
+            };
+            value = value << 8 | u64::from(byte);
+        }
+        Some(value)
+    };
+    let (phoff, phentsize, phnum) = if class64 {
+        (number(0x20, 8), number(0x36, 2), number(0x38, 2))
+    } else {
+        (number(0x1c, 4), number(0x2a, 2), number(0x2c, 2))
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
+        return Err("no program headers".to_owned());
+    };
+    // p_type first; p_offset after it (64-bit: after p_flags too); p_filesz two words on.
+    for index in 0..phnum {
+        let Some(at) = usize::try_from(phoff + index * phentsize).ok() else {
+            return Ok(None);
+        };
+        if number(at, 4) != Some(PT_INTERP) {
+            if number(at, 4).is_none() {
+                // Beyond what was read: nothing to say.
+                return Ok(None);
+            }
+            continue;
+        }
+        let (offset, size) = if class64 {
+            (number(at + 8, 8), number(at + 32, 8))
+        } else {
+            (number(at + 4, 4), number(at + 16, 4))
+        };
+        let (Some(offset), Some(size)) = (offset, size) else {
+            return Ok(None);
+        };
+        let (Ok(offset), Ok(size)) = (usize::try_from(offset), usize::try_from(size)) else {
+            return Ok(None);
+        };
+        let Some(name) = head.get(offset..offset.saturating_add(size)) else {
+            return Ok(None);
+        };
+        let name = name.split(|&b| b == 0).next().unwrap_or_default();
+        return Ok(Some(String::from_utf8_lossy(name).into_owned()));
+    }
+    Ok(None)
+}
+
+/// Whether `binfmt_misc` has handlers, which may run files that are neither `#!` scripts nor
+/// ELF binaries (Java archives, Wine, other machines' binaries through QEMU).
+fn binfmt_misc_handlers() -> bool {
+    std::fs::read_dir("/proc/sys/fs/binfmt_misc").is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|entry| !matches!(entry.file_name().to_str(), Some("register" | "status")))
+    })
+}
+
+/// The words for a failed spawn of a worker: what `fork` or `exec` said, with what it means
+/// here where the OS's words mislead.
+pub(crate) fn describe_spawn_error(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(nix::libc::E2BIG) => {
+            "environment too large: with the arguments, more than exec takes (E2BIG)".to_owned()
+        }
+        Some(nix::libc::EAGAIN) => {
+            "the process limit is reached (RLIMIT_NPROC, ulimit -u): no process to run it"
+                .to_owned()
+        }
+        Some(nix::libc::ENOEXEC) => {
+            "exec format error: the program is neither a script starting with #! nor a binary \
+             for this machine"
+                .to_owned()
+        }
+        Some(nix::libc::ENOENT) => {
+            "no such file or directory: the program, or the interpreter or loader it names"
+                .to_owned()
+        }
+        _ => describe_io(error),
+    }
 }
 
 #[cfg(test)]
@@ -273,6 +480,30 @@ mod tests {
         assert!(parse_duration("5x").unwrap_err().contains("'5x'"));
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    /// `10000000000000000000s` was accepted and then panicked on its first deadline.
+    #[test]
+    fn durations_beyond_a_year_are_refused_naming_the_largest() {
+        assert_eq!(parse_duration("525600m"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("31536000s"), Ok(MAX_DURATION));
+        for text in [
+            "525600.001m",
+            "31536001s",
+            "31536000001",
+            "10000000000000000000s",
+            "99999999999999999999m",
+        ] {
+            let error = parse_duration(text).unwrap_err();
+            assert_eq!(
+                error,
+                format!(
+                    "invalid duration '{text}': too large, the largest accepted is 525600m \
+                     (a year)"
+                )
+            );
+            assert!(parse_nonzero_duration(text).is_err());
+        }
     }
 
     #[test]
@@ -380,6 +611,75 @@ mod tests {
         assert_eq!(parse_signal("sigint"), Ok(2));
         assert_eq!(parse_signal("10"), Ok(10));
         assert!(parse_signal("NOPE").is_err());
+        assert_eq!(parse_signal("WINCH"), Ok(28));
+        assert_eq!(parse_signal("USR1"), Ok(10));
+    }
+
+    /// `--stop-signal STOP` froze the old workers of every roll until SIGKILL.
+    #[test]
+    fn signals_that_cannot_stop_a_worker_are_refused() {
+        for (text, name) in [
+            ("STOP", "SIGSTOP"),
+            ("19", "SIGSTOP"),
+            ("tstp", "SIGTSTP"),
+            ("SIGTTIN", "SIGTTIN"),
+            ("TTOU", "SIGTTOU"),
+            ("CONT", "SIGCONT"),
+            ("CHLD", "SIGCHLD"),
+            ("17", "SIGCHLD"),
+            ("URG", "SIGURG"),
+        ] {
+            let error = parse_signal(text).unwrap_err();
+            assert!(
+                error.starts_with(&format!("invalid signal '{text}': {name}: ")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn spawn_errors_say_what_they_mean_here() {
+        let error = |errno| describe_spawn_error(&io::Error::from_raw_os_error(errno));
+        assert!(error(nix::libc::E2BIG).starts_with("environment too large"));
+        assert!(error(nix::libc::EAGAIN).starts_with("the process limit is reached (RLIMIT_NPROC"));
+        assert!(error(nix::libc::ENOEXEC).contains("neither a script starting with #!"));
+        assert_eq!(error(nix::libc::EMFILE), "too many open files");
+    }
+
+    /// A loader that does not exist, as a binary built for another system names.
+    #[test]
+    fn an_elf_binary_whose_loader_is_missing_cannot_run() {
+        let sh = std::fs::read("/bin/sh").unwrap();
+        let Ok(Some(loader)) = elf_interpreter(&sh) else {
+            eprintln!("/bin/sh names no loader: nothing to test");
+            return;
+        };
+        assert!(Path::new(&loader).exists(), "{loader}");
+        assert_eq!(check_runnable(Path::new("/bin/sh"), 0), Ok(()));
+        // The same binary naming a loader one letter off.
+        let at = sh
+            .windows(loader.len())
+            .position(|window| window == loader.as_bytes())
+            .unwrap();
+        let mut patched = sh.clone();
+        patched[at + loader.len() - 1] = b'~';
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other-system");
+        std::fs::write(&path, &patched).unwrap();
+        let missing = format!("{}~", &loader[..loader.len() - 1]);
+        assert_eq!(
+            check_runnable(&path, 0),
+            Err(format!(
+                "needs the loader {missing}, which does not exist (built for another system?)"
+            ))
+        );
+        // Cut short of its header.
+        std::fs::write(&path, &sh[..40]).unwrap();
+        assert!(
+            check_runnable(&path, 0)
+                .unwrap_err()
+                .starts_with("is a damaged ELF file")
+        );
     }
 
     #[test]

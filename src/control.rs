@@ -43,8 +43,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -371,6 +371,7 @@ pub(crate) fn next_client<S>(accept: impl Fn() -> io::Result<S>) -> Option<S> {
 }
 
 fn accept_clients(socket: &UnixListener, handle: &Handle, clients: &Clients) {
+    let lingerer = Lingerer::start();
     loop {
         let Some(stream) = next_client(|| socket.accept().map(|(stream, _)| stream)) else {
             return;
@@ -381,13 +382,16 @@ fn accept_clients(socket: &UnixListener, handle: &Handle, clients: &Clients) {
                 &stream,
                 &format!("busy: {MAX_CLIENTS} clients are being served, try again"),
             );
+            lingerer.close(stream);
             continue;
         };
         if let Err(why) = check_peer(&stream) {
             refuse(&stream, &why);
+            lingerer.close(stream);
             continue;
         }
         let handle = handle.clone();
+        let lingerer = lingerer.clone();
         // Without a thread, the stream goes with the closure: the client sees it close.
         let _ = thread::Builder::new()
             .name("control-client".to_owned())
@@ -395,9 +399,93 @@ fn accept_clients(socket: &UnixListener, handle: &Handle, clients: &Clients) {
                 serve(&stream, &handle);
                 // The place is free before the client sees the connection end.
                 drop(slot);
-                drop(stream);
+                lingerer.close(stream);
             });
     }
+}
+
+/// How long a connection ended by the master stays open for what its client still sends.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// How many connections linger at once; beyond, they close at once.
+const MAX_LINGERING: usize = 1024;
+
+/// How often lingering connections are read.
+const LINGER_POLL: Duration = Duration::from_millis(10);
+
+/// Ends connections so that their clients read every reply: a socket closed with unread input
+/// (a request the master refused without reading all of it: busy, another uid, too long) makes
+/// the client's next read fail with "connection reset" instead of the end, and its write fail
+/// with "broken pipe" before it reads the reply. So the master ends its side for writing, and
+/// one thread reads and discards what the client still sends until it closes its side, for at
+/// most [`LINGER`].
+#[derive(Clone)]
+struct Lingerer(Option<mpsc::Sender<UnixStream>>);
+
+impl Lingerer {
+    /// The thread; without one (the OS refused it), connections close at once.
+    fn start() -> Self {
+        let (sender, receiver) = mpsc::channel();
+        let started = thread::Builder::new()
+            .name("control-linger".to_owned())
+            .spawn(move || linger(&receiver));
+        Self(started.ok().map(|_| sender))
+    }
+
+    /// Ends `stream`: no more replies, and what the client still sends is read and dropped.
+    fn close(&self, stream: UnixStream) {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        if let Some(sender) = &self.0 {
+            let _ = sender.send(stream);
+        }
+    }
+}
+
+/// The lingering thread: holds each connection until its client closes it, or [`LINGER`].
+fn linger(receiver: &mpsc::Receiver<UnixStream>) {
+    let mut held: Vec<(UnixStream, std::time::Instant)> = Vec::new();
+    loop {
+        let next = if held.is_empty() {
+            match receiver.recv() {
+                Ok(stream) => Some(stream),
+                Err(mpsc::RecvError) => return,
+            }
+        } else {
+            match receiver.recv_timeout(LINGER_POLL) {
+                Ok(stream) => Some(stream),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    thread::sleep(LINGER_POLL);
+                    None
+                }
+            }
+        };
+        if let Some(stream) = next
+            && held.len() < MAX_LINGERING
+            && stream.set_nonblocking(true).is_ok()
+        {
+            held.push((stream, std::time::Instant::now() + LINGER));
+        }
+        let now = std::time::Instant::now();
+        held.retain(|(stream, deadline)| now < *deadline && !drained(stream));
+    }
+}
+
+/// Reads and drops what the client sent, without waiting; whether it has closed its side (or
+/// the connection failed).
+fn drained(mut stream: &UnixStream) -> bool {
+    let mut buffer = [0u8; 16 * 1024];
+    // A bound per round, for a client that sends as fast as it is read.
+    for _ in 0..64 {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+    false
 }
 
 /// Only our own uid, and root, may control the master.
@@ -412,7 +500,7 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
     }
 }
 
-/// Writes an error reply and closes the connection.
+/// Writes an error reply; the connection ends when the client is served.
 fn refuse(stream: &UnixStream, why: &str) {
     let _ = write_line(stream, &json!({"ok": false, "error": why}));
 }

@@ -245,9 +245,17 @@ impl Listener {
         {
             return Ok(Vec::new());
         }
-        let count: i32 = count.parse().map_err(|_| {
-            Error::usage(format!("invalid LISTEN_FDS '{count}' in the environment"))
-        })?;
+        // A count of fds, 0 or more (`-1` was taken as none, while `x` was refused).
+        let count: i32 = count
+            .parse::<u32>()
+            .ok()
+            .and_then(|count| i32::try_from(count).ok())
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "invalid LISTEN_FDS '{count}' in the environment: expected the number of \
+                     fds passed, 0 or more"
+                ))
+            })?;
         if count > 0 && !claim_inherited_fds() {
             return Err(Error::io(
                 "cannot use the inherited sockets (LISTEN_FDS)",

@@ -194,6 +194,16 @@ impl Starting {
         self.members.iter().find_map(|&pid| probe(pid, listeners))
     }
 
+    /// A process of the worker (the leader, or a member found by a probe) that is stopped
+    /// (state `T` or `t` in `/proc/PID/stat`: `SIGSTOP`, a job-control signal, a tracer): it
+    /// cannot accept, nor become ready, until it is continued.
+    #[must_use]
+    pub fn stopped(&self) -> Option<i32> {
+        std::iter::once(self.pgid)
+            .chain(self.members.iter().copied())
+            .find(|&pid| matches!(process_state(pid), Some('T' | 't')))
+    }
+
     /// Whether the worker is hidden from us: its `/proc` entries exist but may not be read (it
     /// runs as another user, e.g. a setuid program, or ptrace access is denied). Then nothing it
     /// does can be seen, and it can only be ready at `READY=1` or after `--ready-delay`.
@@ -485,6 +495,16 @@ fn group_members(pgid: i32) -> Vec<i32> {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != pgid && process_group(pid) == Some(pgid))
         .collect()
+}
+
+/// The state of `pid` (`R`, `S`, `T`, `Z`, …), from `/proc/PID/stat`.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_ascii_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// The process group of `pid`, if it is alive (not a zombie).

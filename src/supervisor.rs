@@ -604,6 +604,22 @@ impl Supervisor<'_> {
                 worker.probe = None;
             } else if !worker.hinted && worker.spawned.elapsed() >= UNSEEN_HINT {
                 worker.hinted = true;
+                if let Some(stopped) = probe.stopped() {
+                    output::master_line(&format!(
+                        "w{} (pid {}) is not ready after {}: {} is stopped (SIGSTOP or a job \
+                         control signal), and can neither accept nor send READY=1 until it gets \
+                         SIGCONT",
+                        worker.slot,
+                        worker.pid,
+                        human_duration(UNSEEN_HINT),
+                        if stopped == worker.pid {
+                            "it".to_owned()
+                        } else {
+                            format!("its process {stopped}")
+                        }
+                    ));
+                    continue;
+                }
                 output::master_line(&format!(
                     "w{} (pid {}) is not seen accepting after {} and sent no READY=1; if it \
                      serves, it accepts in a way mcluster cannot see (it sees accept, epoll and \
@@ -660,7 +676,7 @@ impl Supervisor<'_> {
                         Ok(pid) => Event::Spawned { key, pid: Pid(pid) },
                         Err(error) => Event::SpawnFailed {
                             key,
-                            reason: crate::config::describe_io(&error),
+                            reason: crate::config::describe_spawn_error(&error),
                         },
                     }),
                     Action::Signal { pid, kind } => self.send_signal(state, pid, kind),

@@ -524,9 +524,14 @@ fn start(
                     root.display()
                 )));
             }
-            Err(_) => {
+            Err(err) => {
+                let why = match err.raw_os_error() {
+                    Some(nix::libc::ENOENT) => "no such directory".to_owned(),
+                    Some(nix::libc::ELOOP) => "its symbolic links form a loop".to_owned(),
+                    _ => crate::config::describe_io(&err),
+                };
                 return Err(Error::usage(format!(
-                    "cannot watch {}: no such directory",
+                    "cannot watch {}: {why}",
                     root.display()
                 )));
             }

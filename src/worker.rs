@@ -462,6 +462,7 @@ pub fn listeners() -> io::Result<Vec<Listener>> {
     if count == 0 {
         return Ok(Vec::new());
     }
+    check_last_fd_open(count)?;
     if !claim_inherited_fds() {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
@@ -509,6 +510,26 @@ fn passed_fd_count(
         return Err(invalid_env(format!("LISTEN_FDS={count} is too large")));
     }
     Ok(count)
+}
+
+/// Refuses a count of fds whose last one, `3 + count - 1`, is not open: no more fds were
+/// passed than are open, so nothing sized by the count (the names) can outgrow the fds that
+/// exist (`LISTEN_FDS=2147483000` once meant 51 GB of names and an abort). Nothing is adopted
+/// yet: the fds are left as they are.
+fn check_last_fd_open(count: usize) -> io::Result<()> {
+    let last = RawFd::try_from(count - 1)
+        .ok()
+        .and_then(|offset| LISTEN_FDS_START.checked_add(offset))
+        .ok_or_else(|| invalid_env(format!("LISTEN_FDS={count} is too large")))?;
+    // `getsockname` takes any number and tells an open fd (even one that is no socket) from
+    // one that is not: it is the probe `adopt_listener` uses too.
+    match nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(last) {
+        Err(nix::errno::Errno::EBADF) => Err(invalid_env(format!(
+            "LISTEN_FDS={count} names fds {LISTEN_FDS_START} to {last}, but fd {last} is not \
+             open: fewer fds were passed"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The names for `count` fds from `LISTEN_FDNAMES` (`None` = unset): colon-separated, in fd order;
@@ -820,6 +841,34 @@ mod tests {
         }
         let too_many = passed_fd_count(Some("4294967296"), Some("42"), 42);
         assert!(too_many.is_err());
+    }
+
+    #[test]
+    fn a_count_beyond_the_open_fds_is_refused_before_anything_is_sized_by_it() {
+        for count in [2_147_483_000, 1_000_000] {
+            let error = check_last_fd_open(count).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("LISTEN_FDS={count} names fds 3 to ")),
+                "{error}"
+            );
+            assert!(error.to_string().contains("is not open"), "{error}");
+        }
+        let too_large = usize::try_from(RawFd::MAX).unwrap();
+        assert!(
+            check_last_fd_open(too_large)
+                .unwrap_err()
+                .to_string()
+                .contains("too large")
+        );
+        // An open fd as the last one passes (0, 1 and 2 are open in a test; fd 3 is the
+        // first a count of 1 names, whatever it is).
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let count = usize::try_from(fd - LISTEN_FDS_START + 1).unwrap();
+        assert!(check_last_fd_open(count).is_ok());
     }
 
     #[test]

@@ -54,6 +54,16 @@ fn an_unknown_key_or_a_bad_value_is_one_line_naming_it_and_the_file() {
         ("sise = 3\n", "unknown key 'sise'"),
         ("size = 0\n", "--size"),
         ("size = [\n", "invalid config file"),
+        (
+            "kill-timeout = \"10000000000000000000s\"\n",
+            "--kill-timeout",
+        ),
+        (
+            "watchdog = \"525601m\"\n",
+            "the largest accepted is 525600m",
+        ),
+        ("listen = []\n", "listen = [] is empty"),
+        ("env = { \"A=B\" = \"c\" }\n", "'A=B': it contains '='"),
     ] {
         fs::write(&file, text).unwrap();
         let mut master = start_in(&dir, &[]).start();
@@ -101,4 +111,100 @@ fn init_writes_a_file_that_reads_back_and_never_overwrites_one() {
         fs::read_to_string(dir.path().join("mcluster.toml")).unwrap(),
         before
     );
+}
+
+/// A config-file case: what it is, the master it starts in a fresh directory, and what the one
+/// line says.
+type FileCase<'a> = (&'a str, Box<dyn Fn(&TempDir) -> MasterBuilder + 'a>, String);
+
+/// Only a regular file of at most 1 MiB is a config file. A dangling symbolic link, a
+/// directory or a FIFO named `mcluster.toml` was ignored without a word, `--config FIFO` waited
+/// for a writer for ever, and `MCLUSTER_CONFIG=/dev/zero` read until memory ran out: each is one
+/// line naming the file and what it is. (Under an address-space limit, so that a master that
+/// reads on fails at once on any machine.)
+#[test]
+fn a_config_file_must_be_a_regular_file_of_a_sane_size() {
+    use std::os::unix::fs::symlink;
+    let scene = TempDir::new().unwrap();
+    let fifo = scene.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let big = scene.path().join("big.toml");
+    fs::write(&big, "# a comment line of a config file\n".repeat(40_000)).unwrap();
+    let nowhere = scene.path().join("nowhere.toml");
+    let cases: Vec<FileCase<'_>> = vec![
+        (
+            "a dangling symbolic link",
+            Box::new(|dir| {
+                symlink(&nowhere, dir.path().join("mcluster.toml")).unwrap();
+                start_in(dir, &["-l", "127.0.0.1:0"])
+            }),
+            format!(
+                "it is a symbolic link to {}, which does not exist",
+                nowhere.display()
+            ),
+        ),
+        (
+            "a directory",
+            Box::new(|dir| {
+                fs::create_dir(dir.path().join("mcluster.toml")).unwrap();
+                start_in(dir, &["-l", "127.0.0.1:0"])
+            }),
+            "it is a directory, not a regular file".to_owned(),
+        ),
+        (
+            "a FIFO",
+            Box::new(|dir| {
+                symlink(&fifo, dir.path().join("mcluster.toml")).unwrap();
+                start_in(dir, &["-l", "127.0.0.1:0"])
+            }),
+            "it is a FIFO, not a regular file".to_owned(),
+        ),
+        (
+            "--config FIFO",
+            Box::new(|dir| {
+                start_in(
+                    dir,
+                    &["-l", "127.0.0.1:0", "--config", fifo.to_str().unwrap()],
+                )
+            }),
+            "it is a FIFO, not a regular file".to_owned(),
+        ),
+        (
+            "MCLUSTER_CONFIG=/dev/zero",
+            Box::new(|dir| {
+                start_in(dir, &["-l", "127.0.0.1:0"]).env("MCLUSTER_CONFIG", "/dev/zero")
+            }),
+            "it is a character device, not a regular file".to_owned(),
+        ),
+        (
+            "1.3 MB",
+            Box::new(|dir| {
+                symlink(&big, dir.path().join("mcluster.toml")).unwrap();
+                start_in(dir, &["-l", "127.0.0.1:0"])
+            }),
+            "it is larger than 1024 KiB".to_owned(),
+        ),
+    ];
+    for (what, builder, problem) in cases {
+        let dir = TempDir::new().unwrap();
+        let mut master = builder(&dir)
+            .via("/bin/sh", &["-c", "ulimit -v 4000000 && exec \"$@\"", "sh"])
+            .start();
+        assert_eq!(master.wait_exit_code(), 2, "{what}\n{}", master.dump());
+        let lines = master.stderr_lines();
+        assert_eq!(lines.len(), 1, "{what}\n{}", master.dump());
+        assert!(
+            lines[0].starts_with("mcluster: error: cannot read the config file ")
+                && lines[0].ends_with(&format!(": {problem}"))
+                && [
+                    dir.path().join("mcluster.toml").as_path(),
+                    &fifo,
+                    "/dev/zero".as_ref()
+                ]
+                .iter()
+                .any(|path| lines[0].contains(&format!(" {}: ", path.display()))),
+            "{what}\n{}",
+            master.dump()
+        );
+    }
 }

@@ -669,6 +669,45 @@ fn bad_and_many_clients_leave_the_master_unharmed() {
     assert_eq!(echo(port, "fine").generation, 2);
 }
 
+/// A client the master refuses before reading its whole request (too long, busy) gets the
+/// reply and then the end of the connection: its write completes and its read ends cleanly.
+/// The master closed with the request unread, which is a reset: the write failed with "broken
+/// pipe" before the reply could be read, or the read after the reply with "connection reset".
+#[test]
+fn a_refused_client_reads_why_and_no_reset() {
+    let control = ControlPath::new();
+    let options = ["-l", "127.0.0.1:0", "-n", "1", "--control", control.arg()];
+    let (_master, _) = Master::start_ready(&options, fixture("fixture-echo"), &[], 1);
+    // Far more than a socket buffer: the master refuses before the client has written it.
+    let request = vec![b'x'; 4 << 20];
+    let refused = |what: &str| -> String {
+        let mut stream = UnixStream::connect(&control.path).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_write_timeout(Some(DEADLINE)).unwrap();
+        if let Err(e) = stream.write_all(&request) {
+            panic!("{what}: the request could not be written: {e}");
+        }
+        let mut replies = String::new();
+        if let Err(e) = stream.read_to_string(&mut replies) {
+            panic!("{what}: {e} after {replies:?}");
+        }
+        let replies: Vec<Value> = replies
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        error_of(&replies)
+    };
+    let error = refused("too long");
+    assert!(error.starts_with("request too long: "), "{error}");
+    // Every place taken by a client that sends nothing (held to the request deadline).
+    let idle: Vec<UnixStream> = (0..MAX_CLIENTS + 4)
+        .map(|_| UnixStream::connect(&control.path).unwrap())
+        .collect();
+    let error = refused("busy");
+    assert!(error.starts_with("busy: "), "{error}");
+    drop(idle);
+}
+
 /// A sample of the Prometheus text format: the metric's name, its labels, its value.
 type Sample = (String, BTreeMap<String, String>, f64);
 

@@ -77,7 +77,9 @@ fn changes(before: &Snapshot, after: &Snapshot) -> Vec<String> {
 
 /// A worker program that leaves a mark if it ever runs, next to things to trip over: `file` (a
 /// regular file), `fifo`, `dir/`, and the worker script itself, which has no exec bit; and
-/// `sock/`, for the listeners bound before an error.
+/// `sock/`, for the listeners bound before an error; `loop`, a symbolic link to itself; and
+/// executable files that cannot run: `no-shebang`, `empty`, `missing-interpreter` (its `#!`
+/// names one that does not exist), `garbage-elf`.
 struct Scene {
     script: Script,
 }
@@ -91,6 +93,22 @@ impl Scene {
         mkfifo(&script.dir().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
         fs::create_dir(script.dir().join("dir")).unwrap();
         fs::create_dir(script.dir().join("sock")).unwrap();
+        std::os::unix::fs::symlink("loop", script.dir().join("loop")).unwrap();
+        // Executable files the kernel cannot run.
+        for (name, content) in [
+            ("no-shebang", &b"echo not a script\n"[..]),
+            ("empty", b""),
+            (
+                "missing-interpreter",
+                b"#!/nonexistent/interpreter -x\necho hi\n",
+            ),
+            ("garbage-elf", b"\x7fELF garbage, not a binary"),
+        ] {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = script.dir().join(name);
+            fs::write(&path, content).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        }
         Self { script }
     }
 
@@ -282,6 +300,12 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
     let listen = |addr: &str, code: i32, culprits: &[&str]| start(&["-l", addr], code, culprits);
     let (file, dir, fifo) = (scene.path("file"), scene.path("dir"), scene.path("fifo"));
     let missing = scene.path("missing");
+    let symlink_loop = scene.path("loop");
+    let (empty, missing_interpreter, garbage_elf) = (
+        scene.path("empty"),
+        scene.path("missing-interpreter"),
+        scene.path("garbage-elf"),
+    );
     let long = scene.unix(&"a".repeat(120));
     let mut cases = vec![
         // Flags and subcommands; clap's hints stay on the one line.
@@ -369,6 +393,36 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
             &["--ready-timeout", "too large"],
         ),
         start(&["--watchdog", "0"], 2, &["--watchdog", "at least 1ms"]),
+        // Beyond a year: once accepted, then a panic at the first deadline (exit 101).
+        start(
+            &["--ready-delay", "10000000000000000000s"],
+            2,
+            &["--ready-delay", "too large", "525600m"],
+        ),
+        start(
+            &["--kill-timeout", "10000000000000000000s"],
+            2,
+            &["--kill-timeout", "too large", "525600m"],
+        ),
+        start(
+            &["--watchdog", "525601m"],
+            2,
+            &["--watchdog", "too large", "525600m"],
+        ),
+        start(&[], 2, &["--ready-timeout", "too large", "525600m"])
+            .env("MCLUSTER_READY_TIMEOUT", "10000000000000000000s"),
+        start(&[], 2, &["--kill-timeout", "too large", "525600m"])
+            .env("MCLUSTER_KILL_TIMEOUT", "31536001s"),
+        dev(
+            &["--no-build", "--cooldown", "10000000000000000000s"],
+            2,
+            &["--cooldown", "too large", "525600m"],
+        ),
+        dev(
+            &["--no-build", "--poll=10000000000000000000s"],
+            2,
+            &["--poll", "too large", "525600m"],
+        ),
         start(&["--watchdog", ""], 2, &["--watchdog", "''"]),
         dev(
             &["--no-build", "--cooldown", "5x"],
@@ -381,6 +435,14 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
         start(&["--stop-signal", "BOGUS"], 2, &["--stop-signal", "BOGUS"]),
         start(&["--stop-signal", "0"], 2, &["--stop-signal", "'0'"]),
         start(&["--stop-signal", "99"], 2, &["--stop-signal", "'99'"]),
+        start(
+            &["--stop-signal", "STOP"],
+            2,
+            &["--stop-signal", "SIGSTOP", "suspends"],
+        ),
+        start(&["--stop-signal", "CONT"], 2, &["--stop-signal", "SIGCONT"]),
+        start(&[], 2, &["--stop-signal", "SIGCHLD"]).env("MCLUSTER_STOP_SIGNAL", "CHLD"),
+        start(&["--stop-signal", "TTOU"], 2, &["--stop-signal", "SIGTTOU"]),
         // Addresses (a good unix listener comes first: it must be gone after the error).
         listen("127.0.0.1:notaport", 2, &["127.0.0.1:notaport"]),
         listen("127.0.0.1:99999", 2, &["127.0.0.1:99999"]),
@@ -427,11 +489,45 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
         run("./dir", 2, &["./dir", "not executable"]),
         run(&fifo, 2, &[&fifo]),
         run("", 2, &["program", "empty"]),
+        // Executable files that cannot run: exec said "exec format error" three times (or "no
+        // such file or directory", naming neither the file nor the interpreter), then "no
+        // worker became ready", exit 1.
+        run(&empty, 2, &[&empty, "cannot run", "is empty"]),
+        run(
+            &missing_interpreter,
+            2,
+            &[
+                &missing_interpreter,
+                "the interpreter /nonexistent/interpreter",
+                "does not exist",
+            ],
+        ),
+        run(&garbage_elf, 2, &[&garbage_elf, "damaged ELF file"]),
         // `--env` pairs.
         start(&["-e", "NOEQUALS"], 2, &["--env", "NOEQUALS", "KEY=VALUE"]),
         start(&["-e", "=x"], 2, &["--env", "'=x'", "name is empty"]),
         start(&["--env", "A=1", "--env", "=x"], 2, &["--env", "'=x'"]),
     ];
+    // Without binfmt_misc handlers, which may take any file, one without `#!` that is no
+    // binary cannot run.
+    let binfmt_misc = fs::read_dir("/proc/sys/fs/binfmt_misc").is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|entry| !matches!(entry.file_name().to_str(), Some("register" | "status")))
+    });
+    if binfmt_misc {
+        eprintln!("binfmt_misc has handlers: a file without #! is left to exec");
+    } else {
+        let no_shebang = scene.path("no-shebang");
+        cases.push(run(
+            &no_shebang,
+            2,
+            &[
+                &no_shebang,
+                "neither a script starting with #! nor a binary",
+            ],
+        ));
+    }
     for reserved in [
         "MCLUSTER_WORKER_ID",
         "MCLUSTER_GENERATION",
@@ -461,6 +557,7 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
         start(&[], 2, &["LISTEN_FDS", "'x'"]).env("LISTEN_FDS", "x"),
         start(&[], 2, &["LISTEN_FDS", "''"]).env("LISTEN_FDS", ""),
         start(&[], 2, &["LISTEN_FDS", "'1x'"]).env("LISTEN_FDS", "1x"),
+        start(&[], 2, &["LISTEN_FDS", "'-1'", "0 or more"]).env("LISTEN_FDS", "-1"),
         start(&[], 1, &["fd 3", "not open"]).env("LISTEN_FDS", "1"),
         start(&[], 1, &["fd 3"]).env("LISTEN_FDS", "1").fd3(&file),
         start(&[], 1, &["fd 3"]).env("LISTEN_FDS", "2").fd3(&file),
@@ -511,6 +608,11 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
         dev(&["--no-build", "-w", &missing], 2, &[&missing]),
         dev(&["--no-build", "-w", "missing"], 2, &[&missing]),
         dev(&["--no-build", "-w", &file], 2, &[&file, "not a directory"]),
+        dev(
+            &["--no-build", "-w", &symlink_loop],
+            2,
+            &[&symlink_loop, "symbolic links form a loop"],
+        ),
         dev(&["--no-build", "-i", "["], 2, &["--ignore", "'['"]),
         Case::new(
             &["dev", "-l", &unix, "--no-build", "--", &missing],
@@ -665,4 +767,73 @@ fn unix_path_too_long() {
     let path = scene.script.dir().join("s".repeat(108));
     let listen = format!("unix:{}", path.display());
     scene.rejects(&scene.start(&["-l", &listen]), Some(2), &[&listen, "107"]);
+}
+
+/// `LISTEN_FDS=2147483000` made the worker helpers size a list of names by it (51 GB) and
+/// abort; they refuse a count beyond the fds that are open, in one line naming it. (Under a
+/// 2 GB address-space limit, so that the old behaviour aborts at once on any machine.)
+#[test]
+fn the_worker_helpers_refuse_more_fds_than_are_open() {
+    use crate::support::fixture;
+    let echo = fixture("fixture-echo");
+    for count in ["2147483000", "100000"] {
+        let mut worker = MasterBuilder::embedded(
+            "/bin/sh",
+            &[
+                "-c".as_ref(),
+                "ulimit -v 2000000 && exec \"$0\"".as_ref(),
+                echo.as_os_str(),
+            ],
+        )
+        .env("LISTEN_FDS", count)
+        .start();
+        assert_eq!(worker.wait_exit_code(), 1, "{}", worker.dump());
+        let lines = worker.stderr_lines();
+        assert_eq!(lines.len(), 1, "{}", worker.dump());
+        assert!(
+            lines[0].starts_with(&format!(
+                "echo: listeners: LISTEN_FDS={count} names fds 3 to "
+            )) && lines[0].ends_with("is not open: fewer fds were passed"),
+            "{}",
+            worker.dump()
+        );
+    }
+}
+
+/// An environment exec cannot take was reported as "argument list too long" (E2BIG).
+#[test]
+fn an_environment_too_large_for_exec_is_named_so() {
+    let scene = Scene::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    // One variable beyond what exec takes for a string (128 KiB with 4 KiB pages).
+    fs::write(
+        dir.path().join("mcluster.toml"),
+        format!("env = {{ BIG = \"{}\" }}\n", "x".repeat(300_000)),
+    )
+    .unwrap();
+    let mut master = MasterBuilder::raw(&[
+        "start",
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "1",
+        "--",
+        "/bin/sh",
+        scene.worker(),
+    ])
+    .current_dir(dir.path())
+    .start();
+    assert_eq!(master.wait_exit_code(), 1, "{}", master.dump());
+    let lines = master.stderr_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("could not be spawned: environment too large"))
+            && !lines
+                .iter()
+                .any(|line| line.contains("argument list too long")),
+        "{}",
+        master.dump()
+    );
+    assert!(!Path::new(&scene.path("spawned")).exists());
 }

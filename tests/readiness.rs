@@ -214,3 +214,32 @@ fn an_app_behind_a_shell_wrapper_is_seen_through_its_process_group() {
     // The shell itself holds the listener but only waits for its child.
     assert_eq!(probe(app.pid(), &app.listeners), None);
 }
+
+/// A replacement stopped by SIGSTOP was said to "accept in a way mcluster cannot see": the
+/// master says it is stopped, and what it needs.
+#[test]
+fn a_stopped_replacement_is_reported_as_stopped() {
+    use crate::support::{Master, Script};
+    let echo = fixture("fixture-echo");
+    let script = Script::exec(&echo);
+    let (master, _) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "1"],
+        "/bin/sh",
+        &[script.arg()],
+        1,
+    );
+    script.rewrite(&format!(
+        "kill -STOP $$\n{}",
+        crate::support::script::exec_line(&echo)
+    ));
+    let mark = master.stderr_mark();
+    master.signal(nix::sys::signal::Signal::SIGHUP);
+    let (_, line) = master.wait_for_stderr_after(mark, "(pid ");
+    assert!(
+        line.contains(": it is stopped (SIGSTOP or a job control signal)")
+            && line.contains("until it gets SIGCONT")
+            && !line.contains("cannot see"),
+        "{line}\n{}",
+        master.dump()
+    );
+}

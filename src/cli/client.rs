@@ -246,8 +246,9 @@ fn unready_slots(status: &Value) -> String {
     if missing.is_empty() {
         "the master is starting or stopping".to_owned()
     } else {
+        let have = if missing.len() == 1 { "has" } else { "have" };
         format!(
-            "{} of {size} slots have no ready worker ({})",
+            "{} of {size} slots {have} no ready worker ({})",
             missing.len(),
             missing.join(", ")
         )
@@ -286,8 +287,11 @@ fn describe_status(status: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "{} workers, generation {} serving, {}{}; rolls: {} started, {} completed, {} aborted",
-        text(status, "size"),
+        "{}, generation {} serving, {}{}; rolls: {} started, {} completed, {} aborted",
+        match number(status, "size") {
+            Some(size) => workers(size),
+            None => format!("{} workers", text(status, "size")),
+        },
         text(status, "serving_generation"),
         if status.get("ready") == Some(&Value::Bool(true)) {
             "all ready"
@@ -410,7 +414,35 @@ mod tests {
         });
         assert_eq!(
             unready_slots(&status),
-            "1 of 2 slots have no ready worker (w1)"
+            "1 of 2 slots has no ready worker (w1)"
         );
+    }
+
+    /// `status` said "1 workers".
+    #[test]
+    fn one_worker_is_one_worker() {
+        let status = |size: u64| {
+            describe_status(&serde_json::json!({"size": size, "rolls": {}, "workers": []}))
+        };
+        assert!(
+            status(1)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("1 worker, generation "),
+            "{}",
+            status(1)
+        );
+        assert!(
+            status(3)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("3 workers, generation "),
+            "{}",
+            status(3)
+        );
+        assert_eq!(workers(1), "1 worker");
+        assert_eq!(workers(0), "0 workers");
     }
 }
