@@ -16,8 +16,13 @@ use crate::support::{Master, MasterBuilder, fixture};
 /// `mcluster dev` of one echo worker with live reload on a free port, rebuilding with `build`
 /// on every change in `dir`; returns it once its worker is ready, with the live-reload address.
 fn dev_master(dir: &Path, build: &str) -> (Master, SocketAddr) {
+    dev_master_via(dir, build, None)
+}
+
+/// [`dev_master`], run through `sh -c 'ulimit -n FDS; exec …'` when `fds` is given.
+fn dev_master_via(dir: &Path, build: &str, fds: Option<usize>) -> (Master, SocketAddr) {
     let worker = fixture("fixture-echo");
-    let master = MasterBuilder::raw(&[
+    let mut builder = MasterBuilder::raw(&[
         "dev",
         "-l",
         "127.0.0.1:0",
@@ -33,8 +38,12 @@ fn dev_master(dir: &Path, build: &str) -> (Master, SocketAddr) {
         build,
         "--",
         worker.to_str().unwrap(),
-    ])
-    .start();
+    ]);
+    if let Some(fds) = fds {
+        let limit = format!("ulimit -n {fds} && exec \"$@\"");
+        builder = builder.via("/bin/sh", &["-c", &limit, "sh"]);
+    }
+    let master = builder.start();
     let line = master.wait_for_stderr("mcluster: live reload on ");
     let address = line
         .strip_prefix("mcluster: live reload on ")
@@ -299,4 +308,72 @@ fn pages_that_never_read_do_not_hold_up_the_master() {
             master.dump()
         );
     }
+}
+
+/// CPU time the process `pid` used so far (user and system), in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // Fields 14 and 15 of stat(5), counted from the state (field 3).
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// At its fd limit, with clients waiting to be accepted, the master does not spin: its accept
+/// loop waits between failed accepts.
+#[test]
+fn waiting_connections_at_the_fd_limit_cost_little_cpu() {
+    const LIMIT: usize = 40;
+    let dir = TempDir::new().unwrap();
+    let (master, live) = dev_master_via(dir.path(), "true", Some(LIMIT));
+    master.wait_for_stderr(&crate::support::all_ready(1));
+    // Clients that connect and say nothing: more than the master has fds for.
+    let _clients: Vec<TcpStream> = (0..60).map(|_| TcpStream::connect(live).unwrap()).collect();
+    master.wait_until("the master to reach its fd limit", || fds(&master) >= LIMIT);
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap();
+    let ticks_per_second = u64::try_from(ticks_per_second).unwrap();
+    let (start, ticks) = (Instant::now(), cpu_ticks(master.pid()));
+    // Measured over a while (not a condition to wait for: the CPU used over a span of time).
+    while start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let used = cpu_ticks(master.pid()) - ticks;
+    let share = used as f64 / (start.elapsed().as_secs_f64() * ticks_per_second as f64);
+    assert!(
+        share < 0.2,
+        "the master used {:.0} % of a core at its fd limit\n{}",
+        share * 100.0,
+        master.dump()
+    );
+}
+
+/// Scrapes are answered while slow clients hold connections to the metrics endpoint.
+#[test]
+fn metrics_are_scraped_while_slow_clients_hold_connections() {
+    let (master, _) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "1", "--metrics", "127.0.0.1:0"],
+        fixture("fixture-echo"),
+        &[],
+        1,
+    );
+    let line = master.wait_for_stderr("mcluster: metrics on http://");
+    let address: SocketAddr = line
+        .strip_prefix("mcluster: metrics on http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .and_then(|address| address.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let mut slow = Vec::new();
+    for _ in 0..24 {
+        let mut client = TcpStream::connect(address).unwrap();
+        client.write_all(b"GET /metr").unwrap();
+        slow.push(client);
+    }
+    let scrape = exchange(
+        address,
+        &format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n"),
+    );
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    assert!(scrape.contains("mcluster_size 1"), "{scrape}");
 }
