@@ -7,8 +7,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use crate::support::{Master, MasterBuilder, fixture};
@@ -280,33 +278,66 @@ fn stalled_page(live: SocketAddr) -> std::os::fd::OwnedFd {
 #[test]
 fn pages_that_never_read_do_not_hold_up_the_master() {
     let dir = TempDir::new().unwrap();
-    let broken = dir.path().join("broken");
+    let outside = TempDir::new().unwrap();
+    let broken = outside.path().join("broken");
     let build = format!(
         "if [ -f {broken} ]; then i=0; while [ $i -lt 1000 ]; do \
          echo \"error[E0308]: mismatched types in line $i of a long diagnostic, over and over\" >&2; \
-         i=$((i+1)); done; exit 1; fi",
-        broken = crate::support::script::quote(&broken)
+         i=$((i+1)); done; echo \"error: the end of build $(ls {dir} | wc -l)\" >&2; exit 1; fi",
+        broken = crate::support::script::quote(&broken),
+        dir = crate::support::script::quote(dir.path()),
     );
     let (master, live) = dev_master(dir.path(), &build);
     master.wait_for_stderr(&crate::support::all_ready(1));
     let _pages: Vec<_> = (0..8).map(|_| stalled_page(live)).collect();
     std::fs::write(&broken, "").unwrap();
     let mut mark = master.stderr_mark();
-    for round in 0..3 {
-        std::fs::write(dir.path().join("src.rs"), format!("// {round}\n")).unwrap();
+    // Enough failed builds for the master's socket buffers to the pages to fill, whatever
+    // they grew to (on loopback, over a MiB).
+    let rounds = 32;
+    for round in 0..rounds {
+        std::fs::write(dir.path().join(format!("{round}.rs")), "").unwrap();
+        // The build's last line: it is ending, and the master is about to tell the pages.
+        let last = format!("error: the end of build {}", round + 1);
+        mark = master.wait_for_stderr_after(mark, &last).0;
+        // The worker killed as the build ends, in the first and the last rounds (a crash loop's
+        // backoff would add its own delays in every round).
+        let killed = (round == 0 || round == rounds - 1).then(|| {
+            let worker = crate::support::echo(master.port(), "x").pid;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(worker),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            (worker, Instant::now())
+        });
         mark = master.wait_for_stderr_after(mark, "build failed").0;
-        let worker = crate::support::echo(master.port(), "x").pid;
-        let killed = Instant::now();
-        kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
-        // The connection waits in the listener's backlog until the replacement accepts it.
-        let replacement = crate::support::echo(master.port(), "y").pid;
-        assert_ne!(replacement, worker, "{}", master.dump());
-        let took = killed.elapsed();
+        let timed = master.stderr_timed();
+        let at = |needle: &str| {
+            timed
+                .iter()
+                .rev()
+                .find(|(_, line)| line.contains(needle))
+                .map(|(at, _)| *at)
+                .unwrap()
+        };
+        let held = at("build failed").duration_since(at(&last));
         assert!(
-            took < Duration::from_secs(2),
-            "round {round}: the worker was replaced after {took:?}\n{}",
+            held < Duration::from_secs(1),
+            "round {round}: the failed build was reported {held:?} after its end\n{}",
             master.dump()
         );
+        if let Some((worker, killed)) = killed {
+            // The connection waits in the listener's backlog until the replacement accepts it.
+            let replacement = crate::support::echo(master.port(), "y").pid;
+            assert_ne!(replacement, worker, "{}", master.dump());
+            let took = killed.elapsed();
+            assert!(
+                took < Duration::from_secs(2),
+                "round {round}: the worker was replaced after {took:?}\n{}",
+                master.dump()
+            );
+        }
     }
 }
 
