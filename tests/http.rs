@@ -371,7 +371,11 @@ fn waiting_connections_at_the_fd_limit_cost_little_cpu() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let used = cpu_ticks(master.pid()) - ticks;
-    let share = used as f64 / (start.elapsed().as_secs_f64() * ticks_per_second as f64);
+    let (used, ticks_per_second) = (
+        u32::try_from(used).unwrap(),
+        u32::try_from(ticks_per_second).unwrap(),
+    );
+    let share = f64::from(used) / (start.elapsed().as_secs_f64() * f64::from(ticks_per_second));
     assert!(
         share < 0.2,
         "the master used {:.0} % of a core at its fd limit\n{}",
