@@ -29,7 +29,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -109,8 +109,16 @@ pub(crate) struct Limits {
 /// One accepted connection, for its whole life: the place it holds, and a way to close it.
 pub(crate) struct Connection {
     place: Mutex<Option<OwnedSemaphorePermit>>,
+    /// The server's count of open connections, which this one is in until it is dropped.
+    open: Arc<AtomicUsize>,
     streams: Arc<Semaphore>,
     close: Notify,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Connection {
@@ -143,12 +151,9 @@ pub(crate) struct Server {
     /// The listeners, given back by the accept loop once it stopped.
     stopped: std::sync::mpsc::Receiver<std::net::TcpListener>,
     listeners: usize,
+    /// Connections accepted and not closed yet.
     #[cfg(test)]
-    limits: Limits,
-    #[cfg(test)]
-    short: Arc<Semaphore>,
-    #[cfg(test)]
-    streams: Arc<Semaphore>,
+    open: Arc<AtomicUsize>,
 }
 
 impl Server {
@@ -163,6 +168,7 @@ impl Server {
         let (give_back, stopped) = std::sync::mpsc::channel();
         let short = Arc::new(Semaphore::new(limits.short));
         let streams = Arc::new(Semaphore::new(limits.streams));
+        let open = Arc::new(AtomicUsize::new(0));
         let count = listeners.len();
         let mut accepting = Vec::with_capacity(count);
         {
@@ -173,15 +179,15 @@ impl Server {
             }
         }
         for listener in accepting {
-            let (stopping, give_back, short, streams, handler) = (
-                stopping.clone(),
-                give_back.clone(),
-                Arc::clone(&short),
-                Arc::clone(&streams),
-                Arc::clone(handler),
-            );
+            let places = Places {
+                short: Arc::clone(&short),
+                streams: Arc::clone(&streams),
+                open: Arc::clone(&open),
+            };
+            let (stopping, give_back, handler) =
+                (stopping.clone(), give_back.clone(), Arc::clone(handler));
             handle.spawn(async move {
-                accept_loop(&listener, stopping, &short, &streams, &handler).await;
+                accept_loop(&listener, stopping, &places, &handler).await;
                 if let Ok(listener) = listener.into_std() {
                     let _ = give_back.send(listener);
                 }
@@ -192,19 +198,14 @@ impl Server {
             stopped,
             listeners: count,
             #[cfg(test)]
-            limits,
-            #[cfg(test)]
-            short,
-            #[cfg(test)]
-            streams,
+            open,
         })
     }
 
     /// How many connections it holds (short ones and streams).
     #[cfg(test)]
     pub(crate) fn connections(&self) -> usize {
-        self.limits.short - self.short.available_permits() + self.limits.streams
-            - self.streams.available_permits()
+        self.open.load(Ordering::Acquire)
     }
 
     /// Stops accepting and gives the listeners back (non-blocking still).
@@ -246,11 +247,17 @@ fn client_error(error: &io::Error) -> bool {
     )
 }
 
+/// A server's places, and its count of open connections.
+struct Places {
+    short: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+    open: Arc<AtomicUsize>,
+}
+
 async fn accept_loop(
     listener: &tokio::net::TcpListener,
     mut stopping: watch::Receiver<bool>,
-    short: &Arc<Semaphore>,
-    streams: &Arc<Semaphore>,
+    places: &Places,
     handler: &Handler,
 ) {
     loop {
@@ -258,7 +265,7 @@ async fn accept_loop(
         // ours) until one is free, instead of being refused.
         let place = tokio::select! {
             _ = stopping.wait_for(|stop| *stop) => return,
-            place = Arc::clone(short).acquire_owned() => place,
+            place = Arc::clone(&places.short).acquire_owned() => place,
         };
         let Ok(place) = place else { return };
         let accepted = tokio::select! {
@@ -275,9 +282,11 @@ async fn accept_loop(
                 }
             }
         };
+        places.open.fetch_add(1, Ordering::AcqRel);
         let connection = Arc::new(Connection {
             place: Mutex::new(Some(place)),
-            streams: Arc::clone(streams),
+            open: Arc::clone(&places.open),
+            streams: Arc::clone(&places.streams),
             close: Notify::new(),
         });
         tokio::spawn(serve(socket, connection, Arc::clone(handler)));

@@ -682,20 +682,23 @@ mod tests {
         assert!(rebound.starts_with("HTTP/1.1 421"), "{rebound}");
         assert!(!rebound.contains("building"), "{rebound}");
         // A connection accepted while building whose request comes after the workers started.
+        let open = |count: usize| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while building
+                .server
+                .as_ref()
+                .is_some_and(|server| server.connections() != count)
+            {
+                assert!(Instant::now() < deadline, "never {count} connections open");
+                std::thread::yield_now();
+            }
+        };
+        open(0);
         let mut late = TcpStream::connect(address).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while building
-            .server
-            .as_ref()
-            .is_some_and(|server| server.connections() == 0)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the connection was never accepted"
-            );
-            std::thread::yield_now();
-        }
+        open(1);
         drop(building);
+        late.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         late.write_all(b"GET //evil.example/x?y HTTP/1.1\r\nHost: localhost:8080\r\n\r\n")
             .unwrap();
         let mut response = String::new();
