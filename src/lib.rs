@@ -67,6 +67,8 @@ mod builder;
 #[cfg(feature = "master")]
 mod dev;
 #[cfg(feature = "master")]
+mod http;
+#[cfg(feature = "master")]
 mod livereload;
 #[cfg(feature = "master")]
 mod notify;

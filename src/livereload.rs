@@ -21,30 +21,53 @@
 //! page that includes the script: a tab opened during the first build turns into the app by
 //! itself.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::http::{
+    Body, Broadcaster, Connection, Handler, Limits, Request, Response, Server, Site, respond, text,
+};
 
 /// LiveReload's port, which the browser extensions and `livereload.js` clients look for.
 pub(crate) const DEFAULT_PORT: u16 = 35729;
 
-/// Connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 64;
+/// Connections of the live-reload channel: pages' streams, and requests (the script) beside
+/// them, which the streams never take the places of.
+const LIMITS: Limits = Limits {
+    short: 32,
+    streams: 32,
+};
 
-/// How long a client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a write to a page may block before the page is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// The longest request head read.
-const MAX_HEAD: usize = 8 * 1024;
+/// Connections of the building page (no streams).
+const BUILDING_LIMITS: Limits = Limits {
+    short: 64,
+    streams: 0,
+};
 
 /// The script pages include.
 const SCRIPT: &str = include_str!("livereload.js");
+
+/// What the server says first on a LiveReload protocol connection.
+const WEBSOCKET_HELLO: &str = "{\"command\":\"hello\",\"protocols\":[\"http://livereload.com/protocols/official-7\"],\"serverName\":\"mcluster\"}";
+
+/// Origins of the LiveReload browser extensions, which may open the WebSocket (it carries
+/// reload commands only, never diagnostics): a web page cannot have them.
+const EXTENSION_SCHEMES: [&str; 3] = [
+    "chrome-extension://",
+    "moz-extension://",
+    "safari-web-extension://",
+];
 
 /// A message for every connected page.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,33 +90,28 @@ struct Shown {
 struct Shared {
     /// Identifies this master to pages that reconnect.
     instance: String,
-    streams: Mutex<Vec<Stream>>,
     shown: Mutex<Shown>,
-    connections: AtomicUsize,
-    stopped: AtomicBool,
     /// When pages were last told to reload (milliseconds since the epoch): a page that started
     /// loading before and connects only now (it missed the event) reloads when it hears this.
     reloaded_at: AtomicU64,
-}
-
-/// A page's connection.
-enum Stream {
-    /// An `EventSource`.
-    Events(TcpStream),
-    /// A LiveReload protocol client.
-    WebSocket(TcpStream),
+    /// `EventSource`s: server-sent events, ready to write.
+    events: Arc<Broadcaster<Bytes>>,
+    /// LiveReload protocol clients: the commands' text.
+    websockets: Arc<Broadcaster<String>>,
+    /// The names this server answers for, the pages that may read it.
+    site: Site,
 }
 
 /// The running live-reload server; stops when dropped.
 pub(crate) struct LiveReload {
     shared: Arc<Shared>,
     address: SocketAddr,
-    accept: Option<JoinHandle<()>>,
+    server: Option<Server>,
 }
 
 impl LiveReload {
-    /// Binds `address` and starts serving.
-    pub(crate) fn start(address: SocketAddr) -> io::Result<Self> {
+    /// Binds `address` and starts serving the pages of the app listening on `app`.
+    pub(crate) fn start(address: SocketAddr, app: &[SocketAddr]) -> io::Result<Self> {
         let listener = TcpListener::bind(address)?;
         let address = listener.local_addr()?;
         let instance = format!(
@@ -105,20 +123,22 @@ impl LiveReload {
         );
         let shared = Arc::new(Shared {
             instance,
-            streams: Mutex::new(Vec::new()),
             shown: Mutex::new(Shown::default()),
-            connections: AtomicUsize::new(0),
-            stopped: AtomicBool::new(false),
             reloaded_at: AtomicU64::new(0),
+            events: Broadcaster::new(),
+            websockets: Broadcaster::new(),
+            site: Site::new(&[address], app),
         });
-        let accepting = Arc::clone(&shared);
-        let accept = thread::Builder::new()
-            .name("livereload".to_owned())
-            .spawn(move || accept_loop(&listener, &accepting))?;
+        let serving = Arc::clone(&shared);
+        let handler: Handler = Arc::new(move |request, connection| {
+            let response = answer(&serving, request, connection);
+            Box::pin(std::future::ready(response))
+        });
+        let server = Server::start(vec![listener], LIMITS, &handler)?;
         Ok(Self {
             shared,
             address,
-            accept: Some(accept),
+            server: Some(server),
         })
     }
 
@@ -137,49 +157,44 @@ impl LiveReload {
         format!("<script src=\"{}\"></script>", self.script_url())
     }
 
-    /// Tells every connected page.
+    /// Tells every connected page. Returns at once: a page that does not keep up is dropped
+    /// (it reconnects, and hears the error first then).
     pub(crate) fn send(&self, message: &Message) {
         if *message == Message::Reload {
             self.shared
                 .reloaded_at
                 .store(epoch_millis(), Ordering::SeqCst);
         }
-        if let Ok(mut shown) = self.shared.shown.lock() {
-            shown.error = match message {
-                Message::Failed(text) => Some(strip_ansi(text)),
-                Message::Reload => None,
-                Message::Css => shown.error.take(),
-            };
+        let shown = match message {
+            Message::Failed(text) => Some(strip_ansi(text)),
+            Message::Reload | Message::Css => None,
+        };
+        if let Ok(mut current) = self.shared.shown.lock() {
+            match message {
+                Message::Failed(_) => current.error.clone_from(&shown),
+                Message::Reload => current.error = None,
+                Message::Css => {}
+            }
         }
-        let event = match message {
-            Message::Reload => ("reload", String::new()),
-            Message::Css => ("css", String::new()),
-            Message::Failed(text) => ("error-overlay", json_string(&strip_ansi(text))),
+        let event = match (message, &shown) {
+            (Message::Failed(_), Some(text)) => event("error-overlay", &json_string(text)),
+            (Message::Css, _) => event("css", ""),
+            _ => event("reload", ""),
         };
-        let Ok(mut streams) = self.shared.streams.lock() else {
-            return;
+        self.shared.events.send(&event);
+        let path = match message {
+            Message::Css => "style.css",
+            Message::Reload => "index.html",
+            // The protocol has no overlay: such a client waits for the next reload.
+            Message::Failed(_) => return,
         };
-        streams.retain_mut(|stream| match stream {
-            Stream::Events(socket) => write_event(socket, event.0, &event.1).is_ok(),
-            Stream::WebSocket(socket) => match message {
-                Message::Reload | Message::Css => {
-                    let path = if *message == Message::Css {
-                        "style.css"
-                    } else {
-                        "index.html"
-                    };
-                    let command =
-                        format!("{{\"command\":\"reload\",\"path\":\"{path}\",\"liveCSS\":true}}");
-                    write_frame(socket, command.as_bytes()).is_ok()
-                }
-                // The protocol has no overlay: such a client waits for the next reload.
-                Message::Failed(_) => true,
-            },
-        });
+        self.shared.websockets.send(&format!(
+            "{{\"command\":\"reload\",\"path\":\"{path}\",\"liveCSS\":true}}"
+        ));
     }
 
     /// A function that renders the page the app's listeners answer with while no generation
-    /// serves, for the thread that answers there.
+    /// serves, for the server that answers there.
     pub(crate) fn page_source(&self) -> impl Fn() -> String + Send + Sync + 'static {
         let shared = Arc::clone(&self.shared);
         let tag = self.script_tag();
@@ -187,215 +202,212 @@ impl LiveReload {
     }
 }
 
-fn building_page(shared: &Shared, script_tag: &str) -> String {
-    {
-        let error = shared
-            .shown
-            .lock()
-            .ok()
-            .and_then(|shown| shown.error.clone());
-        let body = match error {
-            Some(error) => format!(
-                "<h1>the build failed</h1><pre>{}</pre><p>Save a fix: this page follows.</p>",
-                html_escape(&error)
-            ),
-            None => "<h1>building…</h1><p>mcluster is building the app; this page turns into \
-                     it when the first workers are up.</p>"
-                .to_owned(),
-        };
-        format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>mcluster dev</title>\
-             <style>body{{font:15px/1.5 system-ui,sans-serif;margin:3em}}pre{{background:#111;\
-             color:#eee;padding:1em;overflow:auto}}</style></head><body data-mcluster-building>{body}{script_tag}</body></html>"
-        )
-    }
-}
-
 impl Drop for LiveReload {
     fn drop(&mut self) {
-        self.shared.stopped.store(true, Ordering::SeqCst);
-        // Wake the accept loop with a connection of our own.
-        let _ = TcpStream::connect_timeout(&self.address, Duration::from_millis(200));
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
-        if let Ok(mut streams) = self.shared.streams.lock() {
-            streams.clear();
-        }
+        drop(self.server.take());
+        self.shared.events.close_all();
+        self.shared.websockets.close_all();
     }
 }
 
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    for connection in listener.incoming() {
-        if shared.stopped.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(socket) = connection else {
-            continue;
-        };
-        if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
-            continue;
-        }
-        let client = Arc::clone(shared);
-        let spawned = thread::Builder::new()
-            .name("livereload-client".to_owned())
-            .spawn(move || {
-                let _ = serve(socket, &client);
-                client.connections.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            // No thread for it: the connection went with the closure.
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// A request head: its path and the headers we look at.
-struct Head {
-    path: String,
-    websocket_key: Option<String>,
-}
-
-fn read_head(socket: &TcpStream) -> io::Result<Head> {
-    socket.set_read_timeout(Some(HEAD_TIMEOUT))?;
-    let mut reader = BufReader::new(socket.take(MAX_HEAD as u64));
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut words = line.split_whitespace();
-    let (Some("GET"), Some(path)) = (words.next(), words.next()) else {
-        return Err(io::Error::other("not a GET request"));
+fn building_page(shared: &Shared, script_tag: &str) -> String {
+    let error = shared
+        .shown
+        .lock()
+        .ok()
+        .and_then(|shown| shown.error.clone());
+    let body = match error {
+        Some(error) => format!(
+            "<h1>the build failed</h1><pre>{}</pre><p>Save a fix: this page follows.</p>",
+            html_escape(&error)
+        ),
+        None => "<h1>building…</h1><p>mcluster is building the app; this page turns into \
+                 it when the first workers are up.</p>"
+            .to_owned(),
     };
-    let path = path.split('?').next().unwrap_or_default().to_owned();
-    let mut websocket_key = None;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.trim().eq_ignore_ascii_case("sec-websocket-key")
-        {
-            websocket_key = Some(value.trim().to_owned());
-        }
-    }
-    Ok(Head {
-        path,
-        websocket_key,
-    })
-}
-
-fn serve(mut socket: TcpStream, shared: &Shared) -> io::Result<()> {
-    let head = read_head(&socket)?;
-    socket.set_read_timeout(None)?;
-    // The master's loop writes to every page, one after the other, on its own thread: a page
-    // that stops reading holds it up to `WRITE_TIMEOUT` per broadcast, and is then dropped.
-    socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    match (head.path.as_str(), head.websocket_key) {
-        ("/livereload.js", _) => respond(&mut socket, "200 OK", "text/javascript", SCRIPT),
-        ("/events", _) => {
-            socket.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-                  Access-Control-Allow-Origin: *\r\nConnection: keep-alive\r\n\r\n",
-            )?;
-            let hello = format!(
-                "{{\"instance\":{},\"reloaded_at\":{}}}",
-                json_string(&shared.instance),
-                shared.reloaded_at.load(Ordering::SeqCst)
-            );
-            write_event(&mut socket, "hello", &hello)?;
-            let error = shared
-                .shown
-                .lock()
-                .ok()
-                .and_then(|shown| shown.error.clone());
-            if let Some(error) = error {
-                write_event(&mut socket, "error-overlay", &json_string(&error))?;
-            }
-            if let Ok(mut streams) = shared.streams.lock() {
-                streams.push(Stream::Events(socket));
-            }
-            Ok(())
-        }
-        ("/livereload", Some(key)) => {
-            let accept = websocket_accept(&key);
-            socket.write_all(
-                format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: \
-                     Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-                )
-                .as_bytes(),
-            )?;
-            let hello = "{\"command\":\"hello\",\"protocols\":[\"http://livereload.com/protocols/official-7\"],\"serverName\":\"mcluster\"}";
-            write_frame(&mut socket, hello.as_bytes())?;
-            if let Ok(mut streams) = shared.streams.lock() {
-                streams.push(Stream::WebSocket(socket));
-            }
-            Ok(())
-        }
-        _ => respond(&mut socket, "404 Not Found", "text/plain", "not found\n"),
-    }
-}
-
-fn respond(socket: &mut TcpStream, status: &str, kind: &str, body: &str) -> io::Result<()> {
-    socket.write_all(
-        format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {kind}; charset=utf-8\r\nContent-Length: {}\r\n\
-             Cache-Control: no-cache\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>mcluster dev</title>\
+         <style>body{{font:15px/1.5 system-ui,sans-serif;margin:3em}}pre{{background:#111;\
+         color:#eee;padding:1em;overflow:auto}}</style></head><body data-mcluster-building>{body}{script_tag}</body></html>"
     )
 }
 
-fn write_event(socket: &mut TcpStream, name: &str, data: &str) -> io::Result<()> {
-    socket.write_all(format!("event: {name}\ndata: {data}\n\n").as_bytes())
+/// One server-sent event.
+fn event(name: &str, data: &str) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
-/// One unmasked text frame (a server's frames are never masked).
-fn write_frame(socket: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
-    let mut frame = vec![0x81];
-    match payload.len() {
-        len @ 0..=125 => frame.push(u8::try_from(len).unwrap_or(125)),
-        len @ 126..=0xffff => {
-            frame.push(126);
-            frame.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
-        }
-        len => {
-            frame.push(127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
+/// The refusal of a request whose `Host` is not one of this server's names.
+fn wrong_host() -> Response {
+    text(
+        StatusCode::MISDIRECTED_REQUEST,
+        "mcluster answers here for localhost and its own address only\n",
+    )
+}
+
+fn answer(shared: &Arc<Shared>, request: Request, connection: Arc<Connection>) -> Response {
+    if !shared.site.host_allowed(&request) {
+        return wrong_host();
     }
-    frame.extend_from_slice(payload);
-    socket.write_all(&frame)
+    let path = request.uri().path().to_owned();
+    let origin = match shared.site.check_origin(&request) {
+        Ok(origin) => origin.map(ToOwned::to_owned),
+        Err(origin)
+            if path == "/livereload"
+                && EXTENSION_SCHEMES
+                    .iter()
+                    .any(|scheme| origin.starts_with(scheme)) =>
+        {
+            None
+        }
+        Err(origin) => {
+            return text(
+                StatusCode::FORBIDDEN,
+                format!("mcluster's live reload is for the app's own pages, not {origin}\n"),
+            );
+        }
+    };
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    let mut response = match path.as_str() {
+        "/livereload.js" => respond(StatusCode::OK, "text/javascript; charset=utf-8", SCRIPT),
+        "/events" => events(shared, &connection),
+        "/livereload" => websocket(shared, request, connection),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    if let Some(origin) = origin.and_then(|origin| HeaderValue::from_str(&origin).ok()) {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
 }
 
-/// `Sec-WebSocket-Accept` for a client's key (RFC 6455: base64 of the SHA-1 of the key and the
-/// protocol's GUID).
-fn websocket_accept(key: &str) -> String {
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64(&sha.digest().bytes())
+fn too_many_pages() -> Response {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many pages follow this master\n",
+    )
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(TABLE[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
+/// `GET /events`: `hello` (and the error shown, if any), then every message.
+fn events(shared: &Arc<Shared>, connection: &Arc<Connection>) -> Response {
+    if !connection.become_stream() {
+        return too_many_pages();
+    }
+    // Subscribed before the first events are written: a message sent meanwhile is not lost.
+    let (subscription, messages) = shared.events.subscribe(Arc::clone(connection));
+    let hello = format!(
+        "{{\"instance\":{},\"reloaded_at\":{}}}",
+        json_string(&shared.instance),
+        shared.reloaded_at.load(Ordering::SeqCst)
+    );
+    let mut first = event("hello", &hello).to_vec();
+    let error = shared
+        .shown
+        .lock()
+        .ok()
+        .and_then(|shown| shown.error.clone());
+    if let Some(error) = error {
+        first.extend_from_slice(&event("error-overlay", &json_string(&error)));
+    }
+    let mut response = hyper::Response::new(Body::stream(
+        Some(Bytes::from(first)),
+        messages,
+        b":\n\n",
+        (subscription, Arc::clone(connection)),
+    ));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `GET /livereload` with `Upgrade: websocket`: the LiveReload protocol (version 7).
+fn websocket(shared: &Arc<Shared>, request: Request, connection: Arc<Connection>) -> Response {
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.eq_ignore_ascii_case("websocket"));
+    let Some(key) = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| upgrade)
+    else {
+        return text(StatusCode::BAD_REQUEST, "a WebSocket upgrade, please\n");
+    };
+    if !connection.become_stream() {
+        return too_many_pages();
+    }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let (subscription, messages) = shared.websockets.subscribe(Arc::clone(&connection));
+    let upgraded = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgraded.await {
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(64 * 1024))
+                .max_frame_size(Some(64 * 1024));
+            let socket = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            follow(socket, messages, &connection).await;
+        }
+        drop(subscription);
+    });
+    let mut response = hyper::Response::new(Body::Full(None));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// A LiveReload protocol client: `hello`, then the commands, until either side closes.
+async fn follow<S>(
+    socket: WebSocketStream<S>,
+    mut messages: mpsc::Receiver<String>,
+    connection: &Connection,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    let (mut sink, mut incoming) = socket.split();
+    let mut next = Some(WEBSOCKET_HELLO.to_owned());
+    loop {
+        if let Some(command) = next.take() {
+            let sent = tokio::select! {
+                sent = sink.send(Frame::text(command)) => sent.is_ok(),
+                () = connection.closed() => false,
+            };
+            if !sent {
+                return;
             }
         }
+        tokio::select! {
+            () = connection.closed() => return,
+            message = messages.recv() => match message {
+                Some(command) => next = Some(command),
+                None => return,
+            },
+            frame = incoming.next() => match frame {
+                // The client's `hello` and `info` need no answer; pings are answered by the
+                // stream itself.
+                Some(Ok(Frame::Text(_) | Frame::Binary(_) | Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_))) => {}
+                Some(Ok(Frame::Close(_)) | Err(_)) | None => return,
+            },
+        }
     }
-    out
 }
 
 /// Text without ANSI escape sequences (cargo's colours).
@@ -440,13 +452,15 @@ fn html_escape(text: &str) -> String {
 }
 
 /// Answers HTTP on the app's own listeners while no generation serves (the first build, a
-/// failed first build), with [`LiveReload::building_page`]. It must be stopped before the first
-/// workers start: it is then the only one accepting, so a readable listener never blocks its
-/// `accept`.
+/// failed first build), with [`LiveReload::page_source`]'s page. It must be stopped before the
+/// first workers start: it is then the only one accepting, so a readable listener never blocks
+/// its `accept`.
 pub(crate) struct BuildingPage {
-    stop: Arc<AtomicBool>,
-    /// Gives the listeners back when it ends.
-    thread: Option<JoinHandle<Vec<TcpListener>>>,
+    stopped: Arc<AtomicBool>,
+    server: Option<Server>,
+    /// Duplicates of the listeners, made blocking again when it ends (the flag belongs to the
+    /// socket, which the workers share).
+    listeners: Vec<TcpListener>,
 }
 
 impl BuildingPage {
@@ -455,122 +469,93 @@ impl BuildingPage {
         listeners: Vec<TcpListener>,
         page: impl Fn() -> String + Send + Sync + 'static,
     ) -> io::Result<Self> {
-        // Non-blocking while it answers, so that a connection that vanished between poll and
-        // accept cannot hold it; blocking again before any worker shares the socket (the flag
-        // belongs to the socket, not to this duplicate of it).
-        for listener in &listeners {
-            listener.set_nonblocking(true)?;
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let page: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(page);
-        let thread = thread::Builder::new()
-            .name("building-page".to_owned())
-            .spawn(move || {
-                answer_while_building(&listeners, &stopping, &page);
-                listeners
-            })?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+        let app: Vec<SocketAddr> = listeners
+            .iter()
+            .filter_map(|listener| listener.local_addr().ok())
+            .collect();
+        let duplicates = listeners
+            .iter()
+            .map(TcpListener::try_clone)
+            .collect::<io::Result<Vec<_>>>()?;
+        let site = Site::new(&app, &app);
+        let stopped = Arc::new(AtomicBool::new(false));
+        let answering = Arc::clone(&stopped);
+        let handler: Handler = Arc::new(move |request, _| {
+            let response = answer_building(&site, &answering, &page, &request);
+            Box::pin(std::future::ready(response))
+        });
+        let building = Self {
+            stopped,
+            server: None,
+            listeners: duplicates,
+        };
+        // Dropped on an error: the listeners are blocking again.
+        let mut building = building;
+        building.server = Some(Server::start(listeners, BUILDING_LIMITS, &handler)?);
+        Ok(building)
     }
 }
 
 impl Drop for BuildingPage {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take()
-            && let Ok(listeners) = thread.join()
-        {
-            for listener in listeners {
-                let _ = listener.set_nonblocking(false);
-            }
+        self.stopped.store(true, Ordering::SeqCst);
+        if let Some(server) = self.server.take() {
+            drop(server.stop());
+        }
+        for listener in &self.listeners {
+            let _ = listener.set_nonblocking(false);
         }
     }
 }
 
-fn answer_while_building(
-    listeners: &[TcpListener],
-    stop: &Arc<AtomicBool>,
-    page: &Arc<dyn Fn() -> String + Send + Sync>,
-) {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::os::fd::AsFd;
-    let busy = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::SeqCst) {
-        let mut fds: Vec<PollFd<'_>> = listeners
-            .iter()
-            .map(|listener| PollFd::new(listener.as_fd(), PollFlags::POLLIN))
-            .collect();
-        if poll(&mut fds, PollTimeout::from(100u8)).is_err() {
-            continue;
-        }
-        let readable: Vec<bool> = fds.iter().map(|fd| fd.any().unwrap_or(false)).collect();
-        for (listener, _) in listeners.iter().zip(readable).filter(|(_, r)| *r) {
-            while let Ok((socket, _)) = listener.accept() {
-                if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                    continue;
-                }
-                let (done, stop, page) = (Arc::clone(&busy), Arc::clone(stop), Arc::clone(page));
-                let spawned = thread::Builder::new()
-                    .name("building-page-client".to_owned())
-                    .spawn(move || {
-                        answer_one(socket, &stop, page.as_ref());
-                        done.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-        }
+/// Answers one request, once it has come: a browser opens connections ahead of its requests,
+/// and an answer written before the request would be read as the answer to a later one. A
+/// request that comes after the first workers started is sent to them: a redirect to the same
+/// path on the same host, on a new connection.
+fn answer_building(
+    site: &Site,
+    stopped: &AtomicBool,
+    page: &(impl Fn() -> String + Send + Sync),
+    request: &Request,
+) -> Response {
+    if !site.host_allowed(request) {
+        return wrong_host();
     }
-}
-
-/// Answers one connection, once it has sent a request: a browser opens connections ahead of
-/// its requests, and an answer written before the request would be read as the answer to a
-/// later one. A request that comes after the first workers started is sent to them: a redirect
-/// to the same path, on a new connection.
-fn answer_one(socket: TcpStream, stop: &AtomicBool, page: &(dyn Fn() -> String + Send + Sync)) {
-    let _ = socket.set_nonblocking(false);
-    let Ok(head) = read_head(&socket) else {
-        // No request in time: closed unanswered, the browser makes another connection.
-        return;
-    };
-    let mut socket = socket;
-    let response = if stop.load(Ordering::SeqCst) {
-        format!(
-            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {}\r\nContent-Length: 0\r\n\
-             Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-            head.path
-        )
-    } else {
-        let body = page();
-        format!(
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html; \
-             charset=utf-8\r\nContent-Length: {}\r\nRetry-After: 1\r\nCache-Control: \
-             no-store\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    };
-    let _ = socket.write_all(response.as_bytes());
+    if stopped.load(Ordering::SeqCst) {
+        // The host was checked; the path stays a path of this host whatever it looks like
+        // (`//elsewhere/…` in a bare `Location` would be another host).
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or("localhost");
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", hyper::http::uri::PathAndQuery::as_str);
+        let mut response = text(StatusCode::TEMPORARY_REDIRECT, "");
+        if let Ok(location) = HeaderValue::from_str(&format!("http://{host}{path}")) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        return response;
+    }
+    let mut response = respond(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "text/html; charset=utf-8",
+        page(),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_websocket_accept_key_is_the_rfc_s() {
-        // RFC 6455, section 1.3.
-        assert_eq!(
-            websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-        assert_eq!(base64(b"ab"), "YWI=");
-        assert_eq!(base64(b"a"), "YQ==");
-    }
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn ansi_colours_are_removed_and_the_rest_kept() {
@@ -581,25 +566,29 @@ mod tests {
         );
     }
 
+    fn app() -> Vec<SocketAddr> {
+        vec!["127.0.0.1:3000".parse().unwrap()]
+    }
+
     #[test]
     fn pages_hear_reloads_and_errors_and_new_pages_see_the_error_first() {
-        let live = LiveReload::start("127.0.0.1:0".parse().unwrap()).unwrap();
-        let script = get(live.address(), "/livereload.js");
+        let live = LiveReload::start("127.0.0.1:0".parse().unwrap(), &app()).unwrap();
+        let script = get(live.address(), "/livereload.js", "");
         assert!(script.starts_with("HTTP/1.1 200 OK") && script.contains("EventSource"));
         let mut page = TcpStream::connect(live.address()).unwrap();
-        page.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
+        page.write_all(
+            b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://localhost:3000\r\n\r\n",
+        )
+        .unwrap();
         page.set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         let mut reader = BufReader::new(page);
         let hello = read_until(&mut reader, "event: hello");
         assert!(hello.contains("text/event-stream"), "{hello}");
-        // Wait until the stream is registered before sending.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while live.shared.streams.lock().unwrap().is_empty() {
-            assert!(std::time::Instant::now() < deadline);
-            thread::yield_now();
-        }
+        assert!(
+            hello.contains("access-control-allow-origin: http://localhost:3000"),
+            "{hello}"
+        );
         live.send(&Message::Failed(
             "\u{1b}[1merror\u{1b}[0m: <oops>".to_owned(),
         ));
@@ -614,11 +603,140 @@ mod tests {
         assert!(page().contains("building…"));
     }
 
-    fn get(address: SocketAddr, path: &str) -> String {
+    #[test]
+    fn the_websocket_speaks_the_livereload_protocol_and_hears_reloads() {
+        use tokio_tungstenite::tungstenite::{Message as Frame, client};
+        let live = LiveReload::start("127.0.0.1:0".parse().unwrap(), &app()).unwrap();
+        let socket = TcpStream::connect(live.address()).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let url = format!("ws://{}/livereload", live.address());
+        let (mut websocket, response) = client::client(url.as_str(), socket).unwrap();
+        assert_eq!(response.status(), 101);
+        let hello = websocket.read().unwrap();
+        assert!(hello.to_text().unwrap().contains("official-7"), "{hello}");
+        websocket
+            .send(Frame::text(
+                "{\"command\":\"hello\",\"protocols\":[\"http://livereload.com/protocols/official-7\"]}",
+            ))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while live.shared.websockets.len() == 0 {
+            assert!(Instant::now() < deadline);
+            std::thread::yield_now();
+        }
+        live.send(&Message::Css);
+        let reload = websocket.read().unwrap();
+        assert!(reload.to_text().unwrap().contains("style.css"), "{reload}");
+        // Closed by the client: it leaves the broadcast list at once.
+        websocket.close(None).unwrap();
+        while live.shared.websockets.len() != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the closed client is still listed"
+            );
+            let _ = websocket.read();
+        }
+    }
+
+    #[test]
+    fn foreign_origins_and_hosts_are_refused() {
+        let live = LiveReload::start("127.0.0.1:0".parse().unwrap(), &app()).unwrap();
+        for (path, headers) in [
+            ("/events", "Origin: http://evil.example\r\n"),
+            ("/events", "Origin: http://127.0.0.1:3001\r\n"),
+            ("/events", "Origin: null\r\n"),
+            ("/livereload.js", "Origin: http://evil.example\r\n"),
+        ] {
+            let response = get(live.address(), path, headers);
+            assert!(
+                response.starts_with("HTTP/1.1 403"),
+                "{path} {headers}: {response}"
+            );
+            assert!(
+                !response
+                    .to_ascii_lowercase()
+                    .contains("access-control-allow-origin"),
+                "{response}"
+            );
+        }
+        let rebound = get_with_host(live.address(), "/livereload.js", "evil.example:35729");
+        assert!(rebound.starts_with("HTTP/1.1 421"), "{rebound}");
+    }
+
+    #[test]
+    fn the_building_page_answers_its_own_host_and_redirects_to_its_own_path_only() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let building = BuildingPage::start(vec![listener.try_clone().unwrap()], || {
+            "<h1>building…</h1>".to_owned()
+        })
+        .unwrap();
+        let page = get_with_host(address, "/", &address.to_string());
+        assert!(
+            page.starts_with("HTTP/1.1 503") && page.contains("building…"),
+            "{page}"
+        );
+        let rebound = get_with_host(address, "/", "evil.example");
+        assert!(rebound.starts_with("HTTP/1.1 421"), "{rebound}");
+        assert!(!rebound.contains("building"), "{rebound}");
+        // A connection accepted while building whose request comes after the workers started.
+        let open = |count: usize| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while building
+                .server
+                .as_ref()
+                .is_some_and(|server| server.connections() != count)
+            {
+                assert!(Instant::now() < deadline, "never {count} connections open");
+                std::thread::yield_now();
+            }
+        };
+        open(0);
+        let mut late = TcpStream::connect(address).unwrap();
+        open(1);
+        drop(building);
+        late.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        late.write_all(b"GET //evil.example/x?y HTTP/1.1\r\nHost: localhost:8080\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        late.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 307"), "{response}");
+        assert!(
+            response
+                .to_ascii_lowercase()
+                .contains("\r\nlocation: http://localhost:8080//evil.example/x?y\r\n"),
+            "{response}"
+        );
+        // Blocking again, for the workers.
+        let flags = nix::fcntl::fcntl(&listener, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert!(
+            !nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK)
+        );
+    }
+
+    fn get(address: SocketAddr, path: &str, headers: &str) -> String {
+        request(
+            address,
+            &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n"),
+        )
+    }
+
+    fn get_with_host(address: SocketAddr, path: &str, host: &str) -> String {
+        request(
+            address,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        )
+    }
+
+    fn request(address: SocketAddr, request: &str) -> String {
         let mut socket = TcpStream::connect(address).unwrap();
         socket
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
+        socket.write_all(request.as_bytes()).unwrap();
         let mut response = String::new();
         socket.read_to_string(&mut response).unwrap();
         response

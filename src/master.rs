@@ -410,7 +410,13 @@ impl Master {
                 std::process::id()
             ));
         }
-        let livereload = livereload_address.map(start_livereload).transpose()?;
+        let app: Vec<std::net::SocketAddr> = listeners
+            .iter()
+            .filter_map(|listener| listener.address().parse().ok())
+            .collect();
+        let livereload = livereload_address
+            .map(|address| start_livereload(address, &app))
+            .transpose()?;
         if let Some(live) = &livereload {
             output::master_line(&format!(
                 "live reload on {}: pages get it with {}",
@@ -536,11 +542,17 @@ impl Handle {
     /// A snapshot of the master and its workers; `None` once the master has stopped.
     #[must_use]
     pub fn status(&self) -> Option<Status> {
+        self.ask_status()?.recv().ok()
+    }
+
+    /// Asks for a snapshot without waiting for it (for the servers on the I/O loop, which must
+    /// never block); `None` once the master has stopped.
+    pub(crate) fn ask_status(&self) -> Option<mpsc::Receiver<Status>> {
         let (reply, answer) = mpsc::channel();
         self.events
             .send(Input::Control(Control::Status(reply)))
             .ok()?;
-        answer.recv().ok()
+        Some(answer)
     }
 
     /// Every lifecycle event from now on (workers spawned, ready, exited, notify messages,
@@ -607,14 +619,17 @@ impl<T> Waiter<T> {
 
 /// Starts the live-reload channel at `address`; when it is the `LiveReload` protocol's port and that is
 /// taken (another dev master), on a free port, and says so.
-fn start_livereload(address: std::net::SocketAddr) -> Result<LiveReload, Error> {
-    match LiveReload::start(address) {
+fn start_livereload(
+    address: std::net::SocketAddr,
+    app: &[std::net::SocketAddr],
+) -> Result<LiveReload, Error> {
+    match LiveReload::start(address, app) {
         Ok(live) => Ok(live),
         Err(error)
             if error.kind() == std::io::ErrorKind::AddrInUse
                 && address.port() == crate::livereload::DEFAULT_PORT =>
         {
-            let live = LiveReload::start(std::net::SocketAddr::new(address.ip(), 0))
+            let live = LiveReload::start(std::net::SocketAddr::new(address.ip(), 0), app)
                 .map_err(|e| Error::io(format!("cannot listen for live reload on {address}"), e))?;
             output::master_line(&format!(
                 "{address} is taken (another dev master?): live reload on {} instead",

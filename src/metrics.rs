@@ -19,32 +19,34 @@
 //! | `mcluster_master_resident_memory_bytes` | gauge | the master's RSS |
 //! | `mcluster_master_uptime_seconds` | gauge | since the master started |
 //!
-//! Each connection is served on a thread of its own, at most [`MAX_SCRAPERS`] at once, and must
-//! send its request head within 5 s.
+//! It runs on the master's HTTP stack (`crate::http`): a connection is a task on the one I/O
+//! thread, at most [`MAX_SCRAPERS`] at once, and must send its request head within 5 s; a
+//! scrape waits for the supervision loop's answer without holding that thread.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::thread;
+use std::time::Duration;
+
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, StatusCode};
 
 use crate::config::Error;
-use crate::control::Clients;
+use crate::http::{Handler, Limits, Request, Response, Server, text};
 use crate::master::Handle;
 use crate::status::{Record, Status};
 
-/// How many scrapes are served at once.
-pub const MAX_SCRAPERS: usize = 16;
+/// How many connections are served at once (more get a 503 at once).
+pub const MAX_SCRAPERS: usize = 64;
 
-/// The longest request head read, in bytes.
-const MAX_HEAD: usize = 8 * 1024;
+/// How long a scrape waits for the supervision loop's answer.
+const STATUS_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The metrics server: dropping it stops it.
 pub(crate) struct MetricsServer {
-    socket: TcpListener,
     address: SocketAddr,
-    accept: Option<JoinHandle<()>>,
+    _server: Server,
 }
 
 impl MetricsServer {
@@ -53,7 +55,6 @@ impl MetricsServer {
         let context = || format!("cannot serve metrics on {addr}");
         let socket = TcpListener::bind(addr).map_err(|e| Error::io(context(), e))?;
         let address = socket.local_addr().map_err(|e| Error::io(context(), e))?;
-        let accepting = socket.try_clone().map_err(|e| Error::io(context(), e))?;
         let rolls = Arc::new(Mutex::new(Histogram::default()));
         let records = handle.events();
         let counted = Arc::clone(&rolls);
@@ -70,14 +71,18 @@ impl MetricsServer {
                 }
             })
             .map_err(|e| Error::io(context(), e))?;
-        let accept = thread::Builder::new()
-            .name("metrics".to_owned())
-            .spawn(move || accept_scrapes(&accepting, &handle, &rolls))
-            .map_err(|e| Error::io(context(), e))?;
+        let handler: Handler = Arc::new(move |request, _| {
+            Box::pin(scrape(request, handle.clone(), Arc::clone(&rolls)))
+        });
+        let limits = Limits {
+            short: MAX_SCRAPERS,
+            streams: 0,
+        };
+        let server =
+            Server::start(vec![socket], limits, &handler).map_err(|e| Error::io(context(), e))?;
         Ok(Self {
-            socket,
             address,
-            accept: Some(accept),
+            _server: server,
         })
     }
 
@@ -87,103 +92,44 @@ impl MetricsServer {
     }
 }
 
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // A listening socket shut down for reading wakes its `accept` with an error.
-        let _ =
-            nix::sys::socket::shutdown(self.socket.as_raw_fd(), nix::sys::socket::Shutdown::Read);
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
+async fn scrape(request: Request, handle: Handle, rolls: Arc<Mutex<Histogram>>) -> Response {
+    if request.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
-}
-
-fn accept_scrapes(socket: &TcpListener, handle: &Handle, rolls: &Arc<Mutex<Histogram>>) {
-    let clients = Clients::default();
-    loop {
-        let Some(stream) =
-            crate::control::next_client(|| socket.accept().map(|(stream, _)| stream))
-        else {
-            return;
-        };
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-        let Some(slot) = clients.admit(MAX_SCRAPERS) else {
-            respond(
-                &stream,
-                "503 Service Unavailable",
-                "too many scrapes at once\n",
-            );
-            continue;
-        };
-        let handle = handle.clone();
-        let rolls = Arc::clone(rolls);
-        let _ = thread::Builder::new()
-            .name("metrics-client".to_owned())
-            .spawn(move || {
-                let _slot = slot;
-                serve(&stream, &handle, &rolls);
-            });
+    if request.uri().path() != "/metrics" {
+        return text(StatusCode::NOT_FOUND, "the metrics are at /metrics\n");
     }
-}
-
-fn serve(stream: &TcpStream, handle: &Handle, rolls: &Mutex<Histogram>) {
-    let Some(head) = read_head(stream) else {
-        return respond(stream, "400 Bad Request", "no complete request head\n");
+    let Some(answer) = handle.ask_status() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "the master is stopping\n");
     };
-    let request_line = head.lines().next().unwrap_or_default();
-    let mut words = request_line.split(' ');
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    if method != "GET" {
-        return respond(stream, "405 Method Not Allowed", "only GET\n");
-    }
-    if target.split('?').next() != Some("/metrics") {
-        return respond(stream, "404 Not Found", "the metrics are at /metrics\n");
-    }
-    match handle.status() {
-        Some(status) => {
-            let rolls = rolls.lock().map(|rolls| rolls.clone()).unwrap_or_default();
-            respond(stream, "200 OK", &render(&status, &rolls));
+    // The answer comes through a std channel: look at it now and then, never block the loop.
+    let deadline = tokio::time::Instant::now() + STATUS_DEADLINE;
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        match answer.try_recv() {
+            Ok(status) => break status,
+            Err(std::sync::mpsc::TryRecvError::Empty) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the master did not answer in time\n",
+                );
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "the master is stopping\n");
+            }
         }
-        None => respond(
-            stream,
-            "503 Service Unavailable",
-            "the master is stopping\n",
-        ),
-    }
-}
-
-/// The request head (up to the empty line), read within 5 s; `None` if it does not come.
-fn read_head(mut stream: &TcpStream) -> Option<String> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut head = Vec::new();
-    let mut buffer = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || head.len() > MAX_HEAD {
-            return None;
-        }
-        stream.set_read_timeout(Some(left)).ok()?;
-        match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => return None,
-            Ok(read) => head.extend_from_slice(&buffer[..read]),
-        }
-    }
-    String::from_utf8(head).ok()
-}
-
-fn respond(mut stream: &TcpStream, status: &str, body: &str) {
-    let content_type = if status.starts_with("200") {
-        "text/plain; version=0.0.4; charset=utf-8"
-    } else {
-        "text/plain; charset=utf-8"
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
+    let rolls = rolls.lock().map(|rolls| rolls.clone()).unwrap_or_default();
+    let mut response = text(StatusCode::OK, render(&status, &rolls));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    let _ = stream.write_all(response.as_bytes());
+    response
 }
 
 /// The upper bounds of the roll duration histogram's buckets, in seconds.

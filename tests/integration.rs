@@ -47,6 +47,9 @@
 //! - `browser` live reload in headless Chromium: a page follows every save by itself (the
 //!   failed first build's page turns into the app, edits show after their switch, a broken
 //!   build shows in an overlay)
+//! - `http`    the dev master's HTTP servers against hostile and careless clients: fds bounded
+//!   by never-read and closed streams, foreign origins and hosts refused, no open redirect,
+//!   pages that never read do not hold up supervision
 //! - `control` the control socket and `mcluster status`, `restart`, `resize`, `stop`, `events`
 //!   against real masters (rolls that fail, two masters on one socket, stale sockets, other
 //!   users, bad and many clients), and the metrics endpoint scraped and parsed
@@ -75,6 +78,7 @@ mod dev_workspace;
 mod environment;
 mod errors;
 mod guard;
+mod http;
 mod library;
 mod output;
 mod readiness;

@@ -185,7 +185,12 @@ pub(crate) fn http_get(port: u16) -> std::io::Result<String> {
     let mut stream =
         std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(10))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    // The address as `Host`, as a browser sends it (the dev master's building page answers
+    // only its own names).
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)
