@@ -33,7 +33,7 @@
 //! [`Event::Exited`] — or [`KILLED_GROUP_GRACE`] after its SIGKILL, however the stop began:
 //! what is left then are zombies that nobody reaps ([`Action::Abandon`]).
 //!
-//! Every deadline is `now` plus a configured duration, saturated ([`after`]): a duration too
+//! Every deadline is `now` plus a configured duration, saturated (by `after`): a duration too
 //! large for an [`Instant`] (`Duration::MAX`) means "never", not a panic.
 
 mod backoff;
