@@ -689,8 +689,20 @@ impl SizeBound {
     /// refused with the limit named.
     pub(crate) fn here() -> Self {
         use nix::sys::resource::{Resource, getrlimit};
-        let soft = |resource| getrlimit(resource).ok().map(|(soft, _)| soft);
-        Self::of(soft(Resource::RLIMIT_NOFILE), soft(Resource::RLIMIT_NPROC))
+        // `rlim_t` is signed on FreeBSD (`RLIM_INFINITY` is its largest value).
+        #[allow(clippy::useless_conversion)]
+        let soft = |resource| {
+            getrlimit(resource)
+                .ok()
+                .map(|(soft, _)| u64::try_from(soft).unwrap_or(u64::MAX))
+        };
+        // macOS has the limit too, but nix does not name it there: the ceiling and the fd
+        // limit bound the size alone.
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+        let processes = soft(Resource::RLIMIT_NPROC);
+        #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+        let processes = None;
+        Self::of(soft(Resource::RLIMIT_NOFILE), processes)
     }
 
     fn of(files: Option<u64>, processes: Option<u64>) -> Self {
