@@ -71,9 +71,9 @@ mod http;
 #[cfg(feature = "master")]
 mod livereload;
 #[cfg(feature = "master")]
-mod notify;
-#[cfg(feature = "master")]
 mod output;
+#[cfg(feature = "master")]
+mod sd_notify;
 #[cfg(feature = "master")]
 mod supervisor;
 #[allow(unsafe_code)]

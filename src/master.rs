@@ -37,9 +37,9 @@ use crate::dev::DevLoop;
 use crate::listener::{ListenAddr, Listener};
 use crate::livereload::LiveReload;
 use crate::metrics::MetricsServer;
-use crate::notify::NotifyDir;
 use crate::output;
 use crate::readiness;
+use crate::sd_notify::NotifyDir;
 use crate::status::{Record, ResizeOutcome, RestartOutcome, Status};
 use crate::supervisor::{
     Control, Input, MessageHandler, Program, Supervisor, WorkerSpec, watch_signals,

@@ -41,9 +41,9 @@ use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::master::SizeBound;
-use crate::notify::{self, NotifyDir, NotifySocket};
 use crate::output::{self, Tail, WorkerOutput};
 use crate::readiness::{self, ListenerInodes};
+use crate::sd_notify::{self, NotifyDir, NotifySocket};
 use crate::status::{
     self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
 };
@@ -405,7 +405,7 @@ impl Supervisor<'_> {
             return;
         };
         let (slot, pid) = (worker.slot, worker.pid);
-        if let Some(status) = notify::status(text) {
+        if let Some(status) = sd_notify::status(text) {
             worker.status = Some(status.to_owned());
             output::master_line(&format!("w{slot} status: {status}"));
         }
@@ -417,13 +417,13 @@ impl Supervisor<'_> {
             pid,
             message: text.to_owned(),
         });
-        if notify::says(text, "READY=1") {
+        if sd_notify::says(text, "READY=1") {
             self.feed(state, Event::Ready { key });
         }
-        if notify::says(text, "WATCHDOG=1") {
+        if sd_notify::says(text, "WATCHDOG=1") {
             self.feed(state, Event::Watchdog { key });
         }
-        if notify::says(text, "STOPPING=1") {
+        if sd_notify::says(text, "STOPPING=1") {
             self.feed(state, Event::Stopping { key });
         }
     }
