@@ -313,19 +313,10 @@ impl Master {
     /// removes what it created. Bad input is an error before any worker is spawned.
     pub fn run(self) -> Result<Outcome, Error> {
         let handle = self.handle();
-        if self.size == 0 {
-            return Err(Error::usage(
-                "invalid --size 0: the cluster needs at least one worker",
-            ));
-        }
         let bound = SizeBound::here();
-        if self.size > bound.max {
-            return Err(Error::usage(format!(
-                "invalid --size {}: {}",
-                self.size,
-                bound.describe()
-            )));
-        }
+        bound
+            .check(self.size)
+            .map_err(|why| Error::usage(format!("invalid --size {}: {why}", self.size)))?;
         // The same rule as the command line's: 0 only where it means "at once".
         if self.ready_timeout.is_zero() {
             return Err(Error::usage(
@@ -729,8 +720,20 @@ impl SizeBound {
         bound
     }
 
+    /// Whether a cluster may have `size` workers: at least 1, at most this bound. The error
+    /// says why not, for a line that names the size.
+    pub(crate) fn check(self, size: usize) -> Result<(), String> {
+        if size == 0 {
+            Err("the cluster needs at least one worker".to_owned())
+        } else if size > self.max {
+            Err(self.describe())
+        } else {
+            Ok(())
+        }
+    }
+
     /// `at most N workers (…why)`, for an error line.
-    pub(crate) fn describe(self) -> String {
+    fn describe(self) -> String {
         let why = match self.limit {
             SizeLimit::Ceiling => "the most one master runs".to_owned(),
             SizeLimit::Files(files) => format!(

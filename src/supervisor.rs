@@ -481,11 +481,16 @@ impl Supervisor<'_> {
                     self.child_exited(state, pid, end);
                 }
             }
-            if let Some(status) = self.guard.exited() {
-                self.guard_exited(state, process_end(status).map(|(_, end)| end));
-            }
+            self.replace_guard_if_exited(state);
         }
         self.check_groups(state);
+    }
+
+    /// Reaps the guard if it died, and replaces it ([`Supervisor::guard_exited`]).
+    fn replace_guard_if_exited(&mut self, state: &DriverState) {
+        if let Some(status) = self.guard.exited() {
+            self.guard_exited(state, process_end(status).map(|(_, end)| end));
+        }
     }
 
     /// The guard died: it never exits by itself while the master runs, so it was killed from
@@ -495,7 +500,7 @@ impl Supervisor<'_> {
     /// start, and the roll is aborted as any roll whose workers cannot start.
     fn guard_exited(&mut self, state: &DriverState, end: Option<ProcessEnd>) {
         let how = end.map_or_else(|| "is gone".to_owned(), |end| end.to_string());
-        let live = self.live_groups(state);
+        let live: Vec<i32> = self.live_groups(state).collect();
         let count = live.len();
         match self.guard.restart(live) {
             Ok(()) => output::master_line(&format!(
@@ -513,35 +518,35 @@ impl Supervisor<'_> {
 
     /// Every process group of ours that may still have a process in it: what a guard must
     /// kill should the master die.
-    fn live_groups(&self, state: &DriverState) -> Vec<i32> {
-        let mut live: Vec<i32> = state.pids.keys().copied().collect();
-        live.extend(state.groups.keys().copied());
-        live.extend(self.dev.as_ref().and_then(DevLoop::build_pid));
-        live.extend(state.strays.iter().copied());
-        live
+    fn live_groups<'s>(&'s self, state: &'s DriverState) -> impl Iterator<Item = i32> + 's {
+        state
+            .pids
+            .keys()
+            .chain(state.groups.keys())
+            .chain(&state.strays)
+            .copied()
+            .chain(self.dev.as_ref().and_then(DevLoop::build_pid))
     }
 
     /// Before a worker starts: a guard must be there to take it (one killed from outside is
     /// replaced first), with room for one more group.
     fn ensure_guard(&mut self, state: &DriverState) -> io::Result<()> {
-        if let Some(status) = self.guard.exited() {
-            self.guard_exited(state, process_end(status).map(|(_, end)| end));
-        }
+        self.replace_guard_if_exited(state);
         if self.guard.pid().is_none() {
-            self.guard
-                .restart(self.live_groups(state))
-                .map_err(|error| {
-                    io::Error::new(
-                        error.kind(),
-                        format!("no guard process to kill the worker with the master: {error}"),
-                    )
-                })?;
+            let live: Vec<i32> = self.live_groups(state).collect();
+            self.guard.restart(live).map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("no guard process to kill the worker with the master: {error}"),
+                )
+            })?;
             output::master_line(&format!(
                 "a new guard process (pid {}) runs",
                 self.guard.pid().unwrap_or(0)
             ));
         }
-        if Guard::full(self.live_groups(state).len()) {
+        // Counted, not collected: this runs before every spawn.
+        if Guard::full(self.live_groups(state).count()) {
             return Err(io::Error::other(format!(
                 "the guard process tracks at most {GUARD_CAPACITY} process groups"
             )));
@@ -934,16 +939,9 @@ impl Supervisor<'_> {
 
     /// A size a resize may ask for: at least 1, within the bound.
     fn check_size(&self, size: usize) -> Result<(), String> {
-        if size == 0 {
-            return Err("invalid size 0: the cluster needs at least one worker".to_owned());
-        }
-        if size > self.size_bound.max {
-            return Err(format!(
-                "invalid size {size}: {}",
-                self.size_bound.describe()
-            ));
-        }
-        Ok(())
+        self.size_bound
+            .check(size)
+            .map_err(|why| format!("invalid size {size}: {why}"))
     }
 
     /// Gives every resize waiter its answer once there is one: refused when the master stops,
