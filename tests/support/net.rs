@@ -159,6 +159,23 @@ fn server_side_inode(local: SocketAddrV4, remote: SocketAddrV4) -> Option<u64> {
     })
 }
 
+/// How many connections wait in the accept queue of the socket listening on `127.0.0.1:port`
+/// (the `rx_queue` of its `LISTEN` row in `/proc/net/tcp`), or `None` when none listens there.
+pub(crate) fn accept_queue(port: u16) -> Option<usize> {
+    let local = proc_net_addr(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+    let table = fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|row| {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        // Field 3 is the state (0A: LISTEN), field 4 `tx_queue:rx_queue` in hex.
+        (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+            .then(|| {
+                let (_, waiting) = fields.get(4)?.split_once(':')?;
+                usize::from_str_radix(waiting, 16).ok()
+            })
+            .flatten()
+    })
+}
+
 /// An address as `/proc/net/tcp` prints it: the raw (network order) address as a native u32,
 /// then the port, both in hex.
 fn proc_net_addr(addr: SocketAddrV4) -> String {
