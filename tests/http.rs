@@ -355,11 +355,11 @@ fn cpu_ticks(pid: i32) -> u64 {
 #[test]
 fn waiting_connections_at_the_fd_limit_cost_little_cpu() {
     const LIMIT: usize = 40;
+    const CLIENTS: usize = 60;
     let dir = TempDir::new().unwrap();
     let (master, live) = dev_master_via(dir.path(), "true", Some(LIMIT));
     master.wait_for_stderr(&crate::support::all_ready(1));
     // Clients that connect and say nothing: more than the master has fds for.
-    const CLIENTS: usize = 60;
     let _clients: Vec<TcpStream> = (0..CLIENTS)
         .map(|_| TcpStream::connect(live).unwrap())
         .collect();
