@@ -61,7 +61,7 @@ pub(crate) struct DevLoop {
 const LOOP_ROUNDS: u32 = 2;
 
 /// A file's modification time (the kernel's coarse clock) may lag the clock read when a build
-/// starts by a clock tick.
+/// starts or ends by a clock tick.
 const MTIME_SLACK: Duration = Duration::from_millis(20);
 
 struct Build {
@@ -144,7 +144,10 @@ impl DevLoop {
             builds.push((&build.changed, build.started_at, now));
         }
         if let Some((triggers, started, ended)) = &self.last_build {
-            builds.push((triggers, *started, *ended));
+            // A save right after the build ended may carry an mtime a tick before the end (the
+            // kernel's coarse clock): only what is older than that is surely the build's.
+            let ended = ended.checked_sub(MTIME_SLACK).unwrap_or(*ended);
+            builds.push((triggers, *started, ended));
         }
         let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
         // `ended` is read once the build has exited: its writes are all older. A save right
@@ -1024,6 +1027,13 @@ mod tests {
             vec![stamp.clone()]
         );
         assert!(dev.loop_rounds.is_empty());
+        // Nor one whose mtime, from the coarse clock, reads a few milliseconds before the end.
+        write_at("saved again", at(1) - Duration::from_millis(5));
+        assert_eq!(
+            dev.without_build_writes(vec![stamp.clone()]),
+            vec![stamp.clone()]
+        );
+        assert!(dev.loop_rounds.is_empty(), "{:?}", dev.loop_rounds);
 
         assert_eq!(
             write_during_a_build(&mut dev),
