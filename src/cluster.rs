@@ -47,8 +47,8 @@ use std::time::{Duration, Instant};
 
 pub use backoff::Backoff;
 pub use event::{
-    Action, Event, ExitReason, MasterState, Pid, ProcessEnd, RollEnd, StopKind, WorkerKey,
-    WorkerReady, human_duration, signal_name,
+    Action, Event, ExitReason, MasterState, Pid, ProcessEnd, ResizeAnswer, RollEnd, StopKind,
+    WorkerKey, WorkerReady, human_duration, signal_name,
 };
 
 /// After SIGKILL, how long what is left of an exited worker's group may still seem to exist
@@ -56,6 +56,20 @@ pub use event::{
 /// are zombies whose parent does not reap them (an init that does not reap orphans, a
 /// container's shell as PID 1): waiting for them would never end.
 pub const KILLED_GROUP_GRACE: Duration = Duration::from_secs(1);
+
+/// How often the groups of exited workers are checked for being gone ([`Action::CheckGroups`]).
+const GROUP_POLL: Duration = Duration::from_millis(50);
+
+/// How often a starting worker is probed for accepting ([`Action::ProbeStarting`]; some
+/// 25–120 µs a probe, more for a process with many threads).
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The longest pause between two rounds of probes, however many workers start at once.
+const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(50);
+
+/// After this long starting, a worker neither ready nor seen accepting gets one line of advice
+/// ([`Action::Unseen`]).
+const UNSEEN_HINT: Duration = Duration::from_secs(5);
 
 /// How far ahead a deadline is put when `now + duration` cannot be represented: about a
 /// century, for all purposes never.
@@ -95,6 +109,23 @@ pub struct ClusterConfig {
     /// A stopping worker still alive this long after the stop signal is reported
     /// ([`Action::Lingering`]); `None`: never.
     pub linger_note: Option<Duration>,
+    /// The driver can see whether a starting worker accepts: it is asked to look
+    /// ([`Action::ProbeStarting`]), and told about one not seen for a while
+    /// ([`Action::Unseen`]).
+    pub probe_starting: bool,
+    /// What SIGHUP does.
+    pub hangup: Hangup,
+}
+
+/// What SIGHUP ([`Event::Hangup`]) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hangup {
+    /// A roll, always (a production master, as gunicorn and nginx do: a deploy's `kill -HUP`
+    /// must never stop it, whatever became of the terminal it was started from).
+    Roll,
+    /// A stop when the terminal the master ran in is gone, a roll otherwise: an interactive
+    /// session (`mcluster dev`) left running without its terminal would hold the port forever.
+    StopWithTerminal,
 }
 
 /// How many replacements a roll runs at once beyond the cluster's size.
@@ -192,6 +223,8 @@ impl ClusterConfig {
             never_ready: NeverReady::Exit,
             surge: Surge::All,
             linger_note: Some(Duration::from_secs(2)),
+            probe_starting: false,
+            hangup: Hangup::Roll,
         }
     }
 }
@@ -229,6 +262,8 @@ struct Worker {
     /// When, after its SIGKILL, what is left of its group counts as gone (once the worker
     /// process itself was reaped).
     gone_at: Option<Instant>,
+    /// When a starting worker not seen accepting is reported ([`Action::Unseen`]), once.
+    hint_at: Option<Instant>,
 }
 
 impl Worker {
@@ -323,6 +358,15 @@ pub struct Cluster {
     ever_ready: bool,
     announced_ready: bool,
     exit_reason: Option<ExitReason>,
+    /// The last request number given out ([`Cluster::new_request`]).
+    requests: u64,
+    /// Resize requests not answered yet, with the size each asked for.
+    resize_waiters: Vec<(u64, usize)>,
+    /// Ctrl-C presses so far.
+    interrupts: u32,
+    /// When starting workers were last probed and leftover groups checked; set by the first
+    /// event.
+    polled: Option<Instant>,
 }
 
 impl Cluster {
@@ -343,7 +387,19 @@ impl Cluster {
             ever_ready: false,
             announced_ready: false,
             exit_reason: None,
+            requests: 0,
+            resize_waiters: Vec::new(),
+            interrupts: 0,
+            polled: None,
         }
+    }
+
+    /// A new request number, for [`Event::Roll`], [`Event::RollDeclined`] or
+    /// [`Event::Resize`]: the driver keeps whoever waits under it, and the core says which
+    /// number to answer with what.
+    pub fn new_request(&mut self) -> u64 {
+        self.requests += 1;
+        self.requests
     }
 
     /// The configured number of workers.
@@ -455,12 +511,51 @@ impl Cluster {
             .filter(|worker| worker.leader_exited)
             .map(|worker| worker.gone_at);
         let restarts = self.slots.iter().map(|slot| slot.restart_at);
-        worker_deadlines.chain(gone).chain(restarts).flatten().min()
+        let hints = self.workers.iter().map(|worker| worker.hint_at);
+        worker_deadlines
+            .chain(gone)
+            .chain(restarts)
+            .chain(hints)
+            .chain([self.next_poll()])
+            .flatten()
+            .min()
+    }
+
+    /// When starting workers are to be probed and leftover groups checked next; `None`: there
+    /// are none.
+    fn next_poll(&self) -> Option<Instant> {
+        let starting = if self.config.probe_starting {
+            self.probing().count()
+        } else {
+            0
+        };
+        let interval = if starting > 0 {
+            // Many workers starting at once (a roll with a surge) share one budget: the probes
+            // of a round grow with their number, the rounds thin out (10 ms for 1 or 2, 40 ms
+            // for 8, at most 50 ms).
+            let rounds = u32::try_from(starting.div_ceil(2)).unwrap_or(u32::MAX);
+            (PROBE_INTERVAL * rounds).min(PROBE_INTERVAL_MAX)
+        } else if self.workers.iter().any(|worker| worker.leader_exited) {
+            GROUP_POLL
+        } else {
+            return None;
+        };
+        Some(after(self.polled?, interval))
+    }
+
+    /// The spawned workers that are starting: those the driver probes.
+    fn probing(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.iter().filter(|worker| {
+            worker.pid.is_some()
+                && !worker.leader_exited
+                && matches!(worker.state, WorkerState::Starting { .. })
+        })
     }
 
     /// Advances the cluster by one event; returns what the driver must do, in order.
     pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         let mut actions = Vec::new();
+        self.polled.get_or_insert(now);
         match event {
             Event::Start => self.start(now, &mut actions),
             Event::Spawned { key, pid } => self.spawned(now, key, pid, &mut actions),
@@ -491,6 +586,10 @@ impl Cluster {
             Event::LeaderExited { pid, end } => self.exited(now, pid, end, true, &mut actions),
             Event::Tick => self.tick(now, &mut actions),
             Event::Roll(request) => self.request_roll(now, request, &mut actions),
+            Event::RollDeclined(request) => actions.push(Action::RollRefused {
+                request,
+                why: "no generation serves yet",
+            }),
             Event::SeenAccepting { key, how } => {
                 if let Some(index) = self.index_of_key(key)
                     && matches!(self.workers[index].state, WorkerState::Starting { .. })
@@ -498,12 +597,65 @@ impl Cluster {
                     self.mark_ready(now, index, &how, &mut actions);
                 }
             }
-            Event::Resize(size) => self.resize(now, size, &mut actions),
+            Event::Resize { size, request } => {
+                match request {
+                    // A cluster runs at least one worker: nothing would ever answer.
+                    Some(request) if size == 0 => actions.push(Action::ResizeAnswered {
+                        request,
+                        answer: ResizeAnswer::Refused {
+                            why: "a cluster runs at least 1 worker",
+                        },
+                    }),
+                    Some(request) => self.resize_waiters.push((request, size)),
+                    None => {}
+                }
+                self.resize(now, size, &mut actions);
+            }
             Event::Stop { hard } => self.stop(now, hard, &mut actions),
+            Event::Interrupt => {
+                // The first Ctrl-C stops gracefully; the next one does not wait any more.
+                self.interrupts = self.interrupts.saturating_add(1);
+                self.stop(now, self.interrupts > 1, &mut actions);
+            }
+            Event::Hangup { terminal_lost } => match self.config.hangup {
+                Hangup::StopWithTerminal if terminal_lost => {
+                    actions.push(Action::Log("the terminal hung up".to_owned()));
+                    self.stop(now, false, &mut actions);
+                }
+                Hangup::StopWithTerminal | Hangup::Roll => actions.push(Action::RequestRoll),
+            },
         }
         self.restore_coverage(now, &mut actions);
         self.check_exit(&mut actions);
+        self.answer_resizes(&mut actions);
         actions
+    }
+
+    /// Gives every resize waiter its answer once there is one: refused when the cluster stops,
+    /// superseded when its size is another one now (a later request won), resized once every
+    /// slot of its size has a ready worker.
+    fn answer_resizes(&mut self, actions: &mut Vec<Action>) {
+        if self.resize_waiters.is_empty() {
+            return;
+        }
+        let stopping = self.is_stopping();
+        let size = self.config.size;
+        let all_ready = self.all_ready();
+        self.resize_waiters.retain(|&(request, wanted)| {
+            let answer = if stopping {
+                ResizeAnswer::Refused {
+                    why: "the master is stopping",
+                }
+            } else if wanted != size {
+                ResizeAnswer::Superseded { size }
+            } else if all_ready {
+                ResizeAnswer::Resized
+            } else {
+                return true;
+            };
+            actions.push(Action::ResizeAnswered { request, answer });
+            false
+        });
     }
 
     fn start(&mut self, now: Instant, actions: &mut Vec<Action>) {
@@ -537,6 +689,7 @@ impl Cluster {
             leader_exited: false,
             ready_since: None,
             gone_at: None,
+            hint_at: None,
         });
         actions.push(Action::Spawn {
             key,
@@ -560,6 +713,7 @@ impl Cluster {
                     ready_at: self.config.ready_delay.map(|delay| after(now, delay)),
                     deadline: after(now, self.config.ready_timeout),
                 };
+                worker.hint_at = self.config.probe_starting.then(|| after(now, UNSEEN_HINT));
             }
             // Stopped while being spawned (a stop raced the spawn): finish the job now.
             WorkerState::Stopping { .. } => {
@@ -596,6 +750,7 @@ impl Cluster {
             let mut rest = worker.clone();
             rest.leader_exited = true;
             rest.watchdog_at = None;
+            rest.hint_at = None;
             if !matches!(worker.state, WorkerState::Stopping { .. }) {
                 actions.push(Action::Log(format!(
                     "{} left processes behind in its group; stopping them",
@@ -873,6 +1028,7 @@ impl Cluster {
     fn mark_ready(&mut self, now: Instant, index: usize, how: &str, actions: &mut Vec<Action>) {
         let worker = &mut self.workers[index];
         worker.state = WorkerState::Ready;
+        worker.hint_at = None;
         worker.watchdog_at = self.config.watchdog.map(|limit| after(now, limit));
         worker.ready_since = Some(now);
         let (key, slot, generation) = (worker.key, worker.slot, worker.generation);
@@ -942,6 +1098,20 @@ impl Cluster {
     }
 
     fn tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for worker in &mut self.workers {
+            if worker.hint_at.is_some_and(|at| at <= now) {
+                worker.hint_at = None;
+                if worker.pid.is_some()
+                    && !worker.leader_exited
+                    && matches!(worker.state, WorkerState::Starting { .. })
+                {
+                    actions.push(Action::Unseen {
+                        key: worker.key,
+                        after: UNSEEN_HINT,
+                    });
+                }
+            }
+        }
         let mut index = 0;
         while index < self.workers.len() {
             let worker = &self.workers[index];
@@ -1019,6 +1189,7 @@ impl Cluster {
                             slot: worker.slot,
                             generation: worker.generation,
                             kill_in: kill_at.map(|at| at.saturating_duration_since(now)),
+                            ctrl_c_kills: self.interrupts > 0,
                         });
                     }
                     self.workers[index].state = WorkerState::Stopping {
@@ -1036,6 +1207,17 @@ impl Cluster {
                     let generation = self.slots[slot].generation;
                     self.spawn(slot, generation, actions);
                 }
+            }
+        }
+        // Starting workers are probed, and leftover groups checked, on a clock of their own;
+        // last, so that only the workers still starting are probed.
+        if self.next_poll().is_some_and(|at| at <= now) {
+            self.polled = Some(now);
+            if self.config.probe_starting && self.probing().next().is_some() {
+                actions.push(Action::ProbeStarting);
+            }
+            if self.workers.iter().any(|worker| worker.leader_exited) {
+                actions.push(Action::CheckGroups);
             }
         }
     }
@@ -1237,6 +1419,7 @@ impl Cluster {
     fn stop_worker(&mut self, now: Instant, index: usize, hard: bool, actions: &mut Vec<Action>) {
         let stopping = self.stopping(now);
         let worker = &mut self.workers[index];
+        worker.hint_at = None;
         let killed = WorkerState::Stopping {
             kill_at: None,
             note_at: None,

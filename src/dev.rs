@@ -502,7 +502,7 @@ impl Supervisor<'_> {
             self.feed(state, Event::Start);
             return;
         }
-        let request = state.roll_request();
+        let request = self.cluster.new_request();
         if let Some(dev) = &mut self.dev {
             dev.reloads.insert(request, reload);
         }

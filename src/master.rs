@@ -30,7 +30,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
 use crate::builder::BuildPlan;
-use crate::cluster::{Backoff, Cluster, ClusterConfig, ExitReason, NeverReady, Surge};
+use crate::cluster::{Backoff, Cluster, ClusterConfig, ExitReason, Hangup, NeverReady, Surge};
 use crate::config::{self, Error};
 use crate::control::ControlServer;
 use crate::dev::DevLoop;
@@ -454,6 +454,13 @@ impl Master {
                 NeverReady::Wait
             } else {
                 NeverReady::Exit
+            },
+            probe_starting: probing,
+            // Dev mode watching files is an interactive session of its terminal.
+            hangup: if quiet {
+                Hangup::StopWithTerminal
+            } else {
+                Hangup::Roll
             },
         });
         // Forked before any worker, so that no worker is ever unknown to it.

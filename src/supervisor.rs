@@ -1,10 +1,10 @@
 //! The driver: owns every handle (children, pipes, sockets). Every decision about workers
-//! (how many, when to restart, stop, kill, or take a killed group for gone) is the core's. What
-//! the driver still decides is how it talks to the OS and its clients: how often it probes
-//! starting workers and polls leftover groups, which requests it refuses before they reach the
-//! core (a size beyond [`SizeBound`]), and when a waiter has its answer (a resize waiter:
-//! refused once the cluster stops, superseded once the core's size is another, answered once
-//! every slot of its size is ready).
+//! (how many, when to restart, stop, kill, or take a killed group for gone), when starting
+//! workers are probed and leftover groups polled, what a signal means (a second Ctrl-C, a
+//! hangup) and when a waiter has its answer is the core's: the driver keeps whoever waits under
+//! the request number the core gave, and answers it when the core says so. What the driver
+//! still decides is which requests it refuses before they reach the core (a size beyond
+//! [`SizeBound`]).
 //!
 //! One loop: wait on one channel (fed by the signal thread, the notify readers and the embedder's
 //! [`Handle`](crate::master::Handle)) with the core's next deadline as timeout, turn what arrives
@@ -34,8 +34,8 @@ use nix::unistd::Pid as NixPid;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
 
 use crate::cluster::{
-    Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, RollEnd, StopKind, WorkerKey,
-    after, human_duration,
+    Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, ResizeAnswer, RollEnd,
+    StopKind, WorkerKey, after, human_duration,
 };
 use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
@@ -49,21 +49,11 @@ use crate::status::{
 };
 use crate::sys::{GUARD_CAPACITY, Guard, SpawnRequest, spawn_worker};
 
-/// How often the groups of exited workers are checked for being gone.
-const GROUP_POLL: Duration = Duration::from_millis(50);
-
-/// How often a starting worker is probed for accepting (some 25–120 µs a probe, more for a
-/// process with many threads).
-const PROBE_INTERVAL: Duration = Duration::from_millis(10);
-
-/// The longest pause between two rounds of probes, however many workers start at once.
-const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(50);
+/// How often, after a roll in dev mode, the old workers are probed for still accepting.
+const RELOAD_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The longest pages wait after a switch for the old workers to stop accepting.
 const RELOAD_WAIT: Duration = Duration::from_secs(1);
-
-/// After this long starting, a worker neither ready nor seen accepting gets one line of advice.
-const UNSEEN_HINT: Duration = Duration::from_secs(5);
 
 /// How many queued inputs are handled before a due deadline: a `READY=1` sent just before its
 /// deadline counts, while a stream of messages cannot starve the deadline.
@@ -133,9 +123,6 @@ struct RunningWorker {
     status: Option<String>,
     /// Watches it for accepting while it starts; `None` once ready (or without probing).
     probe: Option<readiness::Starting>,
-    spawned: Instant,
-    /// Whether it was told it is not seen accepting.
-    hinted: bool,
     _notify: NotifySocket,
     stderr_tail: Tail,
     output: Vec<JoinHandle<()>>,
@@ -187,18 +174,17 @@ impl Supervisor<'_> {
             groups: HashMap::new(),
             strays: Vec::new(),
             reap_all: nix::unistd::getpid().as_raw() == 1,
-            roll_requests: 0,
-            polled: Instant::now(),
+            reload_checked: Instant::now(),
             reload_pending: None,
             served: false,
             waiters: HashMap::new(),
+            roll_waiter: None,
             subscribers: Vec::new(),
-            resize_waiters: Vec::new(),
+            resize_waiters: HashMap::new(),
             exit_waiters: Vec::new(),
             rolls: RollCounts::default(),
             last_roll: None,
             started: Instant::now(),
-            interrupts: 0,
             had_terminal: has_terminal(),
             exit: None,
             devnull,
@@ -225,17 +211,14 @@ impl Supervisor<'_> {
                 }
                 continue;
             }
-            // Starting workers are probed, and leftover groups checked, on a clock of their own,
-            // whatever else arrives meanwhile.
-            let next_poll = state.next_poll();
-            if next_poll.is_some_and(|next| next <= Instant::now()) {
-                state.polled = Instant::now();
-                self.check_groups(&mut state);
-                self.probe_starting(&mut state);
+            // Dev mode: the old workers are probed after a roll, whatever else arrives meanwhile.
+            let reload_check = state.next_reload_check();
+            if reload_check.is_some_and(|next| next <= Instant::now()) {
+                state.reload_checked = Instant::now();
                 self.reload_pages_once_switched(&mut state);
                 continue;
             }
-            let wake = [deadline, next_poll].into_iter().flatten().min();
+            let wake = [deadline, reload_check].into_iter().flatten().min();
             let input = match wake {
                 Some(wake) => match self
                     .inbox
@@ -340,11 +323,12 @@ impl Supervisor<'_> {
                         }
                         return;
                     }
-                    if let Some(reply) = reply {
-                        state.resize_waiters.push((size, reply));
-                    }
-                    // Waiters for another size are answered at the end of `feed`.
-                    self.feed(state, Event::Resize(size));
+                    let request = reply.map(|reply| {
+                        let request = self.cluster.new_request();
+                        state.resize_waiters.insert(request, reply);
+                        request
+                    });
+                    self.feed(state, Event::Resize { size, request });
                 }
                 Control::Quit(reply) => {
                     state.exit_waiters.extend(reply);
@@ -365,25 +349,11 @@ impl Supervisor<'_> {
                 self.reap(state);
                 return;
             }
-            // `mcluster dev` is an interactive tool: when the terminal it ran in is closed, that
-            // hangup asks it to end (a dev master left running without its terminal would hold
-            // the port forever). A production master rolls on every HUP, as gunicorn and nginx
-            // do, whatever became of the terminal it was started from: a deploy's `kill -HUP`
-            // must never stop it.
-            SIGHUP if self.interactive() && state.had_terminal && !has_terminal() => {
-                output::master_line("the terminal hung up");
-                Event::Stop { hard: false }
-            }
-            SIGHUP => {
-                self.roll_requested(state, None);
-                return;
-            }
-            SIGINT => {
-                state.interrupts += 1;
-                Event::Stop {
-                    hard: state.interrupts > 1,
-                }
-            }
+            // What a hangup means is the core's ([`Hangup`](crate::cluster::Hangup)).
+            SIGHUP => Event::Hangup {
+                terminal_lost: state.had_terminal && !has_terminal(),
+            },
+            SIGINT => Event::Interrupt,
             SIGTERM => Event::Stop { hard: false },
             SIGQUIT => Event::Stop { hard: true },
             SIGTTIN => {
@@ -392,9 +362,15 @@ impl Supervisor<'_> {
                     output::master_line(&format!("SIGTTIN ignored: {why}"));
                     return;
                 }
-                Event::Resize(size)
+                Event::Resize {
+                    size,
+                    request: None,
+                }
             }
-            SIGTTOU => Event::Resize(self.cluster.size().saturating_sub(1)),
+            SIGTTOU => Event::Resize {
+                size: self.cluster.size().saturating_sub(1),
+                request: None,
+            },
             _ => return,
         };
         self.feed(state, event);
@@ -431,25 +407,24 @@ impl Supervisor<'_> {
     /// SIGHUP or the handle's `restart`: in dev mode (watching), the roll's end is reported as
     /// a reload.
     fn roll_requested(&mut self, state: &mut DriverState, outcome: Option<Sender<RestartOutcome>>) {
-        // The waiter goes in before the request reaches the core, which may refuse it at once:
-        // it waits for the next request number.
-        let next = state.roll_requests + 1;
-        if let Some(outcome) = outcome {
-            state.waiters.insert(next, outcome);
-        }
-        if self.dev.as_ref().is_some_and(|dev| dev.watcher.is_some()) {
-            self.roll_for(state, Reload::requested());
-        } else {
-            let request = state.roll_request();
+        if !self.interactive() {
+            // The waiter goes in before the request reaches the core, which may refuse it at
+            // once.
+            let request = self.cluster.new_request();
+            if let Some(outcome) = outcome {
+                state.waiters.insert(request, outcome);
+            }
             self.feed(state, Event::Roll(request));
+            return;
         }
-        // Dev mode makes no request before its first generation serves.
-        if state.roll_requests < next
-            && let Some(waiter) = state.waiters.remove(&next)
-        {
-            let _ = waiter.send(RestartOutcome::Refused {
-                why: "no generation serves yet".to_owned(),
-            });
+        // Dev mode asks for a request number only when it makes a roll (none before its first
+        // generation serves): the waiter goes with the first roll fed to the core.
+        state.roll_waiter = outcome;
+        self.roll_for(state, Reload::requested());
+        if let Some(waiter) = state.roll_waiter.take() {
+            let request = self.cluster.new_request();
+            state.waiters.insert(request, waiter);
+            self.feed(state, Event::RollDeclined(request));
         }
     }
 
@@ -595,9 +570,9 @@ impl Supervisor<'_> {
     }
 
     /// Looks at every starting worker: one seen accepting on a listener is ready.
-    fn probe_starting(&mut self, state: &mut DriverState) {
+    fn probe_starting(&self, state: &mut DriverState) -> Vec<Event> {
         let Some(listeners) = &self.probe else {
-            return;
+            return Vec::new();
         };
         let mut seen = Vec::new();
         for (key, worker) in &mut state.workers {
@@ -605,60 +580,77 @@ impl Supervisor<'_> {
                 continue;
             };
             if let Some(accepting) = probe.probe(listeners) {
-                seen.push((*key, accepting));
+                seen.push(Event::SeenAccepting {
+                    key: *key,
+                    how: accepting.to_string(),
+                });
                 worker.probe = None;
-            } else if !worker.hinted && worker.spawned.elapsed() >= UNSEEN_HINT {
-                worker.hinted = true;
-                if let Some(stopped) = probe.stopped() {
-                    output::master_line(&format!(
-                        "w{} (pid {}) is not ready after {}: {} is stopped (SIGSTOP or a job \
-                         control signal), and can neither accept nor send READY=1 until it gets \
-                         SIGCONT",
-                        worker.slot,
-                        worker.pid,
-                        human_duration(UNSEEN_HINT),
-                        if stopped == worker.pid {
-                            "it".to_owned()
-                        } else {
-                            format!("its process {stopped}")
-                        }
-                    ));
-                    continue;
-                }
-                output::master_line(&format!(
-                    "w{} (pid {}) is not seen accepting after {} and sent no READY=1; if it \
-                     serves, it accepts in a way mcluster cannot see (it sees accept, epoll and \
-                     poll on its listeners): have it send READY=1, or give --ready-delay",
-                    worker.slot,
-                    worker.pid,
-                    human_duration(UNSEEN_HINT)
-                ));
             }
         }
-        for (key, accepting) in seen {
-            self.feed(
-                state,
-                Event::SeenAccepting {
-                    key,
-                    how: accepting.to_string(),
-                },
-            );
+        seen
+    }
+
+    /// A starting worker is not seen accepting `after` its spawn: one last look, then one
+    /// line of advice.
+    fn unseen(&self, state: &mut DriverState, key: WorkerKey, after: Duration) -> Option<Event> {
+        let listeners = self.probe.as_ref()?;
+        let worker = state.workers.get_mut(&key)?;
+        let probe = worker.probe.as_mut()?;
+        if let Some(accepting) = probe.probe(listeners) {
+            worker.probe = None;
+            return Some(Event::SeenAccepting {
+                key,
+                how: accepting.to_string(),
+            });
         }
+        if let Some(stopped) = probe.stopped() {
+            output::master_line(&format!(
+                "w{} (pid {}) is not ready after {}: {} is stopped (SIGSTOP or a job control \
+                 signal), and can neither accept nor send READY=1 until it gets SIGCONT",
+                worker.slot,
+                worker.pid,
+                human_duration(after),
+                if stopped == worker.pid {
+                    "it".to_owned()
+                } else {
+                    format!("its process {stopped}")
+                }
+            ));
+            return None;
+        }
+        output::master_line(&format!(
+            "w{} (pid {}) is not seen accepting after {} and sent no READY=1; if it serves, it \
+             accepts in a way mcluster cannot see (it sees accept, epoll and poll on its \
+             listeners): have it send READY=1, or give --ready-delay",
+            worker.slot,
+            worker.pid,
+            human_duration(after)
+        ));
+        None
     }
 
     /// The groups of exited workers that are gone now end for the core.
     fn check_groups(&mut self, state: &mut DriverState) {
+        for event in self.gone_groups(state) {
+            self.feed(state, event);
+        }
+    }
+
+    /// The groups of exited workers that are gone now, forgotten, as events for the core.
+    fn gone_groups(&mut self, state: &mut DriverState) -> Vec<Event> {
         let gone: Vec<(i32, ProcessEnd)> = state
             .groups
             .iter()
             .filter(|(pid, _)| !group_exists(**pid))
             .map(|(pid, group)| (*pid, group.end))
             .collect();
-        for (pid, end) in gone {
-            state.groups.remove(&pid);
-            self.guard.forget(pid);
-            self.feed(state, Event::Exited { pid: Pid(pid), end });
-        }
+        gone.into_iter()
+            .map(|(pid, end)| {
+                state.groups.remove(&pid);
+                self.guard.forget(pid);
+                Event::Exited { pid: Pid(pid), end }
+            })
+            .collect()
     }
 
     /// Hands an event to the core and carries out the actions, including the events they
@@ -670,6 +662,12 @@ impl Supervisor<'_> {
         }
         let mut pending = VecDeque::from([event]);
         while let Some(event) = pending.pop_front() {
+            if let Event::Roll(request) = event
+                && let Some(waiter) = state.roll_waiter.take()
+            {
+                // Dev mode made a roll of the handle's request.
+                state.waiters.insert(request, waiter);
+            }
             for action in self.cluster.handle(Instant::now(), event) {
                 match action {
                     Action::Spawn {
@@ -767,12 +765,31 @@ impl Supervisor<'_> {
                         slot,
                         generation,
                         kill_in,
-                    } => self.report_lingering(state, pid.0, slot, generation, kill_in),
+                        ctrl_c_kills,
+                    } => self.report_lingering(pid.0, slot, generation, kill_in, ctrl_c_kills),
+                    Action::ResizeAnswered { request, answer } => {
+                        if let Some(waiter) = state.resize_waiters.remove(&request) {
+                            let _ = waiter.send(match answer {
+                                ResizeAnswer::Resized => {
+                                    ResizeOutcome::Resized(Box::new(self.status(state)))
+                                }
+                                ResizeAnswer::Superseded { size } => {
+                                    ResizeOutcome::Superseded { size }
+                                }
+                                ResizeAnswer::Refused { why } => ResizeOutcome::Refused {
+                                    why: why.to_owned(),
+                                },
+                            });
+                        }
+                    }
+                    Action::RequestRoll => self.roll_requested(state, None),
+                    Action::ProbeStarting => pending.extend(self.probe_starting(state)),
+                    Action::CheckGroups => pending.extend(self.gone_groups(state)),
+                    Action::Unseen { key, after } => pending.extend(self.unseen(state, key, after)),
                     Action::Exit(reason) => state.exit = Some(reason),
                 }
             }
         }
-        self.answer_resizes(state);
     }
 
     fn spawn(
@@ -830,8 +847,6 @@ impl Supervisor<'_> {
                 generation,
                 status: None,
                 probe: self.probe.as_ref().map(|_| readiness::Starting::new(pid)),
-                spawned: Instant::now(),
-                hinted: false,
                 _notify: notify,
                 stderr_tail,
                 output,
@@ -944,38 +959,6 @@ impl Supervisor<'_> {
             .map_err(|why| format!("invalid size {size}: {why}"))
     }
 
-    /// Gives every resize waiter its answer once there is one: refused when the master stops,
-    /// superseded when the cluster's size is another one now (a later request won), the
-    /// status once every slot of its size has a ready worker.
-    fn answer_resizes(&self, state: &mut DriverState) {
-        if state.resize_waiters.is_empty() {
-            return;
-        }
-        if self.cluster.is_stopping() {
-            for (_, waiter) in state.resize_waiters.drain(..) {
-                let _ = waiter.send(ResizeOutcome::Refused {
-                    why: "the master is stopping".to_owned(),
-                });
-            }
-            return;
-        }
-        let size = self.cluster.size();
-        let (current, superseded): (Vec<_>, Vec<_>) = std::mem::take(&mut state.resize_waiters)
-            .into_iter()
-            .partition(|(wanted, _)| *wanted == size);
-        for (_, waiter) in superseded {
-            let _ = waiter.send(ResizeOutcome::Superseded { size });
-        }
-        state.resize_waiters = current;
-        if state.resize_waiters.is_empty() || !self.cluster.all_ready() {
-            return;
-        }
-        let status = self.status(state);
-        for (_, waiter) in state.resize_waiters.drain(..) {
-            let _ = waiter.send(ResizeOutcome::Resized(Box::new(status.clone())));
-        }
-    }
-
     /// Counts a roll's end, publishes it, and answers whoever waits for it.
     fn roll_ended(state: &mut DriverState, end: &RollEnd) {
         let duration_ms = status::millis(end.elapsed);
@@ -1020,11 +1003,11 @@ impl Supervisor<'_> {
     /// A stopping worker still alive: one line, so that a wait is never unexplained.
     fn report_lingering(
         &self,
-        state: &DriverState,
         pid: i32,
         slot: usize,
         generation: u64,
         kill_in: Option<Duration>,
+        ctrl_c_kills: bool,
     ) {
         let mut line = format!(
             "w{slot} (pid {pid}, generation {generation}) is still stopping {} after the stop signal",
@@ -1041,7 +1024,7 @@ impl Supervisor<'_> {
         if let Some(kill_in) = kill_in {
             let _ = write!(line, "; SIGKILL in {}", human_duration(kill_in));
         }
-        if state.interrupts > 0 {
+        if ctrl_c_kills {
             line.push_str(" (Ctrl-C again to kill it now)");
         }
         output::master_line(&line);
@@ -1079,27 +1062,26 @@ pub(crate) struct DriverState {
     strays: Vec<i32>,
     /// The master is PID 1: every orphan in its namespace becomes its child, to reap.
     reap_all: bool,
-    /// The number of roll requests so far.
-    roll_requests: u64,
-    /// When starting workers were last probed and leftover groups checked.
-    polled: Instant,
+    /// When the old workers were last probed for a pending reload (dev mode).
+    reload_checked: Instant,
     /// Dev mode: a roll to this generation ended; pages reload once no older worker accepts, or
     /// at this instant.
     reload_pending: Option<(u64, Instant)>,
     /// Whether a generation was ever ready (pages were told to turn into the app).
     served: bool,
-    /// Who waits for the outcome of which roll request.
+    /// Who waits for the outcome of which roll request (numbered by the core).
     waiters: HashMap<u64, Sender<RestartOutcome>>,
+    /// Dev mode: who waits for the outcome of the handle's roll request until it is made.
+    roll_waiter: Option<Sender<RestartOutcome>>,
     /// Who follows the lifecycle events.
     subscribers: Vec<Sender<Record>>,
-    /// Who waits for every slot of a size to be ready.
-    resize_waiters: Vec<(usize, Sender<ResizeOutcome>)>,
+    /// Who waits for the answer to which resize request (numbered by the core).
+    resize_waiters: HashMap<u64, Sender<ResizeOutcome>>,
     /// Who waits for the master to end.
     exit_waiters: Vec<Sender<ExitReason>>,
     rolls: RollCounts,
     last_roll: Option<LastRoll>,
     started: Instant,
-    interrupts: u32,
     /// Whether the master had a controlling terminal when it started.
     had_terminal: bool,
     pub(crate) exit: Option<ExitReason>,
@@ -1116,28 +1098,10 @@ struct Group {
 const EXITED_KEPT: usize = 32;
 
 impl DriverState {
-    /// When starting workers are to be probed and leftover groups checked next; `None`: there
-    /// are none.
-    fn next_poll(&self) -> Option<Instant> {
-        let starting = self
-            .workers
-            .values()
-            .filter(|worker| worker.probe.is_some())
-            .count();
-        let interval = if starting > 0 {
-            // Many workers starting at once (a roll with a surge) share one budget: the probes
-            // of a round grow with their number, the rounds thin out (10 ms for 1 or 2, 40 ms
-            // for 8, at most 50 ms).
-            let rounds = u32::try_from(starting.div_ceil(2)).unwrap_or(u32::MAX);
-            (PROBE_INTERVAL * rounds).min(PROBE_INTERVAL_MAX)
-        } else if self.reload_pending.is_some() {
-            PROBE_INTERVAL
-        } else if !self.groups.is_empty() {
-            GROUP_POLL
-        } else {
-            return None;
-        };
-        Some(after(self.polled, interval))
+    /// When the old workers are to be probed next for a pending reload (dev mode).
+    fn next_reload_check(&self) -> Option<Instant> {
+        self.reload_pending
+            .map(|_| after(self.reload_checked, RELOAD_PROBE_INTERVAL))
     }
 
     /// The last stderr lines of a worker, running or exited.
@@ -1173,12 +1137,6 @@ impl DriverState {
     fn publish(&mut self, record: &Record) {
         self.subscribers
             .retain(|subscriber| subscriber.send(record.clone()).is_ok());
-    }
-
-    /// A new roll request's number.
-    pub(crate) fn roll_request(&mut self) -> u64 {
-        self.roll_requests += 1;
-        self.roll_requests
     }
 
     /// A child that is no worker (a cancelled build) is reaped when it exits.

@@ -125,15 +125,50 @@ pub enum Event {
     },
     /// Time passed: the driver sends this when [`Cluster::next_deadline`](super::Cluster::next_deadline) is reached.
     Tick,
-    /// Replace every worker with one of a new generation (SIGHUP). The number identifies the
-    /// request in [`RollEnd::requests`].
+    /// Replace every worker with one of a new generation (SIGHUP). The number, given by
+    /// [`Cluster::new_request`](super::Cluster::new_request), identifies the request in
+    /// [`RollEnd::requests`] or [`Action::RollRefused`].
     Roll(u64),
+    /// The driver's front made no roll of this request (dev mode before a generation serves):
+    /// it is refused ([`Action::RollRefused`]).
+    RollDeclined(u64),
     /// Change the number of workers.
-    Resize(usize),
+    Resize {
+        /// The size asked for.
+        size: usize,
+        /// Who waits for the outcome, numbered by
+        /// [`Cluster::new_request`](super::Cluster::new_request): answered once by
+        /// [`Action::ResizeAnswered`].
+        request: Option<u64>,
+    },
     /// Stop every worker and exit.
     Stop {
         /// SIGKILL at once instead of the stop signal and a grace period.
         hard: bool,
+    },
+    /// Ctrl-C (SIGINT): the first stops gracefully, the next one hard.
+    Interrupt,
+    /// SIGHUP: a roll, or the end of a terminal session (see [`Hangup`](super::Hangup)).
+    Hangup {
+        /// The master had a controlling terminal when it started and has none now.
+        terminal_lost: bool,
+    },
+}
+
+/// The answer to a resize request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeAnswer {
+    /// Every slot of the size asked for has a ready worker.
+    Resized,
+    /// A later request asked for another size, which the cluster has now.
+    Superseded {
+        /// The size now.
+        size: usize,
+    },
+    /// The request cannot be carried out.
+    Refused {
+        /// Why, for the requester.
+        why: &'static str,
     },
 }
 
@@ -248,6 +283,32 @@ pub enum Action {
         generation: u64,
         /// How long until SIGKILL; `None` if it was sent already.
         kill_in: Option<Duration>,
+        /// A Ctrl-C began the stop: another one kills it now.
+        ctrl_c_kills: bool,
+    },
+    /// Answer a resize request.
+    ResizeAnswered {
+        /// The [`Event::Resize`] request.
+        request: u64,
+        /// Its answer.
+        answer: ResizeAnswer,
+    },
+    /// Ask for a roll the way SIGHUP does (in dev mode, through the build's front), with no
+    /// one waiting for its outcome.
+    RequestRoll,
+    /// Probe the starting workers for accepting now; one seen accepting is
+    /// [`Event::SeenAccepting`].
+    ProbeStarting,
+    /// Check now whether the groups of exited workers are gone; one that is gone is
+    /// [`Event::Exited`].
+    CheckGroups,
+    /// A starting worker is neither ready nor seen accepting this long after its spawn: tell
+    /// the user once (unless a last probe sees it accepting now).
+    Unseen {
+        /// The worker.
+        key: WorkerKey,
+        /// How long since its spawn.
+        after: Duration,
     },
     /// What is left of an exited worker's group outlived its SIGKILL by
     /// [`KILLED_GROUP_GRACE`](super::KILLED_GROUP_GRACE): zombies nobody reaps. It counts as

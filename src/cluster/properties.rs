@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::{
-    Action, Cluster, ClusterConfig, Event, NeverReady, Phase, Pid, ProcessEnd, StopKind, Surge,
-    WorkerKey, WorkerState,
+    Action, Cluster, ClusterConfig, Event, GROUP_POLL, Hangup, NeverReady, PROBE_INTERVAL_MAX,
+    Phase, Pid, ProcessEnd, ResizeAnswer, StopKind, Surge, UNSEEN_HINT, WorkerKey, WorkerState,
 };
 
 /// One thing that can happen to a cluster. Indices pick among the workers that exist when the
@@ -24,8 +24,13 @@ enum Step {
     Watchdog(usize),
     Advance(u64),
     Roll,
-    Resize(usize),
+    /// A resize; with `true`, someone waits for its answer.
+    Resize(usize, bool),
     Stop(bool),
+    /// Ctrl-C.
+    Interrupt,
+    /// SIGHUP; with `true`, the terminal is gone.
+    Hangup(bool),
     /// From now on spawns fail (`true`) or succeed (`false`).
     SpawnsFail(bool),
 }
@@ -39,8 +44,10 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<usize>().prop_map(Step::Watchdog),
         3 => prop_oneof![0..200u64, 0..40_000u64].prop_map(Step::Advance),
         2 => Just(Step::Roll),
-        1 => (0..6usize).prop_map(Step::Resize),
+        2 => (0..6usize, any::<bool>()).prop_map(|(size, wait)| Step::Resize(size, wait)),
         1 => any::<bool>().prop_map(Step::Stop),
+        1 => Just(Step::Interrupt),
+        1 => any::<bool>().prop_map(Step::Hangup),
         1 => any::<bool>().prop_map(Step::SpawnsFail),
     ]
 }
@@ -66,8 +73,20 @@ struct World {
     /// The bound on slots waiting after a ready worker's exit in force (likewise).
     after_ready_limit: usize,
     /// Roll requests made, and those answered (by a roll's end or a refusal).
-    requests: u64,
+    roll_requests: HashSet<u64>,
     answered: HashSet<u64>,
+    /// Resize requests made, with the size each asked for, and those answered.
+    resize_requests: HashMap<u64, usize>,
+    resize_answered: HashSet<u64>,
+    /// Ctrl-C presses so far.
+    interrupts: u32,
+    /// Every request number the core gave out.
+    numbers: HashSet<u64>,
+    /// When each worker was spawned, and those reported as unseen.
+    spawned_at: HashMap<WorkerKey, Instant>,
+    unseen: HashSet<WorkerKey>,
+    /// When the last probe of starting workers was asked for.
+    probed: Option<Instant>,
 }
 
 impl World {
@@ -84,8 +103,15 @@ impl World {
             exits: 0,
             surge: 1,
             after_ready_limit: 1,
-            requests: 0,
+            roll_requests: HashSet::new(),
             answered: HashSet::new(),
+            resize_requests: HashMap::new(),
+            resize_answered: HashSet::new(),
+            interrupts: 0,
+            numbers: HashSet::new(),
+            spawned_at: HashMap::new(),
+            unseen: HashSet::new(),
+            probed: None,
         };
         world.feed(Event::Start);
         world
@@ -114,6 +140,7 @@ impl World {
                         let pid = Pid(self.next_pid);
                         self.next_pid += 1;
                         self.running.push((key, pid));
+                        self.spawned_at.insert(key, self.now);
                         pending.push(Event::Spawned { key, pid });
                     }
                     Action::Signal { pid, kind } => {
@@ -157,6 +184,58 @@ impl World {
                     Action::RollRefused { request, .. } => {
                         assert!(self.answered.insert(request), "{request} answered twice");
                     }
+                    Action::ResizeAnswered { request, answer } => {
+                        let wanted = self.resize_requests[&request];
+                        assert!(
+                            self.resize_answered.insert(request),
+                            "resize {request} answered twice"
+                        );
+                        let cluster = &self.cluster;
+                        match answer {
+                            ResizeAnswer::Resized => assert!(
+                                cluster.all_ready() && cluster.config.size == wanted,
+                                "resize {request} to {wanted} answered before it is done"
+                            ),
+                            ResizeAnswer::Superseded { size } => assert!(
+                                size == cluster.config.size && size != wanted,
+                                "resize {request} to {wanted} superseded by {size}"
+                            ),
+                            ResizeAnswer::Refused { .. } => assert!(
+                                cluster.is_stopping() || wanted == 0,
+                                "resize {request} to {wanted} refused while running"
+                            ),
+                        }
+                    }
+                    Action::RequestRoll => {
+                        // As the driver does: a roll with a number of the core's.
+                        let request = self.new_request();
+                        self.roll_requests.insert(request);
+                        pending.push(Event::Roll(request));
+                    }
+                    Action::ProbeStarting => {
+                        assert!(
+                            self.cluster.config.probe_starting
+                                && self.cluster.probing().next().is_some(),
+                            "a probe with nothing to probe"
+                        );
+                        self.probed = Some(self.now);
+                    }
+                    Action::CheckGroups => {
+                        assert!(!self.groups.is_empty(), "a check of no group");
+                    }
+                    Action::Unseen { key, after } => {
+                        assert!(self.unseen.insert(key), "{key:?} reported unseen twice");
+                        let index = self.cluster.index_of_key(key).unwrap();
+                        assert!(
+                            matches!(
+                                self.cluster.workers[index].state,
+                                WorkerState::Starting { .. }
+                            ) && self.cluster.config.probe_starting,
+                            "{key:?} reported unseen, but it is no starting worker"
+                        );
+                        assert_eq!(after, UNSEEN_HINT);
+                        assert!(self.spawned_at[&key] + UNSEEN_HINT <= self.now);
+                    }
                     Action::Log(_)
                     | Action::Detail(_)
                     | Action::Ready(_)
@@ -168,7 +247,47 @@ impl World {
         self.check_invariants();
     }
 
+    /// A request number from the core: never one given before.
+    fn new_request(&mut self) -> u64 {
+        let request = self.cluster.new_request();
+        assert!(
+            self.numbers.insert(request),
+            "request number {request} reused"
+        );
+        request
+    }
+
     fn check_invariants(&mut self) {
+        let cluster = &self.cluster;
+        // A second Ctrl-C always ends in a hard stop; the first one in a stop.
+        if self.interrupts > 1 {
+            assert!(
+                matches!(
+                    cluster.phase,
+                    Phase::Stopping { hard: true } | Phase::Exited
+                ),
+                "two Ctrl-C and no hard stop: {:?}",
+                cluster.phase
+            );
+        } else if self.interrupts == 1 {
+            assert!(cluster.is_stopping(), "a Ctrl-C and no stop");
+        }
+        // A starting worker is never left unprobed longer than the longest probe interval, nor
+        // a leftover group unchecked longer than the group poll.
+        let polled = cluster.polled.expect("polled since the first event");
+        let deadline = cluster.next_deadline();
+        if cluster.config.probe_starting && cluster.probing().next().is_some() {
+            assert!(
+                deadline.is_some_and(|at| at <= polled + PROBE_INTERVAL_MAX),
+                "starting workers and no probe due"
+            );
+        }
+        if cluster.workers.iter().any(|worker| worker.leader_exited) {
+            assert!(
+                deadline.is_some_and(|at| at <= polled + GROUP_POLL),
+                "leftover groups and no check due"
+            );
+        }
         // A roll keeps the replacements it started under a larger size (then a shrink): the
         // bound is the largest surge of the roll's life.
         let surge_now = self.cluster.config.surge.of(self.cluster.config.size);
@@ -333,11 +452,36 @@ impl World {
                 self.feed(Event::Tick);
             }
             Step::Roll => {
-                self.requests += 1;
-                self.feed(Event::Roll(self.requests));
+                let request = self.new_request();
+                self.roll_requests.insert(request);
+                self.feed(Event::Roll(request));
             }
-            Step::Resize(size) => self.feed(Event::Resize(size)),
+            Step::Resize(size, wait) => {
+                let request = wait.then(|| self.new_request());
+                if let Some(request) = request {
+                    self.resize_requests.insert(request, size);
+                }
+                self.feed(Event::Resize { size, request });
+            }
             Step::Stop(hard) => self.feed(Event::Stop { hard }),
+            Step::Interrupt => {
+                self.interrupts += 1;
+                self.feed(Event::Interrupt);
+            }
+            Step::Hangup(terminal_lost) => {
+                let was_stopping = self.cluster.is_stopping();
+                self.feed(Event::Hangup { terminal_lost });
+                let stops = self.cluster.config.hangup == Hangup::StopWithTerminal && terminal_lost;
+                if stops {
+                    assert!(self.cluster.is_stopping(), "the terminal hung up, no stop");
+                } else {
+                    assert_eq!(
+                        self.cluster.is_stopping(),
+                        was_stopping,
+                        "a hangup that rolls stopped the cluster"
+                    );
+                }
+            }
             Step::SpawnsFail(fail) => self.spawns_fail = fail,
         }
     }
@@ -370,12 +514,20 @@ impl World {
     }
 }
 
-fn config(size: usize, never_ready: NeverReady, surge: Surge) -> ClusterConfig {
+fn config(
+    size: usize,
+    never_ready: NeverReady,
+    surge: Surge,
+    probe_starting: bool,
+    hangup: Hangup,
+) -> ClusterConfig {
     ClusterConfig {
         ready_delay: None,
         watchdog: Some(Duration::from_secs(5)),
         never_ready,
         surge,
+        probe_starting,
+        hangup,
         ..ClusterConfig::new(size)
     }
 }
@@ -394,9 +546,12 @@ proptest! {
             Just(Surge::All),
         ],
         steps in proptest::collection::vec(step(), 0..80),
+        probe_starting in any::<bool>(),
+        session in any::<bool>(),
     ) {
         let never_ready = if wait { NeverReady::Wait } else { NeverReady::Exit };
-        let mut world = World::new(config(size, never_ready, surge));
+        let hangup = if session { Hangup::StopWithTerminal } else { Hangup::Roll };
+        let mut world = World::new(config(size, never_ready, surge, probe_starting, hangup));
         for step in steps {
             world.run(step);
         }
@@ -435,7 +590,10 @@ proptest! {
             prop_assert!(rounds < 50, "the stop did not end");
         }
         prop_assert!(world.running.is_empty() && world.groups.is_empty());
-        // Every roll request got its answer: a roll's end, or a refusal.
-        prop_assert_eq!(world.answered.len(), usize::try_from(world.requests).unwrap());
+        // Every roll request got its answer: a roll's end, or a refusal; every resize request
+        // with a waiter too.
+        prop_assert_eq!(&world.answered, &world.roll_requests);
+        let resizes: HashSet<u64> = world.resize_requests.keys().copied().collect();
+        prop_assert_eq!(&world.resize_answered, &resizes);
     }
 }
