@@ -1098,20 +1098,6 @@ impl Cluster {
     }
 
     fn tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        for worker in &mut self.workers {
-            if worker.hint_at.is_some_and(|at| at <= now) {
-                worker.hint_at = None;
-                if worker.pid.is_some()
-                    && !worker.leader_exited
-                    && matches!(worker.state, WorkerState::Starting { .. })
-                {
-                    actions.push(Action::Unseen {
-                        key: worker.key,
-                        after: UNSEEN_HINT,
-                    });
-                }
-            }
-        }
         let mut index = 0;
         while index < self.workers.len() {
             let worker = &self.workers[index];
@@ -1210,7 +1196,7 @@ impl Cluster {
             }
         }
         // Starting workers are probed, and leftover groups checked, on a clock of their own;
-        // last, so that only the workers still starting are probed.
+        // last, as the hints, so that only the workers still starting are probed or reported.
         if self.next_poll().is_some_and(|at| at <= now) {
             self.polled = Some(now);
             if self.config.probe_starting && self.probing().next().is_some() {
@@ -1218,6 +1204,20 @@ impl Cluster {
             }
             if self.workers.iter().any(|worker| worker.leader_exited) {
                 actions.push(Action::CheckGroups);
+            }
+        }
+        for worker in &mut self.workers {
+            if worker.hint_at.is_some_and(|at| at <= now) {
+                worker.hint_at = None;
+                if worker.pid.is_some()
+                    && !worker.leader_exited
+                    && matches!(worker.state, WorkerState::Starting { .. })
+                {
+                    actions.push(Action::Unseen {
+                        key: worker.key,
+                        after: UNSEEN_HINT,
+                    });
+                }
             }
         }
     }

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    Action, Cluster, ClusterConfig, Event, ExitReason, MasterState, NeverReady, Pid, ProcessEnd,
-    StopKind, Surge, WorkerKey,
+    Action, Cluster, ClusterConfig, Event, ExitReason, Hangup, MasterState, NeverReady, Pid,
+    ProcessEnd, ResizeAnswer, StopKind, Surge, WorkerKey,
 };
 
 /// Owns a cluster and a fake clock; answers every spawn with the next pid.
@@ -1016,4 +1016,319 @@ fn failed_starts_back_off_in_every_slot_at_once() {
         .filter(|s| s.restart_at.is_some())
         .count();
     assert_eq!(waiting, 2);
+}
+
+/// The actions of `t`'s log that `wanted` picks.
+fn logged_actions(t: &Timeline, wanted: impl Fn(&Action) -> bool) -> Vec<Action> {
+    t.log.iter().filter(|a| wanted(a)).cloned().collect()
+}
+
+fn resize_answers(t: &Timeline) -> Vec<(u64, ResizeAnswer)> {
+    t.log
+        .iter()
+        .filter_map(|a| match a {
+            Action::ResizeAnswered { request, answer } => Some((*request, *answer)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn refused_rolls(t: &Timeline) -> Vec<(u64, &'static str)> {
+    t.log
+        .iter()
+        .filter_map(|a| match a {
+            Action::RollRefused { request, why } => Some((*request, *why)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A timeline whose driver probes starting workers.
+fn probing(size: usize) -> Timeline {
+    Timeline::new(ClusterConfig {
+        probe_starting: true,
+        ..config(size)
+    })
+}
+
+#[test]
+fn request_numbers_come_from_the_core_and_each_roll_request_gets_one_outcome() {
+    let mut t = Timeline::new(config(2));
+    let numbers: Vec<u64> = (0..3).map(|_| t.cluster.new_request()).collect();
+    assert_eq!(numbers, [1, 2, 3], "never one number twice");
+    // Before the start, a roll is refused at once.
+    t.feed(Event::Roll(1));
+    assert_eq!(refused_rolls(&t), [(1, "the cluster has not started yet")]);
+    t.feed(Event::Start);
+    for pid in t.pids() {
+        t.ready(pid);
+    }
+    // Dev mode made no roll of the request (nothing serves yet): the core refuses it.
+    t.feed(Event::RollDeclined(2));
+    assert_eq!(refused_rolls(&t)[1], (2, "no generation serves yet"));
+    // A roll that ends answers its request, and no other outcome follows.
+    let request = t.cluster.new_request();
+    t.feed(Event::Roll(request));
+    while t.cluster.is_rolling() {
+        t.ready(t.last_pid());
+    }
+    let ends = logged_actions(&t, |a| matches!(a, Action::RollEnded(_)));
+    assert!(
+        matches!(&ends[..], [Action::RollEnded(end)] if end.requests == [request]),
+        "{ends:?}"
+    );
+    t.feed(Event::Stop { hard: false });
+    assert_eq!(refused_rolls(&t).len(), 2);
+}
+
+#[test]
+fn a_resize_waiter_is_answered_once_every_slot_of_its_size_is_ready() {
+    let mut t = running(2);
+    let request = t.cluster.new_request();
+    t.feed(Event::Resize {
+        size: 3,
+        request: Some(request),
+    });
+    assert_eq!(resize_answers(&t), [], "the third worker is not ready yet");
+    t.advance(ms(500));
+    assert_eq!(resize_answers(&t), []);
+    t.ready(t.last_pid());
+    assert_eq!(resize_answers(&t), [(request, ResizeAnswer::Resized)]);
+    // A waiter for the size the cluster has, every slot ready: answered at once.
+    let again = t.cluster.new_request();
+    t.feed(Event::Resize {
+        size: 3,
+        request: Some(again),
+    });
+    assert_eq!(resize_answers(&t)[1], (again, ResizeAnswer::Resized));
+    // A shrink is done once the extra workers are asked to stop.
+    let shrink = t.cluster.new_request();
+    t.feed(Event::Resize {
+        size: 1,
+        request: Some(shrink),
+    });
+    assert_eq!(resize_answers(&t)[2], (shrink, ResizeAnswer::Resized));
+}
+
+#[test]
+fn a_resize_waiter_is_superseded_by_a_later_size_and_refused_once_stopping() {
+    let mut t = running(2);
+    let first = t.cluster.new_request();
+    t.feed(Event::Resize {
+        size: 4,
+        request: Some(first),
+    });
+    let second = t.cluster.new_request();
+    t.feed(Event::Resize {
+        size: 3,
+        request: Some(second),
+    });
+    assert_eq!(
+        resize_answers(&t),
+        [(first, ResizeAnswer::Superseded { size: 3 })]
+    );
+    // A waiter without a number (SIGTTIN) supersedes too.
+    t.feed(Event::Resize {
+        size: 5,
+        request: None,
+    });
+    assert_eq!(
+        resize_answers(&t)[1],
+        (second, ResizeAnswer::Superseded { size: 5 })
+    );
+    let third = t.cluster.new_request();
+    t.feed(Event::Resize {
+        size: 5,
+        request: Some(third),
+    });
+    let zero = t.cluster.new_request();
+    t.feed(Event::Resize {
+        size: 0,
+        request: Some(zero),
+    });
+    assert!(matches!(
+        resize_answers(&t)[2],
+        (request, ResizeAnswer::Refused { .. }) if request == zero
+    ));
+    t.feed(Event::Stop { hard: false });
+    assert_eq!(
+        resize_answers(&t)[3],
+        (
+            third,
+            ResizeAnswer::Refused {
+                why: "the master is stopping"
+            }
+        )
+    );
+    // One answer each, whatever follows.
+    t.advance(ms(40_000));
+    assert_eq!(resize_answers(&t).len(), 4);
+}
+
+#[test]
+fn starting_workers_are_probed_on_a_clock_that_thins_out_with_their_number() {
+    let probes = |t: &Timeline| {
+        t.log
+            .iter()
+            .filter(|a| **a == Action::ProbeStarting)
+            .count()
+    };
+    // One or two starting workers: every 10 ms.
+    let mut t = probing(2);
+    let start = t.now;
+    t.feed(Event::Start);
+    assert_eq!(t.cluster.next_deadline(), Some(start + ms(10)));
+    t.advance(ms(9));
+    assert_eq!(probes(&t), 0);
+    t.advance(ms(1));
+    assert_eq!(probes(&t), 1);
+    assert_eq!(t.cluster.next_deadline(), Some(t.now + ms(10)));
+    // Once none starts, no more probes: no deadline but the watchdog-free ready workers'.
+    for pid in t.pids() {
+        t.ready(pid);
+    }
+    assert_eq!(t.cluster.next_deadline(), None);
+    // Eight at once share one budget: a round every 40 ms; twenty, every 50 ms at most.
+    for (size, interval) in [(8, 40), (20, 50)] {
+        let mut t = probing(size);
+        t.feed(Event::Start);
+        assert_eq!(t.cluster.next_deadline(), Some(t.now + ms(interval)));
+    }
+    // A driver that cannot probe is never asked to.
+    let mut t = Timeline::new(config(1));
+    t.feed(Event::Start);
+    assert_eq!(t.cluster.next_deadline(), Some(t.now + ms(60_000)));
+    t.advance(ms(10_000));
+    assert_eq!(probes(&t), 0);
+    assert!(logged_actions(&t, |a| matches!(a, Action::Unseen { .. })).is_empty());
+}
+
+#[test]
+fn leftover_groups_are_checked_every_50ms_until_gone() {
+    let checks = |t: &Timeline| t.log.iter().filter(|a| **a == Action::CheckGroups).count();
+    let mut t = running(1);
+    t.advance(ms(1000));
+    t.leader_exit(Pid(100), 1);
+    // The poll clock ran while nothing needed it: the first check is due at once.
+    t.feed(Event::Tick);
+    assert_eq!(checks(&t), 1);
+    t.advance(ms(49));
+    assert_eq!(checks(&t), 1);
+    t.advance(ms(1));
+    assert_eq!(checks(&t), 2);
+    t.exit(Pid(100), 1);
+    t.advance(ms(500));
+    assert_eq!(checks(&t), 2, "no group left to check");
+}
+
+#[test]
+fn a_starting_worker_not_seen_accepting_is_reported_once_after_5s() {
+    let unseen = |t: &Timeline| logged_actions(t, |a| matches!(a, Action::Unseen { .. }));
+    let mut t = probing(2);
+    t.feed(Event::Start);
+    t.ready(Pid(101));
+    t.advance(ms(4_990));
+    assert_eq!(unseen(&t), []);
+    t.advance(ms(10));
+    let key = t.key_of(Pid(100));
+    assert_eq!(
+        unseen(&t),
+        [Action::Unseen {
+            key,
+            after: ms(5_000)
+        }]
+    );
+    t.advance(ms(10_000));
+    assert_eq!(unseen(&t).len(), 1, "once");
+    // Ready in time: never reported.
+    let mut t = probing(1);
+    t.feed(Event::Start);
+    t.advance(ms(4_000));
+    t.ready(Pid(100));
+    t.advance(ms(10_000));
+    assert_eq!(unseen(&t), []);
+}
+
+#[test]
+fn a_second_ctrl_c_stops_hard_and_the_lingering_line_says_so() {
+    let mut t = running(2);
+    assert_eq!(
+        t.feed(Event::Interrupt),
+        [term(Pid(100)), term(Pid(101))],
+        "the first one stops gracefully"
+    );
+    t.advance(ms(2_000));
+    let lingering = logged_actions(&t, |a| matches!(a, Action::Lingering { .. }));
+    assert!(
+        lingering.iter().all(|a| matches!(
+            a,
+            Action::Lingering {
+                ctrl_c_kills: true,
+                ..
+            }
+        )),
+        "{lingering:?}"
+    );
+    assert_eq!(lingering.len(), 2);
+    assert_eq!(
+        t.feed(Event::Interrupt),
+        [kill(Pid(100)), kill(Pid(101))],
+        "the second one kills"
+    );
+    // A stop that no Ctrl-C began does not offer one.
+    let mut t = running(1);
+    t.feed(Event::Stop { hard: false });
+    t.advance(ms(2_000));
+    assert!(
+        logged_actions(&t, |a| matches!(a, Action::Lingering { .. }))
+            .iter()
+            .all(|a| matches!(
+                a,
+                Action::Lingering {
+                    ctrl_c_kills: false,
+                    ..
+                }
+            ))
+    );
+    // SIGTERM first, then Ctrl-C twice: the second Ctrl-C is the one that kills.
+    let mut t = running(1);
+    t.feed(Event::Stop { hard: false });
+    assert_eq!(t.feed(Event::Interrupt), []);
+    assert_eq!(t.feed(Event::Interrupt), [kill(Pid(100))]);
+}
+
+#[test]
+fn sighup_rolls_a_production_master_and_stops_a_dev_session_whose_terminal_is_gone() {
+    let roll_requests = |t: &Timeline| t.log.iter().filter(|a| **a == Action::RequestRoll).count();
+    // Production: a roll, whatever became of the terminal.
+    for terminal_lost in [false, true] {
+        let mut t = running(1);
+        assert_eq!(t.feed(Event::Hangup { terminal_lost }), []);
+        assert_eq!(roll_requests(&t), 1);
+        assert!(!t.cluster.is_stopping());
+    }
+    let session = || {
+        running_with(ClusterConfig {
+            hangup: Hangup::StopWithTerminal,
+            ..config(1)
+        })
+    };
+    // A dev session whose terminal is still there rolls too.
+    let mut t = session();
+    t.feed(Event::Hangup {
+        terminal_lost: false,
+    });
+    assert_eq!(roll_requests(&t), 1);
+    assert!(!t.cluster.is_stopping());
+    // Its terminal gone: one line, and a graceful stop.
+    let mut t = session();
+    assert_eq!(
+        t.feed(Event::Hangup {
+            terminal_lost: true
+        }),
+        [term(Pid(100))]
+    );
+    assert!(t.logged("the terminal hung up"));
+    assert_eq!(roll_requests(&t), 0);
+    assert!(t.cluster.is_stopping());
 }
