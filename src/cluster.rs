@@ -364,6 +364,10 @@ pub struct Cluster {
     resize_waiters: Vec<(u64, usize)>,
     /// Ctrl-C presses so far.
     interrupts: u32,
+    /// Who waits for the master's end ([`Event::Quit`]).
+    exit_waiters: Vec<u64>,
+    /// How the master ended, once it did.
+    ended: Option<ExitReason>,
     /// When starting workers were last probed and leftover groups checked; set by the first
     /// event.
     polled: Option<Instant>,
@@ -390,6 +394,8 @@ impl Cluster {
             requests: 0,
             resize_waiters: Vec::new(),
             interrupts: 0,
+            exit_waiters: Vec::new(),
+            ended: None,
             polled: None,
         }
     }
@@ -612,6 +618,14 @@ impl Cluster {
                 self.resize(now, size, &mut actions);
             }
             Event::Stop { hard } => self.stop(now, hard, &mut actions),
+            Event::Quit { hard, request } => {
+                self.exit_waiters.push(request);
+                self.stop(now, hard, &mut actions);
+            }
+            Event::Ended(reason) => {
+                self.phase = Phase::Exited;
+                self.end(reason, &mut actions);
+            }
             Event::Interrupt => {
                 // The first Ctrl-C stops gracefully; the next one does not wait any more.
                 self.interrupts = self.interrupts.saturating_add(1);
@@ -1469,8 +1483,24 @@ impl Cluster {
                 ExitReason::Stopped
             });
             actions.push(Action::Log("stopped".to_owned()));
+            self.end(reason.clone(), actions);
             actions.push(Action::Exit(reason));
         }
+        // A quit that arrives once the master ended (before the driver saw its end).
+        if let Some(reason) = self.ended.clone() {
+            self.end(reason, actions);
+        }
+    }
+
+    /// The master ended: every exit waiter hears how, once.
+    fn end(&mut self, reason: ExitReason, actions: &mut Vec<Action>) {
+        for request in self.exit_waiters.drain(..) {
+            actions.push(Action::ExitAnswered {
+                request,
+                reason: reason.clone(),
+            });
+        }
+        self.ended.get_or_insert(reason);
     }
 
     fn index_of_key(&self, key: WorkerKey) -> Option<usize> {

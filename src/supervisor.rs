@@ -181,7 +181,7 @@ impl Supervisor<'_> {
             roll_waiter: None,
             subscribers: Vec::new(),
             resize_waiters: HashMap::new(),
-            exit_waiters: Vec::new(),
+            exit_waiters: HashMap::new(),
             rolls: RollCounts::default(),
             last_roll: None,
             started: Instant::now(),
@@ -240,8 +240,14 @@ impl Supervisor<'_> {
             }
         }
         let reason = state.exit.take().unwrap_or(ExitReason::Killed);
-        for waiter in state.exit_waiters.drain(..) {
-            let _ = waiter.send(reason.clone());
+        // Whatever ended the master (the core, a failed first build), whoever waits hears how.
+        for action in self
+            .cluster
+            .handle(Instant::now(), Event::Ended(reason.clone()))
+        {
+            if let Action::ExitAnswered { request, reason } = action {
+                answer_exit(&mut state, request, reason);
+            }
         }
         if let ExitReason::NeverReady { pid: Some(pid), .. } = &reason {
             report_stderr_tail(&mut state, pid.0);
@@ -330,17 +336,24 @@ impl Supervisor<'_> {
                     });
                     self.feed(state, Event::Resize { size, request });
                 }
-                Control::Quit(reply) => {
-                    state.exit_waiters.extend(reply);
-                    self.feed(state, Event::Stop { hard: false });
-                }
-                Control::QuitHard(reply) => {
-                    state.exit_waiters.extend(reply);
-                    self.feed(state, Event::Stop { hard: true });
-                }
+                Control::Quit(reply) => self.quit(state, false, reply),
+                Control::QuitHard(reply) => self.quit(state, true, reply),
             },
             Input::Changed(paths) => self.on_change(state, paths),
         }
+    }
+
+    /// A stop from the handle; whoever waits is answered with how the master ended.
+    fn quit(&mut self, state: &mut DriverState, hard: bool, reply: Option<Sender<ExitReason>>) {
+        let event = match reply {
+            Some(reply) => {
+                let request = self.cluster.new_request();
+                state.exit_waiters.insert(request, reply);
+                Event::Quit { hard, request }
+            }
+            None => Event::Stop { hard },
+        };
+        self.feed(state, event);
     }
 
     fn on_signal(&mut self, state: &mut DriverState, signal: i32) {
@@ -782,6 +795,9 @@ impl Supervisor<'_> {
                             });
                         }
                     }
+                    Action::ExitAnswered { request, reason } => {
+                        answer_exit(state, request, reason);
+                    }
                     Action::RequestRoll => self.roll_requested(state, None),
                     Action::ProbeStarting => pending.extend(self.probe_starting(state)),
                     Action::CheckGroups => pending.extend(self.gone_groups(state)),
@@ -1077,8 +1093,8 @@ pub(crate) struct DriverState {
     subscribers: Vec<Sender<Record>>,
     /// Who waits for the answer to which resize request (numbered by the core).
     resize_waiters: HashMap<u64, Sender<ResizeOutcome>>,
-    /// Who waits for the master to end.
-    exit_waiters: Vec<Sender<ExitReason>>,
+    /// Who waits for the master to end, under which request (numbered by the core).
+    exit_waiters: HashMap<u64, Sender<ExitReason>>,
     rolls: RollCounts,
     last_roll: Option<LastRoll>,
     started: Instant,
@@ -1154,6 +1170,13 @@ impl DriverState {
             stderr_tail: worker.stderr_tail,
             output: worker.output,
         });
+    }
+}
+
+/// Tells whoever waits under `request` how the master ended.
+fn answer_exit(state: &mut DriverState, request: u64, reason: ExitReason) {
+    if let Some(waiter) = state.exit_waiters.remove(&request) {
+        let _ = waiter.send(reason);
     }
 }
 

@@ -146,6 +146,16 @@ pub enum Event {
         /// SIGKILL at once instead of the stop signal and a grace period.
         hard: bool,
     },
+    /// A stop whose end someone waits for: answered once by [`Action::ExitAnswered`].
+    Quit {
+        /// SIGKILL at once instead of the stop signal and a grace period.
+        hard: bool,
+        /// Who waits, numbered by [`Cluster::new_request`](super::Cluster::new_request).
+        request: u64,
+    },
+    /// The master ends now, by the core's [`Action::Exit`] or for a reason outside it (its
+    /// first build failed): whoever still waits for its end is answered with `reason`.
+    Ended(ExitReason),
     /// Ctrl-C (SIGINT): the first stops gracefully, the next one hard.
     Interrupt,
     /// SIGHUP: a roll, or the end of a terminal session (see [`Hangup`](super::Hangup)).
@@ -292,6 +302,13 @@ pub enum Action {
         request: u64,
         /// Its answer.
         answer: ResizeAnswer,
+    },
+    /// Answer a [`Event::Quit`] request: how the master ended.
+    ExitAnswered {
+        /// The request.
+        request: u64,
+        /// How the master ended.
+        reason: ExitReason,
     },
     /// Ask for a roll the way SIGHUP does (in dev mode, through the build's front), with no
     /// one waiting for its outcome.

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::{
-    Action, Cluster, ClusterConfig, Event, GROUP_POLL, Hangup, NeverReady, PROBE_INTERVAL_MAX,
-    Phase, Pid, ProcessEnd, ResizeAnswer, StopKind, Surge, UNSEEN_HINT, WorkerKey, WorkerState,
+    Action, Cluster, ClusterConfig, Event, ExitReason, GROUP_POLL, Hangup, NeverReady,
+    PROBE_INTERVAL_MAX, Phase, Pid, ProcessEnd, ResizeAnswer, StopKind, Surge, UNSEEN_HINT,
+    WorkerKey, WorkerState,
 };
 
 /// One thing that can happen to a cluster. Indices pick among the workers that exist when the
@@ -26,7 +27,8 @@ enum Step {
     Roll,
     /// A resize; with `true`, someone waits for its answer.
     Resize(usize, bool),
-    Stop(bool),
+    /// A stop, hard or not; with `true`, someone waits for the master's end.
+    Stop(bool, bool),
     /// Ctrl-C.
     Interrupt,
     /// SIGHUP; with `true`, the terminal is gone.
@@ -45,7 +47,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => prop_oneof![0..200u64, 0..40_000u64].prop_map(Step::Advance),
         2 => Just(Step::Roll),
         2 => (0..6usize, any::<bool>()).prop_map(|(size, wait)| Step::Resize(size, wait)),
-        1 => any::<bool>().prop_map(Step::Stop),
+        1 => (any::<bool>(), any::<bool>()).prop_map(|(hard, wait)| Step::Stop(hard, wait)),
         1 => Just(Step::Interrupt),
         1 => any::<bool>().prop_map(Step::Hangup),
         1 => any::<bool>().prop_map(Step::SpawnsFail),
@@ -80,6 +82,11 @@ struct World {
     resize_answered: HashSet<u64>,
     /// Ctrl-C presses so far.
     interrupts: u32,
+    /// Requests waiting for the master's end, and the answers they got.
+    exit_requests: HashSet<u64>,
+    exit_answers: HashMap<u64, ExitReason>,
+    /// How the master ended.
+    exit_reason: Option<ExitReason>,
     /// Every request number the core gave out.
     numbers: HashSet<u64>,
     /// When each worker was spawned, and those reported as unseen.
@@ -108,6 +115,9 @@ impl World {
             resize_requests: HashMap::new(),
             resize_answered: HashSet::new(),
             interrupts: 0,
+            exit_requests: HashSet::new(),
+            exit_answers: HashMap::new(),
+            exit_reason: None,
             numbers: HashSet::new(),
             spawned_at: HashMap::new(),
             unseen: HashSet::new(),
@@ -164,7 +174,17 @@ impl World {
                             }
                         }
                     }
-                    Action::Exit(_) => self.exits += 1,
+                    Action::Exit(reason) => {
+                        self.exits += 1;
+                        self.exit_reason = Some(reason);
+                    }
+                    Action::ExitAnswered { request, reason } => {
+                        assert!(self.exit_requests.contains(&request), "{request} unasked");
+                        assert!(
+                            self.exit_answers.insert(request, reason).is_none(),
+                            "exit request {request} answered twice"
+                        );
+                    }
                     Action::Abandon { pid } => {
                         assert!(
                             self.groups.contains(&pid) && self.killed.contains(&pid),
@@ -245,6 +265,13 @@ impl World {
             }
         }
         self.check_invariants();
+    }
+
+    /// A stop someone waits the end of.
+    fn quit(&mut self, hard: bool) {
+        let request = self.new_request();
+        self.exit_requests.insert(request);
+        self.feed(Event::Quit { hard, request });
     }
 
     /// A request number from the core: never one given before.
@@ -463,7 +490,8 @@ impl World {
                 }
                 self.feed(Event::Resize { size, request });
             }
-            Step::Stop(hard) => self.feed(Event::Stop { hard }),
+            Step::Stop(hard, false) => self.feed(Event::Stop { hard }),
+            Step::Stop(hard, true) => self.quit(hard),
             Step::Interrupt => {
                 self.interrupts += 1;
                 self.feed(Event::Interrupt);
@@ -582,7 +610,7 @@ proptest! {
             }
         }
         // A stop always ends.
-        world.feed(Event::Stop { hard: false });
+        world.quit(false);
         let mut rounds = 0;
         while world.exits == 0 {
             world.settle_once();
@@ -590,6 +618,12 @@ proptest! {
             prop_assert!(rounds < 50, "the stop did not end");
         }
         prop_assert!(world.running.is_empty() && world.groups.is_empty());
+        // A quit that arrives once the master ended still hears how.
+        world.quit(true);
+        // Every exit waiter heard how the master ended, once (checked as they came).
+        let reason = world.exit_reason.clone().unwrap();
+        prop_assert_eq!(world.exit_answers.len(), world.exit_requests.len());
+        prop_assert!(world.exit_answers.values().all(|answer| *answer == reason));
         // Every roll request got its answer: a roll's end, or a refusal; every resize request
         // with a waiter too.
         prop_assert_eq!(&world.answered, &world.roll_requests);

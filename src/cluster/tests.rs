@@ -81,6 +81,7 @@ impl Timeline {
                     | Action::Abandon { .. }
                     | Action::Notify(_)
                     | Action::ResizeAnswered { .. }
+                    | Action::ExitAnswered { .. }
                     | Action::RequestRoll
                     | Action::ProbeStarting
                     | Action::CheckGroups
@@ -1331,4 +1332,64 @@ fn sighup_rolls_a_production_master_and_stops_a_dev_session_whose_terminal_is_go
     assert!(t.logged("the terminal hung up"));
     assert_eq!(roll_requests(&t), 0);
     assert!(t.cluster.is_stopping());
+}
+
+#[test]
+fn every_exit_waiter_hears_how_the_master_ended_once() {
+    let answers = |t: &Timeline| {
+        t.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::ExitAnswered { request, reason } => Some((*request, reason.clone())),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut t = running(1);
+    let graceful = t.cluster.new_request();
+    t.feed(Event::Quit {
+        hard: false,
+        request: graceful,
+    });
+    assert_eq!(answers(&t), [], "not before the end");
+    let hard = t.cluster.new_request();
+    assert_eq!(
+        t.feed(Event::Quit {
+            hard: true,
+            request: hard,
+        }),
+        [kill(Pid(100))]
+    );
+    t.exit(Pid(100), 137);
+    assert_eq!(
+        answers(&t),
+        [(graceful, ExitReason::Killed), (hard, ExitReason::Killed)]
+    );
+    // The driver's end repeats nothing; a late quit hears how it ended.
+    t.feed(Event::Ended(ExitReason::Killed));
+    let late = t.cluster.new_request();
+    t.feed(Event::Quit {
+        hard: false,
+        request: late,
+    });
+    assert_eq!(answers(&t).len(), 3);
+    assert_eq!(answers(&t)[2], (late, ExitReason::Killed));
+    // A quit before the start ends at once.
+    let mut t = Timeline::new(config(1));
+    let request = t.cluster.new_request();
+    t.feed(Event::Quit {
+        hard: false,
+        request,
+    });
+    assert_eq!(answers(&t), [(request, ExitReason::Stopped)]);
+    // A master ended outside the core while a quit waits (a failed build in dev mode) answers
+    // with how it ended.
+    let mut t = running(1);
+    let request = t.cluster.new_request();
+    t.feed(Event::Quit {
+        hard: false,
+        request,
+    });
+    t.feed(Event::Ended(ExitReason::BuildFailed));
+    assert_eq!(answers(&t), [(request, ExitReason::BuildFailed)]);
 }
