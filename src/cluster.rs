@@ -35,6 +35,15 @@
 //!
 //! Every deadline is `now` plus a configured duration, saturated (by `after`): a duration too
 //! large for an [`Instant`] (`Duration::MAX`) means "never", not a panic.
+//!
+//! The core also keeps what the driver would otherwise keep beside it: the numbers of pending
+//! requests ([`Cluster::new_request`]; the driver keeps only whoever waits under each number,
+//! and the core says when to answer which with what: a roll's end or refusal, a resize done,
+//! superseded or refused, the master's end), the clock on which starting workers are probed
+//! and leftover groups checked ([`Action::ProbeStarting`], [`Action::CheckGroups`]), the one
+//! line about a worker not seen accepting ([`Action::Unseen`]), and what a signal means: a
+//! second Ctrl-C stops hard ([`Event::Interrupt`]), a hangup rolls or, for a terminal session
+//! whose terminal is gone, stops ([`Event::Hangup`], [`Hangup`]).
 
 mod backoff;
 mod event;
@@ -152,6 +161,17 @@ impl Surge {
         };
         count.clamp(1, size.max(1))
     }
+}
+
+/// How many rolls started, completed and were aborted ([`Cluster::roll_tally`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollTally {
+    /// Rolls started.
+    pub started: u64,
+    /// Rolls that moved every slot to their generation.
+    pub completed: u64,
+    /// Rolls a failed replacement aborted.
+    pub aborted: u64,
 }
 
 /// One worker (or a slot waiting to restart one), as [`Cluster::rows`] reports it.
@@ -364,6 +384,9 @@ pub struct Cluster {
     resize_waiters: Vec<(u64, usize)>,
     /// Ctrl-C presses so far.
     interrupts: u32,
+    /// The rolls so far, and how the last one ended.
+    tally: RollTally,
+    last_roll: Option<RollEnd>,
     /// Who waits for the master's end ([`Event::Quit`]).
     exit_waiters: Vec<u64>,
     /// How the master ended, once it did.
@@ -394,6 +417,8 @@ impl Cluster {
             requests: 0,
             resize_waiters: Vec::new(),
             interrupts: 0,
+            tally: RollTally::default(),
+            last_roll: None,
             exit_waiters: Vec::new(),
             ended: None,
             polled: None,
@@ -475,6 +500,18 @@ impl Cluster {
         let mut rows: Vec<WorkerRow> = workers.chain(backing_off).collect();
         rows.sort_by_key(|row| (row.slot, row.generation));
         rows
+    }
+
+    /// How many rolls started, completed and were aborted.
+    #[must_use]
+    pub fn roll_tally(&self) -> RollTally {
+        self.tally
+    }
+
+    /// How the last roll ended, if one did.
+    #[must_use]
+    pub fn last_roll(&self) -> Option<&RollEnd> {
+        self.last_roll.as_ref()
     }
 
     /// Whether every slot has a ready worker.
@@ -1034,6 +1071,8 @@ impl Cluster {
             slots: self.slot_generations(),
             requests: roll.requests,
         };
+        self.tally.aborted += 1;
+        self.last_roll = Some(end.clone());
         actions.push(Action::RollEnded(end));
         actions.push(Action::Notify(MasterState::Ready));
         self.start_queued_roll(now, actions);
@@ -1284,6 +1323,7 @@ impl Cluster {
     fn begin_roll(&mut self, now: Instant, requests: Vec<u64>, actions: &mut Vec<Action>) {
         let generation = self.next_generation;
         self.next_generation += 1;
+        self.tally.started += 1;
         actions.push(Action::RollStarted {
             generation,
             size: self.config.size,
@@ -1333,7 +1373,7 @@ impl Cluster {
         for slot in &mut self.slots {
             slot.generation = roll.generation;
         }
-        actions.push(Action::RollEnded(RollEnd {
+        let end = RollEnd {
             generation: roll.generation,
             size: self.config.size,
             rolled: roll.rolled,
@@ -1344,7 +1384,10 @@ impl Cluster {
             serving: roll.generation,
             slots: self.slot_generations(),
             requests: roll.requests,
-        }));
+        };
+        self.tally.completed += 1;
+        self.last_roll = Some(end.clone());
+        actions.push(Action::RollEnded(end));
         actions.push(Action::Notify(MasterState::Ready));
         self.start_queued_roll(now, actions);
     }

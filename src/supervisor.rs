@@ -182,8 +182,6 @@ impl Supervisor<'_> {
             subscribers: Vec::new(),
             resize_waiters: HashMap::new(),
             exit_waiters: HashMap::new(),
-            rolls: RollCounts::default(),
-            last_roll: None,
             started: Instant::now(),
             had_terminal: has_terminal(),
             exit: None,
@@ -735,7 +733,6 @@ impl Supervisor<'_> {
                                 }
                             ));
                         }
-                        state.rolls.started += 1;
                         state.publish(&Record::RollStarted { generation });
                     }
                     Action::RollEnded(end) => {
@@ -926,6 +923,7 @@ impl Supervisor<'_> {
             .map(|worker| (worker.pid, worker))
             .collect();
         let now = Instant::now();
+        let tally = self.cluster.roll_tally();
         let workers = self
             .cluster
             .rows()
@@ -962,8 +960,16 @@ impl Supervisor<'_> {
             rss_bytes: i32::try_from(std::process::id())
                 .ok()
                 .and_then(status::rss_bytes),
-            rolls: state.rolls,
-            last_roll: state.last_roll.clone(),
+            rolls: RollCounts {
+                started: tally.started,
+                completed: tally.completed,
+                aborted: tally.aborted,
+            },
+            last_roll: self.cluster.last_roll().map(|end| LastRoll {
+                generation: end.generation,
+                duration_ms: status::millis(end.elapsed),
+                aborted: end.aborted.clone(),
+            }),
             workers,
         }
     }
@@ -975,19 +981,9 @@ impl Supervisor<'_> {
             .map_err(|why| format!("invalid size {size}: {why}"))
     }
 
-    /// Counts a roll's end, publishes it, and answers whoever waits for it.
+    /// Publishes a roll's end, and answers whoever waits for it.
     fn roll_ended(state: &mut DriverState, end: &RollEnd) {
         let duration_ms = status::millis(end.elapsed);
-        if end.aborted.is_some() {
-            state.rolls.aborted += 1;
-        } else {
-            state.rolls.completed += 1;
-        }
-        state.last_roll = Some(LastRoll {
-            generation: end.generation,
-            duration_ms,
-            aborted: end.aborted.clone(),
-        });
         state.publish(&Record::RollEnded {
             generation: end.generation,
             completed: end.aborted.is_none(),
@@ -1095,8 +1091,6 @@ pub(crate) struct DriverState {
     resize_waiters: HashMap<u64, Sender<ResizeOutcome>>,
     /// Who waits for the master to end, under which request (numbered by the core).
     exit_waiters: HashMap<u64, Sender<ExitReason>>,
-    rolls: RollCounts,
-    last_roll: Option<LastRoll>,
     started: Instant,
     /// Whether the master had a controlling terminal when it started.
     had_terminal: bool,

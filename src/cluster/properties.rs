@@ -8,8 +8,8 @@ use proptest::prelude::*;
 
 use super::{
     Action, Cluster, ClusterConfig, Event, ExitReason, GROUP_POLL, Hangup, NeverReady,
-    PROBE_INTERVAL_MAX, Phase, Pid, ProcessEnd, ResizeAnswer, StopKind, Surge, UNSEEN_HINT,
-    WorkerKey, WorkerState,
+    PROBE_INTERVAL_MAX, Phase, Pid, ProcessEnd, ResizeAnswer, RollTally, StopKind, Surge,
+    UNSEEN_HINT, WorkerKey, WorkerState,
 };
 
 /// One thing that can happen to a cluster. Indices pick among the workers that exist when the
@@ -87,6 +87,8 @@ struct World {
     exit_answers: HashMap<u64, ExitReason>,
     /// How the master ended.
     exit_reason: Option<ExitReason>,
+    /// Rolls started, completed and aborted, as the actions told.
+    rolls: RollTally,
     /// Every request number the core gave out.
     numbers: HashSet<u64>,
     /// When each worker was spawned, and those reported as unseen.
@@ -118,6 +120,7 @@ impl World {
             exit_requests: HashSet::new(),
             exit_answers: HashMap::new(),
             exit_reason: None,
+            rolls: RollTally::default(),
             numbers: HashSet::new(),
             spawned_at: HashMap::new(),
             unseen: HashSet::new(),
@@ -197,6 +200,12 @@ impl World {
                         assert!(asked.is_some() || self.hard(), "{pid} lingers unasked");
                     }
                     Action::RollEnded(end) => {
+                        if end.aborted.is_some() {
+                            self.rolls.aborted += 1;
+                        } else {
+                            self.rolls.completed += 1;
+                        }
+                        assert_eq!(self.cluster.last_roll(), Some(&end));
                         for request in end.requests {
                             assert!(self.answered.insert(request), "{request} answered twice");
                         }
@@ -256,11 +265,8 @@ impl World {
                         assert_eq!(after, UNSEEN_HINT);
                         assert!(self.spawned_at[&key] + UNSEEN_HINT <= self.now);
                     }
-                    Action::Log(_)
-                    | Action::Detail(_)
-                    | Action::Ready(_)
-                    | Action::RollStarted { .. }
-                    | Action::Notify(_) => {}
+                    Action::Log(_) | Action::Detail(_) | Action::Ready(_) | Action::Notify(_) => {}
+                    Action::RollStarted { .. } => self.rolls.started += 1,
                 }
             }
         }
@@ -286,6 +292,10 @@ impl World {
 
     fn check_invariants(&mut self) {
         let cluster = &self.cluster;
+        // The core's count of rolls is the one its actions tell; a roll ends at most once.
+        assert_eq!(cluster.roll_tally(), self.rolls);
+        let in_flight = u64::from(cluster.roll.is_some());
+        assert!(self.rolls.completed + self.rolls.aborted + in_flight <= self.rolls.started);
         // A second Ctrl-C always ends in a hard stop; the first one in a stop.
         if self.interrupts > 1 {
             assert!(

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     Action, Cluster, ClusterConfig, Event, ExitReason, Hangup, MasterState, NeverReady, Pid,
-    ProcessEnd, ResizeAnswer, StopKind, Surge, WorkerKey,
+    ProcessEnd, ResizeAnswer, RollTally, StopKind, Surge, WorkerKey,
 };
 
 /// Owns a cluster and a fake clock; answers every spawn with the next pid.
@@ -1392,4 +1392,27 @@ fn every_exit_waiter_hears_how_the_master_ended_once() {
     });
     t.feed(Event::Ended(ExitReason::BuildFailed));
     assert_eq!(answers(&t), [(request, ExitReason::BuildFailed)]);
+}
+
+#[test]
+fn the_core_counts_rolls_and_keeps_the_last_one_s_end() {
+    let mut t = running(1);
+    assert_eq!(t.cluster.roll_tally(), RollTally::default());
+    assert_eq!(t.cluster.last_roll(), None);
+    t.feed(Event::Roll(1));
+    t.ready(t.last_pid());
+    t.feed(Event::Roll(2));
+    t.exit(t.last_pid(), 1);
+    t.feed(Event::Roll(3));
+    assert_eq!(
+        t.cluster.roll_tally(),
+        RollTally {
+            started: 3,
+            completed: 1,
+            aborted: 1,
+        }
+    );
+    let last = t.cluster.last_roll().unwrap();
+    assert_eq!((last.generation, last.requests.clone()), (3, vec![2]));
+    assert!(last.aborted.is_some());
 }
