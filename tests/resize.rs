@@ -43,3 +43,51 @@ fn ttin_adds_a_worker_and_ttou_removes_one() {
         master.dump()
     );
 }
+
+/// Issue 17: only a starting worker is told it is not seen accepting. One asked to stop before
+/// it was ready (a shrink), and still stopping five seconds on (its stop signal is one it
+/// ignores), gets no advice about READY=1: it is leaving.
+#[test]
+fn a_worker_stopped_while_starting_is_not_told_it_is_unseen() {
+    let master = Master::builder(
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "-n",
+            "2",
+            "--stop-signal",
+            "WINCH",
+            "--kill-timeout",
+            "60s",
+        ],
+        fixture("fixture-accept"),
+        &["hold"],
+    )
+    .start();
+    // Both hold their listener and never accept: neither gets ready.
+    master.wait_for_stdout("[w0·g1] holding");
+    master.wait_for_stdout("[w1·g1] holding");
+    master.signal(Signal::SIGTTOU);
+    master.wait_for_stderr("mcluster: resizing to 1 worker");
+    let lingering = master.wait_for_stderr("mcluster: w1 (pid ");
+    assert!(
+        lingering.contains("is still stopping"),
+        "{lingering}\n{}",
+        master.dump()
+    );
+    // The starting one gets its advice; then a line the driver writes after any advice of the
+    // same round.
+    master.wait_for_stderr(" is not seen accepting after 5.00s");
+    master.signal(Signal::SIGTTIN);
+    master.wait_for_stderr("mcluster: resizing to 2 workers");
+    let unseen: Vec<String> = master
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("not seen accepting") || l.contains("is not ready after"))
+        .collect();
+    assert!(
+        unseen.iter().all(|l| l.starts_with("mcluster: w0 ")),
+        "{unseen:?}\n{}",
+        master.dump()
+    );
+}
