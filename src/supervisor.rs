@@ -693,7 +693,15 @@ impl Supervisor<'_> {
                             reason: crate::config::describe_spawn_error(&error),
                         },
                     }),
-                    Action::Signal { pid, kind } => self.send_signal(state, pid, kind),
+                    Action::Signal { pid, kind } => {
+                        self.send_signal(state, pid, kind);
+                        // A worker asked to stop is no longer probed for accepting.
+                        if let Some(key) = state.pids.get(&pid.0)
+                            && let Some(worker) = state.workers.get_mut(key)
+                        {
+                            worker.probe = None;
+                        }
+                    }
                     Action::Abandon { pid } => {
                         state.groups.remove(&pid.0);
                         self.guard.forget(pid.0);
