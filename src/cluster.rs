@@ -661,6 +661,7 @@ impl Cluster {
             }
             Event::Ended(reason) => {
                 self.phase = Phase::Exited;
+                self.cancel_rolls("the cluster is stopping", &mut actions);
                 self.end(reason, &mut actions);
             }
             Event::Interrupt => {

@@ -238,15 +238,9 @@ impl Supervisor<'_> {
             }
         }
         let reason = state.exit.take().unwrap_or(ExitReason::Killed);
-        // Whatever ended the master (the core, a failed first build), whoever waits hears how.
-        for action in self
-            .cluster
-            .handle(Instant::now(), Event::Ended(reason.clone()))
-        {
-            if let Action::ExitAnswered { request, reason } = action {
-                answer_exit(&mut state, request, reason);
-            }
-        }
+        // Whatever ended the master (the core, a failed first build), whoever still waits
+        // hears how, or that nothing more will happen.
+        self.feed(&mut state, Event::Ended(reason.clone()));
         if let ExitReason::NeverReady { pid: Some(pid), .. } = &reason {
             report_stderr_tail(&mut state, pid.0);
         }
@@ -801,7 +795,9 @@ impl Supervisor<'_> {
                         }
                     }
                     Action::ExitAnswered { request, reason } => {
-                        answer_exit(state, request, reason);
+                        if let Some(waiter) = state.exit_waiters.remove(&request) {
+                            let _ = waiter.send(reason);
+                        }
                     }
                     Action::RequestRoll => self.roll_requested(state, None),
                     Action::ProbeStarting => pending.extend(self.probe_starting(state)),
@@ -1172,13 +1168,6 @@ impl DriverState {
             stderr_tail: worker.stderr_tail,
             output: worker.output,
         });
-    }
-}
-
-/// Tells whoever waits under `request` how the master ended.
-fn answer_exit(state: &mut DriverState, request: u64, reason: ExitReason) {
-    if let Some(waiter) = state.exit_waiters.remove(&request) {
-        let _ = waiter.send(reason);
     }
 }
 

@@ -154,7 +154,8 @@ pub enum Event {
         request: u64,
     },
     /// The master ends now, by the core's [`Action::Exit`] or for a reason outside it (its
-    /// first build failed): whoever still waits for its end is answered with `reason`.
+    /// first build failed): whoever still waits for its end is answered with `reason`, and
+    /// every other request still pending is refused.
     Ended(ExitReason),
     /// Ctrl-C (SIGINT): the first stops gracefully, the next one hard.
     Interrupt,

@@ -1382,8 +1382,7 @@ fn every_exit_waiter_hears_how_the_master_ended_once() {
         request,
     });
     assert_eq!(answers(&t), [(request, ExitReason::Stopped)]);
-    // A master ended outside the core while a quit waits (a failed build in dev mode) answers
-    // with how it ended.
+    // A master ended outside the core while a quit waits answers it with how it ended.
     let mut t = running(1);
     let request = t.cluster.new_request();
     t.feed(Event::Quit {
@@ -1392,6 +1391,26 @@ fn every_exit_waiter_hears_how_the_master_ended_once() {
     });
     t.feed(Event::Ended(ExitReason::BuildFailed));
     assert_eq!(answers(&t), [(request, ExitReason::BuildFailed)]);
+    // And refuses every other request still pending: a roll in flight, a resize not done.
+    let mut t = running(1);
+    t.feed(Event::Roll(7));
+    let resize = t.cluster.new_request();
+    t.feed(Event::Resize {
+        size: 3,
+        request: Some(resize),
+    });
+    assert_eq!((refused_rolls(&t), resize_answers(&t)), (vec![], vec![]));
+    t.feed(Event::Ended(ExitReason::Killed));
+    assert_eq!(refused_rolls(&t), [(7, "the cluster is stopping")]);
+    assert_eq!(
+        resize_answers(&t),
+        [(
+            resize,
+            ResizeAnswer::Refused {
+                why: "the master is stopping"
+            }
+        )]
+    );
 }
 
 #[test]
