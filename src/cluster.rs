@@ -425,9 +425,9 @@ impl Cluster {
         }
     }
 
-    /// A new request number, for [`Event::Roll`], [`Event::RollDeclined`] or
-    /// [`Event::Resize`]: the driver keeps whoever waits under it, and the core says which
-    /// number to answer with what.
+    /// A new request number, never one given before, for [`Event::Roll`],
+    /// [`Event::RollDeclined`], [`Event::Resize`] or [`Event::Quit`]: the driver keeps whoever
+    /// waits under it, and the core says which number to answer with what.
     pub fn new_request(&mut self) -> u64 {
         self.requests += 1;
         self.requests
