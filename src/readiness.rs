@@ -497,6 +497,18 @@ fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The process groups that have a live (not zombie) process, from one pass over `/proc`; `None`
+/// without `/proc`.
+pub(crate) fn groups_with_live_processes() -> Option<HashSet<i32>> {
+    let entries = fs::read_dir("/proc").ok()?;
+    Some(
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(process_group)
+            .collect(),
+    )
+}
+
 /// The state of `pid` (`R`, `S`, `T`, `Z`, …), from `/proc/PID/stat`.
 fn process_state(pid: i32) -> Option<char> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -648,12 +648,23 @@ impl Supervisor<'_> {
 
     /// The groups of exited workers that are gone now end for the core.
     fn check_groups(&mut self, state: &mut DriverState) {
-        let gone: Vec<(i32, ProcessEnd)> = state
-            .groups
-            .iter()
-            .filter(|(pid, _)| !group_exists(**pid))
-            .map(|(pid, group)| (*pid, group.end))
-            .collect();
+        let mut gone: Vec<(i32, ProcessEnd)> = Vec::new();
+        let mut existing = Vec::new();
+        for (pid, group) in &state.groups {
+            if group_exists(*pid) {
+                existing.push((*pid, group.end));
+            } else {
+                gone.push((*pid, group.end));
+            }
+        }
+        // Zombies that their parent does not reap (an init that does not reap, a subreaper)
+        // keep a group in existence for kill(2): a group of zombies only is gone all the same,
+        // whatever stop is under way. One pass over /proc answers for every such group.
+        if !existing.is_empty()
+            && let Some(live) = readiness::groups_with_live_processes()
+        {
+            gone.extend(existing.into_iter().filter(|(pid, _)| !live.contains(pid)));
+        }
         for (pid, end) in gone {
             state.groups.remove(&pid);
             self.guard.forget(pid);
