@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::support::net::{is_refused, receive, send, wait_accepted};
-use crate::support::process::{children_of, stat, wait_until};
+use crate::support::process::children_of;
 use crate::support::script::quote;
 use crate::support::{Master, Reply, Script, echo, fixture, pids, python3};
 
