@@ -503,7 +503,6 @@ fn c_path(path: &Path) -> CString {
     CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,5 +674,4 @@ mod tests {
         drop(dev);
         assert!(!builds.exists());
     }
-
 }

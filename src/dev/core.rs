@@ -270,7 +270,12 @@ impl DevCore {
     }
 
     /// Handles one event at `now`, the cluster being as `served` says.
-    pub(crate) fn handle(&mut self, now: Instant, served: Served, event: DevEvent) -> Vec<DevAction> {
+    pub(crate) fn handle(
+        &mut self,
+        now: Instant,
+        served: Served,
+        event: DevEvent,
+    ) -> Vec<DevAction> {
         let mut out = Vec::new();
         match event {
             DevEvent::Begin {
@@ -295,7 +300,11 @@ impl DevCore {
                 }
             }
             DevEvent::BuildNotStarted { build, why } => {
-                if self.build.as_ref().is_some_and(|running| running.id == build) {
+                if self
+                    .build
+                    .as_ref()
+                    .is_some_and(|running| running.id == build)
+                {
                     self.build = None;
                     // Before any build succeeded, no save can make the build program appear.
                     if self.watching && self.built_once {
@@ -304,7 +313,9 @@ impl DevCore {
                             served.generation
                         )));
                     } else {
-                        out.push(DevAction::Line(format!("error: cannot run the build: {why}")));
+                        out.push(DevAction::Line(format!(
+                            "error: cannot run the build: {why}"
+                        )));
                         out.push(DevAction::Exit(ExitReason::BuildFailed));
                     }
                     out.push(DevAction::Ended {
