@@ -220,12 +220,18 @@ struct Installing {
     executable: PathBuf,
 }
 
-/// Dev mode's state.
-#[derive(Debug, Default)]
-pub(crate) struct DevCore {
+/// How the session runs, from [`DevEvent::Begin`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Mode {
     building: bool,
     watching: bool,
     livereload: bool,
+}
+
+/// Dev mode's state.
+#[derive(Debug, Default)]
+pub(crate) struct DevCore {
+    mode: Mode,
     /// Paths in messages are shown relative to the one of these they are in.
     roots: Vec<PathBuf>,
     /// Directories of assets the app serves from disk (live reload).
@@ -283,9 +289,11 @@ impl DevCore {
                 watching,
                 livereload,
             } => {
-                self.building = building;
-                self.watching = watching;
-                self.livereload = livereload;
+                self.mode = Mode {
+                    building,
+                    watching,
+                    livereload,
+                };
                 if building {
                     self.start_build(now, Vec::new(), &mut out);
                 } else {
@@ -307,7 +315,7 @@ impl DevCore {
                 {
                     self.build = None;
                     // Before any build succeeded, no save can make the build program appear.
-                    if self.watching && self.built_once {
+                    if self.mode.watching && self.built_once {
                         out.push(DevAction::Line(format!(
                             "error: cannot run the build: {why}; generation {} keeps serving",
                             served.generation
@@ -376,7 +384,7 @@ impl DevCore {
             }
             DevEvent::RollEnded(end) => {
                 out.push(DevAction::Line(self.report_roll(&end)));
-                if end.aborted.is_none() && self.livereload {
+                if end.aborted.is_none() && self.mode.livereload {
                     // Pages reload once no old worker accepts any more.
                     self.reload_pending = Some((end.generation, after(now, RELOAD_WAIT)));
                 }
@@ -385,7 +393,7 @@ impl DevCore {
                 // Pages showing the building page (or waiting for the app) turn into it.
                 if !self.served {
                     self.served = true;
-                    if self.livereload {
+                    if self.mode.livereload {
                         out.push(DevAction::Pages(Page::Reload));
                     }
                 }
@@ -414,7 +422,7 @@ impl DevCore {
         if served.stopping {
             return;
         }
-        if !self.building {
+        if !self.mode.building {
             let reload = Reload {
                 changed: files.into_iter().map(|file| file.path).collect(),
                 built_in: None,
@@ -428,7 +436,7 @@ impl DevCore {
         }
         // Only assets changed (files the app serves from disk, which no build reads): the pages
         // reload, a stylesheet in place; no build, no roll.
-        if self.livereload && self.only_assets(&changed) {
+        if self.mode.livereload && self.only_assets(&changed) {
             let css = changed
                 .iter()
                 .all(|path| path.extension().is_some_and(|ext| ext == "css"));
@@ -498,7 +506,7 @@ impl DevCore {
                 diagnostics,
                 refused,
             } => {
-                if self.watching
+                if self.mode.watching
                     && !self.built_once
                     && let Some(culprit) = refused
                 {
@@ -513,7 +521,7 @@ impl DevCore {
                 } else {
                     format!("{failed}\n\n{diagnostics}")
                 };
-                if self.livereload {
+                if self.mode.livereload {
                     out.push(DevAction::Pages(Page::Failed(shown)));
                 }
                 if build.changed.is_empty() {
@@ -527,7 +535,7 @@ impl DevCore {
             }
             BuildResult::Succeeded { executable, inputs } => {
                 // What this build read joins the watched files, whatever their extension.
-                if self.watching
+                if self.mode.watching
                     && let Some(inputs) = inputs
                 {
                     self.build_inputs = inputs.iter().cloned().collect();
@@ -537,7 +545,7 @@ impl DevCore {
                     });
                 }
                 // A manifest changed: perhaps a new path dependency, watched from now on too.
-                if self.watching
+                if self.mode.watching
                     && build
                         .changed
                         .iter()
@@ -550,10 +558,10 @@ impl DevCore {
         };
         let rolling = served.generation > 0 && !served.waiting;
         match executable {
-            Ok(Some(built)) if rolling && built.same_as_latest => {
+            Ok(Some(artifact)) if rolling && artifact.same_as_latest => {
                 // Nothing a roll would change: the workers keep their connections.
                 self.built_once = true;
-                let why = if built.fresh {
+                let why = if artifact.fresh {
                     "nothing to rebuild".to_owned()
                 } else {
                     format!("built in {}, the same binary", human_duration(built_in))
@@ -561,16 +569,16 @@ impl DevCore {
                 out.push(DevAction::Line(format!("{what} → {why}; {keeps}")));
                 out.push(ended(Outcome::Unchanged));
             }
-            Ok(Some(built)) => {
+            Ok(Some(artifact)) => {
                 out.push(DevAction::Install {
                     build: id,
-                    executable: built.executable.clone(),
+                    executable: artifact.executable.clone(),
                 });
                 self.installing = Some(Installing {
                     id,
                     changed: build.changed,
                     built_in,
-                    executable: built.executable,
+                    executable: artifact.executable,
                 });
             }
             Ok(None) => {
@@ -634,14 +642,14 @@ impl DevCore {
 
     /// Without a watcher (production mode), a failed initial build can never be retried.
     fn end_if_nothing_can_fix_it(&self, served: Served, out: &mut Vec<DevAction>) {
-        if !self.watching && served.generation == 0 {
+        if !self.mode.watching && served.generation == 0 {
             out.push(DevAction::Exit(ExitReason::BuildFailed));
         }
     }
 
     /// What keeps serving after a build that rolls nothing.
     fn keeps(&self, served: Served) -> String {
-        if served.generation == 0 && !self.watching {
+        if served.generation == 0 && !self.mode.watching {
             "nothing rebuilds in production mode".to_owned()
         } else if served.generation == 0 {
             "no generation is serving yet; save a fix to retry".to_owned()

@@ -265,7 +265,7 @@ fn pages_reload_once_no_old_worker_accepts_or_after_the_reload_wait() {
     timeline.feed(DevEvent::RollEnded(roll_end(2, vec![1], None)));
     assert_eq!(timeline.core.reload_waits_for(), Some(2));
     // Old workers still accept: no reload yet, however often they are looked at.
-    timeline.advance(RELOAD_WAIT - ms(1));
+    timeline.advance(RELOAD_WAIT.saturating_sub(ms(1)));
     assert!(
         pages(&timeline.feed(DevEvent::OldWorkers { accepting: true })).is_empty(),
         "before the switch is complete"
