@@ -34,7 +34,7 @@ pub(crate) struct DevLoop {
     /// Kept alive for as long as the loop runs; `None` in production mode.
     pub(crate) watcher: Option<Watcher>,
     /// Where copies of built executables are kept, one per generation.
-    pub(crate) builds_dir: Option<PathBuf>,
+    builds_dir: Option<PathBuf>,
     /// The build process in flight, as the core numbered it.
     running: Option<(BuildId, RunningBuild)>,
     copies: u64,
