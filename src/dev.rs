@@ -10,7 +10,7 @@ pub(crate) mod core;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid as NixPid;
@@ -121,29 +121,33 @@ impl DevLoop {
         Some(running.pid)
     }
 
-    /// The build process exited: what it said, its executable and what it read.
+    /// The build process exited: when (read before its output is drained, which may take a
+    /// while), what it said, its executable and what it read.
     pub(crate) fn build_exited(
         &mut self,
         end: ProcessEnd,
         latest: Option<&Program>,
-    ) -> Option<DevEvent> {
+    ) -> Option<(Instant, DevEvent)> {
         let (build, running) = self.running.take()?;
+        let (now, wall) = (Instant::now(), SystemTime::now());
         let messages = running.messages();
-        let wall = SystemTime::now();
         let Some(plan) = self.plan.as_ref().filter(|_| end == ProcessEnd::Code(0)) else {
             let refused = self
                 .plan
                 .as_ref()
                 .and_then(|plan| plan.refused_option(&messages));
-            return Some(DevEvent::BuildEnded {
-                build,
-                wall,
-                result: BuildResult::Failed {
-                    end,
-                    diagnostics: messages.diagnostics,
-                    refused,
+            return Some((
+                now,
+                DevEvent::BuildEnded {
+                    build,
+                    wall,
+                    result: BuildResult::Failed {
+                        end,
+                        diagnostics: messages.diagnostics,
+                        refused,
+                    },
                 },
-            });
+            ));
         };
         let executable = plan.executable(&messages);
         let inputs = match (&executable, &self.watcher, &self.base) {
@@ -164,11 +168,14 @@ impl DevLoop {
                 executable: artifact.executable,
             })
         });
-        Some(DevEvent::BuildEnded {
-            build,
-            wall,
-            result: BuildResult::Succeeded { executable, inputs },
-        })
+        Some((
+            now,
+            DevEvent::BuildEnded {
+                build,
+                wall,
+                result: BuildResult::Succeeded { executable, inputs },
+            },
+        ))
     }
 
     /// Tells the watcher what the last build read.

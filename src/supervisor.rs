@@ -322,19 +322,25 @@ impl Supervisor<'_> {
     /// Hands an event to the dev core and carries out its actions, including the events they
     /// cause (a build's start, a kept executable).
     fn dev_event(&mut self, state: &mut DriverState, event: DevEvent) {
-        let mut pending = VecDeque::from([event]);
-        while let Some(event) = pending.pop_front() {
+        self.dev_event_at(state, Instant::now(), event);
+    }
+
+    /// [`Supervisor::dev_event`] for an event that happened at `now`.
+    fn dev_event_at(&mut self, state: &mut DriverState, now: Instant, event: DevEvent) {
+        let mut pending = VecDeque::from([(now, event)]);
+        while let Some((now, event)) = pending.pop_front() {
             let served = self.served();
             let Some(dev) = &mut self.dev else {
                 return;
             };
-            for action in dev.core.handle(Instant::now(), served, event) {
+            for action in dev.core.handle(now, served, event) {
                 let Some(dev) = &mut self.dev else {
                     return;
                 };
                 match action {
                     DevAction::StartBuild(build) => {
-                        pending.push_back(dev.start_build(build, &mut self.guard));
+                        let started = dev.start_build(build, &mut self.guard);
+                        pending.push_back((Instant::now(), started));
                     }
                     DevAction::CancelBuild(build) => {
                         // Its exit is reaped later as a stray.
@@ -343,17 +349,18 @@ impl Supervisor<'_> {
                         }
                     }
                     DevAction::Install { build, executable } => {
-                        pending.push_back(match dev.install(&executable) {
+                        let installed = match dev.install(&executable) {
                             Ok(program) => {
                                 let replaced = self.spec.latest.replace(program);
                                 self.discard_unused_builds(replaced);
                                 DevEvent::Installed { build }
                             }
                             Err(why) => DevEvent::NotInstalled { build, why },
-                        });
+                        };
+                        pending.push_back((Instant::now(), installed));
                     }
                     DevAction::WatchInputs { inputs, since } => dev.watch_inputs(inputs, since),
-                    DevAction::FindRoots => pending.push_back(dev.find_roots()),
+                    DevAction::FindRoots => pending.push_back((Instant::now(), dev.find_roots())),
                     DevAction::AddRoots(roots) => dev.add_roots(roots),
                     DevAction::Start => self.feed(state, Event::Start),
                     DevAction::Roll => {
@@ -658,8 +665,8 @@ impl Supervisor<'_> {
             && dev.build_pid() == Some(pid)
         {
             self.guard.forget(pid);
-            if let Some(event) = dev.build_exited(end, self.spec.latest.as_ref()) {
-                self.dev_event(state, event);
+            if let Some((now, event)) = dev.build_exited(end, self.spec.latest.as_ref()) {
+                self.dev_event_at(state, now, event);
             }
             return;
         }
