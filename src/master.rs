@@ -360,8 +360,12 @@ impl Master {
             dev.livereload
         });
         if let Some(settings) = self.dev {
-            let mut dev_loop = DevLoop::new(settings.plan, settings.clear, settings.roots);
-            dev_loop.assets = settings.assets;
+            let mut dev_loop = DevLoop::new(
+                settings.plan,
+                settings.clear,
+                settings.roots,
+                settings.assets,
+            );
             if let Some(watch_config) = settings.watch {
                 let events = self.events.clone();
                 dev_loop.watcher = Some(watch::watch(watch_config, move |changed| {

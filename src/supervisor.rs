@@ -37,7 +37,8 @@ use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, RollEnd, StopKind, WorkerKey,
     after, human_duration,
 };
-use crate::dev::{DevLoop, Reload};
+use crate::dev::DevLoop;
+use crate::dev::core::{DevAction, DevEvent, Page, Served};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::master::SizeBound;
@@ -58,9 +59,6 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The longest pause between two rounds of probes, however many workers start at once.
 const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(50);
-
-/// The longest pages wait after a switch for the old workers to stop accepting.
-const RELOAD_WAIT: Duration = Duration::from_secs(1);
 
 /// After this long starting, a worker neither ready nor seen accepting gets one line of advice.
 const UNSEEN_HINT: Duration = Duration::from_secs(5);
@@ -189,8 +187,6 @@ impl Supervisor<'_> {
             reap_all: nix::unistd::getpid().as_raw() == 1,
             roll_requests: 0,
             polled: Instant::now(),
-            reload_pending: None,
-            served: false,
             waiters: HashMap::new(),
             subscribers: Vec::new(),
             resize_waiters: Vec::new(),
@@ -203,11 +199,18 @@ impl Supervisor<'_> {
             exit: None,
             devnull,
         };
-        if self.dev.as_ref().is_some_and(|dev| dev.plan.is_some()) {
-            // A tab opened during the first build gets a page that follows the build.
-            self.answer_while_building();
+        if let Some(dev) = &self.dev {
+            let begin = DevEvent::Begin {
+                building: dev.plan.is_some(),
+                watching: dev.watcher.is_some(),
+                livereload: self.livereload.is_some(),
+            };
+            if dev.plan.is_some() {
+                // A tab opened during the first build gets a page that follows the build.
+                self.answer_while_building();
+            }
             // The first generation runs what the initial build produces.
-            self.start_build(&mut state, Vec::new());
+            self.dev_event(&mut state, begin);
         } else {
             self.feed(&mut state, Event::Start);
         }
@@ -227,7 +230,7 @@ impl Supervisor<'_> {
             }
             // Starting workers are probed, and leftover groups checked, on a clock of their own,
             // whatever else arrives meanwhile.
-            let next_poll = state.next_poll();
+            let next_poll = state.next_poll(self.reload_waits_for().is_some());
             if next_poll.is_some_and(|next| next <= Instant::now()) {
                 state.polled = Instant::now();
                 self.check_groups(&mut state);
@@ -295,25 +298,122 @@ impl Supervisor<'_> {
         }
     }
 
-    /// After a roll, pages reload once no worker of an older generation is seen accepting (they
-    /// close their listeners at the stop signal), or after [`RELOAD_WAIT`] at the latest: never
-    /// before the switch is complete.
-    fn reload_pages_once_switched(&self, state: &mut DriverState) {
-        let Some((generation, latest)) = state.reload_pending else {
+    /// The generation whose older workers the pages wait for (dev mode, after a roll).
+    fn reload_waits_for(&self) -> Option<u64> {
+        self.dev.as_ref()?.core.reload_waits_for()
+    }
+
+    /// After a roll, the dev core learns whether a worker of an older generation is still seen
+    /// accepting (they close their listeners at the stop signal): pages reload once none is.
+    fn reload_pages_once_switched(&mut self, state: &mut DriverState) {
+        let Some(generation) = self.reload_waits_for() else {
             return;
         };
-        let old_accepting = self.probe.as_ref().is_none_or(|listeners| {
+        let accepting = self.probe.as_ref().is_none_or(|listeners| {
             state
                 .workers
                 .values()
                 .filter(|worker| worker.generation < generation)
                 .any(|worker| readiness::probe(worker.pid, listeners).is_some())
         });
-        if old_accepting && Instant::now() < latest {
-            return;
+        self.dev_event(state, DevEvent::OldWorkers { accepting });
+    }
+
+    /// Hands an event to the dev core and carries out its actions, including the events they
+    /// cause (a build's start, a kept executable).
+    fn dev_event(&mut self, state: &mut DriverState, event: DevEvent) {
+        self.dev_event_at(state, Instant::now(), event);
+    }
+
+    /// [`Supervisor::dev_event`] for an event that happened at `now`.
+    fn dev_event_at(&mut self, state: &mut DriverState, now: Instant, event: DevEvent) {
+        let mut pending = VecDeque::from([(now, event)]);
+        while let Some((now, event)) = pending.pop_front() {
+            let served = self.served();
+            let Some(dev) = &mut self.dev else {
+                return;
+            };
+            for action in dev.core.handle(now, served, event) {
+                let Some(dev) = &mut self.dev else {
+                    return;
+                };
+                match action {
+                    DevAction::StartBuild(build) => {
+                        let started = dev.start_build(build, &mut self.guard);
+                        pending.push_back((Instant::now(), started));
+                    }
+                    DevAction::CancelBuild(build) => {
+                        // Its exit is reaped later as a stray.
+                        if let Some(pid) = dev.cancel_build(build) {
+                            state.adopt_stray(pid);
+                        }
+                    }
+                    DevAction::Install { build, executable } => {
+                        let installed = match dev.install(&executable) {
+                            Ok(program) => {
+                                let replaced = self.spec.latest.replace(program);
+                                self.discard_unused_builds(replaced);
+                                DevEvent::Installed { build }
+                            }
+                            Err(why) => DevEvent::NotInstalled { build, why },
+                        };
+                        pending.push_back((Instant::now(), installed));
+                    }
+                    DevAction::WatchInputs { inputs, since } => dev.watch_inputs(inputs, since),
+                    DevAction::FindRoots => pending.push_back((Instant::now(), dev.find_roots())),
+                    DevAction::AddRoots(roots) => dev.add_roots(roots),
+                    DevAction::Start => self.feed(state, Event::Start),
+                    DevAction::Roll => {
+                        // The core learns the request before the cluster, which may refuse it
+                        // at once.
+                        let request = state.roll_request();
+                        let served = self.served();
+                        if let Some(dev) = &mut self.dev {
+                            dev.core
+                                .handle(Instant::now(), served, DevEvent::RollSent { request });
+                        }
+                        self.feed(state, Event::Roll(request));
+                    }
+                    DevAction::Pages(page) => self.tell_pages(&match page {
+                        Page::Reload => Message::Reload,
+                        Page::Css => Message::Css,
+                        Page::Failed(shown) => Message::Failed(shown),
+                    }),
+                    DevAction::Line(line) => output::master_line(&line),
+                    // Each outcome has its line already.
+                    DevAction::Ended { .. } => {}
+                    DevAction::Exit(reason) => state.exit = Some(reason),
+                }
+            }
         }
-        state.reload_pending = None;
-        self.tell_pages(&Message::Reload);
+    }
+
+    /// The cluster core's state, as the dev core needs it.
+    fn served(&self) -> Served {
+        Served {
+            generation: self.cluster.serving_generation(),
+            waiting: self.cluster.is_waiting(),
+            stopping: self.cluster.is_stopping(),
+        }
+    }
+
+    /// Removes the kept builds among `programs` that no generation runs any more (a build kept
+    /// for every reload would otherwise pile up until the master exits).
+    fn discard_unused_builds(&self, programs: impl IntoIterator<Item = Program>) {
+        let Some(dev) = &self.dev else {
+            return;
+        };
+        dev.discard_unused_builds(programs, |program| {
+            self.spec
+                .latest
+                .as_ref()
+                .is_some_and(|latest| latest.path == program.path)
+                || self
+                    .spec
+                    .generations
+                    .values()
+                    .any(|kept| kept.path == program.path)
+        });
     }
 
     /// Tells the pages of the live-reload channel (dev mode).
@@ -355,7 +455,7 @@ impl Supervisor<'_> {
                     self.feed(state, Event::Stop { hard: true });
                 }
             },
-            Input::Changed(paths) => self.on_change(state, paths),
+            Input::Changed(paths) => self.dev_event(state, DevLoop::changed(paths)),
         }
     }
 
@@ -438,7 +538,7 @@ impl Supervisor<'_> {
             state.waiters.insert(next, outcome);
         }
         if self.dev.as_ref().is_some_and(|dev| dev.watcher.is_some()) {
-            self.roll_for(state, Reload::requested());
+            self.dev_event(state, DevEvent::RollRequested);
         } else {
             let request = state.roll_request();
             self.feed(state, Event::Roll(request));
@@ -561,9 +661,13 @@ impl Supervisor<'_> {
             self.guard_exited(state, Some(end));
             return;
         }
-        if self.dev.as_ref().and_then(DevLoop::build_pid) == Some(pid) {
+        if let Some(dev) = &mut self.dev
+            && dev.build_pid() == Some(pid)
+        {
             self.guard.forget(pid);
-            self.build_exited(state, end);
+            if let Some((now, event)) = dev.build_exited(end, self.spec.latest.as_ref()) {
+                self.dev_event_at(state, now, event);
+            }
             return;
         }
         if let Some(index) = state.strays.iter().position(|&stray| stray == pid) {
@@ -740,13 +844,13 @@ impl Supervisor<'_> {
                     }
                     Action::RollEnded(end) => {
                         self.forget_old_generations();
-                        self.report_roll(&end);
-                        Self::roll_ended(state, &end);
-                        if end.aborted.is_none() && self.livereload.is_some() {
-                            // Pages reload once no old worker accepts any more.
-                            state.reload_pending =
-                                Some((end.generation, after(Instant::now(), RELOAD_WAIT)));
+                        // In dev mode, the one line of the reload that caused it.
+                        if self.dev.is_some() {
+                            self.dev_event(state, DevEvent::RollEnded(end.clone()));
+                        } else {
+                            output::master_line(&end.to_string());
                         }
+                        Self::roll_ended(state, &end);
                     }
                     Action::RollRefused { request, why } => {
                         if let Some(waiter) = state.waiters.remove(&request) {
@@ -754,22 +858,15 @@ impl Supervisor<'_> {
                                 why: why.to_owned(),
                             });
                         }
-                        if let Some(dev) = &mut self.dev {
-                            dev.forget_reload(request);
-                        }
+                        self.dev_event(state, DevEvent::RollRefused { request });
                     }
                     Action::Notify(master_state) => {
                         if master_state == MasterState::Stopping {
                             state.publish(&Record::Stopping);
                         }
-                        // The first generation is up: pages showing the building page (or
-                        // waiting for the app) turn into it.
-                        if master_state == MasterState::Ready
-                            && !state.served
-                            && !self.cluster.is_rolling()
-                        {
-                            state.served = true;
-                            self.tell_pages(&Message::Reload);
+                        // The first generation is up.
+                        if master_state == MasterState::Ready && !self.cluster.is_rolling() {
+                            self.dev_event(state, DevEvent::Serving);
                         }
                         self.notify_manager(master_state);
                     }
@@ -1094,11 +1191,6 @@ pub(crate) struct DriverState {
     roll_requests: u64,
     /// When starting workers were last probed and leftover groups checked.
     polled: Instant,
-    /// Dev mode: a roll to this generation ended; pages reload once no older worker accepts, or
-    /// at this instant.
-    reload_pending: Option<(u64, Instant)>,
-    /// Whether a generation was ever ready (pages were told to turn into the app).
-    served: bool,
     /// Who waits for the outcome of which roll request.
     waiters: HashMap<u64, Sender<RestartOutcome>>,
     /// Who follows the lifecycle events.
@@ -1127,9 +1219,9 @@ struct Group {
 const EXITED_KEPT: usize = 32;
 
 impl DriverState {
-    /// When starting workers are to be probed and leftover groups checked next; `None`: there
-    /// are none.
-    fn next_poll(&self) -> Option<Instant> {
+    /// When starting workers are to be probed, leftover groups checked and (dev mode, with
+    /// `reload_waiting`) old workers looked at for the pages' reload next; `None`: nothing to.
+    fn next_poll(&self, reload_waiting: bool) -> Option<Instant> {
         let starting = self
             .workers
             .values()
@@ -1141,7 +1233,7 @@ impl DriverState {
             // for 8, at most 50 ms).
             let rounds = u32::try_from(starting.div_ceil(2)).unwrap_or(u32::MAX);
             (PROBE_INTERVAL * rounds).min(PROBE_INTERVAL_MAX)
-        } else if self.reload_pending.is_some() {
+        } else if reload_waiting {
             PROBE_INTERVAL
         } else if !self.groups.is_empty() {
             GROUP_POLL
