@@ -21,6 +21,7 @@ use nix::unistd::Pid as NixPid;
 use crate::builder::{self, Artifact, BuildPlan, RunningBuild};
 use crate::cluster::{Event, ExitReason, ProcessEnd, RollEnd, human_duration};
 use crate::output;
+use crate::procfs;
 use crate::supervisor::{DriverState, Program, Supervisor};
 use crate::watch::Watcher;
 
@@ -647,8 +648,8 @@ impl Owner {
         Some(Self {
             pid,
             start_time: start_time(pid)?,
-            boot_id: boot_id()?,
-            pid_namespace: pid_namespace()?,
+            boot_id: procfs::boot_id()?,
+            pid_namespace: procfs::pid_namespace()?,
         })
     }
 
@@ -692,21 +693,7 @@ impl Owner {
 
 /// A process's start time (clock ticks since boot), from `/proc/PID/stat`.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name in parentheses (which may hold spaces and parentheses), the
-    // fields from the third on; the start time is the 22nd.
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-fn boot_id() -> Option<String> {
-    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    Some(id.trim().to_owned())
-}
-
-fn pid_namespace() -> Option<String> {
-    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
-    Some(link.to_string_lossy().into_owned())
+    Some(procfs::stat(i32::try_from(pid).ok()?)?.start_time)
 }
 
 /// Removes the builds directories in `parent` that masters now gone left behind, and only what

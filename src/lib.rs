@@ -73,6 +73,8 @@ mod livereload;
 #[cfg(feature = "master")]
 mod output;
 #[cfg(feature = "master")]
+mod procfs;
+#[cfg(feature = "master")]
 mod sd_notify;
 #[cfg(feature = "master")]
 mod supervisor;
