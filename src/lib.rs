@@ -69,6 +69,8 @@ mod dev;
 #[cfg(feature = "master")]
 mod http;
 #[cfg(feature = "master")]
+mod leftover;
+#[cfg(feature = "master")]
 mod livereload;
 #[cfg(feature = "master")]
 mod output;
