@@ -1879,6 +1879,52 @@ mod tests {
         h.expect_batch(&["app/out/lib.rs"]);
     }
 
+    /// An `--ignore` glob is a fixed rule: no `!pattern` of an ignore file brings its files back.
+    #[test]
+    fn no_ignore_file_brings_back_what_an_ignore_glob_names() {
+        let mut h = Harness::with(
+            &[
+                (".gitignore", "!keep.gen.rs\n"),
+                (".ignore", "!*.gen.rs\n"),
+                ("keep.gen.rs", OLD),
+                ("src/main.rs", OLD),
+            ],
+            Setup {
+                ignore: vec!["*.gen.rs".into()],
+                ..Setup::default()
+            },
+        );
+        h.write("keep.gen.rs", NEW);
+        h.write("src/other.gen.rs", NEW);
+        h.expect_quiet();
+        h.write("src/main.rs", NEW);
+        h.expect_batch(&["src/main.rs"]);
+    }
+
+    /// The matcher keeps what a directory's ignore files said: a directory that comes back with
+    /// other ignore files is judged by those.
+    #[test]
+    fn a_directory_that_comes_back_with_other_ignore_files_is_judged_by_them() {
+        let mut h = Harness::new(&[
+            ("sub/.gitignore", "a.rs\n"),
+            ("sub/a.rs", OLD),
+            ("sub/b.rs", OLD),
+        ]);
+        h.write("sub/a.rs", NEW);
+        h.expect_quiet();
+        let away = tempfile::tempdir().expect("tempdir");
+        fs::rename(h.path("sub"), away.path().join("old")).expect("mv");
+        h.expect_batch(&["sub/b.rs"]);
+        let staged = away.path().join("new");
+        write_file(&staged.join(".gitignore"), "b.rs\n");
+        write_file(&staged.join("a.rs"), OLD);
+        write_file(&staged.join("b.rs"), OLD);
+        fs::rename(&staged, h.path("sub")).expect("mv");
+        h.expect_batch(&["sub/a.rs"]);
+        h.write("sub/b.rs", NEW);
+        h.expect_quiet();
+    }
+
     #[test]
     fn files_the_build_read_count_whatever_their_extension() {
         let mut h = Harness::with(
