@@ -10,6 +10,7 @@
 //! read after the *last* `)` of the line, which no name can move.
 
 use std::fs;
+use std::path::PathBuf;
 
 /// The fields of `/proc/PID/stat` that are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,18 @@ impl Stat {
 /// `/proc/PID/stat` of `pid`.
 pub(crate) fn stat(pid: i32) -> Option<Stat> {
     Stat::parse(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The open fds of `pid`, each with what it refers to (the target of `/proc/PID/fd/N`: a path,
+/// `socket:[INODE]`, `anon_inode:[eventpoll]`, …); `None` when they cannot be listed. An fd
+/// closed between the listing and the reading of its link is no fd.
+pub(crate) fn fds(pid: i32) -> Option<impl Iterator<Item = (i32, PathBuf)>> {
+    let entries = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(entries.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let fd = entry.file_name().to_str()?.parse().ok()?;
+        Some((fd, fs::read_link(entry.path()).ok()?))
+    }))
 }
 
 /// The pids of every process this pid namespace shows, in no order (empty without `/proc`).
@@ -209,6 +222,18 @@ mod tests {
         assert_eq!(boot_id().unwrap().len(), 36);
         assert!(pid_namespace().unwrap().starts_with("pid:["));
         assert!(rss_bytes(pid).unwrap() > 0);
+    }
+
+    #[test]
+    fn this_process_s_fds_are_listed_with_their_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("open");
+        let file = std::fs::File::create(&path).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let listed: Vec<(i32, PathBuf)> = fds(pid).unwrap().collect();
+        assert!(listed.contains(&(fd, path)), "{listed:?}");
+        assert!(fds(i32::MAX).is_none());
     }
 
     #[test]

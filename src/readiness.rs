@@ -239,15 +239,7 @@ impl Fds {
             ours: Vec::new(),
             epolls: Vec::new(),
         };
-        for entry in fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
-            let Ok(entry) = entry else { continue };
-            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
-            // The fd may be closed between the listing and the readlink: then it is no fd.
-            let Ok(target) = fs::read_link(entry.path()) else {
-                continue;
-            };
+        for (fd, target) in procfs::fds(pid)? {
             let Some(target) = target.to_str() else {
                 continue;
             };
@@ -268,13 +260,11 @@ impl Fds {
 /// Linear in the worker's fds plus the namespace's sockets: a lingering worker may hold
 /// thousands of connections, and this runs on the driver's thread.
 pub(crate) fn open_connections(pid: i32) -> usize {
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+    let Some(fds) = procfs::fds(pid) else {
         return 0;
     };
     let inodes: HashSet<u64> = fds
-        .flatten()
-        .filter_map(|fd| fs::read_link(fd.path()).ok())
-        .filter_map(|target| socket_inode(target.to_str()?))
+        .filter_map(|(_, target)| socket_inode(target.to_str()?))
         .collect();
     let table =
         |name: &str| fs::read_to_string(format!("/proc/{pid}/net/{name}")).unwrap_or_default();
