@@ -823,6 +823,7 @@ impl State {
             return;
         }
         if name == ".gitignore" || name == ".ignore" {
+            // Events until the rescan are judged by the new rules too.
             self.reload_ignores();
             self.rescan = true;
             self.debouncer.touch(now);
