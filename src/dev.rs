@@ -17,6 +17,7 @@ use nix::unistd::Pid as NixPid;
 
 use crate::builder::{self, BuildPlan, RunningBuild};
 use crate::cluster::ProcessEnd;
+use crate::leftover::{self, Here};
 use crate::supervisor::Program;
 use crate::sys::Guard;
 use crate::watch::Watcher;
@@ -229,9 +230,7 @@ impl DevLoop {
             let dir = parent.join(format!("{BUILDS_PREFIX}{}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
             // Without it this directory is never swept: no reason to fail the reload.
-            if let Some(owner) = Owner::of_self() {
-                let _ = std::fs::write(dir.join(OWNER_FILE), owner.render());
-            }
+            let _ = leftover::mark(&dir.join(OWNER_FILE), OWNER_KIND);
             self.builds_dir = Some(dir.clone());
             dir
         };
@@ -321,84 +320,8 @@ const BUILDS_PREFIX: &str = ".mcluster-";
 /// build's directory (`N`).
 const OWNER_FILE: &str = ".mcluster-owner";
 
-/// Who made a builds directory: a process is the pid together with its start time, and both
-/// only mean something in the boot and pid namespace they were read in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Owner {
-    pid: u32,
-    start_time: u64,
-    boot_id: String,
-    pid_namespace: String,
-}
-
-impl Owner {
-    /// This process, or `None` without `/proc`.
-    fn of_self() -> Option<Self> {
-        let pid = std::process::id();
-        Some(Self {
-            pid,
-            start_time: start_time(pid)?,
-            boot_id: boot_id()?,
-            pid_namespace: pid_namespace()?,
-        })
-    }
-
-    fn render(&self) -> String {
-        format!(
-            "mcluster builds directory\npid {}\nstart_time {}\nboot_id {}\npid_namespace {}\n",
-            self.pid, self.start_time, self.boot_id, self.pid_namespace
-        )
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        let mut lines = text.lines();
-        if lines.next()? != "mcluster builds directory" {
-            return None;
-        }
-        let mut field = |name: &str| {
-            let line = lines.next()?;
-            let value = line.strip_prefix(name)?.strip_prefix(' ')?;
-            (!value.is_empty()).then(|| value.to_owned())
-        };
-        let owner = Self {
-            pid: field("pid")?.parse().ok()?,
-            start_time: field("start_time")?.parse().ok()?,
-            boot_id: field("boot_id")?,
-            pid_namespace: field("pid_namespace")?,
-        };
-        lines.next().is_none().then_some(owner)
-    }
-
-    /// Whether this owner has surely exited, seen from `here`: it ran in an earlier boot, or
-    /// in this boot and pid namespace its pid is free or now another process's. A master in
-    /// another pid namespace (a container sharing the target directory) cannot be checked: it
-    /// is taken as alive.
-    fn is_gone(&self, here: &Owner) -> bool {
-        if self.boot_id != here.boot_id {
-            return true;
-        }
-        self.pid_namespace == here.pid_namespace && start_time(self.pid) != Some(self.start_time)
-    }
-}
-
-/// A process's start time (clock ticks since boot), from `/proc/PID/stat`.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name in parentheses (which may hold spaces and parentheses), the
-    // fields from the third on; the start time is the 22nd.
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-fn boot_id() -> Option<String> {
-    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    Some(id.trim().to_owned())
-}
-
-fn pid_namespace() -> Option<String> {
-    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
-    Some(link.to_string_lossy().into_owned())
-}
+/// The first line of a builds directory's owner file.
+const OWNER_KIND: &str = "mcluster builds directory";
 
 /// Removes the builds directories in `parent` that masters now gone left behind, and only what
 /// is provably theirs: a real directory `.mcluster-PID` (no symlink) of our uid, holding an
@@ -406,10 +329,7 @@ fn pid_namespace() -> Option<String> {
 /// (directories `N` of ours holding nothing but regular files of ours). Anything else is left as
 /// it is.
 fn sweep_leftovers(parent: &Path) {
-    let Some(here) = Owner::of_self() else {
-        return;
-    };
-    let Some(uid) = own_uid() else {
+    let Some(here) = Here::now() else {
         return;
     };
     let Ok(entries) = std::fs::read_dir(parent) else {
@@ -426,7 +346,7 @@ fn sweep_leftovers(parent: &Path) {
             continue;
         };
         let dir = entry.path();
-        if let Some(copies) = leftover_files(&dir, pid, uid, &here) {
+        if let Some(copies) = leftover_files(&dir, pid, &here) {
             for (copy_dir, files) in copies {
                 for file in files {
                     let _ = std::fs::remove_file(file);
@@ -443,25 +363,14 @@ fn sweep_leftovers(parent: &Path) {
 /// The kept builds in `dir` (each copy's directory and its files) if it is a builds directory
 /// of `pid` whose owner is gone and that holds nothing else; `None` when anything about it is
 /// not provably ours.
-fn leftover_files(
-    dir: &Path,
-    pid: u32,
-    uid: u32,
-    here: &Owner,
-) -> Option<Vec<(PathBuf, Vec<PathBuf>)>> {
+fn leftover_files(dir: &Path, pid: u32, here: &Here) -> Option<Vec<(PathBuf, Vec<PathBuf>)>> {
     use std::os::unix::fs::MetadataExt;
-    let ours = |metadata: &std::fs::Metadata| metadata.uid() == uid;
+    let ours = |metadata: &std::fs::Metadata| metadata.uid() == here.uid;
     let metadata = std::fs::symlink_metadata(dir).ok()?;
     if !metadata.is_dir() || !ours(&metadata) {
         return None;
     }
-    let owner_file = dir.join(OWNER_FILE);
-    let metadata = std::fs::symlink_metadata(&owner_file).ok()?;
-    if !metadata.is_file() || !ours(&metadata) || metadata.len() > 4096 {
-        return None;
-    }
-    let owner = Owner::parse(&std::fs::read_to_string(&owner_file).ok()?)?;
-    if owner.pid != pid || !owner.is_gone(here) {
+    if !leftover::proves_gone(&dir.join(OWNER_FILE), OWNER_KIND, pid, here) {
         return None;
     }
     let mut copies = Vec::new();
@@ -495,13 +404,6 @@ fn is_copy_dir_name(name: &std::ffi::OsStr) -> bool {
     !name.is_empty() && name.iter().all(u8::is_ascii_digit)
 }
 
-/// The uid this process creates files as: the effective uid, from `/proc/self/status`.
-fn own_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let uids = status.lines().find_map(|line| line.strip_prefix("Uid:"))?;
-    uids.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// A file name as it can go into one line: quoted and escaped as `{:?}` does when it holds a
 /// character that would break the line or hide (a newline, a control character, an invisible
 /// format character); as it is otherwise, quotes and backslashes included.
@@ -513,6 +415,7 @@ fn c_path(path: &Path) -> CString {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::leftover::Owner;
 
     fn dev_loop() -> DevLoop {
         DevLoop::new(None, false, vec![PathBuf::from("/p")], Vec::new())
@@ -530,7 +433,7 @@ mod tests {
         let dir = parent.join(format!("{BUILDS_PREFIX}{pid}"));
         std::fs::create_dir(&dir).unwrap();
         if let Some(owner) = owner {
-            std::fs::write(dir.join(OWNER_FILE), owner.render()).unwrap();
+            std::fs::write(dir.join(OWNER_FILE), owner.render(OWNER_KIND)).unwrap();
         }
         for file in files {
             let path = dir.join(file);
@@ -538,21 +441,6 @@ mod tests {
             std::fs::write(path, "ELF").unwrap();
         }
         dir
-    }
-
-    #[test]
-    fn the_owner_file_reads_back_and_rejects_anything_else() {
-        let here = Owner::of_self().unwrap();
-        assert_eq!(Owner::parse(&here.render()), Some(here.clone()));
-        assert!(!here.is_gone(&here));
-        for text in [
-            "",
-            "pid 1\n",
-            &here.render().replace("pid ", "pid x"),
-            &format!("{}x\n", here.render()),
-        ] {
-            assert_eq!(Owner::parse(text), None, "{text:?}");
-        }
     }
 
     #[test]
@@ -586,7 +474,7 @@ mod tests {
         std::fs::create_dir(&target).unwrap();
         let dead6 = dead_pid();
         let gone6 = owner(dead6, 1, &here.boot_id, &here.pid_namespace);
-        std::fs::write(target.join(OWNER_FILE), gone6.render()).unwrap();
+        std::fs::write(target.join(OWNER_FILE), gone6.render(OWNER_KIND)).unwrap();
         std::fs::create_dir(target.join("1")).unwrap();
         std::fs::write(target.join("1/app"), "ELF").unwrap();
         let link = parent.path().join(format!("{BUILDS_PREFIX}{dead6}"));
@@ -633,6 +521,32 @@ mod tests {
         let dir = builds_dir(parent.path(), here.pid, Some(&earlier), &["3/app"]);
         sweep_leftovers(parent.path());
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn the_owner_file_replaces_a_symlink_at_its_place_instead_of_writing_through_it() {
+        let parent = tempfile::tempdir().unwrap();
+        let executable = parent.path().join("app");
+        std::fs::write(&executable, "ELF").unwrap();
+        // A builds directory of this pid left over (a dead master had it) that was not swept,
+        // with a symlink where the owner file goes.
+        let dir = parent
+            .path()
+            .join(format!("{BUILDS_PREFIX}{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("notes.txt"), "keeps it from the sweep").unwrap();
+        let victim = parent.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(OWNER_FILE)).unwrap();
+        let mut dev = dev_loop();
+        let kept = dev.keep_executable(&executable).unwrap();
+        assert!(kept.starts_with(&dir), "{}", kept.display());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let owner = std::fs::read_to_string(dir.join(OWNER_FILE)).unwrap();
+        assert_eq!(Owner::parse(&owner, OWNER_KIND), Owner::of_self());
+        drop(dev);
+        assert!(!dir.exists());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     }
 
     #[test]

@@ -71,9 +71,13 @@ mod dev;
 #[cfg(feature = "master")]
 mod http;
 #[cfg(feature = "master")]
+mod leftover;
+#[cfg(feature = "master")]
 mod livereload;
 #[cfg(feature = "master")]
 mod output;
+#[cfg(feature = "master")]
+mod procfs;
 #[cfg(feature = "master")]
 mod sd_notify;
 #[cfg(feature = "master")]

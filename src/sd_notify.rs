@@ -11,36 +11,35 @@
 //! `mcluster-<pid>-<12 random hex digits>` in `$XDG_RUNTIME_DIR`, or without it in `$TMPDIR`
 //! (`/tmp`): made by `mkdir`, so a name someone else took first is never used (another one is
 //! drawn), and unpredictable, so nobody can take it first on purpose. It holds a marker file
-//! written at its creation, and is removed when the master exits. A master killed by SIGKILL
-//! cannot remove it, so each master first sweeps the directories of dead masters — only those it
-//! can prove are: the name's pattern, a directory (not a symlink) of our uid with mode 0700, the
-//! marker with its text, nothing else inside but notify sockets, none of them read, and the pid
-//! in the name not running. Anything else, such as a user's own `mcluster-1234`, stays.
+//! written at its creation, naming the master ([`crate::leftover`]), and is removed when the
+//! master exits. A master killed by SIGKILL cannot remove it, so each master first sweeps the
+//! directories of dead masters — only those it can prove are: the name's pattern, a directory
+//! (not a symlink) of our uid with mode 0700, nothing else inside but the marker and notify
+//! sockets, none of them read, and a marker that proves its master, the pid in the name, gone
+//! (the leftover module's one rule: a free or reused pid, or another boot). Anything else, such
+//! as a user's own `mcluster-1234` or a master's in another pid namespace, stays.
 
 use std::fs;
 use std::hash::{BuildHasher, Hasher, RandomState};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nix::errno::Errno;
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
-
 use crate::cluster::WorkerKey;
 use crate::config::Error;
+use crate::leftover::{self, Here};
 use crate::listener::MAX_UNIX_PATH;
 use crate::supervisor::Input;
 
 /// The file that marks a directory as a master's notify directory.
 const MARKER: &str = "mcluster-notify";
 
-/// The marker's whole text.
-const MARKER_TEXT: &[u8] = b"notify sockets of an mcluster master, removed when it exits\n";
+/// The first line of the marker (an owner file, see [`crate::leftover`]).
+const MARKER_KIND: &str = "mcluster notify directory";
 
 /// The random part of a directory's name, in hex digits.
 const SUFFIX_DIGITS: usize = 12;
@@ -105,14 +104,10 @@ impl NotifyDir {
             let dir = Self { path };
             // The umask may have taken the owner's bits too.
             fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o700))?;
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(dir.path.join(MARKER))?
-                .write_all(MARKER_TEXT)?;
-            // The new directory's owner is the uid whose directories are ours to sweep.
-            remove_dead_masters_dirs(&base, fs::metadata(&dir.path)?.uid());
+            leftover::mark(&dir.path.join(MARKER), MARKER_KIND)?;
+            if let Some(here) = Here::now() {
+                remove_dead_masters_dirs(&base, &here);
+            }
             return Ok(dir);
         }
         Err(io::Error::new(
@@ -151,12 +146,12 @@ fn random_suffix(attempt: u32) -> u64 {
 }
 
 /// Removes the directories of masters killed before they could (see the module's doc).
-fn remove_dead_masters_dirs(base: &Path, uid: u32) {
+fn remove_dead_masters_dirs(base: &Path, here: &Here) {
     let Ok(entries) = fs::read_dir(base) else {
         return;
     };
     for entry in entries.flatten() {
-        if let Some(sockets) = dead_masters_dir(&entry, uid) {
+        if let Some(sockets) = dead_masters_dir(&entry, here) {
             for socket in sockets {
                 let _ = fs::remove_file(socket);
             }
@@ -169,7 +164,7 @@ fn remove_dead_masters_dirs(base: &Path, uid: u32) {
 }
 
 /// The sockets in `entry` if it is provably the notify directory of a master that is gone.
-fn dead_masters_dir(entry: &fs::DirEntry, uid: u32) -> Option<Vec<PathBuf>> {
+fn dead_masters_dir(entry: &fs::DirEntry, here: &Here) -> Option<Vec<PathBuf>> {
     let name = entry.file_name();
     let (pid, suffix) = name.to_str()?.strip_prefix("mcluster-")?.split_once('-')?;
     if !is_decimal(pid)
@@ -182,30 +177,30 @@ fn dead_masters_dir(entry: &fs::DirEntry, uid: u32) -> Option<Vec<PathBuf>> {
     }
     // `DirEntry::metadata` does not follow a symlink.
     let meta = entry.metadata().ok()?;
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o7777 != 0o700 {
+    if !meta.is_dir() || meta.uid() != here.uid || meta.mode() & 0o7777 != 0o700 {
         return None;
     }
-    let pid = Pid::from_raw(pid.parse().ok()?);
-    if kill(pid, None) != Err(Errno::ESRCH) {
+    if !leftover::proves_gone(
+        &entry.path().join(MARKER),
+        MARKER_KIND,
+        pid.parse().ok()?,
+        here,
+    ) {
         return None;
     }
-    let mut marked = false;
     let mut sockets = Vec::new();
     for inner in fs::read_dir(entry.path()).ok()? {
         let inner = inner.ok()?;
         let kind = inner.file_type().ok()?;
         let name = inner.file_name();
         match name.to_str()? {
-            MARKER if kind.is_file() => {
-                marked = fs::read(inner.path()).ok()? == MARKER_TEXT;
-            }
+            MARKER => {}
             name if kind.is_socket() && is_socket_name(name) => sockets.push(inner.path()),
             _ => return None,
         }
     }
-    // A master in another PID namespace sharing this directory looks dead from here: its
-    // sockets still have a reader, though.
-    (marked && !sockets.iter().any(|socket| has_reader(socket))).then_some(sockets)
+    // Belt and braces: a socket that still has a reader is in use, whatever the marker says.
+    (!sockets.iter().any(|socket| has_reader(socket))).then_some(sockets)
 }
 
 fn is_decimal(text: &str) -> bool {
@@ -283,6 +278,7 @@ pub(crate) fn status(message: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::leftover::Owner;
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -314,35 +310,58 @@ mod tests {
         assert!(!dir_path.exists());
     }
 
-    /// A directory as a master makes it in `base`, with a stale socket inside.
-    fn made_by_a_master(base: &Path, pid: u32, suffix: &str) -> PathBuf {
-        let dir = base.join(format!("mcluster-{pid}-{suffix}"));
+    /// A directory as the master `owner` makes it in `base`, with a stale socket inside.
+    fn made_by(base: &Path, owner: &Owner, suffix: &str) -> PathBuf {
+        let dir = base.join(format!("mcluster-{}-{suffix}", owner.pid));
         fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-        fs::write(dir.join(MARKER), MARKER_TEXT).unwrap();
+        fs::write(dir.join(MARKER), owner.render(MARKER_KIND)).unwrap();
         drop(UnixDatagram::bind(dir.join("w0-1.sock")).unwrap());
         dir
+    }
+
+    /// A master of this boot and pid namespace that is gone: its pid is free.
+    fn dead_master() -> Owner {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        Owner {
+            pid: child.id(),
+            start_time: 1,
+            ..Owner::of_self().unwrap()
+        }
     }
 
     #[test]
     fn only_provably_dead_masters_directories_are_removed() {
         let base = tempfile::tempdir().unwrap();
         let base = base.path();
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
+        let dead = dead_master();
+        let made_by_a_master = |base: &Path, pid: u32, suffix: &str| {
+            made_by(
+                base,
+                &Owner {
+                    pid,
+                    ..dead.clone()
+                },
+                suffix,
+            )
+        };
+        let dead = dead.pid;
         let stale = made_by_a_master(base, dead, "0123456789ab");
         let mut kept = Vec::new();
-        // A master in another PID namespace: its pid means nothing here, its socket is read.
-        let elsewhere = made_by_a_master(base, i32::MAX.cast_unsigned(), "0123456789ab");
-        let _reader = UnixDatagram::bind(elsewhere.join("w1-2.sock")).unwrap();
-        kept.push(elsewhere);
-        // A live master's (this process's parent stands in for one).
-        kept.push(made_by_a_master(
-            base,
-            std::os::unix::process::parent_id(),
-            "0123456789ab",
-        ));
+        // A master in another PID namespace: its pid means nothing here, whether its sockets
+        // are read or not.
+        let elsewhere = Owner {
+            pid: i32::MAX.cast_unsigned(),
+            pid_namespace: "pid:[1]".to_owned(),
+            ..dead_master()
+        };
+        let read_elsewhere = made_by(base, &elsewhere, "0123456789ab");
+        let _reader = UnixDatagram::bind(read_elsewhere.join("w1-2.sock")).unwrap();
+        kept.push(read_elsewhere);
+        kept.push(made_by(base, &elsewhere, "0123456789ac"));
+        // A live master's (this process stands in for one).
+        kept.push(made_by(base, &Owner::of_self().unwrap(), "0123456789ab"));
         // A user's own directories, named like ours.
         let users = base.join(format!("mcluster-{dead}"));
         fs::create_dir(&users).unwrap();
@@ -357,6 +376,26 @@ mod tests {
         let other_text = made_by_a_master(base, dead, "00000000000c");
         fs::write(other_text.join(MARKER), "something else").unwrap();
         kept.push(other_text);
+        // The marker of an earlier version, which named nobody.
+        let unnamed = made_by_a_master(base, dead, "000000000012");
+        fs::write(
+            unnamed.join(MARKER),
+            "notify sockets of an mcluster master, removed when it exits\n",
+        )
+        .unwrap();
+        kept.push(unnamed);
+        // A marker naming another pid than the directory's name.
+        let misnamed = made_by_a_master(base, dead, "000000000013");
+        fs::write(
+            misnamed.join(MARKER),
+            Owner {
+                pid: dead + 1,
+                ..dead_master()
+            }
+            .render(MARKER_KIND),
+        )
+        .unwrap();
+        kept.push(misnamed);
         let open_mode = made_by_a_master(base, dead, "00000000000d");
         fs::set_permissions(&open_mode, fs::Permissions::from_mode(0o755)).unwrap();
         kept.push(open_mode);
@@ -398,10 +437,41 @@ mod tests {
         );
         let mode = fs::metadata(&dir.path).unwrap().mode();
         assert_eq!(mode & 0o7777, 0o700, "{mode:o}");
-        assert_eq!(fs::read(dir.path.join(MARKER)).unwrap(), MARKER_TEXT);
+        let marker = fs::read_to_string(dir.path.join(MARKER)).unwrap();
+        assert_eq!(Owner::parse(&marker, MARKER_KIND), Owner::of_self());
         // The name is drawn anew each time.
         let again = NotifyDir::create_in(base).unwrap();
         assert_ne!(again.path, dir.path);
+    }
+
+    #[test]
+    fn a_reused_pid_or_an_earlier_boot_is_a_dead_master() {
+        let base = tempfile::tempdir().unwrap();
+        let here = Owner::of_self().unwrap();
+        // This process's pid, but another process's start time: the master that had it is
+        // gone, though its pid runs.
+        let reused = made_by(
+            base.path(),
+            &Owner {
+                start_time: here.start_time + 1,
+                ..here.clone()
+            },
+            "0123456789ab",
+        );
+        // A live pid, in an earlier boot.
+        let earlier = made_by(
+            base.path(),
+            &Owner {
+                boot_id: "00000000-0000-0000-0000-000000000000".to_owned(),
+                pid: std::os::unix::process::parent_id(),
+                ..here.clone()
+            },
+            "0123456789ab",
+        );
+        let dir = NotifyDir::create_in(base.path()).unwrap();
+        assert!(!reused.exists(), "{}", reused.display());
+        assert!(!earlier.exists(), "{}", earlier.display());
+        assert!(dir.path.is_dir());
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub(crate) use crate::procfs::rss_bytes;
+
 /// A snapshot of a running master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
@@ -203,18 +205,4 @@ pub enum Record {
 /// Milliseconds, saturated, for the JSON of durations.
 pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The resident memory of a process, from `/proc/PID/status`.
-pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = text
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }
