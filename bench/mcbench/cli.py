@@ -6,7 +6,9 @@ import subprocess
 import sys
 import time
 
+from . import baseline
 from .axum import axum_section
+from .baseline import prepare, resolve
 from .build import build
 from .config import RESULTS
 from .dev import dev_report, measure_dev
@@ -28,15 +30,56 @@ ONE_SECTION = {
 }
 
 
+# The sections with an "mcluster (REV)" column under `--baseline REV`: the whole run, or these.
+BASELINE_SECTIONS = ("--dev-only", "--dev-switch-only", "--roll-only")
+
+
+def baseline_arg(argv: list[str]) -> str | None:
+    """The REV of `--baseline REV` or `--baseline=REV`, None without it; ValueError if the flag
+    has no value."""
+    for i, arg in enumerate(argv):
+        if arg == "--baseline":
+            if i + 1 == len(argv) or argv[i + 1].startswith("-") or not argv[i + 1]:
+                raise ValueError("--baseline needs a revision (a branch, a tag or a commit)")
+            return argv[i + 1]
+        if arg.startswith("--baseline="):
+            if arg == "--baseline=":
+                raise ValueError("--baseline needs a revision (a branch, a tag or a commit)")
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main() -> int:
     t_all = time.monotonic()
     load_start = loadavg()
+    args = sys.argv[1:]
+    try:
+        rev = baseline_arg(args)
+    except ValueError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    commit = None
+    if rev is not None:
+        other = [a for a in args if a.endswith("-only") and a not in BASELINE_SECTIONS]
+        if other:
+            print(f"bench: error: {other[0]} has no baseline column (--baseline goes with the whole run, {', '.join(BASELINE_SECTIONS)})", file=sys.stderr)
+            return 2
+        commit = resolve(rev)
+        if commit is None:
+            print(f"bench: error: --baseline {rev}: not a revision of this repository", file=sys.stderr)
+            return 2
     try:
         build()
     except (subprocess.SubprocessError, RuntimeError, OSError) as e:
         # The previous bench/results.md is left as it was.
         print(f"bench: the build failed, nothing was measured: {e}", file=sys.stderr)
         return 1
+    if rev is not None:
+        try:
+            baseline.current = prepare(rev, commit)
+        except (subprocess.SubprocessError, RuntimeError, OSError) as e:
+            print(f"bench: the baseline's build ({rev}) failed, nothing was measured: {e}", file=sys.stderr)
+            return 1
     if "--dev-only" in sys.argv[1:]:
         # For working on the benchmark: the dev section alone, printed, results.md untouched.
         dev, dev_notes = measure_dev()

@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+from . import baseline
+from .baseline import Baseline
 from .build import git_describe, install_dev_tools
 from .config import CLIENTS, DEV_CLIENT_TIMEOUT, DEV_WAIT, MCLUSTER, ROOT, TOOLS
 from .probe import http_get, wait_systemfd_serving
@@ -30,6 +32,7 @@ DEV_POLL = 0.010  # between two GETs while waiting for the new text
 DEV_SETTLE = 1.0  # quiet time before each edit (and of load after each reload)
 
 DEV_BUDGET = 480.0  # seconds for the dev section after the tools are installed
+DEV_BASELINE_BUDGET = 120.0  # more seconds when a baseline (`--baseline REV`) is measured too
 ANCHOR_BACKLOG = 4096  # the anchor's second run under load: mcluster's listen backlog (SOMAXCONN)
 MARK = re.compile(rb"Hello #(\d+) from worker")
 
@@ -128,13 +131,14 @@ def wait_served(port: int, n: int, deadline: float) -> float:
 
 
 class DevMcluster:
-    name = "mcluster"
+    """The current build, or (`baseline`) the `mcluster` binary of another revision."""
 
-    def __init__(self, project: Project, workdir: Path) -> None:
+    def __init__(self, project: Project, workdir: Path, baseline: Baseline | None = None) -> None:
+        self.name = baseline.label if baseline else "mcluster"
         self.project = project
         self.workdir = workdir
         self.argv = [
-            str(MCLUSTER), "dev", "-n", str(DEV_SIZE), "-l", "127.0.0.1:0", "--kill-timeout", "5s",
+            str(baseline.mcluster if baseline else MCLUSTER), "dev", "-n", str(DEV_SIZE), "-l", "127.0.0.1:0", "--kill-timeout", "5s",
             "--manifest-path", str(project.dir / "Cargo.toml"),
         ]  # fmt: skip
 
@@ -318,11 +322,14 @@ def measure_dev_load(system, server: Server) -> dict:
 def run_dev_section(workdir: Path, notes: list[str], out: dict) -> None:
     """Everything of the dev section, into `out` (partial if it raises)."""
     out.update({"mcluster": {}, "anchor": {}, "anchor_backlog": {}})
+    if baseline.current is not None:
+        out["mcluster_rev"] = {}
+        out["baseline"] = (baseline.current.label, baseline.current.describe)
     versions, why = install_dev_tools()
     out["tools"], out["tools_why"] = versions, why
     if versions is None:
         print(f"bench: systemfd/cargo-watch {why}; measuring mcluster dev alone", file=sys.stderr, flush=True)
-    budget = Budget(DEV_BUDGET)
+    budget = Budget(DEV_BUDGET + (DEV_BASELINE_BUDGET if baseline.current else 0))
     out["cargo"] = subprocess.run(["cargo", "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
 
     # A snapshot of mcluster's sources for the copies' path dependency: edits made to
@@ -335,6 +342,9 @@ def run_dev_section(workdir: Path, notes: list[str], out: dict) -> None:
         shutil.copytree(ROOT / name, src / name)
     projects = {"mcluster": Project(workdir, "mcluster", src, listenfd=False)}
     systems = {"mcluster": DevMcluster(projects["mcluster"], workdir)}
+    if baseline.current is not None:
+        # The same copy, run after the current build's: only the master differs.
+        systems["mcluster_rev"] = DevMcluster(projects["mcluster"], workdir, baseline.current)
     if versions is not None:
         projects["anchor"] = Project(workdir, "anchor", src, listenfd=True)
         systems["anchor"] = DevAnchor(projects["anchor"], workdir)
@@ -363,6 +373,9 @@ def run_dev_section(workdir: Path, notes: list[str], out: dict) -> None:
             except Exception as e:
                 notes.append(f"dev {name} baseline build {i + 1}: {type(e).__name__}: {str(e).splitlines()[0]}")
 
+    if "mcluster_rev" in systems:
+        out["mcluster_rev"]["baseline"] = out["mcluster"]["baseline"]  # the same copy's builds
+
     # 2 and 3, one system after the other, on one running instance each.
     for name, system in systems.items():
         if budget.left() < 60:
@@ -387,7 +400,7 @@ def run_dev_section(workdir: Path, notes: list[str], out: dict) -> None:
         finally:
             if server is not None:
                 server.stop()
-                if name == "mcluster":
+                if isinstance(system, DevMcluster):
                     # mcluster dev keeps a link to each build in <target>/debug/.mcluster-PID/
                     # and removes that directory when it exits.
                     left = sorted(str(d.relative_to(workdir)) for d in system.project.target.glob("*/.mcluster-*"))
@@ -398,7 +411,8 @@ def run_dev_section(workdir: Path, notes: list[str], out: dict) -> None:
 def dev_report(dev: dict, notes: list[str]) -> list[str]:
     """The dev-mode section of results.md."""
     tools = dev.get("tools")
-    names = ["mcluster", "anchor"]
+    base = dev.get("baseline")  # (column, description) with `--baseline REV`
+    names = ["mcluster", *(["mcluster_rev"] if base else []), "anchor"]
 
     def cell(name: str, fn) -> str:
         if name.startswith("anchor") and not tools:
@@ -469,13 +483,14 @@ def dev_report(dev: dict, notes: list[str]) -> list[str]:
             if tools
             else f"**Anchor** (systemfd + cargo-watch): {dev.get('tools_why', 'not measured')}."
         )
+        + (f" **{base[0]}**: the same on mcluster's copy, after it, with the `mcluster` binary of {base[1]} (`--baseline`)." if base else "")
         + f" Timings: median (min – max) of {DEV_EDITS} edits."
     )
     lines.append("")
-    lines.append("| Measurement | mcluster dev | systemfd + cargo watch |")
-    lines.append("|---|---|---|")
+    lines.append("| Measurement | mcluster dev | " + (f"{base[0]} dev | " if base else "") + "systemfd + cargo watch |")
+    lines.append("|---" * (len(names) + 1) + "|")
     for label, fn in rows:
-        lines.append(f"| {label} | {cell(names[0], fn)} | {cell(names[1], fn)} |")
+        lines.append(f"| {label} | " + " | ".join(cell(name, fn) for name in names) + " |")
     same = "— (its listen queue is 4096 already)"
     for label, fn in (
         (f"Under load again, anchor with `systemfd --backlog {ANCHOR_BACKLOG}`", load),
@@ -483,7 +498,7 @@ def dev_report(dev: dict, notes: list[str]) -> list[str]:
         ("↳ requests ≥ 100 ms that started during a reload / at other times", slow_split),
         ("↳ edit → first answer with the new text, under load", load_served),
     ):
-        lines.append(f"| {label} | {same} | {cell('anchor_backlog', fn)} |")
+        lines.append(f"| {label} | {same} | " + (f"{same} | " if base else "") + f"{cell('anchor_backlog', fn)} |")
     lines.append("")
     lines.append("Notes:\n")
     cold = ", ".join(f"{n} {ms(dev[n]['cold_build'])}" for n in names if "cold_build" in dev.get(n, {}))
@@ -539,7 +554,7 @@ def dev_report(dev: dict, notes: list[str]) -> list[str]:
         "a connect/read error or a reply that is not `200` with the text. The builds share the 2 "
         "cores with the clients, hence the slower builds under load."
     )
-    labels = {"mcluster": "mcluster", "anchor": "anchor", "anchor_backlog": f"anchor --backlog {ANCHOR_BACKLOG}"}
+    labels = {"mcluster": "mcluster", **({"mcluster_rev": base[0]} if base else {}), "anchor": "anchor", "anchor_backlog": f"anchor --backlog {ANCHOR_BACKLOG}"}
     lines += failures_and_notes([(label, dev.get(name, {})) for name, label in labels.items()], notes)
     for name, label in labels.items():
         r = dev.get(name)

@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from . import baseline
+from .baseline import Baseline
 from .build import git_describe, install_dev_tools
 from .config import BENCH, DEV_CLIENT_TIMEOUT, DEV_WAIT, MCLUSTER, ROOT, TOOLS
 from .probe import http_get, wait_systemfd_serving
@@ -35,6 +37,7 @@ DS_PAUSE = 0.002  # between two requests of one client thread
 DS_SETTLE = 1.0  # quiet time (load only) before each edit
 DS_TAIL = 1.0  # watched after the reload's end for old answers still coming
 DS_BUDGET = 200.0  # seconds for the section once the app is built and the tools installed
+DS_BASELINE_BUDGET = 60.0  # more seconds when a baseline (`--baseline REV`) is measured too
 DS_STARTUP = 0.3  # the app's start-up work (its START_UP)
 DS_BACKLOG = 4096  # the anchors' listen queue (systemfd's default is 1): mcluster's SOMAXCONN
 DS_ANSWER = re.compile(r'^const ANSWER: &str = "slow-axum v\d+";$', re.M)
@@ -78,18 +81,20 @@ class SlowAxum:
 
 
 class DsMcluster:
-    key = "mcluster"
-    label = "mcluster dev -n 8"
+    """The current build, or (`baseline`) the `mcluster` binary of another revision."""
 
-    def __init__(self, app: SlowAxum, workdir: Path) -> None:
+    def __init__(self, app: SlowAxum, workdir: Path, baseline: Baseline | None = None) -> None:
         self.app = app
         self.workdir = workdir
+        self.key = "mcluster_rev" if baseline else "mcluster"
+        self.label = f"{baseline.label} dev -n 8" if baseline else "mcluster dev -n 8"
+        self.exe = baseline.mcluster if baseline else MCLUSTER
 
     def command(self) -> str:
         return f"CARGO_TARGET_DIR=… mcluster dev -n {DS_SIZE} -l 127.0.0.1:0 --manifest-path <copy>/Cargo.toml"
 
     def start(self) -> Server:
-        argv = [str(MCLUSTER), "dev", "-n", str(DS_SIZE), "-l", "127.0.0.1:0", "--manifest-path", str(self.app.dir / "Cargo.toml")]
+        argv = [str(self.exe), "dev", "-n", str(DS_SIZE), "-l", "127.0.0.1:0", "--manifest-path", str(self.app.dir / "Cargo.toml")]
         server = Server("mcluster dev", argv, cwd=self.app.dir, env=self.app.env(), scope=self.workdir)
         _, _, m = server.wait_line(r"^mcluster: listening on 127\.0\.0\.1:(\d+) \(master pid \d+\)$", timeout=DEV_WAIT)
         server.port = int(m.group(1))
@@ -257,12 +262,15 @@ def run_dev_switch(workdir: Path, notes: list[str], out: dict) -> None:
     app.edit()
     out["incremental_build"] = app.build()
     systems = [DsMcluster(app, workdir)]
+    if baseline.current is not None:
+        systems.append(DsMcluster(app, workdir, baseline.current))
+        out["baseline"] = (systems[-1].label, baseline.current.describe)
     if versions is not None:
         systems.append(DsAnchor("cargo-watch", app, workdir))
     if wversions is not None:
         systems.append(DsAnchor("watchexec", app, workdir))
     out["systems"] = {s.key: (s.label, s.command()) for s in systems}
-    budget = Budget(DS_BUDGET)
+    budget = Budget(DS_BUDGET + (DS_BASELINE_BUDGET if baseline.current else 0))
     for system in systems:
         if budget.left() < 30:
             notes.append(f"{system.label}: skipped (time budget)")
@@ -271,7 +279,7 @@ def run_dev_switch(workdir: Path, notes: list[str], out: dict) -> None:
         try:
             print(f"bench: dev switch: {system.command()}", file=sys.stderr, flush=True)
             server = system.start()
-            sampler = CpuSampler(server.pid) if system.key == "mcluster" else None
+            sampler = CpuSampler(server.pid) if isinstance(system, DsMcluster) else None
             out[system.key] = ds_measure(system, server, budget, sampler)
         except Exception as e:
             notes.append(f"{system.label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -303,11 +311,14 @@ def measure_dev_switch() -> tuple[dict, list[str]]:
 
 
 def ds_report(ds: dict, notes: list[str]) -> list[str]:
-    keys = ["mcluster", "cargo-watch", "watchexec"]
+    base = ds.get("baseline")  # (column, description) with `--baseline REV`
+    keys = ["mcluster", *(["mcluster_rev"] if base else []), "cargo-watch", "watchexec"]
     labels = {"mcluster": "mcluster dev -n 8", "cargo-watch": "systemfd + cargo watch", "watchexec": "systemfd + watchexec"}
+    if base:
+        labels["mcluster_rev"] = base[0]
 
     def cell(key: str, fn) -> str:
-        if key != "mcluster" and not ds.get(key):
+        if key in ("cargo-watch", "watchexec") and not ds.get(key):
             why = ds.get("tools_why", {}).get(key)
             return f"not measured ({key} {why})" if why else "not measured (see notes)"
         try:
@@ -364,16 +375,17 @@ def ds_report(ds: dict, notes: list[str]) -> list[str]:
         f"`listenfd` (`ListenFd::from_env().take_tcp_listener(0)`), 0.3 s of start-up (a sleep) before it serves, "
         f"no `READY=1`, axum's graceful shutdown on SIGTERM; debug builds ({ds.get('cargo', 'cargo ?')}). "
         f"**mcluster** {git_describe()}: `{ds.get('systems', {}).get('mcluster', ('', '?'))[1]}` (defaults: `--ready auto`, `--surge all`). "
+        + (f"**{base[0]}**: the same, with the `mcluster` binary of {base[1]} (`--baseline`). " if base else "")
         + "".join(
             f"**{labels[k]}** ({', '.join(f'{t} {tools[t]}' for t in ('systemfd', k) if t in tools)}): `{ds['systems'][k][1]}`. "
-            for k in keys[1:] if k in ds.get("systems", {})
+            for k in ("cargo-watch", "watchexec") if k in ds.get("systems", {})
         )
         + f"Timings: median (min – max) of {DS_EDITS} edits per system, each under a client loop ({DS_CLIENTS} threads, "
         f"fresh connection per `GET /`, {DS_PAUSE * 1000:.0f} ms pause)."
     )
     lines.append("")
     lines.append("| Measurement | " + " | ".join(labels[k] for k in keys) + " |")
-    lines.append("|---|---|---|---|")
+    lines.append("|---" * (len(keys) + 1) + "|")
     for label, fn in rows:
         lines.append(f"| {label} | " + " | ".join(cell(k, fn) for k in keys) + " |")
     lines.append("")

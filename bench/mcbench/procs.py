@@ -104,6 +104,14 @@ def exited(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+def threads(pid: int) -> int:
+    """How many threads the process has (`Threads:` of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no Threads for pid {pid}")
+
+
 def vm_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -14,8 +14,9 @@ import threading
 import time
 from pathlib import Path
 
+from . import baseline
 from .build import git_describe, install_gunicorn
-from .config import BENCH, CLIENT_TIMEOUT, MCLUSTER, WAIT
+from .config import BENCH, CLIENT_TIMEOUT, WAIT
 from .probe import exchange
 from .procs import CpuSampler, Server, kill_all, wait_exited
 from .report import loadavg, ms, pct, summary
@@ -31,6 +32,7 @@ RB_ROLLS = 5  # idle, then as many under load
 RB_CLIENTS = 4
 RB_GAP = 1.0  # between two rolls (of load, under load)
 RB_BUDGET = 150.0
+RB_BASELINE_BUDGET = 60.0  # more seconds when a baseline (`--baseline REV`) is measured too
 
 GUNICORN_BOOT_APP = '''\
 import os
@@ -47,11 +49,11 @@ def app(environ, start_response):
 
 class RbMcluster(Mcluster):
     def command(self) -> str:
-        return f"mcluster start -n {RB_SIZE} -l 127.0.0.1:0 -- python3 bench/apps/boot_worker.py {RB_BOOT:g}"
+        return f"{self.name} start -n {RB_SIZE} -l 127.0.0.1:0 -- python3 bench/apps/boot_worker.py {RB_BOOT:g}"
 
     def start(self, size: int) -> Server:
-        argv = [str(MCLUSTER), "start", "-n", str(size), "-l", "127.0.0.1:0", "--", sys.executable, str(BOOT_WORKER), f"{RB_BOOT:g}"]
-        server = Server("mcluster", argv)
+        argv = [str(self.exe), "start", "-n", str(size), "-l", "127.0.0.1:0", "--", sys.executable, str(BOOT_WORKER), f"{RB_BOOT:g}"]
+        server = Server(self.name, argv)
         _, _, m = server.wait_line(r"^mcluster: listening on 127\.0\.0\.1:(\d+) \(master pid \d+\)$")
         server.port = int(m.group(1))
         server.size = size
@@ -262,13 +264,16 @@ def measure_roll_boot() -> tuple[dict, list[str]]:
     try:
         gunicorn_exe, gunicorn_version = install_gunicorn()
         systems = [RbMcluster()]
+        if baseline.current is not None:
+            systems.append(RbMcluster(baseline.current))
+            out["baseline"] = (baseline.current.label, baseline.current.describe)
         if gunicorn_exe is not None:
             systems.append(RbGunicorn(gunicorn_exe, gunicorn_version, workdir))
         else:
             out["gunicorn_why"] = gunicorn_version
         out["gunicorn_version"] = gunicorn_version if gunicorn_exe else None
         out["systems"] = {s.name: s.command() for s in systems}
-        budget = Budget(RB_BUDGET)
+        budget = Budget(RB_BUDGET + (RB_BASELINE_BUDGET if baseline.current else 0))
         for system in systems:
             print(f"bench: roll: {system.command()}", file=sys.stderr, flush=True)
             try:
@@ -291,7 +296,8 @@ def measure_roll_boot() -> tuple[dict, list[str]]:
 
 
 def rb_report(rb: dict, notes: list[str]) -> list[str]:
-    names = ["mcluster", "gunicorn"]
+    base = rb.get("baseline")  # (column, description) with `--baseline REV`
+    names = ["mcluster", *([base[0]] if base else []), "gunicorn"]
 
     def cell(name: str, fn) -> str:
         if name not in rb:
@@ -357,13 +363,14 @@ def rb_report(rb: dict, notes: list[str]) -> list[str]:
         "connection it is serving. "
         + (f"**gunicorn** {rb['gunicorn_version']}: `{rb['systems'].get('gunicorn')}`, sync workers, the app module sleeping "
            f"{RB_BOOT:g} s when each worker imports it. " if rb.get("gunicorn_version") else "")
+        + (f"**{base[0]}**: the same, with the `mcluster` binary of {base[1]} (`--baseline`). " if base else "")
         + f"Timings: median (min – max) of {RB_ROLLS} rolls."
     )  # fmt: skip
     lines.append("")
-    lines.append("| Measurement | mcluster | gunicorn |")
-    lines.append("|---|---|---|")
+    lines.append("| Measurement | " + " | ".join(names) + " |")
+    lines.append("|---" * (len(names) + 1) + "|")
     for label, fn in rows:
-        lines.append(f"| {label} | {cell(names[0], fn)} | {cell(names[1], fn)} |")
+        lines.append(f"| {label} | " + " | ".join(cell(name, fn) for name in names) + " |")
     lines.append("")
     lines.append("Notes:\n")
     lines.append(

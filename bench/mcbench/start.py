@@ -15,11 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+from . import baseline
 from .build import git_describe, install_gunicorn
 from .config import CLIENTS, CLIENT_TIMEOUT, REPS
 from .probe import exchange
-from .procs import kill_all, vm_rss_kib
-from .report import failures_and_notes, loadavg, mib, plural, summary
+from .procs import cpu_ns, kill_all, threads, vm_rss_kib
+from .report import failures_and_notes, loadavg, mib, pct, plural, summary
 from .stats import Budget
 from .systems import Gunicorn, Mcluster
 
@@ -29,12 +30,14 @@ ROLL_SIZE = 4
 
 LOAD_ROLLS = 5
 BUDGET = 270.0  # seconds for the measurements (the build and pip install come before)
+BASELINE_BUDGET = 135.0  # more seconds when a baseline (`--baseline REV`) is measured too
+IDLE = 1.0  # seconds over which the master's idle CPU is read, its workers ready and unloaded
 
 
 def measure_startup(system, size: int) -> dict:
     server = system.start(size)
     try:
-        out = {"ready": system.wait_ready(server)}
+        out = {"ready": system.wait_ready(server), "threads": threads(server.pid)}
         if hasattr(server, "self_reported"):
             out["self_reported"] = server.self_reported
         return out
@@ -48,8 +51,13 @@ def measure_roll(system) -> dict:
         system.wait_ready(server)
         time.sleep(0.5)  # let the master settle before reading its RSS
         rss = vm_rss_kib(server.pid)
+        n_threads = threads(server.pid)
+        c0, t0 = cpu_ns(server.pid), time.monotonic()
+        time.sleep(IDLE)
+        c1, t1 = cpu_ns(server.pid), time.monotonic()
+        idle = (c1 - c0) / 1e9 / (t1 - t0) if c0 is not None and c1 is not None else None
         new_ready, all_done = system.roll(server)
-        return {"rss_kib": rss, "roll_new": new_ready, "roll_done": all_done}
+        return {"rss_kib": rss, "threads": n_threads, "idle_cpu": idle, "roll_new": new_ready, "roll_done": all_done}
     finally:
         server.stop()
 
@@ -142,9 +150,11 @@ def measure_start(load_start: str) -> tuple[dict, list[str]]:
 
     workdir = Path(tempfile.mkdtemp(prefix="mcluster-bench-"))
     systems = [Mcluster()]
+    if baseline.current is not None:
+        systems.append(Mcluster(baseline.current))
     if gunicorn_exe is not None:
         systems.append(Gunicorn(gunicorn_exe, gunicorn_version, workdir))
-    budget = Budget(BUDGET)
+    budget = Budget(BUDGET + (BASELINE_BUDGET if baseline.current else 0))
     results: dict[str, dict] = {s.name: {} for s in systems}
 
     try:
@@ -191,7 +201,8 @@ def start_report(state: dict, notes: list[str], elapsed: float) -> str:
 
 
 def report(systems, results, gunicorn_ok, gunicorn_why, notes, elapsed) -> str:
-    names = ["mcluster", "gunicorn"]
+    base = next((s for s in systems if getattr(s, "baseline", None)), None)  # `--baseline REV`
+    names = ["mcluster", *([base.name] if base else []), "gunicorn"]
 
     def cell(name: str, fn) -> str:
         if name not in results:
@@ -208,6 +219,16 @@ def report(systems, results, gunicorn_ok, gunicorn_why, notes, elapsed) -> str:
         d = r["load"]
         return f"**{d['fail']} failed** of {d['ok'] + d['fail']} ({d['rolls']}/{LOAD_ROLLS} rolls)"
 
+    def threads_of(r):
+        per_size = [
+            statistics.median(s["threads"] for s in samples)
+            for samples in (r["start1"], r["roll"], r["start16"])
+        ]
+        return " / ".join(f"{n:g}" for n in per_size)
+
+    def idle(r):
+        return summary([s["idle_cpu"] for s in r["roll"] if s["idle_cpu"] is not None], pct)
+
     def load_extra(r):
         d = r["load"]
         return (
@@ -219,6 +240,8 @@ def report(systems, results, gunicorn_ok, gunicorn_why, notes, elapsed) -> str:
         ("Launch → all ready, 1 worker", startup(1)),
         ("Launch → all ready, 16 workers", startup(16)),
         (f"Master RSS, {ROLL_SIZE} workers ready", lambda r: summary([s["rss_kib"] for s in r["roll"]], mib)),
+        (f"Master threads, 1 / {ROLL_SIZE} / 16 workers ready", threads_of),
+        (f"Master CPU while idle, {ROLL_SIZE} workers ready (share of a core over {IDLE:g} s)", idle),
         (f"Roll {ROLL_SIZE} workers: SIGHUP → all new ready", lambda r: summary([s["roll_new"] for s in r["roll"]])),
         (f"Roll {ROLL_SIZE} workers: SIGHUP → new ready and old exited", lambda r: summary([s["roll_done"] for s in r["roll"]])),
         (f"Requests during {LOAD_ROLLS} rolls under load ({CLIENTS} clients)", load),
@@ -235,12 +258,14 @@ def report(systems, results, gunicorn_ok, gunicorn_why, notes, elapsed) -> str:
         f"`fixture-echo` workers); "
         + (f"gunicorn {gunicorn_ok} (sync workers, trivial WSGI app)." if gunicorn_ok
            else f"gunicorn {gunicorn_why}.")  # fmt: skip
+        + (f" {base.name}: the `mcluster` binary of {base.version}, built by `--baseline`, the same "
+           "workers." if base else "")  # fmt: skip
         + f" Timings: median (min – max) of {REPS} runs.\n"
     )
-    out.append("| Measurement | mcluster | gunicorn |")
-    out.append("|---|---|---|")
+    out.append("| Measurement | " + " | ".join(names) + " |")
+    out.append("|---" * (len(names) + 1) + "|")
     for label, fn in rows:
-        out.append(f"| {label} | {cell(names[0], fn)} | {cell(names[1], fn)} |")
+        out.append(f"| {label} | " + " | ".join(cell(name, fn) for name in names) + " |")
     out.append("")
     mc = results.get("mcluster", {})
     selfrep = {size: [s.get("self_reported") for s in mc.get(f"start{size}", [])] for size in START_SIZES}
@@ -273,7 +298,10 @@ def report(systems, results, gunicorn_ok, gunicorn_why, notes, elapsed) -> str:
     )
     out.append(
         "- *Master RSS* is VmRSS of the master process only (mcluster; gunicorn's arbiter), "
-        "read 0.5 s after all workers are ready."
+        "read 0.5 s after all workers are ready. *Master threads*: `Threads` of its "
+        "/proc/PID/status once all workers are ready (medians). *Master CPU while idle*: its CPU "
+        f"time (`/proc/PID/task/*/schedstat`) over the {IDLE:g} s after the RSS is read, the "
+        "workers ready and no request sent."
     )
     out.append(
         f"- *Requests during rolls*: {CLIENTS} Python client threads, each opening a fresh TCP "
@@ -295,6 +323,7 @@ def report(systems, results, gunicorn_ok, gunicorn_why, notes, elapsed) -> str:
         parts.append("roll new ready: " + ", ".join(f"{s['roll_new'] * 1000:.1f}" for s in r.get("roll", [])))
         parts.append("roll done: " + ", ".join(f"{s['roll_done'] * 1000:.1f}" for s in r.get("roll", [])))
         parts.append("RSS KiB: " + ", ".join(str(s["rss_kib"]) for s in r.get("roll", [])))
+        parts.append("idle CPU: " + ", ".join(pct(s["idle_cpu"]) for s in r.get("roll", []) if s.get("idle_cpu") is not None))
         out.append(f"- {name}: " + "; ".join(parts))
     out.append("")
     return "\n".join(out)

@@ -9,6 +9,7 @@ import re
 import signal
 import time
 
+from .baseline import Baseline
 from .build import git_describe
 from .config import ECHO, MCLUSTER, WAIT
 from .procs import Server, start_on_free_port, wait_exited
@@ -21,18 +22,22 @@ def ready_line(size: int) -> str:
 
 
 class Mcluster:
-    name = "mcluster"
+    """The current build, or (`baseline`) the `mcluster` binary of another revision, under the
+    name of its column."""
 
-    def __init__(self) -> None:
-        self.version = git_describe()
+    def __init__(self, baseline: Baseline | None = None) -> None:
+        self.baseline = baseline
+        self.name = baseline.label if baseline else "mcluster"
+        self.exe = baseline.mcluster if baseline else MCLUSTER
+        self.version = baseline.describe if baseline else git_describe()
 
     def start(self, size: int) -> Server:
         argv = [
-            str(MCLUSTER), "start", "-n", str(size), "--ready", "notify",
+            str(self.exe), "start", "-n", str(size), "--ready", "notify",
             "-l", "127.0.0.1:0", "--kill-timeout", "5s", "--ready-timeout", "20s",
             "--", str(ECHO),
         ]  # fmt: skip
-        server = Server("mcluster", argv)
+        server = Server(self.name, argv)
         _, _, m = server.wait_line(r"^mcluster: listening on 127\.0\.0\.1:(\d+) \(master pid \d+\)$")
         server.port = int(m.group(1))
         server.size = size
