@@ -80,8 +80,8 @@ def prepare(rev: str, commit: str) -> Baseline:
         print(f"bench: baseline {rev} ({commit[:7]}): reusing {exe}", file=sys.stderr, flush=True)
         return Baseline(rev, commit, exe)
     src = BASE / "src"
-    if src.exists():  # left by an interrupted run
-        remove_worktree(src)
+    # Left by an interrupted run: the directory, or only git's record of it.
+    remove_worktree(src)
     BASE.mkdir(parents=True, exist_ok=True)
     print(f"bench: baseline {rev} ({commit[:7]}): git worktree add --detach {src}", file=sys.stderr, flush=True)
     added = git("worktree", "add", "--detach", str(src), commit)
