@@ -883,12 +883,14 @@ fn control_clients_cost_the_master_no_thread() {
     let (master, _) = Master::start_ready(&options, fixture("fixture-echo"), &[], 1);
     let first = follow(&control.path);
     let before = threads(master.pid());
-    let followers: Vec<_> = (0..40).map(|_| follow(&control.path)).collect();
+    let followers: Vec<_> = (0..MAX_FOLLOWERS / 2)
+        .map(|_| follow(&control.path))
+        .collect();
     // Connected and never sending their request: each is being read.
-    let idle: Vec<_> = (0..MAX_REQUESTS / 2)
+    let idle: Vec<_> = (0..MAX_REQUESTS / 4)
         .map(|_| UnixStream::connect(&control.path).unwrap())
         .collect();
-    // Answered after the connections above were accepted (a place each: half the places).
+    // Answered after the connections above were accepted (a place each: a quarter of them).
     assert_eq!(status(&control.path)["pid"], master.pid());
     let after = threads(master.pid());
     assert!(
