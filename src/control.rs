@@ -55,7 +55,7 @@
 //!   (it does not read) is dropped: the records queued are still written, then one last line
 //!   `{"ok":false,"error":"dropped: …"}`, and the connection ends. The kernel buffer of a
 //!   follower's connection is kept small (16 KiB).
-//! - **Writes.** A reply, a record or a last line that the client takes none of for 5 s ends the
+//! - **Writes.** A reply, a record or a last line that the client takes none of for 10 s ends the
 //!   connection (a follower that does not read is dropped so, its last line unwritten).
 //! - **Answers of the supervision loop** come through std channels, which a waiting request
 //!   looks at every millisecond at first, then less often, up to every 20 ms: never a blocking
@@ -120,7 +120,7 @@ const FOLLOWER_SEND_BUFFER: usize = 16 * 1024;
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a reply, a record or a last line may wait for a client that takes none of it.
-const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How long a connection ended by the master stays open for what its client still sends.
 const LINGER: Duration = Duration::from_secs(1);

@@ -843,7 +843,10 @@ fn a_follower_that_does_not_read_is_dropped() {
             seen.load(Ordering::SeqCst) >= burst * 100
         });
     }
-    assert_eq!(status(&control.path)["pid"], master.pid());
+    // Asked on a raw connection (no client process to start): the stalled follower is read
+    // next, well within the 10 s the master gives a write.
+    let replies = raw_request(&control.path, b"{\"command\":\"status\"}\n", false);
+    assert_eq!(replies[0]["status"]["pid"], master.pid(), "{replies:?}");
 
     let records = to_end(stalled);
     let (last, records) = records.split_last().unwrap();
