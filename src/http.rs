@@ -238,7 +238,7 @@ impl Drop for Server {
 
 /// Whether an accept failed because of one client (try the next at once) rather than because
 /// of the process or the system (out of fds: wait).
-fn client_error(error: &io::Error) -> bool {
+pub(crate) fn client_error(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         io::ErrorKind::ConnectionAborted

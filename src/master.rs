@@ -42,7 +42,7 @@ use crate::readiness;
 use crate::sd_notify::NotifyDir;
 use crate::status::{Record, ResizeOutcome, RestartOutcome, Status};
 use crate::supervisor::{
-    Control, Input, MessageHandler, Program, Supervisor, WorkerSpec, watch_signals,
+    Control, Input, MessageHandler, Program, Subscriber, Supervisor, WorkerSpec, watch_signals,
 };
 use crate::watch::{self, WatchConfig};
 
@@ -557,8 +557,28 @@ impl Handle {
         let (subscriber, records) = mpsc::channel();
         let _ = self
             .events
-            .send(Input::Control(Control::Subscribe(subscriber)));
+            .send(Input::Control(Control::Subscribe(Subscriber::Channel(
+                subscriber,
+            ))));
         records
+    }
+
+    /// As [`events`](Handle::events), through a queue of `capacity` records that never makes
+    /// the master wait: when it is full, the subscription ends and the flag is set.
+    pub(crate) fn follow(
+        &self,
+        capacity: usize,
+    ) -> (
+        tokio::sync::mpsc::Receiver<Record>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let (queue, records) = tokio::sync::mpsc::channel(capacity);
+        let overflowed = std::sync::Arc::default();
+        let subscriber = Subscriber::Queue(queue, std::sync::Arc::clone(&overflowed));
+        let _ = self
+            .events
+            .send(Input::Control(Control::Subscribe(subscriber)));
+        (records, overflowed)
     }
 
     /// Stops gracefully: the stop signal, then SIGKILL after the kill timeout. The returned
@@ -609,6 +629,12 @@ impl<T> Waiter<T> {
             Err(mpsc::RecvTimeoutError::Timeout) => Err(self),
             Err(mpsc::RecvTimeoutError::Disconnected) => Ok(None),
         }
+    }
+
+    /// The channel the answer comes through (for the control socket, which looks at it from
+    /// the I/O loop without blocking).
+    pub(crate) fn into_receiver(self) -> Receiver<T> {
+        self.waiter
     }
 }
 

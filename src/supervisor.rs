@@ -94,8 +94,39 @@ pub(crate) enum Control {
     QuitHard(Option<Sender<ExitReason>>),
     /// A snapshot of the master, to the sender.
     Status(Sender<Status>),
-    /// Every lifecycle event from now on, to the sender, until it hangs up.
-    Subscribe(Sender<Record>),
+    /// Every lifecycle event from now on, to the subscriber, until it hangs up.
+    Subscribe(Subscriber),
+}
+
+/// Where a subscriber's lifecycle events go. Sending never blocks the driver.
+#[derive(Debug)]
+pub(crate) enum Subscriber {
+    /// The library's [`Handle::events`](crate::master::Handle::events): a channel the
+    /// embedder's own code reads.
+    Channel(Sender<Record>),
+    /// A control socket's follower: a bounded queue. One that is full is dropped (its sender
+    /// goes, so the follower sees the end), and `overflowed` says why.
+    Queue(
+        tokio::sync::mpsc::Sender<Record>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ),
+}
+
+impl Subscriber {
+    /// Queues `record`; `false` when the subscriber is gone or was dropped for being full.
+    fn send(&self, record: &Record) -> bool {
+        match self {
+            Self::Channel(sender) => sender.send(record.clone()).is_ok(),
+            Self::Queue(queue, overflowed) => match queue.try_send(record.clone()) {
+                Ok(()) => true,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    overflowed.store(true, std::sync::atomic::Ordering::Release);
+                    false
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+            },
+        }
+    }
 }
 
 /// A message handler: the worker's slot and the notify message.
@@ -1194,7 +1225,7 @@ pub(crate) struct DriverState {
     /// Who waits for the outcome of which roll request.
     waiters: HashMap<u64, Sender<RestartOutcome>>,
     /// Who follows the lifecycle events.
-    subscribers: Vec<Sender<Record>>,
+    subscribers: Vec<Subscriber>,
     /// Who waits for every slot of a size to be ready.
     resize_waiters: Vec<(usize, Sender<ResizeOutcome>)>,
     /// Who waits for the master to end.
@@ -1275,7 +1306,7 @@ impl DriverState {
     /// Sends a lifecycle event to every subscriber still listening.
     fn publish(&mut self, record: &Record) {
         self.subscribers
-            .retain(|subscriber| subscriber.send(record.clone()).is_ok());
+            .retain(|subscriber| subscriber.send(record));
     }
 
     /// A new roll request's number.
