@@ -312,6 +312,9 @@ impl Master {
     /// Validates the settings, binds the listeners, runs the cluster until it is stopped, and
     /// removes what it created. Bad input is an error before any worker is spawned.
     pub fn run(self) -> Result<Outcome, Error> {
+        // From here to the return, a stalled stderr or stdout never holds up supervision: lines
+        // are queued, and dropped with a count when the queue is full.
+        let _queued = output::Queued::start();
         let handle = self.handle();
         let bound = SizeBound::here();
         bound

@@ -25,7 +25,6 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -41,7 +40,7 @@ use crate::dev::{DevLoop, Reload};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::master::SizeBound;
-use crate::output::{self, Tail, WorkerOutput};
+use crate::output::{self, Readers, Tail, WorkerOutput};
 use crate::readiness::{self, ListenerInodes};
 use crate::sd_notify::{self, NotifyDir, NotifySocket};
 use crate::status::{
@@ -138,7 +137,7 @@ struct RunningWorker {
     hinted: bool,
     _notify: NotifySocket,
     stderr_tail: Tail,
-    output: Vec<JoinHandle<()>>,
+    output: Readers,
 }
 
 /// A worker that exited, kept for a failure report.
@@ -146,7 +145,7 @@ struct ExitedWorker {
     slot: usize,
     pid: i32,
     stderr_tail: Tail,
-    output: Vec<JoinHandle<()>>,
+    output: Readers,
 }
 
 pub(crate) struct Supervisor<'a> {
@@ -265,8 +264,8 @@ impl Supervisor<'_> {
         }
         // Let the last lines of every worker reach the terminal before the master exits.
         let deadline = after(Instant::now(), Duration::from_secs(2));
-        for exited in state.exited.drain(..) {
-            wait_for_threads(exited.output, deadline);
+        for mut exited in state.exited.drain(..) {
+            exited.output.wait(deadline);
         }
         Ok(reason)
     }
@@ -1112,7 +1111,7 @@ struct Group {
     end: ProcessEnd,
 }
 
-/// How many exited workers' output threads and stderr tails are kept.
+/// How many exited workers' output readers and stderr tails are kept.
 const EXITED_KEPT: usize = 32;
 
 impl DriverState {
@@ -1145,10 +1144,9 @@ impl DriverState {
         // An exited worker's reader may still be draining its pipe: its last lines are the
         // ones that tell why it failed.
         if let Some(exited) = self.exited.iter_mut().find(|exited| exited.pid == pid) {
-            wait_for_threads(
-                std::mem::take(&mut exited.output),
-                after(Instant::now(), Duration::from_secs(1)),
-            );
+            exited
+                .output
+                .wait(after(Instant::now(), Duration::from_secs(1)));
         }
         let tail = self
             .workers
@@ -1203,29 +1201,18 @@ fn report_stderr_tail(state: &mut DriverState, pid: i32) {
     let Some(index) = state.exited.iter().position(|exited| exited.pid == pid) else {
         return;
     };
-    let Some(exited) = state.exited.remove(index) else {
+    let Some(mut exited) = state.exited.remove(index) else {
         return;
     };
     // Its stderr reader may still be draining the pipe.
-    wait_for_threads(exited.output, after(Instant::now(), Duration::from_secs(2)));
+    exited
+        .output
+        .wait(after(Instant::now(), Duration::from_secs(2)));
     let Ok(tail) = exited.stderr_tail.lock() else {
         return;
     };
     for line in tail.iter() {
         output::master_line(&format!("w{} stderr: {line}", exited.slot));
-    }
-}
-
-/// Joins threads that finish by `deadline`; leaves the others (a grandchild of a worker may
-/// hold its pipe open forever).
-fn wait_for_threads(threads: Vec<JoinHandle<()>>, deadline: Instant) {
-    for thread in threads {
-        while !thread.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if thread.is_finished() {
-            let _ = thread.join();
-        }
     }
 }
 
