@@ -8,17 +8,24 @@
 //! - **Readers.** A worker's stdout and stderr pipes are read by tasks on the master's I/O loop
 //!   ([`IoLoop`]), never a thread per pipe, through a fixed buffer into a line of at most
 //!   [`LINE_CAP`] bytes: a longer line (a `\r` progress bar, a binary dump) is shown in pieces of
-//!   that size, each but the last ending in [`CUT_MARKER`]. A reader never waits for the master's
-//!   stream: a worker is never held up by a terminal nobody reads. With `--silent` the worker
-//!   writes to `/dev/null` and the master reads nothing at all.
+//!   that size, each but the last ending in [`CUT_MARKER`]. With `--silent` the worker writes to
+//!   `/dev/null` and the master reads nothing at all.
 //! - **Writers.** While a master runs ([`Queued`]), every line for the master's stdout or stderr
-//!   (its own and its workers') goes into that stream's queue of at most [`QUEUE_BYTES`] bytes,
-//!   written by a thread of the stream's own with blocking writes (the stream's file description
-//!   is shared with other processes: it is never made non-blocking). When the stream blocks (a
-//!   paused terminal, a log pipe nobody reads) and the queue is full, a new line is dropped and
-//!   counted, never waited for; once the stream takes writes again, one line in the place of
-//!   the gap says how many (`mcluster: 1,234 lines dropped: stderr was not read`). Outside a
-//!   run (the client commands, errors before a run) lines are written at once.
+//!   (its own and its workers') goes into that stream's queue, written by a thread of the
+//!   stream's own with blocking writes (the stream's file description is shared with other
+//!   processes: it is never made non-blocking). The queue holds at most [`QUEUE_BYTES`] of
+//!   workers' lines, and [`MASTER_RESERVE`] more for the master's own, so that a chatty worker
+//!   never crowds them out.
+//! - **When a stream is slow**, a worker's reader waits for room (the worker then waits on its
+//!   pipe, as it would writing to a slow terminal itself): nothing is lost. The master's own
+//!   lines never wait; beyond the queue they are dropped.
+//! - **When a stream is stalled** (one write has taken [`STALLED`]: a paused terminal, a log pipe
+//!   nobody reads), nobody waits for it: every line that does not fit is dropped and counted, the
+//!   workers' too, and the master goes on supervising. Once the stream takes writes again, one
+//!   line in the place of the gap says how many (`mcluster: 1,234 lines dropped: stderr was not
+//!   read`).
+//!
+//! Outside a run (the client commands, errors before a run) lines are written at once.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -49,9 +56,17 @@ const TAIL_LINE_CAP: usize = 4 * 1024;
 /// What a `--silent` worker's failure report shows instead of its last stderr lines.
 const SILENCED: &str = "not kept: --silent sends the workers' output to /dev/null";
 
-/// The most bytes of lines waiting for one of the master's streams; a line beyond is dropped
-/// and counted.
-pub(crate) const QUEUE_BYTES: usize = 256 * 1024;
+/// The most bytes of workers' lines waiting for one of the master's streams.
+const QUEUE_BYTES: usize = 256 * 1024;
+
+/// The room beyond [`QUEUE_BYTES`] for the master's own lines.
+const MASTER_RESERVE: usize = 64 * 1024;
+
+/// How long one write to a stream may take before the stream counts as stalled.
+const STALLED: Duration = Duration::from_secs(1);
+
+/// How much of a worker's pipe is read at once.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// How long the end of a run waits for the queued lines to be written.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
@@ -112,13 +127,39 @@ static QUEUED: AtomicUsize = AtomicUsize::new(0);
 static STDOUT: Writer = Writer::new(Stream::Stdout);
 static STDERR: Writer = Writer::new(Stream::Stderr);
 
+/// A line of the master's own: queued, or dropped when there is no room; never waited for.
 fn write_line(stream: Stream, line: String) {
-    if QUEUED.load(Ordering::Acquire) > 0 {
-        stream.writer().push(line);
-    } else {
+    if QUEUED.load(Ordering::Acquire) == 0 {
         stream.write_now(line.as_bytes());
+        return;
+    }
+    if let Err(Full(_)) = stream.writer().try_push(line, QUEUE_BYTES + MASTER_RESERVE) {
+        stream.writer().drop_line();
     }
 }
+
+/// A worker's line: waits for room while the stream is only slow, dropped once it is stalled.
+async fn write_worker_line(stream: Stream, mut line: String) {
+    if QUEUED.load(Ordering::Acquire) == 0 {
+        stream.write_now(line.as_bytes());
+        return;
+    }
+    let writer = stream.writer();
+    loop {
+        let room = writer.room.notified();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        match writer.try_push(line, QUEUE_BYTES) {
+            Ok(()) => return,
+            Err(Full(back)) => line = back,
+        }
+        // The stream may stall meanwhile: nothing would make room then.
+        let _ = tokio::time::timeout(STALLED, room).await;
+    }
+}
+
+/// A line given back: no room for it, and the stream is not stalled.
+struct Full(String);
 
 /// While alive, the master's lines go through the bounded queues (see the module's doc);
 /// dropping it waits a little ([`FLUSH_WAIT`]) for them to be written, then lines are written
@@ -148,15 +189,16 @@ enum Entry {
     Dropped(u64),
 }
 
-/// A stream's queue: at most `cap` bytes of lines, plus the counts of lines dropped between
-/// them.
+/// A stream's queue: lines, and the counts of lines dropped between them.
 #[derive(Debug)]
 struct Queue {
     entries: VecDeque<Entry>,
+    /// The bytes of the lines in `entries`.
     bytes: usize,
-    cap: usize,
     /// An entry is being written.
     writing: bool,
+    /// Since when the entry being written is.
+    writing_since: Option<Instant>,
     thread: Thread,
 }
 
@@ -170,29 +212,39 @@ enum Thread {
 }
 
 impl Queue {
-    const fn new(cap: usize) -> Self {
+    const fn new() -> Self {
         Self {
             entries: VecDeque::new(),
             bytes: 0,
-            cap,
             writing: false,
+            writing_since: None,
             thread: Thread::NotStarted,
         }
     }
 
-    /// Queues `line`, or counts it dropped when it does not fit; `false` when dropped.
-    fn push(&mut self, line: String) -> bool {
-        // A line alone always fits: a stream that takes writes loses nothing.
-        if self.bytes + line.len() > self.cap && !self.entries.is_empty() {
-            match self.entries.back_mut() {
-                Some(Entry::Dropped(count)) => *count += 1,
-                _ => self.entries.push_back(Entry::Dropped(1)),
-            }
-            return false;
-        }
+    /// Whether a line of `len` bytes fits within `limit` bytes. A line alone always fits: a
+    /// stream that takes writes loses nothing.
+    fn fits(&self, len: usize, limit: usize) -> bool {
+        self.entries.is_empty() || self.bytes + len <= limit
+    }
+
+    fn push(&mut self, line: String) {
         self.bytes += line.len();
         self.entries.push_back(Entry::Line(line));
-        true
+    }
+
+    /// Counts a line dropped, in the place it would have had.
+    fn drop_line(&mut self) {
+        match self.entries.back_mut() {
+            Some(Entry::Dropped(count)) => *count += 1,
+            _ => self.entries.push_back(Entry::Dropped(1)),
+        }
+    }
+
+    /// Whether the stream has taken [`STALLED`] for one write already.
+    fn stalled(&self, now: Instant) -> bool {
+        self.writing_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= STALLED)
     }
 
     fn pop(&mut self) -> Option<Entry> {
@@ -210,14 +262,17 @@ struct Writer {
     queue: Mutex<Queue>,
     /// Signalled when an entry is queued, and when the queue is written out.
     changed: Condvar,
+    /// Notified when an entry was taken off the queue.
+    room: tokio::sync::Notify,
 }
 
 impl Writer {
     const fn new(stream: Stream) -> Self {
         Self {
             stream,
-            queue: Mutex::new(Queue::new(QUEUE_BYTES)),
+            queue: Mutex::new(Queue::new()),
             changed: Condvar::new(),
+            room: tokio::sync::Notify::const_new(),
         }
     }
 
@@ -225,7 +280,9 @@ impl Writer {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn push(&'static self, line: String) {
+    /// Queues `line` if it fits within `limit` bytes. When it does not: dropped and counted if
+    /// the stream is stalled, else given back.
+    fn try_push(&'static self, line: String, limit: usize) -> Result<(), Full> {
         let mut queue = self.lock();
         if queue.thread == Thread::NotStarted {
             let spawned = std::thread::Builder::new()
@@ -238,12 +295,26 @@ impl Writer {
             };
         }
         if queue.thread == Thread::Failed {
+            // No thread to write: the old way, at once.
             drop(queue);
             self.stream.write_now(line.as_bytes());
-            return;
+            return Ok(());
         }
-        queue.push(line);
+        if queue.fits(line.len(), limit) {
+            queue.push(line);
+        } else if queue.stalled(Instant::now()) {
+            queue.drop_line();
+            return Ok(());
+        } else {
+            return Err(Full(line));
+        }
         drop(queue);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    fn drop_line(&self) {
+        self.lock().drop_line();
         self.changed.notify_all();
     }
 
@@ -252,6 +323,7 @@ impl Writer {
         loop {
             let Some(entry) = queue.pop() else {
                 queue.writing = false;
+                queue.writing_since = None;
                 self.changed.notify_all();
                 queue = self
                     .changed
@@ -260,7 +332,9 @@ impl Writer {
                 continue;
             };
             queue.writing = true;
+            queue.writing_since = Some(Instant::now());
             drop(queue);
+            self.room.notify_waiters();
             match entry {
                 Entry::Line(line) => self.stream.write_now(line.as_bytes()),
                 Entry::Dropped(count) => self.stream.write_now(
@@ -416,7 +490,8 @@ impl Sink {
         }
     }
 
-    fn line(&self, text: &str, cut: bool) {
+    /// Keeps the line in the tail, and gives it back as written to the stream.
+    fn line(&self, text: &str, cut: bool) -> String {
         let marker = if cut { CUT_MARKER } else { "" };
         if let Some(tail) = &self.tail
             && let Ok(mut tail) = tail.lock()
@@ -426,22 +501,25 @@ impl Sink {
             }
             tail.push_back(capped(text, TAIL_LINE_CAP, marker));
         }
-        write_line(self.stream, format!("{} {text}{marker}\n", self.prefix));
+        format!("{} {text}{marker}\n", self.prefix)
     }
 }
 
 /// Copies `pipe` line by line to the sink, until its end (or a read error).
 async fn forward_lines(pipe: tokio::net::unix::pipe::Receiver, sink: Sink) {
-    let mut buffer = vec![0u8; LINE_CAP];
+    let mut buffer = vec![0u8; READ_CHUNK];
     let mut lines = Lines::new(LINE_CAP);
-    let mut each = |text: &str, cut: bool| sink.line(text, cut);
+    // The lines of one chunk, written before the next chunk is read.
+    let mut ready = Vec::new();
     loop {
         if pipe.readable().await.is_err() {
             break;
         }
         match pipe.try_read(&mut buffer) {
             Ok(0) => break,
-            Ok(read) => lines.push(&buffer[..read], &mut each),
+            Ok(read) => lines.push(&buffer[..read], &mut |text, cut| {
+                ready.push(sink.line(text, cut));
+            }),
             Err(error)
                 if matches!(
                     error.kind(),
@@ -449,8 +527,14 @@ async fn forward_lines(pipe: tokio::net::unix::pipe::Receiver, sink: Sink) {
                 ) => {}
             Err(_) => break,
         }
+        for line in ready.drain(..) {
+            write_worker_line(sink.stream, line).await;
+        }
     }
-    lines.finish(&mut each);
+    lines.finish(&mut |text, cut| ready.push(sink.line(text, cut)));
+    for line in ready {
+        write_worker_line(sink.stream, line).await;
+    }
 }
 
 /// `text` and `marker`, or at most `cap` bytes of `text` and [`CUT_MARKER`].
@@ -617,12 +701,14 @@ mod tests {
 
     #[test]
     fn a_line_that_does_not_fit_is_dropped_and_counted_in_its_place() {
-        let mut queue = Queue::new(10);
-        assert!(queue.push("12345678".to_owned()));
-        assert!(!queue.push("abc".to_owned()));
-        assert!(!queue.push("def".to_owned()));
-        assert!(queue.push("xy".to_owned()));
-        assert!(!queue.push("z".to_owned()));
+        let mut queue = Queue::new();
+        queue.push("12345678".to_owned());
+        assert!(!queue.fits(3, 10));
+        queue.drop_line();
+        queue.drop_line();
+        assert!(queue.fits(2, 10));
+        queue.push("xy".to_owned());
+        queue.drop_line();
         assert_eq!(queue.pop(), Some(Entry::Line("12345678".to_owned())));
         assert_eq!(queue.pop(), Some(Entry::Dropped(2)));
         assert_eq!(queue.pop(), Some(Entry::Line("xy".to_owned())));
@@ -630,7 +716,17 @@ mod tests {
         assert_eq!(queue.pop(), None);
         assert_eq!(queue.bytes, 0);
         // Alone, a line longer than the queue still goes.
-        assert!(queue.push("0123456789abc".to_owned()));
+        assert!(queue.fits(13, 10));
+    }
+
+    #[test]
+    fn a_stream_is_stalled_after_one_long_write() {
+        let mut queue = Queue::new();
+        let start = Instant::now();
+        assert!(!queue.stalled(start + STALLED));
+        queue.writing_since = Some(start);
+        assert!(!queue.stalled(start + STALLED / 2));
+        assert!(queue.stalled(start + STALLED));
     }
 
     #[test]
