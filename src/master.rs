@@ -278,7 +278,10 @@ impl Master {
         self
     }
 
-    /// Called with the worker's slot and the text of every notify message it sends.
+    /// Called with the worker's slot and the text of every notify message it sends, in order.
+    /// A worker that sends faster than the master handles them (more than 64 messages between
+    /// two turns of its loop) has the rest counted in one line of the master's instead: its
+    /// `READY=1`, `WATCHDOG=1`, `STOPPING=1` and latest `STATUS=` still count.
     #[must_use]
     pub fn on_message(mut self, handler: impl FnMut(usize, &str) + Send + 'static) -> Self {
         self.on_message = Some(Box::new(handler));

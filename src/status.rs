@@ -171,7 +171,9 @@ pub enum Record {
         /// How it ended (`exited with status 1`, `killed by signal SIGKILL`).
         end: String,
     },
-    /// A worker sent a notify message.
+    /// A worker sent a notify message (as the handler of
+    /// [`Master::on_message`](crate::master::Master::on_message) sees them: a flood is cut
+    /// short).
     Notify {
         /// Its slot.
         slot: usize,

@@ -42,7 +42,7 @@ use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::master::SizeBound;
 use crate::output::{self, Readers, Tail, WorkerOutput};
 use crate::readiness::{self, ListenerInodes};
-use crate::sd_notify::{self, NotifyDir, NotifySocket};
+use crate::sd_notify::{NotifyDir, NotifySocket};
 use crate::status::{
     self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
 };
@@ -73,8 +73,9 @@ const QUEUED_BEFORE_DEADLINE: usize = 64;
 pub(crate) enum Input {
     /// A signal the master received.
     Signal(i32),
-    /// A datagram on a worker's notify socket.
-    Notify { key: WorkerKey, text: String },
+    /// A worker's notify socket has messages (coalesced: see [`sd_notify`](crate::sd_notify)); at most one per
+    /// worker waits in the inbox.
+    Notify { key: WorkerKey },
     /// A request from the embedder's handle.
     Control(Control),
     /// Dev mode: files really changed (a debounced batch).
@@ -135,7 +136,8 @@ struct RunningWorker {
     spawned: Instant,
     /// Whether it was told it is not seen accepting.
     hinted: bool,
-    _notify: NotifySocket,
+    /// Its notify socket, with the messages the driver has not taken yet.
+    notify: NotifySocket,
     stderr_tail: Tail,
     output: Readers,
 }
@@ -325,7 +327,7 @@ impl Supervisor<'_> {
     fn dispatch(&mut self, state: &mut DriverState, input: Input) {
         match input {
             Input::Signal(signal) => self.on_signal(state, signal),
-            Input::Notify { key, text } => self.on_notify(state, key, &text),
+            Input::Notify { key } => self.on_notify(state, key),
             Input::Control(control) => match control {
                 Control::Roll(outcome) => self.roll_requested(state, outcome),
                 Control::Status(reply) => {
@@ -399,30 +401,42 @@ impl Supervisor<'_> {
         self.feed(state, event);
     }
 
-    fn on_notify(&mut self, state: &mut DriverState, key: WorkerKey, text: &str) {
+    /// Takes a worker's notify messages: every message kept goes to the message handler and
+    /// the followers, the latest status is shown, the facts go to the core.
+    fn on_notify(&mut self, state: &mut DriverState, key: WorkerKey) {
         let Some(worker) = state.workers.get_mut(&key) else {
             return;
         };
         let (slot, pid) = (worker.slot, worker.pid);
-        if let Some(status) = sd_notify::status(text) {
-            worker.status = Some(status.to_owned());
+        let taken = worker.notify.take();
+        if let Some(status) = &taken.status {
+            worker.status = Some(status.clone());
             output::master_line(&format!("w{slot} status: {status}"));
         }
-        if let Some(handler) = &mut self.on_message {
-            handler(slot, text);
+        for text in &taken.messages {
+            if let Some(handler) = &mut self.on_message {
+                handler(slot, text);
+            }
+            state.publish(&Record::Notify {
+                slot,
+                pid,
+                message: text.clone(),
+            });
         }
-        state.publish(&Record::Notify {
-            slot,
-            pid,
-            message: text.to_owned(),
-        });
-        if sd_notify::says(text, "READY=1") {
+        if taken.dropped > 0 {
+            output::master_line(&format!(
+                "w{slot} (pid {pid}) sent notify messages faster than they were handled: {} not \
+                 passed on (its READY, WATCHDOG, STOPPING and latest STATUS still count)",
+                taken.dropped
+            ));
+        }
+        if taken.ready {
             self.feed(state, Event::Ready { key });
         }
-        if sd_notify::says(text, "WATCHDOG=1") {
+        if taken.watchdog {
             self.feed(state, Event::Watchdog { key });
         }
-        if sd_notify::says(text, "STOPPING=1") {
+        if taken.stopping {
             self.feed(state, Event::Stopping { key });
         }
     }
@@ -831,7 +845,7 @@ impl Supervisor<'_> {
                 probe: self.probe.as_ref().map(|_| readiness::Starting::new(pid)),
                 spawned: Instant::now(),
                 hinted: false,
-                _notify: notify,
+                notify,
                 stderr_tail,
                 output,
             },
