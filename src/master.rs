@@ -553,10 +553,12 @@ impl Handle {
     }
 
     /// Every lifecycle event from now on (workers spawned, ready, exited, notify messages,
-    /// rolls), until the receiver is dropped or the master stops.
+    /// rolls), until the receiver is dropped or the master stops, or the receiver falls
+    /// [`FOLLOWER_QUEUE`](crate::status::FOLLOWER_QUEUE) records behind: the master never
+    /// holds more for a follower that does not read, and ends its subscription instead.
     #[must_use]
     pub fn events(&self) -> Receiver<Record> {
-        let (subscriber, records) = mpsc::channel();
+        let (subscriber, records) = mpsc::sync_channel(crate::status::FOLLOWER_QUEUE);
         let _ = self
             .events
             .send(Input::Control(Control::Subscribe(subscriber)));

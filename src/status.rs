@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+/// The most records waiting for one follower of the master's events
+/// ([`Handle::events`](crate::master::Handle::events)); one more ends its subscription.
+pub const FOLLOWER_QUEUE: usize = 4096;
+
 /// A snapshot of a running master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
