@@ -299,14 +299,23 @@ impl Drop for NotifySocket {
     }
 }
 
+/// Which of the assignments the core hears about a worker sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Facts {
+    /// `READY=1`
+    pub(crate) ready: bool,
+    /// `WATCHDOG=1`
+    pub(crate) watchdog: bool,
+    /// `STOPPING=1`
+    pub(crate) stopping: bool,
+}
+
 /// A worker's notify messages since the driver last took them (see the module's doc).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Coalesced {
     /// The latest `STATUS=` text.
     pub(crate) status: Option<String>,
-    pub(crate) ready: bool,
-    pub(crate) watchdog: bool,
-    pub(crate) stopping: bool,
+    pub(crate) facts: Facts,
     /// The messages, oldest first, at most [`MESSAGES_KEPT`].
     pub(crate) messages: Vec<String>,
     /// Messages beyond [`MESSAGES_KEPT`], not kept.
@@ -321,9 +330,9 @@ impl Coalesced {
         if let Some(status) = status(&message) {
             self.status = Some(status.to_owned());
         }
-        self.ready |= says(&message, "READY=1");
-        self.watchdog |= says(&message, "WATCHDOG=1");
-        self.stopping |= says(&message, "STOPPING=1");
+        self.facts.ready |= says(&message, "READY=1");
+        self.facts.watchdog |= says(&message, "WATCHDOG=1");
+        self.facts.stopping |= says(&message, "STOPPING=1");
         if self.messages.len() < MESSAGES_KEPT {
             self.messages.push(message);
         } else {
@@ -403,10 +412,10 @@ mod tests {
             let next = socket.take();
             taken.messages.extend(next.messages);
             taken.dropped += next.dropped;
-            taken.ready |= next.ready;
+            taken.facts.ready |= next.facts.ready;
             taken.status = next.status.or(taken.status);
         }
-        assert!(taken.ready);
+        assert!(taken.facts.ready);
         assert_eq!(taken.status.as_deref(), Some(&*format!("{}", more - 1)));
         assert_eq!(taken.messages[0], "READY=1\nSTATUS=up");
         // One wake-up for the first message; at most one more for those after a take.
@@ -435,7 +444,14 @@ mod tests {
             assert!(!pending.add(format!("STATUS={n}\nWATCHDOG=1")));
         }
         assert!(!pending.add("STOPPING=1".to_owned()));
-        assert!(pending.ready && pending.watchdog && pending.stopping);
+        assert_eq!(
+            pending.facts,
+            Facts {
+                ready: true,
+                watchdog: true,
+                stopping: true
+            }
+        );
         assert_eq!(pending.status.as_deref(), Some("999"));
         assert_eq!(pending.messages.len(), MESSAGES_KEPT);
         assert_eq!(pending.dropped, 1002 - MESSAGES_KEPT as u64);

@@ -469,13 +469,13 @@ impl Supervisor<'_> {
                 taken.dropped
             ));
         }
-        if taken.ready {
+        if taken.facts.ready {
             self.feed(state, Event::Ready { key });
         }
-        if taken.watchdog {
+        if taken.facts.watchdog {
             self.feed(state, Event::Watchdog { key });
         }
-        if taken.stopping {
+        if taken.facts.stopping {
             self.feed(state, Event::Stopping { key });
         }
     }

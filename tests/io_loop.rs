@@ -150,7 +150,7 @@ fn sent(dir: &Path) -> u64 {
 }
 
 /// Workers flood their notify sockets with `STATUS=` lines while the master's stderr is a pipe
-/// nobody reads: the master stays small, still replaces a SIGKILLed worker and answers
+/// nobody reads: the master stays small, still replaces a worker killed by SIGKILL and answers
 /// `mcluster status`, and once its stderr is read again it says how many lines it dropped.
 #[test]
 fn a_notify_flood_with_stderr_unread_leaves_the_master_small_and_supervising() {
