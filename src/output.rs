@@ -11,13 +11,15 @@
 //!   that size, each but the last ending in [`CUT_MARKER`]. With `--silent` the worker writes to
 //!   `/dev/null` and the master reads nothing at all.
 //! - **Writers.** While a master runs ([`Queued`]), every line for the master's stdout or stderr
-//!   (its own and its workers') goes into that stream's queue, written by a thread of the
+//!   (its own, its workers', and cargo's output in dev mode) goes into that stream's queue,
+//!   written by a thread of the
 //!   stream's own with blocking writes (the stream's file description is shared with other
 //!   processes: it is never made non-blocking). The queue holds at most [`QUEUE_BYTES`] of
 //!   workers' lines, and [`MASTER_RESERVE`] more for the master's own, so that a chatty worker
 //!   never crowds them out.
 //! - **When a stream is slow**, a worker's reader waits for room (the worker then waits on its
-//!   pipe, as it would writing to a slow terminal itself): nothing is lost. The master's own
+//!   pipe, as it would writing to a slow terminal itself), and so does the build's: nothing is
+//!   lost. The master's own
 //!   lines never wait; beyond the queue they are dropped.
 //! - **When a stream is stalled** (one write has taken [`STALLED`]: a paused terminal, a log pipe
 //!   nobody reads), nobody waits for it: every line that does not fit is dropped and counted, the
@@ -133,17 +135,21 @@ fn write_line(stream: Stream, line: String) {
         stream.write_now(line.as_bytes());
         return;
     }
-    if let Err(Full(_)) = stream.writer().try_push(line, QUEUE_BYTES + MASTER_RESERVE) {
-        stream.writer().drop_line();
+    if let Err(Full(line)) = stream
+        .writer()
+        .try_push(line.into_bytes(), QUEUE_BYTES + MASTER_RESERVE)
+    {
+        stream.writer().drop_lines(&line);
     }
 }
 
 /// A worker's line: waits for room while the stream is only slow, dropped once it is stalled.
-async fn write_worker_line(stream: Stream, mut line: String) {
+async fn write_worker_line(stream: Stream, line: String) {
     if QUEUED.load(Ordering::Acquire) == 0 {
         stream.write_now(line.as_bytes());
         return;
     }
+    let mut line = line.into_bytes();
     let writer = stream.writer();
     loop {
         let room = writer.room.notified();
@@ -158,8 +164,28 @@ async fn write_worker_line(stream: Stream, mut line: String) {
     }
 }
 
-/// A line given back: no room for it, and the stream is not stalled.
-struct Full(String);
+/// A piece of cargo's output for the master's stderr, as it comes (not cut into lines, to keep
+/// its colours and progress bar), from the build's own thread: waits for room while stderr is
+/// only slow (cargo then waits on its pipe), dropped and counted once stderr is stalled.
+pub(crate) fn build_output(bytes: &[u8]) {
+    let stream = Stream::Stderr;
+    if QUEUED.load(Ordering::Acquire) == 0 {
+        stream.write_now(bytes);
+        return;
+    }
+    let writer = stream.writer();
+    let mut piece = bytes.to_vec();
+    loop {
+        match writer.try_push(piece, QUEUE_BYTES) {
+            Ok(()) => return,
+            Err(Full(back)) => piece = back,
+        }
+        writer.wait_for_room(piece.len(), QUEUE_BYTES, STALLED);
+    }
+}
+
+/// Output given back: no room for it, and the stream is not stalled.
+struct Full(Vec<u8>);
 
 /// While alive, the master's lines go through the bounded queues (see the module's doc);
 /// dropping it waits a little ([`FLUSH_WAIT`]) for them to be written, then lines are written
@@ -185,7 +211,7 @@ impl Drop for Queued {
 /// What waits for a stream: lines, and in place of the lines dropped there, how many.
 #[derive(Debug, PartialEq, Eq)]
 enum Entry {
-    Line(String),
+    Line(Vec<u8>),
     Dropped(u64),
 }
 
@@ -228,16 +254,18 @@ impl Queue {
         self.entries.is_empty() || self.bytes + len <= limit
     }
 
-    fn push(&mut self, line: String) {
+    fn push(&mut self, line: Vec<u8>) {
         self.bytes += line.len();
         self.entries.push_back(Entry::Line(line));
     }
 
-    /// Counts a line dropped, in the place it would have had.
-    fn drop_line(&mut self) {
+    /// Counts the lines of `output` dropped (one at least), in the place they would have had.
+    fn drop_lines(&mut self, output: &[u8]) {
+        let lines = output.iter().filter(|&&byte| byte == b'\n').count().max(1);
+        let lines = u64::try_from(lines).unwrap_or(u64::MAX);
         match self.entries.back_mut() {
-            Some(Entry::Dropped(count)) => *count += 1,
-            _ => self.entries.push_back(Entry::Dropped(1)),
+            Some(Entry::Dropped(count)) => *count = count.saturating_add(lines),
+            _ => self.entries.push_back(Entry::Dropped(lines)),
         }
     }
 
@@ -282,7 +310,7 @@ impl Writer {
 
     /// Queues `line` if it fits within `limit` bytes. When it does not: dropped and counted if
     /// the stream is stalled, else given back.
-    fn try_push(&'static self, line: String, limit: usize) -> Result<(), Full> {
+    fn try_push(&'static self, line: Vec<u8>, limit: usize) -> Result<(), Full> {
         let mut queue = self.lock();
         if queue.thread == Thread::NotStarted {
             let spawned = std::thread::Builder::new()
@@ -297,13 +325,13 @@ impl Writer {
         if queue.thread == Thread::Failed {
             // No thread to write: the old way, at once.
             drop(queue);
-            self.stream.write_now(line.as_bytes());
+            self.stream.write_now(&line);
             return Ok(());
         }
         if queue.fits(line.len(), limit) {
             queue.push(line);
         } else if queue.stalled(Instant::now()) {
-            queue.drop_line();
+            queue.drop_lines(&line);
             return Ok(());
         } else {
             return Err(Full(line));
@@ -313,9 +341,22 @@ impl Writer {
         Ok(())
     }
 
-    fn drop_line(&self) {
-        self.lock().drop_line();
+    fn drop_lines(&self, output: &[u8]) {
+        self.lock().drop_lines(output);
         self.changed.notify_all();
+    }
+
+    /// Waits until `len` bytes fit within `limit`, or an entry is taken off the queue, or
+    /// `timeout`.
+    fn wait_for_room(&self, len: usize, limit: usize, timeout: Duration) {
+        let queue = self.lock();
+        if queue.fits(len, limit) {
+            return;
+        }
+        let _ = self
+            .changed
+            .wait_timeout(queue, timeout)
+            .unwrap_or_else(PoisonError::into_inner);
     }
 
     fn write_forever(&self) {
@@ -335,8 +376,9 @@ impl Writer {
             queue.writing_since = Some(Instant::now());
             drop(queue);
             self.room.notify_waiters();
+            self.changed.notify_all();
             match entry {
-                Entry::Line(line) => self.stream.write_now(line.as_bytes()),
+                Entry::Line(line) => self.stream.write_now(&line),
                 Entry::Dropped(count) => self.stream.write_now(
                     format!(
                         "{} {} dropped: {} was not read\n",
@@ -702,16 +744,17 @@ mod tests {
     #[test]
     fn a_line_that_does_not_fit_is_dropped_and_counted_in_its_place() {
         let mut queue = Queue::new();
-        queue.push("12345678".to_owned());
+        queue.push(b"12345678".to_vec());
         assert!(!queue.fits(3, 10));
-        queue.drop_line();
-        queue.drop_line();
+        queue.drop_lines(b"abc\n");
+        queue.drop_lines(b"d\ne\nf\n");
         assert!(queue.fits(2, 10));
-        queue.push("xy".to_owned());
-        queue.drop_line();
-        assert_eq!(queue.pop(), Some(Entry::Line("12345678".to_owned())));
-        assert_eq!(queue.pop(), Some(Entry::Dropped(2)));
-        assert_eq!(queue.pop(), Some(Entry::Line("xy".to_owned())));
+        queue.push(b"xy".to_vec());
+        // A piece of output without a newline counts as a line.
+        queue.drop_lines(b"progress");
+        assert_eq!(queue.pop(), Some(Entry::Line(b"12345678".to_vec())));
+        assert_eq!(queue.pop(), Some(Entry::Dropped(4)));
+        assert_eq!(queue.pop(), Some(Entry::Line(b"xy".to_vec())));
         assert_eq!(queue.pop(), Some(Entry::Dropped(1)));
         assert_eq!(queue.pop(), None);
         assert_eq!(queue.bytes, 0);
