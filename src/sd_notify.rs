@@ -404,22 +404,35 @@ mod tests {
                 .send_to(format!("STATUS={n}").as_bytes(), socket.path())
                 .unwrap();
         }
-        let mut taken = Coalesced::default();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while taken.messages.len() + usize::try_from(taken.dropped).unwrap() < more + 1 {
-            assert!(std::time::Instant::now() < deadline, "{taken:?}");
+        let held = || {
+            let pending = socket.pending.lock().unwrap();
+            pending.messages.len() + usize::try_from(pending.dropped).unwrap()
+        };
+        while held() < more + 1 {
+            assert!(std::time::Instant::now() < deadline, "{} held", held());
             std::thread::sleep(Duration::from_millis(5));
-            let next = socket.take();
-            taken.messages.extend(next.messages);
-            taken.dropped += next.dropped;
-            taken.facts.ready |= next.facts.ready;
-            taken.status = next.status.or(taken.status);
         }
+        assert_eq!(
+            rx.try_iter().count(),
+            0,
+            "woken again before the driver took any"
+        );
+        let taken = socket.take();
         assert!(taken.facts.ready);
         assert_eq!(taken.status.as_deref(), Some(&*format!("{}", more - 1)));
         assert_eq!(taken.messages[0], "READY=1\nSTATUS=up");
-        // One wake-up for the first message; at most one more for those after a take.
-        assert!(rx.try_iter().count() <= more, "woken once per take at most");
+        assert_eq!(taken.messages.len(), MESSAGES_KEPT);
+        assert_eq!(
+            taken.dropped,
+            u64::try_from(more + 1 - MESSAGES_KEPT).unwrap()
+        );
+        // Taken: the next message wakes the driver again.
+        client.send_to(b"WATCHDOG=1", socket.path()).unwrap();
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Ok(Input::Notify { key: WorkerKey(7) })
+        ));
         let path = socket.path().to_owned();
         drop(socket);
         assert!(!path.exists());
