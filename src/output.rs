@@ -261,7 +261,10 @@ impl Queue {
 
     /// Counts the lines of `output` dropped (one at least), in the place they would have had.
     fn drop_lines(&mut self, output: &[u8]) {
-        let lines = output.iter().filter(|&&byte| byte == b'\n').count().max(1);
+        let lines = output
+            .iter()
+            .fold(0, |lines, &byte| lines + usize::from(byte == b'\n'))
+            .max(1);
         let lines = u64::try_from(lines).unwrap_or(u64::MAX);
         match self.entries.back_mut() {
             Some(Entry::Dropped(count)) => *count = count.saturating_add(lines),
