@@ -19,13 +19,14 @@
 //!   never crowds them out.
 //! - **When a stream is slow**, a worker's reader waits for room (the worker then waits on its
 //!   pipe, as it would writing to a slow terminal itself), and so does the build's: nothing is
-//!   lost. The master's own
-//!   lines never wait; beyond the queue they are dropped.
+//!   lost. The master's own lines never wait: beyond the queue and its reserve they are dropped
+//!   and counted.
 //! - **When a stream is stalled** (one write has taken [`STALLED`]: a paused terminal, a log pipe
 //!   nobody reads), nobody waits for it: every line that does not fit is dropped and counted, the
-//!   workers' too, and the master goes on supervising. Once the stream takes writes again, one
-//!   line in the place of the gap says how many (`mcluster: 1,234 lines dropped: stderr was not
-//!   read`).
+//!   workers' too, and the master goes on supervising.
+//!
+//! Once the stream takes writes again, one line in the place of a gap says how many lines it
+//! lost (`mcluster: 1,234 lines dropped: stderr did not keep up`).
 //!
 //! Outside a run (the client commands, errors before a run) lines are written at once.
 
@@ -384,7 +385,7 @@ impl Writer {
                 Entry::Line(line) => self.stream.write_now(&line),
                 Entry::Dropped(count) => self.stream.write_now(
                     format!(
-                        "{} {} dropped: {} was not read\n",
+                        "{} {} dropped: {} did not keep up\n",
                         master_prefix(),
                         count_lines(count),
                         self.stream.name()

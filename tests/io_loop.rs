@@ -233,7 +233,7 @@ fn a_notify_flood_with_stderr_unread_leaves_the_master_small_and_supervising() {
         {
             let text = String::from_utf8_lossy(&line);
             if text.starts_with("mcluster: ")
-                && text.contains(" lines dropped: stderr was not read")
+                && text.contains(" lines dropped: stderr did not keep up")
             {
                 eprintln!("{}", text.trim_end());
                 seen.store(true, Ordering::Release);
@@ -244,5 +244,23 @@ fn a_notify_flood_with_stderr_unread_leaves_the_master_small_and_supervising() {
     wait_until("a line counting the dropped lines", || {
         dropped_seen.load(Ordering::Acquire)
     });
+
+    // Read again, and still flooded: the other worker, killed, is replaced as well.
+    let victim = workers[1];
+    kill(
+        Pid::from_raw(i32::try_from(victim).unwrap()),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = Instant::now();
+    wait_until("a replacement for the second killed worker", || {
+        let answer = status(&control).expect("mcluster status answers");
+        let ready = ready_pids(&answer);
+        ready.len() == 2 && !ready.contains(&victim)
+    });
+    eprintln!(
+        "stderr read again: a SIGKILLed worker replaced in {:?}",
+        killed.elapsed()
+    );
     drop(master);
 }
