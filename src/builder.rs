@@ -21,7 +21,7 @@
 //! `cargo metadata` of the workspace tells which it was (see [`BuildPlan::refused_option`]).
 
 use std::ffi::OsString;
-use std::io::{self, BufRead, BufReader, Read as _, Write as _};
+use std::io::{self, BufRead, BufReader, Read as _};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
@@ -558,11 +558,7 @@ fn forward_stderr(mut stderr: ChildStderr, kept: &Mutex<Vec<u8>>) {
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        {
-            let mut out = io::stderr().lock();
-            let _ = out.write_all(&buf[..n]);
-            let _ = out.flush();
-        }
+        output::build_output(&buf[..n]);
         if let Ok(mut kept) = kept.lock() {
             kept.extend_from_slice(&buf[..n]);
             if kept.len() > DIAGNOSTICS_KEPT {

@@ -278,7 +278,10 @@ impl Master {
         self
     }
 
-    /// Called with the worker's slot and the text of every notify message it sends.
+    /// Called with the worker's slot and the text of every notify message it sends, in order.
+    /// A worker that sends faster than the master handles them (more than 64 messages between
+    /// two turns of its loop) has the rest counted in one line of the master's instead: its
+    /// `READY=1`, `WATCHDOG=1`, `STOPPING=1` and latest `STATUS=` still count.
     #[must_use]
     pub fn on_message(mut self, handler: impl FnMut(usize, &str) + Send + 'static) -> Self {
         self.on_message = Some(Box::new(handler));
@@ -312,6 +315,9 @@ impl Master {
     /// Validates the settings, binds the listeners, runs the cluster until it is stopped, and
     /// removes what it created. Bad input is an error before any worker is spawned.
     pub fn run(self) -> Result<Outcome, Error> {
+        // From here to the return, a stalled stderr or stdout never holds up supervision: lines
+        // are queued, and dropped with a count when the queue is full.
+        let _queued = output::Queued::start();
         let handle = self.handle();
         let bound = SizeBound::here();
         bound
@@ -551,10 +557,12 @@ impl Handle {
     }
 
     /// Every lifecycle event from now on (workers spawned, ready, exited, notify messages,
-    /// rolls), until the receiver is dropped or the master stops.
+    /// rolls), until the receiver is dropped or the master stops, or the receiver falls
+    /// [`FOLLOWER_QUEUE`](crate::status::FOLLOWER_QUEUE) records behind: the master never
+    /// holds more for a follower that does not read, and ends its subscription instead.
     #[must_use]
     pub fn events(&self) -> Receiver<Record> {
-        let (subscriber, records) = mpsc::channel();
+        let (subscriber, records) = mpsc::sync_channel(crate::status::FOLLOWER_QUEUE);
         let _ = self
             .events
             .send(Input::Control(Control::Subscribe(Subscriber::Channel(

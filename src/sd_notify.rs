@@ -6,6 +6,17 @@
 //! worker ready, `STATUS=…` is its status line, and every message is passed to the embedder's
 //! message handler.
 //!
+//! # Reading, coalesced
+//!
+//! Each socket is read by a task on the master's I/O loop ([`IoLoop`]), never a thread per
+//! worker. What a worker sends is coalesced ([`Coalesced`]) before it reaches the driver, so
+//! that a worker flooding its socket costs the master a fixed amount of memory and the driver
+//! one wake-up per turn: the latest `STATUS=`, whether `READY=1`, `WATCHDOG=1` and `STOPPING=1`
+//! were seen, the messages themselves up to [`MESSAGES_KEPT`] between two turns of the driver
+//! (for the embedder's message handler and the `events` followers), and a count of the
+//! messages dropped beyond. The driver is woken with one [`Input::Notify`] per worker at most
+//! until it takes the worker's messages.
+//!
 //! # The directory
 //!
 //! `mcluster-<pid>-<12 random hex digits>` in `$XDG_RUNTIME_DIR`, or without it in `$TMPDIR`
@@ -26,11 +37,12 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
-use std::thread;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cluster::WorkerKey;
 use crate::config::Error;
+use crate::http::IoLoop;
 use crate::leftover::{self, Here};
 use crate::listener::MAX_UNIX_PATH;
 use crate::supervisor::Input;
@@ -46,6 +58,13 @@ const SUFFIX_DIGITS: usize = 12;
 
 /// The longest socket name the length check of a directory allows for (slot and key).
 const LONGEST_SOCKET_NAME: &str = "w9999-9999999999.sock";
+
+/// The most messages of one worker kept between two turns of the driver; the others are
+/// counted (their facts and latest `STATUS=` still count).
+pub(crate) const MESSAGES_KEPT: usize = 64;
+
+/// The longest message read whole, in bytes (the rest of a longer datagram is cut off).
+const MESSAGE_MAX: usize = 4096;
 
 /// The master's private directory of notify sockets, removed when dropped.
 #[derive(Debug)]
@@ -116,7 +135,8 @@ impl NotifyDir {
         ))
     }
 
-    /// Binds a worker's socket and starts the thread that forwards its messages.
+    /// Binds a worker's socket and starts the task that reads it, which wakes the driver with
+    /// [`Input::Notify`] when it has messages.
     pub(crate) fn open(
         &self,
         key: WorkerKey,
@@ -125,11 +145,31 @@ impl NotifyDir {
     ) -> io::Result<NotifySocket> {
         let path = self.path.join(format!("w{slot}-{}.sock", key.0));
         let socket = UnixDatagram::bind(&path)?;
-        let reader = socket.try_clone()?;
-        thread::Builder::new()
-            .name(format!("notify-w{slot}"))
-            .spawn(move || forward_messages(&reader, key, &events))?;
-        Ok(NotifySocket { path, socket })
+        // From here on, an error removes the file.
+        let removes = RemoveOnDrop(path);
+        socket.set_nonblocking(true)?;
+        let handle = IoLoop::handle()?;
+        let socket = {
+            let _entered = handle.enter();
+            tokio::net::UnixDatagram::from_std(socket)?
+        };
+        let pending = Arc::new(Mutex::new(Coalesced::default()));
+        let reader = handle.spawn(read_messages(socket, key, Arc::clone(&pending), events));
+        Ok(NotifySocket {
+            path: removes,
+            reader: reader.abort_handle(),
+            pending,
+        })
+    }
+}
+
+/// A path removed when dropped.
+#[derive(Debug)]
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 
@@ -226,39 +266,97 @@ impl Drop for NotifyDir {
     }
 }
 
-/// One worker's notify socket; closing it ends its reader thread and removes the file.
+/// One worker's notify socket; dropping it ends its reader task and removes the file.
 #[derive(Debug)]
 pub(crate) struct NotifySocket {
-    path: PathBuf,
-    socket: UnixDatagram,
+    path: RemoveOnDrop,
+    reader: tokio::task::AbortHandle,
+    pending: Arc<Mutex<Coalesced>>,
 }
 
 impl NotifySocket {
     /// The value of the worker's `NOTIFY_SOCKET`.
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        &self.path.0
+    }
+
+    /// What the worker sent since the last call; the next message wakes the driver again.
+    pub(crate) fn take(&self) -> Coalesced {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *pending)
     }
 }
 
 impl Drop for NotifySocket {
     fn drop(&mut self) {
-        // Shutting the socket down wakes the reader blocked in recv with a 0-byte read.
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
-        let _ = std::fs::remove_file(&self.path);
+        // The task owns the socket: aborted, it closes it.
+        self.reader.abort();
     }
 }
 
-fn forward_messages(socket: &UnixDatagram, key: WorkerKey, events: &Sender<Input>) {
-    let mut buffer = vec![0u8; 4096];
+/// Which of the assignments the core hears about a worker sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Facts {
+    /// `READY=1`
+    pub(crate) ready: bool,
+    /// `WATCHDOG=1`
+    pub(crate) watchdog: bool,
+    /// `STOPPING=1`
+    pub(crate) stopping: bool,
+}
+
+/// A worker's notify messages since the driver last took them (see the module's doc).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Coalesced {
+    /// The latest `STATUS=` text.
+    pub(crate) status: Option<String>,
+    pub(crate) facts: Facts,
+    /// The messages, oldest first, at most [`MESSAGES_KEPT`].
+    pub(crate) messages: Vec<String>,
+    /// Messages beyond [`MESSAGES_KEPT`], not kept.
+    pub(crate) dropped: u64,
+    /// The driver was woken for these and has not taken them yet.
+    woken: bool,
+}
+
+impl Coalesced {
+    /// Adds a message; `true` when the driver is to be woken for it (it was not yet).
+    fn add(&mut self, message: String) -> bool {
+        if let Some(status) = status(&message) {
+            self.status = Some(status.to_owned());
+        }
+        self.facts.ready |= says(&message, "READY=1");
+        self.facts.watchdog |= says(&message, "WATCHDOG=1");
+        self.facts.stopping |= says(&message, "STOPPING=1");
+        if self.messages.len() < MESSAGES_KEPT {
+            self.messages.push(message);
+        } else {
+            self.dropped += 1;
+        }
+        !std::mem::replace(&mut self.woken, true)
+    }
+}
+
+/// Reads a worker's socket into `pending`, waking the driver when there is something new for
+/// it; ends when the driver is gone, or on an error of the socket.
+async fn read_messages(
+    socket: tokio::net::UnixDatagram,
+    key: WorkerKey,
+    pending: Arc<Mutex<Coalesced>>,
+    events: Sender<Input>,
+) {
+    let mut buffer = vec![0u8; MESSAGE_MAX];
     loop {
-        match socket.recv(&mut buffer) {
-            Ok(0) | Err(_) => return,
-            Ok(len) => {
-                let text = String::from_utf8_lossy(&buffer[..len]).into_owned();
-                if events.send(Input::Notify { key, text }).is_err() {
-                    return;
-                }
-            }
+        let Ok(len) = socket.recv(&mut buffer).await else {
+            return;
+        };
+        let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
+        let wake = pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(message);
+        if wake && events.send(Input::Notify { key }).is_err() {
+            return;
         }
     }
 }
@@ -283,7 +381,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn messages_are_forwarded_and_closing_ends_the_reader() {
+    fn messages_are_coalesced_and_closing_ends_the_reader() {
         let dir = NotifyDir::create().unwrap();
         let (tx, rx) = mpsc::channel();
         let socket = dir.open(WorkerKey(7), 0, tx).unwrap();
@@ -291,16 +389,50 @@ mod tests {
         client
             .send_to(b"READY=1\nSTATUS=up", socket.path())
             .unwrap();
-        let Input::Notify { key, text } = rx.recv_timeout(Duration::from_secs(10)).unwrap() else {
+        let Input::Notify { key } = rx.recv_timeout(Duration::from_secs(10)).unwrap() else {
             panic!("expected a notify message");
         };
         assert_eq!(key, WorkerKey(7));
-        assert!(says(&text, "READY=1"));
-        assert_eq!(status(&text), Some("up"));
+        // More messages before the driver takes them: no other wake-up.
+        let more = MESSAGES_KEPT + 10;
+        for n in 0..more {
+            client
+                .send_to(format!("STATUS={n}").as_bytes(), socket.path())
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let held = || {
+            let pending = socket.pending.lock().unwrap();
+            pending.messages.len() + usize::try_from(pending.dropped).unwrap()
+        };
+        while held() < more + 1 {
+            assert!(std::time::Instant::now() < deadline, "{} held", held());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            rx.try_iter().count(),
+            0,
+            "woken again before the driver took any"
+        );
+        let taken = socket.take();
+        assert!(taken.facts.ready);
+        assert_eq!(taken.status.as_deref(), Some(&*format!("{}", more - 1)));
+        assert_eq!(taken.messages[0], "READY=1\nSTATUS=up");
+        assert_eq!(taken.messages.len(), MESSAGES_KEPT);
+        assert_eq!(
+            taken.dropped,
+            u64::try_from(more + 1 - MESSAGES_KEPT).unwrap()
+        );
+        // Taken: the next message wakes the driver again.
+        client.send_to(b"WATCHDOG=1", socket.path()).unwrap();
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Ok(Input::Notify { key: WorkerKey(7) })
+        ));
         let path = socket.path().to_owned();
         drop(socket);
         assert!(!path.exists());
-        // The reader thread dropped its sender: the channel disconnects.
+        // The reader task dropped its sender: the channel disconnects.
         assert!(matches!(
             rx.recv_timeout(Duration::from_secs(10)),
             Err(mpsc::RecvTimeoutError::Disconnected)
@@ -308,6 +440,36 @@ mod tests {
         let dir_path = dir.path.clone();
         drop(dir);
         assert!(!dir_path.exists());
+    }
+
+    #[test]
+    fn a_flood_keeps_the_facts_the_latest_status_and_a_count() {
+        let mut pending = Coalesced::default();
+        assert!(
+            pending.add("READY=1".to_owned()),
+            "the first wakes the driver"
+        );
+        for n in 0..1000 {
+            assert!(!pending.add(format!("STATUS={n}\nWATCHDOG=1")));
+        }
+        assert!(!pending.add("STOPPING=1".to_owned()));
+        assert_eq!(
+            pending.facts,
+            Facts {
+                ready: true,
+                watchdog: true,
+                stopping: true
+            }
+        );
+        assert_eq!(pending.status.as_deref(), Some("999"));
+        assert_eq!(pending.messages.len(), MESSAGES_KEPT);
+        assert_eq!(pending.dropped, 1002 - MESSAGES_KEPT as u64);
+        let taken = std::mem::take(&mut pending);
+        assert_eq!(taken.messages[0], "READY=1");
+        assert!(
+            pending.add("READY=1".to_owned()),
+            "taken: the next wakes it again"
+        );
     }
 
     /// A directory as the master `owner` makes it in `base`, with a stale socket inside.

@@ -7,6 +7,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub(crate) use crate::procfs::rss_bytes;
+/// The most records waiting for one follower of the master's events
+/// ([`Handle::events`](crate::master::Handle::events)); one more ends its subscription.
+pub const FOLLOWER_QUEUE: usize = 4096;
 
 /// A snapshot of a running master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -173,7 +176,9 @@ pub enum Record {
         /// How it ended (`exited with status 1`, `killed by signal SIGKILL`).
         end: String,
     },
-    /// A worker sent a notify message.
+    /// A worker sent a notify message (as the handler of
+    /// [`Master::on_message`](crate::master::Master::on_message) sees them: a flood is cut
+    /// short).
     Notify {
         /// Its slot.
         slot: usize,

@@ -6,10 +6,36 @@
 //! refused once the cluster stops, superseded once the core's size is another, answered once
 //! every slot of its size is ready).
 //!
-//! One loop: wait on one channel (fed by the signal thread, the notify readers and the embedder's
-//! [`Handle`](crate::master::Handle)) with the core's next deadline as timeout, turn what arrives
-//! into an [`Event`], hand it to [`Cluster::handle`], carry out the actions. A spawn is answered
-//! at once with `Spawned` or `SpawnFailed`.
+//! One loop: wait on one channel, the inbox, with the core's next deadline as timeout, turn
+//! what arrives into an [`Event`], hand it to [`Cluster::handle`], carry out the actions. A
+//! spawn is answered at once with `Spawned` or `SpawnFailed`.
+//!
+//! # Threads and queues
+//!
+//! The driver runs on the thread that called [`Master::run`](crate::master::Master::run). The
+//! workers' output pipes and notify sockets are read by tasks on the I/O loop
+//! ([`IoLoop`](crate::http::IoLoop), one thread, shared with the HTTP servers); signals come
+//! from one thread of their own ([`watch_signals`]); each of the master's streams has one
+//! writer thread ([`output`]). None of them grows with the number of workers or clients.
+//! Every queue between them has a bound and a policy:
+//!
+//! - **The inbox** holds at most: one [`Input::Notify`] per worker (its messages wait coalesced
+//!   in its notify socket until the driver takes them, see [`sd_notify`](crate::sd_notify)); one
+//!   [`Input::Signal`] per watched signal (a signal that arrives meanwhile is counted in it);
+//!   one [`Input::Changed`] per debounced batch of the watcher; and the requests of the
+//!   [`Handle`](crate::master::Handle)s, one per call of the embedder, the control socket and
+//!   the metrics endpoint, which each answer a bounded number of clients at once. Nothing that
+//!   a worker or a stalled stream does can make it grow.
+//! - **A worker's notify messages**: the latest `STATUS=`, the `READY=1`, `WATCHDOG=1` and
+//!   `STOPPING=1` facts, and [`MESSAGES_KEPT`](crate::sd_notify::MESSAGES_KEPT) messages between
+//!   two turns of the driver for the message handler and the followers; beyond, counted and
+//!   dropped, with one line saying how many.
+//! - **The master's stdout and stderr**: a bounded queue each (see [`output`]). A worker's line
+//!   waits for room while the stream is slow; when it is stalled, lines are dropped and
+//!   counted, and the driver, which never waits for either stream, keeps supervising.
+//! - **Followers** ([`Control::Subscribe`]) get one record per event on a channel of their own
+//!   of [`FOLLOWER_QUEUE`](crate::status::FOLLOWER_QUEUE) records; a follower that falls that far
+//!   behind is dropped (its channel ends), never waited for. Waiters get one answer each.
 //!
 //! A worker is its process group: signals go to the group, and when the worker process exits
 //! while its group lives on, the core hears [`Event::LeaderExited`], and [`Event::Exited`] once
@@ -24,8 +50,9 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::thread::JoinHandle;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -42,9 +69,9 @@ use crate::dev::core::{DevAction, DevEvent, Page, Served};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::master::SizeBound;
-use crate::output::{self, Tail, WorkerOutput};
+use crate::output::{self, Readers, Tail, WorkerOutput};
 use crate::readiness::{self, ListenerInodes};
-use crate::sd_notify::{self, NotifyDir, NotifySocket};
+use crate::sd_notify::{NotifyDir, NotifySocket};
 use crate::status::{
     self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
 };
@@ -70,10 +97,12 @@ const QUEUED_BEFORE_DEADLINE: usize = 64;
 /// Everything that can wake the driver.
 #[derive(Debug)]
 pub(crate) enum Input {
-    /// A signal the master received.
-    Signal(i32),
-    /// A datagram on a worker's notify socket.
-    Notify { key: WorkerKey, text: String },
+    /// A signal the master received, `count` times since the driver last handled it (at most
+    /// one of each signal waits in the inbox).
+    Signal { signal: i32, count: Arc<AtomicU32> },
+    /// A worker's notify socket has messages (coalesced: see [`sd_notify`](crate::sd_notify)); at most one per
+    /// worker waits in the inbox.
+    Notify { key: WorkerKey },
     /// A request from the embedder's handle.
     Control(Control),
     /// Dev mode: files really changed (a debounced batch).
@@ -103,7 +132,7 @@ pub(crate) enum Control {
 pub(crate) enum Subscriber {
     /// The library's [`Handle::events`](crate::master::Handle::events): a channel the
     /// embedder's own code reads.
-    Channel(Sender<Record>),
+    Channel(SyncSender<Record>),
     /// A control socket's follower: a bounded queue. One that is full is dropped (its sender
     /// goes, so the follower sees the end), and `overflowed` says why.
     Queue(
@@ -116,7 +145,7 @@ impl Subscriber {
     /// Queues `record`; `false` when the subscriber is gone or was dropped for being full.
     fn send(&self, record: &Record) -> bool {
         match self {
-            Self::Channel(sender) => sender.send(record.clone()).is_ok(),
+            Self::Channel(sender) => sender.try_send(record.clone()).is_ok(),
             Self::Queue(queue, overflowed) => match queue.try_send(record.clone()) {
                 Ok(()) => true,
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
@@ -165,9 +194,10 @@ struct RunningWorker {
     spawned: Instant,
     /// Whether it was told it is not seen accepting.
     hinted: bool,
-    _notify: NotifySocket,
+    /// Its notify socket, with the messages the driver has not taken yet.
+    notify: NotifySocket,
     stderr_tail: Tail,
-    output: Vec<JoinHandle<()>>,
+    output: Readers,
 }
 
 /// A worker that exited, kept for a failure report.
@@ -175,7 +205,7 @@ struct ExitedWorker {
     slot: usize,
     pid: i32,
     stderr_tail: Tail,
-    output: Vec<JoinHandle<()>>,
+    output: Readers,
 }
 
 pub(crate) struct Supervisor<'a> {
@@ -299,8 +329,8 @@ impl Supervisor<'_> {
         }
         // Let the last lines of every worker reach the terminal before the master exits.
         let deadline = after(Instant::now(), Duration::from_secs(2));
-        for exited in state.exited.drain(..) {
-            wait_for_threads(exited.output, deadline);
+        for mut exited in state.exited.drain(..) {
+            exited.output.wait(deadline);
         }
         Ok(reason)
     }
@@ -456,8 +486,18 @@ impl Supervisor<'_> {
 
     fn dispatch(&mut self, state: &mut DriverState, input: Input) {
         match input {
-            Input::Signal(signal) => self.on_signal(state, signal),
-            Input::Notify { key, text } => self.on_notify(state, key, &text),
+            Input::Signal { signal, count } => {
+                // One reap collects every exited child; each other signal is a request of its own
+                // (a second Ctrl-C, another TTIN).
+                let count = match count.swap(0, Ordering::AcqRel) {
+                    _ if signal == SIGCHLD => 1,
+                    count => count,
+                };
+                for _ in 0..count {
+                    self.on_signal(state, signal);
+                }
+            }
+            Input::Notify { key } => self.on_notify(state, key),
             Input::Control(control) => match control {
                 Control::Roll(outcome) => self.roll_requested(state, outcome),
                 Control::Status(reply) => {
@@ -531,30 +571,42 @@ impl Supervisor<'_> {
         self.feed(state, event);
     }
 
-    fn on_notify(&mut self, state: &mut DriverState, key: WorkerKey, text: &str) {
+    /// Takes a worker's notify messages: every message kept goes to the message handler and
+    /// the followers, the latest status is shown, the facts go to the core.
+    fn on_notify(&mut self, state: &mut DriverState, key: WorkerKey) {
         let Some(worker) = state.workers.get_mut(&key) else {
             return;
         };
         let (slot, pid) = (worker.slot, worker.pid);
-        if let Some(status) = sd_notify::status(text) {
-            worker.status = Some(status.to_owned());
+        let taken = worker.notify.take();
+        if let Some(status) = &taken.status {
+            worker.status = Some(status.clone());
             output::master_line(&format!("w{slot} status: {status}"));
         }
-        if let Some(handler) = &mut self.on_message {
-            handler(slot, text);
+        for text in &taken.messages {
+            if let Some(handler) = &mut self.on_message {
+                handler(slot, text);
+            }
+            state.publish(&Record::Notify {
+                slot,
+                pid,
+                message: text.clone(),
+            });
         }
-        state.publish(&Record::Notify {
-            slot,
-            pid,
-            message: text.to_owned(),
-        });
-        if sd_notify::says(text, "READY=1") {
+        if taken.dropped > 0 {
+            output::master_line(&format!(
+                "w{slot} (pid {pid}) sent notify messages faster than they were handled: {} not \
+                 passed on (its READY, WATCHDOG, STOPPING and latest STATUS still count)",
+                taken.dropped
+            ));
+        }
+        if taken.facts.ready {
             self.feed(state, Event::Ready { key });
         }
-        if sd_notify::says(text, "WATCHDOG=1") {
+        if taken.facts.watchdog {
             self.feed(state, Event::Watchdog { key });
         }
-        if sd_notify::says(text, "STOPPING=1") {
+        if taken.facts.stopping {
             self.feed(state, Event::Stopping { key });
         }
     }
@@ -971,7 +1023,7 @@ impl Supervisor<'_> {
                 probe: self.probe.as_ref().map(|_| readiness::Starting::new(pid)),
                 spawned: Instant::now(),
                 hinted: false,
-                _notify: notify,
+                notify,
                 stderr_tail,
                 output,
             },
@@ -1246,7 +1298,7 @@ struct Group {
     end: ProcessEnd,
 }
 
-/// How many exited workers' output threads and stderr tails are kept.
+/// How many exited workers' output readers and stderr tails are kept.
 const EXITED_KEPT: usize = 32;
 
 impl DriverState {
@@ -1279,10 +1331,9 @@ impl DriverState {
         // An exited worker's reader may still be draining its pipe: its last lines are the
         // ones that tell why it failed.
         if let Some(exited) = self.exited.iter_mut().find(|exited| exited.pid == pid) {
-            wait_for_threads(
-                std::mem::take(&mut exited.output),
-                after(Instant::now(), Duration::from_secs(1)),
-            );
+            exited
+                .output
+                .wait(after(Instant::now(), Duration::from_secs(1)));
         }
         let tail = self
             .workers
@@ -1305,8 +1356,7 @@ impl DriverState {
 
     /// Sends a lifecycle event to every subscriber still listening.
     fn publish(&mut self, record: &Record) {
-        self.subscribers
-            .retain(|subscriber| subscriber.send(record));
+        publish_to(&mut self.subscribers, record);
     }
 
     /// A new roll request's number.
@@ -1333,33 +1383,28 @@ impl DriverState {
     }
 }
 
+/// Sends `record` to every follower that listens and keeps up; one that hung up or has
+/// [`FOLLOWER_QUEUE`](crate::status::FOLLOWER_QUEUE) records unread is dropped, never waited for.
+fn publish_to(followers: &mut Vec<Subscriber>, record: &Record) {
+    followers.retain(|follower| follower.send(record));
+}
+
 fn report_stderr_tail(state: &mut DriverState, pid: i32) {
     let Some(index) = state.exited.iter().position(|exited| exited.pid == pid) else {
         return;
     };
-    let Some(exited) = state.exited.remove(index) else {
+    let Some(mut exited) = state.exited.remove(index) else {
         return;
     };
     // Its stderr reader may still be draining the pipe.
-    wait_for_threads(exited.output, after(Instant::now(), Duration::from_secs(2)));
+    exited
+        .output
+        .wait(after(Instant::now(), Duration::from_secs(2)));
     let Ok(tail) = exited.stderr_tail.lock() else {
         return;
     };
     for line in tail.iter() {
         output::master_line(&format!("w{} stderr: {line}", exited.slot));
-    }
-}
-
-/// Joins threads that finish by `deadline`; leaves the others (a grandchild of a worker may
-/// hold its pipe open forever).
-fn wait_for_threads(threads: Vec<JoinHandle<()>>, deadline: Instant) {
-    for thread in threads {
-        while !thread.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if thread.is_finished() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -1410,7 +1455,13 @@ fn has_terminal() -> bool {
 }
 
 /// Starts the thread that turns the master's signals into [`Input::Signal`]. CHLD is always
-/// watched; the others only when `all` is set (an embedder may handle them itself).
+/// watched; the others only when `all` is set (an embedder may handle them itself). A signal
+/// received while the same signal waits in the inbox only counts there, so the inbox holds at
+/// most one input per signal however many arrive.
+///
+/// A thread of its own, not the I/O loop: the driver still waits on its inbox on a thread of
+/// its own, and closing the returned handle at the end of a run gives an embedder its signals
+/// back (tokio's handlers, once installed, stay for the life of the process).
 pub(crate) fn watch_signals(
     events: Sender<Input>,
     all: bool,
@@ -1421,12 +1472,22 @@ pub(crate) fn watch_signals(
     }
     let mut signals = signal_hook::iterator::Signals::new(&wanted)?;
     let handle = signals.handle();
+    let counts: HashMap<i32, Arc<AtomicU32>> = wanted
+        .iter()
+        .map(|&signal| (signal, Arc::default()))
+        .collect();
     std::thread::Builder::new()
         .name("signals".to_owned())
         .spawn(move || {
             for signal in signals.forever() {
-                if events.send(Input::Signal(signal)).is_err() {
-                    return;
+                let Some(count) = counts.get(&signal) else {
+                    continue;
+                };
+                if count.fetch_add(1, Ordering::AcqRel) == 0 {
+                    let count = Arc::clone(count);
+                    if events.send(Input::Signal { signal, count }).is_err() {
+                        return;
+                    }
                 }
             }
         })?;
@@ -1472,6 +1533,65 @@ mod tests {
             .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
             .unwrap();
         pending & (1 << (Signal::SIGUSR1 as i32 - 1)) != 0
+    }
+
+    /// A signal that arrives while the same signal waits in the inbox is counted there: the
+    /// inbox holds one input per signal, however many arrive (issue 17).
+    #[test]
+    fn a_signal_waiting_in_the_inbox_only_counts_the_next() {
+        let (events, inbox) = std::sync::mpsc::channel();
+        let handle = watch_signals(events, false).unwrap();
+        let deadline = after(Instant::now(), Duration::from_secs(10));
+        nix::sys::signal::raise(Signal::SIGCHLD).unwrap();
+        let Input::Signal { signal, count } = inbox.recv_timeout(Duration::from_secs(10)).unwrap()
+        else {
+            panic!("expected a signal");
+        };
+        assert_eq!(signal, SIGCHLD);
+        // Not handled yet: the next ones only count.
+        for _ in 0..3 {
+            let before = count.load(Ordering::Acquire);
+            nix::sys::signal::raise(Signal::SIGCHLD).unwrap();
+            while count.load(Ordering::Acquire) == before {
+                assert!(Instant::now() < deadline, "the signal was not counted");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        assert!(count.load(Ordering::Acquire) >= 4);
+        assert!(
+            inbox.try_recv().is_err(),
+            "a second input for a waiting signal"
+        );
+        // Handled: the next one is an input again.
+        count.swap(0, Ordering::AcqRel);
+        nix::sys::signal::raise(Signal::SIGCHLD).unwrap();
+        assert!(matches!(
+            inbox.recv_timeout(Duration::from_secs(10)),
+            Ok(Input::Signal {
+                signal: SIGCHLD,
+                ..
+            })
+        ));
+        handle.close();
+    }
+
+    /// A follower that does not read costs the master at most its queue: it is dropped once
+    /// that is full (issue 17), while one that reads stays.
+    #[test]
+    fn a_follower_that_does_not_read_is_dropped() {
+        let queue = crate::status::FOLLOWER_QUEUE;
+        let (idle, unread) = std::sync::mpsc::sync_channel(queue);
+        let (reading, read) = std::sync::mpsc::sync_channel(queue);
+        let mut followers = vec![Subscriber::Channel(idle), Subscriber::Channel(reading)];
+        for _ in 0..=queue {
+            publish_to(&mut followers, &Record::Stopping);
+            assert!(read.try_recv().is_ok());
+        }
+        assert_eq!(followers.len(), 1, "the idle follower is dropped");
+        assert_eq!(unread.try_iter().count(), queue);
+        assert!(unread.recv().is_err(), "its channel ends");
+        publish_to(&mut followers, &Record::Stopping);
+        assert!(read.try_recv().is_ok(), "the reading one stays");
     }
 
     /// Item 7 of issue 16: a signal for a worker whose leader was reaped goes to its group only,
