@@ -21,13 +21,13 @@
 //! `cargo metadata` of the workspace tells which it was (see [`BuildPlan::refused_option`]).
 
 use std::ffi::OsString;
-use std::io::{self, BufRead, BufReader, Read as _, Write as _};
+use std::io::{self, BufRead, BufReader, Read as _};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -50,7 +50,6 @@ pub(crate) enum BuildPlan {
 #[derive(Debug)]
 pub(crate) struct RunningBuild {
     pub(crate) pid: i32,
-    pub(crate) started: Instant,
     messages: Option<JoinHandle<Messages>>,
     /// Disconnected once cargo's stderr is all passed on.
     stderr_done: Option<mpsc::Receiver<()>>,
@@ -158,7 +157,6 @@ impl BuildPlan {
         };
         command.stdin(Stdio::null()).process_group(0);
         sys::prepare_child(&mut command);
-        let started = Instant::now();
         let mut child = command.spawn()?;
         let messages = match child.stdout.take() {
             Some(stdout) => Some(
@@ -189,7 +187,6 @@ impl BuildPlan {
         drop(child);
         Ok(RunningBuild {
             pid,
-            started,
             messages,
             stderr_done,
             diagnostics,
@@ -561,11 +558,7 @@ fn forward_stderr(mut stderr: ChildStderr, kept: &Mutex<Vec<u8>>) {
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        {
-            let mut out = io::stderr().lock();
-            let _ = out.write_all(&buf[..n]);
-            let _ = out.flush();
-        }
+        output::build_output(&buf[..n]);
         if let Ok(mut kept) = kept.lock() {
             kept.extend_from_slice(&buf[..n]);
             if kept.len() > DIAGNOSTICS_KEPT {

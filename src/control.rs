@@ -31,28 +31,64 @@
 //! | `{"command":"stop","hard":false}` | `{"ok":true,"stopping":true,"pid":P}`, then `{"ok":true,"stopped":true,"pid":P}` when the master has stopped every worker; the process exits right after |
 //! | `{"command":"events"}` | `{"ok":true,"following":true,"pid":P}` once subscribed, then one [`Record`](crate::status::Record) per line (`{"event":"worker_ready",…}`) until the master stops |
 //!
-//! The master answers each client on a thread of its own and talks to its supervision loop only
-//! through a [`Handle`], so no client can hold that loop up. A request must arrive within
-//! [`REQUEST_DEADLINE`] and be at most [`MAX_REQUEST`] bytes; at most [`MAX_CLIENTS`] clients are
-//! served at once, and one more gets an error and is closed.
+//! # How the master serves it
+//!
+//! The socket is served on the master's I/O loop (`crate::http::IoLoop`, one thread
+//! shared with the HTTP servers): the listener and every client are tasks on it, never a thread
+//! of their own, and a client reaches the supervision loop only through a
+//! [`Handle`], so no client can hold that loop up. Every bound:
+//!
+//! - **Requests.** A connection holds one of [`MAX_REQUESTS`] places from its accept on, while
+//!   it sends its request and while it is answered. One beyond them is not refused: it waits
+//!   in the listen backlog (no fd of the master's) until a place is free, so a `status` (the
+//!   probes in `deploy/`) is always answered, late at worst. The request must arrive within
+//!   [`REQUEST_DEADLINE`] and be at most [`MAX_REQUEST`] bytes up to its newline; else one
+//!   error line.
+//! - **Waiting requests.** A `restart`, a `resize` or a `stop` that waits for the master (the
+//!   end of a roll, a ready size, the stop) moves to one of [`MAX_WAITING`] places while it
+//!   waits, freeing its request place; when none is free it keeps its request place.
+//! - **Followers.** An `events` client moves to one of [`MAX_FOLLOWERS`] places once its
+//!   request is read; one more gets one line, `busy: …`, and is closed. Followers never take
+//!   the request places, so however many follow, `status`, `restart` and `stop` are answered.
+//! - **A follower's queue.** The master hands each record to each follower's queue without
+//!   ever waiting: a queue holds [`FOLLOWER_QUEUE`] records, and a follower whose queue is full
+//!   (it does not read) is dropped: the records queued are still written, then one last line
+//!   `{"ok":false,"error":"dropped: …"}`, and the connection ends. The kernel buffer of a
+//!   follower's connection is kept small (16 KiB).
+//! - **Writes.** A reply, a record or a last line that the client takes none of for 10 s ends the
+//!   connection (a follower that does not read is dropped so, its last line unwritten).
+//! - **Answers of the supervision loop** come through std channels, which a waiting request
+//!   looks at every millisecond at first, then less often, up to every 20 ms: never a blocking
+//!   wait on the I/O loop.
+//! - **Out of fds.** An accept that fails for a reason that is not the client's (no fd left)
+//!   waits 100 ms (`crate::http::ACCEPT_BACKOFF`) before the next, as the HTTP
+//!   servers do: a socket at the fd limit costs ten accepts a second, not a core.
+//! - **The end of a connection.** The master shuts its side for writing and reads and drops
+//!   what the client still sends until the client closes (for at most 1 s, at most 1024
+//!   connections at once), so that a client refused before its whole request was read gets
+//!   its reply, not a reset. Its place is free before the client sees the end.
+//! - **Exit.** When the master exits, it stops accepting and gives the connections being
+//!   answered at most 1 s for their last replies (`stopped`, the end of the event streams).
 
 use std::fs;
 use std::hash::Hasher;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use nix::sys::socket::{Shutdown, shutdown};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::net::UnixStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::Error;
+use crate::http::{ACCEPT_BACKOFF, IoLoop};
 use crate::listener::{ListenAddr, ListenKind, Listener, MAX_UNIX_PATH};
 use crate::master::Handle;
 use crate::status::ResizeOutcome;
@@ -63,14 +99,37 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// How long a client has to send its whole request.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
-/// How many clients are served at once.
-pub const MAX_CLIENTS: usize = 64;
+/// How many connections send a request or are answered at once; more wait in the listen
+/// backlog until a place is free.
+pub const MAX_REQUESTS: usize = 64;
+
+/// How many requests that wait for the master (`restart`, `resize`, `stop`) leave their place
+/// among the [`MAX_REQUESTS`] while they wait; beyond, they keep it.
+pub const MAX_WAITING: usize = 64;
+
+/// How many clients follow the events at once; one more is refused, with one line.
+pub const MAX_FOLLOWERS: usize = 64;
+
+/// How many records wait for one follower; one more and the follower is dropped.
+pub const FOLLOWER_QUEUE: usize = 256;
+
+/// The kernel's send buffer for a follower's connection, in bytes (the kernel may double it).
+const FOLLOWER_SEND_BUFFER: usize = 16 * 1024;
 
 /// How long an exiting master waits for its clients' last replies.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 
-/// How long a reply may wait for a client that does not read.
-const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a reply, a record or a last line may wait for a client that takes none of it.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a connection ended by the master stays open for what its client still sends.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// How many connections linger at once; beyond, they close at once.
+const MAX_LINGERING: usize = 1024;
+
+/// The longest pause between two looks at an answer of the supervision loop.
+const ANSWER_POLL: Duration = Duration::from_millis(20);
 
 /// A request, as the client sends it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -159,12 +218,13 @@ fn check_private_dir(dir: &Path) -> io::Result<()> {
     ))
 }
 
-/// The master's end: the socket and the thread accepting on it. Dropping it stops accepting and
+/// The master's end: the socket and the task accepting on it. Dropping it stops accepting and
 /// removes the socket file (and the default directory, if that empties it).
 pub(crate) struct ControlServer {
     listener: Option<Listener>,
-    accept: Option<JoinHandle<()>>,
-    clients: Clients,
+    stop: watch::Sender<bool>,
+    /// Connections being served (lingering ones aside).
+    open: Arc<AtomicUsize>,
     path: PathBuf,
 }
 
@@ -187,20 +247,31 @@ impl ControlServer {
                 let _ = fs::remove_dir(path.parent().unwrap_or(path));
             }
         })?;
+        let io_loop = IoLoop::handle().map_err(|e| Error::io(context(), e))?;
         let socket = std::os::fd::AsFd::as_fd(&listener)
             .try_clone_to_owned()
-            .map(UnixListener::from)
+            .map(std::os::unix::net::UnixListener::from)
+            .and_then(|socket| {
+                socket.set_nonblocking(true)?;
+                let _entered = io_loop.enter();
+                tokio::net::UnixListener::from_std(socket)
+            })
             .map_err(|e| Error::io(context(), e))?;
-        let clients = Clients::default();
-        let served = clients.clone();
-        let accept = thread::Builder::new()
-            .name("control".to_owned())
-            .spawn(move || accept_clients(&socket, &handle, &served))
-            .map_err(|e| Error::io(context(), e))?;
+        let (stop, stopping) = watch::channel(false);
+        let open = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            handle,
+            requests: Arc::new(Semaphore::new(MAX_REQUESTS)),
+            waiting: Arc::new(Semaphore::new(MAX_WAITING)),
+            followers: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
+            open: Arc::clone(&open),
+            lingering: AtomicUsize::new(0),
+        });
+        io_loop.spawn(accept_loop(socket, stopping, shared));
         Ok(Self {
             listener: Some(listener),
-            accept: Some(accept),
-            clients,
+            stop,
+            open,
             path: path.to_owned(),
         })
     }
@@ -208,23 +279,14 @@ impl ControlServer {
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        if let Some(listener) = &self.listener {
-            // A listening socket shut down for reading wakes its `accept` with an error.
-            let _ = shutdown(
-                std::os::fd::AsFd::as_fd(listener).as_raw_fd(),
-                Shutdown::Read,
-            );
-        }
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
+        let _ = self.stop.send(true);
         // The last replies (`stopped`, a refused restart, the end of an event stream) are
         // written once the supervision loop has ended: give them a moment before the process
-        // exits and takes their threads with it. Only a client still sending its request can
-        // make this wait the whole second.
+        // exits and takes the loop with it. Only a client still sending its request can make
+        // this wait the whole grace.
         let deadline = std::time::Instant::now() + EXIT_GRACE;
-        while self.clients.count() > 0 && std::time::Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
+        while self.open.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
         // Removes the socket file, if it still is ours.
         drop(self.listener.take());
@@ -302,7 +364,7 @@ fn make_private_dir(dir: &Path) -> io::Result<bool> {
 
 /// The pid of the master answering at `path`, if one does within a second.
 fn answering_master(path: &Path) -> Option<u32> {
-    let stream = UnixStream::connect(path).ok()?;
+    let stream = StdUnixStream::connect(path).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     stream
         .set_write_timeout(Some(Duration::from_secs(1)))
@@ -320,172 +382,274 @@ fn answering_master(path: &Path) -> Option<u32> {
         .and_then(|pid| u32::try_from(pid).ok())
 }
 
-/// Counts the clients being served; a [`ClientSlot`] gives its place back when dropped.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Clients(Arc<AtomicUsize>);
+/// What the connections of one control socket share: the way to the master, the places.
+struct Shared {
+    handle: Handle,
+    /// Places of connections sending a request or being answered ([`MAX_REQUESTS`]).
+    requests: Arc<Semaphore>,
+    /// Places of requests waiting for the master ([`MAX_WAITING`]).
+    waiting: Arc<Semaphore>,
+    /// Places of `events` followers ([`MAX_FOLLOWERS`]).
+    followers: Arc<Semaphore>,
+    /// Connections being served, for the exit grace.
+    open: Arc<AtomicUsize>,
+    /// Connections lingering ([`MAX_LINGERING`] at most).
+    lingering: AtomicUsize,
+}
 
-/// One client's place among the [`MAX_CLIENTS`].
-pub(crate) struct ClientSlot(Arc<AtomicUsize>);
+/// One connection counted in [`Shared::open`] until it is dropped.
+struct Open(Arc<AtomicUsize>);
 
-impl Clients {
-    /// How many clients are being served.
-    pub(crate) fn count(&self) -> usize {
-        self.0.load(Ordering::Acquire)
-    }
-
-    /// A place for one more client, unless `max` are served already.
-    pub(crate) fn admit(&self, max: usize) -> Option<ClientSlot> {
-        self.0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ClientSlot(Arc::clone(&self.0)))
+impl Open {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(open))
     }
 }
 
-impl Drop for ClientSlot {
+impl Drop for Open {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// The next client of a server's listener: errors that one client caused, or that pass (out of
-/// fds: let a client leave first), are retried; `None` once the listener is shut down.
-pub(crate) fn next_client<S>(accept: impl Fn() -> io::Result<S>) -> Option<S> {
+async fn accept_loop(
+    listener: tokio::net::UnixListener,
+    mut stopping: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) {
     loop {
-        match accept() {
-            Ok(stream) => return Some(stream),
-            Err(e) if e.raw_os_error() == Some(nix::libc::EMFILE) => {
-                thread::sleep(Duration::from_millis(50));
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                ) => {}
-            // Shut down by the master's exit.
-            Err(_) => return None,
-        }
-    }
-}
-
-fn accept_clients(socket: &UnixListener, handle: &Handle, clients: &Clients) {
-    let lingerer = Lingerer::start();
-    loop {
-        let Some(stream) = next_client(|| socket.accept().map(|(stream, _)| stream)) else {
-            return;
+        // A place first: a client beyond the places waits in the listen backlog (no fd of
+        // ours) until one is free, instead of being refused.
+        let place = tokio::select! {
+            _ = stopping.wait_for(|stop| *stop) => return,
+            place = Arc::clone(&shared.requests).acquire_owned() => place,
         };
-        let _ = stream.set_write_timeout(Some(WRITE_DEADLINE));
-        let Some(slot) = clients.admit(MAX_CLIENTS) else {
-            refuse(
-                &stream,
-                &format!("busy: {MAX_CLIENTS} clients are being served, try again"),
-            );
-            lingerer.close(stream);
-            continue;
+        let Ok(place) = place else { return };
+        let accepted = tokio::select! {
+            _ = stopping.wait_for(|stop| *stop) => return,
+            accepted = listener.accept() => accepted,
         };
-        if let Err(why) = check_peer(&stream) {
-            refuse(&stream, &why);
-            lingerer.close(stream);
-            continue;
-        }
-        let handle = handle.clone();
-        let lingerer = lingerer.clone();
-        // Without a thread, the stream goes with the closure: the client sees it close.
-        let _ = thread::Builder::new()
-            .name("control-client".to_owned())
-            .spawn(move || {
-                serve(&stream, &handle);
-                // The place is free before the client sees the connection end.
-                drop(slot);
-                lingerer.close(stream);
-            });
-    }
-}
-
-/// How long a connection ended by the master stays open for what its client still sends.
-const LINGER: Duration = Duration::from_secs(1);
-
-/// How many connections linger at once; beyond, they close at once.
-const MAX_LINGERING: usize = 1024;
-
-/// How often lingering connections are read.
-const LINGER_POLL: Duration = Duration::from_millis(10);
-
-/// Ends connections so that their clients read every reply: a socket closed with unread input
-/// (a request the master refused without reading all of it: busy, another uid, too long) makes
-/// the client's next read fail with "connection reset" instead of the end, and its write fail
-/// with "broken pipe" before it reads the reply. So the master ends its side for writing, and
-/// one thread reads and discards what the client still sends until it closes its side, for at
-/// most [`LINGER`].
-#[derive(Clone)]
-struct Lingerer(Option<mpsc::Sender<UnixStream>>);
-
-impl Lingerer {
-    /// The thread; without one (the OS refused it), connections close at once.
-    fn start() -> Self {
-        let (sender, receiver) = mpsc::channel();
-        let started = thread::Builder::new()
-            .name("control-linger".to_owned())
-            .spawn(move || linger(&receiver));
-        Self(started.ok().map(|_| sender))
-    }
-
-    /// Ends `stream`: no more replies, and what the client still sends is read and dropped.
-    fn close(&self, stream: UnixStream) {
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        if let Some(sender) = &self.0 {
-            let _ = sender.send(stream);
-        }
-    }
-}
-
-/// The lingering thread: holds each connection until its client closes it, or [`LINGER`].
-fn linger(receiver: &mpsc::Receiver<UnixStream>) {
-    let mut held: Vec<(UnixStream, std::time::Instant)> = Vec::new();
-    loop {
-        let next = if held.is_empty() {
-            match receiver.recv() {
-                Ok(stream) => Some(stream),
-                Err(mpsc::RecvError) => return,
-            }
-        } else {
-            match receiver.recv_timeout(LINGER_POLL) {
-                Ok(stream) => Some(stream),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    thread::sleep(LINGER_POLL);
-                    None
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) if crate::http::client_error(&error) => continue,
+            // Out of fds (or memory): let a client leave first, without spinning.
+            Err(_) => {
+                tokio::select! {
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
                 }
             }
         };
-        if let Some(stream) = next
-            && held.len() < MAX_LINGERING
-            && stream.set_nonblocking(true).is_ok()
-        {
-            held.push((stream, std::time::Instant::now() + LINGER));
-        }
-        let now = std::time::Instant::now();
-        held.retain(|(stream, deadline)| now < *deadline && !drained(stream));
+        let open = Open::new(&shared.open);
+        tokio::spawn(serve(stream, place, Arc::clone(&shared), open));
     }
 }
 
-/// Reads and drops what the client sent, without waiting; whether it has closed its side (or
-/// the connection failed).
-fn drained(mut stream: &UnixStream) -> bool {
-    let mut buffer = [0u8; 16 * 1024];
-    // A bound per round, for a client that sends as fast as it is read.
-    for _ in 0..64 {
-        match stream.read(&mut buffer) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
+/// Answers one client, then ends its connection.
+async fn serve(stream: UnixStream, place: OwnedSemaphorePermit, shared: Arc<Shared>, open: Open) {
+    let mut place = place;
+    answer(&stream, &mut place, &shared).await;
+    // The places are free before the client sees the connection end.
+    drop(place);
+    drop(open);
+    linger(stream, &shared).await;
+}
+
+/// Answers the request on `stream`; `place` is the place it holds, moved to another pool when
+/// it waits for the master or follows.
+async fn answer(stream: &UnixStream, place: &mut OwnedSemaphorePermit, shared: &Shared) {
+    if let Err(why) = check_peer(stream) {
+        return refuse(stream, &why).await;
+    }
+    let request = match read_request(stream).await {
+        Ok(request) => request,
+        Err(why) => return refuse(stream, &why).await,
+    };
+    let handle = &shared.handle;
+    let stopping = "the master is stopping";
+    // A request that waits for the master leaves its short place, if another is free.
+    let mut wait_elsewhere = || {
+        if let Ok(waiting) = Arc::clone(&shared.waiting).try_acquire_owned() {
+            *place = waiting;
+        }
+    };
+    match request {
+        Request::Status => match answer_of(handle.ask_status()).await {
+            Some(status) => {
+                let _ = write_reply(stream, "status", &status).await;
+            }
+            None => refuse(stream, stopping).await,
+        },
+        Request::Restart => {
+            wait_elsewhere();
+            let outcome = answer_of(Some(handle.restart().into_receiver()))
+                .await
+                .unwrap_or_else(|| crate::status::RestartOutcome::Refused {
+                    why: "the master stopped".to_owned(),
+                });
+            let _ = write_reply(stream, "restart", &outcome).await;
+        }
+        Request::Resize { size: 0 } => {
+            refuse(
+                stream,
+                "invalid size 0: the cluster needs at least one worker",
+            )
+            .await;
+        }
+        Request::Resize { size } => {
+            wait_elsewhere();
+            match answer_of(Some(handle.resize(size).into_receiver())).await {
+                Some(ResizeOutcome::Resized(_)) => {
+                    let reply = json!({"outcome": "resized", "size": size});
+                    let _ = write_line(stream, &json!({"ok": true, "resize": reply})).await;
+                }
+                Some(ResizeOutcome::Superseded { size }) => {
+                    let reply = json!({"outcome": "superseded", "size": size});
+                    let _ = write_line(stream, &json!({"ok": true, "resize": reply})).await;
+                }
+                Some(ResizeOutcome::Refused { why }) => refuse(stream, &why).await,
+                None => refuse(stream, stopping).await,
+            }
+        }
+        Request::Stop { hard } => {
+            wait_elsewhere();
+            // Subscribed before the stop: the subscription ends when the master has stopped.
+            let (mut records, mut overflowed) = handle.follow(FOLLOWER_QUEUE);
+            if hard {
+                drop(handle.quit_hard());
+            } else {
+                drop(handle.quit());
+            }
+            let pid = std::process::id();
+            let _ = write_line(stream, &json!({"ok": true, "stopping": true, "pid": pid})).await;
+            loop {
+                if records.recv().await.is_some() {
+                    continue;
+                }
+                if !overflowed.load(Ordering::Acquire) {
+                    break;
+                }
+                // Records came faster than this loop took them: only the end matters here.
+                (records, overflowed) = handle.follow(FOLLOWER_QUEUE);
+            }
+            let _ = write_line(stream, &json!({"ok": true, "stopped": true, "pid": pid})).await;
+        }
+        Request::Events => {
+            let Ok(following) = Arc::clone(&shared.followers).try_acquire_owned() else {
+                let why = format!(
+                    "busy: {MAX_FOLLOWERS} clients follow the events already, try again later"
+                );
+                return refuse(stream, &why).await;
+            };
+            *place = following;
+            follow(stream, handle).await;
         }
     }
-    false
+}
+
+/// Streams every record to the client until the master stops, the client leaves, or it does
+/// not keep up.
+async fn follow(stream: &UnixStream, handle: &Handle) {
+    // A small kernel buffer: what a follower costs stays small, and one that does not read is
+    // noticed after a few records rather than hundreds of kilobytes.
+    let _ = nix::sys::socket::setsockopt(
+        stream,
+        nix::sys::socket::sockopt::SndBuf,
+        &FOLLOWER_SEND_BUFFER,
+    );
+    let (mut records, overflowed) = handle.follow(FOLLOWER_QUEUE);
+    // Answered after the subscription in the one queue of the master: once the client has this
+    // reply, it misses no event.
+    if answer_of(handle.ask_status()).await.is_none() {
+        return refuse(stream, "the master is stopping").await;
+    }
+    let pid = std::process::id();
+    if write_line(stream, &json!({"ok": true, "following": true, "pid": pid}))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let record = tokio::select! {
+            record = records.recv() => record,
+            () = peer_gone(stream) => return,
+        };
+        match record {
+            Some(record) => {
+                let Ok(mut line) = serde_json::to_string(&record) else {
+                    continue;
+                };
+                line.push('\n');
+                if write_all(stream, line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            None if overflowed.load(Ordering::Acquire) => {
+                let why = format!(
+                    "dropped: this client did not read the events as they came \
+                     ({FOLLOWER_QUEUE} were waiting)"
+                );
+                return refuse(stream, &why).await;
+            }
+            // The master stopped.
+            None => return,
+        }
+    }
+}
+
+/// Resolves when the client has closed its end (what it sends meanwhile is read and dropped).
+async fn peer_gone(stream: &UnixStream) {
+    let mut buffer = [0u8; 1024];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut buffer) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The answer the supervision loop sends through `receiver`, once it is there; `None` when the
+/// master stopped without one. The loop answers through a std channel: it is looked at every
+/// 1 ms, then less often up to every [`ANSWER_POLL`], never waited on (that would block the I/O
+/// loop).
+async fn answer_of<T>(receiver: Option<std::sync::mpsc::Receiver<T>>) -> Option<T> {
+    let receiver = receiver?;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match receiver.try_recv() {
+            Ok(answer) => return Some(answer),
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(ANSWER_POLL);
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+        }
+    }
+}
+
+/// Ends `stream` so that its client reads every reply: a socket closed with unread input (a
+/// request the master refused without reading all of it: busy, another uid, too long) makes
+/// the client's next read fail with "connection reset" instead of the end, and its write fail
+/// with "broken pipe" before it reads the reply. So the master ends its side for writing, and
+/// reads and discards what the client still sends until it closes its side, for at most
+/// [`LINGER`]; at most [`MAX_LINGERING`] connections at once, beyond which they close at once.
+async fn linger(stream: UnixStream, shared: &Shared) {
+    let _ = shutdown(stream.as_raw_fd(), Shutdown::Write);
+    if shared.lingering.fetch_add(1, Ordering::AcqRel) < MAX_LINGERING {
+        let _ = tokio::time::timeout(LINGER, peer_gone(&stream)).await;
+    }
+    shared.lingering.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Only our own uid, and root, may control the master.
@@ -501,50 +665,69 @@ fn check_peer(stream: &UnixStream) -> Result<(), String> {
 }
 
 /// Writes an error reply; the connection ends when the client is served.
-fn refuse(stream: &UnixStream, why: &str) {
-    let _ = write_line(stream, &json!({"ok": false, "error": why}));
+async fn refuse(stream: &UnixStream, why: &str) {
+    let _ = write_line(stream, &json!({"ok": false, "error": why})).await;
 }
 
-fn write_line(mut stream: &UnixStream, value: &Value) -> io::Result<()> {
+async fn write_line(stream: &UnixStream, value: &Value) -> io::Result<()> {
     let mut line = value.to_string();
     line.push('\n');
-    stream.write_all(line.as_bytes())
+    write_all(stream, line.as_bytes()).await
 }
 
 /// Writes `{"ok":true,"<key>":<value>}`, the value's fields in their declared order.
-fn write_reply(
-    mut stream: &UnixStream,
+async fn write_reply(
+    stream: &UnixStream,
     key: &str,
     value: &impl serde::Serialize,
 ) -> io::Result<()> {
     let value = serde_json::to_string(value).map_err(io::Error::other)?;
-    stream.write_all(format!("{{\"ok\":true,\"{key}\":{value}}}\n").as_bytes())
+    write_all(
+        stream,
+        format!("{{\"ok\":true,\"{key}\":{value}}}\n").as_bytes(),
+    )
+    .await
 }
 
-/// Reads the one request line: within [`REQUEST_DEADLINE`], at most [`MAX_REQUEST`] bytes.
-fn read_request(stream: &UnixStream) -> Result<Request, String> {
-    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
-    let mut line = Vec::new();
-    let mut reader = stream;
-    let mut buffer = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(timeout_message());
-        }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|e| e.to_string())?;
-        let read = match reader.read(&mut buffer) {
-            Ok(read) => read,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+/// Writes all of `bytes`, unless the client takes none of it for [`WRITE_DEADLINE`].
+async fn write_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        tokio::time::timeout(WRITE_DEADLINE, stream.writable())
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        match stream.try_write(bytes) {
+            Ok(written) => bytes = &bytes[written..],
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the one request line: within [`REQUEST_DEADLINE`], at most [`MAX_REQUEST`] bytes.
+async fn read_request(stream: &UnixStream) -> Result<Request, String> {
+    let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
+    let mut line = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("cannot read the request: {e}")),
+            Err(_) => return Err(timeout_message()),
+        }
+        let read = match stream.try_read(&mut buffer) {
+            Ok(read) => read,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) =>
             {
-                return Err(timeout_message());
+                continue;
             }
             Err(e) => return Err(format!("cannot read the request: {e}")),
         };
@@ -594,112 +777,6 @@ fn timeout_message() -> String {
     format!("no complete request within {}s", REQUEST_DEADLINE.as_secs())
 }
 
-/// Answers one client.
-fn serve(stream: &UnixStream, handle: &Handle) {
-    let request = match read_request(stream) {
-        Ok(request) => request,
-        Err(why) => return refuse(stream, &why),
-    };
-    let stopped = || refuse(stream, "the master is stopping");
-    match request {
-        Request::Status => match handle.status() {
-            Some(status) => {
-                let _ = write_reply(stream, "status", &status);
-            }
-            None => stopped(),
-        },
-        Request::Restart => {
-            let outcome =
-                handle
-                    .restart()
-                    .wait()
-                    .unwrap_or_else(|| crate::status::RestartOutcome::Refused {
-                        why: "the master stopped".to_owned(),
-                    });
-            let _ = write_reply(stream, "restart", &outcome);
-        }
-        Request::Resize { size: 0 } => {
-            refuse(
-                stream,
-                "invalid size 0: the cluster needs at least one worker",
-            );
-        }
-        Request::Resize { size } => match handle.resize(size).wait() {
-            Some(ResizeOutcome::Resized(_)) => {
-                let reply = json!({"outcome": "resized", "size": size});
-                let _ = write_line(stream, &json!({"ok": true, "resize": reply}));
-            }
-            Some(ResizeOutcome::Superseded { size }) => {
-                let reply = json!({"outcome": "superseded", "size": size});
-                let _ = write_line(stream, &json!({"ok": true, "resize": reply}));
-            }
-            Some(ResizeOutcome::Refused { why }) => refuse(stream, &why),
-            None => stopped(),
-        },
-        Request::Stop { hard } => {
-            // Subscribed before the stop: the subscription ends when the master has stopped.
-            let records = handle.events();
-            if hard {
-                drop(handle.quit_hard());
-            } else {
-                drop(handle.quit());
-            }
-            let pid = std::process::id();
-            let _ = write_line(stream, &json!({"ok": true, "stopping": true, "pid": pid}));
-            while records.recv().is_ok() {}
-            let _ = write_line(stream, &json!({"ok": true, "stopped": true, "pid": pid}));
-        }
-        Request::Events => follow(stream, handle),
-    }
-}
-
-/// Streams every record to the client until the master stops or the client leaves.
-fn follow(stream: &UnixStream, handle: &Handle) {
-    let records = handle.events();
-    // Answered after the subscription in the one queue of the master: once the client has this
-    // reply, it misses no event.
-    if handle.status().is_none() {
-        return refuse(stream, "the master is stopping");
-    }
-    let pid = std::process::id();
-    if write_line(stream, &json!({"ok": true, "following": true, "pid": pid})).is_err() {
-        return;
-    }
-    loop {
-        match records.recv_timeout(Duration::from_secs(1)) {
-            Ok(record) => {
-                let Ok(mut line) = serde_json::to_string(&record) else {
-                    continue;
-                };
-                line.push('\n');
-                if (&*stream).write_all(line.as_bytes()).is_err() {
-                    return;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if peer_gone(stream) {
-                    return;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-    }
-}
-
-/// Whether the client closed its end (checked without blocking).
-fn peer_gone(stream: &UnixStream) -> bool {
-    use nix::sys::socket::{MsgFlags, recv};
-    match recv(
-        stream.as_raw_fd(),
-        &mut [0u8; 1],
-        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-    ) {
-        Ok(0) => true,
-        Ok(_) | Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
-        Err(_) => true,
-    }
-}
-
 /// Why a client could not reach a master, as one line, and the exit status for it.
 #[derive(Debug)]
 pub struct ClientError {
@@ -720,7 +797,7 @@ impl ClientError {
 
 /// A connection to a master, its request sent.
 pub struct Connection {
-    reader: BufReader<UnixStream>,
+    reader: BufReader<StdUnixStream>,
     path: PathBuf,
 }
 
@@ -748,7 +825,7 @@ impl Connection {
                 }
             }
         }
-        let stream = match UnixStream::connect(&path) {
+        let stream = match StdUnixStream::connect(&path) {
             Ok(stream) => stream,
             Err(e) if e.kind() == io::ErrorKind::NotFound && default => {
                 return Err(no_master_here(&path));

@@ -2,9 +2,11 @@
 //! page are served by hyper on one thread, with one admission policy.
 //!
 //! - **One thread.** Every server runs on [`IoLoop`], a single-threaded tokio runtime on a thread
-//!   of its own, started by the first server: a connection is a task, never a thread. (The
-//!   driver keeps its own thread for now; the loop is the one it is meant to move onto, which
-//!   is why it is a process-wide loop that any part can spawn tasks on, not a server's own.)
+//!   of its own, started by its first user: a connection is a task, never a thread. The
+//!   workers' output pipes and notify sockets are read there too (see
+//!   [`output`](crate::output) and [`sd_notify`](crate::sd_notify)). (The driver keeps its own
+//!   thread for now; the loop is the one it is meant to move onto, which is why it is a
+//!   process-wide loop that any part can spawn tasks on, not a server's own.)
 //! - **Admission.** A connection holds a place from its accept to its close, streams included:
 //!   a place among [`Limits::short`] while it sends its request and is answered, moved to a place
 //!   among [`Limits::streams`] when its answer is a long-lived stream (an `EventSource`, a
@@ -70,7 +72,8 @@ pub(crate) type Handler = Arc<
         + Sync,
 >;
 
-/// The loop every server of the master runs on: one thread, a single-threaded tokio runtime.
+/// The loop the master's I/O runs on (its servers, the workers' pipes and notify sockets): one
+/// thread, a single-threaded tokio runtime. A task on it must never block.
 pub(crate) struct IoLoop;
 
 static LOOP: Mutex<Option<tokio::runtime::Handle>> = Mutex::new(None);
@@ -238,7 +241,7 @@ impl Drop for Server {
 
 /// Whether an accept failed because of one client (try the next at once) rather than because
 /// of the process or the system (out of fds: wait).
-fn client_error(error: &io::Error) -> bool {
+pub(crate) fn client_error(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         io::ErrorKind::ConnectionAborted

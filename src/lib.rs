@@ -23,8 +23,10 @@
 //! - `sys` is the only module with `unsafe`: fork/exec with the fds placed at 3.., the
 //!   parent-death signal, the guard that kills every worker's group when the master dies,
 //!   adopting inherited fds, and what differs between Linux, macOS and the BSDs.
-//! - Dev mode adds two event sources, the debounced watcher and the build; a successful build is
-//!   a roll of the same core.
+//! - Dev mode adds two event sources, the debounced watcher and the build, and a second sans-IO
+//!   core, `dev::core::DevCore`, with every decision of the build lifecycle (start, cancel on a
+//!   save, the loop rule, the same binary), the reloads and the pages; a successful build is a
+//!   roll of the same cluster core.
 //!
 //! A roll, in five steps: (1) a new generation number; (2) spawn the replacements of the first
 //! slots, up to the surge (all, by default); (3) when one is ready, send the stop signal to its
@@ -69,9 +71,13 @@ mod dev;
 #[cfg(feature = "master")]
 mod http;
 #[cfg(feature = "master")]
+mod leftover;
+#[cfg(feature = "master")]
 mod livereload;
 #[cfg(feature = "master")]
 mod output;
+#[cfg(feature = "master")]
+mod procfs;
 #[cfg(feature = "master")]
 mod sd_notify;
 #[cfg(feature = "master")]

@@ -42,7 +42,7 @@ use crate::readiness;
 use crate::sd_notify::NotifyDir;
 use crate::status::{Record, ResizeOutcome, RestartOutcome, Status};
 use crate::supervisor::{
-    Control, Input, MessageHandler, Program, Supervisor, WorkerSpec, watch_signals,
+    Control, Input, MessageHandler, Program, Subscriber, Supervisor, WorkerSpec, watch_signals,
 };
 use crate::watch::{self, WatchConfig};
 
@@ -278,7 +278,10 @@ impl Master {
         self
     }
 
-    /// Called with the worker's slot and the text of every notify message it sends.
+    /// Called with the worker's slot and the text of every notify message it sends, in order.
+    /// A worker that sends faster than the master handles them (more than 64 messages between
+    /// two turns of its loop) has the rest counted in one line of the master's instead: its
+    /// `READY=1`, `WATCHDOG=1`, `STOPPING=1` and latest `STATUS=` still count.
     #[must_use]
     pub fn on_message(mut self, handler: impl FnMut(usize, &str) + Send + 'static) -> Self {
         self.on_message = Some(Box::new(handler));
@@ -312,6 +315,9 @@ impl Master {
     /// Validates the settings, binds the listeners, runs the cluster until it is stopped, and
     /// removes what it created. Bad input is an error before any worker is spawned.
     pub fn run(self) -> Result<Outcome, Error> {
+        // From here to the return, a stalled stderr or stdout never holds up supervision: lines
+        // are queued, and dropped with a count when the queue is full.
+        let _queued = output::Queued::start();
         let handle = self.handle();
         let bound = SizeBound::here();
         bound
@@ -360,8 +366,12 @@ impl Master {
             dev.livereload
         });
         if let Some(settings) = self.dev {
-            let mut dev_loop = DevLoop::new(settings.plan, settings.clear, settings.roots);
-            dev_loop.assets = settings.assets;
+            let mut dev_loop = DevLoop::new(
+                settings.plan,
+                settings.clear,
+                settings.roots,
+                settings.assets,
+            );
             if let Some(watch_config) = settings.watch {
                 let events = self.events.clone();
                 dev_loop.watcher = Some(watch::watch(watch_config, move |changed| {
@@ -554,14 +564,36 @@ impl Handle {
     }
 
     /// Every lifecycle event from now on (workers spawned, ready, exited, notify messages,
-    /// rolls), until the receiver is dropped or the master stops.
+    /// rolls), until the receiver is dropped or the master stops, or the receiver falls
+    /// [`FOLLOWER_QUEUE`](crate::status::FOLLOWER_QUEUE) records behind: the master never
+    /// holds more for a follower that does not read, and ends its subscription instead.
     #[must_use]
     pub fn events(&self) -> Receiver<Record> {
-        let (subscriber, records) = mpsc::channel();
+        let (subscriber, records) = mpsc::sync_channel(crate::status::FOLLOWER_QUEUE);
+        let _ = self
+            .events
+            .send(Input::Control(Control::Subscribe(Subscriber::Channel(
+                subscriber,
+            ))));
+        records
+    }
+
+    /// As [`events`](Handle::events), through a queue of `capacity` records that never makes
+    /// the master wait: when it is full, the subscription ends and the flag is set.
+    pub(crate) fn follow(
+        &self,
+        capacity: usize,
+    ) -> (
+        tokio::sync::mpsc::Receiver<Record>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let (queue, records) = tokio::sync::mpsc::channel(capacity);
+        let overflowed = std::sync::Arc::default();
+        let subscriber = Subscriber::Queue(queue, std::sync::Arc::clone(&overflowed));
         let _ = self
             .events
             .send(Input::Control(Control::Subscribe(subscriber)));
-        records
+        (records, overflowed)
     }
 
     /// Stops gracefully: the stop signal, then SIGKILL after the kill timeout. The returned
@@ -612,6 +644,12 @@ impl<T> Waiter<T> {
             Err(mpsc::RecvTimeoutError::Timeout) => Err(self),
             Err(mpsc::RecvTimeoutError::Disconnected) => Ok(None),
         }
+    }
+
+    /// The channel the answer comes through (for the control socket, which looks at it from
+    /// the I/O loop without blocking).
+    pub(crate) fn into_receiver(self) -> Receiver<T> {
+        self.waiter
     }
 }
 

@@ -1,20 +1,46 @@
 //! Worker output, line-prefixed with the worker's slot (`[w0] …`), and the master's own lines
-//! (`mcluster: …`). A line is written with one call under the stream's lock, so lines of
-//! different workers never interleave mid-line.
+//! (`mcluster: …`), all written by one writer per stream, so lines of different workers never
+//! interleave mid-line.
 //!
-//! The master's memory does not depend on what a worker writes. A pipe is read through a
-//! fixed buffer into a line of at most [`LINE_CAP`] bytes: a longer line (a `\r` progress bar, a
-//! binary dump) is shown in pieces of that size, each but the last ending in [`CUT_MARKER`].
-//! With `--silent` the worker writes to `/dev/null` and the master reads nothing at all.
+//! The master's memory does not depend on what a worker writes, nor does its supervision on
+//! whether its own stdout and stderr are read:
+//!
+//! - **Readers.** A worker's stdout and stderr pipes are read by tasks on the master's I/O loop
+//!   ([`IoLoop`]), never a thread per pipe, through a fixed buffer into a line of at most
+//!   [`LINE_CAP`] bytes: a longer line (a `\r` progress bar, a binary dump) is shown in pieces of
+//!   that size, each but the last ending in [`CUT_MARKER`]. With `--silent` the worker writes to
+//!   `/dev/null` and the master reads nothing at all.
+//! - **Writers.** While a master runs ([`Queued`]), every line for the master's stdout or stderr
+//!   (its own, its workers', and cargo's output in dev mode) goes into that stream's queue,
+//!   written by a thread of the
+//!   stream's own with blocking writes (the stream's file description is shared with other
+//!   processes: it is never made non-blocking). The queue holds at most [`QUEUE_BYTES`] of
+//!   workers' lines, and [`MASTER_RESERVE`] more for the master's own, so that a chatty worker
+//!   never crowds them out.
+//! - **When a stream is slow**, a worker's reader waits for room (the worker then waits on its
+//!   pipe, as it would writing to a slow terminal itself), and so does the build's: nothing is
+//!   lost. The master's own lines never wait: beyond the queue and its reserve they are dropped
+//!   and counted.
+//! - **When a stream is stalled** (one write has taken [`STALLED`]: a paused terminal, a log pipe
+//!   nobody reads), nobody waits for it: every line that does not fit is dropped and counted, the
+//!   workers' too, and the master goes on supervising.
+//!
+//! Once the stream takes writes again, one line in the place of a gap says how many lines it
+//! lost (`mcluster: 1,234 lines dropped: stderr did not keep up`).
+//!
+//! Outside a run (the client commands, errors before a run) lines are written at once.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use console::Style;
+
+use crate::http::IoLoop;
 
 /// The longest piece of a worker's line shown as one line, in bytes (the line ending and the
 /// `[wN] ` prefix aside).
@@ -33,21 +59,372 @@ const TAIL_LINE_CAP: usize = 4 * 1024;
 /// What a `--silent` worker's failure report shows instead of its last stderr lines.
 const SILENCED: &str = "not kept: --silent sends the workers' output to /dev/null";
 
+/// The most bytes of workers' lines waiting for one of the master's streams.
+const QUEUE_BYTES: usize = 256 * 1024;
+
+/// The room beyond [`QUEUE_BYTES`] for the master's own lines.
+const MASTER_RESERVE: usize = 64 * 1024;
+
+/// How long one write to a stream may take before the stream counts as stalled.
+const STALLED: Duration = Duration::from_secs(1);
+
+/// How much of a worker's pipe is read at once.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// How long the end of a run waits for the queued lines to be written.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
+
 /// The last lines a worker wrote to stderr.
 pub(crate) type Tail = Arc<Mutex<VecDeque<String>>>;
 
-/// Which of the master's streams a worker stream goes to.
+/// Which of the master's streams a line goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stream {
     Stdout,
     Stderr,
 }
 
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+
+    fn writer(self) -> &'static Writer {
+        match self {
+            Self::Stdout => &STDOUT,
+            Self::Stderr => &STDERR,
+        }
+    }
+
+    /// Writes `bytes` now, blocking while the stream does.
+    fn write_now(self, bytes: &[u8]) {
+        let _ = match self {
+            Self::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(bytes).and_then(|()| out.flush())
+            }
+            Self::Stderr => io::stderr().lock().write_all(bytes),
+        };
+    }
+}
+
 /// Prints one line of the master's own on stderr.
 pub(crate) fn master_line(text: &str) {
-    let prefix = Style::new().for_stderr().bold().apply_to("mcluster:");
-    let line = format!("{prefix} {text}\n");
-    let _ = io::stderr().lock().write_all(line.as_bytes());
+    write_line(Stream::Stderr, format!("{} {text}\n", master_prefix()));
+}
+
+fn master_prefix() -> String {
+    Style::new()
+        .for_stderr()
+        .bold()
+        .apply_to("mcluster:")
+        .to_string()
+}
+
+/// How many masters run in this process: while any does, lines go through the queues.
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+
+static STDOUT: Writer = Writer::new(Stream::Stdout);
+static STDERR: Writer = Writer::new(Stream::Stderr);
+
+/// A line of the master's own: queued, or dropped when there is no room; never waited for.
+fn write_line(stream: Stream, line: String) {
+    if QUEUED.load(Ordering::Acquire) == 0 {
+        stream.write_now(line.as_bytes());
+        return;
+    }
+    if let Err(Full(line)) = stream
+        .writer()
+        .try_push(line.into_bytes(), QUEUE_BYTES + MASTER_RESERVE)
+    {
+        stream.writer().drop_lines(&line);
+    }
+}
+
+/// A worker's line: waits for room while the stream is only slow, dropped once it is stalled.
+async fn write_worker_line(stream: Stream, line: String) {
+    if QUEUED.load(Ordering::Acquire) == 0 {
+        stream.write_now(line.as_bytes());
+        return;
+    }
+    let mut line = line.into_bytes();
+    let writer = stream.writer();
+    loop {
+        let room = writer.room.notified();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        match writer.try_push(line, QUEUE_BYTES) {
+            Ok(()) => return,
+            Err(Full(back)) => line = back,
+        }
+        // The stream may stall meanwhile: nothing would make room then.
+        let _ = tokio::time::timeout(STALLED, room).await;
+    }
+}
+
+/// A piece of cargo's output for the master's stderr, as it comes (not cut into lines, to keep
+/// its colours and progress bar), from the build's own thread: waits for room while stderr is
+/// only slow (cargo then waits on its pipe), dropped and counted once stderr is stalled.
+pub(crate) fn build_output(bytes: &[u8]) {
+    let stream = Stream::Stderr;
+    if QUEUED.load(Ordering::Acquire) == 0 {
+        stream.write_now(bytes);
+        return;
+    }
+    let writer = stream.writer();
+    let mut piece = bytes.to_vec();
+    loop {
+        match writer.try_push(piece, QUEUE_BYTES) {
+            Ok(()) => return,
+            Err(Full(back)) => piece = back,
+        }
+        writer.wait_for_room(piece.len(), QUEUE_BYTES, STALLED);
+    }
+}
+
+/// Output given back: no room for it, and the stream is not stalled.
+struct Full(Vec<u8>);
+
+/// While alive, the master's lines go through the bounded queues (see the module's doc);
+/// dropping it waits a little ([`FLUSH_WAIT`]) for them to be written, then lines are written
+/// at once again (unless another master of this process runs).
+pub(crate) struct Queued(());
+
+impl Queued {
+    pub(crate) fn start() -> Self {
+        QUEUED.fetch_add(1, Ordering::AcqRel);
+        Self(())
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + FLUSH_WAIT;
+        STDERR.flush(deadline);
+        STDOUT.flush(deadline);
+        QUEUED.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What waits for a stream: lines, and in place of the lines dropped there, how many.
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    Line(Vec<u8>),
+    Dropped(u64),
+}
+
+/// A stream's queue: lines, and the counts of lines dropped between them.
+#[derive(Debug)]
+struct Queue {
+    entries: VecDeque<Entry>,
+    /// The bytes of the lines in `entries`.
+    bytes: usize,
+    /// An entry is being written.
+    writing: bool,
+    /// Since when the entry being written is.
+    writing_since: Option<Instant>,
+    thread: Thread,
+}
+
+/// A stream's writer thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Thread {
+    NotStarted,
+    Running,
+    /// It could not start: lines are written at once, as outside a run.
+    Failed,
+}
+
+impl Queue {
+    const fn new() -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            writing: false,
+            writing_since: None,
+            thread: Thread::NotStarted,
+        }
+    }
+
+    /// Whether a line of `len` bytes fits within `limit` bytes. A line alone always fits: a
+    /// stream that takes writes loses nothing.
+    fn fits(&self, len: usize, limit: usize) -> bool {
+        self.entries.is_empty() || self.bytes + len <= limit
+    }
+
+    fn push(&mut self, line: Vec<u8>) {
+        self.bytes += line.len();
+        self.entries.push_back(Entry::Line(line));
+    }
+
+    /// Counts the lines of `output` dropped (one at least), in the place they would have had.
+    fn drop_lines(&mut self, output: &[u8]) {
+        let lines = output
+            .iter()
+            .fold(0, |lines, &byte| lines + usize::from(byte == b'\n'))
+            .max(1);
+        let lines = u64::try_from(lines).unwrap_or(u64::MAX);
+        match self.entries.back_mut() {
+            Some(Entry::Dropped(count)) => *count = count.saturating_add(lines),
+            _ => self.entries.push_back(Entry::Dropped(lines)),
+        }
+    }
+
+    /// Whether the stream has taken [`STALLED`] for one write already.
+    fn stalled(&self, now: Instant) -> bool {
+        self.writing_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= STALLED)
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        let entry = self.entries.pop_front()?;
+        if let Entry::Line(line) = &entry {
+            self.bytes -= line.len();
+        }
+        Some(entry)
+    }
+}
+
+/// One of the master's streams: its queue and the thread that writes it.
+struct Writer {
+    stream: Stream,
+    queue: Mutex<Queue>,
+    /// Signalled when an entry is queued, and when the queue is written out.
+    changed: Condvar,
+    /// Notified when an entry was taken off the queue.
+    room: tokio::sync::Notify,
+}
+
+impl Writer {
+    const fn new(stream: Stream) -> Self {
+        Self {
+            stream,
+            queue: Mutex::new(Queue::new()),
+            changed: Condvar::new(),
+            room: tokio::sync::Notify::const_new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `line` if it fits within `limit` bytes. When it does not: dropped and counted if
+    /// the stream is stalled, else given back.
+    fn try_push(&'static self, line: Vec<u8>, limit: usize) -> Result<(), Full> {
+        let mut queue = self.lock();
+        if queue.thread == Thread::NotStarted {
+            let spawned = std::thread::Builder::new()
+                .name(format!("mcluster-{}", self.stream.name()))
+                .spawn(move || self.write_forever());
+            queue.thread = if spawned.is_ok() {
+                Thread::Running
+            } else {
+                Thread::Failed
+            };
+        }
+        if queue.thread == Thread::Failed {
+            // No thread to write: the old way, at once.
+            drop(queue);
+            self.stream.write_now(&line);
+            return Ok(());
+        }
+        if queue.fits(line.len(), limit) {
+            queue.push(line);
+        } else if queue.stalled(Instant::now()) {
+            queue.drop_lines(&line);
+            return Ok(());
+        } else {
+            return Err(Full(line));
+        }
+        drop(queue);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    fn drop_lines(&self, output: &[u8]) {
+        self.lock().drop_lines(output);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `len` bytes fit within `limit`, or an entry is taken off the queue, or
+    /// `timeout`.
+    fn wait_for_room(&self, len: usize, limit: usize, timeout: Duration) {
+        let queue = self.lock();
+        if queue.fits(len, limit) {
+            return;
+        }
+        let _ = self
+            .changed
+            .wait_timeout(queue, timeout)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
+    fn write_forever(&self) {
+        let mut queue = self.lock();
+        loop {
+            let Some(entry) = queue.pop() else {
+                queue.writing = false;
+                queue.writing_since = None;
+                self.changed.notify_all();
+                queue = self
+                    .changed
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            };
+            queue.writing = true;
+            queue.writing_since = Some(Instant::now());
+            drop(queue);
+            self.room.notify_waiters();
+            self.changed.notify_all();
+            match entry {
+                Entry::Line(line) => self.stream.write_now(&line),
+                Entry::Dropped(count) => self.stream.write_now(
+                    format!(
+                        "{} {} dropped: {} did not keep up\n",
+                        master_prefix(),
+                        count_lines(count),
+                        self.stream.name()
+                    )
+                    .as_bytes(),
+                ),
+            }
+            queue = self.lock();
+        }
+    }
+
+    /// Waits until everything queued is written, or `deadline`.
+    fn flush(&self, deadline: Instant) {
+        let mut queue = self.lock();
+        while queue.thread == Thread::Running && (queue.writing || !queue.entries.is_empty()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            queue = self
+                .changed
+                .wait_timeout(queue, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// `1 line` or `1,234 lines`.
+fn count_lines(count: u64) -> String {
+    let digits = count.to_string();
+    let mut grouped = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    format!("{grouped} line{}", if count == 1 { "" } else { "s" })
 }
 
 /// The master's side of a worker's stdout and stderr: the ends the worker gets at fd 1 and 2.
@@ -61,33 +438,56 @@ pub(crate) enum WorkerOutput {
     Discarded(File),
 }
 
+/// The tasks reading a worker's pipes.
+#[derive(Default)]
+pub(crate) struct Readers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Readers {
+    /// Waits until every reader has seen the end of its pipe, or `deadline` (a grandchild of a
+    /// worker may hold its pipe open forever: its reader goes on, detached).
+    pub(crate) fn wait(&mut self, deadline: Instant) {
+        while self.0.iter().any(|reader| !reader.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.0.retain(|reader| !reader.is_finished());
+    }
+}
+
 impl WorkerOutput {
-    /// Opens the pipes and starts a reader thread per pipe, or opens `/dev/null` when `silent`.
-    /// Returns the worker's stderr tail and the threads too.
+    /// Opens the pipes and starts a reader task per pipe on the I/O loop, or opens `/dev/null`
+    /// when `silent`. Returns the worker's stderr tail and the readers too.
     pub(crate) fn start(
         silent: bool,
         slot: usize,
         generation: u64,
-    ) -> io::Result<(Self, Tail, Vec<JoinHandle<()>>)> {
+    ) -> io::Result<(Self, Tail, Readers)> {
         if silent {
             let devnull = OpenOptions::new().write(true).open("/dev/null")?;
             let tail = Arc::new(Mutex::new(VecDeque::from([SILENCED.to_owned()])));
-            return Ok((Self::Discarded(devnull), tail, Vec::new()));
+            return Ok((Self::Discarded(devnull), tail, Readers::default()));
         }
         let (stdout_read, stdout) = pipe()?;
         let (stderr_read, stderr) = pipe()?;
         let tail = Tail::default();
-        let threads = vec![
-            forward_lines(stdout_read, slot, generation, Stream::Stdout, None)?,
-            forward_lines(
+        let handle = IoLoop::handle()?;
+        let (stdout_read, stderr_read) = {
+            let _entered = handle.enter();
+            (
+                tokio::net::unix::pipe::Receiver::from_owned_fd(stdout_read)?,
+                tokio::net::unix::pipe::Receiver::from_owned_fd(stderr_read)?,
+            )
+        };
+        let readers = vec![
+            handle.spawn(forward_lines(
+                stdout_read,
+                Sink::new(slot, generation, Stream::Stdout, None),
+            )),
+            handle.spawn(forward_lines(
                 stderr_read,
-                slot,
-                generation,
-                Stream::Stderr,
-                Some(Arc::clone(&tail)),
-            )?,
+                Sink::new(slot, generation, Stream::Stderr, Some(Arc::clone(&tail))),
+            )),
         ];
-        Ok((Self::Piped { stdout, stderr }, tail, threads))
+        Ok((Self::Piped { stdout, stderr }, tail, Readers(readers)))
     }
 
     /// The worker's stdout and stderr, to be placed at fd 1 and 2.
@@ -109,47 +509,78 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     crate::sys::pipe()
 }
 
-/// Starts a thread that copies `pipe` line by line to `stream`, prefixed with `[w<slot>]`,
-/// keeping the last lines in `tail` when given.
-fn forward_lines(
-    pipe: OwnedFd,
-    slot: usize,
-    generation: u64,
+/// Where a worker's lines go: one of the master's streams, prefixed, and its stderr tail.
+struct Sink {
+    prefix: String,
     stream: Stream,
     tail: Option<Tail>,
-) -> io::Result<JoinHandle<()>> {
-    let colours = [
-        Style::new().cyan(),
-        Style::new().magenta(),
-        Style::new().yellow(),
-        Style::new().green(),
-        Style::new().blue(),
-    ];
-    let style = match stream {
-        Stream::Stdout => colours[slot % colours.len()].clone().for_stdout(),
-        Stream::Stderr => colours[slot % colours.len()].clone().for_stderr(),
-    };
-    let prefix = style.apply_to(prefix(slot, generation)).to_string();
-    thread::Builder::new()
-        .name(format!("output-w{slot}"))
-        .spawn(move || {
-            for_each_line(File::from(pipe), LINE_CAP, |text, cut| {
-                let marker = if cut { CUT_MARKER } else { "" };
-                if let Some(tail) = &tail
-                    && let Ok(mut tail) = tail.lock()
-                {
-                    if tail.len() == TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(capped(text, TAIL_LINE_CAP, marker));
-                }
-                let out = format!("{prefix} {text}{marker}\n");
-                let _ = match stream {
-                    Stream::Stdout => io::stdout().lock().write_all(out.as_bytes()),
-                    Stream::Stderr => io::stderr().lock().write_all(out.as_bytes()),
-                };
-            });
-        })
+}
+
+impl Sink {
+    fn new(slot: usize, generation: u64, stream: Stream, tail: Option<Tail>) -> Self {
+        let colours = [
+            Style::new().cyan(),
+            Style::new().magenta(),
+            Style::new().yellow(),
+            Style::new().green(),
+            Style::new().blue(),
+        ];
+        let style = match stream {
+            Stream::Stdout => colours[slot % colours.len()].clone().for_stdout(),
+            Stream::Stderr => colours[slot % colours.len()].clone().for_stderr(),
+        };
+        Self {
+            prefix: style.apply_to(prefix(slot, generation)).to_string(),
+            stream,
+            tail,
+        }
+    }
+
+    /// Keeps the line in the tail, and gives it back as written to the stream.
+    fn line(&self, text: &str, cut: bool) -> String {
+        let marker = if cut { CUT_MARKER } else { "" };
+        if let Some(tail) = &self.tail
+            && let Ok(mut tail) = tail.lock()
+        {
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(capped(text, TAIL_LINE_CAP, marker));
+        }
+        format!("{} {text}{marker}\n", self.prefix)
+    }
+}
+
+/// Copies `pipe` line by line to the sink, until its end (or a read error).
+async fn forward_lines(pipe: tokio::net::unix::pipe::Receiver, sink: Sink) {
+    let mut buffer = vec![0u8; READ_CHUNK];
+    let mut lines = Lines::new(LINE_CAP);
+    // The lines of one chunk, written before the next chunk is read.
+    let mut ready = Vec::new();
+    loop {
+        if pipe.readable().await.is_err() {
+            break;
+        }
+        match pipe.try_read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => lines.push(&buffer[..read], &mut |text, cut| {
+                ready.push(sink.line(text, cut));
+            }),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => break,
+        }
+        for line in ready.drain(..) {
+            write_worker_line(sink.stream, line).await;
+        }
+    }
+    lines.finish(&mut |text, cut| ready.push(sink.line(text, cut)));
+    for line in ready {
+        write_worker_line(sink.stream, line).await;
+    }
 }
 
 /// `text` and `marker`, or at most `cap` bytes of `text` and [`CUT_MARKER`].
@@ -160,42 +591,55 @@ fn capped(text: &str, cap: usize, marker: &str) -> String {
     format!("{}{CUT_MARKER}", &text[..text.floor_char_boundary(cap)])
 }
 
-/// Reads `input` to its end and calls `each(text, cut)` for every line, without its `\n` or
-/// `\r\n`, invalid UTF-8 replaced. A line longer than `cap` bytes comes in pieces of at most
-/// `cap` bytes, cut between characters, each but the last with `cut` set. Memory stays
-/// bounded by `cap`: the read buffer and the line are both about that size, whatever `input`
-/// holds. A read error ends the input.
-fn for_each_line(input: impl Read, cap: usize, mut each: impl FnMut(&str, bool)) {
-    // Room for a whole line of `cap` bytes with its `\r\n`, so that it is not taken for a
-    // longer one.
-    let room = cap + 2;
-    let mut reader = BufReader::with_capacity(cap, input);
-    let mut line: Vec<u8> = Vec::with_capacity(room);
-    loop {
-        let limit = u64::try_from(room - line.len()).unwrap_or(u64::MAX);
-        let read = reader
-            .by_ref()
-            .take(limit)
-            .read_until(b'\n', &mut line)
-            .unwrap_or(0);
-        if line.last() == Some(&b'\n') {
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            emit_pieces(&mut line, cap, &mut each);
-            each(&String::from_utf8_lossy(&line), false);
-            line.clear();
-        } else if line.len() == room {
-            emit_pieces(&mut line, cap, &mut each);
-        } else if read == 0 {
-            // The end: the last line had no newline.
-            emit_pieces(&mut line, cap, &mut each);
-            if !line.is_empty() {
-                each(&String::from_utf8_lossy(&line), false);
-            }
-            return;
+/// Splits bytes into lines, as they come: [`push`](Lines::push) calls `each(text, cut)` for
+/// every line, without its `\n` or `\r\n`, invalid UTF-8 replaced. A line longer than `cap`
+/// bytes comes in pieces of at most `cap` bytes, cut between characters, each but the last with
+/// `cut` set. Memory stays bounded by `cap`, whatever comes.
+struct Lines {
+    cap: usize,
+    line: Vec<u8>,
+}
+
+impl Lines {
+    fn new(cap: usize) -> Self {
+        // Room for a whole line of `cap` bytes with its `\r\n`, so that it is not taken for a
+        // longer one.
+        Self {
+            cap,
+            line: Vec::with_capacity(cap + 2),
         }
+    }
+
+    fn push(&mut self, mut bytes: &[u8], each: &mut impl FnMut(&str, bool)) {
+        let room = self.cap + 2;
+        while !bytes.is_empty() {
+            let take = (room - self.line.len()).min(bytes.len());
+            if let Some(newline) = bytes[..take].iter().position(|&byte| byte == b'\n') {
+                self.line.extend_from_slice(&bytes[..newline]);
+                bytes = &bytes[newline + 1..];
+                if self.line.last() == Some(&b'\r') {
+                    self.line.pop();
+                }
+                emit_pieces(&mut self.line, self.cap, each);
+                each(&String::from_utf8_lossy(&self.line), false);
+                self.line.clear();
+            } else {
+                self.line.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if self.line.len() == room {
+                    emit_pieces(&mut self.line, self.cap, each);
+                }
+            }
+        }
+    }
+
+    /// The end: the last line had no newline.
+    fn finish(&mut self, each: &mut impl FnMut(&str, bool)) {
+        emit_pieces(&mut self.line, self.cap, each);
+        if !self.line.is_empty() {
+            each(&String::from_utf8_lossy(&self.line), false);
+        }
+        self.line.clear();
     }
 }
 
@@ -223,6 +667,21 @@ fn char_start(bytes: &[u8], at: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+
+    /// Reads `input` to its end in chunks of 5 bytes through [`Lines`].
+    fn for_each_line(mut input: impl Read, cap: usize, mut each: impl FnMut(&str, bool)) {
+        let mut lines = Lines::new(cap);
+        let mut chunk = [0u8; 5];
+        loop {
+            let read = input.read(&mut chunk).unwrap();
+            if read == 0 {
+                break;
+            }
+            lines.push(&chunk[..read], &mut each);
+        }
+        lines.finish(&mut each);
+    }
 
     /// The lines `for_each_line` gives for `input` with `cap`, a cut piece followed by `|`.
     fn lines(input: &[u8], cap: usize) -> Vec<String> {
@@ -284,6 +743,45 @@ mod tests {
                 stray.to_owned()
             ]
         );
+    }
+
+    #[test]
+    fn a_line_that_does_not_fit_is_dropped_and_counted_in_its_place() {
+        let mut queue = Queue::new();
+        queue.push(b"12345678".to_vec());
+        assert!(!queue.fits(3, 10));
+        queue.drop_lines(b"abc\n");
+        queue.drop_lines(b"d\ne\nf\n");
+        assert!(queue.fits(2, 10));
+        queue.push(b"xy".to_vec());
+        // A piece of output without a newline counts as a line.
+        queue.drop_lines(b"progress");
+        assert_eq!(queue.pop(), Some(Entry::Line(b"12345678".to_vec())));
+        assert_eq!(queue.pop(), Some(Entry::Dropped(4)));
+        assert_eq!(queue.pop(), Some(Entry::Line(b"xy".to_vec())));
+        assert_eq!(queue.pop(), Some(Entry::Dropped(1)));
+        assert_eq!(queue.pop(), None);
+        assert_eq!(queue.bytes, 0);
+        // Alone, a line longer than the queue still goes.
+        assert!(queue.fits(13, 10));
+    }
+
+    #[test]
+    fn a_stream_is_stalled_after_one_long_write() {
+        let mut queue = Queue::new();
+        let start = Instant::now();
+        assert!(!queue.stalled(start + STALLED));
+        queue.writing_since = Some(start);
+        assert!(!queue.stalled(start + STALLED / 2));
+        assert!(queue.stalled(start + STALLED));
+    }
+
+    #[test]
+    fn dropped_lines_are_counted_with_separators() {
+        assert_eq!(count_lines(1), "1 line");
+        assert_eq!(count_lines(999), "999 lines");
+        assert_eq!(count_lines(1_234), "1,234 lines");
+        assert_eq!(count_lines(1_234_567), "1,234,567 lines");
     }
 
     #[test]

@@ -39,6 +39,8 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
+use crate::procfs;
+
 /// What the master knows of its listeners: their socket inodes, and the device of the socket
 /// file system they live on (the same for every socket).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -201,7 +203,7 @@ impl Starting {
     pub fn stopped(&self) -> Option<i32> {
         std::iter::once(self.pgid)
             .chain(self.members.iter().copied())
-            .find(|&pid| matches!(process_state(pid), Some('T' | 't')))
+            .find(|&pid| procfs::stat(pid).is_some_and(|stat| stat.stopped()))
     }
 
     /// Whether the worker is hidden from us: its `/proc` entries exist but may not be read (it
@@ -237,15 +239,7 @@ impl Fds {
             ours: Vec::new(),
             epolls: Vec::new(),
         };
-        for entry in fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
-            let Ok(entry) = entry else { continue };
-            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
-            // The fd may be closed between the listing and the readlink: then it is no fd.
-            let Ok(target) = fs::read_link(entry.path()) else {
-                continue;
-            };
+        for (fd, target) in procfs::fds(pid)? {
             let Some(target) = target.to_str() else {
                 continue;
             };
@@ -266,13 +260,11 @@ impl Fds {
 /// Linear in the worker's fds plus the namespace's sockets: a lingering worker may hold
 /// thousands of connections, and this runs on the driver's thread.
 pub(crate) fn open_connections(pid: i32) -> usize {
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+    let Some(fds) = procfs::fds(pid) else {
         return 0;
     };
     let inodes: HashSet<u64> = fds
-        .flatten()
-        .filter_map(|fd| fs::read_link(fd.path()).ok())
-        .filter_map(|target| socket_inode(target.to_str()?))
+        .filter_map(|(_, target)| socket_inode(target.to_str()?))
         .collect();
     let table =
         |name: &str| fs::read_to_string(format!("/proc/{pid}/net/{name}")).unwrap_or_default();
@@ -488,33 +480,29 @@ fn parse_hex(text: &str) -> Option<u64> {
 
 /// The live processes of the group `pgid` other than its leader.
 fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != pgid && process_group(pid) == Some(pgid))
+    procfs::pids()
+        .into_iter()
+        .filter(|&pid| {
+            pid != pgid && procfs::stat(pid).is_some_and(|stat| stat.pgrp == pgid && !stat.exited())
+        })
         .collect()
 }
 
-/// The state of `pid` (`R`, `S`, `T`, `Z`, …), from `/proc/PID/stat`.
-fn process_state(pid: i32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_ascii_whitespace()
-        .next()?
-        .chars()
-        .next()
-}
-
-/// The process group of `pid`, if it is alive (not a zombie).
-fn process_group(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_ascii_whitespace();
-    let state = fields.next()?;
-    let pgrp = fields.nth(1)?.parse().ok()?;
-    (state != "Z" && state != "X").then_some(pgrp)
+/// The process groups that have a live (not zombie) process, from one pass over `/proc`; `None`
+/// without `/proc`.
+pub(crate) fn groups_with_live_processes() -> Option<HashSet<i32>> {
+    // Where /proc is mounted, it shows this process at least.
+    let pids = procfs::pids();
+    if pids.is_empty() {
+        return None;
+    }
+    Some(
+        pids.into_iter()
+            .filter_map(procfs::stat)
+            .filter(|stat| !stat.exited())
+            .map(|stat| stat.pgrp)
+            .collect(),
+    )
 }
 
 #[cfg(test)]

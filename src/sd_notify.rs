@@ -6,47 +6,65 @@
 //! worker ready, `STATUS=…` is its status line, and every message is passed to the embedder's
 //! message handler.
 //!
+//! # Reading, coalesced
+//!
+//! Each socket is read by a task on the master's I/O loop ([`IoLoop`]), never a thread per
+//! worker. What a worker sends is coalesced ([`Coalesced`]) before it reaches the driver, so
+//! that a worker flooding its socket costs the master a fixed amount of memory and the driver
+//! one wake-up per turn: the latest `STATUS=`, whether `READY=1`, `WATCHDOG=1` and `STOPPING=1`
+//! were seen, the messages themselves up to [`MESSAGES_KEPT`] between two turns of the driver
+//! (for the embedder's message handler and the `events` followers), and a count of the
+//! messages dropped beyond. The driver is woken with one [`Input::Notify`] per worker at most
+//! until it takes the worker's messages.
+//!
 //! # The directory
 //!
 //! `mcluster-<pid>-<12 random hex digits>` in `$XDG_RUNTIME_DIR`, or without it in `$TMPDIR`
 //! (`/tmp`): made by `mkdir`, so a name someone else took first is never used (another one is
 //! drawn), and unpredictable, so nobody can take it first on purpose. It holds a marker file
-//! written at its creation, and is removed when the master exits. A master killed by SIGKILL
-//! cannot remove it, so each master first sweeps the directories of dead masters — only those it
-//! can prove are: the name's pattern, a directory (not a symlink) of our uid with mode 0700, the
-//! marker with its text, nothing else inside but notify sockets, none of them read, and the pid
-//! in the name not running. Anything else, such as a user's own `mcluster-1234`, stays.
+//! written at its creation, naming the master ([`crate::leftover`]), and is removed when the
+//! master exits. A master killed by SIGKILL cannot remove it, so each master first sweeps the
+//! directories of dead masters — only those it can prove are: the name's pattern, a directory
+//! (not a symlink) of our uid with mode 0700, nothing else inside but the marker and notify
+//! sockets, none of them read, and a marker that proves its master, the pid in the name, gone
+//! (the leftover module's one rule: a free or reused pid, or another boot). Anything else, such
+//! as a user's own `mcluster-1234` or a master's in another pid namespace, stays.
 
 use std::fs;
 use std::hash::{BuildHasher, Hasher, RandomState};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
-use std::thread;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use nix::errno::Errno;
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
 
 use crate::cluster::WorkerKey;
 use crate::config::Error;
+use crate::http::IoLoop;
+use crate::leftover::{self, Here};
 use crate::listener::MAX_UNIX_PATH;
 use crate::supervisor::Input;
 
 /// The file that marks a directory as a master's notify directory.
 const MARKER: &str = "mcluster-notify";
 
-/// The marker's whole text.
-const MARKER_TEXT: &[u8] = b"notify sockets of an mcluster master, removed when it exits\n";
+/// The first line of the marker (an owner file, see [`crate::leftover`]).
+const MARKER_KIND: &str = "mcluster notify directory";
 
 /// The random part of a directory's name, in hex digits.
 const SUFFIX_DIGITS: usize = 12;
 
 /// The longest socket name the length check of a directory allows for (slot and key).
 const LONGEST_SOCKET_NAME: &str = "w9999-9999999999.sock";
+
+/// The most messages of one worker kept between two turns of the driver; the others are
+/// counted (their facts and latest `STATUS=` still count).
+pub(crate) const MESSAGES_KEPT: usize = 64;
+
+/// The longest message read whole, in bytes (the rest of a longer datagram is cut off).
+const MESSAGE_MAX: usize = 4096;
 
 /// The master's private directory of notify sockets, removed when dropped.
 #[derive(Debug)]
@@ -105,14 +123,10 @@ impl NotifyDir {
             let dir = Self { path };
             // The umask may have taken the owner's bits too.
             fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o700))?;
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(dir.path.join(MARKER))?
-                .write_all(MARKER_TEXT)?;
-            // The new directory's owner is the uid whose directories are ours to sweep.
-            remove_dead_masters_dirs(&base, fs::metadata(&dir.path)?.uid());
+            leftover::mark(&dir.path.join(MARKER), MARKER_KIND)?;
+            if let Some(here) = Here::now() {
+                remove_dead_masters_dirs(&base, &here);
+            }
             return Ok(dir);
         }
         Err(io::Error::new(
@@ -121,7 +135,8 @@ impl NotifyDir {
         ))
     }
 
-    /// Binds a worker's socket and starts the thread that forwards its messages.
+    /// Binds a worker's socket and starts the task that reads it, which wakes the driver with
+    /// [`Input::Notify`] when it has messages.
     pub(crate) fn open(
         &self,
         key: WorkerKey,
@@ -130,11 +145,31 @@ impl NotifyDir {
     ) -> io::Result<NotifySocket> {
         let path = self.path.join(format!("w{slot}-{}.sock", key.0));
         let socket = UnixDatagram::bind(&path)?;
-        let reader = socket.try_clone()?;
-        thread::Builder::new()
-            .name(format!("notify-w{slot}"))
-            .spawn(move || forward_messages(&reader, key, &events))?;
-        Ok(NotifySocket { path, socket })
+        // From here on, an error removes the file.
+        let removes = RemoveOnDrop(path);
+        socket.set_nonblocking(true)?;
+        let handle = IoLoop::handle()?;
+        let socket = {
+            let _entered = handle.enter();
+            tokio::net::UnixDatagram::from_std(socket)?
+        };
+        let pending = Arc::new(Mutex::new(Coalesced::default()));
+        let reader = handle.spawn(read_messages(socket, key, Arc::clone(&pending), events));
+        Ok(NotifySocket {
+            path: removes,
+            reader: reader.abort_handle(),
+            pending,
+        })
+    }
+}
+
+/// A path removed when dropped.
+#[derive(Debug)]
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 
@@ -151,12 +186,12 @@ fn random_suffix(attempt: u32) -> u64 {
 }
 
 /// Removes the directories of masters killed before they could (see the module's doc).
-fn remove_dead_masters_dirs(base: &Path, uid: u32) {
+fn remove_dead_masters_dirs(base: &Path, here: &Here) {
     let Ok(entries) = fs::read_dir(base) else {
         return;
     };
     for entry in entries.flatten() {
-        if let Some(sockets) = dead_masters_dir(&entry, uid) {
+        if let Some(sockets) = dead_masters_dir(&entry, here) {
             for socket in sockets {
                 let _ = fs::remove_file(socket);
             }
@@ -169,7 +204,7 @@ fn remove_dead_masters_dirs(base: &Path, uid: u32) {
 }
 
 /// The sockets in `entry` if it is provably the notify directory of a master that is gone.
-fn dead_masters_dir(entry: &fs::DirEntry, uid: u32) -> Option<Vec<PathBuf>> {
+fn dead_masters_dir(entry: &fs::DirEntry, here: &Here) -> Option<Vec<PathBuf>> {
     let name = entry.file_name();
     let (pid, suffix) = name.to_str()?.strip_prefix("mcluster-")?.split_once('-')?;
     if !is_decimal(pid)
@@ -182,30 +217,30 @@ fn dead_masters_dir(entry: &fs::DirEntry, uid: u32) -> Option<Vec<PathBuf>> {
     }
     // `DirEntry::metadata` does not follow a symlink.
     let meta = entry.metadata().ok()?;
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o7777 != 0o700 {
+    if !meta.is_dir() || meta.uid() != here.uid || meta.mode() & 0o7777 != 0o700 {
         return None;
     }
-    let pid = Pid::from_raw(pid.parse().ok()?);
-    if kill(pid, None) != Err(Errno::ESRCH) {
+    if !leftover::proves_gone(
+        &entry.path().join(MARKER),
+        MARKER_KIND,
+        pid.parse().ok()?,
+        here,
+    ) {
         return None;
     }
-    let mut marked = false;
     let mut sockets = Vec::new();
     for inner in fs::read_dir(entry.path()).ok()? {
         let inner = inner.ok()?;
         let kind = inner.file_type().ok()?;
         let name = inner.file_name();
         match name.to_str()? {
-            MARKER if kind.is_file() => {
-                marked = fs::read(inner.path()).ok()? == MARKER_TEXT;
-            }
+            MARKER => {}
             name if kind.is_socket() && is_socket_name(name) => sockets.push(inner.path()),
             _ => return None,
         }
     }
-    // A master in another PID namespace sharing this directory looks dead from here: its
-    // sockets still have a reader, though.
-    (marked && !sockets.iter().any(|socket| has_reader(socket))).then_some(sockets)
+    // Belt and braces: a socket that still has a reader is in use, whatever the marker says.
+    (!sockets.iter().any(|socket| has_reader(socket))).then_some(sockets)
 }
 
 fn is_decimal(text: &str) -> bool {
@@ -231,39 +266,97 @@ impl Drop for NotifyDir {
     }
 }
 
-/// One worker's notify socket; closing it ends its reader thread and removes the file.
+/// One worker's notify socket; dropping it ends its reader task and removes the file.
 #[derive(Debug)]
 pub(crate) struct NotifySocket {
-    path: PathBuf,
-    socket: UnixDatagram,
+    path: RemoveOnDrop,
+    reader: tokio::task::AbortHandle,
+    pending: Arc<Mutex<Coalesced>>,
 }
 
 impl NotifySocket {
     /// The value of the worker's `NOTIFY_SOCKET`.
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        &self.path.0
+    }
+
+    /// What the worker sent since the last call; the next message wakes the driver again.
+    pub(crate) fn take(&self) -> Coalesced {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *pending)
     }
 }
 
 impl Drop for NotifySocket {
     fn drop(&mut self) {
-        // Shutting the socket down wakes the reader blocked in recv with a 0-byte read.
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
-        let _ = std::fs::remove_file(&self.path);
+        // The task owns the socket: aborted, it closes it.
+        self.reader.abort();
     }
 }
 
-fn forward_messages(socket: &UnixDatagram, key: WorkerKey, events: &Sender<Input>) {
-    let mut buffer = vec![0u8; 4096];
+/// Which of the assignments the core hears about a worker sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Facts {
+    /// `READY=1`
+    pub(crate) ready: bool,
+    /// `WATCHDOG=1`
+    pub(crate) watchdog: bool,
+    /// `STOPPING=1`
+    pub(crate) stopping: bool,
+}
+
+/// A worker's notify messages since the driver last took them (see the module's doc).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Coalesced {
+    /// The latest `STATUS=` text.
+    pub(crate) status: Option<String>,
+    pub(crate) facts: Facts,
+    /// The messages, oldest first, at most [`MESSAGES_KEPT`].
+    pub(crate) messages: Vec<String>,
+    /// Messages beyond [`MESSAGES_KEPT`], not kept.
+    pub(crate) dropped: u64,
+    /// The driver was woken for these and has not taken them yet.
+    woken: bool,
+}
+
+impl Coalesced {
+    /// Adds a message; `true` when the driver is to be woken for it (it was not yet).
+    fn add(&mut self, message: String) -> bool {
+        if let Some(status) = status(&message) {
+            self.status = Some(status.to_owned());
+        }
+        self.facts.ready |= says(&message, "READY=1");
+        self.facts.watchdog |= says(&message, "WATCHDOG=1");
+        self.facts.stopping |= says(&message, "STOPPING=1");
+        if self.messages.len() < MESSAGES_KEPT {
+            self.messages.push(message);
+        } else {
+            self.dropped += 1;
+        }
+        !std::mem::replace(&mut self.woken, true)
+    }
+}
+
+/// Reads a worker's socket into `pending`, waking the driver when there is something new for
+/// it; ends when the driver is gone, or on an error of the socket.
+async fn read_messages(
+    socket: tokio::net::UnixDatagram,
+    key: WorkerKey,
+    pending: Arc<Mutex<Coalesced>>,
+    events: Sender<Input>,
+) {
+    let mut buffer = vec![0u8; MESSAGE_MAX];
     loop {
-        match socket.recv(&mut buffer) {
-            Ok(0) | Err(_) => return,
-            Ok(len) => {
-                let text = String::from_utf8_lossy(&buffer[..len]).into_owned();
-                if events.send(Input::Notify { key, text }).is_err() {
-                    return;
-                }
-            }
+        let Ok(len) = socket.recv(&mut buffer).await else {
+            return;
+        };
+        let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
+        let wake = pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(message);
+        if wake && events.send(Input::Notify { key }).is_err() {
+            return;
         }
     }
 }
@@ -283,11 +376,12 @@ pub(crate) fn status(message: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::leftover::Owner;
     use std::sync::mpsc;
     use std::time::Duration;
 
     #[test]
-    fn messages_are_forwarded_and_closing_ends_the_reader() {
+    fn messages_are_coalesced_and_closing_ends_the_reader() {
         let dir = NotifyDir::create().unwrap();
         let (tx, rx) = mpsc::channel();
         let socket = dir.open(WorkerKey(7), 0, tx).unwrap();
@@ -295,16 +389,50 @@ mod tests {
         client
             .send_to(b"READY=1\nSTATUS=up", socket.path())
             .unwrap();
-        let Input::Notify { key, text } = rx.recv_timeout(Duration::from_secs(10)).unwrap() else {
+        let Input::Notify { key } = rx.recv_timeout(Duration::from_secs(10)).unwrap() else {
             panic!("expected a notify message");
         };
         assert_eq!(key, WorkerKey(7));
-        assert!(says(&text, "READY=1"));
-        assert_eq!(status(&text), Some("up"));
+        // More messages before the driver takes them: no other wake-up.
+        let more = MESSAGES_KEPT + 10;
+        for n in 0..more {
+            client
+                .send_to(format!("STATUS={n}").as_bytes(), socket.path())
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let held = || {
+            let pending = socket.pending.lock().unwrap();
+            pending.messages.len() + usize::try_from(pending.dropped).unwrap()
+        };
+        while held() < more + 1 {
+            assert!(std::time::Instant::now() < deadline, "{} held", held());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            rx.try_iter().count(),
+            0,
+            "woken again before the driver took any"
+        );
+        let taken = socket.take();
+        assert!(taken.facts.ready);
+        assert_eq!(taken.status.as_deref(), Some(&*format!("{}", more - 1)));
+        assert_eq!(taken.messages[0], "READY=1\nSTATUS=up");
+        assert_eq!(taken.messages.len(), MESSAGES_KEPT);
+        assert_eq!(
+            taken.dropped,
+            u64::try_from(more + 1 - MESSAGES_KEPT).unwrap()
+        );
+        // Taken: the next message wakes the driver again.
+        client.send_to(b"WATCHDOG=1", socket.path()).unwrap();
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Ok(Input::Notify { key: WorkerKey(7) })
+        ));
         let path = socket.path().to_owned();
         drop(socket);
         assert!(!path.exists());
-        // The reader thread dropped its sender: the channel disconnects.
+        // The reader task dropped its sender: the channel disconnects.
         assert!(matches!(
             rx.recv_timeout(Duration::from_secs(10)),
             Err(mpsc::RecvTimeoutError::Disconnected)
@@ -314,35 +442,88 @@ mod tests {
         assert!(!dir_path.exists());
     }
 
-    /// A directory as a master makes it in `base`, with a stale socket inside.
-    fn made_by_a_master(base: &Path, pid: u32, suffix: &str) -> PathBuf {
-        let dir = base.join(format!("mcluster-{pid}-{suffix}"));
+    #[test]
+    fn a_flood_keeps_the_facts_the_latest_status_and_a_count() {
+        let mut pending = Coalesced::default();
+        assert!(
+            pending.add("READY=1".to_owned()),
+            "the first wakes the driver"
+        );
+        for n in 0..1000 {
+            assert!(!pending.add(format!("STATUS={n}\nWATCHDOG=1")));
+        }
+        assert!(!pending.add("STOPPING=1".to_owned()));
+        assert_eq!(
+            pending.facts,
+            Facts {
+                ready: true,
+                watchdog: true,
+                stopping: true
+            }
+        );
+        assert_eq!(pending.status.as_deref(), Some("999"));
+        assert_eq!(pending.messages.len(), MESSAGES_KEPT);
+        assert_eq!(pending.dropped, 1002 - MESSAGES_KEPT as u64);
+        let taken = std::mem::take(&mut pending);
+        assert_eq!(taken.messages[0], "READY=1");
+        assert!(
+            pending.add("READY=1".to_owned()),
+            "taken: the next wakes it again"
+        );
+    }
+
+    /// A directory as the master `owner` makes it in `base`, with a stale socket inside.
+    fn made_by(base: &Path, owner: &Owner, suffix: &str) -> PathBuf {
+        let dir = base.join(format!("mcluster-{}-{suffix}", owner.pid));
         fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-        fs::write(dir.join(MARKER), MARKER_TEXT).unwrap();
+        fs::write(dir.join(MARKER), owner.render(MARKER_KIND)).unwrap();
         drop(UnixDatagram::bind(dir.join("w0-1.sock")).unwrap());
         dir
+    }
+
+    /// A master of this boot and pid namespace that is gone: its pid is free.
+    fn dead_master() -> Owner {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        Owner {
+            pid: child.id(),
+            start_time: 1,
+            ..Owner::of_self().unwrap()
+        }
     }
 
     #[test]
     fn only_provably_dead_masters_directories_are_removed() {
         let base = tempfile::tempdir().unwrap();
         let base = base.path();
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
+        let dead = dead_master();
+        let made_by_a_master = |base: &Path, pid: u32, suffix: &str| {
+            made_by(
+                base,
+                &Owner {
+                    pid,
+                    ..dead.clone()
+                },
+                suffix,
+            )
+        };
+        let dead = dead.pid;
         let stale = made_by_a_master(base, dead, "0123456789ab");
         let mut kept = Vec::new();
-        // A master in another PID namespace: its pid means nothing here, its socket is read.
-        let elsewhere = made_by_a_master(base, i32::MAX.cast_unsigned(), "0123456789ab");
-        let _reader = UnixDatagram::bind(elsewhere.join("w1-2.sock")).unwrap();
-        kept.push(elsewhere);
-        // A live master's (this process's parent stands in for one).
-        kept.push(made_by_a_master(
-            base,
-            std::os::unix::process::parent_id(),
-            "0123456789ab",
-        ));
+        // A master in another PID namespace: its pid means nothing here, whether its sockets
+        // are read or not.
+        let elsewhere = Owner {
+            pid: i32::MAX.cast_unsigned(),
+            pid_namespace: "pid:[1]".to_owned(),
+            ..dead_master()
+        };
+        let read_elsewhere = made_by(base, &elsewhere, "0123456789ab");
+        let _reader = UnixDatagram::bind(read_elsewhere.join("w1-2.sock")).unwrap();
+        kept.push(read_elsewhere);
+        kept.push(made_by(base, &elsewhere, "0123456789ac"));
+        // A live master's (this process stands in for one).
+        kept.push(made_by(base, &Owner::of_self().unwrap(), "0123456789ab"));
         // A user's own directories, named like ours.
         let users = base.join(format!("mcluster-{dead}"));
         fs::create_dir(&users).unwrap();
@@ -357,6 +538,26 @@ mod tests {
         let other_text = made_by_a_master(base, dead, "00000000000c");
         fs::write(other_text.join(MARKER), "something else").unwrap();
         kept.push(other_text);
+        // The marker of an earlier version, which named nobody.
+        let unnamed = made_by_a_master(base, dead, "000000000012");
+        fs::write(
+            unnamed.join(MARKER),
+            "notify sockets of an mcluster master, removed when it exits\n",
+        )
+        .unwrap();
+        kept.push(unnamed);
+        // A marker naming another pid than the directory's name.
+        let misnamed = made_by_a_master(base, dead, "000000000013");
+        fs::write(
+            misnamed.join(MARKER),
+            Owner {
+                pid: dead + 1,
+                ..dead_master()
+            }
+            .render(MARKER_KIND),
+        )
+        .unwrap();
+        kept.push(misnamed);
         let open_mode = made_by_a_master(base, dead, "00000000000d");
         fs::set_permissions(&open_mode, fs::Permissions::from_mode(0o755)).unwrap();
         kept.push(open_mode);
@@ -398,10 +599,41 @@ mod tests {
         );
         let mode = fs::metadata(&dir.path).unwrap().mode();
         assert_eq!(mode & 0o7777, 0o700, "{mode:o}");
-        assert_eq!(fs::read(dir.path.join(MARKER)).unwrap(), MARKER_TEXT);
+        let marker = fs::read_to_string(dir.path.join(MARKER)).unwrap();
+        assert_eq!(Owner::parse(&marker, MARKER_KIND), Owner::of_self());
         // The name is drawn anew each time.
         let again = NotifyDir::create_in(base).unwrap();
         assert_ne!(again.path, dir.path);
+    }
+
+    #[test]
+    fn a_reused_pid_or_an_earlier_boot_is_a_dead_master() {
+        let base = tempfile::tempdir().unwrap();
+        let here = Owner::of_self().unwrap();
+        // This process's pid, but another process's start time: the master that had it is
+        // gone, though its pid runs.
+        let reused = made_by(
+            base.path(),
+            &Owner {
+                start_time: here.start_time + 1,
+                ..here.clone()
+            },
+            "0123456789ab",
+        );
+        // A live pid, in an earlier boot.
+        let earlier = made_by(
+            base.path(),
+            &Owner {
+                boot_id: "00000000-0000-0000-0000-000000000000".to_owned(),
+                pid: std::os::unix::process::parent_id(),
+                ..here.clone()
+            },
+            "0123456789ab",
+        );
+        let dir = NotifyDir::create_in(base.path()).unwrap();
+        assert!(!reused.exists(), "{}", reused.display());
+        assert!(!earlier.exists(), "{}", earlier.display());
+        assert!(dir.path.is_dir());
     }
 
     #[test]

@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub(crate) use crate::procfs::rss_bytes;
+/// The most records waiting for one follower of the master's events
+/// ([`Handle::events`](crate::master::Handle::events)); one more ends its subscription.
+pub const FOLLOWER_QUEUE: usize = 4096;
+
 /// A snapshot of a running master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
@@ -171,7 +176,9 @@ pub enum Record {
         /// How it ended (`exited with status 1`, `killed by signal SIGKILL`).
         end: String,
     },
-    /// A worker sent a notify message.
+    /// A worker sent a notify message (as the handler of
+    /// [`Master::on_message`](crate::master::Master::on_message) sees them: a flood is cut
+    /// short).
     Notify {
         /// Its slot.
         slot: usize,
@@ -203,18 +210,4 @@ pub enum Record {
 /// Milliseconds, saturated, for the JSON of durations.
 pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The resident memory of a process, from `/proc/PID/status`.
-pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = text
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }

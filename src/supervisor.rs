@@ -6,10 +6,36 @@
 //! still decides is which requests it refuses before they reach the core (a size beyond
 //! [`SizeBound`]).
 //!
-//! One loop: wait on one channel (fed by the signal thread, the notify readers and the embedder's
-//! [`Handle`](crate::master::Handle)) with the core's next deadline as timeout, turn what arrives
-//! into an [`Event`], hand it to [`Cluster::handle`], carry out the actions. A spawn is answered
-//! at once with `Spawned` or `SpawnFailed`.
+//! One loop: wait on one channel, the inbox, with the core's next deadline as timeout, turn
+//! what arrives into an [`Event`], hand it to [`Cluster::handle`], carry out the actions. A
+//! spawn is answered at once with `Spawned` or `SpawnFailed`.
+//!
+//! # Threads and queues
+//!
+//! The driver runs on the thread that called [`Master::run`](crate::master::Master::run). The
+//! workers' output pipes and notify sockets are read by tasks on the I/O loop
+//! ([`IoLoop`](crate::http::IoLoop), one thread, shared with the HTTP servers); signals come
+//! from one thread of their own ([`watch_signals`]); each of the master's streams has one
+//! writer thread ([`output`]). None of them grows with the number of workers or clients.
+//! Every queue between them has a bound and a policy:
+//!
+//! - **The inbox** holds at most: one [`Input::Notify`] per worker (its messages wait coalesced
+//!   in its notify socket until the driver takes them, see [`sd_notify`](crate::sd_notify)); one
+//!   [`Input::Signal`] per watched signal (a signal that arrives meanwhile is counted in it);
+//!   one [`Input::Changed`] per debounced batch of the watcher; and the requests of the
+//!   [`Handle`](crate::master::Handle)s, one per call of the embedder, the control socket and
+//!   the metrics endpoint, which each answer a bounded number of clients at once. Nothing that
+//!   a worker or a stalled stream does can make it grow.
+//! - **A worker's notify messages**: the latest `STATUS=`, the `READY=1`, `WATCHDOG=1` and
+//!   `STOPPING=1` facts, and [`MESSAGES_KEPT`](crate::sd_notify::MESSAGES_KEPT) messages between
+//!   two turns of the driver for the message handler and the followers; beyond, counted and
+//!   dropped, with one line saying how many.
+//! - **The master's stdout and stderr**: a bounded queue each (see [`output`]). A worker's line
+//!   waits for room while the stream is slow; when it is stalled, lines are dropped and
+//!   counted, and the driver, which never waits for either stream, keeps supervising.
+//! - **Followers** ([`Control::Subscribe`]) get one record per event on a channel of their own
+//!   of [`FOLLOWER_QUEUE`](crate::status::FOLLOWER_QUEUE) records; a follower that falls that far
+//!   behind is dropped (its channel ends), never waited for. Waiters get one answer each.
 //!
 //! A worker is its process group: signals go to the group, and when the worker process exits
 //! while its group lives on, the core hears [`Event::LeaderExited`], and [`Event::Exited`] once
@@ -24,8 +50,9 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::thread::JoinHandle;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -37,13 +64,14 @@ use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, ResizeAnswer, RollEnd,
     StopKind, WorkerKey, after, human_duration,
 };
-use crate::dev::{DevLoop, Reload};
+use crate::dev::DevLoop;
+use crate::dev::core::{DevAction, DevEvent, Page, Served};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::master::SizeBound;
-use crate::output::{self, Tail, WorkerOutput};
+use crate::output::{self, Readers, Tail, WorkerOutput};
 use crate::readiness::{self, ListenerInodes};
-use crate::sd_notify::{self, NotifyDir, NotifySocket};
+use crate::sd_notify::{NotifyDir, NotifySocket};
 use crate::status::{
     self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
 };
@@ -52,9 +80,6 @@ use crate::sys::{GUARD_CAPACITY, Guard, SpawnRequest, spawn_worker};
 /// How often, after a roll in dev mode, the old workers are probed for still accepting.
 const RELOAD_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The longest pages wait after a switch for the old workers to stop accepting.
-const RELOAD_WAIT: Duration = Duration::from_secs(1);
-
 /// How many queued inputs are handled before a due deadline: a `READY=1` sent just before its
 /// deadline counts, while a stream of messages cannot starve the deadline.
 const QUEUED_BEFORE_DEADLINE: usize = 64;
@@ -62,10 +87,12 @@ const QUEUED_BEFORE_DEADLINE: usize = 64;
 /// Everything that can wake the driver.
 #[derive(Debug)]
 pub(crate) enum Input {
-    /// A signal the master received.
-    Signal(i32),
-    /// A datagram on a worker's notify socket.
-    Notify { key: WorkerKey, text: String },
+    /// A signal the master received, `count` times since the driver last handled it (at most
+    /// one of each signal waits in the inbox).
+    Signal { signal: i32, count: Arc<AtomicU32> },
+    /// A worker's notify socket has messages (coalesced: see [`sd_notify`](crate::sd_notify)); at most one per
+    /// worker waits in the inbox.
+    Notify { key: WorkerKey },
     /// A request from the embedder's handle.
     Control(Control),
     /// Dev mode: files really changed (a debounced batch).
@@ -86,8 +113,39 @@ pub(crate) enum Control {
     QuitHard(Option<Sender<ExitReason>>),
     /// A snapshot of the master, to the sender.
     Status(Sender<Status>),
-    /// Every lifecycle event from now on, to the sender, until it hangs up.
-    Subscribe(Sender<Record>),
+    /// Every lifecycle event from now on, to the subscriber, until it hangs up.
+    Subscribe(Subscriber),
+}
+
+/// Where a subscriber's lifecycle events go. Sending never blocks the driver.
+#[derive(Debug)]
+pub(crate) enum Subscriber {
+    /// The library's [`Handle::events`](crate::master::Handle::events): a channel the
+    /// embedder's own code reads.
+    Channel(SyncSender<Record>),
+    /// A control socket's follower: a bounded queue. One that is full is dropped (its sender
+    /// goes, so the follower sees the end), and `overflowed` says why.
+    Queue(
+        tokio::sync::mpsc::Sender<Record>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ),
+}
+
+impl Subscriber {
+    /// Queues `record`; `false` when the subscriber is gone or was dropped for being full.
+    fn send(&self, record: &Record) -> bool {
+        match self {
+            Self::Channel(sender) => sender.try_send(record.clone()).is_ok(),
+            Self::Queue(queue, overflowed) => match queue.try_send(record.clone()) {
+                Ok(()) => true,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    overflowed.store(true, std::sync::atomic::Ordering::Release);
+                    false
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+            },
+        }
+    }
 }
 
 /// A message handler: the worker's slot and the notify message.
@@ -123,9 +181,10 @@ struct RunningWorker {
     status: Option<String>,
     /// Watches it for accepting while it starts; `None` once ready (or without probing).
     probe: Option<readiness::Starting>,
-    _notify: NotifySocket,
+    /// Its notify socket, with the messages the driver has not taken yet.
+    notify: NotifySocket,
     stderr_tail: Tail,
-    output: Vec<JoinHandle<()>>,
+    output: Readers,
 }
 
 /// A worker that exited, kept for a failure report.
@@ -133,7 +192,7 @@ struct ExitedWorker {
     slot: usize,
     pid: i32,
     stderr_tail: Tail,
-    output: Vec<JoinHandle<()>>,
+    output: Readers,
 }
 
 pub(crate) struct Supervisor<'a> {
@@ -175,8 +234,6 @@ impl Supervisor<'_> {
             strays: Vec::new(),
             reap_all: nix::unistd::getpid().as_raw() == 1,
             reload_checked: Instant::now(),
-            reload_pending: None,
-            served: false,
             waiters: HashMap::new(),
             roll_waiter: None,
             subscribers: Vec::new(),
@@ -187,11 +244,18 @@ impl Supervisor<'_> {
             exit: None,
             devnull,
         };
-        if self.dev.as_ref().is_some_and(|dev| dev.plan.is_some()) {
-            // A tab opened during the first build gets a page that follows the build.
-            self.answer_while_building();
+        if let Some(dev) = &self.dev {
+            let begin = DevEvent::Begin {
+                building: dev.plan.is_some(),
+                watching: dev.watcher.is_some(),
+                livereload: self.livereload.is_some(),
+            };
+            if dev.plan.is_some() {
+                // A tab opened during the first build gets a page that follows the build.
+                self.answer_while_building();
+            }
             // The first generation runs what the initial build produces.
-            self.start_build(&mut state, Vec::new());
+            self.dev_event(&mut state, begin);
         } else {
             self.feed(&mut state, Event::Start);
         }
@@ -210,7 +274,7 @@ impl Supervisor<'_> {
                 continue;
             }
             // Dev mode: the old workers are probed after a roll, whatever else arrives meanwhile.
-            let reload_check = state.next_reload_check();
+            let reload_check = state.next_reload_check(self.reload_waits_for().is_some());
             if reload_check.is_some_and(|next| next <= Instant::now()) {
                 state.reload_checked = Instant::now();
                 self.reload_pages_once_switched(&mut state);
@@ -246,8 +310,8 @@ impl Supervisor<'_> {
         }
         // Let the last lines of every worker reach the terminal before the master exits.
         let deadline = after(Instant::now(), Duration::from_secs(2));
-        for exited in state.exited.drain(..) {
-            wait_for_threads(exited.output, deadline);
+        for mut exited in state.exited.drain(..) {
+            exited.output.wait(deadline);
         }
         Ok(reason)
     }
@@ -276,25 +340,125 @@ impl Supervisor<'_> {
         }
     }
 
-    /// After a roll, pages reload once no worker of an older generation is seen accepting (they
-    /// close their listeners at the stop signal), or after [`RELOAD_WAIT`] at the latest: never
-    /// before the switch is complete.
-    fn reload_pages_once_switched(&self, state: &mut DriverState) {
-        let Some((generation, latest)) = state.reload_pending else {
+    /// The generation whose older workers the pages wait for (dev mode, after a roll).
+    fn reload_waits_for(&self) -> Option<u64> {
+        self.dev.as_ref()?.core.reload_waits_for()
+    }
+
+    /// After a roll, the dev core learns whether a worker of an older generation is still seen
+    /// accepting (they close their listeners at the stop signal): pages reload once none is.
+    fn reload_pages_once_switched(&mut self, state: &mut DriverState) {
+        let Some(generation) = self.reload_waits_for() else {
             return;
         };
-        let old_accepting = self.probe.as_ref().is_none_or(|listeners| {
+        let accepting = self.probe.as_ref().is_none_or(|listeners| {
             state
                 .workers
                 .values()
                 .filter(|worker| worker.generation < generation)
                 .any(|worker| readiness::probe(worker.pid, listeners).is_some())
         });
-        if old_accepting && Instant::now() < latest {
-            return;
+        self.dev_event(state, DevEvent::OldWorkers { accepting });
+    }
+
+    /// Hands an event to the dev core and carries out its actions, including the events they
+    /// cause (a build's start, a kept executable).
+    fn dev_event(&mut self, state: &mut DriverState, event: DevEvent) {
+        self.dev_event_at(state, Instant::now(), event);
+    }
+
+    /// [`Supervisor::dev_event`] for an event that happened at `now`.
+    fn dev_event_at(&mut self, state: &mut DriverState, now: Instant, event: DevEvent) {
+        let mut pending = VecDeque::from([(now, event)]);
+        while let Some((now, event)) = pending.pop_front() {
+            let served = self.served();
+            let Some(dev) = &mut self.dev else {
+                return;
+            };
+            for action in dev.core.handle(now, served, event) {
+                let Some(dev) = &mut self.dev else {
+                    return;
+                };
+                match action {
+                    DevAction::StartBuild(build) => {
+                        let started = dev.start_build(build, &mut self.guard);
+                        pending.push_back((Instant::now(), started));
+                    }
+                    DevAction::CancelBuild(build) => {
+                        // Its exit is reaped later as a stray.
+                        if let Some(pid) = dev.cancel_build(build) {
+                            state.adopt_stray(pid);
+                        }
+                    }
+                    DevAction::Install { build, executable } => {
+                        let installed = match dev.install(&executable) {
+                            Ok(program) => {
+                                let replaced = self.spec.latest.replace(program);
+                                self.discard_unused_builds(replaced);
+                                DevEvent::Installed { build }
+                            }
+                            Err(why) => DevEvent::NotInstalled { build, why },
+                        };
+                        pending.push_back((Instant::now(), installed));
+                    }
+                    DevAction::WatchInputs { inputs, since } => dev.watch_inputs(inputs, since),
+                    DevAction::FindRoots => pending.push_back((Instant::now(), dev.find_roots())),
+                    DevAction::AddRoots(roots) => dev.add_roots(roots),
+                    DevAction::Start => self.feed(state, Event::Start),
+                    DevAction::Roll => {
+                        // The core learns the request before the cluster, which may refuse it
+                        // at once.
+                        let request = self.cluster.new_request();
+                        if let Some(waiter) = state.roll_waiter.take() {
+                            state.waiters.insert(request, waiter);
+                        }
+                        let served = self.served();
+                        if let Some(dev) = &mut self.dev {
+                            dev.core
+                                .handle(Instant::now(), served, DevEvent::RollSent { request });
+                        }
+                        self.feed(state, Event::Roll(request));
+                    }
+                    DevAction::Pages(page) => self.tell_pages(&match page {
+                        Page::Reload => Message::Reload,
+                        Page::Css => Message::Css,
+                        Page::Failed(shown) => Message::Failed(shown),
+                    }),
+                    DevAction::Line(line) => output::master_line(&line),
+                    // Each outcome has its line already.
+                    DevAction::Ended { .. } => {}
+                    DevAction::Exit(reason) => state.exit = Some(reason),
+                }
+            }
         }
-        state.reload_pending = None;
-        self.tell_pages(&Message::Reload);
+    }
+
+    /// The cluster core's state, as the dev core needs it.
+    fn served(&self) -> Served {
+        Served {
+            generation: self.cluster.serving_generation(),
+            waiting: self.cluster.is_waiting(),
+            stopping: self.cluster.is_stopping(),
+        }
+    }
+
+    /// Removes the kept builds among `programs` that no generation runs any more (a build kept
+    /// for every reload would otherwise pile up until the master exits).
+    fn discard_unused_builds(&self, programs: impl IntoIterator<Item = Program>) {
+        let Some(dev) = &self.dev else {
+            return;
+        };
+        dev.discard_unused_builds(programs, |program| {
+            self.spec
+                .latest
+                .as_ref()
+                .is_some_and(|latest| latest.path == program.path)
+                || self
+                    .spec
+                    .generations
+                    .values()
+                    .any(|kept| kept.path == program.path)
+        });
     }
 
     /// Tells the pages of the live-reload channel (dev mode).
@@ -306,8 +470,18 @@ impl Supervisor<'_> {
 
     fn dispatch(&mut self, state: &mut DriverState, input: Input) {
         match input {
-            Input::Signal(signal) => self.on_signal(state, signal),
-            Input::Notify { key, text } => self.on_notify(state, key, &text),
+            Input::Signal { signal, count } => {
+                // One reap collects every exited child; each other signal is a request of its own
+                // (a second Ctrl-C, another TTIN).
+                let count = match count.swap(0, Ordering::AcqRel) {
+                    _ if signal == SIGCHLD => 1,
+                    count => count,
+                };
+                for _ in 0..count {
+                    self.on_signal(state, signal);
+                }
+            }
+            Input::Notify { key } => self.on_notify(state, key),
             Input::Control(control) => match control {
                 Control::Roll(outcome) => self.roll_requested(state, outcome),
                 Control::Status(reply) => {
@@ -331,7 +505,7 @@ impl Supervisor<'_> {
                 Control::Quit(reply) => self.quit(state, false, reply),
                 Control::QuitHard(reply) => self.quit(state, true, reply),
             },
-            Input::Changed(paths) => self.on_change(state, paths),
+            Input::Changed(paths) => self.dev_event(state, DevLoop::changed(paths)),
         }
     }
 
@@ -381,30 +555,42 @@ impl Supervisor<'_> {
         self.feed(state, event);
     }
 
-    fn on_notify(&mut self, state: &mut DriverState, key: WorkerKey, text: &str) {
+    /// Takes a worker's notify messages: every message kept goes to the message handler and
+    /// the followers, the latest status is shown, the facts go to the core.
+    fn on_notify(&mut self, state: &mut DriverState, key: WorkerKey) {
         let Some(worker) = state.workers.get_mut(&key) else {
             return;
         };
         let (slot, pid) = (worker.slot, worker.pid);
-        if let Some(status) = sd_notify::status(text) {
-            worker.status = Some(status.to_owned());
+        let taken = worker.notify.take();
+        if let Some(status) = &taken.status {
+            worker.status = Some(status.clone());
             output::master_line(&format!("w{slot} status: {status}"));
         }
-        if let Some(handler) = &mut self.on_message {
-            handler(slot, text);
+        for text in &taken.messages {
+            if let Some(handler) = &mut self.on_message {
+                handler(slot, text);
+            }
+            state.publish(&Record::Notify {
+                slot,
+                pid,
+                message: text.clone(),
+            });
         }
-        state.publish(&Record::Notify {
-            slot,
-            pid,
-            message: text.to_owned(),
-        });
-        if sd_notify::says(text, "READY=1") {
+        if taken.dropped > 0 {
+            output::master_line(&format!(
+                "w{slot} (pid {pid}) sent notify messages faster than they were handled: {} not \
+                 passed on (its READY, WATCHDOG, STOPPING and latest STATUS still count)",
+                taken.dropped
+            ));
+        }
+        if taken.facts.ready {
             self.feed(state, Event::Ready { key });
         }
-        if sd_notify::says(text, "WATCHDOG=1") {
+        if taken.facts.watchdog {
             self.feed(state, Event::Watchdog { key });
         }
-        if sd_notify::says(text, "STOPPING=1") {
+        if taken.facts.stopping {
             self.feed(state, Event::Stopping { key });
         }
     }
@@ -425,7 +611,7 @@ impl Supervisor<'_> {
         // Dev mode asks for a request number only when it makes a roll (none before its first
         // generation serves): the waiter goes with the first roll fed to the core.
         state.roll_waiter = outcome;
-        self.roll_for(state, Reload::requested());
+        self.dev_event(state, DevEvent::RollRequested);
         if let Some(waiter) = state.roll_waiter.take() {
             let request = self.cluster.new_request();
             state.waiters.insert(request, waiter);
@@ -541,9 +727,13 @@ impl Supervisor<'_> {
             self.guard_exited(state, Some(end));
             return;
         }
-        if self.dev.as_ref().and_then(DevLoop::build_pid) == Some(pid) {
+        if let Some(dev) = &mut self.dev
+            && dev.build_pid() == Some(pid)
+        {
             self.guard.forget(pid);
-            self.build_exited(state, end);
+            if let Some((now, event)) = dev.build_exited(end, self.spec.latest.as_ref()) {
+                self.dev_event_at(state, now, event);
+            }
             return;
         }
         if let Some(index) = state.strays.iter().position(|&stray| stray == pid) {
@@ -643,12 +833,23 @@ impl Supervisor<'_> {
 
     /// The groups of exited workers that are gone now, forgotten, as events for the core.
     fn gone_groups(&mut self, state: &mut DriverState) -> Vec<Event> {
-        let gone: Vec<(i32, ProcessEnd)> = state
-            .groups
-            .iter()
-            .filter(|(pid, _)| !group_exists(**pid))
-            .map(|(pid, group)| (*pid, group.end))
-            .collect();
+        let mut gone: Vec<(i32, ProcessEnd)> = Vec::new();
+        let mut existing = Vec::new();
+        for (pid, group) in &state.groups {
+            if group_exists(*pid) {
+                existing.push((*pid, group.end));
+            } else {
+                gone.push((*pid, group.end));
+            }
+        }
+        // Zombies that their parent does not reap (an init that does not reap, a subreaper)
+        // keep a group in existence for kill(2): a group of zombies only is gone all the same,
+        // whatever stop is under way. One pass over /proc answers for every such group.
+        if !existing.is_empty()
+            && let Some(live) = readiness::groups_with_live_processes()
+        {
+            gone.extend(existing.into_iter().filter(|(pid, _)| !live.contains(pid)));
+        }
         gone.into_iter()
             .map(|(pid, end)| {
                 state.groups.remove(&pid);
@@ -739,13 +940,13 @@ impl Supervisor<'_> {
                     }
                     Action::RollEnded(end) => {
                         self.forget_old_generations();
-                        self.report_roll(&end);
-                        Self::roll_ended(state, &end);
-                        if end.aborted.is_none() && self.livereload.is_some() {
-                            // Pages reload once no old worker accepts any more.
-                            state.reload_pending =
-                                Some((end.generation, after(Instant::now(), RELOAD_WAIT)));
+                        // In dev mode, the one line of the reload that caused it.
+                        if self.dev.is_some() {
+                            self.dev_event(state, DevEvent::RollEnded(end.clone()));
+                        } else {
+                            output::master_line(&end.to_string());
                         }
+                        Self::roll_ended(state, &end);
                     }
                     Action::RollRefused { request, why } => {
                         if let Some(waiter) = state.waiters.remove(&request) {
@@ -753,22 +954,15 @@ impl Supervisor<'_> {
                                 why: why.to_owned(),
                             });
                         }
-                        if let Some(dev) = &mut self.dev {
-                            dev.forget_reload(request);
-                        }
+                        self.dev_event(state, DevEvent::RollRefused { request });
                     }
                     Action::Notify(master_state) => {
                         if master_state == MasterState::Stopping {
                             state.publish(&Record::Stopping);
                         }
-                        // The first generation is up: pages showing the building page (or
-                        // waiting for the app) turn into it.
-                        if master_state == MasterState::Ready
-                            && !state.served
-                            && !self.cluster.is_rolling()
-                        {
-                            state.served = true;
-                            self.tell_pages(&Message::Reload);
+                        // The first generation is up.
+                        if master_state == MasterState::Ready && !self.cluster.is_rolling() {
+                            self.dev_event(state, DevEvent::Serving);
                         }
                         self.notify_manager(master_state);
                     }
@@ -864,7 +1058,7 @@ impl Supervisor<'_> {
                 generation,
                 status: None,
                 probe: self.probe.as_ref().map(|_| readiness::Starting::new(pid)),
-                _notify: notify,
+                notify,
                 stderr_tail,
                 output,
             },
@@ -1080,17 +1274,12 @@ pub(crate) struct DriverState {
     reap_all: bool,
     /// When the old workers were last probed for a pending reload (dev mode).
     reload_checked: Instant,
-    /// Dev mode: a roll to this generation ended; pages reload once no older worker accepts, or
-    /// at this instant.
-    reload_pending: Option<(u64, Instant)>,
-    /// Whether a generation was ever ready (pages were told to turn into the app).
-    served: bool,
     /// Who waits for the outcome of which roll request (numbered by the core).
     waiters: HashMap<u64, Sender<RestartOutcome>>,
     /// Dev mode: who waits for the outcome of the handle's roll request until it is made.
     roll_waiter: Option<Sender<RestartOutcome>>,
     /// Who follows the lifecycle events.
-    subscribers: Vec<Sender<Record>>,
+    subscribers: Vec<Subscriber>,
     /// Who waits for the answer to which resize request (numbered by the core).
     resize_waiters: HashMap<u64, Sender<ResizeOutcome>>,
     /// Who waits for the master to end, under which request (numbered by the core).
@@ -1108,14 +1297,14 @@ struct Group {
     end: ProcessEnd,
 }
 
-/// How many exited workers' output threads and stderr tails are kept.
+/// How many exited workers' output readers and stderr tails are kept.
 const EXITED_KEPT: usize = 32;
 
 impl DriverState {
-    /// When the old workers are to be probed next for a pending reload (dev mode).
-    fn next_reload_check(&self) -> Option<Instant> {
-        self.reload_pending
-            .map(|_| after(self.reload_checked, RELOAD_PROBE_INTERVAL))
+    /// When the old workers are to be probed next for a pending reload (dev mode, with
+    /// `reload_waiting`).
+    fn next_reload_check(&self, reload_waiting: bool) -> Option<Instant> {
+        reload_waiting.then(|| after(self.reload_checked, RELOAD_PROBE_INTERVAL))
     }
 
     /// The last stderr lines of a worker, running or exited.
@@ -1123,10 +1312,9 @@ impl DriverState {
         // An exited worker's reader may still be draining its pipe: its last lines are the
         // ones that tell why it failed.
         if let Some(exited) = self.exited.iter_mut().find(|exited| exited.pid == pid) {
-            wait_for_threads(
-                std::mem::take(&mut exited.output),
-                after(Instant::now(), Duration::from_secs(1)),
-            );
+            exited
+                .output
+                .wait(after(Instant::now(), Duration::from_secs(1)));
         }
         let tail = self
             .workers
@@ -1149,8 +1337,7 @@ impl DriverState {
 
     /// Sends a lifecycle event to every subscriber still listening.
     fn publish(&mut self, record: &Record) {
-        self.subscribers
-            .retain(|subscriber| subscriber.send(record.clone()).is_ok());
+        publish_to(&mut self.subscribers, record);
     }
 
     /// A child that is no worker (a cancelled build) is reaped when it exits.
@@ -1171,33 +1358,28 @@ impl DriverState {
     }
 }
 
+/// Sends `record` to every follower that listens and keeps up; one that hung up or has
+/// [`FOLLOWER_QUEUE`](crate::status::FOLLOWER_QUEUE) records unread is dropped, never waited for.
+fn publish_to(followers: &mut Vec<Subscriber>, record: &Record) {
+    followers.retain(|follower| follower.send(record));
+}
+
 fn report_stderr_tail(state: &mut DriverState, pid: i32) {
     let Some(index) = state.exited.iter().position(|exited| exited.pid == pid) else {
         return;
     };
-    let Some(exited) = state.exited.remove(index) else {
+    let Some(mut exited) = state.exited.remove(index) else {
         return;
     };
     // Its stderr reader may still be draining the pipe.
-    wait_for_threads(exited.output, after(Instant::now(), Duration::from_secs(2)));
+    exited
+        .output
+        .wait(after(Instant::now(), Duration::from_secs(2)));
     let Ok(tail) = exited.stderr_tail.lock() else {
         return;
     };
     for line in tail.iter() {
         output::master_line(&format!("w{} stderr: {line}", exited.slot));
-    }
-}
-
-/// Joins threads that finish by `deadline`; leaves the others (a grandchild of a worker may
-/// hold its pipe open forever).
-fn wait_for_threads(threads: Vec<JoinHandle<()>>, deadline: Instant) {
-    for thread in threads {
-        while !thread.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if thread.is_finished() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -1248,7 +1430,13 @@ fn has_terminal() -> bool {
 }
 
 /// Starts the thread that turns the master's signals into [`Input::Signal`]. CHLD is always
-/// watched; the others only when `all` is set (an embedder may handle them itself).
+/// watched; the others only when `all` is set (an embedder may handle them itself). A signal
+/// received while the same signal waits in the inbox only counts there, so the inbox holds at
+/// most one input per signal however many arrive.
+///
+/// A thread of its own, not the I/O loop: the driver still waits on its inbox on a thread of
+/// its own, and closing the returned handle at the end of a run gives an embedder its signals
+/// back (tokio's handlers, once installed, stay for the life of the process).
 pub(crate) fn watch_signals(
     events: Sender<Input>,
     all: bool,
@@ -1259,12 +1447,22 @@ pub(crate) fn watch_signals(
     }
     let mut signals = signal_hook::iterator::Signals::new(&wanted)?;
     let handle = signals.handle();
+    let counts: HashMap<i32, Arc<AtomicU32>> = wanted
+        .iter()
+        .map(|&signal| (signal, Arc::default()))
+        .collect();
     std::thread::Builder::new()
         .name("signals".to_owned())
         .spawn(move || {
             for signal in signals.forever() {
-                if events.send(Input::Signal(signal)).is_err() {
-                    return;
+                let Some(count) = counts.get(&signal) else {
+                    continue;
+                };
+                if count.fetch_add(1, Ordering::AcqRel) == 0 {
+                    let count = Arc::clone(count);
+                    if events.send(Input::Signal { signal, count }).is_err() {
+                        return;
+                    }
                 }
             }
         })?;
@@ -1310,6 +1508,65 @@ mod tests {
             .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
             .unwrap();
         pending & (1 << (Signal::SIGUSR1 as i32 - 1)) != 0
+    }
+
+    /// A signal that arrives while the same signal waits in the inbox is counted there: the
+    /// inbox holds one input per signal, however many arrive (issue 17).
+    #[test]
+    fn a_signal_waiting_in_the_inbox_only_counts_the_next() {
+        let (events, inbox) = std::sync::mpsc::channel();
+        let handle = watch_signals(events, false).unwrap();
+        let deadline = after(Instant::now(), Duration::from_secs(10));
+        nix::sys::signal::raise(Signal::SIGCHLD).unwrap();
+        let Input::Signal { signal, count } = inbox.recv_timeout(Duration::from_secs(10)).unwrap()
+        else {
+            panic!("expected a signal");
+        };
+        assert_eq!(signal, SIGCHLD);
+        // Not handled yet: the next ones only count.
+        for _ in 0..3 {
+            let before = count.load(Ordering::Acquire);
+            nix::sys::signal::raise(Signal::SIGCHLD).unwrap();
+            while count.load(Ordering::Acquire) == before {
+                assert!(Instant::now() < deadline, "the signal was not counted");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        assert!(count.load(Ordering::Acquire) >= 4);
+        assert!(
+            inbox.try_recv().is_err(),
+            "a second input for a waiting signal"
+        );
+        // Handled: the next one is an input again.
+        count.swap(0, Ordering::AcqRel);
+        nix::sys::signal::raise(Signal::SIGCHLD).unwrap();
+        assert!(matches!(
+            inbox.recv_timeout(Duration::from_secs(10)),
+            Ok(Input::Signal {
+                signal: SIGCHLD,
+                ..
+            })
+        ));
+        handle.close();
+    }
+
+    /// A follower that does not read costs the master at most its queue: it is dropped once
+    /// that is full (issue 17), while one that reads stays.
+    #[test]
+    fn a_follower_that_does_not_read_is_dropped() {
+        let queue = crate::status::FOLLOWER_QUEUE;
+        let (idle, unread) = std::sync::mpsc::sync_channel(queue);
+        let (reading, read) = std::sync::mpsc::sync_channel(queue);
+        let mut followers = vec![Subscriber::Channel(idle), Subscriber::Channel(reading)];
+        for _ in 0..=queue {
+            publish_to(&mut followers, &Record::Stopping);
+            assert!(read.try_recv().is_ok());
+        }
+        assert_eq!(followers.len(), 1, "the idle follower is dropped");
+        assert_eq!(unread.try_iter().count(), queue);
+        assert!(unread.recv().is_err(), "its channel ends");
+        publish_to(&mut followers, &Record::Stopping);
+        assert!(read.try_recv().is_ok(), "the reading one stays");
     }
 
     /// Item 7 of issue 16: a signal for a worker whose leader was reaped goes to its group only,

@@ -10,8 +10,12 @@
 //!   `--ignore` globs. Every directory kept gets one non-recursive watch.
 //! - **Filtered.** An event counts only for a file in a watched directory, with a wanted
 //!   extension (or read by the last build, whatever its extension: [`Watcher::set_build_inputs`]),
-//!   not named like an editor's temporary file, not matched by an `--ignore` glob and not ignored
-//!   by the ignore files found in the walk. Reads (`EventKind::Access`) never count.
+//!   not named like an editor's temporary file, not matched by an `--ignore` glob (which no
+//!   ignore file can bring back) and not ignored by the ignore files. Those are judged by the
+//!   ignore crate's own matcher of single paths ([`ignore::IncrementalIgnore`]), with the walk's
+//!   rules and precedence: a deeper file's rule before a shallower one's, `.ignore` before
+//!   `.gitignore` before `.git/info/exclude` before the global file, and nothing inside an
+//!   ignored directory. Reads (`EventKind::Access`) never count.
 //! - **Debounced.** A trailing [`Debouncer`]: every event that counts restarts the cooldown; the
 //!   batch is due once the files have been quiet for a whole cooldown. One save in any editor
 //!   (vim's `4913` probe and backup rename, `JetBrains`' safe write, VS Code's
@@ -32,7 +36,7 @@
 //! One thread (`mcluster-watch`) owns the state: it receives notify's events over a channel, adds
 //! watches (which notify's own thread cannot do from inside its handler), and calls `on_change`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
@@ -50,8 +54,7 @@ use ::notify::{
     RecommendedWatcher, RecursiveMode, Watcher as _,
 };
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use ignore::gitignore::{Gitignore, GitignoreBuilder};
-use ignore::{Match, WalkBuilder};
+use ignore::{IncrementalIgnore, WalkBuilder};
 
 use crate::config::Error;
 use crate::output;
@@ -313,8 +316,6 @@ struct Filter {
     globs: GlobSet,
     /// `$CARGO_TARGET_DIR`, absolute, and its device and inode if it existed at start.
     target_dir: Option<(PathBuf, Option<(u64, u64)>)>,
-    /// The global git excludes file, one matcher per root.
-    global: Vec<(PathBuf, Gitignore)>,
 }
 
 impl Filter {
@@ -398,59 +399,19 @@ impl Filter {
     }
 }
 
-/// The ignore files of one directory.
-struct IgnoreFiles {
-    /// `.ignore`: applies at every level.
-    dot_ignore: Option<Gitignore>,
-    /// `.gitignore`: applies up to the repository root.
-    gitignore: Option<Gitignore>,
-    /// `.git/info/exclude` of a repository root.
-    exclude: Option<Gitignore>,
-    /// The directory holds `.git`: rules of directories above it do not apply.
-    repo_root: bool,
+/// A walk of `root` as the watcher makes it: every ignore file (`.gitignore`, `.ignore`,
+/// `.git/info/exclude`, the global excludes file, those of the root's parents too), in a
+/// repository or not; hidden files included; symlinks not followed.
+fn ignore_walk(root: &Path) -> WalkBuilder {
+    let mut builder = WalkBuilder::new(root);
+    builder.hidden(false).require_git(false).follow_links(false);
+    builder
 }
 
-impl IgnoreFiles {
-    /// Reads a directory's ignore files; `None` if it has none and is no repository root.
-    fn load(dir: &Path) -> Option<Self> {
-        let repo_root = dir.join(".git").exists();
-        let files = IgnoreFiles {
-            dot_ignore: matcher(dir, &dir.join(".ignore")),
-            gitignore: matcher(dir, &dir.join(".gitignore")),
-            exclude: if repo_root {
-                matcher(dir, &dir.join(".git/info/exclude"))
-            } else {
-                None
-            },
-            repo_root,
-        };
-        (repo_root
-            || files.dot_ignore.is_some()
-            || files.gitignore.is_some()
-            || files.exclude.is_some())
-        .then_some(files)
-    }
-}
-
-/// A matcher for one ignore file, rooted at `dir`; `None` if there is no such file or it has no
-/// rules.
-fn matcher(dir: &Path, file: &Path) -> Option<Gitignore> {
-    if !file.is_file() {
-        return None;
-    }
-    let mut builder = GitignoreBuilder::new(dir);
-    // Bad lines are skipped; the others still count, as with git.
-    let _ = builder.add(file);
-    builder.build().ok().filter(|matcher| !matcher.is_empty())
-}
-
-/// `Some(true)`: ignored, `Some(false)`: whitelisted (`!pattern`), `None`: no rule.
-fn decide(matcher: &Gitignore, path: &Path, is_dir: bool) -> Option<bool> {
-    match matcher.matched_path_or_any_parents(path, is_dir) {
-        Match::None => None,
-        Match::Ignore(_) => Some(true),
-        Match::Whitelist(_) => Some(false),
-    }
+/// The ignore crate's matcher of single paths under `root`, with the walk's rules and
+/// precedence (see [`ignore_walk`]).
+fn ignore_matcher(root: &Path) -> Option<IncrementalIgnore> {
+    ignore_walk(root).build_matchers().pop()
 }
 
 /// The watcher thread's state.
@@ -464,8 +425,10 @@ struct State {
     tx: Sender<Msg>,
     /// Directories with a watch.
     watched: BTreeSet<PathBuf>,
-    /// Ignore files by directory: the watched ones and the roots' parents.
-    ignores: HashMap<PathBuf, IgnoreFiles>,
+    /// What the ignore files say, one matcher per root. A matcher reads a directory's ignore
+    /// files once, when it first judges a path there: [`State::reload_ignores`] makes new ones
+    /// whenever they may have changed.
+    ignores: Vec<IncrementalIgnore>,
     /// Every wanted file, as last reported.
     snapshot: BTreeMap<PathBuf, Stamp>,
     /// The files the last build read: wanted whatever their extension.
@@ -576,10 +539,6 @@ fn start(
         }
         None => None,
     };
-    let global = roots
-        .iter()
-        .map(|root| (root.clone(), GitignoreBuilder::new(root).build_global().0))
-        .collect();
     let filter = Filter {
         roots,
         extensions: extensions
@@ -594,7 +553,6 @@ fn start(
             .collect(),
         globs,
         target_dir,
-        global,
     };
 
     let (tx, rx) = mpsc::channel();
@@ -618,7 +576,7 @@ fn start(
         backend,
         tx: tx.clone(),
         watched: BTreeSet::new(),
-        ignores: HashMap::new(),
+        ignores: Vec::new(),
         snapshot: BTreeMap::new(),
         inputs: BTreeSet::new(),
         debouncer: Debouncer::new(effective_cooldown(cooldown, mode)),
@@ -638,11 +596,6 @@ fn start(
         }
     }
     for root in state.filter.roots.clone() {
-        for parent in root.ancestors().skip(1) {
-            if let Some(files) = IgnoreFiles::load(parent) {
-                state.ignores.insert(parent.to_path_buf(), files);
-            }
-        }
         // Watch each root here to report why one cannot be watched.
         match state.add_watch(&root) {
             Ok(()) => {
@@ -870,6 +823,8 @@ impl State {
             return;
         }
         if name == ".gitignore" || name == ".ignore" {
+            // Events until the rescan are judged by the new rules too.
+            self.reload_ignores();
             self.rescan = true;
             self.debouncer.touch(now);
         }
@@ -936,7 +891,7 @@ impl State {
 
     /// Whether a file counts: in a watched directory, allowed by the fixed rules (or read by the
     /// last build) and not ignored.
-    fn is_wanted_file(&self, path: &Path) -> bool {
+    fn is_wanted_file(&mut self, path: &Path) -> bool {
         path.parent().is_some_and(|p| self.watched.contains(p))
             && (self.filter.file_allowed(path)
                 || (self.inputs.contains(path) && self.filter.input_allowed(path)))
@@ -961,17 +916,10 @@ impl State {
             filter.roots.retain(|known| !known.starts_with(&root));
             filter.roots.push(root.clone());
             filter.roots.sort();
-            filter
-                .global
-                .push((root.clone(), GitignoreBuilder::new(&root).build_global().0));
             self.filter = Arc::new(filter);
+            self.reload_ignores();
             if !matches!(self.mode, Mode::Poll(_)) {
                 self.note_if_blind(&root);
-            }
-            for parent in root.ancestors().skip(1) {
-                if let Some(files) = IgnoreFiles::load(parent) {
-                    self.ignores.insert(parent.to_path_buf(), files);
-                }
             }
             let mut kept = BTreeSet::new();
             let mut found = BTreeMap::new();
@@ -991,9 +939,10 @@ impl State {
     /// are forgotten.
     fn set_inputs(&mut self, inputs: BTreeSet<PathBuf>, since: SystemTime) {
         let old = mem::replace(&mut self.inputs, inputs);
-        for path in old.difference(&self.inputs) {
-            if !self.is_wanted_file(path) {
-                self.snapshot.remove(path);
+        let left: Vec<PathBuf> = old.difference(&self.inputs).cloned().collect();
+        for path in left {
+            if !self.is_wanted_file(&path) {
+                self.snapshot.remove(&path);
             }
         }
         let joined: Vec<PathBuf> = self.inputs.difference(&old).cloned().collect();
@@ -1012,49 +961,22 @@ impl State {
         }
     }
 
-    /// Whether the ignore files say so: `.ignore` at any level first, then `.gitignore` and
-    /// `.git/info/exclude` up to the repository root, then the global excludes file.
-    fn gitignored(&self, path: &Path, is_dir: bool) -> bool {
-        let levels: Vec<&IgnoreFiles> = path
-            .ancestors()
-            .skip(1)
-            .filter_map(|dir| self.ignores.get(dir))
-            .collect();
-        for files in &levels {
-            if let Some(verdict) = files
-                .dot_ignore
-                .as_ref()
-                .and_then(|m| decide(m, path, is_dir))
-            {
-                return verdict;
-            }
-        }
-        for files in &levels {
-            if let Some(verdict) = files
-                .gitignore
-                .as_ref()
-                .and_then(|m| decide(m, path, is_dir))
-            {
-                return verdict;
-            }
-            if files.repo_root {
-                break;
-            }
-        }
-        for files in &levels {
-            if let Some(verdict) = files.exclude.as_ref().and_then(|m| decide(m, path, is_dir)) {
-                return verdict;
-            }
-            if files.repo_root {
-                break;
-            }
-        }
-        self.filter
-            .global
+    /// Whether the ignore files say so, as the walk would: the ignore crate's own matcher.
+    fn gitignored(&mut self, path: &Path, is_dir: bool) -> bool {
+        self.ignores.iter_mut().any(|matcher| {
+            path.strip_prefix(matcher.root())
+                .is_ok_and(|relative| matcher.matched(relative, is_dir).is_ignore())
+        })
+    }
+
+    /// Forgets what the ignore files said: the next paths judged read them again.
+    fn reload_ignores(&mut self) {
+        self.ignores = self
+            .filter
+            .roots
             .iter()
-            .find(|(root, _)| path.starts_with(root))
-            .and_then(|(_, global)| decide(global, path, is_dir))
-            .unwrap_or(false)
+            .filter_map(|root| ignore_matcher(root))
+            .collect();
     }
 
     /// Walks `start` (a directory already allowed): adds a watch per directory kept (before
@@ -1066,15 +988,10 @@ impl State {
         found: &mut BTreeMap<PathBuf, Stamp>,
     ) -> Result<(), LimitReached> {
         let filter = Arc::clone(&self.filter);
-        let mut builder = WalkBuilder::new(start);
-        builder
-            .hidden(false)
-            .require_git(false)
-            .follow_links(false)
-            .filter_entry(move |entry| {
-                entry.file_type().is_some_and(|kind| kind.is_dir())
-                    && filter.dir_allowed(entry.path())
-            });
+        let mut builder = ignore_walk(start);
+        builder.filter_entry(move |entry| {
+            entry.file_type().is_some_and(|kind| kind.is_dir()) && filter.dir_allowed(entry.path())
+        });
         for entry in builder.build() {
             let Ok(entry) = entry else {
                 // Unreadable or vanished: nothing to watch there.
@@ -1116,10 +1033,6 @@ impl State {
             return Ok(());
         }
         kept.insert(dir.to_path_buf());
-        match IgnoreFiles::load(dir) {
-            Some(files) => self.ignores.insert(dir.to_path_buf(), files),
-            None => self.ignores.remove(dir),
-        };
         let Ok(entries) = fs::read_dir(dir) else {
             return Ok(());
         };
@@ -1140,6 +1053,7 @@ impl State {
     /// Walks every root again; watches directories not yet watched, unwatches those no longer
     /// kept, and returns every wanted file with its stamp. Falls back to polling at the limit.
     fn full_scan(&mut self) -> BTreeMap<PathBuf, Stamp> {
+        self.reload_ignores();
         loop {
             let mut kept = BTreeSet::new();
             let mut found = BTreeMap::new();
@@ -1165,7 +1079,6 @@ impl State {
             for dir in stale {
                 self.unwatch(&dir);
                 self.watched.remove(&dir);
-                self.ignores.remove(&dir);
             }
             return found;
         }
@@ -1173,6 +1086,8 @@ impl State {
 
     /// A directory appeared: unless ignored, walk and watch it; the wanted files in it count.
     fn add_new_dir(&mut self, dir: &Path, now: Instant) {
+        // It may be one that was there before, with other ignore files.
+        self.reload_ignores();
         if !dir
             .parent()
             .is_some_and(|parent| self.watched.contains(parent))
@@ -1267,7 +1182,6 @@ impl State {
         for sub in self.take_subtree(dir) {
             // The inotify watch is usually gone already; the poller needs telling.
             self.unwatch(&sub);
-            self.ignores.remove(&sub);
         }
         self.snapshot
             .range(dir.to_path_buf()..)
@@ -1924,6 +1838,91 @@ mod tests {
         h.write("Cargo.toml", "[package]\nname = \"x\"\n");
         h.write("src/generated/deeper/c.rs", NEW);
         h.expect_batch(&["Cargo.toml", "keep.gen.rs", "src/generated/deeper/c.rs"]);
+        h.expect_quiet();
+    }
+
+    /// `.ignore` brings back a directory `.gitignore` ignores (to watch generated code that git
+    /// does not keep): the `.gitignore`'s rules for the files in it still apply, as in ripgrep.
+    /// Bringing back a directory brings back no file that a rule names.
+    #[test]
+    fn a_directory_brought_back_by_dot_ignore_keeps_gitignore_s_rules_for_its_files() {
+        let mut h = Harness::new(&[
+            (".gitignore", "gen/\n*.tmp.rs\n"),
+            (".ignore", "!gen/\n"),
+            ("gen/a.rs", OLD),
+            ("gen/b.tmp.rs", OLD),
+        ]);
+        assert_eq!(h.watched(), vec![String::new(), "gen".to_owned()]);
+        h.write("gen/b.tmp.rs", NEW);
+        h.write("gen/c.tmp.rs", NEW);
+        h.expect_quiet();
+        h.write("gen/a.rs", NEW);
+        h.write("gen/d.rs", NEW);
+        h.expect_batch(&["gen/a.rs", "gen/d.rs"]);
+    }
+
+    /// The same across levels, as git has it: a nested `.gitignore` brings back a directory the
+    /// root's ignores, and the root's rule for file names still applies inside it.
+    #[test]
+    fn a_directory_brought_back_by_a_nested_gitignore_keeps_the_rules_above_for_its_files() {
+        let mut h = Harness::new(&[
+            (".gitignore", "out/\n*.generated.rs\n"),
+            ("app/.gitignore", "!out/\n"),
+            ("app/out/lib.rs", OLD),
+            ("app/out/x.generated.rs", OLD),
+            ("out/y.rs", OLD),
+        ]);
+        assert_eq!(h.watched(), vec!["", "app", "app/out"]);
+        h.write("app/out/x.generated.rs", NEW);
+        h.write("out/y.rs", NEW);
+        h.expect_quiet();
+        h.write("app/out/lib.rs", NEW);
+        h.expect_batch(&["app/out/lib.rs"]);
+    }
+
+    /// An `--ignore` glob is a fixed rule: no `!pattern` of an ignore file brings its files back.
+    #[test]
+    fn no_ignore_file_brings_back_what_an_ignore_glob_names() {
+        let mut h = Harness::with(
+            &[
+                (".gitignore", "!keep.gen.rs\n"),
+                (".ignore", "!*.gen.rs\n"),
+                ("keep.gen.rs", OLD),
+                ("src/main.rs", OLD),
+            ],
+            Setup {
+                ignore: vec!["*.gen.rs".into()],
+                ..Setup::default()
+            },
+        );
+        h.write("keep.gen.rs", NEW);
+        h.write("src/other.gen.rs", NEW);
+        h.expect_quiet();
+        h.write("src/main.rs", NEW);
+        h.expect_batch(&["src/main.rs"]);
+    }
+
+    /// The matcher keeps what a directory's ignore files said: a directory that comes back with
+    /// other ignore files is judged by those.
+    #[test]
+    fn a_directory_that_comes_back_with_other_ignore_files_is_judged_by_them() {
+        let mut h = Harness::new(&[
+            ("sub/.gitignore", "a.rs\n"),
+            ("sub/a.rs", OLD),
+            ("sub/b.rs", OLD),
+        ]);
+        h.write("sub/a.rs", NEW);
+        h.expect_quiet();
+        let away = tempfile::tempdir().expect("tempdir");
+        fs::rename(h.path("sub"), away.path().join("old")).expect("mv");
+        h.expect_batch(&["sub/b.rs"]);
+        let staged = away.path().join("new");
+        write_file(&staged.join(".gitignore"), "b.rs\n");
+        write_file(&staged.join("a.rs"), OLD);
+        write_file(&staged.join("b.rs"), OLD);
+        fs::rename(&staged, h.path("sub")).expect("mv");
+        h.expect_batch(&["sub/a.rs"]);
+        h.write("sub/b.rs", NEW);
         h.expect_quiet();
     }
 

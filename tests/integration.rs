@@ -50,6 +50,9 @@
 //! - `http`    the dev master's HTTP servers against hostile and careless clients: fds bounded
 //!   by never-read and closed streams, foreign origins and hosts refused, no open redirect,
 //!   pages that never read do not hold up supervision
+//! - `io_loop` the master's I/O on one loop: a few threads for 32 workers; a notify flood with
+//!   the master's stderr unread leaves it small, replacing workers and answering `status`, and
+//!   the dropped lines counted once stderr is read
 //! - `control` the control socket and `mcluster status`, `restart`, `resize`, `stop`, `events`
 //!   against real masters (rolls that fail, two masters on one socket, stale sockets, other
 //!   users, bad and many clients), and the metrics endpoint scraped and parsed
@@ -79,6 +82,7 @@ mod environment;
 mod errors;
 mod guard;
 mod http;
+mod io_loop;
 mod library;
 mod output;
 mod readiness;

@@ -12,6 +12,7 @@ use super::{ControlArgs, EventsArgs, ResizeArgs, RestartArgs, StatusArgs, StopAr
 use crate::cluster::human_duration;
 use crate::control::{ClientError, Connection, Reply, Request};
 use crate::output;
+use crate::procfs;
 
 /// How long a master has to answer a request that needs no roll or stop.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
@@ -166,13 +167,7 @@ pub(super) fn stop(args: &StopArgs) -> ExitCode {
 fn wait_gone(pid: i32) -> bool {
     let deadline = Instant::now() + EXIT_DEADLINE;
     loop {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        let running = state.as_deref().is_some_and(|stat| {
-            // The state follows the command name, which is in parentheses.
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
-        });
-        if !running {
+        if procfs::stat(pid).is_none_or(|stat| stat.exited()) {
             return true;
         }
         if Instant::now() >= deadline {

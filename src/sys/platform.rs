@@ -308,7 +308,7 @@ pub(crate) unsafe fn set_name(name: &std::ffi::CStr) {
 }
 
 /// The uid of the process at the other end of a connected unix socket.
-pub(crate) fn peer_uid(socket: &std::os::unix::net::UnixStream) -> io::Result<u32> {
+pub(crate) fn peer_uid(socket: &impl std::os::fd::AsFd) -> io::Result<u32> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         let credentials =

@@ -53,6 +53,8 @@ pub(crate) struct MasterBuilder {
     current_dir: Option<PathBuf>,
     /// Where the master's stdout goes instead of being collected.
     stdout: Option<Stdio>,
+    /// Where the master's stderr goes instead of being collected.
+    stderr: Option<Stdio>,
 }
 
 impl MasterBuilder {
@@ -89,6 +91,7 @@ impl MasterBuilder {
             embedder: None,
             current_dir: None,
             stdout: None,
+            stderr: None,
         }
     }
 
@@ -102,6 +105,14 @@ impl MasterBuilder {
     /// keep in the test's memory; [`Master::stdout_lines`] is then empty.
     pub(crate) fn stdout(mut self, stdout: impl Into<Stdio>) -> Self {
         self.stdout = Some(stdout.into());
+        self
+    }
+
+    /// Sends the master's stderr to `stderr` instead of collecting it (a pipe the test does not
+    /// read); [`Master::stderr_lines`] is then empty, and every wait on stderr fails: the test
+    /// learns what the master does some other way (its control socket, `/proc`).
+    pub(crate) fn stderr(mut self, stderr: impl Into<Stdio>) -> Self {
+        self.stderr = Some(stderr.into());
         self
     }
 
@@ -148,7 +159,7 @@ impl MasterBuilder {
             .args(&self.args)
             .stdin(Stdio::piped())
             .stdout(self.stdout.unwrap_or_else(Stdio::piped))
-            .stderr(Stdio::piped())
+            .stderr(self.stderr.unwrap_or_else(Stdio::piped))
             // Whatever the master keeps on disk goes here, so tests can see what it leaves.
             .env("TMPDIR", tmp.path())
             .env("XDG_RUNTIME_DIR", tmp.path())
@@ -171,7 +182,11 @@ impl MasterBuilder {
         };
         let stdout = Output::collect(stdout, None);
         let workers = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Output::collect(child.stderr.take().unwrap(), Some(Arc::clone(&workers)));
+        let stderr: Box<dyn Read + Send> = match child.stderr.take() {
+            Some(pipe) => Box::new(pipe),
+            None => Box::new(io::empty()),
+        };
+        let stderr = Output::collect(stderr, Some(Arc::clone(&workers)));
         Master {
             child,
             stdin,

@@ -1,0 +1,830 @@
+//! The dev core: every decision of dev mode's build lifecycle, sans I/O. It takes what happened
+//! ([`DevEvent`], with the time as an argument and the facts the driver read from the OS) and
+//! the cluster core's state ([`Served`]), and answers with what to do ([`DevAction`]).
+//!
+//! It owns every `Instant`, counter and pending request of the lifecycle: the build in flight
+//! (at most one; a save during it cancels it and starts another with both sets of changes), how
+//! each build ends (exactly one [`Outcome`]), the loop rule (a file the builds themselves write
+//! is named once and its changes during builds ignored), what a change means (a build input, or
+//! an asset the pages reload), the reloads waiting for their rolls to end (one line each), when
+//! pages reload after a switch ([`RELOAD_WAIT`]), turn into the app, or show a failed build, and
+//! when the session ends because nothing can fix it.
+//!
+//! The driver ([`crate::dev`] and the supervisor) reads file times, build messages, dep-info and
+//! binaries, spawns and kills the build, keeps the executables, and asks the cluster to roll.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::cluster::{ExitReason, ProcessEnd, RollEnd, after, human_duration};
+
+/// The longest pages wait after a switch for the old workers to stop accepting.
+pub(crate) const RELOAD_WAIT: Duration = Duration::from_secs(1);
+
+/// After how many builds in a row that a file's own change triggered and during which it
+/// changed again, the file is named as one the build writes.
+const LOOP_ROUNDS: u32 = 2;
+
+/// A file's modification time (the kernel's coarse clock) may lag the clock read when a build
+/// starts or ends by a clock tick.
+const MTIME_SLACK: Duration = Duration::from_millis(20);
+
+/// A build, numbered from 1 in the order the core asks for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct BuildId(pub(crate) u64);
+
+/// What the cluster core says of itself when an event arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Served {
+    /// The generation serving; 0 before the first one is up.
+    pub(crate) generation: u64,
+    /// The first generation never became ready and waits for a new start.
+    pub(crate) waiting: bool,
+    /// The master stops.
+    pub(crate) stopping: bool,
+}
+
+/// A changed file as the driver saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChangedFile {
+    pub(crate) path: PathBuf,
+    /// Its modification time, if it could be read.
+    pub(crate) modified: Option<SystemTime>,
+}
+
+/// The executable a successful build produced, with the facts the driver read about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Built {
+    pub(crate) executable: PathBuf,
+    /// Cargo found it up to date and built nothing.
+    pub(crate) fresh: bool,
+    /// It holds the same bytes as what a new generation would run now.
+    pub(crate) same_as_latest: bool,
+}
+
+/// How a build process ended, with what it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BuildResult {
+    /// It failed (or was killed from outside).
+    Failed {
+        end: ProcessEnd,
+        /// The end of its stderr, for the pages.
+        diagnostics: String,
+        /// An option of ours the build program refused, if that is why it failed.
+        refused: Option<String>,
+    },
+    /// It succeeded.
+    Succeeded {
+        /// The executable; `Ok(None)`: a build with nothing to run (`PROGRAM` given); `Err`:
+        /// why no executable can be used.
+        executable: Result<Option<Built>, String>,
+        /// The files it read (its dep-info), when the driver could read them.
+        inputs: Option<Vec<PathBuf>>,
+    },
+}
+
+/// What happened, in dev mode.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum DevEvent {
+    /// The master starts: the initial build, or the first generation at once.
+    Begin {
+        /// A build runs before each generation (no `--no-build`).
+        building: bool,
+        /// Files are watched (a save can fix what fails).
+        watching: bool,
+        /// Pages are connected through the live-reload channel.
+        livereload: bool,
+    },
+    /// A debounced batch of changed files, at the wall-clock time `wall`.
+    Changed {
+        files: Vec<ChangedFile>,
+        wall: SystemTime,
+    },
+    /// A roll asked for by SIGHUP or the handle.
+    RollRequested,
+    /// The build asked for runs, since `wall`.
+    BuildStarted { build: BuildId, wall: SystemTime },
+    /// The build asked for could not start.
+    BuildNotStarted { build: BuildId, why: String },
+    /// The build process exited, at `wall`.
+    BuildEnded {
+        build: BuildId,
+        wall: SystemTime,
+        result: BuildResult,
+    },
+    /// The executable of [`DevAction::Install`] is what new generations run now.
+    Installed { build: BuildId },
+    /// It could not be kept.
+    NotInstalled { build: BuildId, why: String },
+    /// The directories the project's manifests name now ([`DevAction::FindRoots`]).
+    Roots(Vec<PathBuf>),
+    /// The roll of [`DevAction::Roll`] was sent as this request.
+    RollSent { request: u64 },
+    /// The cluster refused a roll request.
+    RollRefused { request: u64 },
+    /// A roll ended.
+    RollEnded(RollEnd),
+    /// Every worker of the first generation is ready.
+    Serving,
+    /// Whether a worker of a generation older than [`DevCore::reload_waits_for`] is seen
+    /// accepting.
+    OldWorkers { accepting: bool },
+}
+
+/// What a page of the live-reload channel is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Page {
+    Reload,
+    Css,
+    /// A build failed: its diagnostics.
+    Failed(String),
+}
+
+/// How a build ended: exactly one per build asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A save came during it.
+    Cancelled,
+    /// The build program could not start.
+    NotStarted,
+    /// It failed; nothing changes.
+    Failed,
+    /// The binary is the one running (or cargo built nothing): nothing rolls.
+    Unchanged,
+    /// Its executable cannot be used or kept.
+    Unusable,
+    /// New generations run it: a start or a roll follows.
+    Installed,
+}
+
+/// What the driver does.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum DevAction {
+    /// Start a build; answered with [`DevEvent::BuildStarted`] or [`DevEvent::BuildNotStarted`].
+    StartBuild(BuildId),
+    /// Kill the build (its exit is reaped as a stray's).
+    CancelBuild(BuildId),
+    /// Keep a copy of this executable for new generations; answered with
+    /// [`DevEvent::Installed`] or [`DevEvent::NotInstalled`].
+    Install { build: BuildId, executable: PathBuf },
+    /// The watcher takes these files as build inputs, changed if modified since `since`.
+    WatchInputs {
+        inputs: Vec<PathBuf>,
+        since: SystemTime,
+    },
+    /// Ask cargo for the project's directories; answered with [`DevEvent::Roots`].
+    FindRoots,
+    /// Watch these directories too.
+    AddRoots(Vec<PathBuf>),
+    /// The cluster starts its first generation (again).
+    Start,
+    /// The cluster rolls; answered with [`DevEvent::RollSent`].
+    Roll,
+    /// Tell the pages.
+    Pages(Page),
+    /// One line for the terminal.
+    Line(String),
+    /// How a build ended.
+    Ended { build: BuildId, outcome: Outcome },
+    /// The master exits.
+    Exit(ExitReason),
+}
+
+/// The build in flight.
+#[derive(Debug)]
+struct Build {
+    id: BuildId,
+    changed: Vec<PathBuf>,
+    started: Instant,
+    /// When it started by the wall clock, to compare with the times of the files it may write;
+    /// `None` until [`DevEvent::BuildStarted`].
+    started_at: Option<SystemTime>,
+}
+
+/// A reload waiting for its roll to end, for the one-line summary.
+#[derive(Debug, Default)]
+struct Reload {
+    /// The files that changed; none for a roll asked for by SIGHUP or the handle.
+    changed: Vec<PathBuf>,
+    built_in: Option<Duration>,
+}
+
+/// A build that succeeded, waiting for its executable to be kept.
+#[derive(Debug)]
+struct Installing {
+    id: BuildId,
+    changed: Vec<PathBuf>,
+    built_in: Duration,
+    executable: PathBuf,
+}
+
+/// How the session runs, from [`DevEvent::Begin`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Mode {
+    building: bool,
+    watching: bool,
+    livereload: bool,
+}
+
+/// Dev mode's state.
+#[derive(Debug, Default)]
+pub(crate) struct DevCore {
+    mode: Mode,
+    /// Paths in messages are shown relative to the one of these they are in.
+    roots: Vec<PathBuf>,
+    /// Directories of assets the app serves from disk (live reload).
+    assets: Vec<PathBuf>,
+    builds: u64,
+    build: Option<Build>,
+    installing: Option<Installing>,
+    /// The reload of a [`DevAction::Roll`] not yet sent.
+    unsent: Option<Reload>,
+    /// The reloads whose rolls have not ended, by roll request.
+    reloads: HashMap<u64, Reload>,
+    /// A build succeeded: its options are good for this project, so a later failure is the
+    /// project's, which a save can fix.
+    built_once: bool,
+    /// The last build that ran to its end: what triggered it, and when it ran.
+    last_build: Option<(Vec<PathBuf>, SystemTime, SystemTime)>,
+    /// Files that changed during a build they triggered, and in how many builds in a row.
+    loop_rounds: HashMap<PathBuf, u32>,
+    /// Files the builds write (named once): their changes made while a build runs are ignored.
+    written_by_builds: BTreeSet<PathBuf>,
+    /// The files the last build read (its dep-info): never mere assets.
+    build_inputs: BTreeSet<PathBuf>,
+    /// A roll to this generation ended: pages reload once no older worker accepts, or at this
+    /// instant.
+    reload_pending: Option<(u64, Instant)>,
+    /// Pages were told to turn into the app once.
+    served: bool,
+}
+
+impl DevCore {
+    pub(crate) fn new(roots: Vec<PathBuf>, assets: Vec<PathBuf>) -> Self {
+        Self {
+            roots,
+            assets,
+            ..Self::default()
+        }
+    }
+
+    /// The generation whose older workers pages wait for before they reload.
+    pub(crate) fn reload_waits_for(&self) -> Option<u64> {
+        self.reload_pending.map(|(generation, _)| generation)
+    }
+
+    /// Handles one event at `now`, the cluster being as `served` says.
+    pub(crate) fn handle(
+        &mut self,
+        now: Instant,
+        served: Served,
+        event: DevEvent,
+    ) -> Vec<DevAction> {
+        let mut out = Vec::new();
+        match event {
+            DevEvent::Begin {
+                building,
+                watching,
+                livereload,
+            } => {
+                self.mode = Mode {
+                    building,
+                    watching,
+                    livereload,
+                };
+                if building {
+                    self.start_build(now, Vec::new(), &mut out);
+                } else {
+                    out.push(DevAction::Start);
+                }
+            }
+            DevEvent::Changed { files, wall } => self.changed(now, served, files, wall, &mut out),
+            DevEvent::RollRequested => self.roll_for(served, Reload::default(), &mut out),
+            DevEvent::BuildStarted { build, wall } => {
+                if let Some(running) = self.build.as_mut().filter(|running| running.id == build) {
+                    running.started_at = Some(wall);
+                }
+            }
+            DevEvent::BuildNotStarted { build, why } => {
+                if self
+                    .build
+                    .as_ref()
+                    .is_some_and(|running| running.id == build)
+                {
+                    self.build = None;
+                    // Before any build succeeded, no save can make the build program appear.
+                    if self.mode.watching && self.built_once {
+                        out.push(DevAction::Line(format!(
+                            "error: cannot run the build: {why}; generation {} keeps serving",
+                            served.generation
+                        )));
+                    } else {
+                        out.push(DevAction::Line(format!(
+                            "error: cannot run the build: {why}"
+                        )));
+                        out.push(DevAction::Exit(ExitReason::BuildFailed));
+                    }
+                    out.push(DevAction::Ended {
+                        build,
+                        outcome: Outcome::NotStarted,
+                    });
+                }
+            }
+            DevEvent::BuildEnded {
+                build,
+                wall,
+                result,
+            } => self.build_ended(now, served, build, wall, result, &mut out),
+            DevEvent::Installed { build } => {
+                if let Some(installing) = self.installing.take_if(|i| i.id == build) {
+                    self.built_once = true;
+                    self.installed(
+                        served,
+                        installing.id,
+                        installing.changed,
+                        installing.built_in,
+                        &mut out,
+                    );
+                }
+            }
+            DevEvent::NotInstalled { build, why } => {
+                if let Some(installing) = self.installing.take_if(|i| i.id == build) {
+                    out.push(DevAction::Line(format!(
+                        "{} → built, but {} cannot be kept: {why}; {}",
+                        self.describe(&installing.changed),
+                        installing.executable.display(),
+                        self.keeps(served)
+                    )));
+                    self.end_if_nothing_can_fix_it(served, &mut out);
+                    out.push(DevAction::Ended {
+                        build,
+                        outcome: Outcome::Unusable,
+                    });
+                }
+            }
+            DevEvent::Roots(roots) => {
+                let new: Vec<PathBuf> = roots
+                    .into_iter()
+                    .filter(|root| !self.roots.iter().any(|known| root.starts_with(known)))
+                    .collect();
+                if !new.is_empty() {
+                    self.roots.extend(new.iter().cloned());
+                    out.push(DevAction::AddRoots(new));
+                }
+            }
+            DevEvent::RollSent { request } => {
+                if let Some(reload) = self.unsent.take() {
+                    self.reloads.insert(request, reload);
+                }
+            }
+            DevEvent::RollRefused { request } => {
+                self.reloads.remove(&request);
+            }
+            DevEvent::RollEnded(end) => {
+                out.push(DevAction::Line(self.report_roll(&end)));
+                if end.aborted.is_none() && self.mode.livereload {
+                    // Pages reload once no old worker accepts any more.
+                    self.reload_pending = Some((end.generation, after(now, RELOAD_WAIT)));
+                }
+            }
+            DevEvent::Serving => {
+                // Pages showing the building page (or waiting for the app) turn into it.
+                if !self.served {
+                    self.served = true;
+                    if self.mode.livereload {
+                        out.push(DevAction::Pages(Page::Reload));
+                    }
+                }
+            }
+            DevEvent::OldWorkers { accepting } => {
+                if let Some((_, latest)) = self.reload_pending
+                    && (!accepting || now >= latest)
+                {
+                    self.reload_pending = None;
+                    out.push(DevAction::Pages(Page::Reload));
+                }
+            }
+        }
+        out
+    }
+
+    /// Files changed: rebuild (cancelling a build in flight), or roll at once with no build.
+    fn changed(
+        &mut self,
+        now: Instant,
+        served: Served,
+        files: Vec<ChangedFile>,
+        wall: SystemTime,
+        out: &mut Vec<DevAction>,
+    ) {
+        if served.stopping {
+            return;
+        }
+        if !self.mode.building {
+            let reload = Reload {
+                changed: files.into_iter().map(|file| file.path).collect(),
+                built_in: None,
+            };
+            self.roll_for(served, reload, out);
+            return;
+        }
+        let mut changed = self.without_build_writes(files, wall, out);
+        if changed.is_empty() {
+            return;
+        }
+        // Only assets changed (files the app serves from disk, which no build reads): the pages
+        // reload, a stylesheet in place; no build, no roll.
+        if self.mode.livereload && self.only_assets(&changed) {
+            let css = changed
+                .iter()
+                .all(|path| path.extension().is_some_and(|ext| ext == "css"));
+            let what = self.describe(&changed);
+            if css {
+                out.push(DevAction::Line(format!(
+                    "{what} → stylesheets reloaded in the pages"
+                )));
+                out.push(DevAction::Pages(Page::Css));
+            } else {
+                out.push(DevAction::Line(format!("{what} → pages reloaded")));
+                out.push(DevAction::Pages(Page::Reload));
+            }
+            return;
+        }
+        if let Some(build) = self.build.take() {
+            // A save during a build: the build is stale, start over with both sets of changes.
+            out.push(DevAction::CancelBuild(build.id));
+            out.push(DevAction::Ended {
+                build: build.id,
+                outcome: Outcome::Cancelled,
+            });
+            changed.extend(build.changed);
+            changed.sort();
+            changed.dedup();
+        }
+        self.start_build(now, changed, out);
+    }
+
+    /// Starts a build for these changes (none: the initial build).
+    fn start_build(&mut self, now: Instant, changed: Vec<PathBuf>, out: &mut Vec<DevAction>) {
+        self.builds += 1;
+        let id = BuildId(self.builds);
+        self.build = Some(Build {
+            id,
+            changed,
+            started: now,
+            started_at: None,
+        });
+        out.push(DevAction::StartBuild(id));
+    }
+
+    fn build_ended(
+        &mut self,
+        now: Instant,
+        served: Served,
+        id: BuildId,
+        wall: SystemTime,
+        result: BuildResult,
+        out: &mut Vec<DevAction>,
+    ) {
+        let Some(build) = self.build.take_if(|build| build.id == id) else {
+            return;
+        };
+        self.last_build = Some((
+            build.changed.clone(),
+            build.started_at.unwrap_or(wall),
+            wall,
+        ));
+        let built_in = now.saturating_duration_since(build.started);
+        let what = self.describe(&build.changed);
+        let keeps = self.keeps(served);
+        let ended = |outcome| DevAction::Ended { build: id, outcome };
+        let executable = match result {
+            BuildResult::Failed {
+                end,
+                diagnostics,
+                refused,
+            } => {
+                if self.mode.watching
+                    && !self.built_once
+                    && let Some(culprit) = refused
+                {
+                    out.push(DevAction::Line(format!("error: {culprit}")));
+                    out.push(DevAction::Exit(ExitReason::BuildFailed));
+                    out.push(ended(Outcome::Failed));
+                    return;
+                }
+                let failed = format!("build failed ({end}) after {}", human_duration(built_in));
+                let shown = if diagnostics.is_empty() {
+                    format!("{failed}: see the terminal")
+                } else {
+                    format!("{failed}\n\n{diagnostics}")
+                };
+                if self.mode.livereload {
+                    out.push(DevAction::Pages(Page::Failed(shown)));
+                }
+                if build.changed.is_empty() {
+                    out.push(DevAction::Line(format!("{failed}; {keeps}")));
+                } else {
+                    out.push(DevAction::Line(format!("{what} → {failed}; {keeps}")));
+                }
+                self.end_if_nothing_can_fix_it(served, out);
+                out.push(ended(Outcome::Failed));
+                return;
+            }
+            BuildResult::Succeeded { executable, inputs } => {
+                // What this build read joins the watched files, whatever their extension.
+                if self.mode.watching
+                    && let Some(inputs) = inputs
+                {
+                    self.build_inputs = inputs.iter().cloned().collect();
+                    out.push(DevAction::WatchInputs {
+                        inputs,
+                        since: build.started_at.unwrap_or(wall),
+                    });
+                }
+                // A manifest changed: perhaps a new path dependency, watched from now on too.
+                if self.mode.watching
+                    && build
+                        .changed
+                        .iter()
+                        .any(|path| path.file_name() == Some(std::ffi::OsStr::new("Cargo.toml")))
+                {
+                    out.push(DevAction::FindRoots);
+                }
+                executable
+            }
+        };
+        let rolling = served.generation > 0 && !served.waiting;
+        match executable {
+            Ok(Some(artifact)) if rolling && artifact.same_as_latest => {
+                // Nothing a roll would change: the workers keep their connections.
+                self.built_once = true;
+                let why = if artifact.fresh {
+                    "nothing to rebuild".to_owned()
+                } else {
+                    format!("built in {}, the same binary", human_duration(built_in))
+                };
+                out.push(DevAction::Line(format!("{what} → {why}; {keeps}")));
+                out.push(ended(Outcome::Unchanged));
+            }
+            Ok(Some(artifact)) => {
+                out.push(DevAction::Install {
+                    build: id,
+                    executable: artifact.executable.clone(),
+                });
+                self.installing = Some(Installing {
+                    id,
+                    changed: build.changed,
+                    built_in,
+                    executable: artifact.executable,
+                });
+            }
+            Ok(None) => {
+                self.built_once = true;
+                self.installed(served, id, build.changed, built_in, out);
+            }
+            Err(why) => {
+                out.push(DevAction::Line(format!("{what} → {why}; {keeps}")));
+                self.end_if_nothing_can_fix_it(served, out);
+                out.push(ended(Outcome::Unusable));
+            }
+        }
+    }
+
+    /// A build's executable is what new generations run: the first start, or a roll.
+    fn installed(
+        &mut self,
+        served: Served,
+        id: BuildId,
+        changed: Vec<PathBuf>,
+        built_in: Duration,
+        out: &mut Vec<DevAction>,
+    ) {
+        out.push(DevAction::Ended {
+            build: id,
+            outcome: Outcome::Installed,
+        });
+        if served.generation == 0 || served.waiting {
+            out.push(DevAction::Line(format!(
+                "built in {}",
+                human_duration(built_in)
+            )));
+            out.push(DevAction::Start);
+        } else {
+            let reload = Reload {
+                changed,
+                built_in: Some(built_in),
+            };
+            self.roll_for(served, reload, out);
+        }
+    }
+
+    /// Asks for a roll and remembers why, for the line that reports its end.
+    fn roll_for(&mut self, served: Served, reload: Reload, out: &mut Vec<DevAction>) {
+        // The cluster ignores a roll before its first generation and while it stops.
+        if served.stopping || served.generation == 0 {
+            return;
+        }
+        // The first generation never became ready: a new start, not a roll.
+        if served.waiting {
+            out.push(DevAction::Line(format!(
+                "{} → starting again",
+                self.describe(&reload.changed)
+            )));
+            out.push(DevAction::Start);
+            return;
+        }
+        self.unsent = Some(reload);
+        out.push(DevAction::Roll);
+    }
+
+    /// Without a watcher (production mode), a failed initial build can never be retried.
+    fn end_if_nothing_can_fix_it(&self, served: Served, out: &mut Vec<DevAction>) {
+        if !self.mode.watching && served.generation == 0 {
+            out.push(DevAction::Exit(ExitReason::BuildFailed));
+        }
+    }
+
+    /// What keeps serving after a build that rolls nothing.
+    fn keeps(&self, served: Served) -> String {
+        if served.generation == 0 && !self.mode.watching {
+            "nothing rebuilds in production mode".to_owned()
+        } else if served.generation == 0 {
+            "no generation is serving yet; save a fix to retry".to_owned()
+        } else {
+            format!("generation {} keeps serving", served.generation)
+        }
+    }
+
+    /// How a roll ended: the one line of the reload that caused it.
+    fn report_roll(&mut self, end: &RollEnd) -> String {
+        // The roll answers every request merged into it: one line for all their changes.
+        let mut answered = end
+            .requests
+            .iter()
+            .filter_map(|request| self.reloads.remove(request))
+            .collect::<Vec<_>>()
+            .into_iter();
+        let Some(mut reload) = answered.next() else {
+            return end.to_string();
+        };
+        for more in answered {
+            reload.changed.extend(more.changed);
+            reload.built_in = more.built_in.or(reload.built_in);
+        }
+        reload.changed.sort();
+        reload.changed.dedup();
+        let mut line = self.describe(&reload.changed);
+        if let Some(built_in) = reload.built_in {
+            let _ = write!(line, " → built in {}", human_duration(built_in));
+        }
+        let _ = match &end.aborted {
+            None => write!(
+                line,
+                " → rolled {} in {}{}",
+                if end.size == 1 {
+                    "1 worker".to_owned()
+                } else {
+                    format!("{} workers", end.size)
+                },
+                human_duration(end.elapsed),
+                end.switch
+                    .map(|switch| format!(" (switch {})", human_duration(switch)))
+                    .unwrap_or_default()
+            ),
+            Some(why) => write!(line, " → not rolled: {why}; {}", end.keeps_serving()),
+        };
+        line
+    }
+
+    /// Whether every changed file is an asset: under an asset directory, no Rust or manifest
+    /// file, and not read by the last build (an `include_str!`ed file rebuilds). Before any
+    /// build succeeded nothing is known of what it reads: then nothing is a mere asset.
+    fn only_assets(&self, changed: &[PathBuf]) -> bool {
+        self.built_once
+            && !changed.is_empty()
+            && changed.iter().all(|path| {
+                self.assets.iter().any(|dir| path.starts_with(dir))
+                    && !path
+                        .extension()
+                        .is_some_and(|ext| ext == "rs" || ext == "toml")
+                    && !self.build_inputs.contains(path)
+            })
+    }
+
+    /// The changes that are not a build's own writes. A file that changes while a build runs,
+    /// during builds its own change triggered, [`LOOP_ROUNDS`] times in a row, is one the build
+    /// writes (a build script writing into the watched tree): one line names it, and its
+    /// changes made while a build runs are ignored from then on.
+    fn without_build_writes(
+        &mut self,
+        changed: Vec<ChangedFile>,
+        wall: SystemTime,
+        out: &mut Vec<DevAction>,
+    ) -> Vec<PathBuf> {
+        let mut builds: Vec<(&[PathBuf], SystemTime, SystemTime)> = Vec::new();
+        if let Some(build) = &self.build
+            && let Some(started_at) = build.started_at
+        {
+            builds.push((&build.changed, started_at, wall));
+        }
+        if let Some((triggers, started, ended)) = &self.last_build {
+            // A save right after the build ended may carry an mtime a tick before the end (the
+            // kernel's coarse clock): only what is older than that is surely the build's.
+            let ended = ended.checked_sub(MTIME_SLACK).unwrap_or(*ended);
+            builds.push((triggers, *started, ended));
+        }
+        // `ended` is read once the build has exited: its writes are all older. A save right
+        // after a build is not one of them.
+        let during = |mtime: Option<SystemTime>, started: SystemTime, ended: SystemTime| {
+            mtime.is_some_and(|mtime| {
+                // An mtime near the end of time (`touch -d`) must not overflow.
+                mtime
+                    .checked_add(MTIME_SLACK)
+                    .is_none_or(|slackened| slackened >= started)
+                    && mtime <= ended
+            })
+        };
+        let mut kept = Vec::new();
+        let mut named = Vec::new();
+        for ChangedFile { path, modified } in changed {
+            let in_a_build = builds
+                .iter()
+                .any(|(_, started, ended)| during(modified, *started, *ended));
+            if in_a_build && self.written_by_builds.contains(&path) {
+                continue;
+            }
+            let own_round = builds.iter().any(|(triggers, started, ended)| {
+                triggers.contains(&path) && during(modified, *started, *ended)
+            });
+            if !own_round {
+                self.loop_rounds.remove(&path);
+                kept.push(path);
+                continue;
+            }
+            let rounds = self.loop_rounds.entry(path.clone()).or_insert(0);
+            *rounds += 1;
+            if *rounds < LOOP_ROUNDS {
+                kept.push(path);
+                continue;
+            }
+            self.loop_rounds.remove(&path);
+            named.push(path);
+        }
+        for path in named {
+            let name = self.describe_one(&path);
+            out.push(DevAction::Line(format!(
+                "{name} changed during each of the last {LOOP_ROUNDS} builds it triggered: the \
+                 build writes it (a build script?); its changes while a build runs are ignored \
+                 from now on (to ignore it always: -i '{name}')"
+            )));
+            self.written_by_builds.insert(path);
+        }
+        kept
+    }
+
+    /// A file as reload lines name it: relative to its root.
+    fn describe_one(&self, path: &Path) -> String {
+        let relative = self
+            .roots
+            .iter()
+            .find_map(|root| path.strip_prefix(root).ok());
+        quoted_if_needed(&relative.unwrap_or(path).display().to_string())
+    }
+
+    /// Describes changed files: the first few, relative to their root, and how many more.
+    fn describe(&self, changed: &[PathBuf]) -> String {
+        const SHOWN: usize = 3;
+        let names: Vec<String> = changed
+            .iter()
+            .take(SHOWN)
+            .map(|path| self.describe_one(path))
+            .collect();
+        match changed.len() {
+            0 => "roll requested".to_owned(),
+            n if n <= SHOWN => format!("{} changed", names.join(", ")),
+            n => format!("{} and {} more changed", names.join(", "), n - SHOWN),
+        }
+    }
+}
+
+/// A file name as it can go into one line: quoted and escaped as `{:?}` does when it holds a
+/// character that would break the line or hide (a newline, a control character, an invisible
+/// format character); as it is otherwise, quotes and backslashes included.
+fn quoted_if_needed(name: &str) -> String {
+    let needs_quotes = name
+        .chars()
+        .any(|c| !matches!(c, '"' | '\\' | '\'') && c.escape_debug().nth(1).is_some());
+    if needs_quotes {
+        format!("{name:?}")
+    } else {
+        name.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod properties;
+#[cfg(test)]
+mod tests;

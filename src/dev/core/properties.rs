@@ -1,0 +1,419 @@
+//! Property tests of the dev core: random sequences of saves, build ends, rolls and stops, with
+//! its invariants checked after every step: at most one build runs, every build ends in exactly
+//! one outcome, and a save is never lost (every save is covered by a build that started after
+//! it, or reported as no build input: an asset the pages reload, or a file the builds write).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use proptest::prelude::*;
+
+use super::{
+    BuildId, BuildResult, Built, ChangedFile, DevAction, DevCore, DevEvent, Outcome, Served,
+};
+use crate::cluster::{ProcessEnd, RollEnd};
+
+/// The files a save can touch: sources, a manifest, assets (one also read by the build).
+const FILES: [&str; 6] = [
+    "src/main.rs",
+    "src/gen.rs",
+    "Cargo.toml",
+    "static/app.css",
+    "static/index.html",
+    "static/inline.html",
+];
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// A save of these files (indices into [`FILES`]); each one's mtime is now, `back`
+    /// milliseconds ago (perhaps during a build), or unreadable.
+    Save(Vec<(usize, Option<u16>)>),
+    Advance(u16),
+    /// The build in flight ends: 0 fails, 1 a new binary, 2 the same binary, 3 fresh, 4 no
+    /// usable executable, 5 an option refused.
+    BuildEnds(u8),
+    /// A cancelled build's exit arrives late.
+    StaleEnd,
+    /// From now on builds fail to start / executables cannot be kept.
+    StartsFail(bool),
+    InstallsFail(bool),
+    /// Every roll request outstanding is answered by one roll, aborted or not.
+    RollEnds(bool),
+    /// The oldest outstanding roll request is refused.
+    RollRefused,
+    RollRequested,
+    Serving,
+    OldWorkers(bool),
+    /// The first generation waits for a new start (it never became ready), or not.
+    Waiting(bool),
+    Stop,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => prop::collection::vec((0..FILES.len(), prop::option::of(0..800u16)), 1..4)
+            .prop_map(Step::Save),
+        4 => (0..1500u16).prop_map(Step::Advance),
+        5 => (0..6u8).prop_map(Step::BuildEnds),
+        1 => Just(Step::StaleEnd),
+        1 => prop::bool::weighted(0.2).prop_map(Step::StartsFail),
+        1 => prop::bool::weighted(0.2).prop_map(Step::InstallsFail),
+        2 => any::<bool>().prop_map(Step::RollEnds),
+        1 => Just(Step::RollRefused),
+        1 => Just(Step::RollRequested),
+        1 => Just(Step::Serving),
+        1 => any::<bool>().prop_map(Step::OldWorkers),
+        1 => prop::bool::weighted(0.2).prop_map(Step::Waiting),
+        1 => prop::bool::weighted(0.1).prop_map(|stop| if stop { Step::Stop } else { Step::Serving }),
+    ]
+}
+
+/// A dev core under random events, and what the test knows of its builds and rolls.
+struct World {
+    core: DevCore,
+    now: Instant,
+    wall: SystemTime,
+    served: Served,
+    starts_fail: bool,
+    installs_fail: bool,
+    /// The build the core asked for and has not ended or cancelled.
+    running: Option<BuildId>,
+    /// What each build was asked for, when it was asked for.
+    triggers: HashMap<BuildId, BTreeSet<PathBuf>>,
+    /// Every build asked for, and the outcomes each got.
+    outcomes: HashMap<BuildId, Vec<Outcome>>,
+    cancelled: Vec<BuildId>,
+    /// Saved build inputs no build has covered yet (ended, other than cancelled).
+    owed: BTreeSet<PathBuf>,
+    requests: u64,
+    outstanding: BTreeSet<u64>,
+    exited: bool,
+}
+
+impl World {
+    fn new(livereload: bool) -> Self {
+        let mut world = Self {
+            core: DevCore::new(vec![PathBuf::from("/p")], vec![PathBuf::from("/p/static")]),
+            now: Instant::now(),
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            served: Served::default(),
+            starts_fail: false,
+            installs_fail: false,
+            running: None,
+            triggers: HashMap::new(),
+            outcomes: HashMap::new(),
+            cancelled: Vec::new(),
+            owed: BTreeSet::new(),
+            requests: 0,
+            outstanding: BTreeSet::new(),
+            exited: false,
+        };
+        world.feed(DevEvent::Begin {
+            building: true,
+            watching: true,
+            livereload,
+        });
+        world
+    }
+
+    /// Feeds an event, answers what asks for an answer, checks each action against what the
+    /// test knows; returns every action.
+    fn feed(&mut self, event: DevEvent) -> Vec<DevAction> {
+        let mut pending = vec![event];
+        let mut all = Vec::new();
+        while let Some(event) = pending.pop() {
+            let stopping = self.served.stopping;
+            for action in self.core.handle(self.now, self.served, event) {
+                match &action {
+                    DevAction::StartBuild(build) => {
+                        assert!(!stopping, "a build starts while the master stops");
+                        assert_eq!(
+                            self.running, None,
+                            "{build:?} starts while another build runs"
+                        );
+                        assert!(!self.outcomes.contains_key(build), "{build:?} asked twice");
+                        self.running = Some(*build);
+                        self.outcomes.insert(*build, Vec::new());
+                        // The core's record of the build it asked for, before any answer.
+                        let changed = &self.core.build.as_ref().expect("a build").changed;
+                        self.triggers
+                            .insert(*build, changed.iter().cloned().collect());
+                        pending.push(if self.starts_fail {
+                            DevEvent::BuildNotStarted {
+                                build: *build,
+                                why: "cargo: Too many open files".to_owned(),
+                            }
+                        } else {
+                            DevEvent::BuildStarted {
+                                build: *build,
+                                wall: self.wall,
+                            }
+                        });
+                    }
+                    DevAction::CancelBuild(build) => {
+                        assert_eq!(self.running, Some(*build), "cancels no running build");
+                        self.cancelled.push(*build);
+                    }
+                    DevAction::Ended { build, outcome } => {
+                        let seen = self
+                            .outcomes
+                            .get_mut(build)
+                            .unwrap_or_else(|| panic!("{build:?} never asked for"));
+                        seen.push(*outcome);
+                        assert_eq!(seen.len(), 1, "{build:?} ended twice: {seen:?}");
+                        if self.running == Some(*build) {
+                            self.running = None;
+                        }
+                        if *outcome != Outcome::Cancelled {
+                            for path in &self.triggers[build] {
+                                self.owed.remove(path);
+                            }
+                        }
+                    }
+                    DevAction::Install { build, .. } => pending.push(if self.installs_fail {
+                        DevEvent::NotInstalled {
+                            build: *build,
+                            why: "No space left on device".to_owned(),
+                        }
+                    } else {
+                        DevEvent::Installed { build: *build }
+                    }),
+                    DevAction::Roll => {
+                        assert!(self.served.generation > 0 && !stopping);
+                        self.requests += 1;
+                        self.outstanding.insert(self.requests);
+                        pending.push(DevEvent::RollSent {
+                            request: self.requests,
+                        });
+                    }
+                    DevAction::FindRoots => pending.push(DevEvent::Roots(Vec::new())),
+                    DevAction::Start => {
+                        self.served.generation = self.served.generation.max(1);
+                        self.served.waiting = false;
+                    }
+                    DevAction::Exit(_) => self.exited = true,
+                    DevAction::WatchInputs { .. }
+                    | DevAction::AddRoots(_)
+                    | DevAction::Pages(_)
+                    | DevAction::Line(_) => {}
+                }
+                all.push(action);
+            }
+        }
+        all
+    }
+
+    fn run(&mut self, step: Step) {
+        match step {
+            Step::Save(files) => {
+                let files: Vec<ChangedFile> = files
+                    .into_iter()
+                    .map(|(index, back)| ChangedFile {
+                        path: PathBuf::from("/p").join(FILES[index]),
+                        modified: back.map(|back| self.wall - Duration::from_millis(back.into())),
+                    })
+                    .collect();
+                let saved: Vec<PathBuf> = files.iter().map(|file| file.path.clone()).collect();
+                let stopping = self.served.stopping;
+                let wall = self.wall;
+                let actions = self.feed(DevEvent::Changed { files, wall });
+                let started = actions
+                    .iter()
+                    .any(|action| matches!(action, DevAction::StartBuild(_)));
+                let pages = actions
+                    .iter()
+                    .any(|action| matches!(action, DevAction::Pages(_)));
+                if stopping {
+                    assert!(actions.is_empty(), "{actions:?}");
+                    return;
+                }
+                // Each file saved is a build input unless named as one the builds write, or
+                // every file of the save is an asset the pages were told of.
+                let inputs: Vec<PathBuf> = saved
+                    .into_iter()
+                    .filter(|path| !self.core.written_by_builds.contains(path))
+                    .collect();
+                if !started {
+                    assert!(
+                        inputs.is_empty() || pages,
+                        "a save of {inputs:?} started no build: {actions:?}"
+                    );
+                    return;
+                }
+                // A build that could not start ended at once: the save got its line.
+                let ended_now = self.running.is_none();
+                if !ended_now {
+                    self.owed.extend(inputs);
+                }
+            }
+            Step::Advance(ms) => {
+                let by = Duration::from_millis(ms.into());
+                self.now += by;
+                self.wall += by;
+            }
+            Step::BuildEnds(kind) => {
+                let Some(build) = self.running else {
+                    return;
+                };
+                let executable = |same: bool, fresh: bool| {
+                    Ok(Some(Built {
+                        executable: PathBuf::from("/p/target/debug/app"),
+                        fresh,
+                        same_as_latest: same,
+                    }))
+                };
+                let result = match kind {
+                    0 | 5 => BuildResult::Failed {
+                        end: ProcessEnd::Code(101),
+                        diagnostics: "error".to_owned(),
+                        refused: (kind == 5).then(|| "cargo refused --bn".to_owned()),
+                    },
+                    4 => BuildResult::Succeeded {
+                        executable: Err("no binary".to_owned()),
+                        inputs: None,
+                    },
+                    _ => BuildResult::Succeeded {
+                        executable: executable(kind >= 2, kind == 3),
+                        inputs: Some(vec![PathBuf::from("/p/static/inline.html")]),
+                    },
+                };
+                let wall = self.wall;
+                let actions = self.feed(DevEvent::BuildEnded {
+                    build,
+                    wall,
+                    result,
+                });
+                assert_eq!(self.running, None, "{build:?} ended: {actions:?}");
+                assert_eq!(self.outcomes[&build].len(), 1);
+            }
+            Step::StaleEnd => {
+                if let Some(&build) = self.cancelled.last() {
+                    let wall = self.wall;
+                    let actions = self.feed(DevEvent::BuildEnded {
+                        build,
+                        wall,
+                        result: BuildResult::Failed {
+                            end: ProcessEnd::Signal(9),
+                            diagnostics: String::new(),
+                            refused: None,
+                        },
+                    });
+                    assert!(actions.is_empty(), "a cancelled build's end: {actions:?}");
+                }
+            }
+            Step::StartsFail(fail) => self.starts_fail = fail,
+            Step::InstallsFail(fail) => self.installs_fail = fail,
+            Step::RollEnds(aborted) => {
+                if self.outstanding.is_empty() {
+                    return;
+                }
+                let requests: Vec<u64> =
+                    std::mem::take(&mut self.outstanding).into_iter().collect();
+                let generation = self.served.generation + 1;
+                if !aborted {
+                    self.served.generation = generation;
+                }
+                self.feed(DevEvent::RollEnded(RollEnd {
+                    generation,
+                    size: 2,
+                    rolled: if aborted { 0 } else { 2 },
+                    elapsed: Duration::from_millis(80),
+                    switch: None,
+                    aborted: aborted.then(|| "w0 exited".to_owned()),
+                    failed: None,
+                    serving: self.served.generation,
+                    slots: vec![self.served.generation; 2],
+                    requests,
+                }));
+            }
+            Step::RollRefused => {
+                if let Some(request) = self.outstanding.pop_first() {
+                    self.feed(DevEvent::RollRefused { request });
+                }
+            }
+            Step::RollRequested => {
+                self.feed(DevEvent::RollRequested);
+            }
+            Step::Serving => {
+                if self.served.generation > 0 {
+                    self.feed(DevEvent::Serving);
+                }
+            }
+            Step::OldWorkers(accepting) => {
+                if self.core.reload_waits_for().is_some() {
+                    self.feed(DevEvent::OldWorkers { accepting });
+                }
+            }
+            Step::Waiting(waiting) => {
+                if self.served.generation > 0 {
+                    self.served.waiting = waiting;
+                }
+            }
+            Step::Stop => self.served.stopping = true,
+        }
+    }
+
+    fn check_invariants(&self) {
+        // The core and the test agree on the build in flight: at most one.
+        assert_eq!(
+            self.core.build.as_ref().map(|build| build.id),
+            self.running,
+            "the build in flight"
+        );
+        // Every save not yet covered is in the build that runs.
+        if !self.owed.is_empty() {
+            let running = self.running.expect("saves owed, but no build runs");
+            let changed: HashSet<&PathBuf> =
+                self.core.build.as_ref().unwrap().changed.iter().collect();
+            for path in &self.owed {
+                assert!(
+                    changed.contains(path),
+                    "{path:?} is in no build ({running:?})"
+                );
+            }
+        }
+        // Every reload the core keeps waits for a roll request that is not answered yet.
+        for request in self.core.reloads.keys() {
+            assert!(self.outstanding.contains(request), "reload {request} kept");
+        }
+        assert!(self.core.unsent.is_none(), "a roll never sent");
+        assert!(self.core.installing.is_none(), "an executable never kept");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn builds_and_saves_hold_their_invariants(
+        livereload in any::<bool>(),
+        steps in prop::collection::vec(step(), 0..80),
+    ) {
+        let mut world = World::new(livereload);
+        world.check_invariants();
+        for step in steps {
+            if world.exited {
+                break;
+            }
+            world.run(step);
+            world.check_invariants();
+        }
+        if world.exited || world.served.stopping {
+            return Ok(());
+        }
+        // The last build ends: every save is covered, every build ended exactly once.
+        world.starts_fail = false;
+        if world.running.is_some() {
+            world.run(Step::BuildEnds(1));
+        }
+        world.check_invariants();
+        if world.exited {
+            return Ok(());
+        }
+        prop_assert!(world.owed.is_empty(), "saves never built: {:?}", world.owed);
+        for (build, outcomes) in &world.outcomes {
+            prop_assert_eq!(outcomes.len(), 1, "{:?}: {:?}", build, outcomes);
+        }
+    }
+}

@@ -1,0 +1,766 @@
+//! Timelines of events against the dev core: no processes, no files, no clock.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{
+    BuildId, BuildResult, Built, ChangedFile, DevAction, DevCore, DevEvent, Outcome, Page,
+    RELOAD_WAIT, Served,
+};
+use crate::cluster::{ExitReason, ProcessEnd, RollEnd};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn path(name: &str) -> PathBuf {
+    PathBuf::from("/p").join(name)
+}
+
+/// Owns a dev core, a fake clock (monotonic and wall), and the cluster's state as the test
+/// sets it. Builds start, executables are kept and rolls are sent as soon as asked.
+struct Timeline {
+    core: DevCore,
+    now: Instant,
+    wall: SystemTime,
+    served: Served,
+    requests: u64,
+    /// Every action, for assertions on the whole run.
+    log: Vec<DevAction>,
+}
+
+impl Timeline {
+    /// A session: building, watching, with live reload; `/p/static` holds assets.
+    fn new() -> Self {
+        Self::with(true, true, true)
+    }
+
+    fn with(building: bool, watching: bool, livereload: bool) -> Self {
+        let mut timeline = Self {
+            core: DevCore::new(vec![PathBuf::from("/p")], vec![path("static")]),
+            now: Instant::now(),
+            // Never read from the wall clock: every time here is set.
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            served: Served::default(),
+            requests: 0,
+            log: Vec::new(),
+        };
+        timeline.feed(DevEvent::Begin {
+            building,
+            watching,
+            livereload,
+        });
+        timeline
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.wall += by;
+    }
+
+    /// Feeds an event and answers the actions that ask for one; returns every action.
+    fn feed(&mut self, event: DevEvent) -> Vec<DevAction> {
+        let mut pending = vec![event];
+        let mut out = Vec::new();
+        while let Some(event) = pending.pop() {
+            for action in self.core.handle(self.now, self.served, event) {
+                match &action {
+                    DevAction::StartBuild(build) => pending.push(DevEvent::BuildStarted {
+                        build: *build,
+                        wall: self.wall,
+                    }),
+                    DevAction::Install { build, .. } => {
+                        pending.push(DevEvent::Installed { build: *build });
+                    }
+                    DevAction::Roll => {
+                        self.requests += 1;
+                        pending.push(DevEvent::RollSent {
+                            request: self.requests,
+                        });
+                    }
+                    DevAction::Start if self.served.generation == 0 => {
+                        self.served.generation = 1;
+                    }
+                    _ => {}
+                }
+                self.log.push(action.clone());
+                out.push(action);
+            }
+        }
+        out
+    }
+
+    /// The user saves these files now.
+    fn save(&mut self, names: &[&str]) -> Vec<DevAction> {
+        let files = names
+            .iter()
+            .map(|name| ChangedFile {
+                path: path(name),
+                modified: Some(self.wall),
+            })
+            .collect();
+        self.feed(DevEvent::Changed {
+            files,
+            wall: self.wall,
+        })
+    }
+
+    fn running(&self) -> Option<BuildId> {
+        self.core.build.as_ref().map(|build| build.id)
+    }
+
+    /// The build in flight ends with `result`.
+    fn end_build(&mut self, result: BuildResult) -> Vec<DevAction> {
+        let build = self.running().expect("a build runs");
+        self.feed(DevEvent::BuildEnded {
+            build,
+            wall: self.wall,
+            result,
+        })
+    }
+
+    /// The build in flight succeeds with a new binary.
+    fn build_ok(&mut self) -> Vec<DevAction> {
+        self.end_build(succeeded(false, false))
+    }
+}
+
+fn succeeded(fresh: bool, same_as_latest: bool) -> BuildResult {
+    BuildResult::Succeeded {
+        executable: Ok(Some(Built {
+            executable: PathBuf::from("/p/target/debug/app"),
+            fresh,
+            same_as_latest,
+        })),
+        inputs: Some(vec![path("src/main.rs"), path("static/inline.html")]),
+    }
+}
+
+fn failed(diagnostics: &str) -> BuildResult {
+    BuildResult::Failed {
+        end: ProcessEnd::Code(101),
+        diagnostics: diagnostics.to_owned(),
+        refused: None,
+    }
+}
+
+fn lines(actions: &[DevAction]) -> Vec<&str> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            DevAction::Line(line) => Some(line.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pages(actions: &[DevAction]) -> Vec<&Page> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            DevAction::Pages(page) => Some(page),
+            _ => None,
+        })
+        .collect()
+}
+
+fn outcomes(actions: &[DevAction]) -> Vec<(BuildId, Outcome)> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            DevAction::Ended { build, outcome } => Some((*build, *outcome)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn roll_end(generation: u64, requests: Vec<u64>, aborted: Option<&str>) -> RollEnd {
+    RollEnd {
+        generation,
+        size: 2,
+        rolled: if aborted.is_some() { 0 } else { 2 },
+        elapsed: ms(80),
+        switch: aborted.is_none().then(|| ms(20)),
+        aborted: aborted.map(ToOwned::to_owned),
+        failed: None,
+        serving: if aborted.is_some() {
+            generation - 1
+        } else {
+            generation
+        },
+        slots: vec![generation; 2],
+        requests,
+    }
+}
+
+/// A session whose first generation serves.
+fn serving() -> Timeline {
+    let mut timeline = Timeline::new();
+    timeline.advance(ms(1500));
+    let actions = timeline.build_ok();
+    assert!(actions.contains(&DevAction::Start), "{actions:?}");
+    assert_eq!(lines(&actions), ["built in 1.50s"]);
+    timeline.feed(DevEvent::Serving);
+    timeline
+}
+
+#[test]
+fn the_first_build_starts_the_first_generation_and_pages_turn_into_the_app_once() {
+    let mut timeline = Timeline::new();
+    assert_eq!(timeline.log, [DevAction::StartBuild(BuildId(1))]);
+    timeline.advance(ms(300));
+    let actions = timeline.build_ok();
+    assert_eq!(
+        actions,
+        [
+            DevAction::WatchInputs {
+                inputs: vec![path("src/main.rs"), path("static/inline.html")],
+                since: timeline.wall - ms(300),
+            },
+            DevAction::Install {
+                build: BuildId(1),
+                executable: PathBuf::from("/p/target/debug/app"),
+            },
+            DevAction::Ended {
+                build: BuildId(1),
+                outcome: Outcome::Installed,
+            },
+            DevAction::Line("built in 300ms".to_owned()),
+            DevAction::Start,
+        ]
+    );
+    assert_eq!(
+        timeline.feed(DevEvent::Serving),
+        [DevAction::Pages(Page::Reload)]
+    );
+    assert!(
+        timeline.feed(DevEvent::Serving).is_empty(),
+        "only the first"
+    );
+}
+
+#[test]
+fn a_save_builds_and_rolls_and_the_roll_s_end_is_one_line() {
+    let mut timeline = serving();
+    timeline.advance(ms(5000));
+    let actions = timeline.save(&["src/main.rs"]);
+    assert_eq!(actions, [DevAction::StartBuild(BuildId(2))]);
+    timeline.advance(ms(250));
+    let actions = timeline.build_ok();
+    assert!(actions.ends_with(&[DevAction::Roll]), "{actions:?}");
+    assert!(lines(&actions).is_empty(), "{actions:?}");
+    timeline.served.generation = 2;
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(2, vec![1], None)));
+    assert_eq!(
+        lines(&actions),
+        ["src/main.rs changed → built in 250ms → rolled 2 workers in 80ms (switch 20ms)"]
+    );
+}
+
+#[test]
+fn pages_reload_once_no_old_worker_accepts_or_after_the_reload_wait() {
+    let mut timeline = serving();
+    timeline.save(&["src/main.rs"]);
+    timeline.build_ok();
+    timeline.feed(DevEvent::RollEnded(roll_end(2, vec![1], None)));
+    assert_eq!(timeline.core.reload_waits_for(), Some(2));
+    // Old workers still accept: no reload yet, however often they are looked at.
+    timeline.advance(RELOAD_WAIT.saturating_sub(ms(1)));
+    assert!(
+        pages(&timeline.feed(DevEvent::OldWorkers { accepting: true })).is_empty(),
+        "before the switch is complete"
+    );
+    timeline.advance(ms(1));
+    assert_eq!(
+        timeline.feed(DevEvent::OldWorkers { accepting: true }),
+        [DevAction::Pages(Page::Reload)],
+        "at the reload wait at the latest"
+    );
+    assert_eq!(timeline.core.reload_waits_for(), None);
+
+    // The next roll: the old workers stop accepting at once.
+    timeline.save(&["src/main.rs"]);
+    timeline.build_ok();
+    timeline.feed(DevEvent::RollEnded(roll_end(3, vec![2], None)));
+    assert_eq!(
+        timeline.feed(DevEvent::OldWorkers { accepting: false }),
+        [DevAction::Pages(Page::Reload)]
+    );
+    // An aborted roll reloads nothing.
+    timeline.save(&["src/main.rs"]);
+    timeline.build_ok();
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(4, vec![3], Some("w0 exited"))));
+    assert_eq!(
+        lines(&actions),
+        ["src/main.rs changed → built in 0ms → not rolled: w0 exited; generation 3 keeps serving"]
+    );
+    assert_eq!(timeline.core.reload_waits_for(), None);
+}
+
+#[test]
+fn a_save_during_a_build_cancels_it_and_the_next_build_covers_both_saves() {
+    let mut timeline = serving();
+    timeline.save(&["src/a.rs"]);
+    timeline.advance(ms(100));
+    let actions = timeline.save(&["src/b.rs"]);
+    assert_eq!(
+        actions,
+        [
+            DevAction::CancelBuild(BuildId(2)),
+            DevAction::Ended {
+                build: BuildId(2),
+                outcome: Outcome::Cancelled,
+            },
+            DevAction::StartBuild(BuildId(3)),
+        ]
+    );
+    // The cancelled build's exit, should it be reported, changes nothing.
+    assert!(
+        timeline
+            .feed(DevEvent::BuildEnded {
+                build: BuildId(2),
+                wall: timeline.wall,
+                result: failed("killed"),
+            })
+            .is_empty()
+    );
+    assert_eq!(timeline.running(), Some(BuildId(3)));
+    timeline.advance(ms(200));
+    timeline.build_ok();
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(2, vec![1], None)));
+    assert_eq!(
+        lines(&actions),
+        ["src/a.rs, src/b.rs changed → built in 200ms → rolled 2 workers in 80ms (switch 20ms)"]
+    );
+    let ended = outcomes(&timeline.log);
+    assert_eq!(
+        ended,
+        [
+            (BuildId(1), Outcome::Installed),
+            (BuildId(2), Outcome::Cancelled),
+            (BuildId(3), Outcome::Installed),
+        ]
+    );
+}
+
+#[test]
+fn the_same_binary_or_a_fresh_build_rolls_nothing() {
+    let mut timeline = serving();
+    timeline.save(&["README.md"]);
+    timeline.advance(ms(40));
+    let actions = timeline.end_build(succeeded(true, true));
+    assert_eq!(
+        lines(&actions),
+        ["README.md changed → nothing to rebuild; generation 1 keeps serving"]
+    );
+    assert!(!actions.contains(&DevAction::Roll));
+    timeline.save(&["src/main.rs"]);
+    timeline.advance(ms(900));
+    let actions = timeline.end_build(succeeded(false, true));
+    assert_eq!(
+        lines(&actions),
+        ["src/main.rs changed → built in 900ms, the same binary; generation 1 keeps serving"]
+    );
+    assert_eq!(
+        outcomes(&actions),
+        [(BuildId(3), Outcome::Unchanged)],
+        "{actions:?}"
+    );
+    // Before any generation serves, the same binary starts again.
+    let mut waiting = serving();
+    waiting.served.waiting = true;
+    waiting.save(&["src/main.rs"]);
+    let actions = waiting.end_build(succeeded(false, true));
+    assert!(actions.contains(&DevAction::Start), "{actions:?}");
+}
+
+#[test]
+fn a_failed_build_shows_its_diagnostics_in_the_pages_and_keeps_the_generation() {
+    let mut timeline = serving();
+    timeline.save(&["src/main.rs"]);
+    timeline.advance(ms(700));
+    let actions = timeline.end_build(failed("error[E0308]: mismatched types"));
+    assert_eq!(
+        pages(&actions),
+        [&Page::Failed(
+            "build failed (exited with status 101) after 700ms\n\nerror[E0308]: mismatched types"
+                .to_owned()
+        )]
+    );
+    assert_eq!(
+        lines(&actions),
+        [
+            "src/main.rs changed → build failed (exited with status 101) after 700ms; generation \
+             1 keeps serving"
+        ]
+    );
+    assert!(!actions.iter().any(|a| matches!(a, DevAction::Exit(_))));
+    // Without diagnostics the page points at the terminal.
+    timeline.save(&["src/main.rs"]);
+    let actions = timeline.end_build(failed(""));
+    assert_eq!(
+        pages(&actions),
+        [&Page::Failed(
+            "build failed (exited with status 101) after 0ms: see the terminal".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn without_a_watcher_a_failed_first_build_ends_the_session() {
+    let mut production = Timeline::with(true, false, false);
+    let actions = production.end_build(failed("error"));
+    assert_eq!(
+        lines(&actions),
+        [
+            "build failed (exited with status 101) after 0ms; nothing rebuilds in production \
+             mode"
+        ]
+    );
+    assert!(actions.contains(&DevAction::Exit(ExitReason::BuildFailed)));
+    // Watching, a save can fix it: the session goes on.
+    let mut dev = Timeline::new();
+    let actions = dev.end_build(failed("error"));
+    assert_eq!(
+        lines(&actions),
+        [
+            "build failed (exited with status 101) after 0ms; no generation is serving yet; save \
+             a fix to retry"
+        ]
+    );
+    assert!(!actions.iter().any(|a| matches!(a, DevAction::Exit(_))));
+}
+
+#[test]
+fn an_option_the_build_refuses_before_any_success_ends_the_session_in_one_line() {
+    let mut timeline = Timeline::new();
+    let actions = timeline.end_build(BuildResult::Failed {
+        end: ProcessEnd::Code(1),
+        diagnostics: "error: unexpected argument '--bn'".to_owned(),
+        refused: Some("cargo does not know --bn".to_owned()),
+    });
+    assert_eq!(
+        actions,
+        [
+            DevAction::Line("error: cargo does not know --bn".to_owned()),
+            DevAction::Exit(ExitReason::BuildFailed),
+            DevAction::Ended {
+                build: BuildId(1),
+                outcome: Outcome::Failed,
+            },
+        ]
+    );
+    // Once a build succeeded, the same failure is the project's: a save can fix it.
+    let mut timeline = serving();
+    timeline.save(&["Cargo.toml"]);
+    let actions = timeline.end_build(BuildResult::Failed {
+        end: ProcessEnd::Code(1),
+        diagnostics: String::new(),
+        refused: Some("cargo does not know --bn".to_owned()),
+    });
+    assert!(!actions.iter().any(|a| matches!(a, DevAction::Exit(_))));
+}
+
+#[test]
+fn a_build_program_that_cannot_start_ends_the_session_until_a_build_succeeded() {
+    let mut timeline = Timeline::new();
+    let build = timeline.running().unwrap();
+    let actions = timeline.feed(DevEvent::BuildNotStarted {
+        build,
+        why: "cargo is not installed or not in PATH".to_owned(),
+    });
+    assert_eq!(
+        lines(&actions),
+        ["error: cannot run the build: cargo is not installed or not in PATH"]
+    );
+    assert!(actions.contains(&DevAction::Exit(ExitReason::BuildFailed)));
+    assert_eq!(timeline.running(), None);
+
+    let mut timeline = serving();
+    timeline.save(&["src/main.rs"]);
+    let build = timeline.running().unwrap();
+    let actions = timeline.feed(DevEvent::BuildNotStarted {
+        build,
+        why: "cargo: Too many open files".to_owned(),
+    });
+    assert_eq!(
+        lines(&actions),
+        [
+            "error: cannot run the build: cargo: Too many open files; generation 1 keeps \
+             serving"
+        ]
+    );
+    assert_eq!(outcomes(&actions), [(build, Outcome::NotStarted)]);
+    // The next save tries again.
+    assert_eq!(
+        timeline.save(&["src/main.rs"]),
+        [DevAction::StartBuild(BuildId(3))]
+    );
+}
+
+#[test]
+fn an_executable_that_cannot_be_kept_rolls_nothing() {
+    let mut timeline = serving();
+    timeline.save(&["src/main.rs"]);
+    let build = timeline.running().unwrap();
+    // Answered by hand: this Install fails.
+    let actions = timeline.core.handle(
+        timeline.now,
+        timeline.served,
+        DevEvent::BuildEnded {
+            build,
+            wall: timeline.wall,
+            result: succeeded(false, false),
+        },
+    );
+    assert!(matches!(actions.last(), Some(DevAction::Install { .. })));
+    let actions = timeline.feed(DevEvent::NotInstalled {
+        build,
+        why: "No space left on device".to_owned(),
+    });
+    assert_eq!(
+        lines(&actions),
+        [
+            "src/main.rs changed → built, but /p/target/debug/app cannot be kept: No space left \
+             on device; generation 1 keeps serving"
+        ]
+    );
+    assert_eq!(outcomes(&actions), [(build, Outcome::Unusable)]);
+    assert!(!actions.contains(&DevAction::Roll));
+}
+
+#[test]
+fn only_assets_changed_reloads_the_pages_without_a_build() {
+    let mut timeline = serving();
+    let actions = timeline.save(&["static/app.css"]);
+    assert_eq!(
+        actions,
+        [
+            DevAction::Line("static/app.css changed → stylesheets reloaded in the pages".into()),
+            DevAction::Pages(Page::Css),
+        ]
+    );
+    let actions = timeline.save(&["static/app.css", "static/index.html"]);
+    assert_eq!(
+        lines(&actions),
+        ["static/app.css, static/index.html changed → pages reloaded"]
+    );
+    assert_eq!(pages(&actions), [&Page::Reload]);
+    // A file the build reads (`include_str!`), a Rust file, or anything outside builds.
+    for name in ["static/inline.html", "static/gen.rs", "templates/a.html"] {
+        assert!(
+            matches!(
+                timeline.save(&[name]).last(),
+                Some(DevAction::StartBuild(_))
+            ),
+            "{name}"
+        );
+        timeline.build_ok();
+    }
+    // Before any build succeeded nothing is known of what the build reads.
+    let mut first = Timeline::new();
+    first.advance(ms(10));
+    assert!(matches!(
+        first.save(&["static/app.css"]).last(),
+        Some(DevAction::StartBuild(_))
+    ));
+}
+
+#[test]
+fn a_file_changed_during_two_builds_it_triggered_is_named_and_then_ignored_during_builds() {
+    let mut timeline = serving();
+    let stamp = path("src/stamp.rs");
+    let at = |timeline: &Timeline, before: u64| ChangedFile {
+        path: stamp.clone(),
+        modified: Some(timeline.wall - ms(before)),
+    };
+    // A save right after a build it triggered is no round.
+    timeline.save(&["src/stamp.rs"]);
+    timeline.advance(ms(500));
+    timeline.build_ok();
+    timeline.advance(ms(1));
+    let wall = timeline.wall;
+    let actions = timeline.feed(DevEvent::Changed {
+        files: vec![at(&timeline, 0)],
+        wall,
+    });
+    assert_eq!(actions, [DevAction::StartBuild(BuildId(3))]);
+    assert!(timeline.core.loop_rounds.is_empty());
+    timeline.advance(ms(500));
+    timeline.build_ok();
+    // Nor one whose mtime, from the coarse clock, reads a few milliseconds before the end.
+    let wall = timeline.wall;
+    let actions = timeline.feed(DevEvent::Changed {
+        files: vec![at(&timeline, 5)],
+        wall,
+    });
+    assert_eq!(actions, [DevAction::StartBuild(BuildId(4))]);
+    assert!(timeline.core.loop_rounds.is_empty());
+
+    // The build writes the file it was triggered by, while it runs: round 1 still counts (a
+    // save during the build, which it cancels).
+    timeline.advance(ms(300));
+    let wall = timeline.wall;
+    let actions = timeline.feed(DevEvent::Changed {
+        files: vec![at(&timeline, 100)],
+        wall,
+    });
+    assert_eq!(
+        outcomes(&actions),
+        [(BuildId(4), Outcome::Cancelled)],
+        "round 1 still counts"
+    );
+    // Round 2 names it, once.
+    timeline.advance(ms(300));
+    let wall = timeline.wall;
+    let actions = timeline.feed(DevEvent::Changed {
+        files: vec![at(&timeline, 100)],
+        wall,
+    });
+    assert_eq!(
+        lines(&actions),
+        [
+            "src/stamp.rs changed during each of the last 2 builds it triggered: the build writes \
+             it (a build script?); its changes while a build runs are ignored from now on (to \
+             ignore it always: -i 'src/stamp.rs')"
+        ]
+    );
+    assert!(outcomes(&actions).is_empty(), "the build goes on");
+    assert!(timeline.core.written_by_builds.contains(&stamp));
+    // From then on its changes during a build are ignored.
+    timeline.advance(ms(300));
+    let wall = timeline.wall;
+    assert!(
+        timeline
+            .feed(DevEvent::Changed {
+                files: vec![at(&timeline, 100)],
+                wall,
+            })
+            .is_empty()
+    );
+    // The user's own save, between builds, still counts.
+    timeline.build_ok();
+    timeline.advance(ms(5000));
+    assert_eq!(
+        timeline.save(&["src/stamp.rs"]),
+        [DevAction::StartBuild(BuildId(6))]
+    );
+}
+
+#[test]
+fn a_roll_refused_or_asked_while_waiting_or_stopping() {
+    let mut timeline = serving();
+    // SIGHUP: the roll's end is reported as a reload.
+    assert_eq!(timeline.feed(DevEvent::RollRequested), [DevAction::Roll]);
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(2, vec![1], None)));
+    assert_eq!(
+        lines(&actions),
+        ["roll requested → rolled 2 workers in 80ms (switch 20ms)"]
+    );
+    // A refused request is forgotten: a roll answering it is no reload of ours.
+    timeline.feed(DevEvent::RollRequested);
+    timeline.feed(DevEvent::RollRefused { request: 2 });
+    assert!(timeline.core.reloads.is_empty());
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(3, vec![2], None)));
+    assert_eq!(
+        lines(&actions),
+        ["rolled 2 workers to generation 3 in 80ms"]
+    );
+    // The first generation never became ready: a new start.
+    timeline.served.waiting = true;
+    let actions = timeline.save(&["src/main.rs"]);
+    timeline.build_ok();
+    assert!(matches!(actions[..], [DevAction::StartBuild(_)]));
+    assert_eq!(
+        timeline.feed(DevEvent::RollRequested),
+        [
+            DevAction::Line("roll requested → starting again".to_owned()),
+            DevAction::Start,
+        ]
+    );
+    // Stopping: saves and rolls are ignored.
+    timeline.served.stopping = true;
+    assert!(timeline.save(&["src/main.rs"]).is_empty());
+    assert!(timeline.feed(DevEvent::RollRequested).is_empty());
+}
+
+#[test]
+fn without_a_build_a_save_rolls_at_once() {
+    let mut timeline = Timeline::with(false, true, true);
+    assert_eq!(timeline.log, [DevAction::Start]);
+    timeline.feed(DevEvent::Serving);
+    assert_eq!(timeline.save(&["app.py"]), [DevAction::Roll]);
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(2, vec![1], None)));
+    assert_eq!(
+        lines(&actions),
+        ["app.py changed → rolled 2 workers in 80ms (switch 20ms)"]
+    );
+}
+
+#[test]
+fn a_changed_manifest_watches_the_new_path_dependencies() {
+    let mut timeline = serving();
+    timeline.save(&["Cargo.toml"]);
+    let actions = timeline.build_ok();
+    assert!(actions.contains(&DevAction::FindRoots), "{actions:?}");
+    let actions = timeline.feed(DevEvent::Roots(vec![
+        PathBuf::from("/p"),
+        PathBuf::from("/p/crates/x"),
+        PathBuf::from("/lib/y"),
+    ]));
+    assert_eq!(
+        actions,
+        [DevAction::AddRoots(vec![PathBuf::from("/lib/y")])]
+    );
+    assert!(
+        timeline
+            .feed(DevEvent::Roots(vec![PathBuf::from("/lib/y")]))
+            .is_empty()
+    );
+    // Files there are named relative to their root now.
+    let files = vec![ChangedFile {
+        path: PathBuf::from("/lib/y/src/lib.rs"),
+        modified: None,
+    }];
+    let wall = timeline.wall;
+    timeline.feed(DevEvent::Changed { files, wall });
+    timeline.build_ok();
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(2, vec![2], None)));
+    assert_eq!(
+        lines(&actions),
+        ["src/lib.rs changed → built in 0ms → rolled 2 workers in 80ms (switch 20ms)"]
+    );
+}
+
+#[test]
+fn a_name_with_a_newline_or_control_character_is_quoted_in_the_one_line() {
+    let dev = DevCore::new(vec![PathBuf::from("/p")], Vec::new());
+    let line = dev.describe(&[
+        PathBuf::from("/p/src/a\nb.rs"),
+        PathBuf::from("/p/src/tab\there.rs"),
+        PathBuf::from("/p/src/esc\u{1b}[31m.rs"),
+    ]);
+    assert_eq!(
+        line,
+        r#""src/a\nb.rs", "src/tab\there.rs", "src/esc\u{1b}[31m.rs" changed"#
+    );
+    assert!(!line.contains('\n'));
+    assert_eq!(
+        dev.describe(&[PathBuf::from("/p/src/\u{202e}sr.rs")]),
+        r#""src/\u{202e}sr.rs" changed"#
+    );
+}
+
+#[test]
+fn ordinary_names_are_shown_as_they_are() {
+    let dev = DevCore::new(vec![PathBuf::from("/p")], Vec::new());
+    assert_eq!(
+        dev.describe(&[
+            PathBuf::from("/p/src/main.rs"),
+            PathBuf::from("/p/it's \"ok\" é.rs"),
+            PathBuf::from("/elsewhere/x.rs"),
+            PathBuf::from("/p/d.rs"),
+        ]),
+        r#"src/main.rs, it's "ok" é.rs, /elsewhere/x.rs and 1 more changed"#
+    );
+}

@@ -1,0 +1,246 @@
+//! The small readers of Linux `/proc` that several modules share: one parser per file.
+//!
+//! Each function reads one file once and returns `None` when it cannot be read or parsed (no
+//! `/proc`, another platform, a process that exited meanwhile, a file of another format): the
+//! callers treat that as "not known", never as a fact about the process.
+//!
+//! `/proc/PID/stat` is the one with a trap: its second field is the command name in
+//! parentheses, and that name is the process's own choice (`prctl(PR_SET_NAME)`, the file name
+//! it was run as), so it may hold spaces and parentheses, `)` included. The fields after it are
+//! read after the *last* `)` of the line, which no name can move.
+
+use std::fs;
+use std::path::PathBuf;
+
+/// The fields of `/proc/PID/stat` that are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stat {
+    /// Field 3: `R`, `S`, `D`, `T`, `t`, `Z`, `X`, …
+    pub(crate) state: char,
+    /// Field 5: the process group.
+    pub(crate) pgrp: i32,
+    /// Field 22: when the process started, in clock ticks since boot. With the pid, it names
+    /// one process of one boot: a pid reused later has another start time.
+    pub(crate) start_time: u64,
+}
+
+impl Stat {
+    /// Parses the text of a `/proc/PID/stat` file.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        let (_, rest) = text.rsplit_once(')')?;
+        // From the state (field 3) on, one field each, none of them empty.
+        let mut fields = rest.split_ascii_whitespace();
+        let mut state = fields.next()?.chars();
+        let state = state.next().filter(|_| state.next().is_none())?;
+        let pgrp = fields.nth(1)?.parse().ok()?;
+        // Field 22 is the 20th after the state (field 3); the 3rd (pgrp) is taken.
+        let start_time = fields.nth(16)?.parse().ok()?;
+        Some(Self {
+            state,
+            pgrp,
+            start_time,
+        })
+    }
+
+    /// Whether the process has exited (a zombie not yet reaped, or dead).
+    pub(crate) fn exited(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+
+    /// Whether the process is stopped (`SIGSTOP`, a job-control signal, a tracer): it runs no
+    /// code until it is continued.
+    pub(crate) fn stopped(&self) -> bool {
+        matches!(self.state, 'T' | 't')
+    }
+}
+
+/// `/proc/PID/stat` of `pid`.
+pub(crate) fn stat(pid: i32) -> Option<Stat> {
+    Stat::parse(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The open fds of `pid`, each with what it refers to (the target of `/proc/PID/fd/N`: a path,
+/// `socket:[INODE]`, `anon_inode:[eventpoll]`, …); `None` when they cannot be listed. An fd
+/// closed between the listing and the reading of its link is no fd.
+pub(crate) fn fds(pid: i32) -> Option<impl Iterator<Item = (i32, PathBuf)>> {
+    let entries = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(entries.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let fd = entry.file_name().to_str()?.parse().ok()?;
+        Some((fd, fs::read_link(entry.path()).ok()?))
+    }))
+}
+
+/// The pids of every process this pid namespace shows, in no order (empty without `/proc`).
+pub(crate) fn pids() -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&pid| pid > 0)
+        .collect()
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): a new random one at every boot.
+pub(crate) fn boot_id() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
+/// This process's pid namespace (`pid:[INODE]`, the target of `/proc/self/ns/pid`): pids mean
+/// something only inside it.
+pub(crate) fn pid_namespace() -> Option<String> {
+    let link = fs::read_link("/proc/self/ns/pid").ok()?;
+    let link = link.to_str()?;
+    (!link.is_empty()).then(|| link.to_owned())
+}
+
+/// The resident memory of `pid`, in bytes (`VmRSS` of `/proc/PID/status`).
+pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kib(&text, "VmRSS")
+}
+
+/// A `NAME:  N kB` line of a `/proc/PID/status` text, in bytes.
+fn status_kib(text: &str, name: &str) -> Option<u64> {
+    let kib: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    /// A stat line as the kernel writes it, with `comm` as the command name.
+    fn line(comm: &str) -> String {
+        format!(
+            "4242 ({comm}) S 1 4240 4240 0 -1 4194560 120 0 0 0 3 1 0 0 20 0 1 0 987654 \
+             10092544 300 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0\n"
+        )
+    }
+
+    #[test]
+    fn the_fields_are_read_after_the_last_parenthesis_whatever_the_name() {
+        for comm in [
+            "app",
+            "my app",
+            "a) S 1 2 3 4",
+            ")",
+            "(",
+            "((x))",
+            ") Z 9 9 9 ) T 7 7 ",
+            "",
+            "tab\there",
+            "new\nline",
+        ] {
+            let stat = Stat::parse(&line(comm)).unwrap_or_else(|| panic!("{comm:?}"));
+            assert_eq!(
+                stat,
+                Stat {
+                    state: 'S',
+                    pgrp: 4240,
+                    start_time: 987_654
+                },
+                "{comm:?}"
+            );
+            assert!(!stat.exited() && !stat.stopped());
+        }
+    }
+
+    #[test]
+    fn states_are_told_apart() {
+        let with = |state: &str| Stat::parse(&line("x").replacen(" S ", &format!(" {state} "), 1));
+        assert!(with("Z").unwrap().exited());
+        assert!(with("X").unwrap().exited());
+        assert!(with("T").unwrap().stopped());
+        assert!(with("t").unwrap().stopped());
+        assert!(!with("R").unwrap().exited());
+        assert!(!with("D").unwrap().stopped());
+    }
+
+    #[test]
+    fn anything_else_is_not_a_stat() {
+        for text in [
+            String::new(),
+            "4242 app S 1 2 3".to_owned(),
+            "4242 (app)".to_owned(),
+            "4242 (app) S 1 x 3".to_owned(),
+            line("x").replacen(" S ", " SS ", 1),
+            line("x").replace(" 987654 ", " -1 "),
+            // Cut before the start time.
+            line("x")[..line("x").find(" 987654").unwrap()].to_owned(),
+        ] {
+            assert_eq!(Stat::parse(&text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_real_process_with_a_tricky_name_is_read() {
+        // A copy of `sleep` named with a space and parentheses: the kernel takes its command
+        // name from the file name.
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("x) R 1 (y");
+        let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .unwrap();
+        std::fs::copy(sleep, &program).unwrap();
+        let mut child = std::process::Command::new(&program)
+            .arg("60")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let seen = stat(pid);
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(comm.unwrap(), "x) R 1 (y\n");
+        let seen = seen.unwrap();
+        assert_eq!(seen.pgrp, pid, "{seen:?}");
+        assert!(matches!(seen.state, 'R' | 'S'), "{seen:?}");
+        let this = stat(i32::try_from(std::process::id()).unwrap()).unwrap();
+        // Started after this process, in the same boot.
+        assert!(seen.start_time >= this.start_time, "{seen:?} {this:?}");
+    }
+
+    #[test]
+    fn this_process_is_in_the_list_and_has_a_boot_and_a_namespace() {
+        let pid = i32::try_from(std::process::id()).unwrap();
+        assert!(pids().contains(&pid));
+        assert_eq!(boot_id().unwrap().len(), 36);
+        assert!(pid_namespace().unwrap().starts_with("pid:["));
+        assert!(rss_bytes(pid).unwrap() > 0);
+    }
+
+    #[test]
+    fn this_process_s_fds_are_listed_with_their_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("open");
+        let file = std::fs::File::create(&path).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let listed: Vec<(i32, PathBuf)> = fds(pid).unwrap().collect();
+        assert!(listed.contains(&(fd, path)), "{listed:?}");
+        assert!(fds(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn the_status_line_is_read_in_kib() {
+        let text = "Name:\tx\nVmRSSx:\t9 kB\nVmRSS:\t  1234 kB\n";
+        assert_eq!(status_kib(text, "VmRSS"), Some(1234 * 1024));
+        assert_eq!(status_kib(text, "VmHWM"), None);
+        assert_eq!(status_kib("VmRSS:\t12 MB\n", "VmRSS"), None);
+    }
+}
