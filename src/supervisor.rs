@@ -409,9 +409,6 @@ impl Supervisor<'_> {
                         // The core learns the request before the cluster, which may refuse it
                         // at once.
                         let request = self.cluster.new_request();
-                        if let Some(waiter) = state.roll_waiter.take() {
-                            state.waiters.insert(request, waiter);
-                        }
                         let served = self.served();
                         if let Some(dev) = &mut self.dev {
                             dev.core
