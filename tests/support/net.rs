@@ -150,28 +150,34 @@ pub(crate) fn wait_accepted(stream: &TcpStream) {
 /// The inode of the socket with local address `local` and remote `remote`, from `/proc/net/tcp`.
 fn server_side_inode(local: SocketAddrV4, remote: SocketAddrV4) -> Option<u64> {
     let (local, remote) = (proc_net_addr(local), proc_net_addr(remote));
-    let table = fs::read_to_string("/proc/net/tcp").ok()?;
-    table.lines().skip(1).find_map(|row| {
-        let fields: Vec<&str> = row.split_whitespace().collect();
-        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
-            .then(|| fields.get(9)?.parse().ok())
-            .flatten()
-    })
+    tcp_row(
+        |fields| fields[1] == local && fields[2] == remote,
+        |fields| fields.get(9)?.parse().ok(),
+    )
 }
 
 /// How many connections wait in the accept queue of the socket listening on `127.0.0.1:port`
 /// (the `rx_queue` of its `LISTEN` row in `/proc/net/tcp`), or `None` when none listens there.
 pub(crate) fn accept_queue(port: u16) -> Option<usize> {
     let local = proc_net_addr(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+    // Field 3 is the state (0A: LISTEN), field 4 `tx_queue:rx_queue` in hex.
+    tcp_row(
+        |fields| fields[1] == local && fields[3] == "0A",
+        |fields| {
+            let (_, waiting) = fields.get(4)?.split_once(':')?;
+            usize::from_str_radix(waiting, 16).ok()
+        },
+    )
+}
+
+/// What `read` takes from the first row of `/proc/net/tcp` (its fields split on blanks) that
+/// `wanted` picks.
+fn tcp_row<T>(wanted: impl Fn(&[&str]) -> bool, read: impl Fn(&[&str]) -> Option<T>) -> Option<T> {
     let table = fs::read_to_string("/proc/net/tcp").ok()?;
     table.lines().skip(1).find_map(|row| {
         let fields: Vec<&str> = row.split_whitespace().collect();
-        // Field 3 is the state (0A: LISTEN), field 4 `tx_queue:rx_queue` in hex.
-        (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
-            .then(|| {
-                let (_, waiting) = fields.get(4)?.split_once(':')?;
-                usize::from_str_radix(waiting, 16).ok()
-            })
+        (fields.len() > 4 && wanted(&fields))
+            .then(|| read(&fields))
             .flatten()
     })
 }
