@@ -1,225 +1,144 @@
-//! The readiness probe (`mcluster::readiness`) on real worker processes: each gets a fresh TCP
-//! listener at fd 3 from `fixtures/workers/with_listener.py`, which reports the listener's socket
-//! device and inode (what the master knows of its own listeners), then execs the app.
+//! The readiness probe behind `--ready auto`, on real apps under a real master: each app gets
+//! the master's listener at fd 3, never sends `READY=1`, and the master's ready line says how it
+//! was seen accepting (blocked in `accept`, in epoll, polling) — or, for an app that holds its
+//! listener without accepting, that it was never seen, and why. (`mcluster start`'s own test of
+//! the common cases is in `start`; these are the ways of waiting a probe must tell apart.)
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use mcluster::readiness::{Accepting, ListenerInodes, Starting, probe};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use crate::support::{Master, fixture, python3};
 
-use crate::support::process::DEADLINE;
-use crate::support::{fixture, is_alive, python3};
+/// The options every app here runs under: one worker on a fresh port, readiness seen.
+const OPTIONS: [&str; 4] = ["-l", "127.0.0.1:0", "-n", "1"];
 
-/// How often a starting worker is probed: what the master does.
-const PROBE_EVERY: Duration = Duration::from_millis(10);
-
-/// An app started with a listener at fd 3, in a process group of its own, killed (the whole
-/// group) on drop.
-struct App {
-    child: Child,
-    lines: Receiver<String>,
-    listeners: ListenerInodes,
+/// How the master saw `program args…` accepting: the end of its ready line.
+#[track_caller]
+fn seen(program: impl AsRef<OsStr>, args: &[&str]) -> String {
+    let master = Master::builder(&OPTIONS, program, args).start();
+    let line = master.wait_for_stderr("mcluster: w0 ready (pid ");
+    let (_, how) = line
+        .split_once("generation 1): ")
+        .unwrap_or_else(|| panic!("no generation in {line:?}\n{}", master.dump()));
+    how.to_owned()
 }
 
-impl App {
-    /// Starts `program args…` through the launcher.
-    fn start(program: impl AsRef<OsStr>, args: &[&str]) -> Self {
-        let launcher = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/workers/with_listener.py");
-        let mut child = Command::new(python3())
-            .arg(launcher)
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn the launcher");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut app = Self {
-            child,
-            lines,
-            listeners: ListenerInodes::default(),
-        };
-        let first = app.line();
-        let numbers: Vec<u64> = first
-            .split_whitespace()
-            .map(|word| word.parse().unwrap())
-            .collect();
-        let [_port, device, inode] = numbers[..] else {
-            panic!("launcher said {first:?}, not `PORT DEVICE INODE`");
-        };
-        app.listeners = ListenerInodes::new(device, [inode]);
-        app
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap()
-    }
-
-    /// The next line the app prints.
-    #[track_caller]
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(DEADLINE)
-            .expect("the app printed no line (it exited, or hangs)")
-    }
-
-    /// Probes the app's process group until it is seen accepting.
-    #[track_caller]
-    fn wait_seen(&self) -> Accepting {
-        let mut starting = Starting::new(self.pid());
-        let start = Instant::now();
-        loop {
-            if let Some(accepting) = starting.probe(&self.listeners) {
-                return accepting;
-            }
-            assert!(is_alive(self.pid()), "the app exited");
-            assert!(
-                start.elapsed() < DEADLINE,
-                "not seen accepting after {DEADLINE:?}"
-            );
-            thread::sleep(PROBE_EVERY);
-        }
-    }
-
-    /// Probes the app's process group for `period` as the master would, and asserts it is never
-    /// seen accepting and stays alive.
-    #[track_caller]
-    fn assert_never_seen_for(&self, period: Duration) {
-        let mut starting = Starting::new(self.pid());
-        let start = Instant::now();
-        while start.elapsed() < period {
-            assert_eq!(starting.probe(&self.listeners), None);
-            thread::sleep(PROBE_EVERY);
-        }
-        assert!(
-            is_alive(self.pid()),
-            "the app exited: the check proves nothing"
-        );
-    }
+/// `program args…` says `says` once it holds its listener the way it means to, and the master
+/// never calls it ready: it tells, after its wait, that the app was not seen accepting.
+#[track_caller]
+fn never_seen(program: impl AsRef<OsStr>, args: &[&str], says: &str) {
+    let master = Master::builder(&OPTIONS, program, args).start();
+    master.wait_for_stdout(says);
+    let hint = master.wait_for_stderr(" is not seen accepting after ");
+    assert!(hint.contains("--ready-delay"), "{hint}");
+    assert!(
+        !master
+            .stderr_lines()
+            .iter()
+            .any(|line| line.contains(" ready (pid ")),
+        "called ready:\n{}",
+        master.dump()
+    );
 }
 
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
+/// `fixtures/workers/python_listener.py MODE`.
+fn python_script() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/workers/python_listener.py")
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
 fn a_blocking_accept_loop_is_seen_blocked_in_accept() {
-    let app = App::start(fixture("fixture-accept"), &["block"]);
-    assert_eq!(app.line(), "accepting");
-    assert_eq!(app.wait_seen(), Accepting::BlockedInAccept);
+    assert_eq!(
+        seen(fixture("fixture-accept"), &["block"]),
+        "seen blocked in accept"
+    );
 }
 
 #[test]
 fn a_tokio_accept_loop_is_seen_in_epoll() {
-    let app = App::start(fixture("fixture-tokio-accept"), &[]);
-    assert_eq!(app.line(), "accepting");
-    assert_eq!(app.wait_seen(), Accepting::Epoll);
+    assert_eq!(
+        seen(fixture("fixture-tokio-accept"), &[]),
+        "seen accepting (epoll)"
+    );
 }
 
+/// The probe knows the listener by its socket, not by the fd number it was given at.
 #[test]
 fn a_listener_moved_to_another_fd_is_still_seen() {
-    let app = App::start(fixture("fixture-accept"), &["dup"]);
-    let line = app.line();
-    let fd = line.strip_prefix("accepting on fd ").expect(&line);
-    assert_ne!(fd, "3");
-    assert!(
-        std::fs::read_link(format!("/proc/{}/fd/3", app.pid())).is_err(),
-        "fd 3 should be closed"
-    );
-    assert_eq!(app.wait_seen(), Accepting::BlockedInAccept);
+    let master = Master::builder(&OPTIONS, fixture("fixture-accept"), &["dup"]).start();
+    let moved = master.wait_for_stdout("accepting on fd ");
+    assert!(!moved.ends_with("accepting on fd 3"), "{moved}");
+    let line = master.wait_for_stderr("mcluster: w0 ready (pid ");
+    assert!(line.ends_with("): seen blocked in accept"), "{line}");
 }
 
 #[test]
 fn a_worker_holding_its_listener_without_accepting_is_never_seen() {
-    let app = App::start(fixture("fixture-accept"), &["hold"]);
-    assert_eq!(app.line(), "holding");
-    app.assert_never_seen_for(Duration::from_secs(1));
-}
-
-/// `fixtures/workers/python_listener.py MODE` with a listener at fd 3.
-fn python_app(mode: &str) -> App {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/workers/python_listener.py");
-    App::start(python3(), &[script.to_str().unwrap(), mode])
+    never_seen(fixture("fixture-accept"), &["hold"], "holding");
 }
 
 #[test]
 fn a_python_asyncio_server_is_seen_in_epoll() {
-    let app = python_app("asyncio");
-    assert_eq!(app.line(), "accepting");
-    assert_eq!(app.wait_seen(), Accepting::Epoll);
+    assert_eq!(
+        seen(python3(), &[&python_script(), "asyncio"]),
+        "seen accepting (epoll)"
+    );
 }
 
 #[test]
 fn a_python_socketserver_is_seen_polling() {
-    let app = python_app("socketserver");
-    assert_eq!(app.line(), "accepting");
-    assert_eq!(app.wait_seen(), Accepting::Polling);
+    assert_eq!(
+        seen(python3(), &[&python_script(), "socketserver"]),
+        "seen accepting (poll)"
+    );
 }
 
 #[test]
 fn a_select_loop_is_seen_polling() {
-    let app = python_app("select");
-    assert_eq!(app.line(), "accepting");
-    assert_eq!(app.wait_seen(), Accepting::Polling);
+    assert_eq!(
+        seen(python3(), &[&python_script(), "select"]),
+        "seen accepting (poll)"
+    );
 }
 
 #[test]
 fn a_poll_for_output_only_is_no_sign() {
-    let app = python_app("pollout");
-    assert_eq!(app.line(), "polling");
-    app.assert_never_seen_for(Duration::from_secs(1));
+    never_seen(python3(), &[&python_script(), "pollout"], "polling");
 }
 
 #[test]
 fn an_epoll_registration_for_output_only_is_no_sign() {
-    let app = python_app("epollout");
-    assert_eq!(app.line(), "registered");
-    app.assert_never_seen_for(Duration::from_secs(1));
+    never_seen(python3(), &[&python_script(), "epollout"], "registered");
 }
 
+/// The shell holds the listener too, but only waits for its child: the worker is its process
+/// group, and the app in it is what is seen.
 #[test]
 fn an_app_behind_a_shell_wrapper_is_seen_through_its_process_group() {
     let accept = fixture("fixture-accept");
     // LISTEN_PID names the shell: unset, it lets the app take the fds (as in the `tree` tests).
-    let app = App::start(
-        "sh",
-        &[
-            "-c",
-            r#"unset LISTEN_PID; "$0" block; exit"#,
-            accept.to_str().unwrap(),
-        ],
+    assert_eq!(
+        seen(
+            "sh",
+            &[
+                "-c",
+                r#"unset LISTEN_PID; "$0" block; exit"#,
+                accept.to_str().unwrap(),
+            ],
+        ),
+        "seen blocked in accept"
     );
-    assert_eq!(app.line(), "accepting");
-    assert_eq!(app.wait_seen(), Accepting::BlockedInAccept);
-    // The shell itself holds the listener but only waits for its child.
-    assert_eq!(probe(app.pid(), &app.listeners), None);
 }
 
 /// A replacement stopped by SIGSTOP was said to "accept in a way mcluster cannot see": the
 /// master says it is stopped, and what it needs.
 #[test]
 fn a_stopped_replacement_is_reported_as_stopped() {
-    use crate::support::{Master, Script};
+    use crate::support::Script;
     let echo = fixture("fixture-echo");
     let script = Script::exec(&echo);
     let (master, _) = Master::start_ready(
