@@ -22,17 +22,17 @@ use crate::watch::WatchConfig;
 /// Runs a cluster of worker processes on shared listening sockets.
 #[derive(Debug, Parser)]
 #[command(name = "mcluster", version, about, long_about = None)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 impl Cli {
     /// Parses a command line (the program's name first), keeping which `dev` options it gives:
     /// they win over the project's `Cargo.toml` tables (a `Cli` from clap's own `parse` knows
     /// none, so the tables' options would win over its flags).
-    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    pub(crate) fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
@@ -52,7 +52,7 @@ impl Cli {
 // Parsed once per run: the size of the larger variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run a cluster in production: N workers, crash restarts, rolling restarts on SIGHUP.
     Start(StartArgs),
     /// Run a cluster in development: rebuild on every save and roll the new build in.
@@ -77,101 +77,101 @@ pub enum Command {
 
 /// The options of `mcluster completions`.
 #[derive(Debug, Args)]
-pub struct CompletionsArgs {
+pub(crate) struct CompletionsArgs {
     /// The shell to complete for.
     #[arg(value_name = "SHELL", value_enum)]
-    pub shell: clap_complete::Shell,
+    pub(crate) shell: clap_complete::Shell,
 }
 
 /// The options of `mcluster man`.
 #[derive(Debug, Args)]
-pub struct ManArgs {
+pub(crate) struct ManArgs {
     /// Write mcluster.1 and a mcluster-COMMAND.1 per command into DIR instead.
     #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
 }
 
 /// How a client command finds the master.
 // Doc comments here are `--help` text, where backticks would show.
 #[allow(clippy::doc_markdown)]
 #[derive(Debug, Args)]
-pub struct ControlArgs {
+pub(crate) struct ControlArgs {
     /// The master's control socket. [default: the one of the master started in this directory]
     #[arg(long, value_name = "PATH", env = "MCLUSTER_CONTROL")]
-    pub control: Option<PathBuf>,
+    pub(crate) control: Option<PathBuf>,
 
     /// Print the master's JSON reply instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// The options of `mcluster init`.
 #[derive(Debug, Args)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// Also write mcluster.service and mcluster.socket (systemd units to start from).
     #[arg(long)]
-    pub systemd: bool,
+    pub(crate) systemd: bool,
 
     /// Where to write. [default: the working directory]
     #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
 }
 
 /// The options of `mcluster status`.
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// Where the master is, and how to print.
     #[command(flatten)]
-    pub control: ControlArgs,
+    pub(crate) control: ControlArgs,
 
     /// Exit 0 only when every slot has a ready worker (a readiness probe); print only why not.
     #[arg(long)]
-    pub ready: bool,
+    pub(crate) ready: bool,
 }
 
 /// The options of `mcluster restart`.
 #[derive(Debug, Args)]
-pub struct RestartArgs {
+pub(crate) struct RestartArgs {
     /// Where the master is, and how to print.
     #[command(flatten)]
-    pub control: ControlArgs,
+    pub(crate) control: ControlArgs,
 }
 
 /// The options of `mcluster resize`.
 #[derive(Debug, Args)]
-pub struct ResizeArgs {
+pub(crate) struct ResizeArgs {
     /// Where the master is, and how to print.
     #[command(flatten)]
-    pub control: ControlArgs,
+    pub(crate) control: ControlArgs,
 
     /// The new number of workers.
     #[arg(value_name = "N", value_parser = utf8(config::parse_size), allow_negative_numbers = true)]
-    pub size: usize,
+    pub(crate) size: usize,
 }
 
 /// The options of `mcluster stop`.
 #[derive(Debug, Args)]
-pub struct StopArgs {
+pub(crate) struct StopArgs {
     /// Where the master is, and how to print.
     #[command(flatten)]
-    pub control: ControlArgs,
+    pub(crate) control: ControlArgs,
 
     /// SIGKILL every worker instead of the stop signal and the kill timeout.
     #[arg(long)]
-    pub hard: bool,
+    pub(crate) hard: bool,
 }
 
 /// The options of `mcluster events`.
 #[derive(Debug, Args)]
-pub struct EventsArgs {
+pub(crate) struct EventsArgs {
     /// Where the master is (events are JSON lines either way).
     #[command(flatten)]
-    pub control: ControlArgs,
+    pub(crate) control: ControlArgs,
 }
 
 /// Whether `--ready` waits for the worker's notification only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ReadyMode {
+pub(crate) enum ReadyMode {
     /// Ready at READY=1, or after --ready-delay alive.
     Auto,
     /// Ready only at READY=1.
@@ -180,26 +180,26 @@ pub enum ReadyMode {
 
 /// The options of `mcluster start`.
 #[derive(Debug, Args)]
-pub struct StartArgs {
+pub(crate) struct StartArgs {
     /// The cluster's options.
     #[command(flatten)]
-    pub cluster: ClusterArgs,
+    pub(crate) cluster: ClusterArgs,
 
     /// The options given on the command line or in `MCLUSTER_*` variables (clap's ids), which
     /// win over the config file. Filled by [`Cli::try_parse_args`].
     #[arg(skip)]
-    pub given: Vec<String>,
+    pub(crate) given: Vec<String>,
 
     /// The worker program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM")]
-    pub program: Vec<OsString>,
+    pub(crate) program: Vec<OsString>,
 }
 
 /// The options `start` and `dev` share.
 // Doc comments here are `--help` text, where backticks would show.
 #[allow(clippy::doc_markdown)]
 #[derive(Debug, Args)]
-pub struct ClusterArgs {
+pub(crate) struct ClusterArgs {
     /// Addresses to listen on.
     #[arg(
         short,
@@ -210,7 +210,7 @@ pub struct ClusterArgs {
                 unix,mode=0660:PATH sets another), with an optional NAME= prefix for \
                 LISTEN_FDNAMES. Repeatable. [default: 127.0.0.1:3000]"
     )]
-    pub listen: Vec<ListenAddr>,
+    pub(crate) listen: Vec<ListenAddr>,
 
     /// Number of workers.
     #[arg(
@@ -222,7 +222,7 @@ pub struct ClusterArgs {
         env = "MCLUSTER_SIZE",
         help = "Number of workers. [default: the CPU count available]"
     )]
-    pub size: Option<usize>,
+    pub(crate) size: Option<usize>,
 
     /// Environment variable for the workers. Repeatable; a repeated KEY gets its last VALUE. What
     /// mcluster sets for workers or withholds from them is refused: LISTEN_FDS, LISTEN_PID,
@@ -236,61 +236,61 @@ pub struct ClusterArgs {
         value_parser = clap::builder::OsStringValueParser::new()
             .try_map(|text| config::parse_env_pair(&text))
     )]
-    pub env: Vec<(OsString, OsString)>,
+    pub(crate) env: Vec<(OsString, OsString)>,
 
     /// Do not show the workers' stdout and stderr.
     #[arg(long, env = "MCLUSTER_SILENT")]
-    pub silent: bool,
+    pub(crate) silent: bool,
 
     /// When a starting worker counts as ready.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = ReadyMode::Auto, env = "MCLUSTER_READY")]
-    pub ready: ReadyMode,
+    pub(crate) ready: ReadyMode,
 
     /// With --ready auto: a worker alive this long counts as ready (0: at once). Without it, a
     /// worker is ready at READY=1 or when seen accepting on its listeners, and only where that
     /// cannot be seen (no /proc) after 1s.
     #[arg(long, value_name = "DUR", value_parser = utf8(config::parse_duration), allow_hyphen_values = true, env = "MCLUSTER_READY_DELAY")]
-    pub ready_delay: Option<Duration>,
+    pub(crate) ready_delay: Option<Duration>,
 
     /// A worker not ready by then has failed to start (at least 1ms).
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = utf8(config::parse_nonzero_duration), allow_hyphen_values = true, env = "MCLUSTER_READY_TIMEOUT")]
-    pub ready_timeout: Duration,
+    pub(crate) ready_timeout: Duration,
 
     /// How long a stopping worker has before SIGKILL (0: SIGKILL at once). [default: 30s; 5s
     /// for dev, where nothing is worth a long wait]
     #[arg(long, value_name = "DUR", value_parser = utf8(config::parse_duration), allow_hyphen_values = true, env = "MCLUSTER_KILL_TIMEOUT")]
-    pub kill_timeout: Option<Duration>,
+    pub(crate) kill_timeout: Option<Duration>,
 
     /// How many replacements a roll starts at once: a count, a percentage of the size (25%), or
     /// all. Ready workers never drop below the size; each old worker stops as soon as its
     /// replacement is ready. [default: all]
     #[arg(long, value_name = "N|P%|all", value_parser = utf8(config::parse_surge), env = "MCLUSTER_SURGE")]
-    pub surge: Option<Surge>,
+    pub(crate) surge: Option<Surge>,
 
     /// The signal that asks a worker to stop.
     #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = utf8(config::parse_signal), env = "MCLUSTER_STOP_SIGNAL")]
-    pub stop_signal: i32,
+    pub(crate) stop_signal: i32,
 
     /// Give workers WATCHDOG_USEC: a ready worker that sends no WATCHDOG=1 for DUR is replaced
     /// (at least 1ms).
     #[arg(long, value_name = "DUR", value_parser = utf8(config::parse_nonzero_duration), allow_hyphen_values = true, env = "MCLUSTER_WATCHDOG")]
-    pub watchdog: Option<Duration>,
+    pub(crate) watchdog: Option<Duration>,
 
     /// The control socket that mcluster status, restart, resize, stop and events talk to.
     /// [default: $XDG_RUNTIME_DIR/mcluster/HASH.sock, or /tmp/mcluster-UID/HASH.sock, HASH
     /// of the working directory]
     #[arg(long, value_name = "PATH", env = "MCLUSTER_CONTROL")]
-    pub control: Option<PathBuf>,
+    pub(crate) control: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT or :PORT).
     #[arg(long, value_name = "ADDR", value_parser = utf8(parse_metrics), env = "MCLUSTER_METRICS")]
-    pub metrics: Option<SocketAddr>,
+    pub(crate) metrics: Option<SocketAddr>,
 
     /// A config file of options (TOML, the long option names as keys). [default: mcluster.toml
     /// in the working directory, if there is one] Options given as flags or in `MCLUSTER_*`
     /// variables win over it.
     #[arg(long, value_name = "PATH", env = "MCLUSTER_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 /// The options of `mcluster dev`.
@@ -303,10 +303,10 @@ pub struct ClusterArgs {
     [package.metadata.mcluster] (size = 2, listen = [\"127.0.0.1:8080\"], env = { RUST_LOG = \
     \"debug\" }, ...) or [workspace.metadata.mcluster]. Flags win."
 )]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// The cluster's options.
     #[command(flatten)]
-    pub cluster: ClusterArgs,
+    pub(crate) cluster: ClusterArgs,
 
     /// Extensions of the files that count, comma-separated (with a cargo build, every file
     /// the last build read counts too).
@@ -317,11 +317,11 @@ pub struct DevArgs {
         value_delimiter = ',',
         default_value = "rs,toml"
     )]
-    pub ext: Vec<String>,
+    pub(crate) ext: Vec<String>,
 
     /// Quiet time after the last change before a rebuild (restarted by every change; 0: none).
     #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = utf8(config::parse_duration), allow_hyphen_values = true)]
-    pub cooldown: Duration,
+    pub(crate) cooldown: Duration,
 
     /// Directories to watch.
     #[arg(
@@ -332,48 +332,48 @@ pub struct DevArgs {
                 workspace and every path dependency (from cargo metadata); with --build or \
                 --no-build, instead of the package root."
     )]
-    pub watch: Vec<PathBuf>,
+    pub(crate) watch: Vec<PathBuf>,
 
     /// A glob of paths to ignore (besides target/, .git/ and .gitignore). Repeatable.
     #[arg(short, long = "ignore", value_name = "GLOB", value_parser = utf8(text))]
-    pub ignore: Vec<String>,
+    pub(crate) ignore: Vec<String>,
 
     /// Poll for changes instead of inotify, every INTERVAL (at least 1ms). Automatic, every
     /// 500ms, on file systems inotify is blind on (9p, NFS, SMB, FUSE).
     #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "500ms", value_parser = utf8(config::parse_nonzero_duration), allow_negative_numbers = true)]
-    pub poll: Option<Duration>,
+    pub(crate) poll: Option<Duration>,
 
     /// The binary to build and run.
     #[arg(long, value_name = "NAME", value_parser = utf8(text))]
-    pub bin: Option<String>,
+    pub(crate) bin: Option<String>,
 
     /// The package to build.
     #[arg(short, long, value_name = "NAME", value_parser = utf8(text))]
-    pub package: Option<String>,
+    pub(crate) package: Option<String>,
 
     /// Build with the release profile.
     #[arg(long)]
-    pub release: bool,
+    pub(crate) release: bool,
 
     /// Cargo features to enable.
     #[arg(long, value_name = "LIST", value_parser = utf8(text))]
-    pub features: Option<String>,
+    pub(crate) features: Option<String>,
 
     /// The Cargo.toml of the project.
     #[arg(long, value_name = "PATH")]
-    pub manifest_path: Option<PathBuf>,
+    pub(crate) manifest_path: Option<PathBuf>,
 
     /// Build with this shell command instead of cargo (needs a PROGRAM).
     #[arg(long, value_name = "CMD", conflicts_with = "no_build", value_parser = utf8(text))]
-    pub build: Option<String>,
+    pub(crate) build: Option<String>,
 
     /// Do not build: every change only rolls the workers (needs a PROGRAM).
     #[arg(long)]
-    pub no_build: bool,
+    pub(crate) no_build: bool,
 
     /// Clear the screen before each build.
     #[arg(long)]
-    pub clear: bool,
+    pub(crate) clear: bool,
 
     /// Where the live-reload channel listens (its script reloads pages after each switch).
     #[arg(
@@ -382,24 +382,24 @@ pub struct DevArgs {
         default_value = "127.0.0.1:35729",
         env = "MCLUSTER_LIVERELOAD_ADDR"
     )]
-    pub livereload: std::net::SocketAddr,
+    pub(crate) livereload: std::net::SocketAddr,
 
     /// No live-reload channel, and no building page on the listeners (for apps that do not
     /// speak HTTP).
     #[arg(long)]
-    pub no_livereload: bool,
+    pub(crate) no_livereload: bool,
 
     /// A directory of assets the app serves from disk: a change there reloads the pages (a
     /// stylesheet in place) with no build and no roll, unless the build reads the file.
     /// Repeatable. [default: static, assets and public in the package root]
     #[arg(long = "assets", value_name = "DIR")]
-    pub assets: Vec<PathBuf>,
+    pub(crate) assets: Vec<PathBuf>,
 
     /// The options given on the command line (clap's ids), which win over `Cargo.toml`'s
     /// `[package.metadata.mcluster]` and `[workspace.metadata.mcluster]`. Filled by
     /// [`Cli::try_parse_args`].
     #[arg(skip)]
-    pub given: Vec<String>,
+    pub(crate) given: Vec<String>,
 
     /// After `--`: the app's arguments with a cargo build; the program and its arguments with
     /// `--build` or `--no-build`.
@@ -410,7 +410,7 @@ pub struct DevArgs {
                 the workers run the executable cargo builds. With --build or --no-build: \
                 PROGRAM [ARGS], the program the workers run."
     )]
-    pub program: Vec<OsString>,
+    pub(crate) program: Vec<OsString>,
 }
 
 /// A value parser for a text option: `parse` on the text, and one that is not UTF-8 refused
@@ -450,7 +450,7 @@ fn parse_metrics(text: &str) -> Result<SocketAddr, String> {
 
 impl StartArgs {
     /// The master these options describe.
-    pub fn into_master(mut self) -> Result<Master, Error> {
+    pub(crate) fn into_master(mut self) -> Result<Master, Error> {
         let cwd = std::env::current_dir()
             .map_err(|e| Error::io("cannot read the current directory", e))?;
         if let Some(file) = config_file(&cwd, self.cluster.config.as_deref())? {
@@ -544,13 +544,13 @@ impl ClusterArgs {
 
 /// Whether `APP_ENV` asks for dev mode: unset, empty, `dev` or `development`.
 #[must_use]
-pub fn is_dev_env(app_env: Option<&str>) -> bool {
+pub(crate) fn is_dev_env(app_env: Option<&str>) -> bool {
     matches!(app_env, None | Some("" | "dev" | "development"))
 }
 
 impl DevArgs {
     /// The master these options describe; `APP_ENV` other than dev falls back to production.
-    pub fn into_master(mut self) -> Result<Master, Error> {
+    pub(crate) fn into_master(mut self) -> Result<Master, Error> {
         let app_env = std::env::var("APP_ENV").ok();
         let dev = is_dev_env(app_env.as_deref());
         let cwd = std::env::current_dir()
@@ -1630,6 +1630,74 @@ mod tests {
                     && error.contains(culprit),
                 "{json}: {error}"
             );
+        }
+    }
+
+    /// The `- item` lines right after the line `key:` in a YAML text.
+    fn yaml_list(text: &str, key: &str) -> Vec<String> {
+        text.lines()
+            .skip_while(|line| line.trim() != key)
+            .skip(1)
+            .map_while(|line| line.trim().strip_prefix("- ").map(str::to_owned))
+            .collect()
+    }
+
+    /// The deploy examples run commands mcluster takes, and their timeouts nest: mcluster's kill
+    /// timeout ends before the container runtime's SIGKILL.
+    #[test]
+    fn the_deploy_examples_agree_with_the_command_line() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let kill_timeout = |argv: &[String]| -> Duration {
+            match <Cli as clap::Parser>::try_parse_from(argv)
+                .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+                .command
+            {
+                Command::Start(args) => args
+                    .cluster
+                    .kill_timeout
+                    .expect("an explicit --kill-timeout"),
+                other => panic!("{argv:?} is {other:?}, not mcluster start"),
+            }
+        };
+
+        let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+        let exec_form = |instruction: &str| -> Vec<String> {
+            let line = dockerfile
+                .lines()
+                .find_map(|line| line.strip_prefix(instruction))
+                .unwrap_or_else(|| panic!("no {instruction}"));
+            serde_json::from_str(line).unwrap()
+        };
+        let mut argv = exec_form("ENTRYPOINT ");
+        argv.extend(exec_form("CMD "));
+        // `docker stop` sends SIGKILL after 10 s.
+        assert!(kill_timeout(&argv) < Duration::from_secs(10), "{argv:?}");
+
+        let manifest = std::fs::read_to_string(root.join("kubernetes.yaml")).unwrap();
+        let mut argv = yaml_list(&manifest, "command:");
+        argv.extend(yaml_list(&manifest, "args:"));
+        let grace: u64 = manifest
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("terminationGracePeriodSeconds: "))
+            .and_then(|value| value.parse().ok())
+            .expect("terminationGracePeriodSeconds");
+        let pre_stop = Duration::from_secs(5);
+        assert!(manifest.contains(r#"command: ["sleep", "5"]"#));
+        assert!(
+            pre_stop + kill_timeout(&argv) < Duration::from_secs(grace),
+            "{argv:?} and {grace} s"
+        );
+        for probe in [
+            r#"command: ["mcluster", "status", "--ready"]"#,
+            r#"command: ["mcluster", "status", "--json"]"#,
+        ] {
+            assert!(manifest.contains(probe), "{probe}");
+            let argv: Vec<String> =
+                serde_json::from_str(probe.strip_prefix("command: ").unwrap()).unwrap();
+            assert!(matches!(
+                <Cli as clap::Parser>::try_parse_from(&argv).map(|cli| cli.command),
+                Ok(Command::Status(_))
+            ));
         }
     }
 }

@@ -88,7 +88,7 @@ pub(crate) fn describe_io(error: &io::Error) -> String {
 /// Parses a duration: a number with `ms`, `s` or `m`; a bare number is milliseconds. 0 is
 /// accepted, for the options where it means "at once" (see [`parse_nonzero_duration`]); a
 /// year (`525600m`) at most.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.starts_with('-') && text[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.') {
         return Err(format!("invalid duration '{text}': it cannot be negative"));
@@ -132,7 +132,7 @@ pub(crate) const MAX_DURATION: Duration = Duration::from_hours(365 * 24);
 
 /// [`parse_duration`] for the options where no time at all makes no sense (`--ready-timeout`,
 /// `--watchdog`, `--poll`): anything under a millisecond, 0 included, is refused.
-pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
     if duration < Duration::from_millis(1) {
         return Err(format!(
@@ -145,7 +145,7 @@ pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
 
 /// Parses `--surge`: a count of at least 1 (`2`), a percentage of the size (`25%`, more than 0),
 /// or `all`.
-pub fn parse_surge(text: &str) -> Result<Surge, String> {
+pub(crate) fn parse_surge(text: &str) -> Result<Surge, String> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("all") {
         return Ok(Surge::All);
@@ -169,7 +169,7 @@ pub fn parse_surge(text: &str) -> Result<Surge, String> {
 
 /// Parses the number of workers: a whole number, at least 1, at most
 /// [`MAX_SIZE`](crate::master::MAX_SIZE) (a master refuses more than its limits allow too).
-pub fn parse_size(text: &str) -> Result<usize, String> {
+pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
     let digits = text.trim();
     match digits.parse::<usize>() {
         Ok(0) => Err("the cluster needs at least one worker".to_owned()),
@@ -190,7 +190,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 /// Parses a `KEY=VALUE` pair for a worker's environment (not necessarily UTF-8): a non-empty
 /// `KEY` that is none of the variables mcluster sets for each worker or keeps from them (the
 /// error names it).
-pub fn parse_env_pair(text: &OsStr) -> Result<(OsString, OsString), String> {
+pub(crate) fn parse_env_pair(text: &OsStr) -> Result<(OsString, OsString), String> {
     let bytes = text.as_bytes();
     let Some(equals) = bytes.iter().position(|&b| b == b'=') else {
         return Err(format!(
@@ -238,7 +238,7 @@ pub(crate) fn check_env(key: &OsStr, value: &OsStr) -> Result<(), String> {
 /// resumes it (`CONT`) or is ignored unless handled and means something else (`CHLD`, `URG`)
 /// is refused: the old workers would sit frozen or untouched until the kill timeout's SIGKILL.
 /// (`WINCH`, ignored by default too, is accepted: Apache's graceful stop is `WINCH`.)
-pub fn parse_signal(text: &str) -> Result<i32, String> {
+pub(crate) fn parse_signal(text: &str) -> Result<i32, String> {
     use nix::sys::signal::Signal;
     let signal = if let Ok(number) = text.parse::<i32>() {
         Signal::try_from(number).map_err(|_| format!("invalid signal '{text}'"))?
@@ -271,7 +271,7 @@ pub fn parse_signal(text: &str) -> Result<i32, String> {
 
 /// Finds the program a worker runs: a path with a `/` as it is, anything else on `PATH`.
 /// It must be an executable file.
-pub fn resolve_program(program: &Path) -> Result<PathBuf, Error> {
+pub(crate) fn resolve_program(program: &Path) -> Result<PathBuf, Error> {
     let shown = program.display();
     if program.as_os_str().is_empty() {
         return Err(Error::usage("the program to run is empty"));

@@ -94,24 +94,24 @@ use crate::master::Handle;
 use crate::status::ResizeOutcome;
 
 /// The longest request line, in bytes.
-pub const MAX_REQUEST: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST: usize = 64 * 1024;
 
 /// How long a client has to send its whole request.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How many connections send a request or are answered at once; more wait in the listen
 /// backlog until a place is free.
-pub const MAX_REQUESTS: usize = 64;
+pub(crate) const MAX_REQUESTS: usize = 64;
 
 /// How many requests that wait for the master (`restart`, `resize`, `stop`) leave their place
 /// among the [`MAX_REQUESTS`] while they wait; beyond, they keep it.
-pub const MAX_WAITING: usize = 64;
+pub(crate) const MAX_WAITING: usize = 64;
 
 /// How many clients follow the events at once; one more is refused, with one line.
-pub const MAX_FOLLOWERS: usize = 64;
+pub(crate) const MAX_FOLLOWERS: usize = 64;
 
 /// How many records wait for one follower; one more and the follower is dropped.
-pub const FOLLOWER_QUEUE: usize = 256;
+pub(crate) const FOLLOWER_QUEUE: usize = 256;
 
 /// The kernel's send buffer for a follower's connection, in bytes (the kernel may double it).
 const FOLLOWER_SEND_BUFFER: usize = 16 * 1024;
@@ -134,7 +134,7 @@ const ANSWER_POLL: Duration = Duration::from_millis(20);
 /// A request, as the client sends it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
+pub(crate) enum Request {
     /// A snapshot of the master and its workers.
     Status,
     /// A rolling restart; answered when it has ended.
@@ -155,7 +155,7 @@ pub enum Request {
 }
 
 /// The default control socket of the working directory (see the module's doc).
-pub fn default_path() -> Result<PathBuf, Error> {
+pub(crate) fn default_path() -> Result<PathBuf, Error> {
     let cwd = std::env::current_dir()
         .and_then(fs::canonicalize)
         .map_err(|e| Error::io("cannot read the current directory", e))?;
@@ -755,7 +755,7 @@ async fn read_request(stream: &UnixStream) -> Result<Request, String> {
 
 impl Request {
     /// Parses a request line; an unknown command or field is an error naming it.
-    pub fn parse(line: &[u8]) -> Result<Self, String> {
+    pub(crate) fn parse(line: &[u8]) -> Result<Self, String> {
         let request: Self =
             serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
         // serde lets unknown fields of a variant without fields through: none may go unseen.
@@ -779,7 +779,7 @@ fn timeout_message() -> String {
 
 /// Why a client could not reach a master, as one line, and the exit status for it.
 #[derive(Debug)]
-pub struct ClientError {
+pub(crate) struct ClientError {
     /// The line after `mcluster: error: `.
     pub message: String,
     /// The exit status.
@@ -796,14 +796,14 @@ impl ClientError {
 }
 
 /// A connection to a master, its request sent.
-pub struct Connection {
+pub(crate) struct Connection {
     reader: BufReader<StdUnixStream>,
     path: PathBuf,
 }
 
 impl Connection {
     /// Connects to the master at `path` (the default one when `None`) and sends `request`.
-    pub fn open(path: Option<&Path>, request: &Request) -> Result<Self, ClientError> {
+    pub(crate) fn open(path: Option<&Path>, request: &Request) -> Result<Self, ClientError> {
         let (path, default) = match path {
             Some(path) => (path.to_owned(), false),
             None => (
@@ -872,13 +872,13 @@ impl Connection {
     }
 
     /// Limits how long [`next_reply`](Connection::next_reply) waits for a reply.
-    pub fn set_timeout(&self, timeout: Option<Duration>) {
+    pub(crate) fn set_timeout(&self, timeout: Option<Duration>) {
         let _ = self.reader.get_ref().set_read_timeout(timeout);
     }
 
     /// The next reply; `None` when the master closed the connection. A reply with
     /// `"ok": false` is an error with its reason.
-    pub fn next_reply(&mut self) -> Result<Option<Reply>, ClientError> {
+    pub(crate) fn next_reply(&mut self) -> Result<Option<Reply>, ClientError> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => return Ok(None),
@@ -905,7 +905,7 @@ impl Connection {
     }
 
     /// The next reply, which must come.
-    pub fn reply(&mut self) -> Result<Reply, ClientError> {
+    pub(crate) fn reply(&mut self) -> Result<Reply, ClientError> {
         self.next_reply()?.ok_or_else(|| {
             ClientError::new(format!(
                 "the master at {} closed the connection without a reply",
@@ -917,7 +917,7 @@ impl Connection {
 
 /// One reply of the master.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     /// The reply.
     pub value: Value,
     /// Its line as sent (without reordering the fields, as `value` does).
@@ -928,7 +928,7 @@ impl Reply {
     /// The JSON text of `key`'s value, its fields in the order the master sent them; the whole
     /// reply for `None`.
     #[must_use]
-    pub fn raw(&self, key: Option<&str>) -> String {
+    pub(crate) fn raw(&self, key: Option<&str>) -> String {
         let raw = key.and_then(|key| {
             serde_json::from_str::<
                 std::collections::HashMap<String, Box<serde_json::value::RawValue>>,

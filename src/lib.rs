@@ -46,22 +46,21 @@ pub mod cli;
 #[cfg(feature = "master")]
 pub mod cluster;
 #[cfg(feature = "master")]
-pub mod config;
+mod config;
 #[cfg(feature = "master")]
-pub mod control;
+mod control;
 #[cfg(feature = "master")]
-pub mod listener;
+mod listener;
 #[cfg(feature = "master")]
 pub mod master;
 #[cfg(feature = "master")]
-pub mod metrics;
+mod metrics;
 #[cfg(feature = "master")]
-#[doc(hidden)]
-pub mod readiness;
+mod readiness;
 #[cfg(feature = "hyper")]
 pub mod serve;
 #[cfg(feature = "master")]
-pub mod status;
+mod status;
 pub mod worker;
 
 #[cfg(feature = "master")]

@@ -46,15 +46,15 @@ use crate::config::Error;
 use crate::sys::{AdoptedListener, adopt_listener, claim_inherited_fds};
 
 /// The name a listener gets without a `NAME=` prefix.
-pub const DEFAULT_NAME: &str = "unknown";
+pub(crate) const DEFAULT_NAME: &str = "unknown";
 
 /// The mode of a unix socket file without `mode=`: only the master's user may connect. A socket
 /// is an open door to the app; a wider one (`mode=0660` for a proxy in the group) is asked for,
 /// never a surprise.
-pub const DEFAULT_UNIX_MODE: u32 = 0o600;
+pub(crate) const DEFAULT_UNIX_MODE: u32 = 0o600;
 
 /// The longest path a unix socket can be bound to (`sun_path` holds 108 bytes with the NUL).
-pub const MAX_UNIX_PATH: usize = 107;
+pub(crate) const MAX_UNIX_PATH: usize = 107;
 
 /// Where to listen: one `--listen` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub enum ListenKind {
     Unix {
         /// Where the socket file is made.
         path: PathBuf,
-        /// Its permission bits ([`DEFAULT_UNIX_MODE`] unless `mode=` says otherwise).
+        /// Its permission bits (`0o600` unless `mode=` says otherwise).
         mode: u32,
     },
 }
@@ -169,7 +169,7 @@ impl FromStr for ListenAddr {
 
 /// A listening socket the master holds for its whole life.
 #[derive(Debug)]
-pub struct Listener {
+pub(crate) struct Listener {
     name: String,
     fd: OwnedFd,
     shown: String,
@@ -180,13 +180,13 @@ pub struct Listener {
 impl Listener {
     /// The fd name passed in `LISTEN_FDNAMES`.
     #[must_use]
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The address actually bound, e.g. `127.0.0.1:41234` or `unix:/run/app.sock`.
     #[must_use]
-    pub fn address(&self) -> &str {
+    pub(crate) fn address(&self) -> &str {
         &self.shown
     }
 
@@ -206,7 +206,7 @@ impl Listener {
 
     /// Binds `addr`: `SO_REUSEADDR` (never `SO_REUSEPORT`), a large backlog, close-on-exec; a
     /// unix socket file as the module's doc says.
-    pub fn bind(addr: &ListenAddr) -> Result<Self, Error> {
+    pub(crate) fn bind(addr: &ListenAddr) -> Result<Self, Error> {
         let name = addr.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned());
         let context = || format!("cannot listen on {addr}");
         match &addr.kind {
@@ -235,7 +235,7 @@ impl Listener {
 
     /// Takes the sockets the master's own parent passed with `LISTEN_FDS` (when `LISTEN_PID` is
     /// unset or names this process).
-    pub fn inherited() -> Result<Vec<Self>, Error> {
+    pub(crate) fn inherited() -> Result<Vec<Self>, Error> {
         let Some(count) = std::env::var("LISTEN_FDS").ok() else {
             return Ok(Vec::new());
         };

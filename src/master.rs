@@ -29,18 +29,23 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
+pub use crate::config::Error;
+pub use crate::listener::{ListenAddr, ListenKind};
+pub use crate::status::{
+    LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
+};
+
 use crate::builder::BuildPlan;
 use crate::cluster::{Backoff, Cluster, ClusterConfig, ExitReason, Hangup, NeverReady, Surge};
-use crate::config::{self, Error};
+use crate::config;
 use crate::control::ControlServer;
 use crate::dev::DevLoop;
-use crate::listener::{ListenAddr, Listener};
+use crate::listener::Listener;
 use crate::livereload::LiveReload;
 use crate::metrics::MetricsServer;
 use crate::output;
 use crate::readiness;
 use crate::sd_notify::NotifyDir;
-use crate::status::{Record, ResizeOutcome, RestartOutcome, Status};
 use crate::supervisor::{
     Control, Input, MessageHandler, Program, Subscriber, Supervisor, WorkerSpec, watch_signals,
 };
@@ -289,15 +294,17 @@ impl Master {
     }
 
     /// Answers `mcluster status`, `restart`, `resize`, `stop` and `events` on a unix socket at
-    /// `path` (see [`control`](crate::control); [`control::default_path`](crate::control::default_path)
-    /// is the command line's default). Without, the master has no control socket.
+    /// `path`, speaking the control protocol of the README's "Operating a running master" (the
+    /// command line's default path is `$XDG_RUNTIME_DIR/mcluster/<hash>.sock`, or under `/tmp`,
+    /// per working directory). Without, the master has no control socket.
     #[must_use]
     pub fn control(mut self, path: impl Into<PathBuf>) -> Self {
         self.control = Some(path.into());
         self
     }
 
-    /// Serves Prometheus metrics over HTTP at `addr` (see [`metrics`](crate::metrics)).
+    /// Serves Prometheus metrics over HTTP at `addr` (`GET /metrics`; the README's "Metrics"
+    /// lists them).
     #[must_use]
     pub fn metrics(mut self, addr: SocketAddr) -> Self {
         self.metrics = Some(addr);
@@ -565,7 +572,7 @@ impl Handle {
 
     /// Every lifecycle event from now on (workers spawned, ready, exited, notify messages,
     /// rolls), until the receiver is dropped or the master stops, or the receiver falls
-    /// [`FOLLOWER_QUEUE`](crate::status::FOLLOWER_QUEUE) records behind: the master never
+    /// 4,096 records behind: the master never
     /// holds more for a follower that does not read, and ends its subscription instead.
     #[must_use]
     pub fn events(&self) -> Receiver<Record> {

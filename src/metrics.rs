@@ -38,7 +38,7 @@ use crate::master::Handle;
 use crate::status::{Record, Status};
 
 /// How many connections are served at once (more get a 503 at once).
-pub const MAX_SCRAPERS: usize = 64;
+pub(crate) const MAX_SCRAPERS: usize = 64;
 
 /// How long a scrape waits for the supervision loop's answer.
 const STATUS_DEADLINE: Duration = Duration::from_secs(5);
@@ -139,7 +139,7 @@ const ROLL_BUCKETS: [f64; 11] = [
 
 /// The durations of the rolls that ended since the master started.
 #[derive(Debug, Clone, Default)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     /// Per bound of [`ROLL_BUCKETS`], how many rolls took at most that long.
     buckets: [u64; ROLL_BUCKETS.len()],
     count: u64,
@@ -148,7 +148,7 @@ pub struct Histogram {
 
 impl Histogram {
     /// Counts one roll.
-    pub fn observe(&mut self, duration: Duration) {
+    pub(crate) fn observe(&mut self, duration: Duration) {
         let seconds = duration.as_secs_f64();
         for (bound, count) in ROLL_BUCKETS.iter().zip(&mut self.buckets) {
             if seconds <= *bound {
@@ -164,7 +164,7 @@ impl Histogram {
 // Prometheus samples are floats: counts beyond 2^53 are far beyond any master's life.
 #[allow(clippy::cast_precision_loss)]
 #[must_use]
-pub fn render(status: &Status, rolls: &Histogram) -> String {
+pub(crate) fn render(status: &Status, rolls: &Histogram) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
         let _ = writeln!(out, "# HELP {name} {help}");

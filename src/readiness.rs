@@ -11,7 +11,7 @@
 //!   and `selectors.EpollSelector`. A registration for output only does not count.
 //! - **blocked in accept**: a thread of it sits in `accept`/`accept4` on our listener, read from
 //!   `/proc/PID/task/TID/syscall` (syscall number, then the fd as the first argument): std's
-//!   `TcpListener::accept` loops, tiny_http, blocking Python `socket.accept`.
+//!   `TcpListener::accept` loops, `tiny_http`, blocking Python `socket.accept`.
 //! - **poll**: a thread of it waits in `poll`/`ppoll` (or `select`/`pselect6`) for input on our
 //!   listener: the syscall's arguments point to the fd array (or set) in the worker's memory,
 //!   read from `/proc/PID/mem` with the same access `syscall` needs. Python's `socketserver`
@@ -44,7 +44,7 @@ use crate::procfs;
 /// What the master knows of its listeners: their socket inodes, and the device of the socket
 /// file system they live on (the same for every socket).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListenerInodes {
+pub(crate) struct ListenerInodes {
     /// `st_dev` of the sockets (user-space encoding), when known.
     device: Option<u64>,
     inodes: Vec<u64>,
@@ -52,7 +52,7 @@ pub struct ListenerInodes {
 
 impl ListenerInodes {
     /// The inodes of the master's listening sockets `fds` (from `fstat`).
-    pub fn of(fds: &[BorrowedFd<'_>]) -> io::Result<Self> {
+    pub(crate) fn of(fds: &[BorrowedFd<'_>]) -> io::Result<Self> {
         let mut listeners = Self::default();
         for fd in fds {
             let stat = nix::sys::stat::fstat(fd)?;
@@ -66,7 +66,8 @@ impl ListenerInodes {
     }
 
     /// Sockets known by device (their `st_dev`) and inode number (the `N` of `socket:[N]`).
-    pub fn new(device: u64, inodes: impl IntoIterator<Item = u64>) -> Self {
+    #[cfg(test)]
+    fn new(device: u64, inodes: impl IntoIterator<Item = u64>) -> Self {
         Self {
             device: Some(device),
             inodes: inodes.into_iter().collect(),
@@ -104,7 +105,7 @@ fn kernel_dev(sdev: u64) -> u64 {
 
 /// How a worker was seen accepting on one of our listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accepting {
+pub(crate) enum Accepting {
     /// Registered for input in one of its epoll instances.
     Epoll,
     /// A thread blocked in `accept`/`accept4` on it.
@@ -126,7 +127,7 @@ impl fmt::Display for Accepting {
 /// Whether probing can work here: Linux with `/proc` mounted and our own `/proc/self/fdinfo`
 /// readable. When it cannot, `--ready auto` falls back to `--ready-delay`.
 #[must_use]
-pub fn available() -> bool {
+pub(crate) fn available() -> bool {
     cfg!(target_os = "linux")
         && fs::read_dir("/proc/self/fd").is_ok()
         && fs::read_dir("/proc/self/fdinfo").is_ok()
@@ -137,7 +138,7 @@ pub fn available() -> bool {
 /// `None` when it is not seen accepting (yet), or when its `/proc` entries cannot be read (it
 /// exited, or belongs to another user).
 #[must_use]
-pub fn probe(pid: i32, listeners: &ListenerInodes) -> Option<Accepting> {
+pub(crate) fn probe(pid: i32, listeners: &ListenerInodes) -> Option<Accepting> {
     let fds = Fds::of(pid, listeners)?;
     if fds.ours.is_empty() {
         // It holds none of our listeners: nothing it does can be accepting on one.
@@ -165,7 +166,7 @@ const SCAN_PAUSE_FACTOR: u32 = 200;
 /// server's children) are looked up in `/proc` on the first probe and then again after a pause
 /// proportional to what the lookup cost, and the ones found are probed every time.
 #[derive(Debug, Clone)]
-pub struct Starting {
+pub(crate) struct Starting {
     pgid: i32,
     members: Vec<i32>,
     next_scan: Option<Instant>,
@@ -174,7 +175,7 @@ pub struct Starting {
 impl Starting {
     /// Watches the worker `pid`, the leader of its own process group.
     #[must_use]
-    pub fn new(pid: i32) -> Self {
+    pub(crate) fn new(pid: i32) -> Self {
         Self {
             pgid: pid,
             members: Vec::new(),
@@ -183,7 +184,7 @@ impl Starting {
     }
 
     /// Whether the worker or another process of its group is seen accepting.
-    pub fn probe(&mut self, listeners: &ListenerInodes) -> Option<Accepting> {
+    pub(crate) fn probe(&mut self, listeners: &ListenerInodes) -> Option<Accepting> {
         if let Some(accepting) = probe(self.pgid, listeners) {
             return Some(accepting);
         }
@@ -200,29 +201,11 @@ impl Starting {
     /// (state `T` or `t` in `/proc/PID/stat`: `SIGSTOP`, a job-control signal, a tracer): it
     /// cannot accept, nor become ready, until it is continued.
     #[must_use]
-    pub fn stopped(&self) -> Option<i32> {
+    pub(crate) fn stopped(&self) -> Option<i32> {
         std::iter::once(self.pgid)
             .chain(self.members.iter().copied())
             .find(|&pid| procfs::stat(pid).is_some_and(|stat| stat.stopped()))
     }
-
-    /// Whether the worker is hidden from us: its `/proc` entries exist but may not be read (it
-    /// runs as another user, e.g. a setuid program, or ptrace access is denied). Then nothing it
-    /// does can be seen, and it can only be ready at `READY=1` or after `--ready-delay`.
-    #[must_use]
-    pub fn hidden(&self) -> bool {
-        hidden(self.pgid)
-    }
-}
-
-/// Whether the process `pid` is hidden from us: its fds or its syscall may not be read.
-#[must_use]
-pub fn hidden(pid: i32) -> bool {
-    let denied =
-        |result: io::Result<()>| result.is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied);
-    denied(fs::read_dir(format!("/proc/{pid}/fd")).map(drop))
-        || (!ACCEPT_SYSCALLS.is_empty()
-            && denied(fs::read(format!("/proc/{pid}/syscall")).map(drop)))
 }
 
 /// The fds of a process that matter: those referring to our listeners, and its epoll instances.
@@ -600,7 +583,6 @@ mod tests {
     #[test]
     fn a_thread_blocked_in_accept_is_seen_and_a_probe_is_cheap() {
         assert!(available());
-        assert!(!hidden(i32::try_from(std::process::id()).unwrap()));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();

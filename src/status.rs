@@ -9,7 +9,7 @@ use serde::Serialize;
 pub(crate) use crate::procfs::rss_bytes;
 /// The most records waiting for one follower of the master's events
 /// ([`Handle::events`](crate::master::Handle::events)); one more ends its subscription.
-pub const FOLLOWER_QUEUE: usize = 4096;
+pub(crate) const FOLLOWER_QUEUE: usize = 4096;
 
 /// A snapshot of a running master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -19,9 +19,9 @@ use tempfile::TempDir;
 
 use crate::support::fixture::mcluster;
 
-/// How many requests a master serves at once (`mcluster::control::MAX_REQUESTS`); more wait.
+/// How many requests a master serves at once (`MAX_REQUESTS` in `src/control.rs`); more wait.
 const MAX_REQUESTS: usize = 64;
-/// How many clients may follow the events at once (`mcluster::control::MAX_FOLLOWERS`).
+/// How many clients may follow the events at once (`MAX_FOLLOWERS` in `src/control.rs`).
 const MAX_FOLLOWERS: usize = 64;
 use crate::support::process::{DEADLINE, stat, wait_until};
 use crate::support::script::exec_line;
@@ -1157,76 +1157,6 @@ fn completions_and_man_pages_are_generated() {
     assert_eq!(run.code(), 0, "{}", run.stderr);
     let page = std::fs::read_to_string(dir.path().join("mcluster-status.1")).unwrap();
     assert!(page.contains("\\-\\-ready"), "{page}");
-}
-
-/// The `- item` lines right after the line `key:` in a YAML text.
-fn yaml_list(text: &str, key: &str) -> Vec<String> {
-    text.lines()
-        .skip_while(|line| line.trim() != key)
-        .skip(1)
-        .map_while(|line| line.trim().strip_prefix("- ").map(str::to_owned))
-        .collect()
-}
-
-/// The deploy examples run commands mcluster takes, and their timeouts nest: mcluster's kill
-/// timeout ends before the container runtime's SIGKILL.
-#[test]
-fn the_deploy_examples_agree_with_the_command_line() {
-    use clap::Parser as _;
-    use mcluster::cli::{Cli, Command as Sub};
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
-    let kill_timeout = |argv: &[String]| -> Duration {
-        match Cli::try_parse_from(argv)
-            .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
-            .command
-        {
-            Sub::Start(args) => args
-                .cluster
-                .kill_timeout
-                .expect("an explicit --kill-timeout"),
-            other => panic!("{argv:?} is {other:?}, not mcluster start"),
-        }
-    };
-
-    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
-    let exec_form = |instruction: &str| -> Vec<String> {
-        let line = dockerfile
-            .lines()
-            .find_map(|line| line.strip_prefix(instruction))
-            .unwrap_or_else(|| panic!("no {instruction}"));
-        serde_json::from_str(line).unwrap()
-    };
-    let mut argv = exec_form("ENTRYPOINT ");
-    argv.extend(exec_form("CMD "));
-    // `docker stop` sends SIGKILL after 10 s.
-    assert!(kill_timeout(&argv) < Duration::from_secs(10), "{argv:?}");
-
-    let manifest = std::fs::read_to_string(root.join("kubernetes.yaml")).unwrap();
-    let mut argv = yaml_list(&manifest, "command:");
-    argv.extend(yaml_list(&manifest, "args:"));
-    let grace: u64 = manifest
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("terminationGracePeriodSeconds: "))
-        .and_then(|value| value.parse().ok())
-        .expect("terminationGracePeriodSeconds");
-    let pre_stop = Duration::from_secs(5);
-    assert!(manifest.contains(r#"command: ["sleep", "5"]"#));
-    assert!(
-        pre_stop + kill_timeout(&argv) < Duration::from_secs(grace),
-        "{argv:?} and {grace} s"
-    );
-    for probe in [
-        r#"command: ["mcluster", "status", "--ready"]"#,
-        r#"command: ["mcluster", "status", "--json"]"#,
-    ] {
-        assert!(manifest.contains(probe), "{probe}");
-        let argv: Vec<String> =
-            serde_json::from_str(probe.strip_prefix("command: ").unwrap()).unwrap();
-        assert!(matches!(
-            Cli::try_parse_from(&argv).map(|cli| cli.command),
-            Ok(Sub::Status(_))
-        ));
-    }
 }
 
 /// Issue 16, item 6: `mcluster resize 3` waiting for a slot that never gets ready is answered
