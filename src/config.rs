@@ -168,14 +168,13 @@ pub(crate) fn parse_surge(text: &str) -> Result<Surge, String> {
 }
 
 /// Parses the number of workers: a whole number, at least 1, at most
-/// [`MAX_SIZE`](crate::master::MAX_SIZE) (a master refuses more than its limits allow too).
+/// [`MAX_SIZE`] (a master refuses more than its limits allow too).
 pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
     let digits = text.trim();
     match digits.parse::<usize>() {
         Ok(0) => Err("the cluster needs at least one worker".to_owned()),
-        Ok(size) if size > crate::master::MAX_SIZE => Err(format!(
-            "invalid size '{text}': at most {} workers (the most one master runs)",
-            crate::master::MAX_SIZE
+        Ok(size) if size > MAX_SIZE => Err(format!(
+            "invalid size '{text}': at most {MAX_SIZE} workers (the most one master runs)"
         )),
         Ok(size) => Ok(size),
         Err(_) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
@@ -227,7 +226,7 @@ pub(crate) fn check_env(key: &OsStr, value: &OsStr) -> Result<(), String> {
             "invalid environment variable {shown}: it contains a NUL byte"
         ));
     }
-    if let Some(why) = crate::master::reserved_variable(key) {
+    if let Some(why) = reserved_variable(key) {
         return Err(format!("{shown} is reserved: {why}"));
     }
     Ok(())
@@ -467,9 +466,173 @@ pub(crate) fn describe_spawn_error(error: &io::Error) -> String {
     }
 }
 
+/// The variables the master sets for each worker (`WATCHDOG_USEC` only with a watchdog). The
+/// master's own values of them are not passed on, and `--env` cannot set them.
+pub(crate) const WORKER_VARIABLES: [&str; 9] = [
+    "MCLUSTER_LIVERELOAD",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "MCLUSTER_WORKER_ID",
+    "MCLUSTER_GENERATION",
+    "MCLUSTER_WORKERS",
+    "WATCHDOG_USEC",
+];
+
+/// What the master's own service manager (systemd) sets for it besides [`WORKER_VARIABLES`] and
+/// would be wrong for a worker: they name the master's pid (a worker that sees another pid in
+/// `WATCHDOG_PID` ignores its `WATCHDOG_USEC`), the fd store of the master's manager, or the
+/// master's stderr (a worker's is a pipe to the master). They are not passed on either, and
+/// `--env` cannot set them.
+pub(crate) const MANAGER_VARIABLES: [&str; 4] = [
+    "WATCHDOG_PID",
+    "SYSTEMD_EXEC_PID",
+    "FDSTORE",
+    "JOURNAL_STREAM",
+];
+
+/// Why `key` is not the workers' to set with `--env` or [`Master::env`](crate::master::Master::env), if it is not.
+pub(crate) fn reserved_variable(key: &OsStr) -> Option<&'static str> {
+    if key == "WATCHDOG_USEC" {
+        Some("mcluster sets it for each worker, from --watchdog")
+    } else if WORKER_VARIABLES.iter().any(|name| key == *name) {
+        Some("mcluster sets it for each worker")
+    } else if MANAGER_VARIABLES.iter().any(|name| key == *name) {
+        Some("it is the master's own, from its service manager, and never reaches a worker")
+    } else {
+        None
+    }
+}
+
+/// The most workers any master runs: its guard tracks 4096 process groups, and a roll runs a
+/// replacement beside each worker (twice the size). Far beyond what one machine serves well.
+pub const MAX_SIZE: usize = 2048;
+
+/// What each worker costs the master: its notify socket and two output pipes.
+const FDS_PER_WORKER: u64 = 3;
+
+/// What each worker is counted for against `RLIMIT_NPROC` (which counts threads): the worker
+/// process and a few threads of its own (the master's threads do not grow with the workers).
+const TASKS_PER_WORKER: u64 = 4;
+
+/// The fds the master keeps for itself (listeners, control and metrics sockets, the guard's
+/// pipe, a build's pipes, the standard streams).
+const FDS_RESERVED: u64 = 64;
+
+/// How many workers this master can run, and which limit says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SizeBound {
+    pub(crate) max: usize,
+    /// The limit that sets `max`.
+    limit: SizeLimit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizeLimit {
+    Ceiling,
+    /// The soft `RLIMIT_NOFILE`.
+    Files(u64),
+    /// The soft `RLIMIT_NPROC`.
+    Processes(u64),
+}
+
+impl SizeBound {
+    /// The bound under this process's limits, read now. Every worker counts twice: a roll
+    /// runs a replacement beside each. A size that fits starts; one that does not would fail
+    /// spawns (or leave the master deaf to everything while it retries them), so it is
+    /// refused with the limit named.
+    pub(crate) fn here() -> Self {
+        use nix::sys::resource::{Resource, getrlimit};
+        // `rlim_t` is signed on FreeBSD (`RLIM_INFINITY` is its largest value).
+        #[allow(clippy::useless_conversion)]
+        let soft = |resource| {
+            getrlimit(resource)
+                .ok()
+                .map(|(soft, _)| u64::try_from(soft).unwrap_or(u64::MAX))
+        };
+        // macOS has the limit too, but nix does not name it there: the ceiling and the fd
+        // limit bound the size alone.
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+        let processes = soft(Resource::RLIMIT_NPROC);
+        #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+        let processes = None;
+        Self::of(soft(Resource::RLIMIT_NOFILE), processes)
+    }
+
+    fn of(files: Option<u64>, processes: Option<u64>) -> Self {
+        let mut bound = Self {
+            max: MAX_SIZE,
+            limit: SizeLimit::Ceiling,
+        };
+        let by_files = files.map(|files| {
+            let max = files.saturating_sub(FDS_RESERVED) / (2 * FDS_PER_WORKER);
+            (max, SizeLimit::Files(files))
+        });
+        let by_processes = processes.map(|processes| {
+            (
+                processes / (2 * TASKS_PER_WORKER),
+                SizeLimit::Processes(processes),
+            )
+        });
+        for (max, limit) in [by_files, by_processes].into_iter().flatten() {
+            let max = usize::try_from(max).unwrap_or(usize::MAX).max(1);
+            if max < bound.max {
+                bound = Self { max, limit };
+            }
+        }
+        bound
+    }
+
+    /// Whether a cluster may have `size` workers: at least 1, at most this bound. The error
+    /// says why not, for a line that names the size.
+    pub(crate) fn check(self, size: usize) -> Result<(), String> {
+        if size == 0 {
+            Err("the cluster needs at least one worker".to_owned())
+        } else if size > self.max {
+            Err(self.describe())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `at most N workers (…why)`, for an error line.
+    fn describe(self) -> String {
+        let why = match self.limit {
+            SizeLimit::Ceiling => "the most one master runs".to_owned(),
+            SizeLimit::Files(files) => format!(
+                "under the open-file limit of {files} (ulimit -n), {FDS_PER_WORKER} per worker \
+                 and twice as many during a roll"
+            ),
+            SizeLimit::Processes(processes) => format!(
+                "under the process limit of {processes} (ulimit -u), {TASKS_PER_WORKER} per \
+                 worker and twice as many during a roll"
+            ),
+        };
+        format!("at most {} workers ({why})", self.max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_size_bound_is_the_lowest_of_the_ceiling_the_fd_limit_and_the_process_limit() {
+        let bound = |files, processes| SizeBound::of(files, processes).max;
+        assert_eq!(bound(None, None), MAX_SIZE);
+        assert_eq!(bound(Some(u64::MAX), Some(u64::MAX)), MAX_SIZE);
+        // 1024 fds: (1024 - 64) / 6.
+        assert_eq!(bound(Some(1024), Some(u64::MAX)), 160);
+        // 4000 tasks: 4000 / 8.
+        assert_eq!(bound(Some(1 << 20), Some(4000)), 500);
+        assert_eq!(bound(Some(10), Some(3)), 1, "one worker is always allowed");
+        let described = SizeBound::of(Some(1024), None).describe();
+        assert!(
+            described.starts_with("at most 160 workers (under the open-file limit of 1024"),
+            "{described}"
+        );
+    }
 
     #[test]
     fn durations_take_units_and_bare_numbers_are_milliseconds() {

@@ -64,18 +64,18 @@ use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, ResizeAnswer, RollEnd,
     StopKind, WorkerKey, after, human_duration,
 };
+use crate::config::SizeBound;
 use crate::dev::DevLoop;
 use crate::dev::core::{DevAction, DevEvent, Page, Served};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
-use crate::master::SizeBound;
 use crate::output::{self, Readers, Tail, WorkerOutput};
 use crate::readiness::{self, ListenerInodes};
 use crate::sd_notify::{NotifyDir, NotifySocket};
 use crate::status::{
     self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
 };
-use crate::sys::{GUARD_CAPACITY, Guard, SpawnRequest, spawn_worker};
+use crate::sys::{GUARD_CAPACITY, Guard, Program, SpawnRequest, spawn_worker};
 
 /// How often, after a roll in dev mode, the old workers are probed for still accepting.
 const RELOAD_PROBE_INTERVAL: Duration = Duration::from_millis(10);
@@ -150,13 +150,6 @@ impl Subscriber {
 
 /// A message handler: the worker's slot and the notify message.
 pub(crate) type MessageHandler = Box<dyn FnMut(usize, &str) + Send>;
-
-/// An executable and the `argv[0]` it is started with.
-#[derive(Debug, Clone)]
-pub(crate) struct Program {
-    pub(crate) path: CString,
-    pub(crate) argv0: CString,
-}
 
 /// How every worker is started.
 pub(crate) struct WorkerSpec {
