@@ -18,8 +18,7 @@ use nix::unistd::Pid as NixPid;
 use crate::builder::{self, BuildPlan, RunningBuild};
 use crate::cluster::ProcessEnd;
 use crate::leftover::{self, Here};
-use crate::supervisor::Program;
-use crate::sys::Guard;
+use crate::sys::{Guard, Program};
 use crate::watch::Watcher;
 
 use self::core::{BuildId, BuildResult, Built, ChangedFile, DevCore, DevEvent};

@@ -15,4 +15,4 @@ pub(crate) use guard::{CAPACITY as GUARD_CAPACITY, Guard};
 #[cfg(feature = "master")]
 pub(crate) use platform::{blind_file_system, peer_uid, pipe, stream_socket};
 #[cfg(feature = "master")]
-pub(crate) use spawn::{SpawnRequest, prepare_child, spawn_worker};
+pub(crate) use spawn::{Program, SpawnRequest, prepare_child, spawn_worker};

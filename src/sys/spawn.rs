@@ -35,6 +35,13 @@ pub(crate) struct SpawnRequest<'a> {
     pub(crate) fds: &'a [BorrowedFd<'a>],
 }
 
+/// An executable and the `argv[0]` it is started with.
+#[derive(Debug, Clone)]
+pub(crate) struct Program {
+    pub(crate) path: CString,
+    pub(crate) argv0: CString,
+}
+
 /// Forks and execs a worker; returns its pid once `execve` succeeded, or the error of whatever
 /// step failed in the child. The child announces its process group to `guard` before exec, so
 /// that it dies with the master however the master dies; a child that failed is taken back
