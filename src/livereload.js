@@ -7,21 +7,49 @@
   var key = "mcluster-livereload-instance";
   var overlay = null;
 
+  // Declarations set inline and important: no rule of the page's own can hide the overlay,
+  // move it, or show through it.
+  function pin(element, declarations) {
+    for (var name in declarations) {
+      element.style.setProperty(name, declarations[name], "important");
+    }
+  }
+
   function show(text) {
     // The dev master's own building page shows the errors already.
     if (document.body && document.body.hasAttribute("data-mcluster-building")) {
       return;
     }
     if (!overlay) {
-      overlay = document.createElement("div");
+      overlay = document.createElement("mcluster-overlay");
       overlay.id = "mcluster-overlay";
-      overlay.style.cssText =
-        "position:fixed;inset:0;z-index:2147483647;overflow:auto;margin:0;padding:24px;" +
-        "background:rgba(24,24,24,.96);color:#eee;font:13px/1.45 ui-monospace,monospace;" +
-        "white-space:pre-wrap";
+      pin(overlay, {
+        all: "initial",
+        position: "fixed",
+        inset: "0",
+        "z-index": "2147483647",
+        display: "block",
+      });
+      // In a shadow root, the page's selectors (`pre`, `*`, `::before`) cannot reach the text.
+      var root = overlay.attachShadow ? overlay.attachShadow({ mode: "open" }) : overlay;
+      var pre = document.createElement("pre");
+      pin(pre, {
+        all: "initial",
+        display: "block",
+        "box-sizing": "border-box",
+        height: "100%",
+        margin: "0",
+        padding: "24px",
+        overflow: "auto",
+        background: "#181818",
+        color: "#eee",
+        font: "13px/1.45 ui-monospace, monospace",
+        "white-space": "pre-wrap",
+      });
+      root.appendChild(pre);
       document.documentElement.appendChild(overlay);
     }
-    overlay.textContent = "mcluster: the build failed\n\n" + text;
+    (overlay.shadowRoot || overlay).firstChild.textContent = "mcluster: the build failed\n\n" + text;
   }
 
   function hide() {

@@ -187,6 +187,9 @@ fn the_page_follows_every_save_by_itself() {
     browser.expect("overlay the build failed", &master);
     browser.expect("overlay --> src/main.rs:", &master);
     browser.expect("text Howdy from worker", &master);
+    // Readable over any page: one whose stylesheet hides, clears and moves everything.
+    browser.expect("hostile-css", &master);
+    browser.expect("overlay-readable", &master);
     edit(&main_rs, "fn broken() {\n", "");
     edit(&main_rs, "Howdy from worker", "Hello again from worker");
     browser.expect("text Hello again from worker", &master);

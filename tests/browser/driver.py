@@ -6,6 +6,8 @@ Commands (each waits up to DEADLINE seconds for its condition):
   text SUBSTRING        the element #message (or, without one, the body) contains SUBSTRING
   body SUBSTRING        the page's whole text contains SUBSTRING
   overlay SUBSTRING     the live-reload overlay is shown and contains SUBSTRING
+  hostile-css           adds a stylesheet that hides, moves and clears everything it can
+  overlay-readable      the overlay covers the window, on top, opaque, its text visible
   no-overlay            no overlay is shown
   mark                  sets a JavaScript variable that a page reload would lose
   marked                the variable is still set (the page was not reloaded)
@@ -79,8 +81,44 @@ def page_text(driver):
 
 def overlay_text(driver):
     return driver.execute_script(
-        "var o = document.getElementById('mcluster-overlay'); return o ? o.innerText : null;"
+        "var o = document.getElementById('mcluster-overlay');"
+        "return o ? (o.shadowRoot || o).textContent : null;"
     )
+
+
+# What a page may do to elements it does not know: every rule important, for every element.
+HOSTILE_CSS = (
+    "*, *::before, *::after { display: none !important; opacity: 0 !important;"
+    " background: transparent !important; color: transparent !important;"
+    " z-index: -1 !important; position: static !important; font-size: 0 !important; }"
+    " html, body { display: block !important; }"
+    " pre { visibility: hidden !important; }"
+)
+
+# Why the overlay is not readable, or true: it is what the window's centre and corners show,
+# its text box covers the window with an opaque background, and its text is not transparent.
+OVERLAY_READABLE = """
+var o = document.getElementById('mcluster-overlay');
+if (!o) { return 'no overlay'; }
+var w = window.innerWidth, h = window.innerHeight;
+var points = [[w / 2, h / 2], [2, 2], [w - 3, h - 3]];
+for (var i = 0; i < points.length; i++) {
+  var top = document.elementFromPoint(points[i][0], points[i][1]);
+  if (top !== o) { return 'at ' + points[i] + ' the window shows ' + (top && top.outerHTML.slice(0, 80)); }
+}
+var pre = (o.shadowRoot || o).firstChild;
+var box = pre.getBoundingClientRect();
+if (box.left > 0 || box.top > 0 || box.right < w || box.bottom < h) {
+  return 'the text box is ' + JSON.stringify(box);
+}
+var style = getComputedStyle(pre);
+if (style.backgroundColor !== 'rgb(24, 24, 24)') { return 'background ' + style.backgroundColor; }
+if (style.color !== 'rgb(238, 238, 238)' || style.visibility !== 'visible' || style.opacity !== '1'
+    || parseFloat(style.fontSize) < 10) {
+  return 'text ' + style.color + ' ' + style.visibility + ' ' + style.opacity + ' ' + style.fontSize;
+}
+return true;
+"""
 
 
 def run(driver, command, arg):
@@ -96,6 +134,15 @@ def run(driver, command, arg):
         return wait(
             driver, "overlay " + arg, lambda: arg in (overlay_text(driver) or "") or overlay_text(driver)
         )
+    if command == "hostile-css":
+        driver.execute_script(
+            "var s = document.createElement('style'); s.textContent = arguments[0];"
+            "document.head.appendChild(s);",
+            HOSTILE_CSS,
+        )
+        return "ok hostile css"
+    if command == "overlay-readable":
+        return wait(driver, "overlay readable", lambda: driver.execute_script(OVERLAY_READABLE))
     if command == "no-overlay":
         return wait(driver, "no overlay", lambda: overlay_text(driver) is None)
     if command == "mark":
