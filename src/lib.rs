@@ -24,7 +24,7 @@
 //!   parent-death signal, the guard that kills every worker's group when the master dies,
 //!   adopting inherited fds, and what differs between Linux, macOS and the BSDs.
 //! - Dev mode adds two event sources, the debounced watcher and the build, and a second sans-IO
-//!   core, `dev::core::DevCore`, with every decision of the build lifecycle (start, cancel on a
+//!   core, `dev::lifecycle::DevCore`, with every decision of the build lifecycle (start, cancel on a
 //!   save, the loop rule, the same binary), the reloads and the pages; a successful build is a
 //!   roll of the same cluster core.
 //!

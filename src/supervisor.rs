@@ -65,7 +65,7 @@ use crate::cluster::{
     StopKind, WorkerKey, after, human_duration,
 };
 use crate::dev::DevLoop;
-use crate::dev::core::{DevAction, DevEvent, Page, Served};
+use crate::dev::lifecycle::{DevAction, DevEvent, Page, Served};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::master::SizeBound;
