@@ -70,6 +70,13 @@ pub const KILLED_GROUP_GRACE: Duration = Duration::from_secs(1);
 /// How often the groups of exited workers are checked for being gone ([`Action::CheckGroups`]).
 const GROUP_POLL: Duration = Duration::from_millis(50);
 
+/// The longest pause between two passes over every process for groups of zombies only
+/// ([`Action::CheckGroups`] with `zombies`): the pauses double from [`GROUP_POLL`] as groups
+/// linger, up to this. A group of zombies only is gone at most this late; a pass costs a read
+/// of every process's `stat`, too much for every 50 ms while a group lingers for its kill
+/// timeout.
+const ZOMBIE_SCAN_MAX: Duration = Duration::from_secs(1);
+
 /// How often a starting worker is probed for accepting ([`Action::ProbeStarting`]; some
 /// 25–120 µs a probe, more for a process with many threads).
 const PROBE_INTERVAL: Duration = Duration::from_millis(10);
@@ -389,6 +396,9 @@ pub struct Cluster {
     /// When starting workers were last probed and leftover groups checked; set by the first
     /// event.
     polled: Option<Instant>,
+    /// When the next pass for groups of zombies only is due, and the pause before it; `None`
+    /// while no group lingers, or when a new one does (its first check takes a pass).
+    zombie_scan: Option<(Instant, Duration)>,
 }
 
 impl Cluster {
@@ -417,6 +427,7 @@ impl Cluster {
             exit_waiters: Vec::new(),
             ended: None,
             polled: None,
+            zombie_scan: None,
         }
     }
 
@@ -579,6 +590,23 @@ impl Cluster {
             return None;
         };
         Some(after(self.polled?, interval))
+    }
+
+    /// Whether a group check at `now` takes a pass for groups of zombies only: the first check
+    /// after a group began to linger does, then the pauses double up to [`ZOMBIE_SCAN_MAX`].
+    fn zombie_scan_due(&mut self, now: Instant) -> bool {
+        match self.zombie_scan {
+            Some((due, _)) if now < due => false,
+            Some((_, pause)) => {
+                let pause = (pause * 2).min(ZOMBIE_SCAN_MAX);
+                self.zombie_scan = Some((after(now, pause), pause));
+                true
+            }
+            None => {
+                self.zombie_scan = Some((after(now, GROUP_POLL), GROUP_POLL));
+                true
+            }
+        }
     }
 
     /// The spawned workers that are starting: those the driver probes.
@@ -794,6 +822,8 @@ impl Cluster {
         }
         let worker = self.workers.remove(index);
         if tree_left {
+            // A new group lingers: its first check looks for zombies too.
+            self.zombie_scan = None;
             let mut rest = worker.clone();
             rest.leader_exited = true;
             rest.watchdog_at = None;
@@ -1237,7 +1267,8 @@ impl Cluster {
                 actions.push(Action::ProbeStarting);
             }
             if self.workers.iter().any(|worker| worker.leader_exited) {
-                actions.push(Action::CheckGroups);
+                let zombies = self.zombie_scan_due(now);
+                actions.push(Action::CheckGroups { zombies });
             }
         }
         for worker in &mut self.workers {

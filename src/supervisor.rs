@@ -823,13 +823,14 @@ impl Supervisor<'_> {
 
     /// The groups of exited workers that are gone now end for the core.
     fn check_groups(&mut self, state: &mut DriverState) {
-        for event in self.gone_groups(state) {
+        for event in self.gone_groups(state, false) {
             self.feed(state, event);
         }
     }
 
-    /// The groups of exited workers that are gone now, forgotten, as events for the core.
-    fn gone_groups(&mut self, state: &mut DriverState) -> Vec<Event> {
+    /// The groups of exited workers that are gone now, forgotten, as events for the core; with
+    /// `zombies` (as often as the core asks), also those of zombies only.
+    fn gone_groups(&mut self, state: &mut DriverState, zombies: bool) -> Vec<Event> {
         let mut gone: Vec<(i32, ProcessEnd)> = Vec::new();
         let mut existing = Vec::new();
         for (pid, group) in &state.groups {
@@ -841,8 +842,10 @@ impl Supervisor<'_> {
         }
         // Zombies that their parent does not reap (an init that does not reap, a subreaper)
         // keep a group in existence for kill(2): a group of zombies only is gone all the same,
-        // whatever stop is under way. One pass over /proc answers for every such group.
-        if !existing.is_empty()
+        // whatever stop is under way. One pass over /proc answers for every such group; the
+        // core paces it.
+        if zombies
+            && !existing.is_empty()
             && let Some(live) = readiness::groups_with_live_processes()
         {
             gone.extend(existing.into_iter().filter(|(pid, _)| !live.contains(pid)));
@@ -981,7 +984,9 @@ impl Supervisor<'_> {
                     }
                     Action::RequestRoll => self.roll_requested(state, None),
                     Action::ProbeStarting => pending.extend(self.probe_starting(state)),
-                    Action::CheckGroups => pending.extend(self.gone_groups(state)),
+                    Action::CheckGroups { zombies } => {
+                        pending.extend(self.gone_groups(state, zombies));
+                    }
                     Action::Unseen { key, after } => pending.extend(self.unseen(state, key, after)),
                     Action::Exit(reason) => state.exit = Some(reason),
                 }

@@ -305,7 +305,11 @@ pub enum Action {
     ProbeStarting,
     /// Check now whether the groups of exited workers are gone; one that is gone is
     /// [`Event::Exited`].
-    CheckGroups,
+    CheckGroups {
+        /// Also look for groups of zombies only (gone all the same), a pass over every process
+        /// (`/proc`) that the core asks for less often as a group lingers longer.
+        zombies: bool,
+    },
     /// A starting worker is neither ready nor seen accepting this long after its spawn: tell
     /// the user once (unless a last probe sees it accepting now).
     Unseen {

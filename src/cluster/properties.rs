@@ -249,7 +249,7 @@ impl World {
                         );
                         self.probed = Some(self.now);
                     }
-                    Action::CheckGroups => {
+                    Action::CheckGroups { .. } => {
                         assert!(!self.groups.is_empty(), "a check of no group");
                     }
                     Action::Unseen { key, after } => {

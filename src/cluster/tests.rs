@@ -84,7 +84,7 @@ impl Timeline {
                     | Action::ExitAnswered { .. }
                     | Action::RequestRoll
                     | Action::ProbeStarting
-                    | Action::CheckGroups
+                    | Action::CheckGroups { .. }
                     | Action::Unseen { .. } => {}
                 }
             }
@@ -1362,7 +1362,12 @@ fn starting_workers_are_probed_on_a_clock_that_thins_out_with_their_number() {
 
 #[test]
 fn leftover_groups_are_checked_every_50ms_until_gone() {
-    let checks = |t: &Timeline| t.log.iter().filter(|a| **a == Action::CheckGroups).count();
+    let checks = |t: &Timeline| {
+        t.log
+            .iter()
+            .filter(|a| matches!(a, Action::CheckGroups { .. }))
+            .count()
+    };
     let mut t = running(1);
     t.advance(ms(1000));
     t.leader_exit(Pid(100), 1);
@@ -1376,6 +1381,48 @@ fn leftover_groups_are_checked_every_50ms_until_gone() {
     t.exit(Pid(100), 1);
     t.advance(ms(500));
     assert_eq!(checks(&t), 2, "no group left to check");
+}
+
+#[test]
+fn the_pass_for_zombie_only_groups_thins_out_as_a_group_lingers_and_starts_over_for_a_new_one() {
+    let checks = |t: &Timeline| {
+        t.log
+            .iter()
+            .filter(|a| matches!(a, Action::CheckGroups { .. }))
+            .count()
+    };
+    let mut t = running(2);
+    t.leader_exit(Pid(100), 1);
+    // Every 50 ms a check; passes for zombies after 0, 50, 150, 350, 750 ms, then every second
+    // at most.
+    let mut passes = Vec::new();
+    let mut checked = 0;
+    let start = t.now;
+    for _ in 0..100 {
+        t.log.clear();
+        t.advance(ms(50));
+        checked += checks(&t);
+        if t.log.contains(&Action::CheckGroups { zombies: true }) {
+            passes.push(t.now.duration_since(start));
+        }
+    }
+    assert_eq!(
+        passes[..7],
+        [50, 100, 200, 400, 800, 1600, 2600].map(ms),
+        "{passes:?}"
+    );
+    let gaps: Vec<Duration> = passes
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .collect();
+    assert!(gaps.iter().all(|&gap| gap <= ms(1000)), "{gaps:?}");
+    assert_eq!(checked, 100, "the checks themselves go on every 50 ms");
+    // A new group lingers: its first check takes a pass.
+    let pid = t.pids()[1];
+    t.log.clear();
+    t.leader_exit(pid, 1);
+    t.advance(ms(50));
+    assert!(t.log.contains(&Action::CheckGroups { zombies: true }));
 }
 
 #[test]
