@@ -56,8 +56,9 @@ use std::time::{Duration, Instant};
 
 pub use backoff::Backoff;
 pub use event::{
-    Action, Event, ExitReason, MasterState, Pid, ProcessEnd, ResizeAnswer, RollEnd, StopKind,
-    WorkerKey, WorkerReady, human_duration, signal_name,
+    Aborted, Action, Event, ExitReason, Failure, MasterState, Pid, ProcessEnd, ReadyBy, Report,
+    ResizeAnswer, Restart, RollEnd, StopKind, WorkerId, WorkerKey, WorkerReady, human_duration,
+    signal_name,
 };
 
 /// After SIGKILL, how long what is left of an exited worker's group may still seem to exist
@@ -68,6 +69,13 @@ pub const KILLED_GROUP_GRACE: Duration = Duration::from_secs(1);
 
 /// How often the groups of exited workers are checked for being gone ([`Action::CheckGroups`]).
 const GROUP_POLL: Duration = Duration::from_millis(50);
+
+/// The longest pause between two passes over every process for groups of zombies only
+/// ([`Action::CheckGroups`] with `zombies`): the pauses double from [`GROUP_POLL`] as groups
+/// linger, up to this. A group of zombies only is gone at most this late; a pass costs a read
+/// of every process's `stat`, too much for every 50 ms while a group lingers for its kill
+/// timeout.
+const ZOMBIE_SCAN_MAX: Duration = Duration::from_secs(1);
 
 /// How often a starting worker is probed for accepting ([`Action::ProbeStarting`]; some
 /// 25–120 µs a probe, more for a process with many threads).
@@ -292,18 +300,12 @@ impl Worker {
         matches!(self.state, WorkerState::Stopping { kill_at: None, .. })
     }
 
-    fn label(&self) -> String {
-        match self.pid {
-            Some(pid) => format!("w{} (pid {pid})", self.slot),
-            None => format!("w{}", self.slot),
-        }
-    }
-
-    /// The label with the generation: a slot's old and new workers differ by it.
-    fn long_label(&self) -> String {
-        match self.pid {
-            Some(pid) => format!("w{} (pid {pid}, generation {})", self.slot, self.generation),
-            None => format!("w{} (generation {})", self.slot, self.generation),
+    /// The worker as reports name it.
+    fn id(&self) -> WorkerId {
+        WorkerId {
+            slot: self.slot,
+            pid: self.pid,
+            generation: self.generation,
         }
     }
 }
@@ -394,6 +396,9 @@ pub struct Cluster {
     /// When starting workers were last probed and leftover groups checked; set by the first
     /// event.
     polled: Option<Instant>,
+    /// When the next pass for groups of zombies only is due, and the pause before it; `None`
+    /// while no group lingers, or when a new one does (its first check takes a pass).
+    zombie_scan: Option<(Instant, Duration)>,
 }
 
 impl Cluster {
@@ -422,6 +427,7 @@ impl Cluster {
             exit_waiters: Vec::new(),
             ended: None,
             polled: None,
+            zombie_scan: None,
         }
     }
 
@@ -586,6 +592,23 @@ impl Cluster {
         Some(after(self.polled?, interval))
     }
 
+    /// Whether a group check at `now` takes a pass for groups of zombies only: the first check
+    /// after a group began to linger does, then the pauses double up to [`ZOMBIE_SCAN_MAX`].
+    fn zombie_scan_due(&mut self, now: Instant) -> bool {
+        match self.zombie_scan {
+            Some((due, _)) if now < due => false,
+            Some((_, pause)) => {
+                let pause = (pause * 2).min(ZOMBIE_SCAN_MAX);
+                self.zombie_scan = Some((after(now, pause), pause));
+                true
+            }
+            None => {
+                self.zombie_scan = Some((after(now, GROUP_POLL), GROUP_POLL));
+                true
+            }
+        }
+    }
+
     /// The spawned workers that are starting: those the driver probes.
     fn probing(&self) -> impl Iterator<Item = &Worker> {
         self.workers.iter().filter(|worker| {
@@ -605,15 +628,15 @@ impl Cluster {
             Event::SpawnFailed { key, reason } => {
                 if let Some(index) = self.index_of_key(key) {
                     let worker = self.workers.remove(index);
-                    let failure = format!("could not be spawned: {reason}");
-                    self.failed_start(now, &worker, &failure, None, &mut actions);
+                    let failure = Failure::NotSpawned(reason);
+                    self.failed_start(now, &worker, failure, None, &mut actions);
                 }
             }
             Event::Ready { key } => {
                 if let Some(index) = self.index_of_key(key)
                     && matches!(self.workers[index].state, WorkerState::Starting { .. })
                 {
-                    self.mark_ready(now, index, READY_NOTIFY, &mut actions);
+                    self.mark_ready(now, index, ReadyBy::Notified, &mut actions);
                 }
             }
             Event::Watchdog { key } => {
@@ -637,7 +660,7 @@ impl Cluster {
                 if let Some(index) = self.index_of_key(key)
                     && matches!(self.workers[index].state, WorkerState::Starting { .. })
                 {
-                    self.mark_ready(now, index, &how, &mut actions);
+                    self.mark_ready(now, index, ReadyBy::Seen(how), &mut actions);
                 }
             }
             Event::Resize { size, request } => {
@@ -671,7 +694,7 @@ impl Cluster {
             }
             Event::Hangup { terminal_lost } => match self.config.hangup {
                 Hangup::StopWithTerminal if terminal_lost => {
-                    actions.push(Action::Log("the terminal hung up".to_owned()));
+                    actions.push(Action::Report(Report::TerminalLost));
                     self.stop(now, false, &mut actions);
                 }
                 Hangup::StopWithTerminal | Hangup::Roll => actions.push(Action::RequestRoll),
@@ -799,15 +822,14 @@ impl Cluster {
         }
         let worker = self.workers.remove(index);
         if tree_left {
+            // A new group lingers: its first check looks for zombies too.
+            self.zombie_scan = None;
             let mut rest = worker.clone();
             rest.leader_exited = true;
             rest.watchdog_at = None;
             rest.hint_at = None;
             if !matches!(worker.state, WorkerState::Stopping { .. }) {
-                actions.push(Action::Log(format!(
-                    "{} left processes behind in its group; stopping them",
-                    worker.label()
-                )));
+                actions.push(Action::Report(Report::LeftBehind(worker.id())));
                 actions.push(Action::Signal {
                     pid,
                     kind: StopKind::Graceful,
@@ -819,10 +841,10 @@ impl Cluster {
         match worker.state {
             WorkerState::Stopping { .. } => {}
             WorkerState::Spawning | WorkerState::Starting { .. } => {
-                let failure = format!("{end} before it was ready");
-                self.failed_start(now, &worker, &failure, Some(end), actions);
+                let failure = Failure::EndedStarting(end);
+                self.failed_start(now, &worker, failure, Some(end), actions);
             }
-            WorkerState::Ready => self.replace_failed(now, &worker, &end.to_string(), actions),
+            WorkerState::Ready => self.replace_failed(now, &worker, Failure::Ended(end), actions),
         }
     }
 
@@ -832,7 +854,7 @@ impl Cluster {
         &mut self,
         now: Instant,
         worker: &Worker,
-        failure: &str,
+        failure: Failure,
         actions: &mut Vec<Action>,
     ) {
         if self.phase != Phase::Running || worker.slot >= self.slots.len() {
@@ -869,10 +891,7 @@ impl Cluster {
         }
         self.workers[index].state = self.stopping(now);
         let worker = self.workers[index].clone();
-        actions.push(Action::Log(format!(
-            "{} is stopping by itself (STOPPING=1); starting its replacement",
-            worker.label()
-        )));
+        actions.push(Action::Report(Report::StoppingByItself(worker.id())));
         if worker.slot < self.slots.len() && !self.slot_covered(&worker) {
             let generation = self.slots[worker.slot].generation;
             self.spawn(worker.slot, generation, actions);
@@ -903,12 +922,16 @@ impl Cluster {
         &mut self,
         now: Instant,
         worker: &Worker,
-        failure: &str,
+        failure: Failure,
         after_ready: bool,
         actions: &mut Vec<Action>,
     ) {
         if self.slot_covered(worker) {
-            actions.push(Action::Log(format!("{} {failure}", worker.label())));
+            actions.push(Action::Report(Report::Failed {
+                worker: worker.id(),
+                failure,
+                restart: None,
+            }));
             return;
         }
         self.slots[worker.slot].restarts += 1;
@@ -923,11 +946,11 @@ impl Cluster {
             delay = Duration::ZERO;
         }
         let generation = slot.generation;
-        actions.push(Action::Log(format!(
-            "{} {failure}; restarting in {} (generation {generation})",
-            worker.label(),
-            human_duration(delay)
-        )));
+        actions.push(Action::Report(Report::Failed {
+            worker: worker.id(),
+            failure,
+            restart: Some(Restart { delay, generation }),
+        }));
         if delay.is_zero() {
             self.spawn(worker.slot, generation, actions);
         } else {
@@ -952,10 +975,10 @@ impl Cluster {
             let failures = self.slots[slot].failures;
             let delay = self.config.backoff.delay(failures);
             let generation = self.slots[slot].generation;
-            actions.push(Action::Log(format!(
-                "w{slot} has no worker; starting one in {} (generation {generation})",
-                human_duration(delay)
-            )));
+            actions.push(Action::Report(Report::Uncovered {
+                slot,
+                restart: Restart { delay, generation },
+            }));
             if delay.is_zero() {
                 self.spawn(slot, generation, actions);
             } else {
@@ -969,7 +992,7 @@ impl Cluster {
         &mut self,
         now: Instant,
         worker: &Worker,
-        failure: &str,
+        failure: Failure,
         end: Option<ProcessEnd>,
         actions: &mut Vec<Action>,
     ) {
@@ -1003,30 +1026,29 @@ impl Cluster {
         &mut self,
         now: Instant,
         worker: &Worker,
-        failure: &str,
+        failure: Failure,
         failures: u32,
         end: Option<ProcessEnd>,
         actions: &mut Vec<Action>,
     ) {
-        let what = format!(
-            "error: no worker became ready after {failures} attempts: {} {failure}",
-            worker.label()
-        );
+        let waits = self.config.never_ready == NeverReady::Wait;
+        actions.push(Action::Report(Report::NeverReady {
+            worker: worker.id(),
+            failure: failure.clone(),
+            attempts: failures,
+            waits,
+        }));
         match self.config.never_ready {
             NeverReady::Exit => {
-                actions.push(Action::Log(what));
                 self.exit_reason = Some(ExitReason::NeverReady {
                     slot: worker.slot,
                     pid: worker.pid,
-                    failure: failure.to_owned(),
+                    failure,
                     end,
                 });
                 self.stop(now, true, actions);
             }
             NeverReady::Wait => {
-                actions.push(Action::Log(format!(
-                    "{what}; waiting for a change to retry"
-                )));
                 self.phase = Phase::Waiting;
                 self.cancel_rolls("no generation ever got ready", actions);
                 for slot in &mut self.slots {
@@ -1047,7 +1069,7 @@ impl Cluster {
         &mut self,
         now: Instant,
         worker: &Worker,
-        failure: &str,
+        failure: Failure,
         actions: &mut Vec<Action>,
     ) {
         let Some(roll) = self.roll.take() else {
@@ -1066,7 +1088,10 @@ impl Cluster {
             rolled: roll.rolled,
             elapsed: now.duration_since(roll.started),
             switch: roll.first_ready.map(|first| now.duration_since(first)),
-            aborted: Some(format!("{} {failure}", worker.label())),
+            aborted: Some(Aborted {
+                worker: worker.id(),
+                failure,
+            }),
             failed: worker.pid,
             serving: self.serving_generation,
             slots: self.slot_generations(),
@@ -1079,7 +1104,7 @@ impl Cluster {
         self.start_queued_roll(now, actions);
     }
 
-    fn mark_ready(&mut self, now: Instant, index: usize, how: &str, actions: &mut Vec<Action>) {
+    fn mark_ready(&mut self, now: Instant, index: usize, how: ReadyBy, actions: &mut Vec<Action>) {
         let worker = &mut self.workers[index];
         worker.state = WorkerState::Ready;
         worker.hint_at = None;
@@ -1090,7 +1115,7 @@ impl Cluster {
             slot,
             pid: worker.pid,
             generation,
-            how: how.to_owned(),
+            how,
         }));
         self.ever_ready = true;
         if let Some(slot_state) = self.slots.get_mut(slot) {
@@ -1121,9 +1146,9 @@ impl Cluster {
         if !self.announced_ready && self.ready_slots() == self.config.size {
             self.announced_ready = true;
             let elapsed = now.duration_since(self.started.unwrap_or(now));
-            actions.push(Action::Log(match self.config.size {
-                1 => format!("the worker is ready in {}", human_duration(elapsed)),
-                size => format!("all {size} workers ready in {}", human_duration(elapsed)),
+            actions.push(Action::Report(Report::AllReady {
+                size: self.config.size,
+                elapsed,
             }));
             actions.push(Action::Notify(MasterState::Ready));
         }
@@ -1159,12 +1184,10 @@ impl Cluster {
                 // SIGKILL cannot be caught: what is left are zombies nobody reaps.
                 let worker = self.workers.remove(index);
                 if let Some(pid) = worker.pid {
-                    actions.push(Action::Log(format!(
-                        "what is left of {} still exists {} after SIGKILL (zombies that its \
-                         parent does not reap); taken for gone",
-                        worker.long_label(),
-                        human_duration(KILLED_GROUP_GRACE)
-                    )));
+                    actions.push(Action::Report(Report::Abandoned {
+                        worker: worker.id(),
+                        after: KILLED_GROUP_GRACE,
+                    }));
                     actions.push(Action::Abandon { pid });
                 }
                 continue;
@@ -1172,43 +1195,30 @@ impl Cluster {
             match worker.state {
                 WorkerState::Starting { ready_at, deadline } => {
                     if ready_at.is_some_and(|at| at <= now) {
-                        let how = format!(
-                            "alive {}",
-                            human_duration(self.config.ready_delay.unwrap_or_default())
-                        );
-                        self.mark_ready(now, index, &how, actions);
+                        let how = ReadyBy::Alive(self.config.ready_delay.unwrap_or_default());
+                        self.mark_ready(now, index, how, actions);
                     } else if deadline <= now {
                         // It may already have accepted connections: stop it like any worker.
-                        let failure = format!(
-                            "was not ready within {}",
-                            human_duration(self.config.ready_timeout)
-                        );
+                        let failure = Failure::NotReadyWithin(self.config.ready_timeout);
                         let worker = worker.clone();
                         self.stop_worker(now, index, false, actions);
-                        self.failed_start(now, &worker, &failure, None, actions);
+                        self.failed_start(now, &worker, failure, None, actions);
                     }
                 }
                 WorkerState::Ready if worker.watchdog_at.is_some_and(|at| at <= now) => {
-                    let failure = format!(
-                        "sent no WATCHDOG=1 for {}",
-                        human_duration(self.config.watchdog.unwrap_or_default())
-                    );
+                    let failure = Failure::NoWatchdog(self.config.watchdog.unwrap_or_default());
                     let worker = worker.clone();
                     self.workers[index].watchdog_at = None;
                     self.stop_worker(now, index, false, actions);
-                    self.replace_failed(now, &worker, &failure, actions);
+                    self.replace_failed(now, &worker, failure, actions);
                 }
                 WorkerState::Stopping { kill_at, .. } if kill_at.is_some_and(|at| at <= now) => {
                     if let Some(pid) = worker.pid {
-                        let what = if worker.leader_exited {
-                            format!("what is left of {}", worker.long_label())
-                        } else {
-                            worker.long_label()
-                        };
-                        actions.push(Action::Log(format!(
-                            "{what} did not stop within {}; sending SIGKILL",
-                            human_duration(self.config.kill_timeout)
-                        )));
+                        actions.push(Action::Report(Report::Killing {
+                            worker: worker.id(),
+                            rest_of_group: worker.leader_exited,
+                            after: self.config.kill_timeout,
+                        }));
                         actions.push(Action::Signal {
                             pid,
                             kind: StopKind::Kill,
@@ -1257,7 +1267,8 @@ impl Cluster {
                 actions.push(Action::ProbeStarting);
             }
             if self.workers.iter().any(|worker| worker.leader_exited) {
-                actions.push(Action::CheckGroups);
+                let zombies = self.zombie_scan_due(now);
+                actions.push(Action::CheckGroups { zombies });
             }
         }
         for worker in &mut self.workers {
@@ -1293,9 +1304,7 @@ impl Cluster {
         }
         if self.roll.is_some() {
             // Many requests in a burst: one roll running, at most one queued.
-            actions.push(Action::Log(
-                "a roll is in progress; one more roll will follow it".to_owned(),
-            ));
+            actions.push(Action::Report(Report::RollQueued));
             self.roll_queued.push(request);
         } else {
             self.begin_roll(now, vec![request], actions);
@@ -1406,7 +1415,7 @@ impl Cluster {
             }
             Phase::Stopping { .. } | Phase::Exited => return,
         }
-        actions.push(Action::Log(format!("resizing to {}", workers(size))));
+        actions.push(Action::Report(Report::Resizing { size }));
         let old_size = self.config.size;
         self.config.size = size;
         if size > old_size {
@@ -1459,11 +1468,7 @@ impl Cluster {
             slot.restart_at = None;
         }
         let live = self.workers.len();
-        actions.push(Action::Log(match (live, hard) {
-            (0, _) => "stopping".to_owned(),
-            (_, true) => format!("stopping {} hard", workers(live)),
-            (_, false) => format!("stopping {}", workers(live)),
-        }));
+        actions.push(Action::Report(Report::Stopping { live, hard }));
         for index in 0..self.workers.len() {
             let already_stopping =
                 matches!(self.workers[index].state, WorkerState::Stopping { .. });
@@ -1526,7 +1531,7 @@ impl Cluster {
             } else {
                 ExitReason::Stopped
             });
-            actions.push(Action::Log("stopped".to_owned()));
+            actions.push(Action::Report(Report::Stopped));
             self.end(reason.clone(), actions);
             actions.push(Action::Exit(reason));
         }
@@ -1549,17 +1554,5 @@ impl Cluster {
 
     fn index_of_key(&self, key: WorkerKey) -> Option<usize> {
         self.workers.iter().position(|worker| worker.key == key)
-    }
-}
-
-/// How a worker that said `READY=1` is reported ready.
-const READY_NOTIFY: &str = "READY=1";
-
-/// `1 worker`, `4 workers`.
-fn workers(count: usize) -> String {
-    if count == 1 {
-        "1 worker".to_owned()
-    } else {
-        format!("{count} workers")
     }
 }

@@ -1,11 +1,11 @@
 //! Dev mode's driver: the master of `mcluster start` with two more event sources, the
-//! debounced watcher and the build. Every decision is the dev core's ([`core::DevCore`]); this
+//! debounced watcher and the build. Every decision is the dev core's ([`lifecycle::DevCore`]); this
 //! module reads what the core needs to know from the OS (file times, cargo's messages, dep-info,
 //! whether a binary changed) and does what it asks that touches the OS (spawn and kill the
 //! build, keep a copy of each executable). The supervisor holds a [`DevLoop`], feeds its core
 //! and carries out the cluster's part of its actions (a start, a roll, the pages, the lines).
 
-pub(crate) mod core;
+pub(crate) mod lifecycle;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -21,7 +21,7 @@ use crate::leftover::{self, Here};
 use crate::sys::{Guard, Program};
 use crate::watch::Watcher;
 
-use self::core::{BuildId, BuildResult, Built, ChangedFile, DevCore, DevEvent};
+use self::lifecycle::{BuildId, BuildResult, Built, ChangedFile, DevCore, DevEvent};
 
 /// Dev mode's settings, handles and core, owned by the supervisor.
 pub(crate) struct DevLoop {

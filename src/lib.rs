@@ -11,7 +11,7 @@
 //!                                  |  driver (supervisor): one loop, no async runtime
 //!                                  v
 //!             Event  --->  Cluster::handle(now, event)  --->  Vec<Action>
-//!                          (the sans-IO core: all policy,     (Spawn, Signal, Log,
+//!                          (the sans-IO core: all policy,     (Spawn, Signal, Report,
 //!                           no syscalls, no clock)             Notify, Exit)
 //! ```
 //!
@@ -24,9 +24,12 @@
 //!   parent-death signal, the guard that kills every worker's group when the master dies,
 //!   adopting inherited fds, and what differs between Linux, macOS and the BSDs.
 //! - Dev mode adds two event sources, the debounced watcher and the build, and a second sans-IO
-//!   core, `dev::core::DevCore`, with every decision of the build lifecycle (start, cancel on a
+//!   core, `dev::lifecycle::DevCore`, with every decision of the build lifecycle (start, cancel on a
 //!   save, the loop rule, the same binary), the reloads and the pages; a successful build is a
 //!   roll of the same cluster core.
+//! - The cores tell what happened as typed reports (slots, pids, durations, how a process
+//!   ended), never as sentences: `report`, the one reporter, puts them in words for the terminal
+//!   and derives from the same facts the lifecycle records that `mcluster events` prints as JSON.
 //!
 //! A roll, in five steps: (1) a new generation number; (2) spawn the replacements of the first
 //! slots, up to the surge (all, by default); (3) when one is ready, send the stop signal to its
@@ -77,6 +80,8 @@ mod livereload;
 mod output;
 #[cfg(feature = "master")]
 mod procfs;
+#[cfg(feature = "master")]
+mod report;
 #[cfg(feature = "master")]
 mod sd_notify;
 #[cfg(feature = "master")]

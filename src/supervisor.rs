@@ -45,7 +45,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::CString;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -62,15 +61,16 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SI
 
 use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, ResizeAnswer, RollEnd,
-    StopKind, WorkerKey, after, human_duration,
+    StopKind, WorkerId, WorkerKey, after, human_duration,
 };
 use crate::config::SizeBound;
 use crate::dev::DevLoop;
-use crate::dev::core::{DevAction, DevEvent, Page, Served};
+use crate::dev::lifecycle::{DevAction, DevEvent, Page, Served};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::output::{self, Readers, Tail, WorkerOutput};
 use crate::readiness::{self, ListenerInodes};
+use crate::report::{self, Lifecycle};
 use crate::sd_notify::{NotifyDir, NotifySocket};
 use crate::status::{
     self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
@@ -412,9 +412,9 @@ impl Supervisor<'_> {
                     DevAction::Pages(page) => self.tell_pages(&match page {
                         Page::Reload => Message::Reload,
                         Page::Css => Message::Css,
-                        Page::Failed(shown) => Message::Failed(shown),
+                        Page::Failed(failure) => Message::Failed(report::failed_page(&failure)),
                     }),
-                    DevAction::Line(line) => output::master_line(&line),
+                    DevAction::Report(told) => output::master_line(&report::dev_line(&told)),
                     // Each outcome has its line already.
                     DevAction::Ended { .. } => {}
                     DevAction::Exit(reason) => state.exit = Some(reason),
@@ -816,13 +816,14 @@ impl Supervisor<'_> {
 
     /// The groups of exited workers that are gone now end for the core.
     fn check_groups(&mut self, state: &mut DriverState) {
-        for event in self.gone_groups(state) {
+        for event in self.gone_groups(state, false) {
             self.feed(state, event);
         }
     }
 
-    /// The groups of exited workers that are gone now, forgotten, as events for the core.
-    fn gone_groups(&mut self, state: &mut DriverState) -> Vec<Event> {
+    /// The groups of exited workers that are gone now, forgotten, as events for the core; with
+    /// `zombies` (as often as the core asks), also those of zombies only.
+    fn gone_groups(&mut self, state: &mut DriverState, zombies: bool) -> Vec<Event> {
         let mut gone: Vec<(i32, ProcessEnd)> = Vec::new();
         let mut existing = Vec::new();
         for (pid, group) in &state.groups {
@@ -834,8 +835,10 @@ impl Supervisor<'_> {
         }
         // Zombies that their parent does not reap (an init that does not reap, a subreaper)
         // keep a group in existence for kill(2): a group of zombies only is gone all the same,
-        // whatever stop is under way. One pass over /proc answers for every such group.
-        if !existing.is_empty()
+        // whatever stop is under way. One pass over /proc answers for every such group; the
+        // core paces it.
+        if zombies
+            && !existing.is_empty()
             && let Some(live) = readiness::groups_with_live_processes()
         {
             gone.extend(existing.into_iter().filter(|(pid, _)| !live.contains(pid)));
@@ -891,12 +894,7 @@ impl Supervisor<'_> {
                         state.groups.remove(&pid.0);
                         self.guard.forget(pid.0);
                     }
-                    Action::Log(line) => output::master_line(&line),
-                    Action::Detail(line) => {
-                        if !self.quiet {
-                            output::master_line(&line);
-                        }
-                    }
+                    Action::Report(told) => output::master_line(&report::line(&told)),
                     Action::Ready(ready) => {
                         // Ready by another rule: nothing left to probe.
                         if let Some(pid) = ready.pid
@@ -905,28 +903,22 @@ impl Supervisor<'_> {
                         {
                             worker.probe = None;
                         }
-                        if !self.quiet {
-                            output::master_line(&ready.to_string());
+                        let told = Lifecycle::Ready(&ready);
+                        if let Some(line) = told.line()
+                            && !(self.quiet && told.is_detail())
+                        {
+                            output::master_line(&line);
                         }
-                        state.publish(&Record::WorkerReady {
-                            slot: ready.slot,
-                            pid: ready.pid.map(|pid| pid.0),
-                            generation: ready.generation,
-                            how: ready.how,
-                        });
+                        state.publish(&told.record());
                     }
                     Action::RollStarted { generation, size } => {
-                        if !self.quiet {
-                            output::master_line(&format!(
-                                "rolling {} to generation {generation}",
-                                if size == 1 {
-                                    "1 worker".to_owned()
-                                } else {
-                                    format!("{size} workers")
-                                }
-                            ));
+                        let told = Lifecycle::RollStarted { generation, size };
+                        if let Some(line) = told.line()
+                            && !(self.quiet && told.is_detail())
+                        {
+                            output::master_line(&line);
                         }
-                        state.publish(&Record::RollStarted { generation });
+                        state.publish(&told.record());
                     }
                     Action::RollEnded(end) => {
                         self.forget_old_generations();
@@ -934,7 +926,7 @@ impl Supervisor<'_> {
                         if self.dev.is_some() {
                             self.dev_event(state, DevEvent::RollEnded(end.clone()));
                         } else {
-                            output::master_line(&end.to_string());
+                            output::master_line(&report::roll_ended(&end));
                         }
                         Self::roll_ended(state, &end);
                     }
@@ -948,7 +940,7 @@ impl Supervisor<'_> {
                     }
                     Action::Notify(master_state) => {
                         if master_state == MasterState::Stopping {
-                            state.publish(&Record::Stopping);
+                            state.publish(&Lifecycle::Stopping.record());
                         }
                         // The first generation is up.
                         if master_state == MasterState::Ready && !self.cluster.is_rolling() {
@@ -985,7 +977,9 @@ impl Supervisor<'_> {
                     }
                     Action::RequestRoll => self.roll_requested(state, None),
                     Action::ProbeStarting => pending.extend(self.probe_starting(state)),
-                    Action::CheckGroups => pending.extend(self.gone_groups(state)),
+                    Action::CheckGroups { zombies } => {
+                        pending.extend(self.gone_groups(state, zombies));
+                    }
                     Action::Unseen { key, after } => pending.extend(self.unseen(state, key, after)),
                     Action::Exit(reason) => state.exit = Some(reason),
                 }
@@ -1156,7 +1150,7 @@ impl Supervisor<'_> {
             last_roll: self.cluster.last_roll().map(|end| LastRoll {
                 generation: end.generation,
                 duration_ms: status::millis(end.elapsed),
-                aborted: end.aborted.clone(),
+                aborted: end.aborted.as_ref().map(ToString::to_string),
             }),
             workers,
         }
@@ -1171,28 +1165,12 @@ impl Supervisor<'_> {
 
     /// Publishes a roll's end, and answers whoever waits for it.
     fn roll_ended(state: &mut DriverState, end: &RollEnd) {
-        let duration_ms = status::millis(end.elapsed);
-        state.publish(&Record::RollEnded {
-            generation: end.generation,
-            completed: end.aborted.is_none(),
-            duration_ms,
-            aborted: end.aborted.clone(),
-        });
-        let outcome = match &end.aborted {
-            None => RestartOutcome::Rolled {
-                generation: end.generation,
-                duration_ms,
-            },
-            Some(why) => RestartOutcome::Aborted {
-                generation: end.generation,
-                why: format!("{why}; {}", end.keeps_serving()),
-                stderr: end
-                    .failed
-                    .map(|pid| state.stderr_tail(pid.0))
-                    .unwrap_or_default(),
-                slots: end.slots.clone(),
-            },
+        state.publish(&Lifecycle::RollEnded(end).record());
+        let stderr = match (&end.aborted, end.failed) {
+            (Some(_), Some(pid)) => state.stderr_tail(pid.0),
+            _ => Vec::new(),
         };
+        let outcome = report::restart_outcome(end, stderr);
         for request in &end.requests {
             if let Some(waiter) = state.waiters.remove(request) {
                 let _ = waiter.send(outcome.clone());
@@ -1209,25 +1187,17 @@ impl Supervisor<'_> {
         kill_in: Option<Duration>,
         ctrl_c_kills: bool,
     ) {
-        let mut line = format!(
-            "w{slot} (pid {pid}, generation {generation}) is still stopping {} after the stop signal",
-            human_duration(self.cluster.linger_note().unwrap_or_default())
-        );
-        let connections = readiness::open_connections(pid);
-        if connections > 0 {
-            let _ = write!(
-                line,
-                " with {connections} open connection{}",
-                if connections == 1 { "" } else { "s" }
-            );
-        }
-        if let Some(kill_in) = kill_in {
-            let _ = write!(line, "; SIGKILL in {}", human_duration(kill_in));
-        }
-        if ctrl_c_kills {
-            line.push_str(" (Ctrl-C again to kill it now)");
-        }
-        output::master_line(&line);
+        output::master_line(&report::lingering_line(&report::Lingering {
+            worker: WorkerId {
+                slot,
+                pid: Some(Pid(pid)),
+                generation,
+            },
+            since: self.cluster.linger_note().unwrap_or_default(),
+            connections: readiness::open_connections(pid),
+            kill_in,
+            ctrl_c_kills,
+        }));
     }
 
     fn notify_manager(&self, master_state: MasterState) {

@@ -37,18 +37,6 @@ impl ProcessEnd {
     }
 }
 
-impl fmt::Display for ProcessEnd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            ProcessEnd::Code(code) => write!(f, "exited with status {code}"),
-            ProcessEnd::Signal(signal) => match signal_name(signal) {
-                Some(name) => write!(f, "killed by signal {name}"),
-                None => write!(f, "killed by signal {signal}"),
-            },
-        }
-    }
-}
-
 /// The conventional name of the common signals, for messages.
 #[must_use]
 pub fn signal_name(signal: i32) -> Option<&'static str> {
@@ -218,8 +206,8 @@ pub enum ExitReason {
         slot: usize,
         /// Its process id, if it was spawned.
         pid: Option<Pid>,
-        /// What happened to it, for the message.
-        failure: String,
+        /// What happened to it.
+        failure: Failure,
         /// How it ended, if it exited.
         end: Option<ProcessEnd>,
     },
@@ -261,10 +249,8 @@ pub enum Action {
         /// Which signal, and to what.
         kind: StopKind,
     },
-    /// Print one line of the master's log.
-    Log(String),
-    /// A line about one worker or one step, which a quieter front end (dev mode) may leave out.
-    Detail(String),
+    /// Tell the user: one fact for the reporter (the crate's `report` module) to put in words.
+    Report(Report),
     /// A worker became ready.
     Ready(WorkerReady),
     /// A roll started.
@@ -319,7 +305,11 @@ pub enum Action {
     ProbeStarting,
     /// Check now whether the groups of exited workers are gone; one that is gone is
     /// [`Event::Exited`].
-    CheckGroups,
+    CheckGroups {
+        /// Also look for groups of zombies only (gone all the same), a pass over every process
+        /// (`/proc`) that the core asks for less often as a group lingers longer.
+        zombies: bool,
+    },
     /// A starting worker is neither ready nor seen accepting this long after its spawn: tell
     /// the user once (unless a last probe sees it accepting now).
     Unseen {
@@ -351,21 +341,20 @@ pub struct WorkerReady {
     pub pid: Option<Pid>,
     /// Its generation.
     pub generation: u64,
-    /// The rule: `READY=1`, `seen accepting (epoll)`, `alive 1.00s`.
-    pub how: String,
+    /// The rule that made it ready.
+    pub how: ReadyBy,
 }
 
-impl fmt::Display for WorkerReady {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pid = self
-            .pid
-            .map_or_else(|| "?".to_owned(), |pid| pid.to_string());
-        write!(
-            f,
-            "w{} ready (pid {pid}, generation {}): {}",
-            self.slot, self.generation, self.how
-        )
-    }
+/// The rule by which a worker became ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyBy {
+    /// It said `READY=1`.
+    Notified,
+    /// The driver saw it accepting, as [`Event::SeenAccepting`] describes (`seen accepting
+    /// (epoll)`).
+    Seen(String),
+    /// It stayed alive this long (the ready delay).
+    Alive(Duration),
 }
 
 /// How a roll ended, for the log.
@@ -383,7 +372,7 @@ pub struct RollEnd {
     /// both served. `None` if no replacement got ready.
     pub switch: Option<Duration>,
     /// Why it was aborted: which replacement failed and how; `None` when it completed.
-    pub aborted: Option<String>,
+    pub aborted: Option<Aborted>,
     /// The process id of the replacement that failed, if it was spawned.
     pub failed: Option<Pid>,
     /// The generation serving after the roll: new slots run it.
@@ -395,76 +384,127 @@ pub struct RollEnd {
     pub requests: Vec<u64>,
 }
 
-impl RollEnd {
-    /// Which slots run which generation, when they do not all run one: `slots 0–1 run
-    /// generation 3, slots 2–3 generation 2`; `None` when every slot runs the same one.
-    #[must_use]
-    pub fn slot_summary(&self) -> Option<String> {
-        let mut runs: Vec<(usize, usize, u64)> = Vec::new();
-        for (slot, &generation) in self.slots.iter().enumerate() {
-            match runs.last_mut() {
-                Some((_, last, run_generation)) if *run_generation == generation => *last = slot,
-                _ => runs.push((slot, slot, generation)),
-            }
-        }
-        if runs.len() < 2 {
-            return None;
-        }
-        let parts: Vec<String> = runs
-            .iter()
-            .enumerate()
-            .map(|(index, &(first, last, generation))| {
-                let slots = if first == last {
-                    format!("slot {first}")
-                } else {
-                    format!("slots {first}–{last}")
-                };
-                let verb = match (index, first == last) {
-                    (0, true) => " runs",
-                    (0, false) => " run",
-                    _ => "",
-                };
-                format!("{slots}{verb} generation {generation}")
-            })
-            .collect();
-        Some(parts.join(", "))
-    }
-
-    /// What keeps serving after an aborted roll: one generation, or which slot runs which.
-    #[must_use]
-    pub fn keeps_serving(&self) -> String {
-        match self.slot_summary() {
-            None => format!("generation {} keeps serving", self.serving),
-            Some(summary) => format!(
-                "rolled {} of {} slots to generation {}; {summary}",
-                self.rolled, self.size, self.generation
-            ),
-        }
-    }
+/// Which replacement aborted a roll, and how it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aborted {
+    /// The replacement.
+    pub worker: WorkerId,
+    /// How it failed.
+    pub failure: Failure,
 }
 
-impl fmt::Display for RollEnd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.aborted {
-            None => write!(
-                f,
-                "rolled {} to generation {} in {}",
-                if self.size == 1 {
-                    "1 worker".to_owned()
-                } else {
-                    format!("{} workers", self.size)
-                },
-                self.generation,
-                human_duration(self.elapsed)
-            ),
-            Some(why) => write!(
-                f,
-                "roll to generation {} aborted: {why}; {}",
-                self.generation,
-                self.keeps_serving()
-            ),
-        }
-    }
+/// A worker as reports name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerId {
+    /// Its slot.
+    pub slot: usize,
+    /// Its process id, once spawned.
+    pub pid: Option<Pid>,
+    /// Its generation.
+    pub generation: u64,
+}
+
+/// Why a worker counts as failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The driver could not spawn it, for this reason ([`Event::SpawnFailed`]).
+    NotSpawned(String),
+    /// It ended before it was ready.
+    EndedStarting(ProcessEnd),
+    /// It ended after it was ready.
+    Ended(ProcessEnd),
+    /// It was not ready within the ready timeout, this long.
+    NotReadyWithin(Duration),
+    /// It was ready, and sent no `WATCHDOG=1` for this long.
+    NoWatchdog(Duration),
+}
+
+/// What the core tells the user, as facts: the reporter (the crate's `report` module) puts them
+/// in words for the terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// The terminal of a terminal session hung up: the master stops.
+    TerminalLost,
+    /// A worker exited and left processes in its group: they are stopped like a worker.
+    LeftBehind(WorkerId),
+    /// A ready worker said `STOPPING=1`: its replacement starts.
+    StoppingByItself(WorkerId),
+    /// A worker failed.
+    Failed {
+        /// The worker.
+        worker: WorkerId,
+        /// How.
+        failure: Failure,
+        /// When its slot restarts; `None` when another worker covers the slot.
+        restart: Option<Restart>,
+    },
+    /// A slot was left with no worker (what covered it went away): one starts.
+    Uncovered {
+        /// The slot.
+        slot: usize,
+        /// The restart.
+        restart: Restart,
+    },
+    /// No worker of the first generation became ready in the attempts allowed.
+    NeverReady {
+        /// The last worker that failed.
+        worker: WorkerId,
+        /// How.
+        failure: Failure,
+        /// The failures of its slot.
+        attempts: u32,
+        /// The cluster waits for a change to retry, instead of exiting.
+        waits: bool,
+    },
+    /// Every slot has a ready worker for the first time.
+    AllReady {
+        /// The cluster's size.
+        size: usize,
+        /// Since the start.
+        elapsed: Duration,
+    },
+    /// What is left of an exited worker's group outlived its SIGKILL by this long: zombies,
+    /// taken for gone ([`Action::Abandon`]).
+    Abandoned {
+        /// The worker.
+        worker: WorkerId,
+        /// How long after SIGKILL.
+        after: Duration,
+    },
+    /// A stopping worker (or what is left of its group) outlived the kill timeout: SIGKILL.
+    Killing {
+        /// The worker.
+        worker: WorkerId,
+        /// The worker process exited already; the rest of its group is killed.
+        rest_of_group: bool,
+        /// The kill timeout.
+        after: Duration,
+    },
+    /// A roll request arrived during a roll: one more roll follows it.
+    RollQueued,
+    /// The cluster resizes.
+    Resizing {
+        /// The new size.
+        size: usize,
+    },
+    /// The cluster stops.
+    Stopping {
+        /// The workers still alive.
+        live: usize,
+        /// With SIGKILL.
+        hard: bool,
+    },
+    /// Every worker is gone: the master exits.
+    Stopped,
+}
+
+/// A slot's restart after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    /// After this backoff.
+    pub delay: Duration,
+    /// Of this generation.
+    pub generation: u64,
 }
 
 /// Renders a duration for the log: `85ms`, `1.32s`.

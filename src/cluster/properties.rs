@@ -249,7 +249,7 @@ impl World {
                         );
                         self.probed = Some(self.now);
                     }
-                    Action::CheckGroups => {
+                    Action::CheckGroups { .. } => {
                         assert!(!self.groups.is_empty(), "a check of no group");
                     }
                     Action::Unseen { key, after } => {
@@ -265,7 +265,7 @@ impl World {
                         assert_eq!(after, UNSEEN_HINT);
                         assert!(self.spawned_at[&key] + UNSEEN_HINT <= self.now);
                     }
-                    Action::Log(_) | Action::Detail(_) | Action::Ready(_) | Action::Notify(_) => {}
+                    Action::Report(_) | Action::Ready(_) | Action::Notify(_) => {}
                     Action::RollStarted { .. } => self.rolls.started += 1,
                 }
             }

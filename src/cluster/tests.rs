@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    Action, Cluster, ClusterConfig, Event, ExitReason, Hangup, MasterState, NeverReady, Pid,
-    ProcessEnd, ResizeAnswer, RollTally, StopKind, Surge, WorkerKey,
+    Aborted, Action, Cluster, ClusterConfig, Event, ExitReason, Failure, Hangup, MasterState,
+    NeverReady, Pid, ProcessEnd, ReadyBy, Report, ResizeAnswer, Restart, RollEnd, RollTally,
+    StopKind, Surge, WorkerId, WorkerKey,
 };
 
 /// Owns a cluster and a fake clock; answers every spawn with the next pid.
@@ -71,8 +72,7 @@ impl Timeline {
                         pending.push(Event::Spawned { key, pid });
                     }
                     Action::Signal { .. } | Action::Exit(_) => out.push(action),
-                    Action::Log(_)
-                    | Action::Detail(_)
+                    Action::Report(_)
                     | Action::RollEnded(_)
                     | Action::Lingering { .. }
                     | Action::Ready(_)
@@ -84,7 +84,7 @@ impl Timeline {
                     | Action::ExitAnswered { .. }
                     | Action::RequestRoll
                     | Action::ProbeStarting
-                    | Action::CheckGroups
+                    | Action::CheckGroups { .. }
                     | Action::Unseen { .. } => {}
                 }
             }
@@ -129,14 +129,57 @@ impl Timeline {
         self.spawned.last().unwrap().3
     }
 
-    fn logged(&self, needle: &str) -> bool {
+    /// Whether the core reported something `wanted`.
+    fn reported(&self, wanted: impl Fn(&Report) -> bool) -> bool {
         self.log.iter().any(|action| match action {
-            Action::Log(line) | Action::Detail(line) => line.contains(needle),
-            Action::Ready(ready) => ready.to_string().contains(needle),
-            Action::RollEnded(end) => end.to_string().contains(needle),
+            Action::Report(report) => wanted(report),
             _ => false,
         })
     }
+
+    /// The workers reported ready: slot, pid, generation and rule.
+    fn readies(&self) -> Vec<(usize, Option<Pid>, u64, ReadyBy)> {
+        self.log
+            .iter()
+            .filter_map(|action| match action {
+                Action::Ready(ready) => {
+                    Some((ready.slot, ready.pid, ready.generation, ready.how.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The ends of the rolls, in order.
+    fn roll_ends(&self) -> Vec<RollEnd> {
+        self.log
+            .iter()
+            .filter_map(|action| match action {
+                Action::RollEnded(end) => Some(end.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The failures reported, with the restarts they scheduled.
+    fn restarts(&self) -> Vec<(Failure, Option<Restart>)> {
+        self.log
+            .iter()
+            .filter_map(|action| match action {
+                Action::Report(Report::Failed {
+                    failure, restart, ..
+                }) => Some((failure.clone(), *restart)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Whether a roll of `size` workers to `generation` completed.
+fn completed(t: &Timeline, size: usize, generation: u64) -> bool {
+    t.roll_ends()
+        .iter()
+        .any(|end| end.aborted.is_none() && end.size == size && end.generation == generation)
 }
 
 fn term(pid: Pid) -> Action {
@@ -178,7 +221,7 @@ fn start_spawns_size_workers_of_generation_one_and_announces_ready() {
     t.ready(Pid(101));
     assert!(!t.log.contains(&Action::Notify(MasterState::Ready)));
     t.ready(Pid(102));
-    assert!(t.logged("all 3 workers ready"));
+    assert!(t.reported(|r| matches!(r, Report::AllReady { size: 3, .. })));
     assert!(t.log.contains(&Action::Notify(MasterState::Ready)));
 }
 
@@ -191,9 +234,12 @@ fn auto_readiness_marks_a_live_worker_ready_after_the_delay() {
     t.feed(Event::Start);
     assert_eq!(t.cluster.next_deadline(), Some(t.now + ms(1000)));
     t.advance(ms(999));
-    assert!(!t.logged("ready (pid 100"));
+    assert!(t.readies().is_empty());
     t.advance(ms(1));
-    assert!(t.logged("w0 ready (pid 100, generation 1)"));
+    assert_eq!(
+        t.readies(),
+        [(0, Some(Pid(100)), 1, ReadyBy::Alive(ms(1000)))]
+    );
 }
 
 #[test]
@@ -207,7 +253,7 @@ fn roll_starts_each_replacement_before_stopping_the_old_worker() {
     assert_eq!(t.ready(Pid(102)), [term(Pid(100))]);
     assert_eq!((t.spawned[3].1, t.spawned[3].2), (1, 2));
     assert_eq!(t.ready(Pid(103)), [term(Pid(101))]);
-    assert!(t.logged("rolled 2 workers to generation 2"));
+    assert!(completed(&t, 2, 2));
     assert_eq!(t.cluster.serving_generation(), 2);
     assert_eq!(t.exit(Pid(100), 0), []);
     assert_eq!(t.exit(Pid(101), 0), []);
@@ -219,8 +265,22 @@ fn a_replacement_that_exits_before_ready_aborts_the_roll_and_keeps_the_old_worke
     let mut t = running(2);
     t.feed(Event::Roll(0));
     assert_eq!(t.exit(Pid(102), 1), []);
-    assert!(t.logged("roll to generation 2 aborted: w0 (pid 102) exited with status 1"));
-    assert!(t.logged("generation 1 keeps serving"));
+    let ends = t.roll_ends();
+    assert_eq!(
+        ends[0].aborted,
+        Some(Aborted {
+            worker: WorkerId {
+                slot: 0,
+                pid: Some(Pid(102)),
+                generation: 2
+            },
+            failure: Failure::EndedStarting(ProcessEnd::Code(1)),
+        })
+    );
+    assert_eq!(
+        (ends.len(), ends[0].serving, ends[0].slots.as_slice()),
+        (1, 1, &[1, 1][..])
+    );
     assert_eq!(t.spawned.len(), 3, "no further replacement");
     assert_eq!(t.cluster.serving_generation(), 1);
     // The next roll gets a new generation number.
@@ -235,7 +295,16 @@ fn a_replacement_missing_its_deadline_is_stopped_gracefully_then_killed() {
     let replacement = t.last_pid();
     let deadline = t.cluster.config.ready_timeout;
     assert_eq!(t.advance(deadline), [term(replacement)]);
-    assert!(t.logged("aborted"));
+    assert!(matches!(
+        t.roll_ends()[..],
+        [RollEnd {
+            aborted: Some(Aborted {
+                failure: Failure::NotReadyWithin(_),
+                ..
+            }),
+            ..
+        }]
+    ));
     let kill_timeout = t.cluster.config.kill_timeout;
     assert_eq!(t.advance(kill_timeout), [kill(replacement)]);
     assert_eq!(t.exit(replacement, 137), []);
@@ -251,7 +320,7 @@ fn roll_bursts_coalesce_into_one_running_and_one_queued() {
     assert_eq!(t.spawned.len(), 2);
     let first = t.last_pid();
     t.ready(first);
-    assert!(t.logged("rolled 1 worker to generation 2"));
+    assert!(completed(&t, 1, 2));
     assert_eq!(t.spawned.len(), 3, "the queued roll started");
     assert_eq!(t.spawned[2].2, 3);
     t.ready(t.last_pid());
@@ -311,7 +380,7 @@ fn a_first_generation_that_never_gets_ready_ends_the_master_with_the_worker_stat
     t.advance(ms(100));
     // Slot 0 failed 3 times, but slot 1's worker may still get ready: no verdict yet.
     assert_eq!(t.exit(Pid(104), 3), []);
-    assert!(!t.logged("no worker became ready"));
+    assert!(!t.reported(|r| matches!(r, Report::NeverReady { .. })));
     // Now every slot failed 3 times in a row: the master ends.
     let out = t.exit(Pid(105), 3);
     let [Action::Exit(reason)] = out.as_slice() else {
@@ -319,7 +388,14 @@ fn a_first_generation_that_never_gets_ready_ends_the_master_with_the_worker_stat
     };
     assert!(matches!(reason, ExitReason::NeverReady { slot: 1, .. }));
     assert_eq!(reason.exit_status(), 3);
-    assert!(t.logged("no worker became ready after 3 attempts"));
+    assert!(t.reported(|r| matches!(
+        r,
+        Report::NeverReady {
+            attempts: 3,
+            waits: false,
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -333,11 +409,17 @@ fn spawns_failing_in_one_slot_never_kill_a_healthy_worker_of_another() {
     for _ in 0..5 {
         t.advance(ms(100));
     }
-    assert!(t.logged("could not be spawned: Too many open files"));
-    assert!(!t.logged("no worker became ready"));
+    assert!(t.reported(|r| matches!(
+        r,
+        Report::Failed { failure: Failure::NotSpawned(why), .. } if why == "Too many open files"
+    )));
+    assert!(!t.reported(|r| matches!(r, Report::NeverReady { .. })));
     assert!(!t.log.iter().any(|a| matches!(a, Action::Signal { .. })));
     t.advance(ms(500));
-    assert!(t.logged("w0 ready (pid 100, generation 1)"));
+    assert_eq!(
+        t.readies(),
+        [(0, Some(Pid(100)), 1, ReadyBy::Alive(ms(1000)))]
+    );
     t.failing_slots.clear();
     t.advance(ms(10_000));
     assert_eq!(
@@ -358,8 +440,14 @@ fn in_dev_mode_a_first_generation_that_never_gets_ready_waits_for_the_next_start
     t.exit(Pid(101), 1);
     t.advance(ms(100));
     assert_eq!(t.exit(Pid(102), 1), [], "no exit");
-    assert!(t.logged("no worker became ready after 3 attempts"));
-    assert!(t.logged("waiting for a change to retry"));
+    assert!(t.reported(|r| matches!(
+        r,
+        Report::NeverReady {
+            attempts: 3,
+            waits: true,
+            ..
+        }
+    )));
     assert!(t.cluster.is_waiting());
     assert_eq!(t.advance(ms(60_000)), []);
     assert_eq!(t.spawned.len(), 3, "no restart while waiting");
@@ -367,7 +455,7 @@ fn in_dev_mode_a_first_generation_that_never_gets_ready_waits_for_the_next_start
     t.feed(Event::Start);
     assert_eq!((t.spawned[3].1, t.spawned[3].2), (0, 2));
     t.ready(Pid(103));
-    assert!(t.logged("the worker is ready in"));
+    assert!(t.reported(|r| matches!(r, Report::AllReady { size: 1, .. })));
     // A roll request while waiting starts again too.
     let mut t = Timeline::new(ClusterConfig {
         never_ready: NeverReady::Wait,
@@ -496,7 +584,16 @@ fn a_worker_whose_watchdog_runs_out_is_stopped_and_replaced() {
     t.feed(Event::Watchdog { key });
     assert_eq!(t.advance(ms(900)), [], "the ping moved the deadline");
     assert_eq!(t.advance(ms(100)), [term(Pid(100))]);
-    assert!(t.logged("w0 (pid 100) sent no WATCHDOG=1 for 1.00s; restarting in 0ms"));
+    assert_eq!(
+        t.restarts(),
+        [(
+            Failure::NoWatchdog(ms(1000)),
+            Some(Restart {
+                delay: Duration::ZERO,
+                generation: 1
+            })
+        )]
+    );
     assert_eq!(t.spawned.len(), 2, "replaced at once");
     assert_eq!(t.exit(Pid(100), 0), [], "its exit is expected");
     assert_eq!(t.spawned.len(), 2);
@@ -524,7 +621,7 @@ fn a_worker_stopping_by_itself_is_replaced_at_once_and_its_exit_is_no_crash() {
         "slot 0 gets a new worker"
     );
     assert_eq!(t.exit(Pid(100), 0), []);
-    assert!(!t.logged("restarting"));
+    assert!(t.restarts().is_empty());
     assert_eq!(t.spawned.len(), 3);
     // One that lingers past the kill timeout is killed.
     let key = t.key_of(Pid(101));
@@ -553,10 +650,16 @@ fn an_aborted_roll_never_leaves_a_slot_empty_after_its_old_worker_crashed() {
     assert_eq!(t.spawned.len(), 2, "covered by the replacement");
     // Then the replacement fails: the slot must get a worker of its own generation again.
     t.exit(replacement, 1);
-    assert!(t.logged("roll to generation 2 aborted"));
+    assert!(t.roll_ends().iter().any(|end| end.aborted.is_some()));
     assert_eq!(t.spawned.len(), 3);
     assert_eq!((t.spawned[2].1, t.spawned[2].2), (0, 1));
-    assert!(t.logged("w0 has no worker; starting one in"));
+    assert!(t.reported(|r| matches!(
+        r,
+        Report::Uncovered {
+            slot: 0,
+            restart: Restart { generation: 1, .. }
+        }
+    )));
 }
 
 #[test]
@@ -609,19 +712,21 @@ fn a_partly_aborted_roll_reports_which_slot_runs_which_generation_and_restarts_k
     t.ready(t.last_pid());
     t.ready(t.last_pid());
     t.exit(t.last_pid(), 1);
-    assert!(
-        t.logged(
-            "rolled 2 of 4 slots to generation 2; slots 0–1 run generation 2, slots 2–3 generation 1"
-        ),
-        "{:?}",
-        t.log
-    );
+    let end = t.roll_ends().pop().unwrap();
+    assert_eq!((end.rolled, end.size, end.generation), (2, 4, 2));
+    assert_eq!(end.slots, [2, 2, 1, 1], "{:?}", t.log);
     assert_eq!(t.cluster.slot_generations(), [2, 2, 1, 1]);
     assert_eq!(t.cluster.oldest_generation_in_use(), 1);
     // Slot 0 runs generation 2 now (pid 104); slot 3 still generation 1 (pid 103).
     t.exit(Pid(104), 1);
     assert_eq!(t.spawned.last().unwrap().2, 2);
-    assert!(t.logged("restarting in 0ms (generation 2)"));
+    assert!(t.restarts().contains(&(
+        Failure::Ended(ProcessEnd::Code(1)),
+        Some(Restart {
+            delay: Duration::ZERO,
+            generation: 2
+        })
+    )));
     t.exit(Pid(103), 1);
     assert_eq!(t.spawned.last().unwrap().2, 1);
     // The next complete roll brings every slot to one generation.
@@ -630,7 +735,7 @@ fn a_partly_aborted_roll_reports_which_slot_runs_which_generation_and_restarts_k
         t.ready(t.last_pid());
     }
     assert_eq!(t.cluster.slot_generations(), [3, 3, 3, 3]);
-    assert!(t.logged("rolled 4 workers to generation 3"));
+    assert!(completed(&t, 4, 3));
 }
 
 #[test]
@@ -638,7 +743,12 @@ fn processes_a_crashed_worker_leaves_in_its_group_are_stopped_then_killed() {
     let mut t = running(1);
     // The worker exits, its group lives on: its slot restarts at once, the group is stopped.
     assert_eq!(t.leader_exit(Pid(100), 1), [term(Pid(100))]);
-    assert!(t.logged("w0 (pid 100) left processes behind in its group; stopping them"));
+    assert!(t.reported(|r| *r
+        == Report::LeftBehind(WorkerId {
+            slot: 0,
+            pid: Some(Pid(100)),
+            generation: 1
+        })));
     assert_eq!(
         t.spawned.len(),
         2,
@@ -646,7 +756,10 @@ fn processes_a_crashed_worker_leaves_in_its_group_are_stopped_then_killed() {
     );
     t.ready(Pid(101));
     assert_eq!(t.advance(t.cluster.config.kill_timeout), [kill(Pid(100))]);
-    assert!(t.logged("what is left of w0 (pid 100, generation 1) did not stop within"));
+    assert!(t.reported(|r| matches!(
+        r,
+        Report::Killing { worker, rest_of_group: true, .. } if *worker == WorkerId { slot: 0, pid: Some(Pid(100)), generation: 1 }
+    )));
     assert_eq!(t.exit(Pid(100), 1), []);
     assert_eq!(t.spawned.len(), 2, "the group's end is no second crash");
 }
@@ -682,16 +795,27 @@ fn counts_in_messages_are_plural_only_when_they_should_be() {
     let mut t = Timeline::new(config(1));
     t.feed(Event::Start);
     t.ready(Pid(100));
-    assert!(t.logged("the worker is ready in"));
+    assert!(t.reported(|r| matches!(r, Report::AllReady { size: 1, .. })));
     t.feed(Event::Stop { hard: false });
-    assert!(t.logged("stopping 1 worker"));
-    assert!(!t.logged("1 workers"));
+    assert!(t.reported(|r| *r
+        == Report::Stopping {
+            live: 1,
+            hard: false
+        }));
     // A stop with nothing running says no count at all.
     let mut t = Timeline::new(config(1));
     t.failing_slots = vec![0];
     t.feed(Event::Start);
     t.feed(Event::Stop { hard: true });
-    assert!(!t.logged("stopping 0 workers"), "{:?}", t.log);
+    assert!(
+        t.reported(|r| *r
+            == Report::Stopping {
+                live: 0,
+                hard: true
+            }),
+        "{:?}",
+        t.log
+    );
 }
 
 fn roll_ends(t: &Timeline) -> Vec<super::RollEnd> {
@@ -725,7 +849,7 @@ fn a_surge_of_all_starts_every_replacement_at_once_and_stops_each_old_one_as_its
     assert_eq!(ends[0].requests, [7]);
     assert_eq!(ends[0].switch, Some(ms(30)), "first new ready to last");
     assert_eq!(ends[0].elapsed, ms(35));
-    assert!(t.logged("rolled 3 workers to generation 2"));
+    assert!(completed(&t, 3, 2));
 }
 
 #[test]
@@ -757,7 +881,8 @@ fn an_aborted_surge_stops_the_replacements_not_yet_ready() {
     let out = t.exit(Pid(104), 1);
     assert_eq!(out, [term(Pid(105))], "the one still starting is stopped");
     assert_eq!(t.cluster.slot_generations(), [2, 1, 1]);
-    assert!(t.logged("rolled 1 of 3 slots to generation 2"));
+    let end = t.roll_ends().pop().unwrap();
+    assert_eq!((end.rolled, end.size, end.generation), (1, 3, 2));
     // Its exit is expected: slot 2 keeps its old worker, nothing restarts.
     t.exit(Pid(105), 0);
     assert_eq!(t.spawned.len(), 6);
@@ -792,7 +917,7 @@ fn slots_added_during_a_roll_are_rolled_too() {
     assert_eq!((t.spawned[3].1, t.spawned[3].2), (1, 2));
     t.ready(Pid(103));
     assert_eq!(t.cluster.slot_generations(), [2, 2]);
-    assert!(t.logged("rolled 2 workers to generation 2"));
+    assert!(completed(&t, 2, 2));
 }
 
 #[test]
@@ -819,7 +944,16 @@ fn a_stopping_worker_that_lingers_is_reported_once_before_its_sigkill() {
         }]
     );
     assert_eq!(t.advance(ms(28_000)), [kill(Pid(100))]);
-    assert!(t.logged("w0 (pid 100, generation 1) did not stop within 30.00s; sending SIGKILL"));
+    assert!(t.reported(|r| *r
+        == Report::Killing {
+            worker: WorkerId {
+                slot: 0,
+                pid: Some(Pid(100)),
+                generation: 1
+            },
+            rest_of_group: false,
+            after: ms(30_000),
+        }));
 }
 
 #[test]
@@ -836,9 +970,19 @@ fn the_log_says_which_rule_made_a_worker_ready() {
         how: "seen accepting (epoll)".to_owned(),
     });
     t.advance(ms(1000));
-    assert!(t.logged("w0 ready (pid 100, generation 1): READY=1"));
-    assert!(t.logged("w1 ready (pid 101, generation 1): seen accepting (epoll)"));
-    assert!(t.logged("w2 ready (pid 102, generation 1): alive 1.00s"));
+    assert_eq!(
+        t.readies(),
+        [
+            (0, Some(Pid(100)), 1, ReadyBy::Notified),
+            (
+                1,
+                Some(Pid(101)),
+                1,
+                ReadyBy::Seen("seen accepting (epoll)".to_owned())
+            ),
+            (2, Some(Pid(102)), 1, ReadyBy::Alive(ms(1000))),
+        ]
+    );
 }
 
 /// The pids the core gave up on after their SIGKILL.
@@ -873,9 +1017,15 @@ fn a_hard_stop_ends_a_grace_after_sigkill_though_zombies_of_a_group_remain() {
         "a killed group is gone a grace after its SIGKILL"
     );
     assert_eq!(abandoned(&t), [Pid(100), Pid(101)]);
-    assert!(
-        t.logged("what is left of w0 (pid 100, generation 1) still exists 1.00s after SIGKILL")
-    );
+    assert!(t.reported(|r| *r
+        == Report::Abandoned {
+            worker: WorkerId {
+                slot: 0,
+                pid: Some(Pid(100)),
+                generation: 1
+            },
+            after: super::KILLED_GROUP_GRACE,
+        }));
 }
 
 #[test]
@@ -980,11 +1130,13 @@ fn ready_workers_killed_from_outside_never_leave_more_than_half_the_slots_waitin
         }
         t.advance(ms(50));
     }
-    assert!(t.logged("restarting in 0ms"));
-    assert!(
-        t.logged("restarting in 100ms"),
-        "quick crashes still back off"
-    );
+    let delays: Vec<Duration> = t
+        .restarts()
+        .iter()
+        .filter_map(|(_, r)| r.map(|r| r.delay))
+        .collect();
+    assert!(delays.contains(&Duration::ZERO));
+    assert!(delays.contains(&ms(100)), "quick crashes still back off");
 }
 
 #[test]
@@ -1000,7 +1152,11 @@ fn a_worker_killed_after_it_served_a_second_restarts_at_once_every_time() {
         assert_eq!(t.spawned.len(), round + 2, "restarted at once");
         t.ready(t.last_pid());
     }
-    assert!(!t.logged("restarting in 100ms"));
+    assert!(
+        t.restarts()
+            .iter()
+            .all(|(_, restart)| restart.is_some_and(|r| r.delay.is_zero()))
+    );
 }
 
 #[test]
@@ -1206,7 +1362,12 @@ fn starting_workers_are_probed_on_a_clock_that_thins_out_with_their_number() {
 
 #[test]
 fn leftover_groups_are_checked_every_50ms_until_gone() {
-    let checks = |t: &Timeline| t.log.iter().filter(|a| **a == Action::CheckGroups).count();
+    let checks = |t: &Timeline| {
+        t.log
+            .iter()
+            .filter(|a| matches!(a, Action::CheckGroups { .. }))
+            .count()
+    };
     let mut t = running(1);
     t.advance(ms(1000));
     t.leader_exit(Pid(100), 1);
@@ -1220,6 +1381,48 @@ fn leftover_groups_are_checked_every_50ms_until_gone() {
     t.exit(Pid(100), 1);
     t.advance(ms(500));
     assert_eq!(checks(&t), 2, "no group left to check");
+}
+
+#[test]
+fn the_pass_for_zombie_only_groups_thins_out_as_a_group_lingers_and_starts_over_for_a_new_one() {
+    let checks = |t: &Timeline| {
+        t.log
+            .iter()
+            .filter(|a| matches!(a, Action::CheckGroups { .. }))
+            .count()
+    };
+    let mut t = running(2);
+    t.leader_exit(Pid(100), 1);
+    // Every 50 ms a check; passes for zombies after 0, 50, 150, 350, 750 ms, then every second
+    // at most.
+    let mut passes = Vec::new();
+    let mut checked = 0;
+    let start = t.now;
+    for _ in 0..100 {
+        t.log.clear();
+        t.advance(ms(50));
+        checked += checks(&t);
+        if t.log.contains(&Action::CheckGroups { zombies: true }) {
+            passes.push(t.now.duration_since(start));
+        }
+    }
+    assert_eq!(
+        passes[..7],
+        [50, 100, 200, 400, 800, 1600, 2600].map(ms),
+        "{passes:?}"
+    );
+    let gaps: Vec<Duration> = passes
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .collect();
+    assert!(gaps.iter().all(|&gap| gap <= ms(1000)), "{gaps:?}");
+    assert_eq!(checked, 100, "the checks themselves go on every 50 ms");
+    // A new group lingers: its first check takes a pass.
+    let pid = t.pids()[1];
+    t.log.clear();
+    t.leader_exit(pid, 1);
+    t.advance(ms(50));
+    assert!(t.log.contains(&Action::CheckGroups { zombies: true }));
 }
 
 #[test]
@@ -1329,7 +1532,7 @@ fn sighup_rolls_a_production_master_and_stops_a_dev_session_whose_terminal_is_go
         }),
         [term(Pid(100))]
     );
-    assert!(t.logged("the terminal hung up"));
+    assert!(t.reported(|r| *r == Report::TerminalLost));
     assert_eq!(roll_requests(&t), 0);
     assert!(t.cluster.is_stopping());
 }

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use super::{
     BuildId, BuildResult, Built, ChangedFile, DevAction, DevCore, DevEvent, Outcome, Served,
 };
-use crate::cluster::{ProcessEnd, RollEnd};
+use crate::cluster::{Aborted, Failure, ProcessEnd, RollEnd, WorkerId};
 
 /// The files a save can touch: sources, a manifest, assets (one also read by the build).
 const FILES: [&str; 6] = [
@@ -196,7 +196,7 @@ impl World {
                     DevAction::WatchInputs { .. }
                     | DevAction::AddRoots(_)
                     | DevAction::Pages(_)
-                    | DevAction::Line(_) => {}
+                    | DevAction::Report(_) => {}
                 }
                 all.push(action);
             }
@@ -320,7 +320,14 @@ impl World {
                     rolled: if aborted { 0 } else { 2 },
                     elapsed: Duration::from_millis(80),
                     switch: None,
-                    aborted: aborted.then(|| "w0 exited".to_owned()),
+                    aborted: aborted.then_some(Aborted {
+                        worker: WorkerId {
+                            slot: 0,
+                            pid: None,
+                            generation,
+                        },
+                        failure: Failure::Ended(ProcessEnd::Code(1)),
+                    }),
                     failed: None,
                     serving: self.served.generation,
                     slots: vec![self.served.generation; 2],

@@ -14,11 +14,10 @@
 //! binaries, spawns and kills the build, keeps the executables, and asks the cluster to roll.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::cluster::{ExitReason, ProcessEnd, RollEnd, after, human_duration};
+use crate::cluster::{ExitReason, ProcessEnd, RollEnd, after};
 
 /// The longest pages wait after a switch for the old workers to stop accepting.
 pub(crate) const RELOAD_WAIT: Duration = Duration::from_secs(1);
@@ -138,8 +137,127 @@ pub(crate) enum DevEvent {
 pub(crate) enum Page {
     Reload,
     Css,
-    /// A build failed: its diagnostics.
-    Failed(String),
+    /// A build failed.
+    Failed(BuildFailure),
+}
+
+/// A failed build, as the pages show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BuildFailure {
+    /// How the build process ended.
+    pub(crate) end: ProcessEnd,
+    /// How long it ran.
+    pub(crate) built_in: Duration,
+    /// The end of its stderr; empty if it said nothing.
+    pub(crate) diagnostics: String,
+}
+
+/// Changed files, relative to the root they are in (none: a roll asked for by SIGHUP or the
+/// handle, or the initial build).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Changes(pub(crate) Vec<PathBuf>);
+
+/// What keeps serving after a build that rolls nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keeps {
+    /// No generation serves, and nothing rebuilds (production mode).
+    Nothing,
+    /// No generation serves yet; a save may fix the build.
+    NothingYet,
+    /// This generation keeps serving.
+    Generation(u64),
+}
+
+/// What the dev core tells the user, as facts: the reporter ([`crate::report`]) puts them in
+/// words for the terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DevReport {
+    /// The build program could not start.
+    BuildNotStarted {
+        /// Why.
+        why: String,
+        /// The generation that keeps serving, when a save can still fix it.
+        serving: Option<u64>,
+    },
+    /// Before any build succeeded, the build program refused an option of ours: nothing a
+    /// save can fix.
+    Refused {
+        /// The option, as the build program named it.
+        culprit: String,
+    },
+    /// A build failed.
+    BuildFailed {
+        /// What triggered it.
+        changed: Changes,
+        /// How the build process ended.
+        end: ProcessEnd,
+        /// How long it ran.
+        built_in: Duration,
+        /// What keeps serving.
+        keeps: Keeps,
+    },
+    /// A build made the binary that runs already: nothing rolls.
+    Unchanged {
+        /// What triggered it.
+        changed: Changes,
+        /// How long it ran; `None`: cargo found nothing to rebuild.
+        built_in: Option<Duration>,
+        /// What keeps serving.
+        keeps: Keeps,
+    },
+    /// A build's executable cannot be used.
+    Unusable {
+        /// What triggered it.
+        changed: Changes,
+        /// Why.
+        why: String,
+        /// What keeps serving.
+        keeps: Keeps,
+    },
+    /// A build's executable cannot be kept for new generations.
+    NotKept {
+        /// What triggered it.
+        changed: Changes,
+        /// The executable.
+        executable: PathBuf,
+        /// Why.
+        why: String,
+        /// What keeps serving.
+        keeps: Keeps,
+    },
+    /// A build succeeded: the first generation starts with it.
+    Built {
+        /// How long it ran.
+        built_in: Duration,
+    },
+    /// The first generation never became ready: it starts again for these changes.
+    StartingAgain {
+        /// What changed.
+        changed: Changes,
+    },
+    /// Only assets changed: the pages reload them, with no build.
+    Assets {
+        /// What changed.
+        changed: Changes,
+        /// Only stylesheets: reloaded in place.
+        css: bool,
+    },
+    /// A file changed during each of the last [`LOOP_ROUNDS`] builds it triggered: the build
+    /// writes it, and its changes while a build runs are ignored from now on.
+    BuildWrites {
+        /// The file, relative to its root.
+        file: PathBuf,
+        /// The rounds.
+        rounds: u32,
+    },
+    /// A roll ended.
+    Rolled {
+        /// The reload that asked for it, if it came from this core: what changed and how long
+        /// its build ran.
+        reload: Option<(Changes, Option<Duration>)>,
+        /// How it ended.
+        end: RollEnd,
+    },
 }
 
 /// How a build ended: exactly one per build asked for.
@@ -184,8 +302,8 @@ pub(crate) enum DevAction {
     Roll,
     /// Tell the pages.
     Pages(Page),
-    /// One line for the terminal.
-    Line(String),
+    /// Tell the user.
+    Report(DevReport),
     /// How a build ended.
     Ended { build: BuildId, outcome: Outcome },
     /// The master exits.
@@ -316,14 +434,15 @@ impl DevCore {
                     self.build = None;
                     // Before any build succeeded, no save can make the build program appear.
                     if self.mode.watching && self.built_once {
-                        out.push(DevAction::Line(format!(
-                            "error: cannot run the build: {why}; generation {} keeps serving",
-                            served.generation
-                        )));
+                        out.push(DevAction::Report(DevReport::BuildNotStarted {
+                            why,
+                            serving: Some(served.generation),
+                        }));
                     } else {
-                        out.push(DevAction::Line(format!(
-                            "error: cannot run the build: {why}"
-                        )));
+                        out.push(DevAction::Report(DevReport::BuildNotStarted {
+                            why,
+                            serving: None,
+                        }));
                         out.push(DevAction::Exit(ExitReason::BuildFailed));
                     }
                     out.push(DevAction::Ended {
@@ -351,12 +470,12 @@ impl DevCore {
             }
             DevEvent::NotInstalled { build, why } => {
                 if let Some(installing) = self.installing.take_if(|i| i.id == build) {
-                    out.push(DevAction::Line(format!(
-                        "{} → built, but {} cannot be kept: {why}; {}",
-                        self.describe(&installing.changed),
-                        installing.executable.display(),
-                        self.keeps(served)
-                    )));
+                    out.push(DevAction::Report(DevReport::NotKept {
+                        changed: self.relative(&installing.changed),
+                        executable: installing.executable,
+                        why,
+                        keeps: self.keeps(served),
+                    }));
                     self.end_if_nothing_can_fix_it(served, &mut out);
                     out.push(DevAction::Ended {
                         build,
@@ -383,11 +502,12 @@ impl DevCore {
                 self.reloads.remove(&request);
             }
             DevEvent::RollEnded(end) => {
-                out.push(DevAction::Line(self.report_roll(&end)));
                 if end.aborted.is_none() && self.mode.livereload {
                     // Pages reload once no old worker accepts any more.
                     self.reload_pending = Some((end.generation, after(now, RELOAD_WAIT)));
                 }
+                let reload = self.reload_of(&end);
+                out.push(DevAction::Report(DevReport::Rolled { reload, end }));
             }
             DevEvent::Serving => {
                 // Pages showing the building page (or waiting for the app) turn into it.
@@ -440,16 +560,11 @@ impl DevCore {
             let css = changed
                 .iter()
                 .all(|path| path.extension().is_some_and(|ext| ext == "css"));
-            let what = self.describe(&changed);
-            if css {
-                out.push(DevAction::Line(format!(
-                    "{what} → stylesheets reloaded in the pages"
-                )));
-                out.push(DevAction::Pages(Page::Css));
-            } else {
-                out.push(DevAction::Line(format!("{what} → pages reloaded")));
-                out.push(DevAction::Pages(Page::Reload));
-            }
+            out.push(DevAction::Report(DevReport::Assets {
+                changed: self.relative(&changed),
+                css,
+            }));
+            out.push(DevAction::Pages(if css { Page::Css } else { Page::Reload }));
             return;
         }
         if let Some(build) = self.build.take() {
@@ -497,7 +612,7 @@ impl DevCore {
             wall,
         ));
         let built_in = now.saturating_duration_since(build.started);
-        let what = self.describe(&build.changed);
+        let changed = self.relative(&build.changed);
         let keeps = self.keeps(served);
         let ended = |outcome| DevAction::Ended { build: id, outcome };
         let executable = match result {
@@ -510,25 +625,24 @@ impl DevCore {
                     && !self.built_once
                     && let Some(culprit) = refused
                 {
-                    out.push(DevAction::Line(format!("error: {culprit}")));
+                    out.push(DevAction::Report(DevReport::Refused { culprit }));
                     out.push(DevAction::Exit(ExitReason::BuildFailed));
                     out.push(ended(Outcome::Failed));
                     return;
                 }
-                let failed = format!("build failed ({end}) after {}", human_duration(built_in));
-                let shown = if diagnostics.is_empty() {
-                    format!("{failed}: see the terminal")
-                } else {
-                    format!("{failed}\n\n{diagnostics}")
-                };
                 if self.mode.livereload {
-                    out.push(DevAction::Pages(Page::Failed(shown)));
+                    out.push(DevAction::Pages(Page::Failed(BuildFailure {
+                        end,
+                        built_in,
+                        diagnostics,
+                    })));
                 }
-                if build.changed.is_empty() {
-                    out.push(DevAction::Line(format!("{failed}; {keeps}")));
-                } else {
-                    out.push(DevAction::Line(format!("{what} → {failed}; {keeps}")));
-                }
+                out.push(DevAction::Report(DevReport::BuildFailed {
+                    changed,
+                    end,
+                    built_in,
+                    keeps,
+                }));
                 self.end_if_nothing_can_fix_it(served, out);
                 out.push(ended(Outcome::Failed));
                 return;
@@ -561,12 +675,11 @@ impl DevCore {
             Ok(Some(artifact)) if rolling && artifact.same_as_latest => {
                 // Nothing a roll would change: the workers keep their connections.
                 self.built_once = true;
-                let why = if artifact.fresh {
-                    "nothing to rebuild".to_owned()
-                } else {
-                    format!("built in {}, the same binary", human_duration(built_in))
-                };
-                out.push(DevAction::Line(format!("{what} → {why}; {keeps}")));
+                out.push(DevAction::Report(DevReport::Unchanged {
+                    changed,
+                    built_in: (!artifact.fresh).then_some(built_in),
+                    keeps,
+                }));
                 out.push(ended(Outcome::Unchanged));
             }
             Ok(Some(artifact)) => {
@@ -586,7 +699,11 @@ impl DevCore {
                 self.installed(served, id, build.changed, built_in, out);
             }
             Err(why) => {
-                out.push(DevAction::Line(format!("{what} → {why}; {keeps}")));
+                out.push(DevAction::Report(DevReport::Unusable {
+                    changed,
+                    why,
+                    keeps,
+                }));
                 self.end_if_nothing_can_fix_it(served, out);
                 out.push(ended(Outcome::Unusable));
             }
@@ -607,10 +724,7 @@ impl DevCore {
             outcome: Outcome::Installed,
         });
         if served.generation == 0 || served.waiting {
-            out.push(DevAction::Line(format!(
-                "built in {}",
-                human_duration(built_in)
-            )));
+            out.push(DevAction::Report(DevReport::Built { built_in }));
             out.push(DevAction::Start);
         } else {
             let reload = Reload {
@@ -629,10 +743,9 @@ impl DevCore {
         }
         // The first generation never became ready: a new start, not a roll.
         if served.waiting {
-            out.push(DevAction::Line(format!(
-                "{} → starting again",
-                self.describe(&reload.changed)
-            )));
+            out.push(DevAction::Report(DevReport::StartingAgain {
+                changed: self.relative(&reload.changed),
+            }));
             out.push(DevAction::Start);
             return;
         }
@@ -648,18 +761,19 @@ impl DevCore {
     }
 
     /// What keeps serving after a build that rolls nothing.
-    fn keeps(&self, served: Served) -> String {
+    fn keeps(&self, served: Served) -> Keeps {
         if served.generation == 0 && !self.mode.watching {
-            "nothing rebuilds in production mode".to_owned()
+            Keeps::Nothing
         } else if served.generation == 0 {
-            "no generation is serving yet; save a fix to retry".to_owned()
+            Keeps::NothingYet
         } else {
-            format!("generation {} keeps serving", served.generation)
+            Keeps::Generation(served.generation)
         }
     }
 
-    /// How a roll ended: the one line of the reload that caused it.
-    fn report_roll(&mut self, end: &RollEnd) -> String {
+    /// The reload(s) a roll answers: their changes, and how long the last build ran; `None`
+    /// when the roll answers none of this core's reloads.
+    fn reload_of(&mut self, end: &RollEnd) -> Option<(Changes, Option<Duration>)> {
         // The roll answers every request merged into it: one line for all their changes.
         let mut answered = end
             .requests
@@ -667,36 +781,14 @@ impl DevCore {
             .filter_map(|request| self.reloads.remove(request))
             .collect::<Vec<_>>()
             .into_iter();
-        let Some(mut reload) = answered.next() else {
-            return end.to_string();
-        };
+        let mut reload = answered.next()?;
         for more in answered {
             reload.changed.extend(more.changed);
             reload.built_in = more.built_in.or(reload.built_in);
         }
         reload.changed.sort();
         reload.changed.dedup();
-        let mut line = self.describe(&reload.changed);
-        if let Some(built_in) = reload.built_in {
-            let _ = write!(line, " → built in {}", human_duration(built_in));
-        }
-        let _ = match &end.aborted {
-            None => write!(
-                line,
-                " → rolled {} in {}{}",
-                if end.size == 1 {
-                    "1 worker".to_owned()
-                } else {
-                    format!("{} workers", end.size)
-                },
-                human_duration(end.elapsed),
-                end.switch
-                    .map(|switch| format!(" (switch {})", human_duration(switch)))
-                    .unwrap_or_default()
-            ),
-            Some(why) => write!(line, " → not rolled: {why}; {}", end.keeps_serving()),
-        };
-        line
+        Some((self.relative(&reload.changed), reload.built_in))
     }
 
     /// Whether every changed file is an asset: under an asset directory, no Rust or manifest
@@ -774,53 +866,31 @@ impl DevCore {
             named.push(path);
         }
         for path in named {
-            let name = self.describe_one(&path);
-            out.push(DevAction::Line(format!(
-                "{name} changed during each of the last {LOOP_ROUNDS} builds it triggered: the \
-                 build writes it (a build script?); its changes while a build runs are ignored \
-                 from now on (to ignore it always: -i '{name}')"
-            )));
+            out.push(DevAction::Report(DevReport::BuildWrites {
+                file: self.relative_one(&path).to_path_buf(),
+                rounds: LOOP_ROUNDS,
+            }));
             self.written_by_builds.insert(path);
         }
         kept
     }
 
-    /// A file as reload lines name it: relative to its root.
-    fn describe_one(&self, path: &Path) -> String {
-        let relative = self
-            .roots
+    /// A file as reports name it: relative to its root.
+    fn relative_one<'p>(&self, path: &'p Path) -> &'p Path {
+        self.roots
             .iter()
-            .find_map(|root| path.strip_prefix(root).ok());
-        quoted_if_needed(&relative.unwrap_or(path).display().to_string())
+            .find_map(|root| path.strip_prefix(root).ok())
+            .unwrap_or(path)
     }
 
-    /// Describes changed files: the first few, relative to their root, and how many more.
-    fn describe(&self, changed: &[PathBuf]) -> String {
-        const SHOWN: usize = 3;
-        let names: Vec<String> = changed
-            .iter()
-            .take(SHOWN)
-            .map(|path| self.describe_one(path))
-            .collect();
-        match changed.len() {
-            0 => "roll requested".to_owned(),
-            n if n <= SHOWN => format!("{} changed", names.join(", ")),
-            n => format!("{} and {} more changed", names.join(", "), n - SHOWN),
-        }
-    }
-}
-
-/// A file name as it can go into one line: quoted and escaped as `{:?}` does when it holds a
-/// character that would break the line or hide (a newline, a control character, an invisible
-/// format character); as it is otherwise, quotes and backslashes included.
-fn quoted_if_needed(name: &str) -> String {
-    let needs_quotes = name
-        .chars()
-        .any(|c| !matches!(c, '"' | '\\' | '\'') && c.escape_debug().nth(1).is_some());
-    if needs_quotes {
-        format!("{name:?}")
-    } else {
-        name.to_owned()
+    /// Changed files as reports name them: relative to their roots.
+    fn relative(&self, changed: &[PathBuf]) -> Changes {
+        Changes(
+            changed
+                .iter()
+                .map(|path| self.relative_one(path).to_path_buf())
+                .collect(),
+        )
     }
 }
 

@@ -1,0 +1,521 @@
+//! The reporter: the one place where what the cores tell ([`Report`], [`DevReport`]) and the
+//! lifecycle facts of the master ([`Lifecycle`]) are put in words — a line for the terminal —
+//! and, for a lifecycle fact, in the [`Record`] that `mcluster events` prints as JSON and
+//! [`Handle::events`](crate::master::Handle::events) returns. Deriving both from one fact keeps
+//! them from drifting apart.
+//!
+//! The cores carry facts (slots, pids, generations, durations, how a process ended, why a
+//! build failed) and no English; this module depends on them, never the reverse.
+
+use std::fmt::{self, Write as _};
+use std::path::Path;
+
+use crate::cluster::{
+    Aborted, Failure, ProcessEnd, ReadyBy, Report, RollEnd, WorkerId, WorkerReady, human_duration,
+    signal_name,
+};
+use crate::dev::lifecycle::{BuildFailure, Changes, DevReport, Keeps};
+use crate::status::{self, Record, RestartOutcome};
+
+/// How many changed files a line names before it counts the rest.
+const NAMED_FILES: usize = 3;
+
+impl fmt::Display for ProcessEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ProcessEnd::Code(code) => write!(f, "exited with status {code}"),
+            ProcessEnd::Signal(signal) => match signal_name(signal) {
+                Some(name) => write!(f, "killed by signal {name}"),
+                None => write!(f, "killed by signal {signal}"),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::NotSpawned(reason) => write!(f, "could not be spawned: {reason}"),
+            Failure::EndedStarting(end) => write!(f, "{end} before it was ready"),
+            Failure::Ended(end) => end.fmt(f),
+            Failure::NotReadyWithin(timeout) => {
+                write!(f, "was not ready within {}", human_duration(*timeout))
+            }
+            Failure::NoWatchdog(limit) => {
+                write!(f, "sent no WATCHDOG=1 for {}", human_duration(*limit))
+            }
+        }
+    }
+}
+
+impl fmt::Display for ReadyBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadyBy::Notified => f.write_str("READY=1"),
+            ReadyBy::Seen(how) => f.write_str(how),
+            ReadyBy::Alive(delay) => write!(f, "alive {}", human_duration(*delay)),
+        }
+    }
+}
+
+/// Which replacement failed and how: `w1 (pid 42) exited with status 1 before it was ready`.
+impl fmt::Display for Aborted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", short(self.worker), self.failure)
+    }
+}
+
+impl fmt::Display for Keeps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Keeps::Nothing => f.write_str("nothing rebuilds in production mode"),
+            Keeps::NothingYet => f.write_str("no generation is serving yet; save a fix to retry"),
+            Keeps::Generation(generation) => write!(f, "generation {generation} keeps serving"),
+        }
+    }
+}
+
+/// `w1 (pid 42)`: a worker among the workers of its generation.
+fn short(worker: WorkerId) -> String {
+    match worker.pid {
+        Some(pid) => format!("w{} (pid {pid})", worker.slot),
+        None => format!("w{}", worker.slot),
+    }
+}
+
+/// `w1 (pid 42, generation 3)`: with the generation, where a slot's old and new workers differ
+/// by it.
+fn long(worker: WorkerId) -> String {
+    match worker.pid {
+        Some(pid) => format!(
+            "w{} (pid {pid}, generation {})",
+            worker.slot, worker.generation
+        ),
+        None => format!("w{} (generation {})", worker.slot, worker.generation),
+    }
+}
+
+/// `1 worker`, `4 workers`.
+fn workers(count: usize) -> String {
+    if count == 1 {
+        "1 worker".to_owned()
+    } else {
+        format!("{count} workers")
+    }
+}
+
+/// The terminal line of a report of the cluster core.
+pub(crate) fn line(report: &Report) -> String {
+    match report {
+        Report::TerminalLost => "the terminal hung up".to_owned(),
+        Report::LeftBehind(worker) => format!(
+            "{} left processes behind in its group; stopping them",
+            short(*worker)
+        ),
+        Report::StoppingByItself(worker) => format!(
+            "{} is stopping by itself (STOPPING=1); starting its replacement",
+            short(*worker)
+        ),
+        Report::Failed {
+            worker,
+            failure,
+            restart: None,
+        } => format!("{} {failure}", short(*worker)),
+        Report::Failed {
+            worker,
+            failure,
+            restart: Some(restart),
+        } => format!(
+            "{} {failure}; restarting in {} (generation {})",
+            short(*worker),
+            human_duration(restart.delay),
+            restart.generation
+        ),
+        Report::Uncovered { slot, restart } => format!(
+            "w{slot} has no worker; starting one in {} (generation {})",
+            human_duration(restart.delay),
+            restart.generation
+        ),
+        Report::NeverReady {
+            worker,
+            failure,
+            attempts,
+            waits,
+        } => format!(
+            "error: no worker became ready after {attempts} attempts: {} {failure}{}",
+            short(*worker),
+            if *waits {
+                "; waiting for a change to retry"
+            } else {
+                ""
+            }
+        ),
+        Report::AllReady { size: 1, elapsed } => {
+            format!("the worker is ready in {}", human_duration(*elapsed))
+        }
+        Report::AllReady { size, elapsed } => {
+            format!("all {size} workers ready in {}", human_duration(*elapsed))
+        }
+        Report::Abandoned { worker, after } => format!(
+            "what is left of {} still exists {} after SIGKILL (zombies that its parent does \
+             not reap); taken for gone",
+            long(*worker),
+            human_duration(*after)
+        ),
+        Report::Killing {
+            worker,
+            rest_of_group,
+            after,
+        } => format!(
+            "{}{} did not stop within {}; sending SIGKILL",
+            if *rest_of_group {
+                "what is left of "
+            } else {
+                ""
+            },
+            long(*worker),
+            human_duration(*after)
+        ),
+        Report::RollQueued => "a roll is in progress; one more roll will follow it".to_owned(),
+        Report::Resizing { size } => format!("resizing to {}", workers(*size)),
+        Report::Stopping { live: 0, .. } => "stopping".to_owned(),
+        Report::Stopping { live, hard: true } => format!("stopping {} hard", workers(*live)),
+        Report::Stopping { live, hard: false } => format!("stopping {}", workers(*live)),
+        Report::Stopped => "stopped".to_owned(),
+    }
+}
+
+/// The terminal line of a report of the dev core.
+pub(crate) fn dev_line(report: &DevReport) -> String {
+    match report {
+        DevReport::BuildNotStarted {
+            why,
+            serving: Some(generation),
+        } => format!("error: cannot run the build: {why}; generation {generation} keeps serving"),
+        DevReport::BuildNotStarted { why, serving: None } => {
+            format!("error: cannot run the build: {why}")
+        }
+        DevReport::Refused { culprit } => format!("error: {culprit}"),
+        DevReport::BuildFailed {
+            changed,
+            end,
+            built_in,
+            keeps,
+        } => {
+            let failed = build_failed(*end, *built_in);
+            if changed.0.is_empty() {
+                format!("{failed}; {keeps}")
+            } else {
+                format!("{} → {failed}; {keeps}", describe(changed))
+            }
+        }
+        DevReport::Unchanged {
+            changed,
+            built_in,
+            keeps,
+        } => format!(
+            "{} → {}; {keeps}",
+            describe(changed),
+            match built_in {
+                None => "nothing to rebuild".to_owned(),
+                Some(built_in) =>
+                    format!("built in {}, the same binary", human_duration(*built_in)),
+            }
+        ),
+        DevReport::Unusable {
+            changed,
+            why,
+            keeps,
+        } => format!("{} → {why}; {keeps}", describe(changed)),
+        DevReport::NotKept {
+            changed,
+            executable,
+            why,
+            keeps,
+        } => format!(
+            "{} → built, but {} cannot be kept: {why}; {keeps}",
+            describe(changed),
+            executable.display()
+        ),
+        DevReport::Built { built_in } => format!("built in {}", human_duration(*built_in)),
+        DevReport::StartingAgain { changed } => format!("{} → starting again", describe(changed)),
+        DevReport::Assets { changed, css: true } => {
+            format!("{} → stylesheets reloaded in the pages", describe(changed))
+        }
+        DevReport::Assets {
+            changed,
+            css: false,
+        } => format!("{} → pages reloaded", describe(changed)),
+        DevReport::BuildWrites { file, rounds } => {
+            let name = file_name(file);
+            format!(
+                "{name} changed during each of the last {rounds} builds it triggered: the build \
+                 writes it (a build script?); its changes while a build runs are ignored from \
+                 now on (to ignore it always: -i '{name}')"
+            )
+        }
+        DevReport::Rolled { reload: None, end } => roll_ended(end),
+        DevReport::Rolled {
+            reload: Some((changed, built_in)),
+            end,
+        } => {
+            let mut line = describe(changed);
+            if let Some(built_in) = built_in {
+                let _ = write!(line, " → built in {}", human_duration(*built_in));
+            }
+            match &end.aborted {
+                None => {
+                    let _ = write!(
+                        line,
+                        " → rolled {} in {}",
+                        workers(end.size),
+                        human_duration(end.elapsed)
+                    );
+                    if let Some(switch) = end.switch {
+                        let _ = write!(line, " (switch {})", human_duration(switch));
+                    }
+                }
+                Some(aborted) => {
+                    let _ = write!(line, " → not rolled: {aborted}; {}", keeps_serving(end));
+                }
+            }
+            line
+        }
+    }
+}
+
+/// What the pages show of a failed build: how it ended, and its diagnostics.
+pub(crate) fn failed_page(failure: &BuildFailure) -> String {
+    let failed = build_failed(failure.end, failure.built_in);
+    if failure.diagnostics.is_empty() {
+        format!("{failed}: see the terminal")
+    } else {
+        format!("{failed}\n\n{}", failure.diagnostics)
+    }
+}
+
+/// `build failed (exited with status 101) after 1.20s`.
+fn build_failed(end: ProcessEnd, built_in: std::time::Duration) -> String {
+    format!("build failed ({end}) after {}", human_duration(built_in))
+}
+
+/// Describes changed files: the first few and how many more; `roll requested` for none.
+fn describe(changed: &Changes) -> String {
+    let names: Vec<String> = changed
+        .0
+        .iter()
+        .take(NAMED_FILES)
+        .map(|path| file_name(path))
+        .collect();
+    match changed.0.len() {
+        0 => "roll requested".to_owned(),
+        n if n <= NAMED_FILES => format!("{} changed", names.join(", ")),
+        n => format!("{} and {} more changed", names.join(", "), n - NAMED_FILES),
+    }
+}
+
+/// A file name as it can go into one line: quoted and escaped as `{:?}` does when it holds a
+/// character that would break the line or hide (a newline, a control character, an invisible
+/// format character); as it is otherwise, quotes and backslashes included.
+fn file_name(path: &Path) -> String {
+    let name = path.display().to_string();
+    let needs_quotes = name
+        .chars()
+        .any(|c| !matches!(c, '"' | '\\' | '\'') && c.escape_debug().nth(1).is_some());
+    if needs_quotes {
+        format!("{name:?}")
+    } else {
+        name
+    }
+}
+
+/// How a roll ended, on its own (no reload of the dev core asked for it).
+pub(crate) fn roll_ended(end: &RollEnd) -> String {
+    match &end.aborted {
+        None => format!(
+            "rolled {} to generation {} in {}",
+            workers(end.size),
+            end.generation,
+            human_duration(end.elapsed)
+        ),
+        Some(aborted) => format!(
+            "roll to generation {} aborted: {aborted}; {}",
+            end.generation,
+            keeps_serving(end)
+        ),
+    }
+}
+
+/// Which slots run which generation, when they do not all run one: `slots 0–1 run generation
+/// 3, slots 2–3 generation 2`; `None` when every slot runs the same one.
+fn slot_summary(end: &RollEnd) -> Option<String> {
+    let mut runs: Vec<(usize, usize, u64)> = Vec::new();
+    for (slot, &generation) in end.slots.iter().enumerate() {
+        match runs.last_mut() {
+            Some((_, last, run_generation)) if *run_generation == generation => *last = slot,
+            _ => runs.push((slot, slot, generation)),
+        }
+    }
+    if runs.len() < 2 {
+        return None;
+    }
+    let parts: Vec<String> = runs
+        .iter()
+        .enumerate()
+        .map(|(index, &(first, last, generation))| {
+            let slots = if first == last {
+                format!("slot {first}")
+            } else {
+                format!("slots {first}–{last}")
+            };
+            let verb = match (index, first == last) {
+                (0, true) => " runs",
+                (0, false) => " run",
+                _ => "",
+            };
+            format!("{slots}{verb} generation {generation}")
+        })
+        .collect();
+    Some(parts.join(", "))
+}
+
+/// What keeps serving after an aborted roll: one generation, or which slot runs which.
+fn keeps_serving(end: &RollEnd) -> String {
+    match slot_summary(end) {
+        None => format!("generation {} keeps serving", end.serving),
+        Some(summary) => format!(
+            "rolled {} of {} slots to generation {}; {summary}",
+            end.rolled, end.size, end.generation
+        ),
+    }
+}
+
+/// What a restart request hears of the roll that answers it; `stderr`: the failed
+/// replacement's last lines.
+pub(crate) fn restart_outcome(end: &RollEnd, stderr: Vec<String>) -> RestartOutcome {
+    match &end.aborted {
+        None => RestartOutcome::Rolled {
+            generation: end.generation,
+            duration_ms: status::millis(end.elapsed),
+        },
+        Some(aborted) => RestartOutcome::Aborted {
+            generation: end.generation,
+            why: format!("{aborted}; {}", keeps_serving(end)),
+            stderr,
+            slots: end.slots.clone(),
+        },
+    }
+}
+
+/// A stopping worker still alive a while after the stop signal (the core's
+/// `Action::Lingering`, with what the driver read of its connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lingering {
+    /// The worker.
+    pub(crate) worker: WorkerId,
+    /// How long since the stop signal.
+    pub(crate) since: std::time::Duration,
+    /// Its open TCP connections, as the driver counted them.
+    pub(crate) connections: usize,
+    /// How long until SIGKILL; `None` if it was sent already.
+    pub(crate) kill_in: Option<std::time::Duration>,
+    /// Another Ctrl-C kills it now.
+    pub(crate) ctrl_c_kills: bool,
+}
+
+/// The line of a lingering worker, so that a wait is never unexplained.
+pub(crate) fn lingering_line(lingering: &Lingering) -> String {
+    let mut line = format!(
+        "{} is still stopping {} after the stop signal",
+        long(lingering.worker),
+        human_duration(lingering.since)
+    );
+    if lingering.connections > 0 {
+        let _ = write!(
+            line,
+            " with {} open connection{}",
+            lingering.connections,
+            if lingering.connections == 1 { "" } else { "s" }
+        );
+    }
+    if let Some(kill_in) = lingering.kill_in {
+        let _ = write!(line, "; SIGKILL in {}", human_duration(kill_in));
+    }
+    if lingering.ctrl_c_kills {
+        line.push_str(" (Ctrl-C again to kill it now)");
+    }
+    line
+}
+
+/// A lifecycle fact of the master: a line for the terminal and a record for the followers,
+/// from the same fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lifecycle<'a> {
+    /// A worker became ready.
+    Ready(&'a WorkerReady),
+    /// A roll started.
+    RollStarted {
+        /// The generation it rolls in.
+        generation: u64,
+        /// How many workers it replaces.
+        size: usize,
+    },
+    /// A roll ended.
+    RollEnded(&'a RollEnd),
+    /// The master began to stop (its line is the core's [`Report::Stopping`]).
+    Stopping,
+}
+
+impl Lifecycle<'_> {
+    /// Its terminal line, if it has one of its own.
+    pub(crate) fn line(&self) -> Option<String> {
+        match self {
+            Lifecycle::Ready(ready) => Some(format!(
+                "w{} ready (pid {}, generation {}): {}",
+                ready.slot,
+                ready
+                    .pid
+                    .map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
+                ready.generation,
+                ready.how
+            )),
+            Lifecycle::RollStarted { generation, size } => Some(format!(
+                "rolling {} to generation {generation}",
+                workers(*size)
+            )),
+            Lifecycle::RollEnded(end) => Some(roll_ended(end)),
+            Lifecycle::Stopping => None,
+        }
+    }
+
+    /// Whether its line is a detail about one worker or one step, which a quieter front end
+    /// (dev mode, which says the same in its own lines) leaves out.
+    pub(crate) fn is_detail(&self) -> bool {
+        matches!(self, Lifecycle::Ready(_) | Lifecycle::RollStarted { .. })
+    }
+
+    /// Its record, for `mcluster events` and [`Handle::events`](crate::master::Handle::events).
+    pub(crate) fn record(&self) -> Record {
+        match self {
+            Lifecycle::Ready(ready) => Record::WorkerReady {
+                slot: ready.slot,
+                pid: ready.pid.map(|pid| pid.0),
+                generation: ready.generation,
+                how: ready.how.to_string(),
+            },
+            Lifecycle::RollStarted { generation, .. } => Record::RollStarted {
+                generation: *generation,
+            },
+            Lifecycle::RollEnded(end) => Record::RollEnded {
+                generation: end.generation,
+                completed: end.aborted.is_none(),
+                duration_ms: status::millis(end.elapsed),
+                aborted: end.aborted.as_ref().map(ToString::to_string),
+            },
+            Lifecycle::Stopping => Record::Stopping,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
