@@ -11,6 +11,30 @@
 //! mcluster as it comes (with its progress bar on a terminal), to say why a build waits when
 //! cargo blocks on a lock.
 //!
+//! # Its output, on the I/O loop
+//!
+//! A cargo build's stdout and stderr are read by two tasks on the master's I/O loop
+//! ([`IoLoop`]), never a thread, each through a fixed buffer of [`output::READ_CHUNK`], and
+//! what is kept of them is bounded whatever the build writes:
+//!
+//! - **stdout** (cargo's JSON messages) is read up to cargo's last message (`build-finished`),
+//!   a line at a time of at most [`MESSAGE_CAP`]: a longer line is skipped whole (and counted as
+//!   a message); only the binaries' artifacts are kept.
+//! - **stderr** is read to its end and passed on through the master's bounded writer
+//!   ([`output::build_output`]): while the master's stderr is slow the task waits for room (the
+//!   build then waits on its pipe); once it is stalled, what does not fit is dropped and
+//!   counted. Its last [`DIAGNOSTICS_KEPT`] bytes are kept for the pages; the lock wait is looked
+//!   for in lines of at most [`LOCK_LINE_CAP`].
+//!
+//! The outcome waits for the output, without blocking anyone: once the driver says the build
+//! exited ([`RunningBuild::exited`]), the output is complete when both pipes have ended (stderr
+//! passed on to the last byte, so that the line about the build comes after cargo's), or
+//! [`OUTPUT_GRACE`] after the exit, should something the build started hold a pipe open.
+//! [`RunningBuild::messages`] never waits: it answers `None` until then, and the callback given to
+//! [`BuildPlan::start`] is called once, from the loop, when the output is complete (the driver
+//! turns it into an input of its inbox). A shell build's stdout and stderr are the master's
+//! own: nothing is read.
+//!
 //! Cargo also says what to watch: `cargo metadata` where its packages are
 //! ([`BuildPlan::watch_roots`]) and the `[….metadata.mcluster]` tables ([`mcluster_tables`]),
 //! and the dep-info file of the binary which files the build read ([`build_inputs`]).

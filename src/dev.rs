@@ -142,7 +142,7 @@ impl DevLoop {
 
     /// The build process exited. Its outcome, if its output is complete already; else `None`,
     /// and the outcome comes from [`build_output_ended`](Self::build_output_ended) once it is
-    /// (at most a second later: see [`builder`](crate::builder)).
+    /// (at most a second later: see [`builder`]).
     pub(crate) fn build_exited(
         &mut self,
         end: ProcessEnd,

@@ -13,7 +13,8 @@
 //! # Threads and queues
 //!
 //! The driver runs on the thread that called [`Master::run`](crate::master::Master::run). The
-//! workers' output pipes and notify sockets are read by tasks on the I/O loop
+//! workers' output pipes and notify sockets (and a build's output, in dev mode: see
+//! [`builder`](crate::builder)) are read by tasks on the I/O loop
 //! ([`IoLoop`](crate::http::IoLoop), one thread, shared with the HTTP servers); signals come
 //! from one thread of their own ([`watch_signals`]); each of the master's streams has one
 //! writer thread ([`output`]). None of them grows with the number of workers or clients.
