@@ -11,6 +11,30 @@
 //! mcluster as it comes (with its progress bar on a terminal), to say why a build waits when
 //! cargo blocks on a lock.
 //!
+//! # Its output, on the I/O loop
+//!
+//! A cargo build's stdout and stderr are read by two tasks on the master's I/O loop
+//! ([`IoLoop`]), never a thread, each through a fixed buffer of [`output::READ_CHUNK`], and
+//! what is kept of them is bounded whatever the build writes:
+//!
+//! - **stdout** (cargo's JSON messages) is read up to cargo's last message (`build-finished`),
+//!   a line at a time of at most [`MESSAGE_CAP`]: a longer line is skipped whole (and counted as
+//!   a message); only the binaries' artifacts are kept.
+//! - **stderr** is read to its end and passed on through the master's bounded writer
+//!   ([`output::build_output`]): while the master's stderr is slow the task waits for room (the
+//!   build then waits on its pipe); once it is stalled, what does not fit is dropped and
+//!   counted. Its last [`DIAGNOSTICS_KEPT`] bytes are kept for the pages; the lock wait is looked
+//!   for in lines of at most [`LOCK_LINE_CAP`].
+//!
+//! The outcome waits for the output, without blocking anyone: once the driver says the build
+//! exited ([`RunningBuild::exited`]), the output is complete when both pipes have ended (stderr
+//! passed on to the last byte, so that the line about the build comes after cargo's), or
+//! [`OUTPUT_GRACE`] after the exit, should something the build started hold a pipe open.
+//! [`RunningBuild::messages`] never waits: it answers `None` until then, and the callback given to
+//! [`BuildPlan::start`] is called once, from the loop, when the output is complete (the driver
+//! turns it into an input of its inbox). A shell build's stdout and stderr are the master's
+//! own: nothing is read.
+//!
 //! Cargo also says what to watch: `cargo metadata` where its packages are
 //! ([`BuildPlan::watch_roots`]) and the `[….metadata.mcluster]` tables ([`mcluster_tables`]),
 //! and the dep-info file of the binary which files the build read ([`build_inputs`]).
@@ -20,17 +44,19 @@
 //! dependency cargo cannot read or resolve. Only the options are beyond a save, and
 //! `cargo metadata` of the workspace tells which it was (see [`BuildPlan::refused_option`]).
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::io::{self, BufRead, BufReader, Read as _};
+use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStderr, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread::{self, JoinHandle};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::net::unix::pipe::Receiver;
 
+use crate::http::IoLoop;
 use crate::{output, sys};
 
 /// How the project is built.
@@ -47,14 +73,20 @@ pub(crate) enum BuildPlan {
 }
 
 /// A build in flight.
-#[derive(Debug)]
 pub(crate) struct RunningBuild {
     pub(crate) pid: i32,
-    messages: Option<JoinHandle<Messages>>,
-    /// Disconnected once cargo's stderr is all passed on.
-    stderr_done: Option<mpsc::Receiver<()>>,
-    /// The end of cargo's stderr so far.
-    diagnostics: Arc<Mutex<Vec<u8>>>,
+    /// What the loop's tasks read of its output.
+    output: Arc<Output>,
+    /// The I/O loop its output is read on; `None` for a shell build, whose output is not read.
+    io_loop: Option<tokio::runtime::Handle>,
+}
+
+impl std::fmt::Debug for RunningBuild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningBuild")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What cargo said on stdout.
@@ -71,22 +103,135 @@ pub(crate) struct Messages {
 /// How much of a build's stderr is kept for the pages (the end of it).
 const DIAGNOSTICS_KEPT: usize = 64 * 1024;
 
+/// The longest line of cargo's messages read, in bytes: a longer one is skipped whole (and
+/// counted as a message). The one that matters, a binary's `compiler-artifact`, is far shorter.
+const MESSAGE_CAP: usize = 1024 * 1024;
+
+/// The longest piece of a line of the build's stderr looked at for cargo's wait on a lock.
+const LOCK_LINE_CAP: usize = 4 * 1024;
+
+/// How long the output of a build whose process exited may still take to end: a process the
+/// build started (a compiler cache server, say) may hold its pipes open for ever, and the
+/// outcome does not wait for it longer.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
+/// Called once, from the I/O loop, when a build's output is complete (see
+/// [`RunningBuild::messages`]); never once the build is dropped.
+pub(crate) type OnOutputEnd = Box<dyn FnOnce() + Send>;
+
 impl RunningBuild {
-    /// Cargo's messages, once the build has exited (none for a shell build). Its stderr is all
-    /// shown first (unless something it started keeps the pipe open for long), so that a line
-    /// about the build comes after cargo's.
-    pub(crate) fn messages(self) -> Messages {
-        if let Some(done) = &self.stderr_done {
-            let _ = done.recv_timeout(Duration::from_secs(1));
+    /// Says that the build process exited: its output is complete once its pipes end, or
+    /// [`OUTPUT_GRACE`] from now, whichever comes first.
+    pub(crate) fn exited(&self) {
+        if self.output.lock().complete {
+            return;
         }
-        let mut messages: Messages = self
-            .messages
-            .and_then(|thread| thread.join().ok())
-            .unwrap_or_default();
-        if let Ok(kept) = self.diagnostics.lock() {
-            messages.diagnostics = readable_diagnostics(&kept);
+        match &self.io_loop {
+            Some(io_loop) => {
+                let output = Arc::clone(&self.output);
+                io_loop.spawn(async move {
+                    tokio::time::sleep(OUTPUT_GRACE).await;
+                    output.complete();
+                });
+            }
+            None => self.output.complete(),
         }
-        messages
+    }
+
+    /// Cargo's messages (none for a shell build) and the end of the build's stderr, once its
+    /// output is complete: its stdout read up to cargo's last message and its stderr to its end
+    /// (all passed on to ours first, so that a line about the build comes after cargo's), or
+    /// [`OUTPUT_GRACE`] after [`exited`](Self::exited). `None` before; the callback given to
+    /// [`BuildPlan::start`] says when. Never waits.
+    pub(crate) fn messages(&self) -> Option<Messages> {
+        let mut output = self.output.lock();
+        if !output.complete {
+            return None;
+        }
+        let diagnostics = readable_diagnostics(output.diagnostics.make_contiguous());
+        Some(Messages {
+            artifacts: std::mem::take(&mut output.messages.artifacts),
+            count: output.messages.count,
+            diagnostics,
+        })
+    }
+}
+
+impl Drop for RunningBuild {
+    /// A cancelled build's output ends with nobody waiting for it: its readers go on to the end
+    /// of its pipes (passing on its stderr), and say nothing.
+    fn drop(&mut self) {
+        self.output.lock().on_end = None;
+    }
+}
+
+/// What the loop's tasks read of a build's output, shared with the driver's
+/// [`RunningBuild`]. Bounded: cargo's messages are read a line of at most [`MESSAGE_CAP`] at a
+/// time and only the artifacts kept; of stderr, the last [`DIAGNOSTICS_KEPT`] bytes.
+struct Output {
+    state: Mutex<OutputState>,
+}
+
+struct OutputState {
+    /// The pipes whose end the outcome waits for: stdout (up to cargo's last message) and
+    /// stderr.
+    open: u8,
+    /// Every pipe ended, or the grace after the exit passed.
+    complete: bool,
+    /// Told once, when `complete` is set.
+    on_end: Option<OnOutputEnd>,
+    messages: Messages,
+    /// The end of the build's stderr so far.
+    diagnostics: VecDeque<u8>,
+}
+
+impl Output {
+    fn new(open: u8, on_end: OnOutputEnd) -> Self {
+        Self {
+            state: Mutex::new(OutputState {
+                open,
+                complete: open == 0,
+                on_end: (open > 0).then_some(on_end),
+                messages: Messages::default(),
+                diagnostics: VecDeque::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutputState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One pipe ended: the output is complete when it was the last.
+    fn pipe_ended(&self) {
+        let mut state = self.lock();
+        state.open = state.open.saturating_sub(1);
+        let last = state.open == 0;
+        drop(state);
+        if last {
+            self.complete();
+        }
+    }
+
+    /// The output is complete: the waiting driver is told, once.
+    fn complete(&self) {
+        let mut state = self.lock();
+        state.complete = true;
+        let on_end = state.on_end.take();
+        drop(state);
+        if let Some(on_end) = on_end {
+            on_end();
+        }
+    }
+
+    /// Keeps the end of the build's stderr, at most [`DIAGNOSTICS_KEPT`] bytes.
+    fn keep(&self, bytes: &[u8]) {
+        let mut state = self.lock();
+        let kept = &mut state.diagnostics;
+        let bytes = &bytes[bytes.len().saturating_sub(DIAGNOSTICS_KEPT)..];
+        let over = (kept.len() + bytes.len()).saturating_sub(DIAGNOSTICS_KEPT);
+        kept.drain(..over);
+        kept.extend(bytes);
     }
 }
 
@@ -118,10 +263,22 @@ struct Target {
 }
 
 impl BuildPlan {
-    /// Starts the build.
-    pub(crate) fn start(&self, colour: bool) -> io::Result<RunningBuild> {
+    /// Starts the build; its output is read by tasks on the I/O loop, and `on_end` is called
+    /// when it is complete (see [`RunningBuild::messages`]).
+    pub(crate) fn start(&self, colour: bool, on_end: OnOutputEnd) -> io::Result<RunningBuild> {
+        // The pipes are open and on the loop before the build is spawned, so that nothing can
+        // fail once it runs.
+        let mut pipes = None;
         let mut command = match self {
             BuildPlan::Cargo { args, .. } => {
+                let io_loop = IoLoop::handle()?;
+                let (stdout_read, stdout) = sys::pipe()?;
+                let (stderr_read, stderr) = sys::pipe()?;
+                pipes = Some((
+                    output::loop_pipe(&io_loop, stdout_read)?,
+                    output::loop_pipe(&io_loop, stderr_read)?,
+                    io_loop,
+                ));
                 let mut command = Command::new(cargo());
                 command
                     .arg("build")
@@ -132,9 +289,9 @@ impl BuildPlan {
                         "--color=never"
                     })
                     .args(args)
-                    .stdout(Stdio::piped())
+                    .stdout(stdout)
                     // Passed on as it comes, watched for cargo waiting on a lock.
-                    .stderr(Stdio::piped());
+                    .stderr(stderr);
                 // Cargo shows its progress bar only on a terminal, which its stderr no longer is.
                 if std::env::var_os("CARGO_TERM_PROGRESS_WHEN").is_none()
                     && let Some((_, width)) = console::Term::stderr().size_checked()
@@ -157,39 +314,27 @@ impl BuildPlan {
         };
         command.stdin(Stdio::null()).process_group(0);
         sys::prepare_child(&mut command);
-        let mut child = command.spawn()?;
-        let messages = match child.stdout.take() {
-            Some(stdout) => Some(
-                thread::Builder::new()
-                    .name("build-messages".to_owned())
-                    .spawn(move || read_artifacts(stdout))?,
-            ),
-            None => None,
-        };
-        let diagnostics = Arc::new(Mutex::new(Vec::new()));
-        let stderr_done = match child.stderr.take() {
-            Some(stderr) => {
-                let (done, stderr_done) = mpsc::channel::<()>();
-                let kept = Arc::clone(&diagnostics);
-                // Not joined: it ends at EOF, when the build and whatever it started are gone.
-                thread::Builder::new()
-                    .name("build-stderr".to_owned())
-                    .spawn(move || {
-                        forward_stderr(stderr, &kept);
-                        drop(done);
-                    })?;
-                Some(stderr_done)
-            }
-            None => None,
-        };
-        let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
+        let child = command.spawn()?;
+        // The write ends are the build's alone now: the readers see their end when it (and
+        // whatever it started) is gone.
+        drop(command);
+        let pid = child.id().cast_signed();
         // The driver reaps every child itself; std's handle is not needed past this point.
         drop(child);
+        let Some((stdout, stderr, io_loop)) = pipes else {
+            return Ok(RunningBuild {
+                pid,
+                output: Arc::new(Output::new(0, on_end)),
+                io_loop: None,
+            });
+        };
+        let output = Arc::new(Output::new(2, on_end));
+        io_loop.spawn(read_messages(stdout, Arc::clone(&output)));
+        io_loop.spawn(forward_stderr(stderr, Arc::clone(&output)));
         Ok(RunningBuild {
             pid,
-            messages,
-            stderr_done,
-            diagnostics,
+            output,
+            io_loop: Some(io_loop),
         })
     }
 
@@ -545,40 +690,33 @@ fn cargo() -> OsString {
         .unwrap_or_else(|| "cargo".into())
 }
 
-/// Copies cargo's stderr to ours as it comes (colours and progress bar included), and says once
-/// in a line of its own why the build waits when cargo blocks on a lock.
-fn forward_stderr(mut stderr: ChildStderr, kept: &Mutex<Vec<u8>>) {
-    let mut buf = [0u8; 8192];
-    // The text since the last line cargo finished, while nothing has been said yet.
-    let mut pending: Option<Vec<u8>> = Some(Vec::new());
-    loop {
-        let n = match stderr.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        output::build_output(&buf[..n]);
-        if let Ok(mut kept) = kept.lock() {
-            kept.extend_from_slice(&buf[..n]);
-            if kept.len() > DIAGNOSTICS_KEPT {
-                let cut = kept.len() - DIAGNOSTICS_KEPT;
-                kept.drain(..cut);
-            }
-        }
-        let Some(text) = &mut pending else {
-            continue;
-        };
-        text.extend_from_slice(&buf[..n]);
-        while let Some(end) = text.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = text.drain(..=end).collect();
-            if let Some(line) = lock_wait_line(&String::from_utf8_lossy(&line)) {
+/// Passes the build's stderr on to ours as it comes (colours and progress bar included, through
+/// the bounded writer of [`output`]: while ours is slow, the build waits on its pipe; once ours
+/// is stalled, what does not fit is dropped and counted), keeps its end for the pages, and says
+/// once in a line of its own why the build waits when cargo blocks on a lock. Reads to the end
+/// of the pipe, even past the outcome (a process the build started may hold it).
+async fn forward_stderr(pipe: Receiver, shared: Arc<Output>) {
+    let mut buffer = vec![0u8; output::READ_CHUNK];
+    // Cargo's lines, in pieces of a bounded size, until a lock wait has been said.
+    let mut lines = Some(output::Lines::new(LOCK_LINE_CAP));
+    while let Some(read) = output::read_chunk(&pipe, &mut buffer).await {
+        let bytes = &buffer[..read];
+        shared.keep(bytes);
+        output::build_output(bytes.to_vec()).await;
+        if let Some(pending) = &mut lines {
+            let mut waits = None;
+            pending.push(bytes, &mut |text, _| {
+                if waits.is_none() {
+                    waits = lock_wait_line(text);
+                }
+            });
+            if let Some(line) = waits {
                 output::master_line(&line);
-                pending = None;
-                break;
+                lines = None;
             }
         }
     }
+    shared.pipe_ended();
 }
 
 /// A build's stderr as a page shows it: colours removed, of a progress bar (a line redrawn
@@ -620,13 +758,50 @@ fn lock_wait_line(cargo_line: &str) -> Option<String> {
     }
 }
 
-fn read_artifacts(stdout: ChildStdout) -> Messages {
-    let mut messages = Messages::default();
-    let artifacts = &mut messages.artifacts;
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
-        let Ok(message) = serde_json::from_str::<Message>(&line) else {
-            continue;
+/// Reads cargo's messages from its stdout up to its last one (`build-finished`), keeping the
+/// artifacts.
+async fn read_messages(pipe: Receiver, shared: Arc<Output>) {
+    let mut buffer = vec![0u8; output::READ_CHUNK];
+    let mut lines = output::Lines::new(MESSAGE_CAP);
+    let mut reader = MessageLines::default();
+    while !reader.finished {
+        let Some(read) = output::read_chunk(&pipe, &mut buffer).await else {
+            lines.finish(&mut |text, cut| reader.line(text, cut, &mut shared.lock().messages));
+            break;
+        };
+        let mut state = shared.lock();
+        lines.push(&buffer[..read], &mut |text, cut| {
+            reader.line(text, cut, &mut state.messages);
+        });
+    }
+    shared.pipe_ended();
+}
+
+/// Turns the lines of cargo's stdout into [`Messages`].
+#[derive(Debug, Default)]
+struct MessageLines {
+    /// In a line longer than [`MESSAGE_CAP`], which comes in pieces: skipped.
+    skipping: bool,
+    /// Cargo's last message came: what follows is not cargo's (a daemon a build script started,
+    /// a compiler cache server say, may hold the pipe open).
+    finished: bool,
+}
+
+impl MessageLines {
+    /// A line (or a `cut` piece of a longer one, see [`output::Lines`]).
+    fn line(&mut self, text: &str, cut: bool, messages: &mut Messages) {
+        if self.finished {
+            return;
+        }
+        if cut || self.skipping {
+            if !self.skipping {
+                messages.count += 1;
+            }
+            self.skipping = cut;
+            return;
+        }
+        let Ok(message) = serde_json::from_str::<Message>(text) else {
+            return;
         };
         messages.count += 1;
         match message.reason.as_str() {
@@ -634,20 +809,17 @@ fn read_artifacts(stdout: ChildStdout) -> Messages {
                 if let (Some(target), Some(executable)) = (message.target, message.executable)
                     && target.kind.iter().any(|kind| kind == "bin")
                 {
-                    artifacts.push(Artifact {
+                    messages.artifacts.push(Artifact {
                         name: target.name,
                         executable,
                         fresh: message.fresh,
                     });
                 }
             }
-            // cargo's last message: stop here, even if a daemon a build script started (a
-            // compiler cache server, say) keeps the pipe open.
-            "build-finished" => break,
+            "build-finished" => self.finished = true,
             _ => {}
         }
     }
-    messages
 }
 
 fn choose_executable(artifacts: &[Artifact], bin: Option<&str>) -> Result<Artifact, String> {
@@ -784,28 +956,107 @@ mod tests {
         );
     }
 
+    /// The messages in `stdout`, read `chunk` bytes at a time, lines of at most `cap` bytes.
+    fn messages_of(stdout: &[u8], chunk: usize, cap: usize) -> Messages {
+        let mut messages = Messages::default();
+        let mut lines = output::Lines::new(cap);
+        let mut reader = MessageLines::default();
+        for piece in stdout.chunks(chunk) {
+            lines.push(piece, &mut |text, cut| {
+                reader.line(text, cut, &mut messages);
+            });
+        }
+        lines.finish(&mut |text, cut| reader.line(text, cut, &mut messages));
+        messages
+    }
+
     #[test]
     fn artifacts_are_read_from_cargo_json_messages() {
-        let script = concat!(
-            r#"echo '{"reason":"compiler-artifact","target":{"name":"serde","kind":["lib"]},"executable":null}';"#,
-            r#"echo 'not json';"#,
-            r#"echo '{"reason":"compiler-artifact","target":{"name":"app","kind":["bin"]},"executable":"/t/app","fresh":true}';"#,
-            r#"echo '{"reason":"build-finished","success":true}'"#
+        let stdout = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"serde","kind":["lib"]},"executable":null}"#,
+            "\nnot json\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"app","kind":["bin"]},"executable":"/t/app","fresh":true}"#,
+            "\r\n",
+            r#"{"reason":"build-finished","success":true}"#,
+            "\n",
+            // Not cargo's: after its last message.
+            r#"{"reason":"compiler-artifact","target":{"name":"late","kind":["bin"]},"executable":"/t/late"}"#,
         );
-        // The script's stdout is piped, as cargo's is.
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let messages = read_artifacts(child.stdout.take().unwrap());
-        child.wait().unwrap();
         let fresh = Artifact {
             fresh: true,
             ..artifact("app")
         };
-        assert_eq!(messages.artifacts, [fresh]);
-        assert_eq!(messages.count, 3);
+        for chunk in [1, 7, 8192] {
+            let messages = messages_of(stdout.as_bytes(), chunk, MESSAGE_CAP);
+            assert_eq!(
+                messages.artifacts,
+                std::slice::from_ref(&fresh),
+                "chunk {chunk}"
+            );
+            assert_eq!(messages.count, 3, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_message_longer_than_the_cap_is_skipped_whole_and_counted() {
+        let app = r#"{"reason":"compiler-artifact","target":{"name":"app","kind":["bin"]},"executable":"/t/app"}"#;
+        let long = format!(
+            r#"{{"reason":"build-script-executed","env":"{}"}}"#,
+            "x".repeat(300)
+        );
+        // A long line that would parse as an artifact were it not cut.
+        let long_artifact = format!(
+            r#"{{"reason":"compiler-artifact","target":{{"name":"{}","kind":["bin"]}},"executable":"/t/x"}}"#,
+            "y".repeat(300)
+        );
+        let stdout = format!("{long}\n{long_artifact}\n{app}\n{long}");
+        let messages = messages_of(stdout.as_bytes(), 64, 128);
+        assert_eq!(messages.artifacts, [artifact("app")]);
+        assert_eq!(messages.count, 4);
+    }
+
+    #[test]
+    fn the_end_of_stderr_is_kept_within_its_bound() {
+        let output = Output::new(1, Box::new(|| {}));
+        output.keep(&vec![b'a'; DIAGNOSTICS_KEPT - 3]);
+        output.keep(b"bcdef");
+        output.keep(b"");
+        {
+            let mut state = output.lock();
+            let kept = state.diagnostics.make_contiguous();
+            assert_eq!(kept.len(), DIAGNOSTICS_KEPT);
+            assert!(kept.starts_with(b"aaa") && kept.ends_with(b"aabcdef"));
+        }
+        let mut flood = vec![b'x'; DIAGNOSTICS_KEPT * 3];
+        flood.extend_from_slice(b"end");
+        output.keep(&flood);
+        let mut state = output.lock();
+        let kept = state.diagnostics.make_contiguous();
+        assert_eq!(kept.len(), DIAGNOSTICS_KEPT);
+        assert!(kept.ends_with(b"xxend"));
+    }
+
+    #[test]
+    fn the_output_s_end_is_told_once_and_never_for_a_shell_build() {
+        let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = || {
+            let told = Arc::clone(&told);
+            Box::new(move || {
+                told.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }) as OnOutputEnd
+        };
+        let output = Output::new(2, counter());
+        output.pipe_ended();
+        assert!(!output.lock().complete);
+        output.pipe_ended();
+        assert!(output.lock().complete);
+        // The grace after the exit, too late.
+        output.complete();
+        assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A shell build's output is not read: complete from the start, nobody told.
+        let shell = Output::new(0, counter());
+        assert!(shell.lock().complete);
+        shell.complete();
+        assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid as NixPid;
 
-use crate::builder::{self, BuildPlan, RunningBuild};
+use crate::builder::{self, BuildPlan, OnOutputEnd, RunningBuild};
 use crate::cluster::ProcessEnd;
 use crate::leftover::{self, Here};
 use crate::sys::{Guard, Program};
@@ -37,6 +37,9 @@ pub(crate) struct DevLoop {
     builds_dir: Option<PathBuf>,
     /// The build process in flight, as the core numbered it.
     running: Option<(BuildId, RunningBuild)>,
+    /// The build whose process exited while its output was not complete yet: its outcome
+    /// waits for it.
+    exited: Option<ExitedBuild>,
     copies: u64,
     /// Every decision.
     pub(crate) core: DevCore,
@@ -56,6 +59,7 @@ impl DevLoop {
             watcher: None,
             builds_dir: None,
             running: None,
+            exited: None,
             copies: 0,
             core: DevCore::new(roots, assets),
         }
@@ -82,8 +86,14 @@ impl DevLoop {
     }
 
     /// Starts the build the core asked for; its own group, killed with the workers' should
-    /// the master die.
-    pub(crate) fn start_build(&mut self, build: BuildId, guard: &mut Guard) -> DevEvent {
+    /// the master die. `on_output_end` is called (from the I/O loop, once) when the build's
+    /// output is complete, for [`build_output_ended`](Self::build_output_ended).
+    pub(crate) fn start_build(
+        &mut self,
+        build: BuildId,
+        guard: &mut Guard,
+        on_output_end: OnOutputEnd,
+    ) -> DevEvent {
         let Some(plan) = &self.plan else {
             return DevEvent::BuildNotStarted {
                 build,
@@ -93,7 +103,7 @@ impl DevLoop {
         if self.clear {
             let _ = console::Term::stderr().clear_screen();
         }
-        match plan.start(console::colors_enabled_stderr()) {
+        match plan.start(console::colors_enabled_stderr(), on_output_end) {
             Ok(running) => {
                 guard.watch(running.pid);
                 self.running = Some((build, running));
@@ -114,23 +124,58 @@ impl DevLoop {
         }
     }
 
-    /// Kills the build the core cancelled; its pid, to be reaped as a stray.
+    /// Kills the build the core cancelled; its pid, to be reaped as a stray (none when its
+    /// process exited already and only its output was awaited).
     pub(crate) fn cancel_build(&mut self, build: BuildId) -> Option<i32> {
+        if self
+            .exited
+            .take_if(|exited| exited.build == build)
+            .is_some()
+        {
+            return None;
+        }
         let (_, running) = self.running.take_if(|(id, _)| *id == build)?;
         let _ = killpg(NixPid::from_raw(running.pid), Signal::SIGKILL);
         Some(running.pid)
     }
 
-    /// The build process exited: when (read before its output is drained, which may take a
-    /// while), what it said, its executable and what it read.
+    /// The build process exited. Its outcome, if its output is complete already; else `None`,
+    /// and the outcome comes from [`build_output_ended`](Self::build_output_ended) once it is
+    /// (at most a second later: see [`builder`]).
     pub(crate) fn build_exited(
         &mut self,
         end: ProcessEnd,
         latest: Option<&Program>,
     ) -> Option<(Instant, DevEvent)> {
         let (build, running) = self.running.take()?;
-        let (now, wall) = (Instant::now(), SystemTime::now());
-        let messages = running.messages();
+        running.exited();
+        self.exited = Some(ExitedBuild {
+            build,
+            running,
+            end,
+            now: Instant::now(),
+            wall: SystemTime::now(),
+        });
+        self.build_output_ended(latest)
+    }
+
+    /// The output of a build may be complete (told by the callback given to
+    /// [`start_build`](Self::start_build)): the outcome of the build whose process exited, if
+    /// its output is complete now: when it exited (not when its output ended), what it said,
+    /// its executable and what it read. `None` when no build waits for its output, or its
+    /// output is not complete yet.
+    pub(crate) fn build_output_ended(
+        &mut self,
+        latest: Option<&Program>,
+    ) -> Option<(Instant, DevEvent)> {
+        let messages = self.exited.as_ref()?.running.messages()?;
+        let ExitedBuild {
+            build,
+            end,
+            now,
+            wall,
+            ..
+        } = self.exited.take()?;
         let Some(plan) = self.plan.as_ref().filter(|_| end == ProcessEnd::Code(0)) else {
             let refused = self
                 .plan
@@ -266,6 +311,17 @@ impl DevLoop {
             }
         }
     }
+}
+
+/// A build whose process exited, waiting for the end of its output.
+struct ExitedBuild {
+    build: BuildId,
+    /// Its output, still being read.
+    running: RunningBuild,
+    end: ProcessEnd,
+    /// When it exited.
+    now: Instant,
+    wall: SystemTime,
 }
 
 impl Drop for DevLoop {

@@ -68,8 +68,8 @@ const MASTER_RESERVE: usize = 64 * 1024;
 /// How long one write to a stream may take before the stream counts as stalled.
 const STALLED: Duration = Duration::from_secs(1);
 
-/// How much of a worker's pipe is read at once.
-const READ_CHUNK: usize = 8 * 1024;
+/// How much of a child's pipe (a worker's, the build's) is read at once.
+pub(crate) const READ_CHUNK: usize = 8 * 1024;
 
 /// How long the end of a run waits for the queued lines to be written.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
@@ -146,11 +146,16 @@ fn write_line(stream: Stream, line: String) {
 
 /// A worker's line: waits for room while the stream is only slow, dropped once it is stalled.
 async fn write_worker_line(stream: Stream, line: String) {
+    write_waiting(stream, line.into_bytes()).await;
+}
+
+/// Output of a child of the master's (a worker's line, a piece of the build's output): waits for
+/// room while the stream is only slow, dropped and counted once it is stalled.
+async fn write_waiting(stream: Stream, mut line: Vec<u8>) {
     if QUEUED.load(Ordering::Acquire) == 0 {
-        stream.write_now(line.as_bytes());
+        stream.write_now(&line);
         return;
     }
-    let mut line = line.into_bytes();
     let writer = stream.writer();
     loop {
         let room = writer.room.notified();
@@ -165,24 +170,12 @@ async fn write_worker_line(stream: Stream, line: String) {
     }
 }
 
-/// A piece of cargo's output for the master's stderr, as it comes (not cut into lines, to keep
-/// its colours and progress bar), from the build's own thread: waits for room while stderr is
-/// only slow (cargo then waits on its pipe), dropped and counted once stderr is stalled.
-pub(crate) fn build_output(bytes: &[u8]) {
-    let stream = Stream::Stderr;
-    if QUEUED.load(Ordering::Acquire) == 0 {
-        stream.write_now(bytes);
-        return;
-    }
-    let writer = stream.writer();
-    let mut piece = bytes.to_vec();
-    loop {
-        match writer.try_push(piece, QUEUE_BYTES) {
-            Ok(()) => return,
-            Err(Full(back)) => piece = back,
-        }
-        writer.wait_for_room(piece.len(), QUEUE_BYTES, STALLED);
-    }
+/// A piece of the build's stderr for the master's stderr, as it comes (not cut into lines, to
+/// keep cargo's colours and progress bar), from a task on the I/O loop: waits for room while
+/// stderr is only slow (the build then waits on its pipe), dropped and counted once stderr is
+/// stalled.
+pub(crate) async fn build_output(piece: Vec<u8>) {
+    write_waiting(Stream::Stderr, piece).await;
 }
 
 /// Output given back: no room for it, and the stream is not stalled.
@@ -350,19 +343,6 @@ impl Writer {
         self.changed.notify_all();
     }
 
-    /// Waits until `len` bytes fit within `limit`, or an entry is taken off the queue, or
-    /// `timeout`.
-    fn wait_for_room(&self, len: usize, limit: usize, timeout: Duration) {
-        let queue = self.lock();
-        if queue.fits(len, limit) {
-            return;
-        }
-        let _ = self
-            .changed
-            .wait_timeout(queue, timeout)
-            .unwrap_or_else(PoisonError::into_inner);
-    }
-
     fn write_forever(&self) {
         let mut queue = self.lock();
         loop {
@@ -470,13 +450,10 @@ impl WorkerOutput {
         let (stderr_read, stderr) = pipe()?;
         let tail = Tail::default();
         let handle = IoLoop::handle()?;
-        let (stdout_read, stderr_read) = {
-            let _entered = handle.enter();
-            (
-                tokio::net::unix::pipe::Receiver::from_owned_fd(stdout_read)?,
-                tokio::net::unix::pipe::Receiver::from_owned_fd(stderr_read)?,
-            )
-        };
+        let (stdout_read, stderr_read) = (
+            loop_pipe(&handle, stdout_read)?,
+            loop_pipe(&handle, stderr_read)?,
+        );
         let readers = vec![
             handle.spawn(forward_lines(
                 stdout_read,
@@ -557,22 +534,10 @@ async fn forward_lines(pipe: tokio::net::unix::pipe::Receiver, sink: Sink) {
     let mut lines = Lines::new(LINE_CAP);
     // The lines of one chunk, written before the next chunk is read.
     let mut ready = Vec::new();
-    loop {
-        if pipe.readable().await.is_err() {
-            break;
-        }
-        match pipe.try_read(&mut buffer) {
-            Ok(0) => break,
-            Ok(read) => lines.push(&buffer[..read], &mut |text, cut| {
-                ready.push(sink.line(text, cut));
-            }),
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => break,
-        }
+    while let Some(read) = read_chunk(&pipe, &mut buffer).await {
+        lines.push(&buffer[..read], &mut |text, cut| {
+            ready.push(sink.line(text, cut));
+        });
         for line in ready.drain(..) {
             write_worker_line(sink.stream, line).await;
         }
@@ -580,6 +545,37 @@ async fn forward_lines(pipe: tokio::net::unix::pipe::Receiver, sink: Sink) {
     lines.finish(&mut |text, cut| ready.push(sink.line(text, cut)));
     for line in ready {
         write_worker_line(sink.stream, line).await;
+    }
+}
+
+/// The read end of a pipe (the master's side of a child's output), made non-blocking and
+/// registered with the I/O loop behind `handle`, to be read by [`read_chunk`] in a task there.
+pub(crate) fn loop_pipe(
+    handle: &tokio::runtime::Handle,
+    read_end: OwnedFd,
+) -> io::Result<tokio::net::unix::pipe::Receiver> {
+    let _entered = handle.enter();
+    tokio::net::unix::pipe::Receiver::from_owned_fd(read_end)
+}
+
+/// Reads what `pipe` holds into `buffer`, waiting on the loop (never blocking it) until it
+/// holds something: how many bytes came, or `None` at its end or on a read error.
+pub(crate) async fn read_chunk(
+    pipe: &tokio::net::unix::pipe::Receiver,
+    buffer: &mut [u8],
+) -> Option<usize> {
+    loop {
+        pipe.readable().await.ok()?;
+        match pipe.try_read(buffer) {
+            Ok(0) => return None,
+            Ok(read) => return Some(read),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return None,
+        }
     }
 }
 
@@ -595,13 +591,13 @@ fn capped(text: &str, cap: usize, marker: &str) -> String {
 /// every line, without its `\n` or `\r\n`, invalid UTF-8 replaced. A line longer than `cap`
 /// bytes comes in pieces of at most `cap` bytes, cut between characters, each but the last with
 /// `cut` set. Memory stays bounded by `cap`, whatever comes.
-struct Lines {
+pub(crate) struct Lines {
     cap: usize,
     line: Vec<u8>,
 }
 
 impl Lines {
-    fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         // Room for a whole line of `cap` bytes with its `\r\n`, so that it is not taken for a
         // longer one.
         Self {
@@ -610,7 +606,7 @@ impl Lines {
         }
     }
 
-    fn push(&mut self, mut bytes: &[u8], each: &mut impl FnMut(&str, bool)) {
+    pub(crate) fn push(&mut self, mut bytes: &[u8], each: &mut impl FnMut(&str, bool)) {
         let room = self.cap + 2;
         while !bytes.is_empty() {
             let take = (room - self.line.len()).min(bytes.len());
@@ -634,7 +630,7 @@ impl Lines {
     }
 
     /// The end: the last line had no newline.
-    fn finish(&mut self, each: &mut impl FnMut(&str, bool)) {
+    pub(crate) fn finish(&mut self, each: &mut impl FnMut(&str, bool)) {
         emit_pieces(&mut self.line, self.cap, each);
         if !self.line.is_empty() {
             each(&String::from_utf8_lossy(&self.line), false);

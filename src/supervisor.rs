@@ -13,7 +13,8 @@
 //! # Threads and queues
 //!
 //! The driver runs on the thread that called [`Master::run`](crate::master::Master::run). The
-//! workers' output pipes and notify sockets are read by tasks on the I/O loop
+//! workers' output pipes and notify sockets (and a build's output, in dev mode: see
+//! [`builder`](crate::builder)) are read by tasks on the I/O loop
 //! ([`IoLoop`](crate::http::IoLoop), one thread, shared with the HTTP servers); signals come
 //! from one thread of their own ([`watch_signals`]); each of the master's streams has one
 //! writer thread ([`output`]). None of them grows with the number of workers or clients.
@@ -22,7 +23,8 @@
 //! - **The inbox** holds at most: one [`Input::Notify`] per worker (its messages wait coalesced
 //!   in its notify socket until the driver takes them, see [`sd_notify`](crate::sd_notify)); one
 //!   [`Input::Signal`] per watched signal (a signal that arrives meanwhile is counted in it);
-//!   one [`Input::Changed`] per debounced batch of the watcher; and the requests of the
+//!   one [`Input::Changed`] per debounced batch of the watcher; one [`Input::BuildOutputEnded`]
+//!   per build, when its output ends; and the requests of the
 //!   [`Handle`](crate::master::Handle)s, one per call of the embedder, the control socket and
 //!   the metrics endpoint, which each answer a bounded number of clients at once. Nothing that
 //!   a worker or a stalled stream does can make it grow.
@@ -97,6 +99,9 @@ pub(crate) enum Input {
     Control(Control),
     /// Dev mode: files really changed (a debounced batch).
     Changed(Vec<PathBuf>),
+    /// Dev mode: the output of a build is complete, which its outcome may wait for (see
+    /// [`DevLoop::build_output_ended`]); at most one per build.
+    BuildOutputEnded,
 }
 
 /// Requests from [`Handle`](crate::master::Handle) (and the control socket, through one).
@@ -374,7 +379,11 @@ impl Supervisor<'_> {
                 };
                 match action {
                     DevAction::StartBuild(build) => {
-                        let started = dev.start_build(build, &mut self.guard);
+                        let events = self.events.clone();
+                        let on_output_end = Box::new(move || {
+                            let _ = events.send(Input::BuildOutputEnded);
+                        });
+                        let started = dev.start_build(build, &mut self.guard, on_output_end);
                         pending.push_back((Instant::now(), started));
                     }
                     DevAction::CancelBuild(build) => {
@@ -496,6 +505,13 @@ impl Supervisor<'_> {
                 Control::QuitHard(reply) => self.quit(state, true, reply),
             },
             Input::Changed(paths) => self.dev_event(state, DevLoop::changed(paths)),
+            Input::BuildOutputEnded => {
+                if let Some(dev) = &mut self.dev
+                    && let Some((now, event)) = dev.build_output_ended(self.spec.latest.as_ref())
+                {
+                    self.dev_event_at(state, now, event);
+                }
+            }
         }
     }
 

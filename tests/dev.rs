@@ -8,6 +8,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -398,6 +399,186 @@ fn a_save_during_a_build_restarts_it_and_one_roll_follows() {
         master.dump()
     );
     assert_eq!(build.builds_started(), 3, "{}", master.dump());
+}
+
+/// A stand-in for cargo (`$CARGO`): `cargo build` waits for a gate file, floods its stderr,
+/// writes one endless line on stdout, then says it built a binary (a copy of `fixture-echo`,
+/// another one each build) and ends its stderr with a line of its own; anything else is the
+/// real cargo's.
+struct FloodingCargo {
+    /// The gate, the builds' log and the binaries: not watched.
+    control: TempDir,
+    /// The project the master watches.
+    project: TempDir,
+}
+
+/// How much the stand-in cargo writes to stderr per build, in lines of 64 KiB: 16 times the
+/// queue of the master's stderr.
+const FLOOD_STDERR_LINES: usize = 64;
+
+/// How long the one line the stand-in cargo writes to stdout before its messages is.
+const FLOOD_STDOUT_LINE: usize = 32 * 1024 * 1024;
+
+/// The master's memory budget while builds flood it: what it holds of a build's output is
+/// bounded far below the flood (a line of cargo's messages, the end of its stderr, the queue of
+/// the master's stderr).
+const BUILD_FLOOD_PEAK_MAX: u64 = 32 * 1024 * 1024;
+
+impl FloodingCargo {
+    fn new() -> Self {
+        let control = TempDir::new().unwrap();
+        let project = TempDir::new().unwrap();
+        fs::create_dir(project.path().join("src")).unwrap();
+        fs::write(
+            project.path().join("Cargo.toml"),
+            "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+        )
+        .unwrap();
+        fs::write(project.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+        fs::write(control.path().join("gate"), "").unwrap();
+        let ctl = crate::support::script::quote(control.path());
+        let fixture = crate::support::script::quote(&fixture("fixture-echo"));
+        let script = format!(
+            r#"#!/bin/sh
+[ "$1" = build ] || exec "$REAL_CARGO" "$@"
+echo started >> {ctl}/builds.log
+n=$(wc -l < {ctl}/builds.log)
+while [ ! -e {ctl}/gate ]; do sleep 0.02; done
+yes "$(head -c 65535 /dev/zero | tr '\0' e)" | head -n {FLOOD_STDERR_LINES} >&2
+head -c {FLOOD_STDOUT_LINE} /dev/zero | tr '\0' o
+echo
+mkdir -p {ctl}/b$n
+cat {fixture} > {ctl}/b$n/app
+echo "$n" >> {ctl}/b$n/app
+chmod +x {ctl}/b$n/app
+printf '{{"reason":"compiler-artifact","target":{{"name":"app","kind":["bin"]}},"executable":"%s/b%s/app","fresh":false}}\n' {ctl} "$n"
+echo '{{"reason":"build-finished","success":true}}'
+echo "stand-in cargo: build $n done" >&2
+"#
+        );
+        let cargo = control.path().join("cargo");
+        fs::write(&cargo, script).unwrap();
+        fs::set_permissions(&cargo, fs::Permissions::from_mode(0o755)).unwrap();
+        Self { control, project }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.control.path().join(name)
+    }
+
+    fn builds_started(&self) -> usize {
+        fs::read_to_string(self.path("builds.log")).map_or(0, |log| log.lines().count())
+    }
+
+    fn master(&self) -> MasterBuilder {
+        let manifest = self.project.path().join("Cargo.toml");
+        MasterBuilder::raw(&[
+            "dev",
+            "-l",
+            "127.0.0.1:0",
+            "-n",
+            "1",
+            "--ready",
+            "notify",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+        ])
+        .env("CARGO", self.path("cargo"))
+        .env("REAL_CARGO", env!("CARGO"))
+        .env("APP_ENV", "dev")
+    }
+}
+
+/// A field of `/proc/PID/status` (`Threads:`, `VmHWM:` in kB) as a number.
+#[track_caller]
+fn proc_status(pid: i32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
+}
+
+/// Whether the master's stderr shows a line containing `first` before one containing `then`.
+/// Lines the master dropped (its stderr, read by the harness, stalled on a busy machine) may be
+/// either: then only `then` is looked for.
+#[track_caller]
+fn comes_before(master: &Master, first: &str, then: &str) -> bool {
+    let lines = master.stderr_lines();
+    let at = |needle: &str| lines.iter().position(|line| line.contains(needle));
+    let dropped = at(" dropped: stderr did not keep up").is_some();
+    match (at(first), at(then)) {
+        (Some(first), Some(then)) => first < then,
+        (None, Some(_)) => dropped,
+        _ => false,
+    }
+}
+
+/// The build's output is read on the master's I/O loop: a build adds no thread to the master,
+/// a flood on its stderr and an endless line on its stdout leave the master small, its binary is
+/// still found and rolled in, and cargo's stderr is all passed on before the build's outcome.
+#[test]
+fn a_flooding_build_costs_the_master_no_thread_and_little_memory() {
+    let cargo = FloodingCargo::new();
+    let master = cargo.master().start();
+    master.wait_for_stderr(&crate::support::all_ready(1));
+    let pid = master.pid();
+    assert!(
+        comes_before(&master, "stand-in cargo: build 1 done", "built in "),
+        "cargo's stderr comes before the outcome\n{}",
+        master.dump()
+    );
+    let threads = proc_status(pid, "Threads:");
+
+    fs::remove_file(cargo.path("gate")).unwrap();
+    fs::write(cargo.project.path().join("src/main.rs"), "fn main() { }\n").unwrap();
+    master.wait_until("the second build to start", || cargo.builds_started() == 2);
+    let during = proc_status(pid, "Threads:");
+    eprintln!("master threads: {threads} before a build, {during} during it");
+    assert!(
+        during <= threads,
+        "the master runs {during} threads during a build, {threads} before\n{}",
+        master.dump()
+    );
+
+    fs::write(cargo.path("gate"), "").unwrap();
+    let rolled = master.wait_for_stderr(" → rolled 1 worker in ");
+    assert!(rolled.contains("main.rs changed → built in "), "{rolled}");
+    assert!(
+        comes_before(
+            &master,
+            "stand-in cargo: build 2 done",
+            " → rolled 1 worker in "
+        ),
+        "{}",
+        master.dump()
+    );
+    assert_eq!(echo(master.port(), "x").generation, 2, "{}", master.dump());
+    let flood_lines = master
+        .stderr_lines()
+        .iter()
+        .filter(|line| line.starts_with("eeee"))
+        .count();
+    // A line of the master's own may come between two pieces of one of cargo's; fewer only if
+    // the harness stalled the master's stderr and the master said it dropped some.
+    let dropped = count(&master, " dropped: stderr did not keep up");
+    eprintln!("cargo's flood lines passed on: {flood_lines}, drop notices: {dropped}");
+    assert!(
+        flood_lines >= 2 * FLOOD_STDERR_LINES || dropped > 0,
+        "{flood_lines} of cargo's lines passed on, none said dropped"
+    );
+    let peak = proc_status(pid, "VmHWM:") * 1024;
+    eprintln!(
+        "master peak RSS after two flooding builds: {} KiB",
+        peak / 1024
+    );
+    assert!(
+        peak < BUILD_FLOOD_PEAK_MAX,
+        "the master peaked at {} KiB\n{}",
+        peak / 1024,
+        master.dump()
+    );
 }
 
 #[test]
