@@ -1023,12 +1023,13 @@ fn pages_that_never_read_do_not_hold_up_replacing_a_worker_after_broken_builds()
             .and_then(|pid| i32::try_from(pid).ok())
             .unwrap_or_else(|| panic!("no ready worker in slot {slot}: {status}"));
         let seen = events.lock().unwrap().len();
+        // Taken first: the test may lose the CPU right after kill(2).
+        let killed = Instant::now();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(victim),
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
-        let killed = Instant::now();
         let mut replaced = None;
         master.wait_until("the killed worker's replacement to be ready", || {
             replaced = events.lock().unwrap()[seen..]
