@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
@@ -89,13 +89,18 @@ impl Project {
 
     /// `mcluster dev` on this project, 2 workers, on a free port, with more options.
     fn master_with(&self, options: &[&str]) -> MasterBuilder {
+        self.master_of("2", options)
+    }
+
+    /// `mcluster dev` on this project, `size` workers, on a free port, with more options.
+    fn master_of(&self, size: &str, options: &[&str]) -> MasterBuilder {
         let manifest = self.manifest();
         let mut args = vec![
             "dev",
             "-l",
             "127.0.0.1:0",
             "-n",
-            "2",
+            size,
             "--manifest-path",
             manifest.to_str().unwrap(),
         ];
@@ -989,4 +994,278 @@ fn a_dev_master_that_cannot_start_writes_nothing_into_the_project() {
         .collect();
     left.sort();
     assert_eq!(left, ["Cargo.toml", "src"], "{}", master.dump());
+}
+
+/// The address of the dev master's live-reload channel, from its `live reload on` line.
+#[track_caller]
+fn livereload_address(master: &Master) -> SocketAddr {
+    let line = master.wait_for_stderr("mcluster: live reload on ");
+    line.strip_prefix("mcluster: live reload on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|address| address.trim_end_matches(['(', ',', ':']).parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// A function of `main.rs` with `count` type errors, each naming `round`: a build of it fails
+/// with long diagnostics (far more than the 64 KiB the master keeps for the pages).
+fn broken_function(round: usize, count: usize) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::from("\nfn broken() {\n");
+    for error in 0..count {
+        writeln!(
+            text,
+            "    let _: u32 = \"round {round}, error {error} of a long diagnostic\";"
+        )
+        .unwrap();
+    }
+    text.push_str("}\n");
+    text
+}
+
+/// One request to the master's control socket `control`; its (first) reply.
+fn control_request(control: &Path, command: &str) -> serde_json::Value {
+    use std::io::BufRead as _;
+    let mut stream = std::os::unix::net::UnixStream::connect(control).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    writeln!(stream, "{{\"command\":\"{command}\"}}").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// The master's events (`mcluster events`, on its control socket), each with when it was read,
+/// as they come; collected by a thread of their own until the master closes the stream.
+fn follow_events(control: &Path) -> Arc<Mutex<Vec<(Instant, serde_json::Value)>>> {
+    use std::io::BufRead as _;
+    let mut stream = std::os::unix::net::UnixStream::connect(control).unwrap();
+    writeln!(stream, "{{\"command\":\"events\"}}").unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut reply = String::new();
+    reader.read_line(&mut reply).unwrap();
+    assert!(reply.contains("\"following\":true"), "{reply}");
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let collected = Arc::clone(&records);
+    thread::spawn(move || {
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            let record = serde_json::from_str(&line).unwrap_or_default();
+            collected.lock().unwrap().push((Instant::now(), record));
+        }
+    });
+    records
+}
+
+/// Reads the response to `GET /events` on `page` until `wanted` `error-overlay` events came (or
+/// the master closed the stream, or nothing came for a long while); returns their data.
+fn overlays_read(page: &mut TcpStream, wanted: usize) -> Vec<String> {
+    use std::io::BufRead as _;
+    page.set_read_timeout(Some(Duration::from_mins(1))).unwrap();
+    let mut reader = std::io::BufReader::new(page);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        match reader.read_line(&mut head) {
+            Ok(0) | Err(_) => return Vec::new(),
+            Ok(_) => {}
+        }
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let mut body = Vec::new();
+    let mut overlays = Vec::new();
+    while overlays.len() < wanted {
+        // One chunk (or, unchunked, what comes) at a time.
+        let mut piece = vec![0; 64 * 1024];
+        let read = if chunked {
+            let mut size = String::new();
+            if reader.read_line(&mut size).unwrap_or(0) == 0 {
+                break;
+            }
+            let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+                break;
+            };
+            piece.resize(size + 2, 0);
+            if size == 0 || reader.read_exact(&mut piece).is_err() {
+                break;
+            }
+            size
+        } else {
+            match reader.read(&mut piece) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => read,
+            }
+        };
+        body.extend_from_slice(&piece[..read]);
+        // Complete events only: each ends with a blank line.
+        while let Some(end) = body.windows(2).position(|pair| pair == b"\n\n") {
+            let event = String::from_utf8_lossy(&body[..end]).into_owned();
+            body.drain(..end + 2);
+            if let Some(data) = event
+                .strip_prefix("event: error-overlay\ndata: ")
+                .map(ToOwned::to_owned)
+            {
+                overlays.push(data);
+            }
+        }
+    }
+    overlays
+}
+
+/// Issue 17's acceptance: with 8 pages that never read (a small receive window) and broken
+/// cargo builds with long diagnostics, a worker killed (SIGKILL) right after each build's last
+/// line is replaced, and every page still gets every build's overlay once it reads. How long
+/// each replacement took is printed (the issue's figure: within 2 s; 6.5 s before it, when the
+/// master's driver wrote to each page itself, waiting up to 500 ms for each): the timed target
+/// is the benchmark's, this test asserts what makes it possible.
+///
+/// A driver that waited for the pages without a bound would never replace the worker (the
+/// pages read only at the end); one that waited with a bound and then gave up on them, as the
+/// old one did, cuts the first overlay off in the middle (`628d801`'s master: replaced after
+/// 12 s, and no page got one whole overlay). Three overlays are well within a page's queue
+/// (`QUEUE` in `src/http.rs`), so none is dropped here: each page has all three.
+#[test]
+fn pages_that_never_read_do_not_hold_up_replacing_a_worker_after_broken_builds() {
+    const PAGES: usize = 8;
+    const ROUNDS: usize = 3;
+    const ERRORS: usize = 400;
+    let _cargo = cargo_lock();
+    let project = Project::new();
+    let original = fs::read_to_string(project.main_rs()).unwrap();
+    let sockets = TempDir::new().unwrap();
+    let control = sockets.path().join("control.sock");
+    // A slot per round: each killed worker is its slot's first failure, restarted at once (a
+    // second one in a row would wait for the crash-loop backoff).
+    let mut master = project
+        .master_of(
+            &ROUNDS.to_string(),
+            &["--control", control.to_str().unwrap()],
+        )
+        .start();
+    let live = livereload_address(&master);
+    master.wait_for_stderr(&format!("mcluster: all {ROUNDS} workers ready in "));
+    // The dev master says nothing of single workers: their births are in its events.
+    let events = follow_events(&control);
+
+    let events_request = format!(
+        "GET /events HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+        live.port()
+    );
+    let mut pages: Vec<TcpStream> = (0..PAGES)
+        .map(|_| crate::support::net::stalled_client(live, &events_request))
+        .collect();
+    // Two LiveReload extensions beside them (the protocol has no overlay: they hear nothing
+    // of a failed build, and must cost nothing either).
+    let websocket = format!(
+        "GET /livereload HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        live.port()
+    );
+    let mut extensions: Vec<TcpStream> = (0..2)
+        .map(|_| crate::support::net::stalled_client(live, &websocket))
+        .collect();
+    // Every client answered (so subscribed: a page is, before its answer is written); peeking
+    // reads nothing, the windows stay as they are.
+    for client in pages.iter().chain(&extensions) {
+        client.set_nonblocking(true).unwrap();
+        master.wait_until("the live-reload channel to answer a client", || {
+            client.peek(&mut [0; 1]).is_ok_and(|read| read > 0)
+        });
+        client.set_nonblocking(false).unwrap();
+    }
+
+    let mut took = Vec::new();
+    for round in 1..=ROUNDS {
+        let mark = master.stderr_mark();
+        fs::write(
+            project.main_rs(),
+            format!("{original}{}", broken_function(round, ERRORS)),
+        )
+        .unwrap();
+        // cargo's last line: the build is ending, and the master is about to tell the pages.
+        // (Its own `build failed` line instead, in case the master dropped cargo's line.)
+        let (mark, last) =
+            master.wait_for_stderr_where(mark, "the broken build's last line", |line| {
+                line.contains("could not compile") || line.contains("mcluster: build failed")
+            });
+        let slot = round - 1;
+        let status = control_request(&control, "status");
+        let victim = status["status"]["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|worker| worker["slot"] == slot && worker["state"] == "ready")
+            .and_then(|worker| worker["pid"].as_i64())
+            .and_then(|pid| i32::try_from(pid).ok())
+            .unwrap_or_else(|| panic!("no ready worker in slot {slot}: {status}"));
+        let seen = events.lock().unwrap().len();
+        // Taken first: the test may lose the CPU right after kill(2).
+        let killed = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let mut replaced = None;
+        master.wait_until("the killed worker's replacement to be ready", || {
+            replaced = events.lock().unwrap()[seen..]
+                .iter()
+                .find(|(_, record)| {
+                    record["event"] == "worker_ready"
+                        && record["slot"] == slot
+                        && record["pid"]
+                            .as_i64()
+                            .is_some_and(|pid| pid != i64::from(victim))
+                })
+                .cloned();
+            replaced.is_some()
+        });
+        let (at, record) = replaced.unwrap();
+        took.push(at.saturating_duration_since(killed));
+        eprintln!(
+            "round {round}: slot {slot}'s worker (pid {victim}) SIGKILLed after {last:?}, \
+             replaced in {:?}: {record}",
+            took[round - 1]
+        );
+        let (_, failed) = master.wait_for_stderr_after(mark, "build failed");
+        assert!(failed.ends_with("generation 1 keeps serving"), "{failed}");
+    }
+    eprintln!(
+        "{PAGES} pages that never read, {ROUNDS} broken builds with {ERRORS} errors: a worker \
+         SIGKILLed right after each build replaced in {took:?}"
+    );
+    assert!(get_ok(master.port()).starts_with("Hello from worker"));
+
+    // The pages read at last: each gets the three overlays, in order, whole.
+    for (index, page) in pages.iter_mut().enumerate() {
+        let overlays = overlays_read(page, ROUNDS);
+        assert_eq!(
+            overlays.len(),
+            ROUNDS,
+            "page {index} got {} whole overlays of {ROUNDS}\n{}",
+            overlays.len(),
+            master.dump()
+        );
+        for (round, overlay) in (1..).zip(&overlays) {
+            assert!(
+                overlay.contains("build failed") && overlay.contains(&format!("round {round}, ")),
+                "page {index}, overlay {round}: {}",
+                overlay.chars().take(300).collect::<String>()
+            );
+        }
+    }
+    for extension in &mut extensions {
+        extension
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut head = [0; 12];
+        extension.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 101");
+    }
+    stop_gracefully(&mut master);
 }

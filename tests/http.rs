@@ -121,6 +121,10 @@ fn never_read_streams_cost_at_most_100_fds_and_the_script_is_answered() {
     );
     assert!(script.starts_with("HTTP/1.1 200"), "{script}");
     let during = fds(&master);
+    eprintln!(
+        "300 never-read streams: the master holds {during} fds ({before} before them, +{})",
+        during.saturating_sub(before)
+    );
     assert!(
         during <= before + 100,
         "300 streams cost {} fds\n{}",
@@ -142,6 +146,10 @@ fn streams_closed_by_their_pages_leave_no_fd_behind() {
     master.wait_until("the master to close the streams its pages closed", || {
         fds(&master) <= before
     });
+    eprintln!(
+        "500 streams opened and closed: the master holds {} fds ({before} before them)",
+        fds(&master)
+    );
 }
 
 /// A page of another origin cannot read the stream (no `Access-Control-Allow-Origin` for it:
@@ -385,6 +393,11 @@ fn waiting_connections_at_the_fd_limit_cost_little_cpu() {
         u32::try_from(ticks_per_second).unwrap(),
     );
     let share = f64::from(used) / (start.elapsed().as_secs_f64() * f64::from(ticks_per_second));
+    eprintln!(
+        "at its fd limit ({LIMIT}) with {CLIENTS} clients waiting: the master used {:.1} % of a \
+         core",
+        share * 100.0
+    );
     assert!(
         share < 0.2,
         "the master used {:.0} % of a core at its fd limit\n{}",

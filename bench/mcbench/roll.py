@@ -33,6 +33,15 @@ RB_CLIENTS = 4
 RB_GAP = 1.0  # between two rolls (of load, under load)
 RB_BUDGET = 150.0
 RB_BASELINE_BUDGET = 60.0  # more seconds when a baseline (`--baseline REV`) is measured too
+# The master's pacing of its probes of starting workers (`PROBE_INTERVAL`, `PROBE_INTERVAL_MAX`
+# in src/cluster.rs): rounds PROBE_INTERVAL × ⌈n/2⌉ apart for n starting workers, at most the max.
+RB_PROBE_INTERVAL = 0.010
+RB_PROBE_INTERVAL_MAX = 0.050
+
+
+def probe_round(starting: int) -> float:
+    """Seconds between two rounds of probes with `starting` workers starting at once."""
+    return min(RB_PROBE_INTERVAL * -(-starting // 2), RB_PROBE_INTERVAL_MAX)
 
 GUNICORN_BOOT_APP = '''\
 import os
@@ -401,9 +410,12 @@ def rb_report(rb: dict, notes: list[str]) -> list[str]:
             lines.append(
                 f"- The master's probing grows with the number of workers starting at once: {pct(eight)} of a core while "
                 f"{RB_SIZE} boot, i.e. {pct(eight / RB_SIZE)} per starting worker, against {pct(one_share)} while one boots "
-                f"alone. mcluster probes each starting worker every 10 ms (`PROBE_INTERVAL` in src/supervisor.rs), so this "
-                f"is about {eight / RB_SIZE * 10_000:.0f} µs of master CPU per probe of one worker with {RB_SIZE} starting "
-                f"({one_share * 10_000:.0f} µs per 10 ms tick with one), wake-up of the master's loop included."
+                f"alone. mcluster probes the starting workers in rounds, {probe_round(1) * 1000:.0f} ms apart for one and "
+                f"{probe_round(RB_SIZE) * 1000:.0f} ms apart for {RB_SIZE} (`PROBE_INTERVAL` × ⌈n/2⌉, at most "
+                f"`PROBE_INTERVAL_MAX`, in src/cluster.rs), so this is about "
+                f"{eight * probe_round(RB_SIZE) / RB_SIZE * 1e6:.0f} µs of master CPU per probe of one worker with "
+                f"{RB_SIZE} starting ({one_share * probe_round(1) * 1e6:.0f} µs with one), the scans of `/proc` for each "
+                f"worker's other group members and the wake-up of the master's loop included."
             )
     for name in names:
         r = rb.get(name)

@@ -218,3 +218,34 @@ pub(crate) fn http_get(port: u16) -> std::io::Result<String> {
     stream.read_to_string(&mut response)?;
     Ok(response)
 }
+
+/// A client of `address` (IPv4) with a receive buffer as small as the kernel allows and a small
+/// segment size, that has sent `request` and will read nothing until the test says so: a page
+/// that never reads, whose window closes after a few KiB. The segment size is a slow link's:
+/// the kernel sizes the server's send buffer from it (twice ten segments), so a few dozen KiB
+/// fill that buffer too, where loopback's 64 KiB segments would let it take over a MiB.
+pub(crate) fn stalled_client(address: SocketAddr, request: &str) -> TcpStream {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(v4) = address else {
+        panic!("stalled_client handles IPv4 addresses only: {address}")
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    // Before connect(2): the window offered in the handshake follows the buffer.
+    setsockopt(&fd, sockopt::RcvBuf, &2048).expect("SO_RCVBUF");
+    setsockopt(&fd, sockopt::TcpMaxSeg, &536).expect("TCP_MAXSEG");
+    connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).expect("connect");
+    let mut stream = TcpStream::from(fd);
+    stream
+        .write_all(request.as_bytes())
+        .expect("send the request");
+    stream
+}
