@@ -36,7 +36,6 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -45,7 +44,7 @@ use crate::config::Error;
 use crate::http::IoLoop;
 use crate::leftover::{self, Here};
 use crate::listener::MAX_UNIX_PATH;
-use crate::supervisor::Input;
+use crate::supervisor::{Input, ToDriver};
 
 /// The file that marks a directory as a master's notify directory.
 const MARKER: &str = "mcluster-notify";
@@ -141,7 +140,7 @@ impl NotifyDir {
         &self,
         key: WorkerKey,
         slot: usize,
-        events: Sender<Input>,
+        events: ToDriver,
     ) -> io::Result<NotifySocket> {
         let path = self.path.join(format!("w{slot}-{}.sock", key.0));
         let socket = UnixDatagram::bind(&path)?;
@@ -343,7 +342,7 @@ async fn read_messages(
     socket: tokio::net::UnixDatagram,
     key: WorkerKey,
     pending: Arc<Mutex<Coalesced>>,
-    events: Sender<Input>,
+    events: ToDriver,
 ) {
     let mut buffer = vec![0u8; MESSAGE_MAX];
     loop {
@@ -377,19 +376,33 @@ pub(crate) fn status(message: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use crate::leftover::Owner;
-    use std::sync::mpsc;
     use std::time::Duration;
+
+    /// The next input, within 10 s; `None` once every sender is gone.
+    fn next_input(inbox: &mut crate::supervisor::Inbox) -> Option<Input> {
+        use tokio::sync::mpsc::error::TryRecvError;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match inbox.try_recv() {
+                Ok(input) => return Some(input),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            assert!(std::time::Instant::now() < deadline, "no input");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 
     #[test]
     fn messages_are_coalesced_and_closing_ends_the_reader() {
         let dir = NotifyDir::create().unwrap();
-        let (tx, rx) = mpsc::channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let socket = dir.open(WorkerKey(7), 0, tx).unwrap();
         let client = UnixDatagram::unbound().unwrap();
         client
             .send_to(b"READY=1\nSTATUS=up", socket.path())
             .unwrap();
-        let Input::Notify { key } = rx.recv_timeout(Duration::from_secs(10)).unwrap() else {
+        let Input::Notify { key } = next_input(&mut rx).unwrap() else {
             panic!("expected a notify message");
         };
         assert_eq!(key, WorkerKey(7));
@@ -409,9 +422,8 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{} held", held());
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(
-            rx.try_iter().count(),
-            0,
+        assert!(
+            rx.try_recv().is_err(),
             "woken again before the driver took any"
         );
         let taken = socket.take();
@@ -426,17 +438,14 @@ mod tests {
         // Taken: the next message wakes the driver again.
         client.send_to(b"WATCHDOG=1", socket.path()).unwrap();
         assert!(matches!(
-            rx.recv_timeout(Duration::from_secs(10)),
-            Ok(Input::Notify { key: WorkerKey(7) })
+            next_input(&mut rx),
+            Some(Input::Notify { key: WorkerKey(7) })
         ));
         let path = socket.path().to_owned();
         drop(socket);
         assert!(!path.exists());
         // The reader task dropped its sender: the channel disconnects.
-        assert!(matches!(
-            rx.recv_timeout(Duration::from_secs(10)),
-            Err(mpsc::RecvTimeoutError::Disconnected)
-        ));
+        assert!(next_input(&mut rx).is_none());
         let dir_path = dir.path.clone();
         drop(dir);
         assert!(!dir_path.exists());
