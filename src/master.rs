@@ -285,6 +285,10 @@ impl Master {
     /// A worker that sends faster than the master handles them (more than 64 messages between
     /// two turns of its loop) has the rest counted in one line of the master's instead: its
     /// `READY=1`, `WATCHDOG=1`, `STOPPING=1` and latest `STATUS=` still count.
+    ///
+    /// It runs on the master's one I/O thread, in the supervision loop: it must return quickly
+    /// (hand the message to a thread or a channel of your own for anything slow). While it runs,
+    /// the master supervises nothing, serves no request and reads no worker's output.
     #[must_use]
     pub fn on_message(mut self, handler: impl FnMut(usize, &str) + Send + 'static) -> Self {
         self.on_message = Some(Box::new(handler));
@@ -317,6 +321,10 @@ impl Master {
 
     /// Validates the settings, binds the listeners, runs the cluster until it is stopped, and
     /// removes what it created. Bad input is an error before any worker is spawned.
+    ///
+    /// The cluster runs on the master's I/O thread (one for the whole process, shared by every
+    /// master it runs); the calling thread waits for the end. Any thread may call it, a thread
+    /// of a tokio runtime too (it then blocks that thread, as any blocking call does).
     pub fn run(self) -> Result<Outcome, Error> {
         // From here to the return, a stalled stderr or stdout never holds up supervision: lines
         // are queued, and dropped with a count when the queue is full.
@@ -398,7 +406,7 @@ impl Master {
         }
         // Before the listening lines: an unusable directory is then the one line of a failed start.
         let notify_dir = NotifyDir::create()?;
-        // Servers on threads of their own, talking to the supervision loop through a handle only.
+        // Servers on the I/O loop, talking to the supervision loop through a handle only.
         let control = match &self.control {
             Some(path) => Some(ControlServer::start(path, handle.clone())?),
             None => None,
@@ -849,8 +857,8 @@ pub const MAX_SIZE: usize = 2048;
 const FDS_PER_WORKER: u64 = 3;
 
 /// What each worker costs against `RLIMIT_NPROC` (which counts threads): the worker process
-/// and the master's three threads for it (its notify reader and two output readers).
-const TASKS_PER_WORKER: u64 = 4;
+/// alone; its pipes and notify socket are read by tasks on the master's one I/O loop.
+const TASKS_PER_WORKER: u64 = 1;
 
 /// The fds the master keeps for itself (listeners, control and metrics sockets, the guard's
 /// pipe, a build's pipes, the standard streams).
@@ -1015,8 +1023,8 @@ mod tests {
         assert_eq!(bound(Some(u64::MAX), Some(u64::MAX)), MAX_SIZE);
         // 1024 fds: (1024 - 64) / 6.
         assert_eq!(bound(Some(1024), Some(u64::MAX)), 160);
-        // 4000 tasks: 4000 / 8.
-        assert_eq!(bound(Some(1 << 20), Some(4000)), 500);
+        // 1000 tasks: 1000 / 2.
+        assert_eq!(bound(Some(1 << 20), Some(1000)), 500);
         assert_eq!(bound(Some(10), Some(3)), 1, "one worker is always allowed");
         let described = SizeBound::of(Some(1024), None).describe();
         assert!(

@@ -6,26 +6,45 @@
 //! still decides is which requests it refuses before they reach the core (a size beyond
 //! [`SizeBound`]).
 //!
-//! One loop: wait on one channel, the inbox, with the core's next deadline as timeout, turn
+//! One loop: wait on one channel, the inbox, with the core's next deadline as a timer, turn
 //! what arrives into an [`Event`], hand it to [`Cluster::handle`], carry out the actions. A
 //! spawn is answered at once with `Spawned` or `SpawnFailed`.
 //!
 //! # Threads and queues
 //!
-//! The driver runs on the thread that called [`Master::run`](crate::master::Master::run). The
-//! workers' output pipes and notify sockets are read by tasks on the I/O loop
-//! ([`IoLoop`](crate::http::IoLoop), one thread, shared with the HTTP servers); signals come
-//! from one thread of their own ([`watch_signals`]); each of the master's streams has one
-//! writer thread ([`output`]). None of them grows with the number of workers or clients.
+//! The driver is a task ([`Supervisor::run`]) on the master's I/O loop
+//! ([`IoLoop`](crate::http::IoLoop): a single-threaded tokio runtime on one thread), beside
+//! everything else the master reads and serves: the workers' output pipes and notify sockets,
+//! the signals ([`watch_signals`]: one task per signal, no thread), the control socket, the
+//! HTTP servers, the metrics' follower. [`Master::run`](crate::master::Master::run) starts it
+//! there and waits for its end on the caller's thread, which does nothing else meanwhile. The
+//! loop's thread rather than the caller's: the loop is one for the whole process (two masters
+//! of one process are two driver tasks on it), it outlives a run (the control socket's last
+//! replies and the workers' last lines are written after the driver ended), and an embedder
+//! may call `run` from a thread of its own tokio runtime, where no other runtime can be driven.
+//!
+//! On the loop, nothing the driver does may wait for the loop's own tasks: what waits for a
+//! reader (the last lines of an exited worker, a failure report's stderr) is awaited, or
+//! answered by a task of its own. What it does synchronously is short: fork/exec (in
+//! [`sys`](crate::sys)), `waitpid` without waiting, a look at `/proc`, and the embedder's
+//! message handler, which must return quickly. Besides the loop, the master runs one writer
+//! thread per standard stream it writes to ([`output`]: the stream's file description is
+//! shared with other processes, never made non-blocking) and, in dev mode, the watcher's
+//! thread and its backend's. None of them grows with the number of workers or clients.
 //! Every queue between them has a bound and a policy:
 //!
-//! - **The inbox** holds at most: one [`Input::Notify`] per worker (its messages wait coalesced
-//!   in its notify socket until the driver takes them, see [`sd_notify`](crate::sd_notify)); one
-//!   [`Input::Signal`] per watched signal (a signal that arrives meanwhile is counted in it);
-//!   one [`Input::Changed`] per debounced batch of the watcher; and the requests of the
+//! - **The inbox** is a tokio channel that any thread sends to without blocking and without
+//!   a runtime (the embedder's [`Handle`](crate::master::Handle), the watcher's thread, the
+//!   tasks of the loop). Unbounded as a channel, it is bounded by its producers: it holds at
+//!   most one [`Input::Notify`] per worker (its messages wait coalesced in its notify socket
+//!   until the driver takes them, see [`sd_notify`](crate::sd_notify)); one [`Input::Signal`]
+//!   per watched signal (a signal that arrives meanwhile is counted in it); one
+//!   [`Input::Changed`] per debounced batch of the watcher; and the requests of the
 //!   [`Handle`](crate::master::Handle)s, one per call of the embedder, the control socket and
 //!   the metrics endpoint, which each answer a bounded number of clients at once. Nothing that
-//!   a worker or a stalled stream does can make it grow.
+//!   a worker or a stalled stream does can make it grow. (A bounded channel would have to
+//!   refuse or block a call of the embedder's when full: neither is better than the bound by
+//!   producers.)
 //! - **A worker's notify messages**: the latest `STATUS=`, the `READY=1`, `WATCHDOG=1` and
 //!   `STOPPING=1` facts, and [`MESSAGES_KEPT`](crate::sd_notify::MESSAGES_KEPT) messages between
 //!   two turns of the driver for the message handler and the followers; beyond, counted and
@@ -35,7 +54,9 @@
 //!   counted, and the driver, which never waits for either stream, keeps supervising.
 //! - **Followers** ([`Control::Subscribe`]) get one record per event on a channel of their own
 //!   of [`FOLLOWER_QUEUE`](crate::status::FOLLOWER_QUEUE) records; a follower that falls that far
-//!   behind is dropped (its channel ends), never waited for. Waiters get one answer each.
+//!   behind is dropped (its channel ends), never waited for. Waiters get one answer each,
+//!   through a [`Reply`]: answering never blocks, and the waiter is woken whether it blocks a
+//!   thread of the embedder's or is awaited on the loop (the control socket).
 //!
 //! A worker is its process group: signals go to the group, and when the worker process exits
 //! while its group lives on, the core hears [`Event::LeaderExited`], and [`Event::Exited`] once
