@@ -1135,4 +1135,87 @@ mod tests {
             assert!(!socket.exists());
         }
     }
+
+    /// A waiter is answered whether it blocks a thread, a thread of a tokio runtime included
+    /// (where tokio's own blocking receive panics), or is awaited on the loop; a reply dropped
+    /// unanswered is `None`.
+    #[test]
+    fn a_waiter_is_answered_blocking_inside_a_runtime_or_awaited() {
+        let (answer, waiter) = super::reply::<u32>();
+        let answering = std::thread::spawn(move || answer.send(7));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(runtime.block_on(async { waiter.wait() }), Some(7));
+        answering.join().unwrap();
+
+        let (answer, waiter) = super::reply::<u32>();
+        let waiter = waiter.wait_timeout(Duration::from_millis(1)).unwrap_err();
+        drop(answer);
+        assert_eq!(waiter.wait_timeout(Duration::from_secs(10)).unwrap(), None);
+
+        let (answer, waiter) = super::reply::<u32>();
+        let io_loop = IoLoop::handle().unwrap();
+        let (done, answered) = mpsc::channel();
+        io_loop.spawn(async move {
+            let _ = done.send(waiter.answer().await);
+        });
+        answer.send(9);
+        assert_eq!(answered.recv_timeout(Duration::from_secs(10)), Ok(Some(9)));
+    }
+
+    /// Two masters of one process share the one I/O loop, each with its own driver task, one
+    /// of them run from a thread of a tokio runtime: both supervise, and both stop.
+    #[test]
+    fn two_masters_run_in_one_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = |name: &str| {
+            let listen: ListenAddr = format!("unix:{}", dir.path().join(name).display())
+                .parse()
+                .unwrap();
+            Master::new("/bin/sleep")
+                .args(["1000"])
+                .size(1)
+                .signals(false)
+                .listen(listen)
+                .readiness(Readiness::AutoOrDelay(Duration::from_millis(50)))
+        };
+        let (first, second) = (master("a.sock"), master("b.sock"));
+        let handles = [first.handle(), second.handle()];
+        let followers: Vec<_> = handles.iter().map(Handle::events).collect();
+        let runs = [
+            std::thread::spawn(move || first.run().map(|outcome| outcome.exit_status())),
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap()
+                    .block_on(async move { second.run().map(|outcome| outcome.exit_status()) })
+            }),
+        ];
+        for (follower, handle) in followers.iter().zip(&handles) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match follower.recv_timeout(left) {
+                    Ok(Record::WorkerReady { .. }) => break,
+                    Ok(_) => {}
+                    Err(error) => {
+                        drop(handle.quit_hard());
+                        panic!("no worker got ready: {error}");
+                    }
+                }
+            }
+            let status = handle.status().expect("a status");
+            assert_eq!(status.size, 1);
+        }
+        for handle in &handles {
+            assert_eq!(
+                handle.quit().wait_timeout(Duration::from_secs(30)).unwrap(),
+                Some(ExitReason::Stopped)
+            );
+        }
+        for run in runs {
+            assert_eq!(run.join().unwrap().unwrap(), 0);
+        }
+    }
 }
