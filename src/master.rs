@@ -288,7 +288,9 @@ impl Master {
     ///
     /// It runs on the master's one I/O thread, in the supervision loop: it must return quickly
     /// (hand the message to a thread or a channel of your own for anything slow). While it runs,
-    /// the master supervises nothing, serves no request and reads no worker's output.
+    /// the master supervises nothing, serves no request and reads no worker's output; and it
+    /// must never wait for this master (a [`Handle::status`], a [`Waiter::wait`]), which cannot
+    /// answer before it returns.
     #[must_use]
     pub fn on_message(mut self, handler: impl FnMut(usize, &str) + Send + 'static) -> Self {
         self.on_message = Some(Box::new(handler));

@@ -350,12 +350,22 @@ async fn read_messages(
             return;
         };
         let message = String::from_utf8_lossy(&buffer[..len]).into_owned();
-        let wake = pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .add(message);
+        let (wake, full) = {
+            let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let wake = pending.add(message);
+            (
+                wake,
+                pending.messages.len() == MESSAGES_KEPT && pending.dropped == 0,
+            )
+        };
         if wake && events.send(Input::Notify { key }).is_err() {
             return;
+        }
+        if full {
+            // The driver runs on this same loop, woken already: a burst that fills what is
+            // kept lets it take those before the next are read, so that only a worker sending
+            // faster than the driver's turns loses messages, not one whose burst came whole.
+            tokio::task::yield_now().await;
         }
     }
 }
