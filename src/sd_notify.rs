@@ -15,7 +15,10 @@
 //! were seen, the messages themselves up to [`MESSAGES_KEPT`] between two turns of the driver
 //! (for the embedder's message handler and the `events` followers), and a count of the
 //! messages dropped beyond. The driver is woken with one [`Input::Notify`] per worker at most
-//! until it takes the worker's messages.
+//! until it takes the worker's messages. The driver runs on the same loop: a reader whose kept
+//! messages just filled up yields to it once before reading on, so that a burst is taken whole
+//! when the driver keeps up, and only a worker that sends faster than the driver's turns loses
+//! messages (never their facts).
 //!
 //! # The directory
 //!
