@@ -543,12 +543,20 @@ fn drive(io_loop: &tokio::runtime::Handle, supervisor: Supervisor) -> std::io::R
         ));
     }
     let (done, ended) = mpsc::sync_channel(1);
-    let driver = io_loop.spawn(supervisor.run());
+    let driver = io_loop.spawn(async move {
+        let mut supervisor = supervisor;
+        let outcome = supervisor.run().await;
+        (outcome, supervisor)
+    });
     io_loop.spawn(async move {
         let _ = done.send(driver.await);
     });
     match ended.recv() {
-        Ok(Ok(outcome)) => outcome,
+        // Dropped here, on the caller's thread (see `Supervisor::run`).
+        Ok(Ok((outcome, supervisor))) => {
+            drop(supervisor);
+            outcome
+        }
         Ok(Err(error)) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
         Ok(Err(_)) | Err(_) => Err(std::io::Error::other("the master's I/O loop stopped")),
     }

@@ -252,8 +252,10 @@ pub(crate) struct Supervisor {
 }
 
 impl Supervisor {
-    /// Runs the cluster until it exits.
-    pub(crate) async fn run(mut self) -> io::Result<ExitReason> {
+    /// Runs the cluster until it exits. The supervisor stays the caller's, to drop where it
+    /// waits for nothing on the loop: its guard, its dev loop (the watcher's thread, the kept
+    /// builds) and its servers take a moment to end.
+    pub(crate) async fn run(&mut self) -> io::Result<ExitReason> {
         let devnull = File::open("/dev/null")?;
         let mut state = DriverState {
             workers: HashMap::new(),
