@@ -416,9 +416,10 @@ impl BuildPlan {
 }
 
 /// `cargo metadata --offline` of the project (of `manifest`, else of the working directory),
-/// with `extra` arguments, parsed; `None` when cargo cannot read it. Waited for by pid in the
-/// driver's own thread, so the driver never reaps it (and if something else did, this fails:
-/// "in doubt").
+/// with `extra` arguments, parsed; `None` when cargo cannot read it. Waited for by pid where
+/// the driver runs (the I/O loop, which it holds up for as long as cargo reads the manifests:
+/// at the start and after a manifest changed, never per save), so the driver never reaps it
+/// (and if something else did, this fails: "in doubt").
 fn cargo_metadata<T: serde::de::DeserializeOwned>(
     manifest: Option<&Path>,
     extra: &[&str],

@@ -57,9 +57,9 @@
 //!   follower's connection is kept small (16 KiB).
 //! - **Writes.** A reply, a record or a last line that the client takes none of for 10 s ends the
 //!   connection (a follower that does not read is dropped so, its last line unwritten).
-//! - **Answers of the supervision loop** come through std channels, which a waiting request
-//!   looks at every millisecond at first, then less often, up to every 20 ms: never a blocking
-//!   wait on the I/O loop.
+//! - **Answers of the supervision loop** are awaited: the driver, a task on the same loop,
+//!   wakes the request's task when it answers (no polling, and never a blocking wait on the
+//!   loop).
 //! - **Out of fds.** An accept that fails for a reason that is not the client's (no fd left)
 //!   waits 100 ms (`crate::http::ACCEPT_BACKOFF`) before the next, as the HTTP
 //!   servers do: a socket at the fd limit costs ten accepts a second, not a core.
@@ -127,9 +127,6 @@ const LINGER: Duration = Duration::from_secs(1);
 
 /// How many connections linger at once; beyond, they close at once.
 const MAX_LINGERING: usize = 1024;
-
-/// The longest pause between two looks at an answer of the supervision loop.
-const ANSWER_POLL: Duration = Duration::from_millis(20);
 
 /// A request, as the client sends it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -483,11 +480,11 @@ async fn answer(stream: &UnixStream, place: &mut OwnedSemaphorePermit, shared: &
         },
         Request::Restart => {
             wait_elsewhere();
-            let outcome = answer_of(Some(handle.restart().into_receiver()))
-                .await
-                .unwrap_or_else(|| crate::status::RestartOutcome::Refused {
+            let outcome = handle.restart().answer().await.unwrap_or_else(|| {
+                crate::status::RestartOutcome::Refused {
                     why: "the master stopped".to_owned(),
-                });
+                }
+            });
             let _ = write_reply(stream, "restart", &outcome).await;
         }
         Request::Resize { size: 0 } => {
@@ -499,7 +496,7 @@ async fn answer(stream: &UnixStream, place: &mut OwnedSemaphorePermit, shared: &
         }
         Request::Resize { size } => {
             wait_elsewhere();
-            match answer_of(Some(handle.resize(size).into_receiver())).await {
+            match handle.resize(size).answer().await {
                 Some(ResizeOutcome::Resized(_)) => {
                     let reply = json!({"outcome": "resized", "size": size});
                     let _ = write_line(stream, &json!({"ok": true, "resize": reply})).await;
@@ -619,23 +616,10 @@ async fn peer_gone(stream: &UnixStream) {
     }
 }
 
-/// The answer the supervision loop sends through `receiver`, once it is there; `None` when the
-/// master stopped without one. The loop answers through a std channel: it is looked at every
-/// 1 ms, then less often up to every [`ANSWER_POLL`], never waited on (that would block the I/O
-/// loop).
-async fn answer_of<T>(receiver: Option<std::sync::mpsc::Receiver<T>>) -> Option<T> {
-    let receiver = receiver?;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match receiver.try_recv() {
-            Ok(answer) => return Some(answer),
-            Err(std::sync::mpsc::TryRecvError::Empty) => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(ANSWER_POLL);
-            }
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
-        }
-    }
+/// The answer to a request of the supervision loop's, once it is there; `None` when the master
+/// stopped without one (or before it was asked). Awaited: the driver's answer wakes this task.
+async fn answer_of<T>(waiter: Option<crate::master::Waiter<T>>) -> Option<T> {
+    waiter?.answer().await
 }
 
 /// Ends `stream` so that its client reads every reply: a socket closed with unread input (a

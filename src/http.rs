@@ -3,10 +3,10 @@
 //!
 //! - **One thread.** Every server runs on [`IoLoop`], a single-threaded tokio runtime on a thread
 //!   of its own, started by its first user: a connection is a task, never a thread. The
-//!   workers' output pipes and notify sockets are read there too (see
-//!   [`output`](crate::output) and [`sd_notify`](crate::sd_notify)). (The driver keeps its own
-//!   thread for now; the loop is the one it is meant to move onto, which is why it is a
-//!   process-wide loop that any part can spawn tasks on, not a server's own.)
+//!   driver runs there too, as a task (see [`supervisor`](crate::supervisor)), with the
+//!   workers' output pipes and notify sockets (see [`output`](crate::output) and
+//!   [`sd_notify`](crate::sd_notify)) and the master's signals: it is the process's one loop,
+//!   that any part spawns tasks on, not a server's own.
 //! - **Admission.** A connection holds a place from its accept to its close, streams included:
 //!   a place among [`Limits::short`] while it sends its request and is answered, moved to a place
 //!   among [`Limits::streams`] when its answer is a long-lived stream (an `EventSource`, a
@@ -72,8 +72,9 @@ pub(crate) type Handler = Arc<
         + Sync,
 >;
 
-/// The loop the master's I/O runs on (its servers, the workers' pipes and notify sockets): one
-/// thread, a single-threaded tokio runtime. A task on it must never block.
+/// The loop the master's I/O runs on (the driver, its servers, the workers' pipes and notify
+/// sockets, the signals): one thread, a single-threaded tokio runtime, for the life of the
+/// process, shared by every master the process runs. A task on it must never block.
 pub(crate) struct IoLoop;
 
 static LOOP: Mutex<Option<tokio::runtime::Handle>> = Mutex::new(None);

@@ -8,8 +8,8 @@
 //!   signals   child exits   notify sockets   handle   watcher   build
 //!       \          |              |             |        |        /
 //!        +---------+--------------+-------------+--------+-------+
-//!                                  |  driver (supervisor): one loop, no async runtime
-//!                                  v
+//!                                  |  driver (supervisor): a task on the master's one
+//!                                  v  I/O loop (a single-threaded tokio runtime)
 //!             Event  --->  Cluster::handle(now, event)  --->  Vec<Action>
 //!                          (the sans-IO core: all policy,     (Spawn, Signal, Report,
 //!                           no syscalls, no clock)             Notify, Exit)
@@ -18,8 +18,11 @@
 //! - `cluster` owns every decision: how many workers, what a roll does, when a crash becomes
 //!   backoff, when a stop becomes SIGKILL. It takes time as an argument and returns actions.
 //! - The driver owns every handle (children, pipes, sockets) and no decision about workers. It
-//!   waits on one channel with the core's next deadline as timeout, turns what arrives into an
-//!   event, and carries out the actions. A worker is its process group.
+//!   waits on one channel with the core's next deadline as a timer, turns what arrives into an
+//!   event, and carries out the actions. A worker is its process group. It runs on the one
+//!   thread that does all of the master's I/O (worker pipes, notify sockets, signals, the
+//!   control socket, the HTTP servers): the master's threads are a small constant, whatever the
+//!   number of workers or clients.
 //! - `sys` is the only module with `unsafe`: fork/exec with the fds placed at 3.., the
 //!   parent-death signal, the guard that kills every worker's group when the master dies,
 //!   adopting inherited fds, and what differs between Linux, macOS and the BSDs.

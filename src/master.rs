@@ -26,7 +26,8 @@ use std::ffi::{CString, OsStr, OsString};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 pub use crate::config::{Error, MAX_SIZE};
@@ -40,6 +41,7 @@ use crate::cluster::{Backoff, Cluster, ClusterConfig, ExitReason, Hangup, NeverR
 use crate::config::{self, SizeBound};
 use crate::control::ControlServer;
 use crate::dev::DevLoop;
+use crate::http::IoLoop;
 use crate::listener::Listener;
 use crate::livereload::LiveReload;
 use crate::metrics::MetricsServer;
@@ -47,7 +49,8 @@ use crate::output;
 use crate::readiness;
 use crate::sd_notify::NotifyDir;
 use crate::supervisor::{
-    Control, Input, MessageHandler, Subscriber, Supervisor, WorkerSpec, watch_signals,
+    Control, Inbox, Input, MessageHandler, Subscriber, Supervisor, ToDriver, WorkerSpec,
+    watch_signals,
 };
 use crate::sys::Program;
 use crate::watch::{self, WatchConfig};
@@ -105,8 +108,8 @@ pub struct Master {
     on_message: Option<MessageHandler>,
     control: Option<PathBuf>,
     metrics: Option<SocketAddr>,
-    events: Sender<Input>,
-    inbox: Receiver<Input>,
+    events: ToDriver,
+    inbox: Inbox,
 }
 
 impl Master {
@@ -126,7 +129,7 @@ impl Master {
     }
 
     fn with_program(program: Option<PathBuf>) -> Self {
-        let (events, inbox) = mpsc::channel();
+        let (events, inbox) = tokio::sync::mpsc::unbounded_channel();
         Self {
             program,
             dev: None,
@@ -249,6 +252,12 @@ impl Master {
     /// A worker that sends faster than the master handles them (more than 64 messages between
     /// two turns of its loop) has the rest counted in one line of the master's instead: its
     /// `READY=1`, `WATCHDOG=1`, `STOPPING=1` and latest `STATUS=` still count.
+    ///
+    /// It runs on the master's one I/O thread, in the supervision loop: it must return quickly
+    /// (hand the message to a thread or a channel of your own for anything slow). While it runs,
+    /// the master supervises nothing, serves no request and reads no worker's output; and it
+    /// must never wait for this master (a [`Handle::status`], a [`Waiter::wait`]), which cannot
+    /// answer before it returns.
     #[must_use]
     pub fn on_message(mut self, handler: impl FnMut(usize, &str) + Send + 'static) -> Self {
         self.on_message = Some(Box::new(handler));
@@ -283,6 +292,10 @@ impl Master {
 
     /// Validates the settings, binds the listeners, runs the cluster until it is stopped, and
     /// removes what it created. Bad input is an error before any worker is spawned.
+    ///
+    /// The cluster runs on the master's I/O thread (one for the whole process, shared by every
+    /// master it runs); the calling thread waits for the end. Any thread may call it, a thread
+    /// of a tokio runtime too (it then blocks that thread, as any blocking call does).
     pub fn run(self) -> Result<Outcome, Error> {
         // From here to the return, a stalled stderr or stdout never holds up supervision: lines
         // are queued, and dropped with a count when the queue is full.
@@ -364,7 +377,7 @@ impl Master {
         }
         // Before the listening lines: an unusable directory is then the one line of a failed start.
         let notify_dir = NotifyDir::create()?;
-        // Servers on threads of their own, talking to the supervision loop through a handle only.
+        // Servers on the I/O loop, talking to the supervision loop through a handle only.
         let control = match &self.control {
             Some(path) => Some(ControlServer::start(path, handle.clone())?),
             None => None,
@@ -402,7 +415,8 @@ impl Master {
         if let Some(metrics) = &metrics {
             output::master_line(&format!("metrics on http://{}/metrics", metrics.address()));
         }
-        let signals = watch_signals(self.events.clone(), self.signals)
+        let io_loop = IoLoop::handle().map_err(|e| Error::io("cannot start the I/O loop", e))?;
+        let signals = watch_signals(&io_loop, &self.events, self.signals)
             .map_err(|e| Error::io("cannot watch signals", e))?;
         let probing = !matches!(self.readiness, Readiness::Notify) && readiness::available();
         if let Readiness::Auto(delay) = self.readiness
@@ -455,6 +469,7 @@ impl Master {
             None
         };
         drop(listener_fds);
+        let listeners: Arc<[Listener]> = listeners.into();
         let supervisor = Supervisor {
             livereload,
             building: None,
@@ -462,7 +477,7 @@ impl Master {
             guard,
             cluster,
             spec,
-            listeners: &listeners,
+            listeners: Arc::clone(&listeners),
             notify_dir,
             events: self.events,
             inbox: self.inbox,
@@ -472,21 +487,54 @@ impl Master {
             quiet,
             size_bound: bound,
         };
-        let outcome = supervisor
-            .run()
-            .map_err(|e| Error::io("the master failed", e));
-        signals.close();
+        let outcome = drive(&io_loop, supervisor).map_err(|e| Error::io("the master failed", e));
+        drop(signals);
         // Removes the control socket: from here on, nobody can mistake this master for a live one.
         drop(control);
         drop(metrics);
+        drop(listeners);
         outcome
+    }
+}
+
+/// Runs the driver as a task on the I/O loop, and waits on this thread until it ends. A panic
+/// of the driver is this thread's again.
+///
+/// The loop's thread, not this one, runs it: the loop is the process's one (two masters of one
+/// process share it), it outlives a run (the control socket's last replies and the readers'
+/// last lines are written after the driver ends), and an embedder may call `run` from a thread
+/// of its own tokio runtime, where no runtime can be driven.
+fn drive(io_loop: &tokio::runtime::Handle, supervisor: Supervisor) -> std::io::Result<ExitReason> {
+    if tokio::runtime::Handle::try_current().is_ok_and(|here| here.id() == io_loop.id()) {
+        // It would wait for itself forever.
+        return Err(std::io::Error::other(
+            "Master::run was called on the master's own I/O loop",
+        ));
+    }
+    let (done, ended) = mpsc::sync_channel(1);
+    let driver = io_loop.spawn(async move {
+        let mut supervisor = supervisor;
+        let outcome = supervisor.run().await;
+        (outcome, supervisor)
+    });
+    io_loop.spawn(async move {
+        let _ = done.send(driver.await);
+    });
+    match ended.recv() {
+        // Dropped here, on the caller's thread (see `Supervisor::run`).
+        Ok(Ok((outcome, supervisor))) => {
+            drop(supervisor);
+            outcome
+        }
+        Ok(Err(error)) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Ok(Err(_)) | Err(_) => Err(std::io::Error::other("the master's I/O loop stopped")),
     }
 }
 
 /// Controls a running [`Master`] from any thread; each call is queued for the master's loop.
 #[derive(Debug, Clone)]
 pub struct Handle {
-    events: Sender<Input>,
+    events: ToDriver,
 }
 
 impl Handle {
@@ -497,11 +545,11 @@ impl Handle {
     /// asked for first, or [`ResizeOutcome::Refused`]; dropping it is fine.
     #[allow(clippy::must_use_candidate)]
     pub fn resize(&self, size: usize) -> Waiter<ResizeOutcome> {
-        let (reply, waiter) = mpsc::channel();
+        let (reply, waiter) = reply();
         let _ = self
             .events
             .send(Input::Control(Control::Resize(size, Some(reply))));
-        Waiter { waiter }
+        waiter
     }
 
     /// Replaces every worker with one of a new generation, each old one only after its
@@ -509,23 +557,23 @@ impl Handle {
     /// `cluster-master`'s restart callback did; dropping it is fine.
     #[allow(clippy::must_use_candidate)]
     pub fn restart(&self) -> Waiter<RestartOutcome> {
-        let (outcome, waiter) = mpsc::channel();
+        let (outcome, waiter) = reply();
         let _ = self
             .events
             .send(Input::Control(Control::Roll(Some(outcome))));
-        Waiter { waiter }
+        waiter
     }
 
     /// A snapshot of the master and its workers; `None` once the master has stopped.
     #[must_use]
     pub fn status(&self) -> Option<Status> {
-        self.ask_status()?.recv().ok()
+        self.ask_status()?.wait()
     }
 
     /// Asks for a snapshot without waiting for it (for the servers on the I/O loop, which must
     /// never block); `None` once the master has stopped.
-    pub(crate) fn ask_status(&self) -> Option<mpsc::Receiver<Status>> {
-        let (reply, answer) = mpsc::channel();
+    pub(crate) fn ask_status(&self) -> Option<Waiter<Status>> {
+        let (reply, answer) = reply();
         self.events
             .send(Input::Control(Control::Status(reply)))
             .ok()?;
@@ -581,44 +629,169 @@ impl Handle {
     }
 
     fn stop(&self, hard: bool) -> Waiter<ExitReason> {
-        let (reply, waiter) = mpsc::channel();
+        let (reply, waiter) = reply();
         let control = if hard {
             Control::QuitHard(Some(reply))
         } else {
             Control::Quit(Some(reply))
         };
         let _ = self.events.send(Input::Control(control));
-        Waiter { waiter }
+        waiter
     }
 }
 
 /// The answer to a [`Handle`] request, once it is there.
-#[derive(Debug)]
 pub struct Waiter<T> {
-    waiter: Receiver<T>,
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> std::fmt::Debug for Waiter<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiter").finish_non_exhaustive()
+    }
 }
 
 impl<T> Waiter<T> {
     /// Waits for the answer; `None` if the master stopped without giving one (a restart asked
-    /// for while it stopped gets [`RestartOutcome::Refused`] instead).
+    /// for while it stopped gets [`RestartOutcome::Refused`] instead). It blocks the calling
+    /// thread, whichever it is (a thread of a tokio runtime too, as any blocking call does).
     #[must_use]
     pub fn wait(self) -> Option<T> {
-        self.waiter.recv().ok()
+        let mut state = self.slot.lock();
+        while !state.closed {
+            state = self
+                .slot
+                .answered
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.answer.take()
     }
 
     /// As [`wait`](Waiter::wait), for at most `timeout`: `Err(self)` if no answer came yet.
     pub fn wait_timeout(self, timeout: Duration) -> Result<Option<T>, Self> {
-        match self.waiter.recv_timeout(timeout) {
-            Ok(answer) => Ok(Some(answer)),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(self),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(None),
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        let mut state = self.slot.lock();
+        while !state.closed {
+            let left = deadline.map_or(Duration::MAX, |deadline| {
+                deadline.saturating_duration_since(std::time::Instant::now())
+            });
+            if left.is_zero() {
+                drop(state);
+                return Err(self);
+            }
+            state = self
+                .slot
+                .answered
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
+        let answer = state.answer.take();
+        drop(state);
+        Ok(answer)
     }
 
-    /// The channel the answer comes through (for the control socket, which looks at it from
-    /// the I/O loop without blocking).
-    pub(crate) fn into_receiver(self) -> Receiver<T> {
-        self.waiter
+    /// The answer, awaited without blocking (for the servers on the I/O loop); `None` as for
+    /// [`wait`](Waiter::wait).
+    pub(crate) async fn answer(self) -> Option<T> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.slot.lock();
+            if state.closed {
+                return std::task::Poll::Ready(state.answer.take());
+            }
+            if !state
+                .waker
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+            {
+                state.waker = Some(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The master's end of a [`Waiter`]: answers it once; dropped unanswered, the waiter gets
+/// `None`. Answering never blocks (the driver answers from the loop).
+pub(crate) struct Reply<T> {
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> std::fmt::Debug for Reply<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply").finish_non_exhaustive()
+    }
+}
+
+impl<T> Reply<T> {
+    /// Gives the waiter its answer.
+    pub(crate) fn send(self, answer: T) {
+        self.slot.close(Some(answer));
+    }
+}
+
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        // After `send`, this finds the slot closed and leaves it.
+        self.slot.close(None);
+    }
+}
+
+/// A new request's two ends: the master answers through the [`Reply`], the asker waits on the
+/// [`Waiter`], blocking a thread or awaited on the loop. One answer, so no queue: its bound is
+/// one value.
+pub(crate) fn reply<T>() -> (Reply<T>, Waiter<T>) {
+    let slot = Arc::new(Slot {
+        state: Mutex::new(SlotState {
+            answer: None,
+            closed: false,
+            waker: None,
+        }),
+        answered: Condvar::new(),
+    });
+    (
+        Reply {
+            slot: Arc::clone(&slot),
+        },
+        Waiter { slot },
+    )
+}
+
+/// Where one answer waits: for a blocked thread (the condition variable) or a task (the waker).
+struct Slot<T> {
+    state: Mutex<SlotState<T>>,
+    answered: Condvar,
+}
+
+struct SlotState<T> {
+    answer: Option<T>,
+    /// Answered, or the reply dropped: nothing more comes.
+    closed: bool,
+    /// The task awaiting the answer, if any.
+    waker: Option<std::task::Waker>,
+}
+
+impl<T> Slot<T> {
+    fn lock(&self) -> MutexGuard<'_, SlotState<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The answer (if any) is in; wakes whoever waits. Only the first call counts.
+    fn close(&self, answer: Option<T>) {
+        let mut state = self.lock();
+        if state.closed {
+            return;
+        }
+        state.answer = answer;
+        state.closed = true;
+        let waker = state.waker.take();
+        drop(state);
+        self.answered.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
@@ -814,6 +987,89 @@ mod tests {
             assert_eq!(error.exit_status(), 2, "{error}");
             assert!(error.to_string().contains(option), "{error}");
             assert!(!socket.exists());
+        }
+    }
+
+    /// A waiter is answered whether it blocks a thread, a thread of a tokio runtime included
+    /// (where tokio's own blocking receive panics), or is awaited on the loop; a reply dropped
+    /// unanswered is `None`.
+    #[test]
+    fn a_waiter_is_answered_blocking_inside_a_runtime_or_awaited() {
+        let (answer, waiter) = super::reply::<u32>();
+        let answering = std::thread::spawn(move || answer.send(7));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(runtime.block_on(async { waiter.wait() }), Some(7));
+        answering.join().unwrap();
+
+        let (answer, waiter) = super::reply::<u32>();
+        let waiter = waiter.wait_timeout(Duration::from_millis(1)).unwrap_err();
+        drop(answer);
+        assert_eq!(waiter.wait_timeout(Duration::from_secs(10)).unwrap(), None);
+
+        let (answer, waiter) = super::reply::<u32>();
+        let io_loop = IoLoop::handle().unwrap();
+        let (done, answered) = mpsc::channel();
+        io_loop.spawn(async move {
+            let _ = done.send(waiter.answer().await);
+        });
+        answer.send(9);
+        assert_eq!(answered.recv_timeout(Duration::from_secs(10)), Ok(Some(9)));
+    }
+
+    /// Two masters of one process share the one I/O loop, each with its own driver task, one
+    /// of them run from a thread of a tokio runtime: both supervise, and both stop.
+    #[test]
+    fn two_masters_run_in_one_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = |name: &str| {
+            let listen: ListenAddr = format!("unix:{}", dir.path().join(name).display())
+                .parse()
+                .unwrap();
+            Master::new("/bin/sleep")
+                .args(["1000"])
+                .size(1)
+                .signals(false)
+                .listen(listen)
+                .readiness(Readiness::AutoOrDelay(Duration::from_millis(50)))
+        };
+        let (first, second) = (master("a.sock"), master("b.sock"));
+        let handles = [first.handle(), second.handle()];
+        let followers: Vec<_> = handles.iter().map(Handle::events).collect();
+        let runs = [
+            std::thread::spawn(move || first.run().map(|outcome| outcome.exit_status())),
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap()
+                    .block_on(async move { second.run().map(|outcome| outcome.exit_status()) })
+            }),
+        ];
+        for (follower, handle) in followers.iter().zip(&handles) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match follower.recv_timeout(left) {
+                    Ok(Record::WorkerReady { .. }) => break,
+                    Ok(_) => {}
+                    Err(error) => {
+                        drop(handle.quit_hard());
+                        panic!("no worker got ready: {error}");
+                    }
+                }
+            }
+            let status = handle.status().expect("a status");
+            assert_eq!(status.size, 1);
+        }
+        for handle in &handles {
+            assert_eq!(
+                handle.quit().wait_timeout(Duration::from_secs(30)).unwrap(),
+                Some(ExitReason::Stopped)
+            );
+        }
+        for run in runs {
+            assert_eq!(run.join().unwrap().unwrap(), 0);
         }
     }
 }

@@ -21,21 +21,22 @@
 //!
 //! It runs on the master's HTTP stack (`crate::http`): a connection is a task on the one I/O
 //! thread, at most [`MAX_SCRAPERS`] at once, and must send its request head within 5 s; a
-//! scrape waits for the supervision loop's answer without holding that thread.
+//! scrape awaits the supervision loop's answer without holding that thread. The roll durations
+//! are counted by a task on the same loop that follows the lifecycle events: no thread of its
+//! own.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::Duration;
 
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, StatusCode};
 
 use crate::config::Error;
-use crate::http::{Handler, Limits, Request, Response, Server, text};
+use crate::http::{Handler, IoLoop, Limits, Request, Response, Server, text};
 use crate::master::Handle;
-use crate::status::{Record, Status};
+use crate::status::{FOLLOWER_QUEUE, Record, Status};
 
 /// How many connections are served at once (more get a 503 at once).
 pub(crate) const MAX_SCRAPERS: usize = 64;
@@ -56,21 +57,9 @@ impl MetricsServer {
         let socket = TcpListener::bind(addr).map_err(|e| Error::io(context(), e))?;
         let address = socket.local_addr().map_err(|e| Error::io(context(), e))?;
         let rolls = Arc::new(Mutex::new(Histogram::default()));
-        let records = handle.events();
-        let counted = Arc::clone(&rolls);
-        // Ends when the master stops and the subscription with it.
-        thread::Builder::new()
-            .name("metrics-rolls".to_owned())
-            .spawn(move || {
-                for record in records {
-                    if let Record::RollEnded { duration_ms, .. } = record
-                        && let Ok(mut rolls) = counted.lock()
-                    {
-                        rolls.observe(Duration::from_millis(duration_ms));
-                    }
-                }
-            })
-            .map_err(|e| Error::io(context(), e))?;
+        // A task on the loop follows the roll ends; it ends when the master stops.
+        let io_loop = IoLoop::handle().map_err(|e| Error::io(context(), e))?;
+        io_loop.spawn(count_rolls(handle.clone(), Arc::clone(&rolls)));
         let handler: Handler = Arc::new(move |request, _| {
             Box::pin(scrape(request, handle.clone(), Arc::clone(&rolls)))
         });
@@ -92,6 +81,26 @@ impl MetricsServer {
     }
 }
 
+/// Counts every roll's duration in `rolls`, from the lifecycle events, until the master stops.
+/// A follower that fell [`FOLLOWER_QUEUE`] records behind (the loop busy with one long turn of
+/// the driver, as when thousands of workers spawn at once) is dropped by the master: it follows
+/// again, and only a roll that ended meanwhile goes uncounted.
+async fn count_rolls(handle: Handle, rolls: Arc<Mutex<Histogram>>) {
+    loop {
+        let (mut records, overflowed) = handle.follow(FOLLOWER_QUEUE);
+        while let Some(record) = records.recv().await {
+            if let Record::RollEnded { duration_ms, .. } = record
+                && let Ok(mut rolls) = rolls.lock()
+            {
+                rolls.observe(Duration::from_millis(duration_ms));
+            }
+        }
+        if !overflowed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+    }
+}
+
 async fn scrape(request: Request, handle: Handle, rolls: Arc<Mutex<Histogram>>) -> Response {
     if request.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
@@ -102,25 +111,16 @@ async fn scrape(request: Request, handle: Handle, rolls: Arc<Mutex<Histogram>>) 
     let Some(answer) = handle.ask_status() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "the master is stopping\n");
     };
-    // The answer comes through a std channel: look at it now and then, never block the loop.
-    let deadline = tokio::time::Instant::now() + STATUS_DEADLINE;
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        match answer.try_recv() {
-            Ok(status) => break status,
-            Err(std::sync::mpsc::TryRecvError::Empty) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
-            Err(std::sync::mpsc::TryRecvError::Empty) => {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the master did not answer in time\n",
-                );
-            }
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                return text(StatusCode::SERVICE_UNAVAILABLE, "the master is stopping\n");
-            }
+    let status = match tokio::time::timeout(STATUS_DEADLINE, answer.answer()).await {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "the master is stopping\n");
+        }
+        Err(_) => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the master did not answer in time\n",
+            );
         }
     };
     let rolls = rolls.lock().map(|rolls| rolls.clone()).unwrap_or_default();

@@ -418,18 +418,30 @@ pub(crate) enum WorkerOutput {
     Discarded(File),
 }
 
-/// The tasks reading a worker's pipes.
-#[derive(Default)]
-pub(crate) struct Readers(Vec<tokio::task::JoinHandle<()>>);
+/// The tasks reading a worker's pipes, as a count of those still reading. Cloned to wait for
+/// them elsewhere (a failure report waits on a task of its own).
+#[derive(Clone, Default)]
+pub(crate) struct Readers(Option<tokio::sync::watch::Receiver<usize>>);
 
 impl Readers {
-    /// Waits until every reader has seen the end of its pipe, or `deadline` (a grandchild of a
-    /// worker may hold its pipe open forever: its reader goes on, detached).
-    pub(crate) fn wait(&mut self, deadline: Instant) {
-        while self.0.iter().any(|reader| !reader.is_finished()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.0.retain(|reader| !reader.is_finished());
+    /// Resolves when every reader has seen the end of its pipe, or at `deadline` (a
+    /// grandchild of a worker may hold its pipe open forever: its reader goes on, detached).
+    /// Awaited on the loop, never blocking it: the readers run there.
+    pub(crate) async fn wait(&self, deadline: Instant) {
+        let Some(left) = &self.0 else {
+            return;
+        };
+        let mut left = left.clone();
+        let _ = tokio::time::timeout_at(deadline.into(), left.wait_for(|left| *left == 0)).await;
+    }
+}
+
+/// Held by a reader task: its end (however it ends, an abort too) counts in [`Readers`].
+struct Reading(tokio::sync::watch::Sender<usize>);
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.send_modify(|left| *left = left.saturating_sub(1));
     }
 }
 
@@ -454,17 +466,20 @@ impl WorkerOutput {
             loop_pipe(&handle, stdout_read)?,
             loop_pipe(&handle, stderr_read)?,
         );
-        let readers = vec![
-            handle.spawn(forward_lines(
-                stdout_read,
-                Sink::new(slot, generation, Stream::Stdout, None),
-            )),
-            handle.spawn(forward_lines(
-                stderr_read,
-                Sink::new(slot, generation, Stream::Stderr, Some(Arc::clone(&tail))),
-            )),
-        ];
-        Ok((Self::Piped { stdout, stderr }, tail, Readers(readers)))
+        let (left, readers) = tokio::sync::watch::channel(2);
+        let stdout_reading = Reading(left.clone());
+        let stderr_reading = Reading(left);
+        let stdout_sink = Sink::new(slot, generation, Stream::Stdout, None);
+        let stderr_sink = Sink::new(slot, generation, Stream::Stderr, Some(Arc::clone(&tail)));
+        handle.spawn(async move {
+            let _reading = stdout_reading;
+            forward_lines(stdout_read, stdout_sink).await;
+        });
+        handle.spawn(async move {
+            let _reading = stderr_reading;
+            forward_lines(stderr_read, stderr_sink).await;
+        });
+        Ok((Self::Piped { stdout, stderr }, tail, Readers(Some(readers))))
     }
 
     /// The worker's stdout and stderr, to be placed at fd 1 and 2.

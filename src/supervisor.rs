@@ -6,28 +6,47 @@
 //! still decides is which requests it refuses before they reach the core (a size beyond
 //! [`SizeBound`]).
 //!
-//! One loop: wait on one channel, the inbox, with the core's next deadline as timeout, turn
+//! One loop: wait on one channel, the inbox, with the core's next deadline as a timer, turn
 //! what arrives into an [`Event`], hand it to [`Cluster::handle`], carry out the actions. A
 //! spawn is answered at once with `Spawned` or `SpawnFailed`.
 //!
 //! # Threads and queues
 //!
-//! The driver runs on the thread that called [`Master::run`](crate::master::Master::run). The
-//! workers' output pipes and notify sockets (and a build's output, in dev mode: see
-//! [`builder`](crate::builder)) are read by tasks on the I/O loop
-//! ([`IoLoop`](crate::http::IoLoop), one thread, shared with the HTTP servers); signals come
-//! from one thread of their own ([`watch_signals`]); each of the master's streams has one
-//! writer thread ([`output`]). None of them grows with the number of workers or clients.
+//! The driver is a task ([`Supervisor::run`]) on the master's I/O loop
+//! ([`IoLoop`](crate::http::IoLoop): a single-threaded tokio runtime on one thread), beside
+//! everything else the master reads and serves: the workers' output pipes and notify sockets
+//! (and a build's output, in dev mode: see [`builder`](crate::builder)),
+//! the signals ([`watch_signals`]: one task per signal, no thread), the control socket, the
+//! HTTP servers, the metrics' follower. [`Master::run`](crate::master::Master::run) starts it
+//! there and waits for its end on the caller's thread, which does nothing else meanwhile. The
+//! loop's thread rather than the caller's: the loop is one for the whole process (two masters
+//! of one process are two driver tasks on it), it outlives a run (the control socket's last
+//! replies and the workers' last lines are written after the driver ended), and an embedder
+//! may call `run` from a thread of its own tokio runtime, where no other runtime can be driven.
+//!
+//! On the loop, nothing the driver does may wait for the loop's own tasks: what waits for a
+//! reader (the last lines of an exited worker, a failure report's stderr) is awaited, or
+//! answered by a task of its own. What it does synchronously is short: fork/exec (in
+//! [`sys`](crate::sys)), `waitpid` without waiting, a look at `/proc`, and the embedder's
+//! message handler, which must return quickly. Besides the loop, the master runs one writer
+//! thread per standard stream it writes to ([`output`]: the stream's file description is
+//! shared with other processes, never made non-blocking) and, in dev mode, the watcher's
+//! thread and its backend's. None of them grows with the number of workers or clients.
 //! Every queue between them has a bound and a policy:
 //!
-//! - **The inbox** holds at most: one [`Input::Notify`] per worker (its messages wait coalesced
-//!   in its notify socket until the driver takes them, see [`sd_notify`](crate::sd_notify)); one
-//!   [`Input::Signal`] per watched signal (a signal that arrives meanwhile is counted in it);
-//!   one [`Input::Changed`] per debounced batch of the watcher; one [`Input::BuildOutputEnded`]
+//! - **The inbox** is a tokio channel that any thread sends to without blocking and without
+//!   a runtime (the embedder's [`Handle`](crate::master::Handle), the watcher's thread, the
+//!   tasks of the loop). Unbounded as a channel, it is bounded by its producers: it holds at
+//!   most one [`Input::Notify`] per worker (its messages wait coalesced in its notify socket
+//!   until the driver takes them, see [`sd_notify`](crate::sd_notify)); one [`Input::Signal`]
+//!   per watched signal (a signal that arrives meanwhile is counted in it); one
+//!   [`Input::Changed`] per debounced batch of the watcher; one [`Input::BuildOutputEnded`]
 //!   per build, when its output ends; and the requests of the
 //!   [`Handle`](crate::master::Handle)s, one per call of the embedder, the control socket and
 //!   the metrics endpoint, which each answer a bounded number of clients at once. Nothing that
-//!   a worker or a stalled stream does can make it grow.
+//!   a worker or a stalled stream does can make it grow. (A bounded channel would have to
+//!   refuse or block a call of the embedder's when full: neither is better than the bound by
+//!   producers.)
 //! - **A worker's notify messages**: the latest `STATUS=`, the `READY=1`, `WATCHDOG=1` and
 //!   `STOPPING=1` facts, and [`MESSAGES_KEPT`](crate::sd_notify::MESSAGES_KEPT) messages between
 //!   two turns of the driver for the message handler and the followers; beyond, counted and
@@ -37,7 +56,9 @@
 //!   counted, and the driver, which never waits for either stream, keeps supervising.
 //! - **Followers** ([`Control::Subscribe`]) get one record per event on a channel of their own
 //!   of [`FOLLOWER_QUEUE`](crate::status::FOLLOWER_QUEUE) records; a follower that falls that far
-//!   behind is dropped (its channel ends), never waited for. Waiters get one answer each.
+//!   behind is dropped (its channel ends), never waited for. Waiters get one answer each,
+//!   through a [`Reply`]: answering never blocks, and the waiter is woken whether it blocks a
+//!   thread of the embedder's or is awaited on the loop (the control socket).
 //!
 //! A worker is its process group: signals go to the group, and when the worker process exits
 //! while its group lives on, the core hears [`Event::LeaderExited`], and [`Event::Exited`] once
@@ -53,13 +74,14 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
+use nix::libc::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid as NixPid;
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, ResizeAnswer, RollEnd,
@@ -70,6 +92,7 @@ use crate::dev::DevLoop;
 use crate::dev::lifecycle::{DevAction, DevEvent, Page, Served};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
+use crate::master::Reply;
 use crate::output::{self, Readers, Tail, WorkerOutput};
 use crate::readiness::{self, ListenerInodes};
 use crate::report::{self, Lifecycle};
@@ -85,6 +108,12 @@ const RELOAD_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 /// How many queued inputs are handled before a due deadline: a `READY=1` sent just before its
 /// deadline counts, while a stream of messages cannot starve the deadline.
 const QUEUED_BEFORE_DEADLINE: usize = 64;
+
+/// The inbox's sending end: any thread may send, without blocking and without a runtime.
+pub(crate) type ToDriver = UnboundedSender<Input>;
+
+/// The inbox, read by the driver alone.
+pub(crate) type Inbox = UnboundedReceiver<Input>;
 
 /// Everything that can wake the driver.
 #[derive(Debug)]
@@ -109,15 +138,15 @@ pub(crate) enum Input {
 pub(crate) enum Control {
     /// A new size; its outcome goes to the sender: the status once every slot of it has a
     /// ready worker, or superseded, or refused.
-    Resize(usize, Option<Sender<ResizeOutcome>>),
+    Resize(usize, Option<Reply<ResizeOutcome>>),
     /// A roll; its outcome goes to the sender, if any.
-    Roll(Option<Sender<RestartOutcome>>),
+    Roll(Option<Reply<RestartOutcome>>),
     /// A graceful stop; how the master ended goes to the sender.
-    Quit(Option<Sender<ExitReason>>),
+    Quit(Option<Reply<ExitReason>>),
     /// A hard stop; how the master ended goes to the sender.
-    QuitHard(Option<Sender<ExitReason>>),
+    QuitHard(Option<Reply<ExitReason>>),
     /// A snapshot of the master, to the sender.
-    Status(Sender<Status>),
+    Status(Reply<Status>),
     /// Every lifecycle event from now on, to the subscriber, until it hangs up.
     Subscribe(Subscriber),
 }
@@ -193,13 +222,14 @@ struct ExitedWorker {
     output: Readers,
 }
 
-pub(crate) struct Supervisor<'a> {
+pub(crate) struct Supervisor {
     pub(crate) cluster: Cluster,
     pub(crate) spec: WorkerSpec,
-    pub(crate) listeners: &'a [Listener],
+    /// Shared with [`Master::run`](crate::master::Master::run), which drops them last.
+    pub(crate) listeners: Arc<[Listener]>,
     pub(crate) notify_dir: NotifyDir,
-    pub(crate) events: Sender<Input>,
-    pub(crate) inbox: Receiver<Input>,
+    pub(crate) events: ToDriver,
+    pub(crate) inbox: Inbox,
     pub(crate) on_message: Option<MessageHandler>,
     /// Whether the master's own service manager (systemd) listens on `NOTIFY_SOCKET`.
     pub(crate) notify_manager: bool,
@@ -220,9 +250,11 @@ pub(crate) struct Supervisor<'a> {
     pub(crate) size_bound: SizeBound,
 }
 
-impl Supervisor<'_> {
-    /// Runs the cluster until it exits.
-    pub(crate) fn run(mut self) -> io::Result<ExitReason> {
+impl Supervisor {
+    /// Runs the cluster until it exits. The supervisor stays the caller's, to drop where it
+    /// waits for nothing on the loop: its guard, its dev loop (the watcher's thread, the kept
+    /// builds) and its servers take a moment to end.
+    pub(crate) async fn run(&mut self) -> io::Result<ExitReason> {
         let devnull = File::open("/dev/null")?;
         let mut state = DriverState {
             workers: HashMap::new(),
@@ -269,6 +301,9 @@ impl Supervisor<'_> {
                 if state.exit.is_none() {
                     self.feed(&mut state, Event::Tick);
                 }
+                // The loop's other tasks (the readers, the servers) get their turn between two
+                // due deadlines, however many are due.
+                tokio::task::yield_now().await;
                 continue;
             }
             // Dev mode: the old workers are probed after a roll, whatever else arrives meanwhile.
@@ -279,24 +314,25 @@ impl Supervisor<'_> {
                 continue;
             }
             let wake = [deadline, reload_check].into_iter().flatten().min();
-            let input = match wake {
-                Some(wake) => match self
-                    .inbox
-                    .recv_timeout(wake.saturating_duration_since(Instant::now()))
-                {
-                    Ok(input) => Some(input),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-                None => match self.inbox.recv() {
-                    Ok(input) => Some(input),
-                    Err(_) => break,
-                },
+            let timer = async {
+                match wake {
+                    Some(wake) => tokio::time::sleep_until(wake.into()).await,
+                    None => std::future::pending().await,
+                }
             };
-            match input {
+            // The driver holds a sender itself (for the notify sockets): the inbox cannot end
+            // while it runs.
+            let input = tokio::select! {
+                biased;
+                input = self.inbox.recv() => match input {
+                    Some(input) => Some(input),
+                    None => break,
+                },
                 // A deadline or a poll due now is handled at the top of the loop.
-                None => {}
-                Some(input) => self.dispatch(&mut state, input),
+                () = timer => None,
+            };
+            if let Some(input) = input {
+                self.dispatch(&mut state, input);
             }
         }
         let reason = state.exit.take().unwrap_or(ExitReason::Killed);
@@ -304,12 +340,12 @@ impl Supervisor<'_> {
         // hears how, or that nothing more will happen.
         self.feed(&mut state, Event::Ended(reason.clone()));
         if let ExitReason::NeverReady { pid: Some(pid), .. } = &reason {
-            report_stderr_tail(&mut state, pid.0);
+            report_stderr_tail(&mut state, pid.0).await;
         }
         // Let the last lines of every worker reach the terminal before the master exits.
         let deadline = after(Instant::now(), Duration::from_secs(2));
-        for mut exited in state.exited.drain(..) {
-            exited.output.wait(deadline);
+        for exited in state.exited.drain(..) {
+            exited.output.wait(deadline).await;
         }
         Ok(reason)
     }
@@ -484,13 +520,13 @@ impl Supervisor<'_> {
             Input::Control(control) => match control {
                 Control::Roll(outcome) => self.roll_requested(state, outcome),
                 Control::Status(reply) => {
-                    let _ = reply.send(self.status(state));
+                    reply.send(self.status(state));
                 }
                 Control::Subscribe(subscriber) => state.subscribers.push(subscriber),
                 Control::Resize(size, reply) => {
                     if let Err(why) = self.check_size(size) {
                         if let Some(reply) = reply {
-                            let _ = reply.send(ResizeOutcome::Refused { why });
+                            reply.send(ResizeOutcome::Refused { why });
                         }
                         return;
                     }
@@ -516,7 +552,7 @@ impl Supervisor<'_> {
     }
 
     /// A stop from the handle; whoever waits is answered with how the master ended.
-    fn quit(&mut self, state: &mut DriverState, hard: bool, reply: Option<Sender<ExitReason>>) {
+    fn quit(&mut self, state: &mut DriverState, hard: bool, reply: Option<Reply<ExitReason>>) {
         let event = match reply {
             Some(reply) => {
                 let request = self.cluster.new_request();
@@ -603,7 +639,7 @@ impl Supervisor<'_> {
 
     /// SIGHUP or the handle's `restart`: in dev mode (watching), the roll's end is reported as
     /// a reload.
-    fn roll_requested(&mut self, state: &mut DriverState, outcome: Option<Sender<RestartOutcome>>) {
+    fn roll_requested(&mut self, state: &mut DriverState, outcome: Option<Reply<RestartOutcome>>) {
         if !self.interactive() {
             // The waiter goes in before the request reaches the core, which may refuse it at
             // once.
@@ -948,7 +984,7 @@ impl Supervisor<'_> {
                     }
                     Action::RollRefused { request, why } => {
                         if let Some(waiter) = state.waiters.remove(&request) {
-                            let _ = waiter.send(RestartOutcome::Refused {
+                            waiter.send(RestartOutcome::Refused {
                                 why: why.to_owned(),
                             });
                         }
@@ -973,7 +1009,7 @@ impl Supervisor<'_> {
                     } => self.report_lingering(pid.0, slot, generation, kill_in, ctrl_c_kills),
                     Action::ResizeAnswered { request, answer } => {
                         if let Some(waiter) = state.resize_waiters.remove(&request) {
-                            let _ = waiter.send(match answer {
+                            waiter.send(match answer {
                                 ResizeAnswer::Resized => {
                                     ResizeOutcome::Resized(Box::new(self.status(state)))
                                 }
@@ -988,7 +1024,7 @@ impl Supervisor<'_> {
                     }
                     Action::ExitAnswered { request, reason } => {
                         if let Some(waiter) = state.exit_waiters.remove(&request) {
-                            let _ = waiter.send(reason);
+                            waiter.send(reason);
                         }
                     }
                     Action::RequestRoll => self.roll_requested(state, None),
@@ -1032,7 +1068,9 @@ impl Supervisor<'_> {
             WorkerOutput::start(self.spec.silent, slot, generation)?;
         let mut fds: Vec<BorrowedFd<'_>> = vec![state.devnull.as_fd()];
         fds.extend(worker_output.worker_fds());
-        fds.extend(self.listeners.iter().map(AsFd::as_fd));
+        // A clone of the handle: the spawn below needs `self` mutably.
+        let listeners = Arc::clone(&self.listeners);
+        fds.extend(listeners.iter().map(AsFd::as_fd));
         let program = self.program_for(generation)?;
         let argv: Vec<CString> = std::iter::once(program.argv0.clone())
             .chain(self.spec.args.iter().cloned())
@@ -1179,19 +1217,41 @@ impl Supervisor<'_> {
             .map_err(|why| format!("invalid size {size}: {why}"))
     }
 
-    /// Publishes a roll's end, and answers whoever waits for it.
+    /// Publishes a roll's end, and answers whoever waits for it. An aborted roll's answer
+    /// carries the failed worker's last stderr lines: when that worker has exited, its reader
+    /// may still be draining the pipe on the loop, so the answer waits for it (at most 1 s) on
+    /// a task of its own, never holding up the driver.
     fn roll_ended(state: &mut DriverState, end: &RollEnd) {
         state.publish(&Lifecycle::RollEnded(end).record());
-        let stderr = match (&end.aborted, end.failed) {
-            (Some(_), Some(pid)) => state.stderr_tail(pid.0),
-            _ => Vec::new(),
-        };
-        let outcome = report::restart_outcome(end, stderr);
-        for request in &end.requests {
-            if let Some(waiter) = state.waiters.remove(request) {
-                let _ = waiter.send(outcome.clone());
-            }
+        let waiters: Vec<Reply<RestartOutcome>> = end
+            .requests
+            .iter()
+            .filter_map(|request| state.waiters.remove(request))
+            .collect();
+        if waiters.is_empty() {
+            return;
         }
+        let tail = match (&end.aborted, end.failed) {
+            (Some(_), Some(pid)) => state.stderr_tail(pid.0),
+            _ => None,
+        };
+        let Some((readers, tail)) = tail else {
+            let outcome = report::restart_outcome(end, Vec::new());
+            for waiter in waiters {
+                waiter.send(outcome.clone());
+            }
+            return;
+        };
+        let end = end.clone();
+        tokio::spawn(async move {
+            readers
+                .wait(after(Instant::now(), Duration::from_secs(1)))
+                .await;
+            let outcome = report::restart_outcome(&end, tail_lines(&tail));
+            for waiter in waiters {
+                waiter.send(outcome.clone());
+            }
+        });
     }
 
     /// A stopping worker still alive: one line, so that a wait is never unexplained.
@@ -1251,15 +1311,15 @@ pub(crate) struct DriverState {
     /// When the old workers were last probed for a pending reload (dev mode).
     reload_checked: Instant,
     /// Who waits for the outcome of which roll request (numbered by the core).
-    waiters: HashMap<u64, Sender<RestartOutcome>>,
+    waiters: HashMap<u64, Reply<RestartOutcome>>,
     /// Dev mode: who waits for the outcome of the handle's roll request until it is made.
-    roll_waiter: Option<Sender<RestartOutcome>>,
+    roll_waiter: Option<Reply<RestartOutcome>>,
     /// Who follows the lifecycle events.
     subscribers: Vec<Subscriber>,
     /// Who waits for the answer to which resize request (numbered by the core).
-    resize_waiters: HashMap<u64, Sender<ResizeOutcome>>,
+    resize_waiters: HashMap<u64, Reply<ResizeOutcome>>,
     /// Who waits for the master to end, under which request (numbered by the core).
-    exit_waiters: HashMap<u64, Sender<ExitReason>>,
+    exit_waiters: HashMap<u64, Reply<ExitReason>>,
     started: Instant,
     /// Whether the master had a controlling terminal when it started.
     had_terminal: bool,
@@ -1283,32 +1343,16 @@ impl DriverState {
         reload_waiting.then(|| after(self.reload_checked, RELOAD_PROBE_INTERVAL))
     }
 
-    /// The last stderr lines of a worker, running or exited.
-    fn stderr_tail(&mut self, pid: i32) -> Vec<String> {
-        // An exited worker's reader may still be draining its pipe: its last lines are the
-        // ones that tell why it failed.
-        if let Some(exited) = self.exited.iter_mut().find(|exited| exited.pid == pid) {
-            exited
-                .output
-                .wait(after(Instant::now(), Duration::from_secs(1)));
+    /// The stderr tail of a worker, running or exited, with its readers (those of a running
+    /// one are still reading: nothing to wait for).
+    fn stderr_tail(&self, pid: i32) -> Option<(Readers, Tail)> {
+        if let Some(worker) = self.workers.values().find(|worker| worker.pid == pid) {
+            return Some((Readers::default(), Arc::clone(&worker.stderr_tail)));
         }
-        let tail = self
-            .workers
-            .values()
-            .find(|worker| worker.pid == pid)
-            .map(|worker| &worker.stderr_tail)
-            .or_else(|| {
-                self.exited
-                    .iter()
-                    .find(|exited| exited.pid == pid)
-                    .map(|exited| &exited.stderr_tail)
-            });
-        tail.and_then(|tail| {
-            tail.lock()
-                .ok()
-                .map(|lines| lines.iter().cloned().collect())
-        })
-        .unwrap_or_default()
+        self.exited
+            .iter()
+            .find(|exited| exited.pid == pid)
+            .map(|exited| (exited.output.clone(), Arc::clone(&exited.stderr_tail)))
     }
 
     /// Sends a lifecycle event to every subscriber still listening.
@@ -1340,23 +1384,30 @@ fn publish_to(followers: &mut Vec<Subscriber>, record: &Record) {
     followers.retain(|follower| follower.send(record));
 }
 
-fn report_stderr_tail(state: &mut DriverState, pid: i32) {
+/// Shows the last stderr lines of an exited worker (the one that never got ready), once its
+/// reader has drained its pipe.
+async fn report_stderr_tail(state: &mut DriverState, pid: i32) {
     let Some(index) = state.exited.iter().position(|exited| exited.pid == pid) else {
         return;
     };
-    let Some(mut exited) = state.exited.remove(index) else {
+    let Some(exited) = state.exited.remove(index) else {
         return;
     };
     // Its stderr reader may still be draining the pipe.
     exited
         .output
-        .wait(after(Instant::now(), Duration::from_secs(2)));
-    let Ok(tail) = exited.stderr_tail.lock() else {
-        return;
-    };
-    for line in tail.iter() {
+        .wait(after(Instant::now(), Duration::from_secs(2)))
+        .await;
+    for line in tail_lines(&exited.stderr_tail) {
         output::master_line(&format!("w{} stderr: {line}", exited.slot));
     }
+}
+
+/// The lines a stderr tail holds now.
+fn tail_lines(tail: &Tail) -> Vec<String> {
+    tail.lock()
+        .map(|lines| lines.iter().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// A reaped child's pid and how it ended; `None` for a stop or continue report.
@@ -1405,44 +1456,61 @@ fn has_terminal() -> bool {
     File::open("/dev/tty").is_ok()
 }
 
-/// Starts the thread that turns the master's signals into [`Input::Signal`]. CHLD is always
-/// watched; the others only when `all` is set (an embedder may handle them itself). A signal
-/// received while the same signal waits in the inbox only counts there, so the inbox holds at
-/// most one input per signal however many arrive.
+/// The tasks that turn the master's signals into [`Input::Signal`]; dropping it ends them.
+pub(crate) struct Signals(Vec<tokio::task::AbortHandle>);
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Starts, on the loop `io_loop`, one task per signal that turns the master's signals into
+/// [`Input::Signal`]. CHLD is always watched; the others only when `all` is set (an embedder
+/// may handle them itself). A signal received while the same signal waits in the inbox only
+/// counts there, so the inbox holds at most one input per signal however many arrive. Like
+/// any handler, tokio's merges the signals that arrive between two turns of its task: a count
+/// is of the signals seen apart, which two Ctrl-C of a person always are.
 ///
-/// A thread of its own, not the I/O loop: the driver still waits on its inbox on a thread of
-/// its own, and closing the returned handle at the end of a run gives an embedder its signals
-/// back (tokio's handlers, once installed, stay for the life of the process).
+/// The handlers are installed before this returns, so that no child's exit is missed. They
+/// stay installed for the life of the process (tokio's, as signal-hook's did): once the run has
+/// ended and these tasks with it, a signal of the embedder's still reaches a handler it
+/// installed before, and the master no longer hears it.
 pub(crate) fn watch_signals(
-    events: Sender<Input>,
+    io_loop: &tokio::runtime::Handle,
+    events: &ToDriver,
     all: bool,
-) -> io::Result<signal_hook::iterator::Handle> {
+) -> io::Result<Signals> {
+    use tokio::signal::unix::{SignalKind, signal};
     let mut wanted = vec![SIGCHLD];
     if all {
         wanted.extend([SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGTTIN, SIGTTOU]);
     }
-    let mut signals = signal_hook::iterator::Signals::new(&wanted)?;
-    let handle = signals.handle();
-    let counts: HashMap<i32, Arc<AtomicU32>> = wanted
-        .iter()
-        .map(|&signal| (signal, Arc::default()))
-        .collect();
-    std::thread::Builder::new()
-        .name("signals".to_owned())
-        .spawn(move || {
-            for signal in signals.forever() {
-                let Some(count) = counts.get(&signal) else {
-                    continue;
-                };
+    let _entered = io_loop.enter();
+    // Dropped on an error: the tasks started so far end.
+    let mut signals = Signals(Vec::with_capacity(wanted.len()));
+    for signal_number in wanted {
+        let mut arrivals = signal(SignalKind::from_raw(signal_number))?;
+        let count = Arc::new(AtomicU32::new(0));
+        let events = events.clone();
+        let task = io_loop.spawn(async move {
+            while arrivals.recv().await.is_some() {
                 if count.fetch_add(1, Ordering::AcqRel) == 0 {
-                    let count = Arc::clone(count);
-                    if events.send(Input::Signal { signal, count }).is_err() {
+                    let input = Input::Signal {
+                        signal: signal_number,
+                        count: Arc::clone(&count),
+                    };
+                    if events.send(input).is_err() {
                         return;
                     }
                 }
             }
-        })?;
-    Ok(handle)
+        });
+        signals.0.push(task.abort_handle());
+    }
+    Ok(signals)
 }
 
 #[cfg(test)]
@@ -1486,16 +1554,29 @@ mod tests {
         pending & (1 << (Signal::SIGUSR1 as i32 - 1)) != 0
     }
 
+    /// The next input in `inbox`, within 10 s.
+    fn next_input(inbox: &mut Inbox) -> Input {
+        let deadline = after(Instant::now(), Duration::from_secs(10));
+        loop {
+            if let Ok(input) = inbox.try_recv() {
+                return input;
+            }
+            assert!(Instant::now() < deadline, "no input");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// A signal that arrives while the same signal waits in the inbox is counted there: the
-    /// inbox holds one input per signal, however many arrive (issue 17).
+    /// inbox holds one input per signal, however many arrive (issue 17). The signal is heard
+    /// by a task on the loop, no thread of its own.
     #[test]
     fn a_signal_waiting_in_the_inbox_only_counts_the_next() {
-        let (events, inbox) = std::sync::mpsc::channel();
-        let handle = watch_signals(events, false).unwrap();
+        let (events, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+        let io_loop = crate::http::IoLoop::handle().unwrap();
+        let signals = watch_signals(&io_loop, &events, false).unwrap();
         let deadline = after(Instant::now(), Duration::from_secs(10));
         nix::sys::signal::raise(Signal::SIGCHLD).unwrap();
-        let Input::Signal { signal, count } = inbox.recv_timeout(Duration::from_secs(10)).unwrap()
-        else {
+        let Input::Signal { signal, count } = next_input(&mut inbox) else {
             panic!("expected a signal");
         };
         assert_eq!(signal, SIGCHLD);
@@ -1517,13 +1598,23 @@ mod tests {
         count.swap(0, Ordering::AcqRel);
         nix::sys::signal::raise(Signal::SIGCHLD).unwrap();
         assert!(matches!(
-            inbox.recv_timeout(Duration::from_secs(10)),
-            Ok(Input::Signal {
+            next_input(&mut inbox),
+            Input::Signal {
                 signal: SIGCHLD,
                 ..
-            })
+            }
         ));
-        handle.close();
+        // Dropped: its tasks end, and with them their senders.
+        drop(signals);
+        drop(events);
+        let deadline = after(Instant::now(), Duration::from_secs(10));
+        while !matches!(
+            inbox.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+        ) {
+            assert!(Instant::now() < deadline, "the signal tasks did not end");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// A follower that does not read costs the master at most its queue: it is dropped once

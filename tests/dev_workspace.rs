@@ -155,13 +155,9 @@ fn from_the_workspace_root_args_reach_the_app_and_edits_roll() {
     );
 
     // The worker runs its generation's copy of the build, under the binary's own name.
-    let children = fs::read_to_string(format!(
-        "/proc/{pid}/task/{pid}/children",
-        pid = master.pid()
-    ))
-    .unwrap();
-    let workers: Vec<(String, PathBuf)> = children
-        .split_whitespace()
+    // Every child, whichever thread forked it (the driver forks on the master's I/O thread).
+    let workers: Vec<(String, PathBuf)> = crate::support::process::children_of(master.pid())
+        .into_iter()
         .filter_map(|pid| {
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
             let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
