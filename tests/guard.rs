@@ -25,6 +25,18 @@ fn guard_of(master: &Master) -> Option<i32> {
     })
 }
 
+/// The master's guard other than `old`, waited for: the master forks the guard, and the child
+/// names itself `mcluster-guard` (`PR_SET_NAME`) only when it runs, which on a busy machine can
+/// be after the master has logged the new guard's pid.
+fn wait_for_guard(master: &Master, old: Option<i32>) -> i32 {
+    let mut found = None;
+    master.wait_until("the master's guard to run under its name", || {
+        found = guard_of(master).filter(|&pid| Some(pid) != old);
+        found.is_some()
+    });
+    found.expect("a guard")
+}
+
 fn last_pid() -> i32 {
     fs::read_to_string(NS_LAST_PID)
         .unwrap()
@@ -159,7 +171,7 @@ fn a_guard_killed_from_outside_is_replaced_by_one_that_guards_every_live_group()
         2,
     );
     let port = master.port();
-    let old = guard_of(&master).expect("the master's guard");
+    let old = wait_for_guard(&master, None);
     let mark = master.stderr_mark();
     kill(Pid::from_raw(old), Signal::SIGKILL).unwrap();
     let (mark, line) = master.wait_for_stderr_after(mark, "the guard process ");
@@ -169,7 +181,7 @@ fn a_guard_killed_from_outside_is_replaced_by_one_that_guards_every_live_group()
         "{line}"
     );
     assert!(line.ends_with("guards the 2 live process groups"), "{line}");
-    let new = guard_of(&master).expect("a new guard");
+    let new = wait_for_guard(&master, Some(old));
     assert_ne!(new, old);
     assert!(line.contains(&format!("(pid {new})")), "{line}");
     // Replace one of the workers: its new group is announced to the new guard.
@@ -197,7 +209,7 @@ fn a_stopped_guard_does_not_hang_the_master_s_stop() {
     let echo = fixture("fixture-echo");
     let (mut master, workers) =
         Master::start_ready(&["-l", "127.0.0.1:0", "-n", "1"], &echo, &[], 1);
-    let guard = guard_of(&master).expect("the master's guard");
+    let guard = wait_for_guard(&master, None);
     let _kill_guard = KillOnDrop(guard, stat(guard).unwrap().start_time);
     kill(Pid::from_raw(guard), Signal::SIGSTOP).unwrap();
     master.wait_until("the guard to stop", || {

@@ -345,11 +345,21 @@ impl Drop for OnPty {
 }
 
 /// Answers until a process of a group other than `old` answers; returns that group.
-fn wait_new_group(port: u16, old: i32) -> i32 {
-    let mut group = old;
-    wait_until("a new generation to answer", || {
-        group = answering_group(port);
-        group != old && group != 0
+/// The process group of a worker of `generation`, once one answers. Samples are taken until
+/// then: during a roll the kernel may still hand a connection to an old worker (until it
+/// closes its listener, issue 19's subject), or reset one an old worker took as it stopped; so
+/// the group of one sample alone is no proof of a roll, its generation is.
+fn wait_generation_group(port: u16, generation: u64) -> i32 {
+    let mut group = 0;
+    wait_until("a worker of the new generation to answer", || {
+        let reply = crate::support::net::try_request(port, "who")
+            .ok()
+            .and_then(|reply| crate::support::net::Reply::parse(&reply));
+        group = reply
+            .filter(|reply| reply.generation == generation)
+            .and_then(|reply| stat(reply.pid))
+            .map_or(0, |s| s.pgrp);
+        group != 0
     });
     group
 }
@@ -373,16 +383,15 @@ fn hup_rolls_a_start_master_whose_terminal_closed() {
     let first = answering_group(run.port);
     run.hang_up();
     // The terminal's own hangup rolls too (the servers' convention): wait for its end.
-    let second = wait_new_group(run.port, first);
+    let second = wait_generation_group(run.port, 2);
+    assert_ne!(second, first);
     assert!(stat(run.master).is_some(), "the master ended at the hangup");
     kill(Pid::from_raw(run.master), Signal::SIGHUP).unwrap();
-    let third = wait_new_group(run.port, second);
-    assert_ne!(third, first);
-    // The old worker may still take a connection until it closes its listener (issue 19's
-    // subject): what is asserted here is that the roll happened.
-    wait_until("generation 3 to answer", || {
-        echo(run.port, "rolled").generation == 3
-    });
+    let third = wait_generation_group(run.port, 3);
+    assert!(
+        third != first && third != second,
+        "{first} {second} {third}"
+    );
     kill(Pid::from_raw(run.master), Signal::SIGTERM).unwrap();
     assert_eq!(run.status(), "0");
 }
