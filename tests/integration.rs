@@ -83,6 +83,7 @@ mod errors;
 mod guard;
 mod http;
 mod io_loop;
+mod layout;
 mod library;
 mod output;
 mod readiness;
