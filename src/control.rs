@@ -88,9 +88,9 @@ use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::Error;
+use crate::handle::Handle;
 use crate::http::{ACCEPT_BACKOFF, IoLoop};
 use crate::listener::{ListenAddr, ListenKind, Listener, MAX_UNIX_PATH};
-use crate::master::Handle;
 use crate::status::ResizeOutcome;
 
 /// The longest request line, in bytes.
@@ -618,7 +618,7 @@ async fn peer_gone(stream: &UnixStream) {
 
 /// The answer to a request of the supervision loop's, once it is there; `None` when the master
 /// stopped without one (or before it was asked). Awaited: the driver's answer wakes this task.
-async fn answer_of<T>(waiter: Option<crate::master::Waiter<T>>) -> Option<T> {
+async fn answer_of<T>(waiter: Option<crate::handle::Waiter<T>>) -> Option<T> {
     waiter?.answer().await
 }
 

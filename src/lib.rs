@@ -74,6 +74,8 @@ mod builder;
 #[cfg(feature = "master")]
 mod dev;
 #[cfg(feature = "master")]
+mod handle;
+#[cfg(feature = "master")]
 mod http;
 #[cfg(feature = "master")]
 mod leftover;

@@ -26,11 +26,12 @@ use std::ffi::{CString, OsStr, OsString};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::Duration;
 
 pub use crate::config::{Error, MAX_SIZE};
+pub use crate::handle::{Handle, Waiter};
 pub use crate::listener::{ListenAddr, ListenKind};
 pub use crate::status::{
     LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
@@ -41,6 +42,7 @@ use crate::cluster::{Backoff, Cluster, ClusterConfig, ExitReason, Hangup, NeverR
 use crate::config::{self, SizeBound};
 use crate::control::ControlServer;
 use crate::dev::DevLoop;
+use crate::handle::{Inbox, Input, ToDriver};
 use crate::http::IoLoop;
 use crate::listener::Listener;
 use crate::livereload::LiveReload;
@@ -48,10 +50,7 @@ use crate::metrics::MetricsServer;
 use crate::output;
 use crate::readiness;
 use crate::sd_notify::NotifyDir;
-use crate::supervisor::{
-    Control, Inbox, Input, MessageHandler, Subscriber, Supervisor, ToDriver, WorkerSpec,
-    watch_signals,
-};
+use crate::supervisor::{MessageHandler, Supervisor, WorkerSpec, watch_signals};
 use crate::sys::Program;
 use crate::watch::{self, WatchConfig};
 
@@ -285,9 +284,7 @@ impl Master {
     /// A handle to control the running master from another thread.
     #[must_use]
     pub fn handle(&self) -> Handle {
-        Handle {
-            events: self.events.clone(),
-        }
+        Handle::new(self.events.clone())
     }
 
     /// Validates the settings, binds the listeners, runs the cluster until it is stopped, and
@@ -531,270 +528,6 @@ fn drive(io_loop: &tokio::runtime::Handle, supervisor: Supervisor) -> std::io::R
     }
 }
 
-/// Controls a running [`Master`] from any thread; each call is queued for the master's loop.
-#[derive(Debug, Clone)]
-pub struct Handle {
-    events: ToDriver,
-}
-
-impl Handle {
-    /// Sets the number of workers (at least 1, at most the bound the master computed at its
-    /// start from its limits, or [`MAX_SIZE`]). The returned [`Waiter`] answers with
-    /// [`ResizeOutcome::Resized`] and the master's status once every slot of the new size has a
-    /// ready worker, [`ResizeOutcome::Superseded`] with the size that won when another size is
-    /// asked for first, or [`ResizeOutcome::Refused`]; dropping it is fine.
-    #[allow(clippy::must_use_candidate)]
-    pub fn resize(&self, size: usize) -> Waiter<ResizeOutcome> {
-        let (reply, waiter) = reply();
-        let _ = self
-            .events
-            .send(Input::Control(Control::Resize(size, Some(reply))));
-        waiter
-    }
-
-    /// Replaces every worker with one of a new generation, each old one only after its
-    /// replacement is ready. The returned [`Waiter`] tells when the roll has ended and how, as
-    /// `cluster-master`'s restart callback did; dropping it is fine.
-    #[allow(clippy::must_use_candidate)]
-    pub fn restart(&self) -> Waiter<RestartOutcome> {
-        let (outcome, waiter) = reply();
-        let _ = self
-            .events
-            .send(Input::Control(Control::Roll(Some(outcome))));
-        waiter
-    }
-
-    /// A snapshot of the master and its workers; `None` once the master has stopped.
-    #[must_use]
-    pub fn status(&self) -> Option<Status> {
-        self.ask_status()?.wait()
-    }
-
-    /// Asks for a snapshot without waiting for it (for the servers on the I/O loop, which must
-    /// never block); `None` once the master has stopped.
-    pub(crate) fn ask_status(&self) -> Option<Waiter<Status>> {
-        let (reply, answer) = reply();
-        self.events
-            .send(Input::Control(Control::Status(reply)))
-            .ok()?;
-        Some(answer)
-    }
-
-    /// Every lifecycle event from now on (workers spawned, ready, exited, notify messages,
-    /// rolls), until the receiver is dropped or the master stops, or the receiver falls
-    /// 4,096 records behind: the master never
-    /// holds more for a follower that does not read, and ends its subscription instead.
-    #[must_use]
-    pub fn events(&self) -> Receiver<Record> {
-        let (subscriber, records) = mpsc::sync_channel(crate::status::FOLLOWER_QUEUE);
-        let _ = self
-            .events
-            .send(Input::Control(Control::Subscribe(Subscriber::Channel(
-                subscriber,
-            ))));
-        records
-    }
-
-    /// As [`events`](Handle::events), through a queue of `capacity` records that never makes
-    /// the master wait: when it is full, the subscription ends and the flag is set.
-    pub(crate) fn follow(
-        &self,
-        capacity: usize,
-    ) -> (
-        tokio::sync::mpsc::Receiver<Record>,
-        std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) {
-        let (queue, records) = tokio::sync::mpsc::channel(capacity);
-        let overflowed = std::sync::Arc::default();
-        let subscriber = Subscriber::Queue(queue, std::sync::Arc::clone(&overflowed));
-        let _ = self
-            .events
-            .send(Input::Control(Control::Subscribe(subscriber)));
-        (records, overflowed)
-    }
-
-    /// Stops gracefully: the stop signal, then SIGKILL after the kill timeout. The returned
-    /// [`Waiter`] answers with how the master ended once every worker is gone (`run` returns
-    /// the same, [`ExitReason::Stopped`]).
-    #[allow(clippy::must_use_candidate)]
-    pub fn quit(&self) -> Waiter<ExitReason> {
-        self.stop(false)
-    }
-
-    /// SIGKILLs every worker; the [`Waiter`] answers as [`quit`](Handle::quit)'s does
-    /// ([`ExitReason::Killed`]).
-    #[allow(clippy::must_use_candidate)]
-    pub fn quit_hard(&self) -> Waiter<ExitReason> {
-        self.stop(true)
-    }
-
-    fn stop(&self, hard: bool) -> Waiter<ExitReason> {
-        let (reply, waiter) = reply();
-        let control = if hard {
-            Control::QuitHard(Some(reply))
-        } else {
-            Control::Quit(Some(reply))
-        };
-        let _ = self.events.send(Input::Control(control));
-        waiter
-    }
-}
-
-/// The answer to a [`Handle`] request, once it is there.
-pub struct Waiter<T> {
-    slot: Arc<Slot<T>>,
-}
-
-impl<T> std::fmt::Debug for Waiter<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Waiter").finish_non_exhaustive()
-    }
-}
-
-impl<T> Waiter<T> {
-    /// Waits for the answer; `None` if the master stopped without giving one (a restart asked
-    /// for while it stopped gets [`RestartOutcome::Refused`] instead). It blocks the calling
-    /// thread, whichever it is (a thread of a tokio runtime too, as any blocking call does).
-    #[must_use]
-    pub fn wait(self) -> Option<T> {
-        let mut state = self.slot.lock();
-        while !state.closed {
-            state = self
-                .slot
-                .answered
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        state.answer.take()
-    }
-
-    /// As [`wait`](Waiter::wait), for at most `timeout`: `Err(self)` if no answer came yet.
-    pub fn wait_timeout(self, timeout: Duration) -> Result<Option<T>, Self> {
-        let deadline = std::time::Instant::now().checked_add(timeout);
-        let mut state = self.slot.lock();
-        while !state.closed {
-            let left = deadline.map_or(Duration::MAX, |deadline| {
-                deadline.saturating_duration_since(std::time::Instant::now())
-            });
-            if left.is_zero() {
-                drop(state);
-                return Err(self);
-            }
-            state = self
-                .slot
-                .answered
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        let answer = state.answer.take();
-        drop(state);
-        Ok(answer)
-    }
-
-    /// The answer, awaited without blocking (for the servers on the I/O loop); `None` as for
-    /// [`wait`](Waiter::wait).
-    pub(crate) async fn answer(self) -> Option<T> {
-        std::future::poll_fn(|cx| {
-            let mut state = self.slot.lock();
-            if state.closed {
-                return std::task::Poll::Ready(state.answer.take());
-            }
-            if !state
-                .waker
-                .as_ref()
-                .is_some_and(|waker| waker.will_wake(cx.waker()))
-            {
-                state.waker = Some(cx.waker().clone());
-            }
-            std::task::Poll::Pending
-        })
-        .await
-    }
-}
-
-/// The master's end of a [`Waiter`]: answers it once; dropped unanswered, the waiter gets
-/// `None`. Answering never blocks (the driver answers from the loop).
-pub(crate) struct Reply<T> {
-    slot: Arc<Slot<T>>,
-}
-
-impl<T> std::fmt::Debug for Reply<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reply").finish_non_exhaustive()
-    }
-}
-
-impl<T> Reply<T> {
-    /// Gives the waiter its answer.
-    pub(crate) fn send(self, answer: T) {
-        self.slot.close(Some(answer));
-    }
-}
-
-impl<T> Drop for Reply<T> {
-    fn drop(&mut self) {
-        // After `send`, this finds the slot closed and leaves it.
-        self.slot.close(None);
-    }
-}
-
-/// A new request's two ends: the master answers through the [`Reply`], the asker waits on the
-/// [`Waiter`], blocking a thread or awaited on the loop. One answer, so no queue: its bound is
-/// one value.
-pub(crate) fn reply<T>() -> (Reply<T>, Waiter<T>) {
-    let slot = Arc::new(Slot {
-        state: Mutex::new(SlotState {
-            answer: None,
-            closed: false,
-            waker: None,
-        }),
-        answered: Condvar::new(),
-    });
-    (
-        Reply {
-            slot: Arc::clone(&slot),
-        },
-        Waiter { slot },
-    )
-}
-
-/// Where one answer waits: for a blocked thread (the condition variable) or a task (the waker).
-struct Slot<T> {
-    state: Mutex<SlotState<T>>,
-    answered: Condvar,
-}
-
-struct SlotState<T> {
-    answer: Option<T>,
-    /// Answered, or the reply dropped: nothing more comes.
-    closed: bool,
-    /// The task awaiting the answer, if any.
-    waker: Option<std::task::Waker>,
-}
-
-impl<T> Slot<T> {
-    fn lock(&self) -> MutexGuard<'_, SlotState<T>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The answer (if any) is in; wakes whoever waits. Only the first call counts.
-    fn close(&self, answer: Option<T>) {
-        let mut state = self.lock();
-        if state.closed {
-            return;
-        }
-        state.answer = answer;
-        state.closed = true;
-        let waker = state.waker.take();
-        drop(state);
-        self.answered.notify_all();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-}
-
 /// Starts the live-reload channel at `address`; when it is the `LiveReload` protocol's port and that is
 /// taken (another dev master), on a free port, and says so.
 fn start_livereload(
@@ -988,34 +721,6 @@ mod tests {
             assert!(error.to_string().contains(option), "{error}");
             assert!(!socket.exists());
         }
-    }
-
-    /// A waiter is answered whether it blocks a thread, a thread of a tokio runtime included
-    /// (where tokio's own blocking receive panics), or is awaited on the loop; a reply dropped
-    /// unanswered is `None`.
-    #[test]
-    fn a_waiter_is_answered_blocking_inside_a_runtime_or_awaited() {
-        let (answer, waiter) = super::reply::<u32>();
-        let answering = std::thread::spawn(move || answer.send(7));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        assert_eq!(runtime.block_on(async { waiter.wait() }), Some(7));
-        answering.join().unwrap();
-
-        let (answer, waiter) = super::reply::<u32>();
-        let waiter = waiter.wait_timeout(Duration::from_millis(1)).unwrap_err();
-        drop(answer);
-        assert_eq!(waiter.wait_timeout(Duration::from_secs(10)).unwrap(), None);
-
-        let (answer, waiter) = super::reply::<u32>();
-        let io_loop = IoLoop::handle().unwrap();
-        let (done, answered) = mpsc::channel();
-        io_loop.spawn(async move {
-            let _ = done.send(waiter.answer().await);
-        });
-        answer.send(9);
-        assert_eq!(answered.recv_timeout(Duration::from_secs(10)), Ok(Some(9)));
     }
 
     /// Two masters of one process share the one I/O loop, each with its own driver task, one

@@ -34,8 +34,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, StatusCode};
 
 use crate::config::Error;
+use crate::handle::Handle;
 use crate::http::{Handler, IoLoop, Limits, Request, Response, Server, text};
-use crate::master::Handle;
 use crate::status::{FOLLOWER_QUEUE, Record, Status};
 
 /// How many connections are served at once (more get a 503 at once).

@@ -44,10 +44,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cluster::WorkerKey;
 use crate::config::Error;
+use crate::handle::{Input, ToDriver};
 use crate::http::IoLoop;
 use crate::leftover::{self, Here};
 use crate::listener::MAX_UNIX_PATH;
-use crate::supervisor::{Input, ToDriver};
 
 /// The file that marks a directory as a master's notify directory.
 const MARKER: &str = "mcluster-notify";
@@ -392,7 +392,7 @@ mod tests {
     use std::time::Duration;
 
     /// The next input, within 10 s; `None` once every sender is gone.
-    fn next_input(inbox: &mut crate::supervisor::Inbox) -> Option<Input> {
+    fn next_input(inbox: &mut crate::handle::Inbox) -> Option<Input> {
         use tokio::sync::mpsc::error::TryRecvError;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {

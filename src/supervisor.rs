@@ -71,17 +71,14 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use nix::libc::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid as NixPid;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, ResizeAnswer, RollEnd,
@@ -90,9 +87,9 @@ use crate::cluster::{
 use crate::config::SizeBound;
 use crate::dev::DevLoop;
 use crate::dev::lifecycle::{DevAction, DevEvent, Page, Served};
+use crate::handle::{Control, Inbox, Input, Reply, Subscriber, ToDriver};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
-use crate::master::Reply;
 use crate::output::{self, Readers, Tail, WorkerOutput};
 use crate::readiness::{self, ListenerInodes};
 use crate::report::{self, Lifecycle};
@@ -108,79 +105,6 @@ const RELOAD_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 /// How many queued inputs are handled before a due deadline: a `READY=1` sent just before its
 /// deadline counts, while a stream of messages cannot starve the deadline.
 const QUEUED_BEFORE_DEADLINE: usize = 64;
-
-/// The inbox's sending end: any thread may send, without blocking and without a runtime.
-pub(crate) type ToDriver = UnboundedSender<Input>;
-
-/// The inbox, read by the driver alone.
-pub(crate) type Inbox = UnboundedReceiver<Input>;
-
-/// Everything that can wake the driver.
-#[derive(Debug)]
-pub(crate) enum Input {
-    /// A signal the master received, `count` times since the driver last handled it (at most
-    /// one of each signal waits in the inbox).
-    Signal { signal: i32, count: Arc<AtomicU32> },
-    /// A worker's notify socket has messages (coalesced: see [`sd_notify`](crate::sd_notify)); at most one per
-    /// worker waits in the inbox.
-    Notify { key: WorkerKey },
-    /// A request from the embedder's handle.
-    Control(Control),
-    /// Dev mode: files really changed (a debounced batch).
-    Changed(Vec<PathBuf>),
-    /// Dev mode: the output of a build is complete, which its outcome may wait for (see
-    /// [`DevLoop::build_output_ended`]); at most one per build.
-    BuildOutputEnded,
-}
-
-/// Requests from [`Handle`](crate::master::Handle) (and the control socket, through one).
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// A new size; its outcome goes to the sender: the status once every slot of it has a
-    /// ready worker, or superseded, or refused.
-    Resize(usize, Option<Reply<ResizeOutcome>>),
-    /// A roll; its outcome goes to the sender, if any.
-    Roll(Option<Reply<RestartOutcome>>),
-    /// A graceful stop; how the master ended goes to the sender.
-    Quit(Option<Reply<ExitReason>>),
-    /// A hard stop; how the master ended goes to the sender.
-    QuitHard(Option<Reply<ExitReason>>),
-    /// A snapshot of the master, to the sender.
-    Status(Reply<Status>),
-    /// Every lifecycle event from now on, to the subscriber, until it hangs up.
-    Subscribe(Subscriber),
-}
-
-/// Where a subscriber's lifecycle events go. Sending never blocks the driver.
-#[derive(Debug)]
-pub(crate) enum Subscriber {
-    /// The library's [`Handle::events`](crate::master::Handle::events): a channel the
-    /// embedder's own code reads.
-    Channel(SyncSender<Record>),
-    /// A control socket's follower: a bounded queue. One that is full is dropped (its sender
-    /// goes, so the follower sees the end), and `overflowed` says why.
-    Queue(
-        tokio::sync::mpsc::Sender<Record>,
-        std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ),
-}
-
-impl Subscriber {
-    /// Queues `record`; `false` when the subscriber is gone or was dropped for being full.
-    fn send(&self, record: &Record) -> bool {
-        match self {
-            Self::Channel(sender) => sender.try_send(record.clone()).is_ok(),
-            Self::Queue(queue, overflowed) => match queue.try_send(record.clone()) {
-                Ok(()) => true,
-                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                    overflowed.store(true, std::sync::atomic::Ordering::Release);
-                    false
-                }
-                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
-            },
-        }
-    }
-}
 
 /// A message handler: the worker's slot and the notify message.
 pub(crate) type MessageHandler = Box<dyn FnMut(usize, &str) + Send>;

@@ -59,6 +59,8 @@
 //! - `systemd` the master as a systemd service: its own `READY=1` / `RELOADING=1` / `STOPPING=1`
 //!   (never the workers' `NOTIFY_SOCKET`), socket activation with and without `LISTEN_PID`
 //!
+//! - `layout`  no module cycles in `src/` (read from the code's `crate::` paths)
+//!
 //! - `axum`    `mcluster::serve` in `examples/axum-app` (built here with the feature): no request
 //!   lost across rolls under load (plain `axum::serve` counted beside it), SSE and WebSocket
 //!   clients ended properly within 0.5 s, a panic answered with a 500 and its worker replaced
@@ -83,6 +85,7 @@ mod errors;
 mod guard;
 mod http;
 mod io_loop;
+mod layout;
 mod library;
 mod output;
 mod readiness;
