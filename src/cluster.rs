@@ -84,6 +84,14 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 /// The longest pause between two rounds of probes, however many workers start at once.
 const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(50);
 
+/// The longest pause between two passes over every process for the other members of starting
+/// workers' groups ([`Action::ProbeStarting`] with `members`): the pauses double from
+/// [`PROBE_INTERVAL_MAX`] while workers start, up to this, and start over when a worker is
+/// spawned. One pass serves every starting worker and costs a read of every process's `stat`
+/// (some 5 µs a process: with 1000 processes, 0.5 % of a core at one pass a second), far more
+/// than a round of probes; a wrapper's app is seen at most this late.
+const MEMBERS_SCAN_MAX: Duration = Duration::from_secs(1);
+
 /// After this long starting, a worker neither ready nor seen accepting gets one line of advice
 /// ([`Action::Unseen`]).
 const UNSEEN_HINT: Duration = Duration::from_secs(5);
@@ -399,6 +407,10 @@ pub struct Cluster {
     /// When the next pass for groups of zombies only is due, and the pause before it; `None`
     /// while no group lingers, or when a new one does (its first check takes a pass).
     zombie_scan: Option<(Instant, Duration)>,
+    /// When the next pass for the members of starting workers' groups is due, and the pause
+    /// before it; `None` until the first round of probes, and when a worker is spawned (the
+    /// next round takes a pass).
+    members_scan: Option<(Instant, Duration)>,
 }
 
 impl Cluster {
@@ -428,6 +440,7 @@ impl Cluster {
             ended: None,
             polled: None,
             zombie_scan: None,
+            members_scan: None,
         }
     }
 
@@ -604,6 +617,24 @@ impl Cluster {
             }
             None => {
                 self.zombie_scan = Some((after(now, GROUP_POLL), GROUP_POLL));
+                true
+            }
+        }
+    }
+
+    /// Whether a round of probes at `now` first looks for the members of the starting workers'
+    /// groups: the first round after a worker was spawned does, then the pauses double up to
+    /// [`MEMBERS_SCAN_MAX`].
+    fn members_scan_due(&mut self, now: Instant) -> bool {
+        match self.members_scan {
+            Some((due, _)) if now < due => false,
+            Some((_, pause)) => {
+                let pause = (pause * 2).min(MEMBERS_SCAN_MAX);
+                self.members_scan = Some((after(now, pause), pause));
+                true
+            }
+            None => {
+                self.members_scan = Some((after(now, PROBE_INTERVAL_MAX), PROBE_INTERVAL_MAX));
                 true
             }
         }
@@ -789,6 +820,8 @@ impl Cluster {
                     deadline: after(now, self.config.ready_timeout),
                 };
                 worker.hint_at = self.config.probe_starting.then(|| after(now, UNSEEN_HINT));
+                // Its group's other members (a wrapper's app) are looked for at the next round.
+                self.members_scan = None;
             }
             // Stopped while being spawned (a stop raced the spawn): finish the job now.
             WorkerState::Stopping { .. } => {
@@ -1264,7 +1297,8 @@ impl Cluster {
         if self.next_poll().is_some_and(|at| at <= now) {
             self.polled = Some(now);
             if self.config.probe_starting && self.probing().next().is_some() {
-                actions.push(Action::ProbeStarting);
+                let members = self.members_scan_due(now);
+                actions.push(Action::ProbeStarting { members });
             }
             if self.workers.iter().any(|worker| worker.leader_exited) {
                 let zombies = self.zombie_scan_due(now);

@@ -9,6 +9,7 @@
 //! it was run as), so it may hold spaces and parentheses, `)` included. The fields after it are
 //! read after the *last* `)` of the line, which no name can move.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 
@@ -80,6 +81,28 @@ pub(crate) fn pids() -> Vec<i32> {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
         .filter(|&pid| pid > 0)
         .collect()
+}
+
+/// Pids by process group.
+pub(crate) type Groups = HashMap<i32, Vec<i32>>;
+
+/// The live (not exited) processes of this pid namespace by process group, from one pass over
+/// `/proc` that reads each process's `stat` once; `None` without `/proc`.
+///
+/// Some 5 µs a process: one pass answers for every group the caller wants to know about.
+pub(crate) fn live_groups() -> Option<Groups> {
+    // Where /proc is mounted, it shows this process at least.
+    let pids = pids();
+    if pids.is_empty() {
+        return None;
+    }
+    let mut groups = Groups::new();
+    for pid in pids {
+        if let Some(stat) = stat(pid).filter(|stat| !stat.exited()) {
+            groups.entry(stat.pgrp).or_default().push(pid);
+        }
+    }
+    Some(groups)
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`): a new random one at every boot.
@@ -219,6 +242,8 @@ mod tests {
     fn this_process_is_in_the_list_and_has_a_boot_and_a_namespace() {
         let pid = i32::try_from(std::process::id()).unwrap();
         assert!(pids().contains(&pid));
+        let own_group = stat(pid).unwrap().pgrp;
+        assert!(live_groups().unwrap()[&own_group].contains(&pid));
         assert_eq!(boot_id().unwrap().len(), 36);
         assert!(pid_namespace().unwrap().starts_with("pid:["));
         assert!(rss_bytes(pid).unwrap() > 0);

@@ -25,19 +25,21 @@
 //!
 //! A worker is its process group (the master makes each worker a group leader), so a shell
 //! wrapper without `exec` is ready when the app it started is: [`Starting`] probes the leader
-//! and the other members of its group.
+//! and the other members of its group. Those are found by a pass over every process of `/proc`
+//! (each one's `stat`, [`procfs::live_groups`]), far dearer than a probe on a host with many
+//! processes: one pass serves every starting worker, and the core says which rounds of probes
+//! take one (often at first, then at most once a second while workers take long to start).
 //!
 //! Reading `syscall` and `mem` needs ptrace access to the worker (same user, or root; Yama's
-//! `ptrace_scope=1` allows it to an ancestor such as the master); without it only the epoll sign is seen. Every
-//! probe is a handful of small reads of `/proc`, meant to run every 10–20 ms only while a
-//! worker is starting.
+//! `ptrace_scope=1` allows it to an ancestor such as the master); without it only the epoll
+//! sign is seen. Every probe is a handful of small reads of `/proc`, meant to run every
+//! 10–50 ms only while a worker is starting.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::time::Instant;
 
 use crate::procfs;
 
@@ -153,23 +155,18 @@ pub(crate) fn probe(pid: i32, listeners: &ListenerInodes) -> Option<Accepting> {
         .then_some(Accepting::Epoll)
 }
 
-/// How many times longer than a scan of `/proc` for the members of a worker's process group the
-/// pause before the next scan is. A scan reads every process's `stat` (some 5 µs a process), so
-/// on a host with many processes it is far dearer than a probe. 200: the scans take at most 0.5% of a
-/// core however many processes there are (a member is then found within 200 × the scan's time:
-/// 0.1 s with 100 processes, 1 s with 1000).
-const SCAN_PAUSE_FACTOR: u32 = 200;
-
 /// A starting worker being watched: its process group (the worker is its leader).
 ///
 /// The leader is probed every time; the other members (a shell wrapper's app, a pre-fork
-/// server's children) are looked up in `/proc` on the first probe and then again after a pause
-/// proportional to what the lookup cost, and the ones found are probed every time.
+/// server's children) are those of the last pass over `/proc` it was given (one pass for every
+/// starting worker, as often as the core asks: [`Action::ProbeStarting`]), and are probed every
+/// time.
+///
+/// [`Action::ProbeStarting`]: crate::cluster::Action::ProbeStarting
 #[derive(Debug, Clone)]
 pub(crate) struct Starting {
     pgid: i32,
     members: Vec<i32>,
-    next_scan: Option<Instant>,
 }
 
 impl Starting {
@@ -179,25 +176,32 @@ impl Starting {
         Self {
             pgid: pid,
             members: Vec::new(),
-            next_scan: None,
         }
     }
 
-    /// Whether the worker or another process of its group is seen accepting.
-    pub(crate) fn probe(&mut self, listeners: &ListenerInodes) -> Option<Accepting> {
+    /// Whether the worker or another process of its group is seen accepting. `groups`, a new
+    /// pass over `/proc` ([`procfs::live_groups`]), replaces the members known so far.
+    pub(crate) fn probe(
+        &mut self,
+        listeners: &ListenerInodes,
+        groups: Option<&procfs::Groups>,
+    ) -> Option<Accepting> {
+        if let Some(groups) = groups {
+            self.members = groups
+                .get(&self.pgid)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|&pid| pid != self.pgid)
+                .collect();
+        }
         if let Some(accepting) = probe(self.pgid, listeners) {
             return Some(accepting);
-        }
-        let start = Instant::now();
-        if self.next_scan.is_none_or(|next| start >= next) {
-            self.members = group_members(self.pgid);
-            let end = Instant::now();
-            self.next_scan = Some(end + (end - start) * SCAN_PAUSE_FACTOR);
         }
         self.members.iter().find_map(|&pid| probe(pid, listeners))
     }
 
-    /// A process of the worker (the leader, or a member found by a probe) that is stopped
+    /// A process of the worker (the leader, or a member found by a pass) that is stopped
     /// (state `T` or `t` in `/proc/PID/stat`: `SIGSTOP`, a job-control signal, a tracer): it
     /// cannot accept, nor become ready, until it is continued.
     #[must_use]
@@ -461,31 +465,10 @@ fn parse_hex(text: &str) -> Option<u64> {
     u64::from_str_radix(text.strip_prefix("0x").unwrap_or(text), 16).ok()
 }
 
-/// The live processes of the group `pgid` other than its leader.
-fn group_members(pgid: i32) -> Vec<i32> {
-    procfs::pids()
-        .into_iter()
-        .filter(|&pid| {
-            pid != pgid && procfs::stat(pid).is_some_and(|stat| stat.pgrp == pgid && !stat.exited())
-        })
-        .collect()
-}
-
 /// The process groups that have a live (not zombie) process, from one pass over `/proc`; `None`
 /// without `/proc`.
 pub(crate) fn groups_with_live_processes() -> Option<HashSet<i32>> {
-    // Where /proc is mounted, it shows this process at least.
-    let pids = procfs::pids();
-    if pids.is_empty() {
-        return None;
-    }
-    Some(
-        pids.into_iter()
-            .filter_map(procfs::stat)
-            .filter(|stat| !stat.exited())
-            .map(|stat| stat.pgrp)
-            .collect(),
-    )
+    Some(procfs::live_groups()?.into_keys().collect())
 }
 
 #[cfg(test)]
@@ -493,7 +476,7 @@ mod tests {
     use std::net::TcpListener;
     use std::os::fd::{AsFd, AsRawFd};
     use std::thread;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use super::*;
 
@@ -616,23 +599,22 @@ mod tests {
         let miss = start.elapsed() / rounds;
         let start = Instant::now();
         for _ in 0..20 {
-            group_members(pid);
+            assert!(procfs::live_groups().is_some());
         }
-        let scan = start.elapsed() / 20;
-        // A starting worker probed every 10 ms: the probe of the leader each time, and a scan of
-        // the group at the first probe after the pause that follows the last one.
+        let pass = start.elapsed() / 20;
+        // A starting worker probed every 10 ms; one pass over /proc for the members of every
+        // starting worker's group at most every 50 ms (while they start), every second at
+        // least (once they take long).
         let every = Duration::from_millis(10);
-        let scans_apart = (scan * (SCAN_PAUSE_FACTOR + 1))
-            .div_duration_f64(every)
-            .ceil();
-        let share = |cost: Duration| cost.div_duration_f64(every) * 100.0;
+        let share = |cost: Duration, every: Duration| cost.div_duration_f64(every) * 100.0;
         eprintln!(
             "one probe: {holding:?} (holds our listener, not accepting), {hit:?} (seen), \
-             {miss:?} (holds no listener of ours); one scan of /proc for the group: {scan:?}; \
-             at one probe per 10 ms: {:.2}% of a core (probes {:.2}%, scans {:.2}%)",
-            share(holding) + share(scan) / scans_apart,
-            share(holding),
-            share(scan) / scans_apart,
+             {miss:?} (holds no listener of ours); one pass over /proc for the groups: {pass:?}; \
+             a worker probed every 10 ms: {:.2}% of a core; the passes: {:.2}% at most (every \
+             50 ms), {:.2}% once workers take long (every second), for all workers",
+            share(holding, every),
+            share(pass, Duration::from_millis(50)),
+            share(pass, Duration::from_secs(1)),
         );
 
         std::net::TcpStream::connect(addr).unwrap();

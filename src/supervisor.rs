@@ -91,6 +91,7 @@ use crate::handle::{Control, Inbox, Input, Reply, Subscriber, ToDriver};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::output::{self, Readers, Tail, WorkerOutput};
+use crate::procfs;
 use crate::readiness::{self, ListenerInodes};
 use crate::report::{self, Lifecycle};
 use crate::sd_notify::{NotifyDir, NotifySocket};
@@ -730,17 +731,20 @@ impl Supervisor {
         }
     }
 
-    /// Looks at every starting worker: one seen accepting on a listener is ready.
-    fn probe_starting(&self, state: &mut DriverState) -> Vec<Event> {
+    /// Looks at every starting worker: one seen accepting on a listener is ready. With
+    /// `members`, one pass over `/proc` first gives each the other members of its group.
+    fn probe_starting(&self, state: &mut DriverState, members: bool) -> Vec<Event> {
         let Some(listeners) = &self.probe else {
             return Vec::new();
         };
+        // Without /proc (it was there when probing began), the members known stay.
+        let groups = if members { procfs::live_groups() } else { None };
         let mut seen = Vec::new();
         for (key, worker) in &mut state.workers {
             let Some(probe) = &mut worker.probe else {
                 continue;
             };
-            if let Some(accepting) = probe.probe(listeners) {
+            if let Some(accepting) = probe.probe(listeners, groups.as_ref()) {
                 seen.push(Event::SeenAccepting {
                     key: *key,
                     how: accepting.to_string(),
@@ -757,7 +761,7 @@ impl Supervisor {
         let listeners = self.probe.as_ref()?;
         let worker = state.workers.get_mut(&key)?;
         let probe = worker.probe.as_mut()?;
-        if let Some(accepting) = probe.probe(listeners) {
+        if let Some(accepting) = probe.probe(listeners, None) {
             worker.probe = None;
             return Some(Event::SeenAccepting {
                 key,
@@ -952,7 +956,9 @@ impl Supervisor {
                         }
                     }
                     Action::RequestRoll => self.roll_requested(state, None),
-                    Action::ProbeStarting => pending.extend(self.probe_starting(state)),
+                    Action::ProbeStarting { members } => {
+                        pending.extend(self.probe_starting(state, members));
+                    }
                     Action::CheckGroups { zombies } => {
                         pending.extend(self.gone_groups(state, zombies));
                     }

@@ -302,7 +302,12 @@ pub enum Action {
     RequestRoll,
     /// Probe the starting workers for accepting now; one seen accepting is
     /// [`Event::SeenAccepting`].
-    ProbeStarting,
+    ProbeStarting {
+        /// First look again for the other members of their process groups (a shell wrapper's
+        /// app), one pass over every process (`/proc`) for all of them, that the core asks for
+        /// less often as workers take longer to start.
+        members: bool,
+    },
     /// Check now whether the groups of exited workers are gone; one that is gone is
     /// [`Event::Exited`].
     CheckGroups {

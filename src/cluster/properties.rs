@@ -241,7 +241,7 @@ impl World {
                         self.roll_requests.insert(request);
                         pending.push(Event::Roll(request));
                     }
-                    Action::ProbeStarting => {
+                    Action::ProbeStarting { .. } => {
                         assert!(
                             self.cluster.config.probe_starting
                                 && self.cluster.probing().next().is_some(),

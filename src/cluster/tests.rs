@@ -83,7 +83,7 @@ impl Timeline {
                     | Action::ResizeAnswered { .. }
                     | Action::ExitAnswered { .. }
                     | Action::RequestRoll
-                    | Action::ProbeStarting
+                    | Action::ProbeStarting { .. }
                     | Action::CheckGroups { .. }
                     | Action::Unseen { .. } => {}
                 }
@@ -1327,7 +1327,7 @@ fn starting_workers_are_probed_on_a_clock_that_thins_out_with_their_number() {
     let probes = |t: &Timeline| {
         t.log
             .iter()
-            .filter(|a| **a == Action::ProbeStarting)
+            .filter(|a| matches!(a, Action::ProbeStarting { .. }))
             .count()
     };
     // One or two starting workers: every 10 ms.
@@ -1358,6 +1358,49 @@ fn starting_workers_are_probed_on_a_clock_that_thins_out_with_their_number() {
     t.advance(ms(10_000));
     assert_eq!(probes(&t), 0);
     assert!(logged_actions(&t, |a| matches!(a, Action::Unseen { .. })).is_empty());
+}
+
+#[test]
+fn the_pass_for_group_members_is_shared_thins_out_as_workers_start_and_starts_over_at_a_spawn() {
+    let rounds =
+        |t: &Timeline| logged_actions(t, |a| matches!(a, Action::ProbeStarting { .. })).len();
+    let passes = |t: &Timeline| t.log.contains(&Action::ProbeStarting { members: true });
+    // Two workers start: a round every 10 ms, each a single action for both of them.
+    let mut t = probing(2);
+    t.feed(Event::Start);
+    let start = t.now;
+    let mut at = Vec::new();
+    let mut probed = 0;
+    for _ in 0..300 {
+        t.log.clear();
+        t.advance(ms(10));
+        probed += rounds(&t);
+        if passes(&t) {
+            at.push(t.now.duration_since(start));
+        }
+    }
+    assert_eq!(probed, 300, "the probes themselves go on every 10 ms");
+    // The first round looks for members, then after pauses of 50, 100, 200, 400, 800 ms, then
+    // every second at most.
+    assert_eq!(
+        at[..7],
+        [10, 60, 160, 360, 760, 1560, 2560].map(ms),
+        "{at:?}"
+    );
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+    assert!(gaps.iter().all(|&gap| gap <= ms(1000)), "{gaps:?}");
+    // A worker is spawned (the cluster grows): the next round looks for its group's members.
+    t.advance(ms(5));
+    t.feed(Event::Resize {
+        size: 3,
+        request: None,
+    });
+    assert_eq!(t.spawned.len(), 3);
+    t.log.clear();
+    // Three start now: the next round is 20 ms after the last.
+    t.advance(ms(15));
+    assert_eq!(rounds(&t), 1);
+    assert!(passes(&t), "{:?}", t.log);
 }
 
 #[test]
