@@ -215,7 +215,10 @@ fn a_build_s_children_die_with_a_sigkilled_dev_master() {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "sh\n")
         })
         .expect("the build's shell");
-    assert!(group_members(build_group).len() >= 3);
+    // `started` exists once `touch` ran: the shell forks the second sleep just after.
+    master.wait_until("the build's shell and its two sleeps", || {
+        group_members(build_group).len() >= 3
+    });
     master.signal(Signal::SIGKILL);
     wait_until("the build's processes to die with the master", || {
         group_members(build_group).is_empty()
