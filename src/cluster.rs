@@ -404,15 +404,39 @@ pub struct Cluster {
     /// When starting workers were last probed and leftover groups checked; set by the first
     /// event.
     polled: Option<Instant>,
-    /// When the next pass for groups of zombies only is due, and the pause before it; `None`
-    /// while no group lingers, or when a new one does (its first check takes a pass).
-    zombie_scan: Option<(Instant, Duration)>,
-    /// When the next pass for the members of starting workers' groups is due, and the pause
-    /// before it; `None` until the first round of probes, and when a worker is spawned (the
-    /// next round takes a pass).
-    members_scan: Option<(Instant, Duration)>,
+    /// The pass for groups of zombies only; reset while no group lingers, or when a new one
+    /// does (its first check takes a pass).
+    zombie_scan: DoublingPause,
+    /// The pass for the members of starting workers' groups; reset until the first round of
+    /// probes, and when a worker is spawned (the next round takes a pass).
+    members_scan: DoublingPause,
 }
 
+/// A look that is taken at once, then again after pauses that double from `first` up to `max`
+/// (the paced `/proc` passes); reset, the next look is taken at once.
+#[derive(Debug, Clone, Copy, Default)]
+struct DoublingPause {
+    /// When the next look is due, and the pause before it; `None` after a reset.
+    next: Option<(Instant, Duration)>,
+}
+
+impl DoublingPause {
+    /// Whether a look is due at `now`; if so, the next one is set a pause later.
+    fn due(&mut self, now: Instant, first: Duration, max: Duration) -> bool {
+        match self.next {
+            Some((due, _)) if now < due => false,
+            Some((_, pause)) => {
+                let pause = (pause * 2).min(max);
+                self.next = Some((after(now, pause), pause));
+                true
+            }
+            None => {
+                self.next = Some((after(now, first), first));
+                true
+            }
+        }
+    }
+}
 impl Cluster {
     /// A cluster that does nothing until [`Event::Start`].
     #[must_use]
@@ -439,8 +463,8 @@ impl Cluster {
             exit_waiters: Vec::new(),
             ended: None,
             polled: None,
-            zombie_scan: None,
-            members_scan: None,
+            zombie_scan: DoublingPause::default(),
+            members_scan: DoublingPause::default(),
         }
     }
 
@@ -608,36 +632,15 @@ impl Cluster {
     /// Whether a group check at `now` takes a pass for groups of zombies only: the first check
     /// after a group began to linger does, then the pauses double up to [`ZOMBIE_SCAN_MAX`].
     fn zombie_scan_due(&mut self, now: Instant) -> bool {
-        match self.zombie_scan {
-            Some((due, _)) if now < due => false,
-            Some((_, pause)) => {
-                let pause = (pause * 2).min(ZOMBIE_SCAN_MAX);
-                self.zombie_scan = Some((after(now, pause), pause));
-                true
-            }
-            None => {
-                self.zombie_scan = Some((after(now, GROUP_POLL), GROUP_POLL));
-                true
-            }
-        }
+        self.zombie_scan.due(now, GROUP_POLL, ZOMBIE_SCAN_MAX)
     }
 
     /// Whether a round of probes at `now` first looks for the members of the starting workers'
     /// groups: the first round after a worker was spawned does, then the pauses double up to
     /// [`MEMBERS_SCAN_MAX`].
     fn members_scan_due(&mut self, now: Instant) -> bool {
-        match self.members_scan {
-            Some((due, _)) if now < due => false,
-            Some((_, pause)) => {
-                let pause = (pause * 2).min(MEMBERS_SCAN_MAX);
-                self.members_scan = Some((after(now, pause), pause));
-                true
-            }
-            None => {
-                self.members_scan = Some((after(now, PROBE_INTERVAL_MAX), PROBE_INTERVAL_MAX));
-                true
-            }
-        }
+        self.members_scan
+            .due(now, PROBE_INTERVAL_MAX, MEMBERS_SCAN_MAX)
     }
 
     /// The spawned workers that are starting: those the driver probes.
@@ -821,7 +824,7 @@ impl Cluster {
                 };
                 worker.hint_at = self.config.probe_starting.then(|| after(now, UNSEEN_HINT));
                 // Its group's other members (a wrapper's app) are looked for at the next round.
-                self.members_scan = None;
+                self.members_scan = DoublingPause::default();
             }
             // Stopped while being spawned (a stop raced the spawn): finish the job now.
             WorkerState::Stopping { .. } => {
@@ -856,7 +859,7 @@ impl Cluster {
         let worker = self.workers.remove(index);
         if tree_left {
             // A new group lingers: its first check looks for zombies too.
-            self.zombie_scan = None;
+            self.zombie_scan = DoublingPause::default();
             let mut rest = worker.clone();
             rest.leader_exited = true;
             rest.watchdog_at = None;
