@@ -23,7 +23,7 @@ use crate::support::fixture::mcluster;
 const MAX_REQUESTS: usize = 64;
 /// How many clients may follow the events at once (`MAX_FOLLOWERS` in `src/control.rs`).
 const MAX_FOLLOWERS: usize = 64;
-use crate::support::process::{DEADLINE, stat, wait_until};
+use crate::support::process::{DEADLINE, proc_status, stat, wait_until};
 use crate::support::script::exec_line;
 use crate::support::{Master, Script, echo, fixture, is_alive, pids};
 
@@ -714,12 +714,7 @@ fn follow(socket: &Path) -> BufReader<UnixStream> {
 
 /// The number of threads of process `pid`.
 fn threads(pid: i32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Threads:"))
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no thread count in {status}"))
+    usize::try_from(proc_status(pid, "Threads:")).unwrap()
 }
 
 /// The lines a follower reads until the master closes the connection (which must come).

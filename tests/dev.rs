@@ -20,6 +20,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
+use crate::support::process::proc_status;
 use crate::support::{Master, MasterBuilder, Script, echo, fixture};
 
 /// Cargo builds in these tests share one target directory, one test at a time, across test
@@ -492,17 +493,6 @@ echo "stand-in cargo: build $n done" >&2
         .env("REAL_CARGO", env!("CARGO"))
         .env("APP_ENV", "dev")
     }
-}
-
-/// A field of `/proc/PID/status` (`Threads:`, `VmHWM:` in kB) as a number.
-#[track_caller]
-fn proc_status(pid: i32, field: &str) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
 }
 
 /// Whether the master's stderr shows a line containing `first` before one containing `then`.

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::support::fixture::mcluster;
-use crate::support::process::{DEADLINE, wait_until};
+use crate::support::process::{DEADLINE, proc_status, wait_until};
 use crate::support::{Master, fixture, python3};
 
 /// The most threads the master may run, whatever the number of workers (issue 17).
@@ -29,17 +29,6 @@ const FLOOD_PEAK_MAX: u64 = 64 * 1024 * 1024;
 /// How many notify messages the flooding workers send, in all, before the master's memory is
 /// looked at: unbounded, at about 1 KiB each, they would take several times the budget.
 const FLOOD_MESSAGES: u64 = 200_000;
-
-/// A field of `/proc/PID/status` (`Threads:`, `VmHWM:` in kB) as a number.
-#[track_caller]
-fn proc_status(pid: i32, field: &str) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
-}
 
 /// `mcluster status --json --control SOCKET`: the status, or `None` if the client did not
 /// get an answer within [`DEADLINE`] (it is killed then).

@@ -9,6 +9,7 @@ use std::thread;
 
 use nix::sys::signal::Signal;
 
+use crate::support::process::proc_status;
 use crate::support::script::quote;
 use crate::support::{Master, Script, fixture};
 
@@ -95,14 +96,7 @@ fn flood(char: char) -> String {
 /// The peak resident memory of `pid` so far (`VmHWM`), in bytes.
 #[track_caller]
 fn peak_rss(pid: i32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"));
-    kib * 1024
+    proc_status(pid, "VmHWM:") * 1024
 }
 
 /// What a reader saw of an output too big to keep, without ever holding more than a chunk.

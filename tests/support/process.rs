@@ -35,6 +35,17 @@ pub(crate) fn stat(pid: i32) -> Option<Stat> {
     })
 }
 
+/// A field of `/proc/PID/status` (`Threads:`, `VmHWM:` in kB) as a number.
+#[track_caller]
+pub(crate) fn proc_status(pid: i32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
+}
+
 /// Whether `pid` is a running process (a zombie is not: it has exited and holds no resources).
 pub(crate) fn is_alive(pid: i32) -> bool {
     stat(pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X'))
