@@ -85,7 +85,7 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(50);
 
 /// The longest pause between two passes over every process for the other members of starting
-/// workers' groups ([`Action::ProbeStarting`] with `members`): the pauses double from
+/// workers' groups ([`Action::ProbeStarting`] with `full`): the pauses double from
 /// [`PROBE_INTERVAL_MAX`] while workers start, up to this, and start over when a worker is
 /// spawned. One pass serves every starting worker and costs a read of every process's `stat`
 /// (some 5 µs a process: with 1000 processes, 0.5 % of a core at one pass a second), far more
@@ -407,9 +407,10 @@ pub struct Cluster {
     /// The pass for groups of zombies only; reset while no group lingers, or when a new one
     /// does (its first check takes a pass).
     zombie_scan: DoublingPause,
-    /// The pass for the members of starting workers' groups; reset until the first round of
-    /// probes, and when a worker is spawned (the next round takes a pass).
-    members_scan: DoublingPause,
+    /// The full round of probes (a pass for the members of starting workers' groups, every
+    /// fd listed anew); reset until the first round of probes, and when a worker is spawned
+    /// (the next round is full).
+    full_round: DoublingPause,
 }
 
 /// A look that is taken at once, then again after pauses that double from `first` up to `max`
@@ -464,7 +465,7 @@ impl Cluster {
             ended: None,
             polled: None,
             zombie_scan: DoublingPause::default(),
-            members_scan: DoublingPause::default(),
+            full_round: DoublingPause::default(),
         }
     }
 
@@ -635,11 +636,11 @@ impl Cluster {
         self.zombie_scan.due(now, GROUP_POLL, ZOMBIE_SCAN_MAX)
     }
 
-    /// Whether a round of probes at `now` first looks for the members of the starting workers'
-    /// groups: the first round after a worker was spawned does, then the pauses double up to
-    /// [`MEMBERS_SCAN_MAX`].
-    fn members_scan_due(&mut self, now: Instant) -> bool {
-        self.members_scan
+    /// Whether a round of probes at `now` is full (first looks for the members of the starting
+    /// workers' groups, lists every fd anew): the first round after a worker was spawned is,
+    /// then the pauses double up to [`MEMBERS_SCAN_MAX`].
+    fn full_round_due(&mut self, now: Instant) -> bool {
+        self.full_round
             .due(now, PROBE_INTERVAL_MAX, MEMBERS_SCAN_MAX)
     }
 
@@ -824,7 +825,7 @@ impl Cluster {
                 };
                 worker.hint_at = self.config.probe_starting.then(|| after(now, UNSEEN_HINT));
                 // Its group's other members (a wrapper's app) are looked for at the next round.
-                self.members_scan = DoublingPause::default();
+                self.full_round = DoublingPause::default();
             }
             // Stopped while being spawned (a stop raced the spawn): finish the job now.
             WorkerState::Stopping { .. } => {
@@ -1300,8 +1301,8 @@ impl Cluster {
         if self.next_poll().is_some_and(|at| at <= now) {
             self.polled = Some(now);
             if self.config.probe_starting && self.probing().next().is_some() {
-                let members = self.members_scan_due(now);
-                actions.push(Action::ProbeStarting { members });
+                let full = self.full_round_due(now);
+                actions.push(Action::ProbeStarting { full });
             }
             if self.workers.iter().any(|worker| worker.leader_exited) {
                 let zombies = self.zombie_scan_due(now);

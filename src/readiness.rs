@@ -35,7 +35,7 @@
 //! sign is seen. Every probe is a handful of small reads of `/proc`, meant to run every
 //! 10–50 ms only while a worker is starting.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -141,7 +141,11 @@ pub(crate) fn available() -> bool {
 /// exited, or belongs to another user).
 #[must_use]
 pub(crate) fn probe(pid: i32, listeners: &ListenerInodes) -> Option<Accepting> {
-    let fds = Fds::of(pid, listeners)?;
+    signs(pid, &Fds::of(pid, listeners)?, listeners)
+}
+
+/// The signs that `pid`, whose fds are `fds`, accepts on one of our listeners.
+fn signs(pid: i32, fds: &Fds, listeners: &ListenerInodes) -> Option<Accepting> {
     if fds.ours.is_empty() {
         // It holds none of our listeners: nothing it does can be accepting on one.
         return None;
@@ -151,8 +155,21 @@ pub(crate) fn probe(pid: i32, listeners: &ListenerInodes) -> Option<Accepting> {
     }
     fds.epolls
         .iter()
-        .any(|&epfd| epoll_watches(pid, epfd, &fds, listeners))
+        .any(|&epfd| epoll_watches(pid, epfd, fds, listeners))
         .then_some(Accepting::Epoll)
+}
+
+/// What a round of probes reads anew.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Round<'p> {
+    /// Only what changes while a worker waits: its threads' system calls and its epoll
+    /// instances. The fd tables are those read before, as long as each keeps its size (see
+    /// [`Starting`]).
+    Quick,
+    /// Everything, fd tables included; with a pass over `/proc` ([`procfs::live_groups`]),
+    /// which gives the members of each group (`None`: the pass could not be made, the members
+    /// known stay).
+    Full(Option<&'p procfs::Groups>),
 }
 
 /// A starting worker being watched: its process group (the worker is its leader).
@@ -162,11 +179,24 @@ pub(crate) fn probe(pid: i32, listeners: &ListenerInodes) -> Option<Accepting> {
 /// starting worker, as often as the core asks: [`Action::ProbeStarting`]), and are probed every
 /// time.
 ///
+/// Listing a process's fds is the dearest part of a probe (a `readlink` per fd), and what it
+/// finds (which fds are our listeners, which are epoll instances) rarely changes while a worker
+/// starts: a quick round ([`Round::Quick`]) keeps the list of a process whose fd table has the
+/// size it had (one `stat` of `/proc/PID/fd`, whose size is the number of open fds since Linux
+/// 6.2; older kernels say 0, and the fds are listed every time). An fd replaced by another
+/// without a change of size goes unseen until the next full round, which the core makes often
+/// at first and at least once a second. A stale list cannot make a worker seen accepting when
+/// it is not: an epoll instance is matched by the inode of the file it watches, whatever the
+/// fd number, and a sign seen through a kept list is checked again with a fresh one.
+///
 /// [`Action::ProbeStarting`]: crate::cluster::Action::ProbeStarting
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Starting {
     pgid: i32,
     members: Vec<i32>,
+    /// The fds listed by the last probe of each process of the group, with the size of its fd
+    /// table then; emptied at every full round, so at most one entry per member.
+    known: HashMap<i32, (u64, Fds)>,
 }
 
 impl Starting {
@@ -176,29 +206,54 @@ impl Starting {
         Self {
             pgid: pid,
             members: Vec::new(),
+            known: HashMap::new(),
         }
     }
 
-    /// Whether the worker or another process of its group is seen accepting. `groups`, a new
-    /// pass over `/proc` ([`procfs::live_groups`]), replaces the members known so far.
+    /// Whether the worker or another process of its group is seen accepting.
     pub(crate) fn probe(
         &mut self,
         listeners: &ListenerInodes,
-        groups: Option<&procfs::Groups>,
+        round: Round<'_>,
     ) -> Option<Accepting> {
-        if let Some(groups) = groups {
-            self.members = groups
-                .get(&self.pgid)
-                .into_iter()
-                .flatten()
-                .copied()
-                .filter(|&pid| pid != self.pgid)
-                .collect();
+        if let Round::Full(pass) = round {
+            self.known.clear();
+            if let Some(groups) = pass {
+                self.members = groups
+                    .get(&self.pgid)
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .filter(|&pid| pid != self.pgid)
+                    .collect();
+            }
         }
-        if let Some(accepting) = probe(self.pgid, listeners) {
-            return Some(accepting);
+        let pids: Vec<i32> = std::iter::once(self.pgid)
+            .chain(self.members.iter().copied())
+            .collect();
+        pids.into_iter()
+            .find_map(|pid| self.probe_one(pid, listeners))
+    }
+
+    /// Probes one process of the group, with the fds listed before if its fd table kept its
+    /// size.
+    fn probe_one(&mut self, pid: i32, listeners: &ListenerInodes) -> Option<Accepting> {
+        let size = fd_table_size(pid);
+        if let Some(size) = size
+            && let Some((known_size, fds)) = self.known.get(&pid)
+            && *known_size == size
+        {
+            // Seen with a kept list: seen for sure only with a fresh one.
+            signs(pid, fds, listeners)?;
+            self.known.remove(&pid);
+            return probe(pid, listeners);
         }
-        self.members.iter().find_map(|&pid| probe(pid, listeners))
+        let fds = Fds::of(pid, listeners)?;
+        let accepting = signs(pid, &fds, listeners);
+        if let Some(size) = size {
+            self.known.insert(pid, (size, fds));
+        }
+        accepting
     }
 
     /// A process of the worker (the leader, or a member found by a pass) that is stopped
@@ -212,7 +267,17 @@ impl Starting {
     }
 }
 
+/// The number of open fds of `pid` (the size of `/proc/PID/fd`, Linux 6.2 and later); `None`
+/// when not known (older kernels say 0).
+fn fd_table_size(pid: i32) -> Option<u64> {
+    fs::metadata(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|meta| meta.len())
+        .filter(|&size| size > 0)
+}
+
 /// The fds of a process that matter: those referring to our listeners, and its epoll instances.
+#[derive(Debug)]
 struct Fds {
     /// Fd numbers (in the worker) of our listeners.
     ours: Vec<i32>,
@@ -340,7 +405,7 @@ fn seen_in_syscall(pid: i32, ours: &[i32]) -> Option<Accepting> {
     let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     tasks.filter_map(Result::ok).find_map(|task| {
         // "NR ARG0 ARG1 … SP PC" while in a syscall; "running" or "-1 SP PC" otherwise.
-        let line = fs::read_to_string(task.path().join("syscall")).ok()?;
+        let line = procfs::read_single(task.path().join("syscall"))?;
         let mut fields = line.split_ascii_whitespace();
         let nr = fields.next()?.parse::<i64>().ok()?;
         let arg0 = fields.next().and_then(parse_hex)?;
@@ -420,8 +485,8 @@ fn read_memory(pid: i32, address: u64, buf: &mut [u8]) -> io::Result<()> {
 
 /// Whether the epoll instance `epfd` of `pid` watches one of our listeners for input.
 fn epoll_watches(pid: i32, epfd: i32, fds: &Fds, listeners: &ListenerInodes) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}"))
-        .is_ok_and(|info| epoll_info_watches(&info, &fds.ours, listeners))
+    procfs::read_single(format!("/proc/{pid}/fdinfo/{epfd}"))
+        .is_some_and(|info| epoll_info_watches(&info, &fds.ours, listeners))
 }
 
 /// Whether an epoll instance's fdinfo `info` has one of our listeners registered for input.
@@ -475,6 +540,7 @@ pub(crate) fn groups_with_live_processes() -> Option<HashSet<i32>> {
 mod tests {
     use std::net::TcpListener;
     use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::process::CommandExt as _;
     use std::thread;
     use std::time::{Duration, Instant};
 
@@ -559,6 +625,128 @@ mod tests {
         let link = fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
         let inode = socket_inode(link.to_str().unwrap()).unwrap();
         assert!(inodes.contains(inode), "{inodes:?} vs {link:?}");
+    }
+
+    /// A child holding `listener` as its fd 3 in a group of its own, running `script` (Python):
+    /// each line it reads on stdin is a command, answered by a line on stdout once done.
+    struct Child {
+        process: std::process::Child,
+        answers: std::io::BufReader<std::process::ChildStdout>,
+    }
+
+    impl Child {
+        fn start(listener: &TcpListener) -> Self {
+            use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+            let script = "
+import os, select, socket, sys, threading
+if int(sys.argv[1]) != 3:
+    os.dup2(int(sys.argv[1]), 3)
+    os.close(int(sys.argv[1]))
+# For 'swap': another listening socket, and a thread that polls fd 3 for input once told
+# (not accept: a thread blocked in accept holds the number of the fd it is to return, which
+# the size of the fd table counts).
+other = socket.socket()
+other.bind(('127.0.0.1', 0))
+other.listen()
+go = threading.Event()
+def wait():
+    go.wait()
+    waiting = select.poll()
+    waiting.register(3, select.POLLIN)
+    waiting.poll()
+threading.Thread(target=wait, daemon=True).start()
+for command in sys.stdin:
+    command = command.strip()
+    if command == 'epoll':
+        # An epoll instance (a new fd) watching fd 3, our listener, for input.
+        e = select.epoll()
+        e.register(3, select.EPOLLIN)
+    elif command == 'swap':
+        # fd 3 becomes the other listening socket (the number of fds stays the same), and
+        # the thread waits on it.
+        os.dup2(other.fileno(), 3)
+        go.set()
+    print('done', flush=True)
+";
+            // Inherited for this spawn only (other tests of this binary spawn too).
+            fcntl(listener, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+            let spawned = std::process::Command::new("python3")
+                .args(["-c", script, &listener.as_raw_fd().to_string()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .process_group(0)
+                .spawn();
+            fcntl(listener, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+            let mut process = spawned.expect("python3");
+            let answers = std::io::BufReader::new(process.stdout.take().unwrap());
+            Self { process, answers }
+        }
+
+        fn pid(&self) -> i32 {
+            i32::try_from(self.process.id()).unwrap()
+        }
+
+        fn run(&mut self, command: &str) {
+            use std::io::{BufRead as _, Write as _};
+            let stdin = self.process.stdin.as_mut().unwrap();
+            writeln!(stdin, "{command}").unwrap();
+            let mut line = String::new();
+            self.answers.read_line(&mut line).unwrap();
+            assert_eq!(line, "done\n", "{command}");
+        }
+    }
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.process.kill();
+            let _ = self.process.wait();
+        }
+    }
+
+    #[test]
+    fn a_quick_round_sees_an_epoll_instance_made_after_the_last_full_round() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
+        let mut child = Child::start(&listener);
+        let mut starting = Starting::new(child.pid());
+        child.run("ready");
+        assert_eq!(starting.probe(&listeners, Round::Full(None)), None);
+        assert!(starting.known.contains_key(&child.pid()), "its fds kept");
+        child.run("epoll");
+        assert_eq!(
+            starting.probe(&listeners, Round::Quick),
+            Some(Accepting::Epoll),
+            "the fd table grew: listed anew"
+        );
+    }
+
+    #[test]
+    fn a_kept_fd_list_that_is_stale_never_makes_a_worker_seen_accepting() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
+        let mut child = Child::start(&listener);
+        let pid = child.pid();
+        let mut starting = Starting::new(pid);
+        child.run("ready");
+        assert_eq!(starting.probe(&listeners, Round::Full(None)), None);
+        let size = starting.known[&pid].0;
+        // Its fd 3 is another socket now, with a thread waiting in poll on it; same size.
+        child.run("swap");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, kept) = &starting.known[&pid];
+            if signs(pid, kept, &listeners).is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the thread never waited in poll");
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(fd_table_size(pid), Some(size), "the same number of fds");
+        assert_eq!(
+            starting.probe(&listeners, Round::Quick),
+            None,
+            "what the kept list says is checked with a fresh one"
+        );
     }
 
     /// This process blocked in `accept` on a listener of its own, in a thread: the probe sees

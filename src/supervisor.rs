@@ -92,7 +92,7 @@ use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::output::{self, Readers, Tail, WorkerOutput};
 use crate::procfs;
-use crate::readiness::{self, ListenerInodes};
+use crate::readiness::{self, ListenerInodes, Round};
 use crate::report::{self, Lifecycle};
 use crate::sd_notify::{NotifyDir, NotifySocket};
 use crate::status::{
@@ -731,20 +731,26 @@ impl Supervisor {
         }
     }
 
-    /// Looks at every starting worker: one seen accepting on a listener is ready. With
-    /// `members`, one pass over `/proc` first gives each the other members of its group.
-    fn probe_starting(&self, state: &mut DriverState, members: bool) -> Vec<Event> {
+    /// Looks at every starting worker: one seen accepting on a listener is ready. A `full`
+    /// round first makes one pass over `/proc`, which gives each the other members of its
+    /// group, and lists every fd anew.
+    fn probe_starting(&self, state: &mut DriverState, full: bool) -> Vec<Event> {
         let Some(listeners) = &self.probe else {
             return Vec::new();
         };
         // Without /proc (it was there when probing began), the members known stay.
-        let groups = if members { procfs::live_groups() } else { None };
+        let pass = if full { procfs::live_groups() } else { None };
+        let round = if full {
+            Round::Full(pass.as_ref())
+        } else {
+            Round::Quick
+        };
         let mut seen = Vec::new();
         for (key, worker) in &mut state.workers {
             let Some(probe) = &mut worker.probe else {
                 continue;
             };
-            if let Some(accepting) = probe.probe(listeners, groups.as_ref()) {
+            if let Some(accepting) = probe.probe(listeners, round) {
                 seen.push(Event::SeenAccepting {
                     key: *key,
                     how: accepting.to_string(),
@@ -761,7 +767,7 @@ impl Supervisor {
         let listeners = self.probe.as_ref()?;
         let worker = state.workers.get_mut(&key)?;
         let probe = worker.probe.as_mut()?;
-        if let Some(accepting) = probe.probe(listeners, None) {
+        if let Some(accepting) = probe.probe(listeners, Round::Full(None)) {
             worker.probe = None;
             return Some(Event::SeenAccepting {
                 key,
@@ -956,8 +962,8 @@ impl Supervisor {
                         }
                     }
                     Action::RequestRoll => self.roll_requested(state, None),
-                    Action::ProbeStarting { members } => {
-                        pending.extend(self.probe_starting(state, members));
+                    Action::ProbeStarting { full } => {
+                        pending.extend(self.probe_starting(state, full));
                     }
                     Action::CheckGroups { zombies } => {
                         pending.extend(self.gone_groups(state, zombies));

@@ -303,10 +303,12 @@ pub enum Action {
     /// Probe the starting workers for accepting now; one seen accepting is
     /// [`Event::SeenAccepting`].
     ProbeStarting {
-        /// First look again for the other members of their process groups (a shell wrapper's
-        /// app), one pass over every process (`/proc`) for all of them, that the core asks for
-        /// less often as workers take longer to start.
-        members: bool,
+        /// A full round: first look again for the other members of their process groups (a
+        /// shell wrapper's app), one pass over every process (`/proc`) for all of them, and
+        /// list every fd of each process probed anew (a quick round reads only what changes
+        /// while a worker waits); the core asks for one less often as workers take longer to
+        /// start.
+        full: bool,
     },
     /// Check now whether the groups of exited workers are gone; one that is gone is
     /// [`Event::Exited`].

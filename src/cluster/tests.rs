@@ -1364,7 +1364,7 @@ fn starting_workers_are_probed_on_a_clock_that_thins_out_with_their_number() {
 fn the_pass_for_group_members_is_shared_thins_out_as_workers_start_and_starts_over_at_a_spawn() {
     let rounds =
         |t: &Timeline| logged_actions(t, |a| matches!(a, Action::ProbeStarting { .. })).len();
-    let passes = |t: &Timeline| t.log.contains(&Action::ProbeStarting { members: true });
+    let passes = |t: &Timeline| t.log.contains(&Action::ProbeStarting { full: true });
     // Two workers start: a round every 10 ms, each a single action for both of them.
     let mut t = probing(2);
     t.feed(Event::Start);
