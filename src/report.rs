@@ -1,18 +1,20 @@
 //! The reporter: the one place where what the master tells is put in words. Three kinds of
 //! facts come here: what the cores tell ([`Report`], [`DevReport`]), what the driver saw itself
 //! ([`DriverReport`]: a worker's status or its silence, the guard process, a stderr tail), and
-//! the lifecycle facts of the master ([`Lifecycle`]). Each becomes a line for the terminal and,
-//! for a lifecycle fact, the [`Record`] that `mcluster events` prints as JSON and
-//! [`Handle::events`](crate::master::Handle::events) returns. Deriving both from one fact keeps
-//! them from drifting apart. The driver builds the fact and writes what it gets back; it writes
-//! no words of its own (`tests/layout.rs` fails on a line formatted outside this module).
+//! the lifecycle facts of the master ([`Lifecycle`]). Each becomes a line for the terminal, the
+//! [`Record`] that `mcluster events` prints as JSON and
+//! [`Handle::events`](crate::master::Handle::events) returns, or both. Deriving both from one
+//! fact keeps them from drifting apart. The driver builds the fact and writes what it gets back;
+//! it writes no words of its own (`tests/layout.rs` fails on a line formatted where it is
+//! written).
 //!
 //! The cores carry facts (slots, pids, generations, durations, how a process ended, why a
 //! build failed) and no English; this module depends on them, never the reverse.
 //!
-//! One line of the master's is not formatted here: the writer's own `… N lines dropped`
-//! ([`output`](crate::output)), written by the writer thread past its full queue, about the
-//! stream itself rather than about the master.
+//! Not here yet: the lines of the master's start (`master.rs`), of the watcher (`watch.rs`),
+//! of cargo's lock wait (`builder.rs`) and of the command line (`cli`). Not here by design: the
+//! writer's own `… N lines dropped` ([`output`](crate::output)), written by the writer thread
+//! because the queue that every other line goes through had no room for it.
 
 use std::fmt::{self, Write as _};
 use std::io;
