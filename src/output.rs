@@ -363,6 +363,9 @@ impl Writer {
             self.changed.notify_all();
             match entry {
                 Entry::Line(line) => self.stream.write_now(&line),
+                // The writer's own words, not the reporter's: its accounting of the stream it
+                // writes, written here because the queue that `master_line` goes through is
+                // the one that had no room.
                 Entry::Dropped(count) => self.stream.write_now(
                     format!(
                         "{} {} dropped: {} did not keep up\n",

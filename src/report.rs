@@ -1,19 +1,31 @@
-//! The reporter: the one place where what the cores tell ([`Report`], [`DevReport`]) and the
-//! lifecycle facts of the master ([`Lifecycle`]) are put in words — a line for the terminal —
-//! and, for a lifecycle fact, in the [`Record`] that `mcluster events` prints as JSON and
-//! [`Handle::events`](crate::master::Handle::events) returns. Deriving both from one fact keeps
-//! them from drifting apart.
+//! The reporter: the one place where what the master tells is put in words. Three kinds of
+//! facts come here: what the cores tell ([`Report`], [`DevReport`]), what the driver saw itself
+//! ([`DriverReport`]: a worker's status or its silence, the guard process, a stderr tail), and
+//! the lifecycle facts of the master ([`Lifecycle`]). Each becomes a line for the terminal, the
+//! [`Record`] that `mcluster events` prints as JSON and
+//! [`Handle::events`](crate::master::Handle::events) returns, or both. Deriving both from one
+//! fact keeps them from drifting apart. The driver builds the fact and writes what it gets back;
+//! it writes no words of its own (`tests/layout.rs` fails on a line formatted where it is
+//! written).
 //!
 //! The cores carry facts (slots, pids, generations, durations, how a process ended, why a
 //! build failed) and no English; this module depends on them, never the reverse.
+//!
+//! Not here yet: the lines of the master's start (`master.rs`), of the watcher (`watch.rs`),
+//! of cargo's lock wait (`builder.rs`) and of the command line (`cli`). Not here by design: the
+//! writer's own `… N lines dropped` ([`output`](crate::output)), written by the writer thread
+//! because the queue that every other line goes through had no room for it.
 
 use std::fmt::{self, Write as _};
+use std::io;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::cluster::{
-    Aborted, Failure, ProcessEnd, ReadyBy, Report, RollEnd, WorkerId, WorkerReady, human_duration,
-    signal_name,
+    Aborted, Failure, Pid, ProcessEnd, ReadyBy, Report, RollEnd, WorkerId, WorkerReady,
+    human_duration, signal_name,
 };
+use crate::config::describe_io;
 use crate::dev::lifecycle::{BuildFailure, Changes, DevReport, Keeps};
 use crate::status::{self, Record, RestartOutcome};
 
@@ -295,7 +307,7 @@ pub(crate) fn failed_page(failure: &BuildFailure) -> String {
 }
 
 /// `build failed (exited with status 101) after 1.20s`.
-fn build_failed(end: ProcessEnd, built_in: std::time::Duration) -> String {
+fn build_failed(end: ProcessEnd, built_in: Duration) -> String {
     format!("build failed ({end}) after {}", human_duration(built_in))
 }
 
@@ -414,17 +426,17 @@ pub(crate) struct Lingering {
     /// The worker.
     pub(crate) worker: WorkerId,
     /// How long since the stop signal.
-    pub(crate) since: std::time::Duration,
+    pub(crate) since: Duration,
     /// Its open TCP connections, as the driver counted them.
     pub(crate) connections: usize,
     /// How long until SIGKILL; `None` if it was sent already.
-    pub(crate) kill_in: Option<std::time::Duration>,
+    pub(crate) kill_in: Option<Duration>,
     /// Another Ctrl-C kills it now.
     pub(crate) ctrl_c_kills: bool,
 }
 
 /// The line of a lingering worker, so that a wait is never unexplained.
-pub(crate) fn lingering_line(lingering: &Lingering) -> String {
+fn lingering_line(lingering: &Lingering) -> String {
     let mut line = format!(
         "{} is still stopping {} after the stop signal",
         long(lingering.worker),
@@ -447,6 +459,139 @@ pub(crate) fn lingering_line(lingering: &Lingering) -> String {
     line
 }
 
+/// A fact the driver saw itself, not told by a core: a line for the terminal (none has a
+/// record of `mcluster events`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DriverReport<'a> {
+    /// The building page could not start answering on the listeners (dev mode).
+    BuildingPageFailed(&'a io::Error),
+    /// SIGTTIN asked for one more worker than the bound allows.
+    SigttinIgnored {
+        /// Why the size is refused.
+        why: &'a str,
+    },
+    /// A worker's latest `STATUS=`.
+    Status {
+        /// The worker's slot.
+        slot: usize,
+        /// The status, as sent.
+        status: &'a str,
+    },
+    /// A worker sent notify messages faster than the driver took them: some were not passed
+    /// on to the message handler and the followers.
+    NotifyFlood {
+        /// The worker.
+        worker: WorkerId,
+        /// How many were not passed on.
+        dropped: u64,
+    },
+    /// A starting worker is not ready `after` its spawn, and a process of its group is
+    /// stopped (SIGSTOP).
+    StoppedStarting {
+        /// The worker.
+        worker: WorkerId,
+        /// How long since its spawn.
+        after: Duration,
+        /// The stopped process: the worker's own pid, or another of its group.
+        stopped: Pid,
+    },
+    /// A starting worker is not seen accepting `after` its spawn, and sent no `READY=1`.
+    NotSeenAccepting {
+        /// The worker.
+        worker: WorkerId,
+        /// How long since its spawn.
+        after: Duration,
+    },
+    /// The guard process died (killed from outside); a new one took every live group.
+    GuardReplaced {
+        /// How the old one ended; `None` when it is gone without a status.
+        ended: Option<ProcessEnd>,
+        /// The new guard's pid.
+        pid: i32,
+        /// How many live process groups it guards.
+        groups: usize,
+    },
+    /// The guard process died, and a new one cannot start: no worker starts until one does.
+    GuardNotReplaced {
+        /// How the old one ended; `None` when it is gone without a status.
+        ended: Option<ProcessEnd>,
+        /// Why the new one cannot start.
+        error: &'a io::Error,
+    },
+    /// A new guard process started before a spawn (the last one had died).
+    GuardStarted {
+        /// Its pid.
+        pid: i32,
+    },
+    /// A stopping worker is still alive a while after the stop signal.
+    Lingering(Lingering),
+    /// One of the last stderr lines of a worker that never got ready.
+    StderrLine {
+        /// The worker's slot.
+        slot: usize,
+        /// The line, as the worker wrote it.
+        line: &'a str,
+    },
+}
+
+/// How the guard process ended, as its lines say it.
+fn guard_ended(ended: Option<ProcessEnd>) -> String {
+    ended.map_or_else(|| "is gone".to_owned(), |end| end.to_string())
+}
+
+/// The terminal line of a fact the driver saw itself.
+pub(crate) fn driver_line(report: &DriverReport<'_>) -> String {
+    match *report {
+        DriverReport::BuildingPageFailed(error) => format!(
+            "cannot answer with the building page: {}",
+            describe_io(error)
+        ),
+        DriverReport::SigttinIgnored { why } => format!("SIGTTIN ignored: {why}"),
+        DriverReport::Status { slot, status } => format!("w{slot} status: {status}"),
+        DriverReport::NotifyFlood { worker, dropped } => format!(
+            "{} sent notify messages faster than they were handled: {dropped} not passed on \
+             (its READY, WATCHDOG, STOPPING and latest STATUS still count)",
+            short(worker)
+        ),
+        DriverReport::StoppedStarting {
+            worker,
+            after,
+            stopped,
+        } => format!(
+            "{} is not ready after {}: {} is stopped (SIGSTOP or a job control signal), and \
+             can neither accept nor send READY=1 until it gets SIGCONT",
+            short(worker),
+            human_duration(after),
+            if Some(stopped) == worker.pid {
+                "it".to_owned()
+            } else {
+                format!("its process {stopped}")
+            }
+        ),
+        DriverReport::NotSeenAccepting { worker, after } => format!(
+            "{} is not seen accepting after {} and sent no READY=1; if it serves, it accepts \
+             in a way mcluster cannot see (it sees accept, epoll and poll on its listeners): \
+             have it send READY=1, or give --ready-delay",
+            short(worker),
+            human_duration(after)
+        ),
+        DriverReport::GuardReplaced { ended, pid, groups } => format!(
+            "the guard process {}; a new one (pid {pid}) guards the {groups} live process \
+             group{}",
+            guard_ended(ended),
+            if groups == 1 { "" } else { "s" }
+        ),
+        DriverReport::GuardNotReplaced { ended, error } => format!(
+            "error: the guard process {}, and a new one cannot start ({error}); no worker \
+             starts until one does",
+            guard_ended(ended)
+        ),
+        DriverReport::GuardStarted { pid } => format!("a new guard process (pid {pid}) runs"),
+        DriverReport::Lingering(lingering) => lingering_line(&lingering),
+        DriverReport::StderrLine { slot, line } => format!("w{slot} stderr: {line}"),
+    }
+}
+
 /// A lifecycle fact of the master: a line for the terminal and a record for the followers,
 /// from the same fact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,6 +609,36 @@ pub(crate) enum Lifecycle<'a> {
     RollEnded(&'a RollEnd),
     /// The master began to stop (its line is the core's [`Report::Stopping`]).
     Stopping,
+    /// A worker process was started (no line: its readiness has one).
+    Spawned {
+        /// Its slot.
+        slot: usize,
+        /// Its process id.
+        pid: i32,
+        /// Its generation.
+        generation: u64,
+    },
+    /// A worker process exited (no line: the core's reports say what its end means).
+    Exited {
+        /// Its slot.
+        slot: usize,
+        /// Its process id.
+        pid: i32,
+        /// Its generation.
+        generation: u64,
+        /// How it ended.
+        end: ProcessEnd,
+    },
+    /// A worker sent a notify message (no line: only its latest `STATUS=` has one,
+    /// [`DriverReport::Status`]).
+    Notify {
+        /// Its slot.
+        slot: usize,
+        /// Its process id.
+        pid: i32,
+        /// The message, as sent.
+        message: &'a str,
+    },
 }
 
 impl Lifecycle<'_> {
@@ -484,7 +659,10 @@ impl Lifecycle<'_> {
                 workers(*size)
             )),
             Lifecycle::RollEnded(end) => Some(roll_ended(end)),
-            Lifecycle::Stopping => None,
+            Lifecycle::Stopping
+            | Lifecycle::Spawned { .. }
+            | Lifecycle::Exited { .. }
+            | Lifecycle::Notify { .. } => None,
         }
     }
 
@@ -513,6 +691,31 @@ impl Lifecycle<'_> {
                 aborted: end.aborted.as_ref().map(ToString::to_string),
             },
             Lifecycle::Stopping => Record::Stopping,
+            Lifecycle::Spawned {
+                slot,
+                pid,
+                generation,
+            } => Record::WorkerSpawned {
+                slot: *slot,
+                pid: *pid,
+                generation: *generation,
+            },
+            Lifecycle::Exited {
+                slot,
+                pid,
+                generation,
+                end,
+            } => Record::WorkerExited {
+                slot: *slot,
+                pid: *pid,
+                generation: *generation,
+                end: end.to_string(),
+            },
+            Lifecycle::Notify { slot, pid, message } => Record::Notify {
+                slot: *slot,
+                pid: *pid,
+                message: (*message).to_owned(),
+            },
         }
     }
 }

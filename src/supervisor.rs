@@ -6,6 +6,11 @@
 //! still decides is which requests it refuses before they reach the core (a size beyond
 //! [`SizeBound`]).
 //!
+//! Nor does it write words of its own: what it tells — the cores' reports, what it saw itself
+//! ([`DriverReport`]: a worker's status or its silence, the guard, a stderr tail), the lifecycle
+//! facts of `mcluster events` ([`Lifecycle`]) — is a typed value that the reporter
+//! ([`report`]) makes into the terminal line and the followers' record.
+//!
 //! One loop: wait on one channel, the inbox, with the core's next deadline as a timer, turn
 //! what arrives into an [`Event`], hand it to [`Cluster::handle`], carry out the actions. A
 //! spawn is answered at once with `Spawned` or `SpawnFailed`.
@@ -82,7 +87,7 @@ use nix::unistd::Pid as NixPid;
 
 use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, ResizeAnswer, RollEnd,
-    StopKind, WorkerId, WorkerKey, after, human_duration,
+    StopKind, WorkerId, WorkerKey, after,
 };
 use crate::config::SizeBound;
 use crate::dev::DevLoop;
@@ -93,7 +98,7 @@ use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::output::{self, Readers, Tail, WorkerOutput};
 use crate::procfs;
 use crate::readiness::{self, ListenerInodes, Round};
-use crate::report::{self, Lifecycle};
+use crate::report::{self, DriverReport, Lifecycle};
 use crate::sd_notify::{NotifyDir, NotifySocket};
 use crate::status::{
     self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
@@ -137,6 +142,17 @@ struct RunningWorker {
     notify: NotifySocket,
     stderr_tail: Tail,
     output: Readers,
+}
+
+impl RunningWorker {
+    /// The worker as reports name it.
+    fn id(&self) -> WorkerId {
+        WorkerId {
+            slot: self.slot,
+            pid: Some(Pid(self.pid)),
+            generation: self.generation,
+        }
+    }
 }
 
 /// A worker that exited, kept for a failure report.
@@ -292,9 +308,8 @@ impl Supervisor {
         let page = live.page_source();
         match BuildingPage::start(listeners, page) {
             Ok(building) => self.building = Some(building),
-            Err(error) => output::master_line(&format!(
-                "cannot answer with the building page: {}",
-                crate::config::describe_io(&error)
+            Err(error) => output::master_line(&report::driver_line(
+                &DriverReport::BuildingPageFailed(&error),
             )),
         }
     }
@@ -505,7 +520,9 @@ impl Supervisor {
             SIGTTIN => {
                 let size = self.cluster.size().saturating_add(1);
                 if let Err(why) = self.check_size(size) {
-                    output::master_line(&format!("SIGTTIN ignored: {why}"));
+                    output::master_line(&report::driver_line(&DriverReport::SigttinIgnored {
+                        why: &why,
+                    }));
                     return;
                 }
                 Event::Resize {
@@ -529,27 +546,30 @@ impl Supervisor {
             return;
         };
         let (slot, pid) = (worker.slot, worker.pid);
+        let id = worker.id();
         let taken = worker.notify.take();
         if let Some(status) = &taken.status {
             worker.status = Some(status.clone());
-            output::master_line(&format!("w{slot} status: {status}"));
+            output::master_line(&report::driver_line(&DriverReport::Status { slot, status }));
         }
         for text in &taken.messages {
             if let Some(handler) = &mut self.on_message {
                 handler(slot, text);
             }
-            state.publish(&Record::Notify {
-                slot,
-                pid,
-                message: text.clone(),
-            });
+            state.publish(
+                &Lifecycle::Notify {
+                    slot,
+                    pid,
+                    message: text,
+                }
+                .record(),
+            );
         }
         if taken.dropped > 0 {
-            output::master_line(&format!(
-                "w{slot} (pid {pid}) sent notify messages faster than they were handled: {} not \
-                 passed on (its READY, WATCHDOG, STOPPING and latest STATUS still count)",
-                taken.dropped
-            ));
+            output::master_line(&report::driver_line(&DriverReport::NotifyFlood {
+                worker: id,
+                dropped: taken.dropped,
+            }));
         }
         if taken.facts.ready {
             self.feed(state, Event::Ready { key });
@@ -631,22 +651,19 @@ impl Supervisor {
     /// (workers, groups whose leader exited, builds). Should that fail, no worker starts until
     /// a new guard does (see [`Supervisor::ensure_guard`]): a roll's replacements fail to
     /// start, and the roll is aborted as any roll whose workers cannot start.
-    fn guard_exited(&mut self, state: &DriverState, end: Option<ProcessEnd>) {
-        let how = end.map_or_else(|| "is gone".to_owned(), |end| end.to_string());
+    fn guard_exited(&mut self, state: &DriverState, ended: Option<ProcessEnd>) {
         let live: Vec<i32> = self.live_groups(state).collect();
-        let count = live.len();
-        match self.guard.restart(live) {
-            Ok(()) => output::master_line(&format!(
-                "the guard process {how}; a new one (pid {}) guards the {count} live process \
-                 group{}",
-                self.guard.pid().unwrap_or(0),
-                if count == 1 { "" } else { "s" }
-            )),
-            Err(error) => output::master_line(&format!(
-                "error: the guard process {how}, and a new one cannot start ({error}); no \
-                 worker starts until one does"
-            )),
-        }
+        let groups = live.len();
+        let restarted = self.guard.restart(live);
+        let told = match &restarted {
+            Ok(()) => DriverReport::GuardReplaced {
+                ended,
+                pid: self.guard.pid().unwrap_or(0),
+                groups,
+            },
+            Err(error) => DriverReport::GuardNotReplaced { ended, error },
+        };
+        output::master_line(&report::driver_line(&told));
     }
 
     /// Every process group of ours that may still have a process in it: what a guard must
@@ -673,10 +690,9 @@ impl Supervisor {
                     format!("no guard process to kill the worker with the master: {error}"),
                 )
             })?;
-            output::master_line(&format!(
-                "a new guard process (pid {}) runs",
-                self.guard.pid().unwrap_or(0)
-            ));
+            output::master_line(&report::driver_line(&DriverReport::GuardStarted {
+                pid: self.guard.pid().unwrap_or(0),
+            }));
         }
         // Counted, not collected: this runs before every spawn.
         if Guard::full(self.live_groups(state).count()) {
@@ -714,12 +730,15 @@ impl Supervisor {
             return;
         };
         if let Some(worker) = state.workers.remove(&key) {
-            state.publish(&Record::WorkerExited {
-                slot: worker.slot,
-                pid,
-                generation: worker.generation,
-                end: end.to_string(),
-            });
+            state.publish(
+                &Lifecycle::Exited {
+                    slot: worker.slot,
+                    pid,
+                    generation: worker.generation,
+                    end,
+                }
+                .record(),
+            );
             state.remember_exited(worker);
         }
         if group_exists(pid) {
@@ -774,29 +793,18 @@ impl Supervisor {
                 how: accepting.to_string(),
             });
         }
-        if let Some(stopped) = probe.stopped() {
-            output::master_line(&format!(
-                "w{} (pid {}) is not ready after {}: {} is stopped (SIGSTOP or a job control \
-                 signal), and can neither accept nor send READY=1 until it gets SIGCONT",
-                worker.slot,
-                worker.pid,
-                human_duration(after),
-                if stopped == worker.pid {
-                    "it".to_owned()
-                } else {
-                    format!("its process {stopped}")
-                }
-            ));
-            return None;
-        }
-        output::master_line(&format!(
-            "w{} (pid {}) is not seen accepting after {} and sent no READY=1; if it serves, it \
-             accepts in a way mcluster cannot see (it sees accept, epoll and poll on its \
-             listeners): have it send READY=1, or give --ready-delay",
-            worker.slot,
-            worker.pid,
-            human_duration(after)
-        ));
+        let told = match probe.stopped() {
+            Some(stopped) => DriverReport::StoppedStarting {
+                worker: worker.id(),
+                after,
+                stopped: Pid(stopped),
+            },
+            None => DriverReport::NotSeenAccepting {
+                worker: worker.id(),
+                after,
+            },
+        };
+        output::master_line(&report::driver_line(&told));
         None
     }
 
@@ -1037,11 +1045,14 @@ impl Supervisor {
                 output,
             },
         );
-        state.publish(&Record::WorkerSpawned {
-            slot,
-            pid,
-            generation,
-        });
+        state.publish(
+            &Lifecycle::Spawned {
+                slot,
+                pid,
+                generation,
+            }
+            .record(),
+        );
         Ok(pid)
     }
 
@@ -1199,17 +1210,19 @@ impl Supervisor {
         kill_in: Option<Duration>,
         ctrl_c_kills: bool,
     ) {
-        output::master_line(&report::lingering_line(&report::Lingering {
-            worker: WorkerId {
-                slot,
-                pid: Some(Pid(pid)),
-                generation,
+        output::master_line(&report::driver_line(&DriverReport::Lingering(
+            report::Lingering {
+                worker: WorkerId {
+                    slot,
+                    pid: Some(Pid(pid)),
+                    generation,
+                },
+                since: self.cluster.linger_note().unwrap_or_default(),
+                connections: readiness::open_connections(pid),
+                kill_in,
+                ctrl_c_kills,
             },
-            since: self.cluster.linger_note().unwrap_or_default(),
-            connections: readiness::open_connections(pid),
-            kill_in,
-            ctrl_c_kills,
-        }));
+        )));
     }
 
     fn notify_manager(&self, master_state: MasterState) {
@@ -1335,7 +1348,10 @@ async fn report_stderr_tail(state: &mut DriverState, pid: i32) {
         .wait(after(Instant::now(), Duration::from_secs(2)))
         .await;
     for line in tail_lines(&exited.stderr_tail) {
-        output::master_line(&format!("w{} stderr: {line}", exited.slot));
+        output::master_line(&report::driver_line(&DriverReport::StderrLine {
+            slot: exited.slot,
+            line: &line,
+        }));
     }
 }
 

@@ -1,10 +1,13 @@
 //! The reporter's words: every report's line, byte for byte, and the records derived from the
 //! same facts.
 
+use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Lifecycle, Lingering, dev_line, failed_page, line, restart_outcome};
+use super::{
+    DriverReport, Lifecycle, Lingering, dev_line, driver_line, failed_page, line, restart_outcome,
+};
 use crate::cluster::{
     Aborted, Failure, Pid, ProcessEnd, ReadyBy, Report, Restart, RollEnd, WorkerId, WorkerReady,
 };
@@ -480,6 +483,175 @@ fn a_lifecycle_fact_gives_its_line_and_the_record_of_the_same_fact() {
     );
     assert_eq!(Lifecycle::Stopping.line(), None);
     assert_eq!(Lifecycle::Stopping.record(), Record::Stopping);
+
+    let spawned = Lifecycle::Spawned {
+        slot: 1,
+        pid: 101,
+        generation: 2,
+    };
+    assert_eq!(spawned.line(), None);
+    assert_eq!(
+        spawned.record(),
+        Record::WorkerSpawned {
+            slot: 1,
+            pid: 101,
+            generation: 2,
+        }
+    );
+    for (end, words) in [
+        (ProcessEnd::Code(1), "exited with status 1"),
+        (ProcessEnd::Signal(9), "killed by signal SIGKILL"),
+    ] {
+        let exited = Lifecycle::Exited {
+            slot: 1,
+            pid: 101,
+            generation: 2,
+            end,
+        };
+        assert_eq!(exited.line(), None);
+        assert_eq!(
+            exited.record(),
+            Record::WorkerExited {
+                slot: 1,
+                pid: 101,
+                generation: 2,
+                end: words.to_owned(),
+            }
+        );
+    }
+    let notify = Lifecycle::Notify {
+        slot: 0,
+        pid: 100,
+        message: "STATUS=warming up\nREADY=1",
+    };
+    assert_eq!(notify.line(), None);
+    assert_eq!(
+        notify.record(),
+        Record::Notify {
+            slot: 0,
+            pid: 100,
+            message: "STATUS=warming up\nREADY=1".to_owned(),
+        }
+    );
+}
+
+#[test]
+fn every_fact_of_the_driver_reads_as_before() {
+    let w1 = worker(1, Some(101), 2);
+    let too_many = io::Error::from_raw_os_error(24);
+    let refused = io::Error::other("the guard's pipe is closed");
+    let table: Vec<(DriverReport<'_>, &str)> = vec![
+        (
+            DriverReport::BuildingPageFailed(&too_many),
+            "cannot answer with the building page: too many open files",
+        ),
+        (
+            DriverReport::SigttinIgnored {
+                why: "invalid size 2049: at most 2048 workers (the most one master runs)",
+            },
+            "SIGTTIN ignored: invalid size 2049: at most 2048 workers (the most one master runs)",
+        ),
+        (
+            DriverReport::Status {
+                slot: 1,
+                status: "warming up",
+            },
+            "w1 status: warming up",
+        ),
+        (
+            DriverReport::NotifyFlood {
+                worker: w1,
+                dropped: 1234,
+            },
+            "w1 (pid 101) sent notify messages faster than they were handled: 1234 not passed on \
+             (its READY, WATCHDOG, STOPPING and latest STATUS still count)",
+        ),
+        (
+            DriverReport::StoppedStarting {
+                worker: w1,
+                after: ms(10_000),
+                stopped: Pid(101),
+            },
+            "w1 (pid 101) is not ready after 10.00s: it is stopped (SIGSTOP or a job control \
+             signal), and can neither accept nor send READY=1 until it gets SIGCONT",
+        ),
+        (
+            DriverReport::StoppedStarting {
+                worker: w1,
+                after: ms(10_000),
+                stopped: Pid(107),
+            },
+            "w1 (pid 101) is not ready after 10.00s: its process 107 is stopped (SIGSTOP or a \
+             job control signal), and can neither accept nor send READY=1 until it gets SIGCONT",
+        ),
+        (
+            DriverReport::NotSeenAccepting {
+                worker: w1,
+                after: ms(10_000),
+            },
+            "w1 (pid 101) is not seen accepting after 10.00s and sent no READY=1; if it serves, \
+             it accepts in a way mcluster cannot see (it sees accept, epoll and poll on its \
+             listeners): have it send READY=1, or give --ready-delay",
+        ),
+        (
+            DriverReport::GuardReplaced {
+                ended: Some(ProcessEnd::Signal(9)),
+                pid: 4242,
+                groups: 1,
+            },
+            "the guard process killed by signal SIGKILL; a new one (pid 4242) guards the 1 live \
+             process group",
+        ),
+        (
+            DriverReport::GuardReplaced {
+                ended: None,
+                pid: 4242,
+                groups: 3,
+            },
+            "the guard process is gone; a new one (pid 4242) guards the 3 live process groups",
+        ),
+        (
+            DriverReport::GuardNotReplaced {
+                ended: Some(ProcessEnd::Code(1)),
+                error: &refused,
+            },
+            "error: the guard process exited with status 1, and a new one cannot start (the \
+             guard's pipe is closed); no worker starts until one does",
+        ),
+        (
+            DriverReport::GuardNotReplaced {
+                ended: None,
+                error: &too_many,
+            },
+            "error: the guard process is gone, and a new one cannot start (Too many open files \
+             (os error 24)); no worker starts until one does",
+        ),
+        (
+            DriverReport::GuardStarted { pid: 4243 },
+            "a new guard process (pid 4243) runs",
+        ),
+        (
+            DriverReport::Lingering(Lingering {
+                worker: w1,
+                since: ms(5000),
+                connections: 2,
+                kill_in: Some(ms(25_000)),
+                ctrl_c_kills: false,
+            }),
+            "w1 (pid 101, generation 2) is still stopping 5.00s after the stop signal with 2 open \
+             connections; SIGKILL in 25.00s",
+        ),
+        (
+            DriverReport::StderrLine {
+                slot: 1,
+                line: "thread 'main' panicked at src/main.rs:3:5:",
+            },
+            "w1 stderr: thread 'main' panicked at src/main.rs:3:5:",
+        ),
+    ];
+    for (told, expected) in table {
+        assert_eq!(driver_line(&told), expected, "{told:?}");
+    }
 }
 
 #[test]
@@ -492,7 +664,7 @@ fn a_lingering_worker_s_line_says_what_it_waits_for() {
         ctrl_c_kills: false,
     };
     assert_eq!(
-        super::lingering_line(&lingering),
+        driver_line(&DriverReport::Lingering(lingering)),
         "w0 (pid 100, generation 1) is still stopping 5.00s after the stop signal"
     );
     let lingering = Lingering {
@@ -502,15 +674,15 @@ fn a_lingering_worker_s_line_says_what_it_waits_for() {
         ..lingering
     };
     assert_eq!(
-        super::lingering_line(&lingering),
+        driver_line(&DriverReport::Lingering(lingering)),
         "w0 (pid 100, generation 1) is still stopping 5.00s after the stop signal with 1 open \
          connection; SIGKILL in 25.00s (Ctrl-C again to kill it now)"
     );
     assert!(
-        super::lingering_line(&Lingering {
+        driver_line(&DriverReport::Lingering(Lingering {
             connections: 3,
             ..lingering
-        })
+        }))
         .contains("with 3 open connections;")
     );
 }
