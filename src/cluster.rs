@@ -92,6 +92,13 @@ const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(50);
 /// than a round of probes; a wrapper's app is seen at most this late.
 const MEMBERS_SCAN_MAX: Duration = Duration::from_secs(1);
 
+/// The longest pause between two looks at the old workers of a roll that may still answer
+/// ([`Action::ProbeRetiring`]): the pauses double from [`PROBE_INTERVAL`] while one lingers
+/// (most are gone in milliseconds), up to this. Each look takes a pass over every process
+/// (the members of their groups) and a read of the connection tables; the end of a switch is
+/// seen at most this late for a worker that lingers without answering anything.
+const RETIRE_ROUND_MAX: Duration = Duration::from_millis(200);
+
 /// After this long starting, a worker neither ready nor seen accepting gets one line of advice
 /// ([`Action::Unseen`]).
 const UNSEEN_HINT: Duration = Duration::from_secs(5);
@@ -136,7 +143,9 @@ pub struct ClusterConfig {
     pub linger_note: Option<Duration>,
     /// The driver can see whether a starting worker accepts: it is asked to look
     /// ([`Action::ProbeStarting`]), and told about one not seen for a while
-    /// ([`Action::Unseen`]).
+    /// ([`Action::Unseen`]); and whether an old worker a roll stopped can still answer
+    /// ([`Action::ProbeRetiring`]). Without, a roll's switch completes when its old workers
+    /// are gone.
     pub probe_starting: bool,
     /// What SIGHUP does.
     pub hangup: Hangup,
@@ -300,6 +309,8 @@ struct Worker {
     gone_at: Option<Instant>,
     /// When a starting worker not seen accepting is reported ([`Action::Unseen`]), once.
     hint_at: Option<Instant>,
+    /// A stopping worker that can no longer answer a request ([`Event::SwitchedOut`]).
+    switched_out: bool,
 }
 
 impl Worker {
@@ -411,6 +422,9 @@ pub struct Cluster {
     /// fd listed anew); reset until the first round of probes, and when a worker is spawned
     /// (the next round is full).
     full_round: DoublingPause,
+    /// The looks at retiring workers ([`Action::ProbeRetiring`]); reset when a worker starts
+    /// retiring (the next round looks).
+    retire_round: DoublingPause,
 }
 
 /// A look that is taken at once, then again after pauses that double from `first` up to `max`
@@ -466,6 +480,7 @@ impl Cluster {
             polled: None,
             zombie_scan: DoublingPause::default(),
             full_round: DoublingPause::default(),
+            retire_round: DoublingPause::default(),
         }
     }
 
@@ -611,16 +626,16 @@ impl Cluster {
     /// When starting workers are to be probed and leftover groups checked next; `None`: there
     /// are none.
     fn next_poll(&self) -> Option<Instant> {
-        let starting = if self.config.probe_starting {
-            self.probing().count()
+        let probed = if self.config.probe_starting {
+            self.probing().count() + self.retiring_stopped().count()
         } else {
             0
         };
-        let interval = if starting > 0 {
-            // Many workers starting at once (a roll with a surge) share one budget: the probes
-            // of a round grow with their number, the rounds thin out (10 ms for 1 or 2, 40 ms
-            // for 8, at most 50 ms).
-            let rounds = u32::try_from(starting.div_ceil(2)).unwrap_or(u32::MAX);
+        let interval = if probed > 0 {
+            // Many workers starting or retiring at once (a roll with a surge) share one budget:
+            // the probes of a round grow with their number, the rounds thin out (10 ms for 1 or
+            // 2, 40 ms for 8, at most 50 ms).
+            let rounds = u32::try_from(probed.div_ceil(2)).unwrap_or(u32::MAX);
             (PROBE_INTERVAL * rounds).min(PROBE_INTERVAL_MAX)
         } else if self.workers.iter().any(|worker| worker.leader_exited) {
             GROUP_POLL
@@ -642,6 +657,24 @@ impl Cluster {
     fn full_round_due(&mut self, now: Instant) -> bool {
         self.full_round
             .due(now, PROBE_INTERVAL_MAX, MEMBERS_SCAN_MAX)
+    }
+
+    /// The workers of a generation older than the roll under way's that may still answer a
+    /// request. Once every slot is rolled, every one of them was asked to stop.
+    fn retiring(&self) -> impl Iterator<Item = &Worker> {
+        let generation = self.roll.as_ref().map_or(0, |roll| roll.generation);
+        self.workers
+            .iter()
+            .filter(move |worker| worker.generation < generation && !worker.switched_out)
+    }
+
+    /// The retiring workers asked to stop, with their pids: those the driver looks at for the
+    /// end of the switch ([`Action::ProbeRetiring`]).
+    fn retiring_stopped(&self) -> impl Iterator<Item = (WorkerKey, Pid)> + '_ {
+        self.retiring().filter_map(|worker| {
+            matches!(worker.state, WorkerState::Stopping { .. })
+                .then_some((worker.key, worker.pid?))
+        })
     }
 
     /// The spawned workers that are starting: those the driver probes.
@@ -691,6 +724,14 @@ impl Cluster {
                 request,
                 why: "no generation serves yet",
             }),
+            Event::SwitchedOut { key } => {
+                if let Some(index) = self.index_of_key(key)
+                    && matches!(self.workers[index].state, WorkerState::Stopping { .. })
+                {
+                    self.workers[index].switched_out = true;
+                    self.advance_roll(now, &mut actions);
+                }
+            }
             Event::SeenAccepting { key, how } => {
                 if let Some(index) = self.index_of_key(key)
                     && matches!(self.workers[index].state, WorkerState::Starting { .. })
@@ -800,6 +841,7 @@ impl Cluster {
             ready_since: None,
             gone_at: None,
             hint_at: None,
+            switched_out: false,
         });
         actions.push(Action::Spawn {
             key,
@@ -854,6 +896,7 @@ impl Cluster {
         if self.workers[index].leader_exited {
             if !tree_left {
                 self.workers.remove(index);
+                self.advance_roll(now, actions);
             }
             return;
         }
@@ -876,6 +919,8 @@ impl Cluster {
             self.workers.push(rest);
         }
         match worker.state {
+            // An old worker of a roll may have been the last that could still answer.
+            WorkerState::Stopping { .. } if !tree_left => self.advance_roll(now, actions),
             WorkerState::Stopping { .. } => {}
             WorkerState::Spawning | WorkerState::Starting { .. } => {
                 let failure = Failure::EndedStarting(end);
@@ -1177,6 +1222,8 @@ impl Cluster {
                 .collect();
             for old in olds {
                 self.stop_worker(now, old, false, actions);
+                // It retires: the next round looks whether it can still answer.
+                self.retire_round = DoublingPause::default();
             }
             self.advance_roll(now, actions);
         }
@@ -1304,6 +1351,13 @@ impl Cluster {
                 let full = self.full_round_due(now);
                 actions.push(Action::ProbeStarting { full });
             }
+            let retiring: Vec<(WorkerKey, Pid)> = self.retiring_stopped().collect();
+            if self.config.probe_starting
+                && !retiring.is_empty()
+                && self.retire_round.due(now, PROBE_INTERVAL, RETIRE_ROUND_MAX)
+            {
+                actions.push(Action::ProbeRetiring { workers: retiring });
+            }
             if self.workers.iter().any(|worker| worker.leader_exited) {
                 let zombies = self.zombie_scan_due(now);
                 actions.push(Action::CheckGroups { zombies });
@@ -1408,10 +1462,15 @@ impl Cluster {
                 roll.replacements.push(key);
             }
         }
-        let Some(roll) = &self.roll else {
+        let Some(roll) = &mut self.roll else {
             return;
         };
         if !roll.replacements.is_empty() {
+            return;
+        }
+        // Every slot is rolled; the switch is complete once no worker of an older generation
+        // can answer (gone, or seen switched out): their kill timeout bounds the wait.
+        if self.retiring().next().is_some() {
             return;
         }
         let Some(roll) = self.roll.take() else {

@@ -39,17 +39,24 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd as _, BorrowedFd};
+
+use nix::sys::socket::{SockaddrIn, SockaddrIn6, SockaddrStorage, UnixAddr};
 
 use crate::procfs;
 
 /// What the master knows of its listeners: their socket inodes, and the device of the socket
-/// file system they live on (the same for every socket).
+/// file system they live on (the same for every socket); and where they listen, to tell the
+/// connections accepted on them from others.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ListenerInodes {
     /// `st_dev` of the sockets (user-space encoding), when known.
     device: Option<u64>,
     inodes: Vec<u64>,
+    /// The local ports of the TCP listeners.
+    ports: Vec<u16>,
+    /// The paths of the named unix listeners, as `/proc/net/unix` shows them.
+    paths: Vec<String>,
 }
 
 impl ListenerInodes {
@@ -63,6 +70,19 @@ impl ListenerInodes {
             let device = u64::try_from(stat.st_dev).unwrap_or(u64::MAX);
             listeners.device = Some(device);
             listeners.inodes.push(stat.st_ino);
+            // Where it listens: not known only costs the end of a switch its shortcut (see
+            // `switched_out`), so a failure here is no error.
+            if let Ok(address) = nix::sys::socket::getsockname::<SockaddrStorage>(fd.as_raw_fd()) {
+                if let Some(port) = address
+                    .as_sockaddr_in()
+                    .map(SockaddrIn::port)
+                    .or_else(|| address.as_sockaddr_in6().map(SockaddrIn6::port))
+                {
+                    listeners.ports.push(port);
+                } else if let Some(path) = address.as_unix_addr().and_then(UnixAddr::path) {
+                    listeners.paths.push(path.to_string_lossy().into_owned());
+                }
+            }
         }
         Ok(listeners)
     }
@@ -73,6 +93,8 @@ impl ListenerInodes {
         Self {
             device: Some(device),
             inodes: inodes.into_iter().collect(),
+            ports: Vec::new(),
+            paths: Vec::new(),
         }
     }
 
@@ -323,6 +345,86 @@ pub(crate) fn open_connections(pid: i32) -> usize {
     connected_sockets(&table("tcp"), &table("tcp6"), &table("unix"))
         .filter(|inode| inodes.contains(inode))
         .count()
+}
+
+/// The connections accepted on the master's listeners that are open now, by socket inode: from
+/// the tables of `/proc/PID/net/` (the network namespace of `pid`), read once for a round of
+/// looks at retiring workers. TCP: established, or closed by the peer but not yet by the worker
+/// (it can still answer), with the local port of one of our listeners; unix: connected stream
+/// sockets named after one of our listeners' paths.
+pub(crate) struct AcceptedConnections {
+    inodes: HashSet<u64>,
+}
+
+impl AcceptedConnections {
+    /// Those of the network namespace of `pid`; `None` when its tables cannot be read.
+    pub(crate) fn of(pid: i32, listeners: &ListenerInodes) -> Option<Self> {
+        let table = |name: &str| fs::read_to_string(format!("/proc/{pid}/net/{name}"));
+        let tcp = table("tcp").ok()?;
+        // No IPv6 (a kernel without it) is no error; an unreadable unix table is.
+        let tcp6 = table("tcp6").unwrap_or_default();
+        let unix = table("unix").ok()?;
+        Some(Self {
+            inodes: accepted_sockets(&tcp, &tcp6, &unix, listeners).collect(),
+        })
+    }
+}
+
+/// Whether a retiring worker, the processes `pids` of its group, can no longer answer a request
+/// on our listeners: none of them is seen accepting on one, nor holds a connection accepted on
+/// one (`accepted`, read once per round: see [`AcceptedConnections`]). `false` when in doubt
+/// (a process whose fds cannot be read): the switch then ends when the worker is gone.
+pub(crate) fn switched_out(
+    pids: &[i32],
+    listeners: &ListenerInodes,
+    accepted: &AcceptedConnections,
+) -> bool {
+    pids.iter().all(|&pid| {
+        let Some(fds) = procfs::fds(pid) else {
+            // Gone meanwhile answers nothing; not ours to read may.
+            return procfs::stat(pid).is_none_or(|stat| stat.exited());
+        };
+        let holds_one = fds
+            .filter_map(|(_, target)| socket_inode(target.to_str()?))
+            .any(|inode| accepted.inodes.contains(&inode));
+        !holds_one && probe(pid, listeners).is_none()
+    })
+}
+
+/// The inodes of the sockets of connections accepted on our listeners in the tables of
+/// `/proc/PID/net/` (see [`AcceptedConnections`]).
+fn accepted_sockets<'a>(
+    tcp: &'a str,
+    tcp6: &'a str,
+    unix: &'a str,
+    listeners: &'a ListenerInodes,
+) -> impl Iterator<Item = u64> + 'a {
+    let column = |line: &'a str, index: usize| line.split_whitespace().nth(index);
+    let tcp = [tcp, tcp6].into_iter().flat_map(move |text| {
+        text.lines().skip(1).filter_map(move |line| {
+            // 01: ESTABLISHED, 08: CLOSE_WAIT.
+            if !matches!(column(line, 3)?, "01" | "08") {
+                return None;
+            }
+            let (_, port) = column(line, 1)?.rsplit_once(':')?;
+            let port = u16::from_str_radix(port, 16).ok()?;
+            listeners
+                .ports
+                .contains(&port)
+                .then(|| column(line, 9)?.parse().ok())?
+        })
+    });
+    let unix = unix.lines().skip(1).filter_map(move |line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // Type 0001 (stream), state 03 (connected), with the path of one of our listeners.
+        (fields.get(4) == Some(&"0001")
+            && fields.get(5) == Some(&"03")
+            && fields
+                .get(7)
+                .is_some_and(|path| listeners.paths.iter().any(|ours| ours == path)))
+        .then(|| fields.get(6)?.parse().ok())?
+    });
+    tcp.chain(unix)
 }
 
 /// The inodes of the connected sockets in the tables of `/proc/PID/net/`: columns are `sl local

@@ -780,6 +780,34 @@ impl Supervisor {
         seen
     }
 
+    /// Looks at the old workers a roll stopped: one whose group has no process seen accepting
+    /// on a listener nor holding a connection accepted on one can no longer answer. One pass
+    /// over `/proc` gives the members of every group, one read the connections.
+    fn probe_retiring(&self, workers: &[(WorkerKey, Pid)]) -> Vec<Event> {
+        let Some(listeners) = &self.probe else {
+            return Vec::new();
+        };
+        let Some(accepted) = readiness::AcceptedConnections::of(
+            i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+            listeners,
+        ) else {
+            return Vec::new();
+        };
+        let groups = procfs::live_groups();
+        workers
+            .iter()
+            .filter(|(_, pid)| {
+                let members = match &groups {
+                    // Not in the pass: no live process left in its group.
+                    Some(groups) => groups.get(&pid.0).cloned().unwrap_or_default(),
+                    None => vec![pid.0],
+                };
+                readiness::switched_out(&members, listeners, &accepted)
+            })
+            .map(|&(key, _)| Event::SwitchedOut { key })
+            .collect()
+    }
+
     /// A starting worker is not seen accepting `after` its spawn: one last look, then one
     /// line of advice.
     fn unseen(&self, state: &mut DriverState, key: WorkerKey, after: Duration) -> Option<Event> {
@@ -975,6 +1003,9 @@ impl Supervisor {
                     }
                     Action::CheckGroups { zombies } => {
                         pending.extend(self.gone_groups(state, zombies));
+                    }
+                    Action::ProbeRetiring { workers } => {
+                        pending.extend(self.probe_retiring(&workers));
                     }
                     Action::Unseen { key, after } => pending.extend(self.unseen(state, key, after)),
                     Action::Exit(reason) => state.exit = Some(reason),

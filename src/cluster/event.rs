@@ -84,6 +84,12 @@ pub enum Event {
         /// How it was seen, for the log (`seen accepting (epoll)`).
         how: String,
     },
+    /// An old worker a roll stopped ([`Action::ProbeRetiring`]) can no longer answer a request:
+    /// no process of its group is seen accepting on a listener or holds a connection.
+    SwitchedOut {
+        /// The worker.
+        key: WorkerKey,
+    },
     /// The worker said `WATCHDOG=1`: it is alive and well.
     Watchdog {
         /// The worker.
@@ -309,6 +315,12 @@ pub enum Action {
         /// while a worker waits); the core asks for one less often as workers take longer to
         /// start.
         full: bool,
+    },
+    /// Look now whether these old workers, stopped by the roll under way, can still answer a
+    /// request; one that cannot is [`Event::SwitchedOut`]. The roll ends once none can.
+    ProbeRetiring {
+        /// The old workers still retiring, each with its pid (its group).
+        workers: Vec<(WorkerKey, Pid)>,
     },
     /// Check now whether the groups of exited workers are gone; one that is gone is
     /// [`Event::Exited`].

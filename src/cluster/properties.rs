@@ -33,6 +33,8 @@ enum Step {
     Interrupt,
     /// SIGHUP; with `true`, the terminal is gone.
     Hangup(bool),
+    /// One of the old workers the last [`Action::ProbeRetiring`] named is seen switched out.
+    SwitchOut(usize),
     /// From now on spawns fail (`true`) or succeed (`false`).
     SpawnsFail(bool),
 }
@@ -51,6 +53,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Interrupt),
         1 => any::<bool>().prop_map(Step::Hangup),
         1 => any::<bool>().prop_map(Step::SpawnsFail),
+        2 => any::<usize>().prop_map(Step::SwitchOut),
     ]
 }
 
@@ -96,6 +99,12 @@ struct World {
     unseen: HashSet<WorkerKey>,
     /// When the last probe of starting workers was asked for.
     probed: Option<Instant>,
+    /// The generation each pid was spawned for.
+    generations: HashMap<Pid, u64>,
+    /// The old workers the last look at retiring workers named.
+    retiring: Vec<(WorkerKey, Pid)>,
+    /// Pids told to the core as switched out.
+    switched_out: HashSet<Pid>,
 }
 
 impl World {
@@ -125,6 +134,9 @@ impl World {
             spawned_at: HashMap::new(),
             unseen: HashSet::new(),
             probed: None,
+            generations: HashMap::new(),
+            retiring: Vec::new(),
+            switched_out: HashSet::new(),
         };
         world.feed(Event::Start);
         world
@@ -149,9 +161,12 @@ impl World {
                             reason: "no".to_owned(),
                         });
                     }
-                    Action::Spawn { key, .. } => {
+                    Action::Spawn {
+                        key, generation, ..
+                    } => {
                         let pid = Pid(self.next_pid);
                         self.next_pid += 1;
+                        self.generations.insert(pid, generation);
                         self.running.push((key, pid));
                         self.spawned_at.insert(key, self.now);
                         pending.push(Event::Spawned { key, pid });
@@ -204,6 +219,18 @@ impl World {
                             self.rolls.aborted += 1;
                         } else {
                             self.rolls.completed += 1;
+                            // The switch is complete: no process of an older generation can
+                            // answer any more (gone, or seen switched out).
+                            let alive = self.running.iter().map(|r| r.1).chain(self.groups.clone());
+                            for pid in alive {
+                                assert!(
+                                    self.generations[&pid] >= end.generation
+                                        || self.switched_out.contains(&pid),
+                                    "roll to {} ended while {pid} of generation {} may answer",
+                                    end.generation,
+                                    self.generations[&pid]
+                                );
+                            }
                         }
                         assert_eq!(self.cluster.last_roll(), Some(&end));
                         for request in end.requests {
@@ -248,6 +275,17 @@ impl World {
                             "a probe with nothing to probe"
                         );
                         self.probed = Some(self.now);
+                    }
+                    Action::ProbeRetiring { workers } => {
+                        let rolling = self.cluster.roll.as_ref().map(|roll| roll.generation);
+                        for (_, pid) in &workers {
+                            assert!(
+                                rolling.is_some_and(|g| self.generations[pid] < g)
+                                    && self.stop_asked.contains_key(pid),
+                                "{pid} looked at as retiring, but it is no old worker asked to stop"
+                            );
+                        }
+                        self.retiring = workers;
                     }
                     Action::CheckGroups { .. } => {
                         assert!(!self.groups.is_empty(), "a check of no group");
@@ -459,6 +497,14 @@ impl World {
                 let pids: Vec<Pid> = self.running.iter().map(|r| r.1).collect();
                 if let Some(pid) = Self::pick(&pids, i) {
                     self.exit(pid, tree_left);
+                }
+            }
+            Step::SwitchOut(i) => {
+                if let Some((key, pid)) = Self::pick(&self.retiring.clone(), i)
+                    && self.cluster.index_of_key(key).is_some()
+                {
+                    self.switched_out.insert(pid);
+                    self.feed(Event::SwitchedOut { key });
                 }
             }
             Step::GroupGone(i) => {

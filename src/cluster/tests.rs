@@ -84,6 +84,7 @@ impl Timeline {
                     | Action::ExitAnswered { .. }
                     | Action::RequestRoll
                     | Action::ProbeStarting { .. }
+                    | Action::ProbeRetiring { .. }
                     | Action::CheckGroups { .. }
                     | Action::Unseen { .. } => {}
                 }
