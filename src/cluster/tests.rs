@@ -114,6 +114,29 @@ impl Timeline {
         })
     }
 
+    /// Every worker asked to stop gracefully that has not exited yet exits (as most do at once
+    /// on SIGTERM).
+    fn exit_stopped(&mut self) {
+        let exited: Vec<Pid> = self
+            .log
+            .iter()
+            .filter_map(|action| match action {
+                Action::Signal { pid, .. } => Some(*pid),
+                _ => None,
+            })
+            .collect();
+        for pid in exited {
+            if self
+                .cluster
+                .workers
+                .iter()
+                .any(|worker| worker.pid == Some(pid))
+            {
+                self.exit(pid, 0);
+            }
+        }
+    }
+
     /// The worker process exited, leaving processes of its group behind.
     fn leader_exit(&mut self, pid: Pid, code: i32) -> Vec<Action> {
         self.feed(Event::LeaderExited {
@@ -254,10 +277,13 @@ fn roll_starts_each_replacement_before_stopping_the_old_worker() {
     assert_eq!(t.ready(Pid(102)), [term(Pid(100))]);
     assert_eq!((t.spawned[3].1, t.spawned[3].2), (1, 2));
     assert_eq!(t.ready(Pid(103)), [term(Pid(101))]);
+    // The switch is complete once no old worker can answer: gone (or seen switched out).
+    assert!(t.roll_ends().is_empty());
+    assert_eq!(t.exit(Pid(100), 0), []);
+    assert!(t.roll_ends().is_empty());
+    assert_eq!(t.exit(Pid(101), 0), []);
     assert!(completed(&t, 2, 2));
     assert_eq!(t.cluster.serving_generation(), 2);
-    assert_eq!(t.exit(Pid(100), 0), []);
-    assert_eq!(t.exit(Pid(101), 0), []);
     assert_eq!(t.spawned.len(), 4, "a stopped worker is not restarted");
 }
 
@@ -321,6 +347,7 @@ fn roll_bursts_coalesce_into_one_running_and_one_queued() {
     assert_eq!(t.spawned.len(), 2);
     let first = t.last_pid();
     t.ready(first);
+    t.exit_stopped();
     assert!(completed(&t, 1, 2));
     assert_eq!(t.spawned.len(), 3, "the queued roll started");
     assert_eq!(t.spawned[2].2, 3);
@@ -735,6 +762,7 @@ fn a_partly_aborted_roll_reports_which_slot_runs_which_generation_and_restarts_k
     for _ in 0..4 {
         t.ready(t.last_pid());
     }
+    t.exit_stopped();
     assert_eq!(t.cluster.slot_generations(), [3, 3, 3, 3]);
     assert!(completed(&t, 4, 3));
 }
@@ -845,11 +873,20 @@ fn a_surge_of_all_starts_every_replacement_at_once_and_stops_each_old_one_as_its
     assert!(roll_ends(&t).is_empty());
     t.advance(ms(20));
     assert_eq!(t.ready(Pid(105)), [term(Pid(102))]);
+    t.exit(Pid(101), 0);
+    t.exit(Pid(100), 0);
+    assert!(roll_ends(&t).is_empty(), "w2 may still answer");
+    t.advance(ms(3));
+    t.exit(Pid(102), 0);
     let ends = roll_ends(&t);
     assert_eq!(ends.len(), 1);
     assert_eq!(ends[0].requests, [7]);
-    assert_eq!(ends[0].switch, Some(ms(30)), "first new ready to last");
-    assert_eq!(ends[0].elapsed, ms(35));
+    assert_eq!(
+        ends[0].switch,
+        Some(ms(33)),
+        "first new ready to the last old gone"
+    );
+    assert_eq!(ends[0].elapsed, ms(38));
     assert!(completed(&t, 3, 2));
 }
 
@@ -896,7 +933,9 @@ fn queued_roll_requests_are_answered_by_the_roll_that_serves_them() {
     t.feed(Event::Roll(2));
     t.feed(Event::Roll(3));
     t.ready(t.last_pid());
+    t.exit_stopped();
     t.ready(t.last_pid());
+    t.exit_stopped();
     let ends = roll_ends(&t);
     assert_eq!(ends.len(), 2);
     assert_eq!(ends[0].requests, [1]);
@@ -917,6 +956,7 @@ fn slots_added_during_a_roll_are_rolled_too() {
     t.ready(Pid(101));
     assert_eq!((t.spawned[3].1, t.spawned[3].2), (1, 2));
     t.ready(Pid(103));
+    t.exit_stopped();
     assert_eq!(t.cluster.slot_generations(), [2, 2]);
     assert!(completed(&t, 2, 2));
 }
@@ -1229,6 +1269,7 @@ fn request_numbers_come_from_the_core_and_each_roll_request_gets_one_outcome() {
     t.feed(Event::Roll(request));
     while t.cluster.is_rolling() {
         t.ready(t.last_pid());
+        t.exit_stopped();
     }
     let ends = logged_actions(&t, |a| matches!(a, Action::RollEnded(_)));
     assert!(
@@ -1667,6 +1708,7 @@ fn the_core_counts_rolls_and_keeps_the_last_one_s_end() {
     assert_eq!(t.cluster.last_roll(), None);
     t.feed(Event::Roll(1));
     t.ready(t.last_pid());
+    t.exit_stopped();
     t.feed(Event::Roll(2));
     t.exit(t.last_pid(), 1);
     t.feed(Event::Roll(3));
@@ -1681,4 +1723,81 @@ fn the_core_counts_rolls_and_keeps_the_last_one_s_end() {
     let last = t.cluster.last_roll().unwrap();
     assert_eq!((last.generation, last.requests.clone()), (3, vec![2]));
     assert!(last.aborted.is_some());
+}
+
+#[test]
+fn a_roll_ends_when_its_old_workers_can_no_longer_answer_looked_at_less_often_as_they_linger() {
+    let mut t = running_with(ClusterConfig {
+        probe_starting: true,
+        surge: Surge::All,
+        ..config(2)
+    });
+    t.feed(Event::Roll(5));
+    t.ready(Pid(102));
+    t.ready(Pid(103));
+    let looks = |t: &Timeline| {
+        t.log
+            .iter()
+            .filter_map(|action| match action {
+                Action::ProbeRetiring { workers } => Some(workers.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(looks(&t).is_empty() && t.roll_ends().is_empty());
+    // Both old workers linger: looked at, the pauses doubling from 10 ms up to 200 ms.
+    let start = t.now;
+    let mut seen_at = Vec::new();
+    while t.now < start + ms(1000) {
+        let before = looks(&t).len();
+        t.advance(ms(1));
+        if looks(&t).len() > before {
+            seen_at.push((t.now - start).as_millis());
+        }
+    }
+    let last = looks(&t).pop().unwrap();
+    assert_eq!(
+        last,
+        [
+            (t.key_of(Pid(100)), Pid(100)),
+            (t.key_of(Pid(101)), Pid(101))
+        ]
+    );
+    let pauses: Vec<u128> = seen_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        pauses.windows(2).all(|w| w[1] >= w[0]) && pauses.iter().all(|&p| p <= 200),
+        "{seen_at:?}"
+    );
+    assert!(seen_at.len() <= 10, "{seen_at:?}");
+    // One exits, the other is seen switched out (it lingers, but answers nothing).
+    t.exit(Pid(100), 0);
+    assert!(t.roll_ends().is_empty());
+    t.feed(Event::SwitchedOut {
+        key: t.key_of(Pid(101)),
+    });
+    let ends = t.roll_ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!((ends[0].generation, &ends[0].requests[..]), (2, &[5][..]));
+    // Switched out is not gone: its kill timeout still holds.
+    t.advance(t.cluster.config.kill_timeout);
+    assert!(t.log.contains(&kill(Pid(101))));
+}
+
+#[test]
+fn without_probes_a_roll_ends_when_its_old_workers_are_gone() {
+    let mut t = running_with(ClusterConfig {
+        probe_starting: false,
+        ..config(1)
+    });
+    t.feed(Event::Roll(1));
+    t.ready(Pid(101));
+    t.advance(ms(500));
+    assert!(
+        !t.log
+            .iter()
+            .any(|action| matches!(action, Action::ProbeRetiring { .. }))
+    );
+    assert!(t.roll_ends().is_empty());
+    t.exit(Pid(100), 0);
+    assert!(completed(&t, 1, 2));
 }
