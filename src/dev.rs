@@ -10,7 +10,7 @@ pub(crate) mod lifecycle;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid as NixPid;
@@ -37,9 +37,9 @@ pub(crate) struct DevLoop {
     builds_dir: Option<PathBuf>,
     /// The build process in flight, as the core numbered it.
     running: Option<(BuildId, RunningBuild)>,
-    /// The build whose process exited while its output was not complete yet: its outcome
-    /// waits for it.
-    exited: Option<ExitedBuild>,
+    /// The build whose process exited, its output still read, until the core asks for its
+    /// outcome ([`collect`](Self::collect)) or cancels it.
+    exited: Option<(BuildId, RunningBuild)>,
     copies: u64,
     /// Every decision.
     pub(crate) core: DevCore,
@@ -87,7 +87,7 @@ impl DevLoop {
 
     /// Starts the build the core asked for; its own group, killed with the workers' should
     /// the master die. `on_output_end` is called (from the I/O loop, once) when the build's
-    /// output is complete, for [`build_output_ended`](Self::build_output_ended).
+    /// output is complete, for [`DevEvent::BuildOutputEnded`].
     pub(crate) fn start_build(
         &mut self,
         build: BuildId,
@@ -125,13 +125,9 @@ impl DevLoop {
     }
 
     /// Kills the build the core cancelled; its pid, to be reaped as a stray (none when its
-    /// process exited already and only its output was awaited).
+    /// process exited already: only its output is forgotten).
     pub(crate) fn cancel_build(&mut self, build: BuildId) -> Option<i32> {
-        if self
-            .exited
-            .take_if(|exited| exited.build == build)
-            .is_some()
-        {
+        if self.exited.take_if(|(id, _)| *id == build).is_some() {
             return None;
         }
         let (_, running) = self.running.take_if(|(id, _)| *id == build)?;
@@ -139,60 +135,46 @@ impl DevLoop {
         Some(running.pid)
     }
 
-    /// The build process exited. Its outcome, if its output is complete already; else `None`,
-    /// and the outcome comes from [`build_output_ended`](Self::build_output_ended) once it is
-    /// (at most a second later: see [`builder`]).
-    pub(crate) fn build_exited(
-        &mut self,
-        end: ProcessEnd,
-        latest: Option<&Program>,
-    ) -> Option<(Instant, DevEvent)> {
+    /// The build process exited (reaped): its output is still read until the core asks for
+    /// its outcome. `None` when no build runs.
+    pub(crate) fn build_exited(&mut self, end: ProcessEnd) -> Option<DevEvent> {
         let (build, running) = self.running.take()?;
-        running.exited();
-        self.exited = Some(ExitedBuild {
+        self.exited = Some((build, running));
+        Some(DevEvent::BuildExited {
             build,
-            running,
             end,
-            now: Instant::now(),
             wall: SystemTime::now(),
-        });
-        self.build_output_ended(latest)
+        })
     }
 
-    /// The output of a build may be complete (told by the callback given to
-    /// [`start_build`](Self::start_build)): the outcome of the build whose process exited, if
-    /// its output is complete now: when it exited (not when its output ended), what it said,
-    /// its executable and what it read. `None` when no build waits for its output, or its
-    /// output is not complete yet.
-    pub(crate) fn build_output_ended(
+    /// The outcome of the build the core asks for ([`DevAction::Collect`]): how its process
+    /// ended, what it said so far, its executable and what it read. `None` when that build is
+    /// not the one that exited.
+    ///
+    /// [`DevAction::Collect`]: lifecycle::DevAction::Collect
+    pub(crate) fn collect(
         &mut self,
+        build: BuildId,
+        end: ProcessEnd,
         latest: Option<&Program>,
-    ) -> Option<(Instant, DevEvent)> {
-        let messages = self.exited.as_ref()?.running.messages()?;
-        let ExitedBuild {
-            build,
-            end,
-            now,
-            wall,
-            ..
-        } = self.exited.take()?;
+    ) -> Option<DevEvent> {
+        let (_, running) = self.exited.take_if(|(id, _)| *id == build)?;
+        let messages = running.take_messages();
+        // Dropped: its readers go on to the end of its pipes, and tell nobody.
+        drop(running);
         let Some(plan) = self.plan.as_ref().filter(|_| end == ProcessEnd::Code(0)) else {
             let refused = self
                 .plan
                 .as_ref()
                 .and_then(|plan| plan.refused_option(&messages));
-            return Some((
-                now,
-                DevEvent::BuildEnded {
-                    build,
-                    wall,
-                    result: BuildResult::Failed {
-                        end,
-                        diagnostics: messages.diagnostics,
-                        refused,
-                    },
+            return Some(DevEvent::BuildEnded {
+                build,
+                result: BuildResult::Failed {
+                    end,
+                    diagnostics: messages.diagnostics,
+                    refused,
                 },
-            ));
+            });
         };
         let executable = plan.executable(&messages);
         let inputs = match (&executable, &self.watcher, &self.base) {
@@ -213,14 +195,10 @@ impl DevLoop {
                 executable: artifact.executable,
             })
         });
-        Some((
-            now,
-            DevEvent::BuildEnded {
-                build,
-                wall,
-                result: BuildResult::Succeeded { executable, inputs },
-            },
-        ))
+        Some(DevEvent::BuildEnded {
+            build,
+            result: BuildResult::Succeeded { executable, inputs },
+        })
     }
 
     /// Tells the watcher what the last build read.
@@ -311,17 +289,6 @@ impl DevLoop {
             }
         }
     }
-}
-
-/// A build whose process exited, waiting for the end of its output.
-struct ExitedBuild {
-    build: BuildId,
-    /// Its output, still being read.
-    running: RunningBuild,
-    end: ProcessEnd,
-    /// When it exited.
-    now: Instant,
-    wall: SystemTime,
 }
 
 impl Drop for DevLoop {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::cluster::{ExitReason, WorkerKey};
+use crate::dev::lifecycle::BuildId;
 use crate::status::{Record, ResizeOutcome, RestartOutcome, Status};
 
 /// The inbox's sending end: any thread may send, without blocking and without a runtime.
@@ -34,9 +35,9 @@ pub(crate) enum Input {
     Control(Control),
     /// Dev mode: files really changed (a debounced batch).
     Changed(Vec<PathBuf>),
-    /// Dev mode: the output of a build is complete, which its outcome may wait for (see
-    /// [`DevLoop::build_output_ended`](crate::dev::DevLoop::build_output_ended)); at most one per build.
-    BuildOutputEnded,
+    /// Dev mode: the output of this build is complete, which its outcome may wait for (see
+    /// [`OUTPUT_GRACE`](crate::dev::lifecycle::OUTPUT_GRACE)); at most one per build.
+    BuildOutputEnded(BuildId),
 }
 
 /// Requests from [`Handle`] (and the control socket, through one).

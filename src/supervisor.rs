@@ -238,7 +238,16 @@ impl Supervisor {
                 self.reload_pages_once_switched(&mut state);
                 continue;
             }
-            let wake = [deadline, reload_check].into_iter().flatten().min();
+            // Dev mode: the dev core's own deadline (a build's output grace).
+            let dev_deadline = self.dev.as_ref().and_then(|dev| dev.core.next_deadline());
+            if dev_deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+                self.dev_event(&mut state, DevEvent::Tick);
+                continue;
+            }
+            let wake = [deadline, reload_check, dev_deadline]
+                .into_iter()
+                .flatten()
+                .min();
             let timer = async {
                 match wake {
                     Some(wake) => tokio::time::sleep_until(wake.into()).await,
@@ -321,15 +330,11 @@ impl Supervisor {
     }
 
     /// Hands an event to the dev core and carries out its actions, including the events they
-    /// cause (a build's start, a kept executable).
+    /// cause (a build's start, its outcome, a kept executable).
     fn dev_event(&mut self, state: &mut DriverState, event: DevEvent) {
-        self.dev_event_at(state, Instant::now(), event);
-    }
-
-    /// [`Supervisor::dev_event`] for an event that happened at `now`.
-    fn dev_event_at(&mut self, state: &mut DriverState, now: Instant, event: DevEvent) {
-        let mut pending = VecDeque::from([(now, event)]);
-        while let Some((now, event)) = pending.pop_front() {
+        let mut pending = VecDeque::from([event]);
+        while let Some(event) = pending.pop_front() {
+            let now = Instant::now();
             let served = self.served();
             let Some(dev) = &mut self.dev else {
                 return;
@@ -342,16 +347,19 @@ impl Supervisor {
                     DevAction::StartBuild(build) => {
                         let events = self.events.clone();
                         let on_output_end = Box::new(move || {
-                            let _ = events.send(Input::BuildOutputEnded);
+                            let _ = events.send(Input::BuildOutputEnded(build));
                         });
                         let started = dev.start_build(build, &mut self.guard, on_output_end);
-                        pending.push_back((Instant::now(), started));
+                        pending.push_back(started);
                     }
                     DevAction::CancelBuild(build) => {
                         // Its exit is reaped later as a stray.
                         if let Some(pid) = dev.cancel_build(build) {
                             state.adopt_stray(pid);
                         }
+                    }
+                    DevAction::Collect { build, end } => {
+                        pending.extend(dev.collect(build, end, self.spec.latest.as_ref()));
                     }
                     DevAction::Install { build, executable } => {
                         let installed = match dev.install(&executable) {
@@ -362,10 +370,10 @@ impl Supervisor {
                             }
                             Err(why) => DevEvent::NotInstalled { build, why },
                         };
-                        pending.push_back((Instant::now(), installed));
+                        pending.push_back(installed);
                     }
                     DevAction::WatchInputs { inputs, since } => dev.watch_inputs(inputs, since),
-                    DevAction::FindRoots => pending.push_back((Instant::now(), dev.find_roots())),
+                    DevAction::FindRoots => pending.push_back(dev.find_roots()),
                     DevAction::AddRoots(roots) => dev.add_roots(roots),
                     DevAction::Start => self.feed(state, Event::Start),
                     DevAction::Roll => {
@@ -466,12 +474,8 @@ impl Supervisor {
                 Control::QuitHard(reply) => self.quit(state, true, reply),
             },
             Input::Changed(paths) => self.dev_event(state, DevLoop::changed(paths)),
-            Input::BuildOutputEnded => {
-                if let Some(dev) = &mut self.dev
-                    && let Some((now, event)) = dev.build_output_ended(self.spec.latest.as_ref())
-                {
-                    self.dev_event_at(state, now, event);
-                }
+            Input::BuildOutputEnded(build) => {
+                self.dev_event(state, DevEvent::BuildOutputEnded { build });
             }
         }
     }
@@ -698,8 +702,8 @@ impl Supervisor {
             && dev.build_pid() == Some(pid)
         {
             self.guard.forget(pid);
-            if let Some((now, event)) = dev.build_exited(end, self.spec.latest.as_ref()) {
-                self.dev_event_at(state, now, event);
+            if let Some(event) = dev.build_exited(end) {
+                self.dev_event(state, event);
             }
             return;
         }

@@ -3,8 +3,9 @@
 //! the cluster core's state ([`Served`]), and answers with what to do ([`DevAction`]).
 //!
 //! It owns every `Instant`, counter and pending request of the lifecycle: the build in flight
-//! (at most one; a save during it cancels it and starts another with both sets of changes), how
-//! each build ends (exactly one [`Outcome`]), the loop rule (a file the builds themselves write
+//! (at most one; a save during it cancels it and starts another with both sets of changes), when
+//! its outcome is read (once its process exited and its output ended, or [`OUTPUT_GRACE`] after
+//! the exit), how each build ends (exactly one [`Outcome`]), the loop rule (a file the builds themselves write
 //! is named once and its changes during builds ignored), what a change means (a build input, or
 //! an asset the pages reload), the reloads waiting for their rolls to end (one line each), when
 //! pages reload after a switch ([`RELOAD_WAIT`]), turn into the app, or show a failed build, and
@@ -21,6 +22,11 @@ use crate::cluster::{ExitReason, ProcessEnd, RollEnd, after};
 
 /// The longest pages wait after a switch for the old workers to stop accepting.
 pub(crate) const RELOAD_WAIT: Duration = Duration::from_secs(1);
+
+/// How long the output of a build whose process exited may still take to end: a process the
+/// build started (a compiler cache server, say) may hold its pipes open for ever, and the
+/// outcome does not wait for it longer. It then comes from what was read of the output so far.
+pub(crate) const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 /// After how many builds in a row that a file's own change triggered and during which it
 /// changed again, the file is named as one the build writes.
@@ -107,12 +113,19 @@ pub(crate) enum DevEvent {
     BuildStarted { build: BuildId, wall: SystemTime },
     /// The build asked for could not start.
     BuildNotStarted { build: BuildId, why: String },
-    /// The build process exited, at `wall`.
-    BuildEnded {
+    /// The build process exited (reaped), at `wall`, as `end` says.
+    BuildExited {
         build: BuildId,
+        end: ProcessEnd,
         wall: SystemTime,
-        result: BuildResult,
     },
+    /// The build's output is complete: its pipes ended (cargo's stderr passed on to the last
+    /// byte). At once for a build whose output is not read.
+    BuildOutputEnded { build: BuildId },
+    /// The outcome of a build, as [`DevAction::Collect`] asked for it.
+    BuildEnded { build: BuildId, result: BuildResult },
+    /// Time passed: a deadline of [`DevCore::next_deadline`] may be due.
+    Tick,
     /// The executable of [`DevAction::Install`] is what new generations run now.
     Installed { build: BuildId },
     /// It could not be kept.
@@ -282,8 +295,12 @@ pub(crate) enum Outcome {
 pub(crate) enum DevAction {
     /// Start a build; answered with [`DevEvent::BuildStarted`] or [`DevEvent::BuildNotStarted`].
     StartBuild(BuildId),
-    /// Kill the build (its exit is reaped as a stray's).
+    /// Kill the build (its exit is reaped as a stray's), or forget it if it exited already.
     CancelBuild(BuildId),
+    /// Read the outcome of a build whose process exited as `end` says, from what was read of
+    /// its output so far (all of it, unless [`OUTPUT_GRACE`] passed); answered with
+    /// [`DevEvent::BuildEnded`].
+    Collect { build: BuildId, end: ProcessEnd },
     /// Keep a copy of this executable for new generations; answered with
     /// [`DevEvent::Installed`] or [`DevEvent::NotInstalled`].
     Install { build: BuildId, executable: PathBuf },
@@ -319,6 +336,21 @@ struct Build {
     /// When it started by the wall clock, to compare with the times of the files it may write;
     /// `None` until [`DevEvent::BuildStarted`].
     started_at: Option<SystemTime>,
+    /// Its process exited: when, and how.
+    exited: Option<Exit>,
+    /// Its output is complete.
+    output_ended: bool,
+    /// Its outcome was asked for ([`DevAction::Collect`]): it is in flight until it comes.
+    collecting: bool,
+}
+
+/// How and when a build process exited.
+#[derive(Debug, Clone, Copy)]
+struct Exit {
+    now: Instant,
+    /// By the wall clock: every file the build wrote is older.
+    wall: SystemTime,
+    end: ProcessEnd,
 }
 
 /// A reload waiting for its roll to end, for the one-line summary.
@@ -388,6 +420,14 @@ impl DevCore {
         }
     }
 
+    /// When [`DevEvent::Tick`] is due: the end of a build's [`OUTPUT_GRACE`], while its
+    /// process exited and its output has not ended.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let build = self.build.as_ref()?;
+        let exit = build.exited?;
+        (!build.output_ended && !build.collecting).then(|| after(exit.now, OUTPUT_GRACE))
+    }
+
     /// The generation whose older workers pages wait for before they reload.
     pub(crate) fn reload_waits_for(&self) -> Option<u64> {
         self.reload_pending.map(|(generation, _)| generation)
@@ -451,11 +491,26 @@ impl DevCore {
                     });
                 }
             }
-            DevEvent::BuildEnded {
-                build,
-                wall,
-                result,
-            } => self.build_ended(now, served, build, wall, result, &mut out),
+            DevEvent::BuildExited { build, end, wall } => {
+                if let Some(running) = self
+                    .build
+                    .as_mut()
+                    .filter(|running| running.id == build && running.exited.is_none())
+                {
+                    running.exited = Some(Exit { now, wall, end });
+                    self.collect_when_due(now, &mut out);
+                }
+            }
+            DevEvent::BuildOutputEnded { build } => {
+                if let Some(running) = self.build.as_mut().filter(|running| running.id == build) {
+                    running.output_ended = true;
+                    self.collect_when_due(now, &mut out);
+                }
+            }
+            DevEvent::Tick => self.collect_when_due(now, &mut out),
+            DevEvent::BuildEnded { build, result } => {
+                self.build_ended(served, build, result, &mut out);
+            }
             DevEvent::Installed { build } => {
                 if let Some(installing) = self.installing.take_if(|i| i.id == build) {
                     self.built_once = true;
@@ -590,28 +645,57 @@ impl DevCore {
             changed,
             started: now,
             started_at: None,
+            exited: None,
+            output_ended: false,
+            collecting: false,
         });
         out.push(DevAction::StartBuild(id));
     }
 
+    /// The outcome of the build in flight is asked for once its process exited and its output
+    /// ended, or [`OUTPUT_GRACE`] after the exit, whichever comes first; once.
+    fn collect_when_due(&mut self, now: Instant, out: &mut Vec<DevAction>) {
+        let Some(build) = &mut self.build else {
+            return;
+        };
+        let Some(exit) = build.exited else {
+            return;
+        };
+        if build.collecting || !(build.output_ended || now >= after(exit.now, OUTPUT_GRACE)) {
+            return;
+        }
+        build.collecting = true;
+        out.push(DevAction::Collect {
+            build: build.id,
+            end: exit.end,
+        });
+    }
+
+    /// The outcome of a build: it took as long as its process ran, and wrote its files before
+    /// its exit.
     fn build_ended(
         &mut self,
-        now: Instant,
         served: Served,
         id: BuildId,
-        wall: SystemTime,
         result: BuildResult,
         out: &mut Vec<DevAction>,
     ) {
-        let Some(build) = self.build.take_if(|build| build.id == id) else {
+        let Some(build) = self
+            .build
+            .take_if(|build| build.id == id && build.collecting)
+        else {
             return;
         };
+        let Some(exit) = build.exited else {
+            return;
+        };
+        let wall = exit.wall;
         self.last_build = Some((
             build.changed.clone(),
             build.started_at.unwrap_or(wall),
             wall,
         ));
-        let built_in = now.saturating_duration_since(build.started);
+        let built_in = exit.now.saturating_duration_since(build.started);
         let changed = self.relative(&build.changed);
         let keeps = self.keeps(served);
         let ended = |outcome| DevAction::Ended { build: id, outcome };
