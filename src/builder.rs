@@ -46,7 +46,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, Read as _};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -381,10 +381,11 @@ impl BuildPlan {
 }
 
 /// `cargo metadata --offline` of the project (of `manifest`, else of the working directory),
-/// with `extra` arguments, parsed; `None` when cargo cannot read it. Waited for by pid where
-/// the driver runs (the I/O loop, which it holds up for as long as cargo reads the manifests:
-/// at the start and after a manifest changed, never per save), so the driver never reaps it
-/// (and if something else did, this fails: "in doubt").
+/// with `extra` arguments, parsed; `None` when cargo cannot read it. It takes as long as cargo
+/// reads the manifests: never on the I/O loop (dev mode runs it on the loop's blocking pool,
+/// see [`dev`](crate::dev); at the start, before the loop). Waited for by pid; the driver, which
+/// reaps only its own children, never reaps it, except as PID 1 (`waitpid(-1)`): then its
+/// output, read to its end, says whether it succeeded.
 fn cargo_metadata<T: serde::de::DeserializeOwned>(
     manifest: Option<&Path>,
     extra: &[&str],
@@ -396,10 +397,21 @@ fn cargo_metadata<T: serde::de::DeserializeOwned>(
     if let Some(manifest) = manifest {
         command.arg("--manifest-path").arg(manifest);
     }
-    command.stdin(Stdio::null()).stderr(Stdio::null());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     sys::prepare_child(&mut command);
-    let output = command.output().ok().filter(|o| o.status.success())?;
-    serde_json::from_slice(&output.stdout).ok()
+    let mut child = command.spawn().ok()?;
+    let mut stdout = Vec::new();
+    let read = child.stdout.take()?.read_to_end(&mut stdout);
+    match child.wait() {
+        Ok(status) if !status.success() => return None,
+        Err(error) if error.raw_os_error() != Some(nix::libc::ECHILD) => return None,
+        _ => {}
+    }
+    read.ok()?;
+    serde_json::from_slice(&stdout).ok()
 }
 
 /// A `[….metadata.mcluster]` table of a manifest.

@@ -4,12 +4,25 @@
 //! whether a binary changed) and does what it asks that touches the OS (spawn and kill the
 //! build, keep a copy of each executable). The supervisor holds a [`DevLoop`], feeds its core
 //! and carries out the cluster's part of its actions (a start, a roll, the pages, the lines).
+//!
+//! # Slow work, off the loop
+//!
+//! The driver runs on the master's I/O loop, which nothing may hold up. What may take seconds
+//! runs on the loop's blocking pool instead ([`IoLoop`], a bound of threads): reading a build's
+//! outcome ([`DevLoop::collect`]: `cargo metadata` for an option cargo refused, the dep-info, the
+//! byte compare of two binaries) and the project's directories ([`DevLoop::find_roots`]:
+//! `cargo metadata`). Each answers once, through the callback it is given (the driver's inbox),
+//! with an event tagged as the core asked (the build, the lookup), so that the core ignores an
+//! answer it no longer waits for. What runs there is bounded by the core: one roots lookup at a
+//! time, and one outcome per build; a cancelled build's outcome stops at its next step.
 
 pub(crate) mod lifecycle;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use nix::sys::signal::{Signal, killpg};
@@ -17,6 +30,7 @@ use nix::unistd::Pid as NixPid;
 
 use crate::builder::{self, BuildPlan, OnOutputEnd, RunningBuild};
 use crate::cluster::ProcessEnd;
+use crate::http::IoLoop;
 use crate::leftover::{self, Here};
 use crate::sys::{Guard, Program};
 use crate::watch::Watcher;
@@ -41,9 +55,16 @@ pub(crate) struct DevLoop {
     /// outcome ([`collect`](Self::collect)) or cancels it.
     exited: Option<(BuildId, RunningBuild)>,
     copies: u64,
+    /// The build whose outcome is being read off the loop (0: none); a cancelled one's reading
+    /// stops at its next step.
+    reading: Arc<AtomicU64>,
     /// Every decision.
     pub(crate) core: DevCore,
 }
+
+/// Where slow work done off the loop hands its event for the dev core: called once, from a
+/// thread of the loop's blocking pool.
+pub(crate) type Found = Box<dyn FnOnce(DevEvent) + Send>;
 
 impl DevLoop {
     pub(crate) fn new(
@@ -61,6 +82,7 @@ impl DevLoop {
             running: None,
             exited: None,
             copies: 0,
+            reading: Arc::new(AtomicU64::new(0)),
             core: DevCore::new(roots, assets),
         }
     }
@@ -127,6 +149,10 @@ impl DevLoop {
     /// Kills the build the core cancelled; its pid, to be reaped as a stray (none when its
     /// process exited already: only its output is forgotten).
     pub(crate) fn cancel_build(&mut self, build: BuildId) -> Option<i32> {
+        // Its outcome, if being read, is read no further.
+        let _ = self
+            .reading
+            .compare_exchange(build.0, 0, Ordering::AcqRel, Ordering::Acquire);
         if self.exited.take_if(|(id, _)| *id == build).is_some() {
             return None;
         }
@@ -147,9 +173,10 @@ impl DevLoop {
         })
     }
 
-    /// The outcome of the build the core asks for ([`DevAction::Collect`]): how its process
-    /// ended, what it said so far, its executable and what it read. `None` when that build is
-    /// not the one that exited.
+    /// Reads the outcome of the build the core asks for ([`DevAction::Collect`]), off the
+    /// loop: how its process ended, what it said so far, its executable (the same bytes as
+    /// `latest`?) and what it read; `found` gets it as [`DevEvent::BuildEnded`]. Nothing when
+    /// that build is not the one that exited, or is cancelled meanwhile.
     ///
     /// [`DevAction::Collect`]: lifecycle::DevAction::Collect
     pub(crate) fn collect(
@@ -157,48 +184,32 @@ impl DevLoop {
         build: BuildId,
         end: ProcessEnd,
         latest: Option<&Program>,
-    ) -> Option<DevEvent> {
-        let (_, running) = self.exited.take_if(|(id, _)| *id == build)?;
+        found: Found,
+    ) {
+        let Some((_, running)) = self.exited.take_if(|(id, _)| *id == build) else {
+            return;
+        };
+        // What was read so far, taken on the loop (a copy of at most a few KiB).
         let messages = running.take_messages();
         // Dropped: its readers go on to the end of its pipes, and tell nobody.
         drop(running);
-        let Some(plan) = self.plan.as_ref().filter(|_| end == ProcessEnd::Code(0)) else {
-            let refused = self
-                .plan
-                .as_ref()
-                .and_then(|plan| plan.refused_option(&messages));
-            return Some(DevEvent::BuildEnded {
-                build,
-                result: BuildResult::Failed {
-                    end,
-                    diagnostics: messages.diagnostics,
-                    refused,
-                },
-            });
-        };
-        let executable = plan.executable(&messages);
-        let inputs = match (&executable, &self.watcher, &self.base) {
-            (Ok(Some(artifact)), Some(_), Some(base)) => {
-                builder::build_inputs(&artifact.executable, base)
-            }
-            _ => None,
-        };
-        let executable = executable.map(|artifact| {
-            artifact.map(|artifact| Built {
-                same_as_latest: latest.is_some_and(|latest| {
-                    same_file_content(
-                        Path::new(std::ffi::OsStr::from_bytes(latest.path.as_bytes())),
-                        &artifact.executable,
-                    )
-                }),
-                fresh: artifact.fresh,
-                executable: artifact.executable,
-            })
-        });
-        Some(DevEvent::BuildEnded {
+        self.reading.store(build.0, Ordering::Release);
+        let reading = Arc::clone(&self.reading);
+        let job = OutcomeRead {
             build,
-            result: BuildResult::Succeeded { executable, inputs },
-        })
+            end,
+            plan: self.plan.clone(),
+            messages,
+            base: self.watcher.as_ref().and(self.base.clone()),
+            latest: latest
+                .map(|latest| PathBuf::from(std::ffi::OsStr::from_bytes(latest.path.as_bytes()))),
+        };
+        off_loop(move || {
+            let wanted = || reading.load(Ordering::Acquire) == build.0;
+            if let Some(event) = job.read(&wanted) {
+                found(event);
+            }
+        });
     }
 
     /// Tells the watcher what the last build read.
@@ -208,14 +219,17 @@ impl DevLoop {
         }
     }
 
-    /// The directories the project's manifests name now (cargo metadata).
-    pub(crate) fn find_roots(&self) -> DevEvent {
-        DevEvent::Roots(
-            self.plan
+    /// Asks cargo, off the loop, for the directories the project's manifests name now;
+    /// `found` gets them as [`DevEvent::Roots`] of this `lookup`.
+    pub(crate) fn find_roots(&self, lookup: u64, found: Found) {
+        let plan = self.plan.clone();
+        off_loop(move || {
+            let roots = plan
                 .as_ref()
                 .and_then(BuildPlan::watch_roots)
-                .unwrap_or_default(),
-        )
+                .unwrap_or_default();
+            found(DevEvent::Roots { lookup, roots });
+        });
     }
 
     /// Watches more directories.
@@ -288,6 +302,76 @@ impl DevLoop {
                 }
             }
         }
+    }
+}
+
+/// Runs slow work on the I/O loop's blocking pool, never on the loop itself.
+fn off_loop(job: impl FnOnce() + Send + 'static) {
+    match IoLoop::handle() {
+        Ok(io_loop) => drop(io_loop.spawn_blocking(job)),
+        // The loop runs the driver that asks for this: it cannot fail to start now.
+        Err(_) => job(),
+    }
+}
+
+/// What reading a build's outcome needs, moved off the loop.
+struct OutcomeRead {
+    build: BuildId,
+    end: ProcessEnd,
+    plan: Option<BuildPlan>,
+    messages: builder::Messages,
+    /// Where dep-info paths are relative to, when files are watched.
+    base: Option<PathBuf>,
+    /// What new generations run now.
+    latest: Option<PathBuf>,
+}
+
+impl OutcomeRead {
+    /// The build's outcome; `None` once `wanted` says it is cancelled (asked before each slow
+    /// step).
+    fn read(self, wanted: &dyn Fn() -> bool) -> Option<DevEvent> {
+        let Self {
+            build,
+            end,
+            plan,
+            messages,
+            base,
+            latest,
+        } = self;
+        let Some(plan) = plan.as_ref().filter(|_| end == ProcessEnd::Code(0)) else {
+            let refused = plan
+                .as_ref()
+                .filter(|_| wanted())
+                .and_then(|plan| plan.refused_option(&messages));
+            return wanted().then_some(DevEvent::BuildEnded {
+                build,
+                result: BuildResult::Failed {
+                    end,
+                    diagnostics: messages.diagnostics,
+                    refused,
+                },
+            });
+        };
+        let executable = plan.executable(&messages);
+        let inputs = match (&executable, &base) {
+            (Ok(Some(artifact)), Some(base)) if wanted() => {
+                builder::build_inputs(&artifact.executable, base)
+            }
+            _ => None,
+        };
+        let executable = executable.map(|artifact| {
+            artifact.map(|artifact| Built {
+                same_as_latest: latest.as_deref().is_some_and(|latest| {
+                    wanted() && same_file_content(latest, &artifact.executable)
+                }),
+                fresh: artifact.fresh,
+                executable: artifact.executable,
+            })
+        });
+        wanted().then_some(DevEvent::BuildEnded {
+            build,
+            result: BuildResult::Succeeded { executable, inputs },
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::cluster::{ExitReason, WorkerKey};
-use crate::dev::lifecycle::BuildId;
+use crate::dev::lifecycle::{BuildId, DevEvent};
 use crate::status::{Record, ResizeOutcome, RestartOutcome, Status};
 
 /// The inbox's sending end: any thread may send, without blocking and without a runtime.
@@ -38,6 +38,10 @@ pub(crate) enum Input {
     /// Dev mode: the output of this build is complete, which its outcome may wait for (see
     /// [`OUTPUT_GRACE`](crate::dev::lifecycle::OUTPUT_GRACE)); at most one per build.
     BuildOutputEnded(BuildId),
+    /// Dev mode: what slow work done off the loop found for the dev core: a build's outcome
+    /// or the project's directories (see [`dev`](crate::dev)); at most one per such request
+    /// of the core's, which asks for one roots lookup at a time and one outcome per build.
+    Found(Box<DevEvent>),
 }
 
 /// Requests from [`Handle`] (and the control socket, through one).

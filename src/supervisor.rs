@@ -85,8 +85,8 @@ use crate::cluster::{
     StopKind, WorkerId, WorkerKey, after, human_duration,
 };
 use crate::config::SizeBound;
-use crate::dev::DevLoop;
 use crate::dev::lifecycle::{DevAction, DevEvent, Page, Served};
+use crate::dev::{DevLoop, Found};
 use crate::handle::{Control, Inbox, Input, Reply, Subscriber, ToDriver};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
@@ -332,6 +332,13 @@ impl Supervisor {
     /// Hands an event to the dev core and carries out its actions, including the events they
     /// cause (a build's start, its outcome, a kept executable).
     fn dev_event(&mut self, state: &mut DriverState, event: DevEvent) {
+        // What slow work off the loop finds comes back through the inbox.
+        let found = |events: &ToDriver| -> Found {
+            let events = events.clone();
+            Box::new(move |event| {
+                let _ = events.send(Input::Found(Box::new(event)));
+            })
+        };
         let mut pending = VecDeque::from([event]);
         while let Some(event) = pending.pop_front() {
             let now = Instant::now();
@@ -359,7 +366,8 @@ impl Supervisor {
                         }
                     }
                     DevAction::Collect { build, end } => {
-                        pending.extend(dev.collect(build, end, self.spec.latest.as_ref()));
+                        let found = found(&self.events);
+                        dev.collect(build, end, self.spec.latest.as_ref(), found);
                     }
                     DevAction::Install { build, executable } => {
                         let installed = match dev.install(&executable) {
@@ -373,7 +381,7 @@ impl Supervisor {
                         pending.push_back(installed);
                     }
                     DevAction::WatchInputs { inputs, since } => dev.watch_inputs(inputs, since),
-                    DevAction::FindRoots => pending.push_back(dev.find_roots()),
+                    DevAction::FindRoots { lookup } => dev.find_roots(lookup, found(&self.events)),
                     DevAction::AddRoots(roots) => dev.add_roots(roots),
                     DevAction::Start => self.feed(state, Event::Start),
                     DevAction::Roll => {
@@ -477,6 +485,7 @@ impl Supervisor {
             Input::BuildOutputEnded(build) => {
                 self.dev_event(state, DevEvent::BuildOutputEnded { build });
             }
+            Input::Found(event) => self.dev_event(state, *event),
         }
     }
 

@@ -5,11 +5,13 @@
 //! It owns every `Instant`, counter and pending request of the lifecycle: the build in flight
 //! (at most one; a save during it cancels it and starts another with both sets of changes), when
 //! its outcome is read (once its process exited and its output ended, or [`OUTPUT_GRACE`] after
-//! the exit), how each build ends (exactly one [`Outcome`]), the loop rule (a file the builds themselves write
-//! is named once and its changes during builds ignored), what a change means (a build input, or
-//! an asset the pages reload), the reloads waiting for their rolls to end (one line each), when
-//! pages reload after a switch ([`RELOAD_WAIT`]), turn into the app, or show a failed build, and
-//! when the session ends because nothing can fix it.
+//! the exit), how each build ends (exactly one [`Outcome`]), the loop rule (a file the builds
+//! themselves write is named once and its changes during builds ignored), what a change means (a
+//! build input, or an asset the pages reload), the reloads waiting for their rolls to end (one
+//! line each), when pages reload after a switch ([`RELOAD_WAIT`]), turn into the app, or show a
+//! failed build, the lookups of the project's directories after a manifest changed (one at a time, a change
+//! meanwhile coalesced into one more; the build ends once they are watched), and when the
+//! session ends because nothing can fix it.
 //!
 //! The driver ([`crate::dev`] and the supervisor) reads file times, build messages, dep-info and
 //! binaries, spawns and kills the build, keeps the executables, and asks the cluster to roll.
@@ -35,6 +37,11 @@ const LOOP_ROUNDS: u32 = 2;
 /// A file's modification time (the kernel's coarse clock) may lag the clock read when a build
 /// starts or ends by a clock tick.
 const MTIME_SLACK: Duration = Duration::from_millis(20);
+
+/// Whether a changed file is a manifest, which may name new path dependencies.
+fn is_manifest(path: &Path) -> bool {
+    path.file_name() == Some(std::ffi::OsStr::new("Cargo.toml"))
+}
 
 /// A build, numbered from 1 in the order the core asks for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -130,8 +137,9 @@ pub(crate) enum DevEvent {
     Installed { build: BuildId },
     /// It could not be kept.
     NotInstalled { build: BuildId, why: String },
-    /// The directories the project's manifests name now ([`DevAction::FindRoots`]).
-    Roots(Vec<PathBuf>),
+    /// The directories the project's manifests name now, as the lookup
+    /// [`DevAction::FindRoots`] numbered `lookup` found them.
+    Roots { lookup: u64, roots: Vec<PathBuf> },
     /// The roll of [`DevAction::Roll`] was sent as this request.
     RollSent { request: u64 },
     /// The cluster refused a roll request.
@@ -309,8 +317,10 @@ pub(crate) enum DevAction {
         inputs: Vec<PathBuf>,
         since: SystemTime,
     },
-    /// Ask cargo for the project's directories; answered with [`DevEvent::Roots`].
-    FindRoots,
+    /// Ask cargo for the project's directories (slow: off the loop); answered with
+    /// [`DevEvent::Roots`] of the same `lookup`. At most one is in flight; a build of a changed
+    /// manifest ends once none is.
+    FindRoots { lookup: u64 },
     /// Watch these directories too.
     AddRoots(Vec<PathBuf>),
     /// The cluster starts its first generation (again).
@@ -342,6 +352,8 @@ struct Build {
     output_ended: bool,
     /// Its outcome was asked for ([`DevAction::Collect`]): it is in flight until it comes.
     collecting: bool,
+    /// Its outcome, read, waiting for the roots lookup its changed manifest asked for.
+    outcome: Option<BuildResult>,
 }
 
 /// How and when a build process exited.
@@ -409,6 +421,13 @@ pub(crate) struct DevCore {
     reload_pending: Option<(u64, Instant)>,
     /// Pages were told to turn into the app once.
     served: bool,
+    /// The roots lookups asked for so far.
+    lookups: u64,
+    /// The roots lookup in flight.
+    looking_up: Option<u64>,
+    /// A manifest changed again while a lookup was in flight (which may have read it before
+    /// the change): one more follows it, however many changes came meanwhile.
+    look_up_again: bool,
 }
 
 impl DevCore {
@@ -509,7 +528,23 @@ impl DevCore {
             }
             DevEvent::Tick => self.collect_when_due(now, &mut out),
             DevEvent::BuildEnded { build, result } => {
-                self.build_ended(served, build, result, &mut out);
+                let Some(running) = self.build.as_mut().filter(|running| {
+                    running.id == build && running.collecting && running.outcome.is_none()
+                }) else {
+                    return out;
+                };
+                // A manifest changed: perhaps a new path dependency, watched from now on too.
+                // The build ends once the lookup is done, so that the pages reload onto an app
+                // whose every file is watched.
+                if self.mode.watching
+                    && matches!(result, BuildResult::Succeeded { .. })
+                    && running.changed.iter().any(|path| is_manifest(path))
+                {
+                    running.outcome = Some(result);
+                    self.find_roots(&mut out);
+                } else {
+                    self.build_ended(served, build, result, &mut out);
+                }
             }
             DevEvent::Installed { build } => {
                 if let Some(installing) = self.installing.take_if(|i| i.id == build) {
@@ -538,7 +573,10 @@ impl DevCore {
                     });
                 }
             }
-            DevEvent::Roots(roots) => {
+            DevEvent::Roots { lookup, roots } => {
+                if self.looking_up.take_if(|asked| *asked == lookup).is_none() {
+                    return out;
+                }
                 let new: Vec<PathBuf> = roots
                     .into_iter()
                     .filter(|root| !self.roots.iter().any(|known| root.starts_with(known)))
@@ -546,6 +584,18 @@ impl DevCore {
                 if !new.is_empty() {
                     self.roots.extend(new.iter().cloned());
                     out.push(DevAction::AddRoots(new));
+                }
+                if std::mem::take(&mut self.look_up_again) {
+                    self.find_roots(&mut out);
+                }
+                // The build that waits for the roots ends once no lookup is in flight (the one
+                // that followed read its manifest).
+                if self.looking_up.is_none()
+                    && let Some(running) = &mut self.build
+                    && let Some(result) = running.outcome.take()
+                {
+                    let build = running.id;
+                    self.build_ended(served, build, result, &mut out);
                 }
             }
             DevEvent::RollSent { request } => {
@@ -636,6 +686,20 @@ impl DevCore {
         self.start_build(now, changed, out);
     }
 
+    /// Asks for the project's directories, unless a lookup is in flight: then one more follows
+    /// it (coalesced: never more than one waits).
+    fn find_roots(&mut self, out: &mut Vec<DevAction>) {
+        if self.looking_up.is_some() {
+            self.look_up_again = true;
+            return;
+        }
+        self.lookups += 1;
+        self.looking_up = Some(self.lookups);
+        out.push(DevAction::FindRoots {
+            lookup: self.lookups,
+        });
+    }
+
     /// Starts a build for these changes (none: the initial build).
     fn start_build(&mut self, now: Instant, changed: Vec<PathBuf>, out: &mut Vec<DevAction>) {
         self.builds += 1;
@@ -648,6 +712,7 @@ impl DevCore {
             exited: None,
             output_ended: false,
             collecting: false,
+            outcome: None,
         });
         out.push(DevAction::StartBuild(id));
     }
@@ -741,15 +806,6 @@ impl DevCore {
                         inputs,
                         since: build.started_at.unwrap_or(wall),
                     });
-                }
-                // A manifest changed: perhaps a new path dependency, watched from now on too.
-                if self.mode.watching
-                    && build
-                        .changed
-                        .iter()
-                        .any(|path| path.file_name() == Some(std::ffi::OsStr::new("Cargo.toml")))
-                {
-                    out.push(DevAction::FindRoots);
                 }
                 executable
             }

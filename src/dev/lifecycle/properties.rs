@@ -46,6 +46,8 @@ enum Step {
     /// A fact of the last cancelled build arrives late: 0 its exit, 1 its output's end, 2 its
     /// outcome.
     StaleEnd(u8),
+    /// The roots lookup in flight answers (`false`), or one answered already answers again.
+    RootsFound(bool),
     /// From now on builds fail to start / executables cannot be kept.
     StartsFail(bool),
     InstallsFail(bool),
@@ -71,6 +73,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Tick),
         3 => Just(Step::Collected),
         1 => (0..3u8).prop_map(Step::StaleEnd),
+        2 => any::<bool>().prop_map(Step::RootsFound),
         1 => prop::bool::weighted(0.2).prop_map(Step::StartsFail),
         1 => prop::bool::weighted(0.2).prop_map(Step::InstallsFail),
         2 => any::<bool>().prop_map(Step::RollEnds),
@@ -102,8 +105,18 @@ struct World {
     exits: HashMap<BuildId, (Instant, u8)>,
     /// The builds whose output ended.
     outputs_ended: HashSet<BuildId>,
-    /// The builds whose outcome the core asked for.
+    /// The builds whose outcome the core asked for, and those whose outcome was read.
     collects: HashSet<BuildId>,
+    read: HashSet<BuildId>,
+    /// Steps run so far.
+    clock: u64,
+    /// The roots lookup in flight, and the last one asked for.
+    looking_up: Option<u64>,
+    last_lookup: u64,
+    /// When the last lookup was asked for, and when the last build of a changed manifest
+    /// succeeded (in steps).
+    lookup_started: u64,
+    manifest_built: u64,
     cancelled: Vec<BuildId>,
     /// Saved build inputs no build has covered yet (ended, other than cancelled).
     owed: BTreeSet<PathBuf>,
@@ -127,6 +140,12 @@ impl World {
             exits: HashMap::new(),
             outputs_ended: HashSet::new(),
             collects: HashSet::new(),
+            read: HashSet::new(),
+            clock: 0,
+            looking_up: None,
+            last_lookup: 0,
+            lookup_started: 0,
+            manifest_built: 0,
             cancelled: Vec::new(),
             owed: BTreeSet::new(),
             requests: 0,
@@ -225,7 +244,13 @@ impl World {
                             request: self.requests,
                         });
                     }
-                    DevAction::FindRoots => pending.push(DevEvent::Roots(Vec::new())),
+                    DevAction::FindRoots { lookup } => {
+                        assert_eq!(self.looking_up, None, "two roots lookups in flight");
+                        assert_eq!(*lookup, self.last_lookup + 1, "lookups in order");
+                        self.looking_up = Some(*lookup);
+                        self.last_lookup = *lookup;
+                        self.lookup_started = self.clock;
+                    }
                     DevAction::Start => {
                         self.served.generation = self.served.generation.max(1);
                         self.served.waiting = false;
@@ -243,6 +268,7 @@ impl World {
     }
 
     fn run(&mut self, step: Step) {
+        self.clock += 1;
         match step {
             Step::Save(files) => {
                 let files: Vec<ChangedFile> = files
@@ -326,16 +352,34 @@ impl World {
                 }
             }
             Step::Collected => {
-                let Some(build) = self.running.filter(|build| self.collects.contains(build)) else {
+                let Some(build) = self
+                    .running
+                    .filter(|build| self.collects.contains(build) && !self.read.contains(build))
+                else {
                     return;
                 };
+                self.read.insert(build);
                 let kind = self.exits[&build].1;
+                // A build of a changed manifest that succeeds owes a roots lookup after it.
+                if matches!(kind, 1..=4)
+                    && self.triggers[&build].contains(&PathBuf::from("/p/Cargo.toml"))
+                {
+                    self.manifest_built = self.clock;
+                }
                 let actions = self.feed(DevEvent::BuildEnded {
                     build,
                     result: result_of(kind),
                 });
-                assert_eq!(self.running, None, "{build:?} ended: {actions:?}");
-                assert_eq!(self.outcomes[&build].len(), 1);
+                // Unless it waits for a roots lookup (its manifest changed), it ended.
+                let waits = self
+                    .core
+                    .build
+                    .as_ref()
+                    .is_some_and(|running| running.outcome.is_some());
+                if !waits {
+                    assert_eq!(self.running, None, "{build:?} ended: {actions:?}");
+                    assert_eq!(self.outcomes[&build].len(), 1);
+                }
             }
             Step::StaleEnd(which) => {
                 if let Some(&build) = self.cancelled.last() {
@@ -353,6 +397,25 @@ impl World {
                         },
                     });
                     assert!(actions.is_empty(), "a cancelled build's end: {actions:?}");
+                }
+            }
+            Step::RootsFound(stale) => {
+                // A stale answer: of the lookup before the one in flight, or of the last one.
+                let lookup = if stale {
+                    self.looking_up
+                        .map_or(self.last_lookup, |lookup| lookup - 1)
+                } else {
+                    let Some(lookup) = self.looking_up.take() else {
+                        return;
+                    };
+                    lookup
+                };
+                let actions = self.feed(DevEvent::Roots {
+                    lookup,
+                    roots: vec![PathBuf::from("/lib/y")],
+                });
+                if stale {
+                    assert!(actions.is_empty(), "a stale lookup's roots: {actions:?}");
                 }
             }
             Step::StartsFail(fail) => self.starts_fail = fail,
@@ -414,11 +477,15 @@ impl World {
         }
     }
 
-    /// The build in flight runs to its end, as a new binary unless its process exited already.
+    /// The build in flight runs to its end, as a new binary unless its process exited already,
+    /// and every roots lookup answers.
     fn finish_build(&mut self) {
         self.run(Step::Exits(1));
         self.run(Step::OutputEnds);
         self.run(Step::Collected);
+        while self.looking_up.is_some() {
+            self.run(Step::RootsFound(false));
+        }
     }
 
     fn check_invariants(&self) {
@@ -513,14 +580,19 @@ proptest! {
         }
         // The last build ends: every save is covered, every build ended exactly once.
         world.starts_fail = false;
-        if world.running.is_some() {
-            world.finish_build();
-        }
+        world.finish_build();
         world.check_invariants();
         if world.exited {
             return Ok(());
         }
         prop_assert!(world.owed.is_empty(), "saves never built: {:?}", world.owed);
+        // The last lookup started after the last manifest change built.
+        prop_assert!(
+            world.lookup_started >= world.manifest_built,
+            "a changed manifest never looked up (lookup at step {}, manifest built at {})",
+            world.lookup_started,
+            world.manifest_built
+        );
         for (build, outcomes) in &world.outcomes {
             prop_assert_eq!(outcomes.len(), 1, "{:?}: {:?}", build, outcomes);
         }

@@ -1027,23 +1027,98 @@ fn without_a_build_a_save_rolls_at_once() {
 }
 
 #[test]
+fn manifest_changes_during_a_roots_lookup_make_one_more_lookup_after_it() {
+    let mut timeline = serving();
+    timeline.save(&["Cargo.toml"]);
+    // The build of a changed manifest ends once the lookup is done.
+    assert_eq!(timeline.build_ok(), [DevAction::FindRoots { lookup: 1 }]);
+    assert_eq!(timeline.running(), Some(BuildId(2)));
+    // A save meanwhile cancels it; the next build of both changes ends while lookup 1 still
+    // runs (slow: cargo reads the manifests): no second lookup in flight, and the change is
+    // not lost: one more lookup follows.
+    let actions = timeline.save(&["src/main.rs"]);
+    assert_eq!(outcomes(&actions), [(BuildId(2), Outcome::Cancelled)]);
+    timeline.advance(ms(100));
+    assert_eq!(timeline.build_ok(), []);
+    assert_eq!(timeline.running(), Some(BuildId(3)));
+    // Lookup 1 ends: its roots are watched, and lookup 2 follows; the build still waits.
+    assert_eq!(
+        timeline.feed(DevEvent::Roots {
+            lookup: 1,
+            roots: vec![PathBuf::from("/lib/y")],
+        }),
+        [
+            DevAction::AddRoots(vec![PathBuf::from("/lib/y")]),
+            DevAction::FindRoots { lookup: 2 },
+        ]
+    );
+    assert_eq!(timeline.running(), Some(BuildId(3)));
+    // A stale answer (of lookup 1 again) is ignored.
+    assert!(
+        timeline
+            .feed(DevEvent::Roots {
+                lookup: 1,
+                roots: vec![PathBuf::from("/lib/z")],
+            })
+            .is_empty()
+    );
+    // Lookup 2's roots are watched, then the build ends: a roll, reported once it ends.
+    let actions = timeline.feed(DevEvent::Roots {
+        lookup: 2,
+        roots: vec![PathBuf::from("/lib/z")],
+    });
+    assert_eq!(
+        actions.first(),
+        Some(&DevAction::AddRoots(vec![PathBuf::from("/lib/z")]))
+    );
+    assert_eq!(outcomes(&actions), [(BuildId(3), Outcome::Installed)]);
+    assert!(actions.ends_with(&[DevAction::Roll]), "{actions:?}");
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(2, vec![1], false)));
+    assert_eq!(
+        reports(&actions),
+        [&rolled(
+            &["Cargo.toml", "src/main.rs"],
+            Some(ms(100)),
+            roll_end(2, vec![1], false)
+        )]
+    );
+    // The next manifest change: the next lookup.
+    timeline.save(&["Cargo.toml"]);
+    assert_eq!(timeline.build_ok(), [DevAction::FindRoots { lookup: 3 }]);
+}
+
+#[test]
 fn a_changed_manifest_watches_the_new_path_dependencies() {
     let mut timeline = serving();
     timeline.save(&["Cargo.toml"]);
-    let actions = timeline.build_ok();
-    assert!(actions.contains(&DevAction::FindRoots), "{actions:?}");
-    let actions = timeline.feed(DevEvent::Roots(vec![
-        PathBuf::from("/p"),
-        PathBuf::from("/p/crates/x"),
-        PathBuf::from("/lib/y"),
-    ]));
+    assert_eq!(timeline.build_ok(), [DevAction::FindRoots { lookup: 1 }]);
+    let actions = timeline.feed(DevEvent::Roots {
+        lookup: 1,
+        roots: vec![
+            PathBuf::from("/p"),
+            PathBuf::from("/p/crates/x"),
+            PathBuf::from("/lib/y"),
+        ],
+    });
+    // The new directory is watched before the build's inputs are given and the roll asked for.
     assert_eq!(
-        actions,
-        [DevAction::AddRoots(vec![PathBuf::from("/lib/y")])]
+        actions[..2],
+        [
+            DevAction::AddRoots(vec![PathBuf::from("/lib/y")]),
+            DevAction::WatchInputs {
+                inputs: vec![path("src/main.rs"), path("static/inline.html")],
+                since: timeline.wall,
+            },
+        ]
     );
+    assert!(actions.ends_with(&[DevAction::Roll]), "{actions:?}");
+    // An answer nobody waits for (a lookup answered already) changes nothing.
     assert!(
         timeline
-            .feed(DevEvent::Roots(vec![PathBuf::from("/lib/y")]))
+            .feed(DevEvent::Roots {
+                lookup: 1,
+                roots: vec![PathBuf::from("/lib/z")],
+            })
             .is_empty()
     );
     // Files there are named relative to their root now.
