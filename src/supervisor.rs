@@ -31,7 +31,9 @@
 //! message handler, which must return quickly. Besides the loop, the master runs one writer
 //! thread per standard stream it writes to ([`output`]: the stream's file description is
 //! shared with other processes, never made non-blocking) and, in dev mode, the watcher's
-//! thread and its backend's. None of them grows with the number of workers or clients.
+//! thread and its backend's, and at most two threads of the loop's blocking pool for the slow
+//! work of dev mode (`cargo metadata`, a build's outcome: see [`dev`](crate::dev)). None of them
+//! grows with the number of workers or clients.
 //! Every queue between them has a bound and a policy:
 //!
 //! - **The inbox** is a tokio channel that any thread sends to without blocking and without
@@ -41,7 +43,8 @@
 //!   until the driver takes them, see [`sd_notify`](crate::sd_notify)); one [`Input::Signal`]
 //!   per watched signal (a signal that arrives meanwhile is counted in it); one
 //!   [`Input::Changed`] per debounced batch of the watcher; one [`Input::BuildOutputEnded`]
-//!   per build, when its output ends; and the requests of the
+//!   per build, when its output ends; one [`Input::Found`] per slow work the dev core asked for
+//!   (a build's outcome, a roots lookup: one at a time each); and the requests of the
 //!   [`Handle`](crate::master::Handle)s, one per call of the embedder, the control socket and
 //!   the metrics endpoint, which each answer a bounded number of clients at once. Nothing that
 //!   a worker or a stalled stream does can make it grow. (A bounded channel would have to
