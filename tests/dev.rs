@@ -687,6 +687,16 @@ fn a_slow_cargo_metadata_after_a_manifest_change_does_not_stop_supervising() {
     master.wait_until("the roots lookup's cargo metadata to run", || {
         cargo.path("metadata-waiting").exists()
     });
+    // It runs on the loop's blocking pool, of at most two threads.
+    let slow = fs::read_dir(format!("/proc/{}/task", master.pid()))
+        .unwrap()
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "mcluster-slow")
+        .count();
+    assert!(
+        (1..=2).contains(&slow),
+        "{slow} threads of the blocking pool"
+    );
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(victim).unwrap()),
