@@ -26,14 +26,14 @@
 //!   counted. Its last [`DIAGNOSTICS_KEPT`] bytes are kept for the pages; the lock wait is looked
 //!   for in lines of at most [`LOCK_LINE_CAP`].
 //!
-//! The outcome waits for the output, without blocking anyone: once the driver says the build
-//! exited ([`RunningBuild::exited`]), the output is complete when both pipes have ended (stderr
-//! passed on to the last byte, so that the line about the build comes after cargo's), or
-//! [`OUTPUT_GRACE`] after the exit, should something the build started hold a pipe open.
-//! [`RunningBuild::messages`] never waits: it answers `None` until then, and the callback given to
-//! [`BuildPlan::start`] is called once, from the loop, when the output is complete (the driver
-//! turns it into an input of its inbox). A shell build's stdout and stderr are the master's
-//! own: nothing is read.
+//! The output is complete when both pipes have ended (stderr passed on to the last byte, so that
+//! the line about the build comes after cargo's): the callback given to [`BuildPlan::start`] is
+//! called then, once, from the loop (the driver turns it into an input of its inbox).
+//! [`RunningBuild::take_messages`] never waits: it takes what was read so far. How long the
+//! outcome waits for the output after the build exited is the dev core's decision
+//! ([`OUTPUT_GRACE`](crate::dev::lifecycle::OUTPUT_GRACE)): this module keeps no timer. A shell
+//! build's stdout and stderr are the master's own: nothing is read, and its output is complete
+//! from the start.
 //!
 //! Cargo also says what to watch: `cargo metadata` where its packages are
 //! ([`BuildPlan::watch_roots`]) and the `[….metadata.mcluster]` tables ([`mcluster_tables`]),
@@ -46,12 +46,11 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, Read as _};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::net::unix::pipe::Receiver;
@@ -77,8 +76,6 @@ pub(crate) struct RunningBuild {
     pub(crate) pid: i32,
     /// What the loop's tasks read of its output.
     output: Arc<Output>,
-    /// The I/O loop its output is read on; `None` for a shell build, whose output is not read.
-    io_loop: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for RunningBuild {
@@ -110,50 +107,25 @@ const MESSAGE_CAP: usize = 1024 * 1024;
 /// The longest piece of a line of the build's stderr looked at for cargo's wait on a lock.
 const LOCK_LINE_CAP: usize = 4 * 1024;
 
-/// How long the output of a build whose process exited may still take to end: a process the
-/// build started (a compiler cache server, say) may hold its pipes open for ever, and the
-/// outcome does not wait for it longer.
-const OUTPUT_GRACE: Duration = Duration::from_secs(1);
-
-/// Called once, from the I/O loop, when a build's output is complete (see
-/// [`RunningBuild::messages`]); never once the build is dropped.
+/// Called once, when a build's output is complete: from the I/O loop when its pipes end, at
+/// its start for a build whose output is not read; never once the build is dropped. The
+/// driver's callback carries the build's identity.
 pub(crate) type OnOutputEnd = Box<dyn FnOnce() + Send>;
 
 impl RunningBuild {
-    /// Says that the build process exited: its output is complete once its pipes end, or
-    /// [`OUTPUT_GRACE`] from now, whichever comes first.
-    pub(crate) fn exited(&self) {
-        if self.output.lock().complete {
-            return;
-        }
-        match &self.io_loop {
-            Some(io_loop) => {
-                let output = Arc::clone(&self.output);
-                io_loop.spawn(async move {
-                    tokio::time::sleep(OUTPUT_GRACE).await;
-                    output.complete();
-                });
-            }
-            None => self.output.complete(),
-        }
-    }
-
-    /// Cargo's messages (none for a shell build) and the end of the build's stderr, once its
-    /// output is complete: its stdout read up to cargo's last message and its stderr to its end
-    /// (all passed on to ours first, so that a line about the build comes after cargo's), or
-    /// [`OUTPUT_GRACE`] after [`exited`](Self::exited). `None` before; the callback given to
-    /// [`BuildPlan::start`] says when. Never waits.
-    pub(crate) fn messages(&self) -> Option<Messages> {
+    /// Cargo's messages (none for a shell build) and the end of the build's stderr, as read so
+    /// far: all of it once the output is complete (its stdout read up to cargo's last message
+    /// and its stderr to its end, passed on to ours first); less when the outcome did not wait
+    /// for the output (a process the build started holds a pipe open). Never waits; takes the
+    /// artifacts (the readers go on, keeping nothing more for anyone).
+    pub(crate) fn take_messages(&self) -> Messages {
         let mut output = self.output.lock();
-        if !output.complete {
-            return None;
-        }
         let diagnostics = readable_diagnostics(output.diagnostics.make_contiguous());
-        Some(Messages {
+        Messages {
             artifacts: std::mem::take(&mut output.messages.artifacts),
             count: output.messages.count,
             diagnostics,
-        })
+        }
     }
 }
 
@@ -173,12 +145,10 @@ struct Output {
 }
 
 struct OutputState {
-    /// The pipes whose end the outcome waits for: stdout (up to cargo's last message) and
+    /// The pipes whose end makes the output complete: stdout (up to cargo's last message) and
     /// stderr.
     open: u8,
-    /// Every pipe ended, or the grace after the exit passed.
-    complete: bool,
-    /// Told once, when `complete` is set.
+    /// Told once, when the last pipe ends.
     on_end: Option<OnOutputEnd>,
     messages: Messages,
     /// The end of the build's stderr so far.
@@ -186,12 +156,13 @@ struct OutputState {
 }
 
 impl Output {
+    /// The output of a build with `open` pipes read, each of which calls
+    /// [`pipe_ended`](Self::pipe_ended) at its end.
     fn new(open: u8, on_end: OnOutputEnd) -> Self {
         Self {
             state: Mutex::new(OutputState {
                 open,
-                complete: open == 0,
-                on_end: (open > 0).then_some(on_end),
+                on_end: Some(on_end),
                 messages: Messages::default(),
                 diagnostics: VecDeque::new(),
             }),
@@ -206,17 +177,13 @@ impl Output {
     fn pipe_ended(&self) {
         let mut state = self.lock();
         state.open = state.open.saturating_sub(1);
-        let last = state.open == 0;
-        drop(state);
-        if last {
-            self.complete();
+        if state.open == 0 {
+            Self::told(state);
         }
     }
 
-    /// The output is complete: the waiting driver is told, once.
-    fn complete(&self) {
-        let mut state = self.lock();
-        state.complete = true;
+    /// The output is complete: the driver is told, once.
+    fn told(mut state: MutexGuard<'_, OutputState>) {
         let on_end = state.on_end.take();
         drop(state);
         if let Some(on_end) = on_end {
@@ -322,20 +289,18 @@ impl BuildPlan {
         // The driver reaps every child itself; std's handle is not needed past this point.
         drop(child);
         let Some((stdout, stderr, io_loop)) = pipes else {
+            // Nothing is read: the output is complete from the start.
+            let output = Output::new(0, on_end);
+            Output::told(output.lock());
             return Ok(RunningBuild {
                 pid,
-                output: Arc::new(Output::new(0, on_end)),
-                io_loop: None,
+                output: Arc::new(output),
             });
         };
         let output = Arc::new(Output::new(2, on_end));
         io_loop.spawn(read_messages(stdout, Arc::clone(&output)));
         io_loop.spawn(forward_stderr(stderr, Arc::clone(&output)));
-        Ok(RunningBuild {
-            pid,
-            output,
-            io_loop: Some(io_loop),
-        })
+        Ok(RunningBuild { pid, output })
     }
 
     /// The program that builds, for messages: `cargo` (or `$CARGO`), or `sh`.
@@ -416,10 +381,11 @@ impl BuildPlan {
 }
 
 /// `cargo metadata --offline` of the project (of `manifest`, else of the working directory),
-/// with `extra` arguments, parsed; `None` when cargo cannot read it. Waited for by pid where
-/// the driver runs (the I/O loop, which it holds up for as long as cargo reads the manifests:
-/// at the start and after a manifest changed, never per save), so the driver never reaps it
-/// (and if something else did, this fails: "in doubt").
+/// with `extra` arguments, parsed; `None` when cargo cannot read it. It takes as long as cargo
+/// reads the manifests: never on the I/O loop (dev mode runs it on the loop's blocking pool,
+/// see [`dev`](crate::dev); at the start, before the loop). Waited for by pid; the driver, which
+/// reaps only its own children, never reaps it, except as PID 1 (`waitpid(-1)`): then its
+/// output, read to its end, says whether it succeeded.
 fn cargo_metadata<T: serde::de::DeserializeOwned>(
     manifest: Option<&Path>,
     extra: &[&str],
@@ -431,10 +397,21 @@ fn cargo_metadata<T: serde::de::DeserializeOwned>(
     if let Some(manifest) = manifest {
         command.arg("--manifest-path").arg(manifest);
     }
-    command.stdin(Stdio::null()).stderr(Stdio::null());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     sys::prepare_child(&mut command);
-    let output = command.output().ok().filter(|o| o.status.success())?;
-    serde_json::from_slice(&output.stdout).ok()
+    let mut child = command.spawn().ok()?;
+    let mut stdout = Vec::new();
+    let read = child.stdout.take()?.read_to_end(&mut stdout);
+    match child.wait() {
+        Ok(status) if !status.success() => return None,
+        Err(error) if error.raw_os_error() != Some(nix::libc::ECHILD) => return None,
+        _ => {}
+    }
+    read.ok()?;
+    serde_json::from_slice(&stdout).ok()
 }
 
 /// A `[….metadata.mcluster]` table of a manifest.
@@ -1038,7 +1015,7 @@ mod tests {
     }
 
     #[test]
-    fn the_output_s_end_is_told_once_and_never_for_a_shell_build() {
+    fn the_output_s_end_is_told_once_when_its_last_pipe_ends() {
         let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = || {
             let told = Arc::clone(&told);
@@ -1046,18 +1023,22 @@ mod tests {
                 told.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }) as OnOutputEnd
         };
+        let count = || told.load(std::sync::atomic::Ordering::SeqCst);
         let output = Output::new(2, counter());
         output.pipe_ended();
-        assert!(!output.lock().complete);
+        assert_eq!(count(), 0);
         output.pipe_ended();
-        assert!(output.lock().complete);
-        // The grace after the exit, too late.
-        output.complete();
-        assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 1);
-        // A shell build's output is not read: complete from the start, nobody told.
-        let shell = Output::new(0, counter());
-        assert!(shell.lock().complete);
-        shell.complete();
-        assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(count(), 1);
+        // Once only.
+        output.pipe_ended();
+        assert_eq!(count(), 1);
+        // A dropped build's output ends with nobody told.
+        let dropped = Arc::new(Output::new(1, counter()));
+        drop(RunningBuild {
+            pid: 0,
+            output: Arc::clone(&dropped),
+        });
+        dropped.pipe_ended();
+        assert_eq!(count(), 1);
     }
 }

@@ -4,19 +4,33 @@
 //! whether a binary changed) and does what it asks that touches the OS (spawn and kill the
 //! build, keep a copy of each executable). The supervisor holds a [`DevLoop`], feeds its core
 //! and carries out the cluster's part of its actions (a start, a roll, the pages, the lines).
+//!
+//! # Slow work, off the loop
+//!
+//! The driver runs on the master's I/O loop, which nothing may hold up. What may take seconds
+//! runs on the loop's blocking pool instead ([`IoLoop`], a bound of threads): reading a build's
+//! outcome ([`DevLoop::collect`]: `cargo metadata` for an option cargo refused, the dep-info, the
+//! byte compare of two binaries) and the project's directories ([`DevLoop::find_roots`]:
+//! `cargo metadata`). Each answers once, through the callback it is given (the driver's inbox),
+//! with an event tagged as the core asked (the build, the lookup), so that the core ignores an
+//! answer it no longer waits for. What runs there is bounded by the core: one roots lookup at a
+//! time, and one outcome per build; a cancelled build's outcome stops at its next step.
 
 pub(crate) mod lifecycle;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid as NixPid;
 
 use crate::builder::{self, BuildPlan, OnOutputEnd, RunningBuild};
 use crate::cluster::ProcessEnd;
+use crate::http::IoLoop;
 use crate::leftover::{self, Here};
 use crate::sys::{Guard, Program};
 use crate::watch::Watcher;
@@ -37,13 +51,20 @@ pub(crate) struct DevLoop {
     builds_dir: Option<PathBuf>,
     /// The build process in flight, as the core numbered it.
     running: Option<(BuildId, RunningBuild)>,
-    /// The build whose process exited while its output was not complete yet: its outcome
-    /// waits for it.
-    exited: Option<ExitedBuild>,
+    /// The build whose process exited, its output still read, until the core asks for its
+    /// outcome ([`collect`](Self::collect)) or cancels it.
+    exited: Option<(BuildId, RunningBuild)>,
     copies: u64,
+    /// The build whose outcome is being read off the loop (0: none); a cancelled one's reading
+    /// stops at its next step.
+    reading: Arc<AtomicU64>,
     /// Every decision.
     pub(crate) core: DevCore,
 }
+
+/// Where slow work done off the loop hands its event for the dev core: called once, from a
+/// thread of the loop's blocking pool.
+pub(crate) type Found = Box<dyn FnOnce(DevEvent) + Send>;
 
 impl DevLoop {
     pub(crate) fn new(
@@ -61,6 +82,7 @@ impl DevLoop {
             running: None,
             exited: None,
             copies: 0,
+            reading: Arc::new(AtomicU64::new(0)),
             core: DevCore::new(roots, assets),
         }
     }
@@ -87,7 +109,7 @@ impl DevLoop {
 
     /// Starts the build the core asked for; its own group, killed with the workers' should
     /// the master die. `on_output_end` is called (from the I/O loop, once) when the build's
-    /// output is complete, for [`build_output_ended`](Self::build_output_ended).
+    /// output is complete, for [`DevEvent::BuildOutputEnded`].
     pub(crate) fn start_build(
         &mut self,
         build: BuildId,
@@ -125,13 +147,13 @@ impl DevLoop {
     }
 
     /// Kills the build the core cancelled; its pid, to be reaped as a stray (none when its
-    /// process exited already and only its output was awaited).
+    /// process exited already: only its output is forgotten).
     pub(crate) fn cancel_build(&mut self, build: BuildId) -> Option<i32> {
-        if self
-            .exited
-            .take_if(|exited| exited.build == build)
-            .is_some()
-        {
+        // Its outcome, if being read, is read no further.
+        let _ = self
+            .reading
+            .compare_exchange(build.0, 0, Ordering::AcqRel, Ordering::Acquire);
+        if self.exited.take_if(|(id, _)| *id == build).is_some() {
             return None;
         }
         let (_, running) = self.running.take_if(|(id, _)| *id == build)?;
@@ -139,88 +161,55 @@ impl DevLoop {
         Some(running.pid)
     }
 
-    /// The build process exited. Its outcome, if its output is complete already; else `None`,
-    /// and the outcome comes from [`build_output_ended`](Self::build_output_ended) once it is
-    /// (at most a second later: see [`builder`]).
-    pub(crate) fn build_exited(
-        &mut self,
-        end: ProcessEnd,
-        latest: Option<&Program>,
-    ) -> Option<(Instant, DevEvent)> {
+    /// The build process exited (reaped): its output is still read until the core asks for
+    /// its outcome. `None` when no build runs.
+    pub(crate) fn build_exited(&mut self, end: ProcessEnd) -> Option<DevEvent> {
         let (build, running) = self.running.take()?;
-        running.exited();
-        self.exited = Some(ExitedBuild {
+        self.exited = Some((build, running));
+        Some(DevEvent::BuildExited {
             build,
-            running,
             end,
-            now: Instant::now(),
             wall: SystemTime::now(),
-        });
-        self.build_output_ended(latest)
+        })
     }
 
-    /// The output of a build may be complete (told by the callback given to
-    /// [`start_build`](Self::start_build)): the outcome of the build whose process exited, if
-    /// its output is complete now: when it exited (not when its output ended), what it said,
-    /// its executable and what it read. `None` when no build waits for its output, or its
-    /// output is not complete yet.
-    pub(crate) fn build_output_ended(
+    /// Reads the outcome of the build the core asks for ([`DevAction::Collect`]), off the
+    /// loop: how its process ended, what it said so far, its executable (the same bytes as
+    /// `latest`?) and what it read; `found` gets it as [`DevEvent::BuildEnded`]. Nothing when
+    /// that build is not the one that exited, or is cancelled meanwhile.
+    ///
+    /// [`DevAction::Collect`]: lifecycle::DevAction::Collect
+    pub(crate) fn collect(
         &mut self,
+        build: BuildId,
+        end: ProcessEnd,
         latest: Option<&Program>,
-    ) -> Option<(Instant, DevEvent)> {
-        let messages = self.exited.as_ref()?.running.messages()?;
-        let ExitedBuild {
+        found: Found,
+    ) {
+        let Some((_, running)) = self.exited.take_if(|(id, _)| *id == build) else {
+            return;
+        };
+        // What was read so far, taken on the loop (a copy of at most a few KiB).
+        let messages = running.take_messages();
+        // Dropped: its readers go on to the end of its pipes, and tell nobody.
+        drop(running);
+        self.reading.store(build.0, Ordering::Release);
+        let reading = Arc::clone(&self.reading);
+        let job = OutcomeRead {
             build,
             end,
-            now,
-            wall,
-            ..
-        } = self.exited.take()?;
-        let Some(plan) = self.plan.as_ref().filter(|_| end == ProcessEnd::Code(0)) else {
-            let refused = self
-                .plan
-                .as_ref()
-                .and_then(|plan| plan.refused_option(&messages));
-            return Some((
-                now,
-                DevEvent::BuildEnded {
-                    build,
-                    wall,
-                    result: BuildResult::Failed {
-                        end,
-                        diagnostics: messages.diagnostics,
-                        refused,
-                    },
-                },
-            ));
+            plan: self.plan.clone(),
+            messages,
+            base: self.watcher.as_ref().and(self.base.clone()),
+            latest: latest
+                .map(|latest| PathBuf::from(std::ffi::OsStr::from_bytes(latest.path.as_bytes()))),
         };
-        let executable = plan.executable(&messages);
-        let inputs = match (&executable, &self.watcher, &self.base) {
-            (Ok(Some(artifact)), Some(_), Some(base)) => {
-                builder::build_inputs(&artifact.executable, base)
+        off_loop(move || {
+            let wanted = || reading.load(Ordering::Acquire) == build.0;
+            if let Some(event) = job.read(&wanted) {
+                found(event);
             }
-            _ => None,
-        };
-        let executable = executable.map(|artifact| {
-            artifact.map(|artifact| Built {
-                same_as_latest: latest.is_some_and(|latest| {
-                    same_file_content(
-                        Path::new(std::ffi::OsStr::from_bytes(latest.path.as_bytes())),
-                        &artifact.executable,
-                    )
-                }),
-                fresh: artifact.fresh,
-                executable: artifact.executable,
-            })
         });
-        Some((
-            now,
-            DevEvent::BuildEnded {
-                build,
-                wall,
-                result: BuildResult::Succeeded { executable, inputs },
-            },
-        ))
     }
 
     /// Tells the watcher what the last build read.
@@ -230,14 +219,17 @@ impl DevLoop {
         }
     }
 
-    /// The directories the project's manifests name now (cargo metadata).
-    pub(crate) fn find_roots(&self) -> DevEvent {
-        DevEvent::Roots(
-            self.plan
+    /// Asks cargo, off the loop, for the directories the project's manifests name now;
+    /// `found` gets them as [`DevEvent::Roots`] of this `lookup`.
+    pub(crate) fn find_roots(&self, lookup: u64, found: Found) {
+        let plan = self.plan.clone();
+        off_loop(move || {
+            let roots = plan
                 .as_ref()
                 .and_then(BuildPlan::watch_roots)
-                .unwrap_or_default(),
-        )
+                .unwrap_or_default();
+            found(DevEvent::Roots { lookup, roots });
+        });
     }
 
     /// Watches more directories.
@@ -313,15 +305,74 @@ impl DevLoop {
     }
 }
 
-/// A build whose process exited, waiting for the end of its output.
-struct ExitedBuild {
+/// Runs slow work on the I/O loop's blocking pool, never on the loop itself.
+fn off_loop(job: impl FnOnce() + Send + 'static) {
+    match IoLoop::handle() {
+        Ok(io_loop) => drop(io_loop.spawn_blocking(job)),
+        // The loop runs the driver that asks for this: it cannot fail to start now.
+        Err(_) => job(),
+    }
+}
+
+/// What reading a build's outcome needs, moved off the loop.
+struct OutcomeRead {
     build: BuildId,
-    /// Its output, still being read.
-    running: RunningBuild,
     end: ProcessEnd,
-    /// When it exited.
-    now: Instant,
-    wall: SystemTime,
+    plan: Option<BuildPlan>,
+    messages: builder::Messages,
+    /// Where dep-info paths are relative to, when files are watched.
+    base: Option<PathBuf>,
+    /// What new generations run now.
+    latest: Option<PathBuf>,
+}
+
+impl OutcomeRead {
+    /// The build's outcome; `None` once `wanted` says it is cancelled (asked before each slow
+    /// step).
+    fn read(self, wanted: &dyn Fn() -> bool) -> Option<DevEvent> {
+        let Self {
+            build,
+            end,
+            plan,
+            messages,
+            base,
+            latest,
+        } = self;
+        let Some(plan) = plan.as_ref().filter(|_| end == ProcessEnd::Code(0)) else {
+            let refused = plan
+                .as_ref()
+                .filter(|_| wanted())
+                .and_then(|plan| plan.refused_option(&messages));
+            return wanted().then_some(DevEvent::BuildEnded {
+                build,
+                result: BuildResult::Failed {
+                    end,
+                    diagnostics: messages.diagnostics,
+                    refused,
+                },
+            });
+        };
+        let executable = plan.executable(&messages);
+        let inputs = match (&executable, &base) {
+            (Ok(Some(artifact)), Some(base)) if wanted() => {
+                builder::build_inputs(&artifact.executable, base)
+            }
+            _ => None,
+        };
+        let executable = executable.map(|artifact| {
+            artifact.map(|artifact| Built {
+                same_as_latest: latest.as_deref().is_some_and(|latest| {
+                    wanted() && same_file_content(latest, &artifact.executable)
+                }),
+                fresh: artifact.fresh,
+                executable: artifact.executable,
+            })
+        });
+        wanted().then_some(DevEvent::BuildEnded {
+            build,
+            result: BuildResult::Succeeded { executable, inputs },
+        })
+    }
 }
 
 impl Drop for DevLoop {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::cluster::{ExitReason, WorkerKey};
+use crate::dev::lifecycle::{BuildId, DevEvent};
 use crate::status::{Record, ResizeOutcome, RestartOutcome, Status};
 
 /// The inbox's sending end: any thread may send, without blocking and without a runtime.
@@ -34,9 +35,13 @@ pub(crate) enum Input {
     Control(Control),
     /// Dev mode: files really changed (a debounced batch).
     Changed(Vec<PathBuf>),
-    /// Dev mode: the output of a build is complete, which its outcome may wait for (see
-    /// [`DevLoop::build_output_ended`](crate::dev::DevLoop::build_output_ended)); at most one per build.
-    BuildOutputEnded,
+    /// Dev mode: the output of this build is complete, which its outcome may wait for (see
+    /// [`OUTPUT_GRACE`](crate::dev::lifecycle::OUTPUT_GRACE)); at most one per build.
+    BuildOutputEnded(BuildId),
+    /// Dev mode: what slow work done off the loop found for the dev core: a build's outcome
+    /// or the project's directories (see [`dev`](crate::dev)); at most one per such request
+    /// of the core's, which asks for one roots lookup at a time and one outcome per build.
+    Found(Box<DevEvent>),
 }
 
 /// Requests from [`Handle`] (and the control socket, through one).

@@ -72,6 +72,9 @@ pub(crate) type Handler = Arc<
         + Sync,
 >;
 
+/// The most threads the loop's blocking pool runs at once (see [`IoLoop::handle`]).
+const SLOW_THREADS: usize = 2;
+
 /// The loop the master's I/O runs on (the driver, its servers, the workers' pipes and notify
 /// sockets, the signals): one thread, a single-threaded tokio runtime, for the life of the
 /// process, shared by every master the process runs. A task on it must never block.
@@ -90,6 +93,14 @@ impl IoLoop {
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Its blocking pool runs what may take seconds and must not hold up the loop (dev
+            // mode's `cargo metadata`, dep-info and binary compares: see `crate::dev`). Two
+            // threads at most, started on demand and gone when idle: the work is bounded by the
+            // dev core (one roots lookup at a time, one build's outcome at a time), and two let
+            // a lookup and an outcome run side by side; tokio's default (512) would make the
+            // master's threads grow with the work queued instead of a small constant.
+            .max_blocking_threads(SLOW_THREADS)
+            .thread_name("mcluster-slow")
             .build()?;
         let handle = runtime.handle().clone();
         std::thread::Builder::new()

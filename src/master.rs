@@ -49,6 +49,7 @@ use crate::livereload::LiveReload;
 use crate::metrics::MetricsServer;
 use crate::output;
 use crate::readiness;
+use crate::report::{self, StartReport};
 use crate::sd_notify::NotifyDir;
 use crate::supervisor::{MessageHandler, Supervisor, WorkerSpec, watch_signals};
 use crate::sys::Program;
@@ -353,9 +354,13 @@ impl Master {
             );
             if let Some(watch_config) = settings.watch {
                 let events = self.events.clone();
-                dev_loop.watcher = Some(watch::watch(watch_config, move |changed| {
-                    let _ = events.send(Input::Changed(changed));
-                })?);
+                dev_loop.watcher = Some(watch::watch(
+                    watch_config,
+                    move |changed| {
+                        let _ = events.send(Input::Changed(changed));
+                    },
+                    |told| output::master_line(&report::watch_line(told)),
+                )?);
                 quiet = true;
             }
             dev = Some(dev_loop);
@@ -384,11 +389,10 @@ impl Master {
             None => None,
         };
         for listener in &listeners {
-            output::master_line(&format!(
-                "listening on {} (master pid {})",
-                listener.address(),
-                std::process::id()
-            ));
+            output::master_line(&report::start_line(&StartReport::Listening {
+                address: listener.address(),
+                master_pid: std::process::id(),
+            }));
         }
         let app: Vec<std::net::SocketAddr> = listeners
             .iter()
@@ -398,11 +402,10 @@ impl Master {
             .map(|address| start_livereload(address, &app))
             .transpose()?;
         if let Some(live) = &livereload {
-            output::master_line(&format!(
-                "live reload on {}: pages get it with {}",
-                live.address(),
-                live.script_tag()
-            ));
+            output::master_line(&report::start_line(&StartReport::LiveReload {
+                address: live.address(),
+                script_tag: &live.script_tag(),
+            }));
             // Workers get the script's URL, so that a template can include it in dev only.
             spec.env.push(c_string(OsStr::new(&format!(
                 "MCLUSTER_LIVERELOAD={}",
@@ -410,7 +413,9 @@ impl Master {
             )))?);
         }
         if let Some(metrics) = &metrics {
-            output::master_line(&format!("metrics on http://{}/metrics", metrics.address()));
+            output::master_line(&report::start_line(&StartReport::Metrics {
+                address: metrics.address(),
+            }));
         }
         let io_loop = IoLoop::handle().map_err(|e| Error::io("cannot start the I/O loop", e))?;
         let signals = watch_signals(&io_loop, &self.events, self.signals)
@@ -419,11 +424,9 @@ impl Master {
         if let Readiness::Auto(delay) = self.readiness
             && !probing
         {
-            output::master_line(&format!(
-                "this system cannot show whether a worker accepts: one that does not send READY=1 \
-                 counts as ready once alive {}",
-                crate::cluster::human_duration(delay)
-            ));
+            output::master_line(&report::start_line(&StartReport::AcceptingUnseen {
+                alive: delay,
+            }));
         }
         let cluster = Cluster::new(ClusterConfig {
             size: self.size,
@@ -542,10 +545,10 @@ fn start_livereload(
         {
             let live = LiveReload::start(std::net::SocketAddr::new(address.ip(), 0), app)
                 .map_err(|e| Error::io(format!("cannot listen for live reload on {address}"), e))?;
-            output::master_line(&format!(
-                "{address} is taken (another dev master?): live reload on {} instead",
-                live.address()
-            ));
+            output::master_line(&report::start_line(&StartReport::LiveReloadMoved {
+                taken: address,
+                address: live.address(),
+            }));
             Ok(live)
         }
         Err(error) => Err(Error::io(

@@ -1,23 +1,29 @@
-//! The reporter: the one place where what the master tells is put in words. Three kinds of
+//! The reporter: the one place where what the master tells is put in words. Five kinds of
 //! facts come here: what the cores tell ([`Report`], [`DevReport`]), what the driver saw itself
-//! ([`DriverReport`]: a worker's status or its silence, the guard process, a stderr tail), and
-//! the lifecycle facts of the master ([`Lifecycle`]). Each becomes a line for the terminal, the
-//! [`Record`] that `mcluster events` prints as JSON and
+//! ([`DriverReport`]: a worker's status or its silence, the guard process, a stderr tail), what
+//! the master's start set up ([`StartReport`]: where it listens, serves metrics, reloads
+//! pages), what the file watcher saw ([`WatchReport`]: its fallback to polling, a root removed
+//! or back), and the lifecycle facts of the master ([`Lifecycle`]). Each becomes a line for the
+//! terminal, the [`Record`] that `mcluster events` prints as JSON and
 //! [`Handle::events`](crate::master::Handle::events) returns, or both. Deriving both from one
 //! fact keeps them from drifting apart. The driver builds the fact and writes what it gets back;
 //! it writes no words of its own (`tests/layout.rs` fails on a line formatted where it is
 //! written).
 //!
 //! The cores carry facts (slots, pids, generations, durations, how a process ended, why a
-//! build failed) and no English; this module depends on them, never the reverse.
+//! build failed) and no English; this module depends on them, never the reverse. So does the
+//! watcher, which is below this module: it hands its facts to a callback that the master gives
+//! it ([`watch_line`] then words them).
 //!
-//! Not here yet: the lines of the master's start (`master.rs`), of the watcher (`watch.rs`),
-//! of cargo's lock wait (`builder.rs`) and of the command line (`cli`). Not here by design: the
-//! writer's own `… N lines dropped` ([`output`](crate::output)), written by the writer thread
-//! because the queue that every other line goes through had no room for it.
+//! Not here: cargo's own lines, passed on as cargo wrote them (its lock wait, `builder.rs`);
+//! the command line's (`cli`), which are a client's answers to its user and the errors of its
+//! arguments, not reports of a master; and, by design, the writer's own `… N lines dropped`
+//! ([`output`](crate::output)), written by the writer thread because the queue that every other
+//! line goes through had no room for it.
 
 use std::fmt::{self, Write as _};
 use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -28,6 +34,7 @@ use crate::cluster::{
 use crate::config::describe_io;
 use crate::dev::lifecycle::{BuildFailure, Changes, DevReport, Keeps};
 use crate::status::{self, Record, RestartOutcome};
+use crate::watch::WatchReport;
 
 /// How many changed files a line names before it counts the rest.
 const NAMED_FILES: usize = 3;
@@ -589,6 +596,122 @@ pub(crate) fn driver_line(report: &DriverReport<'_>) -> String {
         DriverReport::GuardStarted { pid } => format!("a new guard process (pid {pid}) runs"),
         DriverReport::Lingering(lingering) => lingering_line(&lingering),
         DriverReport::StderrLine { slot, line } => format!("w{slot} stderr: {line}"),
+    }
+}
+
+/// What the master's start set up: a line for the terminal each (none has a record of
+/// `mcluster events`: they come before the control socket answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartReport<'a> {
+    /// The master listens on one of its listeners.
+    Listening {
+        /// The listener's address, as shown (`127.0.0.1:3000`, a socket's path, an inherited
+        /// one's name).
+        address: &'a str,
+        /// The master's own pid.
+        master_pid: u32,
+    },
+    /// The live-reload channel answers (dev mode).
+    LiveReload {
+        /// Where it answers.
+        address: SocketAddr,
+        /// The `<script>` tag that pages include to get it.
+        script_tag: &'a str,
+    },
+    /// The live-reload channel's port was taken (another dev master?): it answers on
+    /// another one.
+    LiveReloadMoved {
+        /// The address asked for.
+        taken: SocketAddr,
+        /// Where it answers instead.
+        address: SocketAddr,
+    },
+    /// The metrics endpoint answers.
+    Metrics {
+        /// Where it answers.
+        address: SocketAddr,
+    },
+    /// This system cannot show whether a worker accepts (no `/proc`): a worker that sends no
+    /// `READY=1` counts as ready once alive `alive`.
+    AcceptingUnseen {
+        /// How long a worker must be alive to count as ready.
+        alive: Duration,
+    },
+}
+
+/// The terminal line of a fact of the master's start.
+pub(crate) fn start_line(report: &StartReport<'_>) -> String {
+    match *report {
+        StartReport::Listening {
+            address,
+            master_pid,
+        } => format!("listening on {address} (master pid {master_pid})"),
+        StartReport::LiveReload {
+            address,
+            script_tag,
+        } => format!("live reload on {address}: pages get it with {script_tag}"),
+        StartReport::LiveReloadMoved { taken, address } => {
+            format!("{taken} is taken (another dev master?): live reload on {address} instead")
+        }
+        StartReport::Metrics { address } => format!("metrics on http://{address}/metrics"),
+        StartReport::AcceptingUnseen { alive } => format!(
+            "this system cannot show whether a worker accepts: one that does not send READY=1 \
+             counts as ready once alive {}",
+            human_duration(alive)
+        ),
+    }
+}
+
+/// A watched directory as the user would name it: relative to the current directory when it
+/// is below it.
+fn shown(root: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    match root.strip_prefix(&cwd) {
+        Ok(relative) if !relative.as_os_str().is_empty() => relative.display().to_string(),
+        _ => root.display().to_string(),
+    }
+}
+
+/// The terminal line of a fact of the file watcher.
+pub(crate) fn watch_line(report: &WatchReport<'_>) -> String {
+    match *report {
+        WatchReport::InotifyUnavailable { error } => {
+            format!("cannot use inotify ({error}); falling back to polling")
+        }
+        WatchReport::LimitReached => "the inotify watch limit is reached; falling back to \
+                                      polling (raise it with: sudo sysctl \
+                                      fs.inotify.max_user_watches=524288)"
+            .to_owned(),
+        WatchReport::CannotPollEither { error } => {
+            format!("cannot poll for changes either: {error}")
+        }
+        WatchReport::BlindPolled {
+            root,
+            file_system,
+            every,
+        } => format!(
+            "{} is on {file_system}, where inotify sees no change made from the other side: \
+             polling it every {} (--poll=INTERVAL polls everything)",
+            shown(root),
+            human_duration(every)
+        ),
+        WatchReport::BlindNotPolled {
+            root,
+            file_system,
+            error,
+        } => format!(
+            "{} is on {file_system}, where inotify sees no change made from the other side, \
+             and it cannot be polled: {error}",
+            shown(root)
+        ),
+        WatchReport::RootRemoved { root } => format!(
+            "watched directory {} was removed; waiting for it to come back",
+            shown(root)
+        ),
+        WatchReport::RootBack { root } => format!(
+            "watched directory {} is back; watching it again",
+            shown(root)
+        ),
     }
 }
 

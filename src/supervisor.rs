@@ -36,7 +36,9 @@
 //! message handler, which must return quickly. Besides the loop, the master runs one writer
 //! thread per standard stream it writes to ([`output`]: the stream's file description is
 //! shared with other processes, never made non-blocking) and, in dev mode, the watcher's
-//! thread and its backend's. None of them grows with the number of workers or clients.
+//! thread and its backend's, and at most two threads of the loop's blocking pool for the slow
+//! work of dev mode (`cargo metadata`, a build's outcome: see [`dev`](crate::dev)). None of them
+//! grows with the number of workers or clients.
 //! Every queue between them has a bound and a policy:
 //!
 //! - **The inbox** is a tokio channel that any thread sends to without blocking and without
@@ -46,7 +48,8 @@
 //!   until the driver takes them, see [`sd_notify`](crate::sd_notify)); one [`Input::Signal`]
 //!   per watched signal (a signal that arrives meanwhile is counted in it); one
 //!   [`Input::Changed`] per debounced batch of the watcher; one [`Input::BuildOutputEnded`]
-//!   per build, when its output ends; and the requests of the
+//!   per build, when its output ends; one [`Input::Found`] per slow work the dev core asked for
+//!   (a build's outcome, a roots lookup: one at a time each); and the requests of the
 //!   [`Handle`](crate::master::Handle)s, one per call of the embedder, the control socket and
 //!   the metrics endpoint, which each answer a bounded number of clients at once. Nothing that
 //!   a worker or a stalled stream does can make it grow. (A bounded channel would have to
@@ -90,8 +93,8 @@ use crate::cluster::{
     StopKind, WorkerId, WorkerKey, after,
 };
 use crate::config::SizeBound;
-use crate::dev::DevLoop;
 use crate::dev::lifecycle::{DevAction, DevEvent, Page, Served};
+use crate::dev::{DevLoop, Found};
 use crate::handle::{Control, Inbox, Input, Reply, Subscriber, ToDriver};
 use crate::listener::Listener;
 use crate::livereload::{BuildingPage, LiveReload, Message};
@@ -254,7 +257,16 @@ impl Supervisor {
                 self.reload_pages_once_switched(&mut state);
                 continue;
             }
-            let wake = [deadline, reload_check].into_iter().flatten().min();
+            // Dev mode: the dev core's own deadline (a build's output grace).
+            let dev_deadline = self.dev.as_ref().and_then(|dev| dev.core.next_deadline());
+            if dev_deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+                self.dev_event(&mut state, DevEvent::Tick);
+                continue;
+            }
+            let wake = [deadline, reload_check, dev_deadline]
+                .into_iter()
+                .flatten()
+                .min();
             let timer = async {
                 match wake {
                     Some(wake) => tokio::time::sleep_until(wake.into()).await,
@@ -336,15 +348,18 @@ impl Supervisor {
     }
 
     /// Hands an event to the dev core and carries out its actions, including the events they
-    /// cause (a build's start, a kept executable).
+    /// cause (a build's start, its outcome, a kept executable).
     fn dev_event(&mut self, state: &mut DriverState, event: DevEvent) {
-        self.dev_event_at(state, Instant::now(), event);
-    }
-
-    /// [`Supervisor::dev_event`] for an event that happened at `now`.
-    fn dev_event_at(&mut self, state: &mut DriverState, now: Instant, event: DevEvent) {
-        let mut pending = VecDeque::from([(now, event)]);
-        while let Some((now, event)) = pending.pop_front() {
+        // What slow work off the loop finds comes back through the inbox.
+        let found = |events: &ToDriver| -> Found {
+            let events = events.clone();
+            Box::new(move |event| {
+                let _ = events.send(Input::Found(Box::new(event)));
+            })
+        };
+        let mut pending = VecDeque::from([event]);
+        while let Some(event) = pending.pop_front() {
+            let now = Instant::now();
             let served = self.served();
             let Some(dev) = &mut self.dev else {
                 return;
@@ -357,16 +372,20 @@ impl Supervisor {
                     DevAction::StartBuild(build) => {
                         let events = self.events.clone();
                         let on_output_end = Box::new(move || {
-                            let _ = events.send(Input::BuildOutputEnded);
+                            let _ = events.send(Input::BuildOutputEnded(build));
                         });
                         let started = dev.start_build(build, &mut self.guard, on_output_end);
-                        pending.push_back((Instant::now(), started));
+                        pending.push_back(started);
                     }
                     DevAction::CancelBuild(build) => {
                         // Its exit is reaped later as a stray.
                         if let Some(pid) = dev.cancel_build(build) {
                             state.adopt_stray(pid);
                         }
+                    }
+                    DevAction::Collect { build, end } => {
+                        let found = found(&self.events);
+                        dev.collect(build, end, self.spec.latest.as_ref(), found);
                     }
                     DevAction::Install { build, executable } => {
                         let installed = match dev.install(&executable) {
@@ -377,10 +396,10 @@ impl Supervisor {
                             }
                             Err(why) => DevEvent::NotInstalled { build, why },
                         };
-                        pending.push_back((Instant::now(), installed));
+                        pending.push_back(installed);
                     }
                     DevAction::WatchInputs { inputs, since } => dev.watch_inputs(inputs, since),
-                    DevAction::FindRoots => pending.push_back((Instant::now(), dev.find_roots())),
+                    DevAction::FindRoots { lookup } => dev.find_roots(lookup, found(&self.events)),
                     DevAction::AddRoots(roots) => dev.add_roots(roots),
                     DevAction::Start => self.feed(state, Event::Start),
                     DevAction::Roll => {
@@ -481,13 +500,10 @@ impl Supervisor {
                 Control::QuitHard(reply) => self.quit(state, true, reply),
             },
             Input::Changed(paths) => self.dev_event(state, DevLoop::changed(paths)),
-            Input::BuildOutputEnded => {
-                if let Some(dev) = &mut self.dev
-                    && let Some((now, event)) = dev.build_output_ended(self.spec.latest.as_ref())
-                {
-                    self.dev_event_at(state, now, event);
-                }
+            Input::BuildOutputEnded(build) => {
+                self.dev_event(state, DevEvent::BuildOutputEnded { build });
             }
+            Input::Found(event) => self.dev_event(state, *event),
         }
     }
 
@@ -714,8 +730,8 @@ impl Supervisor {
             && dev.build_pid() == Some(pid)
         {
             self.guard.forget(pid);
-            if let Some((now, event)) = dev.build_exited(end, self.spec.latest.as_ref()) {
-                self.dev_event_at(state, now, event);
+            if let Some(event) = dev.build_exited(end) {
+                self.dev_event(state, event);
             }
             return;
         }

@@ -26,12 +26,16 @@
 //!   renaming a file away and back are not changes.
 //! - **Never silent.** New directories are walked and watched, and the wanted files already in
 //!   them count as changed. On a queue overflow (`need_rescan`) every root is walked again and the
-//!   whole snapshot compared. When the inotify watch limit is reached, one line goes to stderr and
-//!   the watcher falls back to polling. A root that is removed (or moved away) is named in one
-//!   line and checked for every [`ROOT_CHECK_INTERVAL`]; when it is back, one more line says so,
-//!   it is walked and watched again, and the wanted files in it count as changed. A root on a
-//!   file system inotify is blind on (9p, NFS, SMB, FUSE: changes made from the other side raise
-//!   no event) is polled without being asked, and one line says so.
+//!   whole snapshot compared. When the inotify watch limit is reached, the watcher tells it once and
+//!   falls back to polling. A root that is removed (or moved away) is told once and checked for
+//!   every [`ROOT_CHECK_INTERVAL`]; when it is back, that is told too, it is walked and watched
+//!   again, and the wanted files in it count as changed. A root on a file system inotify is
+//!   blind on (9p, NFS, SMB, FUSE: changes made from the other side raise no event) is polled
+//!   without being asked, and told once.
+//!
+//! What the watcher tells is a [`WatchReport`], handed to the `tell` callback its starter
+//! gives: the reporter words it (`report::watch_line`), which this module, below the reporter,
+//! does not reach.
 //!
 //! One thread (`mcluster-watch`) owns the state: it receives notify's events over a channel, adds
 //! watches (which notify's own thread cannot do from inside its handler), and calls `on_change`.
@@ -57,14 +61,9 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use ignore::{IncrementalIgnore, WalkBuilder};
 
 use crate::config::Error;
-use crate::output;
 
 /// The poll interval after falling back from inotify.
 const FALLBACK_POLL_INTERVAL: Duration = Duration::from_millis(500);
-
-/// The one line printed when the inotify watch limit is reached.
-const LIMIT_MESSAGE: &str = "the inotify watch limit is reached; falling back to polling \
-     (raise it with: sudo sysctl fs.inotify.max_user_watches=524288)";
 
 /// The shortest poll interval: a zero interval would make the poller spin.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -95,6 +94,59 @@ pub(crate) struct WatchConfig {
     /// without a build when only they change).
     pub(crate) assets: Vec<PathBuf>,
 }
+
+/// What the watcher tells besides its batches: facts for the user, which the reporter words
+/// (`report::watch_line`). Each is told once where it is a state (the limit, a removed root).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WatchReport<'a> {
+    /// inotify cannot be used at all (usually the limit of inotify instances,
+    /// `fs.inotify.max_user_instances`): the watcher polls instead.
+    InotifyUnavailable {
+        /// Why.
+        error: &'a ::notify::Error,
+    },
+    /// The inotify watch limit is reached (`fs.inotify.max_user_watches`): the watcher polls
+    /// from now on.
+    LimitReached,
+    /// Falling back to polling failed too: changes go unseen.
+    CannotPollEither {
+        /// Why.
+        error: &'a ::notify::Error,
+    },
+    /// A root is on a file system inotify is blind on: it is polled.
+    BlindPolled {
+        /// The root.
+        root: &'a Path,
+        /// Its file system (`9p`, `NFS`, …).
+        file_system: &'a str,
+        /// How often it is polled.
+        every: Duration,
+    },
+    /// A root is on a file system inotify is blind on, and it cannot be polled either:
+    /// changes made from the other side go unseen.
+    BlindNotPolled {
+        /// The root.
+        root: &'a Path,
+        /// Its file system.
+        file_system: &'a str,
+        /// Why it cannot be polled.
+        error: &'a ::notify::Error,
+    },
+    /// A root was removed (or moved away): it is looked for until it is back.
+    RootRemoved {
+        /// The root.
+        root: &'a Path,
+    },
+    /// A removed root is back: it is watched again.
+    RootBack {
+        /// The root.
+        root: &'a Path,
+    },
+}
+
+/// Where the watcher's facts go: called from the watcher's own thread (or from [`watch`],
+/// before it returns).
+type Tell = Box<dyn Fn(&WatchReport<'_>) + Send>;
 
 /// A running watcher; dropping it stops its thread and its watches.
 pub(crate) struct Watcher {
@@ -148,11 +200,14 @@ impl std::fmt::Debug for Watcher {
 /// Starts watching. `on_change` is called from the watcher's own thread with each debounced batch
 /// of files whose content really changed: absolute paths, sorted, without duplicates, never
 /// empty. It should return quickly (send the batch on), since no event is handled meanwhile.
+/// `tell` gets what the watcher tells besides (its fallback to polling, a root removed), from
+/// the same thread or from this call; it should return as quickly.
 ///
 /// When this returns, every watch is in place: a later change is seen.
 pub(crate) fn watch(
     config: WatchConfig,
     on_change: impl FnMut(Vec<PathBuf>) + Send + 'static,
+    tell: impl Fn(&WatchReport<'_>) + Send + 'static,
 ) -> Result<Watcher, Error> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .filter(|dir| !dir.is_empty())
@@ -161,7 +216,14 @@ pub(crate) fn watch(
         Some(interval) => Mode::Poll(interval.max(MIN_POLL_INTERVAL)),
         None => Mode::Native,
     };
-    start(config, target_dir, mode, blind_at, Box::new(on_change))
+    start(
+        config,
+        target_dir,
+        mode,
+        blind_at,
+        Box::new(on_change),
+        Box::new(tell),
+    )
 }
 
 /// What a directory's file system is called if inotify is blind on it.
@@ -436,7 +498,7 @@ struct State {
     debouncer: Debouncer,
     /// Walk everything again when the batch is due.
     rescan: bool,
-    /// The limit line was printed.
+    /// The limit was told.
     warned: bool,
     /// Roots that were removed, looked for again when `root_check` is due.
     missing: BTreeSet<PathBuf>,
@@ -446,6 +508,8 @@ struct State {
     /// The roots on a file system the native watcher is blind on (see `sys::blind_file_system`).
     blind: Vec<PathBuf>,
     blind_check: BlindCheck,
+    /// Where the watcher's facts go.
+    tell: Tell,
     #[cfg(test)]
     watch_calls: usize,
 }
@@ -457,6 +521,7 @@ fn start(
     mode: Mode,
     blind_check: BlindCheck,
     mut on_change: Box<dyn FnMut(Vec<PathBuf>) + Send>,
+    tell: Tell,
 ) -> Result<Watcher, Error> {
     let WatchConfig {
         roots: given_roots,
@@ -558,11 +623,8 @@ fn start(
     let (tx, rx) = mpsc::channel();
     let (mode, backend) = match make_backend(mode, &tx) {
         Ok(backend) => (mode, backend),
-        Err(err) => {
-            // Usually the limit of inotify instances (fs.inotify.max_user_instances).
-            output::master_line(&format!(
-                "cannot use inotify ({err}); falling back to polling"
-            ));
+        Err(error) => {
+            tell(&WatchReport::InotifyUnavailable { error: &error });
             let mode = Mode::Poll(FALLBACK_POLL_INTERVAL);
             let backend = make_backend(mode, &tx)
                 .map_err(|err| Error::io("cannot watch files", notify_to_io(err)))?;
@@ -587,6 +649,7 @@ fn start(
         poller: None,
         blind: Vec::new(),
         blind_check,
+        tell,
         #[cfg(test)]
         watch_calls: 0,
     };
@@ -656,15 +719,6 @@ fn effective_cooldown(cooldown: Duration, mode: Mode) -> Duration {
         Mode::Native => cooldown,
         #[cfg(test)]
         Mode::Null => cooldown,
-    }
-}
-
-/// A root as the user would name it: relative to the current directory when it is below it.
-fn shown(root: &Path) -> String {
-    let cwd = std::env::current_dir().unwrap_or_default();
-    match root.strip_prefix(&cwd) {
-        Ok(relative) if !relative.as_os_str().is_empty() => relative.display().to_string(),
-        _ => root.display().to_string(),
     }
 }
 
@@ -860,18 +914,18 @@ impl State {
 
     /// Polls `root` from now on if inotify is blind on its file system, and says so once.
     fn note_if_blind(&mut self, root: &Path) {
-        let Some(name) = (self.blind_check)(root) else {
+        let Some(file_system) = (self.blind_check)(root) else {
             return;
         };
         if self.poller.is_none() {
             match make_backend(Mode::Poll(FALLBACK_POLL_INTERVAL), &self.tx) {
                 Ok(poller) => self.poller = Some(poller),
-                Err(err) => {
-                    output::master_line(&format!(
-                        "{} is on {name}, where inotify sees no change made from the other \
-                         side, and it cannot be polled: {err}",
-                        shown(root)
-                    ));
+                Err(error) => {
+                    (self.tell)(&WatchReport::BlindNotPolled {
+                        root,
+                        file_system,
+                        error: &error,
+                    });
                     return;
                 }
             }
@@ -881,12 +935,11 @@ impl State {
             ));
         }
         self.blind.push(root.to_path_buf());
-        output::master_line(&format!(
-            "{} is on {name}, where inotify sees no change made from the other side: polling \
-             it every {} (--poll=INTERVAL polls everything)",
-            shown(root),
-            crate::cluster::human_duration(FALLBACK_POLL_INTERVAL)
-        ));
+        (self.tell)(&WatchReport::BlindPolled {
+            root,
+            file_system,
+            every: FALLBACK_POLL_INTERVAL,
+        });
     }
 
     /// Whether a file counts: in a watched directory, allowed by the fixed rules (or read by the
@@ -1120,10 +1173,7 @@ impl State {
     /// parent is not watched).
     fn note_missing_root(&mut self, root: &Path) {
         if self.missing.insert(root.to_path_buf()) {
-            output::master_line(&format!(
-                "watched directory {} was removed; waiting for it to come back",
-                shown(root)
-            ));
+            (self.tell)(&WatchReport::RootRemoved { root });
             self.root_check = Instant::now() + ROOT_CHECK_INTERVAL;
         }
     }
@@ -1144,10 +1194,7 @@ impl State {
                 continue;
             }
             self.missing.remove(&root);
-            output::master_line(&format!(
-                "watched directory {} is back; watching it again",
-                shown(&root)
-            ));
+            (self.tell)(&WatchReport::RootBack { root: &root });
             match walked {
                 Ok(()) => {
                     for path in found.into_keys() {
@@ -1205,10 +1252,10 @@ impl State {
         subtree
     }
 
-    /// Replaces the backend by a poller: prints the limit line once.
+    /// Replaces the backend by a poller: tells the limit once.
     fn switch_to_polling(&mut self) {
         if !self.warned {
-            output::master_line(LIMIT_MESSAGE);
+            (self.tell)(&WatchReport::LimitReached);
             self.warned = true;
         }
         let mode = Mode::Poll(FALLBACK_POLL_INTERVAL);
@@ -1221,7 +1268,7 @@ impl State {
                 self.debouncer
                     .set_cooldown(effective_cooldown(self.cooldown, mode));
             }
-            Err(err) => output::master_line(&format!("cannot poll for changes either: {err}")),
+            Err(error) => (self.tell)(&WatchReport::CannotPollEither { error: &error }),
         }
     }
 
@@ -1347,6 +1394,21 @@ mod tests {
         assert_eq!(touched.take_due(at(t0, 100)), Some(vec![]));
     }
 
+    /// What a watcher told, by kind (`LimitReached`, `RootRemoved`), in order.
+    type Told = Arc<std::sync::Mutex<Vec<String>>>;
+
+    /// A `tell` that keeps the kind of each fact told, and what it keeps them in.
+    fn telling() -> (Tell, Told) {
+        let told = Told::default();
+        let keep = told.clone();
+        let tell = Box::new(move |report: &WatchReport<'_>| {
+            let kind = format!("{report:?}");
+            let kind = kind.split([' ', '{']).next().unwrap_or_default().to_owned();
+            keep.lock().unwrap().push(kind);
+        });
+        (tell, told)
+    }
+
     /// Pretends the directories named `remote` are on a file system inotify is blind on.
     fn remote_is_blind(dir: &Path) -> Option<&'static str> {
         (dir.file_name() == Some(OsStr::new("remote"))).then_some("a test file system")
@@ -1359,6 +1421,7 @@ mod tests {
         write_file(&local.join("a.rs"), OLD);
         write_file(&remote.join("src/b.rs"), OLD);
         let (tx, rx) = mpsc::channel();
+        let (tell, told) = telling();
         // The backend sees nothing: whatever is reported, the poller saw.
         let watcher = start(
             WatchConfig {
@@ -1375,8 +1438,14 @@ mod tests {
             Box::new(move |batch| {
                 let _ = tx.send(batch);
             }),
+            tell,
         )
         .expect("watch");
+        assert_eq!(
+            *told.lock().unwrap(),
+            ["BlindPolled"],
+            "told once, at the start"
+        );
         write_file(&remote.join("src/b.rs"), NEW);
         assert_eq!(
             rx.recv_timeout(PATIENCE).expect("a batch"),
@@ -1394,6 +1463,7 @@ mod tests {
         let status = status.recv_timeout(PATIENCE).expect("watcher thread");
         assert_eq!(status.blind, [remote]);
         assert!(!status.polling);
+        assert_eq!(*told.lock().unwrap(), ["BlindPolled"]);
     }
 
     #[test]
@@ -1422,6 +1492,7 @@ mod tests {
         // Dropped first: no batch while the directory is removed.
         watcher: Watcher,
         rx: Receiver<Vec<PathBuf>>,
+        told: Told,
         dir: TempDir,
         sentinels: usize,
     }
@@ -1470,6 +1541,7 @@ mod tests {
                 poll: None,
             };
             let (tx, rx) = mpsc::channel();
+            let (tell, told) = telling();
             let watcher = start(
                 config,
                 setup.target_dir.map(|target| dir.path().join(target)),
@@ -1478,11 +1550,13 @@ mod tests {
                 Box::new(move |batch| {
                     let _ = tx.send(batch);
                 }),
+                tell,
             )
             .expect("watch");
             Harness {
                 watcher,
                 rx,
+                told,
                 dir,
                 sentinels: 0,
             }
@@ -1490,6 +1564,11 @@ mod tests {
 
         fn root(&self) -> &Path {
             self.dir.path()
+        }
+
+        /// What the watcher told so far, by kind.
+        fn told(&self) -> Vec<String> {
+            self.told.lock().unwrap().clone()
         }
 
         fn path(&self, relative: &str) -> PathBuf {
@@ -2094,11 +2173,13 @@ mod tests {
         wait_for_status(&h, "the root to be missing", |s| {
             s.missing == [root.clone()]
         });
+        assert_eq!(h.told(), ["RootRemoved"]);
 
         fs::create_dir(h.root()).expect("mkdir");
         wait_for_status(&h, "the root to be back", |s| {
             s.missing.is_empty() && s.watched == [root.clone()]
         });
+        assert_eq!(h.told(), ["RootRemoved", "RootBack"]);
         h.write("a.rs", NEW);
         h.expect_batch(&["a.rs"]);
         h.write("sub/c.rs", NEW);
@@ -2186,11 +2267,10 @@ mod tests {
         let status = h.status();
         assert!(status.polling);
         assert_eq!(h.watched(), vec![String::new(), "sub".to_owned()]);
-        assert_eq!(
-            LIMIT_MESSAGE,
-            "the inotify watch limit is reached; falling back to polling (raise it with: \
-             sudo sysctl fs.inotify.max_user_watches=524288)"
-        );
+        assert_eq!(h.told(), ["LimitReached"]);
+        h.inject(Err(::notify::Error::new(NotifyErrorKind::MaxFilesWatch)));
+        h.status();
+        assert_eq!(h.told(), ["LimitReached"], "told once");
 
         // The inotify watcher is gone: the poller sees these.
         h.write("file.rs", NEW);
@@ -2223,9 +2303,16 @@ mod tests {
     // ---- errors ----
 
     fn start_error(config: WatchConfig) -> String {
-        start(config, None, Mode::Null, blind_at, Box::new(|_| {}))
-            .expect_err("should fail")
-            .to_string()
+        start(
+            config,
+            None,
+            Mode::Null,
+            blind_at,
+            Box::new(|_| {}),
+            Box::new(|_| {}),
+        )
+        .expect_err("should fail")
+        .to_string()
     }
 
     #[test]
@@ -2244,8 +2331,15 @@ mod tests {
             message.contains("--ignore") && message.contains("'[abc'"),
             "{message}"
         );
-        let err =
-            start(config, None, Mode::Null, blind_at, Box::new(|_| {})).expect_err("bad glob");
+        let err = start(
+            config,
+            None,
+            Mode::Null,
+            blind_at,
+            Box::new(|_| {}),
+            Box::new(|_| {}),
+        )
+        .expect_err("bad glob");
         assert_eq!(err.exit_status(), 2);
     }
 
@@ -2267,6 +2361,7 @@ mod tests {
             move |batch| {
                 let _ = tx.send(batch);
             },
+            |_| {},
         )
         .expect("watch");
         fs::write(dir.path().join("file.rs"), NEW).expect("write");

@@ -576,6 +576,149 @@ fn a_flooding_build_costs_the_master_no_thread_and_little_memory() {
     );
 }
 
+/// A stand-in for cargo (`$CARGO`) whose `cargo metadata` is slow once a `slow` file exists: it
+/// waits for a `release` file (at most a minute), then is the real cargo's. `cargo build` says it
+/// built a binary at once: a fresh copy of `fixture-echo`, the same bytes each time (nothing
+/// rolls). Anything else is the real cargo's.
+struct SlowMetadataCargo {
+    /// The files that drive it and the binaries: not watched.
+    control: TempDir,
+    /// The project the master watches.
+    project: TempDir,
+}
+
+impl SlowMetadataCargo {
+    fn new() -> Self {
+        let control = TempDir::new().unwrap();
+        let project = TempDir::new().unwrap();
+        fs::create_dir(project.path().join("src")).unwrap();
+        fs::write(
+            project.path().join("Cargo.toml"),
+            "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+        )
+        .unwrap();
+        fs::write(project.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+        let ctl = crate::support::script::quote(control.path());
+        let fixture = crate::support::script::quote(&fixture("fixture-echo"));
+        let script = format!(
+            r#"#!/bin/sh
+case "$1" in
+metadata)
+    if [ -e {ctl}/slow ]; then
+        : > {ctl}/metadata-waiting
+        i=0
+        while [ ! -e {ctl}/release ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i + 1)); done
+        : > {ctl}/metadata-done
+    fi
+    exec "$REAL_CARGO" "$@";;
+build)
+    echo started >> {ctl}/builds.log
+    mkdir -p {ctl}/b
+    cp {fixture} {ctl}/b/app.new
+    mv {ctl}/b/app.new {ctl}/b/app
+    printf '{{"reason":"compiler-artifact","target":{{"name":"app","kind":["bin"]}},"executable":"%s/b/app","fresh":false}}\n' {ctl}
+    echo '{{"reason":"build-finished","success":true}}';;
+*)
+    exec "$REAL_CARGO" "$@";;
+esac
+"#
+        );
+        let cargo = control.path().join("cargo");
+        fs::write(&cargo, script).unwrap();
+        fs::set_permissions(&cargo, fs::Permissions::from_mode(0o755)).unwrap();
+        Self { control, project }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.control.path().join(name)
+    }
+
+    fn master(&self, size: usize, control: &Path) -> MasterBuilder {
+        let manifest = self.project.path().join("Cargo.toml");
+        MasterBuilder::raw(&[
+            "dev",
+            "-l",
+            "127.0.0.1:0",
+            "-n",
+            &size.to_string(),
+            "--ready",
+            "notify",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+            "--control",
+            control.to_str().unwrap(),
+        ])
+        .env("CARGO", self.path("cargo"))
+        .env("REAL_CARGO", env!("CARGO"))
+        .env("APP_ENV", "dev")
+    }
+}
+
+/// The ready worker of `slot` in a status, if any: its pid.
+fn ready_in_slot(status: &serde_json::Value, slot: u64) -> Option<i64> {
+    status["status"]["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|worker| worker["slot"] == slot && worker["state"] == "ready")
+        .and_then(|worker| worker["pid"].as_i64())
+}
+
+/// Slow work of dev mode runs off the master's loop: while `cargo metadata` reads the project
+/// after a manifest changed (seconds, for a large workspace), the master answers `status` and
+/// replaces a worker killed by SIGKILL. (On a driver that ran `cargo metadata` itself, neither
+/// happens until it ends: a minute here.)
+#[test]
+fn a_slow_cargo_metadata_after_a_manifest_change_does_not_stop_supervising() {
+    let cargo = SlowMetadataCargo::new();
+    let sockets = TempDir::new().unwrap();
+    let control = sockets.path().join("control.sock");
+    let mut master = cargo.master(2, &control).start();
+    master.wait_for_stderr(&crate::support::all_ready(2));
+    let victim =
+        ready_in_slot(&control_request(&control, "status"), 0).expect("a ready worker in slot 0");
+
+    // A changed manifest: the build (the same binary, nothing rolls), then a roots lookup.
+    fs::write(cargo.path("slow"), "").unwrap();
+    let manifest = cargo.project.path().join("Cargo.toml");
+    let mut text = fs::read_to_string(&manifest).unwrap();
+    text.push_str("# changed\n");
+    fs::write(&manifest, text).unwrap();
+    master.wait_until("the roots lookup's cargo metadata to run", || {
+        cargo.path("metadata-waiting").exists()
+    });
+    // It runs on the loop's blocking pool, of at most two threads.
+    let slow = fs::read_dir(format!("/proc/{}/task", master.pid()))
+        .unwrap()
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "mcluster-slow")
+        .count();
+    assert!(
+        (1..=2).contains(&slow),
+        "{slow} threads of the blocking pool"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(victim).unwrap()),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    master.wait_until("the killed worker's replacement to be ready", || {
+        ready_in_slot(&control_request(&control, "status"), 0).is_some_and(|pid| pid != victim)
+    });
+    assert!(
+        !cargo.path("metadata-done").exists(),
+        "the worker was replaced only once cargo metadata ended\n{}",
+        master.dump()
+    );
+
+    // The build of the manifest ends once its roots are known (watched before any roll).
+    fs::write(cargo.path("release"), "").unwrap();
+    let built = master.wait_for_stderr("Cargo.toml changed → ");
+    assert!(built.contains("the same binary"), "{built}");
+    stop_gracefully(&mut master);
+}
+
 #[test]
 fn no_build_rolls_on_every_change() {
     let dir = TempDir::new().unwrap();

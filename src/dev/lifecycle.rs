@@ -3,12 +3,15 @@
 //! the cluster core's state ([`Served`]), and answers with what to do ([`DevAction`]).
 //!
 //! It owns every `Instant`, counter and pending request of the lifecycle: the build in flight
-//! (at most one; a save during it cancels it and starts another with both sets of changes), how
-//! each build ends (exactly one [`Outcome`]), the loop rule (a file the builds themselves write
-//! is named once and its changes during builds ignored), what a change means (a build input, or
-//! an asset the pages reload), the reloads waiting for their rolls to end (one line each), when
-//! pages reload after a switch ([`RELOAD_WAIT`]), turn into the app, or show a failed build, and
-//! when the session ends because nothing can fix it.
+//! (at most one; a save during it cancels it and starts another with both sets of changes), when
+//! its outcome is read (once its process exited and its output ended, or [`OUTPUT_GRACE`] after
+//! the exit), how each build ends (exactly one [`Outcome`]), the loop rule (a file the builds
+//! themselves write is named once and its changes during builds ignored), what a change means (a
+//! build input, or an asset the pages reload), the reloads waiting for their rolls to end (one
+//! line each), when pages reload after a switch ([`RELOAD_WAIT`]), turn into the app, or show a
+//! failed build, the lookups of the project's directories after a manifest changed (one at a time, a change
+//! meanwhile coalesced into one more; the build ends once they are watched), and when the
+//! session ends because nothing can fix it.
 //!
 //! The driver ([`crate::dev`] and the supervisor) reads file times, build messages, dep-info and
 //! binaries, spawns and kills the build, keeps the executables, and asks the cluster to roll.
@@ -22,6 +25,11 @@ use crate::cluster::{ExitReason, ProcessEnd, RollEnd, after};
 /// The longest pages wait after a switch for the old workers to stop accepting.
 pub(crate) const RELOAD_WAIT: Duration = Duration::from_secs(1);
 
+/// How long the output of a build whose process exited may still take to end: a process the
+/// build started (a compiler cache server, say) may hold its pipes open for ever, and the
+/// outcome does not wait for it longer. It then comes from what was read of the output so far.
+pub(crate) const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
 /// After how many builds in a row that a file's own change triggered and during which it
 /// changed again, the file is named as one the build writes.
 const LOOP_ROUNDS: u32 = 2;
@@ -29,6 +37,11 @@ const LOOP_ROUNDS: u32 = 2;
 /// A file's modification time (the kernel's coarse clock) may lag the clock read when a build
 /// starts or ends by a clock tick.
 const MTIME_SLACK: Duration = Duration::from_millis(20);
+
+/// Whether a changed file is a manifest, which may name new path dependencies.
+fn is_manifest(path: &Path) -> bool {
+    path.file_name() == Some(std::ffi::OsStr::new("Cargo.toml"))
+}
 
 /// A build, numbered from 1 in the order the core asks for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,18 +120,26 @@ pub(crate) enum DevEvent {
     BuildStarted { build: BuildId, wall: SystemTime },
     /// The build asked for could not start.
     BuildNotStarted { build: BuildId, why: String },
-    /// The build process exited, at `wall`.
-    BuildEnded {
+    /// The build process exited (reaped), at `wall`, as `end` says.
+    BuildExited {
         build: BuildId,
+        end: ProcessEnd,
         wall: SystemTime,
-        result: BuildResult,
     },
+    /// The build's output is complete: its pipes ended (cargo's stderr passed on to the last
+    /// byte). At once for a build whose output is not read.
+    BuildOutputEnded { build: BuildId },
+    /// The outcome of a build, as [`DevAction::Collect`] asked for it.
+    BuildEnded { build: BuildId, result: BuildResult },
+    /// Time passed: a deadline of [`DevCore::next_deadline`] may be due.
+    Tick,
     /// The executable of [`DevAction::Install`] is what new generations run now.
     Installed { build: BuildId },
     /// It could not be kept.
     NotInstalled { build: BuildId, why: String },
-    /// The directories the project's manifests name now ([`DevAction::FindRoots`]).
-    Roots(Vec<PathBuf>),
+    /// The directories the project's manifests name now, as the lookup
+    /// [`DevAction::FindRoots`] numbered `lookup` found them.
+    Roots { lookup: u64, roots: Vec<PathBuf> },
     /// The roll of [`DevAction::Roll`] was sent as this request.
     RollSent { request: u64 },
     /// The cluster refused a roll request.
@@ -282,8 +303,12 @@ pub(crate) enum Outcome {
 pub(crate) enum DevAction {
     /// Start a build; answered with [`DevEvent::BuildStarted`] or [`DevEvent::BuildNotStarted`].
     StartBuild(BuildId),
-    /// Kill the build (its exit is reaped as a stray's).
+    /// Kill the build (its exit is reaped as a stray's), or forget it if it exited already.
     CancelBuild(BuildId),
+    /// Read the outcome of a build whose process exited as `end` says, from what was read of
+    /// its output so far (all of it, unless [`OUTPUT_GRACE`] passed); answered with
+    /// [`DevEvent::BuildEnded`].
+    Collect { build: BuildId, end: ProcessEnd },
     /// Keep a copy of this executable for new generations; answered with
     /// [`DevEvent::Installed`] or [`DevEvent::NotInstalled`].
     Install { build: BuildId, executable: PathBuf },
@@ -292,8 +317,10 @@ pub(crate) enum DevAction {
         inputs: Vec<PathBuf>,
         since: SystemTime,
     },
-    /// Ask cargo for the project's directories; answered with [`DevEvent::Roots`].
-    FindRoots,
+    /// Ask cargo for the project's directories (slow: off the loop); answered with
+    /// [`DevEvent::Roots`] of the same `lookup`. At most one is in flight; a build of a changed
+    /// manifest ends once none is.
+    FindRoots { lookup: u64 },
     /// Watch these directories too.
     AddRoots(Vec<PathBuf>),
     /// The cluster starts its first generation (again).
@@ -319,6 +346,23 @@ struct Build {
     /// When it started by the wall clock, to compare with the times of the files it may write;
     /// `None` until [`DevEvent::BuildStarted`].
     started_at: Option<SystemTime>,
+    /// Its process exited: when, and how.
+    exited: Option<Exit>,
+    /// Its output is complete.
+    output_ended: bool,
+    /// Its outcome was asked for ([`DevAction::Collect`]): it is in flight until it comes.
+    collecting: bool,
+    /// Its outcome, read, waiting for the roots lookup its changed manifest asked for.
+    outcome: Option<BuildResult>,
+}
+
+/// How and when a build process exited.
+#[derive(Debug, Clone, Copy)]
+struct Exit {
+    now: Instant,
+    /// By the wall clock: every file the build wrote is older.
+    wall: SystemTime,
+    end: ProcessEnd,
 }
 
 /// A reload waiting for its roll to end, for the one-line summary.
@@ -377,6 +421,13 @@ pub(crate) struct DevCore {
     reload_pending: Option<(u64, Instant)>,
     /// Pages were told to turn into the app once.
     served: bool,
+    /// The roots lookups asked for so far.
+    lookups: u64,
+    /// The roots lookup in flight.
+    looking_up: Option<u64>,
+    /// A manifest changed again while a lookup was in flight (which may have read it before
+    /// the change): one more follows it, however many changes came meanwhile.
+    look_up_again: bool,
 }
 
 impl DevCore {
@@ -386,6 +437,14 @@ impl DevCore {
             assets,
             ..Self::default()
         }
+    }
+
+    /// When [`DevEvent::Tick`] is due: the end of a build's [`OUTPUT_GRACE`], while its
+    /// process exited and its output has not ended.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let build = self.build.as_ref()?;
+        let exit = build.exited?;
+        (!build.output_ended && !build.collecting).then(|| after(exit.now, OUTPUT_GRACE))
     }
 
     /// The generation whose older workers pages wait for before they reload.
@@ -451,11 +510,42 @@ impl DevCore {
                     });
                 }
             }
-            DevEvent::BuildEnded {
-                build,
-                wall,
-                result,
-            } => self.build_ended(now, served, build, wall, result, &mut out),
+            DevEvent::BuildExited { build, end, wall } => {
+                if let Some(running) = self
+                    .build
+                    .as_mut()
+                    .filter(|running| running.id == build && running.exited.is_none())
+                {
+                    running.exited = Some(Exit { now, wall, end });
+                    self.collect_when_due(now, &mut out);
+                }
+            }
+            DevEvent::BuildOutputEnded { build } => {
+                if let Some(running) = self.build.as_mut().filter(|running| running.id == build) {
+                    running.output_ended = true;
+                    self.collect_when_due(now, &mut out);
+                }
+            }
+            DevEvent::Tick => self.collect_when_due(now, &mut out),
+            DevEvent::BuildEnded { build, result } => {
+                let Some(running) = self.build.as_mut().filter(|running| {
+                    running.id == build && running.collecting && running.outcome.is_none()
+                }) else {
+                    return out;
+                };
+                // A manifest changed: perhaps a new path dependency, watched from now on too.
+                // The build ends once the lookup is done, so that the pages reload onto an app
+                // whose every file is watched.
+                if self.mode.watching
+                    && matches!(result, BuildResult::Succeeded { .. })
+                    && running.changed.iter().any(|path| is_manifest(path))
+                {
+                    running.outcome = Some(result);
+                    self.find_roots(&mut out);
+                } else {
+                    self.build_ended(served, build, result, &mut out);
+                }
+            }
             DevEvent::Installed { build } => {
                 if let Some(installing) = self.installing.take_if(|i| i.id == build) {
                     self.built_once = true;
@@ -483,7 +573,10 @@ impl DevCore {
                     });
                 }
             }
-            DevEvent::Roots(roots) => {
+            DevEvent::Roots { lookup, roots } => {
+                if self.looking_up.take_if(|asked| *asked == lookup).is_none() {
+                    return out;
+                }
                 let new: Vec<PathBuf> = roots
                     .into_iter()
                     .filter(|root| !self.roots.iter().any(|known| root.starts_with(known)))
@@ -491,6 +584,18 @@ impl DevCore {
                 if !new.is_empty() {
                     self.roots.extend(new.iter().cloned());
                     out.push(DevAction::AddRoots(new));
+                }
+                if std::mem::take(&mut self.look_up_again) {
+                    self.find_roots(&mut out);
+                }
+                // The build that waits for the roots ends once no lookup is in flight (the one
+                // that followed read its manifest).
+                if self.looking_up.is_none()
+                    && let Some(running) = &mut self.build
+                    && let Some(result) = running.outcome.take()
+                {
+                    let build = running.id;
+                    self.build_ended(served, build, result, &mut out);
                 }
             }
             DevEvent::RollSent { request } => {
@@ -581,6 +686,20 @@ impl DevCore {
         self.start_build(now, changed, out);
     }
 
+    /// Asks for the project's directories, unless a lookup is in flight: then one more follows
+    /// it (coalesced: never more than one waits).
+    fn find_roots(&mut self, out: &mut Vec<DevAction>) {
+        if self.looking_up.is_some() {
+            self.look_up_again = true;
+            return;
+        }
+        self.lookups += 1;
+        self.looking_up = Some(self.lookups);
+        out.push(DevAction::FindRoots {
+            lookup: self.lookups,
+        });
+    }
+
     /// Starts a build for these changes (none: the initial build).
     fn start_build(&mut self, now: Instant, changed: Vec<PathBuf>, out: &mut Vec<DevAction>) {
         self.builds += 1;
@@ -590,28 +709,58 @@ impl DevCore {
             changed,
             started: now,
             started_at: None,
+            exited: None,
+            output_ended: false,
+            collecting: false,
+            outcome: None,
         });
         out.push(DevAction::StartBuild(id));
     }
 
+    /// The outcome of the build in flight is asked for once its process exited and its output
+    /// ended, or [`OUTPUT_GRACE`] after the exit, whichever comes first; once.
+    fn collect_when_due(&mut self, now: Instant, out: &mut Vec<DevAction>) {
+        let Some(build) = &mut self.build else {
+            return;
+        };
+        let Some(exit) = build.exited else {
+            return;
+        };
+        if build.collecting || !(build.output_ended || now >= after(exit.now, OUTPUT_GRACE)) {
+            return;
+        }
+        build.collecting = true;
+        out.push(DevAction::Collect {
+            build: build.id,
+            end: exit.end,
+        });
+    }
+
+    /// The outcome of a build: it took as long as its process ran, and wrote its files before
+    /// its exit.
     fn build_ended(
         &mut self,
-        now: Instant,
         served: Served,
         id: BuildId,
-        wall: SystemTime,
         result: BuildResult,
         out: &mut Vec<DevAction>,
     ) {
-        let Some(build) = self.build.take_if(|build| build.id == id) else {
+        let Some(build) = self
+            .build
+            .take_if(|build| build.id == id && build.collecting)
+        else {
             return;
         };
+        let Some(exit) = build.exited else {
+            return;
+        };
+        let wall = exit.wall;
         self.last_build = Some((
             build.changed.clone(),
             build.started_at.unwrap_or(wall),
             wall,
         ));
-        let built_in = now.saturating_duration_since(build.started);
+        let built_in = exit.now.saturating_duration_since(build.started);
         let changed = self.relative(&build.changed);
         let keeps = self.keeps(served);
         let ended = |outcome| DevAction::Ended { build: id, outcome };
@@ -657,15 +806,6 @@ impl DevCore {
                         inputs,
                         since: build.started_at.unwrap_or(wall),
                     });
-                }
-                // A manifest changed: perhaps a new path dependency, watched from now on too.
-                if self.mode.watching
-                    && build
-                        .changed
-                        .iter()
-                        .any(|path| path.file_name() == Some(std::ffi::OsStr::new("Cargo.toml")))
-                {
-                    out.push(DevAction::FindRoots);
                 }
                 executable
             }

@@ -2,17 +2,20 @@
 //! same facts.
 
 use std::io;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    DriverReport, Lifecycle, Lingering, dev_line, driver_line, failed_page, line, restart_outcome,
+    DriverReport, Lifecycle, Lingering, StartReport, dev_line, driver_line, failed_page, line,
+    restart_outcome, start_line, watch_line,
 };
 use crate::cluster::{
     Aborted, Failure, Pid, ProcessEnd, ReadyBy, Report, Restart, RollEnd, WorkerId, WorkerReady,
 };
 use crate::dev::lifecycle::{BuildFailure, Changes, DevReport, Keeps};
 use crate::status::{Record, RestartOutcome};
+use crate::watch::WatchReport;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -651,6 +654,120 @@ fn every_fact_of_the_driver_reads_as_before() {
     ];
     for (told, expected) in table {
         assert_eq!(driver_line(&told), expected, "{told:?}");
+    }
+}
+
+#[test]
+fn every_fact_of_the_master_s_start_reads_as_before() {
+    let livereload: SocketAddr = ([127, 0, 0, 1], 35729).into();
+    let moved: SocketAddr = ([127, 0, 0, 1], 41234).into();
+    let table: Vec<(StartReport<'_>, &str)> = vec![
+        (
+            StartReport::Listening {
+                address: "127.0.0.1:3000",
+                master_pid: 4242,
+            },
+            "listening on 127.0.0.1:3000 (master pid 4242)",
+        ),
+        (
+            StartReport::Listening {
+                address: "unix:/run/app.sock",
+                master_pid: 4242,
+            },
+            "listening on unix:/run/app.sock (master pid 4242)",
+        ),
+        (
+            StartReport::LiveReload {
+                address: livereload,
+                script_tag: "<script src=\"http://127.0.0.1:35729/livereload.js\"></script>",
+            },
+            "live reload on 127.0.0.1:35729: pages get it with <script \
+             src=\"http://127.0.0.1:35729/livereload.js\"></script>",
+        ),
+        (
+            StartReport::LiveReloadMoved {
+                taken: livereload,
+                address: moved,
+            },
+            "127.0.0.1:35729 is taken (another dev master?): live reload on 127.0.0.1:41234 \
+             instead",
+        ),
+        (
+            StartReport::Metrics {
+                address: ([0, 0, 0, 0], 9090).into(),
+            },
+            "metrics on http://0.0.0.0:9090/metrics",
+        ),
+        (
+            StartReport::AcceptingUnseen { alive: ms(1000) },
+            "this system cannot show whether a worker accepts: one that does not send READY=1 \
+             counts as ready once alive 1.00s",
+        ),
+    ];
+    for (told, expected) in table {
+        assert_eq!(start_line(&told), expected, "{told:?}");
+    }
+}
+
+#[test]
+fn every_fact_of_the_watcher_reads_as_before() {
+    let instances = ::notify::Error::io(io::Error::from_raw_os_error(24));
+    let limit = ::notify::Error::new(::notify::ErrorKind::MaxFilesWatch);
+    let generic = ::notify::Error::generic("no poller here");
+    let elsewhere = Path::new("/elsewhere/app");
+    let below = std::env::current_dir().unwrap().join("src/static");
+    let table: Vec<(WatchReport<'_>, &str)> = vec![
+        (
+            WatchReport::InotifyUnavailable { error: &instances },
+            "cannot use inotify (Too many open files (os error 24)); falling back to polling",
+        ),
+        (
+            WatchReport::LimitReached,
+            "the inotify watch limit is reached; falling back to polling (raise it with: sudo \
+             sysctl fs.inotify.max_user_watches=524288)",
+        ),
+        (
+            WatchReport::CannotPollEither { error: &limit },
+            "cannot poll for changes either: OS file watch limit reached.",
+        ),
+        (
+            WatchReport::BlindPolled {
+                root: elsewhere,
+                file_system: "9p",
+                every: ms(500),
+            },
+            "/elsewhere/app is on 9p, where inotify sees no change made from the other side: \
+             polling it every 500ms (--poll=INTERVAL polls everything)",
+        ),
+        (
+            WatchReport::BlindNotPolled {
+                root: elsewhere,
+                file_system: "NFS",
+                error: &generic,
+            },
+            "/elsewhere/app is on NFS, where inotify sees no change made from the other side, \
+             and it cannot be polled: no poller here",
+        ),
+        (
+            WatchReport::RootRemoved { root: elsewhere },
+            "watched directory /elsewhere/app was removed; waiting for it to come back",
+        ),
+        (
+            WatchReport::RootBack { root: elsewhere },
+            "watched directory /elsewhere/app is back; watching it again",
+        ),
+        // A root below the current directory is named relative to it.
+        (
+            WatchReport::RootRemoved { root: &below },
+            "watched directory src/static was removed; waiting for it to come back",
+        ),
+        (
+            WatchReport::RootBack { root: &below },
+            "watched directory src/static is back; watching it again",
+        ),
+    ];
+    for (told, expected) in table {
+        assert_eq!(watch_line(&told), expected, "{told:?}");
     }
 }
 

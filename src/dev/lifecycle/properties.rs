@@ -1,7 +1,10 @@
-//! Property tests of the dev core: random sequences of saves, build ends, rolls and stops, with
-//! its invariants checked after every step: at most one build runs, every build ends in exactly
-//! one outcome, and a save is never lost (every save is covered by a build that started after
-//! it, or reported as no build input: an asset the pages reload, or a file the builds write).
+//! Property tests of the dev core: random sequences of saves, build ends (the process's exit,
+//! its output's end, the grace passing, the outcome read, in any order, and late facts of
+//! cancelled builds), rolls and stops, with its invariants checked after every step: at most one
+//! build runs, every build ends in exactly one outcome, its outcome is asked for once and only
+//! once its process exited and its output ended or the grace passed, and a save is never lost
+//! (every save is covered by a build that started after it, or reported as no build input: an
+//! asset the pages reload, or a file the builds write).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -10,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 use proptest::prelude::*;
 
 use super::{
-    BuildId, BuildResult, Built, ChangedFile, DevAction, DevCore, DevEvent, Outcome, Served,
+    BuildId, BuildResult, Built, ChangedFile, DevAction, DevCore, DevEvent, OUTPUT_GRACE, Outcome,
+    Served,
 };
 use crate::cluster::{Aborted, Failure, ProcessEnd, RollEnd, WorkerId};
 
@@ -30,11 +34,20 @@ enum Step {
     /// milliseconds ago (perhaps during a build), or unreadable.
     Save(Vec<(usize, Option<u16>)>),
     Advance(u16),
-    /// The build in flight ends: 0 fails, 1 a new binary, 2 the same binary, 3 fresh, 4 no
-    /// usable executable, 5 an option refused.
-    BuildEnds(u8),
-    /// A cancelled build's exit arrives late.
-    StaleEnd,
+    /// The process of the build in flight exits, for an outcome of this kind: 0 fails, 1 a new
+    /// binary, 2 the same binary, 3 fresh, 4 no usable executable, 5 an option refused.
+    Exits(u8),
+    /// The output of the build in flight ends.
+    OutputEnds,
+    /// The driver's timer for the core's deadline.
+    Tick,
+    /// The outcome the core asked for is read.
+    Collected,
+    /// A fact of the last cancelled build arrives late: 0 its exit, 1 its output's end, 2 its
+    /// outcome.
+    StaleEnd(u8),
+    /// The roots lookup in flight answers (`false`), or one answered already answers again.
+    RootsFound(bool),
     /// From now on builds fail to start / executables cannot be kept.
     StartsFail(bool),
     InstallsFail(bool),
@@ -55,8 +68,12 @@ fn step() -> impl Strategy<Value = Step> {
         6 => prop::collection::vec((0..FILES.len(), prop::option::of(0..800u16)), 1..4)
             .prop_map(Step::Save),
         4 => (0..1500u16).prop_map(Step::Advance),
-        5 => (0..6u8).prop_map(Step::BuildEnds),
-        1 => Just(Step::StaleEnd),
+        3 => (0..6u8).prop_map(Step::Exits),
+        3 => Just(Step::OutputEnds),
+        1 => Just(Step::Tick),
+        3 => Just(Step::Collected),
+        1 => (0..3u8).prop_map(Step::StaleEnd),
+        2 => any::<bool>().prop_map(Step::RootsFound),
         1 => prop::bool::weighted(0.2).prop_map(Step::StartsFail),
         1 => prop::bool::weighted(0.2).prop_map(Step::InstallsFail),
         2 => any::<bool>().prop_map(Step::RollEnds),
@@ -83,6 +100,23 @@ struct World {
     triggers: HashMap<BuildId, BTreeSet<PathBuf>>,
     /// Every build asked for, and the outcomes each got.
     outcomes: HashMap<BuildId, Vec<Outcome>>,
+    /// The builds whose process exited: when, and the kind of outcome it makes (see
+    /// [`Step::Exits`]).
+    exits: HashMap<BuildId, (Instant, u8)>,
+    /// The builds whose output ended.
+    outputs_ended: HashSet<BuildId>,
+    /// The builds whose outcome the core asked for, and those whose outcome was read.
+    collects: HashSet<BuildId>,
+    read: HashSet<BuildId>,
+    /// Steps run so far.
+    clock: u64,
+    /// The roots lookup in flight, and the last one asked for.
+    looking_up: Option<u64>,
+    last_lookup: u64,
+    /// When the last lookup was asked for, and when the last build of a changed manifest
+    /// succeeded (in steps).
+    lookup_started: u64,
+    manifest_built: u64,
     cancelled: Vec<BuildId>,
     /// Saved build inputs no build has covered yet (ended, other than cancelled).
     owed: BTreeSet<PathBuf>,
@@ -103,6 +137,15 @@ impl World {
             running: None,
             triggers: HashMap::new(),
             outcomes: HashMap::new(),
+            exits: HashMap::new(),
+            outputs_ended: HashSet::new(),
+            collects: HashSet::new(),
+            read: HashSet::new(),
+            clock: 0,
+            looking_up: None,
+            last_lookup: 0,
+            lookup_started: 0,
+            manifest_built: 0,
             cancelled: Vec::new(),
             owed: BTreeSet::new(),
             requests: 0,
@@ -155,6 +198,20 @@ impl World {
                         assert_eq!(self.running, Some(*build), "cancels no running build");
                         self.cancelled.push(*build);
                     }
+                    DevAction::Collect { build, end } => {
+                        assert_eq!(self.running, Some(*build), "collects no running build");
+                        let (exited, kind) = self
+                            .exits
+                            .get(build)
+                            .copied()
+                            .unwrap_or_else(|| panic!("{build:?} collected before its exit"));
+                        assert_eq!(*end, end_of(kind));
+                        assert!(
+                            self.outputs_ended.contains(build) || self.now >= exited + OUTPUT_GRACE,
+                            "{build:?} collected before its output ended or its grace passed"
+                        );
+                        assert!(self.collects.insert(*build), "{build:?} collected twice");
+                    }
                     DevAction::Ended { build, outcome } => {
                         let seen = self
                             .outcomes
@@ -187,7 +244,13 @@ impl World {
                             request: self.requests,
                         });
                     }
-                    DevAction::FindRoots => pending.push(DevEvent::Roots(Vec::new())),
+                    DevAction::FindRoots { lookup } => {
+                        assert_eq!(self.looking_up, None, "two roots lookups in flight");
+                        assert_eq!(*lookup, self.last_lookup + 1, "lookups in order");
+                        self.looking_up = Some(*lookup);
+                        self.last_lookup = *lookup;
+                        self.lookup_started = self.clock;
+                    }
                     DevAction::Start => {
                         self.served.generation = self.served.generation.max(1);
                         self.served.waiting = false;
@@ -205,6 +268,7 @@ impl World {
     }
 
     fn run(&mut self, step: Step) {
+        self.clock += 1;
         match step {
             Step::Save(files) => {
                 let files: Vec<ChangedFile> = files
@@ -252,54 +316,106 @@ impl World {
                 self.now += by;
                 self.wall += by;
             }
-            Step::BuildEnds(kind) => {
-                let Some(build) = self.running else {
+            Step::Exits(kind) => {
+                let Some(build) = self.running.filter(|build| !self.exits.contains_key(build))
+                else {
                     return;
                 };
-                let executable = |same: bool, fresh: bool| {
-                    Ok(Some(Built {
-                        executable: PathBuf::from("/p/target/debug/app"),
-                        fresh,
-                        same_as_latest: same,
-                    }))
-                };
-                let result = match kind {
-                    0 | 5 => BuildResult::Failed {
-                        end: ProcessEnd::Code(101),
-                        diagnostics: "error".to_owned(),
-                        refused: (kind == 5).then(|| "cargo refused --bn".to_owned()),
-                    },
-                    4 => BuildResult::Succeeded {
-                        executable: Err("no binary".to_owned()),
-                        inputs: None,
-                    },
-                    _ => BuildResult::Succeeded {
-                        executable: executable(kind >= 2, kind == 3),
-                        inputs: Some(vec![PathBuf::from("/p/static/inline.html")]),
-                    },
-                };
+                self.exits.insert(build, (self.now, kind));
                 let wall = self.wall;
+                self.feed(DevEvent::BuildExited {
+                    build,
+                    end: end_of(kind),
+                    wall,
+                });
+            }
+            Step::OutputEnds => {
+                let Some(build) = self
+                    .running
+                    .filter(|build| !self.outputs_ended.contains(build))
+                else {
+                    return;
+                };
+                self.outputs_ended.insert(build);
+                self.feed(DevEvent::BuildOutputEnded { build });
+            }
+            Step::Tick => {
+                self.feed(DevEvent::Tick);
+                // A build whose grace passed has its outcome asked for.
+                if let Some(build) = self.running
+                    && let Some((exited, _)) = self.exits.get(&build)
+                {
+                    assert!(
+                        self.now < *exited + OUTPUT_GRACE || self.collects.contains(&build),
+                        "{build:?}'s grace passed, its outcome was not asked for"
+                    );
+                }
+            }
+            Step::Collected => {
+                let Some(build) = self
+                    .running
+                    .filter(|build| self.collects.contains(build) && !self.read.contains(build))
+                else {
+                    return;
+                };
+                self.read.insert(build);
+                let kind = self.exits[&build].1;
+                // A build of a changed manifest that succeeds owes a roots lookup after it.
+                if matches!(kind, 1..=4)
+                    && self.triggers[&build].contains(&PathBuf::from("/p/Cargo.toml"))
+                {
+                    self.manifest_built = self.clock;
+                }
                 let actions = self.feed(DevEvent::BuildEnded {
                     build,
-                    wall,
-                    result,
+                    result: result_of(kind),
                 });
-                assert_eq!(self.running, None, "{build:?} ended: {actions:?}");
-                assert_eq!(self.outcomes[&build].len(), 1);
+                // Unless it waits for a roots lookup (its manifest changed), it ended.
+                let waits = self
+                    .core
+                    .build
+                    .as_ref()
+                    .is_some_and(|running| running.outcome.is_some());
+                if !waits {
+                    assert_eq!(self.running, None, "{build:?} ended: {actions:?}");
+                    assert_eq!(self.outcomes[&build].len(), 1);
+                }
             }
-            Step::StaleEnd => {
+            Step::StaleEnd(which) => {
                 if let Some(&build) = self.cancelled.last() {
                     let wall = self.wall;
-                    let actions = self.feed(DevEvent::BuildEnded {
-                        build,
-                        wall,
-                        result: BuildResult::Failed {
+                    let actions = self.feed(match which {
+                        0 => DevEvent::BuildExited {
+                            build,
                             end: ProcessEnd::Signal(9),
-                            diagnostics: String::new(),
-                            refused: None,
+                            wall,
+                        },
+                        1 => DevEvent::BuildOutputEnded { build },
+                        _ => DevEvent::BuildEnded {
+                            build,
+                            result: result_of(1),
                         },
                     });
                     assert!(actions.is_empty(), "a cancelled build's end: {actions:?}");
+                }
+            }
+            Step::RootsFound(stale) => {
+                // A stale answer: of the lookup before the one in flight, or of the last one.
+                let lookup = if stale {
+                    self.looking_up
+                        .map_or(self.last_lookup, |lookup| lookup - 1)
+                } else {
+                    let Some(lookup) = self.looking_up.take() else {
+                        return;
+                    };
+                    lookup
+                };
+                let actions = self.feed(DevEvent::Roots {
+                    lookup,
+                    roots: vec![PathBuf::from("/lib/y")],
+                });
+                if stale {
+                    assert!(actions.is_empty(), "a stale lookup's roots: {actions:?}");
                 }
             }
             Step::StartsFail(fail) => self.starts_fail = fail,
@@ -361,6 +477,17 @@ impl World {
         }
     }
 
+    /// The build in flight runs to its end, as a new binary unless its process exited already,
+    /// and every roots lookup answers.
+    fn finish_build(&mut self) {
+        self.run(Step::Exits(1));
+        self.run(Step::OutputEnds);
+        self.run(Step::Collected);
+        while self.looking_up.is_some() {
+            self.run(Step::RootsFound(false));
+        }
+    }
+
     fn check_invariants(&self) {
         // The core and the test agree on the build in flight: at most one.
         assert_eq!(
@@ -386,6 +513,48 @@ impl World {
         }
         assert!(self.core.unsent.is_none(), "a roll never sent");
         assert!(self.core.installing.is_none(), "an executable never kept");
+        // The core's deadline is the grace of a build that exited, while its output is awaited.
+        let awaited = self.running.and_then(|build| {
+            let (exited, _) = self.exits.get(&build)?;
+            (!self.outputs_ended.contains(&build) && !self.collects.contains(&build))
+                .then(|| *exited + OUTPUT_GRACE)
+        });
+        assert_eq!(self.core.next_deadline(), awaited);
+    }
+}
+
+/// How a build process of this kind (see [`Step::Exits`]) ends.
+fn end_of(kind: u8) -> ProcessEnd {
+    if matches!(kind, 0 | 5) {
+        ProcessEnd::Code(101)
+    } else {
+        ProcessEnd::Code(0)
+    }
+}
+
+/// The outcome read of a build of this kind (see [`Step::Exits`]).
+fn result_of(kind: u8) -> BuildResult {
+    let executable = |same: bool, fresh: bool| {
+        Ok(Some(Built {
+            executable: PathBuf::from("/p/target/debug/app"),
+            fresh,
+            same_as_latest: same,
+        }))
+    };
+    match kind {
+        0 | 5 => BuildResult::Failed {
+            end: end_of(kind),
+            diagnostics: "error".to_owned(),
+            refused: (kind == 5).then(|| "cargo refused --bn".to_owned()),
+        },
+        4 => BuildResult::Succeeded {
+            executable: Err("no binary".to_owned()),
+            inputs: None,
+        },
+        _ => BuildResult::Succeeded {
+            executable: executable(kind >= 2, kind == 3),
+            inputs: Some(vec![PathBuf::from("/p/static/inline.html")]),
+        },
     }
 }
 
@@ -411,14 +580,19 @@ proptest! {
         }
         // The last build ends: every save is covered, every build ended exactly once.
         world.starts_fail = false;
-        if world.running.is_some() {
-            world.run(Step::BuildEnds(1));
-        }
+        world.finish_build();
         world.check_invariants();
         if world.exited {
             return Ok(());
         }
         prop_assert!(world.owed.is_empty(), "saves never built: {:?}", world.owed);
+        // The last lookup started after the last manifest change built.
+        prop_assert!(
+            world.lookup_started >= world.manifest_built,
+            "a changed manifest never looked up (lookup at step {}, manifest built at {})",
+            world.lookup_started,
+            world.manifest_built
+        );
         for (build, outcomes) in &world.outcomes {
             prop_assert_eq!(outcomes.len(), 1, "{:?}: {:?}", build, outcomes);
         }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{
     BuildFailure, BuildId, BuildResult, Built, ChangedFile, Changes, DevAction, DevCore, DevEvent,
-    DevReport, Keeps, Outcome, Page, RELOAD_WAIT, Served,
+    DevReport, Keeps, OUTPUT_GRACE, Outcome, Page, RELOAD_WAIT, Served,
 };
 use crate::cluster::{Aborted, ExitReason, Failure, ProcessEnd, RollEnd, WorkerId};
 
@@ -109,14 +109,30 @@ impl Timeline {
         self.core.build.as_ref().map(|build| build.id)
     }
 
-    /// The build in flight ends with `result`.
-    fn end_build(&mut self, result: BuildResult) -> Vec<DevAction> {
+    /// The process of the build in flight exits as `end` says, and its output ends: the core
+    /// asks for its outcome, and nothing else.
+    fn exit_build(&mut self, end: ProcessEnd) -> BuildId {
         let build = self.running().expect("a build runs");
-        self.feed(DevEvent::BuildEnded {
+        let exited = self.feed(DevEvent::BuildExited {
             build,
+            end,
             wall: self.wall,
-            result,
-        })
+        });
+        assert_eq!(exited, []);
+        let collect = self.feed(DevEvent::BuildOutputEnded { build });
+        assert_eq!(collect, [DevAction::Collect { build, end }]);
+        build
+    }
+
+    /// The build in flight ends with `result` (its process exits, its output ends, its outcome
+    /// is read); the actions of its outcome.
+    fn end_build(&mut self, result: BuildResult) -> Vec<DevAction> {
+        let end = match &result {
+            BuildResult::Failed { end, .. } => *end,
+            BuildResult::Succeeded { .. } => ProcessEnd::Code(0),
+        };
+        let build = self.exit_build(end);
+        self.feed(DevEvent::BuildEnded { build, result })
     }
 
     /// The build in flight succeeds with a new binary.
@@ -259,6 +275,249 @@ fn the_first_build_starts_the_first_generation_and_pages_turn_into_the_app_once(
     );
 }
 
+/// The first build's process exits after 300 ms: the actions of its exit and of its output's
+/// end, in the order given, once the timeline reached each.
+fn first_build_exits(output_first: bool) -> (Timeline, Vec<DevAction>, Vec<DevAction>) {
+    let mut timeline = Timeline::new();
+    let exit = DevEvent::BuildExited {
+        build: BuildId(1),
+        end: ProcessEnd::Code(0),
+        wall: timeline.wall + ms(300),
+    };
+    let output = DevEvent::BuildOutputEnded { build: BuildId(1) };
+    if output_first {
+        timeline.advance(ms(250));
+        let ended = timeline.feed(output);
+        timeline.advance(ms(50));
+        let exited = timeline.feed(exit);
+        (timeline, exited, ended)
+    } else {
+        timeline.advance(ms(300));
+        let exited = timeline.feed(exit);
+        timeline.advance(ms(400));
+        let ended = timeline.feed(output);
+        (timeline, exited, ended)
+    }
+}
+
+#[test]
+fn the_outcome_is_asked_for_once_the_exit_and_the_output_s_end_are_both_in() {
+    let collect = DevAction::Collect {
+        build: BuildId(1),
+        end: ProcessEnd::Code(0),
+    };
+    // The output ends before the exit: the exit asks for the outcome at once.
+    let (mut timeline, exited, ended) = first_build_exits(true);
+    assert_eq!(ended, []);
+    assert_eq!(exited, std::slice::from_ref(&collect));
+    assert_eq!(timeline.core.next_deadline(), None);
+    let actions = timeline.feed(DevEvent::BuildEnded {
+        build: BuildId(1),
+        result: succeeded(false, false),
+    });
+    assert_eq!(reports(&actions), [&DevReport::Built { built_in: ms(300) }]);
+
+    // The output ends 400 ms after the exit: the build took as long as its process ran.
+    let (mut timeline, exited, ended) = first_build_exits(false);
+    assert_eq!(exited, []);
+    assert_eq!(ended, [collect]);
+    // Asked for once: a late fact asks for nothing more.
+    assert_eq!(
+        timeline.feed(DevEvent::BuildOutputEnded { build: BuildId(1) }),
+        []
+    );
+    assert_eq!(timeline.feed(DevEvent::Tick), []);
+    let actions = timeline.feed(DevEvent::BuildEnded {
+        build: BuildId(1),
+        result: succeeded(false, false),
+    });
+    assert_eq!(reports(&actions), [&DevReport::Built { built_in: ms(300) }]);
+    assert!(
+        actions.contains(&DevAction::WatchInputs {
+            inputs: vec![path("src/main.rs"), path("static/inline.html")],
+            since: timeline.wall - ms(700),
+        }),
+        "{actions:?}"
+    );
+    // Its outcome, once only.
+    assert_eq!(
+        timeline.feed(DevEvent::BuildEnded {
+            build: BuildId(1),
+            result: succeeded(false, false),
+        }),
+        []
+    );
+}
+
+#[test]
+fn an_output_that_never_ends_gives_the_outcome_exactly_a_grace_after_the_exit() {
+    let mut timeline = serving();
+    timeline.save(&["src/main.rs"]);
+    timeline.advance(ms(200));
+    let exited_at = timeline.now;
+    assert_eq!(
+        timeline.feed(DevEvent::BuildExited {
+            build: BuildId(2),
+            end: ProcessEnd::Code(101),
+            wall: timeline.wall,
+        }),
+        []
+    );
+    assert_eq!(
+        timeline.core.next_deadline(),
+        Some(exited_at + OUTPUT_GRACE)
+    );
+    timeline.advance(OUTPUT_GRACE.saturating_sub(ms(1)));
+    assert_eq!(timeline.feed(DevEvent::Tick), [], "before the grace");
+    timeline.advance(ms(1));
+    assert_eq!(
+        timeline.feed(DevEvent::Tick),
+        [DevAction::Collect {
+            build: BuildId(2),
+            end: ProcessEnd::Code(101),
+        }]
+    );
+    assert_eq!(timeline.core.next_deadline(), None);
+    // The output's end comes too late to matter.
+    assert_eq!(
+        timeline.feed(DevEvent::BuildOutputEnded { build: BuildId(2) }),
+        []
+    );
+    let actions = timeline.feed(DevEvent::BuildEnded {
+        build: BuildId(2),
+        result: failed("error: half of it"),
+    });
+    assert_eq!(outcomes(&actions), [(BuildId(2), Outcome::Failed)]);
+    assert_eq!(
+        reports(&actions),
+        [&DevReport::BuildFailed {
+            changed: changes(&["src/main.rs"]),
+            end: ProcessEnd::Code(101),
+            built_in: ms(200),
+            keeps: Keeps::Generation(1),
+        }]
+    );
+}
+
+#[test]
+fn a_save_while_a_build_s_output_or_outcome_is_awaited_cancels_it() {
+    let mut timeline = serving();
+    timeline.save(&["src/a.rs"]);
+    timeline.feed(DevEvent::BuildExited {
+        build: BuildId(2),
+        end: ProcessEnd::Code(0),
+        wall: timeline.wall,
+    });
+    timeline.advance(ms(500));
+    // Waiting for the output: the save cancels it (its process is gone: the driver forgets it).
+    assert_eq!(
+        timeline.save(&["src/b.rs"]),
+        [
+            DevAction::CancelBuild(BuildId(2)),
+            DevAction::Ended {
+                build: BuildId(2),
+                outcome: Outcome::Cancelled,
+            },
+            DevAction::StartBuild(BuildId(3)),
+        ]
+    );
+    // Its grace passes, its output ends, its outcome comes: nothing for it.
+    assert_eq!(timeline.core.next_deadline(), None);
+    timeline.advance(OUTPUT_GRACE);
+    assert_eq!(timeline.feed(DevEvent::Tick), []);
+    assert_eq!(
+        timeline.feed(DevEvent::BuildOutputEnded { build: BuildId(2) }),
+        []
+    );
+    assert_eq!(
+        timeline.feed(DevEvent::BuildEnded {
+            build: BuildId(2),
+            result: succeeded(false, false),
+        }),
+        []
+    );
+    // Its late output's end does not stand for the next build's: build 3 exits, and the core
+    // waits for its own output.
+    assert_eq!(
+        timeline.feed(DevEvent::BuildExited {
+            build: BuildId(3),
+            end: ProcessEnd::Code(0),
+            wall: timeline.wall,
+        }),
+        []
+    );
+    // Once its outcome is asked for, a save still cancels it: the outcome read is ignored.
+    assert_eq!(
+        timeline.feed(DevEvent::BuildOutputEnded { build: BuildId(3) }),
+        [DevAction::Collect {
+            build: BuildId(3),
+            end: ProcessEnd::Code(0),
+        }]
+    );
+    let actions = timeline.save(&["src/c.rs"]);
+    assert_eq!(
+        outcomes(&actions),
+        [(BuildId(3), Outcome::Cancelled)],
+        "{actions:?}"
+    );
+    assert_eq!(
+        timeline.feed(DevEvent::BuildEnded {
+            build: BuildId(3),
+            result: succeeded(false, false),
+        }),
+        []
+    );
+    // Build 4 covers every save.
+    timeline.advance(ms(100));
+    timeline.build_ok();
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(2, vec![1], false)));
+    assert_eq!(
+        reports(&actions),
+        [&rolled(
+            &["src/a.rs", "src/b.rs", "src/c.rs"],
+            Some(ms(100)),
+            roll_end(2, vec![1], false)
+        )]
+    );
+}
+
+#[test]
+fn the_late_output_s_end_of_a_build_cancelled_while_it_ran_is_ignored() {
+    let mut timeline = serving();
+    timeline.save(&["src/a.rs"]);
+    timeline.save(&["src/b.rs"]);
+    assert_eq!(timeline.running(), Some(BuildId(3)));
+    // Build 2 was killed: its output ends (its exit is reaped as a stray's, never told).
+    assert_eq!(
+        timeline.feed(DevEvent::BuildOutputEnded { build: BuildId(2) }),
+        []
+    );
+    assert_eq!(
+        timeline.feed(DevEvent::BuildExited {
+            build: BuildId(2),
+            end: ProcessEnd::Signal(9),
+            wall: timeline.wall,
+        }),
+        []
+    );
+    assert_eq!(
+        timeline.feed(DevEvent::BuildExited {
+            build: BuildId(3),
+            end: ProcessEnd::Code(0),
+            wall: timeline.wall,
+        }),
+        [],
+        "build 3's output has not ended"
+    );
+    assert_eq!(
+        timeline.feed(DevEvent::BuildOutputEnded { build: BuildId(3) }),
+        [DevAction::Collect {
+            build: BuildId(3),
+            end: ProcessEnd::Code(0),
+        }]
+    );
+}
+
 #[test]
 fn a_save_builds_and_rolls_and_the_roll_s_end_is_one_line() {
     let mut timeline = serving();
@@ -347,7 +606,6 @@ fn a_save_during_a_build_cancels_it_and_the_next_build_covers_both_saves() {
         timeline
             .feed(DevEvent::BuildEnded {
                 build: BuildId(2),
-                wall: timeline.wall,
                 result: failed("killed"),
             })
             .is_empty()
@@ -556,14 +814,13 @@ fn a_build_program_that_cannot_start_ends_the_session_until_a_build_succeeded() 
 fn an_executable_that_cannot_be_kept_rolls_nothing() {
     let mut timeline = serving();
     timeline.save(&["src/main.rs"]);
-    let build = timeline.running().unwrap();
+    let build = timeline.exit_build(ProcessEnd::Code(0));
     // Answered by hand: this Install fails.
     let actions = timeline.core.handle(
         timeline.now,
         timeline.served,
         DevEvent::BuildEnded {
             build,
-            wall: timeline.wall,
             result: succeeded(false, false),
         },
     );
@@ -770,23 +1027,98 @@ fn without_a_build_a_save_rolls_at_once() {
 }
 
 #[test]
+fn manifest_changes_during_a_roots_lookup_make_one_more_lookup_after_it() {
+    let mut timeline = serving();
+    timeline.save(&["Cargo.toml"]);
+    // The build of a changed manifest ends once the lookup is done.
+    assert_eq!(timeline.build_ok(), [DevAction::FindRoots { lookup: 1 }]);
+    assert_eq!(timeline.running(), Some(BuildId(2)));
+    // A save meanwhile cancels it; the next build of both changes ends while lookup 1 still
+    // runs (slow: cargo reads the manifests): no second lookup in flight, and the change is
+    // not lost: one more lookup follows.
+    let actions = timeline.save(&["src/main.rs"]);
+    assert_eq!(outcomes(&actions), [(BuildId(2), Outcome::Cancelled)]);
+    timeline.advance(ms(100));
+    assert_eq!(timeline.build_ok(), []);
+    assert_eq!(timeline.running(), Some(BuildId(3)));
+    // Lookup 1 ends: its roots are watched, and lookup 2 follows; the build still waits.
+    assert_eq!(
+        timeline.feed(DevEvent::Roots {
+            lookup: 1,
+            roots: vec![PathBuf::from("/lib/y")],
+        }),
+        [
+            DevAction::AddRoots(vec![PathBuf::from("/lib/y")]),
+            DevAction::FindRoots { lookup: 2 },
+        ]
+    );
+    assert_eq!(timeline.running(), Some(BuildId(3)));
+    // A stale answer (of lookup 1 again) is ignored.
+    assert!(
+        timeline
+            .feed(DevEvent::Roots {
+                lookup: 1,
+                roots: vec![PathBuf::from("/lib/z")],
+            })
+            .is_empty()
+    );
+    // Lookup 2's roots are watched, then the build ends: a roll, reported once it ends.
+    let actions = timeline.feed(DevEvent::Roots {
+        lookup: 2,
+        roots: vec![PathBuf::from("/lib/z")],
+    });
+    assert_eq!(
+        actions.first(),
+        Some(&DevAction::AddRoots(vec![PathBuf::from("/lib/z")]))
+    );
+    assert_eq!(outcomes(&actions), [(BuildId(3), Outcome::Installed)]);
+    assert!(actions.ends_with(&[DevAction::Roll]), "{actions:?}");
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(2, vec![1], false)));
+    assert_eq!(
+        reports(&actions),
+        [&rolled(
+            &["Cargo.toml", "src/main.rs"],
+            Some(ms(100)),
+            roll_end(2, vec![1], false)
+        )]
+    );
+    // The next manifest change: the next lookup.
+    timeline.save(&["Cargo.toml"]);
+    assert_eq!(timeline.build_ok(), [DevAction::FindRoots { lookup: 3 }]);
+}
+
+#[test]
 fn a_changed_manifest_watches_the_new_path_dependencies() {
     let mut timeline = serving();
     timeline.save(&["Cargo.toml"]);
-    let actions = timeline.build_ok();
-    assert!(actions.contains(&DevAction::FindRoots), "{actions:?}");
-    let actions = timeline.feed(DevEvent::Roots(vec![
-        PathBuf::from("/p"),
-        PathBuf::from("/p/crates/x"),
-        PathBuf::from("/lib/y"),
-    ]));
+    assert_eq!(timeline.build_ok(), [DevAction::FindRoots { lookup: 1 }]);
+    let actions = timeline.feed(DevEvent::Roots {
+        lookup: 1,
+        roots: vec![
+            PathBuf::from("/p"),
+            PathBuf::from("/p/crates/x"),
+            PathBuf::from("/lib/y"),
+        ],
+    });
+    // The new directory is watched before the build's inputs are given and the roll asked for.
     assert_eq!(
-        actions,
-        [DevAction::AddRoots(vec![PathBuf::from("/lib/y")])]
+        actions[..2],
+        [
+            DevAction::AddRoots(vec![PathBuf::from("/lib/y")]),
+            DevAction::WatchInputs {
+                inputs: vec![path("src/main.rs"), path("static/inline.html")],
+                since: timeline.wall,
+            },
+        ]
     );
+    assert!(actions.ends_with(&[DevAction::Roll]), "{actions:?}");
+    // An answer nobody waits for (a lookup answered already) changes nothing.
     assert!(
         timeline
-            .feed(DevEvent::Roots(vec![PathBuf::from("/lib/y")]))
+            .feed(DevEvent::Roots {
+                lookup: 1,
+                roots: vec![PathBuf::from("/lib/z")],
+            })
             .is_empty()
     );
     // Files there are named relative to their root now.
