@@ -18,7 +18,12 @@
 //!
 //! A roll replaces every slot, up to [`Surge`] replacements at a time (slot 0 first): it spawns
 //! a slot's replacement, waits until it is ready, and only then stops the slot's old worker, so
-//! ready workers never drop below the size. A replacement that fails aborts the roll: the
+//! ready workers never drop below the size. The roll ends when its switch is complete: every
+//! slot rolled, and no worker of an older generation can answer a request any more — gone, or
+//! seen switched out ([`Action::ProbeRetiring`], [`Event::SwitchedOut`]: no process of its group
+//! accepting on a listener or holding a connection accepted on one); their kill timeout bounds
+//! the wait. Whatever announces the new version (the roll's outcome, the pages' reload) follows
+//! it. A replacement that fails aborts the roll: the
 //! replacements not yet ready are stopped, the slots not yet rolled keep their generation, and
 //! the report says which slot runs which.
 //!

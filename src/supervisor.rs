@@ -108,9 +108,6 @@ use crate::status::{
 };
 use crate::sys::{GUARD_CAPACITY, Guard, Program, SpawnRequest, spawn_worker};
 
-/// How often, after a roll in dev mode, the old workers are probed for still accepting.
-const RELOAD_PROBE_INTERVAL: Duration = Duration::from_millis(10);
-
 /// How many queued inputs are handled before a due deadline: a `READY=1` sent just before its
 /// deadline counts, while a stream of messages cannot starve the deadline.
 const QUEUED_BEFORE_DEADLINE: usize = 64;
@@ -207,7 +204,6 @@ impl Supervisor {
             groups: HashMap::new(),
             strays: Vec::new(),
             reap_all: nix::unistd::getpid().as_raw() == 1,
-            reload_checked: Instant::now(),
             waiters: HashMap::new(),
             roll_waiter: None,
             subscribers: Vec::new(),
@@ -250,23 +246,13 @@ impl Supervisor {
                 tokio::task::yield_now().await;
                 continue;
             }
-            // Dev mode: the old workers are probed after a roll, whatever else arrives meanwhile.
-            let reload_check = state.next_reload_check(self.reload_waits_for().is_some());
-            if reload_check.is_some_and(|next| next <= Instant::now()) {
-                state.reload_checked = Instant::now();
-                self.reload_pages_once_switched(&mut state);
-                continue;
-            }
             // Dev mode: the dev core's own deadline (a build's output grace).
             let dev_deadline = self.dev.as_ref().and_then(|dev| dev.core.next_deadline());
             if dev_deadline.is_some_and(|deadline| deadline <= Instant::now()) {
                 self.dev_event(&mut state, DevEvent::Tick);
                 continue;
             }
-            let wake = [deadline, reload_check, dev_deadline]
-                .into_iter()
-                .flatten()
-                .min();
+            let wake = [deadline, dev_deadline].into_iter().flatten().min();
             let timer = async {
                 match wake {
                     Some(wake) => tokio::time::sleep_until(wake.into()).await,
@@ -324,27 +310,6 @@ impl Supervisor {
                 &DriverReport::BuildingPageFailed(&error),
             )),
         }
-    }
-
-    /// The generation whose older workers the pages wait for (dev mode, after a roll).
-    fn reload_waits_for(&self) -> Option<u64> {
-        self.dev.as_ref()?.core.reload_waits_for()
-    }
-
-    /// After a roll, the dev core learns whether a worker of an older generation is still seen
-    /// accepting (they close their listeners at the stop signal): pages reload once none is.
-    fn reload_pages_once_switched(&mut self, state: &mut DriverState) {
-        let Some(generation) = self.reload_waits_for() else {
-            return;
-        };
-        let accepting = self.probe.as_ref().is_none_or(|listeners| {
-            state
-                .workers
-                .values()
-                .filter(|worker| worker.generation < generation)
-                .any(|worker| readiness::probe(worker.pid, listeners).is_some())
-        });
-        self.dev_event(state, DevEvent::OldWorkers { accepting });
     }
 
     /// Hands an event to the dev core and carries out its actions, including the events they
@@ -1304,8 +1269,6 @@ pub(crate) struct DriverState {
     strays: Vec<i32>,
     /// The master is PID 1: every orphan in its namespace becomes its child, to reap.
     reap_all: bool,
-    /// When the old workers were last probed for a pending reload (dev mode).
-    reload_checked: Instant,
     /// Who waits for the outcome of which roll request (numbered by the core).
     waiters: HashMap<u64, Reply<RestartOutcome>>,
     /// Dev mode: who waits for the outcome of the handle's roll request until it is made.
@@ -1333,12 +1296,6 @@ struct Group {
 const EXITED_KEPT: usize = 32;
 
 impl DriverState {
-    /// When the old workers are to be probed next for a pending reload (dev mode, with
-    /// `reload_waiting`).
-    fn next_reload_check(&self, reload_waiting: bool) -> Option<Instant> {
-        reload_waiting.then(|| after(self.reload_checked, RELOAD_PROBE_INTERVAL))
-    }
-
     /// The stderr tail of a worker, running or exited, with its readers (those of a running
     /// one are still reading: nothing to wait for).
     fn stderr_tail(&self, pid: i32) -> Option<(Readers, Tail)> {

@@ -8,7 +8,8 @@
 //! the exit), how each build ends (exactly one [`Outcome`]), the loop rule (a file the builds
 //! themselves write is named once and its changes during builds ignored), what a change means (a
 //! build input, or an asset the pages reload), the reloads waiting for their rolls to end (one
-//! line each), when pages reload after a switch ([`RELOAD_WAIT`]), turn into the app, or show a
+//! line each), when pages reload (at the end of a roll, when the switch is complete: no old worker
+//! can answer any more), turn into the app, or show a
 //! failed build, the lookups of the project's directories after a manifest changed (one at a time, a change
 //! meanwhile coalesced into one more; the build ends once they are watched), and when the
 //! session ends because nothing can fix it.
@@ -21,9 +22,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cluster::{ExitReason, ProcessEnd, RollEnd, after};
-
-/// The longest pages wait after a switch for the old workers to stop accepting.
-pub(crate) const RELOAD_WAIT: Duration = Duration::from_secs(1);
 
 /// How long the output of a build whose process exited may still take to end: a process the
 /// build started (a compiler cache server, say) may hold its pipes open for ever, and the
@@ -148,9 +146,6 @@ pub(crate) enum DevEvent {
     RollEnded(RollEnd),
     /// Every worker of the first generation is ready.
     Serving,
-    /// Whether a worker of a generation older than [`DevCore::reload_waits_for`] is seen
-    /// accepting.
-    OldWorkers { accepting: bool },
 }
 
 /// What a page of the live-reload channel is told.
@@ -416,9 +411,6 @@ pub(crate) struct DevCore {
     written_by_builds: BTreeSet<PathBuf>,
     /// The files the last build read (its dep-info): never mere assets.
     build_inputs: BTreeSet<PathBuf>,
-    /// A roll to this generation ended: pages reload once no older worker accepts, or at this
-    /// instant.
-    reload_pending: Option<(u64, Instant)>,
     /// Pages were told to turn into the app once.
     served: bool,
     /// The roots lookups asked for so far.
@@ -445,11 +437,6 @@ impl DevCore {
         let build = self.build.as_ref()?;
         let exit = build.exited?;
         (!build.output_ended && !build.collecting).then(|| after(exit.now, OUTPUT_GRACE))
-    }
-
-    /// The generation whose older workers pages wait for before they reload.
-    pub(crate) fn reload_waits_for(&self) -> Option<u64> {
-        self.reload_pending.map(|(generation, _)| generation)
     }
 
     /// Handles one event at `now`, the cluster being as `served` says.
@@ -607,12 +594,14 @@ impl DevCore {
                 self.reloads.remove(&request);
             }
             DevEvent::RollEnded(end) => {
-                if end.aborted.is_none() && self.mode.livereload {
-                    // Pages reload once no old worker accepts any more.
-                    self.reload_pending = Some((end.generation, after(now, RELOAD_WAIT)));
-                }
+                // The cluster ends a roll when its switch is complete: no worker of an older
+                // generation can answer any more, so a page that reloads now gets the new one.
+                let reload_pages = end.aborted.is_none() && self.mode.livereload;
                 let reload = self.reload_of(&end);
                 out.push(DevAction::Report(DevReport::Rolled { reload, end }));
+                if reload_pages {
+                    out.push(DevAction::Pages(Page::Reload));
+                }
             }
             DevEvent::Serving => {
                 // Pages showing the building page (or waiting for the app) turn into it.
@@ -621,14 +610,6 @@ impl DevCore {
                     if self.mode.livereload {
                         out.push(DevAction::Pages(Page::Reload));
                     }
-                }
-            }
-            DevEvent::OldWorkers { accepting } => {
-                if let Some((_, latest)) = self.reload_pending
-                    && (!accepting || now >= latest)
-                {
-                    self.reload_pending = None;
-                    out.push(DevAction::Pages(Page::Reload));
                 }
             }
         }

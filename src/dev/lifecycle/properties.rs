@@ -57,7 +57,6 @@ enum Step {
     RollRefused,
     RollRequested,
     Serving,
-    OldWorkers(bool),
     /// The first generation waits for a new start (it never became ready), or not.
     Waiting(bool),
     Stop,
@@ -80,7 +79,6 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::RollRefused),
         1 => Just(Step::RollRequested),
         1 => Just(Step::Serving),
-        1 => any::<bool>().prop_map(Step::OldWorkers),
         1 => prop::bool::weighted(0.2).prop_map(Step::Waiting),
         1 => prop::bool::weighted(0.1).prop_map(|stop| if stop { Step::Stop } else { Step::Serving }),
     ]
@@ -461,11 +459,6 @@ impl World {
             Step::Serving => {
                 if self.served.generation > 0 {
                     self.feed(DevEvent::Serving);
-                }
-            }
-            Step::OldWorkers(accepting) => {
-                if self.core.reload_waits_for().is_some() {
-                    self.feed(DevEvent::OldWorkers { accepting });
                 }
             }
             Step::Waiting(waiting) => {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{
     BuildFailure, BuildId, BuildResult, Built, ChangedFile, Changes, DevAction, DevCore, DevEvent,
-    DevReport, Keeps, OUTPUT_GRACE, Outcome, Page, RELOAD_WAIT, Served,
+    DevReport, Keeps, OUTPUT_GRACE, Outcome, Page, Served,
 };
 use crate::cluster::{Aborted, ExitReason, Failure, ProcessEnd, RollEnd, WorkerId};
 
@@ -541,47 +541,29 @@ fn a_save_builds_and_rolls_and_the_roll_s_end_is_one_line() {
 }
 
 #[test]
-fn pages_reload_once_no_old_worker_accepts_or_after_the_reload_wait() {
+fn pages_reload_at_the_end_of_a_roll_when_its_switch_is_complete_and_not_after_an_abort() {
     let mut timeline = serving();
     timeline.save(&["src/main.rs"]);
     timeline.build_ok();
-    timeline.feed(DevEvent::RollEnded(roll_end(2, vec![1], false)));
-    assert_eq!(timeline.core.reload_waits_for(), Some(2));
-    // Old workers still accept: no reload yet, however often they are looked at.
-    timeline.advance(RELOAD_WAIT.saturating_sub(ms(1)));
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(2, vec![1], false)));
+    assert_eq!(pages(&actions), [&Page::Reload]);
     assert!(
-        pages(&timeline.feed(DevEvent::OldWorkers { accepting: true })).is_empty(),
-        "before the switch is complete"
-    );
-    timeline.advance(ms(1));
-    assert_eq!(
-        timeline.feed(DevEvent::OldWorkers { accepting: true }),
-        [DevAction::Pages(Page::Reload)],
-        "at the reload wait at the latest"
-    );
-    assert_eq!(timeline.core.reload_waits_for(), None);
-
-    // The next roll: the old workers stop accepting at once.
-    timeline.save(&["src/main.rs"]);
-    timeline.build_ok();
-    timeline.feed(DevEvent::RollEnded(roll_end(3, vec![2], false)));
-    assert_eq!(
-        timeline.feed(DevEvent::OldWorkers { accepting: false }),
-        [DevAction::Pages(Page::Reload)]
+        matches!(actions.last(), Some(DevAction::Pages(Page::Reload))),
+        "after the line: {actions:?}"
     );
     // An aborted roll reloads nothing.
     timeline.save(&["src/main.rs"]);
     timeline.build_ok();
-    let actions = timeline.feed(DevEvent::RollEnded(roll_end(4, vec![3], true)));
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(3, vec![2], true)));
     assert_eq!(
         reports(&actions),
         [&rolled(
             &["src/main.rs"],
             Some(ms(0)),
-            roll_end(4, vec![3], true)
+            roll_end(3, vec![2], true)
         )]
     );
-    assert_eq!(timeline.core.reload_waits_for(), None);
+    assert!(pages(&actions).is_empty(), "{actions:?}");
 }
 
 #[test]
