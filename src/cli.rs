@@ -389,9 +389,11 @@ pub(crate) struct DevArgs {
     #[arg(long)]
     pub(crate) no_livereload: bool,
 
-    /// A directory of assets the app serves from disk: a change there reloads the pages (a
-    /// stylesheet in place) with no build and no roll, unless the build reads the file.
-    /// Repeatable. [default: static, assets and public in the package root]
+    /// A directory of assets the app serves from disk at each request: a change there reloads
+    /// the pages (a stylesheet in place) with no build and no roll, unless the build reads the
+    /// file. Repeatable. [default: static, assets and public in the package root] (Files of
+    /// templates/ in the package root, and of --ext, that the build does not read roll the
+    /// workers with no build.)
     #[arg(long = "assets", value_name = "DIR")]
     pub(crate) assets: Vec<PathBuf>,
 
@@ -645,15 +647,15 @@ impl DevArgs {
             None if self.watch.is_empty() => vec![root],
             None => given.collect(),
         };
+        let package = roots.first().cloned().unwrap_or_else(|| cwd.clone());
+        let package = package_root(&cwd, self.manifest_path.as_deref())
+            .ok()
+            .flatten()
+            .unwrap_or(package);
         // Assets matter only to pages that live reload.
         let assets: Vec<PathBuf> = if self.no_livereload {
             Vec::new()
         } else if self.assets.is_empty() {
-            let package = roots.first().cloned().unwrap_or_else(|| cwd.clone());
-            let package = package_root(&cwd, self.manifest_path.as_deref())
-                .ok()
-                .flatten()
-                .unwrap_or(package);
             ["static", "assets", "public"]
                 .iter()
                 .map(|dir| package.join(dir))
@@ -661,8 +663,13 @@ impl DevArgs {
         } else {
             self.assets.iter().map(|dir| cwd.join(dir)).collect()
         };
+        // The package's templates count whatever their extension, as assets do: one the build
+        // does not read (askama's are compiled in) is read by the app, which the dev core rolls
+        // for.
+        let mut counted = assets.clone();
+        counted.push(package.join("templates"));
         let watch = dev.then(|| WatchConfig {
-            assets: assets.clone(),
+            assets: counted,
             roots: roots.clone(),
             extensions: self
                 .ext

@@ -76,14 +76,17 @@ pub(crate) enum Message {
     Reload,
     /// Reload the stylesheets only.
     Css,
-    /// A build failed: show its diagnostics until the next switch.
+    /// A build failed: show its diagnostics until a build succeeds.
     Failed(String),
+    /// A build succeeded: the diagnostics go, the page stays.
+    Clear,
 }
 
 /// What every page is told first, and what the building page shows.
 #[derive(Debug, Default)]
 struct Shown {
-    /// A failed build's diagnostics, until the next switch.
+    /// A failed build's diagnostics, until a build succeeds ([`Message::Clear`]): a page
+    /// that reloads meanwhile (a roll of the old binary, an asset) shows them again.
     error: Option<String>,
 }
 
@@ -165,28 +168,31 @@ impl LiveReload {
                 .reloaded_at
                 .store(epoch_millis(), Ordering::SeqCst);
         }
-        let shown = match message {
-            Message::Failed(text) => Some(strip_ansi(text)),
-            Message::Reload | Message::Css => None,
-        };
-        if let Ok(mut current) = self.shared.shown.lock() {
-            match message {
-                Message::Failed(_) => current.error.clone_from(&shown),
-                Message::Reload => current.error = None,
-                Message::Css => {}
+        let event = match message {
+            Message::Failed(text) => {
+                let text = strip_ansi(text);
+                let event = event("error-overlay", &json_string(&text));
+                if let Ok(mut current) = self.shared.shown.lock() {
+                    current.error = Some(text);
+                }
+                event
             }
-        }
-        let event = match (message, &shown) {
-            (Message::Failed(_), Some(text)) => event("error-overlay", &json_string(text)),
-            (Message::Css, _) => event("css", ""),
-            _ => event("reload", ""),
+            Message::Clear => {
+                if let Ok(mut current) = self.shared.shown.lock() {
+                    current.error = None;
+                }
+                event("clear", "")
+            }
+            Message::Css => event("css", ""),
+            Message::Reload => event("reload", ""),
         };
         self.shared.events.send(&event);
         let path = match message {
             Message::Css => "style.css",
             Message::Reload => "index.html",
-            // The protocol has no overlay: such a client waits for the next reload.
-            Message::Failed(_) => return,
+            // The protocol has no overlay: such a client never showed the diagnostics, and
+            // shows what serves still; a reload would show the same (it waits for the next).
+            Message::Failed(_) | Message::Clear => return,
         };
         self.shared.websockets.send(&format!(
             "{{\"command\":\"reload\",\"path\":\"{path}\",\"liveCSS\":true}}"
@@ -571,7 +577,7 @@ mod tests {
     }
 
     #[test]
-    fn pages_hear_reloads_and_errors_and_new_pages_see_the_error_first() {
+    fn pages_hear_reloads_errors_and_clears_and_new_pages_see_the_error_first() {
         let live = LiveReload::start("127.0.0.1:0".parse().unwrap(), &app()).unwrap();
         let script = get(live.address(), "/livereload.js", "");
         assert!(script.starts_with("HTTP/1.1 200 OK") && script.contains("EventSource"));
@@ -598,9 +604,31 @@ mod tests {
         assert_eq!(data, "data: \"error: <oops>\"\n");
         let page = live.page_source();
         assert!(page().contains("error: &lt;oops&gt;"));
+        // A reload (a roll of the old binary, an asset) keeps the error: the build still fails.
         live.send(&Message::Reload);
         read_until(&mut reader, "event: reload");
+        assert!(page().contains("error: &lt;oops&gt;"));
+        let first = |live: &LiveReload| {
+            let mut other = TcpStream::connect(live.address()).unwrap();
+            other
+                .write_all(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                .unwrap();
+            other
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut reader = BufReader::new(other);
+            read_until(&mut reader, "event: hello");
+            // Subscribed (it heard hello): what it was told before the next message.
+            live.send(&Message::Css);
+            read_until(&mut reader, "event: css")
+        };
+        assert!(first(&live).contains("event: error-overlay"));
+        // A build succeeded: the overlay goes; a page that connects then is told nothing of it.
+        live.send(&Message::Clear);
+        read_until(&mut reader, "event: clear");
         assert!(page().contains("building…"));
+        let after = first(&live);
+        assert!(!after.contains("error-overlay"), "{after}");
     }
 
     #[test]
@@ -626,6 +654,9 @@ mod tests {
             assert!(Instant::now() < deadline);
             std::thread::yield_now();
         }
+        // The protocol has no overlay: nothing is sent of a failed build, nor of its clearing.
+        live.send(&Message::Failed("error".to_owned()));
+        live.send(&Message::Clear);
         live.send(&Message::Css);
         let reload = websocket.read().unwrap();
         assert!(reload.to_text().unwrap().contains("style.css"), "{reload}");

@@ -32,7 +32,7 @@ use crate::cluster::{
     human_duration, signal_name,
 };
 use crate::config::describe_io;
-use crate::dev::lifecycle::{BuildFailure, Changes, DevReport, Keeps};
+use crate::dev::lifecycle::{Before, BuildFailure, Changes, DevReport, Keeps};
 use crate::status::{self, Record, RestartOutcome};
 use crate::watch::WatchReport;
 
@@ -275,18 +275,26 @@ pub(crate) fn dev_line(report: &DevReport) -> String {
         }
         DevReport::Rolled { reload: None, end } => roll_ended(end),
         DevReport::Rolled {
-            reload: Some((changed, built_in)),
+            reload: Some((changed, before)),
             end,
         } => {
             let mut line = describe(changed);
-            if let Some(built_in) = built_in {
-                let _ = write!(line, " → built in {}", human_duration(*built_in));
-            }
+            // What ran, then how the roll went: `→ built in 1.2s → rolled …`, or `→ not a
+            // build input: rolled …`.
+            let then = match before {
+                Before::Nothing => " →",
+                Before::Build(built_in) => {
+                    let _ = write!(line, " → built in {}", human_duration(*built_in));
+                    " →"
+                }
+                Before::NotInput => " → not a build input:",
+            };
+            line.push_str(then);
             match &end.aborted {
                 None => {
                     let _ = write!(
                         line,
-                        " → rolled {} in {}",
+                        " rolled {} in {}",
                         workers(end.size),
                         human_duration(end.elapsed)
                     );
@@ -295,7 +303,7 @@ pub(crate) fn dev_line(report: &DevReport) -> String {
                     }
                 }
                 Some(aborted) => {
-                    let _ = write!(line, " → not rolled: {aborted}; {}", keeps_serving(end));
+                    let _ = write!(line, " not rolled: {aborted}; {}", keeps_serving(end));
                 }
             }
             line

@@ -382,6 +382,7 @@ impl Supervisor {
                         Page::Reload => Message::Reload,
                         Page::Css => Message::Css,
                         Page::Failed(failure) => Message::Failed(report::failed_page(&failure)),
+                        Page::Clear => Message::Clear,
                     }),
                     DevAction::Report(told) => output::master_line(&report::dev_line(&told)),
                     // Each outcome has its line already.

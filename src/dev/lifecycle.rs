@@ -7,7 +7,8 @@
 //! its outcome is read (once its process exited and its output ended, or [`OUTPUT_GRACE`] after
 //! the exit), how each build ends (exactly one [`Outcome`]), the loop rule (a file the builds
 //! themselves write is named once and its changes during builds ignored), what a change means (a
-//! build input, or an asset the pages reload), the reloads waiting for their rolls to end (one
+//! build input, an asset the pages reload, or a file the app reads that no build does: a roll
+//! with no build), when a failed build's overlay goes (a build succeeds), the reloads waiting for their rolls to end (one
 //! line each), when pages reload (at the end of a roll, when the switch is complete: no old worker
 //! can answer any more), turn into the app, or show a
 //! failed build, the lookups of the project's directories after a manifest changed (one at a time, a change
@@ -155,6 +156,9 @@ pub(crate) enum Page {
     Css,
     /// A build failed.
     Failed(BuildFailure),
+    /// A build succeeded after one failed: the overlay goes, the page stays (it shows what
+    /// serves; a roll that follows reloads it).
+    Clear,
 }
 
 /// A failed build, as the pages show it.
@@ -268,12 +272,23 @@ pub(crate) enum DevReport {
     },
     /// A roll ended.
     Rolled {
-        /// The reload that asked for it, if it came from this core: what changed and how long
-        /// its build ran.
-        reload: Option<(Changes, Option<Duration>)>,
+        /// The reload that asked for it, if it came from this core: what changed and what ran
+        /// before the roll.
+        reload: Option<(Changes, Before)>,
         /// How it ended.
         end: RollEnd,
     },
+}
+
+/// What ran before a roll the dev core asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Before {
+    /// No build: a roll asked for by SIGHUP or the handle, or a session without builds.
+    Nothing,
+    /// A build that ran this long.
+    Build(Duration),
+    /// No build: the changed files are no build's inputs (files the app reads at run time).
+    NotInput,
 }
 
 /// How a build ended: exactly one per build asked for.
@@ -361,11 +376,20 @@ struct Exit {
 }
 
 /// A reload waiting for its roll to end, for the one-line summary.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Reload {
     /// The files that changed; none for a roll asked for by SIGHUP or the handle.
     changed: Vec<PathBuf>,
-    built_in: Option<Duration>,
+    before: Before,
+}
+
+impl Default for Reload {
+    fn default() -> Self {
+        Self {
+            changed: Vec::new(),
+            before: Before::Nothing,
+        }
+    }
 }
 
 /// A build that succeeded, waiting for its executable to be kept.
@@ -386,6 +410,8 @@ struct Mode {
 }
 
 /// Dev mode's state.
+// Its flags are independent facts of the session, each read on its own.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Default)]
 pub(crate) struct DevCore {
     mode: Mode,
@@ -409,10 +435,14 @@ pub(crate) struct DevCore {
     loop_rounds: HashMap<PathBuf, u32>,
     /// Files the builds write (named once): their changes made while a build runs are ignored.
     written_by_builds: BTreeSet<PathBuf>,
-    /// The files the last build read (its dep-info): never mere assets.
-    build_inputs: BTreeSet<PathBuf>,
+    /// The files the last build read (its dep-info): never mere assets. `None` until a
+    /// successful build's dep-info was read; then a file out of it is no build input.
+    build_inputs: Option<BTreeSet<PathBuf>>,
     /// Pages were told to turn into the app once.
     served: bool,
+    /// The pages show a failed build's overlay (told [`Page::Failed`], not told since to clear
+    /// it): it stays over reloads until a build succeeds.
+    overlay: bool,
     /// The roots lookups asked for so far.
     lookups: u64,
     /// The roots lookup in flight.
@@ -631,12 +661,12 @@ impl DevCore {
         if !self.mode.building {
             let reload = Reload {
                 changed: files.into_iter().map(|file| file.path).collect(),
-                built_in: None,
+                before: Before::Nothing,
             };
             self.roll_for(served, reload, out);
             return;
         }
-        let mut changed = self.without_build_writes(files, wall, out);
+        let changed = self.without_build_writes(files, wall, out);
         if changed.is_empty() {
             return;
         }
@@ -651,6 +681,22 @@ impl DevCore {
                 css,
             }));
             out.push(DevAction::Pages(if css { Page::Css } else { Page::Reload }));
+            return;
+        }
+        // Files no build reads (the app's templates, say): the app reads them, at start-up
+        // most likely, so the workers roll at once, with no build. With no app yet, a build
+        // makes one.
+        let (run_time, mut changed): (Vec<PathBuf>, Vec<PathBuf>) = changed
+            .into_iter()
+            .partition(|path| served.generation > 0 && self.read_at_run_time(path));
+        if !run_time.is_empty() {
+            let reload = Reload {
+                changed: run_time,
+                before: Before::NotInput,
+            };
+            self.roll_for(served, reload, out);
+        }
+        if changed.is_empty() {
             return;
         }
         if let Some(build) = self.build.take() {
@@ -761,6 +807,7 @@ impl DevCore {
                     return;
                 }
                 if self.mode.livereload {
+                    self.overlay = true;
                     out.push(DevAction::Pages(Page::Failed(BuildFailure {
                         end,
                         built_in,
@@ -778,11 +825,14 @@ impl DevCore {
                 return;
             }
             BuildResult::Succeeded { executable, inputs } => {
+                // The build is fixed, whether or not it rolls: the overlay goes at once (over
+                // the version that still serves, which a roll then reloads).
+                self.clear_overlay(out);
                 // What this build read joins the watched files, whatever their extension.
                 if self.mode.watching
                     && let Some(inputs) = inputs
                 {
-                    self.build_inputs = inputs.iter().cloned().collect();
+                    self.build_inputs = Some(inputs.iter().cloned().collect());
                     out.push(DevAction::WatchInputs {
                         inputs,
                         since: build.started_at.unwrap_or(wall),
@@ -850,7 +900,7 @@ impl DevCore {
         } else {
             let reload = Reload {
                 changed,
-                built_in: Some(built_in),
+                before: Before::Build(built_in),
             };
             self.roll_for(served, reload, out);
         }
@@ -874,6 +924,13 @@ impl DevCore {
         out.push(DevAction::Roll);
     }
 
+    /// The pages' overlay of a failed build goes, if they show one.
+    fn clear_overlay(&mut self, out: &mut Vec<DevAction>) {
+        if std::mem::take(&mut self.overlay) {
+            out.push(DevAction::Pages(Page::Clear));
+        }
+    }
+
     /// Without a watcher (production mode), a failed initial build can never be retried.
     fn end_if_nothing_can_fix_it(&self, served: Served, out: &mut Vec<DevAction>) {
         if !self.mode.watching && served.generation == 0 {
@@ -894,7 +951,7 @@ impl DevCore {
 
     /// The reload(s) a roll answers: their changes, and how long the last build ran; `None`
     /// when the roll answers none of this core's reloads.
-    fn reload_of(&mut self, end: &RollEnd) -> Option<(Changes, Option<Duration>)> {
+    fn reload_of(&mut self, end: &RollEnd) -> Option<(Changes, Before)> {
         // The roll answers every request merged into it: one line for all their changes.
         let mut answered = end
             .requests
@@ -905,11 +962,18 @@ impl DevCore {
         let mut reload = answered.next()?;
         for more in answered {
             reload.changed.extend(more.changed);
-            reload.built_in = more.built_in.or(reload.built_in);
+            // A build's time is worth the line most, then that no build ran for these files.
+            reload.before = match (reload.before, more.before) {
+                (_, Before::Build(built_in)) | (Before::Build(built_in), _) => {
+                    Before::Build(built_in)
+                }
+                (Before::NotInput, _) | (_, Before::NotInput) => Before::NotInput,
+                (Before::Nothing, Before::Nothing) => Before::Nothing,
+            };
         }
         reload.changed.sort();
         reload.changed.dedup();
-        Some((self.relative(&reload.changed), reload.built_in))
+        Some((self.relative(&reload.changed), reload.before))
     }
 
     /// Whether every changed file is an asset: under an asset directory, no Rust or manifest
@@ -923,8 +987,25 @@ impl DevCore {
                     && !path
                         .extension()
                         .is_some_and(|ext| ext == "rs" || ext == "toml")
-                    && !self.build_inputs.contains(path)
+                    && !self
+                        .build_inputs
+                        .as_ref()
+                        .is_some_and(|inputs| inputs.contains(path))
             })
+    }
+
+    /// Whether a changed file is read by the app rather than the build: the last build's
+    /// inputs are known and it is none of them, nor a file cargo decides about (Rust sources,
+    /// manifests and `Cargo.lock`: a source of another workspace member, say, which cargo then
+    /// proves unused). Before the inputs are known, every file goes to a build.
+    fn read_at_run_time(&self, path: &Path) -> bool {
+        self.build_inputs
+            .as_ref()
+            .is_some_and(|inputs| !inputs.contains(path))
+            && !path
+                .extension()
+                .is_some_and(|ext| ext == "rs" || ext == "toml")
+            && path.file_name() != Some(std::ffi::OsStr::new("Cargo.lock"))
     }
 
     /// The changes that are not a build's own writes. A file that changes while a build runs,

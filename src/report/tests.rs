@@ -13,7 +13,7 @@ use super::{
 use crate::cluster::{
     Aborted, Failure, Pid, ProcessEnd, ReadyBy, Report, Restart, RollEnd, WorkerId, WorkerReady,
 };
-use crate::dev::lifecycle::{BuildFailure, Changes, DevReport, Keeps};
+use crate::dev::lifecycle::{Before, BuildFailure, Changes, DevReport, Keeps};
 use crate::status::{Record, RestartOutcome};
 use crate::watch::WatchReport;
 
@@ -332,14 +332,14 @@ fn every_report_of_the_dev_core_reads_as_before() {
         ),
         (
             DevReport::Rolled {
-                reload: Some((main(), Some(ms(250)))),
+                reload: Some((main(), Before::Build(ms(250)))),
                 end: roll(2, None, vec![2, 2]),
             },
             "src/main.rs changed → built in 250ms → rolled 2 workers in 1.32s (switch 20ms)",
         ),
         (
             DevReport::Rolled {
-                reload: Some((changes(&["app.py"]), None)),
+                reload: Some((changes(&["app.py"]), Before::Nothing)),
                 end: RollEnd {
                     switch: None,
                     ..roll(1, None, vec![2])
@@ -349,14 +349,14 @@ fn every_report_of_the_dev_core_reads_as_before() {
         ),
         (
             DevReport::Rolled {
-                reload: Some((Changes::default(), None)),
+                reload: Some((Changes::default(), Before::Nothing)),
                 end: roll(2, None, vec![2, 2]),
             },
             "roll requested → rolled 2 workers in 1.32s (switch 20ms)",
         ),
         (
             DevReport::Rolled {
-                reload: Some((main(), Some(ms(0)))),
+                reload: Some((main(), Before::Build(ms(0)))),
                 end: roll(
                     2,
                     Some((0, Failure::EndedStarting(ProcessEnd::Code(1)))),
@@ -372,6 +372,26 @@ fn every_report_of_the_dev_core_reads_as_before() {
                 end: roll(2, None, vec![2, 2]),
             },
             "rolled 2 workers to generation 2 in 1.32s",
+        ),
+        (
+            DevReport::Rolled {
+                reload: Some((changes(&["templates/index.html"]), Before::NotInput)),
+                end: roll(2, None, vec![2, 2]),
+            },
+            "templates/index.html changed → not a build input: rolled 2 workers in 1.32s \
+             (switch 20ms)",
+        ),
+        (
+            DevReport::Rolled {
+                reload: Some((changes(&["templates/index.html"]), Before::NotInput)),
+                end: roll(
+                    2,
+                    Some((0, Failure::EndedStarting(ProcessEnd::Code(1)))),
+                    vec![1, 1],
+                ),
+            },
+            "templates/index.html changed → not a build input: not rolled: w0 (pid 102) exited \
+             with status 1 before it was ready; generation 1 keeps serving",
         ),
     ];
     for (report, text) in table {

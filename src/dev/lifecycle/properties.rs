@@ -18,14 +18,16 @@ use super::{
 };
 use crate::cluster::{Aborted, Failure, ProcessEnd, RollEnd, WorkerId};
 
-/// The files a save can touch: sources, a manifest, assets (one also read by the build).
-const FILES: [&str; 6] = [
+/// The files a save can touch: sources, a manifest, assets (one also read by the build), a
+/// template the app reads.
+const FILES: [&str; 7] = [
     "src/main.rs",
     "src/gen.rs",
     "Cargo.toml",
     "static/app.css",
     "static/index.html",
     "static/inline.html",
+    "templates/index.html",
 ];
 
 #[derive(Debug, Clone)]
@@ -286,15 +288,29 @@ impl World {
                 let pages = actions
                     .iter()
                     .any(|action| matches!(action, DevAction::Pages(_)));
+                // A file no build reads rolls the workers (or starts the generation waiting
+                // for a start), which read it again.
+                let restarted = actions.contains(&DevAction::Start);
+                let rolled: Vec<PathBuf> = self
+                    .core
+                    .reloads
+                    .values()
+                    .flat_map(|reload| reload.changed.iter().cloned())
+                    .collect();
                 if stopping {
                     assert!(actions.is_empty(), "{actions:?}");
                     return;
                 }
                 // Each file saved is a build input unless named as one the builds write, or
-                // every file of the save is an asset the pages were told of.
+                // rolled as one no build reads, or every file of the save is an asset the pages
+                // were told of.
                 let inputs: Vec<PathBuf> = saved
                     .into_iter()
-                    .filter(|path| !self.core.written_by_builds.contains(path))
+                    .filter(|path| {
+                        !(self.core.written_by_builds.contains(path)
+                            || restarted
+                            || rolled.contains(path))
+                    })
                     .collect();
                 if !started {
                     assert!(

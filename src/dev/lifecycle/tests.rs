@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{
-    BuildFailure, BuildId, BuildResult, Built, ChangedFile, Changes, DevAction, DevCore, DevEvent,
-    DevReport, Keeps, OUTPUT_GRACE, Outcome, Page, Served,
+    Before, BuildFailure, BuildId, BuildResult, Built, ChangedFile, Changes, DevAction, DevCore,
+    DevEvent, DevReport, Keeps, OUTPUT_GRACE, Outcome, Page, Served,
 };
 use crate::cluster::{Aborted, ExitReason, Failure, ProcessEnd, RollEnd, WorkerId};
 
@@ -178,7 +178,10 @@ fn changes(names: &[&str]) -> Changes {
 /// The report of a roll that a reload of these changes asked for.
 fn rolled(names: &[&str], built_in: Option<Duration>, end: RollEnd) -> DevReport {
     DevReport::Rolled {
-        reload: Some((changes(names), built_in)),
+        reload: Some((
+            changes(names),
+            built_in.map_or(Before::Nothing, Before::Build),
+        )),
         end,
     }
 }
@@ -618,13 +621,14 @@ fn a_save_during_a_build_cancels_it_and_the_next_build_covers_both_saves() {
 #[test]
 fn the_same_binary_or_a_fresh_build_rolls_nothing() {
     let mut timeline = serving();
-    timeline.save(&["README.md"]);
+    // A Rust file the build does not read (of another member, say): cargo proves it unused.
+    timeline.save(&["other/src/lib.rs"]);
     timeline.advance(ms(40));
     let actions = timeline.end_build(succeeded(true, true));
     assert_eq!(
         reports(&actions),
         [&DevReport::Unchanged {
-            changed: changes(&["README.md"]),
+            changed: changes(&["other/src/lib.rs"]),
             built_in: None,
             keeps: Keeps::Generation(1)
         }]
@@ -847,8 +851,8 @@ fn only_assets_changed_reloads_the_pages_without_a_build() {
         }]
     );
     assert_eq!(pages(&actions), [&Page::Reload]);
-    // A file the build reads (`include_str!`), a Rust file, or anything outside builds.
-    for name in ["static/inline.html", "static/gen.rs", "templates/a.html"] {
+    // A file the build reads (`include_str!`), or a Rust file, builds.
+    for name in ["static/inline.html", "static/gen.rs"] {
         assert!(
             matches!(
                 timeline.save(&[name]).last(),
@@ -956,7 +960,7 @@ fn a_roll_refused_or_asked_while_waiting_or_stopping() {
     assert_eq!(
         reports(&actions),
         [&DevReport::Rolled {
-            reload: Some((Changes::default(), None)),
+            reload: Some((Changes::default(), Before::Nothing)),
             end: roll_end(2, vec![1], false)
         }]
     );
@@ -1002,7 +1006,7 @@ fn without_a_build_a_save_rolls_at_once() {
     assert_eq!(
         reports(&actions),
         [&DevReport::Rolled {
-            reload: Some((changes(&["app.py"]), None)),
+            reload: Some((changes(&["app.py"]), Before::Nothing)),
             end: roll_end(2, vec![1], false)
         }]
     );
@@ -1120,4 +1124,138 @@ fn a_changed_manifest_watches_the_new_path_dependencies() {
             roll_end(2, vec![2], false)
         )]
     );
+}
+
+#[test]
+fn a_typo_then_undo_clears_the_overlay_whether_or_not_a_roll_follows() {
+    let mut timeline = serving();
+    // A success with no overlay shown tells the pages nothing.
+    timeline.save(&["src/main.rs"]);
+    assert_eq!(
+        pages(&timeline.end_build(succeeded(false, true))),
+        [] as [&Page; 0]
+    );
+    // The typo: the overlay.
+    timeline.save(&["src/main.rs"]);
+    let actions = timeline.end_build(failed("error: expected `;`"));
+    assert!(
+        matches!(pages(&actions)[..], [Page::Failed(_)]),
+        "{actions:?}"
+    );
+    // Undone: the same binary as the one serving, nothing rolls; the overlay goes.
+    timeline.save(&["src/main.rs"]);
+    timeline.advance(ms(400));
+    let actions = timeline.end_build(succeeded(false, true));
+    assert_eq!(pages(&actions), [&Page::Clear]);
+    assert!(!actions.contains(&DevAction::Roll));
+    assert!(matches!(
+        reports(&actions)[..],
+        [DevReport::Unchanged { .. }]
+    ));
+    // Once: a later success has nothing to clear.
+    timeline.save(&["src/main.rs"]);
+    assert_eq!(
+        pages(&timeline.end_build(succeeded(true, true))),
+        [] as [&Page; 0]
+    );
+    // Cargo finds nothing to rebuild after a failure (a save of a file it does not read).
+    timeline.save(&["src/main.rs"]);
+    timeline.end_build(failed("error"));
+    timeline.save(&["other/src/lib.rs"]);
+    assert_eq!(
+        pages(&timeline.end_build(succeeded(true, true))),
+        [&Page::Clear]
+    );
+    // A fix that rolls: the overlay goes at the build's end, the pages reload at the roll's.
+    timeline.save(&["src/main.rs"]);
+    timeline.end_build(failed("error"));
+    timeline.save(&["src/main.rs"]);
+    let actions = timeline.build_ok();
+    assert_eq!(pages(&actions), [&Page::Clear]);
+    assert!(actions.contains(&DevAction::Roll));
+    let request = timeline.requests;
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(2, vec![request], false)));
+    assert_eq!(pages(&actions), [&Page::Reload]);
+    // Without live reload, the pages are told nothing.
+    let mut quiet = Timeline::with(true, true, false);
+    quiet.build_ok();
+    quiet.feed(DevEvent::Serving);
+    quiet.save(&["src/main.rs"]);
+    quiet.end_build(failed("error"));
+    quiet.save(&["src/main.rs"]);
+    quiet.end_build(succeeded(false, true));
+    assert_eq!(pages(&quiet.log), [] as [&Page; 0]);
+}
+
+#[test]
+fn a_file_no_build_reads_rolls_the_workers_without_a_build() {
+    let mut timeline = serving();
+    // A template the app reads at start-up: no build, a roll at once.
+    assert_eq!(timeline.save(&["templates/index.html"]), [DevAction::Roll]);
+    let request = timeline.requests;
+    let actions = timeline.feed(DevEvent::RollEnded(roll_end(2, vec![request], false)));
+    assert_eq!(
+        reports(&actions),
+        [&DevReport::Rolled {
+            reload: Some((changes(&["templates/index.html"]), Before::NotInput)),
+            end: roll_end(2, vec![request], false),
+        }]
+    );
+    assert_eq!(pages(&actions), [&Page::Reload]);
+    // With sources: the template rolls now, the sources build (and roll if they change).
+    let actions = timeline.save(&["src/main.rs", "templates/index.html"]);
+    assert_eq!(
+        actions,
+        [DevAction::Roll, DevAction::StartBuild(BuildId(2))],
+        "{actions:?}"
+    );
+    timeline.build_ok();
+    // What cargo decides about builds, whether the last build read it or not: Rust sources,
+    // manifests, the lock file; and files the build reads, whatever their extension.
+    for name in [
+        "other/src/lib.rs",
+        "Cargo.toml",
+        "Cargo.lock",
+        "static/inline.html",
+    ] {
+        let next = BuildId(timeline.core.builds + 1);
+        assert_eq!(
+            timeline.save(&[name]),
+            [DevAction::StartBuild(next)],
+            "{name}"
+        );
+        timeline.end_build(succeeded(true, true));
+        while timeline.core.looking_up.is_some() {
+            let lookup = timeline.core.lookups;
+            timeline.feed(DevEvent::Roots {
+                lookup,
+                roots: Vec::new(),
+            });
+        }
+    }
+    // Before a build said what it reads, every file builds.
+    let mut first = Timeline::new();
+    first.advance(ms(10));
+    assert_eq!(
+        first.save(&["templates/index.html"]),
+        [
+            DevAction::CancelBuild(BuildId(1)),
+            DevAction::Ended {
+                build: BuildId(1),
+                outcome: Outcome::Cancelled
+            },
+            DevAction::StartBuild(BuildId(2)),
+        ]
+    );
+    // Nor when a build's inputs could not be read (a build command of the user's).
+    let mut unknown = Timeline::new();
+    unknown.end_build(BuildResult::Succeeded {
+        executable: Ok(None),
+        inputs: None,
+    });
+    unknown.feed(DevEvent::Serving);
+    assert!(matches!(
+        unknown.save(&["templates/index.html"])[..],
+        [DevAction::StartBuild(_)]
+    ));
 }
