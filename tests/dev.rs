@@ -1402,3 +1402,160 @@ fn pages_that_never_read_do_not_hold_up_replacing_a_worker_after_broken_builds()
     }
     stop_gracefully(&mut master);
 }
+
+/// A page of the live-reload channel at `live`: `GET /events`, its bytes collected as they come
+/// by a thread of its own (until the master closes the stream).
+fn follow_page(live: SocketAddr) -> Arc<Mutex<String>> {
+    let mut page = TcpStream::connect(live).unwrap();
+    write!(
+        page,
+        "GET /events HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+        live.port()
+    )
+    .unwrap();
+    let read = Arc::new(Mutex::new(String::new()));
+    let collected = Arc::clone(&read);
+    thread::spawn(move || {
+        let mut piece = [0; 16 * 1024];
+        while let Ok(count) = page.read(&mut piece) {
+            if count == 0 {
+                break;
+            }
+            collected
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&piece[..count]));
+        }
+    });
+    read
+}
+
+/// What a page that connects to `live` now is told first: the first chunk of its `/events`
+/// stream (`hello`, and the overlay of a failed build if the master shows one), written at once.
+fn first_told(live: SocketAddr) -> String {
+    use std::io::BufRead as _;
+    let mut page = TcpStream::connect(live).unwrap();
+    page.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        page,
+        "GET /events HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+        live.port()
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(page);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        assert!(reader.read_line(&mut head).unwrap() > 0, "{head}");
+    }
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let mut size = String::new();
+    reader.read_line(&mut size).unwrap();
+    let size = usize::from_str_radix(size.trim(), 16).unwrap();
+    let mut chunk = vec![0; size];
+    reader.read_exact(&mut chunk).unwrap();
+    String::from_utf8(chunk).unwrap()
+}
+
+/// Issue 18, item 2: a typo, then undo (the file's exact previous content) builds the binary
+/// that serves already: nothing rolls, and the overlay must still go, for the pages that show
+/// it and for those that connect afterwards. Before, it stayed until some real change.
+#[test]
+fn a_typo_then_undo_clears_the_overlay_with_no_roll() {
+    let _cargo = cargo_lock();
+    let project = Project::new();
+    let original = fs::read_to_string(project.main_rs()).unwrap();
+    let mut master = project.master().start();
+    let live = livereload_address(&master);
+    master.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let page = follow_page(live);
+    master.wait_until("the page to hear hello", || {
+        page.lock().unwrap().contains("event: hello")
+    });
+
+    let mark = master.stderr_mark();
+    project.edit("fn main()", "fn main( {");
+    let (mark, failed) = master.wait_for_stderr_after(mark, "build failed");
+    assert!(failed.ends_with("generation 1 keeps serving"), "{failed}");
+    master.wait_until("the page to show the overlay", || {
+        page.lock().unwrap().contains("event: error-overlay")
+    });
+    assert!(first_told(live).contains("event: error-overlay"));
+
+    fs::write(project.main_rs(), &original).unwrap();
+    master.wait_until("the page to clear the overlay", || {
+        page.lock().unwrap().contains("event: clear")
+    });
+    let (_, fixed) = master.wait_for_stderr_after(mark, "src/main.rs changed → ");
+    assert!(
+        fixed.contains("the same binary; generation 1 keeps serving")
+            || fixed.contains("nothing to rebuild; generation 1 keeps serving"),
+        "the undo rolls nothing: {fixed}\n{}",
+        master.dump()
+    );
+    let told = page.lock().unwrap().clone();
+    assert!(!told.contains("event: reload"), "{told}");
+    let first = first_told(live);
+    assert!(first.contains("event: hello"), "{first}");
+    assert!(!first.contains("error-overlay"), "{first}");
+    stop_gracefully(&mut master);
+}
+
+/// Issue 18, item 4: an app that reads `templates/index.html` once, at start-up (as tera's
+/// apps do), serves an edit of it: the template is watched by default, no build reads it, so
+/// the workers roll with no build. Before, its edit went unnoticed.
+#[test]
+fn a_template_the_app_reads_at_start_up_is_served_after_an_edit() {
+    let _cargo = cargo_lock();
+    let project = Project::new();
+    let templates = project.dir.path().join("templates");
+    fs::create_dir(&templates).unwrap();
+    fs::write(templates.join("index.html"), "<p>template one</p>").unwrap();
+    // Read once, at start-up, from beside Cargo.toml: no build input (no `include_str!`).
+    project.edit(
+        "fn main() -> std::io::Result<()> {",
+        "static TEMPLATE: std::sync::OnceLock<String> = std::sync::OnceLock::new();\n\n\
+         fn main() -> std::io::Result<()> {\n    \
+         let _ = TEMPLATE.set(std::fs::read_to_string(concat!(env!(\"CARGO_MANIFEST_DIR\"), \
+         \"/templates/index.html\"))?);",
+    );
+    project.edit(
+        "\"Hello from worker {} (pid {}, generation {})\",",
+        "\"Hello from worker {} (pid {}, generation {}) {}\",",
+    );
+    project.edit(
+        "worker::generation().map_or_else(|| \"-\".into(), |g| g.to_string()),",
+        "worker::generation().map_or_else(|| \"-\".into(), |g| g.to_string()),\n        \
+         TEMPLATE.get().map_or(\"\", String::as_str),",
+    );
+    let mut master = project.master().start();
+    master.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let port = master.port();
+    let body = get_ok(port);
+    assert!(body.contains("template one"), "{body}\n{}", master.dump());
+
+    let mark = master.stderr_mark();
+    fs::write(templates.join("index.html"), "<p>template two</p>").unwrap();
+    let (_, line) = master.wait_for_stderr_after(mark, "templates/index.html changed → ");
+    assert!(
+        line.contains("templates/index.html changed → not a build input: rolled 2 workers in "),
+        "{line}\n{}",
+        master.dump()
+    );
+    // The roll's line comes once the switch is complete: a fresh request gets the new text.
+    master.wait_until("the new template to be served", || {
+        get(port).is_ok_and(|body| body.contains("template two"))
+    });
+    assert!(
+        !master.stderr_lines()[mark..]
+            .iter()
+            .any(|l| l.contains("Compiling") || l.contains("built in")),
+        "no build: {}",
+        master.dump()
+    );
+    stop_gracefully(&mut master);
+}
