@@ -14,7 +14,7 @@ use proptest::prelude::*;
 
 use super::{
     BuildId, BuildResult, Built, ChangedFile, DevAction, DevCore, DevEvent, OUTPUT_GRACE, Outcome,
-    Served,
+    Page, Served,
 };
 use crate::cluster::{Aborted, Failure, ProcessEnd, RollEnd, WorkerId};
 
@@ -87,6 +87,8 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 /// A dev core under random events, and what the test knows of its builds and rolls.
+// Its flags are independent facts the test keeps, each checked on its own.
+#[allow(clippy::struct_excessive_bools)]
 struct World {
     core: DevCore,
     now: Instant,
@@ -123,6 +125,8 @@ struct World {
     requests: u64,
     outstanding: BTreeSet<u64>,
     exited: bool,
+    /// The pages show a failed build's overlay.
+    overlay: bool,
 }
 
 impl World {
@@ -151,6 +155,7 @@ impl World {
             requests: 0,
             outstanding: BTreeSet::new(),
             exited: false,
+            overlay: false,
         };
         world.feed(DevEvent::Begin {
             building: true,
@@ -256,6 +261,11 @@ impl World {
                         self.served.waiting = false;
                     }
                     DevAction::Exit(_) => self.exited = true,
+                    DevAction::Pages(Page::Failed(_)) => self.overlay = true,
+                    DevAction::Pages(Page::Clear) => {
+                        assert!(self.overlay, "an overlay cleared that no page shows");
+                        self.overlay = false;
+                    }
                     DevAction::WatchInputs { .. }
                     | DevAction::AddRoots(_)
                     | DevAction::Pages(_)
@@ -393,6 +403,10 @@ impl World {
                 if !waits {
                     assert_eq!(self.running, None, "{build:?} ended: {actions:?}");
                     assert_eq!(self.outcomes[&build].len(), 1);
+                    // A build that succeeded leaves no overlay, whether or not it rolls.
+                    if matches!(kind, 1..=4) {
+                        assert!(!self.overlay, "{build:?} succeeded: {actions:?}");
+                    }
                 }
             }
             Step::StaleEnd(which) => {
