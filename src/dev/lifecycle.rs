@@ -997,11 +997,13 @@ impl DevCore {
     /// Whether a changed file is read by the app rather than the build: the last build's
     /// inputs are known and it is none of them, nor a file cargo decides about (Rust sources,
     /// manifests and `Cargo.lock`: a source of another workspace member, say, which cargo then
-    /// proves unused). Before the inputs are known, every file goes to a build.
+    /// proves unused), nor an asset (read at each request: no roll is needed for it). Before
+    /// the inputs are known, every file goes to a build.
     fn read_at_run_time(&self, path: &Path) -> bool {
         self.build_inputs
             .as_ref()
             .is_some_and(|inputs| !inputs.contains(path))
+            && !self.assets.iter().any(|dir| path.starts_with(dir))
             && !path
                 .extension()
                 .is_some_and(|ext| ext == "rs" || ext == "toml")

@@ -1210,6 +1210,13 @@ fn a_file_no_build_reads_rolls_the_workers_without_a_build() {
         "{actions:?}"
     );
     timeline.build_ok();
+    // An asset beside a source: it goes with the source to the build (an asset is read at
+    // each request, no roll is needed for it).
+    assert_eq!(
+        timeline.save(&["src/main.rs", "static/app.css"]),
+        [DevAction::StartBuild(BuildId(3))]
+    );
+    timeline.build_ok();
     // What cargo decides about builds, whether the last build read it or not: Rust sources,
     // manifests, the lock file; and files the build reads, whatever their extension.
     for name in [
