@@ -62,7 +62,10 @@ fn app_copy(source: &str) -> TempDir {
     let dir = TempDir::new().unwrap();
     let manifest = std::fs::read_to_string(source.join("Cargo.toml"))
         .unwrap()
-        .replace(r#"path = "../..""#, &format!("path = {:?}", root));
+        .replace(
+            r#"path = "../..""#,
+            &format!("path = {:?}", env!("CARGO_MANIFEST_DIR")),
+        );
     std::fs::write(dir.path().join("Cargo.toml"), manifest).unwrap();
     std::fs::copy(source.join("Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
     std::fs::create_dir(dir.path().join("src")).unwrap();
