@@ -350,7 +350,13 @@ fn a_build_waiting_for_cargo_s_lock_says_why_and_polling_sees_templates() {
         .unwrap();
     let held = Flock::lock(file, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("{e}"));
     let mut master = workspace.master("", &["--poll=100ms"]).start();
-    let line = master.wait_for_stderr("mcluster: the build waits for cargo's lock on the ");
+    // (Another test's cargo may hold the package cache's lock a moment first: that line is
+    // allowed, once.)
+    let line = master.wait_for_stderr("another cargo uses this target directory");
+    assert!(
+        line.starts_with("mcluster: the build waits for cargo's lock on the "),
+        "{line}"
+    );
     assert!(
         line.ends_with(
             "directory: another cargo uses this target directory (rust-analyzer checking the \
@@ -361,7 +367,13 @@ fn a_build_waiting_for_cargo_s_lock_says_why_and_polling_sees_templates() {
     );
     drop(held);
     master.wait_for_stderr(&crate::support::all_ready(1));
-    assert_eq!(count(&master, "cargo's lock"), 1, "{}", master.dump());
+    assert_eq!(
+        count(&master, "another cargo uses this target directory"),
+        1,
+        "{}",
+        master.dump()
+    );
+    assert!(count(&master, "cargo's lock") <= 2, "{}", master.dump());
 
     workspace.edit("app/static/banner.txt", "banner-1", "banner-2");
     master.wait_for_stderr("mcluster: app/static/banner.txt changed → built in ");
