@@ -544,18 +544,29 @@ fn start_livereload(
                 && address.port() == crate::livereload::DEFAULT_PORT =>
         {
             let live = LiveReload::start(std::net::SocketAddr::new(address.ip(), 0), app)
-                .map_err(|e| Error::io(format!("cannot listen for live reload on {address}"), e))?;
+                .map_err(|e| cannot_listen_for_livereload(address, &e))?;
             output::master_line(&report::start_line(&StartReport::LiveReloadMoved {
                 taken: address,
                 address: live.address(),
             }));
             Ok(live)
         }
-        Err(error) => Err(Error::io(
-            format!("cannot listen for live reload on {address}"),
-            error,
-        )),
+        Err(error) => Err(cannot_listen_for_livereload(address, &error)),
     }
+}
+
+/// The live-reload channel cannot listen: the one line of a failed start says how to run
+/// without it, or elsewhere.
+fn cannot_listen_for_livereload(address: std::net::SocketAddr, error: &std::io::Error) -> Error {
+    let hint = std::io::Error::new(
+        error.kind(),
+        format!(
+            "{}; give another --livereload address, or --no-livereload to run without live \
+             reload",
+            crate::config::describe_io(error)
+        ),
+    );
+    Error::io(format!("cannot listen for live reload on {address}"), hint)
 }
 
 /// The CPU count available to this process, cgroup limits included.

@@ -234,6 +234,83 @@ fn an_edit_is_served_after_the_rebuild_and_a_broken_one_keeps_the_old_generation
     stop_gracefully(&mut master);
 }
 
+/// `cargo update` (or a `git pull` that moves only the lock file) changes `Cargo.lock` alone:
+/// a build runs for it. Cargo rewrites it only when its resolution differs, so neither an
+/// untouched lock nor one cargo rewrites once during a build makes a build loop.
+#[test]
+fn a_change_of_cargo_lock_alone_starts_a_build_and_no_loop() {
+    let _cargo = cargo_lock();
+    let project = Project::new();
+    let mut master = project.master().start();
+    master.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let lock = project.dir.path().join("Cargo.lock");
+    let original = fs::read_to_string(&lock).unwrap();
+
+    // A comment cargo keeps: the lock is consistent, cargo writes nothing.
+    let pinned = original.replacen(
+        "# It is not intended for manual editing.\n",
+        "# It is not intended for manual editing.\n# pinned by the test\n",
+        1,
+    );
+    assert_ne!(pinned, original);
+    let mark = master.stderr_mark();
+    fs::write(&lock, &pinned).unwrap();
+    let (_, line) = master.wait_for_stderr_after(mark, "mcluster: Cargo.lock changed → ");
+    assert_eq!(
+        line,
+        "mcluster: Cargo.lock changed → nothing to rebuild; generation 1 keeps serving",
+        "{}",
+        master.dump()
+    );
+    assert_eq!(fs::read_to_string(&lock).unwrap(), pinned, "cargo kept it");
+
+    // A lock cargo must fix (a path dependency's version that its manifest does not say):
+    // cargo rewrites it during the build it triggered, once; the build after that finds it
+    // as written.
+    let stale = pinned.replacen(
+        "name = \"mcluster\"\nversion = \"0.1.0\"",
+        "name = \"mcluster\"\nversion = \"0.0.9\"",
+        1,
+    );
+    assert_ne!(stale, pinned);
+    let mark = master.stderr_mark();
+    fs::write(&lock, &stale).unwrap();
+    master.wait_for_stderr_after(mark, "mcluster: Cargo.lock changed → ");
+    master.wait_until("cargo to fix the lock file", || {
+        fs::read_to_string(&lock).is_ok_and(|text| {
+            text.contains("name = \"mcluster\"\nversion = \"0.1.0\"")
+                && text.contains("# pinned by the test\n")
+        })
+    });
+
+    // Cargo's rewrite is one more change (named with the next edit if it comes within the
+    // cooldown), and no more: the build after it finds the lock as written.
+    project.edit("Hello from", "Howdy from");
+    let (mark, line) = master.wait_for_stderr_after(mark, " → rolled 2 workers in ");
+    assert!(line.contains("src/main.rs"), "{line}\n{}", master.dump());
+    project.edit("Howdy from", "Hi from");
+    let (_, line) = master.wait_for_stderr_after(mark, " changed → ");
+    assert!(
+        line.starts_with("mcluster: src/main.rs changed → built in "),
+        "nothing of the lock is left: {line}\n{}",
+        master.dump()
+    );
+    let lock_lines = count(&master, "Cargo.lock");
+    assert!(
+        (2..=3).contains(&lock_lines),
+        "one line for the pin, one or two for the fix\n{}",
+        master.dump()
+    );
+    assert_eq!(
+        count(&master, "the build writes it"),
+        0,
+        "{}",
+        master.dump()
+    );
+    assert!(get_ok(master.port()).starts_with("Hi from worker"));
+    stop_gracefully(&mut master);
+}
+
 /// Stops the master gracefully, so that it removes its kept builds from the shared target.
 #[track_caller]
 pub(crate) fn stop_gracefully(master: &mut Master) {

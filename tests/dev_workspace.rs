@@ -292,7 +292,9 @@ fn from_a_member_directory_what_the_build_reads_is_watched_new_files_too() {
     .unwrap();
     // Named from the workspace root, with its crate's directory (a sibling temporary one).
     let name = shared.path().file_name().unwrap().to_str().unwrap();
-    master.wait_for_stderr(&format!("mcluster: ../{name}/src/lib.rs changed → built in "));
+    master.wait_for_stderr(&format!(
+        "mcluster: ../{name}/src/lib.rs changed → built in "
+    ));
     assert!(served(&master).contains(" shared-2 "), "{}", master.dump());
     stop_gracefully(&mut master);
 }
