@@ -311,6 +311,50 @@ fn a_change_of_cargo_lock_alone_starts_a_build_and_no_loop() {
     stop_gracefully(&mut master);
 }
 
+/// Ctrl-C during a build: the master's line does not go on the line cargo's progress bar left
+/// unfinished (drawn, then `\r`), here a pipe, where it is kept on a line of its own.
+#[test]
+fn a_line_after_cargo_s_progress_bar_starts_on_a_line_of_its_own() {
+    let dir = TempDir::new().unwrap();
+    fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    let drawn = dir.path().join("drawn");
+    // A cargo that draws a progress bar as cargo does, and builds for ever.
+    let cargo = dir.path().join("cargo");
+    fs::write(
+        &cargo,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = build ] || exit 1\nprintf '    Building [=>   ] 1/2: app\\r' >&2\n\
+             touch '{}'\nexec sleep 60\n",
+            drawn.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&cargo, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut master = MasterBuilder::raw(&["dev", "-l", "127.0.0.1:0", "-n", "1"])
+        .current_dir(dir.path())
+        .env("CARGO", cargo.to_str().unwrap())
+        .env("APP_ENV", "dev")
+        .start();
+    master.wait_until("the progress bar", || drawn.exists());
+    master.signal(Signal::SIGINT);
+    master.wait_exit_code();
+    let lines = master.stderr_lines();
+    let bar = lines
+        .iter()
+        .position(|line| line.contains("Building [=>   ] 1/2: app"))
+        .unwrap_or_else(|| panic!("no progress bar\n{}", master.dump()));
+    assert!(
+        !lines[bar].contains("mcluster:")
+            && lines[bar + 1..].iter().any(|l| l.starts_with("mcluster: ")),
+        "{}",
+        master.dump()
+    );
+}
+
 /// Stops the master gracefully, so that it removes its kept builds from the shared target.
 #[track_caller]
 pub(crate) fn stop_gracefully(master: &mut Master) {
