@@ -311,6 +311,128 @@ fn a_change_of_cargo_lock_alone_starts_a_build_and_no_loop() {
     stop_gracefully(&mut master);
 }
 
+/// A crate of the vendored registry, at `version`, exporting it.
+fn vendored_crate(vendor: &Path, version: &str) {
+    let dir = vendor.join(format!("lockdep-{version}"));
+    fs::create_dir_all(dir.join("src")).unwrap();
+    fs::write(
+        dir.join("Cargo.toml"),
+        format!("[package]\nname = \"lockdep\"\nversion = \"{version}\"\nedition = \"2021\"\n"),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("src/lib.rs"),
+        format!("pub const VERSION: &str = \"{version}\";\n"),
+    )
+    .unwrap();
+    fs::write(dir.join(".cargo-checksum.json"), "{\"files\":{}}").unwrap();
+}
+
+/// `cargo update -p lockdep --precise VERSION` in `dir`, offline.
+#[track_caller]
+fn pin_lockdep(dir: &Path, version: &str) {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "update",
+            "--quiet",
+            "--offline",
+            "-p",
+            "lockdep",
+            "--precise",
+            version,
+        ])
+        .current_dir(dir)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo update to {version}");
+}
+
+/// `cargo update -p dep --precise …` changes nothing but `Cargo.lock`: the app is rebuilt with
+/// that version and served. (A vendored registry: offline, as the suite runs.)
+#[test]
+fn cargo_update_of_a_dependency_rebuilds_and_serves_it() {
+    let root = TempDir::new().unwrap();
+    let vendor = root.path().join("vendor");
+    vendored_crate(&vendor, "1.0.0");
+    vendored_crate(&vendor, "1.0.1");
+    let app = root.path().join("app");
+    fs::create_dir_all(app.join("src")).unwrap();
+    fs::create_dir_all(app.join(".cargo")).unwrap();
+    fs::write(
+        app.join(".cargo/config.toml"),
+        format!(
+            "[source.crates-io]\nreplace-with = \"vendored\"\n\n[source.vendored]\ndirectory = {:?}\n",
+            vendor.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        app.join("Cargo.toml"),
+        "[package]\nname = \"lockapp\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\nlockdep = \"1\"\n",
+    )
+    .unwrap();
+    // Serves the dependency's version on the listener mcluster hands over (fd 3).
+    fs::write(
+        app.join("src/main.rs"),
+        "use std::io::{Read, Write};\nuse std::os::fd::FromRawFd;\n\n\
+         fn main() {\n    let listener = unsafe { std::net::TcpListener::from_raw_fd(3) };\n    \
+         for stream in listener.incoming() {\n        let Ok(mut stream) = stream else { continue };\n        \
+         let mut request = [0u8; 1024];\n        let _ = stream.read(&mut request);\n        \
+         let body = format!(\"lockdep {}\\n\", lockdep::VERSION);\n        \
+         let _ = write!(stream, \"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\nContent-Length: {}\\r\\n\\r\\n{body}\", body.len());\n    \
+         }\n}\n",
+    )
+    .unwrap();
+    pin_lockdep_after_resolving(&app);
+    let mut master = MasterBuilder::raw(&["dev", "-l", "127.0.0.1:0", "-n", "1"])
+        .current_dir(&app)
+        .env("APP_ENV", "dev")
+        .start();
+    master.wait_for_stderr(&crate::support::all_ready(1));
+    // What the app serves, asked again after a reset (it dies at once on SIGTERM, and reads
+    // only the start of a request).
+    let serves = |version: &str| {
+        let want = format!("lockdep {version}\n");
+        master.wait_until(&format!("{version} served"), || {
+            get(master.port()).is_ok_and(|body| body == want)
+        });
+    };
+    serves("1.0.0");
+
+    pin_lockdep(&app, "1.0.1");
+    let line = master.wait_for_stderr("mcluster: Cargo.lock changed → ");
+    assert!(
+        line.contains(" → built in ") && line.contains(" → rolled 1 worker in "),
+        "{line}\n{}",
+        master.dump()
+    );
+    serves("1.0.1");
+    assert_eq!(count(&master, " changed → "), 1, "{}", master.dump());
+    stop_gracefully(&mut master);
+}
+
+/// Resolves the app's dependencies (the newest: 1.0.1), then pins 1.0.0 in `Cargo.lock`, as a
+/// `git pull` would (`cargo update --precise` does not downgrade here).
+#[track_caller]
+fn pin_lockdep_after_resolving(app: &Path) {
+    let status = Command::new(env!("CARGO"))
+        .args(["generate-lockfile", "--quiet", "--offline"])
+        .current_dir(app)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo generate-lockfile");
+    let lock = app.join("Cargo.lock");
+    let text = fs::read_to_string(&lock).unwrap();
+    let resolved = "name = \"lockdep\"\nversion = \"1.0.1\"";
+    assert!(text.contains(resolved), "{text}");
+    fs::write(
+        &lock,
+        text.replace(resolved, "name = \"lockdep\"\nversion = \"1.0.0\""),
+    )
+    .unwrap();
+}
+
 /// Ctrl-C during a build: the master's line does not go on the line cargo's progress bar left
 /// unfinished (drawn, then `\r`), here a pipe, where it is kept on a line of its own.
 #[test]
