@@ -290,7 +290,11 @@ fn from_a_member_directory_what_the_build_reads_is_watched_new_files_too() {
         "pub const TEXT: &str = \"shared-2\";\n",
     )
     .unwrap();
-    master.wait_for_stderr("mcluster: src/lib.rs changed → built in ");
+    // Named from the workspace root, with its crate's directory (a sibling temporary one).
+    let name = shared.path().file_name().unwrap().to_str().unwrap();
+    master.wait_for_stderr(&format!(
+        "mcluster: ../{name}/src/lib.rs changed → built in "
+    ));
     assert!(served(&master).contains(" shared-2 "), "{}", master.dump());
     stop_gracefully(&mut master);
 }
