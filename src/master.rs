@@ -388,20 +388,27 @@ impl Master {
             Some(addr) => Some(MetricsServer::start(addr, handle)?),
             None => None,
         };
+        let app: Vec<std::net::SocketAddr> = listeners
+            .iter()
+            .filter_map(|listener| listener.address().parse().ok())
+            .collect();
+        // Before the listening lines too: an address in use is the one line of a failed start.
+        let livereload = livereload_address
+            .map(|address| start_livereload(address, &app))
+            .transpose()?;
         for listener in &listeners {
             output::master_line(&report::start_line(&StartReport::Listening {
                 address: listener.address(),
                 master_pid: std::process::id(),
             }));
         }
-        let app: Vec<std::net::SocketAddr> = listeners
-            .iter()
-            .filter_map(|listener| listener.address().parse().ok())
-            .collect();
-        let livereload = livereload_address
-            .map(|address| start_livereload(address, &app))
-            .transpose()?;
-        if let Some(live) = &livereload {
+        if let Some((live, moved_from)) = &livereload {
+            if let Some(taken) = moved_from {
+                output::master_line(&report::start_line(&StartReport::LiveReloadMoved {
+                    taken: *taken,
+                    address: live.address(),
+                }));
+            }
             output::master_line(&report::start_line(&StartReport::LiveReload {
                 address: live.address(),
                 script_tag: &live.script_tag(),
@@ -471,7 +478,7 @@ impl Master {
         drop(listener_fds);
         let listeners: Arc<[Listener]> = listeners.into();
         let supervisor = Supervisor {
-            livereload,
+            livereload: livereload.map(|(live, _)| live),
             building: None,
             probe,
             guard,
@@ -532,30 +539,37 @@ fn drive(io_loop: &tokio::runtime::Handle, supervisor: Supervisor) -> std::io::R
 }
 
 /// Starts the live-reload channel at `address`; when it is the `LiveReload` protocol's port and that is
-/// taken (another dev master), on a free port, and says so.
+/// taken (another dev master), on a free port: then with the address it was taken at, to say so.
 fn start_livereload(
     address: std::net::SocketAddr,
     app: &[std::net::SocketAddr],
-) -> Result<LiveReload, Error> {
+) -> Result<(LiveReload, Option<std::net::SocketAddr>), Error> {
     match LiveReload::start(address, app) {
-        Ok(live) => Ok(live),
+        Ok(live) => Ok((live, None)),
         Err(error)
             if error.kind() == std::io::ErrorKind::AddrInUse
                 && address.port() == crate::livereload::DEFAULT_PORT =>
         {
             let live = LiveReload::start(std::net::SocketAddr::new(address.ip(), 0), app)
-                .map_err(|e| Error::io(format!("cannot listen for live reload on {address}"), e))?;
-            output::master_line(&report::start_line(&StartReport::LiveReloadMoved {
-                taken: address,
-                address: live.address(),
-            }));
-            Ok(live)
+                .map_err(|e| cannot_listen_for_livereload(address, &e))?;
+            Ok((live, Some(address)))
         }
-        Err(error) => Err(Error::io(
-            format!("cannot listen for live reload on {address}"),
-            error,
-        )),
+        Err(error) => Err(cannot_listen_for_livereload(address, &error)),
     }
+}
+
+/// The live-reload channel cannot listen: the one line of a failed start says how to run
+/// without it, or elsewhere.
+fn cannot_listen_for_livereload(address: std::net::SocketAddr, error: &std::io::Error) -> Error {
+    let hint = std::io::Error::new(
+        error.kind(),
+        format!(
+            "{}; give another --livereload address, or --no-livereload to run without live \
+             reload",
+            crate::config::describe_io(error)
+        ),
+    );
+    Error::io(format!("cannot listen for live reload on {address}"), hint)
 }
 
 /// The CPU count available to this process, cgroup limits included.

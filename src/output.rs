@@ -29,12 +29,17 @@
 //! lost (`mcluster: 1,234 lines dropped: stderr did not keep up`).
 //!
 //! Outside a run (the client commands, errors before a run) lines are written at once.
+//!
+//! A line always starts on a line of its own: when the last thing written to the stream was
+//! an unfinished line (a piece of the build's output: cargo's progress bar ends with `\r`, and
+//! a killed build may stop mid-line), the line is preceded by what finishes it ([`Column`]).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
+use std::io::IsTerminal;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -99,15 +104,87 @@ impl Stream {
         }
     }
 
-    /// Writes `bytes` now, blocking while the stream does.
-    fn write_now(self, bytes: &[u8]) {
-        let _ = match self {
+    fn column(self) -> &'static Column {
+        match self {
+            Self::Stdout => &STDOUT_COLUMN,
+            Self::Stderr => &STDERR_COLUMN,
+        }
+    }
+
+    fn is_terminal(self) -> bool {
+        match self {
+            Self::Stdout => io::stdout().is_terminal(),
+            Self::Stderr => io::stderr().is_terminal(),
+        }
+    }
+
+    /// Writes `bytes` now, blocking while the stream does: a whole line on a line of its own
+    /// (see [`Column`]), a piece of output as it is.
+    fn write_now(self, bytes: &[u8], kind: Kind) {
+        let column = self.column();
+        let before = match kind {
+            Kind::Line => column.before_line(|| self.is_terminal()),
+            Kind::Piece => b"",
+        };
+        let written = match self {
             Self::Stdout => {
                 let mut out = io::stdout().lock();
-                out.write_all(bytes).and_then(|()| out.flush())
+                out.write_all(before)
+                    .and_then(|()| out.write_all(bytes))
+                    .and_then(|()| out.flush())
             }
-            Self::Stderr => io::stderr().lock().write_all(bytes),
+            Self::Stderr => {
+                let mut err = io::stderr().lock();
+                err.write_all(before).and_then(|()| err.write_all(bytes))
+            }
         };
+        if written.is_ok() {
+            column.wrote(bytes);
+        }
+    }
+}
+
+/// What is written: a whole line (ending with `\n`), or a piece of a child's output as it
+/// comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Line,
+    Piece,
+}
+
+/// Where a stream's cursor was left: the last byte written to it, for a line to start on a
+/// line of its own after a piece of output that did not end one.
+#[derive(Debug)]
+struct Column {
+    /// The last byte written; `\n` before anything is.
+    last: AtomicU8,
+}
+
+impl Column {
+    const fn new() -> Self {
+        Self {
+            last: AtomicU8::new(b'\n'),
+        }
+    }
+
+    /// Records what was written.
+    fn wrote(&self, bytes: &[u8]) {
+        if let Some(&last) = bytes.last() {
+            self.last.store(last, Ordering::Relaxed);
+        }
+    }
+
+    /// What a line needs before it: nothing at the start of a line; after a progress bar on a
+    /// terminal (drawn, then `\r`), erasing it, as cargo itself does before its next line (the
+    /// bar is only ever its latest state); after anything else unfinished, a newline, which
+    /// keeps what was written.
+    fn before_line(&self, is_terminal: impl FnOnce() -> bool) -> &'static [u8] {
+        match self.last.load(Ordering::Relaxed) {
+            b'\n' => b"",
+            // From the line's start: a `^C` the terminal echoed may have moved the cursor.
+            b'\r' if is_terminal() => b"\r\x1b[K",
+            _ => b"\n",
+        }
     }
 }
 
@@ -129,16 +206,19 @@ static QUEUED: AtomicUsize = AtomicUsize::new(0);
 
 static STDOUT: Writer = Writer::new(Stream::Stdout);
 static STDERR: Writer = Writer::new(Stream::Stderr);
+static STDOUT_COLUMN: Column = Column::new();
+static STDERR_COLUMN: Column = Column::new();
 
 /// A line of the master's own: queued, or dropped when there is no room; never waited for.
 fn write_line(stream: Stream, line: String) {
     if QUEUED.load(Ordering::Acquire) == 0 {
-        stream.write_now(line.as_bytes());
+        stream.write_now(line.as_bytes(), Kind::Line);
         return;
     }
-    if let Err(Full(line)) = stream
-        .writer()
-        .try_push(line.into_bytes(), QUEUE_BYTES + MASTER_RESERVE)
+    if let Err(Full(line)) =
+        stream
+            .writer()
+            .try_push(line.into_bytes(), Kind::Line, QUEUE_BYTES + MASTER_RESERVE)
     {
         stream.writer().drop_lines(&line);
     }
@@ -146,14 +226,14 @@ fn write_line(stream: Stream, line: String) {
 
 /// A worker's line: waits for room while the stream is only slow, dropped once it is stalled.
 async fn write_worker_line(stream: Stream, line: String) {
-    write_waiting(stream, line.into_bytes()).await;
+    write_waiting(stream, line.into_bytes(), Kind::Line).await;
 }
 
 /// Output of a child of the master's (a worker's line, a piece of the build's output): waits for
 /// room while the stream is only slow, dropped and counted once it is stalled.
-async fn write_waiting(stream: Stream, mut line: Vec<u8>) {
+async fn write_waiting(stream: Stream, mut line: Vec<u8>, kind: Kind) {
     if QUEUED.load(Ordering::Acquire) == 0 {
-        stream.write_now(&line);
+        stream.write_now(&line, kind);
         return;
     }
     let writer = stream.writer();
@@ -161,7 +241,7 @@ async fn write_waiting(stream: Stream, mut line: Vec<u8>) {
         let room = writer.room.notified();
         tokio::pin!(room);
         room.as_mut().enable();
-        match writer.try_push(line, QUEUE_BYTES) {
+        match writer.try_push(line, kind, QUEUE_BYTES) {
             Ok(()) => return,
             Err(Full(back)) => line = back,
         }
@@ -175,7 +255,7 @@ async fn write_waiting(stream: Stream, mut line: Vec<u8>) {
 /// stderr is only slow (the build then waits on its pipe), dropped and counted once stderr is
 /// stalled.
 pub(crate) async fn build_output(piece: Vec<u8>) {
-    write_waiting(Stream::Stderr, piece).await;
+    write_waiting(Stream::Stderr, piece, Kind::Piece).await;
 }
 
 /// Output given back: no room for it, and the stream is not stalled.
@@ -205,7 +285,7 @@ impl Drop for Queued {
 /// What waits for a stream: lines, and in place of the lines dropped there, how many.
 #[derive(Debug, PartialEq, Eq)]
 enum Entry {
-    Line(Vec<u8>),
+    Line(Vec<u8>, Kind),
     Dropped(u64),
 }
 
@@ -248,9 +328,9 @@ impl Queue {
         self.entries.is_empty() || self.bytes + len <= limit
     }
 
-    fn push(&mut self, line: Vec<u8>) {
+    fn push(&mut self, line: Vec<u8>, kind: Kind) {
         self.bytes += line.len();
-        self.entries.push_back(Entry::Line(line));
+        self.entries.push_back(Entry::Line(line, kind));
     }
 
     /// Counts the lines of `output` dropped (one at least), in the place they would have had.
@@ -274,7 +354,7 @@ impl Queue {
 
     fn pop(&mut self) -> Option<Entry> {
         let entry = self.entries.pop_front()?;
-        if let Entry::Line(line) = &entry {
+        if let Entry::Line(line, _) = &entry {
             self.bytes -= line.len();
         }
         Some(entry)
@@ -307,7 +387,7 @@ impl Writer {
 
     /// Queues `line` if it fits within `limit` bytes. When it does not: dropped and counted if
     /// the stream is stalled, else given back.
-    fn try_push(&'static self, line: Vec<u8>, limit: usize) -> Result<(), Full> {
+    fn try_push(&'static self, line: Vec<u8>, kind: Kind, limit: usize) -> Result<(), Full> {
         let mut queue = self.lock();
         if queue.thread == Thread::NotStarted {
             let spawned = std::thread::Builder::new()
@@ -322,11 +402,11 @@ impl Writer {
         if queue.thread == Thread::Failed {
             // No thread to write: the old way, at once.
             drop(queue);
-            self.stream.write_now(&line);
+            self.stream.write_now(&line, kind);
             return Ok(());
         }
         if queue.fits(line.len(), limit) {
-            queue.push(line);
+            queue.push(line, kind);
         } else if queue.stalled(Instant::now()) {
             queue.drop_lines(&line);
             return Ok(());
@@ -362,7 +442,7 @@ impl Writer {
             self.room.notify_waiters();
             self.changed.notify_all();
             match entry {
-                Entry::Line(line) => self.stream.write_now(&line),
+                Entry::Line(line, kind) => self.stream.write_now(&line, kind),
                 // The writer's own words, not the reporter's: its accounting of the stream it
                 // writes, written here because the queue that `master_line` goes through is
                 // the one that had no room.
@@ -374,6 +454,7 @@ impl Writer {
                         self.stream.name()
                     )
                     .as_bytes(),
+                    Kind::Line,
                 ),
             }
             queue = self.lock();
@@ -762,22 +843,50 @@ mod tests {
     #[test]
     fn a_line_that_does_not_fit_is_dropped_and_counted_in_its_place() {
         let mut queue = Queue::new();
-        queue.push(b"12345678".to_vec());
+        queue.push(b"12345678".to_vec(), Kind::Line);
         assert!(!queue.fits(3, 10));
         queue.drop_lines(b"abc\n");
         queue.drop_lines(b"d\ne\nf\n");
         assert!(queue.fits(2, 10));
-        queue.push(b"xy".to_vec());
+        queue.push(b"xy".to_vec(), Kind::Piece);
         // A piece of output without a newline counts as a line.
         queue.drop_lines(b"progress");
-        assert_eq!(queue.pop(), Some(Entry::Line(b"12345678".to_vec())));
+        assert_eq!(
+            queue.pop(),
+            Some(Entry::Line(b"12345678".to_vec(), Kind::Line))
+        );
         assert_eq!(queue.pop(), Some(Entry::Dropped(4)));
-        assert_eq!(queue.pop(), Some(Entry::Line(b"xy".to_vec())));
+        assert_eq!(queue.pop(), Some(Entry::Line(b"xy".to_vec(), Kind::Piece)));
         assert_eq!(queue.pop(), Some(Entry::Dropped(1)));
         assert_eq!(queue.pop(), None);
         assert_eq!(queue.bytes, 0);
         // Alone, a line longer than the queue still goes.
         assert!(queue.fits(13, 10));
+    }
+
+    #[test]
+    fn a_line_after_an_unfinished_one_starts_on_a_line_of_its_own() {
+        let column = Column::new();
+        let never = || panic!("asked whether the stream is a terminal");
+        assert_eq!(column.before_line(never), b"");
+        column.wrote(b"   Compiling app v0.1.0\n");
+        assert_eq!(column.before_line(never), b"");
+        // Cargo's progress bar: drawn, then the cursor back at its start.
+        column.wrote(b"    Building [=====>     ] 12/40: serde\r");
+        assert_eq!(
+            column.before_line(|| true),
+            b"\r\x1b[K",
+            "erased on a terminal"
+        );
+        assert_eq!(column.before_line(|| false), b"\n", "kept elsewhere");
+        // Nothing written changes nothing.
+        column.wrote(b"");
+        assert_eq!(column.before_line(|| false), b"\n");
+        // A build killed mid-line.
+        column.wrote(b"   Compil");
+        assert_eq!(column.before_line(|| true), b"\n");
+        column.wrote(b"ing app\n");
+        assert_eq!(column.before_line(never), b"");
     }
 
     #[test]

@@ -24,7 +24,7 @@
 use std::fmt::{self, Write as _};
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Component, Path};
 use std::time::Duration;
 
 use crate::cluster::{
@@ -267,10 +267,19 @@ pub(crate) fn dev_line(report: &DevReport) -> String {
         } => format!("{} → pages reloaded", describe(changed)),
         DevReport::BuildWrites { file, rounds } => {
             let name = file_name(file);
+            // `-i` globs match a path relative to its own root, or a file name: a file outside
+            // the workspace root (`../dep/src/stamp.rs`) is matched by its name.
+            let outside = file
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::RootDir));
+            let glob = match file.file_name() {
+                Some(base) if outside => file_name(Path::new(base)),
+                _ => name.clone(),
+            };
             format!(
                 "{name} changed during each of the last {rounds} builds it triggered: the build \
                  writes it (a build script?); its changes while a build runs are ignored from \
-                 now on (to ignore it always: -i '{name}')"
+                 now on (to ignore it always: -i '{glob}')"
             )
         }
         DevReport::Rolled { reload: None, end } => roll_ended(end),

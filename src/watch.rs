@@ -15,7 +15,10 @@
 //!   ignore crate's own matcher of single paths ([`ignore::IncrementalIgnore`]), with the walk's
 //!   rules and precedence: a deeper file's rule before a shallower one's, `.ignore` before
 //!   `.gitignore` before `.git/info/exclude` before the global file, and nothing inside an
-//!   ignored directory. Reads (`EventKind::Access`) never count.
+//!   ignored directory. Reads (`EventKind::Access`) never count. The first root's `Cargo.lock`
+//!   (the workspace's, with a cargo build) is a build input that no dep-info names: it counts
+//!   whatever `--ext` and the ignore files say (a library-style `.gitignore` lists it, and
+//!   cargo still builds from it); only an `--ignore` glob leaves it out.
 //! - **Debounced.** A trailing [`Debouncer`]: every event that counts restarts the cooldown; the
 //!   batch is due once the files have been quiet for a whole cooldown. One save in any editor
 //!   (vim's `4913` probe and backup rename, `JetBrains`' safe write, VS Code's
@@ -78,7 +81,8 @@ const DRAIN_LIMIT: usize = 4096;
 #[derive(Debug, Clone)]
 pub(crate) struct WatchConfig {
     /// Directories to watch (default: the package root); made absolute against the current
-    /// directory if they are not, with `..` resolved. Batches name files under them.
+    /// directory if they are not, with `..` resolved. Batches name files under them. The first
+    /// is the workspace root with a cargo build: its `Cargo.lock` counts (see the module docs).
     pub(crate) roots: Vec<PathBuf>,
     /// Only files with one of these extensions count (`rs`, `toml`; a leading `.` is allowed).
     /// Empty: every file counts.
@@ -378,6 +382,8 @@ struct Filter {
     globs: GlobSet,
     /// `$CARGO_TARGET_DIR`, absolute, and its device and inode if it existed at start.
     target_dir: Option<(PathBuf, Option<(u64, u64)>)>,
+    /// The first root's `Cargo.lock`: a build input whatever the extensions and ignore files.
+    lock_file: Option<PathBuf>,
 }
 
 impl Filter {
@@ -439,6 +445,11 @@ impl Filter {
     /// editor's temporary file nor an ignored path.
     fn input_allowed(&self, path: &Path) -> bool {
         path.file_name().is_some_and(|name| !is_editor_temp(name)) && !self.glob_ignored(path)
+    }
+
+    /// Whether a path is the workspace's `Cargo.lock`, unless an `--ignore` glob names it.
+    fn is_lock_file(&self, path: &Path) -> bool {
+        self.lock_file.as_deref() == Some(path) && !self.glob_ignored(path)
     }
 
     /// Whether a file name passes the fixed rules: extension, editor temp names, globs.
@@ -568,6 +579,8 @@ fn start(
     if roots.is_empty() {
         return Err(Error::usage("nothing to watch: no directory given"));
     }
+    // The workspace root comes first (cargo's roots), before the roots are sorted.
+    let lock_file = roots.first().map(|root| root.join("Cargo.lock"));
     // A root inside another root is already watched through it.
     roots.sort();
     roots.dedup();
@@ -618,6 +631,7 @@ fn start(
             .collect(),
         globs,
         target_dir,
+        lock_file,
     };
 
     let (tx, rx) = mpsc::channel();
@@ -943,12 +957,15 @@ impl State {
     }
 
     /// Whether a file counts: in a watched directory, allowed by the fixed rules (or read by the
-    /// last build) and not ignored.
+    /// last build) and not ignored; or the workspace's `Cargo.lock`.
     fn is_wanted_file(&mut self, path: &Path) -> bool {
-        path.parent().is_some_and(|p| self.watched.contains(p))
-            && (self.filter.file_allowed(path)
+        if !path.parent().is_some_and(|p| self.watched.contains(p)) {
+            return false;
+        }
+        self.filter.is_lock_file(path)
+            || ((self.filter.file_allowed(path)
                 || (self.inputs.contains(path) && self.filter.input_allowed(path)))
-            && !self.gitignored(path, false)
+                && !self.gitignored(path, false))
     }
 
     /// Adds roots: each is walked and watched, its files taken as they are; a root that was
@@ -2002,6 +2019,40 @@ mod tests {
         fs::rename(&staged, h.path("sub")).expect("mv");
         h.expect_batch(&["sub/a.rs"]);
         h.write("sub/b.rs", NEW);
+        h.expect_quiet();
+    }
+
+    #[test]
+    fn the_workspace_lock_file_counts_whatever_the_extensions_and_ignore_files() {
+        // A library-style `.gitignore` lists `Cargo.lock`; cargo builds from it all the same.
+        let mut h = Harness::with(
+            &[
+                (".gitignore", "/target\nCargo.lock\n"),
+                ("Cargo.toml", "[package]\n"),
+                ("Cargo.lock", "version = 4\n"),
+                ("src/main.rs", OLD),
+                ("member/Cargo.lock", "version = 4\n"),
+            ],
+            Setup {
+                extensions: vec!["rs".into()],
+                ..Setup::default()
+            },
+        );
+        h.write("Cargo.lock", "# pinned\nversion = 4\n");
+        h.expect_batch(&["Cargo.lock"]);
+        // Only the first root's: another lock file is no build input of this workspace.
+        h.write("member/Cargo.lock", "# pinned\nversion = 4\n");
+        h.expect_quiet();
+
+        // An `--ignore` glob leaves it out, as it does any file.
+        let mut h = Harness::with(
+            &[("Cargo.lock", "version = 4\n"), ("src/main.rs", OLD)],
+            Setup {
+                ignore: vec!["Cargo.lock".into()],
+                ..Setup::default()
+            },
+        );
+        h.write("Cargo.lock", "# pinned\nversion = 4\n");
         h.expect_quiet();
     }
 

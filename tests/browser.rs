@@ -3,7 +3,10 @@
 //! The page follows every save by itself: the failed first build's page turns into the app, an
 //! edit shows after its switch with no request failed, a stylesheet edit applies in place with
 //! no build and no reload, a broken build shows its error (file and line) in an overlay, the
-//! fix clears it.
+//! fix clears it. And with the apps users write — an HTML page on `mcluster::serve` with its
+//! live-reload middleware, and a plain `listenfd` axum app that includes the script by hand,
+//! both keeping connections alive as every framework does —, every one of five saves is shown
+//! and still shown a second later: no reload lands on an old worker.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -49,6 +52,103 @@ fn example_copy() -> TempDir {
         }
     }
     dir
+}
+
+/// A copy of the app project at `source` (relative to the repository): its manifest (a path
+/// dependency on `../..` pointed at this checkout), its lock file and `src/`.
+fn app_copy(source: &str) -> TempDir {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = root.join(source);
+    let dir = TempDir::new().unwrap();
+    let manifest = std::fs::read_to_string(source.join("Cargo.toml"))
+        .unwrap()
+        .replace(
+            r#"path = "../..""#,
+            &format!("path = {:?}", env!("CARGO_MANIFEST_DIR")),
+        );
+    std::fs::write(dir.path().join("Cargo.toml"), manifest).unwrap();
+    std::fs::copy(source.join("Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    for entry in std::fs::read_dir(source.join("src")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join("src").join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+/// The axum tests' target directory (`tests/axum.rs`): axum and tokio are built there once.
+fn axum_target() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/axum-tests")
+}
+
+/// Builds `project` into the axum tests' target directory, under their build lock, so that the
+/// dev master's first build finds everything built.
+fn prebuild(project: &Path) {
+    std::fs::create_dir_all(axum_target()).unwrap();
+    let lock = std::fs::File::create(axum_target().join("build.lock")).unwrap();
+    let _lock =
+        Flock::lock(lock, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("lock: {e}"));
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(project.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", axum_target())
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "{} does not build", project.display());
+}
+
+/// `mcluster dev -n 2` on `project`, its page at `path` open in the browser showing
+/// `PAGE_TEXT` (`first`): five saves of `src/main.rs`, each shown, and still shown a second
+/// later.
+fn five_saves_each_shown_and_still_shown(project: &Path, path: &str, first: &str) {
+    prebuild(project);
+    let manifest = project.join("Cargo.toml");
+    let master = MasterBuilder::raw(&[
+        "dev",
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "2",
+        "--livereload",
+        "127.0.0.1:0",
+        "--manifest-path",
+        manifest.to_str().unwrap(),
+    ])
+    .env("CARGO_TARGET_DIR", axum_target())
+    .env("APP_ENV", "dev")
+    .start();
+    master.wait_for_stderr(&crate::support::all_ready(2));
+    let port = master.port();
+    let mut browser = Browser::open(&format!("http://127.0.0.1:{port}{path}"));
+    browser.expect(&format!("text {first}"), &master);
+    let main_rs = project.join("src/main.rs");
+    let mut shown = first.to_owned();
+    for save in 1..=5 {
+        let next = format!("{first} (save {save})");
+        edit(
+            &main_rs,
+            &format!("const PAGE_TEXT: &str = {shown:?};"),
+            &format!("const PAGE_TEXT: &str = {next:?};"),
+        );
+        browser.expect(&format!("text {next}"), &master);
+        browser.expect(&format!("still {next}"), &master);
+        shown = next;
+    }
+}
+
+/// An HTML page of `examples/axum-app`, on `mcluster::serve` with its live-reload middleware.
+#[test]
+fn a_page_of_the_axum_example_shows_every_save_and_keeps_showing_it() {
+    let project = app_copy("examples/axum-app");
+    five_saves_each_shown_and_still_shown(project.path(), "/page", "A page served by axum");
+}
+
+/// A plain axum app on a `listenfd` socket (axum's own graceful shutdown), whose page includes
+/// the live-reload script by hand.
+#[test]
+fn a_page_of_a_plain_listenfd_axum_app_shows_every_save_and_keeps_showing_it() {
+    let project = app_copy("fixtures/plain-axum");
+    five_saves_each_shown_and_still_shown(project.path(), "/", "plain axum v1");
 }
 
 fn edit(path: &Path, from: &str, to: &str) {

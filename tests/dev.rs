@@ -234,6 +234,249 @@ fn an_edit_is_served_after_the_rebuild_and_a_broken_one_keeps_the_old_generation
     stop_gracefully(&mut master);
 }
 
+/// `cargo update` (or a `git pull` that moves only the lock file) changes `Cargo.lock` alone:
+/// a build runs for it. Cargo rewrites it only when its resolution differs, so neither an
+/// untouched lock nor one cargo rewrites once during a build makes a build loop.
+#[test]
+fn a_change_of_cargo_lock_alone_starts_a_build_and_no_loop() {
+    let _cargo = cargo_lock();
+    let project = Project::new();
+    let mut master = project.master().start();
+    master.wait_for_stderr("mcluster: all 2 workers ready in ");
+    let lock = project.dir.path().join("Cargo.lock");
+    let original = fs::read_to_string(&lock).unwrap();
+
+    // A comment cargo keeps: the lock is consistent, cargo writes nothing.
+    let pinned = original.replacen(
+        "# It is not intended for manual editing.\n",
+        "# It is not intended for manual editing.\n# pinned by the test\n",
+        1,
+    );
+    assert_ne!(pinned, original);
+    let mark = master.stderr_mark();
+    fs::write(&lock, &pinned).unwrap();
+    let (_, line) = master.wait_for_stderr_after(mark, "mcluster: Cargo.lock changed → ");
+    assert_eq!(
+        line,
+        "mcluster: Cargo.lock changed → nothing to rebuild; generation 1 keeps serving",
+        "{}",
+        master.dump()
+    );
+    assert_eq!(fs::read_to_string(&lock).unwrap(), pinned, "cargo kept it");
+
+    // A lock cargo must fix (a path dependency's version that its manifest does not say):
+    // cargo rewrites it during the build it triggered, once; the build after that finds it
+    // as written.
+    let stale = pinned.replacen(
+        "name = \"mcluster\"\nversion = \"0.1.0\"",
+        "name = \"mcluster\"\nversion = \"0.0.9\"",
+        1,
+    );
+    assert_ne!(stale, pinned);
+    let mark = master.stderr_mark();
+    fs::write(&lock, &stale).unwrap();
+    master.wait_for_stderr_after(mark, "mcluster: Cargo.lock changed → ");
+    master.wait_until("cargo to fix the lock file", || {
+        fs::read_to_string(&lock).is_ok_and(|text| {
+            text.contains("name = \"mcluster\"\nversion = \"0.1.0\"")
+                && text.contains("# pinned by the test\n")
+        })
+    });
+
+    // Cargo's rewrite is one more change (named with the next edit if it comes within the
+    // cooldown), and no more: the build after it finds the lock as written.
+    project.edit("Hello from", "Howdy from");
+    let (mark, line) = master.wait_for_stderr_after(mark, " → rolled 2 workers in ");
+    assert!(line.contains("src/main.rs"), "{line}\n{}", master.dump());
+    project.edit("Howdy from", "Hi from");
+    let (_, line) = master.wait_for_stderr_after(mark, " changed → ");
+    assert!(
+        line.starts_with("mcluster: src/main.rs changed → built in "),
+        "nothing of the lock is left: {line}\n{}",
+        master.dump()
+    );
+    let lock_lines = count(&master, "Cargo.lock");
+    assert!(
+        (2..=3).contains(&lock_lines),
+        "one line for the pin, one or two for the fix\n{}",
+        master.dump()
+    );
+    assert_eq!(
+        count(&master, "the build writes it"),
+        0,
+        "{}",
+        master.dump()
+    );
+    assert!(get_ok(master.port()).starts_with("Hi from worker"));
+    stop_gracefully(&mut master);
+}
+
+/// A crate of the vendored registry, at `version`, exporting it.
+fn vendored_crate(vendor: &Path, version: &str) {
+    let dir = vendor.join(format!("lockdep-{version}"));
+    fs::create_dir_all(dir.join("src")).unwrap();
+    fs::write(
+        dir.join("Cargo.toml"),
+        format!("[package]\nname = \"lockdep\"\nversion = \"{version}\"\nedition = \"2021\"\n"),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("src/lib.rs"),
+        format!("pub const VERSION: &str = \"{version}\";\n"),
+    )
+    .unwrap();
+    fs::write(dir.join(".cargo-checksum.json"), "{\"files\":{}}").unwrap();
+}
+
+/// `cargo update -p lockdep --precise VERSION` in `dir`, offline.
+#[track_caller]
+fn pin_lockdep(dir: &Path, version: &str) {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "update",
+            "--quiet",
+            "--offline",
+            "-p",
+            "lockdep",
+            "--precise",
+            version,
+        ])
+        .current_dir(dir)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo update to {version}");
+}
+
+/// `cargo update -p dep --precise …` changes nothing but `Cargo.lock`: the app is rebuilt with
+/// that version and served. (A vendored registry: offline, as the suite runs.)
+#[test]
+fn cargo_update_of_a_dependency_rebuilds_and_serves_it() {
+    let root = TempDir::new().unwrap();
+    let vendor = root.path().join("vendor");
+    vendored_crate(&vendor, "1.0.0");
+    vendored_crate(&vendor, "1.0.1");
+    let app = root.path().join("app");
+    fs::create_dir_all(app.join("src")).unwrap();
+    fs::create_dir_all(app.join(".cargo")).unwrap();
+    fs::write(
+        app.join(".cargo/config.toml"),
+        format!(
+            "[source.crates-io]\nreplace-with = \"vendored\"\n\n[source.vendored]\ndirectory = {:?}\n",
+            vendor.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        app.join("Cargo.toml"),
+        "[package]\nname = \"lockapp\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\nlockdep = \"1\"\n",
+    )
+    .unwrap();
+    // Serves the dependency's version on the listener mcluster hands over (fd 3).
+    fs::write(
+        app.join("src/main.rs"),
+        "use std::io::{Read, Write};\nuse std::os::fd::FromRawFd;\n\n\
+         fn main() {\n    let listener = unsafe { std::net::TcpListener::from_raw_fd(3) };\n    \
+         for stream in listener.incoming() {\n        let Ok(mut stream) = stream else { continue };\n        \
+         let mut request = [0u8; 1024];\n        let _ = stream.read(&mut request);\n        \
+         let body = format!(\"lockdep {}\\n\", lockdep::VERSION);\n        \
+         let _ = write!(stream, \"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\nContent-Length: {}\\r\\n\\r\\n{body}\", body.len());\n    \
+         }\n}\n",
+    )
+    .unwrap();
+    pin_lockdep_after_resolving(&app);
+    let mut master = MasterBuilder::raw(&["dev", "-l", "127.0.0.1:0", "-n", "1"])
+        .current_dir(&app)
+        .env("APP_ENV", "dev")
+        .start();
+    master.wait_for_stderr(&crate::support::all_ready(1));
+    // What the app serves, asked again after a reset (it dies at once on SIGTERM, and reads
+    // only the start of a request).
+    let serves = |version: &str| {
+        let want = format!("lockdep {version}\n");
+        master.wait_until(&format!("{version} served"), || {
+            get(master.port()).is_ok_and(|body| body == want)
+        });
+    };
+    serves("1.0.0");
+
+    pin_lockdep(&app, "1.0.1");
+    let line = master.wait_for_stderr("mcluster: Cargo.lock changed → ");
+    assert!(
+        line.contains(" → built in ") && line.contains(" → rolled 1 worker in "),
+        "{line}\n{}",
+        master.dump()
+    );
+    serves("1.0.1");
+    assert_eq!(count(&master, " changed → "), 1, "{}", master.dump());
+    stop_gracefully(&mut master);
+}
+
+/// Resolves the app's dependencies (the newest: 1.0.1), then pins 1.0.0 in `Cargo.lock`, as a
+/// `git pull` would (`cargo update --precise` does not downgrade here).
+#[track_caller]
+fn pin_lockdep_after_resolving(app: &Path) {
+    let status = Command::new(env!("CARGO"))
+        .args(["generate-lockfile", "--quiet", "--offline"])
+        .current_dir(app)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo generate-lockfile");
+    let lock = app.join("Cargo.lock");
+    let text = fs::read_to_string(&lock).unwrap();
+    let resolved = "name = \"lockdep\"\nversion = \"1.0.1\"";
+    assert!(text.contains(resolved), "{text}");
+    fs::write(
+        &lock,
+        text.replace(resolved, "name = \"lockdep\"\nversion = \"1.0.0\""),
+    )
+    .unwrap();
+}
+
+/// Ctrl-C during a build: the master's line does not go on the line cargo's progress bar left
+/// unfinished (drawn, then `\r`), here a pipe, where it is kept on a line of its own.
+#[test]
+fn a_line_after_cargo_s_progress_bar_starts_on_a_line_of_its_own() {
+    let dir = TempDir::new().unwrap();
+    fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    let drawn = dir.path().join("drawn");
+    // A cargo that draws a progress bar as cargo does, and builds for ever.
+    let cargo = dir.path().join("cargo");
+    fs::write(
+        &cargo,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = build ] || exit 1\nprintf '    Building [=>   ] 1/2: app\\r' >&2\n\
+             touch '{}'\nexec sleep 60\n",
+            drawn.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&cargo, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut master = MasterBuilder::raw(&["dev", "-l", "127.0.0.1:0", "-n", "1"])
+        .current_dir(dir.path())
+        .env("CARGO", cargo.to_str().unwrap())
+        .env("APP_ENV", "dev")
+        .start();
+    master.wait_until("the progress bar", || drawn.exists());
+    master.signal(Signal::SIGINT);
+    master.wait_exit_code();
+    let lines = master.stderr_lines();
+    let bar = lines
+        .iter()
+        .position(|line| line.contains("Building [=>   ] 1/2: app"))
+        .unwrap_or_else(|| panic!("no progress bar\n{}", master.dump()));
+    assert!(
+        !lines[bar].contains("mcluster:")
+            && lines[bar + 1..].iter().any(|l| l.starts_with("mcluster: ")),
+        "{}",
+        master.dump()
+    );
+}
+
 /// Stops the master gracefully, so that it removes its kept builds from the shared target.
 #[track_caller]
 pub(crate) fn stop_gracefully(master: &mut Master) {

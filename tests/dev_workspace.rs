@@ -290,7 +290,11 @@ fn from_a_member_directory_what_the_build_reads_is_watched_new_files_too() {
         "pub const TEXT: &str = \"shared-2\";\n",
     )
     .unwrap();
-    master.wait_for_stderr("mcluster: src/lib.rs changed → built in ");
+    // Named from the workspace root, with its crate's directory (a sibling temporary one).
+    let name = shared.path().file_name().unwrap().to_str().unwrap();
+    master.wait_for_stderr(&format!(
+        "mcluster: ../{name}/src/lib.rs changed → built in "
+    ));
     assert!(served(&master).contains(" shared-2 "), "{}", master.dump());
     stop_gracefully(&mut master);
 }
@@ -350,7 +354,13 @@ fn a_build_waiting_for_cargo_s_lock_says_why_and_polling_sees_templates() {
         .unwrap();
     let held = Flock::lock(file, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("{e}"));
     let mut master = workspace.master("", &["--poll=100ms"]).start();
-    let line = master.wait_for_stderr("mcluster: the build waits for cargo's lock on the ");
+    // (Another test's cargo may hold the package cache's lock a moment first: that line is
+    // allowed, once.)
+    let line = master.wait_for_stderr("another cargo uses this target directory");
+    assert!(
+        line.starts_with("mcluster: the build waits for cargo's lock on the "),
+        "{line}"
+    );
     assert!(
         line.ends_with(
             "directory: another cargo uses this target directory (rust-analyzer checking the \
@@ -361,7 +371,13 @@ fn a_build_waiting_for_cargo_s_lock_says_why_and_polling_sees_templates() {
     );
     drop(held);
     master.wait_for_stderr(&crate::support::all_ready(1));
-    assert_eq!(count(&master, "cargo's lock"), 1, "{}", master.dump());
+    assert_eq!(
+        count(&master, "another cargo uses this target directory"),
+        1,
+        "{}",
+        master.dump()
+    );
+    assert!(count(&master, "cargo's lock") <= 2, "{}", master.dump());
 
     workspace.edit("app/static/banner.txt", "banner-1", "banner-2");
     master.wait_for_stderr("mcluster: app/static/banner.txt changed → built in ");

@@ -614,6 +614,18 @@ fn bad_invocations(scene: &Scene, taken: &str) -> Vec<Case> {
             &[&symlink_loop, "symbolic links form a loop"],
         ),
         dev(&["--no-build", "-i", "["], 2, &["--ignore", "'['"]),
+        // A live-reload address in use: how to do without it.
+        dev(
+            &["--no-build", "--livereload", taken],
+            1,
+            &[
+                taken,
+                "live reload",
+                "address already in use",
+                "--livereload",
+                "--no-livereload",
+            ],
+        ),
         Case::new(
             &["dev", "-l", &unix, "--no-build", "--", &missing],
             2,

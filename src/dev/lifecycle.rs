@@ -18,8 +18,9 @@
 //! The driver ([`crate::dev`] and the supervisor) reads file times, build messages, dep-info and
 //! binaries, spawns and kills the build, keeps the executables, and asks the cluster to roll.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cluster::{ExitReason, ProcessEnd, RollEnd, after};
@@ -1079,15 +1080,33 @@ impl DevCore {
         kept
     }
 
-    /// A file as reports name it: relative to its root.
-    fn relative_one<'p>(&self, path: &'p Path) -> &'p Path {
-        self.roots
-            .iter()
-            .find_map(|root| path.strip_prefix(root).ok())
-            .unwrap_or(path)
+    /// A file as reports name it: relative to the first root (the workspace root with a cargo
+    /// build), as a shell there would name it: `app/src/main.rs`, and `../axum-core/src/lib.rs`
+    /// for a path dependency outside it (its own root's relative path, `src/lib.rs`, would not
+    /// say which crate; its directory's name first would look like a member of the workspace).
+    /// A path that shares nothing but `/` with the first root is named in full.
+    fn relative_one<'p>(&self, path: &'p Path) -> Cow<'p, Path> {
+        let Some(base) = self.roots.first() else {
+            return Cow::Borrowed(path);
+        };
+        if let Ok(inside) = path.strip_prefix(base) {
+            return Cow::Borrowed(inside);
+        }
+        let Some(common) = base.ancestors().find(|dir| path.starts_with(dir)) else {
+            return Cow::Borrowed(path);
+        };
+        // Climbing out of a root given with `..` in it would count those as directories.
+        if common.parent().is_none() || base.components().any(|c| c == Component::ParentDir) {
+            return Cow::Borrowed(path);
+        }
+        let up = base.components().count() - common.components().count();
+        let mut relative: PathBuf = std::iter::repeat_n(Component::ParentDir, up).collect();
+        relative.push(path.strip_prefix(common).unwrap_or(path));
+        Cow::Owned(relative)
     }
 
-    /// Changed files as reports name them: relative to their roots.
+    /// Changed files as reports name them: relative to the first root (see
+    /// [`relative_one`](Self::relative_one)).
     fn relative(&self, changed: &[PathBuf]) -> Changes {
         Changes(
             changed

@@ -331,6 +331,15 @@ fn every_report_of_the_dev_core_reads_as_before() {
              ignore it always: -i 'src/stamp.rs')",
         ),
         (
+            DevReport::BuildWrites {
+                file: PathBuf::from("../dep/src/stamp.rs"),
+                rounds: 2,
+            },
+            "../dep/src/stamp.rs changed during each of the last 2 builds it triggered: the \
+             build writes it (a build script?); its changes while a build runs are ignored from \
+             now on (to ignore it always: -i 'stamp.rs')",
+        ),
+        (
             DevReport::Rolled {
                 reload: Some((main(), Before::Build(ms(250)))),
                 end: roll(2, None, vec![2, 2]),

@@ -4,6 +4,8 @@ Usage: driver.py URL. Opens URL, then for each command prints one line: `ok …`
 
 Commands (each waits up to DEADLINE seconds for its condition):
   text SUBSTRING        the element #message (or, without one, the body) contains SUBSTRING
+  still SUBSTRING       the text contains SUBSTRING now and at every look for the next second
+                        (a reload onto an old version would take it away)
   body SUBSTRING        the page's whole text contains SUBSTRING
   overlay SUBSTRING     the live-reload overlay is shown and contains SUBSTRING
   hostile-css           adds a stylesheet that hides, moves and clears everything it can
@@ -124,6 +126,18 @@ return true;
 def run(driver, command, arg):
     if command == "text":
         return wait(driver, "text " + arg, lambda: arg in page_text(driver) or page_text(driver))
+    if command == "still":
+        end = time.time() + 1
+        while True:
+            try:
+                text = page_text(driver)
+            except Exception as error:  # the page is reloading: it must not be
+                return "fail still " + arg + ": " + repr(error)[:300]
+            if arg not in text:
+                return "fail still " + arg + ": the page shows " + text[:300]
+            if time.time() >= end:
+                return "ok still " + arg
+            time.sleep(0.05)
     if command == "body":
         return wait(
             driver,

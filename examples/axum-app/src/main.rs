@@ -5,6 +5,8 @@
 //! repository — or alone with `cargo run` (it then listens on 127.0.0.1:3000). Endpoints:
 //!
 //! - `/` says which worker answered;
+//! - `/page` is an HTML page, with `mcluster dev`'s live-reload script added by
+//!   [`mcluster::serve::livereload`]: it follows every save by itself;
 //! - `/slow?ms=N` answers after N milliseconds (default 200);
 //! - `/sse` is a stream of server-sent events, one a second, that ends with an `event: bye` as
 //!   soon as the worker is told to stop;
@@ -35,7 +37,9 @@ async fn main() -> std::io::Result<()> {
         .route("/slow", get(slow))
         .route("/sse", get(sse))
         .route("/ws", get(ws))
-        .route("/panic", get(panic));
+        .route("/panic", get(panic))
+        .route("/page", get(page))
+        .layer(axum::middleware::from_fn(mcluster::serve::livereload));
     if std::env::args().nth(1).as_deref() == Some("--plain") {
         return plain(app).await;
     }
@@ -71,6 +75,17 @@ fn whoami() -> String {
 
 async fn hello() -> String {
     format!("Hello from {}\n", whoami())
+}
+
+/// The text of [`page`]: edit it under `mcluster dev` and the open pages show it.
+const PAGE_TEXT: &str = "A page served by axum";
+
+async fn page() -> axum::response::Html<String> {
+    axum::response::Html(format!(
+        "<!doctype html>\n<html><head><title>axum-app</title></head>\n<body>\n\
+         <p id=\"message\">{PAGE_TEXT}</p>\n<p>{}</p>\n</body></html>\n",
+        whoami()
+    ))
 }
 
 async fn slow(RawQuery(query): RawQuery) -> String {

@@ -1107,7 +1107,7 @@ fn a_changed_manifest_watches_the_new_path_dependencies() {
             })
             .is_empty()
     );
-    // Files there are named relative to their root now.
+    // Files there count now (named in full: `/lib/y` shares nothing but `/` with `/p`).
     let files = vec![ChangedFile {
         path: PathBuf::from("/lib/y/src/lib.rs"),
         modified: None,
@@ -1119,7 +1119,7 @@ fn a_changed_manifest_watches_the_new_path_dependencies() {
     assert_eq!(
         reports(&actions),
         [&rolled(
-            &["src/lib.rs"],
+            &["/lib/y/src/lib.rs"],
             Some(ms(0)),
             roll_end(2, vec![2], false)
         )]
@@ -1265,4 +1265,41 @@ fn a_file_no_build_reads_rolls_the_workers_without_a_build() {
         unknown.save(&["templates/index.html"])[..],
         [DevAction::StartBuild(_)]
     ));
+}
+
+#[test]
+fn files_outside_the_workspace_root_are_named_from_it_with_their_crate() {
+    let core = DevCore::new(
+        vec![
+            PathBuf::from("/home/u/shop"),
+            PathBuf::from("/home/u/axum-core"),
+            PathBuf::from("/home/u/shop/crates/x"),
+            PathBuf::from("/opt/vendor/y"),
+        ],
+        Vec::new(),
+    );
+    assert_eq!(
+        core.relative(&[
+            PathBuf::from("/home/u/shop/app/src/main.rs"),
+            PathBuf::from("/home/u/shop/crates/x/src/lib.rs"),
+            // A path dependency beside the workspace: its crate's directory, from the root.
+            PathBuf::from("/home/u/axum-core/src/lib.rs"),
+            PathBuf::from("/home/elsewhere/z/src/lib.rs"),
+            // Nothing but `/` in common: in full.
+            PathBuf::from("/opt/vendor/y/src/lib.rs"),
+        ]),
+        changes(&[
+            "app/src/main.rs",
+            "crates/x/src/lib.rs",
+            "../axum-core/src/lib.rs",
+            "../../elsewhere/z/src/lib.rs",
+            "/opt/vendor/y/src/lib.rs",
+        ])
+    );
+    // A root given with `..` is not climbed out of by counting: the path in full.
+    let core = DevCore::new(vec![PathBuf::from("/w/a/../b")], Vec::new());
+    assert_eq!(
+        core.relative(&[PathBuf::from("/w/c/f.rs")]),
+        changes(&["/w/c/f.rs"])
+    );
 }
