@@ -3,9 +3,10 @@
 //!
 //! `axum::serve(…).with_graceful_shutdown(…)` and hyper-util's graceful shutdown lose requests at
 //! every roll: on the stop signal they close the connections they have accepted but whose first
-//! request they have not read yet (the client sent it on a fresh connection, so it does not
-//! retry; the server resets it). Long-lived responses go wrong the other way: an SSE stream keeps
-//! the old worker alive until SIGKILL. `serve` (for an axum `Router`, feature `axum`) and [`Server::serve_hyper`] (for
+//! request they have not read yet (the client sent it; the server resets it), and an HTTP/1
+//! connection that is idle between two keep-alive requests is closed just as its next request
+//! arrives. Long-lived responses go wrong the other way: an SSE stream keeps the old worker alive
+//! until SIGKILL. `serve` (for an axum `Router`, feature `axum`) and [`Server::serve_hyper`] (for
 //! any hyper 1 service) do what a worker under mcluster should:
 //!
 //! 1. Take the inherited listeners ([`crate::worker::listeners`]); run outside mcluster, bind the
