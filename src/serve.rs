@@ -15,46 +15,18 @@
 //! 3. On SIGTERM or SIGINT (mcluster sends SIGTERM; Ctrl-C of a standalone run is SIGINT):
 //!    cancel [`shutdown_token()`], stop accepting and close the listeners (connections still
 //!    queued go to the other workers, which share the socket), then, connection by connection:
-//!    - a request in flight finishes, its response says `Connection: close`, and its
-//!      connection closes after it;
-//!    - a keep-alive connection idle between requests is closed at once, cleanly (the client
-//!      gets end-of-file, no reset): the worker holds no connection a browser would reuse, so
-//!      the roll's switch completes (mcluster waits for it) and the next request reaches a new
-//!      worker;
-//!    - a request that arrives on a kept-alive connection after the drain began (it crossed
-//!      the close) is not answered by this old version when it is idempotent (`GET`, `HEAD`,
-//!      `OPTIONS`, `TRACE`, `PUT`, `DELETE`): its connection is closed without a response, and
-//!      the client sends it again on a new connection, to a new worker; a `POST` or `PATCH` is
-//!      answered (with `Connection: close`), see below;
+//!    - a request in flight finishes, and its connection closes after it;
 //!    - a connection accepted but without a request yet gets [`Server::first_request_timeout`]
 //!      (1 s) for its first request, which is served with `Connection: close`;
+//!    - a keep-alive connection idle between requests gets [`Server::keep_alive_grace`]
+//!      (100 ms) for one more request, served with `Connection: close`, and is closed cleanly
+//!      (the client gets end-of-file, no reset) if none comes;
 //!    - an upgraded connection (a WebSocket) lives until its handler lets go of it: handlers
 //!      end on [`shutdown_token()`].
 //! 4. Return once every connection is closed (or after [`Server::drain_timeout`], if set), so
 //!    `main` returns and the worker exits 0.
 //!
 //! A second SIGTERM or SIGINT exits at once (status 1).
-//!
-//! **Why close, not answer or redirect, a request that arrives after the drain began.** A
-//! browser reuses a kept-alive connection for its next request (a live reload's, too) and keeps
-//! showing what it gets: an answer from the old version is an old page that stays. Closing the
-//! connection before any byte of a response is what every HTTP client already expects of a
-//! kept-alive connection (a server's idle timeout races the same way): RFC 9112 §9.3.1 lets a
-//! client retry an idempotent request on a new connection, and browsers (Chromium retries any
-//! request whose reused connection closed or reset before the response head), curl, Go's and
-//! nginx's clients do; the new connection reaches a new worker, since this one no longer
-//! accepts. A `307` to the same URL would work in a browser too, but every client that does not
-//! follow redirects (curl without `-L`, hyper's client, health checks, API clients) would get a
-//! `307` instead of its answer, and it rewrites the protocol where hyper's own close suffices.
-//! Clients are not expected to retry a non-idempotent request, so a `POST` or `PATCH` is
-//! answered by the old version rather than lost (its connection closed after it); such a
-//! request is a write, and its answer is usually a redirect (`303`) that the browser follows on
-//! a new connection. The first request of a connection accepted before the drain is answered as
-//! well: a client whose fresh connection closes without a response does not retry.
-//!
-//! HTTP/2 (with prior knowledge: browsers speak it only over TLS) uses hyper's graceful
-//! shutdown, a `GOAWAY`: streams the client opened before it are answered, later ones are
-//! refused, and the client retries them on a new connection.
 //!
 //! **A panic is a clean replacement.** A handler that panics answers its request with
 //! `500 Internal Server Error` and `Connection: close`. Any panic in the process (a handler, a
@@ -259,6 +231,7 @@ fn with_script(page: &[u8], tag: &str) -> Vec<u8> {
 pub struct Server {
     fallback: String,
     first_request_timeout: Duration,
+    keep_alive_grace: Duration,
     drain_timeout: Option<Duration>,
 }
 
@@ -269,11 +242,13 @@ impl Default for Server {
 }
 
 impl Server {
-    /// The defaults: fallback `127.0.0.1:3000`, first request timeout 1 s, no drain timeout.
+    /// The defaults: fallback `127.0.0.1:3000`, first request timeout 1 s, keep-alive grace
+    /// 100 ms, no drain timeout.
     pub fn new() -> Self {
         Self {
             fallback: DEFAULT_FALLBACK.to_owned(),
             first_request_timeout: Duration::from_secs(1),
+            keep_alive_grace: Duration::from_millis(100),
             drain_timeout: None,
         }
     }
@@ -291,6 +266,15 @@ impl Server {
     /// and sends nothing (a browser's speculative connection) makes the drain wait this long.
     pub fn first_request_timeout(mut self, timeout: Duration) -> Self {
         self.first_request_timeout = timeout;
+        self
+    }
+
+    /// How long a keep-alive connection, idle between requests at the stop signal, may take to
+    /// send one more request (default 100 ms), answered with `Connection: close`. A busy client
+    /// sends it within this time instead of finding its connection closed; an idle one gets a
+    /// clean close.
+    pub fn keep_alive_grace(mut self, grace: Duration) -> Self {
+        self.keep_alive_grace = grace;
         self
     }
 
@@ -519,23 +503,26 @@ where
         () = SHUTDOWN.cancelled() => {}
     }
 
-    // A connection accepted before the drain whose first request has not arrived yet: hyper's
-    // own graceful shutdown would close it at once and lose the request the client may have
-    // sent already (a client does not retry on a fresh connection). Give it time to arrive.
-    if requests.started.load(Ordering::SeqCst) == 0 {
-        let mut deadline = pin!(tokio::time::sleep(shared.settings.first_request_timeout));
-        while requests.started.load(Ordering::SeqCst) == 0 {
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                () = requests.changed.notified() => {}
-                () = &mut deadline => break,
-            }
+    // hyper's own graceful shutdown closes a connection at once unless a request is in flight,
+    // which loses the request the client has already sent. Wait for it first (briefly).
+    let started = requests.started.load(Ordering::SeqCst);
+    let grace = if started == 0 {
+        shared.settings.first_request_timeout
+    } else {
+        shared.settings.keep_alive_grace
+    };
+    let mut deadline = pin!(tokio::time::sleep(grace));
+    while requests.in_flight.load(Ordering::SeqCst) == 0
+        && requests.started.load(Ordering::SeqCst) == started
+    {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = requests.changed.notified() => {}
+            () = &mut deadline => break,
         }
     }
     // With a request in flight, this only turns keep-alive off: hyper closes the connection
-    // after the response. An idle kept-alive connection is closed now: a browser would reuse it
-    // for its next request, and the roll's switch is complete only once no old worker holds a
-    // connection. HTTP/2 gets a GOAWAY.
+    // after the response. Otherwise it closes the idle connection.
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
 }
@@ -583,25 +570,15 @@ impl<S, B> Service<Request<Incoming>> for Tracked<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>>,
     S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
 {
     type Response = Response<TrackedBody<B>>;
-    type Error = BoxError;
-    type Future = ResponseFuture<B, BoxError>;
+    type Error = S::Error;
+    type Future = ResponseFuture<B, S::Error>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let http1 = request.version() < Version::HTTP_2;
-        let kept_alive = self.requests.started.load(Ordering::SeqCst) > 0;
-        if http1 && kept_alive && SHUTDOWN.is_cancelled() && request.method().is_idempotent() {
-            // It arrived on a kept-alive connection after the drain began: the old version must
-            // not answer it. The error makes hyper close the connection without a response; the
-            // client retries on a new connection, which reaches a new worker (module docs).
-            return Box::pin(std::future::ready(Err(BoxError::from(
-                "request after the drain began on a kept-alive connection: closed unanswered",
-            ))));
-        }
         let in_flight = InFlight::start(&self.requests);
+        let http1 = request.version() < Version::HTTP_2;
         let future = panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request)))
             .map(|future| CatchUnwind(Box::pin(future)));
         Box::pin(async move {
@@ -610,7 +587,7 @@ where
                 Err(panic) => Err(panic),
             };
             let (mut parts, kind) = if let Ok(response) = outcome {
-                let (parts, body) = response.map_err(Into::into)?.into_parts();
+                let (parts, body) = response?.into_parts();
                 (parts, Kind::App { body })
             } else {
                 // The panic hook has reported it and started the drain.
