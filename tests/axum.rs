@@ -56,8 +56,15 @@ fn app() -> &'static Path {
 /// `mcluster start -n SIZE --ready notify -- axum-app ARGS…`, once its workers are ready.
 #[track_caller]
 fn start(size: usize, args: &[&str]) -> (Master, u16) {
+    start_with(size, &[], args)
+}
+
+/// As [`start`], with more options for the master.
+#[track_caller]
+fn start_with(size: usize, more: &[&str], args: &[&str]) -> (Master, u16) {
     let size_arg = size.to_string();
-    let options = ["-l", "127.0.0.1:0", "-n", &size_arg, "--ready", "notify"];
+    let mut options = vec!["-l", "127.0.0.1:0", "-n", &size_arg, "--ready", "notify"];
+    options.extend_from_slice(more);
     let master = Master::builder(&options, app(), args)
         .env("RUST_BACKTRACE", "0")
         .start();
@@ -619,6 +626,101 @@ fn sse_and_websocket_clients_end_properly_and_promptly_at_a_roll_and_at_ctrl_c()
         master.dump()
     );
     assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
+}
+
+/// How long a roll may take at most when its old worker holds only idle keep-alive connections
+/// (and a 2 s request): well before [`KILL_TIMEOUT`], which would end a worker that held them.
+const ROLL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The master's `--kill-timeout` in the keep-alive test.
+const KILL_TIMEOUT: &str = "30s";
+
+/// `GET PATH` on a kept-alive connection (`reader`); the reply must keep the connection open.
+#[track_caller]
+fn get_kept_alive(reader: &mut BufReader<TcpStream>, path: &str) -> Reply {
+    reader
+        .get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .unwrap();
+    let reply = read_reply(reader).unwrap();
+    assert!(!reply.close, "{:?}", reply.body);
+    reply
+}
+
+/// A browser's idle kept-alive connection to an old worker does not hold up the switch: the
+/// draining worker answers what arrives on it for a moment (with `Connection: close`), then
+/// closes it, so the roll — whose end waits until no old worker holds a connection — ends long
+/// before the kill timeout, and a request after it gets the new generation. A request in
+/// progress at the stop gets its whole response.
+#[test]
+fn a_kept_alive_connection_does_not_hold_up_the_switch_and_a_request_in_progress_is_answered() {
+    let (master, port) = start_with(1, &["--kill-timeout", KILL_TIMEOUT], &[]);
+    let old = master.generation(1)[0];
+    let generation_1 = format!("(pid {}, generation 1)", old.pid);
+
+    // A browser's connection: one page answered, then idle and kept alive.
+    let mut kept = BufReader::new(connect(port).unwrap());
+    assert!(get_kept_alive(&mut kept, "/").body.contains(&generation_1));
+    // A kept-alive connection whose second request is in progress at the stop signal (2 s, and
+    // the replacement is ready long before that).
+    let mut busy = BufReader::new(connect(port).unwrap());
+    assert!(get_kept_alive(&mut busy, "/").body.contains(&generation_1));
+    busy.get_mut()
+        .write_all(b"GET /slow?ms=2000 HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    // Its `bye` says when the old worker's drain began.
+    let sse = sse_client(port);
+    assert!(sse_hello(&sse, &master).contains(&generation_1));
+
+    let mark = master.stderr_mark();
+    let hup_at = Instant::now();
+    master.signal(Signal::SIGHUP);
+    sse_bye(&sse, &master);
+    // A request on the idle connection once the drain began: answered with `Connection: close`
+    // (the switch is not complete yet), or the connection is closed first.
+    let second = kept
+        .get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .and_then(|()| read_reply(&mut kept));
+    if let Ok(reply) = &second {
+        assert!(reply.close, "{} {:?}", reply.status, reply.body);
+    }
+
+    // The request in progress at the stop signal gets its whole response, and the connection
+    // closes after it.
+    let slow = read_reply(&mut busy).unwrap();
+    assert_eq!(slow.status, 200, "{:?}", slow.body);
+    assert!(
+        slow.body.starts_with("Slept 2000 ms in ") && slow.body.contains(&generation_1),
+        "{:?}",
+        slow.body
+    );
+    assert!(
+        slow.close,
+        "the response in progress at the drain says Connection: close"
+    );
+    let mut rest = Vec::new();
+    assert_eq!(busy.read_to_end(&mut rest).map_err(|e| e.kind()), Ok(0));
+
+    // The roll ends once the old worker holds no connection: not at the kill timeout.
+    let (rolled, _) =
+        master.wait_for_stderr_after(mark, "mcluster: rolled 1 worker to generation 2 in ");
+    let rolled_at = master.stderr_timed()[rolled - 1].0;
+    assert!(
+        rolled_at.duration_since(hup_at) < ROLL_DEADLINE,
+        "the roll ended {:?} after the HUP (kill timeout {KILL_TIMEOUT})\n{}",
+        rolled_at.duration_since(hup_at),
+        master.dump()
+    );
+    let new = master.generation(2)[0];
+    let fresh = get(port, "/").unwrap();
+    assert!(
+        fresh
+            .body
+            .contains(&format!("(pid {}, generation 2)", new.pid)),
+        "{:?}",
+        fresh.body
+    );
 }
 
 #[test]
