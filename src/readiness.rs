@@ -356,9 +356,20 @@ pub(crate) struct AcceptedConnections {
     inodes: HashSet<u64>,
 }
 
+/// The most TCP sockets (in use, and in `TIME_WAIT`: a busy server's fresh connections leave tens
+/// of thousands) for which the tables are read: each line is text the kernel writes and the
+/// master parses on its loop (40,000 sockets: some 30 ms a read). Beyond, the connections are
+/// not known, and a retiring worker's switch ends when it is gone.
+const MAX_TABLE_SOCKETS: u64 = 2_000;
+
 impl AcceptedConnections {
-    /// Those of the network namespace of `pid`; `None` when its tables cannot be read.
+    /// Those of the network namespace of `pid`; `None` when its tables cannot be read, or are
+    /// too long to read ([`MAX_TABLE_SOCKETS`], from `/proc/PID/net/sockstat`).
     pub(crate) fn of(pid: i32, listeners: &ListenerInodes) -> Option<Self> {
+        let sockstat = procfs::read_single(format!("/proc/{pid}/net/sockstat"))?;
+        if tcp_sockets(&sockstat)? > MAX_TABLE_SOCKETS {
+            return None;
+        }
         let table = |name: &str| fs::read_to_string(format!("/proc/{pid}/net/{name}"));
         let tcp = table("tcp").ok()?;
         // No IPv6 (a kernel without it) is no error; an unreadable unix table is.
@@ -368,6 +379,20 @@ impl AcceptedConnections {
             inodes: accepted_sockets(&tcp, &tcp6, &unix, listeners).collect(),
         })
     }
+}
+
+/// How many TCP sockets a `/proc/net/sockstat` text counts: in use and in `TIME_WAIT` (`TCP:
+/// inuse 5 orphan 0 tw 40599 alloc 9 mem 1`).
+fn tcp_sockets(sockstat: &str) -> Option<u64> {
+    let line = sockstat
+        .lines()
+        .find_map(|line| line.strip_prefix("TCP:"))?;
+    let mut words = line.split_whitespace();
+    let mut count = |name: &str| -> Option<u64> {
+        words.find(|word| *word == name)?;
+        words.next()?.parse().ok()
+    };
+    Some(count("inuse")?.saturating_add(count("tw")?))
 }
 
 /// Whether a retiring worker, the processes `pids` of its group, can no longer answer a request
@@ -684,6 +709,24 @@ mod tests {
         // Other tests of this binary may open or close connections meanwhile: a margin.
         assert!(during >= before + 90, "{before} → {during}");
         drop((clients, servers));
+    }
+
+    #[test]
+    fn the_tcp_sockets_of_sockstat_count_those_in_time_wait() {
+        let text =
+            "sockets: used 7\nTCP: inuse 3 orphan 0 tw 40599 alloc 5 mem 1\nUDP: inuse 0 mem 0\n";
+        assert_eq!(tcp_sockets(text), Some(40_602));
+        assert_eq!(tcp_sockets("sockets: used 7\n"), None);
+        assert_eq!(tcp_sockets("TCP: inuse x tw 1\n"), None);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
+        let this = i32::try_from(std::process::id()).unwrap();
+        let sockstat = procfs::read_single(format!("/proc/{this}/net/sockstat")).unwrap();
+        assert_eq!(
+            AcceptedConnections::of(this, &listeners).is_some(),
+            tcp_sockets(&sockstat).unwrap() <= MAX_TABLE_SOCKETS,
+            "{sockstat}"
+        );
     }
 
     #[test]
