@@ -417,61 +417,80 @@ pub(crate) fn switched_out(
 }
 
 /// The inodes of the sockets of connections accepted on our listeners in the tables of
-/// `/proc/PID/net/` (see [`AcceptedConnections`]).
+/// `/proc/PID/net/` (see [`AcceptedConnections`]): TCP established or closed by the peer only
+/// (`CLOSE_WAIT`: the worker can still answer) on a listener's port, unix ones of a listener's
+/// path.
 fn accepted_sockets<'a>(
     tcp: &'a str,
     tcp6: &'a str,
     unix: &'a str,
     listeners: &'a ListenerInodes,
 ) -> impl Iterator<Item = u64> + 'a {
-    let column = |line: &'a str, index: usize| line.split_whitespace().nth(index);
-    let tcp = [tcp, tcp6].into_iter().flat_map(move |text| {
-        text.lines().skip(1).filter_map(move |line| {
-            // 01: ESTABLISHED, 08: CLOSE_WAIT.
-            if !matches!(column(line, 3)?, "01" | "08") {
-                return None;
-            }
-            let (_, port) = column(line, 1)?.rsplit_once(':')?;
-            let port = u16::from_str_radix(port, 16).ok()?;
-            listeners
-                .ports
-                .contains(&port)
-                .then(|| column(line, 9)?.parse().ok())?
-        })
-    });
-    let unix = unix.lines().skip(1).filter_map(move |line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // Type 0001 (stream), state 03 (connected), with the path of one of our listeners.
-        (fields.get(4) == Some(&"0001")
-            && fields.get(5) == Some(&"03")
-            && fields
-                .get(7)
-                .is_some_and(|path| listeners.paths.iter().any(|ours| ours == path)))
-        .then(|| fields.get(6)?.parse().ok())?
-    });
-    tcp.chain(unix)
+    table_sockets(tcp, tcp6, unix).filter_map(|socket| match socket {
+        TableSocket::Tcp { inode, state, port } => {
+            (matches!(state, "01" | "08") && listeners.ports.contains(&port)).then_some(inode)
+        }
+        TableSocket::ConnectedUnix { inode, path } => listeners
+            .paths
+            .iter()
+            .any(|ours| ours == path)
+            .then_some(inode),
+    })
 }
 
-/// The inodes of the connected sockets in the tables of `/proc/PID/net/`: columns are `sl local
-/// remote st … inode` for TCP, `Num RefCount Protocol Flags Type St Inode Path` for unix
-/// sockets.
+/// The inodes of the connected sockets in the tables of `/proc/PID/net/`: TCP established, and
+/// unix ones connected through a named socket.
 fn connected_sockets<'a>(
     tcp: &'a str,
     tcp6: &'a str,
     unix: &'a str,
 ) -> impl Iterator<Item = u64> + 'a {
-    let column = |line: &'a str, index: usize| line.split_whitespace().nth(index);
-    let tcp = [tcp, tcp6].into_iter().flat_map(move |text| {
-        text.lines().skip(1).filter_map(move |line| {
-            // 01: ESTABLISHED.
-            (column(line, 3)? == "01").then(|| column(line, 9)?.parse().ok())?
+    table_sockets(tcp, tcp6, unix).filter_map(|socket| match socket {
+        TableSocket::Tcp { inode, state, .. } => (state == "01").then_some(inode),
+        TableSocket::ConnectedUnix { inode, .. } => Some(inode),
+    })
+}
+
+/// A socket of the tables of `/proc/PID/net/`.
+enum TableSocket<'a> {
+    /// A TCP socket: its state (`01` established, `08` `CLOSE_WAIT`, …) and its local port.
+    Tcp {
+        inode: u64,
+        state: &'a str,
+        port: u16,
+    },
+    /// A connected unix stream socket with a path: the named socket it was accepted on.
+    ConnectedUnix { inode: u64, path: &'a str },
+}
+
+/// The sockets of the tables of `/proc/PID/net/`: columns are `sl local remote st … inode` for
+/// TCP (`tcp`, `tcp6`), `Num RefCount Protocol Flags Type St Inode Path` for unix sockets, of
+/// which only connected stream sockets with a path are told.
+fn table_sockets<'a>(
+    tcp: &'a str,
+    tcp6: &'a str,
+    unix: &'a str,
+) -> impl Iterator<Item = TableSocket<'a>> + 'a {
+    let tcp = [tcp, tcp6].into_iter().flat_map(|text| {
+        text.lines().skip(1).filter_map(|line| {
+            let mut columns = line.split_whitespace();
+            let (_, port) = columns.nth(1)?.rsplit_once(':')?;
+            let state = columns.nth(1)?;
+            Some(TableSocket::Tcp {
+                inode: columns.nth(5)?.parse().ok()?,
+                state,
+                port: u16::from_str_radix(port, 16).ok()?,
+            })
         })
     });
-    let unix = unix.lines().skip(1).filter_map(move |line| {
+    let unix = unix.lines().skip(1).filter_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         // Type 0001 (stream), state 03 (connected), with a path.
-        (fields.get(4) == Some(&"0001") && fields.get(5) == Some(&"03") && fields.len() > 7)
-            .then(|| fields.get(6)?.parse().ok())?
+        (fields.get(4) == Some(&"0001") && fields.get(5) == Some(&"03")).then_some(())?;
+        Some(TableSocket::ConnectedUnix {
+            inode: fields.get(6)?.parse().ok()?,
+            path: fields.get(7)?,
+        })
     });
     tcp.chain(unix)
 }
@@ -695,6 +714,20 @@ mod tests {
             "established TCP, and accepted connections of a named unix socket"
         );
         assert_eq!(connected_sockets("", "", "").count(), 0);
+        // Accepted on our listeners: port 3000 (0BB8) and /run/app.sock; and one the peer
+        // closed, which the worker can still answer.
+        let close_wait = "   3: 0100007F:0BB8 0100007F:D2F4 08 00000000:00000000 00:00000000 00000000     0        0 103 1 0 20 4 30 10 -1\n";
+        let other_port = "   4: 0100007F:1F90 0100007F:D2F6 01 00000000:00000000 00:00000000 00000000     0        0 104 1 0 20 4 30 10 -1\n";
+        let tcp = format!("{tcp}{close_wait}{other_port}");
+        let listeners = ListenerInodes {
+            ports: vec![3000],
+            paths: vec!["/run/app.sock".to_owned()],
+            ..ListenerInodes::default()
+        };
+        assert_eq!(
+            accepted_sockets(&tcp, tcp6, unix, &listeners).collect::<Vec<_>>(),
+            vec![101, 103, 102, 201],
+        );
     }
 
     #[test]

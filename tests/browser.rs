@@ -34,7 +34,13 @@ fn cargo_lock() -> Flock<std::fs::File> {
 
 /// A copy of the bundled example (sources and `static/`), depending on this checkout.
 fn example_copy() -> TempDir {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-app");
+    app_copy("examples/hello-app", &["src", "static"])
+}
+
+/// A copy of the app project at `source` (relative to the repository): its manifest (a path
+/// dependency on `../..` pointed at this checkout), its lock file and the directories `dirs`.
+fn app_copy(source: &str, dirs: &[&str]) -> TempDir {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
     let dir = TempDir::new().unwrap();
     let manifest = std::fs::read_to_string(source.join("Cargo.toml"))
         .unwrap()
@@ -44,34 +50,12 @@ fn example_copy() -> TempDir {
         );
     std::fs::write(dir.path().join("Cargo.toml"), manifest).unwrap();
     std::fs::copy(source.join("Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
-    for sub in ["src", "static"] {
+    for sub in dirs {
         std::fs::create_dir(dir.path().join(sub)).unwrap();
         for entry in std::fs::read_dir(source.join(sub)).unwrap() {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
         }
-    }
-    dir
-}
-
-/// A copy of the app project at `source` (relative to the repository): its manifest (a path
-/// dependency on `../..` pointed at this checkout), its lock file and `src/`.
-fn app_copy(source: &str) -> TempDir {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let source = root.join(source);
-    let dir = TempDir::new().unwrap();
-    let manifest = std::fs::read_to_string(source.join("Cargo.toml"))
-        .unwrap()
-        .replace(
-            r#"path = "../..""#,
-            &format!("path = {:?}", env!("CARGO_MANIFEST_DIR")),
-        );
-    std::fs::write(dir.path().join("Cargo.toml"), manifest).unwrap();
-    std::fs::copy(source.join("Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
-    std::fs::create_dir(dir.path().join("src")).unwrap();
-    for entry in std::fs::read_dir(source.join("src")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join("src").join(entry.file_name())).unwrap();
     }
     dir
 }
@@ -139,7 +123,7 @@ fn five_saves_each_shown_and_still_shown(project: &Path, path: &str, first: &str
 /// An HTML page of `examples/axum-app`, on `mcluster::serve` with its live-reload middleware.
 #[test]
 fn a_page_of_the_axum_example_shows_every_save_and_keeps_showing_it() {
-    let project = app_copy("examples/axum-app");
+    let project = app_copy("examples/axum-app", &["src"]);
     five_saves_each_shown_and_still_shown(project.path(), "/page", "A page served by axum");
 }
 
@@ -147,7 +131,7 @@ fn a_page_of_the_axum_example_shows_every_save_and_keeps_showing_it() {
 /// the live-reload script by hand.
 #[test]
 fn a_page_of_a_plain_listenfd_axum_app_shows_every_save_and_keeps_showing_it() {
-    let project = app_copy("fixtures/plain-axum");
+    let project = app_copy("fixtures/plain-axum", &["src"]);
     five_saves_each_shown_and_still_shown(project.path(), "/", "plain axum v1");
 }
 
