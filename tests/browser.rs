@@ -81,13 +81,9 @@ fn prebuild(project: &Path) {
     assert!(status.success(), "{} does not build", project.display());
 }
 
-/// `mcluster dev -n 2` on `project`, its page at `path` open in the browser showing
-/// `PAGE_TEXT` (`first`): five saves of `src/main.rs`, each shown, and still shown a second
-/// later.
-fn five_saves_each_shown_and_still_shown(project: &Path, path: &str, first: &str) {
-    prebuild(project);
-    let manifest = project.join("Cargo.toml");
-    let master = MasterBuilder::raw(&[
+/// `mcluster dev -n 2` with live reload on the project of `manifest`, building into `target`.
+fn dev_master(manifest: &Path, target: &Path) -> Master {
+    MasterBuilder::raw(&[
         "dev",
         "-l",
         "127.0.0.1:0",
@@ -98,9 +94,18 @@ fn five_saves_each_shown_and_still_shown(project: &Path, path: &str, first: &str
         "--manifest-path",
         manifest.to_str().unwrap(),
     ])
-    .env("CARGO_TARGET_DIR", axum_target())
+    .env("CARGO_TARGET_DIR", target)
     .env("APP_ENV", "dev")
-    .start();
+    .start()
+}
+
+/// `mcluster dev -n 2` on `project`, its page at `path` open in the browser showing
+/// `PAGE_TEXT` (`first`): five saves of `src/main.rs`, each shown, and still shown a second
+/// later.
+fn five_saves_each_shown_and_still_shown(project: &Path, path: &str, first: &str) {
+    prebuild(project);
+    let manifest = project.join("Cargo.toml");
+    let master = dev_master(&manifest, &axum_target());
     master.wait_for_stderr(&crate::support::all_ready(2));
     let port = master.port();
     let mut browser = Browser::open(&format!("http://127.0.0.1:{port}{path}"));
@@ -220,20 +225,7 @@ fn the_page_follows_every_save_by_itself() {
     edit(&main_rs, "fn main()", "fn broken() {\nfn main()");
     let _lock = cargo_lock();
     let manifest = project.path().join("Cargo.toml");
-    let master = MasterBuilder::raw(&[
-        "dev",
-        "-l",
-        "127.0.0.1:0",
-        "-n",
-        "2",
-        "--livereload",
-        "127.0.0.1:0",
-        "--manifest-path",
-        manifest.to_str().unwrap(),
-    ])
-    .env("CARGO_TARGET_DIR", shared_target())
-    .env("APP_ENV", "dev")
-    .start();
+    let master = dev_master(&manifest, &shared_target());
     let port = master.port();
     master.wait_for_stderr("mcluster: build failed");
     let mut browser = Browser::open(&format!("http://127.0.0.1:{port}/"));

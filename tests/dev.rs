@@ -650,6 +650,20 @@ fn a_save_during_a_build_restarts_it_and_one_roll_follows() {
     assert_eq!(build.builds_started(), 3, "{}", master.dump());
 }
 
+/// A project of one package `app` whose `main` does nothing: what the stand-in cargos build
+/// nothing of (they write their own binaries).
+fn empty_app() -> TempDir {
+    let project = TempDir::new().unwrap();
+    fs::create_dir(project.path().join("src")).unwrap();
+    fs::write(
+        project.path().join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    fs::write(project.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+    project
+}
+
 /// A stand-in for cargo (`$CARGO`): `cargo build` waits for a gate file, floods its stderr,
 /// writes one endless line on stdout, then says it built a binary (a copy of `fixture-echo`,
 /// another one each build) and ends its stderr with a line of its own; anything else is the
@@ -676,14 +690,7 @@ const BUILD_FLOOD_PEAK_MAX: u64 = 32 * 1024 * 1024;
 impl FloodingCargo {
     fn new() -> Self {
         let control = TempDir::new().unwrap();
-        let project = TempDir::new().unwrap();
-        fs::create_dir(project.path().join("src")).unwrap();
-        fs::write(
-            project.path().join("Cargo.toml"),
-            "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
-        )
-        .unwrap();
-        fs::write(project.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+        let project = empty_app();
         fs::write(control.path().join("gate"), "").unwrap();
         let ctl = crate::support::script::quote(control.path());
         let fixture = crate::support::script::quote(&fixture("fixture-echo"));
@@ -833,14 +840,7 @@ struct SlowMetadataCargo {
 impl SlowMetadataCargo {
     fn new() -> Self {
         let control = TempDir::new().unwrap();
-        let project = TempDir::new().unwrap();
-        fs::create_dir(project.path().join("src")).unwrap();
-        fs::write(
-            project.path().join("Cargo.toml"),
-            "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
-        )
-        .unwrap();
-        fs::write(project.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+        let project = empty_app();
         let ctl = crate::support::script::quote(control.path());
         let fixture = crate::support::script::quote(&fixture("fixture-echo"));
         let script = format!(
