@@ -14,6 +14,7 @@
 //!               └───> failed start <──┘                      crash: restart with backoff
 //!
 //!  stop (roll, resize, shutdown, missed deadline): Stopping ──kill timeout──> SIGKILL ──> reaped
+//!  roll with steering: Ready ──replacement ready──> Draining ──drained / deadline──> Stopping
 //! ```
 //!
 //! A roll replaces every slot, up to [`Surge`] replacements at a time (slot 0 first): it spawns
@@ -23,7 +24,21 @@
 //! seen switched out ([`Action::ProbeRetiring`], [`Event::SwitchedOut`]: no process of its group
 //! accepting on a listener or holding a connection accepted on one); their kill timeout bounds
 //! the wait. Whatever announces the new version (the roll's outcome, the pages' reload) follows
-//! it. A replacement that fails aborts the roll: the
+//! it.
+//!
+//! With steering ([`ClusterConfig::steering`]: each generation has listening sockets of its
+//! own, one `SO_REUSEPORT` group per address), a roll opens its generation's sockets first
+//! ([`Action::OpenListeners`]; they get no connection yet), and an old worker whose replacement
+//! is ready is not stopped but *draining*: it serves on until the switch — as many replacements
+//! ready as the surge starts at once, every one by default — when new connections go to the new
+//! generation ([`Action::Steer`]); then it takes what its generation's sockets still hold and
+//! gets the stop signal once it is drained ([`Action::ProbeDraining`], [`Event::Drained`]) or
+//! the kill timeout after the switch. A worker that dies at once on SIGTERM thus loses nothing.
+//! A generation no worker runs any more loses its sockets ([`Action::CloseListeners`]). A roll
+//! aborted before its switch gives every slot back to its old worker and stops the new ones,
+//! which never got a connection; one aborted after it keeps its ready replacements.
+//!
+//! A replacement that fails aborts the roll: the
 //! replacements not yet ready are stopped, the slots not yet rolled keep their generation, and
 //! the report says which slot runs which.
 //!
@@ -154,6 +169,11 @@ pub struct ClusterConfig {
     pub probe_starting: bool,
     /// What SIGHUP does.
     pub hangup: Hangup,
+    /// Each generation gets listening sockets of its own and the driver can send every new
+    /// connection to one generation's ([`Action::OpenListeners`], [`Action::Steer`]): a roll
+    /// then stops an old worker only once new connections go to its replacements' generation
+    /// and it has drained what it held ([`Action::ProbeDraining`], [`Event::Drained`]).
+    pub steering: bool,
 }
 
 /// What SIGHUP ([`Event::Hangup`]) does.
@@ -228,6 +248,8 @@ pub enum RowState {
     Starting,
     /// Serving.
     Ready,
+    /// Replaced, taking what its generation's sockets still hold before its stop.
+    Draining,
     /// Asked to stop (or leaving by itself), not gone yet.
     Stopping,
     /// No worker: the slot restarts one after a backoff delay.
@@ -241,6 +263,7 @@ impl RowState {
         match self {
             RowState::Starting => "starting",
             RowState::Ready => "ready",
+            RowState::Draining => "draining",
             RowState::Stopping => "stopping",
             RowState::BackingOff => "backing off",
         }
@@ -275,6 +298,7 @@ impl ClusterConfig {
             linger_note: Some(Duration::from_secs(2)),
             probe_starting: false,
             hangup: Hangup::Roll,
+            steering: false,
         }
     }
 }
@@ -288,6 +312,14 @@ enum WorkerState {
         deadline: Instant,
     },
     Ready,
+    /// A ready worker of an older generation whose slot has a ready replacement, not signalled
+    /// yet: it takes what its generation's sockets still hold, then gets the stop signal
+    /// (drained, or at the deadline). It is leaving, as a stopping worker is.
+    Draining {
+        /// The drain deadline, set at the switch (new connections go elsewhere from then on);
+        /// `None` before it.
+        deadline: Option<Instant>,
+    },
     Stopping {
         kill_at: Option<Instant>,
         /// When it is reported as lingering, if it is still alive then.
@@ -322,6 +354,15 @@ impl Worker {
     /// Whether it was sent SIGKILL already.
     fn is_killed(&self) -> bool {
         matches!(self.state, WorkerState::Stopping { kill_at: None, .. })
+    }
+
+    /// Whether it is on its way out (stopping, or draining before its stop): it covers no
+    /// slot, and its exit is no failure.
+    fn leaving(&self) -> bool {
+        matches!(
+            self.state,
+            WorkerState::Stopping { .. } | WorkerState::Draining { .. }
+        )
     }
 
     /// The worker as reports name it.
@@ -373,6 +414,8 @@ struct Roll {
     first_ready: Option<Instant>,
     /// The requests this roll answers.
     requests: Vec<u64>,
+    /// Its generation has sockets of its own: old workers drain before they stop.
+    steers: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -430,6 +473,14 @@ pub struct Cluster {
     /// The looks at retiring workers ([`Action::ProbeRetiring`]); reset when a worker starts
     /// retiring (the next round looks).
     retire_round: DoublingPause,
+    /// The looks at draining workers ([`Action::ProbeDraining`]); reset at a switch and when a
+    /// worker starts draining after it.
+    drain_round: DoublingPause,
+    /// The generation new connections go to ([`Action::Steer`]); `None` before the first
+    /// switch (the first generation's sockets get them) or without steering.
+    steered: Option<u64>,
+    /// The generations with sockets of their own ([`Action::OpenListeners`]) not closed yet.
+    own_listeners: Vec<u64>,
 }
 
 /// A look that is taken at once, then again after pauses that double from `first` up to `max`
@@ -486,6 +537,9 @@ impl Cluster {
             zombie_scan: DoublingPause::default(),
             full_round: DoublingPause::default(),
             retire_round: DoublingPause::default(),
+            drain_round: DoublingPause::default(),
+            steered: None,
+            own_listeners: Vec::new(),
         }
     }
 
@@ -543,6 +597,7 @@ impl Cluster {
             state: match worker.state {
                 WorkerState::Spawning | WorkerState::Starting { .. } => RowState::Starting,
                 WorkerState::Ready => RowState::Ready,
+                WorkerState::Draining { .. } => RowState::Draining,
                 WorkerState::Stopping { .. } => RowState::Stopping,
             },
             since: Some(worker.since).filter(|_| worker.pid.is_some()),
@@ -609,6 +664,7 @@ impl Cluster {
         let worker_deadlines = self.workers.iter().flat_map(|worker| match worker.state {
             WorkerState::Starting { ready_at, deadline } => [ready_at, Some(deadline)],
             WorkerState::Stopping { kill_at, note_at } => [kill_at, note_at],
+            WorkerState::Draining { deadline } => [deadline, None],
             WorkerState::Ready => [worker.watchdog_at, None],
             WorkerState::Spawning => [None, None],
         });
@@ -635,7 +691,7 @@ impl Cluster {
             self.probing().count() + self.retiring_stopped().count()
         } else {
             0
-        };
+        } + self.draining().count();
         let interval = if probed > 0 {
             // Many workers starting or retiring at once (a roll with a surge) share one budget:
             // the probes of a round grow with their number, the rounds thin out (10 ms for 1 or
@@ -662,6 +718,18 @@ impl Cluster {
     fn full_round_due(&mut self, now: Instant) -> bool {
         self.full_round
             .due(now, PROBE_INTERVAL_MAX, MEMBERS_SCAN_MAX)
+    }
+
+    /// The draining workers steered away from (past the switch), with their pids and
+    /// generations: those the driver looks at ([`Action::ProbeDraining`]).
+    fn draining(&self) -> impl Iterator<Item = (WorkerKey, Pid, u64)> + '_ {
+        self.workers.iter().filter_map(|worker| {
+            matches!(worker.state, WorkerState::Draining { deadline: Some(_) }).then_some((
+                worker.key,
+                worker.pid?,
+                worker.generation,
+            ))
+        })
     }
 
     /// The workers of a generation older than the roll under way's that may still answer a
@@ -711,6 +779,17 @@ impl Cluster {
                 {
                     self.mark_ready(now, index, ReadyBy::Notified, &mut actions);
                 }
+            }
+            Event::Drained { key } => {
+                if let Some(index) = self.index_of_key(key)
+                    && matches!(self.workers[index].state, WorkerState::Draining { .. })
+                {
+                    self.stop_worker(now, index, false, &mut actions);
+                    self.retire_round = DoublingPause::default();
+                }
+            }
+            Event::ListenersShared { generation } => {
+                self.listeners_shared(now, generation, &mut actions);
             }
             Event::Watchdog { key } => {
                 let watchdog = self.config.watchdog;
@@ -782,9 +861,64 @@ impl Cluster {
             },
         }
         self.restore_coverage(now, &mut actions);
+        self.close_unused_listeners(&mut actions);
         self.check_exit(&mut actions);
         self.answer_resizes(&mut actions);
         actions
+    }
+
+    /// The roll's generation shares the older sockets: steering cannot separate it, so old
+    /// workers waiting for the switch stop now, as without steering.
+    fn listeners_shared(&mut self, now: Instant, generation: u64, actions: &mut Vec<Action>) {
+        self.own_listeners.retain(|&own| own != generation);
+        let Some(roll) = &mut self.roll else {
+            return;
+        };
+        if roll.generation != generation || !roll.steers {
+            return;
+        }
+        roll.steers = false;
+        let waiting: Vec<usize> = (0..self.workers.len())
+            .filter(|&i| {
+                self.workers[i].state == WorkerState::Draining { deadline: None }
+                    && self.workers[i].generation < generation
+            })
+            .collect();
+        for index in waiting {
+            self.stop_worker(now, index, false, actions);
+        }
+        self.retire_round = DoublingPause::default();
+    }
+
+    /// Takes the sockets of generations no worker runs any more, nor will (no slot restarts
+    /// one, no roll starts one), out of the groups. The generation new connections go to keeps
+    /// its sockets.
+    fn close_unused_listeners(&mut self, actions: &mut Vec<Action>) {
+        if self.own_listeners.is_empty() {
+            return;
+        }
+        let in_use = |generation: u64| {
+            self.steered == Some(generation)
+                || self
+                    .roll
+                    .as_ref()
+                    .is_some_and(|roll| roll.generation == generation)
+                || self
+                    .workers
+                    .iter()
+                    .any(|worker| worker.generation == generation)
+                || self.slots.iter().any(|slot| slot.generation == generation)
+        };
+        let unused: Vec<u64> = self
+            .own_listeners
+            .iter()
+            .copied()
+            .filter(|&generation| !in_use(generation))
+            .collect();
+        for generation in unused {
+            self.own_listeners.retain(|&own| own != generation);
+            actions.push(Action::CloseListeners { generation });
+        }
     }
 
     /// Gives every resize waiter its answer once there is one: refused when the cluster stops,
@@ -879,7 +1013,7 @@ impl Cluster {
                 let hard = matches!(self.phase, Phase::Stopping { hard: true } | Phase::Waiting);
                 self.stop_worker(now, index, hard, actions);
             }
-            WorkerState::Starting { .. } | WorkerState::Ready => {}
+            WorkerState::Starting { .. } | WorkerState::Ready | WorkerState::Draining { .. } => {}
         }
     }
 
@@ -914,6 +1048,7 @@ impl Cluster {
             rest.watchdog_at = None;
             rest.hint_at = None;
             if !matches!(worker.state, WorkerState::Stopping { .. }) {
+                // Draining too: its group's rest is stopped now, the rest cannot drain alone.
                 actions.push(Action::Report(Report::LeftBehind(worker.id())));
                 actions.push(Action::Signal {
                     pid,
@@ -925,8 +1060,10 @@ impl Cluster {
         }
         match worker.state {
             // An old worker of a roll may have been the last that could still answer.
-            WorkerState::Stopping { .. } if !tree_left => self.advance_roll(now, actions),
-            WorkerState::Stopping { .. } => {}
+            WorkerState::Stopping { .. } | WorkerState::Draining { .. } if !tree_left => {
+                self.advance_roll(now, actions);
+            }
+            WorkerState::Stopping { .. } | WorkerState::Draining { .. } => {}
             WorkerState::Spawning | WorkerState::Starting { .. } => {
                 let failure = Failure::EndedStarting(end);
                 self.failed_start(now, &worker, failure, Some(end), actions);
@@ -987,19 +1124,17 @@ impl Cluster {
 
     /// Whether another worker, not stopping, serves (or is starting to serve) `worker`'s slot.
     fn slot_covered(&self, worker: &Worker) -> bool {
-        self.workers.iter().any(|other| {
-            other.key != worker.key
-                && other.slot == worker.slot
-                && !matches!(other.state, WorkerState::Stopping { .. })
-        })
+        self.workers
+            .iter()
+            .any(|other| other.key != worker.key && other.slot == worker.slot && !other.leaving())
     }
 
     /// Whether `slot` has a worker that is not stopping.
     #[cfg(test)]
     fn has_live_worker(&self, slot: usize) -> bool {
-        self.workers.iter().any(|worker| {
-            worker.slot == slot && !matches!(worker.state, WorkerState::Stopping { .. })
-        })
+        self.workers
+            .iter()
+            .any(|worker| worker.slot == slot && !worker.leaving())
     }
 
     /// Restarts a failed worker's slot after the backoff its failures (already counted) call
@@ -1053,7 +1188,7 @@ impl Cluster {
             return;
         }
         // This runs after every event: one pass over the workers, not one per slot.
-        let live = self.slots_where(|worker| !matches!(worker.state, WorkerState::Stopping { .. }));
+        let live = self.slots_where(|worker| !worker.leaving());
         for slot in 0..self.slots.len() {
             if self.slots[slot].restart_at.is_some() || live.get(slot).copied().unwrap_or(false) {
                 continue;
@@ -1159,15 +1294,18 @@ impl Cluster {
         failure: Failure,
         actions: &mut Vec<Action>,
     ) {
-        let Some(roll) = self.roll.take() else {
+        let Some(mut roll) = self.roll.take() else {
             return;
         };
         for key in &roll.replacements {
             if let Some(index) = self.index_of_key(*key)
-                && !matches!(self.workers[index].state, WorkerState::Stopping { .. })
+                && !self.workers[index].leaving()
             {
                 self.stop_worker(now, index, false, actions);
             }
+        }
+        if roll.steers && self.steered != Some(roll.generation) {
+            roll.rolled -= self.revert_unswitched(now, roll.generation, actions);
         }
         let end = RollEnd {
             generation: roll.generation,
@@ -1189,6 +1327,43 @@ impl Cluster {
         actions.push(Action::RollEnded(end));
         actions.push(Action::Notify(MasterState::Ready));
         self.start_queued_roll(now, actions);
+    }
+
+    /// An aborted roll that had not switched yet: no connection ever went to its generation,
+    /// so each old worker waiting for the switch serves on and its slot goes back to it, and
+    /// the roll's ready workers in those slots stop. Returns how many slots went back.
+    fn revert_unswitched(
+        &mut self,
+        now: Instant,
+        generation: u64,
+        actions: &mut Vec<Action>,
+    ) -> usize {
+        let mut reverted = 0;
+        for index in 0..self.workers.len() {
+            let old = &self.workers[index];
+            if old.state != (WorkerState::Draining { deadline: None })
+                || old.generation >= generation
+            {
+                continue;
+            }
+            let (slot, old_generation) = (old.slot, old.generation);
+            self.workers[index].state = WorkerState::Ready;
+            self.workers[index].watchdog_at = self.config.watchdog.map(|limit| after(now, limit));
+            if let Some(slot_state) = self.slots.get_mut(slot) {
+                slot_state.generation = old_generation;
+            }
+            let replacements: Vec<usize> = (0..self.workers.len())
+                .filter(|&i| {
+                    let new = &self.workers[i];
+                    new.slot == slot && new.generation == generation && !new.leaving()
+                })
+                .collect();
+            for replacement in replacements {
+                self.stop_worker(now, replacement, false, actions);
+            }
+            reverted += 1;
+        }
+        reverted
     }
 
     fn mark_ready(&mut self, now: Instant, index: usize, how: ReadyBy, actions: &mut Vec<Action>) {
@@ -1220,15 +1395,29 @@ impl Cluster {
             let olds: Vec<usize> = (0..self.workers.len())
                 .filter(|&i| {
                     let old = &self.workers[i];
-                    old.slot == slot
-                        && old.key != key
-                        && !matches!(old.state, WorkerState::Stopping { .. })
+                    old.slot == slot && old.key != key && !old.leaving()
                 })
                 .collect();
+            let surge = self.config.surge.of(self.config.size);
+            let (steers, batch_done) = (roll.steers, roll.rolled >= surge);
+            let switched = self.steered == Some(generation);
             for old in olds {
-                self.stop_worker(now, old, false, actions);
-                // It retires: the next round looks whether it can still answer.
-                self.retire_round = DoublingPause::default();
+                if steers && self.workers[old].state == WorkerState::Ready {
+                    // It serves until new connections go elsewhere, then drains.
+                    let deadline = switched.then(|| after(now, self.config.kill_timeout));
+                    self.workers[old].state = WorkerState::Draining { deadline };
+                    self.workers[old].watchdog_at = None;
+                    self.drain_round = DoublingPause::default();
+                } else {
+                    self.stop_worker(now, old, false, actions);
+                    // It retires: the next round looks whether it can still answer.
+                    self.retire_round = DoublingPause::default();
+                }
+            }
+            // The switch: once as many replacements are ready as the surge starts at once
+            // (every one, by default), new connections go to their generation.
+            if steers && batch_done && !switched {
+                self.switch(now, generation, actions);
             }
             self.advance_roll(now, actions);
         }
@@ -1241,6 +1430,20 @@ impl Cluster {
             }));
             actions.push(Action::Notify(MasterState::Ready));
         }
+    }
+
+    /// Sends new connections to `generation` from now on: the workers waiting for it start to
+    /// drain, their deadline the kill timeout from now.
+    fn switch(&mut self, now: Instant, generation: u64, actions: &mut Vec<Action>) {
+        self.steered = Some(generation);
+        actions.push(Action::Steer { generation });
+        let deadline = Some(after(now, self.config.kill_timeout));
+        for worker in &mut self.workers {
+            if worker.state == (WorkerState::Draining { deadline: None }) {
+                worker.state = WorkerState::Draining { deadline };
+            }
+        }
+        self.drain_round = DoublingPause::default();
     }
 
     /// How many slots have a ready worker: one pass over the workers (this runs at every
@@ -1300,6 +1503,14 @@ impl Cluster {
                     self.workers[index].watchdog_at = None;
                     self.stop_worker(now, index, false, actions);
                     self.replace_failed(now, &worker, failure, actions);
+                }
+                WorkerState::Draining { deadline } if deadline.is_some_and(|at| at <= now) => {
+                    actions.push(Action::Report(Report::NotDrained {
+                        worker: worker.id(),
+                        after: self.config.kill_timeout,
+                    }));
+                    self.stop_worker(now, index, false, actions);
+                    self.retire_round = DoublingPause::default();
                 }
                 WorkerState::Stopping { kill_at, .. } if kill_at.is_some_and(|at| at <= now) => {
                     if let Some(pid) = worker.pid {
@@ -1362,6 +1573,10 @@ impl Cluster {
                 && self.retire_round.due(now, PROBE_INTERVAL, RETIRE_ROUND_MAX)
             {
                 actions.push(Action::ProbeRetiring { workers: retiring });
+            }
+            let draining: Vec<(WorkerKey, Pid, u64)> = self.draining().collect();
+            if !draining.is_empty() && self.drain_round.due(now, PROBE_INTERVAL, RETIRE_ROUND_MAX) {
+                actions.push(Action::ProbeDraining { workers: draining });
             }
             if self.workers.iter().any(|worker| worker.leader_exited) {
                 let zombies = self.zombie_scan_due(now);
@@ -1444,7 +1659,12 @@ impl Cluster {
             started: now,
             first_ready: None,
             requests,
+            steers: self.config.steering,
         });
+        if self.config.steering {
+            self.own_listeners.push(generation);
+            actions.push(Action::OpenListeners { generation });
+        }
         self.advance_roll(now, actions);
     }
 
@@ -1535,10 +1755,7 @@ impl Cluster {
                 roll.pending.retain(|&slot| slot < size);
             }
             let extra: Vec<usize> = (0..self.workers.len())
-                .filter(|&i| {
-                    self.workers[i].slot >= size
-                        && !matches!(self.workers[i].state, WorkerState::Stopping { .. })
-                })
+                .filter(|&i| self.workers[i].slot >= size && !self.workers[i].leaving())
                 .collect();
             for index in extra {
                 let key = self.workers[index].key;

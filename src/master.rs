@@ -456,6 +456,7 @@ impl Master {
                 NeverReady::Exit
             },
             probe_starting: probing,
+            steering: false,
             // Dev mode watching files is an interactive session of its terminal.
             hangup: if quiet {
                 Hangup::StopWithTerminal

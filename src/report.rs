@@ -195,6 +195,11 @@ pub(crate) fn line(report: &Report) -> String {
             long(*worker),
             human_duration(*after)
         ),
+        Report::NotDrained { worker, after } => format!(
+            "{} still had requests in progress {} after the switch; sending the stop signal",
+            long(*worker),
+            human_duration(*after)
+        ),
         Report::RollQueued => "a roll is in progress; one more roll will follow it".to_owned(),
         Report::Resizing { size } => format!("resizing to {}", workers(*size)),
         Report::Stopping { live: 0, .. } => "stopping".to_owned(),

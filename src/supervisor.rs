@@ -990,6 +990,10 @@ impl Supervisor {
                         pending.extend(self.probe_retiring(&workers));
                     }
                     Action::Unseen { key, after } => pending.extend(self.unseen(state, key, after)),
+                    Action::OpenListeners { .. }
+                    | Action::Steer { .. }
+                    | Action::CloseListeners { .. }
+                    | Action::ProbeDraining { .. } => {}
                     Action::Exit(reason) => state.exit = Some(reason),
                 }
             }

@@ -90,6 +90,20 @@ pub enum Event {
         /// The worker.
         key: WorkerKey,
     },
+    /// A worker of a generation the listeners no longer send new connections to
+    /// ([`Action::ProbeDraining`]) has taken every connection its generation's sockets held
+    /// and has no request in progress: it gets the stop signal now.
+    Drained {
+        /// The worker.
+        key: WorkerKey,
+    },
+    /// The driver could not open the roll's generation its own listening sockets
+    /// ([`Action::OpenListeners`]): the generation shares the older ones, so the roll stops
+    /// old workers as soon as their replacements are ready, as without steering.
+    ListenersShared {
+        /// The generation.
+        generation: u64,
+    },
     /// The worker said `WATCHDOG=1`: it is alive and well.
     Watchdog {
         /// The worker.
@@ -322,6 +336,32 @@ pub enum Action {
         /// The old workers still retiring, each with its pid (its group).
         workers: Vec<(WorkerKey, Pid)>,
     },
+    /// Give `generation` listening sockets of its own, in the listeners' `SO_REUSEPORT` groups,
+    /// before its first worker is spawned; the new sockets receive no connection until
+    /// [`Action::Steer`] sends them there. On failure, answer [`Event::ListenersShared`].
+    OpenListeners {
+        /// The generation a roll starts.
+        generation: u64,
+    },
+    /// Send every new connection to `generation`'s sockets from now on (the switch): what
+    /// older generations' sockets hold stays there for their workers to take.
+    Steer {
+        /// The generation.
+        generation: u64,
+    },
+    /// No worker runs `generation` any more, nor will: take its sockets out of the groups.
+    CloseListeners {
+        /// The generation.
+        generation: u64,
+    },
+    /// Look now whether these workers, of generations the listeners no longer send new
+    /// connections to, are drained: their generation's sockets hold no waiting connection,
+    /// and no process of their group holds a connection with a request in progress. One that
+    /// is drained is [`Event::Drained`].
+    ProbeDraining {
+        /// The workers draining, each with its pid (its group) and generation.
+        workers: Vec<(WorkerKey, Pid, u64)>,
+    },
     /// Check now whether the groups of exited workers are gone; one that is gone is
     /// [`Event::Exited`].
     CheckGroups {
@@ -497,6 +537,14 @@ pub enum Report {
         /// The worker process exited already; the rest of its group is killed.
         rest_of_group: bool,
         /// The kill timeout.
+        after: Duration,
+    },
+    /// A worker of an older generation still had connections in progress when its drain
+    /// deadline passed (the kill timeout after the switch): it gets the stop signal anyway.
+    NotDrained {
+        /// The worker.
+        worker: WorkerId,
+        /// How long it was given.
         after: Duration,
     },
     /// A roll request arrived during a roll: one more roll follows it.

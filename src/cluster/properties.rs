@@ -37,6 +37,10 @@ enum Step {
     SwitchOut(usize),
     /// From now on spawns fail (`true`) or succeed (`false`).
     SpawnsFail(bool),
+    /// One of the workers the last [`Action::ProbeDraining`] named is drained.
+    Drained(usize),
+    /// From now on a generation's own sockets cannot (`true`) or can (`false`) be opened.
+    SocketsFail(bool),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -54,6 +58,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<bool>().prop_map(Step::Hangup),
         1 => any::<bool>().prop_map(Step::SpawnsFail),
         2 => any::<usize>().prop_map(Step::SwitchOut),
+        2 => any::<usize>().prop_map(Step::Drained),
+        1 => any::<bool>().prop_map(Step::SocketsFail),
     ]
 }
 
@@ -105,6 +111,15 @@ struct World {
     retiring: Vec<(WorkerKey, Pid)>,
     /// Pids told to the core as switched out.
     switched_out: HashSet<Pid>,
+    sockets_fail: bool,
+    /// The generations with sockets of their own, opened and not closed.
+    own_sockets: HashSet<u64>,
+    /// The generations whose sockets could not be opened.
+    shared_sockets: HashSet<u64>,
+    /// The generation new connections go to, once steered.
+    steered: Option<u64>,
+    /// The workers the last look at draining workers named.
+    draining: Vec<(WorkerKey, Pid)>,
 }
 
 impl World {
@@ -137,6 +152,11 @@ impl World {
             generations: HashMap::new(),
             retiring: Vec::new(),
             switched_out: HashSet::new(),
+            sockets_fail: false,
+            own_sockets: HashSet::new(),
+            shared_sockets: HashSet::new(),
+            steered: None,
+            draining: Vec::new(),
         };
         world.feed(Event::Start);
         world
@@ -303,6 +323,66 @@ impl World {
                         assert_eq!(after, UNSEEN_HINT);
                         assert!(self.spawned_at[&key] + UNSEEN_HINT <= self.now);
                     }
+                    Action::OpenListeners { generation } => {
+                        assert!(
+                            self.cluster.config.steering,
+                            "sockets opened without steering"
+                        );
+                        assert!(
+                            !self.own_sockets.contains(&generation),
+                            "generation {generation}'s sockets opened twice"
+                        );
+                        if self.sockets_fail {
+                            self.shared_sockets.insert(generation);
+                            pending.push(Event::ListenersShared { generation });
+                        } else {
+                            self.own_sockets.insert(generation);
+                        }
+                    }
+                    Action::Steer { generation } => {
+                        assert!(
+                            self.own_sockets.contains(&generation),
+                            "steered to generation {generation}, which has no sockets of its own"
+                        );
+                        assert!(
+                            self.steered.is_none_or(|before| before < generation),
+                            "steered back from {:?} to {generation}",
+                            self.steered
+                        );
+                        self.steered = Some(generation);
+                    }
+                    Action::CloseListeners { generation } => {
+                        // A generation whose sockets could not be opened may be told closed before
+                        // the core hears of it: the driver has nothing to close then.
+                        assert!(
+                            self.own_sockets.remove(&generation)
+                                || self.shared_sockets.contains(&generation),
+                            "generation {generation}'s sockets closed, but not open"
+                        );
+                        assert_ne!(self.steered, Some(generation), "closed the steered sockets");
+                        let alive = self.running.iter().map(|r| r.1).chain(self.groups.clone());
+                        for pid in alive {
+                            assert_ne!(
+                                self.generations[&pid], generation,
+                                "generation {generation}'s sockets closed while {pid} runs it"
+                            );
+                        }
+                    }
+                    Action::ProbeDraining { workers } => {
+                        for (_, pid, generation) in &workers {
+                            assert_eq!(self.generations[pid], *generation);
+                            assert!(
+                                self.steered.is_some_and(|to| *generation < to)
+                                    && !self.stop_asked.contains_key(pid),
+                                "{pid} looked at as draining, but it is no old worker steered \
+                                 away from and not yet asked to stop"
+                            );
+                        }
+                        self.draining = workers
+                            .into_iter()
+                            .map(|(key, pid, _)| (key, pid))
+                            .collect();
+                    }
                     Action::Report(_) | Action::Ready(_) | Action::Notify(_) => {}
                     Action::RollStarted { .. } => self.rolls.started += 1,
                 }
@@ -400,6 +480,31 @@ impl World {
             );
         }
         assert!(self.exits <= 1, "exited twice");
+        // A draining worker was never asked to stop; one with a deadline belongs to a
+        // generation new connections no longer go to; one without waits for a switch to come.
+        for worker in &cluster.workers {
+            let WorkerState::Draining { deadline } = worker.state else {
+                continue;
+            };
+            let pid = worker.pid.expect("a draining worker was ready");
+            assert!(
+                !self.stop_asked.contains_key(&pid),
+                "{pid} drains after its stop signal"
+            );
+            if deadline.is_some() {
+                assert!(
+                    self.steered.is_some_and(|to| worker.generation < to),
+                    "{pid} drains, but new connections still go to its generation"
+                );
+            } else {
+                assert!(
+                    cluster.roll.as_ref().is_some_and(|roll| roll.steers
+                        && worker.generation < roll.generation
+                        && self.steered != Some(roll.generation)),
+                    "{pid} waits for a switch that no roll will make"
+                );
+            }
+        }
         if cluster.phase != Phase::Running {
             return;
         }
@@ -431,12 +536,9 @@ impl World {
                     .any(|slot| slot.restart_at.is_some() && !slot.waits_after_ready),
             "{waiting} slots wait for a restart, limit {limit}, and no start failed"
         );
-        // Never more than size + surge workers that are not stopping.
-        let live = cluster
-            .workers
-            .iter()
-            .filter(|w| !matches!(w.state, WorkerState::Stopping { .. }))
-            .count();
+        // Never more than size + surge workers that are not leaving (stopping, or draining
+        // before their stop).
+        let live = cluster.workers.iter().filter(|w| !w.leaving()).count();
         let surge = self.surge;
         assert!(
             live <= cluster.config.size + surge,
@@ -576,6 +678,14 @@ impl World {
                 }
             }
             Step::SpawnsFail(fail) => self.spawns_fail = fail,
+            Step::SocketsFail(fail) => self.sockets_fail = fail,
+            Step::Drained(i) => {
+                if let Some((key, _)) = Self::pick(&self.draining.clone(), i)
+                    && self.cluster.index_of_key(key).is_some()
+                {
+                    self.feed(Event::Drained { key });
+                }
+            }
         }
     }
 
@@ -587,6 +697,9 @@ impl World {
         }
         for key in self.keys_in(|s| *s == WorkerState::Ready) {
             self.feed(Event::Watchdog { key });
+        }
+        for key in self.keys_in(|s| matches!(s, WorkerState::Draining { deadline: Some(_) })) {
+            self.feed(Event::Drained { key });
         }
         let leaving: Vec<Pid> = self
             .cluster
@@ -613,8 +726,10 @@ fn config(
     surge: Surge,
     probe_starting: bool,
     hangup: Hangup,
+    steering: bool,
 ) -> ClusterConfig {
     ClusterConfig {
+        steering,
         ready_delay: None,
         watchdog: Some(Duration::from_secs(5)),
         never_ready,
@@ -641,10 +756,11 @@ proptest! {
         steps in proptest::collection::vec(step(), 0..80),
         probe_starting in any::<bool>(),
         session in any::<bool>(),
+        steering in any::<bool>(),
     ) {
         let never_ready = if wait { NeverReady::Wait } else { NeverReady::Exit };
         let hangup = if session { Hangup::StopWithTerminal } else { Hangup::Roll };
-        let mut world = World::new(config(size, never_ready, surge, probe_starting, hangup));
+        let mut world = World::new(config(size, never_ready, surge, probe_starting, hangup, steering));
         for step in steps {
             world.run(step);
         }

@@ -19,6 +19,8 @@ struct Timeline {
     log: Vec<Action>,
     /// Spawns for these slots fail (as under an fd limit).
     failing_slots: Vec<usize>,
+    /// Opening a generation's own listening sockets fails (as under an fd limit).
+    listeners_fail: bool,
 }
 
 /// One replacement at a time, readiness by `READY=1` only.
@@ -43,6 +45,7 @@ impl Timeline {
             spawned: Vec::new(),
             log: Vec::new(),
             failing_slots: Vec::new(),
+            listeners_fail: false,
         }
     }
 
@@ -71,6 +74,9 @@ impl Timeline {
                         self.spawned.push((key, slot, generation, pid));
                         pending.push(Event::Spawned { key, pid });
                     }
+                    Action::OpenListeners { generation } if self.listeners_fail => {
+                        pending.push(Event::ListenersShared { generation });
+                    }
                     Action::Signal { .. } | Action::Exit(_) => out.push(action),
                     Action::Report(_)
                     | Action::RollEnded(_)
@@ -86,7 +92,11 @@ impl Timeline {
                     | Action::ProbeStarting { .. }
                     | Action::ProbeRetiring { .. }
                     | Action::CheckGroups { .. }
-                    | Action::Unseen { .. } => {}
+                    | Action::Unseen { .. }
+                    | Action::OpenListeners { .. }
+                    | Action::Steer { .. }
+                    | Action::CloseListeners { .. }
+                    | Action::ProbeDraining { .. } => {}
                 }
             }
         }
@@ -1800,4 +1810,196 @@ fn without_probes_a_roll_ends_when_its_old_workers_are_gone() {
     assert!(t.roll_ends().is_empty());
     t.exit(Pid(100), 0);
     assert!(completed(&t, 1, 2));
+}
+
+/// A cluster of `size` whose generations get sockets of their own, every replacement at once.
+fn steered(size: usize) -> Timeline {
+    running_with(ClusterConfig {
+        surge: Surge::All,
+        steering: true,
+        ..config(size)
+    })
+}
+
+impl Timeline {
+    /// The steering actions (open, steer, close) in order, as `(what, generation)`.
+    fn steering(&self) -> Vec<(&'static str, u64)> {
+        self.log
+            .iter()
+            .filter_map(|action| match action {
+                Action::OpenListeners { generation } => Some(("open", *generation)),
+                Action::Steer { generation } => Some(("steer", *generation)),
+                Action::CloseListeners { generation } => Some(("close", *generation)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The workers the last drain look asked about, by pid.
+    fn last_drain_look(&self) -> Vec<Pid> {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|action| match action {
+                Action::ProbeDraining { workers } => {
+                    Some(workers.iter().map(|(_, pid, _)| *pid).collect())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    fn drained(&mut self, pid: Pid) -> Vec<Action> {
+        let key = self.key_of(pid);
+        self.feed(Event::Drained { key })
+    }
+
+    fn states(&self) -> Vec<(usize, Option<Pid>, u64, super::RowState)> {
+        self.cluster
+            .rows()
+            .into_iter()
+            .map(|row| (row.slot, row.pid, row.generation, row.state))
+            .collect()
+    }
+}
+
+#[test]
+fn with_steering_old_workers_serve_until_the_switch_then_stop_once_drained() {
+    use super::RowState::{Draining, Ready};
+    let mut t = steered(3);
+    t.feed(Event::Roll(1));
+    assert_eq!(t.steering(), [("open", 2)]);
+    let open_at = t
+        .log
+        .iter()
+        .position(|a| matches!(a, Action::OpenListeners { .. }));
+    let first_spawn = t
+        .log
+        .iter()
+        .rposition(|a| matches!(a, Action::Spawn { .. }));
+    assert!(
+        open_at < first_spawn,
+        "the sockets exist before a worker of the generation"
+    );
+    t.advance(ms(5));
+    assert_eq!(t.ready(Pid(103)), [], "no stop signal before the switch");
+    assert_eq!(t.ready(Pid(104)), []);
+    assert!(t.states().contains(&(0, Some(Pid(100)), 1, Draining)));
+    assert_eq!(
+        t.steering(),
+        [("open", 2)],
+        "no switch while one replacement starts"
+    );
+    assert_eq!(t.ready(Pid(105)), [], "the switch signals nobody either");
+    assert_eq!(t.steering(), [("open", 2), ("steer", 2)]);
+    t.advance(ms(20));
+    assert_eq!(t.last_drain_look(), [Pid(100), Pid(101), Pid(102)]);
+    assert_eq!(t.drained(Pid(101)), [term(Pid(101))]);
+    assert!(t.states().contains(&(0, Some(Pid(103)), 2, Ready)));
+    t.advance(ms(40));
+    assert_eq!(
+        t.last_drain_look(),
+        [Pid(100), Pid(102)],
+        "looked at again, paced"
+    );
+    assert_eq!(t.drained(Pid(100)), [term(Pid(100))]);
+    assert_eq!(t.drained(Pid(102)), [term(Pid(102))]);
+    t.exit_stopped();
+    assert!(completed(&t, 3, 2));
+    // The next roll's switch leaves generation 2 without workers: its sockets close once the
+    // last of them is gone (the first generation's, bound at the start, are the master's).
+    t.feed(Event::Roll(2));
+    for pid in [106, 107, 108] {
+        t.ready(Pid(pid));
+    }
+    for pid in [103, 104, 105] {
+        t.drained(Pid(pid));
+    }
+    assert_eq!(t.steering().last(), Some(&("steer", 3)));
+    t.exit(Pid(103), 0);
+    t.exit(Pid(104), 0);
+    assert_eq!(
+        t.steering().last(),
+        Some(&("steer", 3)),
+        "one still runs generation 2"
+    );
+    t.exit(Pid(105), 0);
+    assert_eq!(t.steering().last(), Some(&("close", 2)));
+}
+
+#[test]
+fn a_worker_still_busy_at_its_drain_deadline_gets_the_stop_signal_then() {
+    let mut t = steered(1);
+    t.feed(Event::Roll(1));
+    t.advance(ms(100));
+    t.ready(Pid(101));
+    let kill_timeout = t.cluster.config.kill_timeout;
+    assert_eq!(t.advance(kill_timeout.checked_sub(ms(1)).unwrap()), []);
+    assert_eq!(t.advance(ms(1)), [term(Pid(100))]);
+    assert!(
+        t.reported(|r| matches!(r, Report::NotDrained { after, .. } if *after == kill_timeout))
+    );
+}
+
+#[test]
+fn a_roll_aborted_before_its_switch_keeps_every_old_worker_and_stops_the_new_ones() {
+    let mut t = steered(3);
+    t.feed(Event::Roll(1));
+    t.ready(Pid(103));
+    let out = t.exit(Pid(104), 1);
+    assert_eq!(
+        out,
+        [term(Pid(105)), term(Pid(103))],
+        "no connection ever went to them"
+    );
+    assert_eq!(t.cluster.slot_generations(), [1, 1, 1]);
+    assert_eq!(t.steering(), [("open", 2)], "never steered");
+    let end = t.roll_ends().pop().unwrap();
+    assert_eq!((end.rolled, end.serving), (0, 1));
+    assert!(
+        t.log
+            .iter()
+            .all(|a| !matches!(a, Action::Signal { pid, .. } if pid.0 < 103))
+    );
+    t.exit_stopped();
+    assert_eq!(t.steering(), [("open", 2), ("close", 2)]);
+    assert_eq!(t.spawned.len(), 6, "nothing restarts");
+}
+
+#[test]
+fn with_a_surge_of_one_the_switch_comes_with_the_first_replacement() {
+    let mut t = running_with(ClusterConfig {
+        steering: true,
+        ..config(2)
+    });
+    t.feed(Event::Roll(1));
+    assert_eq!(t.ready(Pid(102)), []);
+    assert_eq!(t.steering(), [("open", 2), ("steer", 2)]);
+    assert_eq!(t.drained(Pid(100)), [term(Pid(100))]);
+    // The next slot's old worker drains as soon as its replacement is ready.
+    assert_eq!(t.ready(Pid(103)), []);
+    t.advance(ms(10));
+    assert_eq!(t.last_drain_look(), [Pid(101)]);
+    assert_eq!(t.drained(Pid(101)), [term(Pid(101))]);
+}
+
+#[test]
+fn a_generation_without_sockets_of_its_own_rolls_as_without_steering() {
+    let mut t = steered(2);
+    t.listeners_fail = true;
+    t.feed(Event::Roll(1));
+    assert_eq!(t.ready(Pid(102)), [term(Pid(100))]);
+    assert_eq!(t.ready(Pid(103)), [term(Pid(101))]);
+    assert_eq!(t.steering(), [("open", 2)]);
+}
+
+#[test]
+fn a_stop_signals_draining_workers_at_once() {
+    let mut t = steered(2);
+    t.feed(Event::Roll(1));
+    t.ready(Pid(102));
+    let out = t.feed(Event::Stop { hard: false });
+    for pid in [100, 101, 102, 103] {
+        assert!(out.contains(&term(Pid(pid))), "{pid} in {out:?}");
+    }
 }
