@@ -104,13 +104,19 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 /// The longest pause between two rounds of probes, however many workers start at once.
 const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(50);
 
-/// The longest pause between two passes over every process for the other members of starting
-/// workers' groups ([`Action::ProbeStarting`] with `full`): the pauses double from
-/// [`PROBE_INTERVAL_MAX`] while workers start, up to this, and start over when a worker is
-/// spawned. One pass serves every starting worker and costs a read of every process's `stat`
-/// (some 5 µs a process: with 1000 processes, 0.5 % of a core at one pass a second), far more
-/// than a round of probes; a wrapper's app is seen at most this late.
+/// The longest pause between two looks for the other members of starting workers' groups
+/// ([`Action::ProbeStarting`] with `full`): the pauses double from [`PROBE_INTERVAL_MAX`] while
+/// workers start, up to this, and start over when a worker is spawned; a wrapper's app is seen
+/// at most this late. A look follows each worker's children (a few reads a process of the
+/// group); one in a while is a pass over every process instead (`everyone`), for a member whose
+/// parent exited: its pauses double from [`EVERYONE_PASS_FIRST`] up to this. One pass serves
+/// every starting worker and costs a read of every process's `stat` (some 5 µs a process: with
+/// 1000 processes, 0.5 % of a core at one pass a second), far more than a round of probes.
 const MEMBERS_SCAN_MAX: Duration = Duration::from_secs(1);
+
+/// The first pause before a second pass over every process for the members of starting
+/// workers' groups (see [`MEMBERS_SCAN_MAX`]).
+const EVERYONE_PASS_FIRST: Duration = Duration::from_millis(500);
 
 /// The longest pause between two looks at the old workers of a roll that may still answer
 /// ([`Action::ProbeRetiring`]): the pauses double from [`PROBE_INTERVAL`] while one lingers
@@ -470,6 +476,9 @@ pub struct Cluster {
     /// fd listed anew); reset until the first round of probes, and when a worker is spawned
     /// (the next round is full).
     full_round: DoublingPause,
+    /// The full rounds that take a pass over every process for the members (see
+    /// [`MEMBERS_SCAN_MAX`]); reset with `full_round`.
+    everyone_pass: DoublingPause,
     /// The looks at retiring workers ([`Action::ProbeRetiring`]); reset when a worker starts
     /// retiring (the next round looks).
     retire_round: DoublingPause,
@@ -536,6 +545,7 @@ impl Cluster {
             polled: None,
             zombie_scan: DoublingPause::default(),
             full_round: DoublingPause::default(),
+            everyone_pass: DoublingPause::default(),
             retire_round: DoublingPause::default(),
             drain_round: DoublingPause::default(),
             steered: None,
@@ -1007,6 +1017,7 @@ impl Cluster {
                 worker.hint_at = self.config.probe_starting.then(|| after(now, UNSEEN_HINT));
                 // Its group's other members (a wrapper's app) are looked for at the next round.
                 self.full_round = DoublingPause::default();
+                self.everyone_pass = DoublingPause::default();
             }
             // Stopped while being spawned (a stop raced the spawn): finish the job now.
             WorkerState::Stopping { .. } => {
@@ -1565,7 +1576,13 @@ impl Cluster {
             self.polled = Some(now);
             if self.config.probe_starting && self.probing().next().is_some() {
                 let full = self.full_round_due(now);
-                actions.push(Action::ProbeStarting { full });
+                let everyone = self
+                    .everyone_pass
+                    .due(now, EVERYONE_PASS_FIRST, MEMBERS_SCAN_MAX);
+                actions.push(Action::ProbeStarting {
+                    full: full || everyone,
+                    everyone,
+                });
             }
             let retiring: Vec<(WorkerKey, Pid)> = self.retiring_stopped().collect();
             if self.config.probe_starting

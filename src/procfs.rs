@@ -140,6 +140,59 @@ pub(crate) fn live_groups() -> Option<Groups> {
     Some(groups)
 }
 
+/// The live processes of the groups led by `leaders` found below them: each leader (if alive)
+/// and its descendants of the same group, through `/proc/PID/task/TID/children` (the children
+/// each thread forked); a few reads a process of the group, where a pass over every process
+/// ([`live_groups`]) reads them all. A member whose parent exited (reparented to an init) is not
+/// found. `None` when the kernel has no children files (`CONFIG_PROC_CHILDREN`).
+pub(crate) fn descendant_groups(leaders: impl IntoIterator<Item = i32>) -> Option<Groups> {
+    if !children_files() {
+        return None;
+    }
+    let mut groups = Groups::new();
+    for leader in leaders {
+        let mut members = Vec::new();
+        let mut below = vec![leader];
+        // A fork bomb in a group costs a bounded walk: beyond, the members found are enough.
+        while let Some(pid) = below.pop()
+            && members.len() < MAX_GROUP_WALK
+        {
+            if !stat(pid).is_some_and(|stat| stat.pgrp == leader && !stat.exited()) {
+                continue;
+            }
+            members.push(pid);
+            let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                if let Some(children) = read_single(task.path().join("children")) {
+                    below.extend(
+                        children
+                            .split_whitespace()
+                            .filter_map(|c| c.parse::<i32>().ok()),
+                    );
+                }
+            }
+        }
+        if !members.is_empty() {
+            groups.insert(leader, members);
+        }
+    }
+    Some(groups)
+}
+
+/// The most processes [`descendant_groups`] visits in one group.
+const MAX_GROUP_WALK: usize = 1_000;
+
+/// Whether this kernel has `/proc/PID/task/TID/children` files (looked at once).
+fn children_files() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        let this = std::process::id();
+        fs::metadata(format!("/proc/{this}/task/{this}/children")).is_ok()
+    })
+}
+
 /// This boot's id (`/proc/sys/kernel/random/boot_id`): a new random one at every boot.
 pub(crate) fn boot_id() -> Option<String> {
     let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
@@ -282,6 +335,67 @@ mod tests {
         assert_eq!(boot_id().unwrap().len(), 36);
         assert!(pid_namespace().unwrap().starts_with("pid:["));
         assert!(rss_bytes(pid).unwrap() > 0);
+    }
+
+    #[test]
+    fn the_members_below_a_leader_are_found_without_a_pass_but_an_orphan_only_with_one() {
+        use std::io::BufRead as _;
+        // A group: the shell, its child `sleep 61`, an orphan `sleep 62` (its subshell exited),
+        // and a child that left for a session of its own (`setsid sleep 63`, its pid printed).
+        let script = "sleep 61 & (sleep 62 &); setsid sleep 63 & echo $!; wait";
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let leader = i32::try_from(child.id()).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let named = |pids: &[i32]| -> Vec<String> {
+            let mut names: Vec<String> = pids
+                .iter()
+                .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/cmdline")).ok())
+                .map(|cmdline| cmdline.replace('\0', " ").trim().to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let shell = format!("sh -c {script}");
+        let in_group = |groups: Option<Groups>| {
+            named(groups.unwrap().get(&leader).map_or(&[][..], Vec::as_slice))
+        };
+        let wanted = [shell.clone(), "sleep 61".to_owned(), "sleep 62".to_owned()];
+        // The orphan shows up, and the setsid child leaves the group, a moment later.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut everyone = in_group(live_groups());
+        while everyone != wanted && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            everyone = in_group(live_groups());
+        }
+        let below = in_group(descendant_groups([leader]));
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(leader),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        // The setsid child left the group: it is killed on its own.
+        if let Ok(pid) = line.trim().parse() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.wait();
+        assert_eq!(everyone, wanted);
+        assert_eq!(below, [shell, "sleep 61".to_owned()]);
+        assert_eq!(
+            descendant_groups([i32::MAX]),
+            Some(Groups::new()),
+            "no such process"
+        );
     }
 
     #[test]

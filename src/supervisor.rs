@@ -733,14 +733,27 @@ impl Supervisor {
     }
 
     /// Looks at every starting worker: one seen accepting on a listener is ready. A `full`
-    /// round first makes one pass over `/proc`, which gives each the other members of its
-    /// group, and lists every fd anew.
-    fn probe_starting(&self, state: &mut DriverState, full: bool) -> Vec<Event> {
+    /// round first looks for the other members of each group below its worker (or, with
+    /// `everyone` or a kernel without children files, in one pass over `/proc`), and lists
+    /// every fd anew.
+    fn probe_starting(&self, state: &mut DriverState, full: bool, everyone: bool) -> Vec<Event> {
         let Some(listeners) = &self.probe else {
             return Vec::new();
         };
         // Without /proc (it was there when probing began), the members known stay.
-        let pass = if full { procfs::live_groups() } else { None };
+        let pass = if full {
+            let leaders = state
+                .workers
+                .values()
+                .filter(|worker| worker.probe.is_some())
+                .map(|worker| worker.pid);
+            (!everyone)
+                .then(|| procfs::descendant_groups(leaders))
+                .flatten()
+                .or_else(procfs::live_groups)
+        } else {
+            None
+        };
         let round = if full {
             Round::Full(pass.as_ref())
         } else {
@@ -980,8 +993,8 @@ impl Supervisor {
                         }
                     }
                     Action::RequestRoll => self.roll_requested(state, None),
-                    Action::ProbeStarting { full } => {
-                        pending.extend(self.probe_starting(state, full));
+                    Action::ProbeStarting { full, everyone } => {
+                        pending.extend(self.probe_starting(state, full, everyone));
                     }
                     Action::CheckGroups { zombies } => {
                         pending.extend(self.gone_groups(state, zombies));

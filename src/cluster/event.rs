@@ -324,11 +324,14 @@ pub enum Action {
     /// [`Event::SeenAccepting`].
     ProbeStarting {
         /// A full round: first look again for the other members of their process groups (a
-        /// shell wrapper's app), one pass over every process (`/proc`) for all of them, and
-        /// list every fd of each process probed anew (a quick round reads only what changes
-        /// while a worker waits); the core asks for one less often as workers take longer to
-        /// start.
+        /// shell wrapper's app) among their descendants, and list every fd of each process
+        /// probed anew (a quick round reads only what changes while a worker waits); the core
+        /// asks for one less often as workers take longer to start.
         full: bool,
+        /// A full round that looks for the members in one pass over every process (`/proc`):
+        /// also those no longer below the worker (a child of a member that exited). The
+        /// core asks for one still less often.
+        everyone: bool,
     },
     /// Look now whether these old workers, stopped by the roll under way, can still answer a
     /// request; one that cannot is [`Event::SwitchedOut`]. The roll ends once none can.

@@ -1416,29 +1416,44 @@ fn starting_workers_are_probed_on_a_clock_that_thins_out_with_their_number() {
 fn the_pass_for_group_members_is_shared_thins_out_as_workers_start_and_starts_over_at_a_spawn() {
     let rounds =
         |t: &Timeline| logged_actions(t, |a| matches!(a, Action::ProbeStarting { .. })).len();
-    let passes = |t: &Timeline| t.log.contains(&Action::ProbeStarting { full: true });
+    let looks = |t: &Timeline| {
+        t.log
+            .iter()
+            .any(|a| matches!(a, Action::ProbeStarting { full: true, .. }))
+    };
+    let passes = |t: &Timeline| {
+        t.log.contains(&Action::ProbeStarting {
+            full: true,
+            everyone: true,
+        })
+    };
     // Two workers start: a round every 10 ms, each a single action for both of them.
     let mut t = probing(2);
     t.feed(Event::Start);
     let start = t.now;
-    let mut at = Vec::new();
+    let (mut at, mut everyone_at) = (Vec::new(), Vec::new());
     let mut probed = 0;
     for _ in 0..300 {
         t.log.clear();
         t.advance(ms(10));
         probed += rounds(&t);
-        if passes(&t) {
+        if looks(&t) {
             at.push(t.now.duration_since(start));
+        }
+        if passes(&t) {
+            everyone_at.push(t.now.duration_since(start));
         }
     }
     assert_eq!(probed, 300, "the probes themselves go on every 10 ms");
     // The first round looks for members, then after pauses of 50, 100, 200, 400, 800 ms, then
-    // every second at most.
+    // every second at most; a pass over every process at the first, then after 500 ms, then
+    // every second.
     assert_eq!(
-        at[..7],
-        [10, 60, 160, 360, 760, 1560, 2560].map(ms),
+        at[..10],
+        [10, 60, 160, 360, 510, 760, 1510, 1560, 2510, 2560].map(ms),
         "{at:?}"
     );
+    assert_eq!(everyone_at, [10, 510, 1510, 2510].map(ms));
     let gaps: Vec<Duration> = at.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
     assert!(gaps.iter().all(|&gap| gap <= ms(1000)), "{gaps:?}");
     // A worker is spawned (the cluster grows): the next round looks for its group's members.
