@@ -42,6 +42,13 @@ use nix::sys::socket::{
 };
 use nix::sys::stat::{Mode, fchmod};
 
+// Until the driver opens generations' sockets (issue 19), only the tests use them.
+#[allow(dead_code, unused_imports)]
+mod steering;
+
+#[allow(unused_imports)]
+pub(crate) use steering::Generations;
+
 use crate::config::Error;
 use crate::sys::{AdoptedListener, adopt_listener, claim_inherited_fds};
 
@@ -175,6 +182,9 @@ pub(crate) struct Listener {
     shown: String,
     /// The socket file this master made, removed when the listener is dropped.
     unix_file: Option<SocketFile>,
+    /// Passed by the master's parent (`LISTEN_FDS`), not bound here: never shut down, since the
+    /// parent (systemd) keeps using it.
+    inherited: bool,
 }
 
 impl Listener {
@@ -207,11 +217,21 @@ impl Listener {
     /// Binds `addr`: `SO_REUSEADDR` (never `SO_REUSEPORT`), a large backlog, close-on-exec; a
     /// unix socket file as the module's doc says.
     pub(crate) fn bind(addr: &ListenAddr) -> Result<Self, Error> {
+        Self::bind_steerable(addr, false)
+    }
+
+    /// As [`bind`](Self::bind), and for a TCP address with `steerable`, `SO_REUSEPORT` set
+    /// between `bind` and `listen`, so that [`Generations`] can add sockets of later generations
+    /// to its reuseport group. Set after `bind`, the option still makes the group (the kernel
+    /// groups sockets at `listen`: `inet_reuseport_add_sock`) while `bind` itself stays
+    /// exclusive: a port another socket holds, with `SO_REUSEPORT` or not, is refused as
+    /// "address already in use", exactly as without steering.
+    pub(crate) fn bind_steerable(addr: &ListenAddr, steerable: bool) -> Result<Self, Error> {
         let name = addr.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned());
         let context = || format!("cannot listen on {addr}");
         match &addr.kind {
             ListenKind::Tcp(socket_addr) => {
-                let fd = bind_tcp(*socket_addr).map_err(|e| Error::io(context(), e))?;
+                let fd = bind_tcp(*socket_addr, steerable).map_err(|e| Error::io(context(), e))?;
                 let listener = TcpListener::from(fd);
                 let local = listener.local_addr().map_err(|e| Error::io(context(), e))?;
                 Ok(Listener {
@@ -219,6 +239,7 @@ impl Listener {
                     fd: listener.into(),
                     shown: local.to_string(),
                     unix_file: None,
+                    inherited: false,
                 })
             }
             ListenKind::Unix { path, mode } => {
@@ -228,6 +249,7 @@ impl Listener {
                     fd,
                     shown: format!("unix:{}", path.display()),
                     unix_file: Some(file),
+                    inherited: false,
                 })
             }
         }
@@ -300,6 +322,7 @@ impl Listener {
                     fd,
                     shown: format!("{shown} (inherited)"),
                     unix_file: None,
+                    inherited: true,
                 })
             })
             .collect()
@@ -450,7 +473,9 @@ fn describe_file_type(kind: fs::FileType) -> &'static str {
     }
 }
 
-fn bind_tcp(addr: SocketAddr) -> io::Result<OwnedFd> {
+/// A listening TCP socket on `addr`; with `reuseport`, `SO_REUSEPORT` is set after `bind` (see
+/// [`Listener::bind_steerable`]).
+fn bind_tcp(addr: SocketAddr, reuseport: bool) -> io::Result<OwnedFd> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -460,6 +485,9 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<OwnedFd> {
     match addr {
         SocketAddr::V4(v4) => bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))?,
         SocketAddr::V6(v6) => bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn6::from(v6))?,
+    }
+    if reuseport {
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
     }
     listen(&fd, Backlog::MAXCONN)?;
     Ok(fd)
