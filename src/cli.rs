@@ -267,6 +267,13 @@ pub(crate) struct ClusterArgs {
     #[arg(long, value_name = "N|P%|all", value_parser = utf8(config::parse_surge), env = "MCLUSTER_SURGE")]
     pub(crate) surge: Option<Surge>,
 
+    /// One listening socket per address for every generation: an old worker may then get new
+    /// connections until its stop signal. By default each generation of workers gets sockets
+    /// of its own on the TCP addresses the master binds, and an old worker stops only once new
+    /// connections go elsewhere and it has drained what it held.
+    #[arg(long, env = "MCLUSTER_NO_STEERING")]
+    pub(crate) no_steering: bool,
+
     /// The signal that asks a worker to stop.
     #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = utf8(config::parse_signal), env = "MCLUSTER_STOP_SIGNAL")]
     pub(crate) stop_signal: i32,
@@ -494,6 +501,7 @@ impl ClusterArgs {
             "ready_timeout" => self.ready_timeout = other.ready_timeout,
             "kill_timeout" => self.kill_timeout = other.kill_timeout,
             "surge" => self.surge = other.surge,
+            "no_steering" => self.no_steering = other.no_steering,
             "stop_signal" => self.stop_signal = other.stop_signal,
             "watchdog" => self.watchdog = other.watchdog,
             "control" => self.control = other.control.take(),
@@ -523,6 +531,7 @@ impl ClusterArgs {
             .ready_timeout(self.ready_timeout)
             .kill_timeout(self.kill_timeout.unwrap_or(kill_timeout))
             .surge(self.surge.unwrap_or(Surge::All))
+            .steering(!self.no_steering)
             .stop_signal(self.stop_signal);
         if let Some(limit) = self.watchdog {
             master = master.watchdog(limit);
@@ -708,6 +717,7 @@ const FILE_KEYS: &[&str] = &[
     "ready-timeout",
     "kill-timeout",
     "surge",
+    "no-steering",
     "stop-signal",
     "watchdog",
     "ext",

@@ -26,7 +26,6 @@ use std::ffi::{CString, OsStr, OsString};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -44,7 +43,7 @@ use crate::control::ControlServer;
 use crate::dev::DevLoop;
 use crate::handle::{Inbox, Input, ToDriver};
 use crate::http::IoLoop;
-use crate::listener::Listener;
+use crate::listener::{Generations, Listener};
 use crate::livereload::LiveReload;
 use crate::metrics::MetricsServer;
 use crate::output;
@@ -105,6 +104,7 @@ pub struct Master {
     stop_signal: i32,
     watchdog: Option<Duration>,
     surge: Surge,
+    steering: bool,
     on_message: Option<MessageHandler>,
     control: Option<PathBuf>,
     metrics: Option<SocketAddr>,
@@ -145,6 +145,7 @@ impl Master {
             stop_signal: nix::libc::SIGTERM,
             watchdog: None,
             surge: Surge::All,
+            steering: true,
             on_message: None,
             control: None,
             metrics: None,
@@ -245,6 +246,18 @@ impl Master {
     #[must_use]
     pub fn surge(mut self, surge: Surge) -> Self {
         self.surge = surge;
+        self
+    }
+
+    /// Whether each generation gets listening sockets of its own on the TCP addresses the
+    /// master binds, new connections going to the newest generation once its workers are
+    /// ready, and each old worker stopped only once it has drained what its generation's
+    /// sockets held (default: on, where the system allows it; see the README's guarantees). Off,
+    /// every generation shares one socket per address, and an old worker may get connections
+    /// until its stop signal.
+    #[must_use]
+    pub fn steering(mut self, on: bool) -> Self {
+        self.steering = on;
         self
     }
 
@@ -375,8 +388,12 @@ impl Master {
         }
         for addr in &addresses {
             // On an error, the listeners bound so far are dropped, which removes their files.
-            listeners.push(Listener::bind(addr)?);
+            listeners.push(Listener::bind_steerable(addr, self.steering)?);
         }
+        // The first generation (the core's first number) serves on the listeners bound or
+        // inherited; each roll opens its own when they can be steered.
+        let generations = Generations::new(listeners, 1, self.steering);
+        let listeners = generations.for_generation(1);
         // Before the listening lines: an unusable directory is then the one line of a failed start.
         let notify_dir = NotifyDir::create()?;
         // Servers on the I/O loop, talking to the supervision loop through a handle only.
@@ -396,11 +413,16 @@ impl Master {
         let livereload = livereload_address
             .map(|address| start_livereload(address, &app))
             .transpose()?;
-        for listener in &listeners {
+        for listener in listeners.iter() {
             output::master_line(&report::start_line(&StartReport::Listening {
                 address: listener.address(),
                 master_pid: std::process::id(),
             }));
+        }
+        if self.steering
+            && let Some(why) = generations.why_not()
+        {
+            output::master_line(&report::start_line(&StartReport::Shared { why }));
         }
         if let Some((live, moved_from)) = &livereload {
             if let Some(taken) = moved_from {
@@ -456,7 +478,7 @@ impl Master {
                 NeverReady::Exit
             },
             probe_starting: probing,
-            steering: false,
+            steering: generations.steerable(),
             // Dev mode watching files is an interactive session of its terminal.
             hangup: if quiet {
                 Hangup::StopWithTerminal
@@ -467,25 +489,17 @@ impl Master {
         // Forked before any worker, so that no worker is ever unknown to it.
         let guard = crate::sys::Guard::start()
             .map_err(|e| Error::io("cannot start the guard process", e))?;
-        let listener_fds: Vec<_> = listeners.iter().map(std::os::fd::AsFd::as_fd).collect();
-        let probe = if probing {
-            Some(
-                readiness::ListenerInodes::of(&listener_fds)
-                    .map_err(|e| Error::io("cannot read the listeners' inodes", e))?,
-            )
-        } else {
-            None
-        };
-        drop(listener_fds);
-        let listeners: Arc<[Listener]> = listeners.into();
+        let inodes = readiness::ListenerInodes::of(&generations.all_fds())
+            .map_err(|e| Error::io("cannot read the listeners' inodes", e))?;
         let supervisor = Supervisor {
             livereload: livereload.map(|(live, _)| live),
             building: None,
-            probe,
+            probe: probing.then(|| inodes.clone()),
+            inodes,
             guard,
             cluster,
             spec,
-            listeners: Arc::clone(&listeners),
+            generations,
             notify_dir,
             events: self.events,
             inbox: self.inbox,

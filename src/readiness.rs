@@ -354,6 +354,9 @@ pub(crate) fn open_connections(pid: i32) -> usize {
 /// sockets named after one of our listeners' paths.
 pub(crate) struct AcceptedConnections {
     inodes: HashSet<u64>,
+    /// Those with bytes waiting either way: a request not read yet, or an answer not yet
+    /// acknowledged by the client (TCP only: the unix table tells no queues).
+    busy: HashSet<u64>,
 }
 
 /// The most TCP sockets (in use, and in `TIME_WAIT`: a busy server's fresh connections leave tens
@@ -375,9 +378,15 @@ impl AcceptedConnections {
         // No IPv6 (a kernel without it) is no error; an unreadable unix table is.
         let tcp6 = table("tcp6").unwrap_or_default();
         let unix = table("unix").ok()?;
-        Some(Self {
-            inodes: accepted_sockets(&tcp, &tcp6, &unix, listeners).collect(),
-        })
+        let mut inodes = HashSet::new();
+        let mut busy = HashSet::new();
+        for (inode, queued) in accepted_sockets(&tcp, &tcp6, &unix, listeners) {
+            inodes.insert(inode);
+            if queued {
+                busy.insert(inode);
+            }
+        }
+        Some(Self { inodes, busy })
     }
 }
 
@@ -416,25 +425,45 @@ pub(crate) fn switched_out(
     })
 }
 
+/// Whether a worker steered away from, the processes `pids` of its group, has no request in
+/// progress that the tables show: none holds a connection accepted on our listeners with
+/// bytes waiting either way (a request it has not read, an answer the client has not
+/// acknowledged). An idle kept-alive connection is no request in progress: HTTP clients retry
+/// a request on a connection the server closed. `false` when in doubt (fds that cannot be
+/// read of a process still alive).
+pub(crate) fn drained(pids: &[i32], accepted: &AcceptedConnections) -> bool {
+    pids.iter().all(|&pid| {
+        let Some(fds) = procfs::fds(pid) else {
+            return procfs::stat(pid).is_none_or(|stat| stat.exited());
+        };
+        !fds.filter_map(|(_, target)| socket_inode(target.to_str()?))
+            .any(|inode| accepted.busy.contains(&inode))
+    })
+}
+
 /// The inodes of the sockets of connections accepted on our listeners in the tables of
-/// `/proc/PID/net/` (see [`AcceptedConnections`]): TCP established or closed by the peer only
-/// (`CLOSE_WAIT`: the worker can still answer) on a listener's port, unix ones of a listener's
-/// path.
+/// `/proc/PID/net/` (see [`AcceptedConnections`]), each with whether bytes wait in its queues:
+/// TCP established or closed by the peer only (`CLOSE_WAIT`: the worker can still answer) on a
+/// listener's port, unix ones of a listener's path.
 fn accepted_sockets<'a>(
     tcp: &'a str,
     tcp6: &'a str,
     unix: &'a str,
     listeners: &'a ListenerInodes,
-) -> impl Iterator<Item = u64> + 'a {
+) -> impl Iterator<Item = (u64, bool)> + 'a {
     table_sockets(tcp, tcp6, unix).filter_map(|socket| match socket {
-        TableSocket::Tcp { inode, state, port } => {
-            (matches!(state, "01" | "08") && listeners.ports.contains(&port)).then_some(inode)
-        }
+        TableSocket::Tcp {
+            inode,
+            state,
+            port,
+            queued,
+        } => (matches!(state, "01" | "08") && listeners.ports.contains(&port))
+            .then_some((inode, queued)),
         TableSocket::ConnectedUnix { inode, path } => listeners
             .paths
             .iter()
             .any(|ours| ours == path)
-            .then_some(inode),
+            .then_some((inode, false)),
     })
 }
 
@@ -453,17 +482,19 @@ fn connected_sockets<'a>(
 
 /// A socket of the tables of `/proc/PID/net/`.
 enum TableSocket<'a> {
-    /// A TCP socket: its state (`01` established, `08` `CLOSE_WAIT`, …) and its local port.
+    /// A TCP socket: its state (`01` established, `08` `CLOSE_WAIT`, …), its local port, and
+    /// whether bytes wait in its send or receive queue.
     Tcp {
         inode: u64,
         state: &'a str,
         port: u16,
+        queued: bool,
     },
     /// A connected unix stream socket with a path: the named socket it was accepted on.
     ConnectedUnix { inode: u64, path: &'a str },
 }
 
-/// The sockets of the tables of `/proc/PID/net/`: columns are `sl local remote st … inode` for
+/// The sockets of the tables of `/proc/PID/net/`: columns are `sl local remote st tx:rx … inode` for
 /// TCP (`tcp`, `tcp6`), `Num RefCount Protocol Flags Type St Inode Path` for unix sockets, of
 /// which only connected stream sockets with a path are told.
 fn table_sockets<'a>(
@@ -476,10 +507,15 @@ fn table_sockets<'a>(
             let mut columns = line.split_whitespace();
             let (_, port) = columns.nth(1)?.rsplit_once(':')?;
             let state = columns.nth(1)?;
+            let (tx, rx) = columns.next()?.split_once(':')?;
+            let queued = [tx, rx]
+                .iter()
+                .any(|queue| queue.bytes().any(|b| b != b'0'));
             Some(TableSocket::Tcp {
-                inode: columns.nth(5)?.parse().ok()?,
+                inode: columns.nth(4)?.parse().ok()?,
                 state,
                 port: u16::from_str_radix(port, 16).ok()?,
+                queued,
             })
         })
     });
@@ -718,7 +754,9 @@ mod tests {
         // closed, which the worker can still answer.
         let close_wait = "   3: 0100007F:0BB8 0100007F:D2F4 08 00000000:00000000 00:00000000 00000000     0        0 103 1 0 20 4 30 10 -1\n";
         let other_port = "   4: 0100007F:1F90 0100007F:D2F6 01 00000000:00000000 00:00000000 00000000     0        0 104 1 0 20 4 30 10 -1\n";
-        let tcp = format!("{tcp}{close_wait}{other_port}");
+        let unread = "   5: 0100007F:0BB8 0100007F:D2F8 01 00000000:0000004E 00:00000000 00000000     0        0 105 1 0 20 4 30 10 -1\n";
+        let unacked = "   6: 0100007F:0BB8 0100007F:D2FA 01 00000A00:00000000 01:00000014 00000000     0        0 106 1 0 20 4 30 10 -1\n";
+        let tcp = format!("{tcp}{close_wait}{other_port}{unread}{unacked}");
         let listeners = ListenerInodes {
             ports: vec![3000],
             paths: vec!["/run/app.sock".to_owned()],
@@ -726,8 +764,50 @@ mod tests {
         };
         assert_eq!(
             accepted_sockets(&tcp, tcp6, unix, &listeners).collect::<Vec<_>>(),
-            vec![101, 103, 102, 201],
+            vec![
+                (101, false),
+                (103, false),
+                (105, true),
+                (106, true),
+                (102, false),
+                (201, false)
+            ],
+            "with whether a request waits unread or an answer unacknowledged"
         );
+    }
+
+    /// Waits (up to 10 s) until `done`.
+    fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_worker_holding_an_unread_request_is_not_drained_an_idle_connection_is() {
+        use std::io::{Read as _, Write as _};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
+        let this = [i32::try_from(std::process::id()).unwrap()];
+        let drained_now = || {
+            let accepted = AcceptedConnections::of(this[0], &listeners)
+                .expect("this machine's tables are readable and short");
+            drained(&this, &accepted)
+        };
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        assert!(
+            drained_now(),
+            "an idle connection is no request in progress"
+        );
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        eventually("the request waits unread", || !drained_now());
+        let mut request = [0; 18];
+        server.read_exact(&mut request).unwrap();
+        eventually("read, nothing waits", drained_now);
+        drop((client, server));
     }
 
     #[test]

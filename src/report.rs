@@ -494,6 +494,28 @@ fn lingering_line(lingering: &Lingering) -> String {
 pub(crate) enum DriverReport<'a> {
     /// The building page could not start answering on the listeners (dev mode).
     BuildingPageFailed(&'a io::Error),
+    /// A generation's own listening sockets could not be opened: it shares the older ones.
+    ListenersShared {
+        /// The generation.
+        generation: u64,
+        /// Why.
+        error: &'a io::Error,
+    },
+    /// The steering program could not be attached: connections may still reach older
+    /// generations.
+    SteeringFailed {
+        /// The generation new connections were to go to.
+        generation: u64,
+        /// Why.
+        error: &'a io::Error,
+    },
+    /// An unused generation's listening sockets could not all be taken out of their groups.
+    ListenersNotClosed {
+        /// The generation.
+        generation: u64,
+        /// Why.
+        error: &'a io::Error,
+    },
     /// SIGTTIN asked for one more worker than the bound allows.
     SigttinIgnored {
         /// Why the size is refused.
@@ -575,6 +597,20 @@ pub(crate) fn driver_line(report: &DriverReport<'_>) -> String {
             "cannot answer with the building page: {}",
             describe_io(error)
         ),
+        DriverReport::ListenersShared { generation, error } => format!(
+            "cannot open listening sockets for generation {generation} ({}); it shares the older \
+             ones, and old workers stop as their replacements get ready",
+            describe_io(error)
+        ),
+        DriverReport::SteeringFailed { generation, error } => format!(
+            "cannot send new connections to generation {generation} ({}); old workers may get \
+             some until they stop",
+            describe_io(error)
+        ),
+        DriverReport::ListenersNotClosed { generation, error } => format!(
+            "cannot close the listening sockets of generation {generation}: {}",
+            describe_io(error)
+        ),
         DriverReport::SigttinIgnored { why } => format!("SIGTTIN ignored: {why}"),
         DriverReport::Status { slot, status } => format!("w{slot} status: {status}"),
         DriverReport::NotifyFlood { worker, dropped } => format!(
@@ -648,6 +684,12 @@ pub(crate) enum StartReport<'a> {
         /// Where it answers instead.
         address: SocketAddr,
     },
+    /// Every generation shares the listening sockets (no steering): an old worker may get a
+    /// connection until it stops.
+    Shared {
+        /// Why (`unix:/run/app.sock is a unix socket`).
+        why: &'a str,
+    },
     /// The metrics endpoint answers.
     Metrics {
         /// Where it answers.
@@ -675,6 +717,10 @@ pub(crate) fn start_line(report: &StartReport<'_>) -> String {
         StartReport::LiveReloadMoved { taken, address } => {
             format!("{taken} is taken (another dev master?): live reload on {address} instead")
         }
+        StartReport::Shared { why } => format!(
+            "every generation shares the listening sockets ({why}): an old worker may get new \
+             connections until its stop signal, so it should finish what it accepted"
+        ),
         StartReport::Metrics { address } => format!("metrics on http://{address}/metrics"),
         StartReport::AcceptingUnseen { alive } => format!(
             "this system cannot show whether a worker accepts: one that does not send READY=1 \

@@ -96,7 +96,7 @@ use crate::config::SizeBound;
 use crate::dev::lifecycle::{DevAction, DevEvent, Page, Served};
 use crate::dev::{DevLoop, Found};
 use crate::handle::{Control, Inbox, Input, Reply, Subscriber, ToDriver};
-use crate::listener::Listener;
+use crate::listener::{Generations, Listener};
 use crate::livereload::{BuildingPage, LiveReload, Message};
 use crate::output::{self, Readers, Tail, WorkerOutput};
 use crate::procfs;
@@ -166,8 +166,9 @@ struct ExitedWorker {
 pub(crate) struct Supervisor {
     pub(crate) cluster: Cluster,
     pub(crate) spec: WorkerSpec,
-    /// Shared with [`Master::run`](crate::master::Master::run), which drops them last.
-    pub(crate) listeners: Arc<[Listener]>,
+    /// Every generation's listening sockets (the first set shared with
+    /// [`Master::run`](crate::master::Master::run), which drops it last).
+    pub(crate) generations: Generations,
     pub(crate) notify_dir: NotifyDir,
     pub(crate) events: ToDriver,
     pub(crate) inbox: Inbox,
@@ -183,6 +184,9 @@ pub(crate) struct Supervisor {
     /// The listeners as the readiness probe knows them; `None`: no probing (`--ready notify`, or
     /// no `/proc`).
     pub(crate) probe: Option<ListenerInodes>,
+    /// The listeners of every generation, to tell the connections accepted on them (a draining
+    /// worker's).
+    pub(crate) inodes: ListenerInodes,
     /// Dev mode's live-reload channel.
     pub(crate) livereload: Option<LiveReload>,
     /// Answers on the listeners while no generation serves (dev mode with live reload).
@@ -296,7 +300,8 @@ impl Supervisor {
             return;
         };
         let listeners: Vec<_> = self
-            .listeners
+            .generations
+            .for_generation(0)
             .iter()
             .filter_map(Listener::tcp_duplicate)
             .collect();
@@ -803,6 +808,47 @@ impl Supervisor {
             .collect()
     }
 
+    /// The generations' sockets changed: the probes know the new ones' inodes. An `fstat` of our
+    /// own sockets that fails keeps what was known (a worker on a new socket is then not seen
+    /// accepting, only ready by its other rules).
+    fn listeners_changed(&mut self) {
+        let Ok(inodes) = ListenerInodes::of(&self.generations.all_fds()) else {
+            return;
+        };
+        if let Some(probe) = &mut self.probe {
+            probe.clone_from(&inodes);
+        }
+        self.inodes = inodes;
+    }
+
+    /// Looks at the workers steered away from: one is drained once its generation's sockets
+    /// hold no waiting connection and no process of its group holds a connection with a
+    /// request in progress. One pass over `/proc` gives the members of every group, one read
+    /// the connections; beyond the tables' bound ([`readiness::AcceptedConnections`]), the
+    /// empty queue alone counts.
+    fn probe_draining(&self, workers: &[(WorkerKey, Pid, u64)]) -> Vec<Event> {
+        let master = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let accepted = readiness::AcceptedConnections::of(master, &self.inodes);
+        let groups = accepted.as_ref().and_then(|_| procfs::live_groups());
+        workers
+            .iter()
+            .filter(|&&(_, pid, generation)| {
+                if self.generations.queued(generation) != Some(0) {
+                    return false;
+                }
+                let Some(accepted) = &accepted else {
+                    return true;
+                };
+                let members = match &groups {
+                    Some(groups) => groups.get(&pid.0).cloned().unwrap_or_default(),
+                    None => vec![pid.0],
+                };
+                readiness::drained(&members, accepted)
+            })
+            .map(|&(key, _, _)| Event::Drained { key })
+            .collect()
+    }
+
     /// A starting worker is not seen accepting `after` its spawn: one last look, then one
     /// line of advice.
     fn unseen(&self, state: &mut DriverState, key: WorkerKey, after: Duration) -> Option<Event> {
@@ -1003,10 +1049,43 @@ impl Supervisor {
                         pending.extend(self.probe_retiring(&workers));
                     }
                     Action::Unseen { key, after } => pending.extend(self.unseen(state, key, after)),
-                    Action::OpenListeners { .. }
-                    | Action::Steer { .. }
-                    | Action::CloseListeners { .. }
-                    | Action::ProbeDraining { .. } => {}
+                    Action::OpenListeners { generation } => {
+                        if let Err(error) = self.generations.open(generation) {
+                            output::master_line(&report::driver_line(
+                                &DriverReport::ListenersShared {
+                                    generation,
+                                    error: &error,
+                                },
+                            ));
+                            // Before the spawns' outcomes: no replacement is ready before it.
+                            pending.push_front(Event::ListenersShared { generation });
+                        }
+                        self.listeners_changed();
+                    }
+                    Action::Steer { generation } => {
+                        if let Err(error) = self.generations.steer(Some(generation)) {
+                            output::master_line(&report::driver_line(
+                                &DriverReport::SteeringFailed {
+                                    generation,
+                                    error: &error,
+                                },
+                            ));
+                        }
+                    }
+                    Action::CloseListeners { generation } => {
+                        if let Err(error) = self.generations.close(generation) {
+                            output::master_line(&report::driver_line(
+                                &DriverReport::ListenersNotClosed {
+                                    generation,
+                                    error: &error,
+                                },
+                            ));
+                        }
+                        self.listeners_changed();
+                    }
+                    Action::ProbeDraining { workers } => {
+                        pending.extend(self.probe_draining(&workers));
+                    }
                     Action::Exit(reason) => state.exit = Some(reason),
                 }
             }
@@ -1023,10 +1102,11 @@ impl Supervisor {
     ) -> io::Result<i32> {
         self.ensure_guard(state)?;
         let notify = self.notify_dir.open(key, slot, self.events.clone())?;
-        let names: Vec<&str> = self.listeners.iter().map(Listener::name).collect();
+        let listeners = self.generations.for_generation(generation);
+        let names: Vec<&str> = listeners.iter().map(Listener::name).collect();
         let mut env = self.spec.env.clone();
         let per_worker = [
-            ("LISTEN_FDS", self.listeners.len().to_string()),
+            ("LISTEN_FDS", listeners.len().to_string()),
             ("LISTEN_FDNAMES", names.join(":")),
             ("NOTIFY_SOCKET", notify.path().display().to_string()),
             ("MCLUSTER_WORKER_ID", slot.to_string()),
@@ -1042,8 +1122,6 @@ impl Supervisor {
             WorkerOutput::start(self.spec.silent, slot, generation)?;
         let mut fds: Vec<BorrowedFd<'_>> = vec![state.devnull.as_fd()];
         fds.extend(worker_output.worker_fds());
-        // A clone of the handle: the spawn below needs `self` mutably.
-        let listeners = Arc::clone(&self.listeners);
         fds.extend(listeners.iter().map(AsFd::as_fd));
         let program = self.program_for(generation)?;
         let argv: Vec<CString> = std::iter::once(program.argv0.clone())
@@ -1161,7 +1239,8 @@ impl Supervisor {
             pid: std::process::id(),
             mode: if self.interactive() { "dev" } else { "start" },
             listeners: self
-                .listeners
+                .generations
+                .for_generation(0)
                 .iter()
                 .map(|l| l.address().to_string())
                 .collect(),
