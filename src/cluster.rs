@@ -959,14 +959,23 @@ impl Cluster {
     }
 
     fn start(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        match self.phase {
-            Phase::Idle => self.started = Some(now),
-            Phase::Waiting => {}
+        let first = match self.phase {
+            Phase::Idle => {
+                self.started = Some(now);
+                true
+            }
+            Phase::Waiting => false,
             _ => return,
-        }
+        };
         self.phase = Phase::Running;
         self.serving_generation = self.next_generation;
         self.next_generation += 1;
+        // The first generation serves on the listeners bound at the start: with steering,
+        // they are its own sockets, closed when it is gone (a later start after a first
+        // generation that never got ready shares them).
+        if first && self.config.steering {
+            self.own_listeners.push(self.serving_generation);
+        }
         self.slots = vec![Slot::of(self.serving_generation); self.config.size];
         for slot in 0..self.config.size {
             self.spawn(slot, self.serving_generation, actions);

@@ -8,7 +8,7 @@ pub(crate) mod process;
 pub(crate) mod script;
 pub(crate) mod systemd;
 
-pub(crate) use fixture::{fixture, python3, strict_listen_pid_py};
+pub(crate) use fixture::{fixture, naive_http_py, python3, strict_listen_pid_py};
 pub(crate) use harness::{Master, MasterBuilder, Worker, all_ready, pids};
 pub(crate) use net::{Reply, echo, echo_pid, request, wait_served_by};
 pub(crate) use process::is_alive;

@@ -124,6 +124,12 @@ struct World {
 
 impl World {
     fn new(config: ClusterConfig) -> Self {
+        // The first generation's sockets are those bound at the start.
+        let own_sockets = if config.steering {
+            HashSet::from([1])
+        } else {
+            HashSet::new()
+        };
         let mut world = Self {
             cluster: Cluster::new(config),
             now: Instant::now(),
@@ -153,7 +159,7 @@ impl World {
             retiring: Vec::new(),
             switched_out: HashSet::new(),
             sockets_fail: false,
-            own_sockets: HashSet::new(),
+            own_sockets,
             shared_sockets: HashSet::new(),
             steered: None,
             draining: Vec::new(),

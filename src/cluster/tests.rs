@@ -1921,8 +1921,13 @@ fn with_steering_old_workers_serve_until_the_switch_then_stop_once_drained() {
     assert_eq!(t.drained(Pid(102)), [term(Pid(102))]);
     t.exit_stopped();
     assert!(completed(&t, 3, 2));
+    assert_eq!(
+        t.steering().last(),
+        Some(&("close", 1)),
+        "generation 1 is gone"
+    );
     // The next roll's switch leaves generation 2 without workers: its sockets close once the
-    // last of them is gone (the first generation's, bound at the start, are the master's).
+    // last of them is gone.
     t.feed(Event::Roll(2));
     for pid in [106, 107, 108] {
         t.ready(Pid(pid));

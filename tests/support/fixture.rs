@@ -43,6 +43,11 @@ pub(crate) fn strict_listen_pid_py() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/workers/strict_listen_pid.py")
 }
 
+/// The Python worker written as many are: `http.server` on fd 3, no SIGTERM handler.
+pub(crate) fn naive_http_py() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/workers/naive_http.py")
+}
+
 /// The real `python3` executable (not a version-manager shim, which would only slow each start).
 #[track_caller]
 pub(crate) fn python3() -> &'static Path {
