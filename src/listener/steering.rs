@@ -159,7 +159,7 @@ impl Generations {
     ///
     /// `generation` must be newer than every set's. When not steerable, `generation` just shares
     /// the newest set. On failure (`EMFILE`…) no socket is left in a group (all are bound before
-    /// any listens; those that listened are shut down, each the last of its group, so no index
+    /// any listens; those that listened are closed, each the last of its group, so no index
     /// moves), `generation` shares the newest older set, and the error is returned for one line
     /// of report.
     pub(crate) fn open(&mut self, generation: u64) -> io::Result<()> {
@@ -192,18 +192,12 @@ impl Generations {
             .iter()
             .map(|listener| bound_like(listener.as_fd()).map(|fd| (listener, fd)))
             .collect::<io::Result<Vec<_>>>()?;
-        let mut listening: Vec<OwnedFd> = Vec::with_capacity(bound.len());
         let mut made = Vec::with_capacity(bound.len());
         for (listener, (fd, backlog)) in bound {
-            if let Err(error) = listen(&fd, backlog) {
-                for fd in &listening {
-                    // Each is the last of its group: leaving moves no other socket. A failure
-                    // here would leave it in its group only until the close just below.
-                    let _ = shutdown(fd.as_raw_fd(), Shutdown::Read);
-                }
-                return Err(error);
-            }
-            listening.push(fd.try_clone()?);
+            // On failure, the sockets that listened are closed on return: the master holds
+            // their only fd (close-on-exec, and it forks on one thread), so each leaves its
+            // group, of which it is the last: no other index moves.
+            listen(&fd, backlog)?;
             made.push(Listener {
                 name: listener.name.clone(),
                 shown: getsockname::<SockaddrStorage>(fd.as_raw_fd())
@@ -213,7 +207,6 @@ impl Generations {
                 inherited: false,
             });
         }
-        drop(listening);
         for group in &mut self.groups {
             group.push(generation);
         }
@@ -539,6 +532,17 @@ mod tests {
     }
 
     #[test]
+    fn steering_to_a_generation_follows_its_sockets_when_they_open() {
+        let mut generations = generations(1);
+        // Generation 2 has no sockets yet: it would share generation 1's.
+        generations.steer(Some(2)).unwrap();
+        generations.open(2).unwrap();
+        let mut clients = Vec::new();
+        connect(&generations, 0, 20, &mut clients);
+        assert_eq!(landed(&generations), [0, 20]);
+    }
+
+    #[test]
     fn every_address_is_steered() {
         let mut generations = generations(2);
         generations.open(2).unwrap();
@@ -647,6 +651,8 @@ mod tests {
         assert!(!generations.owns(3));
         generations.close(2).unwrap();
         assert!(generations.owns(2), "generation 3 still uses it");
+        assert!(generations.owns(1), "generation 1 still uses it");
+        assert_eq!(generations.groups, [vec![1, 2]]);
         generations.close(1).unwrap();
         assert_eq!(generations.groups, [vec![2]]);
         generations.close(3).unwrap();
