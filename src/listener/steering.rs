@@ -801,6 +801,51 @@ mod tests {
         );
     }
 
+    /// Set in the copy of this test binary run under `fixtures/seccomp_reuseport.py`.
+    const UNDER_SECCOMP: &str = "MCLUSTER_TEST_REUSEPORT_REFUSED";
+
+    /// A sandbox that refuses `SO_ATTACH_REUSEPORT_CBPF`: this very test runs again in a child
+    /// of this test binary under a seccomp filter making the option fail with `EPERM` (while
+    /// `SO_REUSEPORT` and every other option work), and there finds the listeners shared.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn a_kernel_refusing_the_program_leaves_the_listeners_shared() {
+        const NAME: &str =
+            "listener::steering::tests::a_kernel_refusing_the_program_leaves_the_listeners_shared";
+        if std::env::var_os(UNDER_SECCOMP).is_some() {
+            let mut shared = Generations::new(vec![steerable_listener("127.0.0.1:0")], 1, true);
+            assert_eq!(
+                shared.why_not(),
+                Some(
+                    "the kernel refused SO_ATTACH_REUSEPORT_CBPF: Operation not permitted (os \
+                     error 1)"
+                )
+            );
+            shared.open(2).unwrap();
+            assert!(Arc::ptr_eq(
+                &shared.for_generation(2),
+                &shared.for_generation(1)
+            ));
+            return;
+        }
+        let helper =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/seccomp_reuseport.py");
+        let output = std::process::Command::new("python3")
+            .arg(helper)
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads=1"])
+            .env(UNDER_SECCOMP, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     #[test]
     fn unsteerable_generations_share_the_first_set() {
         let mut shared = Generations::new(vec![steerable_listener("127.0.0.1:0")], 1, false);
