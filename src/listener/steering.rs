@@ -56,7 +56,8 @@
 //! # Where steering is not possible
 //!
 //! Unix sockets (no reuseport groups), sockets passed in without `SO_REUSEPORT` (systemd without
-//! `ReusePort=yes`, systemfd), sockets of another uid, kernels or sandboxes refusing the option,
+//! `ReusePort=yes`, systemfd), sockets of another uid or bound to a device (`SO_BINDTODEVICE`,
+//! systemd's `BindToDevice=`), kernels or sandboxes refusing the option,
 //! macOS and the BSDs (FreeBSD's `SO_REUSEPORT_LB` balances but cannot be steered): every
 //! generation then shares the first set, as before, and [`Generations::why_not`] says why.
 
@@ -377,6 +378,17 @@ fn unsteerable(listeners: &[Listener], attach: Attach) -> Option<String> {
         }
         if !setsockopt_flag(fd) {
             return Some(format!("{which} has no SO_REUSEPORT"));
+        }
+        // The kernel groups only sockets bound to the same device; a later generation's socket
+        // made without the device would form a group of its own, preferred by nothing.
+        #[cfg(target_os = "linux")]
+        if let Ok(device) = nix::sys::socket::getsockopt(&fd, sockopt::BindToDevice)
+            && !device.is_empty()
+        {
+            return Some(format!(
+                "{which} is bound to device {}",
+                device.to_string_lossy()
+            ));
         }
         match nix::sys::stat::fstat(fd) {
             Ok(stat) if stat.st_uid == euid => {}
@@ -785,6 +797,23 @@ mod tests {
             shared.why_not(),
             Some(format!("inherited fd {fd} has no SO_REUSEPORT").as_str())
         );
+
+        // Binding to a device needs no privilege since Linux 5.7 (when not bound before).
+        let bound = steerable_listener("127.0.0.1:0");
+        if setsockopt(
+            &bound.fd,
+            sockopt::BindToDevice,
+            &std::ffi::OsString::from("lo"),
+        )
+        .is_ok()
+        {
+            let shown = bound.address().to_owned();
+            let shared = Generations::new(vec![bound], 1, true);
+            assert_eq!(
+                shared.why_not(),
+                Some(format!("{shown} is bound to device lo").as_str())
+            );
+        }
 
         let off = Generations::new(vec![steerable_listener("127.0.0.1:0")], 1, false);
         assert_eq!(off.why_not(), Some("switched off"));
