@@ -56,7 +56,8 @@
 //! # Where steering is not possible
 //!
 //! Unix sockets (no reuseport groups), sockets passed in without `SO_REUSEPORT` (systemd without
-//! `ReusePort=yes`, systemfd), sockets of another uid, kernels or sandboxes refusing the option,
+//! `ReusePort=yes`, systemfd), sockets of another uid or bound to a device (`SO_BINDTODEVICE`,
+//! systemd's `BindToDevice=`), kernels or sandboxes refusing the option,
 //! macOS and the BSDs (FreeBSD's `SO_REUSEPORT_LB` balances but cannot be steered): every
 //! generation then shares the first set, as before, and [`Generations::why_not`] says why.
 
@@ -159,7 +160,7 @@ impl Generations {
     ///
     /// `generation` must be newer than every set's. When not steerable, `generation` just shares
     /// the newest set. On failure (`EMFILE`…) no socket is left in a group (all are bound before
-    /// any listens; those that listened are shut down, each the last of its group, so no index
+    /// any listens; those that listened are closed, each the last of its group, so no index
     /// moves), `generation` shares the newest older set, and the error is returned for one line
     /// of report.
     pub(crate) fn open(&mut self, generation: u64) -> io::Result<()> {
@@ -192,18 +193,12 @@ impl Generations {
             .iter()
             .map(|listener| bound_like(listener.as_fd()).map(|fd| (listener, fd)))
             .collect::<io::Result<Vec<_>>>()?;
-        let mut listening: Vec<OwnedFd> = Vec::with_capacity(bound.len());
         let mut made = Vec::with_capacity(bound.len());
         for (listener, (fd, backlog)) in bound {
-            if let Err(error) = listen(&fd, backlog) {
-                for fd in &listening {
-                    // Each is the last of its group: leaving moves no other socket. A failure
-                    // here would leave it in its group only until the close just below.
-                    let _ = shutdown(fd.as_raw_fd(), Shutdown::Read);
-                }
-                return Err(error);
-            }
-            listening.push(fd.try_clone()?);
+            // On failure, the sockets that listened are closed on return: the master holds
+            // their only fd (close-on-exec, and it forks on one thread), so each leaves its
+            // group, of which it is the last: no other index moves.
+            listen(&fd, backlog)?;
             made.push(Listener {
                 name: listener.name.clone(),
                 shown: getsockname::<SockaddrStorage>(fd.as_raw_fd())
@@ -213,7 +208,6 @@ impl Generations {
                 inherited: false,
             });
         }
-        drop(listening);
         for group in &mut self.groups {
             group.push(generation);
         }
@@ -385,6 +379,17 @@ fn unsteerable(listeners: &[Listener], attach: Attach) -> Option<String> {
         if !setsockopt_flag(fd) {
             return Some(format!("{which} has no SO_REUSEPORT"));
         }
+        // The kernel groups only sockets bound to the same device; a later generation's socket
+        // made without the device would form a group of its own, preferred by nothing.
+        #[cfg(target_os = "linux")]
+        if let Ok(device) = nix::sys::socket::getsockopt(&fd, sockopt::BindToDevice)
+            && !device.is_empty()
+        {
+            return Some(format!(
+                "{which} is bound to device {}",
+                device.to_string_lossy()
+            ));
+        }
         match nix::sys::stat::fstat(fd) {
             Ok(stat) if stat.st_uid == euid => {}
             Ok(stat) => {
@@ -539,6 +544,17 @@ mod tests {
     }
 
     #[test]
+    fn steering_to_a_generation_follows_its_sockets_when_they_open() {
+        let mut generations = generations(1);
+        // Generation 2 has no sockets yet: it would share generation 1's.
+        generations.steer(Some(2)).unwrap();
+        generations.open(2).unwrap();
+        let mut clients = Vec::new();
+        connect(&generations, 0, 20, &mut clients);
+        assert_eq!(landed(&generations), [0, 20]);
+    }
+
+    #[test]
     fn every_address_is_steered() {
         let mut generations = generations(2);
         generations.open(2).unwrap();
@@ -647,6 +663,8 @@ mod tests {
         assert!(!generations.owns(3));
         generations.close(2).unwrap();
         assert!(generations.owns(2), "generation 3 still uses it");
+        assert!(generations.owns(1), "generation 1 still uses it");
+        assert_eq!(generations.groups, [vec![1, 2]]);
         generations.close(1).unwrap();
         assert_eq!(generations.groups, [vec![2]]);
         generations.close(3).unwrap();
@@ -780,6 +798,23 @@ mod tests {
             Some(format!("inherited fd {fd} has no SO_REUSEPORT").as_str())
         );
 
+        // Binding to a device needs no privilege since Linux 5.7 (when not bound before).
+        let bound = steerable_listener("127.0.0.1:0");
+        if setsockopt(
+            &bound.fd,
+            sockopt::BindToDevice,
+            &std::ffi::OsString::from("lo"),
+        )
+        .is_ok()
+        {
+            let shown = bound.address().to_owned();
+            let shared = Generations::new(vec![bound], 1, true);
+            assert_eq!(
+                shared.why_not(),
+                Some(format!("{shown} is bound to device lo").as_str())
+            );
+        }
+
         let off = Generations::new(vec![steerable_listener("127.0.0.1:0")], 1, false);
         assert_eq!(off.why_not(), Some("switched off"));
 
@@ -792,6 +827,51 @@ mod tests {
             why.starts_with("the kernel refused SO_ATTACH_REUSEPORT_CBPF: ")
                 && why.contains("(os error 1)"),
             "{why}"
+        );
+    }
+
+    /// Set in the copy of this test binary run under `fixtures/seccomp_reuseport.py`.
+    const UNDER_SECCOMP: &str = "MCLUSTER_TEST_REUSEPORT_REFUSED";
+
+    /// A sandbox that refuses `SO_ATTACH_REUSEPORT_CBPF`: this very test runs again in a child
+    /// of this test binary under a seccomp filter making the option fail with `EPERM` (while
+    /// `SO_REUSEPORT` and every other option work), and there finds the listeners shared.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn a_kernel_refusing_the_program_leaves_the_listeners_shared() {
+        const NAME: &str =
+            "listener::steering::tests::a_kernel_refusing_the_program_leaves_the_listeners_shared";
+        if std::env::var_os(UNDER_SECCOMP).is_some() {
+            let mut shared = Generations::new(vec![steerable_listener("127.0.0.1:0")], 1, true);
+            assert_eq!(
+                shared.why_not(),
+                Some(
+                    "the kernel refused SO_ATTACH_REUSEPORT_CBPF: Operation not permitted (os \
+                     error 1)"
+                )
+            );
+            shared.open(2).unwrap();
+            assert!(Arc::ptr_eq(
+                &shared.for_generation(2),
+                &shared.for_generation(1)
+            ));
+            return;
+        }
+        let helper =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/seccomp_reuseport.py");
+        let output = std::process::Command::new("python3")
+            .arg(helper)
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads=1"])
+            .env(UNDER_SECCOMP, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
         );
     }
 
