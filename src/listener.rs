@@ -42,11 +42,8 @@ use nix::sys::socket::{
 };
 use nix::sys::stat::{Mode, fchmod};
 
-// Until the driver opens generations' sockets (issue 19), only the tests use them.
-#[allow(dead_code, unused_imports)]
 mod steering;
 
-#[allow(unused_imports)]
 pub(crate) use steering::Generations;
 
 use crate::config::Error;

@@ -6,9 +6,7 @@ mod fd;
 mod guard;
 #[cfg(feature = "master")]
 mod platform;
-// Until the driver opens generations' sockets (issue 19), only the tests use them.
 #[cfg(feature = "master")]
-#[allow(dead_code)]
 mod reuseport;
 #[cfg(feature = "master")]
 mod spawn;

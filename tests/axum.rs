@@ -235,10 +235,10 @@ impl HttpLoad {
         let mut conn: Option<BufReader<TcpStream>> = None;
         while !self.stop.load(Ordering::SeqCst) {
             let reused = conn.is_some();
-            let mut reply = self.kept_alive_get(&mut conn, port);
+            let mut reply = Self::kept_alive_get(&mut conn, port);
             if reused && reply.as_ref().is_err_and(closed_unanswered) {
                 conn = None;
-                reply = self.kept_alive_get(&mut conn, port);
+                reply = Self::kept_alive_get(&mut conn, port);
             }
             if reply.as_ref().map_or(true, |reply| reply.close) {
                 conn = None;
@@ -248,11 +248,7 @@ impl HttpLoad {
     }
 
     /// `GET /` on the kept connection, or on a new one.
-    fn kept_alive_get(
-        &self,
-        conn: &mut Option<BufReader<TcpStream>>,
-        port: u16,
-    ) -> io::Result<Reply> {
+    fn kept_alive_get(conn: &mut Option<BufReader<TcpStream>>, port: u16) -> io::Result<Reply> {
         let reader = match conn {
             Some(reader) => reader,
             None => conn.insert(BufReader::new(connect(port)?)),
