@@ -419,9 +419,8 @@ impl Master {
                 master_pid: std::process::id(),
             }));
         }
-        if self.steering
-            && let Some(why) = generations.why_not()
-        {
+        if let Some(why) = generations.why_not() {
+            let why = if self.steering { why } else { "--no-steering" };
             output::master_line(&report::start_line(&StartReport::Shared { why }));
         }
         if let Some((live, moved_from)) = &livereload {
