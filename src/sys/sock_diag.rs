@@ -26,7 +26,7 @@ use std::io;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InProgress {
     /// Bytes wait unread: the client sent (part of) a request the worker has not read yet
-    /// (`idiag_rqueue > 0`; in CLOSE_WAIT, `idiag_rqueue > 1`, since the kernel counts the
+    /// (`idiag_rqueue > 0`; in `CLOSE_WAIT`, `idiag_rqueue > 1`, since the kernel counts the
     /// client's FIN there until the worker reads the end of the stream).
     Unread,
     /// Bytes the worker wrote are not acknowledged by the client yet (`idiag_wqueue > 0`): an
@@ -83,13 +83,13 @@ struct Times {
 }
 
 /// The TCP connections of this network namespace whose local port is one of `ports`, in state
-/// ESTABLISHED or CLOSE_WAIT, by socket inode, each with whether a request is in progress on it.
+/// `ESTABLISHED` or `CLOSE_WAIT`, by socket inode, each with whether a request is in progress on it.
 ///
 /// "In progress" means: bytes wait unread (`idiag_rqueue > 0`), or bytes sent but not
 /// acknowledged (`idiag_wqueue > 0`), or data was received more recently than data was last sent
 /// (`tcpi_last_data_recv < tcpi_last_data_sent`, and `tcpi_bytes_received > 0` where the kernel
 /// reports it; equal times count as answered, since both have a millisecond resolution). In
-/// CLOSE_WAIT the client's FIN, which `idiag_rqueue` counts until it is read, is not a byte. On a
+/// `CLOSE_WAIT` the client's FIN, which `idiag_rqueue` counts until it is read, is not a byte. On a
 /// kernel whose `tcp_info` lacks the times, only the queues decide. See [`InProgress`].
 ///
 /// Both address families are read (IPv4-mapped connections to a dual-stack socket are listed by
@@ -191,7 +191,7 @@ mod linux {
         pub(super) in_progress: InProgress,
     }
 
-    /// Asks for the TCP sockets of `family` in ESTABLISHED or CLOSE_WAIT with their `tcp_info`,
+    /// Asks for the TCP sockets of `family` in `ESTABLISHED` or `CLOSE_WAIT` with their `tcp_info`,
     /// and hands each to `each` as its datagrams arrive, until the dump's `NLMSG_DONE`.
     fn dump(
         socket: &OwnedFd,
@@ -530,7 +530,7 @@ mod tests {
         let mut pair = Pair::new("127.0.0.1:0").unwrap();
         pair.server.set_nonblocking(true).unwrap();
         // Fill the client's receive buffer and then the server's send buffer.
-        let chunk = [7_u8; 64 * 1024];
+        let chunk = vec![7_u8; 64 * 1024];
         let mut written = 0_usize;
         loop {
             match pair.server.write(&chunk) {
@@ -568,7 +568,7 @@ mod tests {
         assert!(accepted_connections(&[]).unwrap().is_empty());
     }
 
-    /// Waits until the server's socket is in CLOSE_WAIT (tcp_states.h: 8).
+    /// Waits until the server's socket is in `CLOSE_WAIT` (`tcp_states.h`: 8).
     fn wait_for_close_wait(server: &TcpStream) {
         let deadline = Instant::now() + DEADLINE;
         while tcp_info(server).tcpi_state != 8 {
@@ -736,7 +736,7 @@ mod tests {
         diag.extend_from_slice(&attribute_length.to_ne_bytes());
         diag.extend_from_slice(&2_u16.to_ne_bytes());
         diag.extend_from_slice(info);
-        while diag.len() % 4 != 0 {
+        while !diag.len().is_multiple_of(4) {
             diag.push(0);
         }
         let mut message = Vec::new();
