@@ -388,7 +388,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd};
     use std::time::{Duration, Instant};
 
     const DEADLINE: Duration = Duration::from_secs(30);
@@ -565,6 +565,18 @@ mod tests {
         assert!(both.contains_key(&inode(&other.server)));
         // Nor the client's end, nor the listener.
         assert!(!both.contains_key(&inode(&pair.client)));
+        // Nor a connection still in the accept queue (it has no inode yet).
+        let _queued = TcpStream::connect(("127.0.0.1", pair.port())).unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        while crate::sys::accept_queue(pair.listener.as_fd())
+            .unwrap()
+            .queued
+            != 1
+        {
+            assert!(Instant::now() < deadline, "the connection never queued");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(pair.state(), InProgress::No);
         assert!(accepted_connections(&[]).unwrap().is_empty());
     }
 
