@@ -8,6 +8,10 @@ mod guard;
 mod platform;
 #[cfg(feature = "master")]
 mod reuseport;
+// Until the driver waits for draining workers' requests (issue 19), only the tests use it.
+#[cfg(feature = "master")]
+#[allow(dead_code)]
+mod sock_diag;
 #[cfg(feature = "master")]
 mod spawn;
 
@@ -19,5 +23,8 @@ pub(crate) use platform::{blind_file_system, peer_uid, pipe, stream_socket};
 #[cfg(feature = "master")]
 #[allow(unused_imports)]
 pub(crate) use reuseport::{AcceptQueue, accept_queue, attach_steering, detach_steering};
+#[cfg(feature = "master")]
+#[allow(unused_imports)]
+pub(crate) use sock_diag::{InProgress, accepted_connections};
 #[cfg(feature = "master")]
 pub(crate) use spawn::{Program, SpawnRequest, prepare_child, spawn_worker};
