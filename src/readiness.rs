@@ -425,19 +425,36 @@ pub(crate) fn switched_out(
     })
 }
 
-/// Whether a worker steered away from, the processes `pids` of its group, has no request in
-/// progress that the tables show: none holds a connection accepted on our listeners with
-/// bytes waiting either way (a request it has not read, an answer the client has not
-/// acknowledged). An idle kept-alive connection is no request in progress: HTTP clients retry
-/// a request on a connection the server closed. `false` when in doubt (fds that cannot be
-/// read of a process still alive).
-pub(crate) fn drained(pids: &[i32], accepted: &AcceptedConnections) -> bool {
+/// The connections accepted on our TCP listeners that have a request in progress, by socket
+/// inode: from the kernel's socket diagnostics where it answers (`sys::sock_diag`:
+/// bytes unread or unacknowledged, a request read and not answered, a connection that came in
+/// less than a second ago and sent nothing yet), else from the tables of `/proc/PID/net/`
+/// (bytes waiting either way only; `pid`'s namespace, within [`MAX_TABLE_SOCKETS`]). `None`
+/// when neither can tell.
+pub(crate) fn requests_in_progress(pid: i32, listeners: &ListenerInodes) -> Option<HashSet<u64>> {
+    match crate::sys::accepted_connections(&listeners.ports) {
+        Ok(connections) => Some(
+            connections
+                .into_iter()
+                .filter(|(_, state)| state.is_in_progress())
+                .map(|(inode, _)| inode)
+                .collect(),
+        ),
+        Err(_) => AcceptedConnections::of(pid, listeners).map(|accepted| accepted.busy),
+    }
+}
+
+/// Whether a worker steered away from, the processes `pids` of its group, holds no connection
+/// of `in_progress` ([`requests_in_progress`]). An idle kept-alive connection is no request in
+/// progress: HTTP clients retry a request on a connection the server closed. `false` when in
+/// doubt (fds that cannot be read of a process still alive).
+pub(crate) fn drained(pids: &[i32], in_progress: &HashSet<u64>) -> bool {
     pids.iter().all(|&pid| {
         let Some(fds) = procfs::fds(pid) else {
             return procfs::stat(pid).is_none_or(|stat| stat.exited());
         };
         !fds.filter_map(|(_, target)| socket_inode(target.to_str()?))
-            .any(|inode| accepted.busy.contains(&inode))
+            .any(|inode| in_progress.contains(&inode))
     })
 }
 
@@ -786,27 +803,36 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_holding_an_unread_request_is_not_drained_an_idle_connection_is() {
+    fn a_worker_holding_a_request_is_not_drained_until_it_answers() {
         use std::io::{Read as _, Write as _};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
         let this = [i32::try_from(std::process::id()).unwrap()];
         let drained_now = || {
-            let accepted = AcceptedConnections::of(this[0], &listeners)
-                .expect("this machine's tables are readable and short");
-            drained(&this, &accepted)
+            let in_progress = requests_in_progress(this[0], &listeners)
+                .expect("this kernel tells the connections in progress");
+            drained(&this, &in_progress)
         };
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut server, _) = listener.accept().unwrap();
         assert!(
-            drained_now(),
-            "an idle connection is no request in progress"
+            !drained_now(),
+            "a new connection: its request is on its way"
         );
+        // The kernel's times have a resolution of a millisecond: the request must come later
+        // than the connection's start to be told apart from an answered one.
+        crate::sys::wait_until_sending_is_old(&server);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        eventually("the request waits unread", || !drained_now());
+        assert!(!drained_now(), "the request waits unread");
         let mut request = [0; 18];
         server.read_exact(&mut request).unwrap();
-        eventually("read, nothing waits", drained_now);
+        assert!(!drained_now(), "read, not answered");
+        server
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .unwrap();
+        let mut answer = [0; 27];
+        client.read_exact(&mut answer).unwrap();
+        eventually("answered and acknowledged", drained_now);
         drop((client, server));
     }
 

@@ -823,27 +823,27 @@ impl Supervisor {
 
     /// Looks at the workers steered away from: one is drained once its generation's sockets
     /// hold no waiting connection and no process of its group holds a connection with a
-    /// request in progress. One pass over `/proc` gives the members of every group, one read
-    /// the connections; beyond the tables' bound ([`readiness::AcceptedConnections`]), the
-    /// empty queue alone counts.
+    /// request in progress ([`readiness::requests_in_progress`]). One pass over `/proc` gives
+    /// the members of every group, one dump the connections; where neither the kernel's socket
+    /// diagnostics nor short enough tables tell them, the empty queue alone counts.
     fn probe_draining(&self, workers: &[(WorkerKey, Pid, u64)]) -> Vec<Event> {
         let master = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-        let accepted = readiness::AcceptedConnections::of(master, &self.inodes);
-        let groups = accepted.as_ref().and_then(|_| procfs::live_groups());
+        let in_progress = readiness::requests_in_progress(master, &self.inodes);
+        let groups = in_progress.as_ref().and_then(|_| procfs::live_groups());
         workers
             .iter()
             .filter(|&&(_, pid, generation)| {
                 if self.generations.queued(generation) != Some(0) {
                     return false;
                 }
-                let Some(accepted) = &accepted else {
+                let Some(in_progress) = &in_progress else {
                     return true;
                 };
                 let members = match &groups {
                     Some(groups) => groups.get(&pid.0).cloned().unwrap_or_default(),
                     None => vec![pid.0],
                 };
-                readiness::drained(&members, accepted)
+                readiness::drained(&members, in_progress)
             })
             .map(|&(key, _, _)| Event::Drained { key })
             .collect()

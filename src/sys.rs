@@ -1,5 +1,6 @@
 //! The only module allowed `unsafe`: fork/exec, fd placement, adopting inherited fds, the guard
-//! that kills every worker's process group when the master dies, the reuseport steering calls.
+//! that kills every worker's process group when the master dies, the reuseport steering calls,
+//! the kernel's socket diagnostics (no `unsafe` there but in a test).
 
 mod fd;
 #[cfg(feature = "master")]
@@ -8,9 +9,7 @@ mod guard;
 mod platform;
 #[cfg(feature = "master")]
 mod reuseport;
-// Until the driver waits for draining workers' requests (issue 19), only the tests use it.
 #[cfg(feature = "master")]
-#[allow(dead_code)]
 mod sock_diag;
 #[cfg(feature = "master")]
 mod spawn;
@@ -21,10 +20,10 @@ pub(crate) use guard::{CAPACITY as GUARD_CAPACITY, Guard};
 #[cfg(feature = "master")]
 pub(crate) use platform::{blind_file_system, peer_uid, pipe, stream_socket};
 #[cfg(feature = "master")]
-#[allow(unused_imports)]
-pub(crate) use reuseport::{AcceptQueue, accept_queue, attach_steering, detach_steering};
+pub(crate) use reuseport::{accept_queue, attach_steering, detach_steering};
 #[cfg(feature = "master")]
-#[allow(unused_imports)]
-pub(crate) use sock_diag::{InProgress, accepted_connections};
+pub(crate) use sock_diag::accepted_connections;
+#[cfg(all(test, feature = "master", target_os = "linux"))]
+pub(crate) use sock_diag::tests::wait_until_sending_is_old;
 #[cfg(feature = "master")]
 pub(crate) use spawn::{Program, SpawnRequest, prepare_child, spawn_worker};

@@ -38,6 +38,13 @@ pub(crate) enum InProgress {
     /// millisecond (a jiffy, on the kernel's side), so equal times count as answered, and a
     /// connection on which the client never sent a byte (a browser's preconnect) is idle.
     Answering,
+    /// The client has sent nothing yet on a connection that came in less than [`ARRIVING`]
+    /// ago (`tcpi_bytes_received == 0`, and `tcpi_last_data_recv`, which the kernel sets at
+    /// the connection's creation, under it): a request is surely on its way (a client sends it
+    /// right after connecting; on a busy machine its thread may take a while). Past it, such a
+    /// connection is idle (a browser's preconnect) and closing it loses nothing the client
+    /// would not retry.
+    Arriving,
     /// None of the above: the connection is idle between requests (or before its first), and
     /// closing it loses nothing a client would not retry.
     No,
@@ -66,10 +73,19 @@ impl InProgress {
             {
                 Self::Answering
             }
+            Some(Times {
+                bytes_received: Some(0),
+                last_data_recv_ms,
+                ..
+            }) if u128::from(last_data_recv_ms) < ARRIVING.as_millis() => Self::Arriving,
             _ => Self::No,
         }
     }
 }
+
+/// How long a connection on which the client has sent nothing yet counts as a request on its
+/// way ([`InProgress::Arriving`]).
+pub(crate) const ARRIVING: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The fields of `struct tcp_info` the rules read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -380,7 +396,7 @@ mod linux {
 }
 
 #[cfg(all(test, target_os = "linux"))]
-mod tests {
+pub(crate) mod tests {
     use super::linux::{
         Connection, Parsed, TCPI_BYTES_RECEIVED, TCPI_LAST_DATA_RECV, TCPI_LAST_DATA_SENT,
         parse_datagram, parse_socket, parse_tcp_info, request,
@@ -478,7 +494,7 @@ mod tests {
     /// Waits until the server socket sent its last data (or, with none, was created) at least
     /// 20 ms ago, so that data received from now on is strictly more recent at the
     /// millisecond (and jiffy) resolution of the times.
-    fn wait_until_sending_is_old(server: &TcpStream) {
+    pub(crate) fn wait_until_sending_is_old(server: &TcpStream) {
         let deadline = Instant::now() + DEADLINE;
         while tcp_info(server).tcpi_last_data_sent < 20 {
             assert!(
@@ -490,11 +506,19 @@ mod tests {
     }
 
     #[test]
-    fn an_accepted_connection_on_which_nothing_was_sent_is_idle() {
+    fn a_connection_on_which_nothing_was_sent_is_arriving_for_a_second_then_idle() {
         let pair = Pair::new("127.0.0.1:0").unwrap();
-        assert_eq!(pair.state(), InProgress::No);
-        // Still idle once the times differ: no byte was ever received (a preconnect).
-        wait_until_sending_is_old(&pair.server);
+        // Its request is on its way (a client thread that has not run yet).
+        assert_eq!(pair.state(), InProgress::Arriving);
+        // A second later, nothing sent yet: a preconnect, idle.
+        let deadline = Instant::now() + DEADLINE;
+        while u128::from(tcp_info(&pair.server).tcpi_last_data_recv) < ARRIVING.as_millis() {
+            assert!(
+                Instant::now() < deadline,
+                "the clock of TCP_INFO does not move"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert_eq!(pair.state(), InProgress::No);
     }
 
@@ -576,7 +600,11 @@ mod tests {
             assert!(Instant::now() < deadline, "the connection never queued");
             std::thread::sleep(Duration::from_millis(2));
         }
-        assert_eq!(pair.state(), InProgress::No);
+        assert_eq!(
+            pair.state(),
+            InProgress::Arriving,
+            "the accepted one, as it was"
+        );
         assert!(accepted_connections(&[]).unwrap().is_empty());
     }
 
@@ -628,7 +656,7 @@ mod tests {
             panic!("not IPv6");
         };
         let mut pair = pair;
-        assert_eq!(pair.state(), InProgress::No);
+        assert_eq!(pair.state(), InProgress::Arriving);
         pair.client.write_all(b"x").unwrap();
         pair.wait_for(InProgress::Unread);
     }
@@ -662,9 +690,18 @@ mod tests {
             InProgress::judge(0, 0, times(3, 2, Some(5))),
             InProgress::No
         );
-        // Nothing ever received: idle, whatever the times say.
+        // Nothing ever received: a request on its way for a second, then idle, whatever the
+        // other time says.
         assert_eq!(
             InProgress::judge(0, 0, times(1, 2, Some(0))),
+            InProgress::Arriving
+        );
+        assert_eq!(
+            InProgress::judge(0, 0, times(999, 2, Some(0))),
+            InProgress::Arriving
+        );
+        assert_eq!(
+            InProgress::judge(0, 0, times(1000, 2, Some(0))),
             InProgress::No
         );
         // A kernel without tcpi_bytes_received: the times decide.
