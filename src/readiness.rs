@@ -794,6 +794,7 @@ mod tests {
     }
 
     /// Waits (up to 10 s) until `done`.
+    #[cfg(target_os = "linux")]
     fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !done() {
@@ -803,6 +804,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn a_worker_holding_a_request_is_not_drained_until_it_answers() {
         use std::io::{Read as _, Write as _};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

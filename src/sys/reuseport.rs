@@ -24,6 +24,7 @@ const SO_DETACH_REUSEPORT_BPF: nix::libc::c_int = 68;
 
 /// The index a program returns to leave the choice to the kernel's hash: any index at least the
 /// group's size does (`run_bpf_filter` returns no socket, `reuseport_select_sock` then hashes).
+#[cfg(target_os = "linux")]
 const NO_INDEX: u32 = u32::MAX;
 
 /// Attaches to the reuseport group of the listening socket `fd` the program `ret #index`: every

@@ -23,6 +23,8 @@ use std::io;
 
 /// Whether a request is in progress on an accepted connection, and if so what shows it. The
 /// rules are checked in this order; the first that holds names the answer.
+// Outside Linux nothing builds one: the rules are the platform's, the dump Linux's.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InProgress {
     /// Bytes wait unread: the client sent (part of) a request the worker has not read yet
@@ -59,6 +61,7 @@ impl InProgress {
     /// Applies the rules of [`InProgress`] to one socket's queues and, where the kernel's
     /// `tcp_info` has them, its times. Unknown times (a `tcp_info` too short, or none) leave
     /// the decision to the queues.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fn judge(unread: u32, unacknowledged: u32, times: Option<Times>) -> Self {
         if unread > 0 {
             return Self::Unread;
@@ -85,9 +88,11 @@ impl InProgress {
 
 /// How long a connection on which the client has sent nothing yet counts as a request on its
 /// way ([`InProgress::Arriving`]).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) const ARRIVING: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The fields of `struct tcp_info` the rules read.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Times {
     /// `tcpi_last_data_recv`: milliseconds since data was last received.
