@@ -23,7 +23,7 @@
 #
 # Podman on these machines: crun refuses the hybrid cgroup layout (hence runc), and runc cannot
 # apply podman's default nofile/nproc limits here (EPERM), so the limits are given explicitly,
-# as the host's own hard limits.
+# as the host's own hard limits (capped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -38,10 +38,11 @@ if ((${#need[@]})); then
 fi
 
 work=$(mktemp -d /tmp/mcluster-deploy-check.XXXXXX)
-nofile=$(ulimit -Hn)
-nproc=$(ulimit -Hu)
-[[ $nofile == unlimited ]] && nofile=1048576
-[[ $nproc == unlimited ]] && nproc=1048576
+# The host's hard limits, capped at podman's own defaults (nproc=32768; runc was refused the
+# host's full nproc limit, 96367, here).
+cap() { if [[ $1 == unlimited ]] || (($1 > $2)); then echo "$2"; else echo "$1"; fi; }
+nofile=$(cap "$(ulimit -Hn)" 1048576)
+nproc=$(cap "$(ulimit -Hu)" 32768)
 limits=(--ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc")
 # For what takes no --runtime or --ulimit (kube play): the same settings as podman's defaults.
 cat >"$work/containers.conf" <<EOF
@@ -105,7 +106,7 @@ pm build -q -f deploy/Dockerfile --ignorefile deploy/Dockerfile.dockerignore "${
   --build-arg RUST_IMAGE=localhost/mcluster-check-rust:1.95 \
   --build-arg BASE_IMAGE=localhost/mcluster-check-base:bookworm \
   -v "$toolchain:/usr/local/rust:ro" -v "$registry:/usr/local/cargo/registry" \
-  -t "$image" . >/dev/null
+  -t "$image" . >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; fail "podman build"; }
 built=$(date +%s)
 say "image built in $((built - started)) s"
 
@@ -129,19 +130,24 @@ get | grep -q 'generation 2' || fail "generation 2 does not answer"
 say "restart: generation 2 serves"
 
 victim=$(status | field 's["workers"][0]["pid"]')
-pm exec "$ctr" kill -KILL "$victim"
+# The shell's kill: a minbase root has no procps.
+pm exec "$ctr" sh -c "kill -KILL $victim"
 replaced() {
   status | field 'all(w["state"] == "ready" for w in s["workers"]) and s["workers"][0]["pid"] != '"$victim"' and s["workers"][0]["restarts"] == 1' | grep -qx True
 }
 wait_for "worker 0 (pid $victim) replaced after SIGKILL" replaced
 say "SIGKILLed worker $victim replaced by $(status | field 's["workers"][0]["pid"]')"
 
-# Load from the host until the container stops: every connection the container accepted must
-# be answered; a refused connection (the listener closed) ends a client.
+# Load from the host until the container stops. A connection refused (the listener closed)
+# ends a client. A request the app began answering must be answered in full: a cut answer
+# fails the check. A connection reset before any byte of an answer was still in the listen
+# backlog when the last copy of the listening socket was closed: the kernel resets those, and
+# a stop without a load balancer in front cannot avoid it (Kubernetes' preStop pause drains
+# the traffic first); they are counted and shown, not failed (see deploy/README.md).
 cat >"$work/load.py" <<'EOF'
 import socket, sys, threading, time
 port, seconds = int(sys.argv[1]), float(sys.argv[2])
-ok, failed, lock = [0], [], threading.Lock()
+ok, unanswered, failed, lock = [0], [0], [], threading.Lock()
 def client():
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -149,9 +155,9 @@ def client():
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
         except ConnectionRefusedError:
             return
+        data = b""
         try:
             s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            data = b""
             while chunk := s.recv(65536):
                 data += chunk
             if not data.startswith(b"HTTP/1.1 200") or b"Hello from worker" not in data:
@@ -160,6 +166,12 @@ def client():
                 ok[0] += 1
                 if ok[0] == 100:
                     open(sys.argv[3], "w").close()
+        except ConnectionResetError as e:
+            with lock:
+                if data:
+                    failed.append(f"reset after {len(data)} bytes")
+                else:
+                    unanswered[0] += 1
         except OSError as e:
             with lock:
                 failed.append(repr(e))
@@ -168,7 +180,7 @@ def client():
 threads = [threading.Thread(target=client) for _ in range(8)]
 for t in threads: t.start()
 for t in threads: t.join()
-print(f"{ok[0]} ok, {len(failed)} failed {failed[:5]}")
+print(f"{ok[0]} answered, {unanswered[0]} reset unanswered from the backlog, {len(failed)} failed {failed[:5]}")
 sys.exit(1 if failed or ok[0] == 0 else 0)
 EOF
 python3 "$work/load.py" "$port" 30 "$work/load.started" >"$work/load.out" 2>&1 &
