@@ -15,9 +15,10 @@
 //!
 //! The builds are incremental: the apps build into the target directories the dev and axum
 //! tests fill (`target/dev-tests`, `target/axum-tests`), with the examples' lock files (offline
-//! for a `path` line; cargo refuses a `git` one offline), so only mcluster and the app compile. The installs are `--debug`, into a target directory of
-//! their own (`target/debug/mcluster`, which the other tests run, is never replaced); the
-//! release profile is built by the container check, deploy/check.sh.
+//! for a `path` line; cargo refuses a `git` one offline), so only mcluster and the app
+//! compile. The installs are `--debug`, into a target directory of their own
+//! (`target/debug/mcluster`, which the other tests run, is never replaced); the release
+//! profile is built by the container check, deploy/check.sh.
 
 use std::collections::BTreeSet;
 use std::fs;
