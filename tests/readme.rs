@@ -1,5 +1,5 @@
 //! The README's install and dependency lines, run as written (none is copied here: each is
-//! extracted from README.md at test time).
+//! extracted from README.md, and any Markdown page under `docs/` and `deploy/`, at test time).
 //!
 //! - Every `mcluster = { … }` dependency line (in a `toml` block, inline, or in a code comment)
 //!   is a `git` or a `path` dependency, or the published `version` form marked "not yet". A
@@ -32,8 +32,23 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// README.md, then every Markdown page under `docs/` and `deploy/`: where a user reads
+/// dependency and install lines.
 fn readme() -> String {
-    fs::read_to_string(root().join("README.md")).unwrap()
+    let mut text = fs::read_to_string(root().join("README.md")).unwrap();
+    for dir in ["docs", "deploy"] {
+        let mut pages: Vec<_> = fs::read_dir(root().join(dir))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "md"))
+            .collect();
+        pages.sort();
+        for page in pages {
+            text.push('\n');
+            text.push_str(&fs::read_to_string(page).unwrap());
+        }
+    }
+    text
 }
 
 /// Every `mcluster = { … }` in the README: the inline table, with the text before it.
@@ -249,7 +264,7 @@ fn every_install_line_installs_mcluster() {
             !args.iter().any(|a| a.starts_with("https://")),
             "README: `{line}` installs from another repository than Cargo.toml's"
         );
-        args.extend(["--debug", "--quiet", "--root".into()].map(String::from));
+        args.extend(["--debug", "--quiet", "--root"].map(String::from));
         args.push(installed.path().to_str().unwrap().to_owned());
         let output = Command::new(env!("CARGO"))
             .arg("install")
