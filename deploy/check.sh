@@ -204,10 +204,10 @@ pm rm "$ctr" >/dev/null
 kube=$work/kubernetes.yaml
 kport=$(free_port)
 mport=$(free_port)
-python3 - "$image" "$kport" "$mport" <deploy/kubernetes.yaml >"$kube" <<'PY' || fail "substituting deploy/kubernetes.yaml"
+python3 - deploy/kubernetes.yaml "$image" "$kport" "$mport" >"$kube" <<'PY' || fail "substituting deploy/kubernetes.yaml"
 import re, sys
-image, http, metrics = sys.argv[1:]
-text = sys.stdin.read()
+manifest, image, http, metrics = sys.argv[1:]
+text = open(manifest).read()
 def sub(old, new):
     global text
     if old not in text:
@@ -223,8 +223,9 @@ for port, host in (("3000", http), ("9100", metrics)):
     sub(m.group(0), f"{m.group(0)}\n{pad}hostIP: 127.0.0.1\n{pad}hostPort: {host}")
 print(text, end="")
 PY
-# Podman schedules a livenessProbe through systemd timers, which this machine lacks (it says
-# so on stderr), and runs no readinessProbe: the probes' commands are run below instead.
+# Podman turns the livenessProbe into a healthcheck, scheduled by systemd timers, which this
+# machine lacks (it says so on stderr): `podman healthcheck run` runs it once below. Podman
+# runs no readinessProbe: its command is run with `podman exec`.
 pm kube play "$kube" >"$work/kube.out" 2>&1 || { cat "$work/kube.out"; fail "podman kube play"; }
 kctr=$(pm ps --filter status=running --format '{{.Names}}' | grep -v -- '-infra$' | head -1)
 [[ -n $kctr ]] || { pm ps -a; fail "no running container from the manifest"; }
@@ -234,10 +235,10 @@ kpid1=$(pm exec "$kctr" cat /proc/1/cmdline | tr '\0' ' ')
 [[ $kpid1 == "/usr/local/bin/mcluster start "*"--kill-timeout 20s"* ]] \
   || fail "the pod's PID 1 is not the manifest's command: $kpid1"
 wait_for "the readiness probe's command (mcluster status --ready)" pm exec "$kctr" mcluster status --ready
-pm exec "$kctr" mcluster status --json >/dev/null || fail "the liveness probe's command (mcluster status --json)"
+pm healthcheck run "$kctr" || fail "the liveness probe (podman healthcheck run)"
 curl -fsS --max-time 5 "http://127.0.0.1:$mport/metrics" | grep -q '^mcluster_' || fail "no metrics on the metrics port"
-say "kube play: $kctr, PID 1 $kpid1; serves ($(kget)); probe commands pass; metrics served"
-pm kube down "$kube" >/dev/null
+say "kube play: $kctr, PID 1 $kpid1; serves ($(kget)); the probes pass; metrics served"
+pm kube down "$kube" >/dev/null 2>>"$work/kube.out"
 kube=
 
 say "all checks passed in $(($(date +%s) - started)) s"
