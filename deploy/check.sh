@@ -62,10 +62,14 @@ cleanup() {
   pm rm -af -t 0 >/dev/null 2>&1
   pm rmi -af >/dev/null 2>&1
   pm system reset -f >/dev/null 2>&1
+  # An interrupted debootstrap leaves its chroot's /proc (and /sys) mounted.
+  findmnt -rn -o TARGET | grep "^$work/" | sort -r | xargs -r umount -l
   rm -rf "$work"
   exit "$status"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 say() { echo "deploy/check: $*"; }
 fail() { echo "deploy/check: FAILED: $*" >&2; exit 1; }
