@@ -63,7 +63,8 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Roll every worker to a new generation; exit 0 only when every slot runs it.
     Restart(RestartArgs),
-    /// Set the number of workers of a running master.
+    /// Set the number of workers of a running master; return when every slot of the new size
+    /// has a ready worker.
     Resize(ResizeArgs),
     /// Stop a running master; return when it is gone.
     Stop(StopArgs),
@@ -100,7 +101,7 @@ pub(crate) struct ControlArgs {
     #[arg(long, value_name = "PATH", env = "MCLUSTER_CONTROL")]
     pub(crate) control: Option<PathBuf>,
 
-    /// Print the master's JSON reply instead of text.
+    /// Print the master's JSON reply instead of text (events are JSON lines either way).
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -147,6 +148,10 @@ pub(crate) struct ResizeArgs {
     /// The new number of workers.
     #[arg(value_name = "N", value_parser = utf8(config::parse_size), allow_negative_numbers = true)]
     pub(crate) size: usize,
+
+    /// Return as soon as the master has taken the size, without waiting for it to be ready.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
 }
 
 /// The options of `mcluster stop`.
@@ -172,7 +177,7 @@ pub(crate) struct EventsArgs {
 /// Whether `--ready` waits for the worker's notification only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum ReadyMode {
-    /// Ready at READY=1, or after --ready-delay alive.
+    /// Ready at READY=1, when seen accepting on its listeners, or after --ready-delay alive.
     Auto,
     /// Ready only at READY=1.
     Notify,
@@ -242,7 +247,9 @@ pub(crate) struct ClusterArgs {
     #[arg(long, env = "MCLUSTER_SILENT")]
     pub(crate) silent: bool,
 
-    /// When a starting worker counts as ready.
+    /// When a starting worker counts as ready: auto, at READY=1 or once it is seen accepting
+    /// on one of its listeners (in accept, or waiting for them in epoll or poll, read from
+    /// /proc), or after --ready-delay alive; notify, only at READY=1.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = ReadyMode::Auto, env = "MCLUSTER_READY")]
     pub(crate) ready: ReadyMode,
 
@@ -341,7 +348,10 @@ pub(crate) struct DevArgs {
     )]
     pub(crate) watch: Vec<PathBuf>,
 
-    /// A glob of paths to ignore (besides target/, .git/ and .gitignore). Repeatable.
+    /// A glob of paths to ignore, matched against the path under its root and the file's
+    /// name; no ignore file can bring it back. Repeatable. Ignored anyway: target/ (any
+    /// directory with a CACHEDIR.TAG), $CARGO_TARGET_DIR, .git/, what .gitignore, .ignore,
+    /// .git/info/exclude and git's global excludes file ignore, and editors' temporary files.
     #[arg(short, long = "ignore", value_name = "GLOB", value_parser = utf8(text))]
     pub(crate) ignore: Vec<String>,
 

@@ -1204,6 +1204,67 @@ fn a_superseded_resize_says_so_and_names_the_size_that_won() {
     );
 }
 
+/// Issue 21, item 4: `mcluster resize N` returns once every slot of the new size has a ready
+/// worker (not before: a slot that is not ready holds it up), as `restart` waits for its roll;
+/// `--no-wait` returns as soon as the master has taken the size.
+#[test]
+fn resize_waits_for_the_new_size_to_be_ready_unless_told_not_to() {
+    let control = ControlPath::new();
+    let gates = TempDir::new().unwrap();
+    let gate = gates.path().join("open");
+    // Slots from 2 on get ready only once the gate exists.
+    let script = Script::new(&format!(
+        "if [ \"$MCLUSTER_WORKER_ID\" -ge 2 ]; then while [ ! -e {} ]; do sleep 0.02; done; fi\n{}",
+        crate::support::script::quote(&gate),
+        exec_line(&fixture("fixture-echo"))
+    ));
+    let options = ["-l", "127.0.0.1:0", "-n", "2", "--control", control.arg()];
+    let (master, _) = Master::start_ready(&options, "/bin/sh", &[script.arg()], 2);
+
+    let mut resize = client(&["resize", "3", "--control", control.arg()]);
+    let mut resize = resize.spawn().expect("spawn the client");
+    master.wait_for_stderr("mcluster: resizing to 3 workers");
+    // The master has spawned w2, which waits for the gate: the client still waits.
+    wait_until("w2 to be in the status", || {
+        status(&control.path)["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["slot"] == 2)
+    });
+    assert!(
+        resize.try_wait().unwrap().is_none(),
+        "resize returned before w2 was ready\n{}",
+        master.dump()
+    );
+    std::fs::write(&gate, "").unwrap();
+    let run = wait_client(resize);
+    assert_eq!(run.code(), 0, "{}{}", run.stderr, master.dump());
+    assert_eq!(run.stdout, "resized to 3 workers\n");
+    let now = status(&control.path);
+    assert_eq!(
+        (now["size"].as_u64(), now["ready"].as_bool()),
+        (Some(3), Some(true)),
+        "{now}"
+    );
+
+    // With the gate shut, w3 cannot get ready: --no-wait returns all the same.
+    std::fs::remove_file(&gate).unwrap();
+    let run = ctl(&control.path, &["resize", "4", "--no-wait"]);
+    assert_eq!(run.code(), 0, "{}{}", run.stderr, master.dump());
+    assert_eq!(run.stdout, "resizing to 4 workers\n");
+    let now = status(&control.path);
+    assert_eq!(now["size"].as_u64(), Some(4), "{now}");
+    assert_eq!(now["ready"].as_bool(), Some(false), "{now}");
+    let run = ctl(&control.path, &["resize", "2", "--no-wait", "--json"]);
+    assert_eq!(run.code(), 0, "{}{}", run.stderr, master.dump());
+    let reply = run.json();
+    assert!(
+        ["taken", "resized"].contains(&reply["outcome"].as_str().unwrap()),
+        "{reply}"
+    );
+}
+
 /// Issue 16, item 10: sizes beyond the bound are refused with one line, by the command line,
 /// `mcluster resize` and the control socket, and the master goes on unharmed.
 #[test]

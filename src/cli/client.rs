@@ -86,20 +86,27 @@ pub(super) fn restart(args: &RestartArgs) -> ExitCode {
     })
 }
 
-/// `mcluster resize N [--json]`: blocks until every slot of the new size has a ready worker,
-/// or another size was asked for first (status 1).
+/// `mcluster resize N [--no-wait] [--json]`: blocks until every slot of the new size has a
+/// ready worker, or another size was asked for first (status 1); with `--no-wait`, until the
+/// master has taken the size.
 pub(super) fn resize(args: &ResizeArgs) -> ExitCode {
     run(|| {
         let mut connection = Connection::open(
             args.control.control.as_deref(),
-            &Request::Resize { size: args.size },
+            &Request::Resize {
+                size: args.size,
+                wait: !args.no_wait,
+            },
         )?;
         let reply = connection.reply()?;
         let outcome = reply.value.get("resize").cloned().unwrap_or(Value::Null);
         let size = outcome.get("size").and_then(Value::as_u64).unwrap_or(0);
-        let resized = outcome.get("outcome").and_then(Value::as_str) == Some("resized");
+        let kind = outcome.get("outcome").and_then(Value::as_str);
+        let resized = matches!(kind, Some("resized" | "taken"));
         if args.control.json {
             println!("{}", reply.raw(Some("resize")));
+        } else if kind == Some("taken") {
+            println!("resizing to {}", workers(size));
         } else if resized {
             println!("resized to {}", workers(size));
         } else {
