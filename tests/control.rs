@@ -1163,10 +1163,34 @@ fn completions_and_man_pages_are_generated() {
         "{}",
         run.stdout
     );
-    let run = finish(client(&["man", "--dir", dir.path().to_str().unwrap()]));
+    // No page links one that is never written (clap's `help` command has none).
+    assert!(!run.stdout.contains("mcluster\\-help"), "{}", run.stdout);
+    // A directory that does not exist yet is made; each page written is named.
+    let pages = dir.path().join("share/man/man1");
+    let run = finish(client(&["man", "--dir", pages.to_str().unwrap()]));
     assert_eq!(run.code(), 0, "{}", run.stderr);
-    let page = std::fs::read_to_string(dir.path().join("mcluster-status.1")).unwrap();
+    let page = std::fs::read_to_string(pages.join("mcluster-status.1")).unwrap();
     assert!(page.contains("\\-\\-ready"), "{page}");
+    let mut written: Vec<String> = std::fs::read_dir(&pages)
+        .unwrap()
+        .map(|entry| {
+            format!(
+                "mcluster: wrote {}",
+                entry.unwrap().path().to_str().unwrap()
+            )
+        })
+        .collect();
+    written.sort();
+    let mut said: Vec<String> = run.stderr.lines().map(str::to_owned).collect();
+    said.sort();
+    assert_eq!(said, written);
+    assert!(written.len() > 10, "{written:?}");
+    let index = std::fs::read_to_string(pages.join("mcluster.1")).unwrap();
+    for name in ["status", "resize", "man"] {
+        assert!(index.contains(&format!("mcluster\\-{name}(1)")), "{index}");
+    }
+    assert!(!index.contains("mcluster\\-help"), "{index}");
+    assert!(!pages.join("mcluster-help.1").exists());
 }
 
 /// Issue 16, item 6: `mcluster resize 3` waiting for a slot that never gets ready is answered
