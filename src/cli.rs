@@ -54,8 +54,10 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run a cluster in production: N workers, crash restarts, rolling restarts on SIGHUP.
+    #[command(override_usage = "mcluster start [OPTIONS] -- PROGRAM [ARGS]...")]
     Start(StartArgs),
     /// Run a cluster in development: rebuild on every save and roll the new build in.
+    #[command(override_usage = "mcluster dev [OPTIONS] [-- ARGS...]")]
     Dev(DevArgs),
     /// Write a commented mcluster.toml (and, with --systemd, a service and a socket unit) here.
     Init(InitArgs),

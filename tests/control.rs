@@ -207,9 +207,23 @@ fn restart_answers_when_the_roll_has_ended_and_how() {
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("status 3"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("| replacement: cannot start"),
+    // The shape of the README's sample: `w1 (pid 9971) exited with status 78 before it was
+    // ready; generation 1 keeps serving`, then the replacement's last stderr lines.
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let why = lines[0]
+        .strip_prefix("mcluster: error: the roll to generation 3 was aborted: w")
+        .and_then(|why| why.split_once(" (pid "))
+        .and_then(|(_, why)| why.split_once(") "))
+        .map(|(_, why)| why);
+    assert_eq!(
+        why,
+        Some("exited with status 3 before it was ready; generation 2 keeps serving"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        lines[1..],
+        ["  | replacement: cannot start"],
         "{}",
         run.stderr
     );

@@ -447,4 +447,30 @@ mod tests {
         assert_eq!(workers(1), "1 worker");
         assert_eq!(workers(0), "0 workers");
     }
+
+    /// The README's sample of `mcluster status` is what it prints for that status.
+    #[test]
+    fn the_readme_s_status_sample_is_what_status_prints() {
+        let readme = include_str!("../../README.md");
+        let sample = readme
+            .split("$ mcluster status\n")
+            .nth(1)
+            .and_then(|rest| rest.split("$ ").next())
+            .unwrap();
+        // MiB with one decimal, as printed (rounded down), as bytes.
+        let mib = |tenths: u64| tenths * (1 << 20) / 10 + 1;
+        let worker = |slot: u64, pid: u64, rss: u64| {
+            serde_json::json!({"slot": slot, "pid": pid, "generation": 1, "state": "ready",
+                "uptime_ms": 1500, "restarts": 0, "rss_bytes": mib(rss), "status": null})
+        };
+        let status = serde_json::json!({
+            "pid": 9452, "mode": "start", "listeners": ["127.0.0.1:3000"], "size": 4,
+            "serving_generation": 1, "rolling": false, "ready": true, "uptime_ms": 1500,
+            "rss_bytes": mib(101), "rolls": {"started": 0, "completed": 0, "aborted": 0},
+            "last_roll": null,
+            "workers": [worker(0, 9461, 20), worker(1, 9465, 19), worker(2, 9469, 18),
+                worker(3, 9473, 19)],
+        });
+        assert_eq!(describe_status(&status), sample);
+    }
 }

@@ -544,4 +544,23 @@ mod tests {
         expected.sort_unstable();
         assert_eq!(variables, expected, "## Configuration");
     }
+
+    /// The README's synopses of `start` and `dev` are the usage lines of their `--help`.
+    #[test]
+    fn the_readme_s_synopses_are_the_help_s() {
+        let readme = include_str!("../../README.md");
+        for command in ["start", "dev"] {
+            let heading = format!("## `mcluster {command}`\n\n```text\n");
+            let at = readme.find(&heading).unwrap() + heading.len();
+            let synopsis = readme[at..].lines().next().unwrap();
+            let mut cli = Cli::command();
+            cli.build();
+            let usage = cli
+                .find_subcommand_mut(command)
+                .unwrap()
+                .render_usage()
+                .to_string();
+            assert_eq!(format!("Usage: {synopsis}"), usage);
+        }
+    }
 }
