@@ -71,6 +71,11 @@ pub(crate) enum Command {
     /// Stop a running master; return when it is gone.
     Stop(StopArgs),
     /// Follow a running master's lifecycle events as JSON lines.
+    // `--json` is kept for the scripts that pass it to every command, and says it changes
+    // nothing.
+    #[command(mut_arg("json", |arg| arg.help(
+        "Changes nothing: events are JSON lines either way (accepted as every command does)"
+    )))]
     Events(EventsArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
@@ -103,7 +108,7 @@ pub(crate) struct ControlArgs {
     #[arg(long, value_name = "PATH", env = "MCLUSTER_CONTROL")]
     pub(crate) control: Option<PathBuf>,
 
-    /// Print the master's JSON reply instead of text (events are JSON lines either way).
+    /// Print the master's JSON reply instead of text.
     #[arg(long)]
     pub(crate) json: bool,
 }

@@ -240,7 +240,13 @@ fn the_help_says_what_the_program_does() {
     }
     let events = help(&["events", "--help"]);
     let json = events.split("--json").nth(1).unwrap();
-    assert!(json.contains("events are JSON lines either way"), "{json}");
+    assert!(
+        json.contains("Changes nothing: events are JSON lines either way"),
+        "{json}"
+    );
+    let status = help(&["status", "--help"]);
+    let json = status.split("--json").nth(1).unwrap();
+    assert!(json.contains("instead of text"), "{json}");
     let resize = help(&["resize", "--help"]);
     assert!(resize.contains("--no-wait"), "{resize}");
 }

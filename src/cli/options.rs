@@ -325,7 +325,7 @@ pub(super) fn template() -> String {
                 Words(words) if toml_default(opt).is_none() => format!(" [default: {words}]"),
                 _ => String::new(),
             };
-            let _ = writeln!(out, "{setting:<VALUE_COLUMN$} # {}{note}", opt.help,);
+            let _ = writeln!(out, "{setting:<VALUE_COLUMN$} # {}{note}", opt.help);
         }
     }
     out
