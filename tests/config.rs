@@ -208,6 +208,39 @@ fn the_live_reload_options_are_keys_too() {
     );
 }
 
+/// `livereload` and `assets` from `mcluster.toml` take effect: the channel listens where the
+/// file says, and a stylesheet in the file's asset directory is reloaded in the pages.
+#[test]
+fn live_reload_keys_of_the_file_take_effect() {
+    let dir = TempDir::new().unwrap();
+    fs::write(
+        dir.path().join("mcluster.toml"),
+        "livereload = \"127.0.0.1:0\"\nassets = [\"www\"]\n",
+    )
+    .unwrap();
+    fs::create_dir(dir.path().join("www")).unwrap();
+    fs::write(dir.path().join("www/style.css"), "body {}\n").unwrap();
+    let echo = fixture("fixture-echo");
+    let master = MasterBuilder::raw(&[
+        "dev",
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "1",
+        "--build",
+        "true",
+        "--",
+        echo.to_str().unwrap(),
+    ])
+    .current_dir(dir.path())
+    .start();
+    master.wait_for_stderr(&all_ready(1));
+    let channel = master.wait_for_stderr("mcluster: live reload on 127.0.0.1:");
+    assert!(!channel.contains(":35729"), "{channel}");
+    fs::write(dir.path().join("www/style.css"), "body { color: red }\n").unwrap();
+    master.wait_for_stderr("www/style.css changed → stylesheets reloaded in the pages");
+}
+
 /// Issue 21, item 4: the help says what the program does.
 #[test]
 fn the_help_says_what_the_program_does() {
