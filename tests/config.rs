@@ -233,6 +233,8 @@ fn live_reload_keys_of_the_file_take_effect() {
         echo.to_str().unwrap(),
     ])
     .current_dir(dir.path())
+    // Without the harness's MCLUSTER_LIVERELOAD_ADDR, which wins over the file.
+    .via("/usr/bin/env", &["-u", "MCLUSTER_LIVERELOAD_ADDR"])
     .start();
     master.wait_for_stderr(&all_ready(1));
     let channel = master.wait_for_stderr("mcluster: live reload on 127.0.0.1:");
