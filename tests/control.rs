@@ -1070,12 +1070,54 @@ fn metrics_are_scraped_and_parsed() {
     // A crash: the slot's restart counter goes up once the replacement runs.
     echo(master.port(), "exit 1");
     let (_, body) = scrape(&addr, "/metrics");
-    let (_, samples) = parse_prometheus(&body);
+    let (types, samples) = parse_prometheus(&body);
     assert_eq!(value(&samples, "mcluster_rolls_started_total", None), 1.0);
     assert_eq!(value(&samples, "mcluster_rolls_completed_total", None), 1.0);
     assert_eq!(value(&samples, "mcluster_rolls_aborted_total", None), 0.0);
     assert_eq!(value(&samples, "mcluster_last_roll_generation", None), 2.0);
     assert!(value(&samples, "mcluster_last_roll_duration_seconds", None) >= 0.0);
+    // The README's sample: each of its series is served, in the same order, and it shows
+    // every family served.
+    let readme = include_str!("../README.md");
+    let sample = readme
+        .split("### Metrics")
+        .nth(1)
+        .and_then(|rest| rest.split("```text\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .unwrap();
+    let sample: String = sample
+        .lines()
+        .filter(|line| *line != "…")
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (_, shown) = parse_prometheus(&format!(
+        "{}\n{sample}\n",
+        types
+            .iter()
+            .map(|(name, kind)| format!("# TYPE {name} {kind}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    ));
+    let series =
+        |(name, labels, _): &Sample| (name.clone(), labels.keys().cloned().collect::<Vec<_>>());
+    let served: Vec<_> = samples.iter().map(series).collect();
+    let mut at = 0;
+    for shown in shown.iter().map(series) {
+        let found = served[at..].iter().position(|s| *s == shown);
+        assert!(
+            found.is_some(),
+            "the README's {shown:?} is not served in its place: {served:?}"
+        );
+        at += found.unwrap();
+    }
+    for family in types.keys() {
+        assert!(
+            shown
+                .iter()
+                .any(|(name, _, _)| name.starts_with(family.as_str())),
+            "the README's sample has no {family}"
+        );
+    }
     wait_until("the roll to be in the duration histogram", || {
         let (_, body) = scrape(&addr, "/metrics");
         let (_, samples) = parse_prometheus(&body);
