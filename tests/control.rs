@@ -545,6 +545,24 @@ fn the_default_control_socket_belongs_to_the_working_directory() {
         run.stderr
     );
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    // The README's sample of that line has its shape: the same words around the paths.
+    let readme = include_str!("../README.md").replace('\n', " ");
+    let shape = |line: &str| -> Vec<String> {
+        line.split_whitespace()
+            .filter(|word| !word.contains('/'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let sample = readme
+        .split("(`mcluster: error: no master runs in ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap();
+    assert_eq!(
+        shape(&format!("mcluster: error: no master runs in {sample}")),
+        shape(run.stderr.trim_end()),
+        "the README's sample"
+    );
 
     let run = in_dir(here.path(), &["stop"]);
     assert_eq!(run.code(), 0, "{}", run.stderr);
