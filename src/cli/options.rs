@@ -166,6 +166,13 @@ pub(super) const OPTIONS: &[Opt] = &[
     )
     .env("MCLUSTER_SURGE"),
     both(
+        "no-steering",
+        Flag,
+        Words("false"),
+        "one socket per address for every generation",
+    )
+    .env("MCLUSTER_NO_STEERING"),
+    both(
         "stop-signal",
         Value,
         Clap("TERM"),
