@@ -54,8 +54,10 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run a cluster in production: N workers, crash restarts, rolling restarts on SIGHUP.
+    #[command(override_usage = "mcluster start [OPTIONS] -- PROGRAM [ARGS]...")]
     Start(StartArgs),
     /// Run a cluster in development: rebuild on every save and roll the new build in.
+    #[command(override_usage = "mcluster dev [OPTIONS] [-- ARGS...]")]
     Dev(DevArgs),
     /// Write a commented mcluster.toml (and, with --systemd, a service and a socket unit) here.
     Init(InitArgs),
@@ -63,11 +65,17 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Roll every worker to a new generation; exit 0 only when every slot runs it.
     Restart(RestartArgs),
-    /// Set the number of workers of a running master.
+    /// Set the number of workers of a running master; return when every slot of the new size
+    /// has a ready worker.
     Resize(ResizeArgs),
     /// Stop a running master; return when it is gone.
     Stop(StopArgs),
     /// Follow a running master's lifecycle events as JSON lines.
+    // `--json` is kept for the scripts that pass it to every command, and says it changes
+    // nothing.
+    #[command(mut_arg("json", |arg| arg.help(
+        "Changes nothing: events are JSON lines either way (accepted as every command does)"
+    )))]
     Events(EventsArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
@@ -147,6 +155,10 @@ pub(crate) struct ResizeArgs {
     /// The new number of workers.
     #[arg(value_name = "N", value_parser = utf8(config::parse_size), allow_negative_numbers = true)]
     pub(crate) size: usize,
+
+    /// Return as soon as the master has taken the size, without waiting for it to be ready.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
 }
 
 /// The options of `mcluster stop`.
@@ -172,7 +184,7 @@ pub(crate) struct EventsArgs {
 /// Whether `--ready` waits for the worker's notification only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum ReadyMode {
-    /// Ready at READY=1, or after --ready-delay alive.
+    /// Ready at READY=1, when seen accepting on its listeners, or after --ready-delay alive.
     Auto,
     /// Ready only at READY=1.
     Notify,
@@ -242,7 +254,9 @@ pub(crate) struct ClusterArgs {
     #[arg(long, env = "MCLUSTER_SILENT")]
     pub(crate) silent: bool,
 
-    /// When a starting worker counts as ready.
+    /// When a starting worker counts as ready: auto, at READY=1 or once it is seen accepting
+    /// on one of its listeners (in accept, or waiting for them in epoll or poll, read from
+    /// /proc), or after --ready-delay alive; notify, only at READY=1.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = ReadyMode::Auto, env = "MCLUSTER_READY")]
     pub(crate) ready: ReadyMode,
 
@@ -341,7 +355,10 @@ pub(crate) struct DevArgs {
     )]
     pub(crate) watch: Vec<PathBuf>,
 
-    /// A glob of paths to ignore (besides target/, .git/ and .gitignore). Repeatable.
+    /// A glob of paths to ignore, matched against the path under its root and the file's
+    /// name; no ignore file can bring it back. Repeatable. Ignored anyway: target/ (any
+    /// directory with a CACHEDIR.TAG), $CARGO_TARGET_DIR, .git/, what .gitignore, .ignore,
+    /// .git/info/exclude and git's global excludes file ignore, and editors' temporary files.
     #[arg(short, long = "ignore", value_name = "GLOB", value_parser = utf8(text))]
     pub(crate) ignore: Vec<String>,
 
@@ -703,37 +720,6 @@ impl DevArgs {
     }
 }
 
-/// The keys of `[package.metadata.mcluster]`: the long names of the `dev` options that make
-/// sense in a project's manifest.
-const FILE_KEYS: &[&str] = &[
-    "control",
-    "metrics",
-    "listen",
-    "size",
-    "env",
-    "silent",
-    "ready",
-    "ready-delay",
-    "ready-timeout",
-    "kill-timeout",
-    "surge",
-    "no-steering",
-    "stop-signal",
-    "watchdog",
-    "ext",
-    "cooldown",
-    "watch",
-    "ignore",
-    "poll",
-    "bin",
-    "package",
-    "release",
-    "features",
-    "build",
-    "no-build",
-    "clear",
-];
-
 impl DevArgs {
     /// Takes the options of the manifest tables (the later ones win) that the command line
     /// does not give.
@@ -782,6 +768,9 @@ impl DevArgs {
             "build" => self.build = other.build.take(),
             "no_build" => self.no_build = other.no_build,
             "clear" => self.clear = other.clear,
+            "livereload" => self.livereload = other.livereload,
+            "no_livereload" => self.no_livereload = other.no_livereload,
+            "assets" => self.assets = take(&mut other.assets),
             _ => {}
         }
     }
@@ -804,7 +793,7 @@ fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
     // The flags set to `false` (clap's ids): given, at their default.
     let mut falses: Vec<String> = Vec::new();
     for (key, value) in entries {
-        if !FILE_KEYS.contains(&key.as_str()) {
+        if !options::is_file_key(key) {
             return Err(Error::usage(format!("unknown key '{key}' in {place}")));
         }
         let scalar = |value: &serde_json::Value| match value {
@@ -849,8 +838,9 @@ fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
                 .push(scalar(other).ok_or_else(|| invalid(format!("{key} has an invalid value")))?),
         }
         for value in values {
-            // A directory to watch is relative to the manifest, not to where mcluster runs.
-            let value = if key == "watch" {
+            // A directory to watch or of assets is relative to the file, not to where mcluster
+            // runs.
+            let value = if key == "watch" || key == "assets" {
                 base.join(value).into_os_string()
             } else {
                 value.into()
@@ -987,47 +977,73 @@ fn read_config_file(path: &Path) -> Result<String, String> {
 }
 
 /// `mcluster init`: a commented `mcluster.toml` (and, with `--systemd`, a unit and a socket
-/// unit), never over a file that exists.
+/// unit), each only where no file of its name exists: it writes what is missing and never
+/// overwrites (`init --systemd` after `init` adds the units). Nothing missing is an error.
 fn init(args: &InitArgs) -> ExitCode {
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    let mut files = vec![(CONFIG_FILE, CONFIG_TEMPLATE)];
+    let mut files = vec![(CONFIG_FILE, options::template())];
     if args.systemd {
         files.push((
             "mcluster.service",
-            include_str!("../templates/mcluster.service"),
+            include_str!("../templates/mcluster.service").to_owned(),
         ));
         files.push((
             "mcluster.socket",
-            include_str!("../templates/mcluster.socket"),
+            include_str!("../templates/mcluster.socket").to_owned(),
         ));
     }
-    for (name, _) in &files {
-        let path = dir.join(name);
-        if path.exists() {
-            output::master_line(&format!(
-                "error: {} exists: mcluster init never overwrites a file",
-                path.display()
-            ));
-            return ExitCode::from(1);
-        }
-    }
+    let mut lines = Vec::new();
+    let mut kept = Vec::new();
+    let mut failed = false;
     for (name, text) in files {
         let path = dir.join(name);
-        if let Err(error) = std::fs::write(&path, text) {
-            output::master_line(&format!(
-                "error: cannot write {}: {}",
-                path.display(),
-                config::describe_io(&error)
-            ));
-            return ExitCode::from(1);
+        // `create_new`: a file made since any check is not overwritten either.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()));
+        match written {
+            Ok(()) => lines.push(format!("wrote {}", path.display())),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                kept.push(path.display().to_string());
+            }
+            Err(error) => {
+                lines.push(format!(
+                    "error: cannot write {}: {}",
+                    path.display(),
+                    config::describe_io(&error)
+                ));
+                failed = true;
+                break;
+            }
         }
-        output::master_line(&format!("wrote {}", path.display()));
     }
-    ExitCode::SUCCESS
+    let wrote_any = lines.iter().any(|line| line.starts_with("wrote "));
+    if !kept.is_empty() {
+        let (are, them) = if kept.len() == 1 {
+            ("exists", "it")
+        } else {
+            ("exist", "them")
+        };
+        let kept = kept.join(", ");
+        lines.push(if wrote_any || failed {
+            format!("kept {kept}: mcluster init never overwrites a file")
+        } else {
+            format!(
+                "error: {kept} {are}: mcluster init never overwrites a file (remove {them} first)"
+            )
+        });
+    }
+    for line in &lines {
+        output::master_line(line);
+    }
+    if wrote_any && !failed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
-
-/// What `mcluster init` writes: every key, commented out, at its default.
-const CONFIG_TEMPLATE: &str = include_str!("../templates/mcluster.toml");
 
 /// The ids of the options given on a command line (not defaults).
 fn given_ids(matches: &ArgMatches) -> Vec<String> {
@@ -1104,29 +1120,65 @@ pub fn main() -> ExitCode {
 }
 
 mod client;
+mod options;
 
-/// `mcluster man`: the page of `mcluster` on stdout, or every command's page into `--dir`.
+/// `mcluster man`: the page of `mcluster` on stdout, or every command's page into `--dir`
+/// (made if missing), naming each file written.
 fn man(args: &ManArgs) -> ExitCode {
     use clap::CommandFactory as _;
-    let command = Cli::command();
+    // No page for clap's `help` command, so none links to it: `mcluster help` is `--help`.
+    let command = Cli::command().disable_help_subcommand(true);
     let written = match &args.dir {
-        Some(dir) => clap_mangen::generate_to(command, dir).map_err(|e| {
-            Error::io(
-                format!("cannot write the man pages to {}", dir.display()),
-                e,
-            )
-        }),
+        Some(dir) => write_man_pages(command, dir),
         None => clap_mangen::Man::new(command)
             .render(&mut std::io::stdout().lock())
+            .map(|()| Vec::new())
             .map_err(|e| Error::io("cannot write the man page", e)),
     };
-    match written {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            output::master_line(&format!("error: {error}"));
-            ExitCode::from(error.exit_status())
-        }
+    let (lines, status) = match written {
+        Ok(paths) => (
+            paths
+                .iter()
+                .map(|path| format!("wrote {}", path.display()))
+                .collect(),
+            ExitCode::SUCCESS,
+        ),
+        Err(error) => (
+            vec![format!("error: {error}")],
+            ExitCode::from(error.exit_status()),
+        ),
+    };
+    for line in &lines {
+        output::master_line(line);
     }
+    status
+}
+
+/// Writes `mcluster.1` and a `mcluster-COMMAND.1` per command into `dir`, made if missing;
+/// the paths written.
+fn write_man_pages(mut command: clap::Command, dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let failed = |e| {
+        Error::io(
+            format!("cannot write the man pages to {}", dir.display()),
+            e,
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    // Built, the commands have their display names: `mcluster-status`.
+    command.build();
+    let mut written = vec![
+        clap_mangen::Man::new(command.clone())
+            .generate_to(dir)
+            .map_err(failed)?,
+    ];
+    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+        written.push(
+            clap_mangen::Man::new(sub.clone())
+                .generate_to(dir)
+                .map_err(failed)?,
+        );
+    }
+    Ok(written)
 }
 
 /// Help and version go out as clap renders them; an error becomes one line.
@@ -1233,32 +1285,6 @@ mod tests {
         assert_eq!(args.bin.as_deref(), Some("app"));
         assert!(args.program.is_empty());
         assert!(Cli::try_parse_from(["mcluster", "dev", "--build", "make", "--no-build"]).is_err());
-    }
-
-    #[test]
-    fn every_key_of_the_init_template_is_a_valid_option() {
-        // Uncomment every `# key = value` line: each must be a known key with a valid value
-        // (but `build`, which excludes `no-build`).
-        let text: String = CONFIG_TEMPLATE
-            .lines()
-            .filter_map(|line| line.strip_prefix("# "))
-            .filter(|line| {
-                line.split_once(" = ")
-                    .is_some_and(|(key, _)| FILE_KEYS.contains(&key) && key != "build")
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        let keys = text.lines().count();
-        assert_eq!(keys, FILE_KEYS.len() - 1, "{text}");
-        let table = MetadataTable {
-            section: "",
-            manifest: PathBuf::from("/x/mcluster.toml"),
-            table: toml::from_str(&text).unwrap(),
-        };
-        let (_, given) = parse_table(&table).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        for id in ["size", "surge", "control", "metrics", "cooldown", "watch"] {
-            assert!(given.iter().any(|given| given == id), "{id}: {given:?}");
-        }
     }
 
     #[test]

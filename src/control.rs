@@ -27,7 +27,7 @@
 //! | --- | --- |
 //! | `{"command":"status"}` | `{"ok":true,"status":{…}}`: [`Status`](crate::status::Status) |
 //! | `{"command":"restart"}` | when the roll has ended, `{"ok":true,"restart":{"outcome":"rolled"…}}`: [`RestartOutcome`](crate::status::RestartOutcome) (`rolled`, `aborted` or `refused`) |
-//! | `{"command":"resize","size":N}` | once every slot of size N has a ready worker, `{"ok":true,"resize":{"outcome":"resized","size":N}}`; `{"ok":true,"resize":{"outcome":"superseded","size":M}}` when another size M was asked for first; an error when N is 0 or beyond the master's bound, or the master is stopping |
+//! | `{"command":"resize","size":N}` | once every slot of size N has a ready worker, `{"ok":true,"resize":{"outcome":"resized","size":N}}`; `{"ok":true,"resize":{"outcome":"superseded","size":M}}` when another size M was asked for first; an error when N is 0 or beyond the master's bound, or the master is stopping. With `"wait":false`, `{"ok":true,"resize":{"outcome":"taken","size":N}}` as soon as the master has taken the size (the same error if it refuses it) |
 //! | `{"command":"stop","hard":false}` | `{"ok":true,"stopping":true,"pid":P}`, then `{"ok":true,"stopped":true,"pid":P}` when the master has stopped every worker; the process exits right after |
 //! | `{"command":"events"}` | `{"ok":true,"following":true,"pid":P}` once subscribed, then one [`Record`](crate::status::Record) per line (`{"event":"worker_ready",…}`) until the master stops |
 //!
@@ -140,6 +140,10 @@ pub(crate) enum Request {
     Resize {
         /// The new number of workers (at least 1).
         size: usize,
+        /// Whether the answer waits for the new size to be ready (the default); `false`
+        /// answers once the master has taken the size.
+        #[serde(default = "yes", skip_serializing_if = "is_yes")]
+        wait: bool,
     },
     /// Stop the master; answered again when it has stopped.
     Stop {
@@ -149,6 +153,18 @@ pub(crate) enum Request {
     },
     /// Follow the lifecycle events.
     Events,
+}
+
+/// The default of a request's `wait`.
+fn yes() -> bool {
+    true
+}
+
+/// Whether `wait` is its default, which is left out of a request.
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_yes(wait: &bool) -> bool {
+    *wait
 }
 
 /// The default control socket of the working directory (see the module's doc).
@@ -487,16 +503,33 @@ async fn answer(stream: &UnixStream, place: &mut OwnedSemaphorePermit, shared: &
             });
             let _ = write_reply(stream, "restart", &outcome).await;
         }
-        Request::Resize { size: 0 } => {
+        Request::Resize { size: 0, .. } => {
             refuse(
                 stream,
                 "invalid size 0: the cluster needs at least one worker",
             )
             .await;
         }
-        Request::Resize { size } => {
-            wait_elsewhere();
-            match handle.resize(size).answer().await {
+        Request::Resize { size, wait } => {
+            let waiter = handle.resize(size);
+            let outcome = if wait {
+                wait_elsewhere();
+                waiter.answer().await
+            } else {
+                // The driver takes its inputs in order: once it answers a status asked after
+                // the resize, it has taken the size, and answered already if it refuses it.
+                let taken = answer_of(handle.ask_status()).await.is_some();
+                match waiter.wait_timeout(Duration::ZERO) {
+                    Ok(outcome) => outcome,
+                    Err(_) if taken => {
+                        let reply = json!({"outcome": "taken", "size": size});
+                        let _ = write_line(stream, &json!({"ok": true, "resize": reply})).await;
+                        return;
+                    }
+                    Err(_) => None,
+                }
+            };
+            match outcome {
                 Some(ResizeOutcome::Resized(_)) => {
                     let reply = json!({"outcome": "resized", "size": size});
                     let _ = write_line(stream, &json!({"ok": true, "resize": reply})).await;
@@ -746,7 +779,7 @@ impl Request {
         let fields: serde_json::Map<String, Value> =
             serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
         let known: &[&str] = match request {
-            Request::Resize { .. } => &["command", "size"],
+            Request::Resize { .. } => &["command", "size", "wait"],
             Request::Stop { .. } => &["command", "hard"],
             Request::Status | Request::Restart | Request::Events => &["command"],
         };
@@ -965,7 +998,10 @@ mod tests {
         assert_eq!(parse(r#"{"command":"status"}"#), Ok(Request::Status));
         assert_eq!(
             parse(r#"{"command":"resize","size":3}"#),
-            Ok(Request::Resize { size: 3 })
+            Ok(Request::Resize {
+                size: 3,
+                wait: true
+            })
         );
         assert_eq!(
             parse(r#"{"command":"stop"}"#),

@@ -207,9 +207,23 @@ fn restart_answers_when_the_roll_has_ended_and_how() {
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("status 3"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("| replacement: cannot start"),
+    // The shape of the README's sample: `w1 (pid 9971) exited with status 78 before it was
+    // ready; generation 1 keeps serving`, then the replacement's last stderr lines.
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let why = lines[0]
+        .strip_prefix("mcluster: error: the roll to generation 3 was aborted: w")
+        .and_then(|why| why.split_once(" (pid "))
+        .and_then(|(_, why)| why.split_once(") "))
+        .map(|(_, why)| why);
+    assert_eq!(
+        why,
+        Some("exited with status 3 before it was ready; generation 2 keeps serving"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        lines[1..],
+        ["  | replacement: cannot start"],
         "{}",
         run.stderr
     );
@@ -531,6 +545,24 @@ fn the_default_control_socket_belongs_to_the_working_directory() {
         run.stderr
     );
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    // The README's sample of that line has its shape: the same words around the paths.
+    let readme = include_str!("../README.md").replace('\n', " ");
+    let shape = |line: &str| -> Vec<String> {
+        line.split_whitespace()
+            .filter(|word| !word.contains('/'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let sample = readme
+        .split("(`mcluster: error: no master runs in ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap();
+    assert_eq!(
+        shape(&format!("mcluster: error: no master runs in {sample}")),
+        shape(run.stderr.trim_end()),
+        "the README's sample"
+    );
 
     let run = in_dir(here.path(), &["stop"]);
     assert_eq!(run.code(), 0, "{}", run.stderr);
@@ -1056,12 +1088,54 @@ fn metrics_are_scraped_and_parsed() {
     // A crash: the slot's restart counter goes up once the replacement runs.
     echo(master.port(), "exit 1");
     let (_, body) = scrape(&addr, "/metrics");
-    let (_, samples) = parse_prometheus(&body);
+    let (types, samples) = parse_prometheus(&body);
     assert_eq!(value(&samples, "mcluster_rolls_started_total", None), 1.0);
     assert_eq!(value(&samples, "mcluster_rolls_completed_total", None), 1.0);
     assert_eq!(value(&samples, "mcluster_rolls_aborted_total", None), 0.0);
     assert_eq!(value(&samples, "mcluster_last_roll_generation", None), 2.0);
     assert!(value(&samples, "mcluster_last_roll_duration_seconds", None) >= 0.0);
+    // The README's sample: each of its series is served, in the same order, and it shows
+    // every family served.
+    let readme = include_str!("../README.md");
+    let sample = readme
+        .split("### Metrics")
+        .nth(1)
+        .and_then(|rest| rest.split("```text\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .unwrap();
+    let sample: String = sample
+        .lines()
+        .filter(|line| *line != "…")
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (_, shown) = parse_prometheus(&format!(
+        "{}\n{sample}\n",
+        types
+            .iter()
+            .map(|(name, kind)| format!("# TYPE {name} {kind}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    ));
+    let series =
+        |(name, labels, _): &Sample| (name.clone(), labels.keys().cloned().collect::<Vec<_>>());
+    let served: Vec<_> = samples.iter().map(series).collect();
+    let mut at = 0;
+    for shown in shown.iter().map(series) {
+        let found = served[at..].iter().position(|s| *s == shown);
+        assert!(
+            found.is_some(),
+            "the README's {shown:?} is not served in its place: {served:?}"
+        );
+        at += found.unwrap();
+    }
+    for family in types.keys() {
+        assert!(
+            shown
+                .iter()
+                .any(|(name, _, _)| name.starts_with(family.as_str())),
+            "the README's sample has no {family}"
+        );
+    }
     wait_until("the roll to be in the duration histogram", || {
         let (_, body) = scrape(&addr, "/metrics");
         let (_, samples) = parse_prometheus(&body);
@@ -1163,10 +1237,34 @@ fn completions_and_man_pages_are_generated() {
         "{}",
         run.stdout
     );
-    let run = finish(client(&["man", "--dir", dir.path().to_str().unwrap()]));
+    // No page links one that is never written (clap's `help` command has none).
+    assert!(!run.stdout.contains("mcluster\\-help"), "{}", run.stdout);
+    // A directory that does not exist yet is made; each page written is named.
+    let pages = dir.path().join("share/man/man1");
+    let run = finish(client(&["man", "--dir", pages.to_str().unwrap()]));
     assert_eq!(run.code(), 0, "{}", run.stderr);
-    let page = std::fs::read_to_string(dir.path().join("mcluster-status.1")).unwrap();
+    let page = std::fs::read_to_string(pages.join("mcluster-status.1")).unwrap();
     assert!(page.contains("\\-\\-ready"), "{page}");
+    let mut written: Vec<String> = std::fs::read_dir(&pages)
+        .unwrap()
+        .map(|entry| {
+            format!(
+                "mcluster: wrote {}",
+                entry.unwrap().path().to_str().unwrap()
+            )
+        })
+        .collect();
+    written.sort();
+    let mut said: Vec<String> = run.stderr.lines().map(str::to_owned).collect();
+    said.sort();
+    assert_eq!(said, written);
+    assert!(written.len() > 10, "{written:?}");
+    let index = std::fs::read_to_string(pages.join("mcluster.1")).unwrap();
+    for name in ["status", "resize", "man"] {
+        assert!(index.contains(&format!("mcluster\\-{name}(1)")), "{index}");
+    }
+    assert!(!index.contains("mcluster\\-help"), "{index}");
+    assert!(!pages.join("mcluster-help.1").exists());
 }
 
 /// Issue 16, item 6: `mcluster resize 3` waiting for a slot that never gets ready is answered
@@ -1201,6 +1299,67 @@ fn a_superseded_resize_says_so_and_names_the_size_that_won() {
     assert_eq!(
         first.stderr,
         "mcluster: error: the resize to 3 workers was superseded: a later resize to 2 workers won\n"
+    );
+}
+
+/// Issue 21, item 4: `mcluster resize N` returns once every slot of the new size has a ready
+/// worker (not before: a slot that is not ready holds it up), as `restart` waits for its roll;
+/// `--no-wait` returns as soon as the master has taken the size.
+#[test]
+fn resize_waits_for_the_new_size_to_be_ready_unless_told_not_to() {
+    let control = ControlPath::new();
+    let gates = TempDir::new().unwrap();
+    let gate = gates.path().join("open");
+    // Slots from 2 on get ready only once the gate exists.
+    let script = Script::new(&format!(
+        "if [ \"$MCLUSTER_WORKER_ID\" -ge 2 ]; then while [ ! -e {} ]; do sleep 0.02; done; fi\n{}",
+        crate::support::script::quote(&gate),
+        exec_line(&fixture("fixture-echo"))
+    ));
+    let options = ["-l", "127.0.0.1:0", "-n", "2", "--control", control.arg()];
+    let (master, _) = Master::start_ready(&options, "/bin/sh", &[script.arg()], 2);
+
+    let mut resize = client(&["resize", "3", "--control", control.arg()]);
+    let mut resize = resize.spawn().expect("spawn the client");
+    master.wait_for_stderr("mcluster: resizing to 3 workers");
+    // The master has spawned w2, which waits for the gate: the client still waits.
+    wait_until("w2 to be in the status", || {
+        status(&control.path)["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["slot"] == 2)
+    });
+    assert!(
+        resize.try_wait().unwrap().is_none(),
+        "resize returned before w2 was ready\n{}",
+        master.dump()
+    );
+    std::fs::write(&gate, "").unwrap();
+    let run = wait_client(resize);
+    assert_eq!(run.code(), 0, "{}{}", run.stderr, master.dump());
+    assert_eq!(run.stdout, "resized to 3 workers\n");
+    let now = status(&control.path);
+    assert_eq!(
+        (now["size"].as_u64(), now["ready"].as_bool()),
+        (Some(3), Some(true)),
+        "{now}"
+    );
+
+    // With the gate shut, w3 cannot get ready: --no-wait returns all the same.
+    std::fs::remove_file(&gate).unwrap();
+    let run = ctl(&control.path, &["resize", "4", "--no-wait"]);
+    assert_eq!(run.code(), 0, "{}{}", run.stderr, master.dump());
+    assert_eq!(run.stdout, "resizing to 4 workers\n");
+    let now = status(&control.path);
+    assert_eq!(now["size"].as_u64(), Some(4), "{now}");
+    assert_eq!(now["ready"].as_bool(), Some(false), "{now}");
+    let run = ctl(&control.path, &["resize", "2", "--no-wait", "--json"]);
+    assert_eq!(run.code(), 0, "{}{}", run.stderr, master.dump());
+    let reply = run.json();
+    assert!(
+        ["taken", "resized"].contains(&reply["outcome"].as_str().unwrap()),
+        "{reply}"
     );
 }
 

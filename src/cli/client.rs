@@ -86,20 +86,27 @@ pub(super) fn restart(args: &RestartArgs) -> ExitCode {
     })
 }
 
-/// `mcluster resize N [--json]`: blocks until every slot of the new size has a ready worker,
-/// or another size was asked for first (status 1).
+/// `mcluster resize N [--no-wait] [--json]`: blocks until every slot of the new size has a
+/// ready worker, or another size was asked for first (status 1); with `--no-wait`, until the
+/// master has taken the size.
 pub(super) fn resize(args: &ResizeArgs) -> ExitCode {
     run(|| {
         let mut connection = Connection::open(
             args.control.control.as_deref(),
-            &Request::Resize { size: args.size },
+            &Request::Resize {
+                size: args.size,
+                wait: !args.no_wait,
+            },
         )?;
         let reply = connection.reply()?;
         let outcome = reply.value.get("resize").cloned().unwrap_or(Value::Null);
         let size = outcome.get("size").and_then(Value::as_u64).unwrap_or(0);
-        let resized = outcome.get("outcome").and_then(Value::as_str) == Some("resized");
+        let kind = outcome.get("outcome").and_then(Value::as_str);
+        let resized = matches!(kind, Some("resized" | "taken"));
         if args.control.json {
             println!("{}", reply.raw(Some("resize")));
+        } else if kind == Some("taken") {
+            println!("resizing to {}", workers(size));
         } else if resized {
             println!("resized to {}", workers(size));
         } else {
@@ -439,5 +446,31 @@ mod tests {
         );
         assert_eq!(workers(1), "1 worker");
         assert_eq!(workers(0), "0 workers");
+    }
+
+    /// The README's sample of `mcluster status` is what it prints for that status.
+    #[test]
+    fn the_readme_s_status_sample_is_what_status_prints() {
+        let readme = include_str!("../../README.md");
+        let sample = readme
+            .split("$ mcluster status\n")
+            .nth(1)
+            .and_then(|rest| rest.split("$ ").next())
+            .unwrap();
+        // MiB with one decimal, as printed (rounded down), as bytes.
+        let mib = |tenths: u64| tenths * (1 << 20) / 10 + 1;
+        let worker = |slot: u64, pid: u64, rss: u64| {
+            serde_json::json!({"slot": slot, "pid": pid, "generation": 1, "state": "ready",
+                "uptime_ms": 1500, "restarts": 0, "rss_bytes": mib(rss), "status": null})
+        };
+        let status = serde_json::json!({
+            "pid": 9452, "mode": "start", "listeners": ["127.0.0.1:3000"], "size": 4,
+            "serving_generation": 1, "rolling": false, "ready": true, "uptime_ms": 1500,
+            "rss_bytes": mib(101), "rolls": {"started": 0, "completed": 0, "aborted": 0},
+            "last_roll": null,
+            "workers": [worker(0, 9461, 20), worker(1, 9465, 19), worker(2, 9469, 18),
+                worker(3, 9473, 19)],
+        });
+        assert_eq!(describe_status(&status), sample);
     }
 }
