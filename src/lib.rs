@@ -72,6 +72,8 @@ pub mod worker;
 #[cfg(feature = "master")]
 mod builder;
 #[cfg(feature = "master")]
+mod channel;
+#[cfg(feature = "master")]
 mod dev;
 #[cfg(feature = "master")]
 mod handle;
