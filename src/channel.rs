@@ -67,8 +67,8 @@ use crate::cluster::WorkerKey;
 use crate::handle::{Input, ToDriver};
 use crate::http::IoLoop;
 
-/// The longest line (message) read or sent, in bytes, its newline excluded.
-pub(crate) const MAX_LINE: usize = 1024 * 1024;
+/// The longest line (message) read or sent, in bytes, its newline excluded: the worker side's.
+pub(crate) const MAX_LINE: usize = crate::worker::CHANNEL_MAX_LINE;
 
 /// How many messages of one worker wait for the driver before its channel is read on.
 pub(crate) const MESSAGES_KEPT: usize = 64;
