@@ -76,6 +76,14 @@ pub(crate) const MESSAGES_KEPT: usize = 64;
 /// How many bytes may wait to be written to one worker before a message to it fails.
 pub(crate) const SEND_QUEUE_BYTES: usize = 256 * 1024;
 
+/// A worker gone is an error of the write, never a SIGPIPE for an embedder that did not ignore
+/// it (the `mcluster` binary ignores it, as every Rust program does). macOS has no
+/// `MSG_NOSIGNAL`: there, an embedder must ignore SIGPIPE itself.
+#[cfg(not(target_vendor = "apple"))]
+const NO_SIGPIPE: MsgFlags = MsgFlags::MSG_NOSIGNAL;
+#[cfg(target_vendor = "apple")]
+const NO_SIGPIPE: MsgFlags = MsgFlags::empty();
+
 /// How much one read takes from a worker's socket.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -371,11 +379,8 @@ async fn write_messages(stream: Arc<UnixStream>, shared: Arc<Shared>) {
         let mut written = 0;
         while written < line.len() {
             let sent = match stream.writable().await {
-                // MSG_NOSIGNAL: a worker gone is an error here, never a SIGPIPE for an
-                // embedder that did not ignore it.
                 Ok(()) => stream.try_io(Interest::WRITABLE, || {
-                    send(stream.as_raw_fd(), &line[written..], MsgFlags::MSG_NOSIGNAL)
-                        .map_err(io::Error::from)
+                    send(stream.as_raw_fd(), &line[written..], NO_SIGPIPE).map_err(io::Error::from)
                 }),
                 Err(e) => Err(e),
             };

@@ -261,7 +261,7 @@ fn an_embedder_s_on_message_replies_to_a_python_worker() {
     master.wait_ready(2);
     // The hello reached on_message, its reply reached the worker, whose answer came back.
     for slot in [0, 1] {
-        master.wait_for_stdout(&format!(r#"channel message from w{slot} (pid "#));
+        master.wait_for_stdout(&format!("channel message from w{slot} (pid "));
         master.wait_for_stdout(&format!(r#": {{"got":{{"echo":{{"hello":{slot}}}}}}}"#));
     }
     // Handle::broadcast reaches both.
@@ -269,7 +269,7 @@ fn an_embedder_s_on_message_replies_to_a_python_worker() {
     master.send(r#"broadcast {"hi":1}"#);
     master.wait_for_stdout(r#"broadcast outcome: {"outcome":"delivered","slots":[0,1]}"#);
     for slot in [0, 1] {
-        let line = master.wait_for_stdout(&format!(r#"channel message from w{slot} "#));
+        let line = master.wait_for_stdout(&format!("channel message from w{slot} "));
         assert!(line.contains("generation 1"), "{line}");
     }
     master.wait_for_stdout(r#": {"got":{"hi":1}}"#);
