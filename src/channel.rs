@@ -452,6 +452,91 @@ mod tests {
         assert_eq!(classify(b"{nope"), Line::Invalid);
     }
 
+    /// Waits for `condition` (the reader and writer run on the I/O loop's thread).
+    #[track_caller]
+    fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !condition() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    /// A worker that sends faster than the driver takes its messages waits for the driver:
+    /// its writes block once [`MESSAGES_KEPT`] messages (and one read) wait and the kernel's
+    /// buffers are full, and go on once the driver took them.
+    #[test]
+    fn a_worker_sending_faster_than_the_driver_takes_is_held_back() {
+        use std::io::Write as _;
+        let (events, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+        let (channel, theirs) = WorkerChannel::open(WorkerKey(3), events).unwrap();
+        let theirs = StdUnixStream::from(theirs);
+        theirs.set_nonblocking(true).unwrap();
+        let line = format!("{}\n", json!({"pad": "x".repeat(100)}));
+        // Unbounded, the reader would take all 64 MiB.
+        let budget = 64 * 1024 * 1024;
+        let mut written = 0;
+        while written < budget {
+            match (&theirs).write(line.as_bytes()) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Full, and the reader holds what it may: it has stopped reading.
+                    if channel.shared.incoming().messages.len() >= MESSAGES_KEPT {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(written < budget, "the reader never stopped reading");
+        let kept = channel.shared.incoming().messages.len();
+        assert!(
+            (MESSAGES_KEPT..=MESSAGES_KEPT + READ_CHUNK / line.len() + 1).contains(&kept),
+            "{kept} kept"
+        );
+        assert!(matches!(
+            inbox.try_recv(),
+            Ok(Input::Channel { key: WorkerKey(3) })
+        ));
+        assert!(inbox.try_recv().is_err(), "woken twice before a take");
+        // The driver takes them: the reader reads on, and the worker can write again.
+        let taken = channel.take();
+        assert_eq!(taken.messages.len(), kept);
+        assert_eq!(taken.messages[0], json!({"pad": "x".repeat(100)}));
+        wait_for("the reader reading on", || {
+            !channel.shared.incoming().messages.is_empty()
+        });
+    }
+
+    /// What the master sends reaches the worker's end, in order; a worker that closed its end
+    /// makes the next sends fail with why.
+    #[test]
+    fn messages_reach_the_worker_and_a_closed_end_is_an_error() {
+        use std::io::BufRead as _;
+        let (events, _inbox) = tokio::sync::mpsc::unbounded_channel();
+        let (channel, theirs) = WorkerChannel::open(WorkerKey(4), events).unwrap();
+        let theirs = StdUnixStream::from(theirs);
+        channel.send(&json!({"a": 1})).unwrap();
+        channel.send(&json!("two\nlines")).unwrap();
+        let mut reader = std::io::BufReader::new(&theirs);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "{\"a\":1}\n");
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "\"two\\nlines\"\n");
+        drop(reader);
+        drop(theirs);
+        wait_for("a send to a closed end failing", || {
+            matches!(channel.send(&json!(3)), Err(SendError::Closed(_)))
+        });
+        assert_eq!(
+            channel.send(&json!("x".repeat(MAX_LINE))),
+            Err(SendError::TooLong(MAX_LINE + 2))
+        );
+    }
+
     #[test]
     fn a_full_queue_refuses_and_a_closed_one_says_why() {
         let shared = Shared::default();
