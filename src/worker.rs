@@ -1,8 +1,8 @@
 //! Helpers for writing a worker: take the inherited listeners, report readiness, know who you are.
 //!
 //! A worker needs none of this code: mcluster speaks the same protocols as systemd, so any program
-//! that supports socket activation and `sd_notify` works unchanged. These helpers are a small,
-//! dependency-free (no async runtime) implementation of the worker side for Rust programs.
+//! that supports socket activation and `sd_notify` works unchanged. These helpers are a small
+//! implementation of the worker side for Rust programs (nix and serde_json, no async runtime).
 //!
 //! # The protocol a worker follows
 //!
