@@ -45,7 +45,8 @@
 //!   a runtime (the embedder's [`Handle`](crate::master::Handle), the watcher's thread, the
 //!   tasks of the loop). Unbounded as a channel, it is bounded by its producers: it holds at
 //!   most one [`Input::Notify`] per worker (its messages wait coalesced in its notify socket
-//!   until the driver takes them, see [`sd_notify`](crate::sd_notify)); one [`Input::Signal`]
+//!   until the driver takes them, see [`sd_notify`](crate::sd_notify)) and one
+//!   [`Input::Channel`] (its channel messages wait likewise, see [`channel`]); one [`Input::Signal`]
 //!   per watched signal (a signal that arrives meanwhile is counted in it); one
 //!   [`Input::Changed`] per debounced batch of the watcher; one [`Input::BuildOutputEnded`]
 //!   per build, when its output ends; one [`Input::Found`] per slow work the dev core asked for
@@ -59,6 +60,11 @@
 //!   `STOPPING=1` facts, and [`MESSAGES_KEPT`](crate::sd_notify::MESSAGES_KEPT) messages between
 //!   two turns of the driver for the message handler and the followers; beyond, counted and
 //!   dropped, with one line saying how many.
+//! - **A worker's channel messages**: [`MESSAGES_KEPT`](crate::channel::MESSAGES_KEPT) (and one
+//!   read's worth) wait for the driver; beyond, the worker's channel is not read until the
+//!   driver took them, so a worker that sends faster waits in its writes. What the master sends
+//!   a worker waits in a queue of [`SEND_QUEUE_BYTES`](crate::channel::SEND_QUEUE_BYTES); a
+//!   send to a full one fails at once.
 //! - **The master's stdout and stderr**: a bounded queue each (see [`output`]). A worker's line
 //!   waits for room while the stream is slow; when it is stalled, lines are dropped and
 //!   counted, and the driver, which never waits for either stream, keeps supervising.
