@@ -233,6 +233,48 @@ fn node_workers_talk_to_the_master_with_process_send() {
     drop(master);
 }
 
+/// On the master's go, a Node worker sends a server handle with a message (`NODE_HANDLE`),
+/// then a plain message, which Node holds back until the handle is acknowledged or refused.
+const NODE_HANDLE_WORKER: &str = r"
+const net = require('net');
+net.createServer((c) => c.end('hi\n')).listen({ fd: 3 });
+const extra = net.createServer(() => {});
+process.on('message', () => extra.listen(0, '127.0.0.1', () => {
+  process.send({ with: 'a handle' }, extra);
+  process.send({ after: 'the handle' });
+}));
+";
+
+#[test]
+fn a_node_worker_sending_a_handle_is_refused_and_goes_on() {
+    let Some(node) = node() else { return };
+    let dir = TempDir::new().unwrap();
+    let script = dir.path().join("worker.js");
+    fs::write(&script, NODE_HANDLE_WORKER).unwrap();
+    let control = dir.path().join("control.sock");
+    let master = Master::start(
+        &[
+            "-l",
+            "127.0.0.1:0",
+            "-n",
+            "1",
+            "--control",
+            control.to_str().unwrap(),
+        ],
+        &node,
+        &[script.to_str().unwrap()],
+    );
+    master.wait_ready(1);
+    let events = Follower::start(&control);
+    let (code, out) = client(&control, &["send", "--all", r#""go""#]);
+    assert_eq!(code, 0, "{out}");
+    events.wait_message(0, &json!({"after": "the handle"}));
+    let messages = events.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    drop(events);
+    drop(master);
+}
+
 /// A Python worker on `MCLUSTER_CHANNEL_FD`: hello, then it answers every message with
 /// `{"got": MESSAGE}` (except the embedder's echo of its own answers, which would never end).
 const PYTHON_WORKER: &str = r#"
