@@ -2,7 +2,7 @@
 //!
 //! A worker needs none of this code: mcluster speaks the same protocols as systemd, so any program
 //! that supports socket activation and `sd_notify` works unchanged. These helpers are a small
-//! implementation of the worker side for Rust programs (nix and serde_json, no async runtime).
+//! implementation of the worker side for Rust programs (`nix` and `serde_json`, no async runtime).
 //!
 //! # The protocol a worker follows
 //!
