@@ -9,7 +9,9 @@ mod platform;
 #[cfg(feature = "master")]
 mod spawn;
 
-pub(crate) use fd::{AdoptedListener, adopt_channel, adopt_listener, claim_inherited_fds};
+#[cfg(feature = "channel")]
+pub(crate) use fd::adopt_channel;
+pub(crate) use fd::{AdoptedListener, adopt_listener, claim_inherited_fds};
 #[cfg(feature = "master")]
 pub(crate) use guard::{CAPACITY as GUARD_CAPACITY, Guard};
 #[cfg(feature = "master")]

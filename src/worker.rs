@@ -1,8 +1,8 @@
 //! Helpers for writing a worker: take the inherited listeners, report readiness, know who you are.
 //!
 //! A worker needs none of this code: mcluster speaks the same protocols as systemd, so any program
-//! that supports socket activation and `sd_notify` works unchanged. These helpers are a small
-//! implementation of the worker side for Rust programs (`nix` and `serde_json`, no async runtime).
+//! that supports socket activation and `sd_notify` works unchanged. These helpers are a small,
+//! dependency-free (no async runtime) implementation of the worker side for Rust programs.
 //!
 //! # The protocol a worker follows
 //!
@@ -24,7 +24,7 @@
 //!    socket stays open in the master and in the other workers, which accept them. If the worker
 //!    is still alive after `--kill-timeout`, its process group gets SIGKILL.
 //!
-//! 5. **Talk to the master** if it wants to: [`channel()`] is its message channel
+//! 5. **Talk to the master** if it wants to: `channel()` (feature `channel`) is its message channel
 //!    (`MCLUSTER_CHANNEL_FD`), JSON values both ways, one per line. What a worker sends reaches
 //!    the embedder's `Master::on_message` (which may reply) and `mcluster events`; `mcluster
 //!    send` and `Handle::send` reach the worker.
@@ -63,7 +63,9 @@ use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::sys::{AdoptedListener, adopt_channel, adopt_listener, claim_inherited_fds};
+#[cfg(feature = "channel")]
+use crate::sys::adopt_channel;
+use crate::sys::{AdoptedListener, adopt_listener, claim_inherited_fds};
 
 /// The first inherited fd, fixed by the protocol (after stdin, stdout and stderr).
 const LISTEN_FDS_START: RawFd = 3;
@@ -794,11 +796,12 @@ pub fn workers() -> Option<usize> {
     env_number("MCLUSTER_WORKERS")
 }
 
+#[cfg(feature = "channel")]
 /// The longest message [`Channel::recv`] takes, in bytes: the master sends none longer.
 pub const CHANNEL_MAX_LINE: usize = 1024 * 1024;
 
-/// This worker's message channel to the master (`MCLUSTER_CHANNEL_FD`): `Ok(None)` when not run
-/// by mcluster. The fd is taken once per process (a second call is an error) and marked
+/// This worker's message channel to the master (`MCLUSTER_CHANNEL_FD`; feature `channel`, part
+/// of the default `master`): `Ok(None)` when not run by mcluster. The fd is taken once per process (a second call is an error) and marked
 /// close-on-exec, so that the worker's children do not hold it.
 ///
 /// A message is one JSON value on one line, both ways. The master reads what the worker sends
@@ -821,6 +824,7 @@ pub const CHANNEL_MAX_LINE: usize = 1024 * 1024;
 /// }
 /// # Ok::<(), std::io::Error>(())
 /// ```
+#[cfg(feature = "channel")]
 pub fn channel() -> io::Result<Option<Channel>> {
     let Ok(fd) = env::var("MCLUSTER_CHANNEL_FD") else {
         return Ok(None);
@@ -834,6 +838,7 @@ pub fn channel() -> io::Result<Option<Channel>> {
 }
 
 /// The worker's end of its message channel ([`channel()`]).
+#[cfg(feature = "channel")]
 #[derive(Debug)]
 pub struct Channel {
     stream: UnixStream,
@@ -841,6 +846,7 @@ pub struct Channel {
     buffer: Vec<u8>,
 }
 
+#[cfg(feature = "channel")]
 impl Channel {
     fn from_stream(stream: UnixStream) -> io::Result<Self> {
         stream.set_nonblocking(false)?;
@@ -907,14 +913,14 @@ impl Channel {
 }
 
 /// The worker's end of its message channel on a tokio runtime ([`Channel::into_async`]).
-#[cfg(feature = "hyper")]
+#[cfg(all(feature = "hyper", feature = "channel"))]
 #[derive(Debug)]
 pub struct AsyncChannel {
     stream: tokio::net::UnixStream,
     buffer: Vec<u8>,
 }
 
-#[cfg(feature = "hyper")]
+#[cfg(all(feature = "hyper", feature = "channel"))]
 impl AsyncChannel {
     /// Sends `message` to the master, waiting while the channel's buffer is full.
     ///
@@ -958,6 +964,7 @@ impl AsyncChannel {
 }
 
 /// `message` as one line, newline included.
+#[cfg(feature = "channel")]
 fn encode(message: &serde_json::Value) -> io::Result<Vec<u8>> {
     let mut line = serde_json::to_vec(message).map_err(io::Error::other)?;
     if line.len() > CHANNEL_MAX_LINE {
@@ -974,6 +981,7 @@ fn encode(message: &serde_json::Value) -> io::Result<Vec<u8>> {
 }
 
 /// Takes the first complete line of `buffer` that is not blank, parsed.
+#[cfg(feature = "channel")]
 fn next_message(buffer: &mut Vec<u8>) -> io::Result<Option<serde_json::Value>> {
     while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
         let line: Vec<u8> = buffer.drain(..=end).collect();

@@ -7,7 +7,9 @@
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
+#[cfg(feature = "channel")]
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
@@ -104,6 +106,7 @@ pub(crate) fn adopt_listener(fd: RawFd) -> io::Result<AdoptedListener> {
 }
 
 /// Set once the inherited channel fd has been claimed.
+#[cfg(feature = "channel")]
 static CHANNEL_CLAIMED: AtomicBool = AtomicBool::new(false);
 
 /// Takes ownership of the inherited message channel's fd (`MCLUSTER_CHANNEL_FD`), which must be
@@ -114,6 +117,7 @@ static CHANNEL_CLAIMED: AtomicBool = AtomicBool::new(false);
 ///
 /// An [`io::Error`] naming the fd if it is not open, not a unix stream socket, or was claimed
 /// already. On error the fd is left untouched.
+#[cfg(feature = "channel")]
 pub(crate) fn adopt_channel(fd: RawFd) -> io::Result<UnixStream> {
     let not_channel = |what: &str| {
         io::Error::new(
