@@ -77,6 +77,8 @@ pub(crate) enum Command {
         "Changes nothing: events are JSON lines either way (accepted as every command does)"
     )))]
     Events(EventsArgs),
+    /// Send a JSON message to a worker (--slot N) or every worker (--all) of a running master.
+    Send(SendArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Print the man page (or write one per command into a directory).
@@ -179,6 +181,36 @@ pub(crate) struct EventsArgs {
     /// Where the master is (events are JSON lines either way).
     #[command(flatten)]
     pub(crate) control: ControlArgs,
+}
+
+/// The options of `mcluster send`.
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// Where the master is, and how to print.
+    #[command(flatten)]
+    pub(crate) control: ControlArgs,
+
+    /// The slot of the worker to send to (its newest worker, during a roll).
+    #[arg(
+        long,
+        value_name = "N",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub(crate) slot: Option<usize>,
+
+    /// Send to the worker of every slot.
+    #[arg(long)]
+    pub(crate) all: bool,
+
+    /// The message: one JSON value.
+    #[arg(value_name = "JSON", value_parser = parse_json)]
+    pub(crate) message: serde_json::Value,
+}
+
+/// A command line's JSON value.
+fn parse_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
 }
 
 /// Whether `--ready` waits for the worker's notification only.
@@ -1102,6 +1134,7 @@ pub fn main() -> ExitCode {
         Command::Resize(args) => return client::resize(&args),
         Command::Stop(args) => return client::stop(&args),
         Command::Events(args) => return client::events(&args),
+        Command::Send(args) => return client::send(&args),
         Command::Completions(args) => {
             use clap::CommandFactory as _;
             let mut stdout = std::io::stdout().lock();

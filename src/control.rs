@@ -1,4 +1,4 @@
-//! The control socket: how `mcluster status`, `restart`, `resize`, `stop` and `events` reach a
+//! The control socket: how `mcluster status`, `restart`, `resize`, `stop`, `send` and `events` reach a
 //! running master.
 //!
 //! # Where it is
@@ -29,6 +29,7 @@
 //! | `{"command":"restart"}` | when the roll has ended, `{"ok":true,"restart":{"outcome":"rolled"…}}`: [`RestartOutcome`](crate::status::RestartOutcome) (`rolled`, `aborted` or `refused`) |
 //! | `{"command":"resize","size":N}` | once every slot of size N has a ready worker, `{"ok":true,"resize":{"outcome":"resized","size":N}}`; `{"ok":true,"resize":{"outcome":"superseded","size":M}}` when another size M was asked for first; an error when N is 0 or beyond the master's bound, or the master is stopping. With `"wait":false`, `{"ok":true,"resize":{"outcome":"taken","size":N}}` as soon as the master has taken the size (the same error if it refuses it) |
 //! | `{"command":"stop","hard":false}` | `{"ok":true,"stopping":true,"pid":P}`, then `{"ok":true,"stopped":true,"pid":P}` when the master has stopped every worker; the process exits right after |
+//! | `{"command":"send","slot":N,"message":V}` | `{"ok":true,"send":{"outcome":"delivered","slots":[N]}}` once V (any JSON value) is queued on the channel of slot N's newest worker ([`channel`](crate::channel)); without `"slot"`, on that of every slot's; an error naming each worker it could not be queued for (no worker in the slot, its channel full or closed); never a wait for a worker to read |
 //! | `{"command":"events"}` | `{"ok":true,"following":true,"pid":P}` once subscribed, then one [`Record`](crate::status::Record) per line (`{"event":"worker_ready",…}`) until the master stops |
 //!
 //! # How the master serves it
@@ -91,7 +92,7 @@ use crate::config::Error;
 use crate::handle::Handle;
 use crate::http::{ACCEPT_BACKOFF, IoLoop};
 use crate::listener::{ListenAddr, ListenKind, Listener, MAX_UNIX_PATH};
-use crate::status::ResizeOutcome;
+use crate::status::{ResizeOutcome, SendOutcome};
 
 /// The longest request line, in bytes.
 pub(crate) const MAX_REQUEST: usize = 64 * 1024;
@@ -153,6 +154,14 @@ pub(crate) enum Request {
     },
     /// Follow the lifecycle events.
     Events,
+    /// A message for the worker of a slot, or of every slot.
+    Send {
+        /// The slot; without, every slot's worker.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slot: Option<usize>,
+        /// The message, any JSON value.
+        message: Value,
+    },
 }
 
 /// The default of a request's `wait`.
@@ -565,6 +574,14 @@ async fn answer(stream: &UnixStream, place: &mut OwnedSemaphorePermit, shared: &
             }
             let _ = write_line(stream, &json!({"ok": true, "stopped": true, "pid": pid})).await;
         }
+        Request::Send { slot, message } => match handle.send_to(slot, message).answer().await {
+            Some(SendOutcome::Delivered { slots }) => {
+                let reply = json!({"outcome": "delivered", "slots": slots});
+                let _ = write_line(stream, &json!({"ok": true, "send": reply})).await;
+            }
+            Some(SendOutcome::Failed { why, .. }) => refuse(stream, &why).await,
+            None => refuse(stream, stopping).await,
+        },
         Request::Events => {
             let Ok(following) = Arc::clone(&shared.followers).try_acquire_owned() else {
                 let why = format!(
@@ -781,6 +798,7 @@ impl Request {
         let known: &[&str] = match request {
             Request::Resize { .. } => &["command", "size", "wait"],
             Request::Stop { .. } => &["command", "hard"],
+            Request::Send { .. } => &["command", "slot", "message"],
             Request::Status | Request::Restart | Request::Events => &["command"],
         };
         match fields.keys().find(|key| !known.contains(&key.as_str())) {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::cluster::{ExitReason, WorkerKey};
 use crate::dev::lifecycle::{BuildId, DevEvent};
-use crate::status::{Record, ResizeOutcome, RestartOutcome, Status};
+use crate::status::{Record, ResizeOutcome, RestartOutcome, SendOutcome, Status};
 
 /// The inbox's sending end: any thread may send, without blocking and without a runtime.
 pub(crate) type ToDriver = UnboundedSender<Input>;
@@ -31,6 +31,9 @@ pub(crate) enum Input {
     /// A worker's notify socket has messages (coalesced: see [`sd_notify`](crate::sd_notify)); at most one per
     /// worker waits in the inbox.
     Notify { key: WorkerKey },
+    /// A worker's message channel has messages (see [`channel`](crate::channel)); at most one
+    /// per worker waits in the inbox.
+    Channel { key: WorkerKey },
     /// A request from the embedder's handle.
     Control(Control),
     /// Dev mode: files really changed (a debounced batch).
@@ -60,6 +63,13 @@ pub(crate) enum Control {
     Status(Reply<Status>),
     /// Every lifecycle event from now on, to the subscriber, until it hangs up.
     Subscribe(Subscriber),
+    /// A message for the worker of a slot (`None`: of every slot); the outcome goes to the
+    /// sender at once.
+    Send {
+        slot: Option<usize>,
+        message: serde_json::Value,
+        reply: Reply<SendOutcome>,
+    },
 }
 
 /// Where a subscriber's lifecycle events go. Sending never blocks the driver.
@@ -128,6 +138,39 @@ impl Handle {
         let _ = self
             .events
             .send(Input::Control(Control::Roll(Some(outcome))));
+        waiter
+    }
+
+    /// Sends `message` to the worker of `slot` through its channel (`MCLUSTER_CHANNEL_FD`, a
+    /// Node worker's `process.on('message')`): during a roll, to the slot's newest worker. The
+    /// [`Waiter`] answers at once: [`SendOutcome::Delivered`] once the message is queued on the
+    /// worker's channel, or [`SendOutcome::Failed`] with why (no worker in that slot, its
+    /// channel full because it does not read, or closed); never a wait for the worker to
+    /// read. `None` from it once the master has stopped.
+    #[allow(clippy::must_use_candidate)]
+    pub fn send(&self, slot: usize, message: serde_json::Value) -> Waiter<SendOutcome> {
+        self.send_to(Some(slot), message)
+    }
+
+    /// Sends `message` to the newest worker of every slot, as [`send`](Handle::send) does to
+    /// one: [`SendOutcome::Failed`] names every worker it could not be queued for (the others
+    /// have it).
+    #[allow(clippy::must_use_candidate)]
+    pub fn broadcast(&self, message: serde_json::Value) -> Waiter<SendOutcome> {
+        self.send_to(None, message)
+    }
+
+    pub(crate) fn send_to(
+        &self,
+        slot: Option<usize>,
+        message: serde_json::Value,
+    ) -> Waiter<SendOutcome> {
+        let (reply, waiter) = reply();
+        let _ = self.events.send(Input::Control(Control::Send {
+            slot,
+            message,
+            reply,
+        }));
         waiter
     }
 

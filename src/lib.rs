@@ -44,7 +44,8 @@
 //! The worker side ([`worker`]) needs no feature beyond the default-less crate: depend on
 //! `mcluster` with `default-features = false` to get only the helpers. The optional features
 //! `hyper` and `axum` add `mcluster::serve`, a tokio server for workers that drains without
-//! losing a request.
+//! losing a request; `channel` (part of `master`) adds the worker's message channel to the
+//! master, `mcluster::worker::channel()`, and `serde_json` with it.
 #![cfg(unix)]
 
 #[cfg(feature = "master")]
@@ -71,6 +72,8 @@ pub mod worker;
 
 #[cfg(feature = "master")]
 mod builder;
+#[cfg(feature = "master")]
+mod channel;
 #[cfg(feature = "master")]
 mod dev;
 #[cfg(feature = "master")]

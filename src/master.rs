@@ -11,7 +11,11 @@
 //!     .listen("127.0.0.1:8080".parse().unwrap())
 //!     .readiness(Readiness::Notify)
 //!     .kill_timeout(Duration::from_secs(10))
-//!     .on_message(|worker, message| eprintln!("w{worker} says {message:?}"));
+//!     .on_notify(|worker, message| eprintln!("w{worker} says {message:?}"))
+//!     .on_message(|from, message| {
+//!         eprintln!("w{} sent {message}", from.slot);
+//!         Some(serde_json::json!({"ack": true})) // the reply, to that worker
+//!     });
 //! let handle = master.handle();
 //! std::thread::spawn(move || {
 //!     std::thread::sleep(Duration::from_mins(1));
@@ -33,7 +37,8 @@ pub use crate::config::{Error, MAX_SIZE};
 pub use crate::handle::{Handle, Waiter};
 pub use crate::listener::{ListenAddr, ListenKind};
 pub use crate::status::{
-    LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
+    LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, SendOutcome, Sender, Status,
+    WorkerStatus,
 };
 
 use crate::builder::BuildPlan;
@@ -50,7 +55,7 @@ use crate::output;
 use crate::readiness;
 use crate::report::{self, StartReport};
 use crate::sd_notify::NotifyDir;
-use crate::supervisor::{MessageHandler, Supervisor, WorkerSpec, watch_signals};
+use crate::supervisor::{MessageHandler, NotifyHandler, Supervisor, WorkerSpec, watch_signals};
 use crate::sys::Program;
 use crate::watch::{self, WatchConfig};
 
@@ -105,6 +110,7 @@ pub struct Master {
     watchdog: Option<Duration>,
     surge: Surge,
     steering: bool,
+    on_notify: Option<NotifyHandler>,
     on_message: Option<MessageHandler>,
     control: Option<PathBuf>,
     metrics: Option<SocketAddr>,
@@ -146,6 +152,7 @@ impl Master {
             watchdog: None,
             surge: Surge::All,
             steering: true,
+            on_notify: None,
             on_message: None,
             control: None,
             metrics: None,
@@ -272,7 +279,27 @@ impl Master {
     /// must never wait for this master (a [`Handle::status`], a [`Waiter::wait`]), which cannot
     /// answer before it returns.
     #[must_use]
-    pub fn on_message(mut self, handler: impl FnMut(usize, &str) + Send + 'static) -> Self {
+    pub fn on_notify(mut self, handler: impl FnMut(usize, &str) + Send + 'static) -> Self {
+        self.on_notify = Some(Box::new(handler));
+        self
+    }
+
+    /// Called with every message a worker sends on its channel (a JSON value: see the README's
+    /// "Writing a worker"; a Node worker's `process.send`), in order, with who sent it (slot,
+    /// pid, generation: a draining worker of an old generation still has its messages
+    /// delivered). What it returns, if anything, is the reply, sent to that worker alone; a
+    /// reply the worker's channel cannot take (full: it does not read; closed) is dropped with
+    /// one line of the master's. [`Handle::send`] and [`Handle::broadcast`] send at other times.
+    ///
+    /// It runs on the master's I/O thread, as [`on_notify`](Master::on_notify)'s handler does,
+    /// with the same rules: return quickly, never wait for this master. A worker that sends
+    /// faster than it returns is slowed down (its channel is read no further meanwhile), never
+    /// the master.
+    #[must_use]
+    pub fn on_message(
+        mut self,
+        handler: impl FnMut(&Sender, serde_json::Value) -> Option<serde_json::Value> + Send + 'static,
+    ) -> Self {
         self.on_message = Some(Box::new(handler));
         self
     }
@@ -502,6 +529,7 @@ impl Master {
             notify_dir,
             events: self.events,
             inbox: self.inbox,
+            on_notify: self.on_notify,
             on_message: self.on_message,
             notify_manager: std::env::var_os("NOTIFY_SOCKET").is_some(),
             dev,

@@ -33,7 +33,7 @@ use crate::cluster::{
 };
 use crate::config::describe_io;
 use crate::dev::lifecycle::{Before, BuildFailure, Changes, DevReport, Keeps};
-use crate::status::{self, Record, RestartOutcome};
+use crate::status::{self, Record, RestartOutcome, Sender};
 use crate::watch::WatchReport;
 
 /// How many changed files a line names before it counts the rest.
@@ -536,6 +536,24 @@ pub(crate) enum DriverReport<'a> {
         /// How many were not passed on.
         dropped: u64,
     },
+    /// Lines a worker sent on its channel that were not messages: too long, or not JSON.
+    ChannelDropped {
+        /// The worker.
+        worker: WorkerId,
+        /// The longest line kept, in bytes.
+        max_line: usize,
+        /// How many were too long.
+        too_long: u64,
+        /// How many were not JSON.
+        invalid: u64,
+    },
+    /// The message handler's reply could not be queued for the worker.
+    ReplyFailed {
+        /// The worker.
+        worker: WorkerId,
+        /// Why.
+        why: &'a str,
+    },
     /// A starting worker is not ready `after` its spawn, and a process of its group is
     /// stopped (SIGSTOP).
     StoppedStarting {
@@ -618,6 +636,19 @@ pub(crate) fn driver_line(report: &DriverReport<'_>) -> String {
              (its READY, WATCHDOG, STOPPING and latest STATUS still count)",
             short(worker)
         ),
+        DriverReport::ChannelDropped {
+            worker,
+            max_line,
+            too_long,
+            invalid,
+        } => format!(
+            "{} sent lines on its channel that are not messages, dropped: {too_long} longer \
+             than {max_line} bytes, {invalid} not JSON",
+            short(worker),
+        ),
+        DriverReport::ReplyFailed { worker, why } => {
+            format!("cannot reply to {}: {why}", short(worker))
+        }
         DriverReport::StoppedStarting {
             worker,
             after,
@@ -830,6 +861,13 @@ pub(crate) enum Lifecycle<'a> {
         /// The message, as sent.
         message: &'a str,
     },
+    /// A worker sent a message on its channel (no line).
+    Message {
+        /// The worker.
+        sender: Sender,
+        /// The message.
+        message: &'a serde_json::Value,
+    },
 }
 
 impl Lifecycle<'_> {
@@ -853,7 +891,8 @@ impl Lifecycle<'_> {
             Lifecycle::Stopping
             | Lifecycle::Spawned { .. }
             | Lifecycle::Exited { .. }
-            | Lifecycle::Notify { .. } => None,
+            | Lifecycle::Notify { .. }
+            | Lifecycle::Message { .. } => None,
         }
     }
 
@@ -906,6 +945,12 @@ impl Lifecycle<'_> {
                 slot: *slot,
                 pid: *pid,
                 message: (*message).to_owned(),
+            },
+            Lifecycle::Message { sender, message } => Record::Message {
+                slot: sender.slot,
+                pid: sender.pid,
+                generation: sender.generation,
+                message: (*message).clone(),
             },
         }
     }

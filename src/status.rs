@@ -101,6 +101,38 @@ pub enum ResizeOutcome {
     },
 }
 
+/// The worker a message came from, as [`Master::on_message`](crate::master::Master::on_message)
+/// receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sender {
+    /// Its slot (`MCLUSTER_WORKER_ID`).
+    pub slot: usize,
+    /// Its process id.
+    pub pid: i32,
+    /// Its generation (`MCLUSTER_GENERATION`).
+    pub generation: u64,
+}
+
+/// The outcome of a message sent through a [`Handle`](crate::master::Handle) or the control
+/// socket (`mcluster send`), known at once: queued on the channel of every worker addressed,
+/// or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SendOutcome {
+    /// Queued on the channel of every worker addressed.
+    Delivered {
+        /// Their slots.
+        slots: Vec<usize>,
+    },
+    /// Not queued for some (or any) worker addressed.
+    Failed {
+        /// Why, for each worker it failed for (one line).
+        why: String,
+        /// The slots of the workers it was queued for nevertheless.
+        delivered: Vec<usize>,
+    },
+}
+
 /// The outcome of a rolling restart asked for through a [`Handle`](crate::master::Handle) or the
 /// control socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -186,6 +218,17 @@ pub enum Record {
         pid: i32,
         /// The message, as sent (`READY=1`, `STATUS=…`, several lines).
         message: String,
+    },
+    /// A worker sent a message on its channel (`MCLUSTER_CHANNEL_FD`, Node's `process.send`).
+    Message {
+        /// Its slot.
+        slot: usize,
+        /// Its process id.
+        pid: i32,
+        /// Its generation.
+        generation: u64,
+        /// The message, a JSON value.
+        message: serde_json::Value,
     },
     /// A roll started.
     RollStarted {

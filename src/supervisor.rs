@@ -45,7 +45,8 @@
 //!   a runtime (the embedder's [`Handle`](crate::master::Handle), the watcher's thread, the
 //!   tasks of the loop). Unbounded as a channel, it is bounded by its producers: it holds at
 //!   most one [`Input::Notify`] per worker (its messages wait coalesced in its notify socket
-//!   until the driver takes them, see [`sd_notify`](crate::sd_notify)); one [`Input::Signal`]
+//!   until the driver takes them, see [`sd_notify`](crate::sd_notify)) and one
+//!   [`Input::Channel`] (its channel messages wait likewise, see [`channel`]); one [`Input::Signal`]
 //!   per watched signal (a signal that arrives meanwhile is counted in it); one
 //!   [`Input::Changed`] per debounced batch of the watcher; one [`Input::BuildOutputEnded`]
 //!   per build, when its output ends; one [`Input::Found`] per slow work the dev core asked for
@@ -59,6 +60,11 @@
 //!   `STOPPING=1` facts, and [`MESSAGES_KEPT`](crate::sd_notify::MESSAGES_KEPT) messages between
 //!   two turns of the driver for the message handler and the followers; beyond, counted and
 //!   dropped, with one line saying how many.
+//! - **A worker's channel messages**: [`MESSAGES_KEPT`](crate::channel::MESSAGES_KEPT) (and one
+//!   read's worth) wait for the driver; beyond, the worker's channel is not read until the
+//!   driver took them, so a worker that sends faster waits in its writes. What the master sends
+//!   a worker waits in a queue of [`SEND_QUEUE_BYTES`](crate::channel::SEND_QUEUE_BYTES); a
+//!   send to a full one fails at once.
 //! - **The master's stdout and stderr**: a bounded queue each (see [`output`]). A worker's line
 //!   waits for room while the stream is slow; when it is stalled, lines are dropped and
 //!   counted, and the driver, which never waits for either stream, keeps supervising.
@@ -83,11 +89,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use nix::libc::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid as NixPid;
 
+use crate::channel::{self, WorkerChannel};
 use crate::cluster::{
     Action, Cluster, Event, ExitReason, MasterState, Pid, ProcessEnd, ResizeAnswer, RollEnd,
     StopKind, WorkerId, WorkerKey, after,
@@ -104,7 +113,8 @@ use crate::readiness::{self, ListenerInodes, Round};
 use crate::report::{self, DriverReport, Lifecycle};
 use crate::sd_notify::{NotifyDir, NotifySocket};
 use crate::status::{
-    self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, Status, WorkerStatus,
+    self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, SendOutcome, Sender, Status,
+    WorkerStatus,
 };
 use crate::sys::{GUARD_CAPACITY, Guard, Program, SpawnRequest, spawn_worker};
 
@@ -112,8 +122,12 @@ use crate::sys::{GUARD_CAPACITY, Guard, Program, SpawnRequest, spawn_worker};
 /// deadline counts, while a stream of messages cannot starve the deadline.
 const QUEUED_BEFORE_DEADLINE: usize = 64;
 
-/// A message handler: the worker's slot and the notify message.
-pub(crate) type MessageHandler = Box<dyn FnMut(usize, &str) + Send>;
+/// A notify message handler: the worker's slot and the notify message.
+pub(crate) type NotifyHandler = Box<dyn FnMut(usize, &str) + Send>;
+
+/// A channel message handler: who sent it, the message; what it returns is the reply.
+pub(crate) type MessageHandler =
+    Box<dyn FnMut(&Sender, serde_json::Value) -> Option<serde_json::Value> + Send>;
 
 /// How every worker is started.
 pub(crate) struct WorkerSpec {
@@ -140,6 +154,8 @@ struct RunningWorker {
     probe: Option<readiness::Starting>,
     /// Its notify socket, with the messages the driver has not taken yet.
     notify: NotifySocket,
+    /// The master's end of its message channel.
+    channel: WorkerChannel,
     stderr_tail: Tail,
     output: Readers,
 }
@@ -151,6 +167,47 @@ impl RunningWorker {
             slot: self.slot,
             pid: Some(Pid(self.pid)),
             generation: self.generation,
+        }
+    }
+}
+
+/// Queues `message` on the channel of the newest worker of `slot` (`None`: of every slot);
+/// answered at once, never waiting for a worker to read.
+fn send_to_workers(state: &DriverState, slot: Option<usize>, message: &Value) -> SendOutcome {
+    // The newest worker of each slot: during a roll, the replacement.
+    let mut newest: BTreeMap<usize, (&WorkerKey, &RunningWorker)> = BTreeMap::new();
+    for (key, worker) in &state.workers {
+        if slot.is_some_and(|slot| slot != worker.slot) {
+            continue;
+        }
+        let entry = newest.entry(worker.slot).or_insert((key, worker));
+        if (worker.generation, key.0) > (entry.1.generation, entry.0.0) {
+            *entry = (key, worker);
+        }
+    }
+    if newest.is_empty() {
+        return SendOutcome::Failed {
+            why: match slot {
+                Some(slot) => format!("no worker runs in slot {slot}"),
+                None => "no worker runs".to_owned(),
+            },
+            delivered: Vec::new(),
+        };
+    }
+    let mut delivered = Vec::new();
+    let mut failed = Vec::new();
+    for (slot, (_, worker)) in newest {
+        match worker.channel.send(message) {
+            Ok(()) => delivered.push(slot),
+            Err(why) => failed.push(format!("w{slot} (pid {}): {why}", worker.pid)),
+        }
+    }
+    if failed.is_empty() {
+        SendOutcome::Delivered { slots: delivered }
+    } else {
+        SendOutcome::Failed {
+            why: failed.join("; "),
+            delivered,
         }
     }
 }
@@ -172,6 +229,7 @@ pub(crate) struct Supervisor {
     pub(crate) notify_dir: NotifyDir,
     pub(crate) events: ToDriver,
     pub(crate) inbox: Inbox,
+    pub(crate) on_notify: Option<NotifyHandler>,
     pub(crate) on_message: Option<MessageHandler>,
     /// Whether the master's own service manager (systemd) listens on `NOTIFY_SOCKET`.
     pub(crate) notify_manager: bool,
@@ -447,6 +505,7 @@ impl Supervisor {
                 }
             }
             Input::Notify { key } => self.on_notify(state, key),
+            Input::Channel { key } => self.on_channel(state, key),
             Input::Control(control) => match control {
                 Control::Roll(outcome) => self.roll_requested(state, outcome),
                 Control::Status(reply) => {
@@ -467,6 +526,11 @@ impl Supervisor {
                     });
                     self.feed(state, Event::Resize { size, request });
                 }
+                Control::Send {
+                    slot,
+                    message,
+                    reply,
+                } => reply.send(send_to_workers(state, slot, &message)),
                 Control::Quit(reply) => self.quit(state, false, reply),
                 Control::QuitHard(reply) => self.quit(state, true, reply),
             },
@@ -540,7 +604,7 @@ impl Supervisor {
             output::master_line(&report::driver_line(&DriverReport::Status { slot, status }));
         }
         for text in &taken.messages {
-            if let Some(handler) = &mut self.on_message {
+            if let Some(handler) = &mut self.on_notify {
                 handler(slot, text);
             }
             state.publish(
@@ -566,6 +630,53 @@ impl Supervisor {
         }
         if taken.facts.stopping {
             self.feed(state, Event::Stopping { key });
+        }
+    }
+
+    /// Takes a worker's channel messages: each goes to the message handler, whose reply goes
+    /// back to the worker, and to the followers.
+    fn on_channel(&mut self, state: &mut DriverState, key: WorkerKey) {
+        let Some(worker) = state.workers.get(&key) else {
+            return;
+        };
+        let sender = Sender {
+            slot: worker.slot,
+            pid: worker.pid,
+            generation: worker.generation,
+        };
+        let id = worker.id();
+        let taken = worker.channel.take();
+        for message in taken.messages {
+            state.publish(
+                &Lifecycle::Message {
+                    sender,
+                    message: &message,
+                }
+                .record(),
+            );
+            let Some(handler) = &mut self.on_message else {
+                continue;
+            };
+            let Some(reply) = handler(&sender, message) else {
+                continue;
+            };
+            // The worker may be gone by now only if it was before: the handler cannot remove it.
+            if let Some(worker) = state.workers.get(&key)
+                && let Err(why) = worker.channel.send(&reply)
+            {
+                output::master_line(&report::driver_line(&DriverReport::ReplyFailed {
+                    worker: id,
+                    why: &why.to_string(),
+                }));
+            }
+        }
+        if taken.too_long > 0 || taken.invalid > 0 {
+            output::master_line(&report::driver_line(&DriverReport::ChannelDropped {
+                worker: id,
+                max_line: channel::MAX_LINE,
+                too_long: taken.too_long,
+                invalid: taken.invalid,
+            }));
         }
     }
 
@@ -1103,6 +1214,7 @@ impl Supervisor {
         self.ensure_guard(state)?;
         let notify = self.notify_dir.open(key, slot, self.events.clone())?;
         let listeners = self.generations.for_generation(generation);
+        let (channel, channel_end) = WorkerChannel::open(key, self.events.clone())?;
         let names: Vec<&str> = listeners.iter().map(Listener::name).collect();
         let mut env = self.spec.env.clone();
         let per_worker = [
@@ -1123,6 +1235,17 @@ impl Supervisor {
         let mut fds: Vec<BorrowedFd<'_>> = vec![state.devnull.as_fd()];
         fds.extend(worker_output.worker_fds());
         fds.extend(listeners.iter().map(AsFd::as_fd));
+        // The channel's end goes right after the listeners (see `channel`), at the number the
+        // fds before it leave.
+        let channel_fd = fds.len();
+        fds.push(channel_end.as_fd());
+        for (name, value) in [
+            ("MCLUSTER_CHANNEL_FD", channel_fd.to_string()),
+            ("NODE_CHANNEL_FD", channel_fd.to_string()),
+            ("NODE_CHANNEL_SERIALIZATION_MODE", "json".to_owned()),
+        ] {
+            env.push(CString::new(format!("{name}={value}")).map_err(io::Error::other)?);
+        }
         let program = self.program_for(generation)?;
         let argv: Vec<CString> = std::iter::once(program.argv0.clone())
             .chain(self.spec.args.iter().cloned())
@@ -1137,6 +1260,7 @@ impl Supervisor {
             Some(&mut self.guard),
         )?;
         drop(fds);
+        drop(channel_end);
         // The worker holds the write ends now; ours must close for the readers to see EOF.
         drop(worker_output);
         state.pids.insert(pid, key);
@@ -1149,6 +1273,7 @@ impl Supervisor {
                 status: None,
                 probe: self.probe.as_ref().map(|_| readiness::Starting::new(pid)),
                 notify,
+                channel,
                 stderr_tail,
                 output,
             },

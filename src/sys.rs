@@ -14,6 +14,8 @@ mod sock_diag;
 #[cfg(feature = "master")]
 mod spawn;
 
+#[cfg(feature = "channel")]
+pub(crate) use fd::adopt_channel;
 pub(crate) use fd::{AdoptedListener, adopt_listener, claim_inherited_fds};
 #[cfg(feature = "master")]
 pub(crate) use guard::{CAPACITY as GUARD_CAPACITY, Guard};

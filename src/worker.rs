@@ -24,6 +24,11 @@
 //!    socket stays open in the master and in the other workers, which accept them. If the worker
 //!    is still alive after `--kill-timeout`, its process group gets SIGKILL.
 //!
+//! 5. **Talk to the master** if it wants to: `channel()` (feature `channel`) is its message channel
+//!    (`MCLUSTER_CHANNEL_FD`), JSON values both ways, one per line. What a worker sends reaches
+//!    the embedder's `Master::on_message` (which may reply) and `mcluster events`; `mcluster
+//!    send` and `Handle::send` reach the worker.
+//!
 //! The master also tells each worker who it is: [`worker_id()`] (its slot, `0..workers`, reused by
 //! a replacement), [`generation()`] (bumped by every reload) and [`workers()`] (cluster size).
 //!
@@ -58,6 +63,8 @@ use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
+#[cfg(feature = "channel")]
+use crate::sys::adopt_channel;
 use crate::sys::{AdoptedListener, adopt_listener, claim_inherited_fds};
 
 /// The first inherited fd, fixed by the protocol (after stdin, stdout and stderr).
@@ -787,6 +794,211 @@ fn script_tag(url: &str) -> Option<String> {
 #[must_use]
 pub fn workers() -> Option<usize> {
     env_number("MCLUSTER_WORKERS")
+}
+
+#[cfg(feature = "channel")]
+/// The longest message [`Channel::recv`] takes, in bytes: the master sends none longer.
+pub const CHANNEL_MAX_LINE: usize = 1024 * 1024;
+
+/// This worker's message channel to the master (`MCLUSTER_CHANNEL_FD`; feature `channel`, part
+/// of the default `master`): `Ok(None)` when not run by mcluster. The fd is taken once per process (a second call is an error) and marked
+/// close-on-exec, so that the worker's children do not hold it.
+///
+/// A message is one JSON value on one line, both ways. The master reads what the worker sends
+/// as fast as it handles it, and no faster: a worker that sends faster waits in
+/// [`Channel::send`] (the socket's buffer is full) rather than costing the master memory. What
+/// the master sends waits in a bounded queue of the master's: a worker that does not read
+/// makes the master's sends fail, never wait.
+///
+/// # Examples
+///
+/// Answers every message from the master, and says hello first:
+///
+/// ```no_run
+/// use serde_json::json;
+///
+/// let mut channel = mcluster::worker::channel()?.expect("run me under mcluster");
+/// channel.send(&json!({"hello": mcluster::worker::worker_id()}))?;
+/// while let Some(message) = channel.recv()? {
+///     channel.send(&json!({"got": message}))?;
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[cfg(feature = "channel")]
+pub fn channel() -> io::Result<Option<Channel>> {
+    let Ok(fd) = env::var("MCLUSTER_CHANNEL_FD") else {
+        return Ok(None);
+    };
+    let fd: RawFd = fd
+        .trim()
+        .parse()
+        .map_err(|_| invalid_env(format!("MCLUSTER_CHANNEL_FD={fd:?} is not an fd number")))?;
+    let stream = adopt_channel(fd)?;
+    Ok(Some(Channel::from_stream(stream)?))
+}
+
+/// The worker's end of its message channel ([`channel()`]).
+#[cfg(feature = "channel")]
+#[derive(Debug)]
+pub struct Channel {
+    stream: UnixStream,
+    /// What was read past the last line returned.
+    buffer: Vec<u8>,
+}
+
+#[cfg(feature = "channel")]
+impl Channel {
+    fn from_stream(stream: UnixStream) -> io::Result<Self> {
+        stream.set_nonblocking(false)?;
+        Ok(Self {
+            stream,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Sends `message` to the master, blocking while the channel's buffer is full.
+    ///
+    /// # Errors
+    ///
+    /// A message longer than [`CHANNEL_MAX_LINE`] (the master would drop it), or the write's
+    /// error (the master is gone).
+    pub fn send(&self, message: &serde_json::Value) -> io::Result<()> {
+        let line = encode(message)?;
+        (&self.stream).write_all(&line)
+    }
+
+    /// The next message from the master, blocking until one arrives; `None` when the master
+    /// closed the channel.
+    ///
+    /// # Errors
+    ///
+    /// The read's error, or `InvalidData` for a line that is not JSON or too long (the master
+    /// sends neither).
+    pub fn recv(&mut self) -> io::Result<Option<serde_json::Value>> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(message) = next_message(&mut self.buffer)? {
+                return Ok(Some(message));
+            }
+            let read = match (&self.stream).read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(read) => read,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    /// Another handle to the same channel, for sending from one thread while another receives
+    /// (each message is written whole by one `write_all`; messages of two threads sent at once
+    /// may interleave only when longer than the pipe's atomic size, so send from one thread at
+    /// a time).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            stream: self.stream.try_clone()?,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// The channel for a tokio runtime (feature `hyper`): must be called within one.
+    #[cfg(feature = "hyper")]
+    pub fn into_async(self) -> io::Result<AsyncChannel> {
+        self.stream.set_nonblocking(true)?;
+        Ok(AsyncChannel {
+            stream: tokio::net::UnixStream::from_std(self.stream)?,
+            buffer: self.buffer,
+        })
+    }
+}
+
+/// The worker's end of its message channel on a tokio runtime ([`Channel::into_async`]).
+#[cfg(all(feature = "hyper", feature = "channel"))]
+#[derive(Debug)]
+pub struct AsyncChannel {
+    stream: tokio::net::UnixStream,
+    buffer: Vec<u8>,
+}
+
+#[cfg(all(feature = "hyper", feature = "channel"))]
+impl AsyncChannel {
+    /// Sends `message` to the master, waiting while the channel's buffer is full.
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::send`].
+    pub async fn send(&self, message: &serde_json::Value) -> io::Result<()> {
+        let line = encode(message)?;
+        let mut written = 0;
+        while written < line.len() {
+            self.stream.writable().await?;
+            match self.stream.try_write(&line[written..]) {
+                Ok(sent) => written += sent,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next message from the master; `None` when the master closed the channel.
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::recv`].
+    pub async fn recv(&mut self) -> io::Result<Option<serde_json::Value>> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(message) = next_message(&mut self.buffer)? {
+                return Ok(Some(message));
+            }
+            self.stream.readable().await?;
+            match self.stream.try_read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(read) => self.buffer.extend_from_slice(&chunk[..read]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// `message` as one line, newline included.
+#[cfg(feature = "channel")]
+fn encode(message: &serde_json::Value) -> io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(message).map_err(io::Error::other)?;
+    if line.len() > CHANNEL_MAX_LINE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the message is {} bytes, more than the {CHANNEL_MAX_LINE} a channel line may have",
+                line.len()
+            ),
+        ));
+    }
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Takes the first complete line of `buffer` that is not blank, parsed.
+#[cfg(feature = "channel")]
+fn next_message(buffer: &mut Vec<u8>) -> io::Result<Option<serde_json::Value>> {
+    while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = buffer.drain(..=end).collect();
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        return serde_json::from_slice(&line)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+    }
+    if buffer.len() > CHANNEL_MAX_LINE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a line of the channel is longer than {CHANNEL_MAX_LINE} bytes"),
+        ));
+    }
+    Ok(None)
 }
 
 fn env_number<T: std::str::FromStr>(key: &str) -> Option<T> {

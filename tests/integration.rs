@@ -28,6 +28,9 @@
 //!   `--silent` (workers write to /dev/null)
 //! - `socket_files` unix socket files (only a stale one replaced, the mode, racing masters, OS
 //!   refusals) and the notify directory in `$TMPDIR` (swept after a killed master, with proof)
+//! - `channel` the message channel: Node workers' `process.send` unmodified, `mcluster send
+//!   --all`/`--slot`, a Python worker answered by an embedder's `on_message`, a flood, a line of
+//!   100 MB and a worker that never reads kept bounded
 //! - `library` the master embedded in a program: its `Handle`, `on_message`, signals off
 //! - `dev`     `mcluster dev` on a copy of the bundled example project: edits served, broken
 //!   builds keep the old generation, no failed request across reloads, `APP_ENV`, cancelled
@@ -75,6 +78,7 @@ mod support;
 
 mod axum;
 mod browser;
+mod channel;
 mod config;
 mod control;
 mod crash;

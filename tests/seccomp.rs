@@ -100,8 +100,8 @@ fn guard_of(master: &Master) -> i32 {
     guard.unwrap_or(0)
 }
 
-/// A worker process holds 0–2 and its one listener at 3, nothing else; the guard 0–2 and the
-/// read end of its pipe; a graceful stop ends.
+/// A worker process holds 0–2, its one listener at 3 and its message channel at 4, nothing
+/// else; the guard 0–2 and the read end of its pipe; a graceful stop ends.
 fn stops_and_passes_on_only_what_it_should(failure: Failure) {
     let mut master = start(
         failure,
@@ -116,8 +116,9 @@ fn stops_and_passes_on_only_what_it_should(failure: Failure) {
     for worker in &workers {
         let held = fds(worker.pid);
         let numbers: Vec<i32> = held.iter().map(|(fd, _)| *fd).collect();
-        assert_eq!(numbers, [0, 1, 2, 3], "{failure:?}: worker fds {held:?}");
+        assert_eq!(numbers, [0, 1, 2, 3, 4], "{failure:?}: worker fds {held:?}");
         assert!(held[3].1.starts_with("socket:"), "{failure:?}: {held:?}");
+        assert!(held[4].1.starts_with("socket:"), "{failure:?}: {held:?}");
     }
     let held = fds(guard);
     assert_eq!(

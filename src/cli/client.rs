@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{ControlArgs, EventsArgs, ResizeArgs, RestartArgs, StatusArgs, StopArgs};
+use super::{ControlArgs, EventsArgs, ResizeArgs, RestartArgs, SendArgs, StatusArgs, StopArgs};
 use crate::cluster::human_duration;
 use crate::control::{ClientError, Connection, Reply, Request};
 use crate::output;
@@ -121,6 +121,32 @@ pub(super) fn resize(args: &ResizeArgs) -> ExitCode {
         } else {
             ExitCode::FAILURE
         })
+    })
+}
+
+/// `mcluster send --slot N|--all JSON [--json]`: exits 0 once the message is queued on the
+/// channel of every worker addressed, 1 with why when it is not (a worker gone, a channel full).
+pub(super) fn send(args: &SendArgs) -> ExitCode {
+    run(|| {
+        let request = Request::Send {
+            slot: args.slot,
+            message: args.message.clone(),
+        };
+        let reply = ask(&args.control, &request)?;
+        if args.control.json {
+            println!("{}", reply.raw(Some("send")));
+        } else {
+            let slots = reply
+                .value
+                .pointer("/send/slots")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            println!(
+                "sent to {}",
+                workers(u64::try_from(slots).unwrap_or(u64::MAX))
+            );
+        }
+        Ok(ExitCode::SUCCESS)
     })
 }
 

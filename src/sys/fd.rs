@@ -8,6 +8,8 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
+#[cfg(feature = "channel")]
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
@@ -101,6 +103,60 @@ pub(crate) fn adopt_listener(fd: RawFd) -> io::Result<AdoptedListener> {
         Kind::Tcp => AdoptedListener::Tcp(TcpListener::from(owned)),
         Kind::Unix => AdoptedListener::Unix(UnixListener::from(owned)),
     })
+}
+
+/// Set once the inherited channel fd has been claimed.
+#[cfg(feature = "channel")]
+static CHANNEL_CLAIMED: AtomicBool = AtomicBool::new(false);
+
+/// Takes ownership of the inherited message channel's fd (`MCLUSTER_CHANNEL_FD`), which must be
+/// an `AF_UNIX` stream socket, and sets `FD_CLOEXEC` on it, so that the worker's own children
+/// do not hold it. Succeeds once per process: a second call is an `AlreadyExists` error.
+///
+/// # Errors
+///
+/// An [`io::Error`] naming the fd if it is not open, not a unix stream socket, or was claimed
+/// already. On error the fd is left untouched.
+#[cfg(feature = "channel")]
+pub(crate) fn adopt_channel(fd: RawFd) -> io::Result<UnixStream> {
+    let not_channel = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "inherited fd {fd} {what}; expected the master's channel, a unix stream socket"
+            ),
+        )
+    };
+    let addr: SockaddrStorage = getsockname(fd).map_err(|errno| match errno {
+        Errno::EBADF => not_channel("is not open"),
+        Errno::ENOTSOCK => not_channel("is not a socket"),
+        other => with_context(fd, "getsockname", other),
+    })?;
+    if addr.family() != Some(AddressFamily::Unix) {
+        return Err(not_channel("is not a unix socket"));
+    }
+    // SAFETY: `getsockname` just succeeded on `fd`, so it is open; the borrow lives only for
+    // the checks below, within this call, and nobody closes `fd` meanwhile (it is claimed once,
+    // by this function, and only after the flag below).
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    match getsockopt(&borrowed, sockopt::SockType) {
+        Ok(SockType::Stream) => {}
+        Ok(_) | Err(Errno::EINVAL) => return Err(not_channel("is not a stream socket")),
+        Err(other) => return Err(with_context(fd, "getsockopt(SO_TYPE)", other)),
+    }
+    let flags = fcntl(borrowed, FcntlArg::F_GETFD).map_err(|e| with_context(fd, "fcntl", e))?;
+    if CHANNEL_CLAIMED.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the channel is taken already: mcluster::worker::channel() succeeds once per process",
+        ));
+    }
+    let flags = FdFlag::from_bits_retain(flags) | FdFlag::FD_CLOEXEC;
+    fcntl(borrowed, FcntlArg::F_SETFD(flags)).map_err(|e| with_context(fd, "fcntl", e))?;
+    // SAFETY: `fd` is open (checked above) and owned by nothing else in the process: it was
+    // inherited at exec, and the flag above makes this the only claim of it. From here on the
+    // `UnixStream` is its only owner and closes it on drop.
+    Ok(UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// A validation failure: the fd is not something we can adopt.

@@ -14,6 +14,7 @@ const FIXTURES: &[&str] = &[
     "fixture-listenfd",
     "fixture-accept",
     "fixture-tokio-accept",
+    "fixture-channel",
     "fixture-embedded-master",
 ];
 
