@@ -1525,9 +1525,14 @@ impl Cluster {
                     self.replace_failed(now, &worker, failure, actions);
                 }
                 WorkerState::Draining { deadline } if deadline.is_some_and(|at| at <= now) => {
+                    let after = if self.is_stopping() {
+                        self.stop_drain()
+                    } else {
+                        self.config.kill_timeout
+                    };
                     actions.push(Action::Report(Report::NotDrained {
                         worker: worker.id(),
-                        after: self.config.kill_timeout,
+                        after,
                     }));
                     self.stop_worker(now, index, false, actions);
                     self.retire_round = DoublingPause::default();
@@ -1814,13 +1819,31 @@ impl Cluster {
         }
         let live = self.workers.len();
         actions.push(Action::Report(Report::Stopping { live, hard }));
+        // With sockets of the master's own, a graceful stop first refuses new connections and
+        // lets the ready workers drain what the queues hold, as a roll does: a worker that dies
+        // at once on its stop signal loses nothing then either.
+        let drain = !hard && self.config.steering;
+        if drain {
+            actions.push(Action::StopAccepting);
+        }
+        let deadline = Some(after(now, self.stop_drain()));
         for index in 0..self.workers.len() {
-            let already_stopping =
-                matches!(self.workers[index].state, WorkerState::Stopping { .. });
-            if hard || !already_stopping {
+            let state = self.workers[index].state;
+            let serving = matches!(state, WorkerState::Ready | WorkerState::Draining { .. });
+            if drain && serving && !self.workers[index].leader_exited {
+                self.workers[index].state = WorkerState::Draining { deadline };
+                self.workers[index].watchdog_at = None;
+                self.drain_round = DoublingPause::default();
+            } else if hard || !matches!(state, WorkerState::Stopping { .. }) {
                 self.stop_worker(now, index, hard, actions);
             }
         }
+    }
+
+    /// How long a graceful stop lets ready workers drain before their stop signal: half the
+    /// kill timeout (the stop then takes at most one and a half).
+    fn stop_drain(&self) -> Duration {
+        self.config.kill_timeout / 2
     }
 
     /// Sends the stop signal (with a kill deadline) or SIGKILL.

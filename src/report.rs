@@ -196,7 +196,7 @@ pub(crate) fn line(report: &Report) -> String {
             human_duration(*after)
         ),
         Report::NotDrained { worker, after } => format!(
-            "{} still had requests in progress {} after the switch; sending the stop signal",
+            "{} still had requests in progress after {} of draining; sending the stop signal",
             long(*worker),
             human_duration(*after)
         ),
@@ -509,6 +509,12 @@ pub(crate) enum DriverReport<'a> {
         /// Why.
         error: &'a io::Error,
     },
+    /// The listeners could not be made to refuse new connections at a stop: the workers drain
+    /// until their deadline.
+    StillAccepting {
+        /// Why.
+        error: &'a io::Error,
+    },
     /// An unused generation's listening sockets could not all be taken out of their groups.
     ListenersNotClosed {
         /// The generation.
@@ -623,6 +629,11 @@ pub(crate) fn driver_line(report: &DriverReport<'_>) -> String {
         DriverReport::SteeringFailed { generation, error } => format!(
             "cannot send new connections to generation {generation} ({}); old workers may get \
              some until they stop",
+            describe_io(error)
+        ),
+        DriverReport::StillAccepting { error } => format!(
+            "cannot make the listeners refuse new connections ({}); workers stop at their drain \
+             deadline",
             describe_io(error)
         ),
         DriverReport::ListenersNotClosed { generation, error } => format!(

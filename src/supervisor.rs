@@ -1194,6 +1194,13 @@ impl Supervisor {
                         }
                         self.listeners_changed();
                     }
+                    Action::StopAccepting => {
+                        if let Err(error) = self.generations.refuse_new() {
+                            output::master_line(&report::driver_line(
+                                &DriverReport::StillAccepting { error: &error },
+                            ));
+                        }
+                    }
                     Action::ProbeDraining { workers } => {
                         pending.extend(self.probe_draining(&workers));
                     }

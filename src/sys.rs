@@ -22,7 +22,7 @@ pub(crate) use guard::{CAPACITY as GUARD_CAPACITY, Guard};
 #[cfg(feature = "master")]
 pub(crate) use platform::{blind_file_system, peer_uid, pipe, stream_socket};
 #[cfg(feature = "master")]
-pub(crate) use reuseport::{accept_queue, attach_steering, detach_steering};
+pub(crate) use reuseport::{accept_queue, attach_steering, detach_steering, refuse_connections};
 #[cfg(feature = "master")]
 pub(crate) use sock_diag::accepted_connections;
 #[cfg(all(test, feature = "master", target_os = "linux"))]

@@ -287,3 +287,84 @@ fn a_graceful_stop_ends_though_a_stopped_group_leaves_a_zombie_nobody_reaps() {
         master.dump()
     );
 }
+
+/// Issue 21's `podman stop` under load, and guarantee 1 at a stop: the listeners refuse new
+/// connections from the stop signal on, and each worker gets its own only once drained, so a
+/// worker that dies at once on SIGTERM (Python's `http.server`) fails no request it was sent:
+/// a client is either answered or never connected (refused, which it can retry elsewhere).
+#[test]
+fn a_graceful_stop_under_load_fails_no_request_a_worker_was_sent() {
+    use std::io::{Read as _, Write as _};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    // The clients stop even when the test fails.
+    struct StopFlag(Arc<AtomicBool>);
+    impl Drop for StopFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    let script = crate::support::naive_http_py();
+    let mut master = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "2"],
+        python3(),
+        &[script.to_str().unwrap()],
+        2,
+    )
+    .0;
+    let port = master.port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, answered, failures) = (
+                Arc::clone(&stop),
+                Arc::clone(&answered),
+                Arc::clone(&failures),
+            );
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        // Refused: the master is gone or going; nothing was sent.
+                        thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(20)))
+                        .unwrap();
+                    let mut reply = String::new();
+                    let outcome = stream
+                        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .and_then(|()| stream.read_to_string(&mut reply));
+                    match outcome {
+                        Ok(_) if reply.starts_with("HTTP/1.1 200") => {
+                            answered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(_) => failures.lock().unwrap().push(format!("{reply:?}")),
+                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    let _stop = StopFlag(Arc::clone(&stop));
+    master.wait_until("the load to be answered", || {
+        answered.load(Ordering::SeqCst) >= 200
+    });
+    master.signal(Signal::SIGTERM);
+    let status = master.wait_exit();
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert!(status.success(), "{status:?}\n{}", master.dump());
+    assert_eq!(
+        *failures.lock().unwrap(),
+        Vec::<String>::new(),
+        "{}",
+        master.dump()
+    );
+}

@@ -357,6 +357,9 @@ pub enum Action {
         /// The generation.
         generation: u64,
     },
+    /// The master stops gracefully: take no new connection on any listener from now on; what
+    /// the listeners hold stays for the workers, which drain before their stop signal.
+    StopAccepting,
     /// Look now whether these workers, of generations the listeners no longer send new
     /// connections to, are drained: their generation's sockets hold no waiting connection,
     /// and no process of their group holds a connection with a request in progress. One that
@@ -542,8 +545,8 @@ pub enum Report {
         /// The kill timeout.
         after: Duration,
     },
-    /// A worker of an older generation still had connections in progress when its drain
-    /// deadline passed (the kill timeout after the switch): it gets the stop signal anyway.
+    /// A draining worker still had connections in progress when its drain deadline passed (the
+    /// kill timeout after the switch, half of it in a stop): it gets the stop signal anyway.
     NotDrained {
         /// The worker.
         worker: WorkerId,

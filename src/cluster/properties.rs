@@ -120,6 +120,8 @@ struct World {
     steered: Option<u64>,
     /// The workers the last look at draining workers named.
     draining: Vec<(WorkerKey, Pid)>,
+    /// The listeners refuse new connections (a graceful stop).
+    refusing: bool,
 }
 
 impl World {
@@ -163,6 +165,7 @@ impl World {
             shared_sockets: HashSet::new(),
             steered: None,
             draining: Vec::new(),
+            refusing: false,
         };
         world.feed(Event::Start);
         world
@@ -374,11 +377,22 @@ impl World {
                             );
                         }
                     }
+                    Action::StopAccepting => {
+                        assert!(
+                            self.cluster.config.steering
+                                && matches!(
+                                    self.cluster.phase,
+                                    Phase::Stopping { .. } | Phase::Exited
+                                ),
+                            "new connections refused, but no graceful stop with steering"
+                        );
+                        self.refusing = true;
+                    }
                     Action::ProbeDraining { workers } => {
                         for (_, pid, generation) in &workers {
                             assert_eq!(self.generations[pid], *generation);
                             assert!(
-                                self.steered.is_some_and(|to| *generation < to)
+                                (self.refusing || self.steered.is_some_and(|to| *generation < to))
                                     && !self.stop_asked.contains_key(pid),
                                 "{pid} looked at as draining, but it is no old worker steered \
                                  away from and not yet asked to stop"
@@ -499,7 +513,7 @@ impl World {
             );
             if deadline.is_some() {
                 assert!(
-                    self.steered.is_some_and(|to| worker.generation < to),
+                    self.refusing || self.steered.is_some_and(|to| worker.generation < to),
                     "{pid} drains, but new connections still go to its generation"
                 );
             } else {

@@ -96,6 +96,7 @@ impl Timeline {
                     | Action::OpenListeners { .. }
                     | Action::Steer { .. }
                     | Action::CloseListeners { .. }
+                    | Action::StopAccepting
                     | Action::ProbeDraining { .. } => {}
                 }
             }
@@ -2014,12 +2015,27 @@ fn a_generation_without_sockets_of_its_own_rolls_as_without_steering() {
 }
 
 #[test]
-fn a_stop_signals_draining_workers_at_once() {
+fn a_graceful_stop_refuses_new_connections_and_lets_ready_workers_drain_first() {
     let mut t = steered(2);
     t.feed(Event::Roll(1));
     t.ready(Pid(102));
     let out = t.feed(Event::Stop { hard: false });
-    for pid in [100, 101, 102, 103] {
-        assert!(out.contains(&term(Pid(pid))), "{pid} in {out:?}");
-    }
+    assert_eq!(
+        out,
+        [term(Pid(103))],
+        "only the one still starting, at once"
+    );
+    assert!(t.log.contains(&Action::StopAccepting));
+    t.advance(ms(20));
+    assert_eq!(t.last_drain_look().len(), 3, "{:?}", t.log);
+    assert_eq!(t.drained(Pid(100)), [term(Pid(100))]);
+    // The others at half the kill timeout at the latest.
+    let half = t.cluster.config.kill_timeout / 2;
+    let out = t.advance(half);
+    assert_eq!(out, [term(Pid(101)), term(Pid(102))]);
+    assert!(t.reported(|r| matches!(r, Report::NotDrained { after, .. } if *after == half)));
+    // A hard stop kills whatever drains.
+    let mut t = steered(1);
+    t.feed(Event::Stop { hard: false });
+    assert_eq!(t.feed(Event::Stop { hard: true }), [kill(Pid(100))]);
 }

@@ -299,6 +299,20 @@ impl Generations {
         result
     }
 
+    /// The master stops: every socket of every set takes no new connection from now on
+    /// (`sys::refuse_connections`), while the workers still accept what the queues hold. Nothing
+    /// to do when not steerable (a unix socket cannot be filtered so; the shared sockets stay as
+    /// they were).
+    pub(crate) fn refuse_new(&self) -> io::Result<()> {
+        if !self.steerable() {
+            return Ok(());
+        }
+        self.sets
+            .iter()
+            .flat_map(|set| set.listeners.iter())
+            .try_for_each(|listener| crate::sys::refuse_connections(listener.as_fd()))
+    }
+
     /// Every socket of every live set (for the readiness probe's inodes).
     pub(crate) fn all_fds(&self) -> Vec<BorrowedFd<'_>> {
         self.sets

@@ -53,6 +53,48 @@ pub(crate) fn attach_steering(fd: BorrowedFd<'_>, index: u32) -> io::Result<()> 
     Ok(())
 }
 
+/// Makes the listening socket `fd` take no new connection: a socket filter (`SO_ATTACH_FILTER`)
+/// `ret #0` drops every packet the socket itself receives — for a listener, the SYNs of new
+/// connections (`tcp_v4_rcv` → `tcp_filter` on the listener), which their clients send again
+/// a second later and then find the port closed. The connections already in its accept queue
+/// are sockets of their own, created without the filter: the workers still accept and answer
+/// them.
+#[cfg(target_os = "linux")]
+pub(crate) fn refuse_connections(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+
+    use nix::libc::{BPF_K, BPF_RET, sock_filter, sock_fprog};
+
+    let mut program = [sock_filter {
+        code: u16::try_from(BPF_RET | BPF_K).unwrap_or(0x06),
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let fprog = sock_fprog {
+        len: 1,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fd` is a borrowed open descriptor, valid for the call. The option value points
+    // to a live local `sock_fprog` with its exact size as the length, whose `filter` points to
+    // `len` live instructions; the kernel copies the program during the call
+    // (`sk_attach_filter` → `copy_from_sockptr`) and writes nothing back.
+    let result = unsafe {
+        nix::libc::setsockopt(
+            fd.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            nix::libc::SO_ATTACH_FILTER,
+            std::ptr::from_ref(&fprog).cast(),
+            nix::libc::socklen_t::try_from(size_of::<sock_fprog>()).unwrap_or(16),
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Takes the program off the reuseport group of `fd`: the kernel's hash spreads connections over
 /// the group again. A group without a program is no error. Before Linux 5.3 (no
 /// `SO_DETACH_REUSEPORT_BPF`: `ENOPROTOOPT`), a program returning an index no group has does the
@@ -144,6 +186,12 @@ pub(crate) fn attach_steering(_fd: BorrowedFd<'_>, _index: u32) -> io::Result<()
 /// No steering outside Linux.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn detach_steering(_fd: BorrowedFd<'_>) -> io::Result<()> {
+    Err(unsupported())
+}
+
+/// See the Linux version: nothing to filter with here.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn refuse_connections(_fd: BorrowedFd<'_>) -> io::Result<()> {
     Err(unsupported())
 }
 
