@@ -47,6 +47,13 @@ pub(crate) enum InProgress {
     /// connection is idle (a browser's preconnect) and closing it loses nothing the client
     /// would not retry.
     Arriving,
+    /// The connection already delivered an answer (`tcpi_bytes_acked > 0`, Linux 4.1) and no
+    /// answer is on its way: a kept-alive connection, idle or with a next request not answered
+    /// yet. Not in progress: an HTTP client sends a request again on a new connection when a
+    /// reused one closes before any byte of its answer (RFC 9110 9.2.2, for idempotent
+    /// requests; what hyper's client and browsers do). A busy kept-alive client would otherwise
+    /// hold its worker until the drain deadline.
+    Reused,
     /// None of the above: the connection is idle between requests (or before its first), and
     /// closing it loses nothing a client would not retry.
     No,
@@ -55,7 +62,7 @@ pub(crate) enum InProgress {
 impl InProgress {
     /// Whether a request is in progress on the connection.
     pub(crate) fn is_in_progress(self) -> bool {
-        self != Self::No
+        !matches!(self, Self::No | Self::Reused)
     }
 
     /// Applies the rules of [`InProgress`] to one socket's queues and, where the kernel's
@@ -63,11 +70,17 @@ impl InProgress {
     /// the decision to the queues.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fn judge(unread: u32, unacknowledged: u32, times: Option<Times>) -> Self {
-        if unread > 0 {
-            return Self::Unread;
-        }
         if unacknowledged > 0 {
             return Self::Unacknowledged;
+        }
+        if times
+            .and_then(|times| times.bytes_acked)
+            .is_some_and(|acked| acked > 0)
+        {
+            return Self::Reused;
+        }
+        if unread > 0 {
+            return Self::Unread;
         }
         match times {
             Some(times)
@@ -101,6 +114,8 @@ struct Times {
     last_data_sent_ms: u32,
     /// `tcpi_bytes_received` (Linux 4.1), `None` on older kernels.
     bytes_received: Option<u64>,
+    /// `tcpi_bytes_acked` (Linux 4.1): bytes sent and acknowledged, `None` on older kernels.
+    bytes_acked: Option<u64>,
 }
 
 /// The TCP connections of this network namespace whose local port is one of `ports`, in state
@@ -178,6 +193,7 @@ mod linux {
     // grows at its end, so an offset never changes; a test checks them against libc's).
     pub(super) const TCPI_LAST_DATA_SENT: usize = 44;
     pub(super) const TCPI_LAST_DATA_RECV: usize = 52;
+    pub(super) const TCPI_BYTES_ACKED: usize = 120;
     pub(super) const TCPI_BYTES_RECEIVED: usize = 128;
 
     /// The receive buffer. A dump's datagrams hold at most 32 KiB (`netlink_dump` allocates at
@@ -371,6 +387,9 @@ mod linux {
             bytes_received: read_array(info, TCPI_BYTES_RECEIVED)
                 .ok()
                 .map(u64::from_ne_bytes),
+            bytes_acked: read_array(info, TCPI_BYTES_ACKED)
+                .ok()
+                .map(u64::from_ne_bytes),
         })
     }
 
@@ -403,8 +422,8 @@ mod linux {
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) mod tests {
     use super::linux::{
-        Connection, Parsed, TCPI_BYTES_RECEIVED, TCPI_LAST_DATA_RECV, TCPI_LAST_DATA_SENT,
-        parse_datagram, parse_socket, parse_tcp_info, request,
+        Connection, Parsed, TCPI_BYTES_ACKED, TCPI_BYTES_RECEIVED, TCPI_LAST_DATA_RECV,
+        TCPI_LAST_DATA_SENT, parse_datagram, parse_socket, parse_tcp_info, request,
     };
     use super::*;
     use std::io::{Read, Write};
@@ -547,11 +566,14 @@ pub(crate) mod tests {
         pair.server
             .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
             .unwrap();
-        // Unacknowledged until the client's ACK, then answered.
-        pair.wait_for(InProgress::No);
+        // Unacknowledged until the client's ACK, then answered: a kept-alive connection.
+        pair.wait_for(InProgress::Reused);
         let mut answer = [0_u8; 27];
         pair.client.read_exact(&mut answer).unwrap();
-        assert_eq!(pair.state(), InProgress::No);
+        assert_eq!(pair.state(), InProgress::Reused);
+        // Its next request, unread or read and not answered: a client would send it again.
+        pair.client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        pair.wait_for(InProgress::Reused);
     }
 
     #[test]
@@ -577,7 +599,7 @@ pub(crate) mod tests {
         while read < written {
             read += pair.client.read(&mut sink).unwrap();
         }
-        pair.wait_for(InProgress::No);
+        pair.wait_for(InProgress::Reused);
     }
 
     #[test]
@@ -645,7 +667,7 @@ pub(crate) mod tests {
         pair.server.read_exact(&mut request).unwrap();
         assert_eq!(pair.state(), InProgress::Answering);
         pair.server.write_all(b"y").unwrap();
-        pair.wait_for(InProgress::No);
+        pair.wait_for(InProgress::Reused);
     }
 
     #[test]
@@ -673,12 +695,35 @@ pub(crate) mod tests {
                 last_data_recv_ms: recv,
                 last_data_sent_ms: sent,
                 bytes_received: bytes,
+                bytes_acked: Some(0),
             })
         };
         assert_eq!(
-            InProgress::judge(1, 1, times(1, 2, Some(5))),
+            InProgress::judge(1, 0, times(1, 2, Some(5))),
             InProgress::Unread
         );
+        assert_eq!(
+            InProgress::judge(1, 1, times(1, 2, Some(5))),
+            InProgress::Unacknowledged,
+            "an answer on its way first"
+        );
+        // A connection that already delivered an answer: a next request not answered yet is
+        // no request in progress (a client sends it again), an answer on its way is.
+        let reused = |recv, sent| {
+            Some(Times {
+                last_data_recv_ms: recv,
+                last_data_sent_ms: sent,
+                bytes_received: Some(40),
+                bytes_acked: Some(120),
+            })
+        };
+        assert_eq!(InProgress::judge(1, 0, reused(1, 2)), InProgress::Reused);
+        assert_eq!(InProgress::judge(0, 0, reused(1, 2)), InProgress::Reused);
+        assert_eq!(
+            InProgress::judge(0, 3, reused(1, 2)),
+            InProgress::Unacknowledged
+        );
+        assert!(!InProgress::Reused.is_in_progress());
         assert_eq!(
             InProgress::judge(0, 1, times(1, 2, Some(5))),
             InProgress::Unacknowledged
@@ -736,6 +781,11 @@ pub(crate) mod tests {
             std::mem::offset_of!(nix::libc::tcp_info, tcpi_bytes_received),
             TCPI_BYTES_RECEIVED
         );
+        #[cfg(target_env = "gnu")]
+        assert_eq!(
+            std::mem::offset_of!(nix::libc::tcp_info, tcpi_bytes_acked),
+            TCPI_BYTES_ACKED
+        );
     }
 
     /// A `tcp_info` of `length` bytes with the given times and byte count (where they fit).
@@ -744,6 +794,7 @@ pub(crate) mod tests {
         info[TCPI_LAST_DATA_RECV..][..4].copy_from_slice(&recv.to_ne_bytes());
         info[TCPI_LAST_DATA_SENT..][..4].copy_from_slice(&sent.to_ne_bytes());
         info[TCPI_BYTES_RECEIVED..][..8].copy_from_slice(&bytes.to_ne_bytes());
+        info[TCPI_BYTES_ACKED..][..8].copy_from_slice(&0_u64.to_ne_bytes());
         info.truncate(length);
         info
     }
@@ -755,7 +806,8 @@ pub(crate) mod tests {
             Some(Times {
                 last_data_recv_ms: 1,
                 last_data_sent_ms: 2,
-                bytes_received: Some(9)
+                bytes_received: Some(9),
+                bytes_acked: Some(0),
             })
         );
         // Linux 2.6 to 4.0: no tcpi_bytes_received.
@@ -764,7 +816,8 @@ pub(crate) mod tests {
             Some(Times {
                 last_data_recv_ms: 1,
                 last_data_sent_ms: 2,
-                bytes_received: None
+                bytes_received: None,
+                bytes_acked: None,
             })
         );
         assert_eq!(parse_tcp_info(&info_bytes(55, 1, 2, 9)), None);
