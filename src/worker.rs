@@ -1019,6 +1019,46 @@ mod tests {
 
     use super::*;
 
+    #[cfg(all(feature = "hyper", feature = "channel"))]
+    #[test]
+    fn the_async_channel_sends_lines_and_receives_messages_written_in_pieces() {
+        use std::io::{BufRead as _, Write as _};
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut channel = Channel::from_stream(ours).unwrap().into_async().unwrap();
+            channel
+                .send(&serde_json::json!({"hello": 1}))
+                .await
+                .unwrap();
+            let mut master = std::io::BufReader::new(theirs.try_clone().unwrap());
+            let mut line = String::new();
+            master.read_line(&mut line).unwrap();
+            assert_eq!(line, "{\"hello\":1}\n");
+            // One message in two writes, a blank line, a second one, then the end.
+            let mut writer = theirs;
+            let peer = std::thread::spawn(move || {
+                writer.write_all(b"{\"a\":").unwrap();
+                writer.write_all(b"[1,2]}\n\n\"b\"\n").unwrap();
+            });
+            assert_eq!(
+                channel.recv().await.unwrap(),
+                Some(serde_json::json!({"a": [1, 2]}))
+            );
+            assert_eq!(channel.recv().await.unwrap(), Some(serde_json::json!("b")));
+            peer.join().unwrap();
+            drop(master);
+            assert_eq!(
+                channel.recv().await.unwrap(),
+                None,
+                "the master closed its end"
+            );
+        });
+    }
+
     #[test]
     fn no_fds_without_listen_fds() {
         assert_eq!(passed_fd_count(None, None, 42).unwrap(), 0);
