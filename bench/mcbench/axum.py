@@ -41,6 +41,8 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"  # keep-alive (HTTP/1.1's
 FRESH_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 # The master's lines that say a generation did not get (or keep) its own socket: quoted in the notes.
 STEERING_LINES = r"^mcluster: (cannot open listening sockets|cannot send new connections|every generation shares)"
+# The master's line when an old worker reached its drain deadline (--kill-timeout) still busy.
+NOT_DRAINED = r"still had requests in progress .* after the switch; sending the stop signal$"
 
 
 def build_axum_app() -> None:
@@ -78,9 +80,10 @@ class WorkerUnderMcluster(Mcluster):
         return server
 
     def master_notes(self, server: Server) -> list[str]:
-        """The master's lines about shared sockets or steering that failed, verbatim."""
+        """The master's lines about shared sockets, steering that failed, and old workers
+        stopped at their drain deadline, verbatim."""
         with server.cond:
-            return [text for _, text in server.lines if re.match(STEERING_LINES, text)]
+            return [text for _, text in server.lines if re.match(STEERING_LINES, text) or re.search(NOT_DRAINED, text)]
 
 
 class AxumUnderMcluster(WorkerUnderMcluster):
@@ -345,7 +348,7 @@ def axum_section() -> list[str]:
         )
     out.append("")
     out.append(
-        f"{AXUM_SIZE} workers under `mcluster start -l 127.0.0.1:0 --kill-timeout 5s` (git {systems[0].version}): "
+        f"{AXUM_SIZE} workers under `mcluster start -l 127.0.0.1:0 --kill-timeout 5s` (mcluster {systems[0].version}): "
         "examples/axum-app, release build, `--ready notify` (`axum-app` on `mcluster::serve`; `axum-app --plain` on "
         "`axum::serve(…).with_graceful_shutdown(SIGTERM)`, as axum documents it), or `python3 fixtures/workers/naive_http.py` "
         "with `--ready auto` (`http.server` on fd 3, no SIGTERM handler: the signal ends it at once with whatever it "
@@ -370,15 +373,29 @@ def axum_section() -> list[str]:
         "connections are never retried."
     )
     out.append("- Failed: any error, or any answer but a 200 from the app. First failure: its text as the client saw it.")
-    out.append("- Roll: `rolled` is the master's line (every new worker ready); old workers exited is when the last old pid was gone.")
+    out.append(
+        "- Roll: `rolled` is the master's line; old workers exited is when the last old pid was gone. With steering an "
+        "old worker gets its stop signal once drained (its socket's queue empty, none of its connections with a "
+        "request in progress) or at its drain deadline, `--kill-timeout` after the switch (5 s here)."
+    )
     for name in names:
         d = results.get(name)
         if d and d["errors"]:
             out.append(f"- {name} failures by kind: " + ", ".join(f"{k}: {n}" for k, n in sorted(d["errors"].items())))
         if d and d["retry_kinds"]:
             out.append(f"- {name} retries by kind: " + ", ".join(f"{k}: {n}" for k, n in sorted(d["retry_kinds"].items())))
+        if d and d["rolls"]:
+            out.append(f"- {name} rolls, SIGHUP → old workers exited (ms): " + ", ".join(f"{g * 1000:.0f}" for _, g in d["rolls"]))
         if d and d["notes"]:
-            out.append(f"- {name}, the master said: " + "; ".join(f"`{t}`" for t in d["notes"]))
+            shared = sorted({t for t in d["notes"] if not re.search(NOT_DRAINED, t)})
+            late = [t for t in d["notes"] if re.search(NOT_DRAINED, t)]
+            if shared:
+                out.append(f"- {name}, the master said: " + "; ".join(f"`{t}`" for t in shared))
+            if late:
+                out.append(
+                    f"- {name}: {len(late)} old workers got the stop signal at their drain deadline (`--kill-timeout 5s`) "
+                    f"with requests still in progress; the first such line: `{late[0]}`"
+                )
     for note in problems:
         out.append(f"- Problem: {note}")
     out.append(
