@@ -540,23 +540,24 @@ fn sse_hello(client: &Receiver<(Instant, Seen)>, master: &Master) -> String {
 
 /// Skips ticks until the `bye` event, then expects the end of the stream.
 #[track_caller]
-fn sse_bye(client: &Receiver<(Instant, Seen)>, master: &Master) {
-    loop {
-        match next(client, master).1 {
-            Seen::Event(name, _) if name == "tick" => {}
-            Seen::Event(name, data) => {
+fn sse_bye(client: &Receiver<(Instant, Seen)>, master: &Master) -> Instant {
+    let bye_at = loop {
+        match next(client, master) {
+            (_, Seen::Event(name, _)) if name == "tick" => {}
+            (at, Seen::Event(name, data)) => {
                 assert_eq!((name.as_str(), data.as_str()), ("bye", "going away"));
-                break;
+                break at;
             }
-            Seen::Frame(..) => unreachable!(),
-            Seen::End(end) => panic!("SSE stream ended without its last event: {end}"),
+            (_, Seen::Frame(..)) => unreachable!(),
+            (_, Seen::End(end)) => panic!("SSE stream ended without its last event: {end}"),
         }
-    }
+    };
     match next(client, master).1 {
         Seen::End(end) => assert_eq!(end, "end of stream"),
         Seen::Event(name, data) => panic!("an event after bye: {name}: {data}"),
         Seen::Frame(..) => unreachable!(),
     }
+    bye_at
 }
 
 /// Waits for the echo of `hello`.
@@ -619,15 +620,23 @@ fn sse_and_websocket_clients_end_properly_and_promptly_at_a_roll_and_at_ctrl_c()
     let mark = master.stderr_mark();
     master.signal(Signal::SIGHUP);
     let (ready_mark, _) = master.wait_for_stderr_after(mark, "mcluster: w0 ready (pid ");
-    // The master sends the stop signal right after it read this line; the test read it earlier.
     let ready_at = master.stderr_timed()[ready_mark - 1].0;
-    sse_bye(&sse, &master);
+    // The stream's last event is the old worker's answer to its stop signal, which comes once
+    // it is drained: the SSE stream and the WebSocket, which already delivered data, do not
+    // hold that up (far less than the 30 s drain deadline).
+    let bye_at = sse_bye(&sse, &master);
     ws_going_away(&ws, &master);
+    assert!(
+        bye_at.saturating_duration_since(ready_at) < Duration::from_secs(10),
+        "the old worker got its stop signal {:?} after its replacement was ready\n{}",
+        bye_at.saturating_duration_since(ready_at),
+        master.dump()
+    );
     let exited_at = exited.recv_timeout(Duration::from_mins(1)).unwrap();
     assert!(
-        exited_at.duration_since(ready_at) < PROMPT_EXIT,
-        "the old worker exited {:?} after its replacement was ready\n{}",
-        exited_at.duration_since(ready_at),
+        exited_at.saturating_duration_since(bye_at) < PROMPT_EXIT,
+        "the old worker exited {:?} after its stop signal\n{}",
+        exited_at.saturating_duration_since(bye_at),
         master.dump()
     );
     let mut rest = Vec::new();
@@ -647,7 +656,7 @@ fn sse_and_websocket_clients_end_properly_and_promptly_at_a_roll_and_at_ctrl_c()
     let exited = exit_watch(new.pid);
     let stopped_at = Instant::now();
     master.signal(Signal::SIGINT);
-    sse_bye(&sse, &master);
+    let _ = sse_bye(&sse, &master);
     ws_going_away(&ws, &master);
     let exited_at = exited.recv_timeout(Duration::from_mins(1)).unwrap();
     assert!(
@@ -706,7 +715,7 @@ fn a_kept_alive_connection_does_not_hold_up_the_switch_and_a_request_in_progress
     let mark = master.stderr_mark();
     let hup_at = Instant::now();
     master.signal(Signal::SIGHUP);
-    sse_bye(&sse, &master);
+    let _ = sse_bye(&sse, &master);
     // A request on the idle connection once the drain began: answered with `Connection: close`
     // (the switch is not complete yet), or the connection is closed first.
     let second = kept
