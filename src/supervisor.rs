@@ -908,11 +908,7 @@ impl Supervisor {
         workers
             .iter()
             .filter(|(_, pid)| {
-                let members = match &groups {
-                    // Not in the pass: no live process left in its group.
-                    Some(groups) => groups.get(&pid.0).cloned().unwrap_or_default(),
-                    None => vec![pid.0],
-                };
+                let members = group_members(groups.as_ref(), *pid);
                 readiness::switched_out(&members, listeners, &accepted)
             })
             .map(|&(key, _)| Event::SwitchedOut { key })
@@ -950,10 +946,7 @@ impl Supervisor {
                 let Some(in_progress) = &in_progress else {
                     return true;
                 };
-                let members = match &groups {
-                    Some(groups) => groups.get(&pid.0).cloned().unwrap_or_default(),
-                    None => vec![pid.0],
-                };
+                let members = group_members(groups.as_ref(), pid);
                 readiness::drained(&members, in_progress)
             })
             .map(|&(key, _, _)| Event::Drained { key })
@@ -1696,6 +1689,15 @@ pub(crate) fn watch_signals(
         signals.0.push(task.abort_handle());
     }
     Ok(signals)
+}
+
+/// The live processes of the group of worker `pid` in a pass over `/proc` (none: not in the
+/// pass, no live process left in its group); without a pass, the worker itself.
+fn group_members(pass: Option<&procfs::Groups>, pid: Pid) -> Vec<i32> {
+    match pass {
+        Some(groups) => groups.get(&pid.0).cloned().unwrap_or_default(),
+        None => vec![pid.0],
+    }
 }
 
 #[cfg(test)]
