@@ -239,11 +239,11 @@ impl Generations {
         self.apply()
     }
 
-    /// The connections waiting in `generation`'s own accept queues, all addresses summed
-    /// (`TCP_INFO`'s `tcpi_unacked` of each listening socket); `None` if unknown or if
-    /// `generation` has no sockets of its own.
+    /// The connections waiting in the accept queues of the set `generation` uses (its own, or
+    /// the older one it shares), all addresses summed (`TCP_INFO`'s `tcpi_unacked` of each
+    /// listening socket); `None` if unknown or when not steerable.
     pub(crate) fn queued(&self, generation: u64) -> Option<u64> {
-        if !self.owns(generation) {
+        if !self.steerable() {
             return None;
         }
         self.set_of(generation)
