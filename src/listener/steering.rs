@@ -225,7 +225,7 @@ impl Generations {
     }
 
     /// Whether `generation` has its own sockets (so steering can separate it from the others).
-    #[cfg(test)]
+    #[cfg(all(test, target_os = "linux"))]
     pub(crate) fn owns(&self, generation: u64) -> bool {
         self.steerable() && self.sets.iter().any(|set| set.generation == generation)
     }
