@@ -31,8 +31,11 @@ pub(crate) enum InProgress {
     /// (`idiag_rqueue > 0`; in `CLOSE_WAIT`, `idiag_rqueue > 1`, since the kernel counts the
     /// client's FIN there until the worker reads the end of the stream).
     Unread,
-    /// Bytes the worker wrote are not acknowledged by the client yet (`idiag_wqueue > 0`): an
-    /// answer still on its way, or waiting for a slow reader's window.
+    /// Bytes the worker wrote are not acknowledged by the client yet (`idiag_wqueue > 0`) and
+    /// either some are not even sent (`tcpi_notsent_bytes > 0`, Linux 4.6; unknown counts as
+    /// some: a slow reader's window is full, the answer is mid-way) or bytes wait unread (the
+    /// worker's close would be a reset, which drops what is not acknowledged). An answer all
+    /// sent, with nothing unread, is delivered by the kernel even if the worker exits now.
     Unacknowledged,
     /// Data was received more recently than data was last sent (`tcpi_last_data_recv <
     /// tcpi_last_data_sent`, and `tcpi_bytes_received > 0` where the kernel reports it): the
@@ -70,7 +73,12 @@ impl InProgress {
     /// the decision to the queues.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fn judge(unread: u32, unacknowledged: u32, times: Option<Times>) -> Self {
-        if unacknowledged > 0 {
+        // An answer all sent and awaiting its acknowledgement is delivered by the kernel
+        // whatever the worker does next (a close sends what is left, then the FIN), unless
+        // unread bytes make that close a reset; one not all sent yet (the client's window is
+        // full: a slow reader, mid-answer) is in progress.
+        let not_sent = times.and_then(|times| times.not_sent);
+        if unacknowledged > 0 && (unread > 0 || not_sent != Some(0)) {
             return Self::Unacknowledged;
         }
         if times
@@ -116,6 +124,9 @@ struct Times {
     bytes_received: Option<u64>,
     /// `tcpi_bytes_acked` (Linux 4.1): bytes sent and acknowledged, `None` on older kernels.
     bytes_acked: Option<u64>,
+    /// `tcpi_notsent_bytes` (Linux 4.6): bytes written and not sent yet, `None` on older
+    /// kernels.
+    not_sent: Option<u32>,
 }
 
 /// The TCP connections of this network namespace whose local port is one of `ports`, in state
@@ -195,6 +206,7 @@ mod linux {
     pub(super) const TCPI_LAST_DATA_RECV: usize = 52;
     pub(super) const TCPI_BYTES_ACKED: usize = 120;
     pub(super) const TCPI_BYTES_RECEIVED: usize = 128;
+    pub(super) const TCPI_NOTSENT_BYTES: usize = 144;
 
     /// The receive buffer. A dump's datagrams hold at most 32 KiB (`netlink_dump` allocates at
     /// most `max_recvmsg_len`, which it caps at 32 KiB); twice that leaves room for a kernel that
@@ -390,6 +402,7 @@ mod linux {
             bytes_acked: read_array(info, TCPI_BYTES_ACKED)
                 .ok()
                 .map(u64::from_ne_bytes),
+            not_sent: read_u32(info, TCPI_NOTSENT_BYTES).ok(),
         })
     }
 
@@ -423,7 +436,8 @@ mod linux {
 pub(crate) mod tests {
     use super::linux::{
         Connection, Parsed, TCPI_BYTES_ACKED, TCPI_BYTES_RECEIVED, TCPI_LAST_DATA_RECV,
-        TCPI_LAST_DATA_SENT, parse_datagram, parse_socket, parse_tcp_info, request,
+        TCPI_LAST_DATA_SENT, TCPI_NOTSENT_BYTES, parse_datagram, parse_socket, parse_tcp_info,
+        request,
     };
     use super::*;
     use std::io::{Read, Write};
@@ -696,6 +710,7 @@ pub(crate) mod tests {
                 last_data_sent_ms: sent,
                 bytes_received: bytes,
                 bytes_acked: Some(0),
+                not_sent: Some(0),
             })
         };
         assert_eq!(
@@ -705,8 +720,26 @@ pub(crate) mod tests {
         assert_eq!(
             InProgress::judge(1, 1, times(1, 2, Some(5))),
             InProgress::Unacknowledged,
-            "an answer on its way first"
+            "an answer on its way, with bytes unread: a close would reset it"
         );
+        // All sent, nothing unread: the kernel delivers it whatever the worker does.
+        assert_eq!(
+            InProgress::judge(0, 1, times(3, 2, Some(5))),
+            InProgress::No
+        );
+        let window_full = Some(Times {
+            not_sent: Some(4096),
+            ..times(3, 2, Some(5)).unwrap()
+        });
+        assert_eq!(
+            InProgress::judge(0, 1, window_full),
+            InProgress::Unacknowledged
+        );
+        let unknown = Some(Times {
+            not_sent: None,
+            ..times(3, 2, Some(5)).unwrap()
+        });
+        assert_eq!(InProgress::judge(0, 1, unknown), InProgress::Unacknowledged);
         // A connection that already delivered an answer: a next request not answered yet is
         // no request in progress (a client sends it again), an answer on its way is.
         let reused = |recv, sent| {
@@ -715,18 +748,24 @@ pub(crate) mod tests {
                 last_data_sent_ms: sent,
                 bytes_received: Some(40),
                 bytes_acked: Some(120),
+                not_sent: Some(0),
             })
         };
         assert_eq!(InProgress::judge(1, 0, reused(1, 2)), InProgress::Reused);
         assert_eq!(InProgress::judge(0, 0, reused(1, 2)), InProgress::Reused);
-        assert_eq!(
-            InProgress::judge(0, 3, reused(1, 2)),
-            InProgress::Unacknowledged
-        );
+        // An answer all sent on it awaits only its acknowledgement: no hold-up either (a busy
+        // kept-alive client has one in flight at most looks); one mid-way is in progress.
+        assert_eq!(InProgress::judge(0, 3, reused(1, 2)), InProgress::Reused);
+        let mid_way = Some(Times {
+            not_sent: Some(100),
+            ..reused(1, 2).unwrap()
+        });
+        assert_eq!(InProgress::judge(0, 3, mid_way), InProgress::Unacknowledged);
         assert!(!InProgress::Reused.is_in_progress());
         assert_eq!(
             InProgress::judge(0, 1, times(1, 2, Some(5))),
-            InProgress::Unacknowledged
+            InProgress::Answering,
+            "all sent, but a request came after it"
         );
         assert_eq!(
             InProgress::judge(0, 0, times(1, 2, Some(5))),
@@ -786,6 +825,11 @@ pub(crate) mod tests {
             std::mem::offset_of!(nix::libc::tcp_info, tcpi_bytes_acked),
             TCPI_BYTES_ACKED
         );
+        #[cfg(target_env = "gnu")]
+        assert_eq!(
+            std::mem::offset_of!(nix::libc::tcp_info, tcpi_notsent_bytes),
+            TCPI_NOTSENT_BYTES
+        );
     }
 
     /// A `tcp_info` of `length` bytes with the given times and byte count (where they fit).
@@ -795,6 +839,7 @@ pub(crate) mod tests {
         info[TCPI_LAST_DATA_SENT..][..4].copy_from_slice(&sent.to_ne_bytes());
         info[TCPI_BYTES_RECEIVED..][..8].copy_from_slice(&bytes.to_ne_bytes());
         info[TCPI_BYTES_ACKED..][..8].copy_from_slice(&0_u64.to_ne_bytes());
+        info[TCPI_NOTSENT_BYTES..][..4].copy_from_slice(&3_u32.to_ne_bytes());
         info.truncate(length);
         info
     }
@@ -808,6 +853,7 @@ pub(crate) mod tests {
                 last_data_sent_ms: 2,
                 bytes_received: Some(9),
                 bytes_acked: Some(0),
+                not_sent: Some(3),
             })
         );
         // Linux 2.6 to 4.0: no tcpi_bytes_received.
@@ -818,6 +864,7 @@ pub(crate) mod tests {
                 last_data_sent_ms: 2,
                 bytes_received: None,
                 bytes_acked: None,
+                not_sent: None,
             })
         );
         assert_eq!(parse_tcp_info(&info_bytes(55, 1, 2, 9)), None);
