@@ -1502,6 +1502,8 @@ impl Cluster {
                     }));
                     actions.push(Action::Abandon { pid });
                 }
+                // It may have been the last old worker a roll's switch waited for.
+                self.advance_roll(now, actions);
                 continue;
             }
             match worker.state {
