@@ -327,6 +327,22 @@ fn an_embedder_s_on_message_replies_to_a_python_worker() {
     assert_eq!(master.wait_exit_code(), 0, "{}", master.dump());
 }
 
+/// A master of one worker (`--ready notify`) with its control socket at `control`.
+fn one_worker(control: &Path, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Master {
+    let options = [
+        "-l",
+        "127.0.0.1:0",
+        "-n",
+        "1",
+        "--ready",
+        "notify",
+        "--control",
+    ];
+    let mut options = options.to_vec();
+    options.push(control.to_str().unwrap());
+    Master::start(&options, program, args)
+}
+
 /// The `VmHWM` of `pid`, in bytes.
 fn peak(pid: i32) -> u64 {
     proc_status(pid, "VmHWM:") * 1024
@@ -336,17 +352,8 @@ fn peak(pid: i32) -> u64 {
 fn a_worker_flooding_its_channel_costs_the_master_neither_memory_nor_supervision() {
     let dir = TempDir::new().unwrap();
     let control = dir.path().join("control.sock");
-    let master = Master::start(
-        &[
-            "-l",
-            "127.0.0.1:0",
-            "-n",
-            "1",
-            "--ready",
-            "notify",
-            "--control",
-            control.to_str().unwrap(),
-        ],
+    let master = one_worker(
+        &control,
         fixture("fixture-channel"),
         &["flood", "100000", "200"],
     );
@@ -409,20 +416,7 @@ fn a_line_of_100_mb_is_dropped_and_counted_and_the_next_message_arrives() {
     let script = dir.path().join("worker.py");
     fs::write(&script, LONG_LINE_WORKER).unwrap();
     let control = dir.path().join("control.sock");
-    let master = Master::start(
-        &[
-            "-l",
-            "127.0.0.1:0",
-            "-n",
-            "1",
-            "--ready",
-            "notify",
-            "--control",
-            control.to_str().unwrap(),
-        ],
-        python3(),
-        &[script.to_str().unwrap()],
-    );
+    let master = one_worker(&control, python3(), &[script.to_str().unwrap()]);
     master.wait_ready(1);
     let events = Follower::start(&control);
     let (code, out) = client(&control, &["send", "--all", r#""go""#]);
@@ -446,20 +440,7 @@ fn a_line_of_100_mb_is_dropped_and_counted_and_the_next_message_arrives() {
 fn sends_to_a_worker_that_never_reads_fail_once_its_channel_is_full_never_wait() {
     let dir = TempDir::new().unwrap();
     let control = dir.path().join("control.sock");
-    let master = Master::start(
-        &[
-            "-l",
-            "127.0.0.1:0",
-            "-n",
-            "1",
-            "--ready",
-            "notify",
-            "--control",
-            control.to_str().unwrap(),
-        ],
-        fixture("fixture-channel"),
-        &["deaf"],
-    );
+    let master = one_worker(&control, fixture("fixture-channel"), &["deaf"]);
     master.wait_ready(1);
     let pad = "x".repeat(4096);
     let started = Instant::now();
