@@ -125,6 +125,14 @@ const EVERYONE_PASS_FIRST: Duration = Duration::from_millis(500);
 /// seen at most this late for a worker that lingers without answering anything.
 const RETIRE_ROUND_MAX: Duration = Duration::from_millis(200);
 
+/// The first pause between two looks at the workers steered away from ([`Action::ProbeDraining`]);
+/// the pauses double from it while one drains, up to [`RETIRE_ROUND_MAX`], on a clock of their
+/// own. The first look, at the switch, often finds a few connections still waiting in the old
+/// generation's queue, which its workers accept within a millisecond or two; a look reads the
+/// few sockets each holds (some 50–100 µs for two workers), or, where the driver cannot, dumps
+/// every connection of the namespace (milliseconds: the doubling bounds what that costs).
+const DRAIN_LOOK_FIRST: Duration = Duration::from_millis(2);
+
 /// After this long starting, a worker neither ready nor seen accepting gets one line of advice
 /// ([`Action::Unseen`]).
 const UNSEEN_HINT: Duration = Duration::from_secs(5);
@@ -482,8 +490,9 @@ pub struct Cluster {
     /// The looks at retiring workers ([`Action::ProbeRetiring`]); reset when a worker starts
     /// retiring (the next round looks).
     retire_round: DoublingPause,
-    /// The looks at draining workers ([`Action::ProbeDraining`]); reset at a switch and when a
-    /// worker starts draining after it.
+    /// The looks at draining workers ([`Action::ProbeDraining`]), on a clock of their own (see
+    /// [`DRAIN_LOOK_FIRST`]); due at once at a switch and when a worker starts draining after
+    /// it.
     drain_round: DoublingPause,
     /// The generation new connections go to ([`Action::Steer`]); `None` before the first
     /// switch (the first generation's sockets get them) or without steering.
@@ -501,12 +510,29 @@ struct DoublingPause {
 }
 
 impl DoublingPause {
+    /// A look due at `now`, then after pauses that double from `first`: one whose time the
+    /// core's next deadline says.
+    fn at(now: Instant) -> Self {
+        Self {
+            next: Some((now, Duration::ZERO)),
+        }
+    }
+
+    /// When the next look is due; `None` after a reset (the next look is taken at once).
+    fn next_due(&self) -> Option<Instant> {
+        self.next.map(|(due, _)| due)
+    }
+
     /// Whether a look is due at `now`; if so, the next one is set a pause later.
     fn due(&mut self, now: Instant, first: Duration, max: Duration) -> bool {
         match self.next {
             Some((due, _)) if now < due => false,
             Some((_, pause)) => {
-                let pause = (pause * 2).min(max);
+                let pause = if pause.is_zero() {
+                    first
+                } else {
+                    (pause * 2).min(max)
+                };
                 self.next = Some((after(now, pause), pause));
                 true
             }
@@ -685,11 +711,15 @@ impl Cluster {
             .map(|worker| worker.gone_at);
         let restarts = self.slots.iter().map(|slot| slot.restart_at);
         let hints = self.workers.iter().map(|worker| worker.hint_at);
+        let drain_look = self
+            .draining()
+            .next()
+            .and_then(|_| self.drain_round.next_due());
         worker_deadlines
             .chain(gone)
             .chain(restarts)
             .chain(hints)
-            .chain([self.next_poll()])
+            .chain([self.next_poll(), drain_look])
             .flatten()
             .min()
     }
@@ -701,7 +731,7 @@ impl Cluster {
             self.probing().count() + self.retiring_stopped().count()
         } else {
             0
-        } + self.draining().count();
+        };
         let interval = if probed > 0 {
             // Many workers starting or retiring at once (a roll with a surge) share one budget:
             // the probes of a round grow with their number, the rounds thin out (10 ms for 1 or
@@ -1427,7 +1457,7 @@ impl Cluster {
                     let deadline = switched.then(|| after(now, self.config.kill_timeout));
                     self.workers[old].state = WorkerState::Draining { deadline };
                     self.workers[old].watchdog_at = None;
-                    self.drain_round = DoublingPause::default();
+                    self.drain_round = DoublingPause::at(now);
                 } else {
                     self.stop_worker(now, old, false, actions);
                     // It retires: the next round looks whether it can still answer.
@@ -1463,7 +1493,7 @@ impl Cluster {
                 worker.state = WorkerState::Draining { deadline };
             }
         }
-        self.drain_round = DoublingPause::default();
+        self.drain_round = DoublingPause::at(now);
     }
 
     /// How many slots have a ready worker: one pass over the workers (this runs at every
@@ -1607,14 +1637,18 @@ impl Cluster {
             {
                 actions.push(Action::ProbeRetiring { workers: retiring });
             }
-            let draining: Vec<(WorkerKey, Pid, u64)> = self.draining().collect();
-            if !draining.is_empty() && self.drain_round.due(now, PROBE_INTERVAL, RETIRE_ROUND_MAX) {
-                actions.push(Action::ProbeDraining { workers: draining });
-            }
             if self.workers.iter().any(|worker| worker.leader_exited) {
                 let zombies = self.zombie_scan_due(now);
                 actions.push(Action::CheckGroups { zombies });
             }
+        }
+        let draining: Vec<(WorkerKey, Pid, u64)> = self.draining().collect();
+        if !draining.is_empty()
+            && self
+                .drain_round
+                .due(now, DRAIN_LOOK_FIRST, RETIRE_ROUND_MAX)
+        {
+            actions.push(Action::ProbeDraining { workers: draining });
         }
         for worker in &mut self.workers {
             if worker.hint_at.is_some_and(|at| at <= now) {
@@ -1835,7 +1869,7 @@ impl Cluster {
             if drain && serving && !self.workers[index].leader_exited {
                 self.workers[index].state = WorkerState::Draining { deadline };
                 self.workers[index].watchdog_at = None;
-                self.drain_round = DoublingPause::default();
+                self.drain_round = DoublingPause::at(now);
             } else if hard || !matches!(state, WorkerState::Stopping { .. }) {
                 self.stop_worker(now, index, hard, actions);
             }

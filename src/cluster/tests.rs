@@ -2039,3 +2039,47 @@ fn a_graceful_stop_refuses_new_connections_and_lets_ready_workers_drain_first() 
     t.feed(Event::Stop { hard: false });
     assert_eq!(t.feed(Event::Stop { hard: true }), [kill(Pid(100))]);
 }
+
+#[test]
+fn draining_workers_are_looked_at_on_a_clock_of_their_own_at_once_then_ever_less_often() {
+    let mut t = steered(2);
+    t.advance(ms(3000));
+    t.feed(Event::Roll(1));
+    t.advance(ms(2));
+    let new: Vec<Pid> = t.pids().into_iter().filter(|pid| pid.0 >= 102).collect();
+    let switch = t.now;
+    for pid in &new {
+        t.ready(*pid);
+    }
+    assert_eq!(t.steering().last(), Some(&("steer", 2)));
+    // Never drained: the looks go on until the drain deadline (--kill-timeout, 5 s here).
+    let mut looks = Vec::new();
+    let mut seen = t.log.len();
+    while t.now < switch + ms(1000) {
+        let Some(at) = t.cluster.next_deadline() else {
+            break;
+        };
+        t.now = at.max(t.now);
+        t.feed(Event::Tick);
+        if t.log[seen..]
+            .iter()
+            .any(|action| matches!(action, Action::ProbeDraining { .. }))
+        {
+            looks.push((t.now - switch).as_millis());
+        }
+        seen = t.log.len();
+    }
+    assert_eq!(looks[..8], [0, 2, 6, 14, 30, 62, 126, 254], "{looks:?}");
+    assert_eq!(looks[8..11], [454, 654, 854], "at most 200 ms apart");
+    assert_eq!(t.last_drain_look(), [Pid(100), Pid(101)]);
+    // Once both are drained, no more looks.
+    t.drained(Pid(100));
+    t.drained(Pid(101));
+    let seen = t.log.len();
+    t.advance(ms(1000));
+    assert!(
+        !t.log[seen..]
+            .iter()
+            .any(|action| matches!(action, Action::ProbeDraining { .. }))
+    );
+}
