@@ -41,7 +41,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd as _, BorrowedFd};
 
-use nix::sys::socket::{SockaddrIn, SockaddrIn6, SockaddrStorage, UnixAddr};
+use nix::sys::socket::{SockaddrStorage, UnixAddr};
 
 use crate::procfs;
 
@@ -55,6 +55,8 @@ pub(crate) struct ListenerInodes {
     inodes: Vec<u64>,
     /// The local ports of the TCP listeners.
     ports: Vec<u16>,
+    /// The address families of the TCP listeners, each once.
+    families: Vec<crate::sys::Family>,
     /// The paths of the named unix listeners, as `/proc/net/unix` shows them.
     paths: Vec<String>,
 }
@@ -73,12 +75,19 @@ impl ListenerInodes {
             // Where it listens: not known only costs the end of a switch its shortcut (see
             // `switched_out`), so a failure here is no error.
             if let Ok(address) = nix::sys::socket::getsockname::<SockaddrStorage>(fd.as_raw_fd()) {
-                if let Some(port) = address
+                let tcp = address
                     .as_sockaddr_in()
-                    .map(SockaddrIn::port)
-                    .or_else(|| address.as_sockaddr_in6().map(SockaddrIn6::port))
-                {
+                    .map(|v4| (v4.port(), crate::sys::Family::V4))
+                    .or_else(|| {
+                        address
+                            .as_sockaddr_in6()
+                            .map(|v6| (v6.port(), crate::sys::Family::V6))
+                    });
+                if let Some((port, family)) = tcp {
                     listeners.ports.push(port);
+                    if !listeners.families.contains(&family) {
+                        listeners.families.push(family);
+                    }
                 } else if let Some(path) = address.as_unix_addr().and_then(UnixAddr::path) {
                     listeners.paths.push(path.to_string_lossy().into_owned());
                 }
@@ -94,6 +103,7 @@ impl ListenerInodes {
             device: Some(device),
             inodes: inodes.into_iter().collect(),
             ports: Vec::new(),
+            families: Vec::new(),
             paths: Vec::new(),
         }
     }
@@ -432,7 +442,7 @@ pub(crate) fn switched_out(
 /// (bytes waiting either way only; `pid`'s namespace, within [`MAX_TABLE_SOCKETS`]). `None`
 /// when neither can tell.
 pub(crate) fn requests_in_progress(pid: i32, listeners: &ListenerInodes) -> Option<HashSet<u64>> {
-    match crate::sys::accepted_connections(&listeners.ports) {
+    match crate::sys::accepted_connections(&listeners.ports, &listeners.families) {
         Ok(connections) => Some(
             connections
                 .into_iter()
@@ -444,18 +454,124 @@ pub(crate) fn requests_in_progress(pid: i32, listeners: &ListenerInodes) -> Opti
     }
 }
 
-/// Whether a worker steered away from, the processes `pids` of its group, holds no connection
-/// of `in_progress` ([`requests_in_progress`]). An idle kept-alive connection is no request in
-/// progress: HTTP clients retry a request on a connection the server closed. `false` when in
-/// doubt (fds that cannot be read of a process still alive).
-pub(crate) fn drained(pids: &[i32], in_progress: &HashSet<u64>) -> bool {
-    pids.iter().all(|&pid| {
+/// The sockets that the processes of a worker's group hold, other than our listeners: those
+/// that may carry a request in progress. See [`held_sockets`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct HeldSockets {
+    /// By process: its pid, and the fd number and socket inode of each.
+    by_process: Vec<(i32, Vec<(i32, u64)>)>,
+}
+
+impl HeldSockets {
+    /// Whether no process holds a socket.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_process
+            .iter()
+            .all(|(_, sockets)| sockets.is_empty())
+    }
+
+    /// Whether one of them is among `in_progress` ([`requests_in_progress`]).
+    pub(crate) fn any_of(&self, in_progress: &HashSet<u64>) -> bool {
+        self.by_process
+            .iter()
+            .flat_map(|(_, sockets)| sockets)
+            .any(|(_, inode)| in_progress.contains(inode))
+    }
+
+    /// Whether one of them is a connection accepted on our TCP listeners with a request in
+    /// progress, read through a duplicate of each fd ([`crate::sys::held_connections`]): a few
+    /// system calls a socket, where [`requests_in_progress`] walks every socket of the
+    /// namespace. `None` when the fds cannot be duplicated.
+    pub(crate) fn request_in_progress(&self, listeners: &ListenerInodes) -> Option<bool> {
+        for (pid, sockets) in &self.by_process {
+            if sockets.is_empty() {
+                continue;
+            }
+            let found = crate::sys::held_connections(*pid, sockets, &listeners.ports).ok()?;
+            if found.values().any(|state| state.is_in_progress()) {
+                return Some(true);
+            }
+        }
+        Some(false)
+    }
+}
+
+/// The connections accepted on our TCP listeners with a request in progress, from one dump
+/// ([`requests_in_progress`]) taken the first time a worker needs it, if one does: one dump
+/// answers for every worker of a look.
+#[derive(Debug)]
+pub(crate) struct Dump {
+    /// The process in whose network namespace the tables are read, where the dump is not.
+    pid: i32,
+    taken: Option<Taken>,
+}
+
+impl Dump {
+    /// No dump yet; `pid`: see [`requests_in_progress`].
+    pub(crate) fn new(pid: i32) -> Self {
+        Self { pid, taken: None }
+    }
+
+    /// Whether the dump was taken.
+    #[cfg(test)]
+    fn taken(&self) -> bool {
+        self.taken.is_some()
+    }
+
+    fn get(&mut self, listeners: &ListenerInodes) -> Option<&HashSet<u64>> {
+        let pid = self.pid;
+        self.taken
+            .get_or_insert_with(|| requests_in_progress(pid, listeners))
+            .as_ref()
+    }
+}
+
+/// What a dump told: `None` when neither the kernel's socket diagnostics nor short enough
+/// tables tell the requests in progress.
+type Taken = Option<HashSet<u64>>;
+
+/// Whether a worker steered away from whose group holds `held` ([`held_sockets`]; `None`: in
+/// doubt) is drained: it holds no socket, or none of them carries a request in progress,
+/// read through duplicates of its fds or, where they cannot be duplicated, from `dump`. Where
+/// nothing tells the requests in progress, `true`: the caller's empty queue alone counts.
+pub(crate) fn drained(
+    held: Option<&HeldSockets>,
+    listeners: &ListenerInodes,
+    dump: &mut Dump,
+) -> bool {
+    let Some(held) = held else {
+        return dump.get(listeners).is_none();
+    };
+    if held.is_empty() {
+        return true;
+    }
+    if let Some(busy) = held.request_in_progress(listeners) {
+        return !busy;
+    }
+    dump.get(listeners)
+        .is_none_or(|in_progress| !held.any_of(in_progress))
+}
+
+/// The sockets that the processes `pids` of a worker's group hold, other than our listeners
+/// (see [`HeldSockets`]). A worker steered away from that holds none is drained without asking
+/// the kernel about any connection. `None` when in doubt (the fds of a process still alive
+/// cannot be read).
+pub(crate) fn held_sockets(pids: &[i32], listeners: &ListenerInodes) -> Option<HeldSockets> {
+    let mut held = HeldSockets::default();
+    for &pid in pids {
         let Some(fds) = procfs::fds(pid) else {
-            return procfs::stat(pid).is_none_or(|stat| stat.exited());
+            if procfs::stat(pid).is_none_or(|stat| stat.exited()) {
+                continue;
+            }
+            return None;
         };
-        !fds.filter_map(|(_, target)| socket_inode(target.to_str()?))
-            .any(|inode| in_progress.contains(&inode))
-    })
+        let sockets = fds
+            .filter_map(|(fd, target)| Some((fd, socket_inode(target.to_str()?)?)))
+            .filter(|&(_, inode)| !listeners.contains(inode))
+            .collect();
+        held.by_process.push((pid, sockets));
+    }
+    Some(held)
 }
 
 /// The inodes of the sockets of connections accepted on our listeners in the tables of
@@ -803,39 +919,133 @@ mod tests {
         }
     }
 
+    /// Set in the copy of this test binary run under `fixtures/seccomp_pidfd_getfd.py`.
+    const UNDER_SECCOMP: &str = "MCLUSTER_TEST_PIDFD_GETFD_REFUSED";
+
+    /// A worker holding a request in progress is not drained until it answers, whether its
+    /// connections are read through duplicates of its fds or, where `pidfd_getfd` is refused
+    /// (this very test runs again in a child of this test binary under a seccomp filter making
+    /// it fail with `EPERM`), from a dump of every connection.
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
     #[test]
-    #[cfg(target_os = "linux")]
-    fn a_worker_holding_a_request_is_not_drained_until_it_answers() {
+    fn a_request_in_progress_holds_the_drain_with_or_without_pidfd_getfd() {
         use std::io::{Read as _, Write as _};
+        const NAME: &str =
+            "readiness::tests::a_request_in_progress_holds_the_drain_with_or_without_pidfd_getfd";
+        let refused = std::env::var_os(UNDER_SECCOMP).is_some();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
-        let this = [i32::try_from(std::process::id()).unwrap()];
-        let drained_now = || {
-            let in_progress = requests_in_progress(this[0], &listeners)
-                .expect("this kernel tells the connections in progress");
-            drained(&this, &in_progress)
+        let this = i32::try_from(std::process::id()).unwrap();
+        let look = || {
+            let held = held_sockets(&[this], &listeners).expect("this process's fds");
+            assert_eq!(
+                held.request_in_progress(&listeners).is_none(),
+                refused,
+                "duplicates refused only under the filter"
+            );
+            let mut dump = Dump::new(this);
+            let drained = drained(Some(&held), &listeners, &mut dump);
+            assert_eq!(
+                dump.taken(),
+                refused,
+                "a dump only where duplicates are refused"
+            );
+            drained
         };
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut server, _) = listener.accept().unwrap();
-        assert!(
-            !drained_now(),
-            "a new connection: its request is on its way"
-        );
-        // The kernel's times have a resolution of a millisecond: the request must come later
-        // than the connection's start to be told apart from an answered one.
         crate::sys::wait_until_sending_is_old(&server);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        assert!(!drained_now(), "the request waits unread");
+        assert!(!look(), "the request waits unread");
         let mut request = [0; 18];
         server.read_exact(&mut request).unwrap();
-        assert!(!drained_now(), "read, not answered");
+        assert!(!look(), "read, not answered");
         server
             .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
             .unwrap();
         let mut answer = [0; 27];
         client.read_exact(&mut answer).unwrap();
-        eventually("answered and acknowledged", drained_now);
-        drop((client, server));
+        eventually("answered and acknowledged", look);
+        if refused {
+            return;
+        }
+        let helper = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/seccomp_pidfd_getfd.py");
+        let output = std::process::Command::new("python3")
+            .arg(helper)
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads=1"])
+            .env(UNDER_SECCOMP, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// A child killed and reaped when the test ends, even when it fails.
+    struct Killed(std::process::Child);
+
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_process_holding_only_our_listener_holds_no_socket_that_could_carry_a_request() {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
+        // Inherited for this spawn only (other tests of this binary spawn too), with nothing
+        // else open but a null stdin, stdout and stderr.
+        fcntl(&listener, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+        let spawned = std::process::Command::new("sleep")
+            .arg("1000")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        fcntl(&listener, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+        let mut child = Killed(spawned.expect("sleep"));
+        let pid = i32::try_from(child.0.id()).unwrap();
+        eventually("sleep holds our listener", || {
+            procfs::fds(pid).is_some_and(|mut fds| {
+                fds.any(|(_, target)| {
+                    target
+                        .to_str()
+                        .and_then(socket_inode)
+                        .is_some_and(|inode| listeners.contains(inode))
+                })
+            })
+        });
+        assert!(held_sockets(&[pid], &listeners).unwrap().is_empty());
+        // This process holds the listener and a connection accepted on it: the connection
+        // counts, the listener does not.
+        let this = i32::try_from(std::process::id()).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let held = held_sockets(&[this, pid], &listeners).unwrap();
+        let inode_of = |fd: i32| {
+            let link = fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+            HashSet::from([socket_inode(link.to_str().unwrap()).unwrap()])
+        };
+        assert!(held.any_of(&inode_of(server.as_raw_fd())));
+        assert!(!held.any_of(&inode_of(listener.as_raw_fd())));
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+        assert!(
+            held_sockets(&[pid], &listeners).unwrap().is_empty(),
+            "a process gone holds nothing"
+        );
     }
 
     #[test]

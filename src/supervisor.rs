@@ -930,26 +930,35 @@ impl Supervisor {
 
     /// Looks at the workers steered away from: one is drained once its generation's sockets
     /// hold no waiting connection and no process of its group holds a connection with a
-    /// request in progress ([`readiness::requests_in_progress`]). One pass over `/proc` gives
-    /// the members of every group, one dump the connections; where neither the kernel's socket
-    /// diagnostics nor short enough tables tell them, the empty queue alone counts.
+    /// request in progress. The members of each group are found below its leader (a pass over
+    /// every process where the kernel cannot tell children); a group that holds no socket is
+    /// drained at once; the state of the sockets it holds is read through duplicates of their
+    /// fds ([`readiness::HeldSockets::request_in_progress`]), or, where they cannot be
+    /// duplicated, from one dump of the kernel's connections for every such group
+    /// ([`readiness::requests_in_progress`], which walks the whole table). Where neither tells
+    /// the requests in progress, the empty queue alone counts.
     fn probe_draining(&self, workers: &[(WorkerKey, Pid, u64)]) -> Vec<Event> {
-        let master = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-        let in_progress = readiness::requests_in_progress(master, &self.inodes);
-        let groups = in_progress.as_ref().and_then(|_| procfs::live_groups());
-        workers
+        let emptied: Vec<(WorkerKey, Pid)> = workers
             .iter()
-            .filter(|&&(_, pid, generation)| {
-                if self.generations.queued(generation) != Some(0) {
-                    return false;
-                }
-                let Some(in_progress) = &in_progress else {
-                    return true;
-                };
+            .filter(|&&(_, _, generation)| self.generations.queued(generation) == Some(0))
+            .map(|&(key, pid, _)| (key, pid))
+            .collect();
+        if emptied.is_empty() {
+            return Vec::new();
+        }
+        let groups = procfs::descendant_groups(emptied.iter().map(|&(_, pid)| pid.0))
+            .or_else(procfs::live_groups);
+        let held: Vec<(WorkerKey, Option<readiness::HeldSockets>)> = emptied
+            .iter()
+            .map(|&(key, pid)| {
                 let members = group_members(groups.as_ref(), pid);
-                readiness::drained(&members, in_progress)
+                (key, readiness::held_sockets(&members, &self.inodes))
             })
-            .map(|&(key, _, _)| Event::Drained { key })
+            .collect();
+        let mut dump = readiness::Dump::new(i32::try_from(std::process::id()).unwrap_or(i32::MAX));
+        held.into_iter()
+            .filter(|(_, held)| readiness::drained(held.as_ref(), &self.inodes, &mut dump))
+            .map(|(key, _)| Event::Drained { key })
             .collect()
     }
 

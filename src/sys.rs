@@ -1,6 +1,7 @@
 //! The only module allowed `unsafe`: fork/exec, fd placement, adopting inherited fds, the guard
 //! that kills every worker's process group when the master dies, the reuseport steering calls,
-//! the kernel's socket diagnostics (no `unsafe` there but in a test).
+//! the kernel's socket diagnostics (no `unsafe` there but in a test), the state of a worker's
+//! connection read through a duplicate of its fd.
 
 mod fd;
 #[cfg(feature = "master")]
@@ -11,6 +12,8 @@ mod platform;
 mod reuseport;
 #[cfg(feature = "master")]
 mod sock_diag;
+#[cfg(all(feature = "master", target_os = "linux"))]
+mod socket_state;
 #[cfg(feature = "master")]
 mod spawn;
 
@@ -23,9 +26,9 @@ pub(crate) use guard::{CAPACITY as GUARD_CAPACITY, Guard};
 pub(crate) use platform::{blind_file_system, peer_uid, pipe, stream_socket};
 #[cfg(feature = "master")]
 pub(crate) use reuseport::{accept_queue, attach_steering, detach_steering, refuse_connections};
-#[cfg(feature = "master")]
-pub(crate) use sock_diag::accepted_connections;
 #[cfg(all(test, feature = "master", target_os = "linux"))]
 pub(crate) use sock_diag::tests::wait_until_sending_is_old;
+#[cfg(feature = "master")]
+pub(crate) use sock_diag::{Family, accepted_connections, held_connections};
 #[cfg(feature = "master")]
 pub(crate) use spawn::{Program, SpawnRequest, prepare_child, spawn_worker};
