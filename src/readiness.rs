@@ -479,16 +479,18 @@ impl HeldSockets {
     }
 
     /// Whether one of them is a connection accepted on our TCP listeners with a request in
-    /// progress, read through a duplicate of each fd ([`crate::sys::held_connections`]): a few
-    /// system calls a socket, where [`requests_in_progress`] walks every socket of the
-    /// namespace. `None` when the fds cannot be duplicated.
+    /// progress, read through a duplicate of each fd until one is found
+    /// ([`crate::sys::held_request_in_progress`]): a few system calls a socket, where
+    /// [`requests_in_progress`] walks every socket of the namespace. `None` when the fds cannot
+    /// be duplicated.
     pub(crate) fn request_in_progress(&self, listeners: &ListenerInodes) -> Option<bool> {
         for (pid, sockets) in &self.by_process {
             if sockets.is_empty() {
                 continue;
             }
-            let found = crate::sys::held_connections(*pid, sockets, &listeners.ports).ok()?;
-            if found.values().any(|state| state.is_in_progress()) {
+            let found =
+                crate::sys::held_request_in_progress(*pid, sockets, &listeners.ports).ok()?;
+            if found.is_some() {
                 return Some(true);
             }
         }
@@ -513,7 +515,7 @@ impl Dump {
     }
 
     /// Whether the dump was taken.
-    #[cfg(test)]
+    #[cfg(all(test, target_os = "linux"))]
     fn taken(&self) -> bool {
         self.taken.is_some()
     }
@@ -920,6 +922,7 @@ mod tests {
     }
 
     /// Set in the copy of this test binary run under `fixtures/seccomp_pidfd_getfd.py`.
+    #[cfg(target_os = "linux")]
     const UNDER_SECCOMP: &str = "MCLUSTER_TEST_PIDFD_GETFD_REFUSED";
 
     /// A worker holding a request in progress is not drained until it answers, whether its
@@ -991,8 +994,10 @@ mod tests {
     }
 
     /// A child killed and reaped when the test ends, even when it fails.
+    #[cfg(target_os = "linux")]
     struct Killed(std::process::Child);
 
+    #[cfg(target_os = "linux")]
     impl Drop for Killed {
         fn drop(&mut self) {
             let _ = self.0.kill();
@@ -1001,32 +1006,49 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn a_process_holding_only_our_listener_holds_no_socket_that_could_carry_a_request() {
         use nix::fcntl::{FcntlArg, FdFlag, fcntl};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
-        // Inherited for this spawn only (other tests of this binary spawn too), with nothing
-        // else open but a null stdin, stdout and stderr.
+        // Inherited for this spawn only; other tests of this binary clear close-on-exec for
+        // their own spawns at times, so the child closes every other fd but its stdio (null,
+        // and a pipe), then says so.
         fcntl(&listener, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
-        let spawned = std::process::Command::new("sleep")
-            .arg("1000")
+        let spawned = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import os, sys, time\n\
+                 keep = int(sys.argv[1])\n\
+                 os.closerange(3, keep)\n\
+                 os.closerange(keep + 1, 65536)\n\
+                 print('alone', flush=True)\n\
+                 time.sleep(1000)",
+                &listener.as_raw_fd().to_string(),
+            ])
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn();
         fcntl(&listener, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
-        let mut child = Killed(spawned.expect("sleep"));
+        let mut child = Killed(spawned.expect("python3"));
         let pid = i32::try_from(child.0.id()).unwrap();
-        eventually("sleep holds our listener", || {
-            procfs::fds(pid).is_some_and(|mut fds| {
-                fds.any(|(_, target)| {
-                    target
-                        .to_str()
-                        .and_then(socket_inode)
-                        .is_some_and(|inode| listeners.contains(inode))
-                })
-            })
-        });
+        let mut said = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.0.stdout.take().unwrap()),
+            &mut said,
+        )
+        .unwrap();
+        assert_eq!(said, "alone\n");
+        assert!(
+            procfs::fds(pid).unwrap().any(|(_, target)| {
+                target
+                    .to_str()
+                    .and_then(socket_inode)
+                    .is_some_and(|inode| listeners.contains(inode))
+            }),
+            "the child holds our listener"
+        );
         assert!(held_sockets(&[pid], &listeners).unwrap().is_empty());
         // This process holds the listener and a connection accepted on it: the connection
         // counts, the listener does not.

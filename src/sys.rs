@@ -29,6 +29,6 @@ pub(crate) use reuseport::{accept_queue, attach_steering, detach_steering, refus
 #[cfg(all(test, feature = "master", target_os = "linux"))]
 pub(crate) use sock_diag::tests::wait_until_sending_is_old;
 #[cfg(feature = "master")]
-pub(crate) use sock_diag::{Family, accepted_connections, held_connections};
+pub(crate) use sock_diag::{Family, accepted_connections, held_request_in_progress};
 #[cfg(feature = "master")]
 pub(crate) use spawn::{Program, SpawnRequest, prepare_child, spawn_worker};

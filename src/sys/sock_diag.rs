@@ -167,30 +167,30 @@ pub(crate) fn accepted_connections(
     linux::accepted_connections(ports, families)
 }
 
-/// Whether a request is in progress ([`InProgress`]) on each of the sockets `sockets` (fd number
-/// and socket inode) of the process `pid` that is a TCP connection, `ESTABLISHED` or
-/// `CLOSE_WAIT`, with a local port of `ports`, by inode; read through a duplicate of each fd
-/// (`super::socket_state`), a few system calls a connection where a dump walks every socket
-/// of the namespace. A socket closed meanwhile, another file at its fd number now, or one
-/// that is no such connection is left out; so is every socket of a process gone. An error
-/// when the fds cannot be duplicated (a kernel older than 5.6, no `ptrace` access, a seccomp
-/// filter): [`accepted_connections`] tells it then.
+/// The first of the sockets `sockets` (fd number and socket inode) of the process `pid` found
+/// with a request in progress ([`InProgress`]), if any, by inode, among those that are TCP
+/// connections, `ESTABLISHED` or `CLOSE_WAIT`, with a local port of `ports`; read through a
+/// duplicate of each fd (`super::socket_state`), a few system calls a connection where a dump
+/// walks every socket of the namespace. A socket closed meanwhile, another file at its fd
+/// number now, or one that is no such connection is left out; so is every socket of a process
+/// gone. An error when the fds cannot be duplicated (a kernel older than 5.6, no `ptrace`
+/// access, a seccomp filter): [`accepted_connections`] tells it then.
 #[cfg(target_os = "linux")]
-pub(crate) fn held_connections(
+pub(crate) fn held_request_in_progress(
     pid: i32,
     sockets: &[(i32, u64)],
     ports: &[u16],
-) -> io::Result<HashMap<u64, InProgress>> {
-    linux::held_connections(pid, sockets, ports)
+) -> io::Result<Option<(u64, InProgress)>> {
+    linux::held_request_in_progress(pid, sockets, ports)
 }
 
 /// No `pidfd_getfd` outside Linux.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn held_connections(
+pub(crate) fn held_request_in_progress(
     _pid: i32,
     _sockets: &[(i32, u64)],
     _ports: &[u16],
-) -> io::Result<HashMap<u64, InProgress>> {
+) -> io::Result<Option<(u64, InProgress)>> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "reading a worker's connections needs Linux's pidfd_getfd",
@@ -211,6 +211,7 @@ pub(crate) fn accepted_connections(
 
 #[cfg(target_os = "linux")]
 mod linux {
+    use super::super::socket_state::{ProcessFds, tcp_state};
     use super::{Family, InProgress, Times};
     use nix::sys::socket::{
         AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6,
@@ -295,19 +296,24 @@ mod linux {
         Ok(found)
     }
 
-    pub(super) fn held_connections(
+    pub(super) fn held_request_in_progress(
         pid: i32,
         sockets: &[(i32, u64)],
         ports: &[u16],
-    ) -> io::Result<HashMap<u64, InProgress>> {
-        let mut found = HashMap::new();
+    ) -> io::Result<Option<(u64, InProgress)>> {
+        let process = match ProcessFds::open(pid) {
+            Ok(process) => process,
+            // Gone: so are its connections.
+            Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => return Ok(None),
+            Err(error) => return Err(error),
+        };
         for &(fd, inode) in sockets {
-            let duplicate = match super::super::socket_state::duplicate_fd(pid, fd) {
+            let duplicate = match process.duplicate(fd) {
                 Ok(duplicate) => duplicate,
                 // Closed meanwhile.
                 Err(error) if error.raw_os_error() == Some(nix::libc::EBADF) => continue,
-                // Gone: so are its connections.
-                Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => break,
+                // Exited meanwhile.
+                Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => return Ok(None),
                 Err(error) => return Err(error),
             };
             // The fd number may be another file's by now.
@@ -324,7 +330,7 @@ mod linux {
             if !port.is_some_and(|port| ports.contains(&port)) {
                 continue;
             }
-            let Ok(state) = super::super::socket_state::tcp_state(&duplicate) else {
+            let Ok(state) = tcp_state(&duplicate) else {
                 continue;
             };
             drop(duplicate);
@@ -336,9 +342,11 @@ mod linux {
                 }
                 _ => continue,
             };
-            found.insert(inode, in_progress);
+            if in_progress.is_in_progress() {
+                return Ok(Some((inode, in_progress)));
+            }
         }
-        Ok(found)
+        Ok(None)
     }
 
     /// One connection of a dump.

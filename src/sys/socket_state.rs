@@ -20,18 +20,27 @@ use nix::libc;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// A duplicate of the fd `fd` of the process `pid` (`pidfd_open`, then `pidfd_getfd`), close-on-
-/// exec.
+/// A process whose fds the master may duplicate: a pidfd (`pidfd_open`), which names the
+/// process itself, not whatever process later takes its pid.
 #[cfg(target_os = "linux")]
-pub(crate) fn duplicate_fd(pid: i32, fd: i32) -> io::Result<OwnedFd> {
-    // SAFETY: a plain syscall on a pid and flags, no memory involved; a non-negative result is
-    // a new fd that nothing else owns.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let pidfd = owned(pidfd)?;
-    // SAFETY: a plain syscall on an fd we own, a number and flags, no memory involved; the
-    // kernel sets close-on-exec on the fd it returns, which nothing else owns.
-    let duplicate = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    owned(duplicate)
+pub(crate) struct ProcessFds(OwnedFd);
+
+#[cfg(target_os = "linux")]
+impl ProcessFds {
+    /// The process `pid`; `ESRCH` when there is none.
+    pub(crate) fn open(pid: i32) -> io::Result<Self> {
+        // SAFETY: a plain syscall on a pid and flags, no memory involved; a non-negative
+        // result is a new fd that nothing else owns.
+        owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }).map(Self)
+    }
+
+    /// A duplicate of its fd `fd` (`pidfd_getfd`), close-on-exec; `EBADF` when `fd` is not
+    /// open.
+    pub(crate) fn duplicate(&self, fd: i32) -> io::Result<OwnedFd> {
+        // SAFETY: a plain syscall on an fd we own, a number and flags, no memory involved; the
+        // kernel sets close-on-exec on the fd it returns, which nothing else owns.
+        owned(unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.0.as_raw_fd(), fd, 0) })
+    }
 }
 
 /// The fd a syscall returned, or its error.
