@@ -127,11 +127,22 @@ const RETIRE_ROUND_MAX: Duration = Duration::from_millis(200);
 
 /// The first pause between two looks at the workers steered away from ([`Action::ProbeDraining`]);
 /// the pauses double from it while one drains, up to [`RETIRE_ROUND_MAX`], on a clock of their
-/// own. The first look, at the switch, often finds a few connections still waiting in the old
-/// generation's queue, which its workers accept within a millisecond or two; a look reads the
-/// few sockets each holds (some 50–100 µs for two workers), or, where the driver cannot, dumps
-/// every connection of the namespace (milliseconds: the doubling bounds what that costs).
+/// own. The first look, [`DRAIN_SETTLE`] after the switch, often finds a few connections still
+/// waiting in the old generation's queue, which its workers accept within a millisecond or
+/// two; a look reads the few sockets each holds (some 50–100 µs for two workers), or, where the
+/// driver cannot, dumps every connection of the namespace (milliseconds: the doubling bounds
+/// what that costs).
 const DRAIN_LOOK_FIRST: Duration = Duration::from_millis(2);
+
+/// How long after the switch the first look at the workers steered away from waits
+/// ([`Action::ProbeDraining`]). A connection whose SYN reached the old generation's socket
+/// just before the switch completes its handshake a round trip later, into that socket's
+/// queue, and until then no look sees it (the kernel tells no listener's half-open
+/// connections). This covers clients on the same host or network, even under load; a client
+/// farther away whose handshake spans the switch is reset when the old sockets close, unless
+/// the kernel hands such connections to another socket of the group at that close
+/// (`net.ipv4.tcp_migrate_req=1`, Linux 5.14).
+const DRAIN_SETTLE: Duration = Duration::from_millis(5);
 
 /// After this long starting, a worker neither ready nor seen accepting gets one line of advice
 /// ([`Action::Unseen`]).
@@ -491,8 +502,8 @@ pub struct Cluster {
     /// retiring (the next round looks).
     retire_round: DoublingPause,
     /// The looks at draining workers ([`Action::ProbeDraining`]), on a clock of their own (see
-    /// [`DRAIN_LOOK_FIRST`]); due at once at a switch and when a worker starts draining after
-    /// it.
+    /// [`DRAIN_LOOK_FIRST`]); due [`DRAIN_SETTLE`] after a switch, and at once when a worker
+    /// starts draining after it.
     drain_round: DoublingPause,
     /// The generation new connections go to ([`Action::Steer`]); `None` before the first
     /// switch (the first generation's sockets get them) or without steering.
@@ -1493,7 +1504,7 @@ impl Cluster {
                 worker.state = WorkerState::Draining { deadline };
             }
         }
-        self.drain_round = DoublingPause::at(now);
+        self.drain_round = DoublingPause::at(after(now, DRAIN_SETTLE));
     }
 
     /// How many slots have a ready worker: one pass over the workers (this runs at every

@@ -37,11 +37,13 @@ pub(crate) enum InProgress {
     /// worker's close would be a reset, which drops what is not acknowledged). An answer all
     /// sent, with nothing unread, is delivered by the kernel even if the worker exits now.
     Unacknowledged,
-    /// Data was received more recently than data was last sent (`tcpi_last_data_recv <
-    /// tcpi_last_data_sent`, and `tcpi_bytes_received > 0` where the kernel reports it): the
-    /// worker read a request and has not answered yet. Both times have a resolution of a
-    /// millisecond (a jiffy, on the kernel's side), so equal times count as answered, and a
-    /// connection on which the client never sent a byte (a browser's preconnect) is idle.
+    /// The worker read a request and has not answered yet: the client sent bytes and none the
+    /// worker sent was acknowledged, nor waits to be (`tcpi_bytes_received > 0`,
+    /// `tcpi_bytes_acked == 0` and `idiag_wqueue == 0`, Linux 4.1; a FIN counts as no byte);
+    /// on an older kernel, data was received more recently than data was last sent
+    /// (`tcpi_last_data_recv < tcpi_last_data_sent`), where both times have the resolution of
+    /// a jiffy (1–10 ms), so equal times count as answered. A connection on which the client
+    /// never sent a byte (a browser's preconnect) is idle.
     Answering,
     /// The client has sent nothing yet on a connection that came in less than [`ARRIVING`]
     /// ago (`tcpi_bytes_received == 0`, and `tcpi_last_data_recv`, which the kernel sets at
@@ -91,6 +93,13 @@ impl InProgress {
             return Self::Unread;
         }
         match times {
+            // Counted, this is exact; the times would count a request that came in the jiffy
+            // the connection was made as answered.
+            Some(Times {
+                bytes_received: Some(received),
+                bytes_acked: Some(0),
+                ..
+            }) if received > 0 && unacknowledged == 0 => Self::Answering,
             Some(times)
                 if times.bytes_received != Some(0)
                     && times.last_data_recv_ms < times.last_data_sent_ms =>
@@ -105,12 +114,35 @@ impl InProgress {
             _ => Self::No,
         }
     }
+
+    /// [`InProgress::judge`] for a connection the client closed (`CLOSE_WAIT`), whose
+    /// `unread` bytes do not count the FIN: the FIN counts as a byte received, and no request
+    /// is on its way any more.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn judge_closed(unread: u32, unacknowledged: u32, times: Option<Times>) -> Self {
+        match Self::judge(unread, unacknowledged, times.map(Times::after_fin)) {
+            Self::Arriving => Self::No,
+            judged => judged,
+        }
+    }
 }
 
 /// How long a connection on which the client has sent nothing yet counts as a request on its
 /// way ([`InProgress::Arriving`]).
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) const ARRIVING: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Times {
+    /// The times of a connection the client closed (`CLOSE_WAIT`): its FIN takes a sequence
+    /// number, which `tcpi_bytes_received` (the advance of `rcv_nxt`) counts as a byte.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn after_fin(self) -> Self {
+        Self {
+            bytes_received: self.bytes_received.map(|bytes| bytes.saturating_sub(1)),
+            ..self
+        }
+    }
+}
 
 /// An address family of TCP listeners, which a dump asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,8 +369,11 @@ mod linux {
             let times = parse_tcp_info(&state.info);
             // `SIOCINQ`, unlike `idiag_rqueue`, does not count a FIN received.
             let in_progress = match state.info.first() {
-                Some(&TCP_ESTABLISHED | &TCP_CLOSE_WAIT) => {
+                Some(&TCP_ESTABLISHED) => {
                     InProgress::judge(state.unread, state.unacknowledged, times)
+                }
+                Some(&TCP_CLOSE_WAIT) => {
+                    InProgress::judge_closed(state.unread, state.unacknowledged, times)
                 }
                 _ => continue,
             };
@@ -496,7 +531,7 @@ mod linux {
             // The client's FIN takes a sequence number, which `idiag_rqueue` (`rcv_nxt -
             // copied_seq`) counts until the worker reads the end of the stream: after a FIN,
             // unread bytes are one fewer.
-            InProgress::judge(unread.saturating_sub(1), unacknowledged, times)
+            InProgress::judge_closed(unread.saturating_sub(1), unacknowledged, times)
         } else {
             InProgress::Unacknowledged
         };
@@ -808,6 +843,19 @@ pub(crate) mod tests {
         assert_eq!(pair.state(), InProgress::No);
     }
 
+    /// A request sent at once, in the jiffy the connection was made (equal times, which the
+    /// rules alone would take for answered): read and not answered, it is in progress.
+    #[test]
+    fn a_request_sent_at_once_and_read_is_in_progress_until_answered() {
+        let mut pair = Pair::new("127.0.0.1:0").unwrap();
+        pair.client.write_all(b"x").unwrap();
+        let mut request = [0_u8; 1];
+        pair.server.read_exact(&mut request).unwrap();
+        assert_eq!(pair.state(), InProgress::Answering);
+        pair.server.write_all(b"y").unwrap();
+        pair.wait_for(InProgress::Reused);
+    }
+
     #[test]
     fn a_request_followed_by_the_clients_fin_is_in_progress_until_answered() {
         let mut pair = Pair::new("127.0.0.1:0").unwrap();
@@ -848,7 +896,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_rules_decide_in_order_and_equal_times_count_as_answered() {
+    fn the_rules_decide_in_order_and_counts_before_times() {
         let times = |recv, sent, bytes| {
             Some(Times {
                 last_data_recv_ms: recv,
@@ -916,13 +964,41 @@ pub(crate) mod tests {
             InProgress::judge(0, 0, times(1, 2, Some(5))),
             InProgress::Answering
         );
+        // Bytes received and nothing sent acknowledged nor waiting: a request read and not
+        // answered, whatever the times say (a request that came in the jiffy the connection
+        // was made has equal times).
         assert_eq!(
             InProgress::judge(0, 0, times(2, 2, Some(5))),
-            InProgress::No
+            InProgress::Answering
         );
         assert_eq!(
             InProgress::judge(0, 0, times(3, 2, Some(5))),
+            InProgress::Answering
+        );
+        // Without the counts (Linux 2.6 to 4.0), the times decide, equal ones as answered.
+        let uncounted = |recv, sent| {
+            Some(Times {
+                last_data_recv_ms: recv,
+                last_data_sent_ms: sent,
+                bytes_received: None,
+                bytes_acked: None,
+                not_sent: None,
+            })
+        };
+        assert_eq!(
+            InProgress::judge(0, 0, uncounted(1, 2)),
+            InProgress::Answering
+        );
+        assert_eq!(InProgress::judge(0, 0, uncounted(2, 2)), InProgress::No);
+        assert_eq!(InProgress::judge(0, 0, uncounted(3, 2)), InProgress::No);
+        // The client closed: its FIN counts as a byte received, and nothing is on its way.
+        assert_eq!(
+            InProgress::judge_closed(0, 0, times(1, 2, Some(1))),
             InProgress::No
+        );
+        assert_eq!(
+            InProgress::judge_closed(0, 0, times(2, 2, Some(6))),
+            InProgress::Answering
         );
         // Nothing ever received: a request on its way for a second, then idle, whatever the
         // other time says.
