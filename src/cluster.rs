@@ -134,8 +134,8 @@ const RETIRE_ROUND_MAX: Duration = Duration::from_millis(200);
 /// what that costs).
 const DRAIN_LOOK_FIRST: Duration = Duration::from_millis(2);
 
-/// How long after the switch the first look at the workers steered away from waits
-/// ([`Action::ProbeDraining`]). A connection whose SYN reached the old generation's socket
+/// How long after the switch (and after a graceful stop's [`Action::StopAccepting`]) the first
+/// look at the workers steered away from waits ([`Action::ProbeDraining`]). A connection whose SYN reached the old generation's socket
 /// just before the switch completes its handshake a round trip later, into that socket's
 /// queue, and until then no look sees it (the kernel tells no listener's half-open
 /// connections). This covers clients on the same host or network, even under load; a client
@@ -502,8 +502,8 @@ pub struct Cluster {
     /// retiring (the next round looks).
     retire_round: DoublingPause,
     /// The looks at draining workers ([`Action::ProbeDraining`]), on a clock of their own (see
-    /// [`DRAIN_LOOK_FIRST`]); due [`DRAIN_SETTLE`] after a switch, and at once when a worker
-    /// starts draining after it.
+    /// [`DRAIN_LOOK_FIRST`]); due [`DRAIN_SETTLE`] after a switch or a graceful stop, and at
+    /// once when a worker starts draining after a switch.
     drain_round: DoublingPause,
     /// The generation new connections go to ([`Action::Steer`]); `None` before the first
     /// switch (the first generation's sockets get them) or without steering.
@@ -1880,7 +1880,8 @@ impl Cluster {
             if drain && serving && !self.workers[index].leader_exited {
                 self.workers[index].state = WorkerState::Draining { deadline };
                 self.workers[index].watchdog_at = None;
-                self.drain_round = DoublingPause::at(now);
+                // As at a switch: the handshakes under way end in the queues first.
+                self.drain_round = DoublingPause::at(after(now, DRAIN_SETTLE));
             } else if hard || !matches!(state, WorkerState::Stopping { .. }) {
                 self.stop_worker(now, index, hard, actions);
             }
