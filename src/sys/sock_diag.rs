@@ -52,6 +52,16 @@ pub(crate) enum InProgress {
     /// connection is idle (a browser's preconnect) and closing it loses nothing the client
     /// would not retry.
     Arriving,
+    /// The connection carried one request (`tcpi_data_segs_in == 1`, Linux 4.6), bytes of
+    /// its answer were acknowledged (`tcpi_bytes_acked > 0`), and bytes were sent less than
+    /// [`ANSWER_PAUSE`] ago: the answer may be mid-way (servers write a status line, headers
+    /// and a body apart, microseconds to milliseconds apart, and the client, which has the
+    /// first ones, would not send the request again), or done, the connection about to be
+    /// closed. In progress; past [`ANSWER_PAUSE`] without a byte sent, a kept-alive connection
+    /// or a stream between two events ([`InProgress::Reused`]: a stream is cut at the stop
+    /// signal, as ever). A request larger than a segment looks like two, and its connection
+    /// like a reused one.
+    FirstAnswer,
     /// The connection already delivered an answer (`tcpi_bytes_acked > 0`, Linux 4.1) and no
     /// answer is on its way: a kept-alive connection, idle or with a next request not answered
     /// yet. Not in progress: an HTTP client sends a request again on a new connection when a
@@ -83,11 +93,20 @@ impl InProgress {
         if unacknowledged > 0 && (unread > 0 || not_sent != Some(0)) {
             return Self::Unacknowledged;
         }
-        if times
-            .and_then(|times| times.bytes_acked)
-            .is_some_and(|acked| acked > 0)
-        {
-            return Self::Reused;
+        if let Some(times) = times {
+            let sending = u128::from(times.last_data_sent_ms) < ANSWER_PAUSE.as_millis();
+            if times.bytes_acked.is_some_and(|acked| acked > 0) {
+                if times.data_segs_in == Some(1) && sending {
+                    return Self::FirstAnswer;
+                }
+                return Self::Reused;
+            }
+            // The first bytes of the first answer, all sent and not acknowledged yet: the
+            // rest may follow.
+            if unacknowledged > 0 && times.bytes_received.is_some_and(|bytes| bytes > 0) && sending
+            {
+                return Self::FirstAnswer;
+            }
         }
         if unread > 0 {
             return Self::Unread;
@@ -126,6 +145,12 @@ impl InProgress {
         }
     }
 }
+
+/// How long after its last byte sent an answer, the first on its connection, may still be
+/// mid-way ([`InProgress::FirstAnswer`]): a few jiffies (their resolution is 1–10 ms), more
+/// than the pauses between a server's writes of one answer, even on a busy machine.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) const ANSWER_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// How long a connection on which the client has sent nothing yet counts as a request on its
 /// way ([`InProgress::Arriving`]).
@@ -168,6 +193,8 @@ struct Times {
     /// `tcpi_notsent_bytes` (Linux 4.6): bytes written and not sent yet, `None` on older
     /// kernels.
     not_sent: Option<u32>,
+    /// `tcpi_data_segs_in` (Linux 4.6): segments received with data, `None` on older kernels.
+    data_segs_in: Option<u32>,
 }
 
 /// The TCP connections of this network namespace whose local port is one of `ports`, in state
@@ -290,6 +317,7 @@ mod linux {
     pub(super) const TCPI_BYTES_ACKED: usize = 120;
     pub(super) const TCPI_BYTES_RECEIVED: usize = 128;
     pub(super) const TCPI_NOTSENT_BYTES: usize = 144;
+    pub(super) const TCPI_DATA_SEGS_IN: usize = 152;
 
     /// The receive buffer. A dump's datagrams hold at most 32 KiB (`netlink_dump` allocates at
     /// most `max_recvmsg_len`, which it caps at 32 KiB); twice that leaves room for a kernel that
@@ -555,6 +583,7 @@ mod linux {
                 .ok()
                 .map(u64::from_ne_bytes),
             not_sent: read_u32(info, TCPI_NOTSENT_BYTES).ok(),
+            data_segs_in: read_u32(info, TCPI_DATA_SEGS_IN).ok(),
         })
     }
 
@@ -587,9 +616,9 @@ mod linux {
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) mod tests {
     use super::linux::{
-        Connection, Parsed, TCPI_BYTES_ACKED, TCPI_BYTES_RECEIVED, TCPI_LAST_DATA_RECV,
-        TCPI_LAST_DATA_SENT, TCPI_NOTSENT_BYTES, parse_datagram, parse_socket, parse_tcp_info,
-        request,
+        Connection, Parsed, TCPI_BYTES_ACKED, TCPI_BYTES_RECEIVED, TCPI_DATA_SEGS_IN,
+        TCPI_LAST_DATA_RECV, TCPI_LAST_DATA_SENT, TCPI_NOTSENT_BYTES, parse_datagram, parse_socket,
+        parse_tcp_info, request,
     };
     use super::*;
     use std::io::{Read, Write};
@@ -651,6 +680,28 @@ pub(crate) mod tests {
                     Instant::now() < deadline,
                     "still {state:?}, never {expected:?}"
                 );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+
+        /// After the server wrote the first answer of the connection at `written`: in progress
+        /// ([`InProgress::FirstAnswer`]) while its last byte was sent less than
+        /// [`ANSWER_PAUSE`] ago (checked while less than 5 ms passed here: a jiffy is at most
+        /// 10 ms), then a reused connection.
+        fn wait_past_first_answer(&self, written: Instant) {
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                let early = written.elapsed() < Duration::from_millis(5);
+                let state = self.state();
+                if early {
+                    assert_eq!(state, InProgress::FirstAnswer);
+                }
+                match state {
+                    InProgress::Reused => return,
+                    InProgress::FirstAnswer => {}
+                    other => panic!("{other:?} after the first answer"),
+                }
+                assert!(Instant::now() < deadline, "never past the first answer");
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
@@ -739,8 +790,9 @@ pub(crate) mod tests {
         pair.server
             .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
             .unwrap();
-        // Unacknowledged until the client's ACK, then answered: a kept-alive connection.
-        pair.wait_for(InProgress::Reused);
+        // The first answer of the connection, which may go on for a moment; then a kept-alive
+        // connection.
+        pair.wait_past_first_answer(Instant::now());
         let mut answer = [0_u8; 27];
         pair.client.read_exact(&mut answer).unwrap();
         assert_eq!(pair.state(), InProgress::Reused);
@@ -852,8 +904,9 @@ pub(crate) mod tests {
         let mut request = [0_u8; 1];
         pair.server.read_exact(&mut request).unwrap();
         assert_eq!(pair.state(), InProgress::Answering);
+        let written = Instant::now();
         pair.server.write_all(b"y").unwrap();
-        pair.wait_for(InProgress::Reused);
+        pair.wait_past_first_answer(written);
     }
 
     #[test]
@@ -867,8 +920,9 @@ pub(crate) mod tests {
         let mut request = [0_u8; 1];
         pair.server.read_exact(&mut request).unwrap();
         assert_eq!(pair.state(), InProgress::Answering);
+        let written = Instant::now();
         pair.server.write_all(b"y").unwrap();
-        pair.wait_for(InProgress::Reused);
+        pair.wait_past_first_answer(written);
     }
 
     #[test]
@@ -904,6 +958,7 @@ pub(crate) mod tests {
                 bytes_received: bytes,
                 bytes_acked: Some(0),
                 not_sent: Some(0),
+                data_segs_in: Some(1),
             })
         };
         assert_eq!(
@@ -915,10 +970,15 @@ pub(crate) mod tests {
             InProgress::Unacknowledged,
             "an answer on its way, with bytes unread: a close would reset it"
         );
-        // All sent, nothing unread: the kernel delivers it whatever the worker does.
+        // All sent, nothing unread: the kernel delivers it whatever the worker does; the first
+        // bytes of a first answer, though, may have more to follow for ANSWER_PAUSE.
+        assert_eq!(
+            InProgress::judge(0, 1, times(30, 20, Some(5))),
+            InProgress::No
+        );
         assert_eq!(
             InProgress::judge(0, 1, times(3, 2, Some(5))),
-            InProgress::No
+            InProgress::FirstAnswer
         );
         let window_full = Some(Times {
             not_sent: Some(4096),
@@ -942,8 +1002,21 @@ pub(crate) mod tests {
                 bytes_received: Some(40),
                 bytes_acked: Some(120),
                 not_sent: Some(0),
+                data_segs_in: Some(2),
             })
         };
+        // Its first answer, bytes of it acknowledged: maybe mid-way, in progress until nothing
+        // was sent for ANSWER_PAUSE.
+        let first = |sent| {
+            Some(Times {
+                data_segs_in: Some(1),
+                ..reused(3, sent).unwrap()
+            })
+        };
+        assert_eq!(InProgress::judge(0, 0, first(0)), InProgress::FirstAnswer);
+        assert_eq!(InProgress::judge(0, 0, first(19)), InProgress::FirstAnswer);
+        assert_eq!(InProgress::judge(0, 0, first(20)), InProgress::Reused);
+        assert!(InProgress::FirstAnswer.is_in_progress());
         assert_eq!(InProgress::judge(1, 0, reused(1, 2)), InProgress::Reused);
         assert_eq!(InProgress::judge(0, 0, reused(1, 2)), InProgress::Reused);
         // An answer all sent on it awaits only its acknowledgement: no hold-up either (a busy
@@ -955,9 +1028,8 @@ pub(crate) mod tests {
         });
         assert_eq!(InProgress::judge(0, 3, mid_way), InProgress::Unacknowledged);
         assert!(!InProgress::Reused.is_in_progress());
-        assert_eq!(
-            InProgress::judge(0, 1, times(1, 2, Some(5))),
-            InProgress::Answering,
+        assert!(
+            InProgress::judge(0, 1, times(1, 2, Some(5))).is_in_progress(),
             "all sent, but a request came after it"
         );
         assert_eq!(
@@ -983,6 +1055,7 @@ pub(crate) mod tests {
                 bytes_received: None,
                 bytes_acked: None,
                 not_sent: None,
+                data_segs_in: None,
             })
         };
         assert_eq!(
@@ -1051,6 +1124,11 @@ pub(crate) mod tests {
             std::mem::offset_of!(nix::libc::tcp_info, tcpi_notsent_bytes),
             TCPI_NOTSENT_BYTES
         );
+        #[cfg(target_env = "gnu")]
+        assert_eq!(
+            std::mem::offset_of!(nix::libc::tcp_info, tcpi_data_segs_in),
+            TCPI_DATA_SEGS_IN
+        );
     }
 
     /// A `tcp_info` of `length` bytes with the given times and byte count (where they fit).
@@ -1061,6 +1139,7 @@ pub(crate) mod tests {
         info[TCPI_BYTES_RECEIVED..][..8].copy_from_slice(&bytes.to_ne_bytes());
         info[TCPI_BYTES_ACKED..][..8].copy_from_slice(&0_u64.to_ne_bytes());
         info[TCPI_NOTSENT_BYTES..][..4].copy_from_slice(&3_u32.to_ne_bytes());
+        info[TCPI_DATA_SEGS_IN..][..4].copy_from_slice(&1_u32.to_ne_bytes());
         info.truncate(length);
         info
     }
@@ -1075,6 +1154,7 @@ pub(crate) mod tests {
                 bytes_received: Some(9),
                 bytes_acked: Some(0),
                 not_sent: Some(3),
+                data_segs_in: Some(1),
             })
         );
         // Linux 2.6 to 4.0: no tcpi_bytes_received.
@@ -1086,6 +1166,7 @@ pub(crate) mod tests {
                 bytes_received: None,
                 bytes_acked: None,
                 not_sent: None,
+                data_segs_in: None,
             })
         );
         assert_eq!(parse_tcp_info(&info_bytes(55, 1, 2, 9)), None);
