@@ -5,16 +5,18 @@
 //! dump walks the kernel's whole table of connections (`TIME_WAIT` ones included): 4–8 ms of a
 //! core on an idle machine, 20–35 ms on a busy one, on the master's loop at every look at a
 //! draining worker. A worker holds a few connections: `pidfd_getfd` (Linux 5.6) duplicates
-//! each for three system calls (`TCP_INFO`, `SIOCINQ`, `SIOCOUTQ`) and closes the duplicate
-//! at once. It needs the access `ptrace` would (the worker's user, or root; an ancestor under
+//! each for a few system calls (`fstat`, `getsockname`, `TCP_INFO`, `SIOCINQ`, `SIOCOUTQ`) and
+//! closes the duplicate at once. It needs the access `ptrace` would (the worker's user, or root; an ancestor under
 //! Yama's `ptrace_scope=1`), which the master has over its own workers; where it is refused
 //! (an older kernel, a seccomp filter, a worker that made itself non-dumpable) the caller falls
 //! back to the dump.
 //!
 //! The duplicate is the file the worker holds, not a copy: while the master holds it, a
 //! `close` by the worker does not end the connection; the master's `close` a few microseconds
-//! later does, as the worker's would have (a FIN, or a reset if bytes wait unread). Nothing is
-//! written to or read from the connection, and no option of it is changed.
+//! later does, as the worker's would have (a FIN, or a reset if bytes wait unread); a worker
+//! that set `SO_LINGER` with a timeout and closes in that window would make the master's close
+//! wait out its linger (rare, and bounded by the worker's own setting). Nothing is written to
+//! or read from the connection, and no option of it is changed.
 
 use nix::libc;
 use std::io;
