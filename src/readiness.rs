@@ -975,22 +975,7 @@ mod tests {
         if refused {
             return;
         }
-        let helper = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/seccomp_pidfd_getfd.py");
-        let output = std::process::Command::new("python3")
-            .arg(helper)
-            .arg(std::env::current_exe().unwrap())
-            .args(["--exact", NAME, "--test-threads=1"])
-            .env(UNDER_SECCOMP, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success() && stdout.contains("1 passed"),
-            "{}\n{stdout}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+        crate::sys::rerun_test_under_seccomp("seccomp_pidfd_getfd.py", NAME, UNDER_SECCOMP);
     }
 
     /// A child killed and reaped when the test ends, even when it fails.

@@ -32,3 +32,28 @@ pub(crate) use sock_diag::tests::wait_until_sending_is_old;
 pub(crate) use sock_diag::{Family, accepted_connections, held_request_in_progress};
 #[cfg(feature = "master")]
 pub(crate) use spawn::{Program, SpawnRequest, prepare_child, spawn_worker};
+
+/// Runs the test `name` of this test binary again, alone, in a child under the seccomp fixture
+/// `fixture` (a script of `fixtures/` that installs a filter, then runs its arguments), with
+/// the variable `marker` set so that the test knows where it runs; panics unless it passed
+/// there.
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn rerun_test_under_seccomp(fixture: &str, name: &str, marker: &str) {
+    let helper = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(fixture);
+    let output = std::process::Command::new("python3")
+        .arg(helper)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1"])
+        .env(marker, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
