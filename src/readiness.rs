@@ -75,15 +75,7 @@ impl ListenerInodes {
             // Where it listens: not known only costs the end of a switch its shortcut (see
             // `switched_out`), so a failure here is no error.
             if let Ok(address) = nix::sys::socket::getsockname::<SockaddrStorage>(fd.as_raw_fd()) {
-                let tcp = address
-                    .as_sockaddr_in()
-                    .map(|v4| (v4.port(), crate::sys::Family::V4))
-                    .or_else(|| {
-                        address
-                            .as_sockaddr_in6()
-                            .map(|v6| (v6.port(), crate::sys::Family::V6))
-                    });
-                if let Some((port, family)) = tcp {
+                if let Some((port, family)) = crate::sys::tcp_address(&address) {
                     listeners.ports.push(port);
                     if !listeners.families.contains(&family) {
                         listeners.families.push(family);
@@ -488,9 +480,7 @@ impl HeldSockets {
             if sockets.is_empty() {
                 continue;
             }
-            let found =
-                crate::sys::held_request_in_progress(*pid, sockets, &listeners.ports).ok()?;
-            if found.is_some() {
+            if crate::sys::held_request_in_progress(*pid, sockets, &listeners.ports).ok()? {
                 return Some(true);
             }
         }

@@ -18,6 +18,7 @@
 //! Outside Linux there is no `inet_diag`: [`accepted_connections`] returns
 //! [`io::ErrorKind::Unsupported`].
 
+use nix::sys::socket::SockaddrStorage;
 use std::collections::HashMap;
 use std::io;
 
@@ -178,6 +179,14 @@ pub(crate) enum Family {
     V6,
 }
 
+/// The port and address family of an IPv4 or IPv6 socket address; `None` for another kind.
+pub(crate) fn tcp_address(address: &SockaddrStorage) -> Option<(u16, Family)> {
+    address
+        .as_sockaddr_in()
+        .map(|v4| (v4.port(), Family::V4))
+        .or_else(|| address.as_sockaddr_in6().map(|v6| (v6.port(), Family::V6)))
+}
+
 /// The fields of `struct tcp_info` the rules read.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,8 +235,9 @@ pub(crate) fn accepted_connections(
     linux::accepted_connections(ports, families)
 }
 
-/// The first of the sockets `sockets` (fd number and socket inode) of the process `pid` found
-/// with a request in progress ([`InProgress`]), if any, by inode, among those that are TCP
+/// Whether one of the sockets `sockets` (fd number and socket inode) of the process `pid`
+/// carries a request in progress ([`InProgress`]), the search stopping at the first, among
+/// those that are TCP
 /// connections, `ESTABLISHED` or `CLOSE_WAIT`, with a local port of `ports`; read through a
 /// duplicate of each fd (`super::socket_state`), a few system calls a connection where a dump
 /// walks every socket of the namespace. A socket closed meanwhile, another file at its fd
@@ -239,7 +249,7 @@ pub(crate) fn held_request_in_progress(
     pid: i32,
     sockets: &[(i32, u64)],
     ports: &[u16],
-) -> io::Result<Option<(u64, InProgress)>> {
+) -> io::Result<bool> {
     linux::held_request_in_progress(pid, sockets, ports)
 }
 
@@ -249,7 +259,7 @@ pub(crate) fn held_request_in_progress(
     _pid: i32,
     _sockets: &[(i32, u64)],
     _ports: &[u16],
-) -> io::Result<Option<(u64, InProgress)>> {
+) -> io::Result<bool> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "reading a worker's connections needs Linux's pidfd_getfd",
@@ -273,8 +283,8 @@ mod linux {
     use super::super::socket_state::{ProcessFds, tcp_state};
     use super::{Family, InProgress, Times};
     use nix::sys::socket::{
-        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6,
-        SockaddrStorage, getsockname, recv, send, socket,
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage, getsockname,
+        recv, send, socket,
     };
     use std::collections::HashMap;
     use std::io;
@@ -360,11 +370,11 @@ mod linux {
         pid: i32,
         sockets: &[(i32, u64)],
         ports: &[u16],
-    ) -> io::Result<Option<(u64, InProgress)>> {
+    ) -> io::Result<bool> {
         let process = match ProcessFds::open(pid) {
             Ok(process) => process,
             // Gone: so are its connections.
-            Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => return Ok(None),
+            Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => return Ok(false),
             Err(error) => return Err(error),
         };
         for &(fd, inode) in sockets {
@@ -373,7 +383,7 @@ mod linux {
                 // Closed meanwhile.
                 Err(error) if error.raw_os_error() == Some(nix::libc::EBADF) => continue,
                 // Exited meanwhile.
-                Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => return Ok(None),
+                Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => return Ok(false),
                 Err(error) => return Err(error),
             };
             // The fd number may be another file's by now.
@@ -383,10 +393,7 @@ mod linux {
             let Ok(address) = getsockname::<SockaddrStorage>(duplicate.as_raw_fd()) else {
                 continue;
             };
-            let port = address
-                .as_sockaddr_in()
-                .map(SockaddrIn::port)
-                .or_else(|| address.as_sockaddr_in6().map(SockaddrIn6::port));
+            let port = super::tcp_address(&address).map(|(port, _)| port);
             if !port.is_some_and(|port| ports.contains(&port)) {
                 continue;
             }
@@ -406,10 +413,10 @@ mod linux {
                 _ => continue,
             };
             if in_progress.is_in_progress() {
-                return Ok(Some((inode, in_progress)));
+                return Ok(true);
             }
         }
-        Ok(None)
+        Ok(false)
     }
 
     /// One connection of a dump.
@@ -684,6 +691,17 @@ pub(crate) mod tests {
             }
         }
 
+        /// Reads the client's one-byte request (in progress until answered), answers it, and
+        /// waits past that first answer.
+        fn answer_the_request(&mut self) {
+            let mut request = [0_u8; 1];
+            self.server.read_exact(&mut request).unwrap();
+            assert_eq!(self.state(), InProgress::Answering);
+            let written = Instant::now();
+            self.server.write_all(b"y").unwrap();
+            self.wait_past_first_answer(written);
+        }
+
         /// After the server wrote the first answer of the connection at `written`: in progress
         /// ([`InProgress::FirstAnswer`]) while its last byte was sent less than
         /// [`ANSWER_PAUSE`] ago (checked while less than 5 ms passed here: a jiffy is at most
@@ -901,12 +919,7 @@ pub(crate) mod tests {
     fn a_request_sent_at_once_and_read_is_in_progress_until_answered() {
         let mut pair = Pair::new("127.0.0.1:0").unwrap();
         pair.client.write_all(b"x").unwrap();
-        let mut request = [0_u8; 1];
-        pair.server.read_exact(&mut request).unwrap();
-        assert_eq!(pair.state(), InProgress::Answering);
-        let written = Instant::now();
-        pair.server.write_all(b"y").unwrap();
-        pair.wait_past_first_answer(written);
+        pair.answer_the_request();
     }
 
     #[test]
@@ -917,12 +930,7 @@ pub(crate) mod tests {
         pair.client.shutdown(std::net::Shutdown::Write).unwrap();
         wait_for_close_wait(&pair.server);
         assert_eq!(pair.state(), InProgress::Unread);
-        let mut request = [0_u8; 1];
-        pair.server.read_exact(&mut request).unwrap();
-        assert_eq!(pair.state(), InProgress::Answering);
-        let written = Instant::now();
-        pair.server.write_all(b"y").unwrap();
-        pair.wait_past_first_answer(written);
+        pair.answer_the_request();
     }
 
     #[test]
