@@ -1459,8 +1459,7 @@ impl Cluster {
                     old.slot == slot && old.key != key && !old.leaving()
                 })
                 .collect();
-            let surge = self.config.surge.of(self.config.size);
-            let (steers, batch_done) = (roll.steers, roll.rolled >= surge);
+            let steers = roll.steers;
             let switched = self.steered == Some(generation);
             for old in olds {
                 if steers && self.workers[old].state == WorkerState::Ready {
@@ -1475,11 +1474,7 @@ impl Cluster {
                     self.retire_round = DoublingPause::default();
                 }
             }
-            // The switch: once as many replacements are ready as the surge starts at once
-            // (every one, by default), new connections go to their generation.
-            if steers && batch_done && !switched {
-                self.switch(now, generation, actions);
-            }
+            self.switch_when_batch_ready(now, actions);
             self.advance_roll(now, actions);
         }
         if !self.announced_ready && self.ready_slots() == self.config.size {
@@ -1490,6 +1485,21 @@ impl Cluster {
                 elapsed,
             }));
             actions.push(Action::Notify(MasterState::Ready));
+        }
+    }
+
+    /// The switch of a steered roll: once as many replacements are ready as the surge starts at
+    /// once (every one, by default), or once none is left to wait for (a resize down took the
+    /// others away), new connections go to their generation.
+    fn switch_when_batch_ready(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let Some(roll) = &self.roll else {
+            return;
+        };
+        let surge = self.config.surge.of(self.config.size);
+        let none_left = roll.replacements.is_empty() && roll.pending.is_empty();
+        let batch_ready = roll.rolled >= surge || (none_left && roll.first_ready.is_some());
+        if roll.steers && batch_ready && self.steered != Some(roll.generation) {
+            self.switch(now, roll.generation, actions);
         }
     }
 
@@ -1842,6 +1852,8 @@ impl Cluster {
                 }
                 self.stop_worker(now, index, false, actions);
             }
+            // The replacements it stopped may have been those the switch waited for.
+            self.switch_when_batch_ready(now, actions);
             self.advance_roll(now, actions);
         }
     }

@@ -2005,6 +2005,24 @@ fn with_a_surge_of_one_the_switch_comes_with_the_first_replacement() {
 }
 
 #[test]
+fn a_resize_down_that_takes_the_replacements_still_starting_switches_to_those_ready() {
+    let mut t = steered(3);
+    t.feed(Event::Roll(1));
+    assert_eq!(t.ready(Pid(103)), []);
+    assert_eq!(t.steering(), [("open", 2)], "two replacements still start");
+    // Slots 1 and 2 go, with their replacements: the one left is ready, so the switch comes.
+    t.feed(Event::Resize {
+        size: 1,
+        request: None,
+    });
+    assert_eq!(t.steering(), [("open", 2), ("steer", 2)]);
+    t.advance(ms(10));
+    assert_eq!(t.drained(Pid(100)), [term(Pid(100))]);
+    t.exit_stopped();
+    assert!(completed(&t, 1, 2));
+}
+
+#[test]
 fn a_generation_without_sockets_of_its_own_rolls_as_without_steering() {
     let mut t = steered(2);
     t.listeners_fail = true;
