@@ -116,7 +116,7 @@ use crate::status::{
     self, LastRoll, Record, ResizeOutcome, RestartOutcome, RollCounts, SendOutcome, Sender, Status,
     WorkerStatus,
 };
-use crate::sys::{GUARD_CAPACITY, Guard, Program, SpawnRequest, spawn_worker};
+use crate::sys::{Forked, GUARD_CAPACITY, Guard, Program, SpawnRequest, fork_worker};
 
 /// How many queued inputs are handled before a due deadline: a `READY=1` sent just before its
 /// deadline counts, while a stream of messages cannot starve the deadline.
@@ -158,6 +158,15 @@ struct RunningWorker {
     channel: WorkerChannel,
     stderr_tail: Tail,
     output: Readers,
+}
+
+/// A worker forked in a batch of spawns, its exec not yet confirmed: it joins the running
+/// workers once it is ([`Supervisor::finish_spawns`]).
+struct ForkedWorker {
+    key: WorkerKey,
+    forked: Forked,
+    /// The running worker it becomes, but for its pid.
+    worker: RunningWorker,
 }
 
 impl RunningWorker {
@@ -777,11 +786,13 @@ impl Supervisor {
     }
 
     /// Before a worker starts: a guard must be there to take it (one killed from outside is
-    /// replaced first), with room for one more group.
-    fn ensure_guard(&mut self, state: &DriverState) -> io::Result<()> {
+    /// replaced first), with room for one more group. `forked` are the workers of this batch
+    /// not yet registered.
+    fn ensure_guard(&mut self, state: &DriverState, forked: &[ForkedWorker]) -> io::Result<()> {
         self.replace_guard_if_exited(state);
+        let forked_pids = forked.iter().map(|pending| pending.forked.pid());
         if self.guard.pid().is_none() {
-            let live: Vec<i32> = self.live_groups(state).collect();
+            let live: Vec<i32> = self.live_groups(state).chain(forked_pids.clone()).collect();
             self.guard.restart(live).map_err(|error| {
                 io::Error::new(
                     error.kind(),
@@ -793,7 +804,7 @@ impl Supervisor {
             }));
         }
         // Counted, not collected: this runs before every spawn.
-        if Guard::full(self.live_groups(state).count()) {
+        if Guard::full(self.live_groups(state).count() + forked_pids.len()) {
             return Err(io::Error::other(format!(
                 "the guard process tracks at most {GUARD_CAPACITY} process groups"
             )));
@@ -1043,20 +1054,30 @@ impl Supervisor {
                 // Dev mode made a roll of the handle's request.
                 state.waiters.insert(request, waiter);
             }
+            // Spawns in a row are forked first, then confirmed: their execs run side by side.
+            // Any other action waits for them, so it sees every worker as before.
+            let mut forked: Vec<ForkedWorker> = Vec::new();
             for action in self.cluster.handle(Instant::now(), event) {
+                if !matches!(action, Action::Spawn { .. }) {
+                    self.finish_spawns(state, &mut forked, &mut pending);
+                }
                 match action {
                     Action::Spawn {
                         key,
                         slot,
                         generation,
                         size,
-                    } => pending.push_back(match self.spawn(state, key, slot, generation, size) {
-                        Ok(pid) => Event::Spawned { key, pid: Pid(pid) },
-                        Err(error) => Event::SpawnFailed {
-                            key,
-                            reason: crate::config::describe_spawn_error(&error),
-                        },
-                    }),
+                    } => match self.fork(state, &forked, key, slot, generation, size) {
+                        Ok(worker) => forked.push(worker),
+                        Err(error) => {
+                            // Its failure comes after the results of the spawns before it.
+                            self.finish_spawns(state, &mut forked, &mut pending);
+                            pending.push_back(Event::SpawnFailed {
+                                key,
+                                reason: crate::config::describe_spawn_error(&error),
+                            });
+                        }
+                    },
                     Action::Signal { pid, kind } => {
                         self.send_signal(state, pid, kind);
                         // A worker asked to stop is no longer probed for accepting.
@@ -1209,18 +1230,63 @@ impl Supervisor {
                     Action::Exit(reason) => state.exit = Some(reason),
                 }
             }
+            self.finish_spawns(state, &mut forked, &mut pending);
         }
     }
 
-    fn spawn(
+    /// Waits for the exec of each forked worker, in order: one that exec'd joins the running
+    /// workers and the core hears its pid; one that failed is reaped, and the core hears why.
+    fn finish_spawns(
         &mut self,
         state: &mut DriverState,
+        forked: &mut Vec<ForkedWorker>,
+        events: &mut VecDeque<Event>,
+    ) {
+        for ForkedWorker {
+            key,
+            forked,
+            mut worker,
+        } in forked.drain(..)
+        {
+            let pid = match forked.exec_result(Some(&mut self.guard)) {
+                Ok(pid) => pid,
+                Err(error) => {
+                    events.push_back(Event::SpawnFailed {
+                        key,
+                        reason: crate::config::describe_spawn_error(&error),
+                    });
+                    continue;
+                }
+            };
+            worker.pid = pid;
+            worker.probe = self.probe.as_ref().map(|_| readiness::Starting::new(pid));
+            state.publish(
+                &Lifecycle::Spawned {
+                    slot: worker.slot,
+                    pid,
+                    generation: worker.generation,
+                }
+                .record(),
+            );
+            state.pids.insert(pid, key);
+            state.workers.insert(key, worker);
+            events.push_back(Event::Spawned { key, pid: Pid(pid) });
+        }
+    }
+
+    /// Forks a worker (see [`Supervisor::finish_spawns`] for the rest): its notify socket,
+    /// channel and output readers exist before, so that nothing can fail after the fork that
+    /// would leave it running untracked with the listeners.
+    fn fork(
+        &mut self,
+        state: &DriverState,
+        forked: &[ForkedWorker],
         key: WorkerKey,
         slot: usize,
         generation: u64,
         size: usize,
-    ) -> io::Result<i32> {
-        self.ensure_guard(state)?;
+    ) -> io::Result<ForkedWorker> {
+        self.ensure_guard(state, forked)?;
         let notify = self.notify_dir.open(key, slot, self.events.clone())?;
         let listeners = self.generations.for_generation(generation);
         let (channel, channel_end) = WorkerChannel::open(key, self.events.clone())?;
@@ -1259,43 +1325,35 @@ impl Supervisor {
         let argv: Vec<CString> = std::iter::once(program.argv0.clone())
             .chain(self.spec.args.iter().cloned())
             .collect();
-        let pid = spawn_worker(
+        let forked = fork_worker(
             &SpawnRequest {
                 program: &program.path,
                 argv: &argv,
                 env: &env,
                 fds: &fds,
             },
-            Some(&mut self.guard),
+            Some(&self.guard),
         )?;
         drop(fds);
         drop(channel_end);
-        // The worker holds the write ends now; ours must close for the readers to see EOF.
+        // The worker holds the write ends now; ours must close for the readers to see EOF (and
+        // before the next fork, which would hold them until its exec).
         drop(worker_output);
-        state.pids.insert(pid, key);
-        state.workers.insert(
+        Ok(ForkedWorker {
             key,
-            RunningWorker {
+            forked,
+            worker: RunningWorker {
                 slot,
-                pid,
+                pid: 0,
                 generation,
                 status: None,
-                probe: self.probe.as_ref().map(|_| readiness::Starting::new(pid)),
+                probe: None,
                 notify,
                 channel,
                 stderr_tail,
                 output,
             },
-        );
-        state.publish(
-            &Lifecycle::Spawned {
-                slot,
-                pid,
-                generation,
-            }
-            .record(),
-        );
-        Ok(pid)
+        })
     }
 
     /// The executable of a generation; a new generation takes the latest.

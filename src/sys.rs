@@ -31,7 +31,7 @@ pub(crate) use sock_diag::tests::wait_until_sending_is_old;
 #[cfg(feature = "master")]
 pub(crate) use sock_diag::{Family, accepted_connections, held_request_in_progress, tcp_address};
 #[cfg(feature = "master")]
-pub(crate) use spawn::{Program, SpawnRequest, prepare_child, spawn_worker};
+pub(crate) use spawn::{Forked, Program, SpawnRequest, fork_worker, prepare_child};
 
 /// Runs the test `name` of this test binary again, alone, in a child under the seccomp fixture
 /// `fixture` (a script of `fixtures/` that installs a filter, then runs its arguments), with

@@ -8,7 +8,7 @@
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::libc;
@@ -42,14 +42,22 @@ pub(crate) struct Program {
     pub(crate) argv0: CString,
 }
 
-/// Forks and execs a worker; returns its pid once `execve` succeeded, or the error of whatever
-/// step failed in the child. The child announces its process group to `guard` before exec, so
-/// that it dies with the master however the master dies; a child that failed is taken back
-/// from the guard, then reaped (in that order: until it is reaped, its pid is nobody else's).
-pub(crate) fn spawn_worker(
-    request: &SpawnRequest<'_>,
-    guard: Option<&mut Guard>,
-) -> io::Result<i32> {
+/// A worker forked, its `execve` not yet confirmed: [`Forked::exec_result`] tells.
+///
+/// Forking several workers before asking for any result lets their set-up and `execve` run
+/// side by side (each takes a millisecond or more): a roll of N workers then waits for the
+/// slowest one instead of the sum.
+#[must_use = "a forked child's result must be read: a failed one must be reaped"]
+pub(crate) struct Forked {
+    pid: i32,
+    /// Closes (EOF) when the child execs; carries its errno when a step before failed.
+    error_read: OwnedFd,
+}
+
+/// Forks a worker that sets itself up and execs: everything it needs is prepared here, before
+/// fork. The child announces its process group to `guard` before exec, so that it dies with the
+/// master however the master dies.
+pub(crate) fn fork_worker(request: &SpawnRequest<'_>, guard: Option<&Guard>) -> io::Result<Forked> {
     // Everything the child touches is allocated before fork: after fork only the thread that
     // forked exists, and another thread may have held the allocator's lock.
     let argv: Vec<*const c_char> = request
@@ -86,7 +94,7 @@ pub(crate) fn spawn_worker(
         mask: empty_mask.as_ref(),
         parent: c_int::try_from(parent).unwrap_or(c_int::MAX),
         error_fd: error_write.as_raw_fd(),
-        guard_fd: guard.as_ref().map_or(-1, |guard| guard.fd()),
+        guard_fd: guard.map_or(-1, Guard::fd),
         fd_limit,
     };
 
@@ -101,36 +109,52 @@ pub(crate) fn spawn_worker(
     if pid == 0 {
         child.exec();
     }
+    // Closed before any other fork: a later child must not hold this write end open, or this
+    // child's exec would not read as one.
     drop(error_write);
-    let mut errno = [0u8; 4];
-    let mut read = 0;
-    let mut failure = None;
-    while read < errno.len() {
-        match nix::unistd::read(&error_read, &mut errno[read..]) {
-            Ok(0) => break,
-            Ok(n) => read += n,
-            Err(Errno::EINTR) => {}
-            Err(e) => {
-                // Whether it exec'd cannot be known: it must not run untracked. It is our
-                // unreaped child, so its pid and its group are still ours to kill.
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                failure = Some(io::Error::from(e));
-                break;
+    Ok(Forked { pid, error_read })
+}
+
+impl Forked {
+    /// The child's pid (its exec not yet confirmed).
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits until the child exec'd and returns its pid, or returns the error of whatever step
+    /// failed in it. A child that failed is taken back from `guard`, then reaped (in that order:
+    /// until it is reaped, its pid is nobody else's).
+    pub(crate) fn exec_result(self, guard: Option<&mut Guard>) -> io::Result<i32> {
+        let Self { pid, error_read } = self;
+        let mut errno = [0u8; 4];
+        let mut read = 0;
+        let mut failure = None;
+        while read < errno.len() {
+            match nix::unistd::read(&error_read, &mut errno[read..]) {
+                Ok(0) => break,
+                Ok(n) => read += n,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    // Whether it exec'd cannot be known: it must not run untracked. It is our
+                    // unreaped child, so its pid and its group are still ours to kill.
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    failure = Some(io::Error::from(e));
+                    break;
+                }
             }
         }
+        if read == 0 && failure.is_none() {
+            // The pipe closed on a successful exec.
+            return Ok(pid);
+        }
+        // The child wrote why it failed and `_exit`ed (or was killed above).
+        if let Some(guard) = guard {
+            guard.forget(pid);
+        }
+        while let Err(Errno::EINTR) = waitpid(Pid::from_raw(pid), None) {}
+        Err(failure.unwrap_or_else(|| io::Error::from_raw_os_error(i32::from_ne_bytes(errno))))
     }
-    if read == 0 && failure.is_none() {
-        // The pipe closed on a successful exec.
-        return Ok(pid);
-    }
-    // The child wrote why it failed and `_exit`ed (or was killed above). The guard may know
-    // its pid: take it back before the pid is freed, then reap the child.
-    if let Some(guard) = guard {
-        guard.forget(pid);
-    }
-    while let Err(Errno::EINTR) = waitpid(Pid::from_raw(pid), None) {}
-    Err(failure.unwrap_or_else(|| io::Error::from_raw_os_error(i32::from_ne_bytes(errno))))
 }
 
 /// Raw pointers into memory prepared before fork, for the child alone.
@@ -303,7 +327,7 @@ mod tests {
         // More targets than this test process has fds open: the error pipe's number is one.
         let fds: Vec<BorrowedFd<'_>> = (0..256).map(|_| devnull.as_fd()).collect();
         let program = CString::new("/nonexistent/mcluster-test-program").unwrap();
-        let result = spawn_worker(
+        let result = fork_worker(
             &SpawnRequest {
                 program: &program,
                 argv: std::slice::from_ref(&program),
@@ -311,7 +335,8 @@ mod tests {
                 fds: &fds,
             },
             None,
-        );
+        )
+        .and_then(|forked| forked.exec_result(None));
         let error = result.expect_err("exec of a missing program must fail");
         assert_eq!(error.raw_os_error(), Some(libc::ENOENT), "{error}");
     }
