@@ -127,7 +127,7 @@ const RETIRE_ROUND_MAX: Duration = Duration::from_millis(200);
 
 /// The first pause between two looks at the workers steered away from ([`Action::ProbeDraining`]);
 /// the pauses double from it while one drains, up to [`RETIRE_ROUND_MAX`], on a clock of their
-/// own. The first look, [`DRAIN_SETTLE`] after the switch, often finds a few connections still
+/// own. The first look, [`ClusterConfig::drain_settle`] after the switch, often finds a few connections still
 /// waiting in the old generation's queue, which its workers accept within a millisecond or
 /// two; a look reads the few sockets each holds (some 50–100 µs for two workers), or, where the
 /// driver cannot, dumps every connection of the namespace (milliseconds: the doubling bounds
@@ -135,14 +135,22 @@ const RETIRE_ROUND_MAX: Duration = Duration::from_millis(200);
 const DRAIN_LOOK_FIRST: Duration = Duration::from_millis(2);
 
 /// How long after the switch (and after a graceful stop's [`Action::StopAccepting`]) the first
-/// look at the workers steered away from waits ([`Action::ProbeDraining`]). A connection whose SYN reached the old generation's socket
-/// just before the switch completes its handshake a round trip later, into that socket's
-/// queue, and until then no look sees it (the kernel tells no listener's half-open
-/// connections). This covers clients on the same host or network, even under load; a client
-/// farther away whose handshake spans the switch is reset when the old sockets close, unless
-/// the kernel hands such connections to another socket of the group at that close
-/// (`net.ipv4.tcp_migrate_req=1`, Linux 5.14).
-const DRAIN_SETTLE: Duration = Duration::from_millis(5);
+/// look at the workers steered away from waits by default ([`ClusterConfig::drain_settle`],
+/// [`Action::ProbeDraining`]). A connection whose SYN reached the old generation's socket just
+/// before the switch completes its handshake a round trip later, into that socket's queue, and
+/// until then no look sees it (the kernel tells no listener's half-open connections). This
+/// covers clients on the same host or network, even under load; a client farther away whose
+/// handshake spans the switch is reset when the old sockets close, unless the kernel hands such
+/// connections to another socket of the group at that close (`net.ipv4.tcp_migrate_req=1`,
+/// Linux 5.14).
+pub const DRAIN_SETTLE: Duration = Duration::from_millis(5);
+
+/// [`DRAIN_SETTLE`] for sockets on loopback addresses, whose clients are on the same host:
+/// there is no round trip to wait for. The loopback device hands each packet of a handshake to
+/// the receiving socket in the same pass of the kernel's network processing, so a local
+/// client's handshake ends within its `connect` call; the millisecond leaves room for that pass
+/// deferred on a busy machine.
+pub const LOOPBACK_DRAIN_SETTLE: Duration = Duration::from_millis(1);
 
 /// After this long starting, a worker neither ready nor seen accepting gets one line of advice
 /// ([`Action::Unseen`]).
@@ -199,6 +207,11 @@ pub struct ClusterConfig {
     /// then stops an old worker only once new connections go to its replacements' generation
     /// and it has drained what it held ([`Action::ProbeDraining`], [`Event::Drained`]).
     pub steering: bool,
+    /// With steering, how long after the switch (and after a graceful stop refuses new
+    /// connections) the first look at the old workers waits: the handshakes under way on the old
+    /// sockets end in their queues first. [`DRAIN_SETTLE`] by default; a master whose listeners
+    /// are all on loopback addresses takes [`LOOPBACK_DRAIN_SETTLE`].
+    pub drain_settle: Duration,
 }
 
 /// What SIGHUP ([`Event::Hangup`]) does.
@@ -324,6 +337,7 @@ impl ClusterConfig {
             probe_starting: false,
             hangup: Hangup::Roll,
             steering: false,
+            drain_settle: DRAIN_SETTLE,
         }
     }
 }
@@ -502,7 +516,7 @@ pub struct Cluster {
     /// retiring (the next round looks).
     retire_round: DoublingPause,
     /// The looks at draining workers ([`Action::ProbeDraining`]), on a clock of their own (see
-    /// [`DRAIN_LOOK_FIRST`]); due [`DRAIN_SETTLE`] after a switch or a graceful stop, and at
+    /// [`DRAIN_LOOK_FIRST`]); due [`ClusterConfig::drain_settle`] after a switch or a graceful stop, and at
     /// once when a worker starts draining after a switch.
     drain_round: DoublingPause,
     /// The generation new connections go to ([`Action::Steer`]); `None` before the first
@@ -1514,7 +1528,7 @@ impl Cluster {
                 worker.state = WorkerState::Draining { deadline };
             }
         }
-        self.drain_round = DoublingPause::at(after(now, DRAIN_SETTLE));
+        self.drain_round = DoublingPause::at(after(now, self.config.drain_settle));
     }
 
     /// How many slots have a ready worker: one pass over the workers (this runs at every
@@ -1893,7 +1907,7 @@ impl Cluster {
                 self.workers[index].state = WorkerState::Draining { deadline };
                 self.workers[index].watchdog_at = None;
                 // As at a switch: the handshakes under way end in the queues first.
-                self.drain_round = DoublingPause::at(after(now, DRAIN_SETTLE));
+                self.drain_round = DoublingPause::at(after(now, self.config.drain_settle));
             } else if hard || !matches!(state, WorkerState::Stopping { .. }) {
                 self.stop_worker(now, index, hard, actions);
             }

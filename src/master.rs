@@ -505,6 +505,11 @@ impl Master {
             },
             probe_starting: probing,
             steering: generations.steerable(),
+            drain_settle: if generations.loopback_only() {
+                crate::cluster::LOOPBACK_DRAIN_SETTLE
+            } else {
+                crate::cluster::DRAIN_SETTLE
+            },
             // Dev mode watching files is an interactive session of its terminal.
             hangup: if quiet {
                 Hangup::StopWithTerminal

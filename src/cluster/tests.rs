@@ -2058,10 +2058,15 @@ fn a_graceful_stop_refuses_new_connections_and_lets_ready_workers_drain_first() 
     assert_eq!(t.feed(Event::Stop { hard: true }), [kill(Pid(100))]);
 }
 
-#[test]
-fn draining_workers_are_looked_at_on_a_clock_of_their_own_soon_after_the_switch_then_ever_less_often()
- {
-    let mut t = steered(2);
+/// A roll of two steered workers whose old ones never drain: the times of the drain looks after
+/// the switch, in ms, until the drain deadline or a second.
+fn drain_look_times(drain_settle: Duration) -> (Timeline, Vec<u128>) {
+    let mut t = running_with(ClusterConfig {
+        surge: Surge::All,
+        steering: true,
+        drain_settle,
+        ..config(2)
+    });
     t.advance(ms(3000));
     t.feed(Event::Roll(1));
     t.advance(ms(2));
@@ -2088,8 +2093,18 @@ fn draining_workers_are_looked_at_on_a_clock_of_their_own_soon_after_the_switch_
         }
         seen = t.log.len();
     }
+    (t, looks)
+}
+
+#[test]
+fn draining_workers_are_looked_at_on_a_clock_of_their_own_soon_after_the_switch_then_ever_less_often()
+ {
+    let (mut t, looks) = drain_look_times(super::DRAIN_SETTLE);
     // The first look once handshakes under way at the switch are done (DRAIN_SETTLE).
     assert_eq!(looks[..8], [5, 7, 11, 19, 35, 67, 131, 259], "{looks:?}");
+    // On loopback addresses, there is no round trip to wait for.
+    let (_, on_loopback) = drain_look_times(super::LOOPBACK_DRAIN_SETTLE);
+    assert_eq!(on_loopback[..4], [1, 3, 7, 15], "{on_loopback:?}");
     assert_eq!(looks[8..11], [459, 659, 859], "at most 200 ms apart");
     assert_eq!(t.last_drain_look(), [Pid(100), Pid(101)]);
     // Once both are drained, no more looks.

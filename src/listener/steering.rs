@@ -63,6 +63,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
@@ -146,6 +147,17 @@ impl Generations {
     /// Why every generation shares the first set (`None`: steering works).
     pub(crate) fn why_not(&self) -> Option<&str> {
         self.why_not.as_deref()
+    }
+
+    /// Whether every listener is on a loopback address (`127.0.0.0/8`, `::1`): all clients are
+    /// on this host.
+    pub(crate) fn loopback_only(&self) -> bool {
+        self.sets[0].listeners.iter().all(|listener| {
+            listener
+                .address()
+                .parse::<SocketAddr>()
+                .is_ok_and(|address| address.ip().is_loopback())
+        })
     }
 
     /// Whether generations can have their own sockets and be steered to.
@@ -556,6 +568,19 @@ mod tests {
         // Each connection picks by a hash of its ports: all 40 on one socket has odds 2^-39.
         assert!(spread[0] > 0 && spread[1] > 0, "{spread:?}");
         assert_eq!(spread.iter().sum::<usize>(), 40);
+    }
+
+    #[test]
+    fn only_listeners_all_on_loopback_addresses_are_loopback_only() {
+        let of = |addresses: &[&str]| {
+            let listeners = addresses.iter().map(|a| steerable_listener(a)).collect();
+            Generations::new(listeners, 1, true).loopback_only()
+        };
+        assert!(of(&["127.0.0.1:0"]));
+        assert!(of(&["127.0.0.1:0", "[::1]:0"]));
+        // Any address of the host's reaches the network.
+        assert!(!of(&["0.0.0.0:0"]));
+        assert!(!of(&["127.0.0.1:0", "[::]:0"]));
     }
 
     #[test]
