@@ -584,6 +584,26 @@ impl SizeBound {
         bound
     }
 
+    /// The fds this process may open beyond what the bound sets aside for `size` workers (a
+    /// roll's replacements included) and for the master's own: room for what can do without
+    /// (the `/proc` files the probes of starting workers keep open between rounds), which can
+    /// then never take an fd a spawn needs.
+    pub(crate) fn spare_fds(size: usize) -> usize {
+        use nix::sys::resource::{Resource, getrlimit};
+        // `rlim_t` is signed on FreeBSD (`RLIM_INFINITY` is its largest value).
+        #[allow(clippy::useless_conversion)]
+        let Some(files) = getrlimit(Resource::RLIMIT_NOFILE)
+            .ok()
+            .map(|(soft, _)| u64::try_from(soft).unwrap_or(u64::MAX))
+        else {
+            return 0;
+        };
+        let set_aside = (size as u64)
+            .saturating_mul(2 * FDS_PER_WORKER)
+            .saturating_add(FDS_RESERVED);
+        usize::try_from(files.saturating_sub(set_aside)).unwrap_or(usize::MAX)
+    }
+
     /// Whether a cluster may have `size` workers: at least 1, at most this bound. The error
     /// says why not, for a line that names the size.
     pub(crate) fn check(self, size: usize) -> Result<(), String> {

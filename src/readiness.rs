@@ -206,8 +206,9 @@ pub(crate) enum Round<'p> {
 /// Listing a process's fds is the dearest part of a probe (a `readlink` per fd), and what it
 /// finds (which fds are our listeners, which are epoll instances) rarely changes while a worker
 /// starts: a quick round ([`Round::Quick`]) keeps the list of a process whose fd table has the
-/// size it had (one `stat` of `/proc/PID/fd`, whose size is the number of open fds since Linux
-/// 6.2; older kernels say 0, and the fds are listed every time). An fd replaced by another
+/// size it had and whose threads their number ([`Watched`]: `/proc/PID/fd`, whose size is the
+/// number of open fds since Linux 6.2, and the files it reads, kept open; older kernels say 0,
+/// and the fds are listed every time). An fd replaced by another
 /// without a change of size goes unseen until the next full round, which the core makes often
 /// at first and at least once a second. A stale list cannot make a worker seen accepting when
 /// it is not: an epoll instance is matched by the inode of the file it watches, whatever the
@@ -218,9 +219,10 @@ pub(crate) enum Round<'p> {
 pub(crate) struct Starting {
     pgid: i32,
     members: Vec<i32>,
-    /// The fds listed by the last probe of each process of the group, with the size of its fd
-    /// table then; emptied at every full round, so at most one entry per member.
-    known: HashMap<i32, (u64, Fds)>,
+    /// What the last probe of each process of the group listed, with the `/proc` files a quick
+    /// round reads again kept open; emptied at every full round, so at most one entry per
+    /// member.
+    known: HashMap<i32, Watched>,
 }
 
 impl Starting {
@@ -235,13 +237,17 @@ impl Starting {
     }
 
     /// Whether the worker or another process of its group is seen accepting.
+    ///
+    /// `allowance` is how many more fds the probes may keep open between rounds (each probe
+    /// takes what it keeps from it); a process probed when it is spent is read by path.
     pub(crate) fn probe(
         &mut self,
         listeners: &ListenerInodes,
         round: Round<'_>,
+        allowance: &mut usize,
     ) -> Option<Accepting> {
+        let full = matches!(round, Round::Full(_));
         if let Round::Full(pass) = round {
-            self.known.clear();
             if let Some(groups) = pass {
                 self.members = groups
                     .get(&self.pgid)
@@ -251,33 +257,78 @@ impl Starting {
                     .filter(|&pid| pid != self.pgid)
                     .collect();
             }
+            let (pgid, members) = (self.pgid, &self.members);
+            self.known
+                .retain(|pid, _| *pid == pgid || members.contains(pid));
         }
         let pids: Vec<i32> = std::iter::once(self.pgid)
             .chain(self.members.iter().copied())
             .collect();
         pids.into_iter()
-            .find_map(|pid| self.probe_one(pid, listeners))
+            .find_map(|pid| self.probe_one(pid, listeners, full, allowance))
+    }
+
+    /// The fds the probes of this worker keep open between rounds.
+    #[must_use]
+    pub(crate) fn kept_fds(&self) -> usize {
+        self.known.values().map(Watched::kept_fds).sum()
     }
 
     /// Probes one process of the group, with the fds listed before if its fd table kept its
-    /// size.
-    fn probe_one(&mut self, pid: i32, listeners: &ListenerInodes) -> Option<Accepting> {
-        let size = fd_table_size(pid);
-        if let Some(size) = size
-            && let Some((known_size, fds)) = self.known.get(&pid)
-            && *known_size == size
-        {
-            // Seen with a kept list: seen for sure only with a fresh one.
-            signs(pid, fds, listeners)?;
-            self.known.remove(&pid);
-            return probe(pid, listeners);
+    /// size and its threads their number; `list` lists them anew all the same (a full round),
+    /// keeping the files open if the list names the same epoll instances.
+    fn probe_one(
+        &mut self,
+        pid: i32,
+        listeners: &ListenerInodes,
+        list: bool,
+        allowance: &mut usize,
+    ) -> Option<Accepting> {
+        let mut listed = None;
+        if let Some(watched) = self.known.get_mut(&pid) {
+            if list {
+                // Counted before the listing: an fd opened in between changes the count the
+                // next round reads, which lists anew.
+                let count = watched.fd_dir.metadata().map(|meta| meta.len());
+                let fds = Fds::of(pid, listeners);
+                match (count, fds) {
+                    (Ok(count), Some(fds)) if fds.epolls == watched.fds.epolls => {
+                        watched.fds = fds;
+                        watched.fd_count = count;
+                    }
+                    (_, fds) => listed = Some(fds),
+                }
+            }
+            match (listed.is_some(), watched.signs(pid, listeners)) {
+                (false, KeptSigns::NotSeen) => return None,
+                // The list was made just now: what it shows is so.
+                (false, KeptSigns::Seen(accepting)) if list => return Some(accepting),
+                (false, KeptSigns::Seen(_)) => {
+                    // Seen with a kept list: seen for sure only with a fresh one.
+                    self.known.remove(&pid);
+                    return probe(pid, listeners);
+                }
+                _ => {
+                    self.known.remove(&pid);
+                }
+            }
         }
-        let fds = Fds::of(pid, listeners)?;
-        let accepting = signs(pid, &fds, listeners);
-        if let Some(size) = size {
-            self.known.insert(pid, (size, fds));
+        let fds = match listed {
+            Some(fds) => fds?,
+            None => Fds::of(pid, listeners)?,
+        };
+        match Watched::open(pid, fds, allowance) {
+            Ok(watched) => match watched.signs(pid, listeners) {
+                KeptSigns::Seen(accepting) => Some(accepting),
+                KeptSigns::NotSeen => {
+                    self.known.insert(pid, watched);
+                    None
+                }
+                // Changed since it was opened, a moment ago: the next round lists it anew.
+                KeptSigns::Stale => None,
+            },
+            Err(fds) => signs(pid, &fds, listeners),
         }
-        accepting
     }
 
     /// A process of the worker (the leader, or a member found by a pass) that is stopped
@@ -291,17 +342,148 @@ impl Starting {
     }
 }
 
-/// The number of open fds of `pid` (the size of `/proc/PID/fd`, Linux 6.2 and later); `None`
-/// when not known (older kernels say 0).
-fn fd_table_size(pid: i32) -> Option<u64> {
-    fs::metadata(format!("/proc/{pid}/fd"))
-        .ok()
-        .map(|meta| meta.len())
-        .filter(|&size| size > 0)
+/// What a quick round reads again of a process probed before, kept open: reading an open
+/// `/proc` file again is one `pread` (it renders anew from offset 0), opening it a walk of its
+/// path, most of a probe's cost (some 17 µs instead of 66 for a tokio app of three threads).
+/// Any change it cannot follow (a thread more or less, an fd more or less, a file that no longer
+/// reads) makes it stale: the process is listed anew.
+#[derive(Debug)]
+struct Watched {
+    fds: Fds,
+    /// `/proc/PID/fd`, whose size is the number of open fds (Linux 6.2), and that number.
+    fd_dir: fs::File,
+    fd_count: u64,
+    /// `/proc/PID/task`, whose link count is the number of threads plus two, and that count.
+    task_dir: fs::File,
+    task_links: u64,
+    /// `/proc/PID/task/TID/syscall` of each thread.
+    syscalls: Vec<fs::File>,
+    /// `/proc/PID/fdinfo/EPFD` of each epoll instance of `fds`.
+    epolls: Vec<fs::File>,
+}
+
+impl Watched {
+    /// Opens what a quick round of `pid` reads, if `allowance` has room for it (taken from it
+    /// then) and the kernel tells the size of fd tables; otherwise gives `fds` back.
+    fn open(pid: i32, fds: Fds, allowance: &mut usize) -> Result<Self, Fds> {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Err(fds);
+        };
+        let tids: Vec<std::ffi::OsString> = tasks
+            .filter_map(|task| Some(task.ok()?.file_name()))
+            .collect();
+        let wanted = 2 + tids.len() + fds.epolls.len();
+        if wanted > *allowance {
+            return Err(fds);
+        }
+        let opened = (|| {
+            let fd_dir = fs::File::open(format!("/proc/{pid}/fd")).ok()?;
+            let task_dir = fs::File::open(format!("/proc/{pid}/task")).ok()?;
+            let syscalls = tids
+                .iter()
+                .map(|tid| fs::File::open(format!("/proc/{pid}/task/{}/syscall", tid.display())))
+                .collect::<io::Result<Vec<_>>>()
+                .ok()?;
+            let epolls = fds
+                .epolls
+                .iter()
+                .map(|epfd| fs::File::open(format!("/proc/{pid}/fdinfo/{epfd}")))
+                .collect::<io::Result<Vec<_>>>()
+                .ok()?;
+            let fd_count = fd_dir.metadata().ok()?.len();
+            let task_links = task_dir.metadata().ok()?.nlink();
+            // A thread started or ended since the listing: the list is not the whole.
+            (fd_count > 0 && task_links == 2 + tids.len() as u64)
+                .then_some((fd_dir, fd_count, task_dir, task_links, syscalls, epolls))
+        })();
+        let Some((fd_dir, fd_count, task_dir, task_links, syscalls, epolls)) = opened else {
+            return Err(fds);
+        };
+        *allowance -= wanted;
+        Ok(Self {
+            fds,
+            fd_dir,
+            fd_count,
+            task_dir,
+            task_links,
+            syscalls,
+            epolls,
+        })
+    }
+
+    fn kept_fds(&self) -> usize {
+        2 + self.syscalls.len() + self.epolls.len()
+    }
+
+    /// The signs that `pid` accepts, read through the kept files.
+    fn signs(&self, pid: i32, listeners: &ListenerInodes) -> KeptSigns {
+        use std::os::unix::fs::MetadataExt as _;
+        let unchanged = self
+            .fd_dir
+            .metadata()
+            .is_ok_and(|meta| meta.len() == self.fd_count)
+            && self
+                .task_dir
+                .metadata()
+                .is_ok_and(|meta| meta.nlink() == self.task_links);
+        if !unchanged {
+            return KeptSigns::Stale;
+        }
+        if self.fds.ours.is_empty() {
+            return KeptSigns::NotSeen;
+        }
+        for file in &self.syscalls {
+            let Some(line) = read_again(file) else {
+                return KeptSigns::Stale;
+            };
+            if let Some(accepting) = syscall_sign(pid, &line, &self.fds.ours) {
+                return KeptSigns::Seen(accepting);
+            }
+        }
+        for file in &self.epolls {
+            let Some(info) = read_again(file) else {
+                return KeptSigns::Stale;
+            };
+            if epoll_info_watches(&info, &self.fds.ours, listeners) {
+                return KeptSigns::Seen(Accepting::Epoll);
+            }
+        }
+        KeptSigns::NotSeen
+    }
+}
+
+/// What the files a [`Watched`] keeps open say.
+enum KeptSigns {
+    /// A change they cannot follow: the process is to be listed anew.
+    Stale,
+    NotSeen,
+    Seen(Accepting),
+}
+
+/// The text of an open `/proc` file, rendered anew; `None` when it no longer reads (its thread
+/// or fd is gone).
+fn read_again(file: &fs::File) -> Option<String> {
+    use std::os::unix::fs::FileExt as _;
+    let mut text = vec![0_u8; 4096];
+    let mut len = 0;
+    loop {
+        let read = match file.read_at(&mut text[len..], len as u64) {
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            read => read.ok()?,
+        };
+        len += read;
+        if read == 0 || len < text.len() {
+            break;
+        }
+        text.resize(text.len() * 2, 0);
+    }
+    text.truncate(len);
+    (len > 0).then(|| String::from_utf8_lossy(&text).into_owned())
 }
 
 /// The fds of a process that matter: those referring to our listeners, and its epoll instances.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 struct Fds {
     /// Fd numbers (in the worker) of our listeners.
     ours: Vec<i32>,
@@ -711,23 +893,32 @@ fn seen_in_syscall(pid: i32, ours: &[i32]) -> Option<Accepting> {
     }
     let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     tasks.filter_map(Result::ok).find_map(|task| {
-        // "NR ARG0 ARG1 … SP PC" while in a syscall; "running" or "-1 SP PC" otherwise.
         let line = procfs::read_single(task.path().join("syscall"))?;
-        let mut fields = line.split_ascii_whitespace();
-        let nr = fields.next()?.parse::<i64>().ok()?;
-        let arg0 = fields.next().and_then(parse_hex)?;
-        let arg1 = fields.next().and_then(parse_hex);
-        if ACCEPT_SYSCALLS.contains(&nr) {
-            let fd = i32::try_from(arg0).ok()?;
-            ours.contains(&fd).then_some(Accepting::BlockedInAccept)
-        } else if POLL_SYSCALLS.contains(&nr) {
-            polls_for_input(pid, arg0, arg1?, ours).then_some(Accepting::Polling)
-        } else if SELECT_SYSCALLS.contains(&nr) {
-            selects_for_input(pid, arg1?, arg0, ours).then_some(Accepting::Polling)
-        } else {
-            None
-        }
+        syscall_sign(pid, &line, ours)
     })
+}
+
+/// The sign that a thread of `pid` whose `/proc/PID/task/TID/syscall` reads `line` waits for a
+/// connection on one of the fds `ours`.
+fn syscall_sign(pid: i32, line: &str, ours: &[i32]) -> Option<Accepting> {
+    if ACCEPT_SYSCALLS.is_empty() {
+        return None;
+    }
+    // "NR ARG0 ARG1 … SP PC" while in a syscall; "running" or "-1 SP PC" otherwise.
+    let mut fields = line.split_ascii_whitespace();
+    let nr = fields.next()?.parse::<i64>().ok()?;
+    let arg0 = fields.next().and_then(parse_hex)?;
+    let arg1 = fields.next().and_then(parse_hex);
+    if ACCEPT_SYSCALLS.contains(&nr) {
+        let fd = i32::try_from(arg0).ok()?;
+        ours.contains(&fd).then_some(Accepting::BlockedInAccept)
+    } else if POLL_SYSCALLS.contains(&nr) {
+        polls_for_input(pid, arg0, arg1?, ours).then_some(Accepting::Polling)
+    } else if SELECT_SYSCALLS.contains(&nr) {
+        selects_for_input(pid, arg1?, arg0, ours).then_some(Accepting::Polling)
+    } else {
+        None
+    }
 }
 
 /// Whether the `struct pollfd` array at `address` (`count` long) in `pid` asks for input on one
@@ -1154,6 +1345,13 @@ for command in sys.stdin:
         # An epoll instance (a new fd) watching fd 3, our listener, for input.
         e = select.epoll()
         e.register(3, select.EPOLLIN)
+    elif command == 'poll':
+        # A new thread waiting in poll on fd 3, our listener.
+        def poll3():
+            waiting = select.poll()
+            waiting.register(3, select.POLLIN)
+            waiting.poll()
+        threading.Thread(target=poll3, daemon=True).start()
     elif command == 'swap':
         # fd 3 becomes the other listening socket (the number of fds stays the same), and
         # the thread waits on it.
@@ -1203,14 +1401,46 @@ for command in sys.stdin:
         let mut child = Child::start(&listener);
         let mut starting = Starting::new(child.pid());
         child.run("ready");
-        assert_eq!(starting.probe(&listeners, Round::Full(None)), None);
+        let mut room = 100;
+        assert_eq!(
+            starting.probe(&listeners, Round::Full(None), &mut room),
+            None
+        );
         assert!(starting.known.contains_key(&child.pid()), "its fds kept");
+        assert_eq!(room, 100 - starting.kept_fds(), "taken from the allowance");
         child.run("epoll");
         assert_eq!(
-            starting.probe(&listeners, Round::Quick),
+            starting.probe(&listeners, Round::Quick, &mut room),
             Some(Accepting::Epoll),
             "the fd table grew: listed anew"
         );
+    }
+
+    #[test]
+    fn a_quick_round_sees_a_thread_started_after_the_last_round_and_works_without_allowance() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
+        for mut room in [usize::MAX, 0] {
+            let mut child = Child::start(&listener);
+            let mut starting = Starting::new(child.pid());
+            child.run("ready");
+            assert_eq!(
+                starting.probe(&listeners, Round::Full(None), &mut room),
+                None
+            );
+            assert_eq!(starting.known.is_empty(), room == 0, "kept only with room");
+            assert_eq!(starting.probe(&listeners, Round::Quick, &mut room), None);
+            // A new thread (not a new fd) waits in poll on fd 3, our listener.
+            child.run("poll");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while starting.probe(&listeners, Round::Quick, &mut room) != Some(Accepting::Polling) {
+                assert!(
+                    Instant::now() < deadline,
+                    "never seen polling (room {room})"
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 
     #[test]
@@ -1221,22 +1451,29 @@ for command in sys.stdin:
         let pid = child.pid();
         let mut starting = Starting::new(pid);
         child.run("ready");
-        assert_eq!(starting.probe(&listeners, Round::Full(None)), None);
-        let size = starting.known[&pid].0;
+        let mut room = usize::MAX;
+        assert_eq!(
+            starting.probe(&listeners, Round::Full(None), &mut room),
+            None
+        );
+        let size = starting.known[&pid].fd_count;
         // Its fd 3 is another socket now, with a thread waiting in poll on it; same size.
         child.run("swap");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (_, kept) = &starting.known[&pid];
-            if signs(pid, kept, &listeners).is_some() {
+            if signs(pid, &starting.known[&pid].fds, &listeners).is_some() {
                 break;
             }
             assert!(Instant::now() < deadline, "the thread never waited in poll");
             thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(fd_table_size(pid), Some(size), "the same number of fds");
         assert_eq!(
-            starting.probe(&listeners, Round::Quick),
+            fs::metadata(format!("/proc/{pid}/fd")).unwrap().len(),
+            size,
+            "the same number of fds"
+        );
+        assert_eq!(
+            starting.probe(&listeners, Round::Quick, &mut room),
             None,
             "what the kept list says is checked with a fresh one"
         );

@@ -886,12 +886,20 @@ impl Supervisor {
         } else {
             Round::Quick
         };
+        // The files the probes keep open come from the fds no worker needs.
+        let kept: usize = state
+            .workers
+            .values()
+            .filter_map(|worker| worker.probe.as_ref())
+            .map(readiness::Starting::kept_fds)
+            .sum();
+        let mut allowance = SizeBound::spare_fds(self.cluster.size()).saturating_sub(kept);
         let mut seen = Vec::new();
         for (key, worker) in &mut state.workers {
             let Some(probe) = &mut worker.probe else {
                 continue;
             };
-            if let Some(accepting) = probe.probe(listeners, round) {
+            if let Some(accepting) = probe.probe(listeners, round, &mut allowance) {
                 seen.push(Event::SeenAccepting {
                     key: *key,
                     how: accepting.to_string(),
@@ -979,7 +987,8 @@ impl Supervisor {
         let listeners = self.probe.as_ref()?;
         let worker = state.workers.get_mut(&key)?;
         let probe = worker.probe.as_mut()?;
-        if let Some(accepting) = probe.probe(listeners, Round::Full(None)) {
+        // One look, at 5 s: nothing worth keeping open.
+        if let Some(accepting) = probe.probe(listeners, Round::Full(None), &mut 0) {
             worker.probe = None;
             return Some(Event::SeenAccepting {
                 key,
