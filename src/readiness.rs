@@ -2,7 +2,7 @@
 //! outside through Linux `/proc`, so that `--ready auto` needs no help from an unmodified app.
 //!
 //! A listener is "ours" when a worker's fd refers to the same socket inode as one of the
-//! master's listeners, whatever its fd number (a `dup` to another number still counts). Three
+//! master's listeners, whatever its fd number (a `dup` to another number still counts). Four
 //! signs make a worker accepting:
 //!
 //! - **epoll**: one of its epoll instances has our listener registered for input (`EPOLLIN`),
@@ -16,6 +16,11 @@
 //!   listener: the syscall's arguments point to the fd array (or set) in the worker's memory,
 //!   read from `/proc/PID/mem` with the same access `syscall` needs. Python's `socketserver`
 //!   (`PollSelector`), C servers with a `poll` loop, the `fixture-echo` worker.
+//! - **accepted**: it holds a connection accepted on our listener (connected, with the
+//!   listener's address), read through a duplicate of each of its other sockets
+//!   (`pidfd_getfd`). A worker busy on a socket it shares with others under load never waits
+//!   for the next connection (one is always queued), so it is never seen waiting; it is seen
+//!   with what it accepted.
 //!
 //! Not seen: `io_uring` accepts, and a thread that is between two waits at the moment of the
 //! probe (the next probe sees it). Such workers become ready at `READY=1` or, failing that,
@@ -138,12 +143,16 @@ pub(crate) enum Accepting {
     BlockedInAccept,
     /// A thread waiting in `poll`/`ppoll`/`select`/`pselect6` for input on it.
     Polling,
+    /// It holds a connection accepted on it: a worker busy with a shared socket under load
+    /// never waits for the next one long enough to be seen waiting.
+    Accepted,
 }
 
 impl fmt::Display for Accepting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Epoll => "seen accepting (epoll)",
+            Self::Accepted => "seen holding a connection it accepted",
             Self::BlockedInAccept => "seen blocked in accept",
             Self::Polling => "seen accepting (poll)",
         })
@@ -218,6 +227,15 @@ pub(crate) enum Round<'p> {
 #[derive(Debug)]
 pub(crate) struct Starting {
     pgid: i32,
+    /// The inode of the worker's end of its channel to the master: a socket, never one it
+    /// accepted.
+    channel: Option<u64>,
+    /// The sockets of the group read and found to be no connection accepted on a listener of
+    /// ours, by inode: none becomes one later (see [`Accepting::Accepted`]).
+    not_accepted: HashSet<u64>,
+    /// The group's fds cannot be duplicated (no `pidfd_getfd`, no `ptrace` access, a seccomp
+    /// filter): the sign of a connection it accepted is not looked for any more.
+    duplicates_refused: bool,
     members: Vec<i32>,
     /// What the last probe of each process of the group listed, with the `/proc` files a quick
     /// round reads again kept open; emptied at every full round, so at most one entry per
@@ -226,11 +244,15 @@ pub(crate) struct Starting {
 }
 
 impl Starting {
-    /// Watches the worker `pid`, the leader of its own process group.
+    /// Watches the worker `pid`, the leader of its own process group, whose channel to the
+    /// master is the socket `channel` (its inode).
     #[must_use]
-    pub(crate) fn new(pid: i32) -> Self {
+    pub(crate) fn new(pid: i32, channel: Option<u64>) -> Self {
         Self {
             pgid: pid,
+            channel,
+            not_accepted: HashSet::new(),
+            duplicates_refused: false,
             members: Vec::new(),
             known: HashMap::new(),
         }
@@ -292,7 +314,8 @@ impl Starting {
                 let count = watched.fd_dir.metadata().map(|meta| meta.len());
                 let fds = Fds::of(pid, listeners);
                 match (count, fds) {
-                    (Ok(count), Some(fds)) if fds.epolls == watched.fds.epolls => {
+                    (Ok(count), Some(mut fds)) if fds.epolls == watched.fds.epolls => {
+                        fds.others.retain(|&(_, inode)| Some(inode) != self.channel);
                         watched.fds = fds;
                         watched.fd_count = count;
                     }
@@ -300,7 +323,10 @@ impl Starting {
                 }
             }
             match (listed.is_some(), watched.signs(pid, listeners)) {
-                (false, KeptSigns::NotSeen) => return None,
+                (false, KeptSigns::NotSeen) => {
+                    let others = watched.fds.others.clone();
+                    return self.accepted(pid, &others, listeners);
+                }
                 // The list was made just now: what it shows is so.
                 (false, KeptSigns::Seen(accepting)) if list => return Some(accepting),
                 (false, KeptSigns::Seen(_)) => {
@@ -313,11 +339,13 @@ impl Starting {
                 }
             }
         }
-        let fds = match listed {
+        let mut fds = match listed {
             Some(fds) => fds?,
             None => Fds::of(pid, listeners)?,
         };
-        match Watched::open(pid, fds, allowance) {
+        fds.others.retain(|&(_, inode)| Some(inode) != self.channel);
+        let others = fds.others.clone();
+        let waiting = match Watched::open(pid, fds, allowance) {
             Ok(watched) => match watched.signs(pid, listeners) {
                 KeptSigns::Seen(accepting) => Some(accepting),
                 KeptSigns::NotSeen => {
@@ -328,6 +356,50 @@ impl Starting {
                 KeptSigns::Stale => None,
             },
             Err(fds) => signs(pid, &fds, listeners),
+        };
+        waiting.or_else(|| self.accepted(pid, &others, listeners))
+    }
+
+    /// The last sign, the dearest (a duplicate of each socket): `pid`, seen waiting for no
+    /// connection, holds one it accepted on one of our listeners. Each socket is read once.
+    fn accepted(
+        &mut self,
+        pid: i32,
+        others: &[(i32, u64)],
+        listeners: &ListenerInodes,
+    ) -> Option<Accepting> {
+        if self.duplicates_refused || (listeners.ports.is_empty() && listeners.paths.is_empty()) {
+            return None;
+        }
+        // Bounded: sockets a starting worker opened and closed are read again at worst.
+        if self.not_accepted.len() > 4 * MAX_OTHER_SOCKETS {
+            self.not_accepted.clear();
+        }
+        let unread: Vec<(i32, u64)> = others
+            .iter()
+            .copied()
+            .filter(|(_, inode)| !self.not_accepted.contains(inode))
+            .collect();
+        if unread.is_empty() {
+            return None;
+        }
+        let mut not_accepted = Vec::new();
+        match crate::sys::accepted_connection_among(
+            pid,
+            &unread,
+            &listeners.ports,
+            &listeners.paths,
+            &mut not_accepted,
+        ) {
+            Ok(true) => Some(Accepting::Accepted),
+            Ok(false) => {
+                self.not_accepted.extend(not_accepted);
+                None
+            }
+            Err(_) => {
+                self.duplicates_refused = true;
+                None
+            }
         }
     }
 
@@ -489,13 +561,21 @@ struct Fds {
     ours: Vec<i32>,
     /// Fd numbers of its epoll instances.
     epolls: Vec<i32>,
+    /// Its other sockets, by fd number and inode (at most [`MAX_OTHER_SOCKETS`]): where
+    /// connections it accepted may be.
+    others: Vec<(i32, u64)>,
 }
+
+/// How many sockets besides our listeners a probe looks at for a connection accepted on one
+/// (each costs a few system calls, once).
+const MAX_OTHER_SOCKETS: usize = 64;
 
 impl Fds {
     fn of(pid: i32, listeners: &ListenerInodes) -> Option<Self> {
         let mut fds = Self {
             ours: Vec::new(),
             epolls: Vec::new(),
+            others: Vec::new(),
         };
         for (fd, target) in procfs::fds(pid)? {
             let Some(target) = target.to_str() else {
@@ -503,8 +583,12 @@ impl Fds {
             };
             if target == "anon_inode:[eventpoll]" {
                 fds.epolls.push(fd);
-            } else if socket_inode(target).is_some_and(|inode| listeners.contains(inode)) {
-                fds.ours.push(fd);
+            } else if let Some(inode) = socket_inode(target) {
+                if listeners.contains(inode) {
+                    fds.ours.push(fd);
+                } else if fds.others.len() < MAX_OTHER_SOCKETS {
+                    fds.others.push((fd, inode));
+                }
             }
         }
         Some(fds)
@@ -1345,6 +1429,12 @@ for command in sys.stdin:
         # An epoll instance (a new fd) watching fd 3, our listener, for input.
         e = select.epoll()
         e.register(3, select.EPOLLIN)
+    elif command == 'accept':
+        # Takes the connection waiting on fd 3 and keeps it; nothing waits on fd 3 after.
+        kept = socket.socket(fileno=os.dup(3)).accept()
+    elif command == 'connect':
+        # A connection of its own to our listener's address (the test process accepts none).
+        out = socket.create_connection(socket.socket(fileno=os.dup(3)).getsockname())
     elif command == 'poll':
         # A new thread waiting in poll on fd 3, our listener.
         def poll3():
@@ -1399,7 +1489,7 @@ for command in sys.stdin:
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
         let mut child = Child::start(&listener);
-        let mut starting = Starting::new(child.pid());
+        let mut starting = Starting::new(child.pid(), None);
         child.run("ready");
         let mut room = 100;
         assert_eq!(
@@ -1422,7 +1512,7 @@ for command in sys.stdin:
         let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
         for mut room in [usize::MAX, 0] {
             let mut child = Child::start(&listener);
-            let mut starting = Starting::new(child.pid());
+            let mut starting = Starting::new(child.pid(), None);
             child.run("ready");
             assert_eq!(
                 starting.probe(&listeners, Round::Full(None), &mut room),
@@ -1444,12 +1534,40 @@ for command in sys.stdin:
     }
 
     #[test]
+    fn a_worker_holding_a_connection_it_accepted_is_seen_accepting_though_it_waits_for_none() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
+        let mut child = Child::start(&listener);
+        let mut starting = Starting::new(child.pid(), None);
+        child.run("ready");
+        let mut room = usize::MAX;
+        assert_eq!(
+            starting.probe(&listeners, Round::Full(None), &mut room),
+            None
+        );
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        child.run("accept");
+        assert_eq!(
+            starting.probe(&listeners, Round::Quick, &mut room),
+            Some(Accepting::Accepted)
+        );
+        // A connection it made itself is none it accepted.
+        let mut child = Child::start(&listener);
+        let mut starting = Starting::new(child.pid(), None);
+        child.run("connect");
+        assert_eq!(
+            starting.probe(&listeners, Round::Full(None), &mut room),
+            None
+        );
+    }
+
+    #[test]
     fn a_kept_fd_list_that_is_stale_never_makes_a_worker_seen_accepting() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
         let mut child = Child::start(&listener);
         let pid = child.pid();
-        let mut starting = Starting::new(pid);
+        let mut starting = Starting::new(pid, None);
         child.run("ready");
         let mut room = usize::MAX;
         assert_eq!(

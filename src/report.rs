@@ -677,8 +677,8 @@ pub(crate) fn driver_line(report: &DriverReport<'_>) -> String {
         ),
         DriverReport::NotSeenAccepting { worker, after } => format!(
             "{} is not seen accepting after {} and sent no READY=1; if it serves, it accepts \
-             in a way mcluster cannot see (it sees accept, epoll and poll on its listeners): \
-             have it send READY=1, or give --ready-delay",
+             in a way mcluster cannot see (it sees accept, epoll and poll on its listeners, and \
+             connections accepted on them): have it send READY=1, or give --ready-delay",
             short(worker),
             human_duration(after)
         ),

@@ -167,6 +167,8 @@ struct ForkedWorker {
     forked: Forked,
     /// The running worker it becomes, but for its pid.
     worker: RunningWorker,
+    /// The inode of the worker's end of its channel (for its probe to leave out).
+    channel_inode: Option<u64>,
 }
 
 impl RunningWorker {
@@ -1255,6 +1257,7 @@ impl Supervisor {
             key,
             forked,
             mut worker,
+            channel_inode,
         } in forked.drain(..)
         {
             let pid = match forked.exec_result(Some(&mut self.guard)) {
@@ -1268,7 +1271,10 @@ impl Supervisor {
                 }
             };
             worker.pid = pid;
-            worker.probe = self.probe.as_ref().map(|_| readiness::Starting::new(pid));
+            worker.probe = self
+                .probe
+                .as_ref()
+                .map(|_| readiness::Starting::new(pid, channel_inode));
             state.publish(
                 &Lifecycle::Spawned {
                     slot: worker.slot,
@@ -1334,6 +1340,9 @@ impl Supervisor {
         let argv: Vec<CString> = std::iter::once(program.argv0.clone())
             .chain(self.spec.args.iter().cloned())
             .collect();
+        let channel_inode = nix::sys::stat::fstat(&channel_end)
+            .ok()
+            .map(|stat| stat.st_ino);
         let forked = fork_worker(
             &SpawnRequest {
                 program: &program.path,
@@ -1351,6 +1360,7 @@ impl Supervisor {
         Ok(ForkedWorker {
             key,
             forked,
+            channel_inode,
             worker: RunningWorker {
                 slot,
                 pid: 0,

@@ -29,7 +29,9 @@ pub(crate) use reuseport::{accept_queue, attach_steering, detach_steering, refus
 #[cfg(all(test, feature = "master", target_os = "linux"))]
 pub(crate) use sock_diag::tests::wait_until_sending_is_old;
 #[cfg(feature = "master")]
-pub(crate) use sock_diag::{Family, accepted_connections, held_request_in_progress, tcp_address};
+pub(crate) use sock_diag::{
+    Family, accepted_connection_among, accepted_connections, held_request_in_progress, tcp_address,
+};
 #[cfg(feature = "master")]
 pub(crate) use spawn::{Forked, Program, SpawnRequest, fork_worker, prepare_child};
 

@@ -165,6 +165,37 @@ fn a_worker_that_dies_at_once_on_sigterm_loses_no_request_over_ten_rolls() {
     );
 }
 
+/// Where every generation shares one socket (`--no-steering`, systemfd's sockets, `unix:`), a
+/// naive worker under load is never seen waiting for a connection (one is always queued): it
+/// is seen ready by the connection it accepted, at once, not after the 5 s advice or the ready
+/// timeout.
+#[test]
+fn on_a_shared_socket_under_load_a_worker_that_never_waits_is_seen_by_what_it_accepted() {
+    const SIZE: usize = 2;
+    let script = naive_http_py();
+    let (master, _) = Master::start_ready(
+        &["-l", "127.0.0.1:0", "-n", "2", "--no-steering"],
+        python3(),
+        &[script.to_str().unwrap()],
+        SIZE,
+    );
+    let (load, threads) = Load::start_http(master.port(), 8);
+    let _stop = StopOnDrop(Arc::clone(&load));
+    for generation in 2..=4 {
+        roll(&master, SIZE, generation);
+    }
+    load.stop.store(true, Ordering::SeqCst);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let unseen: Vec<String> = master
+        .stderr_lines()
+        .into_iter()
+        .filter(|line| line.contains("is not seen accepting"))
+        .collect();
+    assert_eq!(unseen, Vec::<String>::new(), "{}", master.dump());
+}
+
 /// Guarantee 3: a replacement that exits before it is ready aborts the roll.
 #[test]
 fn roll_aborts_when_a_replacement_exits_before_ready() {

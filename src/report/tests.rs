@@ -623,7 +623,8 @@ fn every_fact_of_the_driver_reads_as_before() {
             },
             "w1 (pid 101) is not seen accepting after 10.00s and sent no READY=1; if it serves, \
              it accepts in a way mcluster cannot see (it sees accept, epoll and poll on its \
-             listeners): have it send READY=1, or give --ready-delay",
+             listeners, and connections accepted on them): have it send READY=1, or give \
+             --ready-delay",
         ),
         (
             DriverReport::GuardReplaced {

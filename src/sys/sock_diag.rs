@@ -253,6 +253,39 @@ pub(crate) fn held_request_in_progress(
     linux::held_request_in_progress(pid, sockets, ports)
 }
 
+/// Whether one of the sockets `sockets` (fd number and socket inode) of the process `pid` is a
+/// connection accepted on a listener of ours: connected, its local address one of the
+/// listeners' (a TCP port of `ports`, a path of `paths`; an accepted socket has its listener's
+/// address). Read through a duplicate of each fd, as [`held_request_in_progress`], the search
+/// stopping at the first. The inodes of those read and found to be no such connection are
+/// added to `not_accepted`: a socket never becomes one later (an accepted connection is a new
+/// socket). `false` for a process gone; an error when its fds cannot be duplicated.
+#[cfg(target_os = "linux")]
+pub(crate) fn accepted_connection_among(
+    pid: i32,
+    sockets: &[(i32, u64)],
+    ports: &[u16],
+    paths: &[String],
+    not_accepted: &mut Vec<u64>,
+) -> io::Result<bool> {
+    linux::accepted_connection_among(pid, sockets, ports, paths, not_accepted)
+}
+
+/// No `pidfd_getfd` outside Linux.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn accepted_connection_among(
+    _pid: i32,
+    _sockets: &[(i32, u64)],
+    _ports: &[u16],
+    _paths: &[String],
+    _not_accepted: &mut Vec<u64>,
+) -> io::Result<bool> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "reading a worker's connections needs Linux's pidfd_getfd",
+    ))
+}
+
 /// No `pidfd_getfd` outside Linux.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn held_request_in_progress(
@@ -283,12 +316,13 @@ mod linux {
     use super::super::socket_state::{ProcessFds, tcp_state};
     use super::{Family, InProgress, Times};
     use nix::sys::socket::{
-        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage, getsockname,
-        recv, send, socket,
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage, getpeername,
+        getsockname, recv, send, socket,
     };
     use std::collections::HashMap;
     use std::io;
     use std::os::fd::{AsRawFd, OwnedFd};
+    use std::path::Path;
 
     // include/uapi/linux/netlink.h
     const NLMSG_HDRLEN: usize = 16;
@@ -364,6 +398,53 @@ mod linux {
             })?;
         }
         Ok(found)
+    }
+
+    pub(super) fn accepted_connection_among(
+        pid: i32,
+        sockets: &[(i32, u64)],
+        ports: &[u16],
+        paths: &[String],
+        not_accepted: &mut Vec<u64>,
+    ) -> io::Result<bool> {
+        let process = match ProcessFds::open(pid) {
+            Ok(process) => process,
+            // Gone: so are its connections.
+            Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => return Ok(false),
+            Err(error) => return Err(error),
+        };
+        for &(fd, inode) in sockets {
+            let duplicate = match process.duplicate(fd) {
+                Ok(duplicate) => duplicate,
+                // Closed meanwhile.
+                Err(error) if error.raw_os_error() == Some(nix::libc::EBADF) => continue,
+                // Exited meanwhile.
+                Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => return Ok(false),
+                Err(error) => return Err(error),
+            };
+            // The fd number may be another file's by now.
+            if nix::sys::stat::fstat(&duplicate).map(|stat| stat.st_ino) != Ok(inode) {
+                continue;
+            }
+            let ours = getsockname::<SockaddrStorage>(duplicate.as_raw_fd()).is_ok_and(|address| {
+                super::tcp_address(&address).map_or_else(
+                    || {
+                        address
+                            .as_unix_addr()
+                            .and_then(nix::sys::socket::UnixAddr::path)
+                            .is_some_and(|path| paths.iter().any(|ours| path == Path::new(ours)))
+                    },
+                    |(port, _)| ports.contains(&port),
+                )
+            });
+            // A listener of the worker's own on that address has no peer; a socket not yet
+            // connected may still become a client, never a connection it accepted.
+            if ours && getpeername::<SockaddrStorage>(duplicate.as_raw_fd()).is_ok() {
+                return Ok(true);
+            }
+            not_accepted.push(inode);
+        }
+        Ok(false)
     }
 
     pub(super) fn held_request_in_progress(
