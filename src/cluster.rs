@@ -118,6 +118,13 @@ const MEMBERS_SCAN_MAX: Duration = Duration::from_secs(1);
 /// workers' groups (see [`MEMBERS_SCAN_MAX`]).
 const EVERYONE_PASS_FIRST: Duration = Duration::from_millis(500);
 
+/// How long after an old worker's stop signal the first look at whether it can still answer
+/// waits ([`Action::ProbeRetiring`]): time to handle the signal. The looks are on a clock of
+/// their own, not the starting workers' probes' (40 ms apart with 8 starting): a worker whose
+/// exit takes a while (an interpreter's teardown, 8 of them at once after a switch) ends the
+/// switch as soon as it stops accepting, not when it is gone.
+const RETIRE_LOOK_FIRST: Duration = Duration::from_millis(2);
+
 /// The longest pause between two looks at the old workers of a roll that may still answer
 /// ([`Action::ProbeRetiring`]): the pauses double from [`PROBE_INTERVAL`] while one lingers
 /// (most are gone in milliseconds), up to this. Each look takes a pass over every process
@@ -740,11 +747,16 @@ impl Cluster {
             .draining()
             .next()
             .and_then(|_| self.drain_round.next_due());
+        let retire_look = self
+            .retiring_stopped()
+            .next()
+            .filter(|_| self.config.probe_starting)
+            .and_then(|_| self.retire_round.next_due());
         worker_deadlines
             .chain(gone)
             .chain(restarts)
             .chain(hints)
-            .chain([self.next_poll(), drain_look])
+            .chain([self.next_poll(), drain_look, retire_look])
             .flatten()
             .min()
     }
@@ -753,12 +765,12 @@ impl Cluster {
     /// are none.
     fn next_poll(&self) -> Option<Instant> {
         let probed = if self.config.probe_starting {
-            self.probing().count() + self.retiring_stopped().count()
+            self.probing().count()
         } else {
             0
         };
         let interval = if probed > 0 {
-            // Many workers starting or retiring at once (a roll with a surge) share one budget:
+            // Many workers starting at once (a roll with a surge) share one budget:
             // the probes of a round grow with their number, the rounds thin out (10 ms for 1 or
             // 2, 40 ms for 8, at most 50 ms).
             let rounds = u32::try_from(probed.div_ceil(2)).unwrap_or(u32::MAX);
@@ -850,7 +862,7 @@ impl Cluster {
                     && matches!(self.workers[index].state, WorkerState::Draining { .. })
                 {
                     self.stop_worker(now, index, false, &mut actions);
-                    self.retire_round = DoublingPause::default();
+                    self.retire_round = DoublingPause::at(after(now, RETIRE_LOOK_FIRST));
                 }
             }
             Event::ListenersShared { generation } => {
@@ -952,7 +964,7 @@ impl Cluster {
         for index in waiting {
             self.stop_worker(now, index, false, actions);
         }
-        self.retire_round = DoublingPause::default();
+        self.retire_round = DoublingPause::at(after(now, RETIRE_LOOK_FIRST));
     }
 
     /// Takes the sockets of generations no worker runs any more, nor will (no slot restarts
@@ -1484,8 +1496,8 @@ impl Cluster {
                     self.drain_round = DoublingPause::at(now);
                 } else {
                     self.stop_worker(now, old, false, actions);
-                    // It retires: the next round looks whether it can still answer.
-                    self.retire_round = DoublingPause::default();
+                    // It retires: a look soon tells whether it can still answer.
+                    self.retire_round = DoublingPause::at(after(now, RETIRE_LOOK_FIRST));
                 }
             }
             self.switch_when_batch_ready(now, actions);
@@ -1592,17 +1604,17 @@ impl Cluster {
                     self.replace_failed(now, &worker, failure, actions);
                 }
                 WorkerState::Draining { deadline } if deadline.is_some_and(|at| at <= now) => {
-                    let after = if self.is_stopping() {
+                    let drained_for = if self.is_stopping() {
                         self.stop_drain()
                     } else {
                         self.config.kill_timeout
                     };
                     actions.push(Action::Report(Report::NotDrained {
                         worker: worker.id(),
-                        after,
+                        after: drained_for,
                     }));
                     self.stop_worker(now, index, false, actions);
-                    self.retire_round = DoublingPause::default();
+                    self.retire_round = DoublingPause::at(after(now, RETIRE_LOOK_FIRST));
                 }
                 WorkerState::Stopping { kill_at, .. } if kill_at.is_some_and(|at| at <= now) => {
                     if let Some(pid) = worker.pid {
@@ -1665,17 +1677,17 @@ impl Cluster {
                     everyone,
                 });
             }
-            let retiring: Vec<(WorkerKey, Pid)> = self.retiring_stopped().collect();
-            if self.config.probe_starting
-                && !retiring.is_empty()
-                && self.retire_round.due(now, PROBE_INTERVAL, RETIRE_ROUND_MAX)
-            {
-                actions.push(Action::ProbeRetiring { workers: retiring });
-            }
             if self.workers.iter().any(|worker| worker.leader_exited) {
                 let zombies = self.zombie_scan_due(now);
                 actions.push(Action::CheckGroups { zombies });
             }
+        }
+        let retiring: Vec<(WorkerKey, Pid)> = self.retiring_stopped().collect();
+        if self.config.probe_starting
+            && !retiring.is_empty()
+            && self.retire_round.due(now, PROBE_INTERVAL, RETIRE_ROUND_MAX)
+        {
+            actions.push(Action::ProbeRetiring { workers: retiring });
         }
         let draining: Vec<(WorkerKey, Pid, u64)> = self.draining().collect();
         if !draining.is_empty()

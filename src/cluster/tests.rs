@@ -1794,6 +1794,9 @@ fn a_roll_ends_when_its_old_workers_can_no_longer_answer_looked_at_less_often_as
         pauses.windows(2).all(|w| w[1] >= w[0]) && pauses.iter().all(|&p| p <= 200),
         "{seen_at:?}"
     );
+    // On a clock of their own: the first a moment after the stop signal, whatever the pace
+    // of the probes of starting workers.
+    assert_eq!(seen_at[..5], [2, 12, 32, 72, 152], "{seen_at:?}");
     assert!(seen_at.len() <= 10, "{seen_at:?}");
     // One exits, the other is seen switched out (it lingers, but answers nothing).
     t.exit(Pid(100), 0);
