@@ -379,6 +379,7 @@ impl Starting {
             .iter()
             .copied()
             .filter(|(_, inode)| !self.not_accepted.contains(inode))
+            .take(MAX_OTHER_SOCKETS)
             .collect();
         if unread.is_empty() {
             return None;
@@ -561,13 +562,12 @@ struct Fds {
     ours: Vec<i32>,
     /// Fd numbers of its epoll instances.
     epolls: Vec<i32>,
-    /// Its other sockets, by fd number and inode (at most [`MAX_OTHER_SOCKETS`]): where
-    /// connections it accepted may be.
+    /// Its other sockets, by fd number and inode: where connections it accepted may be.
     others: Vec<(i32, u64)>,
 }
 
-/// How many sockets besides our listeners a probe looks at for a connection accepted on one
-/// (each costs a few system calls, once).
+/// How many sockets besides our listeners a probe of a starting worker reads in a round,
+/// looking for a connection accepted on one (each costs a few system calls, once).
 const MAX_OTHER_SOCKETS: usize = 64;
 
 impl Fds {
@@ -586,7 +586,7 @@ impl Fds {
             } else if let Some(inode) = socket_inode(target) {
                 if listeners.contains(inode) {
                     fds.ours.push(fd);
-                } else if fds.others.len() < MAX_OTHER_SOCKETS {
+                } else {
                     fds.others.push((fd, inode));
                 }
             }
@@ -674,22 +674,44 @@ fn tcp_sockets(sockstat: &str) -> Option<u64> {
 
 /// Whether a retiring worker, the processes `pids` of its group, can no longer answer a request
 /// on our listeners: none of them is seen accepting on one, nor holds a connection accepted on
-/// one (`accepted`, read once per round: see [`AcceptedConnections`]). `false` when in doubt
-/// (a process whose fds cannot be read): the switch then ends when the worker is gone.
+/// one. The connections are read through duplicates of each process's sockets (a few system
+/// calls a socket, where the tables of `/proc/net` take a walk of the kernel's whole connection
+/// table, milliseconds); where they cannot be duplicated, from those tables, read once for a
+/// round of looks (`table`, in the namespace of `master`: see [`AcceptedConnections`]). `false`
+/// when in doubt (a process whose fds cannot be read, tables too long to read): the switch then
+/// ends when the worker is gone.
 pub(crate) fn switched_out(
     pids: &[i32],
     listeners: &ListenerInodes,
-    accepted: &AcceptedConnections,
+    master: i32,
+    table: &std::cell::OnceCell<Option<AcceptedConnections>>,
 ) -> bool {
     pids.iter().all(|&pid| {
-        let Some(fds) = procfs::fds(pid) else {
+        let Some(fds) = Fds::of(pid, listeners) else {
             // Gone meanwhile answers nothing; not ours to read may.
             return procfs::stat(pid).is_none_or(|stat| stat.exited());
         };
-        let holds_one = fds
-            .filter_map(|(_, target)| socket_inode(target.to_str()?))
-            .any(|inode| accepted.inodes.contains(&inode));
-        !holds_one && probe(pid, listeners).is_none()
+        if signs(pid, &fds, listeners).is_some() {
+            return false;
+        }
+        let mut not_accepted = Vec::new();
+        match crate::sys::accepted_connection_among(
+            pid,
+            &fds.others,
+            &listeners.ports,
+            &listeners.paths,
+            &mut not_accepted,
+        ) {
+            Ok(holds_one) => !holds_one,
+            Err(_) => table
+                .get_or_init(|| AcceptedConnections::of(master, listeners))
+                .as_ref()
+                .is_some_and(|accepted| {
+                    !fds.others
+                        .iter()
+                        .any(|(_, inode)| accepted.inodes.contains(inode))
+                }),
+        }
     })
 }
 
@@ -1241,6 +1263,54 @@ mod tests {
             return;
         }
         crate::sys::rerun_test_under_seccomp("seccomp_pidfd_getfd.py", NAME, UNDER_SECCOMP);
+    }
+
+    /// A retiring worker holding a connection it accepted can still answer; one holding only
+    /// our listener, waiting on none, cannot. Read through duplicates of its fds, or where
+    /// `pidfd_getfd` is refused (this test runs again under the seccomp filter), from the
+    /// tables of `/proc/net`.
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    #[test]
+    fn a_retiring_worker_holding_a_connection_it_accepted_is_not_switched_out() {
+        const NAME: &str = "readiness::tests::a_retiring_worker_holding_a_connection_it_accepted_is_not_switched_out";
+        let refused = std::env::var_os(UNDER_SECCOMP).is_some();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listeners = ListenerInodes::of(&[listener.as_fd()]).unwrap();
+        let this = i32::try_from(std::process::id()).unwrap();
+        // Whether switched out, whether the tables were read, whether in doubt (tables too
+        // long to read).
+        let look = || {
+            let table = std::cell::OnceCell::new();
+            let out = switched_out(&[this], &listeners, this, &table);
+            assert!(
+                refused || table.get().is_none(),
+                "the tables only where duplicates are refused"
+            );
+            (
+                out,
+                table.get().is_some(),
+                table.get().is_some_and(Option::is_none),
+            )
+        };
+        let (out, _, doubt) = look();
+        assert!(out || doubt, "it holds only our listener");
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let (out, tables, _) = look();
+        assert!(!out, "it holds a connection it accepted");
+        assert_eq!(
+            tables, refused,
+            "a socket to read: duplicated, or else the tables"
+        );
+        drop(server);
+        let (out, _, doubt) = look();
+        assert!(out || doubt, "the connection closed");
+        if !refused {
+            crate::sys::rerun_test_under_seccomp("seccomp_pidfd_getfd.py", NAME, UNDER_SECCOMP);
+        }
     }
 
     /// A child killed and reaped when the test ends, even when it fails.

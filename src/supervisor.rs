@@ -914,23 +914,20 @@ impl Supervisor {
 
     /// Looks at the old workers a roll stopped: one whose group has no process seen accepting
     /// on a listener nor holding a connection accepted on one can no longer answer. One pass
-    /// over `/proc` gives the members of every group, one read the connections.
+    /// over `/proc` gives the members of every group (a member reparented away is found too);
+    /// each process's own sockets tell its connections.
     fn probe_retiring(&self, workers: &[(WorkerKey, Pid)]) -> Vec<Event> {
         let Some(listeners) = &self.probe else {
             return Vec::new();
         };
-        let Some(accepted) = readiness::AcceptedConnections::of(
-            i32::try_from(std::process::id()).unwrap_or(i32::MAX),
-            listeners,
-        ) else {
-            return Vec::new();
-        };
+        let master = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let table = std::cell::OnceCell::new();
         let groups = procfs::live_groups();
         workers
             .iter()
             .filter(|(_, pid)| {
                 let members = group_members(groups.as_ref(), *pid);
-                readiness::switched_out(&members, listeners, &accepted)
+                readiness::switched_out(&members, listeners, master, &table)
             })
             .map(|&(key, _)| Event::SwitchedOut { key })
             .collect()
