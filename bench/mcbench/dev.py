@@ -521,8 +521,8 @@ def dev_report(dev: dict, notes: list[str]) -> list[str]:
     )
     lines.append(
         "- mcluster dev builds while the old workers serve, then rolls: every replacement starts at "
-        "once (`--surge all`), and each old worker is stopped when its own replacement is ready "
-        "(`READY=1`); the first new worker answers before the `rolled` line. cargo-watch stops the app first (SIGTERM to its process group, and waits), "
+        "once (`--surge all`); once every replacement is ready (`READY=1`), new connections go to them "
+        "(steering) and each old worker gets its stop signal once drained; the first new worker answers before the `rolled` line. cargo-watch stops the app first (SIGTERM to its process group, and waits), "
         "then runs `cargo run`, which builds and execs the app; systemfd keeps the socket open, so "
         "connections wait in its listen queue while nothing accepts. systemfd's default `--backlog` "
         "is 1, kept as users run it: with 8 clients that queue overflows (during a restart, and "

@@ -402,8 +402,8 @@ def ds_report(ds: dict, notes: list[str]) -> list[str]:
         "- The anchors run one app process: cargo-watch/watchexec stop it (SIGTERM) and then build and start the new one, "
         "so old and new never answer side by side (their mixed window is zero by construction) and, between the two, "
         "nothing answers: requests wait in systemfd's listen queue for the build and the start-up. mcluster dev builds while "
-        "the old workers serve, then starts all 8 replacements at once and stops each old worker when its replacement is "
-        "seen accepting. systemfd runs with `--backlog 4096` (mcluster's listen queue); its default, 1, would add "
+        "the old workers serve, then starts all 8 replacements at once; once every one is seen accepting, new connections go "
+        "to them (steering) and each old worker gets its stop signal once drained. systemfd runs with `--backlog 4096` (mcluster's listen queue); its default, 1, would add "
         "SYN-retransmit seconds under this load (the dev-mode section shows that cost)."
     )
     lines.append(

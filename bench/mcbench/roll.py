@@ -389,8 +389,9 @@ def rb_report(rb: dict, notes: list[str]) -> list[str]:
         "A failure is a connect/read error or an invalid answer."
     )
     lines.append(
-        "- The HUPs differ. mcluster boots all 8 replacements at once (`--surge all`) while the old workers serve, and stops each "
-        "old worker once its replacement is seen accepting (`/proc`: here a thread in `poll` on the inherited socket). "
+        "- The HUPs differ. mcluster boots all 8 replacements at once (`--surge all`) while the old workers serve; once every "
+        "one is seen accepting (`/proc`: here a thread in `poll` on the inherited socket), new connections go to them "
+        "(steering) and each old worker gets its stop signal once drained. "
         "gunicorn forks 8 new workers and SIGTERMs the 8 old ones at once, without waiting for the new ones to load the app: "
         "for the boot, nothing accepts, and requests wait in the listen queue (the slowest-request row)."
     )

@@ -292,8 +292,8 @@ def report(systems, results, gunicorn_ok, gunicorn_why, notes, elapsed) -> str:
     )
     out.append(
         "- *Roll*: the two HUPs differ. mcluster starts every replacement at once (`--surge all`, "
-        "its default) and stops each old worker only once its own replacement sent READY=1; *all "
-        "new ready* is its `rolled` line. "
+        "its default); once every replacement sent READY=1, new connections go to them (steering) and "
+        "each old worker gets its stop signal once drained; *all new ready* is its `rolled` line. "
         "gunicorn reloads its config and app, forks all N new workers at once and SIGTERMs the N "
         "old ones right away without waiting for the new ones to boot (capacity can briefly dip; "
         "connections wait in the shared listen queue); *all new ready* is the Nth new "
