@@ -62,21 +62,27 @@ pub(crate) fn stat(pid: i32) -> Option<Stat> {
 
 /// The text of a `/proc` file the kernel writes in one piece (`stat`, `status`, a task's
 /// `syscall`, an fd's `fdinfo`: one `show` of a `single_open` file), in as few system calls as
-/// it takes: `open`, one `read` and `close` for any text under 4 KiB. `fs::read_to_string`
+/// it takes: `open`, one read ([`read_open`]) and `close` for any text under 4 KiB. `fs::read_to_string`
 /// takes twice as many (a `statx` for a size that `/proc` gives as 0, a probing read, the read
 /// that finds the end), and probes read every starting worker's files every few milliseconds.
 /// Such a file's whole text is ready at the first `read`, so a `read` that does not fill the
 /// buffer has it all. Bytes that are not UTF-8 (a process may name itself anything) are
 /// replaced, never an error.
 pub(crate) fn read_single(path: impl AsRef<std::path::Path>) -> Option<String> {
-    use std::io::Read as _;
+    read_open(&fs::File::open(path).ok()?)
+}
+
+/// The text of an open `/proc` file, rendered anew from its start (`pread` at offset 0 makes a
+/// `/proc` file render again, so a file kept open is read again for one system call); `None`
+/// when it no longer reads (its process, thread or fd is gone).
+pub(crate) fn read_open(file: &fs::File) -> Option<String> {
+    use std::os::unix::fs::FileExt as _;
     const FIRST_READ: usize = 4096;
-    let mut file = fs::File::open(path).ok()?;
     let mut text = vec![0_u8; FIRST_READ];
     let mut len = 0;
     loop {
         let read = loop {
-            match file.read(&mut text[len..]) {
+            match file.read_at(&mut text[len..], len as u64) {
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
                 read => break read.ok()?,
             }

@@ -534,25 +534,10 @@ enum KeptSigns {
     Seen(Accepting),
 }
 
-/// The text of an open `/proc` file, rendered anew; `None` when it no longer reads (its thread
-/// or fd is gone).
+/// The text of a kept `/proc` file, rendered anew; `None` when it no longer reads (its thread
+/// or fd is gone: such a file reads empty).
 fn read_again(file: &fs::File) -> Option<String> {
-    use std::os::unix::fs::FileExt as _;
-    let mut text = vec![0_u8; 4096];
-    let mut len = 0;
-    loop {
-        let read = match file.read_at(&mut text[len..], len as u64) {
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            read => read.ok()?,
-        };
-        len += read;
-        if read == 0 || len < text.len() {
-            break;
-        }
-        text.resize(text.len() * 2, 0);
-    }
-    text.truncate(len);
-    (len > 0).then(|| String::from_utf8_lossy(&text).into_owned())
+    procfs::read_open(file).filter(|text| !text.is_empty())
 }
 
 /// The fds of a process that matter: those referring to our listeners, and its epoll instances.

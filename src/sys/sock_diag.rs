@@ -400,12 +400,14 @@ mod linux {
         Ok(found)
     }
 
-    pub(super) fn accepted_connection_among(
+    /// Hands each of the sockets `sockets` (fd number and inode) of the process `pid` to
+    /// `found`, as a duplicate of its fd, until `found` says it is the one: a socket closed
+    /// meanwhile, or another file at its fd number now, is left out; a process gone holds none.
+    /// An error when its fds cannot be duplicated.
+    fn any_duplicate(
         pid: i32,
         sockets: &[(i32, u64)],
-        ports: &[u16],
-        paths: &[String],
-        not_accepted: &mut Vec<u64>,
+        mut found: impl FnMut(OwnedFd, u64) -> bool,
     ) -> io::Result<bool> {
         let process = match ProcessFds::open(pid) {
             Ok(process) => process,
@@ -426,6 +428,21 @@ mod linux {
             if nix::sys::stat::fstat(&duplicate).map(|stat| stat.st_ino) != Ok(inode) {
                 continue;
             }
+            if found(duplicate, inode) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    pub(super) fn accepted_connection_among(
+        pid: i32,
+        sockets: &[(i32, u64)],
+        ports: &[u16],
+        paths: &[String],
+        not_accepted: &mut Vec<u64>,
+    ) -> io::Result<bool> {
+        any_duplicate(pid, sockets, |duplicate, inode| {
             let ours = getsockname::<SockaddrStorage>(duplicate.as_raw_fd()).is_ok_and(|address| {
                 super::tcp_address(&address).map_or_else(
                     || {
@@ -439,12 +456,12 @@ mod linux {
             });
             // A listener of the worker's own on that address has no peer; a socket not yet
             // connected may still become a client, never a connection it accepted.
-            if ours && getpeername::<SockaddrStorage>(duplicate.as_raw_fd()).is_ok() {
-                return Ok(true);
+            let accepted = ours && getpeername::<SockaddrStorage>(duplicate.as_raw_fd()).is_ok();
+            if !accepted {
+                not_accepted.push(inode);
             }
-            not_accepted.push(inode);
-        }
-        Ok(false)
+            accepted
+        })
     }
 
     pub(super) fn held_request_in_progress(
@@ -452,34 +469,16 @@ mod linux {
         sockets: &[(i32, u64)],
         ports: &[u16],
     ) -> io::Result<bool> {
-        let process = match ProcessFds::open(pid) {
-            Ok(process) => process,
-            // Gone: so are its connections.
-            Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => return Ok(false),
-            Err(error) => return Err(error),
-        };
-        for &(fd, inode) in sockets {
-            let duplicate = match process.duplicate(fd) {
-                Ok(duplicate) => duplicate,
-                // Closed meanwhile.
-                Err(error) if error.raw_os_error() == Some(nix::libc::EBADF) => continue,
-                // Exited meanwhile.
-                Err(error) if error.raw_os_error() == Some(nix::libc::ESRCH) => return Ok(false),
-                Err(error) => return Err(error),
-            };
-            // The fd number may be another file's by now.
-            if nix::sys::stat::fstat(&duplicate).map(|stat| stat.st_ino) != Ok(inode) {
-                continue;
-            }
+        any_duplicate(pid, sockets, |duplicate, _| {
             let Ok(address) = getsockname::<SockaddrStorage>(duplicate.as_raw_fd()) else {
-                continue;
+                return false;
             };
             let port = super::tcp_address(&address).map(|(port, _)| port);
             if !port.is_some_and(|port| ports.contains(&port)) {
-                continue;
+                return false;
             }
             let Ok(state) = tcp_state(&duplicate) else {
-                continue;
+                return false;
             };
             drop(duplicate);
             let times = parse_tcp_info(&state.info);
@@ -491,13 +490,10 @@ mod linux {
                 Some(&TCP_CLOSE_WAIT) => {
                     InProgress::judge_closed(state.unread, state.unacknowledged, times)
                 }
-                _ => continue,
+                _ => return false,
             };
-            if in_progress.is_in_progress() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+            in_progress.is_in_progress()
+        })
     }
 
     /// One connection of a dump.
