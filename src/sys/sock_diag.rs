@@ -271,6 +271,16 @@ pub(crate) fn accepted_connection_among(
     linux::accepted_connection_among(pid, sockets, ports, paths, not_accepted)
 }
 
+/// The error of the readings through duplicates of a worker's fds where there is no
+/// `pidfd_getfd`.
+#[cfg(not(target_os = "linux"))]
+fn no_pidfd_getfd() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "reading a worker's connections needs Linux's pidfd_getfd",
+    )
+}
+
 /// No `pidfd_getfd` outside Linux.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn accepted_connection_among(
@@ -280,10 +290,7 @@ pub(crate) fn accepted_connection_among(
     _paths: &[String],
     _not_accepted: &mut Vec<u64>,
 ) -> io::Result<bool> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "reading a worker's connections needs Linux's pidfd_getfd",
-    ))
+    Err(no_pidfd_getfd())
 }
 
 /// No `pidfd_getfd` outside Linux.
@@ -293,10 +300,7 @@ pub(crate) fn held_request_in_progress(
     _sockets: &[(i32, u64)],
     _ports: &[u16],
 ) -> io::Result<bool> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "reading a worker's connections needs Linux's pidfd_getfd",
-    ))
+    Err(no_pidfd_getfd())
 }
 
 /// No `inet_diag` outside Linux.
