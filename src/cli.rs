@@ -52,6 +52,9 @@ impl Cli {
 // Parsed once per run: the size of the larger variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
+// Each subcommand's arguments are built when it is the one used: a master does not run, and keep
+// resident, the code that builds every other command's.
+#[command(defer = true)]
 pub(crate) enum Command {
     /// Run a cluster in production: N workers, crash restarts, rolling restarts on SIGHUP.
     #[command(override_usage = "mcluster start [OPTIONS] -- PROGRAM [ARGS]...")]
@@ -71,11 +74,6 @@ pub(crate) enum Command {
     /// Stop a running master; return when it is gone.
     Stop(StopArgs),
     /// Follow a running master's lifecycle events as JSON lines.
-    // `--json` is kept for the scripts that pass it to every command, and says it changes
-    // nothing.
-    #[command(mut_arg("json", |arg| arg.help(
-        "Changes nothing: events are JSON lines either way (accepted as every command does)"
-    )))]
     Events(EventsArgs),
     /// Send a JSON message to a worker (--slot N) or every worker (--all) of a running master.
     Send(SendArgs),
@@ -176,7 +174,13 @@ pub(crate) struct StopArgs {
 }
 
 /// The options of `mcluster events`.
+// `--json` is kept for the scripts that pass it to every command, and says it changes nothing.
+// Set here rather than on the subcommand: the subcommands' arguments are added only when one is
+// used (`defer`), so a change made from outside would find no `json` to change.
 #[derive(Debug, Args)]
+#[command(mut_arg("json", |arg| arg.help(
+    "Changes nothing: events are JSON lines either way (accepted as every command does)"
+)))]
 pub(crate) struct EventsArgs {
     /// Where the master is (events are JSON lines either way).
     #[command(flatten)]
