@@ -63,6 +63,8 @@
 //!   (never the workers' `NOTIFY_SOCKET`), socket activation with and without `LISTEN_PID`
 //!
 //! - `layout`  no module cycles in `src/` (read from the code's `crate::` paths)
+//! - `hot_text` the master's production path laid out in front of the rest of its code
+//!   (`link/hot-text.ld`), and the script still naming the crate's functions
 //!
 //! - `axum`    `mcluster::serve` in `examples/axum-app` (built here with the feature): no request
 //!   lost across rolls under load (plain `axum::serve` counted beside it), SSE and WebSocket
@@ -87,6 +89,7 @@ mod dev_workspace;
 mod environment;
 mod errors;
 mod guard;
+mod hot_text;
 mod http;
 mod io_loop;
 mod layout;
