@@ -903,7 +903,9 @@ fn parse_table(table: &MetadataTable) -> Result<(DevArgs, Vec<String>), Error> {
 /// `no-build`), off by default, or an option whose value is optional and off by default
 /// (`poll`: no polling).
 fn may_be_false(key: &str) -> bool {
-    let command = Cli::command();
+    let mut command = Cli::command();
+    // The subcommands' arguments are there once built (they are deferred).
+    command.build();
     command
         .find_subcommand("dev")
         .and_then(|dev| dev.get_arguments().find(|arg| arg.get_long() == Some(key)))
