@@ -24,11 +24,13 @@ Run after a change to what the master does in production, from the repository ro
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -45,7 +47,8 @@ HASH = re.compile(r"17h[0-9a-f]{16}E(\.llvm\.\d+)?$")
 
 
 class Master:
-    """A master under callgrind, its output read line by line."""
+    """A master under callgrind, its output read line by line (by a thread of its own, so that a
+    master that prints nothing more cannot hold up the deadline)."""
 
     def __init__(self, workdir: Path, ready: list[str]) -> None:
         argv = [
@@ -58,16 +61,26 @@ class Master:
             argv, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         self.lines: list[str] = []
+        self.unread: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.unread.put(line.rstrip("\n"))
+        self.unread.put(None)
 
     def wait_line(self, pattern: str) -> re.Match:
         """The next line that matches, or an exception at the deadline or the master's exit."""
         deadline = time.monotonic() + DEADLINE
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.unread.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
                 raise RuntimeError(f"the master exited before a line matching {pattern!r}")
-            self.lines.append(line.rstrip("\n"))
+            self.lines.append(line)
             m = re.search(pattern, line)
             if m:
                 return m

@@ -5,7 +5,7 @@ use std::fs;
 use std::ops::Range;
 use std::path::Path;
 
-/// A section or symbol table entry's fields, read from a 64-bit little-endian ELF file.
+/// A 64-bit little-endian ELF file, read for its section headers and its symbol table.
 struct Elf {
     bytes: Vec<u8>,
 }
