@@ -100,6 +100,21 @@ fn guard_of(master: &Master) -> i32 {
     guard.unwrap_or(0)
 }
 
+/// Waits until the worker `pid`, a `/bin/sleep`, sleeps: ready at once (`--ready-delay 0`), it
+/// may still be starting, and its start-up opens locale files for a moment, fds it did not
+/// inherit.
+fn wait_asleep(master: &Master, pid: i32) {
+    use nix::libc::{SYS_clock_nanosleep, SYS_nanosleep};
+    master.wait_until("the worker asleep", || {
+        fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|line| {
+            line.split(' ')
+                .next()
+                .and_then(|number| number.parse::<i64>().ok())
+                .is_some_and(|number| number == SYS_clock_nanosleep || number == SYS_nanosleep)
+        })
+    });
+}
+
 /// A worker process holds 0–2, its one listener at 3 and its message channel at 4, nothing
 /// else; the guard 0–2 and the read end of its pipe; a graceful stop ends.
 fn stops_and_passes_on_only_what_it_should(failure: Failure) {
@@ -114,6 +129,7 @@ fn stops_and_passes_on_only_what_it_should(failure: Failure) {
     let mut reaper = Reaper::default();
     reaper.note(guard);
     for worker in &workers {
+        wait_asleep(&master, worker.pid);
         let held = fds(worker.pid);
         let numbers: Vec<i32> = held.iter().map(|(fd, _)| *fd).collect();
         assert_eq!(numbers, [0, 1, 2, 3, 4], "{failure:?}: worker fds {held:?}");
