@@ -495,10 +495,14 @@ mod tests {
             (MESSAGES_KEPT..=MESSAGES_KEPT + READ_CHUNK / line.len() + 1).contains(&kept),
             "{kept} kept"
         );
-        assert!(matches!(
-            inbox.try_recv(),
-            Ok(Input::Channel { key: WorkerKey(3) })
-        ));
+        // The reader sends the wake-up after it lets go of the messages, which this thread may
+        // see first.
+        let mut woken = None;
+        wait_for("the driver woken", || {
+            woken = inbox.try_recv().ok();
+            woken.is_some()
+        });
+        assert!(matches!(woken, Some(Input::Channel { key: WorkerKey(3) })));
         assert!(inbox.try_recv().is_err(), "woken twice before a take");
         // The driver takes them: the reader reads on, and the worker can write again.
         let taken = channel.take();
