@@ -53,39 +53,75 @@ pub(crate) fn attach_steering(fd: BorrowedFd<'_>, index: u32) -> io::Result<()> 
     Ok(())
 }
 
-/// Makes the listening socket `fd` take no new connection: a socket filter (`SO_ATTACH_FILTER`)
-/// `ret #0` drops every packet the socket itself receives — for a listener, the SYNs of new
-/// connections (`tcp_v4_rcv` → `tcp_filter` on the listener), which their clients send again
-/// a second later and then find the port closed. The connections already in its accept queue
-/// are sockets of their own, created without the filter: the workers still accept and answer
-/// them.
+/// Makes the listening TCP socket `fd` take no new connection: a socket filter
+/// (`SO_ATTACH_FILTER`) that drops a SYN without ACK (a new connection's first segment, which its
+/// client sends again a second later and then finds the port closed) and lets every other
+/// segment through. The listener's filter also sees the last ACK of a handshake under way
+/// (`tcp_v4_rcv` → `tcp_filter` on the listener, for a request socket): let through, it
+/// completes the connection into the accept queue, which the workers drain, where dropping it
+/// left a client that had sent its request to be reset once the listener closed. The
+/// connections already in the queue are sockets of their own, created without the filter.
 #[cfg(target_os = "linux")]
 pub(crate) fn refuse_connections(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::libc::{BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET};
+    attach_socket_filter(
+        fd,
+        &[
+            // The filter runs on the segment from its TCP header on: byte 13 holds the flags.
+            instruction(BPF_LD | BPF_B | BPF_ABS, 0, 0, TCP_FLAGS_OFFSET),
+            instruction(BPF_ALU | BPF_AND | BPF_K, 0, 0, TCP_SYN | TCP_ACK),
+            // SYN without ACK: on to the drop; anything else: past it.
+            instruction(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, TCP_SYN),
+            instruction(BPF_RET | BPF_K, 0, 0, 0),
+            // Kept whole (a filter's result is the length to keep).
+            instruction(BPF_RET | BPF_K, 0, 0, u32::MAX),
+        ],
+    )
+}
+
+/// Where a TCP header holds its flags, and two of them.
+#[cfg(target_os = "linux")]
+const TCP_FLAGS_OFFSET: u32 = 13;
+#[cfg(target_os = "linux")]
+const TCP_SYN: u32 = 0x02;
+#[cfg(target_os = "linux")]
+const TCP_ACK: u32 = 0x10;
+
+/// One classic BPF instruction.
+#[cfg(target_os = "linux")]
+fn instruction(code: u32, jump_true: u8, jump_false: u8, k: u32) -> nix::libc::sock_filter {
+    nix::libc::sock_filter {
+        // Every code built here is a sum of flags below 0x100.
+        code: u16::try_from(code).unwrap_or(u16::MAX),
+        jt: jump_true,
+        jf: jump_false,
+        k,
+    }
+}
+
+/// Attaches `program` to the socket `fd` as its socket filter (`SO_ATTACH_FILTER`), in place of
+/// any it had.
+#[cfg(target_os = "linux")]
+fn attach_socket_filter(fd: BorrowedFd<'_>, program: &[nix::libc::sock_filter]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
 
-    use nix::libc::{BPF_K, BPF_RET, sock_filter, sock_fprog};
-
-    let mut program = [sock_filter {
-        code: u16::try_from(BPF_RET | BPF_K).unwrap_or(0x06),
-        jt: 0,
-        jf: 0,
-        k: 0,
-    }];
-    let fprog = sock_fprog {
-        len: 1,
-        filter: program.as_mut_ptr(),
+    let fprog = nix::libc::sock_fprog {
+        len: u16::try_from(program.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        filter: program.as_ptr().cast_mut(),
     };
     // SAFETY: `fd` is a borrowed open descriptor, valid for the call. The option value points
     // to a live local `sock_fprog` with its exact size as the length, whose `filter` points to
-    // `len` live instructions; the kernel copies the program during the call
-    // (`sk_attach_filter` → `copy_from_sockptr`) and writes nothing back.
+    // `len` live instructions (borrowed from `program` for the call); the kernel copies the
+    // program during the call (`sk_attach_filter` → `copy_from_sockptr`) and writes nothing
+    // back, through that pointer or any other.
     let result = unsafe {
         nix::libc::setsockopt(
             fd.as_raw_fd(),
             nix::libc::SOL_SOCKET,
             nix::libc::SO_ATTACH_FILTER,
             std::ptr::from_ref(&fprog).cast(),
-            nix::libc::socklen_t::try_from(size_of::<sock_fprog>()).unwrap_or(16),
+            nix::libc::socklen_t::try_from(size_of::<nix::libc::sock_fprog>()).unwrap_or(16),
         )
     };
     if result == 0 {
@@ -237,6 +273,62 @@ mod tests {
         drop(listener.accept().unwrap());
         assert_eq!(accept_queue(listener.as_fd()).unwrap().queued, 2);
         drop(clients);
+    }
+
+    /// A handshake under way when the listener starts refusing connections completes into its
+    /// accept queue: its last ACK goes through the filter (dropping it, as a filter dropping
+    /// everything did, left a client that had sent its request to be reset at the close).
+    #[test]
+    fn refusing_connections_lets_a_handshake_under_way_complete() {
+        use std::io::{Read as _, Write as _};
+
+        use nix::libc::{
+            BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET,
+        };
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        // First a filter that drops the ACK ending a handshake: the client is connected and
+        // sends its request while the listener holds only a request socket.
+        attach_socket_filter(
+            listener.as_fd(),
+            &[
+                instruction(BPF_LD | BPF_B | BPF_ABS, 0, 0, TCP_FLAGS_OFFSET),
+                instruction(BPF_ALU | BPF_AND | BPF_K, 0, 0, TCP_SYN | TCP_ACK),
+                instruction(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, TCP_ACK),
+                instruction(BPF_RET | BPF_K, 0, 0, 0),
+                instruction(BPF_RET | BPF_K, 0, 0, u32::MAX),
+            ],
+        )
+        .unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(accept_queue(listener.as_fd()).unwrap().queued, 0);
+        refuse_connections(listener.as_fd()).unwrap();
+        // The request's segment carries the ACK again.
+        client.write_all(b"ping").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut accepted, peer) = loop {
+            match listener.accept() {
+                Ok(pair) => break pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "the handshake never completed");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(peer, client.local_addr().unwrap());
+        accepted.set_nonblocking(false).unwrap();
+        let mut request = [0u8; 4];
+        accepted.read_exact(&mut request).unwrap();
+        assert_eq!(&request, b"ping");
+        // A new connection's SYN is dropped: its client waits for an answer that never comes.
+        let refused =
+            TcpStream::connect_timeout(&listener.local_addr().unwrap(), Duration::from_millis(300));
+        assert_eq!(
+            refused.map(drop).map_err(|e| e.kind()),
+            Err(io::ErrorKind::TimedOut)
+        );
     }
 
     #[test]
