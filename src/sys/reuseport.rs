@@ -33,16 +33,10 @@ const NO_INDEX: u32 = u32::MAX;
 /// previous program.
 #[cfg(target_os = "linux")]
 pub(crate) fn attach_steering(fd: BorrowedFd<'_>, index: u32) -> io::Result<()> {
-    use nix::libc::{BPF_K, BPF_RET, sock_filter, sock_fprog};
+    use nix::libc::{BPF_K, BPF_RET, sock_fprog};
     use nix::sys::socket::{setsockopt, sockopt};
 
-    let mut program = [sock_filter {
-        // BPF_RET | BPF_K: return the constant `k`. Both are below u16::MAX.
-        code: u16::try_from(BPF_RET | BPF_K).unwrap_or(0x06),
-        jt: 0,
-        jf: 0,
-        k: index,
-    }];
+    let mut program = [instruction(BPF_RET | BPF_K, 0, 0, index)];
     // The kernel copies the program during the call (`sk_reuseport_attach_filter` →
     // `__get_filter` → `copy_from_sockptr`): the pointer need not outlive it.
     let fprog = sock_fprog {
