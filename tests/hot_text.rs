@@ -141,9 +141,10 @@ fn the_functions_the_master_runs_in_production_lie_together_in_front_of_the_rest
         hot.addresses.end <= text.addresses.start,
         ".text.hot lies in front of .text"
     );
+    let symbols = elf.symbols();
     let address = |prefix: &str| {
-        elf.symbols()
-            .into_iter()
+        symbols
+            .iter()
             .find(|(name, _)| name.starts_with(prefix))
             .unwrap_or_else(|| panic!("no symbol {prefix}…"))
             .1
